@@ -1,0 +1,18 @@
+"""URLs of the dashboard: /batches/ and everything under it."""
+
+from django.urls import path, register_converter
+
+from batches.converters import BatchIdConverter
+from batches.views import cancel, create, detail, listing
+
+register_converter(BatchIdConverter, "batch_id")
+
+app_name = "batches"
+urlpatterns = [
+    path("", listing.batch_list, name="list"),
+    path("new/", create.batch_create, name="create"),
+    path("cancel/", cancel.batch_bulk_cancel, name="bulk_cancel"),
+    path("<batch_id:batch_id>/", detail.batch_detail, name="detail"),
+    path("<batch_id:batch_id>/cancel/", cancel.batch_cancel, name="cancel"),
+    path("<batch_id:batch_id>/files/<str:kind>/", detail.batch_file, name="file"),
+]

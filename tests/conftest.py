@@ -1,0 +1,64 @@
+"""Shared fixtures: plain static storage, users with and without permissions, the sandbox over real HTTP."""
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import override_settings
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture(autouse=True)
+def _quiet_sandbox(settings, tmp_path):
+    """Tests start with an empty sandbox (no demo seed), fast simulated time, files in a temporary folder."""
+    settings.SANDBOX_SEED = False
+    settings.SANDBOX_SPEED = 3600.0
+    settings.SANDBOX_FILES_DIR = tmp_path / "sandbox-files"
+    settings.SANDBOX_LATENCY = 0.0
+    settings.SANDBOX_ERROR_RATE = 0.0
+    settings.SANDBOX_RATE_LIMIT_RATE = 0.0
+    settings.BATCHBOARD_REFRESH_INTERVAL = 0.0
+
+
+@pytest.fixture
+def sandbox_url(live_server):
+    """The sandbox API served by a real HTTP server; the dashboard's client is pointed at it."""
+    url = f"{live_server.url}/sandbox/v1"
+    with override_settings(OPENAI_BASE_URL=url, SANDBOX_URL=url):
+        yield url
+
+
+def _user(django_user_model, username, *perms):
+    user = django_user_model.objects.create_user(username=username, password="pw-" + username)
+    if perms:
+        user.user_permissions.add(*Permission.objects.filter(content_type__app_label="batches", codename__in=perms))
+    return user
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    """A logged-in-able user who can look but not cancel or create."""
+    return _user(django_user_model, "viewer")
+
+
+@pytest.fixture
+def operator(django_user_model):
+    """A user who may cancel and create batches."""
+    return _user(django_user_model, "operator", "cancel_batch", "create_batch")
+
+
+@pytest.fixture
+def viewer_client(client, viewer):
+    client.force_login(viewer)
+    return client
+
+
+@pytest.fixture
+def operator_client(client, operator):
+    client.force_login(operator)
+    return client
