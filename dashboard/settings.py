@@ -1,6 +1,7 @@
 """Django settings for batchboard, read from the environment (see the README's configuration table)."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -158,7 +159,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     # A file, not Django's shared in-memory database, so a live test server's threads get real connections.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-batchboard.sqlite3")}
+    # One per process, so parallel test runs never share (and destroy) each other's database.
+    DATABASES["default"]["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"batchboard-test-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
