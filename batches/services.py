@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import email.utils
+import io
+import json
 import logging
+import math
 import random
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import requests
+import urllib3.exceptions
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -61,10 +67,17 @@ LIST_LIMIT_MAX = 100
 MAX_REQUESTS_PER_BATCH = 50_000
 MAX_INPUT_FILE_BYTES = 200 * 1024 * 1024
 
+# Retries follow the official SDK (REFERENCE.md §13).
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 RETRY_AFTER_CAP = 120.0
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
+JITTER = (0.75, 1.0)
+
+UPLOAD_BLOCK_SIZE = 64 * 1024
+DOWNLOAD_CHUNK_SIZE = 64 * 1024
+# An error body is read only this far: a proxy's error page can be large and is never shown.
+ERROR_BODY_LIMIT = 64 * 1024
 
 
 def is_terminal(status: str) -> bool:
@@ -73,11 +86,25 @@ def is_terminal(status: str) -> bool:
 
 def _file_id(value: Any) -> str | None:
     """The API sends null or "" for a missing file id; both mean none."""
-    return value or None
+    return value if isinstance(value, str) and value else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 # --- Typed results ----------------------------------------------------------
@@ -91,7 +118,7 @@ class RequestCounts:
 
     @classmethod
     def from_api(cls, data: dict | None) -> RequestCounts:
-        data = data or {}
+        data = _dict(data)
         return cls(
             total=_int(data.get("total")) or 0,
             completed=_int(data.get("completed")) or 0,
@@ -117,13 +144,17 @@ class Usage:
 
     @classmethod
     def from_api(cls, data: dict | None) -> Usage | None:
+        """None for batches created before usage was reported; legacy prompt/completion keys are a fallback."""
+        data = _dict(data)
         if not data:
             return None
+        input_details = _dict(data.get("input_tokens_details") or data.get("prompt_tokens_details"))
+        output_details = _dict(data.get("output_tokens_details") or data.get("completion_tokens_details"))
         return cls(
-            input_tokens=_int(data.get("input_tokens")) or 0,
-            cached_tokens=_int((data.get("input_tokens_details") or {}).get("cached_tokens")) or 0,
-            output_tokens=_int(data.get("output_tokens")) or 0,
-            reasoning_tokens=_int((data.get("output_tokens_details") or {}).get("reasoning_tokens")) or 0,
+            input_tokens=_int(data.get("input_tokens", data.get("prompt_tokens"))) or 0,
+            cached_tokens=_int(input_details.get("cached_tokens")) or 0,
+            output_tokens=_int(data.get("output_tokens", data.get("completion_tokens"))) or 0,
+            reasoning_tokens=_int(output_details.get("reasoning_tokens")) or 0,
             total_tokens=_int(data.get("total_tokens")) or 0,
         )
 
@@ -138,9 +169,9 @@ class BatchError:
     @classmethod
     def from_api(cls, data: dict) -> BatchError:
         return cls(
-            code=data.get("code"),
-            message=data.get("message"),
-            param=data.get("param"),
+            code=_text(data.get("code")),
+            message=_text(data.get("message")),
+            param=_text(data.get("param")),
             line=_int(data.get("line")),
         )
 
@@ -172,16 +203,19 @@ class Batch:
 
     @classmethod
     def from_api(cls, data: dict) -> Batch:
-        errors = data.get("errors") or {}
-        status = str(data.get("status") or "").lower()  # Azure has sent "Validating"
+        """Parse a Batch object; unknown fields stay in `raw`, odd values become None instead of failing."""
+        batch_id = data.get("id")
+        if not isinstance(batch_id, str) or not batch_id:
+            raise ValueError("A Batch object has no id.")
+        errors = _dict(data.get("errors")).get("data")
         return cls(
-            id=data["id"],
-            status=status,
-            endpoint=data.get("endpoint"),
+            id=batch_id,
+            status=str(data.get("status") or "").lower(),  # Azure has sent "Validating"
+            endpoint=_text(data.get("endpoint")),
             input_file_id=_file_id(data.get("input_file_id")),
-            completion_window=data.get("completion_window"),
+            completion_window=_text(data.get("completion_window")),
             created_at=_int(data.get("created_at")) or 0,
-            model=data.get("model") or None,
+            model=_text(data.get("model")),
             output_file_id=_file_id(data.get("output_file_id")),
             error_file_id=_file_id(data.get("error_file_id")),
             in_progress_at=_int(data.get("in_progress_at")),
@@ -194,8 +228,8 @@ class Batch:
             cancelled_at=_int(data.get("cancelled_at")),
             request_counts=RequestCounts.from_api(data.get("request_counts")),
             usage=Usage.from_api(data.get("usage")),
-            errors=tuple(BatchError.from_api(e) for e in errors.get("data") or () if isinstance(e, dict)),
-            metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
+            errors=tuple(BatchError.from_api(e) for e in (errors if isinstance(errors, list) else ()) if _dict(e)),
+            metadata={str(k): str(v) for k, v in _dict(data.get("metadata")).items() if v is not None},
             raw=data,
         )
 
@@ -221,12 +255,15 @@ class BatchPage:
 
     @classmethod
     def from_api(cls, data: dict) -> BatchPage:
-        batches = tuple(Batch.from_api(item) for item in data.get("data") or ())
+        items = data.get("data")
+        if not isinstance(items, list):
+            raise ValueError("A list response has no data array.")
+        batches = tuple(Batch.from_api(item) for item in items)
         return cls(
             data=batches,
             has_more=bool(data.get("has_more")) and bool(batches),
-            first_id=data.get("first_id") or None,
-            last_id=data.get("last_id") or None,
+            first_id=_text(data.get("first_id")),
+            last_id=_text(data.get("last_id")),
         )
 
 
@@ -243,13 +280,16 @@ class FileObject:
 
     @classmethod
     def from_api(cls, data: dict) -> FileObject:
+        file_id = data.get("id")
+        if not isinstance(file_id, str) or not file_id:
+            raise ValueError("A File object has no id.")
         return cls(
-            id=data["id"],
+            id=file_id,
             bytes=_int(data.get("bytes")) or 0,
             created_at=_int(data.get("created_at")) or 0,
-            filename=data.get("filename") or "",
-            purpose=data.get("purpose") or "",
-            status=data.get("status"),
+            filename=_text(data.get("filename")) or "",
+            purpose=_text(data.get("purpose")) or "",
+            status=_text(data.get("status")),
             expires_at=_int(data.get("expires_at")),
             raw=data,
         )
@@ -259,7 +299,7 @@ class FileObject:
 
 
 class BatchApiError(Exception):
-    """Any failure talking to the API. `message` is safe to show to a user."""
+    """Any failure talking to the API. `message` is safe to show to a user: it never contains the key."""
 
     def __init__(self, message, *, status=None, type=None, code=None, param=None, request_id=None, retry_after=None):
         super().__init__(message)
@@ -297,7 +337,7 @@ class RateLimited(BatchApiError):
 
 
 class Unavailable(BatchApiError):
-    """The API could not be reached, timed out, or answered 5xx."""
+    """The API could not be reached, timed out, answered 5xx, or answered something that is not the API."""
 
 
 def _error_class(status: int) -> type[BatchApiError]:
@@ -314,8 +354,8 @@ def _error_class(status: int) -> type[BatchApiError]:
     return BatchApiError
 
 
-def _redact(text: str, secret: str) -> str:
-    if secret and secret in text:
+def _redact(text: Any, secret: str) -> Any:
+    if isinstance(text, str) and secret and secret in text:
         text = text.replace(secret, "sk-…" + secret[-4:] if len(secret) > 8 else "[key]")
     return text
 
@@ -327,19 +367,194 @@ def _retry_after_seconds(response: requests.Response | None) -> float | None:
     raw_ms = response.headers.get("retry-after-ms")
     if raw_ms:
         try:
-            return float(raw_ms) / 1000
+            seconds = float(raw_ms) / 1000
         except ValueError:
             pass
+        else:
+            if math.isfinite(seconds):
+                return seconds
     raw = response.headers.get("retry-after")
     if not raw:
         return None
     try:
-        return float(raw)
+        seconds = float(raw)
     except ValueError:
         parsed = email.utils.parsedate_tz(raw)
         if parsed is None:
             return None
         return max(email.utils.mktime_tz(parsed) - time.time(), 0.0)
+    return seconds if math.isfinite(seconds) else None
+
+
+# How a call may be repeated after a failure.
+RETRY_SAFE = "safe"  # reads: repeat on any transport failure and every status the SDK retries
+RETRY_IDEMPOTENT = "idempotent"  # cancel: repeating is harmless, but a 409 (batch already finished) never changes
+RETRY_ONCE = "once"  # create, upload: may act twice, so repeat only what provably did not act
+
+# Failures of the connection itself, as opposed to a request that could not even be built.
+_TRANSPORT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """True when the failure happened while opening the connection, before any byte of the request was sent.
+
+    urllib3 raises ConnectTimeoutError and its subclasses NewConnectionError (refused, unreachable) and
+    NameResolutionError only from connection setup; requests wraps them (in MaxRetryError) as `reason`, in `args`
+    and in the exception chain, so all of those are followed.
+    """
+    pending: list[Any] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
+            return True
+        pending.extend((current.__cause__, current.__context__, getattr(current, "reason", None), *current.args))
+    return False
+
+
+def _describe_transport_error(exc: BaseException) -> str:
+    if _never_connected(exc):
+        return "timed out connecting" if isinstance(exc, requests.Timeout) else "could not be reached"
+    if isinstance(exc, requests.Timeout):
+        return "did not answer in time"
+    return "closed the connection"
+
+
+def _default_message(status: int) -> str:
+    return {
+        400: "The Batch API rejected the request.",
+        401: "The Batch API rejected the API key.",
+        403: "The API key is not allowed to do this.",
+        404: "Not found.",
+        408: "The Batch API timed out waiting for the request.",
+        409: "The request conflicts with the batch's current state.",
+        413: "The file is too large.",
+        429: "The Batch API is rate limiting requests; try again shortly.",
+    }.get(status, f"The Batch API answered with HTTP {status}.")
+
+
+# --- Request bodies and downloads --------------------------------------------
+
+
+def _quote_form_value(value: str) -> str:
+    """Escape a name for a multipart header as browsers do (WHATWG), so a filename cannot break out of its quotes."""
+    return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+class _MultipartUpload:
+    """A multipart/form-data body that reads the file in blocks while it is sent, never holding it in memory.
+
+    requests' `files=` reads the whole file into one bytes object, so the body is built here instead. Its length
+    is known up front (`__len__`), so requests sends a Content-Length rather than chunked encoding, which some
+    servers (Django's among them) do not accept. Iterating again starts again from the beginning (a retry).
+    """
+
+    def __init__(self, handle: BinaryIO, *, filename: str, fields: dict[str, str], content_type: str):
+        try:
+            self._start = handle.tell()
+            handle.seek(0, io.SEEK_END)
+            self._size = handle.tell() - self._start
+            handle.seek(self._start)
+        except (AttributeError, OSError) as exc:
+            raise ValueError("The upload must be a seekable binary file.") from exc
+        self._handle = handle
+        boundary = uuid.uuid4().hex
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        head = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote_form_value(name)}"\r\n\r\n{value}\r\n'
+            for name, value in fields.items()
+        ]
+        head.append(
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="{_quote_form_value(filename)}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        )
+        self._head = "".join(head).encode()
+        self._tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def __len__(self) -> int:
+        return len(self._head) + self._size + len(self._tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._handle.seek(self._start)
+        yield self._head
+        remaining = self._size
+        while remaining:
+            block = self._handle.read(min(UPLOAD_BLOCK_SIZE, remaining))
+            if not block:
+                raise ValueError("The file became shorter while it was being uploaded.")
+            remaining -= len(block)
+            yield block
+        yield self._tail
+
+
+class FileContent:
+    """A file's bytes as an iterator of chunks, read from the network as they are consumed.
+
+    Exhausting or closing it releases the connection; Django's StreamingHttpResponse closes it for you.
+    """
+
+    def __init__(self, response: requests.Response, chunk_size: int):
+        self._response = response
+        self._chunks = response.iter_content(chunk_size)
+        self.content_type = response.headers.get("Content-Type", "")
+        length = response.headers.get("Content-Length", "")
+        self.content_length = int(length) if length.isdigit() and not response.headers.get("Content-Encoding") else None
+
+    def __iter__(self) -> FileContent:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self.close()
+            raise
+        except requests.RequestException:
+            pass  # Raised below, outside the handler, so the error carries no chained requests exception.
+        self.close()
+        raise Unavailable("The download was interrupted before the whole file arrived.")
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> FileContent:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Adds the key to each request, instead of a session header that a debug dump or log could show.
+
+    requests drops it on a redirect to another host, and a ~/.netrc entry cannot replace it.
+    """
+
+    def __init__(self, api_key: str):
+        self._api_key = api_key
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._api_key}"
+        return request
+
+    def __repr__(self) -> str:
+        return "<BearerAuth [redacted]>"
+
+
+def _segment(value: str, what: str) -> str:
+    """An id as one URL path segment: an empty id or one with a slash must not address another endpoint."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string.")
+    return quote(value, safe="")
 
 
 # --- The client -------------------------------------------------------------
@@ -359,18 +574,18 @@ class BatchClient:
         connect_timeout: float = 5.0,
         max_retries: int = 2,
         session: requests.Session | None = None,
-        sleep=time.sleep,
+        sleep: Callable[[float], Any] = time.sleep,
     ):
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.timeout = (connect_timeout, timeout)
-        self.max_retries = max_retries
+        self.max_retries = max(int(max_retries), 0)
         self._sleep = sleep
         self.session = session or requests.Session()
+        self.session.auth = _BearerAuth(api_key)
         self.session.headers.update(
             {
-                "Authorization": f"Bearer {api_key}",
-                "User-Agent": f"batchboard/{getattr(settings, 'VERSION', '0')} (+python-requests)",
+                "User-Agent": f"batchboard/{getattr(settings, 'VERSION', '0')} python-requests/{requests.__version__}",
                 "Accept": "application/json",
             }
         )
@@ -381,6 +596,9 @@ class BatchClient:
 
     def __repr__(self):
         return f"<BatchClient {self.base_url}>"
+
+    def close(self) -> None:
+        self.session.close()
 
     # Batches
 
@@ -400,188 +618,237 @@ class BatchClient:
         }
         if metadata:
             body["metadata"] = metadata
-        if output_expires_after:
+        if output_expires_after is not None:
             body["output_expires_after"] = {"anchor": "created_at", "seconds": int(output_expires_after)}
-        return Batch.from_api(self._request("POST", "/batches", json=body, idempotent=False).json())
+        response = self._request("POST", "/batches", json=body, retry=RETRY_ONCE)
+        return self._parse(response, Batch.from_api, "POST /batches")
 
     def retrieve_batch(self, batch_id: str) -> Batch:
-        return Batch.from_api(self._request("GET", f"/batches/{batch_id}").json())
+        path = f"/batches/{_segment(batch_id, 'batch_id')}"
+        return self._parse(self._request("GET", path), Batch.from_api, f"GET {path}")
 
     def list_batches(self, *, after: str | None = None, limit: int = 20) -> BatchPage:
-        if not 1 <= limit <= LIST_LIMIT_MAX:
-            raise ValueError(f"limit must be between 1 and {LIST_LIMIT_MAX}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIST_LIMIT_MAX:
+            raise ValueError(f"limit must be an integer between 1 and {LIST_LIMIT_MAX}")
         params: dict[str, Any] = {"limit": limit}
         if after:
             params["after"] = after
-        return BatchPage.from_api(self._request("GET", "/batches", params=params).json())
+        return self._parse(self._request("GET", "/batches", params=params), BatchPage.from_api, "GET /batches")
 
     def iter_batch_pages(self, *, limit: int = LIST_LIMIT_MAX) -> Iterator[BatchPage]:
-        """Every page of the list, newest first, following the `after` cursor as the SDK does."""
+        """Every page of the list, newest first: `after` is the last item's id, as the SDK does (not `last_id`)."""
         after = None
+        cursors_seen: set[str] = set()
         while True:
             page = self.list_batches(after=after, limit=limit)
             yield page
             if not page.has_more:
                 return
             after = page.data[-1].id
+            if after in cursors_seen:
+                raise BatchApiError("The Batch API returned the same page twice; paging stopped to avoid a loop.")
+            cursors_seen.add(after)
 
     def iter_batches(self, *, limit: int = LIST_LIMIT_MAX) -> Iterator[Batch]:
         for page in self.iter_batch_pages(limit=limit):
             yield from page.data
 
     def cancel_batch(self, batch_id: str) -> Batch:
-        # Cancelling twice is harmless upstream, so a retry after a lost response is safe; a 409 is not retried
-        # because it means the batch is already finished.
-        return Batch.from_api(self._request("POST", f"/batches/{batch_id}/cancel", idempotent=True).json())
+        path = f"/batches/{_segment(batch_id, 'batch_id')}/cancel"
+        return self._parse(self._request("POST", path, retry=RETRY_IDEMPOTENT), Batch.from_api, f"POST {path}")
 
     # Files
 
     def upload_file(self, path: str | Path, *, purpose: str = "batch", filename: str | None = None) -> FileObject:
-        """Upload a file from disk, streamed: requests reads it in chunks through the multipart encoder."""
+        """Upload a file from disk, streamed in blocks (see _MultipartUpload)."""
         path = Path(path)
         with path.open("rb") as handle:
             return self.upload_fileobj(handle, filename=filename or path.name, purpose=purpose)
 
     def upload_fileobj(self, handle: BinaryIO, *, filename: str, purpose: str = "batch") -> FileObject:
-        response = self._request(
-            "POST",
-            "/files",
-            files={"file": (filename, _StreamingUpload(handle), "application/jsonl")},
-            data={"purpose": purpose},
-            idempotent=False,
+        """Upload from an open, seekable binary file (e.g. a Django UploadedFile) starting at its current position."""
+        body = _MultipartUpload(
+            handle, filename=filename, fields={"purpose": purpose}, content_type="application/jsonl"
         )
-        return FileObject.from_api(response.json())
+        response = self._request(
+            "POST", "/files", data=body, headers={"Content-Type": body.content_type}, retry=RETRY_ONCE
+        )
+        return self._parse(response, FileObject.from_api, "POST /files")
 
     def retrieve_file(self, file_id: str) -> FileObject:
-        return FileObject.from_api(self._request("GET", f"/files/{file_id}").json())
+        path = f"/files/{_segment(file_id, 'file_id')}"
+        return self._parse(self._request("GET", path), FileObject.from_api, f"GET {path}")
 
-    def file_content(self, file_id: str, *, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
-        """The file's bytes as an iterator of chunks; the connection is released when it is exhausted or closed."""
-        response = self._request("GET", f"/files/{file_id}/content", stream=True, accept="application/binary")
-
-        def chunks():
-            try:
-                yield from response.iter_content(chunk_size)
-            except requests.RequestException as exc:
-                raise Unavailable("The download was interrupted.") from exc
-            finally:
-                response.close()
-
-        return chunks()
+    def file_content(self, file_id: str, *, chunk_size: int = DOWNLOAD_CHUNK_SIZE) -> FileContent:
+        """The file's bytes as an iterator of chunks (FileContent). Errors such as 404 raise here, before any byte."""
+        path = f"/files/{_segment(file_id, 'file_id')}/content"
+        response = self._request("GET", path, stream=True, headers={"Accept": "application/binary"})
+        return FileContent(response, chunk_size)
 
     # Transport
 
-    def _request(self, method, path, *, idempotent=True, stream=False, accept=None, **kwargs) -> requests.Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        retry: str = RETRY_SAFE,
+        stream: bool = False,
+        headers: dict[str, str] | None = None,
+        **kwargs,
+    ) -> requests.Response:
+        """Send one call, retrying as `retry` allows; return a response below 400 or raise a BatchApiError."""
         url = f"{self.base_url}{path}"
-        headers = {"Accept": accept} if accept else {}
-        retries = 0
+        attempt = 0
         while True:
-            headers["X-Stainless-Retry-Count"] = str(retries)
-            response = None
-            try:
-                if "files" in kwargs:
-                    kwargs["files"]["file"][1].rewind()
-                response = self.session.request(
-                    method, url, headers=headers, timeout=self.timeout, stream=stream, **kwargs
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                sent = not isinstance(exc, requests.ConnectTimeout) and not _never_connected(exc)
-                if retries < self.max_retries and (idempotent or not sent):
-                    self._backoff(retries, None, method, path, type(exc).__name__)
-                    retries += 1
+            request_headers = {**(headers or {}), "X-Stainless-Retry-Count": str(attempt)}
+            started = time.monotonic()
+            response, failure, unsendable = self._send(method, url, request_headers, stream, kwargs)
+            if unsendable is not None:
+                raise Unavailable(f"The request to the Batch API could not be made ({unsendable}).")
+            if failure is not None:
+                may_repeat = retry != RETRY_ONCE or _never_connected(failure)
+                what = _describe_transport_error(failure)
+                del failure  # It holds the prepared request, key included; do not keep it alive.
+                if attempt < self.max_retries and may_repeat:
+                    self._pause(attempt, None, method, path, f"it {what}")
+                    attempt += 1
                     continue
-                kind = "timed out" if isinstance(exc, requests.Timeout) else "could not be reached"
-                raise Unavailable(f"The Batch API {kind} ({method} {path}).") from None
-            except requests.RequestException as exc:
-                raise Unavailable(f"The request to the Batch API failed ({type(exc).__name__}).") from None
+                tries = f", {attempt + 1} attempts" if attempt else ""
+                raise Unavailable(f"The Batch API {what} ({method} {path}{tries}).")
 
+            logger.debug(
+                "%s %s -> %s in %.2fs [%s]",
+                method,
+                path,
+                response.status_code,
+                time.monotonic() - started,
+                response.headers.get("x-request-id", "-"),
+            )
             if response.status_code < 400:
                 return response
-            error = self._error_from(response)
-            if retries < self.max_retries and self._should_retry(response, error, idempotent):
-                response.close()
-                self._backoff(retries, error.retry_after, method, path, f"HTTP {response.status_code}")
-                retries += 1
-                continue
+            error = self._error_from(response, stream)
             response.close()
+            if attempt < self.max_retries and _should_retry(response, error, retry):
+                self._pause(attempt, error.retry_after, method, path, f"HTTP {response.status_code}")
+                attempt += 1
+                continue
             raise error
 
-    def _should_retry(self, response: requests.Response, error: BatchApiError, idempotent: bool) -> bool:
-        if error.retry_after is not None and error.retry_after > RETRY_AFTER_CAP:
-            return False
-        should = response.headers.get("x-should-retry", "").lower()
-        if should in ("true", "false"):
-            return should == "true" and (idempotent or response.status_code == 429)
-        status = response.status_code
-        if status == 409:
-            return False  # Cancelling a finished batch answers 409 and will never succeed.
-        if status == 429:
-            # A 429 was refused before anything happened, so it is safe to repeat even a create.
-            return error.code != "insufficient_quota"
-        if not idempotent:
-            return False
-        return status in RETRYABLE_STATUSES or status >= 500
+    def _send(self, method, url, headers, stream, kwargs):
+        """One attempt: (response, transport failure, reason it could not be sent), exactly one of them set.
 
-    def _backoff(self, retries, retry_after, method, path, reason):
+        Failures are returned rather than raised so that the BatchApiError raised by the caller has no chained
+        requests exception (whose request carries the key) in its context.
+        """
+        try:
+            response = self.session.request(method, url, headers=headers, timeout=self.timeout, stream=stream, **kwargs)
+        except _TRANSPORT_ERRORS as exc:
+            return None, exc, None
+        except requests.RequestException as exc:
+            return None, None, type(exc).__name__
+        return response, None, None
+
+    def _pause(self, attempt: int, retry_after: float | None, method: str, path: str, reason: str) -> None:
         if retry_after is not None and 0 < retry_after <= RETRY_AFTER_CAP:
             delay = retry_after
         else:
-            delay = min(INITIAL_RETRY_DELAY * 2**retries, MAX_RETRY_DELAY) * random.uniform(0.75, 1.0)
-        logger.info("Retrying %s %s in %.2fs after %s", method, path, delay, reason)
+            delay = min(INITIAL_RETRY_DELAY * 2**attempt, MAX_RETRY_DELAY) * random.uniform(*JITTER)
+        logger.info(
+            "Retrying %s %s in %.2fs after %s (retry %d of %d)",
+            method,
+            path,
+            delay,
+            reason,
+            attempt + 1,
+            self.max_retries,
+        )
         self._sleep(delay)
 
-    def _error_from(self, response: requests.Response) -> BatchApiError:
+    def _parse(self, response: requests.Response, parse: Callable[[dict], Any], call: str) -> Any:
+        """The typed result of a successful response; anything else than the expected JSON object is an error."""
         try:
-            body = response.json()
+            data = json.loads(response.content)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return parse(data)
+        except (ValueError, TypeError, AttributeError):
+            content_type = response.headers.get("Content-Type", "").split(";")[0] or "no content type"
+            raise Unavailable(
+                f"The answer to {call} is not the API's JSON (HTTP {response.status_code}, {content_type}); "
+                "is the base URL right?",
+                status=response.status_code,
+                request_id=response.headers.get("x-request-id"),
+            ) from None
+
+    def _error_from(self, response: requests.Response, stream: bool) -> BatchApiError:
+        raw = _error_body(response, stream)
+        try:
+            body = json.loads(raw) if raw else None
         except ValueError:
             body = None
         details = body.get("error") if isinstance(body, dict) else None
-        if not isinstance(details, dict):
-            details = {}
+        if isinstance(details, str):
+            details = {"message": details}
+        details = _dict(details)
         status = response.status_code
-        message = details.get("message") or _default_message(status)
-        return _error_class(status)(
-            _redact(str(message), self._api_key),
+        error_class = _error_class(status)
+        content_type = response.headers.get("Content-Type", "").split(";")[0] or "no content type"
+        message = _text(details.get("message"))
+        if status == 404 and not details:
+            # The API answers every unknown id or route with its error envelope; a bare 404 page means the base
+            # URL is wrong, which must not read as "this batch does not exist".
+            error_class = Unavailable
+            message = f"The Batch API URL answered HTTP 404 without an API error ({content_type}); is it right?"
+        elif not message:
+            message = _default_message(status)
+            if body is None and raw.strip():
+                message += f" The answer was not an API error ({content_type}): a proxy or gateway may be failing."
+        return error_class(
+            _redact(message, self._api_key),
             status=status,
-            type=details.get("type"),
-            code=details.get("code"),
-            param=details.get("param"),
+            type=_redact(_text(details.get("type")), self._api_key),
+            code=_redact(_text(details.get("code")), self._api_key),
+            param=_redact(_text(details.get("param")), self._api_key),
             request_id=response.headers.get("x-request-id"),
             retry_after=_retry_after_seconds(response),
         )
 
 
-class _StreamingUpload:
-    """A file wrapper that requests streams in chunks, and that can be rewound for a retry."""
+def _should_retry(response: requests.Response, error: BatchApiError, retry: str) -> bool:
+    """The SDK's decision (REFERENCE.md §13), narrowed for calls that must not act twice."""
+    status = response.status_code
+    if error.retry_after is not None and error.retry_after > RETRY_AFTER_CAP:
+        return False
+    # A 429 is refused before anything happens, so even a create may be repeated; any other answer may come
+    # after the call acted.
+    if retry == RETRY_ONCE and status != 429:
+        return False
+    # Cancelling a finished batch answers 409 and will never succeed, whatever x-should-retry says.
+    if retry == RETRY_IDEMPOTENT and status == 409:
+        return False
+    should = response.headers.get("x-should-retry", "").strip().lower()
+    if should in ("true", "false"):
+        return should == "true"
+    if status == 429 and error.code == "insufficient_quota":
+        return False  # Out of credit: waiting a second never helps (the SDK retries it; we do not).
+    return status in RETRYABLE_STATUSES or status >= 500
 
-    def __init__(self, handle: BinaryIO):
-        self._handle = handle
-        self._start = handle.tell() if handle.seekable() else 0
 
-    def rewind(self):
-        if self._handle.seekable():
-            self._handle.seek(self._start)
-
-    def read(self, size=-1):
-        return self._handle.read(size)
-
-
-def _never_connected(exc: Exception) -> bool:
-    """True when a connection error happened before any byte of the request was sent."""
-    text = repr(exc)
-    return "NewConnectionError" in text or "Connection refused" in text or "NameResolutionError" in text
-
-
-def _default_message(status: int) -> str:
-    return {
-        400: "The Batch API rejected the request.",
-        401: "The Batch API rejected the API key.",
-        403: "The API key is not allowed to do this.",
-        404: "Not found.",
-        409: "The request conflicts with the batch's current state.",
-        413: "The file is too large.",
-        429: "The Batch API is rate limiting requests; try again shortly.",
-    }.get(status, f"The Batch API answered with HTTP {status}.")
+def _error_body(response: requests.Response, stream: bool) -> bytes:
+    """The start of an error response's body (the whole of it unless streamed), or b"" if it cannot be read."""
+    try:
+        if not stream:
+            return response.content[:ERROR_BODY_LIMIT]
+        chunks, size = [], 0
+        for chunk in response.iter_content(16 * 1024):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= ERROR_BODY_LIMIT:
+                break
+        return b"".join(chunks)[:ERROR_BODY_LIMIT]
+    except requests.RequestException:
+        return b""
 
 
 _clients = threading.local()
@@ -601,6 +868,9 @@ def get_client() -> BatchClient:
         settings.OPENAI_MAX_RETRIES,
     )
     if getattr(_clients, "config", None) != config:
+        previous = getattr(_clients, "client", None)
+        if previous is not None:
+            previous.close()
         api_key, base_url, organization, project, timeout, max_retries = config
         _clients.client = BatchClient(
             api_key=api_key,
