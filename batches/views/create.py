@@ -1,9 +1,63 @@
 """Creating a batch from a validated JSONL upload or an uploaded file id."""
 
-from django.http import HttpResponse
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
+
+from batches import upstream
+from batches.forms import CreateBatchForm, metadata_field_names
+
+
+def _redirect_to_batch(batch):
+    response = redirect("batches:detail", batch_id=batch.batch_id)
+    response.status_code = 303  # See Other: the browser GETs the new page, and a reload does not resubmit.
+    return response
+
+
+def _retry_form(form: CreateBatchForm, uploaded_file_id: str) -> CreateBatchForm:
+    """A fresh form with everything the user chose, pointing at the file that was uploaded, to create from it."""
+    initial = {
+        name: form.cleaned_data.get(name)
+        for name in ("endpoint", "completion_window", "output_expiry_amount", "output_expiry_unit")
+    }
+    for number, (key, value) in enumerate(form.cleaned_data["metadata"].items(), start=1):
+        key_name, value_name = metadata_field_names(number)
+        initial[key_name], initial[value_name] = key, value
+    return CreateBatchForm(initial={**initial, "input_file_id": uploaded_file_id})
 
 
 @require_http_methods(["GET", "POST"])
 def batch_create(request):
-    return HttpResponse(status=501)
+    if not request.user.has_perm("batches.create_batch"):
+        raise PermissionDenied("You may not create batches.")
+    if request.method != "POST":
+        return render(request, "batches/batch_create.html", {"form": CreateBatchForm()})
+
+    form = CreateBatchForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return render(request, "batches/batch_create.html", {"form": form})
+    data = form.cleaned_data
+    upload = data.get("input_file")
+    outcome = upstream.create_batch(
+        token=data["token"],
+        user=request.user.get_username(),
+        endpoint=data["endpoint"],
+        upload=upload,
+        filename=upload.name if upload else "",
+        input_file_id=data["input_file_id"],
+        completion_window=data["completion_window"],
+        metadata=data["metadata"],
+        output_expires_after=data["output_expires_after"],
+    )
+    if outcome.batch is not None:
+        if outcome.repeated:
+            messages.info(request, f"This form was already submitted: it created {outcome.batch.batch_id}.")
+        else:
+            messages.success(request, f"Batch {outcome.batch.batch_id} created.")
+        return _redirect_to_batch(outcome.batch)
+    if outcome.uploaded_file_id:
+        form = _retry_form(form, outcome.uploaded_file_id)
+        return render(request, "batches/batch_create.html", {"form": form, "create_error": outcome.error})
+    form.add_error(outcome.error_field, outcome.error)
+    return render(request, "batches/batch_create.html", {"form": form})

@@ -1,11 +1,86 @@
 """The batch detail page, its live panel, and file downloads."""
 
-from django.http import Http404
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.core.cache import cache
+from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
 from batches import services, upstream
+from batches.history import batch_history
+
+logger = logging.getLogger(__name__)
+
+FILE_KINDS = {"input": "Input", "output": "Output", "error": "Errors"}
+TIMESTAMP_LABELS = {
+    "created_at": "Created",
+    "in_progress_at": "Started",
+    "finalizing_at": "Finalizing",
+    "completed_at": "Completed",
+    "failed_at": "Failed",
+    "expired_at": "Expired",
+    "cancelling_at": "Cancel requested",
+    "cancelled_at": "Cancelled",
+}
+# A file's size never changes, so one lookup per file is enough for a long while.
+FILE_INFO_CACHE_SECONDS = 6 * 3600
+# htmx stops polling on this status (and the final fragment has no trigger left).
+STOP_POLLING = 286
+DOWNLOAD_FAILURES = {
+    "auth": "The OpenAI API rejected the configured API key.",
+    "rate_limited": "The OpenAI API is rate limiting requests; try again in a moment.",
+    "unavailable": "The OpenAI API could not be reached; try again in a moment.",
+}
+
+
+@dataclass(frozen=True)
+class BatchFile:
+    kind: str
+    label: str
+    file_id: str
+    size: int | None = None  # None when the size could not be fetched (or was not asked for)
+
+
+def _at(value: int | None) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if value else None
+
+
+def _timeline(api: services.Batch) -> list[tuple[str, datetime]]:
+    """The batch's *_at timestamps that are set, oldest first (ties keep the lifecycle order)."""
+    moments = [(TIMESTAMP_LABELS[name], _at(getattr(api, name))) for name in services.TIMESTAMP_FIELDS]
+    return sorted(((label, at) for label, at in moments if at), key=lambda moment: moment[1])
+
+
+def _file_size(file_id: str, *, fetch: bool) -> int | None:
+    """The file's size from the cache, or from the API when `fetch` allows; None when unknown."""
+    key = f"batchboard:file-bytes:{file_id}"
+    size = cache.get(key)
+    if size is None and fetch:
+        try:
+            size = services.get_client().retrieve_file(file_id).bytes
+        except services.BatchApiError as exc:
+            logger.info("Size of %s unavailable: %s", file_id, exc)
+            return None
+        cache.set(key, size, FILE_INFO_CACHE_SECONDS)
+    return size
+
+
+def _files(batch, *, fetch_sizes: bool) -> list[BatchFile]:
+    """The batch's input, output and error files, with the sizes known (at most three lookups, then cached)."""
+    files = []
+    for kind, label in FILE_KINDS.items():
+        file_id = getattr(batch, f"{kind}_file_id")
+        if file_id:
+            files.append(BatchFile(kind, label, file_id, _file_size(file_id, fetch=fetch_sizes)))
+    return files
 
 
 @require_safe
@@ -14,12 +89,62 @@ def batch_detail(request, batch_id):
     try:
         batch, freshness = upstream.refresh_batch(batch_id)
     except services.NotFound:
-        raise Http404("No batch with this id.") from None
+        raise Http404(f"There is no batch {batch_id}.") from None
     if batch is None:
         return render(request, "batches/unreachable.html", {"batch_id": batch_id, "freshness": freshness}, status=503)
-    return render(request, "batches/batch_detail.html", {"batch": batch, "freshness": freshness})
+
+    api = batch.api
+    final = batch.is_terminal
+    # An unknown size costs an upstream call: make it for a full page and for the last fragment (when the result
+    # files appear), not for every poll, and not while the API is failing anyway.
+    api_failing = freshness.error_kind in ("auth", "unavailable", "rate_limited")
+    fetch_sizes = (final or not request.htmx) and not api_failing
+    context = {
+        "batch": batch,
+        "api": api,
+        "freshness": freshness,
+        "timeline": _timeline(api),
+        "expires_at": _at(api.expires_at),
+        "files": _files(batch, fetch_sizes=fetch_sizes),
+        "history": batch_history(batch),
+        "polling": not final,
+        "share_url": request.build_absolute_uri(reverse("batches:detail", args=[batch.batch_id])),
+    }
+    if request.htmx and not request.htmx.history_restore_request:
+        context["fragment"] = True  # carries the page title, which htmx applies: it names the status
+        status = STOP_POLLING if final else 200
+        return render(request, "batches/batch_detail.html#batch-panel", context, status=status)
+    return render(request, "batches/batch_detail.html", context)
 
 
 @require_safe
 def batch_file(request, batch_id, kind):
-    raise Http404("Not built yet.")
+    """Stream one of the batch's files through the dashboard, so the browser never needs the API key."""
+    if kind not in FILE_KINDS:
+        raise Http404("Batch files are input, output or error.")
+    try:
+        batch, freshness = upstream.refresh_batch(batch_id)
+    except services.NotFound:
+        raise Http404(f"There is no batch {batch_id}.") from None
+    if batch is None:
+        return render(request, "batches/unreachable.html", {"batch_id": batch_id, "freshness": freshness}, status=503)
+    file_id = getattr(batch, f"{kind}_file_id")
+    if not file_id:
+        raise Http404(f"{batch_id} has no {kind} file.")
+    try:
+        chunks = services.get_client().file_content(file_id)
+    except services.BatchApiError as exc:
+        logger.warning("Download of %s (%s of %s) failed: %s", file_id, kind, batch_id, exc)
+        missing = isinstance(exc, services.NotFound)
+        context = {
+            "batch": batch,
+            "kind": kind,
+            "file_id": file_id,
+            "missing": missing,
+            "message": "" if missing else DOWNLOAD_FAILURES.get(upstream.error_kind(exc), exc.message),
+        }
+        return render(request, "batches/file_unavailable.html", context, status=404 if missing else 502)
+    response = StreamingHttpResponse(chunks, content_type="application/jsonl")
+    response["Content-Disposition"] = content_disposition_header(True, f"{batch_id}-{kind}.jsonl")
+    response["Cache-Control"] = "private, no-store"
+    return response

@@ -1,0 +1,357 @@
+"""The create-batch form and the streaming JSONL validation that runs before anything is sent upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from django import forms
+from django.template.defaultfilters import filesizeformat
+
+from batches import services
+
+MAX_REPORTED_ERRORS = 20
+METADATA_ROWS_SHOWN = 4
+UTF8_BOM = b"\xef\xbb\xbf"
+FILE_ID_PATTERN = re.compile(r"file-[A-Za-z0-9_-]{1,120}")
+EXPIRY_UNITS = {"hours": 3600, "days": 86400}
+
+
+# --- JSONL validation -------------------------------------------------------
+
+
+@dataclass
+class JsonlReport:
+    """What validating an input file found: counts, the endpoint and model, and its problems.
+
+    Problems with the whole file are all kept; problems on lines are kept up to MAX_REPORTED_ERRORS and counted.
+    """
+
+    requests: int = 0
+    size: int = 0
+    endpoint: str | None = None
+    model: str | None = None
+    file_errors: list[str] = field(default_factory=list)
+    line_errors: list[str] = field(default_factory=list)
+    line_error_count: int = 0
+
+    @property
+    def is_valid(self) -> bool:
+        return not self.file_errors and not self.line_error_count
+
+    def add(self, message: str, line: int | None = None) -> None:
+        if line is None:
+            self.file_errors.append(message)
+            return
+        self.line_error_count += 1
+        if len(self.line_errors) < MAX_REPORTED_ERRORS:
+            self.line_errors.append(f"Line {line:,}: {message}")
+
+    @property
+    def messages(self) -> list[str]:
+        """Every problem to show, the line problems capped with a count of the ones left out."""
+        hidden = self.line_error_count - len(self.line_errors)
+        more = [f"…and {hidden:,} more problem{'s' if hidden != 1 else ''}."] if hidden else []
+        return [*self.file_errors, *self.line_errors, *more]
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _id_digest(custom_id: str) -> bytes:
+    # 16-byte digests keep the duplicate check's memory small whatever the length of the ids.
+    return hashlib.blake2b(custom_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def validate_jsonl(handle: BinaryIO, *, endpoint: str | None = None, size: int | None = None) -> JsonlReport:
+    """Check a Batch API input file line by line, reading it as a stream (memory stays bounded by the longest line).
+
+    Every line must be a JSON object with a non-empty unique `custom_id`, `method` POST, `url` equal to the
+    endpoint (taken from the first line when not given) and an object `body`; one `body.model` for the whole
+    file; at most MAX_REQUESTS_PER_BATCH lines and MAX_INPUT_FILE_BYTES bytes; UTF-8 without a byte order mark.
+    Blank lines at the end are tolerated.
+    """
+    report = JsonlReport(endpoint=endpoint or None)
+    if size is not None and size > services.MAX_INPUT_FILE_BYTES:
+        report.size = size
+        report.add(_too_large(size))
+        return report
+
+    scan = _Scan()
+    blank_run_start, blank_run_length = 0, 0
+    line_number = 0
+    for raw in iter(handle.readline, b""):
+        line_number += 1
+        report.size += len(raw)
+        if line_number == 1 and raw.startswith(UTF8_BOM):
+            report.add("the file starts with a UTF-8 byte order mark (BOM). Save it as UTF-8 without BOM.", 1)
+            raw = raw[len(UTF8_BOM) :]
+        if not raw.strip():
+            blank_run_start = blank_run_start if blank_run_length else line_number
+            blank_run_length += 1
+            continue
+        for blank in range(blank_run_start, blank_run_start + blank_run_length):
+            report.add("blank line; only the end of the file may have blank lines.", blank)
+        blank_run_length = 0
+        report.requests += 1
+        if report.requests > services.MAX_REQUESTS_PER_BATCH:
+            continue  # Only counted: the file is invalid whatever these lines hold, and the id set stops growing.
+        request = _parse_line(raw, line_number, report)
+        if request is not None:
+            _check_request(request, line_number, report, scan)
+
+    if report.size > services.MAX_INPUT_FILE_BYTES:
+        report.add(_too_large(report.size))
+    if report.requests > services.MAX_REQUESTS_PER_BATCH:
+        report.add(
+            f"The file has {report.requests:,} requests; a batch holds at most "
+            f"{services.MAX_REQUESTS_PER_BATCH:,}. Split it into several files."
+        )
+    if report.requests == 0:
+        report.add("The file is empty: it has no requests.")
+    return report
+
+
+def _too_large(size: int) -> str:
+    limit = services.MAX_INPUT_FILE_BYTES
+    return (
+        f"The file is {filesizeformat(size)} ({size:,} bytes); the Batch API accepts at most "
+        f"{filesizeformat(limit)} ({limit:,} bytes)."
+    )
+
+
+def _parse_line(raw: bytes, line_number: int, report: JsonlReport) -> dict | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report.add(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}).", line_number)
+        return None
+    try:
+        request = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        detail = f" ({exc.msg} at column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        report.add(f"not valid JSON{detail}.", line_number)
+        return None
+    if not isinstance(request, dict):
+        report.add(f"expected a JSON object, found {type(request).__name__}.", line_number)
+        return None
+    return request
+
+
+@dataclass
+class _Scan:
+    """What a validation pass remembers between lines."""
+
+    seen_ids: dict[bytes, int] = field(default_factory=dict)
+    model_line: int | None = None
+    first_line_without_model: int | None = None
+
+
+def _check_request(request: dict, line_number: int, report: JsonlReport, scan: _Scan) -> None:
+    custom_id = request.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        report.add("custom_id must be a non-empty string.", line_number)
+    else:
+        digest = _id_digest(custom_id)
+        first = scan.seen_ids.setdefault(digest, line_number)
+        if first != line_number:
+            shown = custom_id if len(custom_id) <= 80 else custom_id[:77] + "…"
+            report.add(f"custom_id {shown!r} is already used on line {first:,}.", line_number)
+
+    if request.get("method") != "POST":
+        report.add(f'method must be "POST", found {_shown(request.get("method"))}.', line_number)
+
+    url = request.get("url")
+    if not isinstance(url, str) or not url:
+        report.add('url must be the endpoint path, such as "/v1/chat/completions".', line_number)
+    elif report.endpoint is None:
+        if url in services.ENDPOINTS:
+            report.endpoint = url
+        else:
+            report.add(f"url {url!r} is not a Batch API endpoint ({', '.join(services.ENDPOINTS)}).", line_number)
+    elif url != report.endpoint:
+        report.add(f"url is {url!r}; every line must use the batch's endpoint {report.endpoint!r}.", line_number)
+
+    body = request.get("body")
+    if not isinstance(body, dict):
+        report.add(f"body must be a JSON object, found {_shown(body)}.", line_number)
+    else:
+        if body.get("stream") is True:
+            report.add("body.stream is true; batch requests cannot stream.", line_number)
+        _check_model(body.get("model"), line_number, report, scan)
+
+
+def _check_model(model, line_number: int, report: JsonlReport, scan: _Scan) -> None:
+    """One model per file: every line that names a model names the same one, and then every line names it."""
+    if model is None:
+        if report.model:
+            report.add(f"body.model is missing but line {scan.model_line:,} uses {report.model!r}.", line_number)
+        elif scan.first_line_without_model is None:
+            scan.first_line_without_model = line_number
+        return
+    if not isinstance(model, str) or not model:
+        report.add("body.model must be a non-empty string.", line_number)
+    elif report.model is None:
+        report.model, scan.model_line = model, line_number
+        if scan.first_line_without_model:
+            report.add(f"body.model is missing but line {line_number:,} uses {model!r}.", scan.first_line_without_model)
+    elif model != report.model:
+        report.add(
+            f"body.model is {model!r} but line {scan.model_line:,} uses {report.model!r}; a batch runs a single model.",
+            line_number,
+        )
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "nothing"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+# --- The form ---------------------------------------------------------------
+
+
+def metadata_field_names(number: int) -> tuple[str, str]:
+    return f"metadata_key_{number}", f"metadata_value_{number}"
+
+
+class CreateBatchForm(forms.Form):
+    """Create a batch from an uploaded JSONL file or from a file id already uploaded with purpose batch."""
+
+    input_file = forms.FileField(
+        required=False,
+        label="JSONL file",
+        help_text="One request per line; at most 50,000 requests and 200 MB.",
+        widget=forms.FileInput(attrs={"accept": ".jsonl,application/jsonl,application/x-ndjson"}),
+    )
+    input_file_id = forms.CharField(
+        required=False,
+        max_length=128,
+        label="or an uploaded file id",
+        help_text="A file uploaded with purpose “batch”, such as file-abc123.",
+        widget=forms.TextInput(attrs={"placeholder": "file-…", "autocomplete": "off", "spellcheck": "false"}),
+    )
+    endpoint = forms.ChoiceField(
+        required=False,
+        choices=[("", "Infer from the file")] + [(e, e) for e in services.ENDPOINTS],
+    )
+    completion_window = forms.ChoiceField(
+        choices=[(w, w) for w in services.COMPLETION_WINDOWS], initial=services.COMPLETION_WINDOWS[0]
+    )
+    output_expiry_amount = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=720,
+        label="Delete results after",
+        help_text="Optional: between 1 hour and 30 days after the result files are written.",
+    )
+    output_expiry_unit = forms.ChoiceField(choices=[("hours", "hours"), ("days", "days")], initial="days", label="Unit")
+    token = forms.UUIDField(widget=forms.HiddenInput, initial=uuid.uuid4)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for number in range(1, services.METADATA_MAX_PAIRS + 1):
+            key_name, value_name = metadata_field_names(number)
+            self.fields[key_name] = forms.CharField(
+                required=False,
+                max_length=services.METADATA_MAX_KEY_LENGTH,
+                label=f"Metadata key {number}",
+                strip=True,
+            )
+            self.fields[value_name] = forms.CharField(
+                required=False,
+                max_length=services.METADATA_MAX_VALUE_LENGTH,
+                label=f"Metadata value {number}",
+                strip=False,
+            )
+        self.report: JsonlReport | None = None
+
+    def metadata_rows(self) -> list[tuple[forms.BoundField, forms.BoundField]]:
+        return [
+            (self[key_name], self[value_name])
+            for key_name, value_name in (metadata_field_names(n) for n in range(1, services.METADATA_MAX_PAIRS + 1))
+        ]
+
+    def visible_metadata_rows(self):
+        return self.metadata_rows()[:METADATA_ROWS_SHOWN]
+
+    def more_metadata_rows(self):
+        return self.metadata_rows()[METADATA_ROWS_SHOWN:]
+
+    def more_metadata_used(self) -> bool:
+        """Open the extra rows when any of them holds a value (or an error), so nothing typed is hidden."""
+        return any(
+            key.value() or value.value() or key.errors or value.errors for key, value in self.more_metadata_rows()
+        )
+
+    def clean_input_file_id(self) -> str:
+        file_id = self.cleaned_data["input_file_id"].strip()
+        if file_id and not FILE_ID_PATTERN.fullmatch(file_id):
+            raise forms.ValidationError("A file id looks like file-abc123.")
+        return file_id
+
+    def clean(self):
+        cleaned = super().clean()
+        upload = cleaned.get("input_file")
+        file_id = cleaned.get("input_file_id")
+        if "input_file_id" not in cleaned:
+            return cleaned  # Already reported on the field.
+        if upload and file_id:
+            raise forms.ValidationError("Choose either a file to upload or an uploaded file id, not both.")
+        if not upload and not file_id:
+            raise forms.ValidationError("Choose a JSONL file to upload, or give the id of an uploaded file.")
+        if file_id and not cleaned.get("endpoint"):
+            self.add_error("endpoint", "Choose the endpoint: it can only be inferred from an uploaded file.")
+        cleaned["metadata"] = self._clean_metadata()
+        cleaned["output_expires_after"] = self._clean_output_expiry()
+        if upload:
+            self._validate_upload(upload, cleaned)
+        return cleaned
+
+    def _validate_upload(self, upload, cleaned) -> None:
+        upload.seek(0)
+        self.report = validate_jsonl(upload, endpoint=cleaned.get("endpoint") or None, size=upload.size)
+        upload.seek(0)
+        if not self.report.is_valid:
+            self.add_error("input_file", self.report.messages)
+        elif not cleaned.get("endpoint"):
+            cleaned["endpoint"] = self.report.endpoint
+
+    def _clean_metadata(self) -> dict[str, str]:
+        metadata: dict[str, str] = {}
+        for number in range(1, services.METADATA_MAX_PAIRS + 1):
+            key_name, value_name = metadata_field_names(number)
+            if key_name not in self.cleaned_data or value_name not in self.cleaned_data:
+                continue  # Too long: the field has its error already.
+            key, value = self.cleaned_data[key_name], self.cleaned_data[value_name]
+            if not key:
+                if value:
+                    self.add_error(key_name, "Give this value a key.")
+                continue
+            if key in metadata:
+                self.add_error(key_name, f"The key {key!r} is used twice.")
+                continue
+            metadata[key] = value
+        return metadata
+
+    def _clean_output_expiry(self) -> int | None:
+        amount = self.cleaned_data.get("output_expiry_amount")
+        unit = self.cleaned_data.get("output_expiry_unit")
+        if amount is None or unit not in EXPIRY_UNITS:
+            return None
+        seconds = amount * EXPIRY_UNITS[unit]
+        if not services.OUTPUT_EXPIRY_MIN_SECONDS <= seconds <= services.OUTPUT_EXPIRY_MAX_SECONDS:
+            self.add_error(
+                "output_expiry_amount",
+                f"Choose between {math.ceil(services.OUTPUT_EXPIRY_MIN_SECONDS / 3600)} hour and "
+                f"{services.OUTPUT_EXPIRY_MAX_SECONDS // 86400} days.",
+            )
+            return None
+        return seconds
