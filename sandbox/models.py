@@ -1,0 +1,96 @@
+"""The sandbox's stored state: uploaded and generated files, batches with their simulation plans, the seed marker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models
+
+from sandbox.simulation import Plan
+
+
+class SandboxFile(models.Model):
+    """A file as the Files API knows it; its bytes live in settings.SANDBOX_FILES_DIR under its id."""
+
+    id = models.CharField(primary_key=True, max_length=40)
+    filename = models.CharField(max_length=255)
+    purpose = models.CharField(max_length=32)
+    bytes = models.BigIntegerField()
+    created_at = models.BigIntegerField(db_index=True)
+    expires_at = models.BigIntegerField(null=True, blank=True)
+    # Deleted files answer 404, but an unfinished batch may still need the bytes of its input.
+    deleted = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return self.id
+
+    @property
+    def path(self) -> Path:
+        return Path(settings.SANDBOX_FILES_DIR) / self.id
+
+
+class SandboxBatch(models.Model):
+    """A batch: what was asked, and the plan from which its state at any moment is computed (see simulation.py)."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    endpoint = models.CharField(max_length=64)
+    input_file_id = models.CharField(max_length=40)
+    completion_window = models.CharField(max_length=8, default="24h")
+    metadata = models.JSONField(null=True, blank=True)
+    output_expires_after = models.IntegerField(null=True, blank=True)
+    scenario = models.CharField(max_length=20, blank=True)  # see store.create_batch
+
+    # The plan. `created` is the precise real creation time; `created_at` its whole second, for ordering.
+    created = models.FloatField()
+    created_at = models.BigIntegerField(db_index=True)
+    speed = models.FloatField()
+    validate_s = models.FloatField()
+    run_s = models.FloatField()
+    finalize_s = models.FloatField()
+    drain_s = models.FloatField()
+    total = models.IntegerField(default=0)
+    model = models.CharField(max_length=100, blank=True)
+    errors = models.JSONField(default=list, blank=True)
+    checkpoints = models.JSONField(default=list, blank=True)
+    cancel_requested = models.FloatField(null=True, blank=True)
+
+    # Result files, written once when the batch is first seen terminal.
+    results_ready = models.BooleanField(default=False, db_index=True)
+    output_file_id = models.CharField(max_length=40, blank=True)
+    error_file_id = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return self.id
+
+    @property
+    def plan(self) -> Plan:
+        return Plan(
+            created=self.created,
+            speed=self.speed,
+            validate_s=self.validate_s,
+            run_s=self.run_s,
+            finalize_s=self.finalize_s,
+            drain_s=self.drain_s,
+            total=self.total,
+            model=self.model or None,
+            errors=tuple(self.errors),
+            checkpoints=tuple(tuple(point) for point in self.checkpoints),
+            cancel_requested=self.cancel_requested,
+        )
+
+
+class SeedMarker(models.Model):
+    """One row per seeding, so the demo organisation is created once however many requests race for it."""
+
+    name = models.CharField(max_length=32, unique=True)
+    seeded_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.name

@@ -1,0 +1,337 @@
+"""The sandbox's operations on stored state: files on disk, batch creation and cancel, lazily written result files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import string
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+
+from sandbox import results
+from sandbox.api import ApiError
+from sandbox.models import SandboxBatch, SandboxFile
+from sandbox.simulation import State, real_time, state_at
+from sandbox.simulation import durations as simulated_durations
+from sandbox.validation import iter_requests, scan_input
+
+logger = logging.getLogger(__name__)
+
+FILE_RETENTION_S = 30 * 86_400
+RESULT_SHUFFLE_WINDOW = 16  # results come back roughly, not exactly, in input order
+SCENARIO_KEY = "sandbox_scenario"
+SCENARIOS = ("expire", "slow", "all_fail", "token_limit")
+TOKEN_LIMIT_ERROR = {
+    "code": "token_limit_exceeded",
+    "message": "Enqueued token limit reached for {model} in organization org-sandbox. Limit: 2,000,000 enqueued "
+    "tokens. Please try again once some in_progress batches have been completed.",
+    "param": None,
+    "line": None,
+}
+
+
+def files_dir() -> Path:
+    path = Path(settings.SANDBOX_FILES_DIR)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def new_file_id() -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "file-" + "".join(secrets.choice(alphabet) for _ in range(22))
+
+
+def new_batch_id(created: float) -> str:
+    # Like OpenAI's ids: a hex timestamp, then random hex.
+    return f"batch_{int(created):08x}{secrets.token_hex(12)}"
+
+
+# --- Files ------------------------------------------------------------------
+
+
+def store_file(temp_path: Path, *, filename: str, purpose: str, now: float, expires_after: int | None) -> SandboxFile:
+    """Adopt an uploaded file already streamed to disk (in the files folder, so the move is a rename)."""
+    file_id = new_file_id()
+    target = files_dir() / file_id
+    os.replace(temp_path, target)
+    created_at = int(now)
+    if expires_after is None and purpose == "batch":
+        expires_after = FILE_RETENTION_S
+    return SandboxFile.objects.create(
+        id=file_id,
+        filename=filename,
+        purpose=purpose,
+        bytes=target.stat().st_size,
+        created_at=created_at,
+        expires_at=created_at + expires_after if expires_after else None,
+    )
+
+
+def _live_files(now: float):
+    return SandboxFile.objects.filter(deleted=False).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+
+def get_file(file_id: str, now: float) -> SandboxFile:
+    file = _live_files(now).filter(pk=file_id).first()
+    if file is None and file_id.startswith("file-"):
+        # It may be the result file of a batch that finished unobserved.
+        materialize_due(now)
+        file = _live_files(now).filter(pk=file_id).first()
+    if file is None:
+        raise ApiError(404, f"No such File object: {file_id}", param="id")
+    return file
+
+
+def batch_input_file(file_id: str, now: float) -> SandboxFile:
+    """The file a new batch reads, or the 400 the API answers for an unknown or unsuitable one."""
+    try:
+        file = get_file(file_id, now)
+    except ApiError:
+        file = None
+    if file is None or not file.path.exists():
+        raise ApiError(400, f"Invalid 'input_file_id': no file with id '{file_id}' exists.", param="input_file_id")
+    if file.purpose != "batch":
+        raise ApiError(
+            400,
+            f"Invalid 'input_file_id': file '{file_id}' has purpose '{file.purpose}'; a batch needs a file uploaded "
+            "with purpose 'batch'.",
+            param="input_file_id",
+        )
+    return file
+
+
+def list_files(*, now: float, purpose: str | None, limit: int, order: str, after: str | None):
+    materialize_due(now)
+    files = _live_files(now)
+    if purpose:
+        files = files.filter(purpose=purpose)
+    descending = order == "desc"
+    files = files.order_by(*(["-created_at", "-id"] if descending else ["created_at", "id"]))
+    if after:
+        cursor = SandboxFile.objects.filter(pk=after).first()
+        if cursor is None:
+            return [], False
+        if descending:
+            files = files.filter(
+                Q(created_at__lt=cursor.created_at) | Q(created_at=cursor.created_at, id__lt=cursor.id)
+            )
+        else:
+            files = files.filter(
+                Q(created_at__gt=cursor.created_at) | Q(created_at=cursor.created_at, id__gt=cursor.id)
+            )
+    page = list(files[: limit + 1])
+    return page[:limit], len(page) > limit
+
+
+def delete_file(file_id: str, now: float) -> None:
+    file = get_file(file_id, now)
+    SandboxFile.objects.filter(pk=file.pk).update(deleted=True)
+    _discard_if_unneeded(file.id)
+
+
+def _discard_if_unneeded(file_id: str) -> None:
+    """Remove a deleted file's bytes, unless an unfinished batch still has to read them to write its results."""
+    if (
+        SandboxFile.objects.filter(pk=file_id, deleted=True).exists()
+        and not SandboxBatch.objects.filter(input_file_id=file_id, results_ready=False).exists()
+    ):
+        (files_dir() / file_id).unlink(missing_ok=True)
+
+
+# --- Batches ----------------------------------------------------------------
+
+
+def create_batch(
+    *,
+    input_file: SandboxFile,
+    endpoint: str,
+    metadata: dict | None,
+    output_expires_after: int | None,
+    now: float,
+    speed: float,
+    durations: dict | None = None,
+    scenario: str = "",
+) -> SandboxBatch:
+    """Validate the input now (the simulated `validating` phase only shows it) and store the batch's plan.
+
+    `durations` overrides the simulated phase durations (the demo seed uses it); otherwise they come from
+    simulation.durations. `scenario` steers demos and tests: "expire", "slow", "all_fail" or "token_limit".
+    """
+    scenario = scenario if scenario in SCENARIOS else ""
+    batch_id = new_batch_id(now)
+    scan = scan_input(input_file.path, endpoint, force_failure=scenario == "all_fail")
+    errors = scan.errors
+    if scenario == "token_limit" and not errors:
+        errors = [{**TOKEN_LIMIT_ERROR, "message": TOKEN_LIMIT_ERROR["message"].format(model=scan.model)}]
+    plan_durations = durations or simulated_durations(batch_id, scan.total, scenario)
+    return SandboxBatch.objects.create(
+        id=batch_id,
+        endpoint=endpoint,
+        input_file_id=input_file.id,
+        metadata=metadata,
+        output_expires_after=output_expires_after,
+        scenario=scenario,
+        created=now,
+        created_at=int(now),
+        speed=speed,
+        total=0 if errors else scan.total,
+        model=scan.model or "",
+        errors=errors,
+        checkpoints=[] if errors else scan.checkpoints,
+        **plan_durations,
+    )
+
+
+def get_batch(batch_id: str) -> SandboxBatch:
+    batch = SandboxBatch.objects.filter(pk=batch_id).first()
+    if batch is None:
+        raise ApiError(404, f"No batch found with id '{batch_id}'.")
+    return batch
+
+
+def observe(batch: SandboxBatch, now: float) -> tuple[SandboxBatch, State]:
+    """The batch's state at `now`, writing its result files first if it has just become terminal."""
+    state = state_at(batch.plan, now)
+    if state.is_terminal and not batch.results_ready:
+        batch = _materialize(batch, state)
+    return batch, state
+
+
+def list_batches(*, now: float, limit: int, after: str | None):
+    """Newest first by created_at, the id breaking ties; `after` is the id of the last batch of the previous page."""
+    batches = SandboxBatch.objects.order_by("-created_at", "-id")
+    if after:
+        cursor = SandboxBatch.objects.filter(pk=after).first()
+        if cursor is None:
+            return [], False
+        batches = batches.filter(
+            Q(created_at__lt=cursor.created_at) | Q(created_at=cursor.created_at, id__lt=cursor.id)
+        )
+    page = list(batches[: limit + 1])
+    return [observe(batch, now) for batch in page[:limit]], len(page) > limit
+
+
+def cancel_batch(batch_id: str, now: float) -> tuple[SandboxBatch, State]:
+    batch = get_batch(batch_id)
+    state = state_at(batch.plan, now)
+    if state.is_terminal:
+        # 409 follows a third-party emulator of OpenAI (unverified upstream, REFERENCE §2.9); the header stops the
+        # SDK, which retries 409s by default, from asking again.
+        raise ApiError(
+            409,
+            f"Cannot cancel a batch with status '{state.status}'.",
+            headers={"x-should-retry": "false"},
+        )
+    # Only the first request counts, however many arrive at once.
+    SandboxBatch.objects.filter(pk=batch.pk, cancel_requested__isnull=True).update(cancel_requested=now)
+    batch.refresh_from_db()
+    return observe(batch, now)
+
+
+def materialize_due(now: float) -> None:
+    """Write the result files of every batch that has become terminal unseen, so file listings include them."""
+    for batch in SandboxBatch.objects.filter(results_ready=False):
+        observe(batch, now)
+
+
+# --- Result files -----------------------------------------------------------
+
+
+def _materialize(batch: SandboxBatch, state: State) -> SandboxBatch:
+    with transaction.atomic():
+        locked = SandboxBatch.objects.select_for_update().get(pk=batch.pk)
+        if locked.results_ready:
+            return locked
+        if state.status != "failed":
+            try:
+                output_file_id, error_file_id = _write_result_files(locked, state)
+            except FileNotFoundError:
+                # The files folder was emptied under a surviving database: report the batch without results.
+                logger.warning("Sandbox batch %s has lost its input file; no result files written.", locked.id)
+                output_file_id = error_file_id = None
+            locked.output_file_id, locked.error_file_id = output_file_id or "", error_file_id or ""
+        locked.results_ready = True
+        locked.save(update_fields=["results_ready", "output_file_id", "error_file_id"])
+    _discard_if_unneeded(locked.input_file_id)
+    return locked
+
+
+def _result_records(batch: SandboxBatch, state: State):
+    """(kind, line) for every request of a terminal batch, roughly in the order the work finished."""
+    plan = batch.plan
+    window = []
+    for index, line in enumerate(iter_requests(batch_path(batch))):
+        if index < state.lines_done:
+            finished = plan.validate_s + plan.run_s * (index + 1) / plan.total
+            created = min(real_time(plan, finished), state.terminal_at)
+            outcome = results.line_outcome(
+                batch.endpoint, line["custom_id"], line["body"], force_failure=batch.scenario == "all_fail"
+            )
+            record = results.result_line(batch.id, batch.endpoint, line, outcome, created)
+            kind = "output" if outcome.succeeded else "error"
+        else:
+            record = results.result_line(
+                batch.id, batch.endpoint, line, None, state.terminal_at, unrun_code=state.unrun_code
+            )
+            kind = "error"
+        window.append((kind, record))
+        if len(window) == RESULT_SHUFFLE_WINDOW:
+            yield from _shuffled(window)
+            window = []
+    yield from _shuffled(window)
+
+
+def _shuffled(window):
+    # Workers finish out of order: each small window comes out sorted by the hash part of the line ids.
+    return sorted(window, key=lambda item: item[1]["id"][-24:])
+
+
+def _write_result_files(batch: SandboxBatch, state: State) -> tuple[str | None, str | None]:
+    if state.total == 0:
+        return None, None
+    directory = files_dir()
+    paths = {}
+    written = Counter()
+    try:
+        with (
+            tempfile.NamedTemporaryFile("w", dir=directory, prefix=".output-", delete=False, encoding="utf-8") as out,
+            tempfile.NamedTemporaryFile("w", dir=directory, prefix=".errors-", delete=False, encoding="utf-8") as err,
+        ):
+            paths = {"output": Path(out.name), "error": Path(err.name)}
+            handles = {"output": out, "error": err}
+            for kind, record in _result_records(batch, state):
+                handles[kind].write(json.dumps(record, ensure_ascii=False) + "\n")
+                written[kind] += 1
+        return tuple(
+            _adopt_result(batch, paths[kind], kind, state.terminal_at) if written[kind] else None
+            for kind in ("output", "error")
+        )
+    finally:
+        for path in paths.values():
+            path.unlink(missing_ok=True)  # whatever was not adopted
+
+
+def batch_path(batch: SandboxBatch) -> Path:
+    return files_dir() / batch.input_file_id
+
+
+def _adopt_result(batch: SandboxBatch, temp_path: Path, kind: str, created_at: int) -> str:
+    file_id = new_file_id()
+    target = files_dir() / file_id
+    os.replace(temp_path, target)
+    SandboxFile.objects.create(
+        id=file_id,
+        filename=f"{batch.id}_{kind}.jsonl",
+        purpose="batch_output",
+        bytes=target.stat().st_size,
+        created_at=created_at,
+        expires_at=created_at + (batch.output_expires_after or FILE_RETENTION_S),
+    )
+    return file_id

@@ -1,0 +1,261 @@
+"""The sandbox's HTTP surface: thin views that check parameters, call store.py and answer in the API's shapes.
+
+Every request goes through `_api`: a request id, injected latency, bearer-key auth, injected faults (read from
+settings at request time), the demo seed on first use, and OpenAI's error envelope for every failure.
+Choices where the reference is silent: an unknown `after` cursor gives an empty page; a wrong method or path gives
+404 "Invalid URL (...)" as the live API does; 500s and 503s are both used for injected server errors;
+OpenAI-Organization / OpenAI-Project headers are accepted and ignored (the sandbox has one organisation).
+The metadata key `sandbox_scenario` ("expire", "slow", "all_fail", "token_limit") steers a batch's simulated fate,
+for demos and tests; it is echoed back like any other metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import secrets
+import time
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import SuspiciousOperation
+from django.http import FileResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
+from django.utils.crypto import constant_time_compare
+from django.views.decorators.csrf import csrf_exempt
+
+from batches.services import LIST_LIMIT_MAX, MAX_INPUT_FILE_BYTES
+from sandbox import api, params, seed, store
+from sandbox.api import ApiError
+from sandbox.uploads import DiskUploadHandler
+
+logger = logging.getLogger(__name__)
+
+FILES_LIMIT_MAX = 10_000
+MISSING_KEY_MESSAGE = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth "
+    "(i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from https://platform.openai.com/account/api-keys."
+)
+
+# --- Plumbing shared by every endpoint ---------------------------------------
+
+
+def _masked(key: str) -> str:
+    if len(key) <= 8:
+        return "*" * len(key)
+    return "*" * (len(key) - 4) + key[-4:]
+
+
+def _authenticate(request) -> None:
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise ApiError(401, MISSING_KEY_MESSAGE)
+    if not constant_time_compare(key, settings.SANDBOX_API_KEY):
+        raise ApiError(
+            401,
+            f"Incorrect API key provided: {_masked(key)}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            code="invalid_api_key",
+        )
+
+
+def _seconds_header(seconds: float) -> str:
+    return f"{seconds:g}"
+
+
+def _injected_fault() -> ApiError | None:
+    if random.random() < settings.SANDBOX_RATE_LIMIT_RATE:
+        wait = settings.SANDBOX_RETRY_AFTER
+        reset = f"{round(wait * 1000)}ms" if wait < 1 else f"{wait:g}s"
+        return ApiError(
+            429,
+            "Rate limit reached for requests in organization org-sandbox on requests per min (RPM): Limit 1000, "
+            f"Used 1000, Requested 1. Please try again in {reset}. "
+            "Visit https://platform.openai.com/account/rate-limits to learn more.",
+            type="requests",
+            code="rate_limit_exceeded",
+            headers={
+                "retry-after": _seconds_header(wait),
+                "retry-after-ms": str(round(wait * 1000)),
+                "x-ratelimit-limit-requests": "1000",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": reset,
+                "x-ratelimit-limit-tokens": "200000",
+                "x-ratelimit-remaining-tokens": "199856",
+                "x-ratelimit-reset-tokens": "43ms",
+            },
+        )
+    if random.random() < settings.SANDBOX_ERROR_RATE:
+        if random.random() < 0.25:
+            return ApiError(503, "The engine is currently overloaded, please try again later.", type="server_error")
+        return ApiError(
+            500,
+            "The server had an error while processing your request. Sorry about that!",
+            type="server_error",
+        )
+    return None
+
+
+def _api(view):
+    """Wrap a view as an endpoint of the simulated API."""
+
+    @functools.wraps(view)
+    def endpoint(request, *args, **kwargs):
+        request_id = "req_" + secrets.token_hex(16)
+        try:
+            if settings.SANDBOX_LATENCY:
+                time.sleep(settings.SANDBOX_LATENCY)
+            _authenticate(request)
+            fault = _injected_fault()
+            if fault:
+                raise fault
+            if settings.SANDBOX_SEED:
+                seed.ensure_seeded()
+            response = view(request, *args, **kwargs)
+        except (SuspiciousOperation, MultiPartParserError):
+            # An oversized JSON body, too many form fields, or a malformed multipart body.
+            response = JsonResponse(
+                api.error_json("The request body is too large or malformed.", "invalid_request_error"), status=400
+            )
+        except ApiError as error:
+            response = JsonResponse(error.body(), status=error.status)
+            for name, value in error.headers.items():
+                response[name] = value
+        except Exception:
+            logger.exception("Sandbox request %s failed", request_id)
+            response = JsonResponse(
+                api.error_json("The server had an error while processing your request.", "server_error"), status=500
+            )
+        response["x-request-id"] = request_id
+        return response
+
+    return login_not_required(csrf_exempt(endpoint))
+
+
+def _invalid_url(request) -> ApiError:
+    path = request.path.removeprefix("/sandbox")
+    return ApiError(404, f"Invalid URL ({request.method} {path})")
+
+
+# --- Files ------------------------------------------------------------------
+
+
+@_api
+def file_collection(request):
+    if request.method == "GET":
+        return _list_files(request)
+    if request.method == "POST":
+        return _upload_file(request)
+    raise _invalid_url(request)
+
+
+def _list_files(request):
+    limit = params.int_param(request.GET, "limit", FILES_LIMIT_MAX, 1, FILES_LIMIT_MAX)
+    order = request.GET.get("order") or "desc"
+    if order not in ("asc", "desc"):
+        raise params.invalid_value("order", order, ["asc", "desc"])
+    files, has_more = store.list_files(
+        now=time.time(),
+        purpose=request.GET.get("purpose") or None,
+        limit=limit,
+        order=order,
+        after=request.GET.get("after") or None,
+    )
+    return JsonResponse(api.list_json([api.file_json(file) for file in files], has_more))
+
+
+def _upload_file(request):
+    handler = DiskUploadHandler(request, store.files_dir())
+    request.upload_handlers = [handler]
+    try:
+        fields, upload = request.POST, request.FILES.get("file")  # parses the body, streaming the file to disk
+        if handler.too_large:
+            raise ApiError(400, "File is too large.")
+        purpose, expires_after = params.upload_fields(fields)
+        if upload is None:
+            raise params.missing("file")
+        if purpose == "batch":
+            if not upload.name.lower().endswith(".jsonl"):
+                raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
+            if upload.size > MAX_INPUT_FILE_BYTES:
+                raise ApiError(400, "File is too large.")
+        file = store.store_file(
+            upload.path, filename=upload.name, purpose=purpose, now=time.time(), expires_after=expires_after
+        )
+        return JsonResponse(api.file_json(file))
+    finally:
+        handler.cleanup()
+
+
+@_api
+def file_detail(request, file_id):
+    if request.method == "GET":
+        return JsonResponse(api.file_json(store.get_file(file_id, time.time())))
+    if request.method == "DELETE":
+        store.delete_file(file_id, time.time())
+        return JsonResponse(api.deleted_json(file_id))
+    raise _invalid_url(request)
+
+
+@_api
+def file_content(request, file_id):
+    if request.method != "GET":
+        raise _invalid_url(request)
+    file = store.get_file(file_id, time.time())
+    try:
+        handle = open(file.path, "rb")  # noqa: SIM115 - FileResponse streams and closes it
+    except FileNotFoundError:
+        raise ApiError(404, f"No such File object: {file_id}", param="id") from None
+    return FileResponse(handle, content_type="application/octet-stream", filename=file.filename)
+
+
+# --- Batches ----------------------------------------------------------------
+
+
+@_api
+def batch_collection(request):
+    if request.method == "GET":
+        limit = params.int_param(request.GET, "limit", 20, 1, LIST_LIMIT_MAX)
+        observed, has_more = store.list_batches(now=time.time(), limit=limit, after=request.GET.get("after") or None)
+        return JsonResponse(api.list_json([api.batch_json(batch, state) for batch, state in observed], has_more))
+    if request.method == "POST":
+        return _create_batch(request)
+    raise _invalid_url(request)
+
+
+def _create_batch(request):
+    wanted = params.batch_request(request.body)
+    now = time.time()
+    input_file = store.batch_input_file(wanted.pop("input_file_id"), now)
+    batch = store.create_batch(
+        input_file=input_file,
+        now=now,
+        speed=settings.SANDBOX_SPEED,
+        scenario=(wanted["metadata"] or {}).get(store.SCENARIO_KEY, ""),
+        **wanted,
+    )
+    batch, state = store.observe(batch, now)
+    return JsonResponse(api.batch_json(batch, state))
+
+
+@_api
+def batch_detail(request, batch_id):
+    if request.method != "GET":
+        raise _invalid_url(request)
+    batch, state = store.observe(store.get_batch(batch_id), time.time())
+    return JsonResponse(api.batch_json(batch, state))
+
+
+@_api
+def batch_cancel(request, batch_id):
+    if request.method != "POST":
+        raise _invalid_url(request)
+    batch, state = store.cancel_batch(batch_id, time.time())
+    return JsonResponse(api.batch_json(batch, state))
+
+
+@_api
+def unknown_route(request, path=""):
+    raise _invalid_url(request)

@@ -1,0 +1,864 @@
+"""The sandbox API over real HTTP with plain requests, and its simulation as pure functions of an explicit clock."""
+
+import json
+import threading
+import time
+from collections import Counter
+
+import pytest
+import requests
+from django.core.management import call_command
+
+from batches import services
+from sandbox import results, simulation, uploads, validation, views
+from sandbox.models import SandboxBatch, SandboxFile, SeedMarker
+from sandbox.simulation import Plan, state_at
+from tests.spec import spec_errors
+
+KEY = {"Authorization": "Bearer sk-sandbox"}
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+FAST = 30_000.0  # simulated seconds per real second: a small batch finishes in about a tenth of a second
+ORDER = ["validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled"]
+
+
+# --- Helpers -----------------------------------------------------------------
+
+
+def _chat_line(custom_id, **body):
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Hi {custom_id}"}], **body},
+    }
+
+
+def _call(method, url, *, headers=KEY, **kwargs):
+    return requests.request(method, url, headers=headers, timeout=30, **kwargs)
+
+
+def _jsonl(lines):
+    return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines).encode()
+
+
+def _upload(url, content, *, filename="input.jsonl", purpose="batch", data=None):
+    return _call("POST", f"{url}/files", files={"file": (filename, content)}, data={"purpose": purpose, **(data or {})})
+
+
+def _uploaded_id(url, lines):
+    response = _upload(url, _jsonl(lines))
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def _create(url, file_id, **extra):
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h", **extra}
+    return _call("POST", f"{url}/batches", json=body)
+
+
+def _batch(url, lines, **extra):
+    response = _create(url, _uploaded_id(url, lines), **extra)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _get(url, path, **params):
+    return _call("GET", f"{url}{path}", params=params)
+
+
+def _wait_for(url, batch_id, statuses, *, timeout=20.0):
+    """Poll until the batch is in one of `statuses`; returns every distinct state seen, the last one matching."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = _get(url, f"/batches/{batch_id}").json()
+        if not seen or seen[-1] != batch:
+            seen.append(batch)
+        if batch["status"] in statuses:
+            return seen
+        assert time.monotonic() < deadline, f"still {batch['status']} after {timeout}s"
+        time.sleep(0.03)
+
+
+def _content(url, file_id):
+    response = _get(url, f"/files/{file_id}/content")
+    assert response.status_code == 200
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def _error(response, status):
+    assert response.status_code == status, response.text
+    assert response.headers["x-request-id"].startswith("req_")
+    assert spec_errors("ErrorResponse", response.json()) == []
+    return response.json()["error"]
+
+
+def _timestamps(batch):
+    return {name: batch[name] for name in ("created_at", *simulation.TIMESTAMP_FIELDS, "expires_at")}
+
+
+def _assert_timeline(states):
+    """Timestamps in order, never cleared or changed once set; one terminal timestamp on a terminal batch."""
+    before = {}
+    for batch in states:
+        stamps = _timestamps(batch)
+        for name, value in before.items():
+            if value is not None:
+                assert stamps[name] == value, f"{name} changed from {value} to {stamps[name]}"
+        before = stamps
+        chain = [stamps["created_at"], stamps["in_progress_at"], stamps["finalizing_at"]]
+        chain = [value for value in chain if value is not None]
+        assert chain == sorted(chain)
+        assert stamps["expires_at"] == stamps["created_at"] + 86400
+        if stamps["cancelling_at"] is not None:
+            assert stamps["cancelling_at"] >= stamps["created_at"]
+        terminal = [name for name in ("completed_at", "failed_at", "expired_at", "cancelled_at") if stamps[name]]
+        if batch["status"] in TERMINAL:
+            assert terminal == [f"{batch['status']}_at"]
+            assert stamps[terminal[0]] >= max(value for value in chain)
+        else:
+            assert terminal == []
+        assert spec_errors("Batch", batch) == []
+    statuses = [batch["status"] for batch in states]
+    assert statuses == sorted(statuses, key=ORDER.index) or "cancelling" in statuses
+
+
+def _plan(**overrides):
+    values = {
+        "created": 1_000_000.0,
+        "speed": 1.0,
+        "validate_s": 300.0,
+        "run_s": 2700.0,
+        "finalize_s": 600.0,
+        "drain_s": 240.0,
+        "total": 4,
+        "model": "gpt-4o-mini-2024-07-18",
+        "checkpoints": simulation.checkpoints([(True, 10, 0, 5, 0), (False, 0, 0, 0, 0)] * 2),
+    }
+    values.update(overrides)
+    return Plan(**values)
+
+
+# --- Authentication, ids, routing ---------------------------------------------
+
+
+def test_it_requires_a_bearer_key(sandbox_url):
+    error = _error(_call("GET", f"{sandbox_url}/batches", headers={}), 401)
+    assert error["type"] == "invalid_request_error" and "didn't provide an API key" in error["message"]
+    basic = _call("GET", f"{sandbox_url}/batches", headers={"Authorization": "Basic c2stc2FuZGJveA=="})
+    _error(basic, 401)
+
+
+def test_it_rejects_another_key_and_masks_all_but_its_last_four_characters(sandbox_url):
+    key = "sk-proj-secretvalue-9xyz"
+    error = _error(_call("GET", f"{sandbox_url}/batches", headers={"Authorization": f"Bearer {key}"}), 401)
+    assert error["code"] == "invalid_api_key"
+    assert "secretvalue" not in error["message"] and "sk-proj" not in error["message"]
+    assert f"provided: {'*' * (len(key) - 4)}9xyz." in error["message"]
+
+
+def test_it_answers_unknown_routes_and_methods_with_invalid_url(sandbox_url):
+    error = _error(_get(sandbox_url, "/models"), 404)
+    assert error["message"] == "Invalid URL (GET /v1/models)"
+    assert _error(_call("PUT", f"{sandbox_url}/batches"), 404)["message"] == "Invalid URL (PUT /v1/batches)"
+    _error(_call("GET", f"{sandbox_url}/batches/x/cancel"), 404)
+
+
+def test_it_gives_every_response_a_fresh_request_id(sandbox_url):
+    ids = {_get(sandbox_url, "/batches").headers["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3 and all(value.startswith("req_") and len(value) == 36 for value in ids)
+
+
+def test_it_answers_404_for_unknown_ids(sandbox_url):
+    error = _error(_get(sandbox_url, "/batches/batch_nope"), 404)
+    assert error["message"] == "No batch found with id 'batch_nope'."
+    error = _error(_get(sandbox_url, "/files/file-nope"), 404)
+    assert (error["message"], error["param"]) == ("No such File object: file-nope", "id")
+    _error(_get(sandbox_url, "/files/file-nope/content"), 404)
+    _error(_call("POST", f"{sandbox_url}/batches/batch_nope/cancel"), 404)
+    _error(_call("DELETE", f"{sandbox_url}/files/file-nope"), 404)
+
+
+# --- Files ---------------------------------------------------------------------
+
+
+def test_it_stores_and_returns_the_exact_bytes_of_an_upload(sandbox_url, settings):
+    content = _jsonl([_chat_line("ünïcode-✓"), _chat_line("b")]) + b"\r\n"
+    uploaded = _upload(sandbox_url, content, filename="Mixed Case.JSONL").json()
+    assert spec_errors("OpenAIFile", uploaded) == []
+    assert uploaded["bytes"] == len(content) and uploaded["filename"] == "Mixed Case.JSONL"
+    assert uploaded["status"] == "processed" and uploaded["purpose"] == "batch"
+    assert uploaded["expires_at"] == uploaded["created_at"] + 30 * 86400
+    assert (settings.SANDBOX_FILES_DIR / uploaded["id"]).read_bytes() == content
+    assert list(settings.SANDBOX_FILES_DIR.glob(".upload-*")) == []
+
+    download = _get(sandbox_url, f"/files/{uploaded['id']}/content")
+    assert download.status_code == 200 and download.content == content
+    assert download.headers["Content-Type"] == "application/octet-stream"
+    assert download.headers["x-request-id"].startswith("req_")
+    assert _get(sandbox_url, f"/files/{uploaded['id']}").json() == uploaded
+
+
+def test_it_accepts_expires_after_in_bracket_and_dotted_form(sandbox_url):
+    content = _jsonl([_chat_line("a")])
+    brackets = _upload(
+        sandbox_url, content, data={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"}
+    )
+    dots = _upload(sandbox_url, content, data={"expires_after.anchor": "created_at", "expires_after.seconds": "7200"})
+    assert brackets.json()["expires_at"] == brackets.json()["created_at"] + 3600
+    assert dots.json()["expires_at"] == dots.json()["created_at"] + 7200
+    other = _upload(sandbox_url, b"notes", filename="notes.txt", purpose="user_data").json()
+    assert other["expires_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("filename", "purpose", "data", "message", "param"),
+    [
+        ("input.csv", "batch", {}, "Invalid file format for Batch API. Must be .jsonl", "file"),
+        ("input.jsonl", "", {}, "Missing required parameter: 'purpose'.", "purpose"),
+        ("input.jsonl", "training", {}, None, "purpose"),
+        (
+            "input.jsonl",
+            "batch",
+            {"expires_after[anchor]": "created_at", "expires_after[seconds]": "60"},
+            None,
+            "expires_after.seconds",
+        ),
+        (
+            "input.jsonl",
+            "batch",
+            {"expires_after[anchor]": "now", "expires_after[seconds]": "3600"},
+            None,
+            "expires_after.anchor",
+        ),
+        ("input.jsonl", "batch", {"expires_after[anchor]": "created_at"}, None, "expires_after.seconds"),
+        ("input.jsonl", "batch", {"colour": "blue"}, "Unrecognized request argument supplied: colour", None),
+    ],
+)
+def test_it_rejects_bad_uploads_and_stores_nothing(sandbox_url, settings, filename, purpose, data, message, param):
+    error = _error(_upload(sandbox_url, _jsonl([_chat_line("a")]), filename=filename, purpose=purpose, data=data), 400)
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    if message:
+        assert error["message"] == message
+    assert not SandboxFile.objects.exists()
+    assert list(settings.SANDBOX_FILES_DIR.iterdir()) == []
+
+
+def test_it_rejects_an_upload_without_a_file(sandbox_url):
+    response = _call("POST", f"{sandbox_url}/files", data={"purpose": "batch"})
+    assert _error(response, 400)["param"] == "file"
+
+
+def test_it_rejects_oversized_or_malformed_bodies(sandbox_url):
+    huge = {"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    huge["metadata"] = {"note": "x" * 3_000_000}
+    message = "The request body is too large or malformed."
+    assert _error(_call("POST", f"{sandbox_url}/batches", json=huge), 400)["message"] == message
+    garbled = _call(
+        "POST",
+        f"{sandbox_url}/files",
+        data=b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\nabc',
+        headers={**KEY, "Content-Type": "multipart/form-data; boundary="},
+    )
+    assert _error(garbled, 400)["message"] == message
+
+
+def test_it_rejects_batch_inputs_over_the_size_limit(sandbox_url, settings, monkeypatch):
+    monkeypatch.setattr(views, "MAX_INPUT_FILE_BYTES", 1000)
+    error = _error(_upload(sandbox_url, b" " * 1001 + b"\n"), 400)
+    assert error["message"] == "File is too large."
+    assert _upload(sandbox_url, b" " * 1001, filename="big.txt", purpose="user_data").status_code == 200
+
+    monkeypatch.setattr(uploads, "MAX_FILE_BYTES", 2000)
+    error = _error(_upload(sandbox_url, b"x" * 300_000, filename="huge.txt", purpose="user_data"), 400)
+    assert error["message"] == "File is too large."
+    assert SandboxFile.objects.count() == 1
+    assert len(list(settings.SANDBOX_FILES_DIR.iterdir())) == 1
+
+
+def test_it_lists_files_by_purpose_in_either_order_with_a_cursor(sandbox_url):
+    ids = [_uploaded_id(sandbox_url, [_chat_line(str(i))]) for i in range(3)]
+    _upload(sandbox_url, b"x", filename="notes.txt", purpose="user_data")
+
+    newest_first = _get(sandbox_url, "/files", purpose="batch").json()
+    assert spec_errors("ListFilesResponse", newest_first) == []
+    listed = [file["id"] for file in newest_first["data"]]
+    assert sorted(listed) == sorted(ids) and not newest_first["has_more"]
+    oldest_first = [file["id"] for file in _get(sandbox_url, "/files", purpose="batch", order="asc").json()["data"]]
+    assert oldest_first == list(reversed(listed))
+
+    page = _get(sandbox_url, "/files", purpose="batch", limit=2).json()
+    assert page["has_more"] and [f["id"] for f in page["data"]] == listed[:2] and page["last_id"] == listed[1]
+    rest = _get(sandbox_url, "/files", purpose="batch", limit=2, after=page["last_id"]).json()
+    assert [f["id"] for f in rest["data"]] == listed[2:] and not rest["has_more"]
+    assert len(_get(sandbox_url, "/files").json()["data"]) == 4
+    assert _get(sandbox_url, "/files", after="file-unknown").json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "param", "code"),
+    [
+        ({"limit": 0}, "limit", "integer_below_min_value"),
+        ({"limit": 10001}, "limit", "integer_above_max_value"),
+        ({"limit": "ten"}, "limit", "invalid_type"),
+        ({"order": "sideways"}, "order", "invalid_value"),
+    ],
+)
+def test_it_rejects_bad_file_list_parameters(sandbox_url, params, param, code):
+    error = _error(_get(sandbox_url, "/files", **params), 400)
+    assert (error["param"], error["code"]) == (param, code)
+
+
+def test_it_still_finishes_a_batch_whose_input_was_deleted(sandbox_url, settings):
+    settings.SANDBOX_SPEED = FAST
+    created = _batch(sandbox_url, [_chat_line(f"r{i}") for i in range(3)])
+    assert _call("DELETE", f"{sandbox_url}/files/{created['input_file_id']}").status_code == 200
+    _error(_get(sandbox_url, f"/files/{created['input_file_id']}/content"), 404)
+    done = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
+    assert done["status"] == "completed" and len(_content(sandbox_url, done["output_file_id"])) == 3
+    assert not (settings.SANDBOX_FILES_DIR / created["input_file_id"]).exists()  # kept only until then
+
+
+def test_it_deletes_a_file(sandbox_url, settings):
+    file_id = _uploaded_id(sandbox_url, [_chat_line("a")])
+    response = _call("DELETE", f"{sandbox_url}/files/{file_id}")
+    assert response.json() == {"id": file_id, "object": "file", "deleted": True}
+    assert spec_errors("DeleteFileResponse", response.json()) == []
+    _error(_get(sandbox_url, f"/files/{file_id}"), 404)
+    _error(_create(sandbox_url, file_id), 400)
+    assert not (settings.SANDBOX_FILES_DIR / file_id).exists()
+
+
+# --- Creating batches ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "code"),
+    [
+        ({"input_file_id": None}, "input_file_id", "missing_required_parameter"),
+        ({"endpoint": "/v1/chat"}, "endpoint", "invalid_value"),
+        ({"endpoint": 5}, "endpoint", "invalid_type"),
+        ({"completion_window": "48h"}, "completion_window", "invalid_value"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "object_above_max_properties"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata", "property_name_above_max_length"),
+        ({"metadata": {"note": "v" * 513}}, "metadata.note", "string_above_max_length"),
+        ({"metadata": {"count": 3}}, "metadata.count", "invalid_type"),
+        ({"metadata": ["a"]}, "metadata", "invalid_type"),
+        (
+            {"output_expires_after": {"anchor": "created_at", "seconds": 3599}},
+            "output_expires_after.seconds",
+            "integer_below_min_value",
+        ),
+        (
+            {"output_expires_after": {"anchor": "created_at", "seconds": 2592001}},
+            "output_expires_after.seconds",
+            "integer_above_max_value",
+        ),
+        (
+            {"output_expires_after": {"anchor": "completed_at", "seconds": 3600}},
+            "output_expires_after.anchor",
+            "invalid_value",
+        ),
+        ({"output_expires_after": 3600}, "output_expires_after", "invalid_type"),
+        ({"priority": "high"}, None, None),
+    ],
+)
+def test_it_rejects_invalid_batch_parameters_and_creates_nothing(sandbox_url, change, param, code):
+    file_id = _uploaded_id(sandbox_url, [_chat_line("a")])
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h", **change}
+    body = {key: value for key, value in body.items() if value is not None}
+    error = _error(_call("POST", f"{sandbox_url}/batches", json=body), 400)
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
+    assert not SandboxBatch.objects.exists()
+
+
+def test_it_accepts_metadata_at_the_limits(sandbox_url):
+    metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    batch = _batch(sandbox_url, [_chat_line("a")], metadata=metadata)
+    assert batch["metadata"] == metadata
+
+
+def test_it_rejects_unknown_or_unsuitable_input_files(sandbox_url):
+    error = _error(_create(sandbox_url, "file-missing"), 400)
+    assert error["param"] == "input_file_id" and "file-missing" in error["message"]
+    other = _upload(sandbox_url, b"{}", filename="data.jsonl", purpose="user_data").json()
+    error = _error(_create(sandbox_url, other["id"]), 400)
+    assert error["param"] == "input_file_id" and "purpose 'user_data'" in error["message"]
+    assert _error(_call("POST", f"{sandbox_url}/batches", data="{nope"), 400)["message"].startswith(
+        "We could not parse the JSON body"
+    )
+    assert not SandboxBatch.objects.exists()
+
+
+# --- Listing batches -------------------------------------------------------------
+
+
+def test_it_pages_batches_newest_first_with_limit_and_after(sandbox_url):
+    file_id = _uploaded_id(sandbox_url, [_chat_line("a")])
+    ids = [_create(sandbox_url, file_id).json()["id"] for _ in range(5)]
+
+    first = _get(sandbox_url, "/batches", limit=2).json()
+    assert spec_errors("ListBatchesResponse", first) == []
+    assert first["has_more"] and len(first["data"]) == 2
+    assert (first["first_id"], first["last_id"]) == (first["data"][0]["id"], first["data"][1]["id"])
+    walked, after = [], None
+    while True:
+        page = _get(sandbox_url, "/batches", limit=2, **({"after": after} if after else {})).json()
+        walked += page["data"]
+        if not page["has_more"]:
+            break
+        after = page["data"][-1]["id"]
+    assert sorted(batch["id"] for batch in walked) == sorted(ids)
+    keys = [(batch["created_at"], batch["id"]) for batch in walked]
+    assert keys == sorted(keys, reverse=True)
+
+    assert len(_get(sandbox_url, "/batches").json()["data"]) == 5  # default limit 20
+    single = _get(sandbox_url, "/batches", limit=1).json()
+    assert single["first_id"] == single["last_id"] and single["has_more"]
+    last = _get(sandbox_url, "/batches", after=walked[-1]["id"]).json()
+    assert last == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+    assert _get(sandbox_url, "/batches", after="batch_unknown").json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("limit", "code"), [(0, "integer_below_min_value"), (101, "integer_above_max_value"), ("x", "invalid_type")]
+)
+def test_it_rejects_a_batch_list_limit_out_of_range(sandbox_url, limit, code):
+    error = _error(_get(sandbox_url, "/batches", limit=limit), 400)
+    assert (error["param"], error["code"]) == ("limit", code)
+
+
+def test_it_accepts_the_batch_list_limit_bounds(sandbox_url):
+    assert _get(sandbox_url, "/batches", limit=1).status_code == 200
+    assert _get(sandbox_url, "/batches", limit=100).status_code == 200
+
+
+# --- Lifecycle over HTTP -----------------------------------------------------------
+
+
+def test_it_runs_a_batch_to_completion_with_timestamps_in_order(sandbox_url):
+    lines = [_chat_line(f"r{i}") for i in range(40)] + [_chat_line("too-long", max_tokens=100_000)]
+    created = _batch(
+        sandbox_url, lines, output_expires_after={"anchor": "created_at", "seconds": 7200}, metadata={"team": "qa"}
+    )
+    assert created["status"] == "validating" and created["usage"] is None and created["model"] is None
+    states = [created, *_wait_for(sandbox_url, created["id"], TERMINAL)]
+    _assert_timeline(states)
+    assert {"in_progress", "completed"} <= {batch["status"] for batch in states}
+    done = states[-1]
+    assert done["status"] == "completed" and done["request_counts"]["total"] == 41
+    counts = [batch["request_counts"]["completed"] + batch["request_counts"]["failed"] for batch in states]
+    assert counts == sorted(counts)
+    tokens = [batch["usage"]["total_tokens"] for batch in states if batch["usage"]]
+    assert tokens == sorted(tokens) and tokens[-1] > 0
+
+    outputs = _content(sandbox_url, done["output_file_id"])
+    errors = _content(sandbox_url, done["error_file_id"])
+    assert sorted(line["custom_id"] for line in outputs + errors) == sorted(line["custom_id"] for line in lines)
+    assert "too-long" in {line["custom_id"] for line in errors}
+    assert (len(outputs), len(errors)) == (done["request_counts"]["completed"], done["request_counts"]["failed"])
+    assert [line["custom_id"] for line in outputs] != [
+        line["custom_id"] for line in lines if line["custom_id"] != "too-long"
+    ]
+    assert sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in outputs) == done["usage"]["input_tokens"]
+
+    output_file = _get(sandbox_url, f"/files/{done['output_file_id']}").json()
+    assert output_file["purpose"] == "batch_output" and output_file["expires_at"] == output_file["created_at"] + 7200
+    assert output_file["created_at"] == done["completed_at"]
+
+
+def test_it_ends_completed_without_an_output_file_when_every_request_fails(sandbox_url, settings):
+    settings.SANDBOX_SPEED = FAST
+    created = _batch(sandbox_url, [_chat_line(f"r{i}", max_tokens=50_000) for i in range(3)])
+    done = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
+    assert done["status"] == "completed" and done["output_file_id"] is None
+    assert done["request_counts"] == {"total": 3, "completed": 0, "failed": 3}
+    assert len(_content(sandbox_url, done["error_file_id"])) == 3
+
+
+def test_it_fails_invalid_input_with_line_numbered_errors(sandbox_url):
+    good = [_chat_line(f"r{i}") for i in range(1, 10)]
+    lines = [
+        good[0],
+        "{not json",
+        {key: value for key, value in good[2].items() if key != "custom_id"},
+        {**good[3], "method": "GET"},
+        {**good[4], "url": "/v1/embeddings"},
+        {**good[5], "body": {**good[5]["body"], "model": "gpt-4.1"}},
+        good[0],
+        "",
+        {**good[8], "body": {"messages": []}},
+    ]
+    created = _batch(sandbox_url, lines)
+    states = [created, *_wait_for(sandbox_url, created["id"], TERMINAL)]
+    _assert_timeline(states)
+    failed = states[-1]
+    assert failed["status"] == "failed" and failed["in_progress_at"] is None
+    found = [(error["code"], error["line"], error["param"]) for error in failed["errors"]["data"]]
+    assert found == [
+        ("invalid_json_line", 2, None),
+        ("invalid_request", 3, "custom_id"),
+        ("invalid_request", 4, "method"),
+        ("url_mismatch", 5, "url"),
+        ("model_mismatch", 6, "body.model"),
+        ("duplicate_custom_id", 7, "custom_id"),
+        ("invalid_request", 9, "body.model"),
+    ]
+    assert failed["output_file_id"] is None and failed["error_file_id"] is None
+    assert failed["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+    assert failed["model"] is None
+
+
+def test_it_fails_an_empty_file_and_one_with_too_many_requests(sandbox_url, monkeypatch):
+    empty = _wait_for(sandbox_url, _batch(sandbox_url, ["", "  "])["id"], TERMINAL)[-1]
+    assert [(e["code"], e["line"]) for e in empty["errors"]["data"]] == [("empty_file", None)]
+
+    monkeypatch.setattr(validation, "MAX_REQUESTS_PER_BATCH", 3)
+    crowded = _wait_for(sandbox_url, _batch(sandbox_url, [_chat_line(str(i)) for i in range(4)])["id"], TERMINAL)[-1]
+    assert crowded["status"] == "failed"
+    assert [(e["code"], e["line"]) for e in crowded["errors"]["data"]] == [("too_many_tasks", None)]
+
+
+def test_it_reports_the_enqueued_token_limit_without_a_line(sandbox_url):
+    created = _batch(sandbox_url, [_chat_line("a")], metadata={"sandbox_scenario": "token_limit"})
+    failed = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
+    assert [(e["code"], e["line"]) for e in failed["errors"]["data"]] == [("token_limit_exceeded", None)]
+
+
+def test_it_cancels_with_partial_results(sandbox_url, settings):
+    settings.SANDBOX_SPEED = 600.0
+    lines = [_chat_line(f"r{i}") for i in range(50)]
+    created = _batch(sandbox_url, lines)
+    deadline = time.monotonic() + 20
+    while _get(sandbox_url, f"/batches/{created['id']}").json()["request_counts"]["completed"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.03)
+
+    response = _call("POST", f"{sandbox_url}/batches/{created['id']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelling"
+    states = [created, response.json(), *_wait_for(sandbox_url, created["id"], {"cancelled"})]
+    _assert_timeline(states)
+    cancelled = states[-1]
+    assert cancelled["finalizing_at"] is None and cancelled["completed_at"] is None
+    outputs = _content(sandbox_url, cancelled["output_file_id"])
+    errors = _content(sandbox_url, cancelled["error_file_id"])
+    unrun = [line for line in errors if line["error"]]
+    assert unrun and all(line["error"]["code"] == "batch_cancelled" and line["response"] is None for line in unrun)
+    assert sorted(line["custom_id"] for line in outputs + errors) == sorted(line["custom_id"] for line in lines)
+    counts = cancelled["request_counts"]
+    assert (counts["completed"], counts["failed"]) == (len(outputs), len(errors) - len(unrun))
+
+    conflict = _call("POST", f"{sandbox_url}/batches/{created['id']}/cancel")
+    assert _error(conflict, 409)["message"] == "Cannot cancel a batch with status 'cancelled'."
+    assert conflict.headers["x-should-retry"] == "false"
+
+
+def test_it_cancels_a_batch_still_validating(sandbox_url, settings):
+    settings.SANDBOX_SPEED = 1.0
+    created = _batch(sandbox_url, [_chat_line("a")])
+    cancelling = _call("POST", f"{sandbox_url}/batches/{created['id']}/cancel").json()
+    assert cancelling["status"] == "cancelling" and cancelling["in_progress_at"] is None
+    batch = SandboxBatch.objects.get(pk=created["id"])
+    later = state_at(batch.plan, batch.cancel_requested + batch.drain_s + 1)
+    assert later.status == "cancelled" and later.total == 0 and later.timestamps["in_progress_at"] is None
+
+
+def test_it_answers_409_for_cancelling_a_failed_batch(sandbox_url):
+    failed = _wait_for(sandbox_url, _batch(sandbox_url, ["oops"])["id"], TERMINAL)[-1]
+    response = _call("POST", f"{sandbox_url}/batches/{failed['id']}/cancel")
+    assert _error(response, 409)["message"] == "Cannot cancel a batch with status 'failed'."
+
+
+def test_it_expires_a_batch_that_outruns_its_window(sandbox_url, settings):
+    settings.SANDBOX_SPEED = 300_000.0  # the 24 h window closes after about a third of a second
+    lines = [_chat_line(f"r{i}") for i in range(30)]
+    created = _batch(sandbox_url, lines, metadata={"sandbox_scenario": "expire"})
+    states = [created, *_wait_for(sandbox_url, created["id"], TERMINAL)]
+    _assert_timeline(states)
+    expired = states[-1]
+    assert expired["status"] == "expired" and expired["finalizing_at"] is None
+    counts = expired["request_counts"]
+    assert counts["completed"] > 0 and counts["completed"] + counts["failed"] < counts["total"] == 30
+    outputs = _content(sandbox_url, expired["output_file_id"])
+    errors = _content(sandbox_url, expired["error_file_id"])
+    unrun = [line for line in errors if line["response"] is None]
+    assert {line["error"]["code"] for line in unrun} == {"batch_expired"}
+    assert len(unrun) == counts["total"] - counts["completed"] - counts["failed"]
+    assert sorted(line["custom_id"] for line in outputs + errors) == sorted(line["custom_id"] for line in lines)
+
+
+def test_it_keeps_running_at_the_speed_in_force_at_creation(sandbox_url, settings):
+    settings.SANDBOX_SPEED = FAST
+    created = _batch(sandbox_url, [_chat_line("a")])
+    settings.SANDBOX_SPEED = 0.001  # would freeze a new batch for days
+    done = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
+    assert done["status"] == "completed"
+
+
+def test_it_survives_a_files_folder_emptied_under_it(sandbox_url, settings):
+    settings.SANDBOX_SPEED = FAST
+    created = _batch(sandbox_url, [_chat_line("a")], metadata={"sandbox_scenario": "x" * 500})
+    (settings.SANDBOX_FILES_DIR / created["input_file_id"]).unlink()
+    done = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
+    assert done["status"] == "completed" and done["output_file_id"] is None
+    assert done["metadata"] == {"sandbox_scenario": "x" * 500}
+    _error(_create(sandbox_url, created["input_file_id"]), 400)
+
+
+def test_it_derives_state_from_the_database_alone(sandbox_url, settings):
+    settings.SANDBOX_SPEED = FAST
+    created = _batch(sandbox_url, [_chat_line(f"r{i}") for i in range(3)])
+    done = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
+    stored = SandboxBatch.objects.get(pk=created["id"])
+    state = state_at(stored.plan, time.time())
+    assert (state.status, state.completed + state.failed, state.timestamps["completed_at"]) == (
+        "completed",
+        3,
+        done["completed_at"],
+    )
+    assert stored.output_file_id == done["output_file_id"] and stored.results_ready
+
+
+def test_it_writes_result_files_once_under_concurrent_reads(sandbox_url, settings):
+    settings.SANDBOX_SPEED = FAST
+    created = _batch(sandbox_url, [_chat_line(f"r{i}") for i in range(30)])
+    batch = SandboxBatch.objects.get(pk=created["id"])
+    wait = (batch.validate_s + batch.run_s + batch.finalize_s) / batch.speed
+    time.sleep(max(batch.created + wait - time.time(), 0) + 0.05)
+
+    answers = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(_get(sandbox_url, f"/batches/{created['id']}").json()))
+        for _ in range(6)
+    ]
+    threads += [threading.Thread(target=lambda: answers.append(_get(sandbox_url, "/batches").json()["data"][0]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {answer["status"] for answer in answers} == {"completed"}
+    assert len({(answer["output_file_id"], answer["error_file_id"]) for answer in answers}) == 1
+    assert SandboxFile.objects.filter(purpose="batch_output").count() == 1 + (answers[0]["error_file_id"] is not None)
+
+
+def test_it_lists_result_files_of_batches_nobody_looked_at(sandbox_url, settings):
+    settings.SANDBOX_SPEED = FAST
+    created = _batch(sandbox_url, [_chat_line("a")])
+    batch = SandboxBatch.objects.get(pk=created["id"])
+    time.sleep(max(batch.created + (batch.validate_s + batch.run_s + batch.finalize_s) / batch.speed - time.time(), 0))
+    names = [file["filename"] for file in _get(sandbox_url, "/files", purpose="batch_output").json()["data"]]
+    assert names == [f"{created['id']}_output.jsonl"]
+
+
+# --- The simulation as pure functions ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "final"),
+    [
+        ({}, "completed"),
+        ({"errors": ({"code": "empty_file", "message": "x", "param": None, "line": None},), "total": 0}, "failed"),
+        ({"run_s": 100_000.0}, "expired"),
+        ({"cancel_requested": 1_000_000.0 + 1000}, "cancelled"),
+        ({"cancel_requested": 1_000_000.0 + 100}, "cancelled"),
+        ({"cancel_requested": 1_000_000.0 + 3100}, "cancelled"),
+        ({"cancel_requested": 1_000_000.0 + 99_999}, "completed"),
+    ],
+)
+def test_it_moves_timestamps_only_forward_on_every_path(overrides, final):
+    plan = _plan(**overrides)
+    states = [state_at(plan, plan.created + seconds) for seconds in range(0, 100_000, 97)]
+    as_api = [
+        {"status": s.status, "created_at": s.created_at, "expires_at": s.expires_at, **s.timestamps} for s in states
+    ]
+    before = {}
+    for batch in as_api:
+        for name in ("created_at", "expires_at", *simulation.TIMESTAMP_FIELDS):
+            assert before.get(name) is None or batch[name] == before[name]
+        before = batch
+        terminal = [name for name in ("completed_at", "failed_at", "expired_at", "cancelled_at") if batch[name]]
+        assert terminal == ([f"{batch['status']}_at"] if batch["status"] in TERMINAL else [])
+    assert states[-1].status == final
+    done = [state.completed + state.failed for state in states]
+    assert done == sorted(done)
+
+
+def test_it_counts_only_requests_that_ran_when_a_batch_expires():
+    plan = _plan(run_s=200_000.0)
+    state = state_at(plan, plan.created + 90_000)
+    assert state.status == "expired"
+    assert state.timestamps["expired_at"] == int(plan.created + simulation.WINDOW_S + simulation.EXPIRE_LAG_S)
+    assert state.lines_done < state.total and state.completed + state.failed == state.lines_done
+    assert state.unrun_lines == state.total - state.lines_done and state.unrun_code == "batch_expired"
+    just_before = state_at(plan, plan.created + simulation.WINDOW_S + 30)
+    assert just_before.status == "in_progress" and just_before.lines_done == state.lines_done
+
+
+def test_it_keeps_processing_during_the_cancel_drain():
+    plan = _plan(
+        cancel_requested=1_000_000.0 + 1000,
+        drain_s=1000.0,
+        checkpoints=simulation.checkpoints([(True, 1, 0, 1, 0)] * 100),
+    )
+    at_cancel = state_at(plan, plan.cancel_requested)
+    after_drain = state_at(plan, plan.cancel_requested + 2000)
+    assert at_cancel.status == "cancelling" and after_drain.status == "cancelled"
+    assert at_cancel.completed < after_drain.completed < 100
+    assert after_drain.timestamps["cancelled_at"] == int(plan.cancel_requested + 1000)
+
+
+def test_it_compresses_timestamps_by_the_speed():
+    plan = _plan(speed=60.0)
+    done = state_at(plan, plan.created + 3600 / 60 + 1)
+    assert done.status == "completed"
+    assert done.timestamps["in_progress_at"] == int(plan.created + 5)
+    assert done.expires_at == int(plan.created) + 86400
+
+
+def test_it_plans_a_small_batch_to_finish_in_about_a_minute_at_speed_60():
+    durations = simulation.durations("batch_x", 5)
+    total = sum(durations[name] for name in ("validate_s", "run_s", "finalize_s")) / 60
+    assert 40 < total < 80
+
+
+@pytest.mark.parametrize("endpoint", services.ENDPOINTS)
+def test_it_shapes_results_like_each_endpoint(endpoint):
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "input": ["a", "b"]}
+    body |= {"prompt": "A cat", "dimensions": 8}
+    line = {"custom_id": "ok-1", "method": "POST", "url": endpoint, "body": body}
+    outcome = results.line_outcome(endpoint, "ok-1", body)
+    record = results.result_line("batch_x", endpoint, line, outcome, 1_700_000_000)
+    assert spec_errors("BatchRequestOutput", record) == []
+    response = record["response"]
+    assert response["status_code"] == 200 and response["request_id"].startswith("req_") and record["error"] is None
+    expected = {
+        "/v1/chat/completions": "chat.completion",
+        "/v1/responses": "response",
+        "/v1/embeddings": "list",
+        "/v1/completions": "text_completion",
+        "/v1/videos": "video",
+    }
+    assert response["body"].get("object") == expected.get(endpoint)
+    if endpoint == "/v1/embeddings":
+        vectors = [item["embedding"] for item in response["body"]["data"]]
+        assert len(vectors) == 2 and all(len(vector) == 8 for vector in vectors)
+        assert abs(sum(value * value for value in vectors[0]) - 1) < 1e-3
+    again = results.result_line("batch_x", endpoint, line, results.line_outcome(endpoint, "ok-1", body), 1_700_000_000)
+    assert again == record  # deterministic, so counts at creation and files written later agree
+
+
+def test_it_fails_about_three_percent_of_requests_by_custom_id():
+    body = {"model": "gpt-4o-mini", "messages": []}
+    outcomes = [results.line_outcome("/v1/chat/completions", f"id-{i}", body) for i in range(4000)]
+    failures = [outcome for outcome in outcomes if not outcome.succeeded]
+    assert 0.02 < len(failures) / len(outcomes) < 0.04
+    assert {outcome.status_code for outcome in failures} == {400, 500}
+    assert results.line_outcome("/v1/chat/completions", "x", {"model": "gpt-4o-mini"}).error["param"] == "messages"
+
+
+# --- Fault injection ----------------------------------------------------------------
+
+
+def test_it_adds_the_configured_latency(sandbox_url, settings):
+    settings.SANDBOX_LATENCY = 0.3
+    started = time.monotonic()
+    assert _get(sandbox_url, "/batches").status_code == 200
+    assert time.monotonic() - started >= 0.3
+
+
+def test_it_fails_every_request_at_error_rate_one(sandbox_url, settings):
+    settings.SANDBOX_ERROR_RATE = 1.0
+    for _ in range(8):
+        response = _get(sandbox_url, "/batches")
+        assert response.status_code in (500, 503)
+        assert _error(response, response.status_code)["type"] == "server_error"
+    settings.SANDBOX_ERROR_RATE = 0.0
+    file_id = _uploaded_id(sandbox_url, [_chat_line("a")])
+    settings.SANDBOX_ERROR_RATE = 1.0
+    assert _create(sandbox_url, file_id).status_code in (500, 503)
+    assert not SandboxBatch.objects.exists()
+
+
+def test_it_rate_limits_every_request_at_rate_one(sandbox_url, settings):
+    settings.SANDBOX_RATE_LIMIT_RATE = 1.0
+    settings.SANDBOX_RETRY_AFTER = 2.0
+    response = _get(sandbox_url, "/batches")
+    error = _error(response, 429)
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    assert response.headers["retry-after"] == "2" and response.headers["retry-after-ms"] == "2000"
+    for name in ("limit-requests", "remaining-requests", "reset-requests", "limit-tokens", "remaining-tokens"):
+        assert response.headers[f"x-ratelimit-{name}"]
+
+
+def test_it_checks_the_key_before_injecting_faults(sandbox_url, settings):
+    settings.SANDBOX_ERROR_RATE = 1.0
+    _error(_call("GET", f"{sandbox_url}/batches", headers={}), 401)
+
+
+# --- Seeding ---------------------------------------------------------------------------
+
+
+def _statuses(url):
+    return Counter(batch["status"] for batch in _get(url, "/batches", limit=100).json()["data"])
+
+
+def test_it_seeds_a_demo_organisation_on_first_use(sandbox_url, settings):
+    settings.SANDBOX_SEED = True
+    listed = _get(sandbox_url, "/batches", limit=100).json()
+    assert spec_errors("ListBatchesResponse", listed) == []
+    statuses = Counter(batch["status"] for batch in listed["data"])
+    assert sum(statuses.values()) == 36 and not listed["has_more"]
+    assert set(statuses) == set(ORDER)
+    assert statuses["completed"] >= 10 and statuses["in_progress"] >= 3
+    data = listed["data"]
+    assert {batch["endpoint"] for batch in data} == {"/v1/chat/completions", "/v1/embeddings", "/v1/responses"}
+    assert len({batch["model"] for batch in data if batch["model"]}) >= 6
+    assert all(batch["metadata"]["description"] for batch in data)
+    assert max(b["created_at"] for b in data) - min(b["created_at"] for b in data) > 12 * 86400
+    assert any(b["status"] == "completed" and b["output_file_id"] is None for b in data)
+    assert any(b["status"] == "completed" and b["request_counts"]["failed"] for b in data)
+    failed_lines = [e["line"] for b in data if b["status"] == "failed" for e in b["errors"]["data"]]
+    assert any(line for line in failed_lines)
+    for batch in data:
+        if batch["status"] != "failed":
+            assert _get(sandbox_url, f"/files/{batch['input_file_id']}/content").status_code == 200
+
+    assert _statuses(sandbox_url) == statuses  # idempotent: no second seed
+    assert SeedMarker.objects.count() == 1
+
+
+def test_it_seeds_once_when_requests_race(sandbox_url, settings):
+    settings.SANDBOX_SEED = True
+    codes = []
+    threads = [
+        threading.Thread(target=lambda: codes.append(_get(sandbox_url, "/batches").status_code)) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert codes == [200] * 4
+    assert SandboxBatch.objects.count() == 36 and SeedMarker.objects.count() == 1
+
+
+def test_it_keeps_seeded_batches_live_for_a_while(db):
+    from sandbox.seed import seed_demo
+
+    now = time.time()
+    seed_demo(now)
+    plans = [batch.plan for batch in SandboxBatch.objects.all()]
+    running_in_20_minutes = [p for p in plans if not state_at(p, now + 20 * 60).is_terminal]
+    assert len(running_in_20_minutes) >= 4
+    assert all(state_at(p, now + 2 * 3600).is_terminal for p in plans)
+
+
+def test_it_seeds_and_reseeds_from_the_command_line(db, capsys, settings):
+    call_command("seed_sandbox")
+    assert "Seeded 36 demo batches" in capsys.readouterr().out
+    call_command("seed_sandbox")
+    assert "already seeded" in capsys.readouterr().out
+    first_ids = set(SandboxBatch.objects.values_list("id", flat=True))
+    call_command("seed_sandbox", "--reset")
+    assert SandboxBatch.objects.count() == 36 and not first_ids & set(SandboxBatch.objects.values_list("id", flat=True))
+    stored = {path.name for path in settings.SANDBOX_FILES_DIR.iterdir()}
+    assert stored == set(SandboxFile.objects.values_list("id", flat=True))
