@@ -1,14 +1,160 @@
 """Cancelling batches: one, with a confirmation step, or several at once."""
 
-from django.http import HttpResponse
-from django.views.decorators.http import require_http_methods, require_POST
+from __future__ import annotations
+
+import re
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods
+
+from batches import services, upstream
+from batches.converters import BatchIdConverter
+from batches.models import Batch
+from batches.views.listing import list_context, list_query_of
+
+MAX_BULK = 100
+BATCH_ID = re.compile(BatchIdConverter.regex)
 
 
 @require_http_methods(["GET", "POST"])
 def batch_cancel(request, batch_id):
-    return HttpResponse(status=501)
+    """GET shows a confirm page (for browsers without JavaScript); POST cancels."""
+    _require_cancel_permission(request)
+    next_url = _safe_next(request.POST.get("next") or request.GET.get("next"))
+    if request.method == "GET":
+        return _confirm_page(request, batch_id, next_url)
+    outcome = upstream.cancel_batch(batch_id, user=request.user.get_username())
+    if request.htmx:
+        return _cancel_fragment(request, batch_id, outcome)
+    _add_message(request, batch_id, outcome)
+    if next_url:
+        return redirect(next_url)
+    return redirect("batches:detail", batch_id) if outcome.batch else redirect("batches:list")
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 def batch_bulk_cancel(request):
-    return HttpResponse(status=501)
+    """GET (or a POST without confirm=yes) lists the selection to confirm; POST with confirm=yes cancels it."""
+    _require_cancel_permission(request)
+    data = request.POST if request.method == "POST" else request.GET
+    next_url = _safe_next(data.get("next")) or reverse("batches:list")
+    batch_ids, problem = _selected_ids(data.getlist("batch_id"))
+    if request.method == "GET" or data.get("confirm") != "yes":
+        return _bulk_confirm_page(request, batch_ids, problem, next_url)
+    results = [] if problem else upstream.cancel_batches(batch_ids, user=request.user.get_username())
+    context = {"done": True, "results": results, "bulk_error": problem, "tally": _tally(results), "next": next_url}
+    if not request.htmx:
+        return render(request, "batches/batch_bulk_cancel.html", context)
+    html = render_to_string("batches/batch_bulk_cancel.html#bulk-result", context, request)
+    table = list_context(
+        list_query_of(request.htmx.current_url_abs_path),
+        upstream.list_freshness(),
+        can_cancel=True,
+    )
+    table.update(oob=True, oob_table=True)
+    html += render_to_string("batches/batch_list.html#batch-table", table, request)
+    return HttpResponse(html)
+
+
+def _require_cancel_permission(request) -> None:
+    # Checked here, not only in templates: an htmx or hand-made request never sees the page around the button.
+    if not request.user.has_perm("batches.cancel_batch"):
+        raise PermissionDenied("You do not have permission to cancel batches.")
+
+
+def _safe_next(url: str | None) -> str:
+    """`url` if it is a path on this site, else ""."""
+    if url and url.startswith("/") and url_has_allowed_host_and_scheme(url, allowed_hosts=None):
+        return url
+    return ""
+
+
+def _confirm_page(request, batch_id: str, next_url: str):
+    try:
+        batch, freshness = upstream.refresh_batch(batch_id)
+    except services.NotFound:
+        raise Http404("No batch with this id.") from None
+    if batch is None:
+        return render(request, "batches/unreachable.html", {"batch_id": batch_id, "freshness": freshness}, status=503)
+    context = {
+        "batch": batch,
+        "freshness": freshness,
+        "next": next_url,
+        "back_url": next_url or reverse("batches:detail", args=[batch_id]),
+    }
+    return render(request, "batches/batch_cancel_confirm.html", context)
+
+
+def _cancel_fragment(request, batch_id: str, outcome: upstream.CancelOutcome) -> HttpResponse:
+    """The htmx answer: the list's row when the row asked, else the cancel control (e.g. on the detail page)."""
+    from_row = request.htmx.target == f"row-{batch_id}"
+    if from_row and outcome.batch is not None:
+        list_url = reverse("batches:list")
+        query = list_query_of(request.htmx.current_url_abs_path)
+        context = {
+            "batch": outcome.batch,
+            "cancel_outcome": outcome if outcome.error else None,
+            "can_cancel": True,
+            "list_url": f"{list_url}?{query.urlencode()}" if query else list_url,
+        }
+        return render(request, "batches/batch_list.html#batch-row", context)
+    batch = outcome.batch or Batch(batch_id=batch_id, status="")
+    response = render(request, "batches/_cancel_button.html", {"batch": batch, "cancel_outcome": outcome})
+    if from_row:
+        response["HX-Retarget"] = f"#cancel-{batch_id}"
+    # Live regions on the page (the detail panel) refresh at once instead of at their next tick.
+    response["HX-Trigger"] = "batches-changed"
+    return response
+
+
+def _add_message(request, batch_id: str, outcome: upstream.CancelOutcome) -> None:
+    if outcome.error:
+        messages.error(request, f"{batch_id} was not cancelled. {outcome.error}")
+    elif outcome.sent:
+        messages.success(
+            request, f"Cancel requested for {batch_id}. Requests already running finish; the rest will not run."
+        )
+    else:
+        messages.info(request, f"A cancel was already requested for {batch_id}.")
+
+
+def _selected_ids(values: list[str]) -> tuple[list[str], str]:
+    """The distinct batch ids selected, in order, and a problem to show instead of cancelling anything."""
+    batch_ids = list(dict.fromkeys(v.strip() for v in values if v.strip()))
+    if not batch_ids:
+        return [], "No batches were selected. Tick the boxes of the batches to cancel."
+    invalid = [v for v in batch_ids if not BATCH_ID.fullmatch(v)]
+    if invalid:
+        return [], f"“{invalid[0][:40]}” is not a batch id; nothing was cancelled."
+    if len(batch_ids) > MAX_BULK:
+        return (
+            [],
+            f"{len(batch_ids)} batches were selected; cancel at most {MAX_BULK} at a time. Nothing was cancelled.",
+        )
+    return batch_ids, ""
+
+
+def _bulk_confirm_page(request, batch_ids: list[str], problem: str, next_url: str):
+    found = {b.batch_id: b for b in Batch.objects.filter(batch_id__in=batch_ids).defer("payload", "search_text")}
+    to_cancel = [found[i] for i in batch_ids if i in found and found[i].is_cancellable and not found[i].cancel_pending]
+    skipped = [(i, found.get(i)) for i in batch_ids if i not in {b.batch_id for b in to_cancel}]
+    context = {
+        "to_cancel": to_cancel,
+        "skipped": skipped,
+        "bulk_error": problem,
+        "next": next_url,
+    }
+    return render(request, "batches/batch_bulk_cancel.html", context)
+
+
+def _tally(results: list[tuple[str, upstream.CancelOutcome]]) -> dict[str, int]:
+    tally = {"cancelled": 0, "already": 0, "error": 0}
+    for _batch_id, outcome in results:
+        tally[outcome.result] += 1
+    return tally

@@ -1,16 +1,147 @@
-"""The batch list page and its live table fragment."""
+"""The batch list page and its live table fragment: filters, search, status counts, summary, pagination."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time
+
+from django.core.paginator import Paginator
+from django.http import QueryDict
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
-from batches import upstream
-from batches.models import Batch
+from batches import services, upstream
+from batches.models import ACTIVE_FILTER, Batch
+
+PAGE_SIZE = 50
+MAX_FILTER_LENGTH = 200
+STATUS_FILTERS = (ACTIVE_FILTER, *services.STATUSES)
+# The status filter's order: the ones that can still change, then the final ones.
+STATUS_ORDER = ("validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled")
+STATUS_ORDER += tuple(s for s in services.STATUSES if s not in STATUS_ORDER)
+# Columns the list never shows; the payload can be large.
+UNUSED_COLUMNS = ("payload", "search_text")
+# htmx stops polling on this status (and the fragment drops its trigger).
+STOP_POLLING = 286
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    status: str = ""
+    endpoint: str = ""
+    model: str = ""
+    q: str = ""
+
+    @property
+    def any(self) -> bool:
+        return bool(self.status or self.endpoint or self.model or self.q)
+
+    def query(self) -> QueryDict:
+        query = QueryDict(mutable=True)
+        for name in ("status", "endpoint", "model", "q"):
+            if value := getattr(self, name):
+                query[name] = value
+        return query
 
 
 @require_safe
 @vary_on_headers("HX-Request")
 def batch_list(request):
     freshness = upstream.refresh_list()
-    batches = Batch.objects.newest_first()[:200]
-    return render(request, "batches/batch_list.html", {"batches": batches, "freshness": freshness})
+    context = list_context(request.GET, freshness, can_cancel=request.user.has_perm("batches.cancel_batch"))
+    if _wants_fragment(request):
+        context["oob"] = True
+        status = 200 if context["polling"] else STOP_POLLING
+        return render(request, "batches/batch_list.html#batch-table", context, status=status)
+    context["endpoints"], context["models"] = Batch.objects.endpoints_and_models()
+    return render(request, "batches/batch_list.html", context)
+
+
+def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel: bool) -> dict:
+    """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views."""
+    filters, notices = _parse_filters(query)
+    matching = Batch.objects.matching(endpoint=filters.endpoint, model=filters.model, q=filters.q)
+    counts = matching.status_counts()
+    summary = Batch.objects.summary(since=_start_of_today())
+    batches = matching.with_status(filters.status).newest_first().defer(*UNUSED_COLUMNS)
+    paginator = Paginator(batches, PAGE_SIZE)
+    page_number, page_notice = _page_number(query.get("page", ""), paginator.num_pages)
+    if page_notice:
+        notices.append(page_notice)
+    page = paginator.page(page_number)
+    rows = list(page.object_list)
+    list_query = filters.query()
+    if page_number > 1:
+        list_query["page"] = str(page_number)
+    return {
+        "filters": filters,
+        "notices": notices,
+        "page": page,
+        "rows": rows,
+        "page_range": list(paginator.get_elided_page_range(page_number, on_each_side=2, on_ends=1)),
+        "status_counts": _status_counts(counts),
+        "total_matching": sum(counts.values()),
+        "summary": summary,
+        "freshness": freshness,
+        # Anything on screen can still change while a batch is not final (it may also enter a filtered view, and
+        # it moves the counts and the summary), or while the API is failing (the next answer may differ).
+        "polling": freshness.is_stale or summary["running"] > 0,
+        "list_query": list_query,
+        "list_url": reverse("batches:list") + (f"?{list_query.urlencode()}" if list_query else ""),
+        "can_cancel": can_cancel,
+        "selectable": can_cancel and any(row.is_cancellable and not row.cancel_pending for row in rows),
+    }
+
+
+def list_query_of(url_path: str | None) -> QueryDict:
+    """The query of a list URL (e.g. htmx's HX-Current-URL), or an empty one for any other page."""
+    if not url_path:
+        return QueryDict()
+    path, _, query = url_path.partition("?")
+    return QueryDict(query) if path == reverse("batches:list") else QueryDict()
+
+
+def _wants_fragment(request) -> bool:
+    # A history-restore request (back button after htmx swapped the page) needs the whole page.
+    return bool(request.htmx) and not request.htmx.history_restore_request
+
+
+def _parse_filters(query: QueryDict) -> tuple[ListFilters, list[str]]:
+    """The filters in a list URL; unknown values are ignored with a notice rather than failing."""
+    notices = []
+    values = {name: query.get(name, "").strip()[:MAX_FILTER_LENGTH] for name in ("status", "endpoint", "model", "q")}
+    if values["status"] and values["status"] not in STATUS_FILTERS:
+        notices.append(f"There is no status “{values['status']}”; showing every status.")
+        values["status"] = ""
+    return ListFilters(**values), notices
+
+
+def _page_number(raw: str, num_pages: int) -> tuple[int, str]:
+    """The page to show and, for a page that does not exist, a notice saying which one is shown instead."""
+    raw = raw.strip()
+    if not raw:
+        return 1, ""
+    try:
+        number = int(raw)
+    except ValueError:
+        return 1, f"“{raw[:20]}” is not a page number; showing the first page."
+    if number < 1:
+        return 1, f"There is no page {number}; showing the first page."
+    if number > num_pages:
+        return num_pages, f"There is no page {number}; showing the last page ({num_pages})."
+    return number, ""
+
+
+def _status_counts(counts: dict[str, int]) -> list[dict]:
+    """The status filter's entries in lifecycle order, each with its count."""
+    active = sum(n for status, n in counts.items() if not services.is_terminal(status))
+    entries = [{"value": ACTIVE_FILTER, "label": "active", "count": active}]
+    entries += [{"value": s, "label": s.replace("_", " "), "count": counts.get(s, 0)} for s in STATUS_ORDER]
+    return entries
+
+
+def _start_of_today() -> datetime:
+    return timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
