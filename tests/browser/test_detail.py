@@ -1,0 +1,89 @@
+"""The batch detail page in Chromium: shared links through login and without JavaScript, and the live panel."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import is_live_response, log_in, network_barrier, speed_for, watch_live_requests
+
+NOT_FINAL = re.compile(r"^(validating|in_progress|finalizing)$")
+
+
+def _detail_path(batch_id):
+    return f"/batches/{batch_id}/"
+
+
+@pytest.mark.parametrize("javascript", [True, False], ids=["javascript", "no-javascript"])
+def test_it_takes_a_shared_link_through_login_to_the_full_page(live_server, new_page, viewer, make_batch, javascript):
+    batch = make_batch(speed_for(0.05))  # finished by the time the link is opened
+    page = new_page(java_script_enabled=javascript)
+    shared_link = f"{live_server.url}{_detail_path(batch.id)}"
+
+    page.goto(shared_link)
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/batches/batch_"))
+    log_in(page, viewer)
+
+    expect(page).to_have_url(shared_link)
+    expect(page.get_by_role("heading", level=1)).to_have_text(batch.id)
+    expect(page).to_have_title(re.compile(rf"^{batch.id} · completed", re.IGNORECASE))
+    panel = page.locator("#batch-panel")
+    expect(panel.locator("[data-status]")).to_have_text("completed")
+    expect(panel).to_contain_text("20 of 20 requests processed")
+    timeline = page.get_by_role("region", name="Timeline")
+    for label in ("Created", "Started", "Finalizing", "Completed"):
+        expect(timeline.get_by_text(label, exact=True)).to_be_visible()
+    files = page.get_by_role("region", name="Files")
+    expect(files.get_by_role("link", name="Download output file")).to_be_visible()
+    expect(page.get_by_role("region", name="Usage")).to_be_visible()
+    expect(page.get_by_role("img", name="Requests processed over time")).to_be_visible()
+    expect(page.get_by_label("Link to this batch")).to_have_value(shared_link)
+    # The copy button needs JavaScript; without it the link stays in the box to copy by hand.
+    expect(page.get_by_role("button", name="Copy link")).to_be_visible(visible=javascript)
+
+
+def test_it_shows_a_batch_advancing_in_the_timeline_and_chart_without_a_reload(live_server, login, viewer, make_batch):
+    batch = make_batch(speed_for(5))
+    page = login(viewer)
+    page.goto(f"{live_server.url}{_detail_path(batch.id)}")
+    page.get_by_label("Refresh every").select_option("2")
+    status = page.locator("#batch-panel [data-live-state]")
+    expect(status).to_have_attribute("data-live-state", NOT_FINAL)
+    timeline = page.get_by_role("region", name="Timeline")
+    expect(timeline.get_by_text("Completed", exact=True)).to_have_count(0)
+    chart_dots = page.locator(".history-chart .chart-dot-completed")
+    dots_before = chart_dots.count()
+    completed_line = page.locator(".history-chart .chart-line-completed")
+    line_before = completed_line.get_attribute("d") if completed_line.count() else None
+    page.evaluate("window.__marker = 1")
+
+    expect(status).to_have_attribute("data-live-state", "completed", timeout=12_000)
+    expect(timeline.get_by_text("Completed", exact=True)).to_be_visible()
+    status_timeline = page.get_by_role("region", name="History").get_by_role("table", name="Status timeline")
+    expect(status_timeline.get_by_role("row").last).to_contain_text("completed")
+    assert chart_dots.count() > dots_before
+    assert completed_line.get_attribute("d") != line_before
+    expect(page).to_have_title(re.compile(rf"^{batch.id} · completed", re.IGNORECASE))
+    assert page.evaluate("window.__marker") == 1, "the page navigated instead of updating in place"
+
+
+def test_it_stops_polling_by_itself_when_the_batch_is_final(live_server, page, login, viewer, make_batch):
+    batch = make_batch(speed_for(3))
+    path = _detail_path(batch.id)
+    page.clock.install()  # the page's timers run in real time, and fast_forward skips ahead
+    login(viewer)
+    page.goto(f"{live_server.url}{path}")
+    expect(page.locator("#batch-panel")).to_have_attribute("data-live-poll", "")
+    live = watch_live_requests(page, path)
+    page.get_by_label("Refresh every").select_option("2")
+
+    with page.expect_response(lambda r: is_live_response(path)(r) and r.status == 286, timeout=12_000):
+        pass
+    expect(page.locator("#batch-panel")).not_to_have_attribute("data-live-poll", "")
+    expect(page.locator("#batch-panel")).to_contain_text("final: this page no longer changes")
+    expect(page.locator("[data-live-status]")).to_have_text("Up to date: nothing here can change")
+    polls = len(live)
+    for _interval in range(3):
+        page.clock.fast_forward(30_000)  # longer than the longest interval
+    network_barrier(page, live_server.url)
+    assert len(live) == polls, "the page kept polling after the server said the batch is final"
