@@ -9,11 +9,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-EXAMPLES = Path("/work/shared/openai-batch-api/examples")
+from tests.reference import EXAMPLES
+
 BODY_KEPT = 256 * 1024  # Bigger bodies are counted and hashed, not kept, so a large upload costs no memory here.
 READ_BLOCK = 64 * 1024
 

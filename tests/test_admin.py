@@ -2,7 +2,6 @@
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -12,10 +11,10 @@ from django.urls import reverse
 
 from batches import services
 from batches.models import Batch, BatchSnapshot, record_batch
+from tests.reference import EXAMPLES
 
 pytestmark = pytest.mark.django_db
 
-EXAMPLES = Path("/work/shared/openai-batch-api/examples")
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 

@@ -4,15 +4,15 @@ import io
 import json
 import tracemalloc
 import uuid
-from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from batches import services
 from batches.forms import MAX_REPORTED_ERRORS, CreateBatchForm, validate_jsonl
+from tests.reference import EXAMPLES
 
-EXAMPLE_INPUT = Path("/work/shared/openai-batch-api/examples/batch_input.chat_completions.jsonl")
+EXAMPLE_INPUT = EXAMPLES / "batch_input.chat_completions.jsonl"
 CHAT = "/v1/chat/completions"
 
 

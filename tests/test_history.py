@@ -4,7 +4,6 @@ import itertools
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from django.template.loader import render_to_string
@@ -13,10 +12,10 @@ from django.utils import translation
 from batches import history, services
 from batches.history import Observation, batch_history, downsample, format_duration
 from batches.models import BatchSnapshot, payload_digest, record_batch
+from tests.reference import EXAMPLES
 
 pytestmark = pytest.mark.django_db
 
-EXAMPLES = Path("/work/shared/openai-batch-api/examples")
 T0 = datetime.fromtimestamp(1711471533, UTC)  # created_at of the example batches: 2024-03-26 16:45:33 UTC
 
 

@@ -3,7 +3,6 @@
 import json
 from datetime import timedelta
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -14,10 +13,10 @@ from django.utils import timezone
 from batches import services
 from batches.management.commands.prune_snapshots import parse_duration
 from batches.models import Batch, BatchSnapshot, record_batch
+from tests.reference import EXAMPLES
 
 pytestmark = pytest.mark.django_db
 
-EXAMPLES = Path("/work/shared/openai-batch-api/examples")
 NOW = timezone.now().replace(microsecond=0)
 
 
