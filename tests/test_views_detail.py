@@ -71,7 +71,10 @@ def test_it_shows_everything_a_completed_batch_holds(viewer_client, fake_api):
     for text in ("gpt-4o-mini-2024-07-18", "/v1/chat/completions", "24h", "Nightly eval job", "user_123456789"):
         assert text in html
     # The timeline, oldest first, with absolute times.
-    positions = [html.index(f"{label}</span> <time") for label in ("Created", "Started", "Finalizing", "Completed")]
+    timeline = html.split('id="timeline-heading"')[1]
+    positions = [
+        timeline.index(f">{label}</span>") for label in ("validating", "in progress", "finalizing", "completed")
+    ]
     assert positions == sorted(positions)
     assert "2024-03-26 16:45:33 UTC" in html
     # Usage and files with sizes and download links.

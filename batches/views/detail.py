@@ -20,16 +20,6 @@ from batches.history import batch_history
 logger = logging.getLogger(__name__)
 
 FILE_KINDS = {"input": "Input", "output": "Output", "error": "Errors"}
-TIMESTAMP_LABELS = {
-    "created_at": "Created",
-    "in_progress_at": "Started",
-    "finalizing_at": "Finalizing",
-    "completed_at": "Completed",
-    "failed_at": "Failed",
-    "expired_at": "Expired",
-    "cancelling_at": "Cancel requested",
-    "cancelled_at": "Cancelled",
-}
 # A file's size never changes, so one lookup per file is enough for a long while.
 FILE_INFO_CACHE_SECONDS = 6 * 3600
 # htmx stops polling on this status (and the final fragment has no trigger left).
@@ -51,12 +41,6 @@ class BatchFile:
 
 def _at(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value, tz=UTC) if value else None
-
-
-def _timeline(api: services.Batch) -> list[tuple[str, datetime]]:
-    """The batch's *_at timestamps that are set, oldest first (ties keep the lifecycle order)."""
-    moments = [(TIMESTAMP_LABELS[name], _at(getattr(api, name))) for name in services.TIMESTAMP_FIELDS]
-    return sorted(((label, at) for label, at in moments if at), key=lambda moment: moment[1])
 
 
 def _file_size(file_id: str, *, fetch: bool) -> int | None:
@@ -103,7 +87,6 @@ def batch_detail(request, batch_id):
         "batch": batch,
         "api": api,
         "freshness": freshness,
-        "timeline": _timeline(api),
         "expires_at": _at(api.expires_at),
         "files": _files(batch, fetch_sizes=fetch_sizes),
         "history": batch_history(batch),
