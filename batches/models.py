@@ -4,28 +4,47 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.db import IntegrityError, models, transaction
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from batches import services
 
 STATUS_CHOICES = [(s, s.replace("_", " ")) for s in services.STATUSES]
+# The list's pseudo-status for "every batch that can still change".
+ACTIVE_FILTER = "active"
+# A cancel claim older than this is from a request that died before calling the API; it may be claimed again.
+CANCEL_CLAIM_SECONDS = 300
+METADATA_SUMMARY_LENGTH = 80
 
 
 def _from_unix(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value, tz=UTC) if value else None
 
 
+FILE_ID_FIELDS = ("input_file_id", "output_file_id", "error_file_id")
+REQUEST_COUNT_FIELDS = ("total_requests", "completed_requests", "failed_requests")
+
+
 def payload_digest(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """Identifies a state: equal digests are the same observation, so they add no snapshot.
+
+    The API sends "" or null for a missing file id, both meaning none; they must not look like a change of state.
+    """
+    normalised = {**payload, **{name: payload.get(name) or None for name in FILE_ID_FIELDS if name in payload}}
+    return hashlib.sha256(json.dumps(normalised, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def progress_key(batch: services.Batch) -> tuple[int, int]:
-    """Orders observations of one batch: timestamps are only ever added and counts only grow."""
+def progress_key(batch: services.Batch) -> tuple[int, int, int]:
+    """Orders observations of one batch: timestamps are only ever added, counts and token usage only grow.
+
+    A late answer (an older state) sorts below the stored one and is ignored; equal keys mean neither is older.
+    """
     timestamps_set = sum(1 for name in services.TIMESTAMP_FIELDS if getattr(batch, name))
-    return (timestamps_set, batch.request_counts.processed)
+    tokens = batch.usage.total_tokens if batch.usage else 0
+    return (timestamps_set, batch.request_counts.processed, tokens)
 
 
 def status_badge(status: str, completed: int, failed: int, total: int) -> tuple[str, str]:
@@ -49,6 +68,57 @@ class BatchQuerySet(models.QuerySet):
     def newest_first(self):
         return self.order_by("-created_at", "-batch_id")
 
+    def with_status(self, status: str):
+        """Batches in `status`; "active" means any status that can still change."""
+        if status == ACTIVE_FILTER:
+            return self.active()
+        return self.filter(status=status) if status else self
+
+    def search(self, text: str):
+        """Batches whose id, file ids or metadata contain every word of `text` (case-insensitive)."""
+        queryset = self
+        for word in text.lower().split():
+            queryset = queryset.filter(search_text__contains=word)
+        return queryset
+
+    def matching(self, *, endpoint: str = "", model: str = "", q: str = ""):
+        """The list's filters other than status, which the status counts are computed over."""
+        queryset = self.search(q)
+        if endpoint:
+            queryset = queryset.filter(endpoint=endpoint)
+        if model:
+            queryset = queryset.filter(model=model)
+        return queryset
+
+    def status_counts(self) -> dict[str, int]:
+        """{status: number of batches}, in one aggregate query."""
+        rows = self.order_by().values_list("status").annotate(count=models.Count("id"))
+        return dict(rows)
+
+    def endpoints_and_models(self) -> tuple[list[str], list[str]]:
+        """The distinct endpoints and models seen, for the filter menus, in one query."""
+        pairs = self.order_by().values_list("endpoint", "model").distinct()
+        endpoints, model_names = set(), set()
+        for endpoint, model in pairs:
+            endpoints.add(endpoint)
+            model_names.add(model)
+        return sorted(e for e in endpoints if e), sorted(m for m in model_names if m)
+
+    def summary(self, since: datetime) -> dict[str, int]:
+        """The list page's summary figures in one aggregate query (see the template for their definitions)."""
+        active = models.Q(is_terminal=False)
+        finished = models.Q(is_terminal=True, finished_at__gte=since)
+        unfinished_requests = models.F("total_requests") - models.F("completed_requests") - models.F("failed_requests")
+        figures = self.order_by().aggregate(
+            running=models.Count("id", filter=active),
+            requests_in_flight=Coalesce(models.Sum(unfinished_requests, filter=active), 0),
+            finished_today=models.Count("id", filter=finished),
+            failed_today=models.Count("id", filter=finished & models.Q(status__in=("failed", "expired"))),
+            failed_requests_today=Coalesce(models.Sum("failed_requests", filter=finished), 0),
+        )
+        figures["requests_in_flight"] = max(figures["requests_in_flight"], 0)
+        return figures
+
 
 class Batch(models.Model):
     """One row per batch id: the latest observed payload and the columns the list filters and sorts on."""
@@ -68,7 +138,11 @@ class Batch(models.Model):
     completed_requests = models.PositiveIntegerField(default=0)
     failed_requests = models.PositiveIntegerField(default=0)
     metadata = models.JSONField(default=dict, blank=True)
-    # Lower-cased id, file ids and metadata, so the search box is one indexed-friendly LIKE.
+    # Lower-cased id, file ids and metadata: the search box is a LIKE '%word%' over it, which no b-tree can seek, so
+    # it is a scan. At 10k batches that is fine: on SQLite migration 0003 adds two covering indexes holding
+    # search_text, so the scan reads those (a few hundred kB) rather than the rows with their payloads (~1 ms per
+    # query in `manage.py bench`). On PostgreSQL (not benchmarked) it is a plain sequential scan; far beyond 10k
+    # batches a pg_trgm GIN index would be the tool.
     search_text = models.TextField(blank=True)
     payload = models.JSONField()
     payload_hash = models.CharField(max_length=64)
@@ -90,6 +164,15 @@ class Batch(models.Model):
             models.Index(fields=["model", "-created_at"], name="batch_model_newest"),
             models.Index(fields=["is_terminal", "-created_at"], name="batch_terminal_newest"),
             models.Index(fields=["finished_at"], name="batch_finished"),
+            # Covering indexes, measured with `manage.py bench`: the status counts under an endpoint or model filter,
+            # the filter menus (DISTINCT endpoint, model) and the summary strip (an aggregate over every batch) read
+            # these narrow indexes instead of the wide rows (each row carries its JSON payload).
+            models.Index(fields=["endpoint", "model", "status"], name="batch_endpoint_model_status"),
+            models.Index(fields=["model", "status"], name="batch_model_status"),
+            models.Index(
+                fields=["is_terminal", "finished_at", "status", *REQUEST_COUNT_FIELDS],
+                name="batch_summary",
+            ),
         ]
         permissions = [
             ("cancel_batch", "Can cancel batches"),
@@ -121,7 +204,28 @@ class Batch(models.Model):
     def description(self) -> str:
         return self.metadata.get("description") or self.metadata.get("name") or ""
 
+    @property
+    def metadata_text(self) -> str:
+        """Every metadata pair as `key=value`, for a tooltip."""
+        return " · ".join(f"{key}={value}" for key, value in self.metadata.items())
+
+    @property
+    def metadata_summary(self) -> str:
+        """One short line for the list: the description, else the first pairs."""
+        text = self.description or self.metadata_text
+        if len(text) > METADATA_SUMMARY_LENGTH:
+            text = text[: METADATA_SUMMARY_LENGTH - 1].rstrip() + "…"
+        return text
+
+    @property
+    def cancel_pending(self) -> bool:
+        """A user asked to cancel and the API has not reported `cancelling` yet (or the request is in flight)."""
+        if not self.cancel_requested_at or not self.is_cancellable:
+            return False
+        return self.cancel_requested_at > timezone.now() - timedelta(seconds=CANCEL_CLAIM_SECONDS)
+
     def _apply(self, batch: services.Batch, digest: str, observed_at: datetime) -> None:
+        """Copy an observation into the columns named in APPLIED_FIELDS."""
         self.status = batch.status
         self.is_terminal = batch.is_terminal
         self.endpoint = batch.endpoint or ""
@@ -140,6 +244,27 @@ class Batch(models.Model):
         self.search_text = self.search_text.lower()
         self.payload = batch.raw
         self.payload_hash = digest
+
+
+APPLIED_FIELDS = (
+    "status",
+    "is_terminal",
+    "endpoint",
+    "model",
+    "input_file_id",
+    "output_file_id",
+    "error_file_id",
+    "created_at",
+    "expires_at",
+    "finished_at",
+    "total_requests",
+    "completed_requests",
+    "failed_requests",
+    "metadata",
+    "search_text",
+    "payload",
+    "payload_hash",
+)
 
 
 class BatchSnapshot(models.Model):
@@ -202,14 +327,19 @@ def _record(batch: services.Batch, digest: str, observed_at: datetime) -> Batch:
             return row
         if row.payload_hash == digest:
             Batch.objects.filter(pk=row.pk, last_seen_at__lt=observed_at).update(last_seen_at=observed_at)
+            row.last_seen_at = max(row.last_seen_at, observed_at)
             return row
         if progress_key(batch) < progress_key(row.api):
             return row  # A late answer describing an older state: the stored one is newer.
-        row._apply(batch, digest, observed_at)
-        row.last_seen_at = row.last_changed_at = observed_at
-        row.save()
+        # Racing writers take the lock in their own order, not in the order of their clocks: never let the history's
+        # times go backwards.
+        changed_at = max(row.last_seen_at, observed_at)
+        row._apply(batch, digest, changed_at)
+        row.last_seen_at = row.last_changed_at = changed_at
+        # Only the columns _apply owns: cancel_requested_* are claimed by concurrent UPDATEs in upstream.cancel_batch.
+        row.save(update_fields=[*APPLIED_FIELDS, "last_seen_at", "last_changed_at"])
         if not BatchSnapshot.objects.filter(batch=row, payload_hash=digest).exists():
-            _add_snapshot(row, batch, digest, observed_at)
+            _add_snapshot(row, batch, digest, changed_at)
         return row
 
 
@@ -235,6 +365,9 @@ class SyncState(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The newest batch id at the top of the last list walk that ran to its end: that batch and every older one are
+    # known, so the next walk can stop when it reaches it. A walk that was interrupted leaves it alone.
+    high_water_id = models.CharField(max_length=128, blank=True)
     succeeded_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
     error_kind = models.CharField(max_length=32, blank=True)
@@ -247,3 +380,20 @@ class SyncState(models.Model):
     @property
     def is_failing(self) -> bool:
         return bool(self.failed_at and (not self.succeeded_at or self.failed_at > self.succeeded_at))
+
+
+class BatchCreation(models.Model):
+    """One submission of the create form, claimed by its one-time token before anything is sent upstream.
+
+    The unique token makes a double submit (even two requests at once, in different processes) create one batch:
+    the second submission finds the claim and is sent to the batch the first one created.
+    """
+
+    token = models.UUIDField(unique=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    claimed_at = models.DateTimeField(default=timezone.now)
+    input_file_id = models.CharField(max_length=128, blank=True)
+    batch_id = models.CharField(max_length=128, blank=True)
+
+    def __str__(self):
+        return f"{self.token} → {self.batch_id or 'pending'}"

@@ -221,6 +221,8 @@ LOGGING = {
     "loggers": {
         "batches": {"handlers": ["console"], "level": _env("BATCHBOARD_LOG_LEVEL", "INFO"), "propagate": False},
         "sandbox": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # Unhandled errors (500s) are logged with their traceback; Django only does so by default when DEBUG is on.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }
 

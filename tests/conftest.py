@@ -2,7 +2,12 @@
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.servers.basehttp import WSGIRequestHandler
 from django.test import override_settings
+
+# The test server writes headers and body as separate small packets; with Nagle's algorithm on, every request on a
+# kept-alive connection then waits ~40 ms for the client's delayed ACK.
+WSGIRequestHandler.disable_nagle_algorithm = True
 
 
 @pytest.fixture(autouse=True)
@@ -11,6 +16,11 @@ def _plain_static_storage(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,497 @@
+"""Measure the dashboard on a big cache: server time and queries per page, and upstream calls under many pollers."""
+
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.core.cache import cache
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler, get_internal_wsgi_application
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from batches import services
+from batches.models import Batch, BatchSnapshot, SyncState, payload_digest
+from batches.upstream import LIST_STATE
+
+SCRATCH_ENV = "BATCHBOARD_BENCH_SCRATCH"
+SNAPSHOTS_PER_BATCH_MAX = 50
+# Roughly what a busy organisation's history looks like: mostly finished, a few percent still running.
+STATUS_MIX = [
+    ("completed", 80),
+    ("cancelled", 9),
+    ("failed", 5),
+    ("expired", 3),
+    ("in_progress", 2),
+    ("validating", 0.5),
+    ("finalizing", 0.3),
+    ("cancelling", 0.2),
+]
+ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
+MODELS = ("gpt-4o-mini-2024-07-18", "gpt-4.1-2025-04-14", "o4-mini-2025-04-16", "text-embedding-3-small")
+TARGETS_MS = {"list": 25.0, "filtered list": 25.0, "search": 25.0, "table fragment": 10.0, "detail": 25.0}
+
+
+class Command(BaseCommand):
+    help = (
+        "Benchmark batchboard in a scratch SQLite database in a temporary folder (never your database; the command "
+        "re-runs itself with DATABASE_URL pointed there, in sandbox mode). It fills the cache with --batches batches "
+        "and --snapshots snapshots, then prints the median and 95th percentile server time and the number of SQL "
+        "queries of the list page, a filtered list, a search, the table fragment and the detail page, measured "
+        "in-process with Django's test client while the cache is fresh (no upstream call; counted). Then it serves "
+        "the dashboard and the sandbox on a free 127.0.0.1 port, lets --pollers threads poll the table fragment "
+        "every --poll-every seconds for --seconds seconds, and counts the upstream calls that reach the sandbox, "
+        "per refresh interval. Targets are printed beside the figures."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--batches", type=int, default=10_000, help="Batches in the cache (default: 10000).")
+        parser.add_argument("--snapshots", type=int, default=100_000, help="Snapshots in all (default: 100000).")
+        parser.add_argument("--requests", type=int, default=50, help="Timed requests per page (default: 50).")
+        parser.add_argument("--pollers", type=int, default=50, help="Concurrent pollers (default: 50; 0 skips).")
+        parser.add_argument("--seconds", type=float, default=60.0, help="How long they poll (default: 60).")
+        parser.add_argument("--poll-every", type=float, default=2.0, help="Seconds between polls (default: 2).")
+        parser.add_argument("--explain", action="store_true", help="Print the query plan of each list query.")
+
+    def handle(self, *args, **options):
+        if options["batches"] < 1 or not 0 <= options["snapshots"] <= options["batches"] * SNAPSHOTS_PER_BATCH_MAX:
+            raise CommandError(f"Use at least 1 batch and at most {SNAPSHOTS_PER_BATCH_MAX} snapshots per batch.")
+        if options["requests"] < 1 or options["pollers"] < 0 or options["seconds"] <= 0 or options["poll_every"] <= 0:
+            raise CommandError("--requests must be at least 1, --pollers at least 0, the durations positive.")
+        if not os.environ.get(SCRATCH_ENV):
+            sys.exit(_rerun_in_scratch_database(options))
+        try:
+            self.run(**options)
+        except KeyboardInterrupt:
+            self.stderr.write("Interrupted; the scratch database is deleted.")
+            sys.exit(130)
+
+    def run(self, *, batches, snapshots, requests, pollers, seconds, poll_every, explain, **_):
+        self.stdout.write(_machine())
+        self.stdout.write(f"scratch database: {settings.DATABASES['default']['NAME']}")
+        call_command("migrate", verbosity=0)
+        started = time.perf_counter()
+        detail_ids = _fill_cache(batches, snapshots)
+        self.stdout.write(
+            f"filled the cache with {Batch.objects.count():,} batches and {BatchSnapshot.objects.count():,} "
+            f"snapshots in {time.perf_counter() - started:.1f} s"
+        )
+        settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+        # Plain static URLs: the manifest storage would need a collectstatic run (a dictionary lookup per URL).
+        settings.STORAGES = {
+            **settings.STORAGES,
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        }
+        client = Client()
+        client.force_login(_operator())
+        self._time_pages(client, detail_ids, requests, explain)
+        if pollers:
+            self._poll_against_the_sandbox(pollers, seconds, poll_every)
+
+    def _time_pages(self, client, detail_ids, requests, explain):
+        settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0
+        now = timezone.now()
+        # A fresh list lease and freshly seen batches: every request reads the cache and none calls upstream.
+        SyncState.objects.update_or_create(name=LIST_STATE, defaults={"claimed_at": now, "succeeded_at": now})
+        Batch.objects.update(last_seen_at=now)
+        # The detail page shows file sizes, fetched once per file and then cached; here they are known already.
+        for row in Batch.objects.filter(batch_id__in=detail_ids):
+            for file_id in (row.input_file_id, row.output_file_id, row.error_file_id):
+                cache.set(f"batchboard:file-bytes:{file_id}", 123_456, None)
+        list_url = reverse("batches:list")
+        pages = [
+            ("list", list_url, {}),
+            ("filtered list", f"{list_url}?status=completed&endpoint=/v1/chat/completions", {}),
+            ("search", f"{list_url}?q=nightly", {}),
+            ("table fragment", list_url, {"HTTP_HX_REQUEST": "true"}),
+            ("detail", reverse("batches:detail", args=[detail_ids[0]]), {}),
+            ("detail (running)", reverse("batches:detail", args=[detail_ids[1]]), {}),
+        ]
+        self.stdout.write("")
+        self.stdout.write(
+            f"Server time per page, Django test client in-process, {requests} requests each after 3 warm-ups; "
+            "the cache is fresh (BATCHBOARD_REFRESH_INTERVAL=3600), so no request calls upstream. median and p95 are "
+            "wall-clock; cpu is the median CPU time of the request's thread, which other load on the machine "
+            "inflates less:"
+        )
+        self.stdout.write(f"  {'page':<18} {'median':>9} {'p95':>9} {'cpu':>9} {'queries':>8} {'bytes':>8}  target")
+        with _count_upstream_calls() as upstream_calls:
+            for name, url, headers in pages:
+                for _warm_up in range(3):
+                    _get(client, url, headers)
+                with CaptureQueriesContext(connection) as queries:
+                    size = len(_get(client, url, headers).content)
+                captured = queries.captured_queries  # Read now: the next request clears the connection's log.
+                times, cpu_times = [], []
+                for _request in range(requests):
+                    begun, begun_cpu = time.perf_counter(), time.thread_time()
+                    _get(client, url, headers)
+                    times.append((time.perf_counter() - begun) * 1000)
+                    cpu_times.append((time.thread_time() - begun_cpu) * 1000)
+                median, p95 = statistics.median(times), _percentile(times, 95)
+                target = TARGETS_MS.get(name.split(" (")[0])
+                verdict = f"≤ {target:g} ms median: {'ok' if median <= target else 'MISSED'}" if target else ""
+                self.stdout.write(
+                    f"  {name:<18} {median:7.1f}ms {p95:7.1f}ms {statistics.median(cpu_times):7.1f}ms "
+                    f"{len(captured):>8} {size:>8}  {verdict}"
+                )
+                if explain and name in ("list", "filtered list", "search"):
+                    self._explain(captured)
+        self.stdout.write(f"  upstream calls during these requests: {upstream_calls['calls']} (expected 0)")
+
+    def _explain(self, queries):
+        """Each list query's plan and its time to run and fetch (the debug log times only the execute call)."""
+        with connection.cursor() as cursor:
+            for query in queries:
+                sql = query["sql"]
+                if not sql.startswith("SELECT") or "batches_batch" not in sql:
+                    continue
+                cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+                plan = "; ".join(row[-1] for row in cursor.fetchall())
+                begun = time.perf_counter()
+                cursor.execute(sql)
+                cursor.fetchall()
+                took = (time.perf_counter() - begun) * 1000
+                self.stdout.write(f"      {took:5.2f}ms  {sql[:110]}…\n               plan: {plan}")
+
+    def _poll_against_the_sandbox(self, pollers, seconds, poll_every):
+        interval = float(os.environ.get("BATCHBOARD_REFRESH_INTERVAL") or 2.0)
+        settings.BATCHBOARD_REFRESH_INTERVAL = interval
+        # The fake cache's running batches do not exist upstream; each would cost a 404 retrieve per pass.
+        Batch.objects.filter(is_terminal=False).delete()
+        SyncState.objects.all().delete()
+        server, counter = _serve()
+        base = f"http://127.0.0.1:{server.server_port}"
+        settings.SANDBOX_URL = settings.OPENAI_BASE_URL = f"{base}/sandbox/v1"
+        client = Client()
+        client.force_login(_operator())
+        cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+        fragment_url = f"{base}{reverse('batches:list')}"
+        self.stdout.write("")
+        self.stdout.write(
+            f"{pollers} pollers fetch the table fragment every {poll_every:g} s for {seconds:g} s from a threaded "
+            f"server on {base} (dashboard + sandbox, SANDBOX_SPEED={settings.SANDBOX_SPEED:g}); upstream calls are "
+            f"counted where the sandbox receives them; BATCHBOARD_REFRESH_INTERVAL={interval:g} s."
+        )
+        latencies, failures = [], []
+        deadline = time.monotonic() + seconds
+        threads = [
+            threading.Thread(
+                target=_poll,
+                args=(fragment_url, cookie, poll_every, deadline, random.uniform(0, poll_every), latencies, failures),
+            )
+            for _ in range(pollers)
+        ]
+        begun = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - begun
+        server.shutdown()
+        server.server_close()
+        intervals = elapsed / interval
+        per_interval = counter["list"] / intervals
+        self.stdout.write(
+            f"  polls: {len(latencies):,} answered, {len(failures)} failed{_failure_sample(failures)}; poll time "
+            f"median {statistics.median(latencies or [0]):.1f} ms, p95 {_percentile(latencies or [0], 95):.1f} ms"
+        )
+        self.stdout.write(
+            f"  upstream list calls: {counter['list']} in {elapsed:.1f} s = {per_interval:.2f} per {interval:g} s "
+            f"interval  ≤ 1 per interval: {'ok' if per_interval <= 1.0 else 'MISSED'}"
+        )
+        self.stdout.write(
+            f"  other upstream calls: {counter['retrieve']} batch retrieves (running batches not on the first page), "
+            f"{counter['other']} other"
+        )
+
+
+def _rerun_in_scratch_database(options) -> int:
+    """Run this command again in a child process whose database is a new SQLite file in a temporary folder."""
+    scratch = Path(tempfile.mkdtemp(prefix="batchboard-bench-"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SANDBOX_", "OPENAI_"))}
+    env.update(
+        {
+            SCRATCH_ENV: "1",
+            "DATABASE_URL": f"sqlite:///{scratch / 'bench.sqlite3'}",
+            "SANDBOX_FILES_DIR": str(scratch / "sandbox-files"),
+            "SANDBOX_SEED": "true",
+            "BATCHBOARD_LOG_LEVEL": "WARNING",
+        }
+    )
+    arguments = [f"--{name.replace('_', '-')}={options[name]}" for name in ("batches", "snapshots", "requests")]
+    arguments += [f"--{name.replace('_', '-')}={options[name]}" for name in ("pollers", "seconds", "poll_every")]
+    arguments += ["--explain"] if options["explain"] else []
+    try:
+        return subprocess.call([sys.executable, str(settings.BASE_DIR / "manage.py"), "bench", *arguments], env=env)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return (
+        f"{os.cpu_count()} CPUs ({model}), load average {load}, Python {sys.version.split()[0]}, "
+        f"SQLite {_sqlite_version()}"
+    )
+
+
+def _sqlite_version() -> str:
+    import sqlite3
+
+    return sqlite3.sqlite_version
+
+
+def _operator():
+    """A user who may cancel, so the list renders its selection column too (the heavier page)."""
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="batches"))
+    return user
+
+
+def _fill_cache(batches: int, snapshots: int) -> list[str]:
+    """Bulk-insert the cache; returns a finished and a running batch id with their full histories, for the detail."""
+    rng = random.Random(7)
+    statuses = rng.choices([s for s, _ in STATUS_MIX], weights=[w for _, w in STATUS_MIX], k=batches)
+    statuses[0], statuses[1] = "completed", "in_progress"
+    steps = _steps_per_batch(statuses, snapshots)
+    newest = int(time.time()) - 60
+    ids = []
+    for chunk_start in range(0, batches, 1000):
+        rows, histories = [], []
+        for n in range(chunk_start, min(chunk_start + 1000, batches)):
+            created = newest - int(90 * 86_400 * n / batches)
+            batch_id = f"batch_bench{n:06d}{rng.getrandbits(48):012x}"
+            history = _history(batch_id, statuses[n], created, max(steps[n], 1), rng)
+            rows.append(_cache_row(history[-1], first_seen=created, last_seen=created + 10 * len(history)))
+            histories.append(history[: steps[n]])
+            ids.append(batch_id)
+        Batch.objects.bulk_create(rows)
+        BatchSnapshot.objects.bulk_create(
+            [
+                _snapshot(row, payload, step)
+                for row, history in zip(rows, histories, strict=True)
+                for step, payload in enumerate(history)
+            ],
+            batch_size=2000,
+        )
+    return ids[:2]
+
+
+def _steps_per_batch(statuses: list[str], snapshots: int) -> list[int]:
+    """Snapshots per batch adding up to `snapshots`: a validating batch has one state, a failed one two."""
+    cap = {"validating": 1, "failed": 2}
+    steps = [0] * len(statuses)
+    open_ended = [n for n, status in enumerate(statuses) if status not in cap]
+    for n, status in enumerate(statuses):
+        steps[n] = min(cap.get(status, SNAPSHOTS_PER_BATCH_MAX), snapshots // len(statuses))
+    left = snapshots - sum(steps)
+    while left > 0 and open_ended:
+        for n in open_ended:
+            if left and steps[n] < SNAPSHOTS_PER_BATCH_MAX:
+                steps[n] += 1
+                left -= 1
+        open_ended = [n for n in open_ended if steps[n] < SNAPSHOTS_PER_BATCH_MAX]
+    return steps
+
+
+def _cache_row(payload: dict, *, first_seen: int, last_seen: int) -> Batch:
+    row = Batch(batch_id=payload["id"])
+    row._apply(services.Batch.from_api(payload), payload_digest(payload), _at(last_seen))
+    row.first_seen_at = _at(first_seen)
+    row.last_seen_at = row.last_changed_at = _at(last_seen)
+    return row
+
+
+def _snapshot(row: Batch, payload: dict, step: int) -> BatchSnapshot:
+    counts = payload["request_counts"]
+    return BatchSnapshot(
+        batch=row,
+        observed_at=_at(payload["created_at"] + 10 * step),
+        status=payload["status"],
+        total_requests=counts["total"],
+        completed_requests=counts["completed"],
+        failed_requests=counts["failed"],
+        payload=payload,
+        payload_hash=payload_digest(payload),
+    )
+
+
+def _at(unix: int) -> datetime:
+    return datetime.fromtimestamp(unix, tz=UTC)
+
+
+def _history(batch_id: str, status: str, created: int, steps: int, rng: random.Random) -> list[dict]:
+    """`steps` successive payloads of one batch: validating, in progress with growing counts, then `status`."""
+    total = rng.choice((100, 1000, 5000, 50_000))  # Enough requests for every step to differ.
+    failed_share = rng.choice((0, 0, 0, 0.01, 0.2))
+    endpoint = rng.choice(ENDPOINTS)
+    model = MODELS[3] if endpoint == "/v1/embeddings" else rng.choice(MODELS[:3])
+    metadata = {"description": rng.choice(("nightly eval", "backfill embeddings", "support triage", "weekly report"))}
+    if rng.random() < 0.5:
+        metadata["team"] = rng.choice(("search", "growth", "research"))
+    suffix = batch_id[-12:]
+    payloads = []
+    for step in range(steps):
+        current = status if step == steps - 1 else ("validating" if step == 0 else "in_progress")
+        at = created + 10 * step
+        if current in ("validating", "failed"):
+            processed = 0
+        elif current in ("finalizing", "completed"):
+            processed = total
+        else:  # in_progress, cancelling, cancelled, expired: part of the way
+            processed = min(int(total * (step + 1) / (steps + 1)), total - 1)
+        failed = int(processed * failed_share)
+        stamps = dict.fromkeys(services.TIMESTAMP_FIELDS)
+        stamps["created_at"] = created
+        if current not in ("validating", "failed"):
+            stamps["in_progress_at"] = created + 5
+        if current in ("finalizing", "completed"):
+            stamps["finalizing_at"] = at - 2
+        if current in ("cancelling", "cancelled"):
+            stamps["cancelling_at"] = at - 2
+        if current in ("completed", "failed", "expired", "cancelled"):
+            stamps[f"{current}_at"] = at
+        files = current in ("completed", "expired", "cancelled")
+        payloads.append(
+            {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": endpoint,
+                "model": None if current == "validating" else model,
+                "errors": None,
+                "input_file_id": f"file-in{suffix}",
+                "completion_window": "24h",
+                "status": current,
+                "output_file_id": f"file-out{suffix}" if files and processed > failed else None,
+                "error_file_id": f"file-err{suffix}" if files and failed else None,
+                "expires_at": created + 86_400,
+                **stamps,
+                "request_counts": {
+                    "total": 0 if current == "validating" else total,
+                    "completed": processed - failed,
+                    "failed": failed,
+                },
+                "usage": {
+                    "input_tokens": processed * 120,
+                    "output_tokens": processed * 40,
+                    "total_tokens": processed * 160,
+                }
+                if processed
+                else None,
+                "metadata": metadata,
+            }
+        )
+    return payloads
+
+
+def _get(client: Client, url: str, headers: dict):
+    response = client.get(url, **headers)
+    if response.status_code not in (200, 286):
+        raise CommandError(f"{url} answered {response.status_code}; the benchmark needs working pages.")
+    return response
+
+
+def _percentile(values: list[float], percent: int) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(percent / 100 * (len(ordered) - 1)))]
+
+
+@contextmanager
+def _count_upstream_calls():
+    counter = {"calls": 0}
+    original = services.BatchClient._request
+
+    def counting(self, *args, **kwargs):
+        counter["calls"] += 1
+        return original(self, *args, **kwargs)
+
+    services.BatchClient._request = counting
+    try:
+        yield counter
+    finally:
+        services.BatchClient._request = original
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+def _serve():
+    """The dashboard and the sandbox on a free port; a counter of the sandbox's requests, by kind."""
+    counter = {"list": 0, "retrieve": 0, "other": 0}
+    lock = threading.Lock()
+    application = get_internal_wsgi_application()
+    sandbox_batches = "/sandbox/v1/batches"
+
+    def counting(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/sandbox/"):
+            kind = "other"
+            if environ["REQUEST_METHOD"] == "GET" and path.rstrip("/") == sandbox_batches.rstrip("/"):
+                kind = "list"
+            elif environ["REQUEST_METHOD"] == "GET" and path.startswith(sandbox_batches.rstrip("/") + "/"):
+                kind = "retrieve"
+            with lock:
+                counter[kind] += 1
+        return application(environ, start_response)
+
+    server = ThreadedWSGIServer(("127.0.0.1", 0), _QuietHandler, allow_reuse_address=False)
+    server.daemon_threads = True
+    server.set_app(counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, counter
+
+
+def _poll(url, cookie, every, deadline, offset, latencies, failures):
+    request = urllib.request.Request(url, headers={"Cookie": cookie, "HX-Request": "true"})  # noqa: S310
+    next_poll = time.monotonic() + offset
+    while True:
+        pause = next_poll - time.monotonic()
+        if next_poll >= deadline:
+            return
+        if pause > 0:
+            time.sleep(pause)
+        begun = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own server
+                response.read()
+            latencies.append((time.perf_counter() - begun) * 1000)
+        except urllib.error.HTTPError as exc:
+            failures.append(f"HTTP {exc.code}")
+        except OSError as exc:
+            failures.append(type(exc).__name__)
+        next_poll += every
+
+
+def _failure_sample(failures: list[str]) -> str:
+    return f" (e.g. {', '.join(sorted(set(failures))[:3])})" if failures else ""

@@ -1,0 +1,69 @@
+"""The list page and its fragment cost the same number of queries for 5 batches as for 200."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from batches.models import SyncState, record_batch
+from batches.upstream import LIST_STATE
+from tests.test_models import completed, observation
+
+pytestmark = pytest.mark.django_db
+
+LIST_URLS = [  # url, headers, a batch the 200-batch answer must show (all share a creation time: newest id first)
+    pytest.param("/batches/", {}, "batch_q0199", id="page"),
+    pytest.param("/batches/", {"HX-Request": "true"}, "batch_q0199", id="fragment"),
+    pytest.param("/batches/?status=in_progress&endpoint=/v1/chat/completions", {}, "batch_q0199", id="filtered"),
+    pytest.param("/batches/?q=nightly", {"HX-Request": "true"}, "batch_q0199", id="search-fragment"),
+    pytest.param("/batches/?page=2", {}, "batch_q0149", id="second-page"),
+]
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(settings):
+    """Pages read the cache only: the list was refreshed just now, and the interval is long."""
+    settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0
+    # Anything that still asks the API (the detail page's file sizes) fails at once instead of retrying.
+    settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"
+    settings.OPENAI_MAX_RETRIES = 0
+    now = timezone.now()
+    SyncState.objects.create(name=LIST_STATE, claimed_at=now, succeeded_at=now)
+
+
+def record(start, stop):
+    """Batches in a mix of states: running ones have cancel buttons, finished ones have result files."""
+    for n in range(start, stop):
+        if n % 3:
+            record_batch(observation(f"batch_q{n:04d}", processed=n % 10, metadata={"description": f"nightly {n}"}))
+        else:
+            record_batch(completed(f"batch_q{n:04d}"))
+
+
+@pytest.mark.parametrize(("url", "headers", "shown"), LIST_URLS)
+def test_the_list_costs_the_same_queries_for_5_or_200_batches(
+    operator_client, django_assert_num_queries, url, headers, shown
+):
+    record(0, 5)
+    with CaptureQueriesContext(connection) as few:
+        assert operator_client.get(url, headers=headers).status_code in (200, 286)
+    record(5, 200)
+
+    with django_assert_num_queries(len(few)):
+        response = operator_client.get(url, headers=headers)
+
+    assert response.status_code in (200, 286)
+    assert shown in response.text
+
+
+def test_the_detail_costs_the_same_queries_for_a_short_or_long_history(viewer_client, django_assert_num_queries):
+    for processed in range(2):
+        record_batch(observation("batch_history", processed=processed, total=100))
+    url = "/batches/batch_history/"
+    with CaptureQueriesContext(connection) as few:
+        assert viewer_client.get(url).status_code == 200
+    for processed in range(2, 60):
+        record_batch(observation("batch_history", processed=processed, total=100))
+
+    with django_assert_num_queries(len(few)):
+        assert viewer_client.get(url).status_code == 200
