@@ -44,5 +44,11 @@ test: lint
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/pytest -n 2
 
+bench: migrate
+	$(BIN)/python manage.py bench
+
+screenshots: install-dev
+	$(BIN)/python scripts/screenshots.py
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
