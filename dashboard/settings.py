@@ -78,6 +78,8 @@ OPENAI_MAX_RETRIES = int(_env_float("OPENAI_MAX_RETRIES", 2, 0, 10))
 
 # With no key the dashboard runs against its own simulated API (the sandbox app).
 SANDBOX_MODE = not OPENAI_API_KEY
+# The sandbox API is served only in sandbox mode unless asked for (e.g. to try a client against it beside a real key).
+SANDBOX_ENABLED = _env_bool("SANDBOX_ENABLED", SANDBOX_MODE)
 SANDBOX_API_KEY = "sk-sandbox"
 SANDBOX_URL = _env_url("SANDBOX_URL", "http://127.0.0.1:8000/sandbox/v1")
 OPENAI_BASE_URL = SANDBOX_URL if SANDBOX_MODE else _env_url("OPENAI_BASE_URL", "https://api.openai.com/v1")

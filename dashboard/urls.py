@@ -1,5 +1,6 @@
 """Top-level URLs: the dashboard, login, admin and the built-in sandbox API."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
@@ -9,5 +10,7 @@ urlpatterns = [
     path("batches/", include("batches.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
-    path("sandbox/v1/", include("sandbox.urls")),
 ]
+if settings.SANDBOX_ENABLED:
+    # Bearer-authenticated with a well-known key, so it is only served where it is the upstream (no real key).
+    urlpatterns.append(path("sandbox/v1/", include("sandbox.urls")))
