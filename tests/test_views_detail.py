@@ -6,7 +6,7 @@ import time
 import pytest
 from django.core.cache import cache
 
-from batches import services
+from batches import services, upstream
 from batches.models import record_batch
 from tests.fake_api import FakeApi, Reply, example
 
@@ -97,6 +97,39 @@ def test_it_caches_file_sizes_and_survives_failing_lookups(viewer_client, fake_a
     assert viewer_client.get("/batches/batch_abc123/").status_code == 200
     assert len(fake_api.requests_to("GET", "/files/file-abc123")) == 1  # cached after the first page
     assert len(fake_api.requests_to("GET", "/files/file-cvaTdG")) == 2  # failures are not cached
+
+
+def _file_lookups(fake_api) -> list:
+    return [r for r in fake_api.received if r.method == "GET" and r.path.startswith("/files/")]
+
+
+def test_it_does_not_ask_for_file_sizes_while_the_list_says_the_api_is_failing(viewer_client, fake_api):
+    _record("batch.completed.json")  # final: its page never refreshes it, so its own freshness says nothing
+    fake_api.script("GET", "/batches", Reply(503, {"error": {"message": "overloaded", "type": "server_error"}}))
+    assert upstream.refresh_list(force=True).is_stale
+
+    response = viewer_client.get("/batches/batch_abc123/")
+
+    assert response.status_code == 200
+    assert _file_lookups(fake_api) == []
+    for kind in ("input", "output", "error"):
+        assert f'href="/batches/batch_abc123/files/{kind}/"' in response.text  # the downloads are still offered
+
+
+def test_it_waits_for_an_unresponsive_api_once_rather_than_on_every_page(viewer_client, fake_api, settings):
+    settings.OPENAI_TIMEOUT = 0.2
+    _record("batch.completed.json")
+    for file_id in ("file-abc123", "file-cvaTdG", "file-HOWS94"):
+        late = _file(file_id, 100)
+        late.delay = 1.0  # answers after the client gave up
+        fake_api.script("GET", f"/files/{file_id}", late)
+
+    first = viewer_client.get("/batches/batch_abc123/")
+    second = viewer_client.get("/batches/batch_abc123/")
+
+    assert first.status_code == second.status_code == 200
+    assert len(_file_lookups(fake_api)) == 1  # one timeout, then no more waiting for a while
+    assert 'href="/batches/batch_abc123/files/output/"' in second.text
 
 
 def test_it_lists_the_errors_of_a_failed_batch_with_their_lines(viewer_client, fake_api):

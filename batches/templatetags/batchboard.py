@@ -1,7 +1,16 @@
-"""Template helpers shared by the pages: status badges and progress bars (SVG, since the CSP forbids inline styles)."""
+"""Template helpers shared by the pages: status badges, progress bars (SVG: the CSP forbids inline styles), times."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
 
 from django import template
-from django.utils.html import format_html
+from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import escape, format_html
+from django.utils.safestring import SafeString, mark_safe
 
 register = template.Library()
 
@@ -26,17 +35,65 @@ def progress_bar(completed, failed, total):
         failed_width = round(min(failed / total, 1.0 - done_width / 100) * 100, 2)
     else:
         done_width = failed_width = 0
-    label = f"{completed:,} completed, {failed:,} failed of {total:,} requests"
-    return format_html(
-        '<svg class="progress" viewBox="0 0 100 8" preserveAspectRatio="none" role="img" aria-label="{}">'
-        "<title>{}</title>"
+    label = escape(f"{completed:,} completed, {failed:,} failed of {total:,} requests")
+    # An f-string rather than format_html: every other value is a number, and the list draws one bar per row.
+    return mark_safe(  # noqa: S308 - the label is escaped, the rest are numbers
+        f'<svg class="progress" viewBox="0 0 100 8" preserveAspectRatio="none" role="img" aria-label="{label}">'
+        f"<title>{label}</title>"
         '<rect class="progress-track" x="0" y="0" width="100" height="8"></rect>'
-        '<rect class="progress-completed" x="0" y="0" width="{}" height="8"></rect>'
-        '<rect class="progress-failed" x="{}" y="0" width="{}" height="8"></rect>'
-        "</svg>",
-        label,
-        label,
-        done_width,
-        done_width,
-        failed_width,
+        f'<rect class="progress-completed" x="0" y="0" width="{done_width}" height="8"></rect>'
+        f'<rect class="progress-failed" x="{done_width}" y="0" width="{failed_width}" height="8"></rect>'
+        "</svg>"
+    )
+
+
+@register.simple_tag
+def relative_time(value: datetime):
+    """A <time> saying how long ago (or from now) `value` is, with the exact time in the tooltip."""
+    local = timezone.localtime(value)
+    # Equal to the date filter's "c" and "Y-m-d H:i:s T" formats, at a fraction of their cost (many per page).
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>',
+        local.isoformat(),
+        local.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        naturaltime(value),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ListRow:
+    """What one row of the batch list shows besides the batch's own fields, computed once per row in Python.
+
+    Cheaper than a tag, filter or include per cell (a page has 50 rows). Made by the row itself, through the
+    `list_row` filter, because the cancel view renders that row alone, from a bare batch.
+    """
+
+    detail_url: str
+    badge: SafeString
+    progress: SafeString
+    processed: str
+    total: str
+    failed: str  # "" when no request failed
+    created: SafeString
+    expires: SafeString | None  # only running batches expire
+    cancel_pending: bool
+    cancellable: bool  # may be cancelled now: running, and nobody asked yet
+
+
+@register.filter
+def list_row(batch) -> ListRow:
+    """`{% with row=batch|list_row %}`: the presentation of a models.Batch on the list page."""
+    cancel_pending = batch.cancel_pending
+    return ListRow(
+        detail_url=reverse("batches:detail", args=[batch.batch_id]),
+        badge=status_badge(batch),
+        progress=progress_bar(batch.completed_requests, batch.failed_requests, batch.total_requests),
+        # Grouped like the progress bar's label (intcomma costs ten times as much, for the same English digits).
+        processed=f"{batch.processed_requests:,}",
+        total=f"{batch.total_requests:,}",
+        failed=f"{batch.failed_requests:,}" if batch.failed_requests else "",
+        created=relative_time(batch.created_at),
+        expires=relative_time(batch.expires_at) if not batch.is_terminal and batch.expires_at else None,
+        cancel_pending=cancel_pending,
+        cancellable=batch.is_cancellable and not cancel_pending,
     )

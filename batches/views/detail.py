@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 FILE_KINDS = {"input": "Input", "output": "Output", "error": "Errors"}
 # A file's size never changes, so one lookup per file is enough for a long while.
 FILE_INFO_CACHE_SECONDS = 6 * 3600
+# After a size lookup got no answer at all (the API is down or hangs), pages skip the lookups for this long rather
+# than each wait out the timeout again. A quick error answer costs no wait and is not remembered.
+FILE_INFO_UNREACHABLE_SECONDS = 60
+FILE_INFO_UNREACHABLE_KEY = "batchboard:file-bytes:unreachable"
 # htmx stops polling on this status (and the final fragment has no trigger left).
 STOP_POLLING = 286
 DOWNLOAD_FAILURES = {
@@ -52,6 +56,8 @@ def _file_size(file_id: str, *, fetch: bool) -> int | None:
             size = services.get_client().retrieve_file(file_id).bytes
         except services.BatchApiError as exc:
             logger.info("Size of %s unavailable: %s", file_id, exc)
+            if exc.status is None:
+                cache.set(FILE_INFO_UNREACHABLE_KEY, True, FILE_INFO_UNREACHABLE_SECONDS)
             return None
         cache.set(key, size, FILE_INFO_CACHE_SECONDS)
     return size
@@ -63,7 +69,8 @@ def _files(batch, *, fetch_sizes: bool) -> list[BatchFile]:
     for kind, label in FILE_KINDS.items():
         file_id = getattr(batch, f"{kind}_file_id")
         if file_id:
-            files.append(BatchFile(kind, label, file_id, _file_size(file_id, fetch=fetch_sizes)))
+            fetch = fetch_sizes and not cache.get(FILE_INFO_UNREACHABLE_KEY)
+            files.append(BatchFile(kind, label, file_id, _file_size(file_id, fetch=fetch)))
     return files
 
 
@@ -80,9 +87,12 @@ def batch_detail(request, batch_id):
     api = batch.api
     final = batch.is_terminal
     # An unknown size costs an upstream call: make it for a full page and for the last fragment (when the result
-    # files appear), not for every poll, and not while the API is failing anyway.
+    # files appear), not for every poll, and not while the API is failing anyway. A final batch is never refreshed,
+    # so its own freshness cannot tell; the list's can.
     api_failing = freshness.error_kind in ("auth", "unavailable", "rate_limited")
-    fetch_sizes = (final or not request.htmx) and not api_failing
+    wants_sizes = (final or not request.htmx) and not api_failing
+    list_freshness = upstream.list_freshness() if wants_sizes else None
+    fetch_sizes = wants_sizes and not list_freshness.is_stale
     context = {
         "batch": batch,
         "api": api,
@@ -93,6 +103,8 @@ def batch_detail(request, batch_id):
         "polling": not final,
         "share_url": request.build_absolute_uri(reverse("batches:detail", args=[batch.batch_id])),
     }
+    if list_freshness is not None:
+        context["api_freshness"] = list_freshness  # The auth banner's: read already.
     if request.htmx and not request.htmx.history_restore_request:
         context["fragment"] = True  # carries the page title, which htmx applies: it names the status
         status = STOP_POLLING if final else 200

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, time
 
+from django.conf import settings
+from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.http import QueryDict
+from django.http import HttpResponse, QueryDict
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -14,7 +17,7 @@ from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
 from batches import services, upstream
-from batches.models import ACTIVE_FILTER, Batch
+from batches.models import ACTIVE_FILTER, Batch, data_version
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
@@ -26,6 +29,9 @@ STATUS_ORDER += tuple(s for s in services.STATUSES if s not in STATUS_ORDER)
 UNUSED_COLUMNS = ("payload", "search_text")
 # htmx stops polling on this status (and the fragment drops its trigger).
 STOP_POLLING = 286
+# Polls of one list URL share a rendering for the refresh interval, and at most this long, so that "3 minutes ago"
+# and an expired cancel claim (the only changes that no data_version() marks) are never older than this on screen.
+FRAGMENT_CACHE_MAX_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -51,13 +57,44 @@ class ListFilters:
 @vary_on_headers("HX-Request")
 def batch_list(request):
     freshness = upstream.refresh_list()
-    context = list_context(request.GET, freshness, can_cancel=request.user.has_perm("batches.cancel_batch"))
+    can_cancel = request.user.has_perm("batches.cancel_batch")
     if _wants_fragment(request):
-        context["oob"] = True
-        status = 200 if context["polling"] else STOP_POLLING
-        return render(request, "batches/batch_list.html#batch-table", context, status=status)
+        return _table_fragment(request, freshness, can_cancel=can_cancel)
+    context = list_context(request.GET, freshness, can_cancel=can_cancel)
     context["endpoints"], context["models"] = Batch.objects.endpoints_and_models()
+    context["api_freshness"] = freshness  # The auth banner's: the list's own, so no second read.
     return render(request, "batches/batch_list.html", context)
+
+
+def _table_fragment(request, freshness: upstream.Freshness, *, can_cancel: bool) -> HttpResponse:
+    """The polled table. Many viewers polling one URL get one rendering per change of the data (or per interval)."""
+    seconds = min(settings.BATCHBOARD_REFRESH_INTERVAL, FRAGMENT_CACHE_MAX_SECONDS)
+    key = _fragment_cache_key(request, freshness, can_cancel=can_cancel) if seconds > 0 else None
+    if key and (cached := cache.get(key)) is not None:
+        content, status = cached
+        return HttpResponse(content, status=status)
+    context = list_context(request.GET, freshness, can_cancel=can_cancel)
+    context["oob"] = True
+    status = 200 if context["polling"] else STOP_POLLING
+    response = render(request, "batches/batch_list.html#batch-table", context, status=status)
+    if key:
+        cache.set(key, (response.content, status), seconds)
+    return response
+
+
+def _fragment_cache_key(request, freshness: upstream.Freshness, *, can_cancel: bool) -> str:
+    """Everything the fragment's markup depends on but the clock: the URL, what the user may do (it has no CSRF
+    token or other secret: htmx sends the token from <body>), the data (read after this request's refresh, so a
+    rendering is never older than its key), how fresh it is, and the day (the summary counts today's batches)."""
+    parts = (
+        request.get_full_path(),
+        can_cancel,
+        request.user.has_perm("batches.create_batch"),
+        data_version(),
+        freshness if freshness.is_stale else None,
+        timezone.localdate().isoformat(),
+    )
+    return "batchboard:list-table:" + hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel: bool) -> dict:
@@ -68,6 +105,8 @@ def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel:
     summary = Batch.objects.summary(since=_start_of_today())
     batches = matching.with_status(filters.status).newest_first().defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
+    # The status counts hold the number already: spare the paginator a COUNT (a second scan for a search).
+    paginator.count = _count_with_status(filters.status, counts)
     page_number, page_notice = _page_number(query.get("page", ""), paginator.num_pages)
     if page_notice:
         notices.append(page_notice)
@@ -135,10 +174,16 @@ def _page_number(raw: str, num_pages: int) -> tuple[int, str]:
     return number, ""
 
 
+def _count_with_status(status: str, counts: dict[str, int]) -> int:
+    """How many batches the status filter keeps (see BatchQuerySet.with_status), from the counts per status."""
+    if status == ACTIVE_FILTER:
+        return sum(n for name, n in counts.items() if not services.is_terminal(name))
+    return counts.get(status, 0) if status else sum(counts.values())
+
+
 def _status_counts(counts: dict[str, int]) -> list[dict]:
     """The status filter's entries in lifecycle order, each with its count."""
-    active = sum(n for status, n in counts.items() if not services.is_terminal(status))
-    entries = [{"value": ACTIVE_FILTER, "label": "active", "count": active}]
+    entries = [{"value": ACTIVE_FILTER, "label": "active", "count": _count_with_status(ACTIVE_FILTER, counts)}]
     entries += [{"value": s, "label": s.replace("_", " "), "count": counts.get(s, 0)} for s in STATUS_ORDER]
     return entries
 

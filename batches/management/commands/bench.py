@@ -1,5 +1,7 @@
 """Measure the dashboard on a big cache: server time and queries per page, and upstream calls under many pollers."""
 
+import itertools
+import math
 import os
 import random
 import shutil
@@ -117,31 +119,43 @@ class Command(BaseCommand):
             for file_id in (row.input_file_id, row.output_file_id, row.error_file_id):
                 cache.set(f"batchboard:file-bytes:{file_id}", 123_456, None)
         list_url = reverse("batches:list")
-        pages = [
-            ("list", list_url, {}),
-            ("filtered list", f"{list_url}?status=completed&endpoint=/v1/chat/completions", {}),
-            ("search", f"{list_url}?q=nightly", {}),
-            ("table fragment", list_url, {"HTTP_HX_REQUEST": "true"}),
-            ("detail", reverse("batches:detail", args=[detail_ids[0]]), {}),
-            ("detail (running)", reverse("batches:detail", args=[detail_ids[1]]), {}),
+        newest = Batch.objects.newest_first().filter(is_terminal=True).values_list("pk", flat=True).first()
+
+        def change_a_batch():
+            Batch.objects.filter(pk=newest).update(last_changed_at=timezone.now())
+
+        pages = [  # name, url, headers, what to do before each request (untimed)
+            ("list", list_url, {}, None),
+            ("filtered list", f"{list_url}?status=completed&endpoint=/v1/chat/completions", {}, None),
+            ("search", f"{list_url}?q=nightly", {}, None),
+            ("table fragment", list_url, {"HTTP_HX_REQUEST": "true"}, None),
+            ("table fragment (changed)", list_url, {"HTTP_HX_REQUEST": "true"}, change_a_batch),
+            ("detail", reverse("batches:detail", args=[detail_ids[0]]), {}, None),
+            ("detail (running)", reverse("batches:detail", args=[detail_ids[1]]), {}, None),
         ]
         self.stdout.write("")
         self.stdout.write(
             f"Server time per page, Django test client in-process, {requests} requests each after 3 warm-ups; "
             "the cache is fresh (BATCHBOARD_REFRESH_INTERVAL=3600), so no request calls upstream. median and p95 are "
             "wall-clock; cpu is the median CPU time of the request's thread, which other load on the machine "
-            "inflates less:"
+            "inflates less. Polls of unchanged data share one rendering of the table fragment (as many viewers "
+            "polling one URL do); for 'table fragment (changed)' a batch changes before each request, so each "
+            "one renders the table:"
         )
-        self.stdout.write(f"  {'page':<18} {'median':>9} {'p95':>9} {'cpu':>9} {'queries':>8} {'bytes':>8}  target")
+        self.stdout.write(f"  {'page':<24} {'median':>9} {'p95':>9} {'cpu':>9} {'queries':>8} {'bytes':>8}  target")
         with _count_upstream_calls() as upstream_calls:
-            for name, url, headers in pages:
+            for name, url, headers, before in pages:
+                before = before or (lambda: None)
                 for _warm_up in range(3):
+                    before()
                     _get(client, url, headers)
+                before()
                 with CaptureQueriesContext(connection) as queries:
                     size = len(_get(client, url, headers).content)
                 captured = queries.captured_queries  # Read now: the next request clears the connection's log.
                 times, cpu_times = [], []
                 for _request in range(requests):
+                    before()
                     begun, begun_cpu = time.perf_counter(), time.thread_time()
                     _get(client, url, headers)
                     times.append((time.perf_counter() - begun) * 1000)
@@ -150,7 +164,7 @@ class Command(BaseCommand):
                 target = TARGETS_MS.get(name.split(" (")[0])
                 verdict = f"≤ {target:g} ms median: {'ok' if median <= target else 'MISSED'}" if target else ""
                 self.stdout.write(
-                    f"  {name:<18} {median:7.1f}ms {p95:7.1f}ms {statistics.median(cpu_times):7.1f}ms "
+                    f"  {name:<24} {median:7.1f}ms {p95:7.1f}ms {statistics.median(cpu_times):7.1f}ms "
                     f"{len(captured):>8} {size:>8}  {verdict}"
                 )
                 if explain and name in ("list", "filtered list", "search"):
@@ -210,13 +224,17 @@ class Command(BaseCommand):
         server.server_close()
         intervals = elapsed / interval
         per_interval = counter["list"] / intervals
+        # Calls at most one interval apart: a run of n intervals holds n + 1 of them when the first comes at once.
+        allowed = math.floor(intervals) + 1
+        gaps = [later - earlier for earlier, later in itertools.pairwise(counter["list_at"])]
         self.stdout.write(
             f"  polls: {len(latencies):,} answered, {len(failures)} failed{_failure_sample(failures)}; poll time "
             f"median {statistics.median(latencies or [0]):.1f} ms, p95 {_percentile(latencies or [0], 95):.1f} ms"
         )
         self.stdout.write(
             f"  upstream list calls: {counter['list']} in {elapsed:.1f} s = {per_interval:.2f} per {interval:g} s "
-            f"interval  ≤ 1 per interval: {'ok' if per_interval <= 1.0 else 'MISSED'}"
+            f"interval, the closest two {min(gaps, default=0):.2f} s apart  ≤ 1 per interval ({allowed} in "
+            f"{elapsed:.1f} s): {'ok' if counter['list'] <= allowed else 'MISSED'}"
         )
         self.stdout.write(
             f"  other upstream calls: {counter['retrieve']} batch retrieves (running batches not on the first page), "
@@ -448,7 +466,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 def _serve():
     """The dashboard and the sandbox on a free port; a counter of the sandbox's requests, by kind."""
-    counter = {"list": 0, "retrieve": 0, "other": 0}
+    counter = {"list": 0, "retrieve": 0, "other": 0, "list_at": []}
     lock = threading.Lock()
     application = get_internal_wsgi_application()
     sandbox_batches = "/sandbox/v1/batches"
@@ -463,6 +481,8 @@ def _serve():
                 kind = "retrieve"
             with lock:
                 counter[kind] += 1
+                if kind == "list":
+                    counter["list_at"].append(time.monotonic())
         return application(environ, start_response)
 
     server = ThreadedWSGIServer(("127.0.0.1", 0), _QuietHandler, allow_reuse_address=False)
