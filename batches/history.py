@@ -441,7 +441,7 @@ def chart(
     right = CHART_WIDTH - CHART_RIGHT
     bottom = CHART_HEIGHT - CHART_BOTTOM
     step = _count_step(highest)
-    y_max = math.ceil(highest * 1.05 / step) * step
+    y_max = math.ceil(highest / step) * step  # the total line may sit on the top gridline; its label fits above
     span = (end - start).total_seconds()
 
     def x(at: datetime) -> float:

@@ -136,7 +136,7 @@
       text = (failures ? "Cannot reach batchboard" : "API unavailable") + ": retrying every " + delaySeconds() + " s";
     } else {
       state = "live";
-      text = lastUpdate ? "Updated " + lastUpdate.toLocaleTimeString() : "Live";
+      text = lastUpdate ? "Updated " + lastUpdate.toLocaleTimeString() : "Watching for changes";
     }
     all("[data-live-status]").forEach(function (element) {
       element.textContent = text;
