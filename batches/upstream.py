@@ -37,10 +37,17 @@ class Freshness:
     error_kind: str = ""  # "", "auth", "unavailable", "rate_limited", "error"
     error_message: str = ""
     consecutive_failures: int = 0
+    # Nothing has been fetched yet and no attempt has failed: the first refresh is still running (elsewhere).
+    pending: bool = False
 
     @property
     def is_stale(self) -> bool:
         return not self.ok
+
+    @property
+    def may_change(self) -> bool:
+        """The next answer may differ from what is shown: pages keep polling."""
+        return self.is_stale or self.pending
 
     @property
     def auth_failed(self) -> bool:
@@ -127,13 +134,14 @@ def user_message(exc: services.BatchApiError) -> str:
 
 def _freshness(state: SyncState | None) -> Freshness:
     if state is None:
-        return Freshness(ok=True)
+        return Freshness(ok=True, pending=True)
     return Freshness(
         ok=not state.is_failing,
         as_of=state.succeeded_at,
         error_kind=state.error_kind if state.is_failing else "",
         error_message=state.error_message if state.is_failing else "",
         consecutive_failures=state.consecutive_failures,
+        pending=state.succeeded_at is None and not state.is_failing,
     )
 
 

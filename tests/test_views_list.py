@@ -8,6 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from batches.models import SyncState
 from tests.batch_api import BatchApi
 from tests.fake_api import FakeApi, Reply
 
@@ -240,6 +241,20 @@ def test_it_stops_polling_with_286_when_nothing_can_change(api, viewer_client):
         assert "hx-trigger" not in root and "hx-get" not in root and "data-live-poll" not in root
     # The last answer still carries the final counts.
     assert 'id="status-filter"' in fragment.content.decode()
+
+
+def test_it_keeps_polling_while_the_first_refresh_runs_elsewhere(api, viewer_client, settings):
+    # The sync loop (or another viewer) holds the refresh lease and has not answered yet.
+    settings.BATCHBOARD_REFRESH_INTERVAL = 60
+    SyncState.objects.create(name="list", claimed_at=timezone.now())
+
+    response = viewer_client.get("/batches/", **HTMX)
+
+    assert response.status_code == 200
+    assert "Fetching batches from the OpenAI API for the first time" in response.content.decode()
+    root = re.search(r'<div id="batch-table"[^>]*>', response.content.decode()).group(0)
+    assert "data-live-poll" in root
+    assert api.server.received == []  # this viewer did not walk the list itself
 
 
 def test_it_keeps_polling_with_a_backoff_while_the_api_is_failing(api, viewer_client):

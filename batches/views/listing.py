@@ -91,7 +91,7 @@ def _fragment_cache_key(request, freshness: upstream.Freshness, *, can_cancel: b
         can_cancel,
         request.user.has_perm("batches.create_batch"),
         data_version(),
-        freshness if freshness.is_stale else None,
+        freshness if freshness.may_change else None,
         timezone.localdate().isoformat(),
     )
     return "batchboard:list-table:" + hashlib.sha256(repr(parts).encode()).hexdigest()
@@ -126,8 +126,8 @@ def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel:
         "summary": summary,
         "freshness": freshness,
         # Anything on screen can still change while a batch is not final (it may also enter a filtered view, and
-        # it moves the counts and the summary), or while the API is failing (the next answer may differ).
-        "polling": freshness.is_stale or summary["running"] > 0,
+        # it moves the counts and the summary), or while the API is failing or not yet answered.
+        "polling": freshness.may_change or summary["running"] > 0,
         "list_query": list_query,
         "list_url": reverse("batches:list") + (f"?{list_query.urlencode()}" if list_query else ""),
         "can_cancel": can_cancel,
