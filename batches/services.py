@@ -107,6 +107,22 @@ def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+# Values beyond these cannot be stored or shown (a datetime ends in year 9999; the count columns are 32-bit), so they
+# are odd values like any other: a timestamp in milliseconds or a negative count must not break recording.
+MAX_TIMESTAMP = 253_402_300_799
+MAX_COUNT = 2**31 - 1
+
+
+def _timestamp(value: Any) -> int | None:
+    seconds = _int(value)
+    return seconds if seconds is not None and 0 <= seconds <= MAX_TIMESTAMP else None
+
+
+def _count(value: Any) -> int:
+    count = _int(value)
+    return count if count is not None and 0 <= count <= MAX_COUNT else 0
+
+
 # --- Typed results ----------------------------------------------------------
 
 
@@ -120,9 +136,9 @@ class RequestCounts:
     def from_api(cls, data: dict | None) -> RequestCounts:
         data = _dict(data)
         return cls(
-            total=_int(data.get("total")) or 0,
-            completed=_int(data.get("completed")) or 0,
-            failed=_int(data.get("failed")) or 0,
+            total=_count(data.get("total")),
+            completed=_count(data.get("completed")),
+            failed=_count(data.get("failed")),
         )
 
     @property
@@ -214,18 +230,18 @@ class Batch:
             endpoint=_text(data.get("endpoint")),
             input_file_id=_file_id(data.get("input_file_id")),
             completion_window=_text(data.get("completion_window")),
-            created_at=_int(data.get("created_at")) or 0,
+            created_at=_timestamp(data.get("created_at")) or 0,
             model=_text(data.get("model")),
             output_file_id=_file_id(data.get("output_file_id")),
             error_file_id=_file_id(data.get("error_file_id")),
-            in_progress_at=_int(data.get("in_progress_at")),
-            expires_at=_int(data.get("expires_at")),
-            finalizing_at=_int(data.get("finalizing_at")),
-            completed_at=_int(data.get("completed_at")),
-            failed_at=_int(data.get("failed_at")),
-            expired_at=_int(data.get("expired_at")),
-            cancelling_at=_int(data.get("cancelling_at")),
-            cancelled_at=_int(data.get("cancelled_at")),
+            in_progress_at=_timestamp(data.get("in_progress_at")),
+            expires_at=_timestamp(data.get("expires_at")),
+            finalizing_at=_timestamp(data.get("finalizing_at")),
+            completed_at=_timestamp(data.get("completed_at")),
+            failed_at=_timestamp(data.get("failed_at")),
+            expired_at=_timestamp(data.get("expired_at")),
+            cancelling_at=_timestamp(data.get("cancelling_at")),
+            cancelled_at=_timestamp(data.get("cancelled_at")),
             request_counts=RequestCounts.from_api(data.get("request_counts")),
             usage=Usage.from_api(data.get("usage")),
             errors=tuple(BatchError.from_api(e) for e in (errors if isinstance(errors, list) else ()) if _dict(e)),
@@ -286,11 +302,11 @@ class FileObject:
         return cls(
             id=file_id,
             bytes=_int(data.get("bytes")) or 0,
-            created_at=_int(data.get("created_at")) or 0,
+            created_at=_timestamp(data.get("created_at")) or 0,
             filename=_text(data.get("filename")) or "",
             purpose=_text(data.get("purpose")) or "",
             status=_text(data.get("status")),
-            expires_at=_int(data.get("expires_at")),
+            expires_at=_timestamp(data.get("expires_at")),
             raw=data,
         )
 
@@ -382,7 +398,10 @@ def _retry_after_seconds(response: requests.Response | None) -> float | None:
         parsed = email.utils.parsedate_tz(raw)
         if parsed is None:
             return None
-        return max(email.utils.mktime_tz(parsed) - time.time(), 0.0)
+        try:
+            return max(email.utils.mktime_tz(parsed) - time.time(), 0.0)
+        except (ValueError, OverflowError):
+            return None  # A date that parses but cannot be a time (year 99999).
     return seconds if math.isfinite(seconds) else None
 
 
@@ -507,7 +526,9 @@ class FileContent:
         self._chunks = response.iter_content(chunk_size)
         self.content_type = response.headers.get("Content-Type", "")
         length = response.headers.get("Content-Length", "")
-        self.content_length = int(length) if length.isdigit() and not response.headers.get("Content-Encoding") else None
+        # isascii: "²" is a digit to str.isdigit but not to int(); the length cap keeps int() within its digit limit.
+        known = length.isascii() and length.isdigit() and len(length) <= 18
+        self.content_length = int(length) if known and not response.headers.get("Content-Encoding") else None
 
     def __iter__(self) -> FileContent:
         return self
@@ -772,7 +793,7 @@ class BatchClient:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             return parse(data)
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, RecursionError):
             content_type = response.headers.get("Content-Type", "").split(";")[0] or "no content type"
             raise Unavailable(
                 f"The answer to {call} is not the API's JSON (HTTP {response.status_code}, {content_type}); "
@@ -785,7 +806,7 @@ class BatchClient:
         raw = _error_body(response, stream)
         try:
             body = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         details = body.get("error") if isinstance(body, dict) else None
         if isinstance(details, str):

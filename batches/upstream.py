@@ -1,4 +1,4 @@
-"""Keeping the cache in step with the API: coalesced refreshes, cancel, and the outcome pages show.
+"""Keeping the cache in step with the API: coalesced refreshes, cancel and create, and the outcomes pages show.
 
 Views and management commands call these functions; they call the service module and record what it returns.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, close_old_connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 LIST_STATE = "list"
 MAX_BACKOFF_SECONDS = 60.0
+DATABASE_BUSY = "The dashboard's database is busy, so nothing was refreshed; showing the last known state."
 
 
 @dataclass(frozen=True)
@@ -118,18 +119,27 @@ def error_kind(exc: services.BatchApiError) -> str:
     return "error"
 
 
-def user_message(exc: services.BatchApiError) -> str:
-    """What to tell a user about an upstream failure; never contains the key (the service module redacts it)."""
+def failure_message(exc: services.BatchApiError, *, then: str = "", retry: str = "") -> str:
+    """An upstream failure in words a user understands: what went wrong, then `then` (what it means where it
+    happened), then `retry` if waiting may help (rate limiting, an API out of reach). The one place these are worded.
+
+    Never contains the key: the service module redacts it from every message.
+    """
     kind = error_kind(exc)
+    transient = False
     if kind == "auth":
-        return "The OpenAI API rejected the configured API key. Check OPENAI_API_KEY (and the organisation/project)."
-    if kind == "rate_limited":
-        if exc.code == "insufficient_quota":
-            return "The OpenAI account is out of quota."
-        return "The OpenAI API is rate limiting requests; retrying shortly."
-    if kind == "unavailable":
-        return "Cannot reach the OpenAI API right now; showing the last known state."
-    return exc.message
+        cause = "The OpenAI API rejected the configured API key. Check OPENAI_API_KEY (and the organisation/project)."
+    elif kind == "rate_limited" and exc.code == "insufficient_quota":
+        cause = "The OpenAI account is out of quota."
+    elif kind == "rate_limited":
+        cause, transient = "The OpenAI API is rate limiting requests.", True
+    elif kind == "unavailable":
+        cause, transient = "Cannot reach the OpenAI API right now.", True
+    elif exc.status:
+        cause = f"The OpenAI API said: {exc.message}"
+    else:
+        cause = exc.message  # Raised by the service module itself, in its own words.
+    return " ".join(part for part in (cause, then, retry if transient else "") if part)
 
 
 def _freshness(state: SyncState | None) -> Freshness:
@@ -184,7 +194,7 @@ def _failed(name: str, exc: services.BatchApiError) -> None:
     SyncState.objects.filter(name=name).update(
         failed_at=timezone.now(),
         error_kind=error_kind(exc),
-        error_message=user_message(exc),
+        error_message=failure_message(exc),
         consecutive_failures=F("consecutive_failures") + 1,
     )
 
@@ -199,7 +209,11 @@ def refresh_list(*, force: bool = False, client: services.BatchClient | None = N
 
     The caller that wins the lease walks the list; everyone else gets the cache's freshness at once.
     """
-    outcome = list_pass(force=force, client=client)
+    try:
+        outcome = list_pass(force=force, client=client)
+    except OperationalError as exc:
+        logger.warning("List refresh skipped: %s", exc)
+        return _database_busy(list_freshness().as_of)
     if outcome.error:
         logger.warning("List refresh failed: %s", outcome.error)
     return outcome.freshness
@@ -224,7 +238,7 @@ def list_pass(
         return ListPass(
             freshness=list_freshness(),
             ran=True,
-            error=f"{user_message(exc)} [{exc}]",
+            error=f"{failure_message(exc)} [{exc}]",
             seconds=time.monotonic() - started,
         )
     if result.complete:
@@ -339,7 +353,8 @@ def refresh_batch(batch_id: str, *, client: services.BatchClient | None = None) 
     """The cached batch, refreshed from the API unless it is final or was seen within the interval.
 
     Raises services.NotFound only for a batch that the API does not know and the cache has never seen.
-    Other API failures return the cached row (or None) with a stale Freshness.
+    Other API failures, and a database too busy to record anything, return the cached row (or None) with a stale
+    Freshness.
     """
     row = Batch.objects.filter(batch_id=batch_id).first()
     if row is not None and row.is_terminal:
@@ -348,6 +363,17 @@ def refresh_batch(batch_id: str, *, client: services.BatchClient | None = None) 
     interval = settings.BATCHBOARD_REFRESH_INTERVAL
     if row is not None and interval > 0 and row.last_seen_at > now - timedelta(seconds=interval):
         return row, Freshness(ok=True, as_of=row.last_seen_at)  # The list walk (or another viewer) just saw it.
+    try:
+        return _refresh_from_api(batch_id, row, now, client)
+    except OperationalError as exc:
+        logger.warning("Refresh of %s skipped: %s", batch_id, exc)
+        return row, _database_busy(row.last_seen_at if row else None)
+
+
+def _refresh_from_api(
+    batch_id: str, row: Batch | None, now: datetime, client: services.BatchClient | None
+) -> tuple[Batch | None, Freshness]:
+    """refresh_batch's upstream part: take the batch's lease, fetch it, record the answer or the failure."""
     name = f"batch:{batch_id}"
     claimed, _ = _claim(name, now, force=row is None)
     if not claimed:
@@ -371,6 +397,14 @@ def refresh_batch(batch_id: str, *, client: services.BatchClient | None = None) 
     _succeeded(name)
     row = record_batch(batch)
     return row, Freshness(ok=True, as_of=row.last_seen_at)
+
+
+def _database_busy(as_of: datetime | None) -> Freshness:
+    """A refresh whose writes waited out the database's lock timeout (SQLite during a VACUUM or a long prune, say).
+
+    Reads still work (WAL), so the page shows the cache with this notice instead of failing.
+    """
+    return Freshness(ok=False, as_of=as_of, error_kind="error", error_message=DATABASE_BUSY)
 
 
 def _freshness_for_row(name: str, row: Batch | None) -> Freshness:
@@ -403,6 +437,9 @@ class CancelOutcome:
         return "A cancel was already requested for this batch."
 
 
+NOTHING_CANCELLED = "Nothing was cancelled."
+
+
 def cancel_batch(batch_id: str, *, user: str = "", client: services.BatchClient | None = None) -> CancelOutcome:
     """Cancel once: concurrent or repeated requests for the same batch result in a single upstream call.
 
@@ -412,13 +449,11 @@ def cancel_batch(batch_id: str, *, user: str = "", client: services.BatchClient 
     row = Batch.objects.filter(batch_id=batch_id).first()
     if row is None:
         try:
-            row, _ = refresh_batch(batch_id, client=client)
+            row, freshness = refresh_batch(batch_id, client=client)
         except services.NotFound:
             return CancelOutcome(None, sent=False, error="There is no batch with this id.")
         if row is None:
-            return CancelOutcome(
-                None, sent=False, error="Cannot reach the OpenAI API to cancel this batch; try again in a moment."
-            )
+            return CancelOutcome(None, sent=False, error=f"{freshness.error_message} {NOTHING_CANCELLED}".strip())
     now = timezone.now()
     unclaimed = Q(cancel_requested_at__isnull=True) | Q(
         cancel_requested_at__lt=now - timedelta(seconds=CANCEL_CLAIM_SECONDS)
@@ -434,7 +469,10 @@ def cancel_batch(batch_id: str, *, user: str = "", client: services.BatchClient 
     try:
         batch = (client or services.get_client()).cancel_batch(batch_id)
     except services.BatchApiError as exc:
-        Batch.objects.filter(pk=row.pk).update(cancel_requested_at=None, cancel_requested_by="")
+        # Release our own claim only: a call that outlived CANCEL_CLAIM_SECONDS may have been claimed over.
+        Batch.objects.filter(pk=row.pk, cancel_requested_at=now).update(
+            cancel_requested_at=None, cancel_requested_by=""
+        )
         logger.warning("Cancel of %s failed: %s", batch_id, exc)
         if isinstance(exc, services.BadRequest):
             # A 409: the batch finished after our cache last saw it. Record its real state so the page shows it.
@@ -464,13 +502,9 @@ def _cancel_failure(exc: services.BatchApiError, row: Batch) -> str:
         if row.is_terminal:
             return _finished_message(row)
         return f"The OpenAI API refused to cancel this batch: {exc.message}"
-    if isinstance(exc, services.RateLimited):
-        if exc.code == "insufficient_quota":
-            return "The OpenAI account is out of quota; nothing was cancelled."
-        return "The OpenAI API is rate limiting requests; nothing was cancelled. Try again in a moment."
-    if isinstance(exc, services.Unavailable):
-        return "Cannot reach the OpenAI API right now; the batch may not be cancelled. Try again in a moment."
-    return user_message(exc)
+    # After no answer (or a server error) nobody knows whether the cancel took effect; any other answer refused it.
+    then = "The cancel may not have gone through." if isinstance(exc, services.Unavailable) else NOTHING_CANCELLED
+    return failure_message(exc, then=then, retry="Try again in a moment.")
 
 
 def _refresh_quietly(batch_id: str, client: services.BatchClient | None) -> None:
@@ -483,6 +517,7 @@ def _refresh_quietly(batch_id: str, client: services.BatchClient | None) -> None
 
 # How long a repeated submission waits for the first one (a double click) to finish before saying it is still busy.
 CREATE_WAIT_SECONDS = 30.0
+NOTHING_CREATED = "Nothing was created."
 
 
 @dataclass(frozen=True)
@@ -525,14 +560,14 @@ def create_batch(
         except services.BatchApiError as exc:
             logger.warning("Upload for a new batch failed: %s", exc)
             return _release(
-                claim, f"Uploading the file failed. {_create_failure(exc)} Nothing was created.", "input_file"
+                claim, f"Uploading the file failed. {_create_failure(exc, then=NOTHING_CREATED)}", "input_file"
             )
         BatchCreation.objects.filter(pk=claim.pk).update(input_file_id=input_file_id)
     else:
         try:
             problem = _input_file_problem(client, input_file_id)
         except services.BatchApiError as exc:
-            problem = f"Checking the file failed. {_create_failure(exc)} Nothing was created."
+            problem = f"Checking the file failed. {_create_failure(exc, then=NOTHING_CREATED)}"
         if problem:
             return _release(claim, problem, "input_file_id")
     try:
@@ -545,9 +580,10 @@ def create_batch(
         )
     except services.BatchApiError as exc:
         logger.warning("Create of a batch from %s failed: %s", input_file_id, exc)
-        message = f"Creating the batch failed. {_create_failure(exc)}"
+        then = ""
         if isinstance(exc, services.Unavailable):
-            message += " If the request reached the API anyway, the batch will appear in the list; look there first."
+            then = "If the request reached the API anyway, the batch will appear in the list; look there first."
+        message = f"Creating the batch failed. {_create_failure(exc, then=then)}"
         if upload is not None:
             message = f"The file was uploaded as {input_file_id}, but no batch was made from it. {message}"
             return _release(claim, message, None, uploaded_file_id=input_file_id)
@@ -609,15 +645,5 @@ def _input_file_problem(client: services.BatchClient, file_id: str) -> str:
     return ""
 
 
-def _create_failure(exc: services.BatchApiError) -> str:
-    """Plain words for a failed upload or create; never the key (the service module redacts it)."""
-    kind = error_kind(exc)
-    if kind == "auth":
-        return "The OpenAI API rejected the configured API key (check OPENAI_API_KEY, organisation and project)."
-    if kind == "rate_limited":
-        if exc.code == "insufficient_quota":
-            return "The OpenAI account is out of quota."
-        return "The OpenAI API is rate limiting requests; wait a moment and submit again."
-    if kind == "unavailable":
-        return "The OpenAI API could not be reached or did not answer in time."
-    return f"The OpenAI API said: {exc.message}"
+def _create_failure(exc: services.BatchApiError, *, then: str) -> str:
+    return failure_message(exc, then=then, retry="Wait a moment and submit again.")

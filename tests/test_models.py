@@ -139,3 +139,13 @@ def test_it_records_from_many_threads_at_once_without_losing_or_duplicating_stat
         processed = [count for _, count, _ in history]
         assert processed == sorted(processed)  # The history never goes backwards.
         assert history[-1][0] == "completed"
+
+
+@pytest.mark.django_db
+def test_it_records_a_batch_whose_payload_has_counts_and_times_out_of_range():
+    odd = observation(created_at=CREATED * 1000, request_counts={"total": -1, "completed": 2**40, "failed": 0})
+
+    row = record_batch(odd)
+
+    assert row.batch_id == "batch_1" and row.total_requests == 0 and row.completed_requests == 0
+    assert BatchSnapshot.objects.filter(batch=row).count() == 1

@@ -12,6 +12,7 @@ import traceback
 import tracemalloc
 
 import pytest
+import requests
 from django.conf import settings as django_settings
 
 from batches import services
@@ -228,6 +229,23 @@ def test_it_tolerates_missing_and_odd_values():
     assert batch.request_counts == RequestCounts()
 
 
+def test_it_drops_timestamps_and_counts_that_no_column_or_date_can_hold():
+    batch = Batch.from_api(
+        {
+            "id": "batch_odd",
+            "status": "in_progress",
+            "created_at": 1_711_557_933_000,  # milliseconds
+            "in_progress_at": -5,
+            "expires_at": 1_711_644_333,
+            "request_counts": {"total": -1, "completed": 2**40, "failed": 3},
+        }
+    )
+
+    assert batch.created_at == 0 and batch.in_progress_at is None
+    assert batch.expires_at == 1_711_644_333
+    assert batch.request_counts == RequestCounts(total=0, completed=0, failed=3)
+
+
 @pytest.mark.parametrize("name", ["file.batch_input.json", "file.batch_output.json"])
 def test_it_parses_file_objects(api, client, name):
     payload = example(name)
@@ -416,6 +434,7 @@ def test_it_reads_an_error_given_as_a_plain_string(api, client):
         Reply(200, [1, 2, 3]),
         Reply(200, {"object": "batch"}),  # no id
         Reply(200, b""),
+        Reply(200, b"[" * 100_000),  # nested past the JSON decoder's recursion limit
     ],
 )
 def test_it_turns_a_success_that_is_not_the_api_into_an_error(api, client, reply):
@@ -425,6 +444,15 @@ def test_it_turns_a_success_that_is_not_the_api_into_an_error(api, client, reply
         client.retrieve_batch("batch_x")
 
     assert "not the API's JSON" in caught.value.message and caught.value.status == 200
+
+
+def test_it_gives_a_default_message_for_an_error_body_nested_too_deep_to_decode(api, client):
+    api.script("GET", "/batches/batch_x", Reply(400, b'{"error":' * 50_000))
+
+    with pytest.raises(BadRequest) as caught:
+        client.retrieve_batch("batch_x")
+
+    assert caught.value.message.startswith("The Batch API rejected the request.")
 
 
 def test_it_rejects_a_list_page_without_data(api, client):
@@ -517,7 +545,16 @@ def test_it_does_not_retry_when_asked_to_wait_over_two_minutes(api, client, dela
     assert caught.value.retry_after > services.RETRY_AFTER_CAP
 
 
-@pytest.mark.parametrize("headers", [{"retry-after": "0"}, {"retry-after": "soon"}, {"retry-after": "-4"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after": "0"},
+        {"retry-after": "soon"},
+        {"retry-after": "-4"},
+        {"retry-after": "Wed, 21 Oct 99999 07:28:00 GMT"},  # a date in the right form but past datetime's range
+        {"retry-after": "Fri, 1 Jan 10000000000000 00:00:00 GMT"},
+    ],
+)
 def test_it_falls_back_to_backoff_for_unusable_retry_after(api, client, delays, headers):
     api.script("GET", "/batches", Reply(503, headers=headers), Reply(body=_list_page([], False)))
 
@@ -955,6 +992,17 @@ def test_it_raises_for_a_missing_file_before_any_byte(api, client):
         client.file_content("file-doesnotexist")
 
     assert caught.value.param == "id"
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "9" * 5000, "12x"])
+def test_it_leaves_the_length_of_a_download_unknown_when_the_header_is_not_a_number(length):
+    response = requests.Response()
+    response.raw = io.BytesIO(b"{}")
+    response.headers["Content-Length"] = length
+
+    download = services.FileContent(response, 1024)
+
+    assert download.content_length is None and b"".join(download) == b"{}"
 
 
 def test_it_releases_a_download_closed_early(api, make_client):
