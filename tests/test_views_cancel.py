@@ -226,15 +226,15 @@ def test_it_explains_that_a_batch_finished_before_the_cancel_arrived(api, operat
         ),
         (
             Reply.example("error.429.rate_limit.json", 429, headers=FAIL_FAST),
-            "The OpenAI API is rate limiting requests; nothing was cancelled. Try again in a moment.",
+            "The OpenAI API is rate limiting requests. Nothing was cancelled. Try again in a moment.",
         ),
         (
             Reply.example("error.429.insufficient_quota.json", 429, headers=FAIL_FAST),
-            "The OpenAI account is out of quota; nothing was cancelled.",
+            "The OpenAI account is out of quota. Nothing was cancelled.",
         ),
         (
             Reply(503, {"error": {"message": "The server is overloaded.", "type": "server_error"}}),
-            "Cannot reach the OpenAI API right now; the batch may not be cancelled. Try again in a moment.",
+            "Cannot reach the OpenAI API right now. The cancel may not have gone through. Try again in a moment.",
         ),
         (
             Reply.example("error.401.invalid_api_key.json", 401),

@@ -280,7 +280,7 @@ def test_it_shows_a_refused_create_and_offers_the_uploaded_file(operator_client,
         (Reply.example("error.401.invalid_api_key.json", 401), "rejected the configured API key"),
         (Reply.example("error.429.rate_limit.json", 429), "rate limiting requests"),
         (Reply.example("error.429.insufficient_quota.json", 429), "out of quota"),
-        (Reply(503, {"error": {"message": "overloaded", "type": "server_error"}}), "could not be reached"),
+        (Reply(503, {"error": {"message": "overloaded", "type": "server_error"}}), "Cannot reach the OpenAI API"),
     ],
 )
 def test_it_shows_a_failed_upload_in_plain_words(operator_client, fake_api, reply, message):
@@ -300,7 +300,7 @@ def test_it_says_when_the_api_cannot_be_reached(operator_client, settings):
     settings.OPENAI_MAX_RETRIES = 0
     response = _post(operator_client, _content())
     assert response.status_code == 200
-    assert "could not be reached" in response.content.decode()
+    assert "Cannot reach the OpenAI API" in response.content.decode()
     assert not Batch.objects.exists()
 
 

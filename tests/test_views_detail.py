@@ -325,7 +325,7 @@ def test_it_shows_a_friendly_page_when_a_download_fails_upstream(viewer_client, 
     response = viewer_client.get("/batches/batch_abc123/files/error/")
     assert response.status_code == 502
     html = response.content.decode()
-    assert "could not be reached" in html
+    assert "Cannot reach the OpenAI API" in html
     assert "sk-sandbox" not in html
 
 

@@ -22,12 +22,12 @@ MAX_BULK = 100
 BATCH_ID = re.compile(BatchIdConverter.regex)
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def batch_cancel(request, batch_id):
-    """GET shows a confirm page (for browsers without JavaScript); POST cancels."""
+    """GET (and HEAD) shows a confirm page (for browsers without JavaScript); only POST cancels."""
     _require_cancel_permission(request)
     next_url = _safe_next(request.POST.get("next") or request.GET.get("next"))
-    if request.method == "GET":
+    if request.method != "POST":
         return _confirm_page(request, batch_id, next_url)
     outcome = upstream.cancel_batch(batch_id, user=request.user.get_username())
     if request.htmx:
@@ -38,14 +38,14 @@ def batch_cancel(request, batch_id):
     return redirect("batches:detail", batch_id) if outcome.batch else redirect("batches:list")
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def batch_bulk_cancel(request):
-    """GET (or a POST without confirm=yes) lists the selection to confirm; POST with confirm=yes cancels it."""
+    """GET (or HEAD, or a POST without confirm=yes) lists the selection to confirm; POST with confirm=yes cancels."""
     _require_cancel_permission(request)
     data = request.POST if request.method == "POST" else request.GET
     next_url = _safe_next(data.get("next")) or reverse("batches:list")
     batch_ids, problem = _selected_ids(data.getlist("batch_id"))
-    if request.method == "GET" or data.get("confirm") != "yes":
+    if request.method != "POST" or data.get("confirm") != "yes":
         return _bulk_confirm_page(request, batch_ids, problem, next_url)
     results = [] if problem else upstream.cancel_batches(batch_ids, user=request.user.get_username())
     context = {"done": True, "results": results, "bulk_error": problem, "tally": _tally(results), "next": next_url}

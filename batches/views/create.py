@@ -27,7 +27,7 @@ def _retry_form(form: CreateBatchForm, uploaded_file_id: str) -> CreateBatchForm
     return CreateBatchForm(initial={**initial, "input_file_id": uploaded_file_id})
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def batch_create(request):
     if not request.user.has_perm("batches.create_batch"):
         raise PermissionDenied("You may not create batches.")

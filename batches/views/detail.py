@@ -28,11 +28,6 @@ FILE_INFO_UNREACHABLE_SECONDS = 60
 FILE_INFO_UNREACHABLE_KEY = "batchboard:file-bytes:unreachable"
 # htmx stops polling on this status (and the final fragment has no trigger left).
 STOP_POLLING = 286
-DOWNLOAD_FAILURES = {
-    "auth": "The OpenAI API rejected the configured API key.",
-    "rate_limited": "The OpenAI API is rate limiting requests; try again in a moment.",
-    "unavailable": "The OpenAI API could not be reached; try again in a moment.",
-}
 
 
 @dataclass(frozen=True)
@@ -136,7 +131,7 @@ def batch_file(request, batch_id, kind):
             "kind": kind,
             "file_id": file_id,
             "missing": missing,
-            "message": "" if missing else DOWNLOAD_FAILURES.get(upstream.error_kind(exc), exc.message),
+            "message": "" if missing else upstream.failure_message(exc),
         }
         return render(request, "batches/file_unavailable.html", context, status=404 if missing else 502)
     response = StreamingHttpResponse(chunks, content_type="application/jsonl")

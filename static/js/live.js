@@ -15,6 +15,9 @@
  *  - refreshes at once on a `batches-changed` event (the server sends it with HX-Trigger);
  *  - stops, and says so, when a refresh is redirected (the session ended) instead of swapping a login page in;
  *  - highlights elements with `data-live-key` whose `data-live-state` changed since the last render;
+ *  - skips a refresh whose answer is the one already on screen (nothing is re-read to screen readers, focus and
+ *    scroll stay put), and keeps `<details id>` elements open across swaps (htmx itself keeps the focus on an
+ *    element with an id, which is why the links and controls inside live regions have one);
  *  - keeps the ticks of `input[data-select]` checkboxes across swaps, and keeps `[data-select-all]`,
  *    `[data-selection-count]` and the hx-confirm text of `[data-selection-button]` in step with them;
  *  - shows `[data-js-only]` elements (hidden in the markup for browsers without JavaScript).
@@ -40,6 +43,9 @@
   var lastUpdate = null;
   var states = new Map();
   var selected = new Set();
+  // Each live region's (by id) last answer swapped in; cleared by any change made on the page (a POST).
+  var shownAnswers = new Map();
+  var openDetails = [];
 
   function read(key) {
     try {
@@ -232,6 +238,7 @@
       liveRequests.add(detail.xhr);
     } else if (verbOf(detail) !== "get") {
       mutations += 1;
+      shownAnswers.clear();
       window.clearTimeout(timer);
       liveRequests.forEach(function (xhr) {
         outdated.add(xhr);
@@ -240,15 +247,25 @@
   });
 
   document.addEventListener("htmx:beforeSwap", function (event) {
-    var xhr = event.detail.xhr;
-    if (!liveRequests.has(xhr)) {
+    var detail = event.detail;
+    openDetails = all("details[id][open]").map(function (element) {
+      return element.id;
+    });
+    if (!liveRequests.has(detail.xhr)) {
       return;
     }
-    if (outdated.has(xhr)) {
-      event.detail.shouldSwap = false;
-    } else if (redirected(event.detail)) {
-      event.detail.shouldSwap = false;
+    var region = detail.elt.id;
+    if (outdated.has(detail.xhr)) {
+      detail.shouldSwap = false;
+    } else if (redirected(detail)) {
+      detail.shouldSwap = false;
       signedOut = true;
+    } else if (detail.shouldSwap && region) {
+      if (shownAnswers.get(region) === detail.serverResponse) {
+        detail.shouldSwap = false;
+      } else {
+        shownAnswers.set(region, detail.serverResponse);
+      }
     }
   });
 
@@ -290,6 +307,12 @@
   }
 
   function afterSwap() {
+    openDetails.forEach(function (id) {
+      var element = document.getElementById(id);
+      if (element && element.tagName === "DETAILS") {
+        element.open = true;
+      }
+    });
     showScriptedControls();
     restoreSelection();
     showState();

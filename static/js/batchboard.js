@@ -1,1 +1,0 @@
-// Small behaviours htmx cannot do declaratively (the CSP forbids inline scripts and hx-on).
