@@ -1,4 +1,10 @@
-"""The API's JSON shapes in one place: Batch, File, list and error objects, and the error the views turn into one."""
+"""The API's JSON shapes in one place: Batch, File, list and error objects, and the error the views turn into one.
+
+A Batch's null fields follow the reference's fixtures (REFERENCE §3.1): `model`, `usage` and `request_counts.total`
+appear once validation has passed (a failed batch reports zero usage), `errors` only on a failed batch, and the
+result file ids only on a terminal batch. A missing file id is always null: some live payloads send "" instead
+(REFERENCE §3.2); the sandbox does not, so the dashboard's handling of "" is tested with hand-built payloads.
+"""
 
 from __future__ import annotations
 

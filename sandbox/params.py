@@ -1,4 +1,11 @@
-"""Checking request parameters as the API does: ApiErrors with its messages, `param` paths and codes."""
+"""Checking request parameters as the API does: ApiErrors with its messages, `param` paths and codes.
+
+Messages and codes follow the live API where they are known (REFERENCE §2.6, §9 and the examples). Choices where the
+reference is silent: an unknown field is rejected, in a multipart upload (CreateFileRequest has
+`additionalProperties: false`) and in POST /batches alike (CreateBatchRequest does not say; the live API rejects
+unknown parameters on its other endpoints, with the wording used here), so a client sending a field the API does
+not know fails here first; a float where an integer is expected is an `invalid_type`.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +23,24 @@ from batches.services import (
 from sandbox.api import ApiError
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+# The SDK sends nested form fields with brackets; Azure's examples use dots. Both are accepted.
+UPLOAD_FIELDS = (
+    "purpose",
+    "expires_after[anchor]",
+    "expires_after[seconds]",
+    "expires_after.anchor",
+    "expires_after.seconds",
+)
 BATCH_FIELDS = ("input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after")
 INVALID_JSON_MESSAGE = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library "
     "correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
 )
+
+
+def unknown_parameter(name: str) -> ApiError:
+    # The live API's wording for an unexpected parameter (seen on chat completions and responses).
+    return ApiError(400, f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
 
 
 def missing(name: str) -> ApiError:
@@ -150,15 +170,15 @@ def check_metadata(metadata) -> None:
 
 def upload_fields(fields) -> tuple[str, int | None]:
     """The purpose and expires_after seconds of a multipart upload."""
-    unknown = [name for name in fields if name != "purpose" and not name.startswith("expires_after")]
+    # A `file` sent as a plain form field rather than a file is reported as the missing file, by the caller.
+    unknown = [name for name in fields if name not in UPLOAD_FIELDS and name != "file"]
     if unknown:
-        raise ApiError(400, f"Unrecognized request argument supplied: {unknown[0]}")
+        raise unknown_parameter(unknown[0])
     purpose = fields.get("purpose")
     if not purpose:
         raise missing("purpose")
     if purpose not in UPLOAD_PURPOSES:
         raise invalid_value("purpose", purpose, UPLOAD_PURPOSES)
-    # The SDK sends nested fields with brackets; Azure's examples use dots. Accept both.
     expires_after = expiry_seconds(
         "expires_after",
         fields.get("expires_after[anchor]", fields.get("expires_after.anchor")),
@@ -177,7 +197,7 @@ def batch_request(raw_body: bytes) -> dict:
         raise ApiError(400, INVALID_JSON_MESSAGE)
     unknown = [name for name in body if name not in BATCH_FIELDS]
     if unknown:
-        raise ApiError(400, f"Unrecognized request argument supplied: {unknown[0]}")
+        raise unknown_parameter(unknown[0])
     for name in ("input_file_id", "endpoint", "completion_window"):
         if body.get(name) is None:
             raise missing(name)

@@ -21,6 +21,7 @@ DEMO = "demo"
 HOUR = 3600.0
 DAY = 86_400.0
 MINUTE = 60.0
+CHAT, EMBEDDINGS, RESPONSES = "/v1/chat/completions", "/v1/embeddings", "/v1/responses"
 
 TICKETS = (
     "My invoice shows a charge twice this month.",
@@ -120,208 +121,115 @@ def _batch(
     return batch
 
 
+# Live: still validating, running, finalizing or cancelling for the next 20-60 minutes. All times in minutes:
+# (description, endpoint, model, requests, age, validating, running, other plan settings).
+LIVE = (
+    ("Support backlog triage", CHAT, "gpt-4.1", 1200, 2, 25, 30, {}),
+    ("Catalogue embeddings refresh", EMBEDDINGS, "text-embedding-3-small", 800, 0.5, 8, 40, {}),
+    ("Hourly sentiment scoring", CHAT, "gpt-4o-mini", 300, 10, 3, 10 - 3 + 22, {}),  # 22 minutes of work left
+    ("Eval: reading comprehension", RESPONSES, "gpt-5-mini", 150, 18, 4, 18 - 4 + 35, {}),
+    ("Product description rewrite", CHAT, "gpt-4.1-mini", 2000, 27, 5, 27 - 5 + 48, {}),
+    ("Search index embeddings", EMBEDDINGS, "text-embedding-3-large", 600, 41, 6, 41 - 6 + 55, {}),
+    ("Reasoning eval sweep", RESPONSES, "o4-mini", 240, 50, 7, 50 - 7 + 26, {}),
+    ("Weekly churn-risk summaries", CHAT, "gpt-4o", 400, 70, 5, 45, {"finalize": 40}),
+    ("Duplicate run, cancelled by mistake", CHAT, "gpt-4o-mini", 500, 45, 4, 90, {"drain": 9, "cancel_after": 44}),
+)
+# History: completed over the past two weeks, one every 0.85 days or so (about 3% of requests fail, by hash).
+COMPLETED = (
+    ("Nightly eval job", CHAT, "gpt-4o-mini", 5),
+    ("Ticket auto-tagging", CHAT, "gpt-4o-mini", 120),
+    ("FAQ embeddings", EMBEDDINGS, "text-embedding-3-small", 400),
+    ("Reading comprehension eval", RESPONSES, "gpt-4.1", 60),
+    ("Release notes drafts", CHAT, "gpt-4.1", 250),
+    ("Semantic search backfill", EMBEDDINGS, "text-embedding-3-large", 150),
+    ("Policy QA eval", RESPONSES, "gpt-5", 40),
+    ("Review summaries", CHAT, "gpt-4.1-mini", 300),
+    ("Sales email variants", CHAT, "gpt-4o", 25),
+    ("Math word problems eval", RESPONSES, "o4-mini", 80),
+    ("Catalogue embeddings", EMBEDDINGS, "text-embedding-3-small", 1000),
+    ("Smoke test", CHAT, "gpt-4o-mini", 12),
+    ("Grader calibration", RESPONSES, "gpt-5-mini", 200),
+    ("Intent classification", CHAT, "gpt-5-mini", 90),
+    ("Glossary embeddings", EMBEDDINGS, "text-embedding-3-small", 30),
+)
+# Expired: the 24 h window closed with work left. (description, endpoint, model, requests, age in days, run hours)
+EXPIRED = (
+    ("Peak-hour backlog", CHAT, "gpt-4.1", 900, 2.5, 30),
+    ("Large reasoning eval", RESPONSES, "gpt-5", 300, 7.8, 40),
+    ("Image captions embeddings", EMBEDDINGS, "text-embedding-3-large", 1500, 12.4, 50),
+)
+# Cancelled part-way through a five-hour run. (description, endpoint, model, age in days)
+CANCELLED = (
+    ("Wrong prompt version", CHAT, "gpt-4o-mini", 0.6),
+    ("Superseded eval", RESPONSES, "gpt-4.1", 5.2),
+    ("Stale catalogue snapshot", EMBEDDINGS, "text-embedding-3-small", 10.7),
+)
+
+
 def seed_demo(now: float) -> list[SandboxBatch]:
     """Create the demo batches relative to `now` (deterministic apart from ids)."""
     rng = random.Random(2026)
-    chat, embeddings, responses = "/v1/chat/completions", "/v1/embeddings", "/v1/responses"
     made = []
 
-    def meta(description, **extra):
-        return {"description": description, "team": rng.choice(TEAMS), "owner": rng.choice(PEOPLE), **extra}
+    def add(description, endpoint, lines, **plan):
+        metadata = {"description": description, "team": rng.choice(TEAMS), "owner": rng.choice(PEOPLE)}
+        made.append(_batch(now, endpoint=endpoint, lines=lines, metadata=metadata, **plan))
 
-    def add(**kwargs):
-        made.append(_batch(now, **kwargs))
+    for index, (description, endpoint, model, count, age, validate, run, other) in enumerate(LIVE):
+        minutes = {name: value * MINUTE for name, value in other.items()}
+        lines = _lines(endpoint, model, count, f"live{index}")
+        add(description, endpoint, lines, age=age * MINUTE, validate=validate * MINUTE, run=run * MINUTE, **minutes)
 
-    # Live: still validating, running, finalizing or cancelling for the next 20-60 minutes.
-    add(
-        age=2 * MINUTE,
-        endpoint=chat,
-        lines=_lines(chat, "gpt-4.1", 1200, "ticket"),
-        metadata=meta("Support backlog triage", env="prod"),
-        validate=25 * MINUTE,
-        run=30 * MINUTE,
-    )
-    add(
-        age=30,
-        endpoint=embeddings,
-        lines=_lines(embeddings, "text-embedding-3-small", 800, "sku"),
-        metadata=meta("Catalogue embeddings refresh"),
-        validate=8 * MINUTE,
-        run=40 * MINUTE,
-    )
-    for index, (age, remaining) in enumerate(((10, 22), (18, 35), (27, 48), (41, 55), (50, 26))):
-        endpoint, model = [
-            (chat, "gpt-4o-mini"),
-            (responses, "gpt-5-mini"),
-            (chat, "gpt-4.1-mini"),
-            (embeddings, "text-embedding-3-large"),
-            (responses, "o4-mini"),
-        ][index]
-        count = (300, 150, 2000, 600, 240)[index]
-        validate = (3 + index) * MINUTE
+    for index, (description, endpoint, model, count) in enumerate(COMPLETED):
         add(
-            age=age * MINUTE,
-            endpoint=endpoint,
-            lines=_lines(endpoint, model, count, f"req{index}"),
-            metadata=meta(
-                [
-                    "Hourly sentiment scoring",
-                    "Eval: reading comprehension",
-                    "Product description rewrite",
-                    "Search index embeddings",
-                    "Reasoning eval sweep",
-                ][index],
-                env="prod",
-            ),
-            validate=validate,
-            run=age * MINUTE - validate + remaining * MINUTE,
-        )
-    add(
-        age=70 * MINUTE,
-        endpoint=chat,
-        lines=_lines(chat, "gpt-4o", 400, "ticket"),
-        metadata=meta("Weekly churn-risk summaries"),
-        validate=5 * MINUTE,
-        run=45 * MINUTE,
-        finalize=40 * MINUTE,
-    )
-    add(
-        age=45 * MINUTE,
-        endpoint=chat,
-        lines=_lines(chat, "gpt-4o-mini", 500, "ticket"),
-        metadata=meta("Duplicate run, cancelled by mistake"),
-        validate=4 * MINUTE,
-        run=90 * MINUTE,
-        drain=9 * MINUTE,
-        cancel_after=44 * MINUTE,
-    )
-
-    # History: completed over the past two weeks, a few with failed requests (about 3% fail by hash).
-    completed = [
-        (chat, "gpt-4o-mini", 5),
-        (chat, "gpt-4o-mini", 120),
-        (embeddings, "text-embedding-3-small", 400),
-        (responses, "gpt-4.1", 60),
-        (chat, "gpt-4.1", 250),
-        (embeddings, "text-embedding-3-large", 150),
-        (responses, "gpt-5", 40),
-        (chat, "gpt-4.1-mini", 300),
-        (chat, "gpt-4o", 25),
-        (responses, "o4-mini", 80),
-        (embeddings, "text-embedding-3-small", 1000),
-        (chat, "gpt-4o-mini", 12),
-        (responses, "gpt-5-mini", 200),
-        (chat, "gpt-5-mini", 90),
-        (embeddings, "text-embedding-3-small", 30),
-    ]
-    descriptions = (
-        "Nightly eval job",
-        "Ticket auto-tagging",
-        "FAQ embeddings",
-        "Reading comprehension eval",
-        "Release notes drafts",
-        "Semantic search backfill",
-        "Policy QA eval",
-        "Review summaries",
-        "Sales email variants",
-        "Math word problems eval",
-        "Catalogue embeddings",
-        "Smoke test",
-        "Grader calibration",
-        "Intent classification",
-        "Glossary embeddings",
-    )
-    for index, ((endpoint, model, count), description) in enumerate(zip(completed, descriptions, strict=True)):
-        add(
+            description,
+            endpoint,
+            _lines(endpoint, model, count, f"c{index}"),
             age=(index + 1) * 0.85 * DAY + rng.uniform(0, 4 * HOUR),
-            endpoint=endpoint,
-            lines=_lines(endpoint, model, count, f"c{index}"),
-            metadata=meta(description),
             validate=rng.uniform(1, 8) * MINUTE,
             run=rng.uniform(0.5, 7) * HOUR,
             finalize=rng.uniform(3, 15) * MINUTE,
         )
+    long_drafts = _lines(CHAT, "gpt-4o-mini", 20, "haiku", max_tokens=100_000)  # every request fails
     add(
-        age=4.2 * DAY,
-        endpoint=chat,
-        lines=_lines(chat, "gpt-4o-mini", 20, "haiku", max_tokens=100_000),
-        metadata=meta("Long-form drafts (max_tokens too high)"),
-        validate=2 * MINUTE,
-        run=50 * MINUTE,
+        "Long-form drafts (max_tokens too high)", CHAT, long_drafts, age=4.2 * DAY, validate=2 * MINUTE, run=50 * MINUTE
     )
 
-    # Failed validation, with line-numbered errors from the real files below.
-    good = _lines(chat, "gpt-4o-mini", 40, "row")
-    broken = [*good[:6], good[6][:-9], *good[7:18], good[2], *good[19:]]
-    add(
-        age=1.3 * DAY,
-        endpoint=chat,
-        lines=broken,
-        metadata=meta("Hand-edited eval set"),
-        validate=40,
-        run=HOUR,
-    )
+    # Failed validation, with line-numbered errors from the real files.
+    good = _lines(CHAT, "gpt-4o-mini", 40, "row")
+    broken = [*good[:6], good[6][:-9], *good[7:18], good[2], *good[19:]]  # cut short; a duplicate custom_id
+    add("Hand-edited eval set", CHAT, broken, age=1.3 * DAY, validate=40, run=HOUR)
     wrong_method = [line.replace('"POST"', '"GET"') if i == 3 else line for i, line in enumerate(good[:25])]
     wrong_method[11] = json.dumps({k: v for k, v in json.loads(good[11]).items() if k != "url"})
-    add(
-        age=3.6 * DAY,
-        endpoint=chat,
-        lines=wrong_method,
-        metadata=meta("Exported from CRM"),
-        validate=75,
-        run=HOUR,
-    )
-    mixed = _lines(embeddings, "text-embedding-3-small", 30, "doc")
-    mixed[8] = json.dumps(_request(chat, "gpt-4o-mini", "doc-9", 9))
-    mixed[14] = json.dumps(_request(embeddings, "text-embedding-3-large", "doc-15", 15))
-    add(
-        age=6.5 * DAY,
-        endpoint=embeddings,
-        lines=mixed,
-        metadata=meta("Mixed models by mistake"),
-        validate=55,
-        run=HOUR,
-    )
-    add(
-        age=9.1 * DAY,
-        endpoint=chat,
-        lines=_lines(chat, "gpt-4.1", 2000, "bulk"),
-        metadata=meta("Full archive re-labelling"),
-        validate=3 * MINUTE,
-        run=HOUR,
-        scenario="token_limit",
-    )
+    add("Exported from CRM", CHAT, wrong_method, age=3.6 * DAY, validate=75, run=HOUR)
+    mixed = _lines(EMBEDDINGS, "text-embedding-3-small", 30, "doc")
+    mixed[8] = json.dumps(_request(CHAT, "gpt-4o-mini", "doc-9", 9))
+    mixed[14] = json.dumps(_request(EMBEDDINGS, "text-embedding-3-large", "doc-15", 15))
+    add("Mixed models by mistake", EMBEDDINGS, mixed, age=6.5 * DAY, validate=55, run=HOUR)
+    bulk = _lines(CHAT, "gpt-4.1", 2000, "bulk")
+    add("Full archive re-labelling", CHAT, bulk, age=9.1 * DAY, validate=3 * MINUTE, run=HOUR, scenario="token_limit")
 
-    # Expired: the 24 h window closed with work left.
-    for index, (age, count) in enumerate(((2.5, 900), (7.8, 300), (12.4, 1500))):
-        endpoint, model = [(chat, "gpt-4.1"), (responses, "gpt-5"), (embeddings, "text-embedding-3-large")][index]
-        add(
-            age=age * DAY,
-            endpoint=endpoint,
-            lines=_lines(endpoint, model, count, f"x{index}"),
-            metadata=meta(["Peak-hour backlog", "Large reasoning eval", "Image captions embeddings"][index]),
-            validate=6 * MINUTE,
-            run=(30 + 10 * index) * HOUR,
-        )
+    for index, (description, endpoint, model, count, days, hours) in enumerate(EXPIRED):
+        lines = _lines(endpoint, model, count, f"x{index}")
+        add(description, endpoint, lines, age=days * DAY, validate=6 * MINUTE, run=hours * HOUR)
 
-    # Cancelled: three part-way through the run, one while still validating.
-    for index, age in enumerate((0.6, 5.2, 10.7)):
-        endpoint, model = [(chat, "gpt-4o-mini"), (responses, "gpt-4.1"), (embeddings, "text-embedding-3-small")][index]
+    for index, (description, endpoint, model, days) in enumerate(CANCELLED):
         add(
-            age=age * DAY,
-            endpoint=endpoint,
-            lines=_lines(endpoint, model, 200, f"k{index}"),
-            metadata=meta(["Wrong prompt version", "Superseded eval", "Stale catalogue snapshot"][index]),
+            description,
+            endpoint,
+            _lines(endpoint, model, 200, f"k{index}"),
+            age=days * DAY,
             validate=4 * MINUTE,
             run=5 * HOUR,
             drain=rng.uniform(2, 9) * MINUTE,
             cancel_after=4 * MINUTE + rng.uniform(0.2, 0.7) * 5 * HOUR,
         )
+    early = _lines(CHAT, "gpt-4o-mini", 50, "early")
     add(
+        "Started against the wrong file",  # cancelled while still validating
+        CHAT,
+        early,
         age=13.2 * DAY,
-        endpoint=chat,
-        lines=_lines(chat, "gpt-4o-mini", 50, "early"),
-        metadata=meta("Started against the wrong file"),
         validate=10 * MINUTE,
         run=HOUR,
         drain=2 * MINUTE,

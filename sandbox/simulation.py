@@ -22,6 +22,8 @@ import hashlib
 import random
 from dataclasses import dataclass
 
+from batches.services import TERMINAL_STATUSES
+
 WINDOW_S = 86_400
 EXPIRE_LAG_S = 60.0
 MAX_CHECKPOINTS = 200
@@ -42,16 +44,7 @@ TIMESTAMP_OF_STATUS = {
     "cancelling": "cancelling_at",
     "cancelled": "cancelled_at",
 }
-TIMESTAMP_FIELDS = (
-    "in_progress_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-)
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+TIMESTAMP_FIELDS = tuple(TIMESTAMP_OF_STATUS.values())  # in the Batch object's order
 ZERO_POINT = (0, 0, 0, 0, 0, 0, 0)  # lines done, completed, failed, input, cached, output, reasoning tokens
 
 
@@ -86,19 +79,15 @@ class State:
 
     @property
     def is_terminal(self) -> bool:
-        return self.status in TERMINAL
+        return self.status in TERMINAL_STATUSES
 
     @property
     def terminal_at(self) -> int | None:
         return self.timestamps.get(TIMESTAMP_OF_STATUS.get(self.status, ""))
 
     @property
-    def unrun_lines(self) -> int:
-        """Requests that never ran: they go to the error file of a cancelled or expired batch, uncounted."""
-        return self.total - self.lines_done if self.status in ("cancelled", "expired") else 0
-
-    @property
     def unrun_code(self) -> str | None:
+        """The error code of requests that never ran, written to the error file of a cancelled or expired batch."""
         return {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(self.status)
 
 
@@ -171,6 +160,12 @@ def timeline(plan: Plan) -> tuple[list[tuple[float, str]], float | None]:
     return [*transitions, (ends_at, "expired")], WINDOW_S
 
 
+def final_status(plan: Plan) -> str:
+    """The status the batch ends in unless a cancel changes its plan."""
+    transitions, _ = timeline(plan)
+    return transitions[-1][1]
+
+
 def _point_at(plan: Plan, sim_seconds: float) -> tuple:
     steps = len(plan.checkpoints) - 1
     if steps <= 0 or sim_seconds < plan.validate_s:
@@ -218,7 +213,7 @@ def state_at(plan: Plan, now: float) -> State:
         completed=point[1],
         failed=point[2],
         lines_done=point[0],
-        usage=_usage(point) if started or status in TERMINAL else None,
+        usage=_usage(point) if started or status in TERMINAL_STATUSES else None,
         model=plan.model if started else None,
         errors=plan.errors if status == "failed" else None,
     )

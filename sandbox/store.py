@@ -1,4 +1,11 @@
-"""The sandbox's operations on stored state: files on disk, batch creation and cancel, lazily written result files."""
+"""The sandbox's operations on stored state: files on disk, batch creation and cancel, lazily written result files.
+
+Result files are written when a batch is first seen terminal (a retrieve, a list, a cancel, or a file listing),
+dated at the moment it became terminal, so what a client sees never depends on when it looked.
+Choices where the reference is silent: a cancel of a terminal batch is a 409 with `x-should-retry: false`; a cancel
+of a batch already cancelling answers it unchanged; files are listed and batches paged newest first with the id
+breaking ties; an expired or deleted file answers 404, but a batch still running keeps its deleted input's bytes.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from django.db.models import Q
 from sandbox import results
 from sandbox.api import ApiError
 from sandbox.models import SandboxBatch, SandboxFile
-from sandbox.simulation import State, real_time, state_at
+from sandbox.simulation import State, final_status, real_time, state_at
 from sandbox.simulation import durations as simulated_durations
 from sandbox.validation import iter_requests, scan_input
 
@@ -79,11 +86,8 @@ def _live_files(now: float):
 
 
 def get_file(file_id: str, now: float) -> SandboxFile:
+    # A result file gets its id when it is written, so no client can ask for one that is not written yet.
     file = _live_files(now).filter(pk=file_id).first()
-    if file is None and file_id.startswith("file-"):
-        # It may be the result file of a batch that finished unobserved.
-        materialize_due(now)
-        file = _live_files(now).filter(pk=file_id).first()
     if file is None:
         raise ApiError(404, f"No such File object: {file_id}", param="id")
     return file
@@ -91,10 +95,7 @@ def get_file(file_id: str, now: float) -> SandboxFile:
 
 def batch_input_file(file_id: str, now: float) -> SandboxFile:
     """The file a new batch reads, or the 400 the API answers for an unknown or unsuitable one."""
-    try:
-        file = get_file(file_id, now)
-    except ApiError:
-        file = None
+    file = _live_files(now).filter(pk=file_id).first()
     if file is None or not file.path.exists():
         raise ApiError(400, f"Invalid 'input_file_id': no file with id '{file_id}' exists.", param="input_file_id")
     if file.purpose != "batch":
@@ -189,8 +190,9 @@ def create_batch(
     )
 
 
-def get_batch(batch_id: str) -> SandboxBatch:
-    batch = SandboxBatch.objects.filter(pk=batch_id).first()
+def get_batch(batch_id: str, *, for_update: bool = False) -> SandboxBatch:
+    batches = SandboxBatch.objects.select_for_update() if for_update else SandboxBatch.objects
+    batch = batches.filter(pk=batch_id).first()
     if batch is None:
         raise ApiError(404, f"No batch found with id '{batch_id}'.")
     return batch
@@ -200,7 +202,7 @@ def observe(batch: SandboxBatch, now: float) -> tuple[SandboxBatch, State]:
     """The batch's state at `now`, writing its result files first if it has just become terminal."""
     state = state_at(batch.plan, now)
     if state.is_terminal and not batch.results_ready:
-        batch = _materialize(batch, state)
+        return _materialize(batch, state, now)
     return batch, state
 
 
@@ -219,19 +221,18 @@ def list_batches(*, now: float, limit: int, after: str | None):
 
 
 def cancel_batch(batch_id: str, now: float) -> tuple[SandboxBatch, State]:
-    batch = get_batch(batch_id)
-    state = state_at(batch.plan, now)
-    if state.is_terminal:
-        # 409 follows a third-party emulator of OpenAI (unverified upstream, REFERENCE §2.9); the header stops the
-        # SDK, which retries 409s by default, from asking again.
-        raise ApiError(
-            409,
-            f"Cannot cancel a batch with status '{state.status}'.",
-            headers={"x-should-retry": "false"},
-        )
-    # Only the first request counts, however many arrive at once.
-    SandboxBatch.objects.filter(pk=batch.pk, cancel_requested__isnull=True).update(cancel_requested=now)
-    batch.refresh_from_db()
+    with transaction.atomic():
+        batch = get_batch(batch_id, for_update=True)
+        state = state_at(batch.plan, now)
+        if state.is_terminal or batch.results_ready:
+            # results_ready while `state` still runs: a request that came in a moment later saw the batch finish.
+            status = state.status if state.is_terminal else final_status(batch.plan)
+            # 409 follows a third-party emulator of OpenAI (unverified upstream, REFERENCE §2.9); the header stops
+            # the SDK, which retries 409s by default, from asking again.
+            raise ApiError(409, f"Cannot cancel a batch with status '{status}'.", headers={"x-should-retry": "false"})
+        if batch.cancel_requested is None:  # only the first request counts, however many arrive at once
+            batch.cancel_requested = now
+            batch.save(update_fields=["cancel_requested"])
     return observe(batch, now)
 
 
@@ -244,30 +245,39 @@ def materialize_due(now: float) -> None:
 # --- Result files -----------------------------------------------------------
 
 
-def _materialize(batch: SandboxBatch, state: State) -> SandboxBatch:
-    with transaction.atomic():
-        locked = SandboxBatch.objects.select_for_update().get(pk=batch.pk)
-        if locked.results_ready:
-            return locked
-        if state.status != "failed":
-            try:
-                output_file_id, error_file_id = _write_result_files(locked, state)
-            except FileNotFoundError:
-                # The files folder was emptied under a surviving database: report the batch without results.
-                logger.warning("Sandbox batch %s has lost its input file; no result files written.", locked.id)
-                output_file_id = error_file_id = None
-            locked.output_file_id, locked.error_file_id = output_file_id or "", error_file_id or ""
-        locked.results_ready = True
-        locked.save(update_fields=["results_ready", "output_file_id", "error_file_id"])
+def _materialize(batch: SandboxBatch, state: State, now: float) -> tuple[SandboxBatch, State]:
+    """Write the batch's result files, then adopt them unless another request did first or a cancel came between.
+
+    The files are written before the transaction: a large batch takes seconds, and a write lock held that long
+    would stall every other request (on SQLite, every write of the whole project). Concurrent requests may each
+    write the files; the first to adopt them wins and the others discard theirs.
+    """
+    written = _write_result_files(batch, state)
+    try:
+        with transaction.atomic():
+            locked = get_batch(batch.pk, for_update=True)
+            if not locked.results_ready and locked.cancel_requested == batch.cancel_requested:
+                file_ids = {
+                    kind: _adopt_result(locked, path, kind, state.terminal_at) for kind, path in written.items()
+                }
+                locked.output_file_id = file_ids.get("output", "")
+                locked.error_file_id = file_ids.get("error", "")
+                locked.results_ready = True
+                locked.save(update_fields=["results_ready", "output_file_id", "error_file_id"])
+    finally:
+        for path in written.values():
+            path.unlink(missing_ok=True)  # whatever was not adopted
+    if not locked.results_ready:
+        return observe(locked, now)  # a cancel changed the plan meanwhile: start again from the new one
     _discard_if_unneeded(locked.input_file_id)
-    return locked
+    return locked, state_at(locked.plan, now)
 
 
 def _result_records(batch: SandboxBatch, state: State):
     """(kind, line) for every request of a terminal batch, roughly in the order the work finished."""
     plan = batch.plan
     window = []
-    for index, line in enumerate(iter_requests(batch_path(batch))):
+    for index, line in enumerate(iter_requests(files_dir() / batch.input_file_id)):
         if index < state.lines_done:
             finished = plan.validate_s + plan.run_s * (index + 1) / plan.total
             created = min(real_time(plan, finished), state.terminal_at)
@@ -293,12 +303,14 @@ def _shuffled(window):
     return sorted(window, key=lambda item: item[1]["id"][-24:])
 
 
-def _write_result_files(batch: SandboxBatch, state: State) -> tuple[str | None, str | None]:
-    if state.total == 0:
-        return None, None
+def _write_result_files(batch: SandboxBatch, state: State) -> dict[str, Path]:
+    """Temporary "output" and "error" files, each only if it got a line; none for a failed or empty batch."""
+    if state.status == "failed" or state.total == 0:
+        return {}
     directory = files_dir()
     paths = {}
     written = Counter()
+    complete = False
     try:
         with (
             tempfile.NamedTemporaryFile("w", dir=directory, prefix=".output-", delete=False, encoding="utf-8") as out,
@@ -309,17 +321,15 @@ def _write_result_files(batch: SandboxBatch, state: State) -> tuple[str | None, 
             for kind, record in _result_records(batch, state):
                 handles[kind].write(json.dumps(record, ensure_ascii=False) + "\n")
                 written[kind] += 1
-        return tuple(
-            _adopt_result(batch, paths[kind], kind, state.terminal_at) if written[kind] else None
-            for kind in ("output", "error")
-        )
+        complete = True
+    except FileNotFoundError:
+        # The files folder was emptied under a surviving database: the batch ends without result files.
+        logger.warning("Sandbox batch %s has lost its input file; no result files written.", batch.id)
     finally:
-        for path in paths.values():
-            path.unlink(missing_ok=True)  # whatever was not adopted
-
-
-def batch_path(batch: SandboxBatch) -> Path:
-    return files_dir() / batch.input_file_id
+        for kind, path in paths.items():
+            if not (complete and written[kind]):
+                path.unlink(missing_ok=True)
+    return {kind: path for kind, path in paths.items() if complete and written[kind]}
 
 
 def _adopt_result(batch: SandboxBatch, temp_path: Path, kind: str, created_at: int) -> str:

@@ -1,4 +1,9 @@
-"""An upload handler that streams the multipart `file` straight into the sandbox's files folder, never into memory."""
+"""Streaming a multipart upload's `file` straight into the sandbox's files folder, never into memory.
+
+Size limits (REFERENCE §2.1): 512 MB for any file, 200 MB for a Batch input. Both are enforced while the file
+streams in when the `purpose` field comes before the file, as the SDK and the dashboard send it; when it comes
+after, the Batch limit can only be checked once the body has been read (see size_limit's callers).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,19 @@ import tempfile
 from pathlib import Path
 
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers, StopUpload
+from django.http.multipartparser import MultiPartParser
 
-MAX_FILE_BYTES = 512 * 1024 * 1024  # any file (REFERENCE §2.1); Batch inputs have a lower cap, checked by the view
+from batches.services import MAX_INPUT_FILE_BYTES
+
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+
+def size_limit(purpose: str | None) -> int:
+    return MAX_INPUT_FILE_BYTES if purpose == "batch" else MAX_FILE_BYTES
 
 
 class SavedUpload:
-    """What lands in request.FILES: where the bytes are on disk, and what the client called the file."""
+    """What lands in the parsed files: where the bytes are on disk, and what the client called the file."""
 
     def __init__(self, path: Path, name: str, size: int):
         self.path = path
@@ -25,13 +37,23 @@ class DiskUploadHandler(FileUploadHandler):
         self.directory = directory
         self.too_large = False
         self.temp_paths: list[Path] = []
+        self._parser = None
         self._handle = None
         self._size = 0
+        self._limit = MAX_FILE_BYTES
+
+    def parse(self):
+        """Parse the request's multipart body with this handler alone: (form fields, files)."""
+        self._parser = MultiPartParser(self.request.META, self.request, [self], self.request.encoding)
+        return self._parser.parse()
 
     def new_file(self, *args, **kwargs):
         super().new_file(*args, **kwargs)
+        # The parser fills in the form fields as they arrive, so a `purpose` sent before the file is known here.
+        fields_so_far = getattr(self._parser, "_post", None) or {}
+        self._limit = size_limit(fields_so_far.get("purpose"))
         self.directory.mkdir(parents=True, exist_ok=True)
-        # Written across several callbacks, closed in file_complete or upload_interrupted.
+        # Written across several callbacks, closed in file_complete, upload_interrupted or cleanup.
         self._handle = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".upload-", delete=False)  # noqa: SIM115
         self.temp_paths.append(Path(self._handle.name))
         self._size = 0
@@ -39,7 +61,7 @@ class DiskUploadHandler(FileUploadHandler):
 
     def receive_data_chunk(self, raw_data, start):
         self._size += len(raw_data)
-        if self._size > MAX_FILE_BYTES:
+        if self._size > self._limit:
             self.too_large = True
             self._handle.close()
             # Read and discard the rest of the body so the client gets the 400 rather than a reset connection.
@@ -56,6 +78,8 @@ class DiskUploadHandler(FileUploadHandler):
             self._handle.close()
 
     def cleanup(self):
-        """Remove whatever the view did not adopt."""
+        """Remove whatever the view did not adopt (also after a malformed body left a file half written)."""
+        if self._handle is not None:
+            self._handle.close()
         for path in self.temp_paths:
             path.unlink(missing_ok=True)

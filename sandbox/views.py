@@ -4,7 +4,12 @@ Every request goes through `_api`: a request id, injected latency, bearer-key au
 settings at request time), the demo seed on first use, and OpenAI's error envelope for every failure.
 Choices where the reference is silent: an unknown `after` cursor gives an empty page; a wrong method or path gives
 404 "Invalid URL (...)" as the live API does; 500s and 503s are both used for injected server errors;
-OpenAI-Organization / OpenAI-Project headers are accepted and ignored (the sandbox has one organisation).
+OpenAI-Organization / OpenAI-Project headers are accepted and ignored (the sandbox has one organisation); a body
+too large or malformed to parse is a 400; POST /files with a body that is not multipart/form-data is a 400 naming
+the Content-Type (the wording is the sandbox's); file content is served as application/octet-stream whatever the
+Accept header (the SDK sends application/binary).
+Deliberate differences from the live API: the x-ratelimit-* headers come only with an injected 429, not on every
+response; files never leave the `processed` status.
 The metadata key `sandbox_scenario` ("expire", "slow", "all_fail", "token_limit") steers a batch's simulated fate,
 for demos and tests; it is echoed back like any other metadata.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 import secrets
 import time
@@ -20,13 +26,13 @@ import time
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import SuspiciousOperation
-from django.http import FileResponse, JsonResponse
+from django.http import FileResponse, JsonResponse, UnreadablePostError
 from django.http.multipartparser import MultiPartParserError
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 
-from batches.services import LIST_LIMIT_MAX, MAX_INPUT_FILE_BYTES
-from sandbox import api, params, seed, store
+from batches.services import LIST_LIMIT_MAX
+from sandbox import api, params, seed, store, uploads
 from sandbox.api import ApiError
 from sandbox.uploads import DiskUploadHandler
 
@@ -61,10 +67,6 @@ def _authenticate(request) -> None:
         )
 
 
-def _seconds_header(seconds: float) -> str:
-    return f"{seconds:g}"
-
-
 def _injected_fault() -> ApiError | None:
     if random.random() < settings.SANDBOX_RATE_LIMIT_RATE:
         wait = settings.SANDBOX_RETRY_AFTER
@@ -77,7 +79,8 @@ def _injected_fault() -> ApiError | None:
             type="requests",
             code="rate_limit_exceeded",
             headers={
-                "retry-after": _seconds_header(wait),
+                # Whole seconds, at least one, as the spec says; the SDK prefers the exact retry-after-ms.
+                "retry-after": str(max(math.ceil(wait), 1)),
                 "retry-after-ms": str(round(wait * 1000)),
                 "x-ratelimit-limit-requests": "1000",
                 "x-ratelimit-remaining-requests": "0",
@@ -114,8 +117,8 @@ def _api(view):
             if settings.SANDBOX_SEED:
                 seed.ensure_seeded()
             response = view(request, *args, **kwargs)
-        except (SuspiciousOperation, MultiPartParserError):
-            # An oversized JSON body, too many form fields, or a malformed multipart body.
+        except (SuspiciousOperation, MultiPartParserError, UnreadablePostError):
+            # An oversized JSON body, too many form fields, a malformed multipart body, or a client gone mid-way.
             response = JsonResponse(
                 api.error_json("The request body is too large or malformed.", "invalid_request_error"), status=400
             )
@@ -167,20 +170,23 @@ def _list_files(request):
 
 
 def _upload_file(request):
+    if request.content_type != "multipart/form-data":
+        raise ApiError(
+            400, f"Invalid Content-Type header ({request.content_type or 'none'}), expected multipart/form-data."
+        )
     handler = DiskUploadHandler(request, store.files_dir())
-    request.upload_handlers = [handler]
     try:
-        fields, upload = request.POST, request.FILES.get("file")  # parses the body, streaming the file to disk
+        fields, files = handler.parse()  # streams the file to disk
         if handler.too_large:
             raise ApiError(400, "File is too large.")
         purpose, expires_after = params.upload_fields(fields)
+        upload = files.get("file")
         if upload is None:
             raise params.missing("file")
-        if purpose == "batch":
-            if not upload.name.lower().endswith(".jsonl"):
-                raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
-            if upload.size > MAX_INPUT_FILE_BYTES:
-                raise ApiError(400, "File is too large.")
+        if purpose == "batch" and not upload.name.lower().endswith(".jsonl"):
+            raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
+        if upload.size > uploads.size_limit(purpose):  # the purpose came after the file, too late for the handler
+            raise ApiError(400, "File is too large.")
         file = store.store_file(
             upload.path, filename=upload.name, purpose=purpose, now=time.time(), expires_after=expires_after
         )

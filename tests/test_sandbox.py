@@ -1,16 +1,18 @@
 """The sandbox API over real HTTP with plain requests, and its simulation as pure functions of an explicit clock."""
 
 import json
+import shutil
 import threading
 import time
 from collections import Counter
 
 import pytest
 import requests
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 
 from batches import services
-from sandbox import results, simulation, uploads, validation, views
+from sandbox import results, simulation, store, uploads, validation
 from sandbox.models import SandboxBatch, SandboxFile, SeedMarker
 from sandbox.simulation import Plan, state_at
 from tests.spec import spec_errors
@@ -192,7 +194,9 @@ def test_it_stores_and_returns_the_exact_bytes_of_an_upload(sandbox_url, setting
     assert (settings.SANDBOX_FILES_DIR / uploaded["id"]).read_bytes() == content
     assert list(settings.SANDBOX_FILES_DIR.glob(".upload-*")) == []
 
-    download = _get(sandbox_url, f"/files/{uploaded['id']}/content")
+    download = _call(
+        "GET", f"{sandbox_url}/files/{uploaded['id']}/content", headers={**KEY, "Accept": "application/binary"}
+    )
     assert download.status_code == 200 and download.content == content
     assert download.headers["Content-Type"] == "application/octet-stream"
     assert download.headers["x-request-id"].startswith("req_")
@@ -232,7 +236,8 @@ def test_it_accepts_expires_after_in_bracket_and_dotted_form(sandbox_url):
             "expires_after.anchor",
         ),
         ("input.jsonl", "batch", {"expires_after[anchor]": "created_at"}, None, "expires_after.seconds"),
-        ("input.jsonl", "batch", {"colour": "blue"}, "Unrecognized request argument supplied: colour", None),
+        ("input.jsonl", "batch", {"colour": "blue"}, "Unknown parameter: 'colour'.", "colour"),
+        ("input.jsonl", "batch", {"expires_after[colour]": "blue"}, None, "expires_after[colour]"),
     ],
 )
 def test_it_rejects_bad_uploads_and_stores_nothing(sandbox_url, settings, filename, purpose, data, message, param):
@@ -245,8 +250,16 @@ def test_it_rejects_bad_uploads_and_stores_nothing(sandbox_url, settings, filena
 
 
 def test_it_rejects_an_upload_without_a_file(sandbox_url):
-    response = _call("POST", f"{sandbox_url}/files", data={"purpose": "batch"})
+    response = _call("POST", f"{sandbox_url}/files", files={"purpose": (None, "batch")})
     assert _error(response, 400)["param"] == "file"
+    as_field = _call("POST", f"{sandbox_url}/files", files={"purpose": (None, "batch"), "file": (None, "{}")})
+    assert _error(as_field, 400)["param"] == "file"
+
+
+@pytest.mark.parametrize("content", [{"data": {"purpose": "batch"}}, {"json": {"purpose": "batch"}}, {}])
+def test_it_rejects_an_upload_that_is_not_multipart(sandbox_url, content):
+    error = _error(_call("POST", f"{sandbox_url}/files", **content), 400)
+    assert error["message"].startswith("Invalid Content-Type header (") and "multipart/form-data" in error["message"]
 
 
 def test_it_rejects_oversized_or_malformed_bodies(sandbox_url):
@@ -264,16 +277,44 @@ def test_it_rejects_oversized_or_malformed_bodies(sandbox_url):
 
 
 def test_it_rejects_batch_inputs_over_the_size_limit(sandbox_url, settings, monkeypatch):
-    monkeypatch.setattr(views, "MAX_INPUT_FILE_BYTES", 1000)
+    monkeypatch.setattr(uploads, "MAX_INPUT_FILE_BYTES", 1000)
     error = _error(_upload(sandbox_url, b" " * 1001 + b"\n"), 400)
     assert error["message"] == "File is too large."
     assert _upload(sandbox_url, b" " * 1001, filename="big.txt", purpose="user_data").status_code == 200
+
+    purpose_last = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n' + b" " * 1001 + b"\n"
+        b'\r\n--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n'
+    )
+    response = _call(
+        "POST",
+        f"{sandbox_url}/files",
+        data=purpose_last,
+        headers={**KEY, "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert _error(response, 400)["message"] == "File is too large."
 
     monkeypatch.setattr(uploads, "MAX_FILE_BYTES", 2000)
     error = _error(_upload(sandbox_url, b"x" * 300_000, filename="huge.txt", purpose="user_data"), 400)
     assert error["message"] == "File is too large."
     assert SandboxFile.objects.count() == 1
     assert len(list(settings.SANDBOX_FILES_DIR.iterdir())) == 1
+
+
+def test_it_stops_reading_a_batch_input_at_its_limit_when_the_purpose_comes_first(rf, tmp_path, monkeypatch):
+    monkeypatch.setattr(uploads, "MAX_INPUT_FILE_BYTES", 1000)
+
+    def parse(data):
+        handler = uploads.DiskUploadHandler(rf.post("/", data=data), tmp_path)  # parts in the dict's order
+        _, files = handler.parse()
+        handler.cleanup()
+        return handler, files
+
+    first, files = parse({"purpose": "batch", "file": SimpleUploadedFile("a.jsonl", b"x" * 5000)})
+    assert first.too_large and not files
+    last, files = parse({"file": SimpleUploadedFile("a.jsonl", b"x" * 5000), "purpose": "batch"})
+    assert not last.too_large and files["file"].size == 5000  # the view checks it once it knows the purpose
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_it_lists_files_by_purpose_in_either_order_with_a_cursor(sandbox_url):
@@ -360,7 +401,7 @@ def test_it_deletes_a_file(sandbox_url, settings):
             "invalid_value",
         ),
         ({"output_expires_after": 3600}, "output_expires_after", "invalid_type"),
-        ({"priority": "high"}, None, None),
+        ({"priority": "high"}, "priority", "unknown_parameter"),
     ],
 )
 def test_it_rejects_invalid_batch_parameters_and_creates_nothing(sandbox_url, change, param, code):
@@ -387,6 +428,13 @@ def test_it_rejects_unknown_or_unsuitable_input_files(sandbox_url):
     assert _error(_call("POST", f"{sandbox_url}/batches", data="{nope"), 400)["message"].startswith(
         "We could not parse the JSON body"
     )
+    assert not SandboxBatch.objects.exists()
+
+
+@pytest.mark.parametrize("body", [b"{nope", b"[]", b"null", b"", b"\xff\xfe", b"input_file_id=file-x"])
+def test_it_answers_a_create_body_that_is_not_a_json_object_with_400(sandbox_url, body):
+    response = _call("POST", f"{sandbox_url}/batches", data=body, headers={**KEY, "Content-Type": "application/json"})
+    assert _error(response, 400)["message"].startswith("We could not parse the JSON body")
     assert not SandboxBatch.objects.exists()
 
 
@@ -464,6 +512,7 @@ def test_it_runs_a_batch_to_completion_with_timestamps_in_order(sandbox_url):
 
     output_file = _get(sandbox_url, f"/files/{done['output_file_id']}").json()
     assert output_file["purpose"] == "batch_output" and output_file["expires_at"] == output_file["created_at"] + 7200
+    assert output_file["bytes"] == len(_get(sandbox_url, f"/files/{done['output_file_id']}/content").content)
     assert output_file["created_at"] == done["completed_at"]
 
 
@@ -517,6 +566,14 @@ def test_it_fails_an_empty_file_and_one_with_too_many_requests(sandbox_url, monk
     crowded = _wait_for(sandbox_url, _batch(sandbox_url, [_chat_line(str(i)) for i in range(4)])["id"], TERMINAL)[-1]
     assert crowded["status"] == "failed"
     assert [(e["code"], e["line"]) for e in crowded["errors"]["data"]] == [("too_many_tasks", None)]
+
+
+def test_it_fails_a_file_over_fifty_thousand_requests_without_parsing_past_the_limit(tmp_path):
+    path = tmp_path / "input.jsonl"
+    path.write_bytes(b"{}\n" * (services.MAX_REQUESTS_PER_BATCH + 1))
+    scan = validation.scan_input(path, "/v1/chat/completions")
+    assert scan.total == 0 and scan.errors[0]["code"] == "too_many_tasks" and "50,001" in scan.errors[0]["message"]
+    assert len(scan.errors) == 1 + validation.MAX_REPORTED_ERRORS
 
 
 def test_it_reports_the_enqueued_token_limit_without_a_line(sandbox_url):
@@ -595,14 +652,18 @@ def test_it_keeps_running_at_the_speed_in_force_at_creation(sandbox_url, setting
     assert done["status"] == "completed"
 
 
-def test_it_survives_a_files_folder_emptied_under_it(sandbox_url, settings):
+def test_it_survives_its_files_folder_removed_under_it(sandbox_url, settings):
     settings.SANDBOX_SPEED = FAST
     created = _batch(sandbox_url, [_chat_line("a")], metadata={"sandbox_scenario": "x" * 500})
-    (settings.SANDBOX_FILES_DIR / created["input_file_id"]).unlink()
+    shutil.rmtree(settings.SANDBOX_FILES_DIR)
     done = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
-    assert done["status"] == "completed" and done["output_file_id"] is None
+    assert done["status"] == "completed" and done["output_file_id"] is None and done["error_file_id"] is None
     assert done["metadata"] == {"sandbox_scenario": "x" * 500}
     _error(_create(sandbox_url, created["input_file_id"]), 400)
+    _error(_get(sandbox_url, f"/files/{created['input_file_id']}/content"), 404)
+    assert _get(sandbox_url, f"/files/{created['input_file_id']}").status_code == 200  # what the database knows
+    file_id = _uploaded_id(sandbox_url, [_chat_line("b")])  # the folder comes back
+    assert [path.name for path in settings.SANDBOX_FILES_DIR.iterdir()] == [file_id]
 
 
 def test_it_derives_state_from_the_database_alone(sandbox_url, settings):
@@ -619,12 +680,26 @@ def test_it_derives_state_from_the_database_alone(sandbox_url, settings):
     assert stored.output_file_id == done["output_file_id"] and stored.results_ready
 
 
-def test_it_writes_result_files_once_under_concurrent_reads(sandbox_url, settings):
+def test_it_writes_result_files_once_under_concurrent_reads(sandbox_url, settings, monkeypatch):
     settings.SANDBOX_SPEED = FAST
     created = _batch(sandbox_url, [_chat_line(f"r{i}") for i in range(30)])
     batch = SandboxBatch.objects.get(pk=created["id"])
     wait = (batch.validate_s + batch.run_s + batch.finalize_s) / batch.speed
     time.sleep(max(batch.created + wait - time.time(), 0) + 0.05)
+
+    writers = []
+    second_writer = threading.Event()
+    write = store._write_result_files
+
+    def overlapping_write(batch, state):
+        writers.append(batch.id)
+        if len(writers) == 1:
+            second_writer.wait(timeout=5)  # hold the first writer until another request writes the same files
+        else:
+            second_writer.set()
+        return write(batch, state)
+
+    monkeypatch.setattr(store, "_write_result_files", overlapping_write)
 
     answers = []
     threads = [
@@ -636,9 +711,61 @@ def test_it_writes_result_files_once_under_concurrent_reads(sandbox_url, setting
         thread.start()
     for thread in threads:
         thread.join()
+    assert len(writers) >= 2
     assert {answer["status"] for answer in answers} == {"completed"}
     assert len({(answer["output_file_id"], answer["error_file_id"]) for answer in answers}) == 1
     assert SandboxFile.objects.filter(purpose="batch_output").count() == 1 + (answers[0]["error_file_id"] is not None)
+    stored = sorted(path.name for path in settings.SANDBOX_FILES_DIR.iterdir())
+    assert stored == sorted(SandboxFile.objects.values_list("id", flat=True))  # the losers' copies are gone
+
+
+def _finish_time(batch):
+    """The real time at which a batch created at speed 1 with no cancel completes, plus a second."""
+    return batch.created + (batch.validate_s + batch.run_s + batch.finalize_s) / batch.speed + 1
+
+
+def test_it_starts_again_when_a_cancel_lands_while_results_are_written(sandbox_url, settings):
+    settings.SANDBOX_SPEED = 1.0
+    created = _batch(sandbox_url, [_chat_line(f"r{i}") for i in range(20)])
+    stale = SandboxBatch.objects.get(pk=created["id"])  # read before the cancel, so it will look completed
+    store.cancel_batch(stale.id, stale.created + stale.validate_s + stale.run_s / 2)
+
+    batch, state = store.observe(stale, _finish_time(stale))
+
+    assert state.status == "cancelled" and batch.results_ready and batch.cancel_requested is not None
+    errors = (settings.SANDBOX_FILES_DIR / batch.error_file_id).read_text().splitlines()
+    assert any(json.loads(line)["error"] for line in errors)  # requests the cancel stopped
+    assert SandboxFile.objects.filter(purpose="batch_output").count() == 2
+    assert sorted(path.name for path in settings.SANDBOX_FILES_DIR.iterdir()) == sorted(
+        SandboxFile.objects.values_list("id", flat=True)
+    )
+
+
+def test_it_refuses_a_cancel_that_arrives_after_another_request_saw_the_batch_finish(sandbox_url):
+    created = _batch(sandbox_url, [_chat_line("a")])
+    batch = SandboxBatch.objects.get(pk=created["id"])
+    store.observe(batch, _finish_time(batch))
+
+    with pytest.raises(store.ApiError) as raised:
+        store.cancel_batch(batch.id, _finish_time(batch) - 5)  # sent a moment before, while still finalizing
+    assert (raised.value.status, raised.value.message) == (409, "Cannot cancel a batch with status 'completed'.")
+    assert SandboxBatch.objects.get(pk=batch.id).cancel_requested is None
+
+
+@pytest.mark.parametrize("file_id", ["..", "%2E%2E", "..%2F..%2Fsecret.txt", "file-..%2Fsecret.txt", "%00"])
+def test_it_never_reaches_outside_its_files_folder(sandbox_url, settings, file_id):
+    secret = settings.SANDBOX_FILES_DIR.parent / "secret.txt"
+    secret.write_text("do not serve")
+    for method, path in [
+        ("GET", f"/files/{file_id}"),
+        ("GET", f"/files/{file_id}/content"),
+        ("DELETE", f"/files/{file_id}"),
+    ]:
+        response = _call(method, f"{sandbox_url}{path}")
+        assert _error(response, 404) and "do not serve" not in response.text
+    error = _error(_create(sandbox_url, "../secret.txt"), 400)
+    assert error["param"] == "input_file_id"
+    assert secret.read_text() == "do not serve"
 
 
 def test_it_lists_result_files_of_batches_nobody_looked_at(sandbox_url, settings):
@@ -689,7 +816,7 @@ def test_it_counts_only_requests_that_ran_when_a_batch_expires():
     assert state.status == "expired"
     assert state.timestamps["expired_at"] == int(plan.created + simulation.WINDOW_S + simulation.EXPIRE_LAG_S)
     assert state.lines_done < state.total and state.completed + state.failed == state.lines_done
-    assert state.unrun_lines == state.total - state.lines_done and state.unrun_code == "batch_expired"
+    assert state.unrun_code == "batch_expired"
     just_before = state_at(plan, plan.created + simulation.WINDOW_S + 30)
     assert just_before.status == "in_progress" and just_before.lines_done == state.lines_done
 
@@ -779,13 +906,17 @@ def test_it_fails_every_request_at_error_rate_one(sandbox_url, settings):
     assert not SandboxBatch.objects.exists()
 
 
-def test_it_rate_limits_every_request_at_rate_one(sandbox_url, settings):
+@pytest.mark.parametrize(
+    ("wait", "seconds", "milliseconds"), [(2.0, "2", "2000"), (0.25, "1", "250"), (1.5, "2", "1500")]
+)
+def test_it_rate_limits_every_request_at_rate_one(sandbox_url, settings, wait, seconds, milliseconds):
     settings.SANDBOX_RATE_LIMIT_RATE = 1.0
-    settings.SANDBOX_RETRY_AFTER = 2.0
+    settings.SANDBOX_RETRY_AFTER = wait
     response = _get(sandbox_url, "/batches")
     error = _error(response, 429)
     assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
-    assert response.headers["retry-after"] == "2" and response.headers["retry-after-ms"] == "2000"
+    # retry-after in whole seconds, at least 1, as the spec says; the exact wait in retry-after-ms.
+    assert (response.headers["retry-after"], response.headers["retry-after-ms"]) == (seconds, milliseconds)
     for name in ("limit-requests", "remaining-requests", "reset-requests", "limit-tokens", "remaining-tokens"):
         assert response.headers[f"x-ratelimit-{name}"]
 

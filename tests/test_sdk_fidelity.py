@@ -236,6 +236,15 @@ def test_it_answers_errors_as_the_sdk_expects(client, sandbox_url):
     assert raised.value.param == "input_file_id"
 
     with pytest.raises(openai.BadRequestError) as raised:
+        client.batches.create(
+            input_file_id="file-nope",
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"priority": "high"},
+        )
+    assert (raised.value.code, raised.value.param) == ("unknown_parameter", "priority")
+
+    with pytest.raises(openai.BadRequestError) as raised:
         client.files.create(file=("notes.txt", b"hello", "text/plain"), purpose="batch")
     assert raised.value.body["message"] == "Invalid file format for Batch API. Must be .jsonl"
 
