@@ -200,6 +200,7 @@ class Batch(models.Model):
             models.Index(fields=["last_changed_at"], name="batch_changed"),
             models.Index(fields=["cancel_requested_at"], name="batch_cancel_claimed"),
         ]
+        verbose_name_plural = "batches"
         permissions = [
             ("cancel_batch", "Can cancel batches"),
             ("create_batch", "Can create batches"),

@@ -213,6 +213,9 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = _env_bool("DJANGO_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+if _env_bool("DJANGO_BEHIND_HTTPS_PROXY", False):
+    # The proxy terminates TLS and says so in X-Forwarded-Proto, so share links and redirects use https.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SAMESITE = "Lax"
 
 LOGGING = {

@@ -284,6 +284,7 @@ def test_it_streams_the_exact_bytes_of_a_file(viewer_client, fake_api):
     assert response.streaming
     assert b"".join(response.streaming_content) == content
     assert response["Content-Disposition"] == 'attachment; filename="batch_abc123-output.jsonl"'
+    assert response["Content-Length"] == str(len(content))
     assert "sk-sandbox" not in str(response.headers)
     request = fake_api.requests_to("GET", "/files/file-cvaTdG/content")[0]
     assert request.headers["authorization"] == "Bearer sk-sandbox"  # the key stays between server and API

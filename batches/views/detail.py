@@ -135,6 +135,8 @@ def batch_file(request, batch_id, kind):
         }
         return render(request, "batches/file_unavailable.html", context, status=404 if missing else 502)
     response = StreamingHttpResponse(chunks, content_type="application/jsonl")
+    if chunks.content_length is not None:
+        response["Content-Length"] = str(chunks.content_length)  # lets the browser show download progress
     response["Content-Disposition"] = content_disposition_header(True, f"{batch_id}-{kind}.jsonl")
     response["Cache-Control"] = "private, no-store"
     return response
