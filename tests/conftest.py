@@ -43,6 +43,26 @@ def sandbox_url(live_server):
         yield url
 
 
+@pytest.fixture
+def fake_api(settings):
+    """A local API server that answers only what a test scripts (404 otherwise) and logs every request; the
+    dashboard's client talks to it, without retries."""
+    from tests.fake_api import FakeApi
+
+    with FakeApi() as server:
+        settings.OPENAI_BASE_URL = server.url
+        settings.OPENAI_MAX_RETRIES = 0
+        yield server
+
+
+@pytest.fixture
+def api(fake_api):
+    """A fake Batch API on top of `fake_api`, holding the batches a test adds and counting cancels."""
+    from tests.batch_api import BatchApi
+
+    return BatchApi(fake_api)
+
+
 def _user(django_user_model, username, *perms):
     user = django_user_model.objects.create_user(username=username, password="pw-" + username)
     if perms:

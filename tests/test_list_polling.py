@@ -13,8 +13,7 @@ from django.utils import timezone
 
 from batches import services, upstream
 from batches.models import Batch, data_version, record_batch
-from tests.batch_api import BatchApi
-from tests.fake_api import FakeApi, Reply
+from tests.fake_api import Reply
 from tests.test_models import observation
 
 pytestmark = pytest.mark.django_db
@@ -29,14 +28,6 @@ def _shared_renderings(settings):
     cache.clear()
     yield
     cache.clear()
-
-
-@pytest.fixture
-def api(settings):
-    with FakeApi() as server:
-        settings.OPENAI_BASE_URL = server.url
-        settings.OPENAI_MAX_RETRIES = 0
-        yield BatchApi(server)
 
 
 def _poll(client, url="/batches/"):

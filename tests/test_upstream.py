@@ -9,8 +9,7 @@ from django.utils import timezone
 
 from batches import services, upstream
 from batches.models import CANCEL_CLAIM_SECONDS, Batch
-from tests.batch_api import BatchApi
-from tests.fake_api import FakeApi, Reply
+from tests.fake_api import Reply
 
 
 @pytest.mark.parametrize(
@@ -63,14 +62,6 @@ class _SlowFailingClient:
         self.calls += 1
         Batch.objects.filter(batch_id=batch_id).update(cancel_requested_at=timezone.now(), cancel_requested_by="second")
         raise services.Unavailable("The Batch API did not answer in time (POST /batches/x/cancel).")
-
-
-@pytest.fixture
-def api(settings):
-    with FakeApi() as server:
-        settings.OPENAI_BASE_URL = server.url
-        settings.OPENAI_MAX_RETRIES = 0
-        yield BatchApi(server)
 
 
 @pytest.mark.django_db

@@ -9,22 +9,12 @@ from django.test import Client
 
 from batches import services, upstream
 from batches.models import Batch
-from tests.batch_api import BatchApi
-from tests.fake_api import EXAMPLES, FakeApi, Reply
+from tests.fake_api import EXAMPLES, Reply
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_CURRENT_URL": "http://testserver/batches/?status=in_progress"}
 FAIL_FAST = {"x-should-retry": "false"}
-
-
-@pytest.fixture
-def api(settings):
-    """The dashboard's client talks to a local fake Batch API that counts cancels."""
-    with FakeApi() as server:
-        settings.OPENAI_BASE_URL = server.url
-        settings.OPENAI_MAX_RETRIES = 0
-        yield BatchApi(server)
 
 
 def _row_htmx(batch_id: str) -> dict:

@@ -13,7 +13,7 @@ from django.test import Client
 
 from batches import services, upstream
 from batches.models import Batch, BatchCreation
-from tests.fake_api import FakeApi, Reply, example
+from tests.fake_api import Reply, example
 
 pytestmark = pytest.mark.django_db
 
@@ -60,15 +60,6 @@ def _batch_reply(batch_id: str = "batch_new1", input_file_id: str = "file-up1", 
 
 def _file_reply(file_id: str = "file-up1", purpose: str = "batch", **kwargs) -> Reply:
     return Reply(200, {**example("file.batch_input.json"), "id": file_id, "purpose": purpose}, **kwargs)
-
-
-@pytest.fixture
-def fake_api(settings):
-    """A local API server that answers only what a test scripts (404 otherwise) and logs every request."""
-    with FakeApi() as api:
-        settings.OPENAI_BASE_URL = api.url
-        settings.OPENAI_MAX_RETRIES = 0
-        yield api
 
 
 def _sandbox_get(sandbox_url: str, path: str) -> dict:

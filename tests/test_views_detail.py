@@ -8,7 +8,7 @@ from django.core.cache import cache
 
 from batches import services, upstream
 from batches.models import record_batch
-from tests.fake_api import FakeApi, Reply, example
+from tests.fake_api import Reply, example
 
 pytestmark = pytest.mark.django_db
 
@@ -20,15 +20,6 @@ def _empty_cache():
     cache.clear()  # file sizes are cached per process
     yield
     cache.clear()
-
-
-@pytest.fixture
-def fake_api(settings):
-    """A local API server that answers only what a test scripts (404 otherwise) and logs every request."""
-    with FakeApi() as api:
-        settings.OPENAI_BASE_URL = api.url
-        settings.OPENAI_MAX_RETRIES = 0
-        yield api
 
 
 def _record(name: str, **changes):

@@ -7,23 +7,12 @@ from pathlib import Path
 import pytest
 
 from batches.models import Batch
-from tests.batch_api import BatchApi
-from tests.fake_api import FakeApi
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 BASE_CSS = Path(__file__).resolve().parent.parent / "static" / "css" / "base.css"
 FOCUSABLE = {"a", "input", "select", "button", "textarea", "summary", "details"}
-
-
-@pytest.fixture
-def api(settings):
-    """The dashboard's client talks to a local fake Batch API that counts cancels."""
-    with FakeApi() as server:
-        settings.OPENAI_BASE_URL = server.url
-        settings.OPENAI_MAX_RETRIES = 0
-        yield BatchApi(server)
 
 
 class _Controls(HTMLParser):

@@ -9,21 +9,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from batches.models import SyncState
-from tests.batch_api import BatchApi
-from tests.fake_api import FakeApi, Reply
+from tests.fake_api import Reply
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
-
-
-@pytest.fixture
-def api(settings):
-    """The dashboard's client talks to a local fake Batch API holding the batches the tests add."""
-    with FakeApi() as server:
-        settings.OPENAI_BASE_URL = server.url
-        settings.OPENAI_MAX_RETRIES = 0
-        yield BatchApi(server)
 
 
 def _row(html: str, batch_id: str) -> str:
