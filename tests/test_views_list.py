@@ -247,6 +247,15 @@ def test_it_keeps_polling_while_the_first_refresh_runs_elsewhere(api, viewer_cli
     assert api.server.received == []  # this viewer did not walk the list itself
 
 
+def test_it_does_not_call_an_unreachable_organisation_empty(api, operator_client):
+    api.list_reply = Reply(503, {"error": {"message": "overloaded", "type": "server_error"}})
+
+    html = operator_client.get("/batches/").content.decode()
+
+    assert "Nothing has been fetched from the OpenAI API yet." in html
+    assert "No batches yet" not in html
+
+
 def test_it_keeps_polling_with_a_backoff_while_the_api_is_failing(api, viewer_client):
     api.add("completed")
     api.list_reply = Reply(503, {"error": {"message": "overloaded", "type": "server_error"}})
