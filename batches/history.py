@@ -238,13 +238,9 @@ def summarize(api: services.Batch, observations: list[Observation], *, as_of: da
 # --- Timeline ---------------------------------------------------------------
 
 
-def _from_unix(value: int | None) -> datetime | None:
-    return datetime.fromtimestamp(value, tz=UTC) if value else None
-
-
 def api_entered_at(api: services.Batch, status: str) -> datetime | None:
     field_name = STATUS_ENTERED_FIELD.get(status)
-    return _from_unix(getattr(api, field_name)) if field_name else None
+    return services.from_unix(getattr(api, field_name)) if field_name else None
 
 
 def timeline(api: services.Batch, observations: list[Observation], *, now: datetime) -> tuple[Phase, ...]:
@@ -323,7 +319,7 @@ def eta(
     if not rate:
         return None, "No progress measured yet, so there is no estimate."
     finishes_at = as_of + timedelta(hours=remaining / rate)
-    expires_at = _from_unix(api.expires_at)
+    expires_at = services.from_unix(api.expires_at)
     expires_first = bool(expires_at and finishes_at > expires_at)
     unprocessed = 0
     if expires_first:
@@ -360,7 +356,7 @@ def _rate(api: services.Batch, observations: list[Observation], *, as_of: dateti
             return (processed - start.processed) / hours, "observed"
         if before_window:
             return 0.0, "stalled"
-    started = _from_unix(api.in_progress_at)
+    started = services.from_unix(api.in_progress_at)
     if started and as_of > started:
         return processed / ((as_of - started).total_seconds() / 3600), "api"
     return 0.0, ""
@@ -383,7 +379,7 @@ def warnings(
                 f"longer than the usual {format_duration(limit)}.",
             )
         )
-    expires_at = _from_unix(api.expires_at)
+    expires_at = services.from_unix(api.expires_at)
     if expires_at and expires_at <= now:
         notices.append(
             Notice(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models.functions import Coalesce
@@ -18,10 +18,6 @@ ACTIVE_FILTER = "active"
 # A cancel claim older than this is from a request that died before calling the API; it may be claimed again.
 CANCEL_CLAIM_SECONDS = 300
 METADATA_SUMMARY_LENGTH = 80
-
-
-def _from_unix(value: int | None) -> datetime | None:
-    return datetime.fromtimestamp(value, tz=UTC) if value else None
 
 
 FILE_ID_FIELDS = ("input_file_id", "output_file_id", "error_file_id")
@@ -260,9 +256,10 @@ class Batch(models.Model):
         self.input_file_id = batch.input_file_id or ""
         self.output_file_id = batch.output_file_id or ""
         self.error_file_id = batch.error_file_id or ""
-        self.created_at = _from_unix(batch.created_at) or observed_at
-        self.expires_at = _from_unix(batch.expires_at)
-        self.finished_at = _from_unix(batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at)
+        self.created_at = services.from_unix(batch.created_at) or observed_at
+        self.expires_at = services.from_unix(batch.expires_at)
+        finished = batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at
+        self.finished_at = services.from_unix(finished)
         self.total_requests = batch.request_counts.total
         self.completed_requests = batch.request_counts.completed
         self.failed_requests = batch.request_counts.failed

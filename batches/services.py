@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -78,6 +79,11 @@ UPLOAD_BLOCK_SIZE = 64 * 1024
 DOWNLOAD_CHUNK_SIZE = 64 * 1024
 # An error body is read only this far: a proxy's error page can be large and is never shown.
 ERROR_BODY_LIMIT = 64 * 1024
+
+
+def from_unix(value: int | None) -> datetime | None:
+    """An API timestamp (integer Unix seconds, or None) as an aware UTC datetime."""
+    return datetime.fromtimestamp(value, tz=UTC) if value else None
 
 
 def is_terminal(status: str) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from django.core.cache import cache
 from django.http import Http404, StreamingHttpResponse
@@ -37,10 +36,6 @@ class BatchFile:
     label: str
     file_id: str
     size: int | None = None  # None when the size could not be fetched (or was not asked for)
-
-
-def _at(value: int | None) -> datetime | None:
-    return datetime.fromtimestamp(value, tz=UTC) if value else None
 
 
 def _file_size(file_id: str, *, fetch: bool) -> int | None:
@@ -102,7 +97,7 @@ def batch_detail(request, batch_id):
         "batch": batch,
         "api": api,
         "freshness": freshness,
-        "expires_at": _at(api.expires_at),
+        "expires_at": services.from_unix(api.expires_at),
         "files": _files(batch, fetch_sizes=fetch_sizes),
         "history": batch_history(batch),
         "polling": not final,
