@@ -284,7 +284,8 @@ def sync_batches(
         except services.NotFound:
             continue  # Deleted upstream (or another project's); keep what we knew.
         retrieved += 1
-        changed += _record_changed(batch, payload_digest(batch.raw), timezone.now())
+        stored = Batch.objects.filter(batch_id=batch_id).values_list("payload_hash", flat=True).first()
+        changed += _record_changed(batch, payload_digest(batch.raw), timezone.now(), stored)
     return SyncResult(pages=pages, seen=seen, changed=changed, retrieved=retrieved)
 
 
@@ -310,13 +311,19 @@ def _record_page(batches: tuple[services.Batch, ...]) -> int:
     unchanged = [batch_id for batch_id, digest in digests.items() if known.get(batch_id) == digest]
     if unchanged:
         Batch.objects.filter(batch_id__in=unchanged, last_seen_at__lt=now).update(last_seen_at=now)
-    return sum(_record_changed(batch, digests[batch.id], now) for batch in batches if batch.id not in unchanged)
+    return sum(
+        _record_changed(batch, digests[batch.id], now, known.get(batch.id))
+        for batch in batches
+        if batch.id not in unchanged
+    )
 
 
-def _record_changed(batch: services.Batch, digest: str, observed_at: datetime) -> int:
-    """1 when recording this observation changed the stored state (a late, older answer does not)."""
-    before = Batch.objects.filter(batch_id=batch.id).values_list("payload_hash", flat=True).first()
-    if before == digest:
+def _record_changed(batch: services.Batch, digest: str, observed_at: datetime, stored: str | None) -> int:
+    """1 when recording this observation changed the stored state (a late, older answer does not).
+
+    `stored` is the payload hash the cache held when the caller looked (None for a batch it did not have).
+    """
+    if stored == digest:
         Batch.objects.filter(batch_id=batch.id, last_seen_at__lt=observed_at).update(last_seen_at=observed_at)
         return 0
     return int(record_batch(batch, observed_at=observed_at).payload_hash == digest)
