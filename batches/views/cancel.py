@@ -6,16 +6,17 @@ import re
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
-from batches import services, upstream
+from batches import upstream
 from batches.converters import BatchIdConverter
 from batches.models import Batch
+from batches.views.common import refreshed_batch, unreachable
 from batches.views.listing import list_context, list_query_of
 
 MAX_BULK = 100
@@ -76,12 +77,9 @@ def _safe_next(url: str | None) -> str:
 
 
 def _confirm_page(request, batch_id: str, next_url: str):
-    try:
-        batch, freshness = upstream.refresh_batch(batch_id)
-    except services.NotFound:
-        raise Http404("No batch with this id.") from None
+    batch, freshness = refreshed_batch(batch_id)
     if batch is None:
-        return render(request, "batches/unreachable.html", {"batch_id": batch_id, "freshness": freshness}, status=503)
+        return unreachable(request, batch_id, freshness)
     context = {
         "batch": batch,
         "freshness": freshness,

@@ -15,7 +15,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from batches import services, upstream
 from batches.history import batch_history
-from batches.models import Batch
+from batches.views.common import refreshed_batch, unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +65,12 @@ def _files(batch, *, fetch_sizes: bool) -> list[BatchFile]:
     return files
 
 
-def _refreshed_batch(batch_id: str) -> tuple[Batch | None, upstream.Freshness]:
-    """The batch, refreshed when it can still change; a 404 for an id neither the cache nor the API knows."""
-    try:
-        return upstream.refresh_batch(batch_id)
-    except services.NotFound:
-        raise Http404(f"There is no batch {batch_id}.") from None
-
-
-def _unreachable(request, batch_id: str, freshness: upstream.Freshness):
-    return render(request, "batches/unreachable.html", {"batch_id": batch_id, "freshness": freshness}, status=503)
-
-
 @require_safe
 @vary_on_headers("HX-Request")
 def batch_detail(request, batch_id):
-    batch, freshness = _refreshed_batch(batch_id)
+    batch, freshness = refreshed_batch(batch_id)
     if batch is None:
-        return _unreachable(request, batch_id, freshness)
+        return unreachable(request, batch_id, freshness)
 
     api = batch.api
     final = batch.is_terminal
@@ -117,9 +105,9 @@ def batch_file(request, batch_id, kind):
     """Stream one of the batch's files through the dashboard, so the browser never needs the API key."""
     if kind not in FILE_KINDS:
         raise Http404("Batch files are input, output or error.")
-    batch, freshness = _refreshed_batch(batch_id)
+    batch, freshness = refreshed_batch(batch_id)
     if batch is None:
-        return _unreachable(request, batch_id, freshness)
+        return unreachable(request, batch_id, freshness)
     file_id = getattr(batch, f"{kind}_file_id")
     if not file_id:
         raise Http404(f"{batch_id} has no {kind} file.")

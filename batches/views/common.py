@@ -1,0 +1,22 @@
+"""What several views share: a batch refreshed for display, or the page that says why there is none."""
+
+from django.http import Http404
+from django.shortcuts import render
+
+from batches import services, upstream
+from batches.models import Batch
+
+
+def refreshed_batch(batch_id: str) -> tuple[Batch | None, upstream.Freshness]:
+    """The batch, refreshed when it can still change; a 404 for an id neither the cache nor the API knows.
+
+    None (with the reason in the Freshness) when the cache has never seen it and the API cannot be asked.
+    """
+    try:
+        return upstream.refresh_batch(batch_id)
+    except services.NotFound:
+        raise Http404(f"There is no batch {batch_id}.") from None
+
+
+def unreachable(request, batch_id: str, freshness: upstream.Freshness):
+    return render(request, "batches/unreachable.html", {"batch_id": batch_id, "freshness": freshness}, status=503)
