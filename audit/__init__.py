@@ -1,1 +1,1 @@
-"""The audit log: who cancelled, created, downloaded, logged in or was locked out, when, from where, with what outcome."""
+"""The audit log: who cancelled, created or downloaded what, every login and lockout: when, from where, outcome."""

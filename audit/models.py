@@ -35,7 +35,9 @@ class AuditEvent(models.Model):
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     # The name is kept as typed (a failed login may name nobody), and survives the user's deletion.
     username = models.CharField(max_length=150, blank=True)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     ip = models.GenericIPAddressField(null=True, blank=True, verbose_name="IP")
     action = models.CharField(max_length=20, choices=Action.choices)
     batch_id = models.CharField(max_length=128, blank=True, db_index=True)
@@ -48,6 +50,11 @@ class AuditEvent(models.Model):
     class Meta:
         ordering = ["-at", "-pk"]
         indexes = [models.Index(fields=["batch_id", "-at"], name="audit_batch_at")]
+
+    def __str__(self):
+        who = self.username or "someone"
+        what = " ".join(part for part in (self.get_action_display().lower(), self.batch_id, self.target) if part)
+        return f"{who} {what} ({self.get_outcome_display()}) at {self.at:%Y-%m-%d %H:%M:%S}"
 
     @property
     def sentence(self) -> str:
@@ -62,8 +69,3 @@ class AuditEvent(models.Model):
         if self.outcome == Outcome.ALREADY:
             return f"{noun} by {who}: already done"
         return f"{noun} by {who} {self.get_outcome_display()}"
-
-    def __str__(self):
-        who = self.username or "someone"
-        what = " ".join(part for part in (self.get_action_display().lower(), self.batch_id, self.target) if part)
-        return f"{who} {what} ({self.get_outcome_display()}) at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -18,7 +17,6 @@ from batches import services
 MAX_REPORTED_ERRORS = 20
 METADATA_ROWS_SHOWN = 4
 UTF8_BOM = b"\xef\xbb\xbf"
-FILE_ID_PATTERN = re.compile(r"file-[A-Za-z0-9_-]{1,120}")
 EXPIRY_UNITS = {"hours": 3600, "days": 86400}
 # The longest line (one request) the validator reads. Parsing a JSON line costs up to ~25 times its size, so this is
 # what bounds the validator's memory whatever the file holds; no real Batch API request comes near it.
@@ -326,7 +324,7 @@ class CreateBatchForm(forms.Form):
 
     def clean_input_file_id(self) -> str:
         file_id = self.cleaned_data["input_file_id"].strip()
-        if file_id and not FILE_ID_PATTERN.fullmatch(file_id):
+        if file_id and not services.FILE_ID_PATTERN.fullmatch(file_id):
             raise forms.ValidationError("A file id looks like file-abc123.")
         return file_id
 

@@ -16,8 +16,9 @@ from batches import services
 MAX_BODY_BYTES = 1024 * 1024
 # The create page's upload: the largest input file the API takes, plus room for the multipart framing and fields.
 MAX_UPLOAD_BODY_BYTES = services.MAX_INPUT_FILE_BYTES + 10 * 1024 * 1024
-# The sandbox's file upload streams to disk and enforces its own limits while reading; see sandbox/uploads.py.
-SANDBOX_FILE_UPLOAD_PATH = "/sandbox/v1/files"
+# The sandbox API bounds its own bodies, with its own error answers: JSON bodies by DATA_UPLOAD_MAX_MEMORY_SIZE
+# (checked from Content-Length before reading), file uploads while they stream to disk (sandbox/uploads.py).
+SANDBOX_PREFIX = "/sandbox/v1/"
 # The session remembers its last request at most this often, so a page's polling does not write on every poll.
 ACTIVITY_WRITE_SECONDS = 60
 SESSION_STARTED_KEY = "batchboard_started_at"
@@ -54,7 +55,7 @@ class RequestBodyLimitMiddleware:
 
     def _larger_limit(self, request) -> int | None:
         """The limit for a body above MAX_BODY_BYTES; None where the view bounds the body itself while reading."""
-        if request.path == SANDBOX_FILE_UPLOAD_PATH and settings.SANDBOX_ENABLED:
+        if request.path.startswith(SANDBOX_PREFIX) and settings.SANDBOX_ENABLED:
             return None
         if request.path == reverse("batches:create") and request.user.has_perm("batches.create_batch"):
             return MAX_UPLOAD_BODY_BYTES
@@ -81,6 +82,14 @@ class SessionLifetimeMiddleware:
             elif now - seen >= ACTIVITY_WRITE_SECONDS or SESSION_SEEN_KEY not in request.session:
                 request.session[SESSION_SEEN_KEY] = now
         return self.get_response(request)
+
+
+def stamp_session(sender, request, user, **kwargs):
+    """On login (a user_logged_in receiver): the session's lifetimes start now."""
+    if request is not None and hasattr(request, "session"):
+        now = int(time.time())
+        request.session[SESSION_STARTED_KEY] = now
+        request.session[SESSION_SEEN_KEY] = now
 
 
 class NoStoreForUsersMiddleware:

@@ -37,7 +37,7 @@ def _first_problem(form: CreateBatchForm) -> str:
 
 
 def _audit_create(request, form: CreateBatchForm, outcome: Outcome, batch_id: str = "", detail: str = "") -> None:
-    upload = form.cleaned_data.get("input_file") if hasattr(form, "cleaned_data") else None
+    upload = form.files.get("input_file")
     target = upload.name if upload else form.data.get("input_file_id", "")
     record(request, Action.CREATE, outcome, batch_id=batch_id, target=target, detail=detail)
 
