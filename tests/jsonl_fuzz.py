@@ -145,10 +145,7 @@ def corpus(
     ]
     for number in range(FILES):
         lines = _lines(rng, rng.randrange(1, 8))
-        if number % HUGE_EVERY == HUGE_EVERY - 1:
-            make = _huge_line
-        else:
-            make = rng.choice(kinds)
+        make = _huge_line if number % HUGE_EVERY == HUGE_EVERY - 1 else rng.choice(kinds)
         if make is _deep_nesting:
             content, invalid = make(rng, lines, max_depth)
         elif make is _bad_utf8:
