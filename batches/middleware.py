@@ -62,11 +62,17 @@ class RequestBodyLimitMiddleware:
         return MAX_BODY_BYTES
 
 
+def _is_activity(request) -> bool:
+    """A page loaded or a form sent, rather than an htmx refresh made in the background (polling, live panels)."""
+    return request.method != "GET" or request.headers.get("HX-Request") != "true"
+
+
 class SessionLifetimeMiddleware:
     """End a session after DJANGO_SESSION_IDLE_SECONDS without a request, or DJANGO_SESSION_MAX_SECONDS after login.
 
     The cookie and the stored session expire after the absolute lifetime (SESSION_COOKIE_AGE); the idle time is
-    checked here from a timestamp the session keeps, rewritten at most once a minute.
+    checked here from a timestamp the session keeps, rewritten at most once a minute. A page's own polling is not
+    activity: a tab left open on a live list still ends its session.
     """
 
     def __init__(self, get_response):
@@ -79,7 +85,9 @@ class SessionLifetimeMiddleware:
             seen = request.session.get(SESSION_SEEN_KEY, now)
             if now - seen > settings.SESSION_IDLE_SECONDS or now - started > settings.SESSION_MAX_SECONDS:
                 logout(request)
-            elif now - seen >= ACTIVITY_WRITE_SECONDS or SESSION_SEEN_KEY not in request.session:
+            elif _is_activity(request) and (
+                now - seen >= ACTIVITY_WRITE_SECONDS or SESSION_SEEN_KEY not in request.session
+            ):
                 request.session[SESSION_SEEN_KEY] = now
         return self.get_response(request)
 

@@ -45,14 +45,22 @@ def test_the_defaults_are_eight_hours_idle_and_seven_days_in_all(settings):
     assert settings.SESSION_MAX_SECONDS == settings.SESSION_COOKIE_AGE == 7 * 86400
 
 
-def test_it_writes_the_session_at_most_once_a_minute_while_polling(viewer_client):
+def test_it_writes_the_last_activity_at_most_once_a_minute(viewer_client):
     _age_session(viewer_client, idle=10)
     before = viewer_client.session[middleware.SESSION_SEEN_KEY]
-    viewer_client.get("/batches/", headers={"HX-Request": "true"})
+    viewer_client.get("/batches/")
     assert viewer_client.session[middleware.SESSION_SEEN_KEY] == before
     _age_session(viewer_client, idle=middleware.ACTIVITY_WRITE_SECONDS + 1)
-    viewer_client.get("/batches/", headers={"HX-Request": "true"})
+    viewer_client.get("/batches/")
     assert viewer_client.session[middleware.SESSION_SEEN_KEY] >= int(time.time()) - 5
+
+
+def test_background_polling_does_not_keep_a_session_alive(viewer_client, settings):
+    _age_session(viewer_client, idle=settings.SESSION_IDLE_SECONDS - 120)
+    last_activity = viewer_client.session[middleware.SESSION_SEEN_KEY]
+    for _ in range(3):
+        assert viewer_client.get("/batches/", headers={"HX-Request": "true"}).status_code in (200, 286)
+    assert viewer_client.session[middleware.SESSION_SEEN_KEY] == last_activity
 
 
 def test_it_never_lets_a_logged_in_page_or_fragment_be_cached(viewer_client, fake_api):
