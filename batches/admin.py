@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from batches.converters import detail_url
 from batches.models import Batch, BatchSnapshot
 
 
@@ -61,7 +62,8 @@ class BatchAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Dashboard")
     def dashboard_link(self, obj):
-        return format_html('<a href="{}">Open in batchboard</a>', reverse("batches:detail", args=[obj.batch_id]))
+        url = detail_url(obj.batch_id)
+        return format_html('<a href="{}">Open in batchboard</a>', url) if url else "—"
 
     @admin.display(description="Snapshots")
     def snapshots_link(self, obj):

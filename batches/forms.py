@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -18,8 +17,13 @@ from batches import services
 MAX_REPORTED_ERRORS = 20
 METADATA_ROWS_SHOWN = 4
 UTF8_BOM = b"\xef\xbb\xbf"
-FILE_ID_PATTERN = re.compile(r"file-[A-Za-z0-9_-]{1,120}")
 EXPIRY_UNITS = {"hours": 3600, "days": 86400}
+# The longest line (one request) the validator reads. Parsing a JSON line costs up to ~25 times its size, so this is
+# what bounds the validator's memory whatever the file holds; no real Batch API request comes near it.
+MAX_LINE_BYTES = 10 * 1024 * 1024
+# Past the cap, the rest of a line is read and dropped in pieces of this size.
+_SKIP_CHUNK_BYTES = 64 * 1024
+_TOO_LONG = b"x"  # stands for a line that was not read; not blank, never parsed
 
 
 # --- JSONL validation -------------------------------------------------------
@@ -70,7 +74,7 @@ def _id_digest(custom_id: str) -> bytes:
 
 
 def validate_jsonl(handle: BinaryIO, *, endpoint: str | None = None, size: int | None = None) -> JsonlReport:
-    """Check a Batch API input file line by line, reading it as a stream (memory stays bounded by the longest line).
+    """Check a Batch API input file line by line, reading it as a stream (memory stays bounded by MAX_LINE_BYTES).
 
     Every line must be a JSON object with a non-empty unique `custom_id`, `method` POST, `url` equal to the
     endpoint (taken from the first line when not given) and an object `body`; one `body.model` for the whole
@@ -86,10 +90,12 @@ def validate_jsonl(handle: BinaryIO, *, endpoint: str | None = None, size: int |
     scan = _Scan()
     blank_run_start, blank_run_length = 0, 0
     line_number = 0
-    for raw in iter(handle.readline, b""):
+    for raw, length in _lines(handle):
         line_number += 1
-        report.size += len(raw)
-        if line_number == 1 and raw.startswith(UTF8_BOM):
+        report.size += length
+        if raw is None:
+            raw = _TOO_LONG
+        elif line_number == 1 and raw.startswith(UTF8_BOM):
             report.add("the file starts with a UTF-8 byte order mark (BOM). Save it as UTF-8 without BOM.", 1)
             raw = raw[len(UTF8_BOM) :]
         if not raw.strip():
@@ -102,6 +108,13 @@ def validate_jsonl(handle: BinaryIO, *, endpoint: str | None = None, size: int |
         report.requests += 1
         if report.requests > services.MAX_REQUESTS_PER_BATCH:
             continue  # Only counted: the file is invalid whatever these lines hold, and the id set stops growing.
+        if raw is _TOO_LONG:
+            report.add(
+                f"the line is {filesizeformat(length)} ({length:,} bytes) long; a line may hold at most "
+                f"{filesizeformat(MAX_LINE_BYTES)} ({MAX_LINE_BYTES:,} bytes). It was not read.",
+                line_number,
+            )
+            continue
         request = _parse_line(raw, line_number, report)
         if request is not None:
             _check_request(request, line_number, report, scan)
@@ -116,6 +129,24 @@ def validate_jsonl(handle: BinaryIO, *, endpoint: str | None = None, size: int |
     if report.requests == 0:
         report.add("The file is empty: it has no requests.")
     return report
+
+
+def _lines(handle: BinaryIO):
+    """Each line and its length in bytes; None instead of the line when it is longer than MAX_LINE_BYTES.
+
+    A longer line is never held whole: its rest is read in small pieces and dropped.
+    """
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        length = len(raw)
+        del raw
+        while piece := handle.readline(_SKIP_CHUNK_BYTES):
+            length += len(piece)
+            if piece.endswith(b"\n"):
+                break
+        yield None, length
 
 
 def _too_large(size: int) -> str:
@@ -293,7 +324,7 @@ class CreateBatchForm(forms.Form):
 
     def clean_input_file_id(self) -> str:
         file_id = self.cleaned_data["input_file_id"].strip()
-        if file_id and not FILE_ID_PATTERN.fullmatch(file_id):
+        if file_id and not services.FILE_ID_PATTERN.fullmatch(file_id):
             raise forms.ValidationError("A file id looks like file-abc123.")
         return file_id
 

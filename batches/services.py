@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 import uuid
@@ -66,6 +67,10 @@ OUTPUT_EXPIRY_MIN_SECONDS = 3600
 OUTPUT_EXPIRY_MAX_SECONDS = 2_592_000
 LIST_LIMIT_MAX = 100
 MAX_REQUESTS_PER_BATCH = 50_000
+# The shape of the ids batchboard accepts from the API and from URLs: one plain path segment, never a dot segment
+# or a slash that would address another endpoint, and always linkable (the URL converter uses the same pattern).
+BATCH_ID_PATTERN = re.compile(r"batch_[A-Za-z0-9_-]{1,120}")
+FILE_ID_PATTERN = re.compile(r"file-[A-Za-z0-9_-]{1,120}")
 MAX_INPUT_FILE_BYTES = 200 * 1024 * 1024
 
 # Retries follow the official SDK (REFERENCE.md §13).
@@ -91,8 +96,14 @@ def is_terminal(status: str) -> bool:
 
 
 def _file_id(value: Any) -> str | None:
-    """The API sends null or "" for a missing file id; both mean none."""
-    return value if isinstance(value, str) and value else None
+    """The API sends null or "" for a missing file id; both mean none. An id that is not a file id is dropped (and
+    logged), so it can never be sent back in a path."""
+    if not isinstance(value, str) or not value:
+        return None
+    if not FILE_ID_PATTERN.fullmatch(value):
+        logger.warning("Ignoring a file id that is not one: %r", value[:200])
+        return None
+    return value
 
 
 def _text(value: Any) -> str | None:
@@ -229,6 +240,8 @@ class Batch:
         batch_id = data.get("id")
         if not isinstance(batch_id, str) or not batch_id:
             raise ValueError("A Batch object has no id.")
+        if not BATCH_ID_PATTERN.fullmatch(batch_id):
+            raise ValueError(f"A Batch object has an id that is not a batch id: {batch_id[:200]!r}.")
         errors = _dict(data.get("errors")).get("data")
         return cls(
             id=batch_id,
@@ -268,6 +281,16 @@ class Batch:
         return tuple(f for f in (self.input_file_id, self.output_file_id, self.error_file_id) if f)
 
 
+def _listed_batch(item: Any) -> Batch | None:
+    """A batch of a list page; one the client cannot use (no id, or an id that is not one) is logged and left out,
+    so one odd entry never stops the whole list from refreshing."""
+    try:
+        return Batch.from_api(item if isinstance(item, dict) else {})
+    except ValueError as exc:
+        logger.warning("Leaving out a listed batch: %s", exc)
+        return None
+
+
 @dataclass(frozen=True)
 class BatchPage:
     data: tuple[Batch, ...]
@@ -280,7 +303,7 @@ class BatchPage:
         items = data.get("data")
         if not isinstance(items, list):
             raise ValueError("A list response has no data array.")
-        batches = tuple(Batch.from_api(item) for item in items)
+        batches = tuple(batch for batch in map(_listed_batch, items) if batch is not None)
         return cls(
             data=batches,
             has_more=bool(data.get("has_more")) and bool(batches),
@@ -303,8 +326,8 @@ class FileObject:
     @classmethod
     def from_api(cls, data: dict) -> FileObject:
         file_id = data.get("id")
-        if not isinstance(file_id, str) or not file_id:
-            raise ValueError("A File object has no id.")
+        if not isinstance(file_id, str) or not FILE_ID_PATTERN.fullmatch(file_id):
+            raise ValueError("A File object has no valid id.")
         return cls(
             id=file_id,
             bytes=_int(data.get("bytes")) or 0,
@@ -352,6 +375,10 @@ class AuthenticationFailed(BatchApiError):
 
 class NotFound(BatchApiError):
     """No such batch or file (404)."""
+
+
+class InvalidId(NotFound, ValueError):
+    """An id that cannot name a batch or file (a dot segment, a slash, the wrong prefix): refused before any call."""
 
 
 class RateLimited(BatchApiError):
@@ -577,10 +604,10 @@ class _BearerAuth(requests.auth.AuthBase):
         return "<BearerAuth [redacted]>"
 
 
-def _segment(value: str, what: str) -> str:
-    """An id as one URL path segment: an empty id or one with a slash must not address another endpoint."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} must be a non-empty string.")
+def _segment(value: str, pattern: re.Pattern, what: str) -> str:
+    """An id as one URL path segment: an id that is not one (empty, "..", with a slash) never reaches the API."""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidId(f"{str(value)[:80]!r} is not a valid {what}.")
     return quote(value, safe="")
 
 
@@ -651,7 +678,7 @@ class BatchClient:
         return self._parse(response, Batch.from_api, "POST /batches")
 
     def retrieve_batch(self, batch_id: str) -> Batch:
-        path = f"/batches/{_segment(batch_id, 'batch_id')}"
+        path = f"/batches/{_segment(batch_id, BATCH_ID_PATTERN, 'batch id')}"
         return self._parse(self._request("GET", path), Batch.from_api, f"GET {path}")
 
     def list_batches(self, *, after: str | None = None, limit: int = 20) -> BatchPage:
@@ -681,7 +708,7 @@ class BatchClient:
             yield from page.data
 
     def cancel_batch(self, batch_id: str) -> Batch:
-        path = f"/batches/{_segment(batch_id, 'batch_id')}/cancel"
+        path = f"/batches/{_segment(batch_id, BATCH_ID_PATTERN, 'batch id')}/cancel"
         return self._parse(self._request("POST", path, retry=RETRY_IDEMPOTENT), Batch.from_api, f"POST {path}")
 
     # Files
@@ -703,12 +730,12 @@ class BatchClient:
         return self._parse(response, FileObject.from_api, "POST /files")
 
     def retrieve_file(self, file_id: str) -> FileObject:
-        path = f"/files/{_segment(file_id, 'file_id')}"
+        path = f"/files/{_segment(file_id, FILE_ID_PATTERN, 'file id')}"
         return self._parse(self._request("GET", path), FileObject.from_api, f"GET {path}")
 
     def file_content(self, file_id: str, *, chunk_size: int = DOWNLOAD_CHUNK_SIZE) -> FileContent:
         """The file's bytes as an iterator of chunks (FileContent). Errors such as 404 raise here, before any byte."""
-        path = f"/files/{_segment(file_id, 'file_id')}/content"
+        path = f"/files/{_segment(file_id, FILE_ID_PATTERN, 'file id')}/content"
         response = self._request("GET", path, stream=True, headers={"Accept": "application/binary"})
         return FileContent(response, chunk_size)
 

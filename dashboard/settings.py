@@ -1,7 +1,9 @@
 """Django settings for batchboard, read from the environment (see the README's configuration table)."""
 
+import ipaddress
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -37,6 +39,26 @@ def _env_float(name, default, minimum, maximum):
     if not minimum <= value <= maximum:
         raise ImproperlyConfigured(f"{name} must be between {minimum:g} and {maximum:g}; got {raw!r}.")
     return value
+
+
+def _env_int(name, default, minimum, maximum):
+    raw = _env(name)
+    if not raw:
+        return default
+    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        raise ImproperlyConfigured(f"{name} must be a whole number between {minimum:,} and {maximum:,}; got {raw!r}.")
+    return int(raw)
+
+
+def _is_local_host(host):
+    """Whether an ALLOWED_HOSTS entry names only this machine (so a public sandbox key exposes nothing)."""
+    name = host.lower().strip("[]")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _env_url(name, default):
@@ -80,6 +102,15 @@ OPENAI_MAX_RETRIES = int(_env_float("OPENAI_MAX_RETRIES", 2, 0, 10))
 SANDBOX_MODE = not OPENAI_API_KEY
 # The sandbox API is served only in sandbox mode unless asked for (e.g. to try a client against it beside a real key).
 SANDBOX_ENABLED = _env_bool("SANDBOX_ENABLED", SANDBOX_MODE)
+# The sandbox's key is public and its views need no login: a deploy whose OPENAI_API_KEY went missing by mistake must
+# not quietly serve it to the world.
+_public_hosts = [host for host in ALLOWED_HOSTS if not _is_local_host(host)]
+if SANDBOX_MODE and _public_hosts and not (SANDBOX_ENABLED and _env("SANDBOX_ENABLED")):
+    raise ImproperlyConfigured(
+        "OPENAI_API_KEY is not set, so batchboard would run in sandbox mode (a simulated API whose key, sk-sandbox, "
+        f"is public), but DJANGO_ALLOWED_HOSTS names hosts that are not local ({', '.join(_public_hosts)}). "
+        "Set OPENAI_API_KEY, or set SANDBOX_ENABLED=true to serve the sandbox on these hosts on purpose."
+    )
 SANDBOX_API_KEY = "sk-sandbox"
 SANDBOX_URL = _env_url("SANDBOX_URL", "http://127.0.0.1:8000/sandbox/v1")
 OPENAI_BASE_URL = SANDBOX_URL if SANDBOX_MODE else _env_url("OPENAI_BASE_URL", "https://api.openai.com/v1")
@@ -108,6 +139,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
+    "axes",
+    "audit",
     "batches",
     "sandbox",
 ]
@@ -119,11 +152,17 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Before any view (and CsrfViewMiddleware's process_view) reads the body.
+    "batches.middleware.RequestBodyLimitMiddleware",
+    "batches.middleware.SessionLifetimeMiddleware",
+    "batches.middleware.NoStoreForUsersMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a lockout raised during login into the lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -168,9 +207,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out (username, IP) pair is refused before its password is even checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "batches:list"
@@ -211,12 +255,42 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = _env_bool("DJANGO_SECURE_COOKIES", False)
+SESSION_COOKIE_SAMESITE = "Lax"
+# A session ends after this long without a request, and in any case this long after login.
+SESSION_IDLE_SECONDS = _env_int("DJANGO_SESSION_IDLE_SECONDS", 8 * 3600, 60, 366 * 86400)
+SESSION_MAX_SECONDS = _env_int("DJANGO_SESSION_MAX_SECONDS", 7 * 86400, 60, 366 * 86400)
+SESSION_COOKIE_AGE = SESSION_MAX_SECONDS
+
+# One switch for a deploy served over HTTPS (behind a TLS-terminating proxy).
+HTTPS = _env_bool("DJANGO_HTTPS", False)
+BEHIND_HTTPS_PROXY = _env_bool("DJANGO_BEHIND_HTTPS_PROXY", False)
+SESSION_COOKIE_SECURE = _env_bool("DJANGO_SECURE_COOKIES", HTTPS)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
-if _env_bool("DJANGO_BEHIND_HTTPS_PROXY", False):
+if HTTPS or BEHIND_HTTPS_PROXY:
     # The proxy terminates TLS and says so in X-Forwarded-Proto, so share links and redirects use https.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SESSION_COOKIE_SAMESITE = "Lax"
+SILENCED_SYSTEM_CHECKS = []
+if HTTPS:
+    SECURE_HSTS_SECONDS = _env_int("DJANGO_HSTS_SECONDS", 365 * 86400, 0, 10 * 365 * 86400)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = _env_bool("DJANGO_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        # Joining the browsers' preload list is the domain owner's decision, made with DJANGO_HSTS_PRELOAD.
+        SILENCED_SYSTEM_CHECKS.append("security.W021")
+    SECURE_SSL_REDIRECT = _env_bool("DJANGO_SSL_REDIRECT", True)
+    if not SECURE_SSL_REDIRECT:
+        # DJANGO_SSL_REDIRECT=false says the proxy already redirects http to https.
+        SILENCED_SYSTEM_CHECKS.append("security.W008")
+
+# Login throttling (django-axes): a (username, IP) pair is locked out after this many failures, for the cool-off.
+# Never by username alone, so nobody can lock a colleague out; the IP comes from the proxy only behind one.
+AXES_FAILURE_LIMIT = _env_int("DJANGO_LOGIN_FAILURE_LIMIT", 5, 1, 1000)
+AXES_COOLOFF_TIME = timedelta(minutes=_env_int("DJANGO_LOGIN_COOLOFF_MINUTES", 15, 1, 7 * 24 * 60))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "audit.client.client_ip"
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_SENSITIVE_PARAMETERS = ["password"]
 
 LOGGING = {
     "version": 1,
@@ -226,6 +300,9 @@ LOGGING = {
     "loggers": {
         "batches": {"handlers": ["console"], "level": _env("BATCHBOARD_LOG_LEVEL", "INFO"), "propagate": False},
         "sandbox": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "audit": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # django-axes logs each failed login and lockout (username and IP, never the password).
+        "axes": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         # Unhandled errors (500s) are logged with their traceback; Django only does so by default when DEBUG is on.
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },

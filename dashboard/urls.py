@@ -1,14 +1,19 @@
-"""Top-level URLs: the dashboard, login, admin and the built-in sandbox API."""
+"""Top-level URLs: the dashboard, login, logout and password change, admin and the built-in sandbox API."""
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="batches:list", permanent=False)),
     path("batches/", include("batches.urls")),
-    path("accounts/", include("django.contrib.auth.urls")),
+    # Only these from django.contrib.auth.urls: password reset would send mail from an unthrottled public form.
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/password_change/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path("accounts/password_change/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("admin/", admin.site.urls),
 ]
 if settings.SANDBOX_ENABLED:

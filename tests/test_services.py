@@ -320,14 +320,25 @@ def test_it_cancels(api, client):
     assert api.received[0].body_size == 0
 
 
-def test_it_keeps_ids_inside_one_path_segment(api, client):
-    api.script("GET", "/batches/..%2Ffiles%2Fx", Reply(body=_batch("../files/x")))
+@pytest.mark.parametrize(
+    ("call", "bad_id"),
+    [
+        ("retrieve_batch", "../files/x"),
+        ("retrieve_batch", ""),
+        ("retrieve_batch", "batch_a.b"),
+        ("cancel_batch", "batch_.."),
+        ("retrieve_file", ".."),
+        ("file_content", ".."),
+        ("file_content", "file-a/../b"),
+        ("retrieve_file", "%2E%2E"),
+    ],
+)
+def test_it_refuses_an_id_that_is_not_one_path_segment_without_calling(api, client, call, bad_id):
+    # A file id of ".." once made the client call GET /v1/ and GET /v1/content.
+    with pytest.raises(services.InvalidId):
+        getattr(client, call)(bad_id)
 
-    client.retrieve_batch("../files/x")
-
-    assert [r.path for r in api.received] == ["/batches/..%2Ffiles%2Fx"]
-    with pytest.raises(ValueError):
-        client.retrieve_batch("")
+    assert api.received == []
 
 
 # --- Errors ---------------------------------------------------------------------
@@ -822,21 +833,27 @@ def test_it_iterates_over_every_page_following_the_last_id(api, client):
     api.route(
         "GET",
         "/batches",
-        _paged({None: (["b5", "b4"], True), "b4": (["b3", "b2"], True), "b2": (["b1"], False)}),
+        _paged(
+            {
+                None: (["batch_b5", "batch_b4"], True),
+                "batch_b4": (["batch_b3", "batch_b2"], True),
+                "batch_b2": (["batch_b1"], False),
+            }
+        ),
     )
 
     ids = [batch.id for batch in client.iter_batches(limit=2)]
 
-    assert ids == ["b5", "b4", "b3", "b2", "b1"]
+    assert ids == ["batch_b5", "batch_b4", "batch_b3", "batch_b2", "batch_b1"]
     assert [r.query for r in api.received] == [
         {"limit": ["2"]},
-        {"limit": ["2"], "after": ["b4"]},
-        {"limit": ["2"], "after": ["b2"]},
+        {"limit": ["2"], "after": ["batch_b4"]},
+        {"limit": ["2"], "after": ["batch_b2"]},
     ]
 
 
 def test_it_stops_paging_on_an_empty_page_even_if_it_claims_more(api, client):
-    api.route("GET", "/batches", _paged({None: (["b2", "b1"], True), "b1": ([], True)}))
+    api.route("GET", "/batches", _paged({None: (["batch_b2", "batch_b1"], True), "batch_b1": ([], True)}))
 
     pages = list(client.iter_batch_pages())
 
@@ -845,7 +862,7 @@ def test_it_stops_paging_on_an_empty_page_even_if_it_claims_more(api, client):
 
 
 def test_it_stops_paging_when_the_api_ignores_the_cursor(api, client):
-    api.script("GET", "/batches", Reply(body=_list_page(["b2", "b1"], has_more=True)))
+    api.script("GET", "/batches", Reply(body=_list_page(["batch_b2", "batch_b1"], has_more=True)))
 
     with pytest.raises(BatchApiError, match="same page"):
         list(client.iter_batches())

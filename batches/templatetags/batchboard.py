@@ -7,10 +7,11 @@ from datetime import datetime
 
 from django import template
 from django.contrib.humanize.templatetags.humanize import naturaltime
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
+
+from batches.converters import detail_url
 
 register = template.Library()
 
@@ -84,8 +85,9 @@ class ListRow:
 def list_row(batch) -> ListRow:
     """`{% with row=batch|list_row %}`: the presentation of a models.Batch on the list page."""
     cancel_pending = batch.cancel_pending
+    url = detail_url(batch.batch_id)
     return ListRow(
-        detail_url=reverse("batches:detail", args=[batch.batch_id]),
+        detail_url=url,
         badge=status_badge(batch),
         progress=progress_bar(batch.completed_requests, batch.failed_requests, batch.total_requests),
         # Grouped like the progress bar's label (intcomma costs ten times as much, for the same English digits).
@@ -95,5 +97,5 @@ def list_row(batch) -> ListRow:
         created=relative_time(batch.created_at),
         expires=relative_time(batch.expires_at) if not batch.is_terminal and batch.expires_at else None,
         cancel_pending=cancel_pending,
-        cancellable=batch.is_cancellable and not cancel_pending,
+        cancellable=batch.is_cancellable and not cancel_pending and bool(url),
     )

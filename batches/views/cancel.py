@@ -13,6 +13,8 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
+from audit.log import record
+from audit.models import Action, Outcome
 from batches import upstream
 from batches.converters import BatchIdConverter
 from batches.models import Batch
@@ -21,16 +23,18 @@ from batches.views.listing import list_context, list_query_of
 
 MAX_BULK = 100
 BATCH_ID = re.compile(BatchIdConverter.regex)
+AUDIT_OUTCOMES = {"cancelled": Outcome.OK, "already": Outcome.ALREADY, "error": Outcome.ERROR}
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
 def batch_cancel(request, batch_id):
     """GET (and HEAD) shows a confirm page (for browsers without JavaScript); only POST cancels."""
-    _require_cancel_permission(request)
+    _require_cancel_permission(request, batch_id)
     next_url = _safe_next(request.POST.get("next") or request.GET.get("next"))
     if request.method != "POST":
         return _confirm_page(request, batch_id, next_url)
     outcome = upstream.cancel_batch(batch_id, user=request.user.get_username())
+    record(request, Action.CANCEL, AUDIT_OUTCOMES[outcome.result], batch_id=batch_id, detail=outcome.error)
     if request.htmx:
         return _cancel_fragment(request, batch_id, outcome)
     _add_message(request, batch_id, outcome)
@@ -49,6 +53,7 @@ def batch_bulk_cancel(request):
     if request.method != "POST" or data.get("confirm") != "yes":
         return _bulk_confirm_page(request, batch_ids, problem, next_url)
     results = [] if problem else upstream.cancel_batches(batch_ids, user=request.user.get_username())
+    _audit_bulk(request, results, problem)
     context = {"done": True, "results": results, "bulk_error": problem, "tally": _tally(results), "next": next_url}
     if not request.htmx:
         return render(request, "batches/batch_bulk_cancel.html", context)
@@ -63,10 +68,20 @@ def batch_bulk_cancel(request):
     return HttpResponse(html)
 
 
-def _require_cancel_permission(request) -> None:
+def _require_cancel_permission(request, batch_id: str = "") -> None:
     # Checked here, not only in templates: an htmx or hand-made request never sees the page around the button.
     if not request.user.has_perm("batches.cancel_batch"):
+        if request.method == "POST":
+            record(request, Action.CANCEL, Outcome.REFUSED, batch_id=batch_id, detail="no permission to cancel")
         raise PermissionDenied("You do not have permission to cancel batches.")
+
+
+def _audit_bulk(request, results: list[tuple[str, upstream.CancelOutcome]], problem: str) -> None:
+    if problem:
+        record(request, Action.CANCEL, Outcome.REFUSED, target="bulk", detail=problem)
+    for batch_id, outcome in results:
+        detail = f"bulk cancel of {len(results)}" + (f": {outcome.error}" if outcome.error else "")
+        record(request, Action.CANCEL, AUDIT_OUTCOMES[outcome.result], batch_id=batch_id, target="bulk", detail=detail)
 
 
 def _safe_next(url: str | None) -> str:

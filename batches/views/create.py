@@ -5,6 +5,8 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
+from audit.log import record
+from audit.models import Action, Outcome
 from batches import upstream
 from batches.forms import CreateBatchForm, metadata_field_names
 
@@ -27,15 +29,31 @@ def _retry_form(form: CreateBatchForm, uploaded_file_id: str) -> CreateBatchForm
     return CreateBatchForm(initial={**initial, "input_file_id": uploaded_file_id})
 
 
+def _first_problem(form: CreateBatchForm) -> str:
+    for field, errors in form.errors.items():
+        label = "form" if field == "__all__" else field
+        return f"invalid {label}: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    return ""
+
+
+def _audit_create(request, form: CreateBatchForm, outcome: Outcome, batch_id: str = "", detail: str = "") -> None:
+    upload = form.files.get("input_file")
+    target = upload.name if upload else form.data.get("input_file_id", "")
+    record(request, Action.CREATE, outcome, batch_id=batch_id, target=target, detail=detail)
+
+
 @require_http_methods(["GET", "HEAD", "POST"])
 def batch_create(request):
     if not request.user.has_perm("batches.create_batch"):
+        if request.method == "POST":
+            record(request, Action.CREATE, Outcome.REFUSED, detail="no permission to create")
         raise PermissionDenied("You may not create batches.")
     if request.method != "POST":
         return render(request, "batches/batch_create.html", {"form": CreateBatchForm()})
 
     form = CreateBatchForm(request.POST, request.FILES)
     if not form.is_valid():
+        _audit_create(request, form, Outcome.REFUSED, detail=_first_problem(form))
         return render(request, "batches/batch_create.html", {"form": form})
     data = form.cleaned_data
     upload = data.get("input_file")
@@ -51,11 +69,13 @@ def batch_create(request):
         output_expires_after=data["output_expires_after"],
     )
     if outcome.batch is not None:
+        _audit_create(request, form, Outcome.ALREADY if outcome.repeated else Outcome.OK, outcome.batch.batch_id)
         if outcome.repeated:
             messages.info(request, f"This form was already submitted: it created {outcome.batch.batch_id}.")
         else:
             messages.success(request, f"Batch {outcome.batch.batch_id} created.")
         return _redirect_to_batch(outcome.batch)
+    _audit_create(request, form, Outcome.ERROR, detail=outcome.error)
     if outcome.uploaded_file_id:
         form = _retry_form(form, outcome.uploaded_file_id)
         return render(request, "batches/batch_create.html", {"form": form, "create_error": outcome.error})

@@ -13,6 +13,8 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
+from audit.log import record
+from audit.models import Action, Outcome
 from batches import services, upstream
 from batches.history import batch_history
 from batches.views.common import refreshed_batch, unreachable
@@ -116,6 +118,8 @@ def batch_file(request, batch_id, kind):
     except services.BatchApiError as exc:
         logger.warning("Download of %s (%s of %s) failed: %s", file_id, kind, batch_id, exc)
         missing = isinstance(exc, services.NotFound)
+        detail = f"{file_id}: " + ("not found" if missing else upstream.failure_message(exc))
+        record(request, Action.DOWNLOAD, Outcome.ERROR, batch_id=batch_id, target=kind, detail=detail)
         context = {
             "batch": batch,
             "kind": kind,
@@ -124,6 +128,7 @@ def batch_file(request, batch_id, kind):
             "message": "" if missing else upstream.failure_message(exc),
         }
         return render(request, "batches/file_unavailable.html", context, status=404 if missing else 502)
+    record(request, Action.DOWNLOAD, Outcome.OK, batch_id=batch_id, target=kind, detail=file_id)
     response = StreamingHttpResponse(chunks, content_type="application/jsonl")
     if chunks.content_length is not None:
         response["Content-Length"] = str(chunks.content_length)  # lets the browser show download progress

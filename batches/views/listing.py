@@ -151,7 +151,11 @@ def _wants_fragment(request) -> bool:
 def _parse_filters(query: QueryDict) -> tuple[ListFilters, list[str]]:
     """The filters in a list URL; unknown values are ignored with a notice rather than failing."""
     notices = []
-    values = {name: query.get(name, "").strip()[:MAX_FILTER_LENGTH] for name in ("status", "endpoint", "model", "q")}
+    # NUL cannot be stored or compared in PostgreSQL text (a query with one fails), and no id or metadata holds one.
+    values = {
+        name: query.get(name, "").replace("\x00", "").strip()[:MAX_FILTER_LENGTH]
+        for name in ("status", "endpoint", "model", "q")
+    }
     if values["status"] and values["status"] not in STATUS_FILTERS:
         notices.append(f"There is no status “{values['status']}”; showing every status.")
         values["status"] = ""

@@ -1,0 +1,52 @@
+"""Recording audit events: one call from a view (or a login signal) per action."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+
+from audit.client import client_ip
+from audit.models import Action, AuditEvent, Outcome
+
+logger = logging.getLogger("audit")
+DETAIL_MAX_CHARS = 2000
+
+
+def _without_secrets(text: str) -> str:
+    # Upstream messages never carry the key, but the log is kept for years: make sure of it here as well.
+    key = settings.OPENAI_API_KEY
+    if key and key in text:
+        text = text.replace(key, "[API key]")
+    return text[:DETAIL_MAX_CHARS]
+
+
+def record(
+    request,
+    action: Action,
+    outcome: Outcome,
+    *,
+    batch_id: str = "",
+    target: str = "",
+    detail: str = "",
+    username: str | None = None,
+) -> AuditEvent:
+    """Store one event, from the request's user (or `username` for logins that name someone else) and IP."""
+    user = getattr(request, "user", None)
+    if user is not None and not user.is_authenticated:
+        user = None
+    if username is None:
+        username = user.get_username() if user is not None else ""
+    event = AuditEvent.objects.create(
+        username=username[:150],
+        user=user,
+        ip=client_ip(request) if request is not None else None,
+        action=action,
+        batch_id=batch_id[:128],
+        target=_without_secrets(target)[:200],
+        outcome=outcome,
+        detail=_without_secrets(detail),
+    )
+    level = logging.INFO if outcome in (Outcome.OK, Outcome.ALREADY) else logging.WARNING
+    logger.log(level, "audit %s %s by %r from %s: %s %s", action, outcome, event.username, event.ip, batch_id, target)
+    return event

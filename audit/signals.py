@@ -1,0 +1,37 @@
+"""Logins, logouts, failed logins and lockouts (django-axes) go to the audit log."""
+
+from axes.signals import user_locked_out
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.dispatch import receiver
+
+from audit.log import record
+from audit.models import Action, Outcome
+
+
+def _login_path(request) -> str:
+    return request.path if request is not None else ""
+
+
+@receiver(user_logged_in, dispatch_uid="audit-login")
+def _logged_in(sender, request, user, **kwargs):
+    record(request, Action.LOGIN, Outcome.OK, username=user.get_username(), target=_login_path(request))
+
+
+@receiver(user_logged_out, dispatch_uid="audit-logout")
+def _logged_out(sender, request, user, **kwargs):
+    if user is not None:
+        record(request, Action.LOGOUT, Outcome.OK, username=user.get_username())
+
+
+@receiver(user_login_failed, dispatch_uid="audit-login-failed")
+def _login_failed(sender, credentials, request=None, **kwargs):
+    # `credentials` has the password already masked by Django; only the username is kept.
+    username = str(credentials.get("username", ""))
+    locked = getattr(request, "axes_locked_out", False)
+    detail = "refused: this username and IP are locked out" if locked else "wrong username or password"
+    record(request, Action.LOGIN_FAILED, Outcome.REFUSED, username=username, target=_login_path(request), detail=detail)
+
+
+@receiver(user_locked_out, dispatch_uid="audit-lockout")
+def _locked_out(sender, request, username, ip_address, **kwargs):
+    record(request, Action.LOCKOUT, Outcome.REFUSED, username=str(username or ""), target=_login_path(request))

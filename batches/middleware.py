@@ -1,0 +1,113 @@
+"""Request handling every page shares: bounded request bodies, session lifetimes, and no caching of logged-in pages."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.contrib.auth import logout
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
+
+from batches import services
+
+# A body above this is refused before anything reads it: login forms, cancels, the admin's forms all fit easily.
+MAX_BODY_BYTES = 1024 * 1024
+# The create page's upload: the largest input file the API takes, plus room for the multipart framing and fields.
+MAX_UPLOAD_BODY_BYTES = services.MAX_INPUT_FILE_BYTES + 10 * 1024 * 1024
+# The sandbox API bounds its own bodies, with its own error answers: JSON bodies by DATA_UPLOAD_MAX_MEMORY_SIZE
+# (checked from Content-Length before reading), file uploads while they stream to disk (sandbox/uploads.py).
+SANDBOX_PREFIX = "/sandbox/v1/"
+# The session remembers its last request at most this often, so a page's polling does not write on every poll.
+ACTIVITY_WRITE_SECONDS = 60
+SESSION_STARTED_KEY = "batchboard_started_at"
+SESSION_SEEN_KEY = "batchboard_seen_at"
+
+
+def _declared_length(request) -> int | None:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+
+
+class RequestBodyLimitMiddleware:
+    """Refuse a body larger than the page takes with 413, from its Content-Length, before anything parses it.
+
+    Under WSGI a request body is read only up to its Content-Length (a body without one reads as empty), so the
+    declared length bounds what any later step can read. The larger limit applies only to the create page for users
+    who may create batches: an anonymous visitor can never make the server spool more than MAX_BODY_BYTES.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        length = _declared_length(request)
+        if length is None or length < 0:
+            return render(request, "400.html", status=400)
+        if length > MAX_BODY_BYTES:
+            limit = self._larger_limit(request)
+            if limit is not None and length > limit:
+                return render(request, "413.html", {"limit": limit, "length": length}, status=413)
+        return self.get_response(request)
+
+    def _larger_limit(self, request) -> int | None:
+        """The limit for a body above MAX_BODY_BYTES; None where the view bounds the body itself while reading."""
+        if request.path.startswith(SANDBOX_PREFIX) and settings.SANDBOX_ENABLED:
+            return None
+        if request.path == reverse("batches:create") and request.user.has_perm("batches.create_batch"):
+            return MAX_UPLOAD_BODY_BYTES
+        return MAX_BODY_BYTES
+
+
+def _is_activity(request) -> bool:
+    """A page loaded or a form sent, rather than an htmx refresh made in the background (polling, live panels)."""
+    return request.method != "GET" or request.headers.get("HX-Request") != "true"
+
+
+class SessionLifetimeMiddleware:
+    """End a session after DJANGO_SESSION_IDLE_SECONDS without a request, or DJANGO_SESSION_MAX_SECONDS after login.
+
+    The cookie and the stored session expire after the absolute lifetime (SESSION_COOKIE_AGE); the idle time is
+    checked here from a timestamp the session keeps, rewritten at most once a minute. A page's own polling is not
+    activity: a tab left open on a live list still ends its session.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.user.is_authenticated:
+            now = int(time.time())
+            started = request.session.setdefault(SESSION_STARTED_KEY, now)
+            seen = request.session.get(SESSION_SEEN_KEY, now)
+            if now - seen > settings.SESSION_IDLE_SECONDS or now - started > settings.SESSION_MAX_SECONDS:
+                logout(request)
+            elif _is_activity(request) and (
+                now - seen >= ACTIVITY_WRITE_SECONDS or SESSION_SEEN_KEY not in request.session
+            ):
+                request.session[SESSION_SEEN_KEY] = now
+        return self.get_response(request)
+
+
+def stamp_session(sender, request, user, **kwargs):
+    """On login (a user_logged_in receiver): the session's lifetimes start now."""
+    if request is not None and hasattr(request, "session"):
+        now = int(time.time())
+        request.session[SESSION_STARTED_KEY] = now
+        request.session[SESSION_SEEN_KEY] = now
+
+
+class NoStoreForUsersMiddleware:
+    """Pages and fragments shown to a logged-in user are never stored by a browser or a proxy cache."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if request.user.is_authenticated:
+            add_never_cache_headers(response)
+        return response
