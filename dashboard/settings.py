@@ -128,6 +128,22 @@ SANDBOX_RETRY_AFTER = _env_float("SANDBOX_RETRY_AFTER", 1.0, 0.0, 3600.0)
 # How often the list is refreshed from upstream at most, whatever the number of viewers.
 BATCHBOARD_REFRESH_INTERVAL = _env_float("BATCHBOARD_REFRESH_INTERVAL", 2.0, 0.0, 3600.0)
 
+
+def _env_price_file(name):
+    """A price file that extends or overrides the shipped Batch prices, read once here so a bad one stops startup."""
+    from batches.pricing import PriceFileError, load_price_file
+
+    path = _env(name)
+    if path:
+        try:
+            load_price_file(path)
+        except PriceFileError as exc:
+            raise ImproperlyConfigured(f"{name} must name a price file (see the README, Cost): {exc}.") from None
+    return path
+
+
+BATCHBOARD_PRICES = _env_price_file("BATCHBOARD_PRICES")
+
 # --- Django -----------------------------------------------------------------
 INSTALLED_APPS = [
     "django.contrib.admin",

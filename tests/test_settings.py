@@ -34,6 +34,7 @@ def _check(**env):
         ("OPENAI_TIMEOUT", "-1"),
         ("DATABASE_URL", "nosuchdb://x"),
         ("DJANGO_ALLOWED_HOSTS", " , "),
+        ("BATCHBOARD_PRICES", "/nonexistent/prices.toml"),
     ],
 )
 def test_it_refuses_a_malformed_value_and_names_the_variable(variable, value):
@@ -51,3 +52,20 @@ def test_it_starts_with_no_configuration_at_all():
     result = _check()
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+def test_it_refuses_a_price_file_with_a_bad_price_and_says_where(tmp_path):
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."my-model"]\ninput = "cheap"\noutput = "1"\n')
+    result = _check(BATCHBOARD_PRICES=str(prices))
+    assert result.returncode != 0
+    assert "BATCHBOARD_PRICES" in result.stderr
+    assert "my-model" in result.stderr and "input" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_it_starts_with_a_valid_price_file(tmp_path):
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."my-model"]\ninput = 1\noutput = 2.5\n')
+    result = _check(BATCHBOARD_PRICES=str(prices))
+    assert result.returncode == 0, result.stderr

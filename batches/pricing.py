@@ -1,0 +1,151 @@
+"""Batch prices per model and the cost of token usage, in exact decimal dollars.
+
+The table ships in batches/data/prices.toml; an operator's file named by BATCHBOARD_PRICES replaces or adds entries
+model by model. This module imports nothing from Django at import time: the settings module calls `load_price_file`
+to reject a bad file at startup.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import tomllib
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
+
+SHIPPED_PRICES = Path(__file__).resolve().parent / "data" / "prices.toml"
+PRICES_SETTING = "BATCHBOARD_PRICES"
+TOKENS_PER_PRICE_UNIT = 1_000_000
+PRICE_FIELDS = ("input", "cached_input", "output")
+# A snapshot suffix: -2024-07-18 (current style) or a month and day, -0613 or -1106 (older style).
+DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|[01]\d[0-3]\d)$")
+CENT = Decimal("0.01")
+SMALL_AMOUNT_STEP = Decimal("0.0001")
+
+
+class PriceFileError(ValueError):
+    """A price file that cannot be used, with a message saying where and why."""
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one model costs in a batch, in dollars per TOKENS_PER_PRICE_UNIT tokens."""
+
+    model: str  # the table's entry: the family for a dated name
+    input: Decimal
+    cached_input: Decimal
+    output: Decimal
+    source: str  # which file it came from: the shipped table or the operator's
+
+    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
+        """The cost of this usage. Cached tokens are part of the input tokens, charged at the cached price."""
+        cached = min(max(cached_tokens, 0), max(input_tokens, 0))
+        uncached = max(input_tokens, 0) - cached
+        units = uncached * self.input + cached * self.cached_input + max(output_tokens, 0) * self.output
+        return units / TOKENS_PER_PRICE_UNIT
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    prices: dict[str, Price]
+    source: str
+    as_of: str
+    override_path: str = ""
+
+    def price_for(self, model: str | None) -> Price | None:
+        """The model's own entry, else its family's for a dated name; None when no price is known."""
+        if not model:
+            return None
+        if model in self.prices:
+            return self.prices[model]
+        family = DATED_SUFFIX.sub("", model)
+        return self.prices.get(family) if family != model else None
+
+
+def load_price_file(path: Path | str) -> tuple[dict[str, Price], dict[str, str]]:
+    """({model: Price}, {"source": ..., "as_of": ...}) from a price file; PriceFileError says what is wrong."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle, parse_float=Decimal)
+    except FileNotFoundError:
+        raise PriceFileError(f"there is no file {path}") from None
+    except OSError as exc:
+        raise PriceFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PriceFileError(f"{path} is not valid TOML: {exc}") from None
+    models = data.get("models")
+    if not isinstance(models, dict) or not models:
+        raise PriceFileError(f'{path} has no [models."name"] tables')
+    currency = data.get("currency", "USD")
+    if currency != "USD":
+        raise PriceFileError(f'{path} gives prices in {currency!r}; batchboard shows US dollars (currency = "USD")')
+    about = {"source": str(data.get("source", "")), "as_of": str(data.get("as_of", ""))}
+    prices = {name: _price(path, name, entry) for name, entry in models.items()}
+    return prices, about
+
+
+def _price(path: Path, name: str, entry) -> Price:
+    where = f'{path}, [models."{name}"]'
+    if not isinstance(entry, dict):
+        raise PriceFileError(f"{where} must be a table with input and output prices")
+    unknown = sorted(set(entry) - set(PRICE_FIELDS))
+    if unknown:
+        raise PriceFileError(f"{where} has unknown keys {', '.join(unknown)} (expected {', '.join(PRICE_FIELDS)})")
+    for required in ("input", "output"):
+        if required not in entry:
+            raise PriceFileError(f"{where} has no {required} price")
+    values = {key: _amount(where, key, value) for key, value in entry.items()}
+    values.setdefault("cached_input", values["input"])
+    return Price(model=name, source=str(path), **values)
+
+
+def _amount(where: str, key: str, value) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
+        raise PriceFileError(f"{where}: {key} must be a number of dollars per million tokens")
+    try:
+        amount = Decimal(value.strip() if isinstance(value, str) else value)
+    except InvalidOperation:
+        raise PriceFileError(f"{where}: {key} = {value!r} is not a number") from None
+    if not amount.is_finite() or amount < 0:
+        raise PriceFileError(f"{where}: {key} = {value!r} must be zero or more")
+    return amount
+
+
+@functools.cache
+def _table(override_path: str) -> PriceTable:
+    prices, about = load_price_file(SHIPPED_PRICES)
+    if override_path:
+        extra, extra_about = load_price_file(override_path)
+        prices = {**prices, **extra}
+        about = {key: " · ".join(v for v in (about[key], extra_about[key]) if v) for key in about}
+    return PriceTable(prices=prices, source=about["source"], as_of=about["as_of"], override_path=override_path)
+
+
+def price_table() -> PriceTable:
+    """The prices in effect: the shipped table with the operator's file (BATCHBOARD_PRICES) over it."""
+    from django.conf import settings
+
+    return _table(str(settings.BATCHBOARD_PRICES or ""))
+
+
+def price_for(model: str | None) -> Price | None:
+    return price_table().price_for(model)
+
+
+def usage_cost(model: str | None, input_tokens: int | None, cached_tokens: int | None, output_tokens: int | None):
+    """The cost of a batch's usage, or None when the API reported no usage or the model has no known price."""
+    if input_tokens is None and output_tokens is None:
+        return None
+    price = price_for(model)
+    if price is None:
+        return None
+    return price.cost(input_tokens or 0, cached_tokens or 0, output_tokens or 0)
+
+
+def format_money(amount: Decimal) -> str:
+    """Dollars for people: cents from a cent up, four decimals below (a small batch costs fractions of a cent)."""
+    if amount and abs(amount) < CENT:
+        return f"${amount.quantize(SMALL_AMOUNT_STEP, rounding=ROUND_HALF_UP)}"
+    return f"${amount.quantize(CENT, rounding=ROUND_HALF_UP):,}"
