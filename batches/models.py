@@ -10,7 +10,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from batches import services
+from batches import pricing, services
 
 STATUS_CHOICES = [(s, s.replace("_", " ")) for s in services.STATUSES]
 # The list's pseudo-status for "every batch that can still change".
@@ -22,6 +22,7 @@ METADATA_SUMMARY_LENGTH = 80
 
 FILE_ID_FIELDS = ("input_file_id", "output_file_id", "error_file_id")
 REQUEST_COUNT_FIELDS = ("total_requests", "completed_requests", "failed_requests")
+TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens")
 
 
 def payload_digest(payload: dict) -> str:
@@ -118,6 +119,43 @@ class BatchQuerySet(models.QuerySet):
         figures["requests_in_flight"] = max(figures["requests_in_flight"], 0)
         return figures
 
+    def cost_total(self) -> pricing.CostTotal:
+        """What these batches cost: one aggregate grouped by model, priced in Python (a handful of rows)."""
+        rows = (
+            self.order_by()
+            .filter(input_tokens__isnull=False)
+            .values("model")
+            .annotate(batches=models.Count("id"), **{name: models.Sum(name) for name in TOKEN_FIELDS})
+        )
+        return pricing.CostTotal.of(rows)
+
+    def spending(self, *, day_start: datetime, month_start: datetime) -> pricing.Spending:
+        """The summary strip's money, in one aggregate grouped by model: batches finished today and this month (every
+        final batch: cancelled and expired ones bill the requests that ran), and running batches' cost so far.
+
+        Reads the batch_spending index only: running batches and those finished this month.
+        """
+        periods = {
+            "today": models.Q(is_terminal=True, finished_at__gte=day_start),
+            "month": models.Q(is_terminal=True, finished_at__gte=month_start),
+            "running": models.Q(is_terminal=False),
+        }
+        sums = {}
+        for period, condition in periods.items():
+            sums[f"{period}__batches"] = models.Count("id", filter=condition)
+            sums.update({f"{period}__{name}": models.Sum(name, filter=condition) for name in TOKEN_FIELDS})
+        relevant = self.order_by().filter(periods["month"] | periods["running"], input_tokens__isnull=False)
+        rows = list(relevant.values("model").annotate(**sums))
+        return pricing.Spending(
+            **{
+                period: pricing.CostTotal.of(
+                    {"model": row["model"], **{key: row[f"{period}__{key}"] for key in ("batches", *TOKEN_FIELDS)}}
+                    for row in rows
+                )
+                for period in periods
+            }
+        )
+
 
 # Raw SQL: the ORM has no query without a FROM row.
 DATA_VERSION_SQL = (
@@ -171,6 +209,12 @@ class Batch(models.Model):
     # Set when a user asks to cancel, before the upstream call, so concurrent clicks send one cancel.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_by = models.CharField(max_length=150, blank=True)
+    # The API's `usage`, copied out of the payload so that the list and the summary price it without reading the
+    # payload. Tokens, not dollars: a price changed in BATCHBOARD_PRICES applies to every batch at once. Null when
+    # the API reported no usage (batches created before it did, or not yet started).
+    input_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    cached_input_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveBigIntegerField(null=True, blank=True)
 
     objects = BatchQuerySet.as_manager()
 
@@ -195,6 +239,8 @@ class Batch(models.Model):
             # data_version() reads the ends of these two instead of scanning every row (3 ms at 10k batches).
             models.Index(fields=["last_changed_at"], name="batch_changed"),
             models.Index(fields=["cancel_requested_at"], name="batch_cancel_claimed"),
+            # The summary strip's spending (BatchQuerySet.spending) reads this narrow index, not the rows.
+            models.Index(fields=["is_terminal", "finished_at", "model", *TOKEN_FIELDS], name="batch_spending"),
         ]
         verbose_name_plural = "batches"
         permissions = [
@@ -241,6 +287,20 @@ class Batch(models.Model):
         return text
 
     @property
+    def price(self) -> pricing.Price | None:
+        return pricing.price_for(self.model)
+
+    @property
+    def has_usage(self) -> bool:
+        return self.input_tokens is not None
+
+    @property
+    def cost(self):
+        """The cost of the usage reported so far (the final cost once the batch is final); None when there is no
+        usage or no price known for the model."""
+        return pricing.usage_cost(self.model, self.input_tokens, self.cached_input_tokens, self.output_tokens)
+
+    @property
     def cancel_pending(self) -> bool:
         """A user asked to cancel and the API has not reported `cancelling` yet (or the request is in flight)."""
         if not self.cancel_requested_at or not self.is_cancellable:
@@ -268,6 +328,10 @@ class Batch(models.Model):
         self.search_text = self.search_text.lower()
         self.payload = batch.raw
         self.payload_hash = digest
+        usage = batch.usage
+        self.input_tokens = usage.input_tokens if usage else None
+        self.cached_input_tokens = usage.cached_tokens if usage else None
+        self.output_tokens = usage.output_tokens if usage else None
 
 
 APPLIED_FIELDS = (
@@ -288,6 +352,7 @@ APPLIED_FIELDS = (
     "search_text",
     "payload",
     "payload_hash",
+    *TOKEN_FIELDS,
 )
 
 

@@ -120,7 +120,8 @@ def _table(override_path: str) -> PriceTable:
         extra, extra_about = load_price_file(override_path)
         prices = {**prices, **extra}
         about = {key: " · ".join(v for v in (about[key], extra_about[key]) if v) for key in about}
-    return PriceTable(prices=prices, source=about["source"], as_of=about["as_of"], override_path=override_path)
+    shown_path = str(Path(override_path)) if override_path else ""
+    return PriceTable(prices=prices, source=about["source"], as_of=about["as_of"], override_path=shown_path)
 
 
 def price_table() -> PriceTable:
@@ -142,6 +143,77 @@ def usage_cost(model: str | None, input_tokens: int | None, cached_tokens: int |
     if price is None:
         return None
     return price.cost(input_tokens or 0, cached_tokens or 0, output_tokens or 0)
+
+
+@dataclass(frozen=True)
+class CostLine:
+    label: str
+    tokens: int
+    price: Decimal  # per TOKENS_PER_PRICE_UNIT tokens
+    amount: Decimal
+
+
+def cost_lines(price: Price, input_tokens: int, cached_tokens: int, output_tokens: int) -> list[CostLine]:
+    """How a cost adds up, line by line (uncached input, cached input, output), for the detail page."""
+    cached = min(max(cached_tokens, 0), max(input_tokens, 0))
+    parts = [
+        ("Input", max(input_tokens, 0) - cached, price.input),
+        ("Cached input", cached, price.cached_input),
+        ("Output", max(output_tokens, 0), price.output),
+    ]
+    return [CostLine(label, tokens, rate, tokens * rate / TOKENS_PER_PRICE_UNIT) for label, tokens, rate in parts]
+
+
+@dataclass(frozen=True)
+class CostTotal:
+    """The cost of a set of batches, and how many of them could not be priced (their model has no known price).
+
+    `amount` is then a lower bound: pages say how many batches it leaves out instead of guessing their cost.
+    """
+
+    amount: Decimal = Decimal(0)
+    batches: int = 0
+    unpriced_batches: int = 0
+    unpriced_models: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, rows) -> CostTotal:
+        """Total the rows of an aggregate grouped by model: {model, batches, input_tokens, cached_input_tokens,
+        output_tokens}."""
+        amount, batches, unpriced, unpriced_models = Decimal(0), 0, 0, set()
+        for row in rows:
+            if not row["batches"]:
+                continue
+            batches += row["batches"]
+            price = price_for(row["model"])
+            if price is None:
+                unpriced += row["batches"]
+                unpriced_models.add(row["model"] or "unknown model")
+                continue
+            amount += price.cost(row["input_tokens"] or 0, row["cached_input_tokens"] or 0, row["output_tokens"] or 0)
+        return cls(amount, batches, unpriced, tuple(sorted(unpriced_models)))
+
+    @property
+    def complete(self) -> bool:
+        return not self.unpriced_batches
+
+
+@dataclass(frozen=True)
+class Spending:
+    """The summary strip's money: batches finished today and this month, and running batches' cost so far."""
+
+    today: CostTotal
+    month: CostTotal
+    running: CostTotal
+
+    @property
+    def unpriced_batches(self) -> int:
+        """Batches the amounts leave out (today's are among the month's)."""
+        return self.month.unpriced_batches + self.running.unpriced_batches
+
+    @property
+    def unpriced_models(self) -> str:
+        return ", ".join(sorted({*self.month.unpriced_models, *self.running.unpriced_models}))
 
 
 def format_money(amount: Decimal) -> str:

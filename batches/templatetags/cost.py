@@ -1,0 +1,55 @@
+"""Money on the pages: a batch's cost in the list, totals in the summary strip, "no price known" with its remedy."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import template
+from django.urls import reverse
+from django.utils.html import format_html
+
+from batches.pricing import PRICES_SETTING, cost_lines, format_money
+
+register = template.Library()
+
+
+@register.filter
+def money(amount: Decimal | None) -> str:
+    return "" if amount is None else format_money(amount)
+
+
+@register.simple_tag
+def no_price_known(model: str):
+    """'no price known', linked to the prices page, which says how to add one with BATCHBOARD_PRICES."""
+    return format_html(
+        '<a class="no-price" href="{}#add-prices" title="No price is known for {}: add it with {}">no price known</a>',
+        reverse("batches:prices"),
+        model or "this model",
+        PRICES_SETTING,
+    )
+
+
+@register.simple_tag
+def cost_cell(batch):
+    """The list's cost column: the cost so far, '—' without usage, or 'no price known'."""
+    if not batch.has_usage:
+        return format_html('<span class="muted" title="{}">—</span>', "The API has reported no token usage yet")
+    cost = batch.cost
+    if cost is None:
+        return no_price_known(batch.model)
+    if batch.is_terminal:
+        return format_money(cost)
+    return format_html('{} <span class="muted">so far</span>', format_money(cost))
+
+
+@register.simple_tag
+def cost_breakdown(batch):
+    """`{% cost_breakdown batch as breakdown %}`: the priced lines of a batch's usage, or None without a price."""
+    price = batch.price
+    if price is None or not batch.has_usage:
+        return None
+    return {
+        "price": price,
+        "lines": cost_lines(price, batch.input_tokens, batch.cached_input_tokens or 0, batch.output_tokens or 0),
+        "total": batch.cost,
+    }
