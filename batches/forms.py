@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -13,6 +14,7 @@ from django import forms
 from django.template.defaultfilters import filesizeformat
 
 from batches import services
+from batches.estimate import Estimate, InputCounter
 
 MAX_REPORTED_ERRORS = 20
 METADATA_ROWS_SHOWN = 4
@@ -73,13 +75,19 @@ def _id_digest(custom_id: str) -> bytes:
     return hashlib.blake2b(custom_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def validate_jsonl(handle: BinaryIO, *, endpoint: str | None = None, size: int | None = None) -> JsonlReport:
+def validate_jsonl(
+    handle: BinaryIO,
+    *,
+    endpoint: str | None = None,
+    size: int | None = None,
+    observe: Callable[[dict], None] | None = None,
+) -> JsonlReport:
     """Check a Batch API input file line by line, reading it as a stream (memory stays bounded by MAX_LINE_BYTES).
 
     Every line must be a JSON object with a non-empty unique `custom_id`, `method` POST, `url` equal to the
     endpoint (taken from the first line when not given) and an object `body`; one `body.model` for the whole
     file; at most MAX_REQUESTS_PER_BATCH lines and MAX_INPUT_FILE_BYTES bytes; UTF-8 without a byte order mark.
-    Blank lines at the end are tolerated.
+    Blank lines at the end are tolerated. `observe` is given each request parsed, in the same pass (the estimate).
     """
     report = JsonlReport(endpoint=endpoint or None)
     if size is not None and size > services.MAX_INPUT_FILE_BYTES:
@@ -118,6 +126,8 @@ def validate_jsonl(handle: BinaryIO, *, endpoint: str | None = None, size: int |
         request = _parse_line(raw, line_number, report)
         if request is not None:
             _check_request(request, line_number, report, scan)
+            if observe is not None:
+                observe(request)
 
     if report.size > services.MAX_INPUT_FILE_BYTES:
         report.add(_too_large(report.size))
@@ -303,6 +313,7 @@ class CreateBatchForm(forms.Form):
                 strip=False,
             )
         self.report: JsonlReport | None = None
+        self.estimate: Estimate | None = None  # what a valid upload will cost, counted during its validation
 
     def metadata_rows(self) -> list[tuple[forms.BoundField, forms.BoundField]]:
         return [
@@ -348,8 +359,12 @@ class CreateBatchForm(forms.Form):
 
     def _validate_upload(self, upload, cleaned) -> None:
         upload.seek(0)
-        self.report = validate_jsonl(upload, endpoint=cleaned.get("endpoint") or None, size=upload.size)
+        counter = InputCounter(endpoint=cleaned.get("endpoint") or None)
+        self.report = validate_jsonl(
+            upload, endpoint=cleaned.get("endpoint") or None, size=upload.size, observe=counter.add
+        )
         upload.seek(0)
+        self.estimate = counter.result() if self.report.is_valid else None
         if not self.report.is_valid:
             self.add_error("input_file", self.report.messages)
         elif not cleaned.get("endpoint"):

@@ -144,6 +144,18 @@ def _env_price_file(name):
 
 BATCHBOARD_PRICES = _env_price_file("BATCHBOARD_PRICES")
 
+
+def _env_directory(name):
+    path = _env(name)
+    if path and not Path(path).is_dir():
+        raise ImproperlyConfigured(f"{name} must name an existing directory; got {path!r}.")
+    return path
+
+
+# tiktoken's encoding files for the cost estimate on the create page (tiktoken's own variable and file naming).
+# They are never downloaded: without them the estimate is made from the text's length, and says so.
+TIKTOKEN_CACHE_DIR = _env_directory("TIKTOKEN_CACHE_DIR")
+
 # --- Django -----------------------------------------------------------------
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -35,6 +35,7 @@ def _check(**env):
         ("DATABASE_URL", "nosuchdb://x"),
         ("DJANGO_ALLOWED_HOSTS", " , "),
         ("BATCHBOARD_PRICES", "/nonexistent/prices.toml"),
+        ("TIKTOKEN_CACHE_DIR", "/nonexistent/tiktoken"),
     ],
 )
 def test_it_refuses_a_malformed_value_and_names_the_variable(variable, value):
