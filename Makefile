@@ -46,6 +46,7 @@ test: lint
 
 bench: migrate
 	$(BIN)/python manage.py bench
+	$(BIN)/python -m benchmarks.cost
 
 screenshots: install-dev
 	$(BIN)/python scripts/screenshots.py

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models.functions import Coalesce
@@ -129,32 +129,33 @@ class BatchQuerySet(models.QuerySet):
         )
         return pricing.CostTotal.of(rows)
 
-    def spending(self, *, day_start: datetime, month_start: datetime) -> pricing.Spending:
-        """The summary strip's money, in one aggregate grouped by model: batches finished today and this month (every
-        final batch: cancelled and expired ones bill the requests that ran), and running batches' cost so far.
+    def spending(self, *, today: date) -> pricing.Spending:
+        """The summary strip's money: batches finished today and this month (every final batch: cancelled and
+        expired ones bill the requests that ran), from the daily totals, and running batches' cost so far.
 
-        Reads the batch_spending index only: running batches and those finished this month.
+        Two small queries whatever the number of batches: this month's DailySpend rows (one per day and model),
+        added up here, and an aggregate of the running batches through the batch_spending index.
         """
-        periods = {
-            "today": models.Q(is_terminal=True, finished_at__gte=day_start),
-            "month": models.Q(is_terminal=True, finished_at__gte=month_start),
-            "running": models.Q(is_terminal=False),
-        }
-        sums = {}
-        for period, condition in periods.items():
-            sums[f"{period}__batches"] = models.Count("id", filter=condition)
-            sums.update({f"{period}__{name}": models.Sum(name, filter=condition) for name in TOKEN_FIELDS})
-        relevant = self.order_by().filter(periods["month"] | periods["running"], input_tokens__isnull=False)
-        rows = list(relevant.values("model").annotate(**sums))
+        month: dict[str, list[int]] = {}
+        day: dict[str, list[int]] = {}
+        rows = DailySpend.objects.filter(day__gte=today.replace(day=1), day__lte=today)
+        for row_day, model, *counts in rows.values_list("day", "model", "batches", *TOKEN_FIELDS):
+            for totals in (month, day) if row_day == today else (month,):
+                total = totals.setdefault(model, [0, 0, 0, 0])
+                for index, count in enumerate(counts):
+                    total[index] += count
         return pricing.Spending(
-            **{
-                period: pricing.CostTotal.of(
-                    {"model": row["model"], **{key: row[f"{period}__{key}"] for key in ("batches", *TOKEN_FIELDS)}}
-                    for row in rows
-                )
-                for period in periods
-            }
+            today=_cost_of(day),
+            month=_cost_of(month),
+            running=self.filter(is_terminal=False).cost_total(),
         )
+
+
+def _cost_of(totals: dict[str, list[int]]) -> pricing.CostTotal:
+    keys = ("batches", *TOKEN_FIELDS)
+    return pricing.CostTotal.of(
+        {"model": model, **dict(zip(keys, total, strict=True))} for model, total in totals.items()
+    )
 
 
 # Raw SQL: the ORM has no query without a FROM row.
@@ -239,8 +240,8 @@ class Batch(models.Model):
             # data_version() reads the ends of these two instead of scanning every row (3 ms at 10k batches).
             models.Index(fields=["last_changed_at"], name="batch_changed"),
             models.Index(fields=["cancel_requested_at"], name="batch_cancel_claimed"),
-            # The summary strip's spending (BatchQuerySet.spending) reads this narrow index, not the rows.
-            models.Index(fields=["is_terminal", "finished_at", "model", *TOKEN_FIELDS], name="batch_spending"),
+            # The summary strip's cost of running batches (BatchQuerySet.spending) reads this narrow index.
+            models.Index(fields=["is_terminal", "model", *TOKEN_FIELDS], name="batch_spending"),
         ]
         verbose_name_plural = "batches"
         permissions = [
@@ -413,6 +414,7 @@ def _record(batch: services.Batch, digest: str, observed_at: datetime) -> Batch:
             row.last_seen_at = row.last_changed_at = observed_at
             row.save(force_insert=True)
             _add_snapshot(row, batch, digest, observed_at)
+            DailySpend.count(None, row)
             return row
         if row.payload_hash == digest:
             Batch.objects.filter(pk=row.pk, last_seen_at__lt=observed_at).update(last_seen_at=observed_at)
@@ -423,10 +425,12 @@ def _record(batch: services.Batch, digest: str, observed_at: datetime) -> Batch:
         # Racing writers take the lock in their own order, not in the order of their clocks: never let the history's
         # times go backwards.
         changed_at = max(row.last_seen_at, observed_at)
+        spent_before = DailySpend.contribution(row)
         row._apply(batch, digest, changed_at)
         row.last_seen_at = row.last_changed_at = changed_at
         # Only the columns _apply owns: cancel_requested_* are claimed by concurrent UPDATEs in upstream.cancel_batch.
         row.save(update_fields=[*APPLIED_FIELDS, "last_seen_at", "last_changed_at"])
+        DailySpend.count(spent_before, row)
         if not BatchSnapshot.objects.filter(batch=row, payload_hash=digest).exists():
             _add_snapshot(row, batch, digest, changed_at)
         return row
@@ -443,6 +447,77 @@ def _add_snapshot(row: Batch, batch: services.Batch, digest: str, observed_at: d
         payload=batch.raw,
         payload_hash=digest,
     )
+
+
+class DailySpend(models.Model):
+    """The token usage of the batches that finished on a day (in the dashboard's time zone), per model.
+
+    The summary strip sums a month of these rows instead of every batch finished in the month. record_batch keeps
+    them in the same transaction as the batch's row: a batch is counted on the day it finished, once, and moved or
+    corrected if a later observation changes its usage or end. Tokens, not dollars, as on Batch.
+    """
+
+    day = models.DateField()
+    model = models.CharField(max_length=128, blank=True)
+    batches = models.IntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", "model"], name="daily_spend_unique_day_model")]
+
+    def __str__(self):
+        return f"{self.day} {self.model}"
+
+    @staticmethod
+    def contribution(row: Batch) -> tuple | None:
+        """What a batch adds to the daily totals: (day, model, tokens...) once it is final with usage, else None."""
+        if not row.is_terminal or row.finished_at is None or row.input_tokens is None:
+            return None
+        tokens = (row.input_tokens, row.cached_input_tokens or 0, row.output_tokens or 0)
+        return (timezone.localdate(row.finished_at), row.model, *tokens)
+
+    @classmethod
+    def count(cls, before: tuple | None, row: Batch) -> None:
+        """Move a batch's share of the totals from what it was (`before`) to what it is now; call inside the
+        transaction that saved the row. A new (day, model) row racing another writer's raises IntegrityError,
+        which rolls the whole recording back for record_batch to retry."""
+        after = cls.contribution(row)
+        if before == after:
+            return
+        if before is not None:
+            cls._add(before, -1)
+        if after is not None:
+            cls._add(after, 1)
+
+    @classmethod
+    @transaction.atomic
+    def rebuild(cls) -> int:
+        """Recompute every daily total from the batches (after a change of TIME_ZONE, or rows written in bulk).
+        Returns the number of daily rows."""
+        totals: dict[tuple, list[int]] = {}
+        finished = Batch.objects.filter(is_terminal=True, finished_at__isnull=False, input_tokens__isnull=False)
+        for finished_at, model, *tokens in finished.values_list("finished_at", "model", *TOKEN_FIELDS).iterator():
+            total = totals.setdefault((timezone.localdate(finished_at), model), [0, 0, 0, 0])
+            total[0] += 1
+            for index, count in enumerate(tokens, start=1):
+                total[index] += count or 0
+        cls.objects.all().delete()
+        rows = [
+            cls(day=day, model=model, batches=n, **dict(zip(TOKEN_FIELDS, tokens, strict=True)))
+            for (day, model), (n, *tokens) in totals.items()
+        ]
+        cls.objects.bulk_create(rows, batch_size=1000)
+        return len(rows)
+
+    @classmethod
+    def _add(cls, contribution: tuple, sign: int) -> None:
+        day, model, *tokens = contribution
+        changes = {name: models.F(name) + sign * value for name, value in zip(TOKEN_FIELDS, tokens, strict=True)}
+        updated = cls.objects.filter(day=day, model=model).update(batches=models.F("batches") + sign, **changes)
+        if not updated and sign > 0:
+            cls.objects.create(day=day, model=model, batches=1, **dict(zip(TOKEN_FIELDS, tokens, strict=True)))
 
 
 class SyncState(models.Model):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 
@@ -52,15 +52,16 @@ class PriceTable:
     source: str
     as_of: str
     override_path: str = ""
+    _found: dict[str, Price | None] = field(default_factory=dict, compare=False, repr=False)
 
     def price_for(self, model: str | None) -> Price | None:
         """The model's own entry, else its family's for a dated name; None when no price is known."""
         if not model:
             return None
-        if model in self.prices:
-            return self.prices[model]
-        family = DATED_SUFFIX.sub("", model)
-        return self.prices.get(family) if family != model else None
+        if model not in self._found:  # Remembered: a page prices the same few models many times.
+            family = DATED_SUFFIX.sub("", model)
+            self._found[model] = self.prices.get(model) or self.prices.get(family)
+        return self._found[model]
 
 
 def load_price_file(path: Path | str) -> tuple[dict[str, Price], dict[str, str]]:

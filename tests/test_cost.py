@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from batches import services
-from batches.models import Batch, SyncState, record_batch
+from batches.models import Batch, DailySpend, SyncState, record_batch
 from batches.upstream import LIST_STATE
 
 pytestmark = pytest.mark.django_db
@@ -144,7 +144,7 @@ def test_the_summary_strip_sums_today_this_month_and_running_batches(viewer_clie
     last_month = int((month_start - timedelta(days=2)).timestamp())
     record_batch(_batch("batch_last_month", completed_at=last_month, usage=(10_000_000, 0, 0)))
 
-    spending = Batch.objects.spending(day_start=day_start, month_start=month_start)
+    spending = Batch.objects.spending(today=timezone.localdate())
     assert spending.today.amount == Decimal("0.45")
     assert spending.month.amount == Decimal("0.45") + (Decimal("0.30") if day_start > month_start else 0)
     assert spending.running.amount == Decimal("0.15")
@@ -153,6 +153,34 @@ def test_the_summary_strip_sums_today_this_month_and_running_batches(viewer_clie
     strip = viewer_client.get("/batches/").text.split('id="summary-spent"')[1].split("</div>")[0]
     assert "$0.45" in strip and "$0.15 so far in running batches" in strip
     assert "leaves out 1 batch of acme-model" in strip and "no price known" in strip
+
+
+def test_a_batch_counts_once_in_the_daily_totals_on_the_day_it_finished():
+    finished = int(timezone.now().timestamp()) - 5
+    record_batch(_batch("batch_a", status="in_progress", usage=(100, 0, 10)))
+    assert not DailySpend.objects.exists()  # running batches are summed live, not in the daily totals
+    record_batch(_batch("batch_a", completed_at=finished, usage=(1000, 100, 50)))
+    record_batch(_batch("batch_a", completed_at=finished, usage=(1000, 100, 50)))  # seen again: no change
+    record_batch(_batch("batch_b", completed_at=finished, usage=(1, 0, 1)))
+    record_batch(_batch("batch_c", completed_at=finished, model="gpt-4.1", usage=(7, 0, 0)))
+    totals = {row.model: row for row in DailySpend.objects.all()}
+    assert set(totals) == {"gpt-4o-mini-2024-07-18", "gpt-4.1"}
+    mini = totals["gpt-4o-mini-2024-07-18"]
+    assert (mini.day, mini.batches, mini.input_tokens, mini.cached_input_tokens, mini.output_tokens) == (
+        timezone.localdate(),
+        2,
+        1001,
+        100,
+        51,
+    )
+
+
+def test_a_later_observation_of_a_final_batch_corrects_its_share():
+    yesterday = int((timezone.now() - timedelta(days=1)).timestamp())
+    record_batch(_batch("batch_a", completed_at=yesterday, usage=(1000, 0, 50)))
+    record_batch(_batch("batch_a", completed_at=yesterday, usage=(1200, 0, 60)))
+    (row,) = DailySpend.objects.all()
+    assert (row.batches, row.input_tokens, row.output_tokens) == (1, 1200, 60)
 
 
 def test_a_price_changed_in_the_override_file_reprices_every_batch(settings, tmp_path, viewer_client):
@@ -207,3 +235,42 @@ def test_the_prices_page_shows_the_table_its_source_and_the_setting(settings, tm
 def test_the_prices_page_needs_a_login(client):
     response = client.get("/batches/prices/")
     assert response.status_code == 302 and "/login" in response["Location"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_fills_usage_and_daily_totals_from_stored_payloads():
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = (
+        [("batches", "0005_batch_verbose_name_plural")],
+        [("batches", "0006_batch_token_usage_and_daily_spend")],
+    )
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    OldBatch = executor.loader.project_state(before).apps.get_model("batches", "Batch")
+    now = timezone.now()
+    for batch_id, usage in (("batch_new", {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4},
+                                            "output_tokens": 5}), ("batch_old", None)):  # fmt: skip
+        OldBatch.objects.create(
+            batch_id=batch_id, status="completed", is_terminal=True, model="gpt-4o-mini", created_at=now,
+            finished_at=now, payload={"id": batch_id, "usage": usage}, payload_hash=batch_id,
+        )  # fmt: skip
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+
+    rows = {row.batch_id: row for row in Batch.objects.all()}
+    assert (rows["batch_new"].input_tokens, rows["batch_new"].cached_input_tokens, rows["batch_new"].output_tokens) == (
+        10,
+        4,
+        5,
+    )
+    assert rows["batch_old"].input_tokens is None
+    (total,) = DailySpend.objects.all()
+    assert (total.day, total.model, total.batches, total.input_tokens) == (
+        timezone.localdate(now),
+        "gpt-4o-mini",
+        1,
+        10,
+    )

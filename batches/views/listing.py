@@ -102,9 +102,8 @@ def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel:
     filters, notices = _parse_filters(query)
     matching = Batch.objects.matching(endpoint=filters.endpoint, model=filters.model, q=filters.q)
     counts = matching.status_counts()
-    today = _start_of_today()
-    summary = Batch.objects.summary(since=today)
-    spending = Batch.objects.spending(day_start=today, month_start=_start_of_month())
+    summary = Batch.objects.summary(since=_start_of_today())
+    spending = Batch.objects.spending(today=timezone.localdate())
     batches = matching.with_status(filters.status).newest_first().defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
     # The status counts hold the number already: spare the paginator a COUNT (a second scan for a search).
@@ -197,7 +196,3 @@ def _status_counts(counts: dict[str, int]) -> list[dict]:
 
 def _start_of_today() -> datetime:
     return timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
-
-
-def _start_of_month() -> datetime:
-    return timezone.make_aware(datetime.combine(timezone.localdate().replace(day=1), time.min))
