@@ -19,10 +19,14 @@ def money(amount: Decimal | None) -> str:
 
 
 @register.simple_tag
-def no_price_known(model: str):
-    """'no price known', linked to the prices page, which says how to add one with BATCHBOARD_PRICES."""
+def no_price_known(model: str, element_id: str):
+    """'no price known', linked to the prices page, which says how to add one with BATCHBOARD_PRICES.
+
+    Every link in a polled fragment has an id, so that focus survives the swap."""
     return format_html(
-        '<a class="no-price" href="{}#add-prices" title="No price is known for {}: add it with {}">no price known</a>',
+        '<a class="no-price" id="{}" href="{}#add-prices" title="No price is known for {}: add it with {}">'
+        "no price known</a>",
+        element_id,
         reverse("batches:prices"),
         model or "this model",
         PRICES_SETTING,
@@ -36,7 +40,7 @@ def cost_cell(batch):
         return format_html('<span class="muted" title="{}">—</span>', "The API has reported no token usage yet")
     cost = batch.cost
     if cost is None:
-        return no_price_known(batch.model)
+        return no_price_known(batch.model, f"no-price-{batch.batch_id}")
     if batch.is_terminal:
         return format_money(cost)
     return format_html('{} <span class="muted">so far</span>', format_money(cost))
