@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.utils.functional import SimpleLazyObject
 
-from batches import upstream
+from batches import sync
 
 
 def batchboard(request):
@@ -11,5 +11,5 @@ def batchboard(request):
         "sandbox_mode": settings.SANDBOX_MODE,
         "batchboard_version": settings.VERSION,
         # Lazy: one small query, and only when a page shows the banner (to logged-in users); never an upstream call.
-        "api_freshness": SimpleLazyObject(upstream.list_freshness),
+        "api_freshness": SimpleLazyObject(sync.list_freshness),
     }

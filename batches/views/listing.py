@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
-from batches import services, upstream
+from batches import services, sync
 from batches.models import ACTIVE_FILTER, Batch, data_version
 
 PAGE_SIZE = 50
@@ -32,6 +32,8 @@ STOP_POLLING = 286
 # Polls of one list URL share a rendering for the refresh interval, and at most this long, so that "3 minutes ago"
 # and an expired cancel claim (the only changes that no data_version() marks) are never older than this on screen.
 FRAGMENT_CACHE_MAX_SECONDS = 10
+# Figures computed per data version are kept this long at most (data_version() marks every change they show).
+DATA_VERSION_CACHE_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,19 @@ class ListFilters:
 @require_safe
 @vary_on_headers("HX-Request")
 def batch_list(request):
-    freshness = upstream.refresh_list()
+    freshness = sync.list_freshness()
+    sync.note_watched(freshness)  # The sync loop refreshes at the short interval while someone is watching.
     can_cancel = request.user.has_perm("batches.cancel_batch")
     if _wants_fragment(request):
         return _table_fragment(request, freshness, can_cancel=can_cancel)
     context = list_context(request.GET, freshness, can_cancel=can_cancel)
-    context["endpoints"], context["models"] = Batch.objects.endpoints_and_models()
+    menus = _per_data_version("menus", context["data_version"], Batch.objects.endpoints_and_models)
+    context["endpoints"], context["models"] = menus
     context["api_freshness"] = freshness  # The auth banner's: the list's own, so no second read.
     return render(request, "batches/batch_list.html", context)
 
 
-def _table_fragment(request, freshness: upstream.Freshness, *, can_cancel: bool) -> HttpResponse:
+def _table_fragment(request, freshness: sync.Freshness, *, can_cancel: bool) -> HttpResponse:
     """The polled table. Many viewers polling one URL get one rendering per change of the data (or per interval)."""
     seconds = min(settings.BATCHBOARD_REFRESH_INTERVAL, FRAGMENT_CACHE_MAX_SECONDS)
     key = _fragment_cache_key(request, freshness, can_cancel=can_cancel) if seconds > 0 else None
@@ -82,26 +86,30 @@ def _table_fragment(request, freshness: upstream.Freshness, *, can_cancel: bool)
     return response
 
 
-def _fragment_cache_key(request, freshness: upstream.Freshness, *, can_cancel: bool) -> str:
+def _fragment_cache_key(request, freshness: sync.Freshness, *, can_cancel: bool) -> str:
     """Everything the fragment's markup depends on but the clock: the URL, what the user may do (it has no CSRF
-    token or other secret: htmx sends the token from <body>), the data (read after this request's refresh, so a
-    rendering is never older than its key), how fresh it is, and the day (the summary counts today's batches)."""
+    token or other secret: htmx sends the token from <body>), the data (its version is read before the rendering, so
+    a rendering is never older than its key), how fresh it is, and the day (the summary counts today's batches)."""
     parts = (
         request.get_full_path(),
         can_cancel,
         request.user.has_perm("batches.create_batch"),
         data_version(),
-        freshness if freshness.may_change else None,
+        freshness.display_key() if freshness.may_change else None,
         timezone.localdate().isoformat(),
     )
     return "batchboard:list-table:" + hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
-def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel: bool) -> dict:
+def list_context(query: QueryDict, freshness: sync.Freshness, *, can_cancel: bool) -> dict:
     """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views."""
     filters, notices = _parse_filters(query)
     matching = Batch.objects.matching(endpoint=filters.endpoint, model=filters.model, q=filters.q)
-    counts = matching.status_counts()
+    version = data_version()
+    if filters.endpoint or filters.model or filters.q:
+        counts = matching.status_counts()
+    else:
+        counts = _per_data_version("status-counts", version, matching.status_counts)
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
     batches = matching.with_status(filters.status).newest_first().defer(*UNUSED_COLUMNS)
@@ -133,8 +141,20 @@ def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel:
         "list_query": list_query,
         "list_url": reverse("batches:list") + (f"?{list_query.urlencode()}" if list_query else ""),
         "can_cancel": can_cancel,
+        "data_version": version,
         "selectable": can_cancel and any(row.is_cancellable and not row.cancel_pending for row in rows),
     }
+
+
+def _per_data_version(name: str, version: tuple, compute):
+    """`compute()`, shared by every request until the data changes: over 100,000 batches the status counts and the
+    filter menus are index scans of tens of milliseconds each, and they change only when a batch is recorded."""
+    key = f"batchboard:list-{name}:" + hashlib.sha256(repr(version).encode()).hexdigest()
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        cache.set(key, value, DATA_VERSION_CACHE_SECONDS)
+    return value
 
 
 def list_query_of(url_path: str | None) -> QueryDict:
