@@ -8,7 +8,7 @@ PORT ?= 8000
 # make run V=2 shows every sync pass and every request.
 V ?= 1
 
-.PHONY: run test lint format install install-dev migrate clean screenshots bench
+.PHONY: run test test-sqlite test-postgres system-packages lint format install install-dev migrate clean screenshots bench
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else "batchboard needs Python 3.12 or newer; found " + sys.version)'
@@ -26,10 +26,12 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements.txt | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# migrate also creates the database cache's table.
 migrate: install
 	$(BIN)/python manage.py migrate --no-input
 
 run: migrate
+	$(BIN)/python manage.py ensure_secret_key
 	$(BIN)/python manage.py ensure_admin --url http://$(HOST):$(PORT)/
 	$(BIN)/python manage.py collectstatic --no-input --verbosity 0
 	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT) -v $(V)
@@ -42,11 +44,24 @@ format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+# Chromium, PostgreSQL and redis-server: installed with apt when missing (as root on Debian), else the command to run.
+system-packages:
+	@scripts/system-packages
+
+# Every test on SQLite, then again on a throwaway PostgreSQL cluster that pg_virtualenv creates and removes.
+test: system-packages lint
 	$(BIN)/python manage.py makemigrations --check --dry-run
+	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory test-postgres
+
+test-sqlite: install-dev
 	$(BIN)/pytest -n 2
 
-bench: migrate
+test-postgres: install-dev
+	pg_virtualenv -t -o fsync=off -o synchronous_commit=off -o full_page_writes=off \
+		sh -c 'DATABASE_URL="postgres://$$PGUSER:$$PGPASSWORD@$$PGHOST:$$PGPORT/$$PGDATABASE" $(BIN)/pytest -n 2'
+
+bench: system-packages migrate
 	$(BIN)/python -m benchmarks
 
 screenshots: install-dev

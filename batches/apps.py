@@ -1,4 +1,11 @@
 from django.apps import AppConfig
+from django.core.management import call_command
+from django.db.models.signals import post_migrate
+
+
+def _create_cache_table(sender, using, verbosity=1, **kwargs):
+    """`migrate` also creates the database cache's table (a no-op with Redis, or when it exists)."""
+    call_command("createcachetable", database=using, verbosity=max(verbosity - 1, 0))
 
 
 class BatchesConfig(AppConfig):
@@ -8,6 +15,8 @@ class BatchesConfig(AppConfig):
     def ready(self):
         from django.contrib.auth.signals import user_logged_in
 
+        from batches import checks  # noqa: F401  (registers the system checks)
         from batches.middleware import stamp_session
 
         user_logged_in.connect(stamp_session, dispatch_uid="batchboard-session-stamp")
+        post_migrate.connect(_create_cache_table, sender=self)

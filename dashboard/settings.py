@@ -70,21 +70,22 @@ def _env_url(name, default):
 
 DEBUG = _env_bool("DJANGO_DEBUG", False)
 
+# Importing the settings never writes anything: `manage.py ensure_secret_key` (run by `make run`) creates this file.
+SECRET_KEY_FILE = BASE_DIR / "var" / "secret_key"
 SECRET_KEY = _env("DJANGO_SECRET_KEY")
+SECRET_KEY_IS_TEMPORARY = False
 if not SECRET_KEY:
     if not DEBUG and _env_bool("DJANGO_REQUIRE_SECRET_KEY", False):
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set.")
-    # A stable per-checkout key so sessions survive restarts of a local install.
-    _key_file = BASE_DIR / "var" / "secret_key"
-    if _key_file.exists():
-        SECRET_KEY = _key_file.read_text().strip()
+    if SECRET_KEY_FILE.exists():
+        SECRET_KEY = SECRET_KEY_FILE.read_text().strip()
     else:
+        # A key for this process only (a system check warns): sessions end when it restarts, and processes that do
+        # not share it cannot read each other's sessions.
         from django.utils.crypto import get_random_string
 
         SECRET_KEY = get_random_string(64)
-        _key_file.parent.mkdir(parents=True, exist_ok=True)
-        _key_file.write_text(SECRET_KEY)
-        _key_file.chmod(0o600)
+        SECRET_KEY_IS_TEMPORARY = True
 
 ALLOWED_HOSTS = [h.strip() for h in _env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
 if not ALLOWED_HOSTS:
@@ -225,7 +226,6 @@ try:
 except Exception as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         # IMMEDIATE makes read-then-write transactions (recording a snapshot) serialize instead of failing.
@@ -238,6 +238,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"batchboard-test-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Shared by every web worker and sync loop (rendered fragments, file sizes): Redis when configured, else a table in
+# the database (created by `migrate`). Never per-process memory, which several workers could not agree on.
+REDIS_URL = _env("REDIS_URL")
+if REDIS_URL:
+    if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured(f"REDIS_URL must be a redis://, rediss:// or unix:// URL; got {REDIS_URL!r}.")
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "batchboard",
+            # A Redis that stops answering fails a request within seconds instead of hanging a worker.
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "batchboard_cache"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -262,11 +280,13 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "dashboard.storage.StaticFilesStorage"},
 }
+# Until `collectstatic` has written its manifest (a fresh clone under `manage.py runserver`), pages link the files
+# under their plain names and whitenoise serves them from static/ directly.
+WHITENOISE_USE_FINDERS = not (STATIC_ROOT / "staticfiles.json").exists()
 
 # Uploads above this size stream to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440

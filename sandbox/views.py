@@ -114,6 +114,8 @@ def _api(view):
             fault = _injected_fault()
             if fault:
                 raise fault
+            if any("\x00" in value for value in kwargs.values()):
+                raise _invalid_url(request)  # No id holds a NUL, and PostgreSQL cannot even compare one.
             if settings.SANDBOX_SEED:
                 seed.ensure_seeded()
             response = view(request, *args, **kwargs)

@@ -1,13 +1,25 @@
-"""Shared fixtures: plain static storage, users with and without permissions, the sandbox over real HTTP."""
+"""Shared fixtures: plain static storage, a cache of each test's own, users with and without permissions, the sandbox
+over real HTTP, a real redis-server, and the database-specific markers."""
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from urllib.parse import quote
 
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.servers.basehttp import WSGIRequestHandler
+from django.db import connection, connections
 from django.test import override_settings
 
 # The test server writes headers and body as separate small packets; with Nagle's algorithm on, every request on a
 # kept-alive connection then waits ~40 ms for the client's delayed ACK.
 WSGIRequestHandler.disable_nagle_algorithm = True
+# Threads a test starts may leave a persistent PostgreSQL connection behind, which stops the test database from being
+# dropped at the end; tests close every connection after use instead.
+connections.settings["default"]["CONN_MAX_AGE"] = 0
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +28,77 @@ def _plain_static_storage(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+
+@pytest.fixture(autouse=True)
+def _cache_of_its_own(settings):
+    """The shared cache (a database table or Redis) outlives a test's transaction: each test gets its own keys."""
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`postgresql` tests run only on PostgreSQL, `sqlite` tests (SQLite's locking, WAL) only on SQLite: `make test`
+    runs the suite once on each."""
+    vendor = connection.vendor
+    for item in items:
+        for marker in ("postgresql", "sqlite"):
+            if item.get_closest_marker(marker) and vendor != marker:
+                item.add_marker(pytest.mark.skip(reason=f"{marker} only; this run is on {vendor}"))
+
+
+@pytest.fixture
+def database_url(transactional_db):
+    """The test database as a DATABASE_URL, for the processes a test starts (they see what it has committed)."""
+    config = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{config['NAME']}"
+    user, password = quote(config["USER"], safe=""), quote(config["PASSWORD"], safe="")
+    return f"postgres://{user}:{password}@{config['HOST'] or 'localhost'}:{config['PORT'] or 5432}/{config['NAME']}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server of this test session's own, on a free port, with nothing saved to disk."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.fail("redis-server is not installed (apt-get install -y redis-server); `make test` installs it.")
+    port = free_port()
+    directory = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _attempt in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_cache(settings, redis_url):
+    """The dashboard's cache on the real Redis, as REDIS_URL configures it."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": f"test-{uuid.uuid4().hex}",
+        }
+    }
+    return redis_url
 
 
 @pytest.fixture(autouse=True)

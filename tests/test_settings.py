@@ -1,6 +1,7 @@
 """Settings come from the environment; a malformed value stops startup with a message naming the variable."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ def _check(**env):
         ("DJANGO_ALLOWED_HOSTS", " , "),
         ("BATCHBOARD_PRICES", "/nonexistent/prices.toml"),
         ("TIKTOKEN_CACHE_DIR", "/nonexistent/tiktoken"),
+        ("REDIS_URL", "localhost:6379"),
     ],
 )
 def test_it_refuses_a_malformed_value_and_names_the_variable(variable, value):
@@ -51,6 +53,11 @@ def test_it_refuses_a_malformed_value_and_names_the_variable(variable, value):
 
 def test_it_starts_with_no_configuration_at_all():
     result = _check()
+    assert result.returncode == 0, result.stderr
+
+
+def test_it_has_no_issue_once_the_secret_key_is_set():
+    result = _check(DJANGO_SECRET_KEY="a-long-random-production-secret-key-for-this-test-only-0123456789")
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
 
@@ -70,3 +77,46 @@ def test_it_starts_with_a_valid_price_file(tmp_path):
     prices.write_text('[models."my-model"]\ninput = 1\noutput = 2.5\n')
     result = _check(BATCHBOARD_PRICES=str(prices))
     assert result.returncode == 0, result.stderr
+
+
+def test_importing_the_settings_writes_nothing_to_disk(tmp_path):
+    """Not the secret key, not the database's, static files' or sandbox's folders: `make run` creates those."""
+    shutil.copytree(ROOT / "dashboard", tmp_path / "dashboard")
+    before = sorted(tmp_path.rglob("*"))
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SANDBOX_", "DJANGO_"))}
+    environment.pop("DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-c", "import dashboard.settings as s; print(s.SECRET_KEY_IS_TEMPORARY)"],
+        cwd=tmp_path,
+        env={**environment, "PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"  # No key anywhere: a temporary one, and a system check says so.
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_ensure_secret_key_writes_a_private_key_once_that_the_settings_then_read(tmp_path):
+    shutil.copytree(ROOT / "dashboard", tmp_path / "dashboard")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SANDBOX_", "DJANGO_"))}
+    environment["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    environment["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])  # this copy's settings, the real apps
+    environment["DJANGO_SETTINGS_MODULE"] = "dashboard.settings"
+
+    def manage(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "django", *args], cwd=tmp_path, env=environment, capture_output=True, text=True
+        )
+
+    first = manage("ensure_secret_key")
+    key_file = tmp_path / "var" / "secret_key"
+    key = key_file.read_text()
+    second = manage("ensure_secret_key")
+    check = manage("check")
+
+    assert first.returncode == 0, first.stderr
+    assert len(key) >= 50 and key_file.stat().st_mode & 0o777 == 0o600
+    assert "configured already" in second.stdout and key_file.read_text() == key
+    assert "batchboard.W001" not in check.stderr + check.stdout

@@ -349,11 +349,11 @@ def test_the_command_rejects_a_bad_interval():
 
 
 @pytest.mark.usefixtures("transactional_db")
-def test_the_loop_command_stops_on_sigterm_with_status_0(sandbox_url):
+def test_the_loop_command_stops_on_sigterm_with_status_0(sandbox_url, database_url):
     _create_sandbox_batch()
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url,
         "SANDBOX_URL": sandbox_url,
         "OPENAI_API_KEY": "",
         "OPENAI_MAX_RETRIES": "0",

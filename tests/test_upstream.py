@@ -111,7 +111,7 @@ def cached_running_batch(transactional_db, api):
     return api.add("in_progress")
 
 
-@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's write lock")
+@pytest.mark.sqlite
 def test_pages_show_the_cache_while_the_database_is_too_busy_to_record_a_refresh(
     cached_running_batch, viewer_client, locked_database
 ):
