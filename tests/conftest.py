@@ -1,6 +1,7 @@
 """Shared fixtures: plain static storage, a cache of each test's own, users with and without permissions, the sandbox
 over real HTTP, a real redis-server, and the database-specific markers."""
 
+import os
 import shutil
 import socket
 import subprocess
@@ -9,6 +10,8 @@ import uuid
 from urllib.parse import quote
 
 import pytest
+import requests
+from django.conf import settings as django_settings
 from django.contrib.auth.models import Permission
 from django.core.servers.basehttp import WSGIRequestHandler
 from django.db import connection, connections
@@ -189,3 +192,71 @@ def viewer_client(client, viewer):
 def operator_client(client, operator):
     client.force_login(operator)
     return client
+
+
+class Processes:
+    """Processes a test starts (servers, sync loops), each logging to a file, all killed when the test ends."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.running = []
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.directory / f"{name}.log", "w+b")  # noqa: SIM115 (closed at teardown)
+        process = subprocess.Popen(
+            command, env=env, cwd=django_settings.BASE_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        process.log_path = self.directory / f"{name}.log"
+        self.running.append((process, log))
+        return process
+
+    def output(self, process) -> str:
+        return process.log_path.read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for process, _log in self.running:
+            if process.poll() is None:
+                process.terminate()
+        for process, log in self.running:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+        self.running = []
+
+
+@pytest.fixture
+def processes(tmp_path):
+    started = Processes(tmp_path)
+    yield started
+    started.stop_all()
+
+
+def wait_until_serving(url: str, timeout: float = 60) -> None:
+    """Return once `url` answers over HTTP at all; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=5, allow_redirects=False)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    pytest.fail(f"nothing answered at {url} within {timeout:g} s")
+
+
+def process_environment(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a dashboard process a test starts: this test's database, the test session's secret key
+    (so sessions made here are valid there), sandbox mode, and nothing of the caller's OPENAI_/SANDBOX_ settings."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SANDBOX_", "DJANGO_"))}
+    environment.pop("REDIS_URL", None)
+    environment.update(
+        DATABASE_URL=database_url,
+        DJANGO_SECRET_KEY=django_settings.SECRET_KEY,
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        SANDBOX_SEED="false",
+        PYTHONUNBUFFERED="1",
+    )
+    environment.update(extra)
+    return environment
