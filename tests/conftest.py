@@ -254,6 +254,7 @@ def process_environment(database_url: str, **extra: str) -> dict[str, str]:
     environment.update(
         DATABASE_URL=database_url,
         DJANGO_SECRET_KEY=django_settings.SECRET_KEY,
+        DJANGO_SETTINGS_MODULE="dashboard.settings",
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         SANDBOX_SEED="false",
         PYTHONUNBUFFERED="1",
