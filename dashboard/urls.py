@@ -1,10 +1,13 @@
-"""Top-level URLs: the dashboard, login, logout and password change, admin and the built-in sandbox API."""
+"""Top-level URLs: the dashboard, login, logout and password change, admin, health probes and metrics, and the
+built-in sandbox API."""
 
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
+
+from batches.views import health
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="batches:list", permanent=False)),
@@ -15,6 +18,9 @@ urlpatterns = [
     path("accounts/password_change/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password_change/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics_view, name="metrics"),
 ]
 if settings.SANDBOX_ENABLED:
     # Bearer-authenticated with a well-known key, so it is only served where it is the upstream (no real key).

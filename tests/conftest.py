@@ -241,7 +241,7 @@ def wait_until_serving(url: str, timeout: float = 60) -> None:
         try:
             requests.get(url, timeout=5, allow_redirects=False)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.2)
     pytest.fail(f"nothing answered at {url} within {timeout:g} s")
 

@@ -1,0 +1,95 @@
+"""The figures /metrics exposes, read from the database at scrape time.
+
+Nothing is counted in process memory: every gunicorn worker answers a scrape with the same figures, whichever one
+Prometheus reaches, and a restarted worker loses nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import OuterRef, Subquery
+from django.utils import timezone
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from batches import services
+from batches.history import STUCK_AFTER
+from batches.models import Batch, BatchSnapshot, SyncState
+from batches.upstream import LIST_STATE
+
+
+def entered_current_status() -> list[tuple[str, datetime]]:
+    """(status, when it was first observed in it) for every batch that can still change."""
+    first_in_status = BatchSnapshot.objects.filter(batch=OuterRef("pk"), status=OuterRef("status")).order_by(
+        "observed_at"
+    )
+    rows = Batch.objects.active().annotate(entered_at=Subquery(first_in_status.values("observed_at")[:1]))
+    return [
+        (status, entered or first_seen)
+        for status, entered, first_seen in rows.values_list("status", "entered_at", "first_seen_at")
+    ]
+
+
+class DashboardCollector:
+    """A prometheus_client collector over the cache and the sync's bookkeeping."""
+
+    def collect(self):
+        now = timezone.now()
+        counts = Batch.objects.status_counts()
+        batches = GaugeMetricFamily("batchboard_batches", "Batches in the cache, by status.", labels=["status"])
+        for status in services.STATUSES:
+            batches.add_metric([status], counts.get(status, 0))
+        yield batches
+
+        in_flight = Batch.objects.summary(since=now)["requests_in_flight"]
+        yield GaugeMetricFamily(
+            "batchboard_requests_in_flight", "Requests of running batches not processed yet.", value=in_flight
+        )
+
+        oldest: dict[str, float] = {}
+        stuck = dict.fromkeys(STUCK_AFTER, 0)
+        for status, entered_at in entered_current_status():
+            age = max((now - entered_at).total_seconds(), 0.0)
+            oldest[status] = max(oldest.get(status, 0.0), age)
+            if status in STUCK_AFTER and age > STUCK_AFTER[status].total_seconds():
+                stuck[status] += 1
+        ages = GaugeMetricFamily(
+            "batchboard_oldest_batch_in_status_seconds",
+            "How long the batch longest in each status that can still change has been in it (first observed).",
+            labels=["status"],
+        )
+        for status in sorted(oldest):
+            ages.add_metric([status], oldest[status])
+        yield ages
+        stuck_family = GaugeMetricFamily(
+            "batchboard_batches_stuck",
+            "Batches in a status for longer than the detail page's warning threshold for it.",
+            labels=["status"],
+        )
+        for status, count in stuck.items():
+            stuck_family.add_metric([status], count)
+        yield stuck_family
+
+        yield from _sync_figures(SyncState.objects.filter(name=LIST_STATE).first(), now)
+
+
+def _sync_figures(state: SyncState | None, now: datetime):
+    succeeded = state.succeeded_at if state else None
+    if succeeded is not None:
+        yield GaugeMetricFamily(
+            "batchboard_sync_lag_seconds",
+            "Seconds since the list was last refreshed from the API in full.",
+            value=max((now - succeeded).total_seconds(), 0.0),
+        )
+    yield GaugeMetricFamily(
+        "batchboard_sync_consecutive_failures",
+        "List refreshes that failed in a row (0 while the API answers).",
+        value=state.consecutive_failures if state else 0,
+    )
+
+
+def render() -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DashboardCollector())
+    return generate_latest(registry)

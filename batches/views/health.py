@@ -1,0 +1,77 @@
+"""Probes for a process manager or load balancer (/healthz, /readyz) and Prometheus's scrape (/metrics)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.core.cache import cache
+from django.db import DatabaseError, connection
+from django.http import Http404, HttpResponse
+from django.utils import timezone
+from django.utils.crypto import constant_time_compare
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from batches import metrics
+from batches.models import SyncState
+from batches.upstream import LIST_STATE
+
+
+def _text(body: str, status: int = 200) -> HttpResponse:
+    return HttpResponse(body + "\n", status=status, content_type="text/plain; charset=utf-8")
+
+
+@login_not_required
+@never_cache
+@require_safe
+def healthz(request):
+    """The process answers: nothing else is checked, and nothing is said."""
+    return _text("ok")
+
+
+@login_not_required
+@never_cache
+@require_safe
+def readyz(request):
+    """Ready to serve: the database answers, the shared cache answers, and the list was synced recently."""
+    problem = _readiness_problem()
+    return _text(f"not ready: {problem}", status=503) if problem else _text("ready")
+
+
+def _readiness_problem() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        state = SyncState.objects.filter(name=LIST_STATE).first()
+    except DatabaseError as exc:
+        return f"the database does not answer ({type(exc).__name__})"
+    try:
+        cache.get("batchboard:readyz")
+    except Exception as exc:  # Any backend's failure (redis.ConnectionError, a database error) means not ready.
+        return f"the cache does not answer ({type(exc).__name__})"
+    limit = timedelta(seconds=settings.BATCHBOARD_SYNC_STALE_AFTER)
+    if state is None or state.claimed_at is None:
+        return "no sync pass has run yet (is `manage.py sync_batches --loop` running?)"
+    age = timezone.now() - state.claimed_at
+    if age > limit:
+        return f"no sync pass for {int(age.total_seconds())} s (more than {int(limit.total_seconds())} s)"
+    return ""
+
+
+@login_not_required
+@never_cache
+@require_safe
+def metrics_view(request):
+    """Prometheus's text format, for a bearer of BATCHBOARD_METRICS_TOKEN; not there at all without one."""
+    token = settings.BATCHBOARD_METRICS_TOKEN
+    if not token:
+        raise Http404("Metrics are off: set BATCHBOARD_METRICS_TOKEN.")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not constant_time_compare(given.strip(), token):
+        response = _text("A bearer token is required (BATCHBOARD_METRICS_TOKEN).", status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="batchboard metrics"'
+        return response
+    return HttpResponse(metrics.render(), content_type=CONTENT_TYPE_LATEST)
