@@ -150,6 +150,20 @@ class PassOutcome:
         }
         return f"{line} ({reasons[result.stopped]})" if result.stopped else line
 
+    def log_context(self) -> dict:
+        """The pass's figures as fields of its log line (keys of the JSON object with BATCHBOARD_LOG_FORMAT=json)."""
+        result = self.result or SyncResult()
+        return {
+            "outcome": "failed" if self.error else "ran" if self.ran else "skipped",
+            "pages": result.pages,
+            "calls": result.pages + result.retrieved,
+            "seen": result.seen,
+            "changed": result.changed,
+            "retrieved": result.retrieved,
+            "imported": result.imported,
+            "seconds": round(self.seconds, 3),
+        }
+
 
 @dataclass(frozen=True)
 class LoopStatus:
@@ -355,7 +369,9 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
     """
     holder = new_holder()
     wake_every = max(wake_every or settings.BATCHBOARD_REFRESH_INTERVAL, 0.05)
+    pass_number = 0
     while not stop.is_set():
+        pass_number += 1
         close_old_connections()
         try:
             outcome = run_pass(holder=holder, stop=stop)
@@ -364,11 +380,13 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
         except Exception:
             logger.exception("sync pass failed unexpectedly")
         else:
+            context = {"pass_number": pass_number, **outcome.log_context()}
             if outcome.error:
-                logger.warning("%s", outcome.describe())
+                logger.warning("%s", outcome.describe(), extra=context)
             elif outcome.ran:
                 changed = outcome.changed or (outcome.result and (outcome.result.imported or outcome.result.stopped))
-                logger.log(logging.DEBUG if quiet and not changed else logging.INFO, "%s", outcome.describe())
+                level = logging.DEBUG if quiet and not changed else logging.INFO
+                logger.log(level, "%s", outcome.describe(), extra=context)
         finally:
             close_old_connections()
         stop.wait(wake_every)

@@ -185,6 +185,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "batches.request_log.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -350,13 +351,27 @@ AXES_CLIENT_IP_CALLABLE = "audit.client.client_ip"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_SENSITIVE_PARAMETERS = ["password"]
 
+# "plain" for a terminal, "json" for a log platform: one object per line, with the request's or the sync pass's context.
+BATCHBOARD_LOG_FORMAT = _env("BATCHBOARD_LOG_FORMAT", "plain").lower()
+if BATCHBOARD_LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"BATCHBOARD_LOG_FORMAT must be plain or json; got {BATCHBOARD_LOG_FORMAT!r}.")
+_log_level = _env("BATCHBOARD_LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"()": "batches.log_format.PlainFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "batches.log_format.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": BATCHBOARD_LOG_FORMAT}},
     "loggers": {
-        "batches": {"handlers": ["console"], "level": _env("BATCHBOARD_LOG_LEVEL", "INFO"), "propagate": False},
+        "batches": {"handlers": ["console"], "level": _log_level, "propagate": False},
+        # A line per request for a log platform; in a terminal the development server prints its own.
+        "batches.requests": {
+            "handlers": ["console"],
+            "level": _log_level if BATCHBOARD_LOG_FORMAT == "json" else "WARNING",
+            "propagate": False,
+        },
         "sandbox": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         "audit": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # django-axes logs each failed login and lockout (username and IP, never the password).

@@ -44,7 +44,7 @@ class Command(BaseCommand):
                     sync.sync_loop(stop, wake_every=interval)
                 else:
                     outcome = sync.run_pass(force=True, stop=stop)
-                    logger.info("%s", outcome.describe())
+                    logger.info("%s", outcome.describe(), extra={"pass_number": 1, **outcome.log_context()})
                     if outcome.error:
                         raise CommandError("The sync pass failed (see above).")
         except KeyboardInterrupt:

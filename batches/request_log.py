@@ -1,0 +1,37 @@
+"""One log line per request, with a request id that the response carries too (X-Request-ID)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+logger = logging.getLogger("batches.requests")
+
+# A proxy's own request id is kept when it looks like one, so a line can be followed from the proxy to here.
+INCOMING_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+
+
+class RequestLogMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.monotonic()
+        incoming = request.headers.get("X-Request-ID", "")
+        request.request_id = incoming if INCOMING_ID.fullmatch(incoming) else uuid.uuid4().hex
+        response = self.get_response(request)
+        response["X-Request-ID"] = request.request_id
+        user = getattr(request, "user", None)
+        context = {
+            "request_id": request.request_id,
+            "user": user.get_username() if user is not None and user.is_authenticated else "",
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        }
+        level = logging.ERROR if response.status_code >= 500 else logging.INFO
+        logger.log(level, "%s %s %s", request.method, request.path, response.status_code, extra=context)
+        return response
