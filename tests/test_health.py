@@ -4,6 +4,7 @@ import re
 from datetime import timedelta
 
 import pytest
+import yaml
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -139,8 +140,6 @@ def test_metrics_cost_the_same_queries_for_many_running_batches(client, settings
 
 
 def test_the_sample_alert_rules_use_only_metrics_that_are_exposed(client, settings):
-    import yaml
-
     settings.BATCHBOARD_METRICS_TOKEN = TOKEN
     _synced()
     exposed = {name for name, _labels in _scrape(client)}

@@ -1,0 +1,420 @@
+"""The production setup measured: pages over 100,000 batches on PostgreSQL beside SQLite, and 50 viewers polling
+3 gunicorn workers on PostgreSQL with Redis.
+
+`python -m benchmarks.production [--batches 100000] [--requests 30] [--viewers 50] [--seconds 30]`
+
+Pages: for each database a child process fills a scratch database (a SQLite file in a temporary folder; a throwaway
+PostgreSQL cluster from pg_virtualenv) with --batches batches (1 % of them running) and one snapshot each, then times
+the list, its polled fragment (rendered, and served from the shared rendering) and a running batch's detail
+in-process with Django's test client, the cache fresh so no request calls upstream. Load: in a throwaway PostgreSQL
+cluster beside a redis-server of its own, gunicorn serves the dashboard with 3 workers, another gunicorn serves the
+sandbox (its access log counts upstream calls), one sync loop runs as in production, and --viewers viewers poll the
+table fragment every interval for --seconds seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS_MS = {"list": 25.0, "fragment (rendered)": 10.0, "fragment (shared)": 10.0, "detail (running)": 25.0}
+INTERVAL = 2.0
+RUNNING_SHARE = 100  # one batch in this many is running
+PG_OPTIONS = ["-o", "fsync=off", "-o", "synchronous_commit=off", "-o", "full_page_writes=off"]
+PG_URL = 'DATABASE_URL="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$PGDATABASE"'
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.production", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=100_000, help="Batches in the cache (default: 100000).")
+    parser.add_argument("--requests", type=int, default=30, help="Timed requests per page (default: 30).")
+    parser.add_argument("--viewers", type=int, default=50, help="Viewers polling gunicorn (default: 50).")
+    parser.add_argument("--seconds", type=float, default=30.0, help="How long they poll (default: 30).")
+    parser.add_argument("--child", choices=["pages", "load"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child == "pages":
+        print(json.dumps(_measure_pages(args.batches, args.requests)))
+        return 0
+    if args.child == "load":
+        print(json.dumps(_measure_load(args.viewers, args.seconds)))
+        return 0
+    return _run(args)
+
+
+# --- The parent: runs each measurement in its own process and database, prints the figures side by side ---------
+
+
+def _run(args) -> int:
+    if shutil.which("pg_virtualenv") is None or shutil.which("redis-server") is None:
+        print("This benchmark needs postgresql and redis-server: run `make bench`, which installs them.")
+        return 1
+    own = [sys.executable, "-m", "benchmarks.production"]
+    pages_args = ["--child", "pages", "--batches", str(args.batches), "--requests", str(args.requests)]
+    print(f"Filling a scratch SQLite database and a throwaway PostgreSQL cluster with {args.batches:,} batches each...")
+    with tempfile.TemporaryDirectory(prefix="batchboard-bench-") as scratch:
+        sqlite = _child([*own, *pages_args], {"DATABASE_URL": f"sqlite:///{scratch}/bench.sqlite3"})
+    postgresql = _child(_in_postgresql([*own, *pages_args]), {})
+    print(f"\nServer time per page over {args.batches:,} batches ({args.requests} requests each, in-process):")
+    print(f"  {'page':<22}{'SQLite median':>14}{'p95':>9}{'PostgreSQL median':>19}{'p95':>9}{'queries':>9}  target")
+    for page, target in TARGETS_MS.items():
+        lite, pg = sqlite[page], postgresql[page]
+        verdict = "ok" if max(lite["median"], pg["median"]) <= target else "MISSED"
+        print(
+            f"  {page:<22}{lite['median']:>12.1f}ms{lite['p95']:>7.1f}ms{pg['median']:>17.1f}ms{pg['p95']:>7.1f}ms"
+            f"{pg['queries']:>9}  ≤ {target:g} ms median: {verdict}"
+        )
+    print(
+        f"\n{args.viewers} viewers poll the table fragment every {INTERVAL:g} s for {args.seconds:g} s "
+        "(gunicorn with 3 workers, PostgreSQL, Redis, one sync loop):"
+    )
+    load_args = ["--child", "load", "--viewers", str(args.viewers), "--seconds", str(args.seconds)]
+    load = _child(_in_postgresql([*own, *load_args]), {})
+    print(
+        f"  polls: {load['answered']:,} answered, {load['failed']} failed; poll time median {load['median']:.1f} ms, "
+        f"p95 {load['p95']:.1f} ms"
+    )
+    per_interval = load["walks"] / (load["seconds"] / INTERVAL)
+    verdict = "ok" if per_interval <= 1.0 else "MISSED"
+    print(
+        f"  upstream: {load['walks']} list walks and {load['calls']} calls in {load['seconds']:.1f} s = "
+        f"{per_interval:.2f} walks and {load['calls'] / (load['seconds'] / INTERVAL):.2f} calls per {INTERVAL:g} s "
+        f"interval  ≤ 1 walk per interval: {verdict}"
+    )
+    return 0
+
+
+def _in_postgresql(command: list[str]) -> list[str]:
+    """`command` inside a throwaway PostgreSQL cluster (created and removed by pg_virtualenv), with DATABASE_URL."""
+    quoted = " ".join(f"'{part}'" for part in command)
+    return ["pg_virtualenv", "-t", *PG_OPTIONS, "sh", "-c", f"{PG_URL} exec {quoted}"]
+
+
+def _child(command: list[str], environment: dict[str, str]) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDBOX_", "OPENAI_", "BATCHBOARD_", "REDIS"))}
+    env.update(environment, DJANGO_SETTINGS_MODULE="dashboard.settings", BATCHBOARD_LOG_LEVEL="WARNING")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]  # pg_virtualenv talks too
+    if done.returncode != 0 or not lines:
+        sys.exit(f"{' '.join(command[:4])}... failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+# --- Pages, in a child process with its own database -----------------------------------------------------------
+
+
+def _setup_django():
+    os.environ.setdefault("SANDBOX_SEED", "false")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    return settings
+
+
+def _fill(batches: int) -> str:
+    """Bulk-insert `batches` batches with one snapshot each; returns a running batch's id (with 50 snapshots)."""
+    from django.utils import timezone
+
+    from batches import services
+    from batches.models import Batch, BatchSnapshot, payload_digest
+
+    newest = int(time.time()) - 60
+    now = timezone.now()
+    running_id = ""
+    for start in range(0, batches, 2000):
+        rows = []
+        for n in range(start, min(start + 2000, batches)):
+            running = n % RUNNING_SHARE == 1
+            payload = _payload(f"batch_prod{n:07d}", newest - n * 60, running)
+            row = Batch(batch_id=payload["id"], first_seen_at=now)
+            row._apply(services.Batch.from_api(payload), payload_digest(payload), now)
+            row.last_seen_at = row.last_changed_at = now
+            rows.append(row)
+            running_id = running_id or (payload["id"] if running else "")
+        Batch.objects.bulk_create(rows)
+        BatchSnapshot.objects.bulk_create(
+            [
+                BatchSnapshot(
+                    batch=row,
+                    observed_at=now,
+                    status=row.status,
+                    total_requests=row.total_requests,
+                    completed_requests=row.completed_requests,
+                    failed_requests=row.failed_requests,
+                    payload=row.payload,
+                    payload_hash=row.payload_hash,
+                )
+                for row in rows
+            ]
+        )
+    row = Batch.objects.get(batch_id=running_id)
+    history = []
+    for step in range(1, 50):
+        payload = {**row.payload, "request_counts": {"total": 1000, "completed": step * 7, "failed": 0}}
+        history.append(
+            BatchSnapshot(
+                batch=row,
+                observed_at=now,
+                status=row.status,
+                total_requests=1000,
+                completed_requests=step * 7,
+                failed_requests=0,
+                payload=payload,
+                payload_hash=payload_digest(payload),
+            )
+        )
+    BatchSnapshot.objects.bulk_create(history)
+    return running_id
+
+
+def _payload(batch_id: str, created: int, running: bool) -> dict:
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "model": "gpt-4o-mini",
+        "input_file_id": f"file-in{batch_id[-7:]}",
+        "output_file_id": None if running else f"file-out{batch_id[-7:]}",
+        "error_file_id": None,
+        "completion_window": "24h",
+        "status": "in_progress" if running else "completed",
+        "created_at": created,
+        "in_progress_at": created + 5,
+        "expires_at": created + 86_400,
+        "finalizing_at": None if running else created + 50,
+        "completed_at": None if running else created + 60,
+        "request_counts": {"total": 1000, "completed": 400 if running else 1000, "failed": 0},
+        "metadata": {"description": f"nightly eval {batch_id[-4:]}"},
+    }
+
+
+def _measure_pages(batches: int, requests: int) -> dict:
+    settings = _setup_django()
+    from django.contrib.auth import get_user_model
+    from django.core.cache import cache
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from batches.models import Batch, SyncState
+    from batches.upstream import LIST_STATE
+
+    running_id = _fill(batches)
+    settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0
+    settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # nothing may call upstream: it would fail here
+    now = timezone.now()
+    SyncState.objects.update_or_create(name=LIST_STATE, defaults={"claimed_at": now, "succeeded_at": now})
+    row = Batch.objects.get(batch_id=running_id)
+    cache.set(f"batchboard:file-bytes:{row.input_file_id}", 123_456, None)
+    user = get_user_model().objects.create_superuser("bench", password=None)
+    client = Client()
+    client.force_login(user)
+    fragment = {"HTTP_HX_REQUEST": "true"}
+    pages = {
+        "list": ("/batches/", {}, None),
+        "fragment (rendered)": ("/batches/", fragment, cache.clear),
+        "fragment (shared)": ("/batches/", fragment, None),
+        "detail (running)": (f"/batches/{running_id}/", {}, None),
+    }
+    figures = {}
+    for name, (url, headers, before) in pages.items():
+        times = []
+        for attempt in range(requests + 3):
+            if before:
+                before()
+            started = time.perf_counter()
+            with CaptureQueriesContext(connection) as queries:
+                response = client.get(url, **headers)
+            elapsed = (time.perf_counter() - started) * 1000
+            assert response.status_code in (200, 286), (name, response.status_code)
+            if attempt >= 3:  # the first ones warm up connections and caches
+                times.append(elapsed)
+        figures[name] = {"median": statistics.median(times), "p95": _p95(times), "queries": len(queries)}
+    return figures
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+
+
+# --- Load, in a child process inside the PostgreSQL cluster -------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _measure_load(viewers: int, seconds: float) -> dict:
+    scratch = Path(tempfile.mkdtemp(prefix="batchboard-bench-load-"))
+    redis_port, sandbox_port, web_port = _free_port(), _free_port(), _free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}/sandbox/v1"
+    os.environ.update(
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        SANDBOX_URL=sandbox_url,
+        SANDBOX_SPEED="1",  # the batches stay running through the run: every poll could change something
+        SANDBOX_FILES_DIR=str(scratch / "sandbox-files"),
+        BATCHBOARD_REFRESH_INTERVAL=str(INTERVAL),
+        DJANGO_SECRET_KEY="benchmark-secret-key-" + "x" * 40,
+    )
+    started = []
+
+    def start(command, log):
+        started.append(subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+
+    upstream_log = scratch / "upstream.log"
+    gunicorn = [sys.executable, "-m", "gunicorn", "dashboard.wsgi"]
+    try:
+        with open(scratch / "processes.log", "w") as log:
+            start(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"], log)
+            settings = _setup_django()
+            start(
+                [
+                    *gunicorn,
+                    *("--bind", f"127.0.0.1:{sandbox_port}", "--workers", "1", "--threads", "16"),
+                    *("--access-logfile", str(upstream_log), "--access-logformat", "%(m)s %(U)s ?%(q)s %(a)s"),
+                ],
+                log,
+            )
+            start([*gunicorn, "--bind", f"127.0.0.1:{web_port}", "--workers", "3", "--threads", "4"], log)
+            for port in (sandbox_port, web_port):
+                _wait_for(f"http://127.0.0.1:{port}/healthz")
+            _create_running_batches(sandbox_url, 20)
+            start([sys.executable, "manage.py", "sync_batches", "--loop", "--interval", str(INTERVAL)], log)
+            cookie = _session_cookie(settings)
+            offset = upstream_log.stat().st_size
+            began = time.monotonic()
+            times, failures = _poll(f"http://127.0.0.1:{web_port}/batches/", cookie, viewers, seconds)
+            elapsed = time.monotonic() - began
+            # The dashboard's client names itself in User-Agent; the benchmark's own calls above do not count.
+            calls = [line for line in upstream_log.read_text()[offset:].splitlines() if " batchboard/" in line]
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            process.wait(timeout=30)
+        shutil.rmtree(scratch, ignore_errors=True)
+    walks = [line for line in calls if line.startswith("GET ") and line.split()[1].endswith("/batches")]
+    walks = [line for line in walks if "after=" not in line.split()[2]]
+    return {
+        "answered": len(times),
+        "failed": failures,
+        "median": statistics.median(times) if times else 0.0,
+        "p95": _p95(times) if times else 0.0,
+        "walks": len(walks),
+        "calls": len(calls),
+        "seconds": elapsed,
+    }
+
+
+def _wait_for(url: str, timeout: float = 60.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=5)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise SystemExit(f"nothing answered at {url}")
+
+
+def _create_running_batches(sandbox_url: str, count: int) -> None:
+    import requests
+
+    headers = {"Authorization": "Bearer sk-sandbox"}
+    line = {
+        "custom_id": "request-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]},
+    }
+    upload = requests.post(
+        f"{sandbox_url}/files",
+        headers=headers,
+        data={"purpose": "batch"},
+        files={"file": ("input.jsonl", json.dumps(line).encode() + b"\n")},
+        timeout=30,
+    )
+    upload.raise_for_status()
+    for _ in range(count):
+        requests.post(
+            f"{sandbox_url}/batches",
+            headers=headers,
+            json={"input_file_id": upload.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+            timeout=30,
+        ).raise_for_status()
+
+
+def _session_cookie(settings) -> str:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    user = get_user_model().objects.create_user("viewer", password=None)
+    client = Client()
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+def _poll(url: str, cookie: str, viewers: int, seconds: float) -> tuple[list[float], int]:
+    import random
+
+    import requests
+
+    times: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def viewer(seed: int) -> None:
+        rng = random.Random(seed)
+        session = requests.Session()
+        session.cookies.set("sessionid", cookie, domain="127.0.0.1")
+        time.sleep(rng.uniform(0, INTERVAL))
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            try:
+                response = session.get(url, headers={"HX-Request": "true"}, timeout=30)
+                ok = response.status_code in (200, 286)
+            except requests.RequestException:
+                ok = False
+            elapsed = (time.perf_counter() - started) * 1000
+            with lock:
+                if ok:
+                    times.append(elapsed)
+                else:
+                    failures[0] += 1
+            time.sleep(max(INTERVAL - elapsed / 1000, 0))
+
+    threads = [threading.Thread(target=viewer, args=(seed,)) for seed in range(viewers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return times, failures[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
