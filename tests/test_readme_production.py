@@ -56,7 +56,7 @@ def new_database(transactional_db):
         cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_the_readme_production_commands_serve_the_dashboard(new_database, processes, tmp_path):
+def test_the_readme_production_commands_serve_the_dashboard(new_database, redis_url, processes, tmp_path):
     exported, commands = readme_commands()
     port = free_port()
     test_values = {
@@ -66,6 +66,7 @@ def test_the_readme_production_commands_serve_the_dashboard(new_database, proces
         "DJANGO_BEHIND_HTTPS_PROXY": "true",
         "DATABASE_URL": new_database,
         "OPENAI_API_KEY": "",  # the sandbox, served by this very gunicorn, is the upstream
+        "REDIS_URL": redis_url,
     }
     assert sorted(exported) == sorted(test_values)
     environment = process_environment(

@@ -63,7 +63,7 @@ def browser():
 
     executable = shutil.which("chromium")
     if executable is None:
-        pytest.fail("Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it.")
+        pytest.fail("Debian's chromium is not installed (apt-get install -y chromium); `make test` installs it.")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         yield browser
