@@ -33,6 +33,6 @@ class RequestLogMiddleware:
             "status": response.status_code,
             "duration_ms": round((time.monotonic() - started) * 1000, 1),
         }
-        level = logging.ERROR if response.status_code >= 500 else logging.INFO
-        logger.log(level, "%s %s %s", request.method, request.path, response.status_code, extra=context)
+        # INFO even for a 5xx: django.request already reports those as errors, with their traceback.
+        logger.info("%s %s %s", request.method, request.path, response.status_code, extra=context)
         return response
