@@ -26,12 +26,12 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements.txt | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# migrate also creates the database cache's table.
+# migrate also creates the database cache's table. A local install keeps its secret key in var/secret_key.
 migrate: install
+	$(BIN)/python manage.py ensure_secret_key
 	$(BIN)/python manage.py migrate --no-input
 
 run: migrate
-	$(BIN)/python manage.py ensure_secret_key
 	$(BIN)/python manage.py ensure_admin --url http://$(HOST):$(PORT)/
 	$(BIN)/python manage.py collectstatic --no-input --verbosity 0
 	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT) -v $(V)

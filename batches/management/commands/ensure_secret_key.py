@@ -8,6 +8,7 @@ from django.utils.crypto import get_random_string
 
 
 class Command(BaseCommand):
+    requires_system_checks = []  # one of them warns about the very key this command is about to write
     help = (
         "Write a random secret key to var/secret_key unless it exists (or DJANGO_SECRET_KEY is set), so that sessions "
         "survive restarts of a local install. `make run` runs it; in production set DJANGO_SECRET_KEY instead."
