@@ -337,6 +337,8 @@ if HTTPS:
         # Joining the browsers' preload list is the domain owner's decision, made with DJANGO_HSTS_PRELOAD.
         SILENCED_SYSTEM_CHECKS.append("security.W021")
     SECURE_SSL_REDIRECT = _env_bool("DJANGO_SSL_REDIRECT", True)
+    # Load balancers and process managers probe the web server directly, over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
     if not SECURE_SSL_REDIRECT:
         # DJANGO_SSL_REDIRECT=false says the proxy already redirects http to https.
         SILENCED_SYSTEM_CHECKS.append("security.W008")

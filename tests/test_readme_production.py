@@ -62,7 +62,7 @@ def test_the_readme_production_commands_serve_the_dashboard(new_database, redis_
     test_values = {
         "DJANGO_SECRET_KEY": "a-long-random-secret-key-for-the-readme-test-0123456789abcdef",
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_SECURE_COOKIES": "false",  # the test talks plain HTTP to gunicorn: no TLS proxy in front
+        "DJANGO_HTTPS": "true",  # the test plays the TLS-terminating proxy: it sends X-Forwarded-Proto
         "DJANGO_BEHIND_HTTPS_PROXY": "true",
         "DATABASE_URL": new_database,
         "OPENAI_API_KEY": "",  # the sandbox, served by this very gunicorn, is the upstream
@@ -78,6 +78,7 @@ def test_the_readme_production_commands_serve_the_dashboard(new_database, redis_
         DJANGO_SUPERUSER_PASSWORD="readme-admin-password",
     )
     assert [command.split()[2] if "manage.py" in command else "gunicorn" for command in commands] == [
+        "check",
         "migrate",
         "collectstatic",
         "gunicorn",
@@ -93,30 +94,36 @@ def test_the_readme_production_commands_serve_the_dashboard(new_database, redis_
                 ["bash", "-c", command], env=environment, cwd=settings.BASE_DIR, capture_output=True, text=True
             )
             assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+            if "check --deploy" in command:
+                assert "no issues" in done.stdout, done.stdout + done.stderr
     base_url = f"http://127.0.0.1:{port}"
     wait_until_serving(f"{base_url}/healthz")
     manage = [".venv/bin/python", "manage.py", "createsuperuser", "--no-input", "--username", "admin", "--email", ""]
     subprocess.run(manage, env=environment, cwd=settings.BASE_DIR, check=True, capture_output=True)
 
-    browser = requests.Session()
-    login_page = browser.get(f"{base_url}/accounts/login/", timeout=30)
+    # What the proxy in front adds; its cookies are Secure, so they are sent by hand over this plain connection.
+    proxy = {"X-Forwarded-Proto": "https"}
+    origin = f"https://127.0.0.1:{port}"
+    login_page = requests.get(f"{base_url}/accounts/login/", headers=proxy, timeout=30)
     stylesheet = re.search(r'href="(/static/css/base\.[0-9a-f]+\.css)"', login_page.text)
-    logged_in = browser.post(
+    csrf = login_page.cookies["csrftoken"]
+    logged_in = requests.post(
         f"{base_url}/accounts/login/?next=/batches/",
-        data={
-            "username": "admin",
-            "password": "readme-admin-password",
-            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
-        },
-        headers={"Referer": f"{base_url}/accounts/login/"},
+        data={"username": "admin", "password": "readme-admin-password", "csrfmiddlewaretoken": csrf},
+        headers={**proxy, "Cookie": f"csrftoken={csrf}", "Origin": origin, "Referer": f"{origin}/accounts/login/"},
         timeout=30,
+        allow_redirects=False,
+    )
+    page = requests.get(
+        f"{base_url}/batches/", headers={**proxy, "Cookie": f"sessionid={logged_in.cookies['sessionid']}"}, timeout=30
     )
 
     assert login_page.status_code == 200
     assert stylesheet, "pages link the hashed files collectstatic wrote"
-    assert browser.get(base_url + stylesheet.group(1), timeout=30).status_code == 200
-    assert logged_in.status_code == 200 and logged_in.url == f"{base_url}/batches/"
-    assert "Batches" in logged_in.text
+    assert requests.get(base_url + stylesheet.group(1), headers=proxy, timeout=30).status_code == 200
+    assert logged_in.status_code == 302 and logged_in.headers["Location"] == "/batches/"
+    assert page.status_code == 200 and "Batches" in page.text
+    assert requests.get(f"{base_url}/batches/", timeout=30, allow_redirects=False).status_code == 301  # to https
     ready = _poll(f"{base_url}/readyz", lambda response: response.status_code == 200)
     assert ready.text == "ready\n"  # the sync loop ran its first pass against the new database
 
