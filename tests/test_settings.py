@@ -90,7 +90,8 @@ def test_importing_the_settings_writes_nothing_to_disk(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", "import dashboard.settings as s; print(s.SECRET_KEY_IS_TEMPORARY)"],
         cwd=tmp_path,
-        env={**environment, "PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"},
+        # This copy's settings first; the apps they import (the price file's parser) from the checkout.
+        env={**environment, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "PYTHONDONTWRITEBYTECODE": "1"},
         capture_output=True,
         text=True,
         timeout=60,
