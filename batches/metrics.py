@@ -11,12 +11,12 @@ from datetime import datetime
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from batches import services
+from batches import budget, services, sync
 from batches.history import STUCK_AFTER
 from batches.models import Batch, BatchSnapshot, SyncState
-from batches.upstream import LIST_STATE
+from batches.sync import LIST_STATE
 
 
 def entered_current_status() -> list[tuple[str, datetime]]:
@@ -71,22 +71,41 @@ class DashboardCollector:
             stuck_family.add_metric([status], count)
         yield stuck_family
 
-        yield from _sync_figures(SyncState.objects.filter(name=LIST_STATE).first(), now)
+        yield from _sync_figures(sync.loop_status(now), SyncState.objects.filter(name=LIST_STATE).first())
+        yield from _upstream_figures(budget.totals())
 
 
-def _sync_figures(state: SyncState | None, now: datetime):
-    succeeded = state.succeeded_at if state else None
-    if succeeded is not None:
+def _sync_figures(loop: sync.LoopStatus, state: SyncState | None):
+    if loop.lag_seconds is not None:
         yield GaugeMetricFamily(
             "batchboard_sync_lag_seconds",
-            "Seconds since the list was last refreshed from the API in full.",
-            value=max((now - succeeded).total_seconds(), 0.0),
+            "Seconds since the end of the last pass that brought the whole list up to date.",
+            value=max(loop.lag_seconds, 0.0),
         )
+    if loop.last_pass_seconds is not None:
+        yield GaugeMetricFamily(
+            "batchboard_sync_last_pass_seconds", "How long the last sync pass took.", value=loop.last_pass_seconds
+        )
+    yield GaugeMetricFamily(
+        "batchboard_sync_alive", "1 while the sync loop's heartbeat is recent.", value=int(loop.alive)
+    )
     yield GaugeMetricFamily(
         "batchboard_sync_consecutive_failures",
         "List refreshes that failed in a row (0 while the API answers).",
         value=state.consecutive_failures if state else 0,
     )
+
+
+def _upstream_figures(totals: dict[str, int]):
+    """The upstream budget's shared counters (batches/budget.py): every call any process sent, its errors, its 429s."""
+    for name, help_text in (
+        ("calls", "Calls sent to the OpenAI API by every process."),
+        ("errors", "Calls that got no answer or an HTTP error."),
+        ("rate_limited", "Calls the API answered with 429."),
+    ):
+        family = CounterMetricFamily(f"batchboard_upstream_{name}", help_text)
+        family.add_metric([], totals[name])
+        yield family
 
 
 def render() -> bytes:

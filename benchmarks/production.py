@@ -217,7 +217,7 @@ def _measure_pages(batches: int, requests: int) -> dict:
     from django.utils import timezone
 
     from batches.models import Batch, SyncState
-    from batches.upstream import LIST_STATE
+    from batches.sync import LIST_STATE
 
     running_id = _fill(batches)
     settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0

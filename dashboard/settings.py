@@ -134,8 +134,6 @@ BATCHBOARD_HISTORY_INTERVAL = _env_float("BATCHBOARD_HISTORY_INTERVAL", 60.0, 1.
 BATCHBOARD_UPSTREAM_BUDGET = int(_env_float("BATCHBOARD_UPSTREAM_BUDGET", 120, 1, 1_000_000))
 # Requests per minute one user may make that can call upstream (an unknown id, a download, a cancel...).
 BATCHBOARD_USER_UPSTREAM_PER_MINUTE = int(_env_float("BATCHBOARD_USER_UPSTREAM_PER_MINUTE", 30, 1, 100_000))
-# /readyz answers 503 once no sync pass has started for this long.
-BATCHBOARD_SYNC_STALE_AFTER = _env_float("BATCHBOARD_SYNC_STALE_AFTER", 300.0, 1.0, 86_400.0)
 # /metrics is served only to a bearer of this token; without one it is off (404).
 BATCHBOARD_METRICS_TOKEN = _env("BATCHBOARD_METRICS_TOKEN")
 

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from batches.models import SyncState
-from batches.upstream import LIST_STATE
+from batches.sync import LIST_STATE
 from tests.conftest import process_environment
 from tests.fake_api import Reply
 

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batches import services
 from batches.models import SyncState, record_batch
-from batches.upstream import LIST_STATE
+from batches.sync import LIST_STATE
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.django_db
@@ -39,7 +39,7 @@ def _batch(batch_id, status, *, total=10, processed=0):
 
 def _synced(seconds_ago=0.0, **fields):
     at = timezone.now() - timedelta(seconds=seconds_ago)
-    SyncState.objects.create(name=LIST_STATE, claimed_at=at, succeeded_at=at, **fields)
+    SyncState.objects.create(name=LIST_STATE, claimed_at=at, succeeded_at=at, heartbeat_at=at, **fields)
 
 
 def test_healthz_answers_anyone_without_details(client):
@@ -55,7 +55,7 @@ def test_readyz_is_ready_with_a_database_a_cache_and_a_recent_sync(client):
 
 @pytest.mark.parametrize(
     ("seconds_ago", "reason"),
-    [(None, "no sync pass has run yet"), (3600, "no sync pass for 3600 s (more than 300 s)")],
+    [(None, "the sync loop has never run"), (3600, "no sign of the sync loop for 360")],
 )
 def test_readyz_says_in_one_line_that_the_sync_is_not_running(client, seconds_ago, reason):
     if seconds_ago is not None:

@@ -39,7 +39,6 @@ def _check(**env):
         ("TIKTOKEN_CACHE_DIR", "/nonexistent/tiktoken"),
         ("REDIS_URL", "localhost:6379"),
         ("BATCHBOARD_LOG_FORMAT", "xml"),
-        ("BATCHBOARD_SYNC_STALE_AFTER", "0"),
     ],
 )
 def test_it_refuses_a_malformed_value_and_names_the_variable(variable, value):

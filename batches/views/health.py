@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.core.cache import cache
@@ -15,9 +13,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from batches import metrics
-from batches.models import SyncState
-from batches.upstream import LIST_STATE
+from batches import metrics, sync
 
 
 def _text(body: str, status: int = 200) -> HttpResponse:
@@ -36,7 +32,7 @@ def healthz(request):
 @never_cache
 @require_safe
 def readyz(request):
-    """Ready to serve: the database answers, the shared cache answers, and the list was synced recently."""
+    """Ready to serve: the database and the shared cache answer, and the sync loop's heartbeat is recent."""
     problem = _readiness_problem()
     return _text(f"not ready: {problem}", status=503) if problem else _text("ready")
 
@@ -45,19 +41,18 @@ def _readiness_problem() -> str:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        state = SyncState.objects.filter(name=LIST_STATE).first()
+        loop = sync.loop_status()
     except DatabaseError as exc:
         return f"the database does not answer ({type(exc).__name__})"
     try:
         cache.get("batchboard:readyz")
     except Exception as exc:  # Any backend's failure (redis.ConnectionError, a database error) means not ready.
         return f"the cache does not answer ({type(exc).__name__})"
-    limit = timedelta(seconds=settings.BATCHBOARD_SYNC_STALE_AFTER)
-    if state is None or state.claimed_at is None:
-        return "no sync pass has run yet (is `manage.py sync_batches --loop` running?)"
-    age = timezone.now() - state.claimed_at
-    if age > limit:
-        return f"no sync pass for {int(age.total_seconds())} s (more than {int(limit.total_seconds())} s)"
+    if loop.heartbeat_at is None:
+        return "the sync loop has never run (is `manage.py sync_batches --loop` running?)"
+    if not loop.alive:
+        age = int((timezone.now() - loop.heartbeat_at).total_seconds())
+        return f"no sign of the sync loop for {age} s (more than {int(sync.stale_after().total_seconds())} s)"
     return ""
 
 
