@@ -109,8 +109,14 @@ def test_two_sync_loops_share_one_walk_per_interval_and_one_takes_over_when_the_
     line = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}}\n'
     upload = client.upload_fileobj(io.BytesIO(line), filename="input.jsonl")
     client.create_batch(input_file_id=upload.id, endpoint="/v1/chat/completions")
-    environment = process_environment(database_url, SANDBOX_URL=sandbox_url, OPENAI_MAX_RETRIES="0")
     interval = 1.0
+    environment = process_environment(
+        database_url,
+        SANDBOX_URL=sandbox_url,
+        OPENAI_MAX_RETRIES="0",
+        BATCHBOARD_HISTORY_INTERVAL=str(interval),  # a pass is due every second even with nobody watching
+        BATCHBOARD_REFRESH_INTERVAL=str(interval),
+    )
     command = [sys.executable, "manage.py", "sync_batches", "--loop", "--interval", str(interval)]
     first, second = (processes.start(f"loop{n}", command, environment) for n in range(2))
 
