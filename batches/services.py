@@ -37,6 +37,8 @@ STATUSES = (
     "cancelling",
     "cancelled",
 )
+# The order a batch passes through its statuses (the ones that can still change first), for lists and timelines.
+LIFECYCLE = ("validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 CANCELLABLE_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
 ENDPOINTS = (
@@ -93,6 +95,11 @@ def from_unix(value: int | None) -> datetime | None:
 
 def is_terminal(status: str) -> bool:
     return status in TERMINAL_STATUSES
+
+
+def status_label(status: str) -> str:
+    """A status as people read it: "in progress" for "in_progress"."""
+    return status.replace("_", " ")
 
 
 def _file_id(value: Any) -> str | None:
