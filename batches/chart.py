@@ -215,7 +215,9 @@ def progress_chart(
     # A finished batch's axis ends at its final timestamp; a running one's when it was last confirmed unchanged.
     end = final_at or max(points[-1].at, as_of)
     if end <= start:
-        return None
+        if final_at is None:
+            return None
+        end = start + timedelta(seconds=1)  # a whole life within one second of the API's clock: still drawn
     plotted = downsample(points)
 
     right = WIDTH - RIGHT

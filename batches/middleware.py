@@ -1,4 +1,5 @@
-"""Request handling every page shares: bounded request bodies, session lifetimes, and no caching of logged-in pages."""
+"""Request handling every page shares: bounded request bodies, session lifetimes, no caching of logged-in pages, and
+a signed-out browser's htmx requests sent to the login page."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import time
 
 from django.conf import settings
 from django.contrib.auth import logout
-from django.shortcuts import render
+from django.contrib.auth.views import redirect_to_login
+from django.shortcuts import render, resolve_url
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
+from django_htmx.http import HttpResponseClientRedirect
 
 from batches import services
 
@@ -110,4 +113,22 @@ class NoStoreForUsersMiddleware:
         response = self.get_response(request)
         if request.user.is_authenticated:
             add_never_cache_headers(response)
+        return response
+
+
+class HtmxLoginRedirectMiddleware:
+    """A signed-out browser's htmx request (a poll after the session ended) is answered with a full-page redirect to
+    the login page (HX-Redirect) instead of a login form swapped into a live region. Listed after HtmxMiddleware."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if request.htmx and response.status_code == 302 and not request.user.is_authenticated:
+            login_url = resolve_url(settings.LOGIN_URL)
+            if response["Location"].startswith(login_url):
+                # Back to the page the browser shows (not the fragment it polled) after logging in again.
+                page = request.htmx.current_url_abs_path or request.get_full_path()
+                return HttpResponseClientRedirect(redirect_to_login(page, login_url).url)
         return response

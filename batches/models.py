@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from batches import pricing, services
 
-STATUS_CHOICES = [(s, s.replace("_", " ")) for s in services.STATUSES]
+STATUS_CHOICES = [(s, services.status_label(s)) for s in services.STATUSES]
 # The list's pseudo-status for "every batch that can still change".
 ACTIVE_FILTER = "active"
 # A cancel claim older than this is from a request that died before calling the API; it may be claimed again.
@@ -45,7 +45,7 @@ def progress_key(batch: services.Batch) -> tuple[int, int, int]:
 
 
 def status_badge(status: str, completed: int, failed: int, total: int) -> tuple[str, str]:
-    label = status.replace("_", " ")
+    label = services.status_label(status)
     if status == "completed" and failed:
         if not completed:
             return "completed-all-failed", "completed · all failed"
@@ -307,6 +307,15 @@ class Batch(models.Model):
         if not self.cancel_requested_at or not self.is_cancellable:
             return False
         return self.cancel_requested_at > timezone.now() - timedelta(seconds=CANCEL_CLAIM_SECONDS)
+
+    @property
+    def status_label(self) -> str:
+        return services.status_label(self.status)
+
+    @property
+    def can_cancel_now(self) -> bool:
+        """Whether a Cancel button makes sense: the batch can still be cancelled and nobody has asked yet."""
+        return self.is_cancellable and not self.cancel_pending
 
     def _apply(self, batch: services.Batch, digest: str, observed_at: datetime) -> None:
         """Copy an observation into the columns named in APPLIED_FIELDS."""

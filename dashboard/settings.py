@@ -189,6 +189,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "batches.middleware.HtmxLoginRedirectMiddleware",
     # Last, as django-axes asks: it turns a lockout raised during login into the lockout answer.
     "axes.middleware.AxesMiddleware",
 ]

@@ -151,7 +151,7 @@ def test_it_polls_a_running_batch_and_names_its_status_in_the_title(viewer_clien
     assert "<title>batch_run1 · in progress · batchboard</title>" in html
     panel = html.split('id="batch-panel"')[1].split(">")[0]
     assert 'hx-get="/batches/batch_run1/"' in panel
-    assert 'hx-trigger="live-refresh"' in panel
+    assert 'hx-trigger="every 5s, live-refresh' in panel
     assert "data-live-poll" in panel
     assert "7,510</strong> of 12,000 requests processed" in html
     assert "(in 23\xa0hours" in html  # expires-in while running
@@ -178,7 +178,7 @@ def test_it_answers_a_poll_with_the_panel_only(viewer_client, fake_api):
     assert html.lstrip().startswith("<title>batch_run1 · in progress · batchboard</title>")
     assert 'id="batch-panel"' in html
     assert "<html" not in html and "site-header" not in html
-    assert 'hx-trigger="live-refresh"' in html
+    assert 'hx-trigger="every 5s, live-refresh' in html
     assert "HX-Request" in response["Vary"]
     assert fake_api.requests_to("GET", "/files/file-abc123") == []  # no size lookups on every poll
 

@@ -203,7 +203,7 @@ def test_it_polls_while_a_batch_can_still_change(api, viewer_client):
     assert fragment.status_code == 200
     for html in (fragment.content.decode(), page.content.decode()):
         root = re.search(r'<div id="batch-table"[^>]*>', html).group(0)
-        assert 'hx-trigger="live-refresh"' in root and "data-live-poll" in root
+        assert 'hx-trigger="every 5s, live-refresh' in root and "data-live-poll" in root
         assert 'hx-get="/batches/?status=in_progress"' in root
         assert "data-live-retry" not in root
 

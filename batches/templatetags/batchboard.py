@@ -78,7 +78,7 @@ class ListRow:
     created: SafeString
     expires: SafeString | None  # only running batches expire
     cancel_pending: bool
-    cancellable: bool  # may be cancelled now: running, and nobody asked yet
+    cancellable: bool  # Batch.can_cancel_now
 
 
 @register.filter
@@ -97,5 +97,5 @@ def list_row(batch) -> ListRow:
         created=relative_time(batch.created_at),
         expires=relative_time(batch.expires_at) if not batch.is_terminal and batch.expires_at else None,
         cancel_pending=cancel_pending,
-        cancellable=batch.is_cancellable and not cancel_pending and bool(url),
+        cancellable=batch.can_cancel_now and bool(url),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, time
 
@@ -15,9 +14,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HTMX_STOP_POLLING
 
 from batches import services, upstream
 from batches.models import ACTIVE_FILTER, Batch, data_version
+from batches.views.live import Live, answer_key, is_shown, live_of, unchanged
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
@@ -27,8 +28,6 @@ STATUS_ORDER = ("validating", "in_progress", "finalizing", "cancelling", "comple
 STATUS_ORDER += tuple(s for s in services.STATUSES if s not in STATUS_ORDER)
 # Columns the list never shows; the payload can be large.
 UNUSED_COLUMNS = ("payload", "search_text")
-# htmx stops polling on this status (and the fragment drops its trigger).
-STOP_POLLING = 286
 # Polls of one list URL share a rendering for the refresh interval, and at most this long, so that "3 minutes ago"
 # and an expired cancel claim (the only changes that no data_version() marks) are never older than this on screen.
 FRAGMENT_CACHE_MAX_SECONDS = 10
@@ -58,43 +57,52 @@ class ListFilters:
 def batch_list(request):
     freshness = upstream.refresh_list()
     can_cancel = request.user.has_perm("batches.cancel_batch")
+    live = live_of(request, freshness)
+    key = _answer_key(request, freshness, live, can_cancel=can_cancel)
     if _wants_fragment(request):
-        return _table_fragment(request, freshness, can_cancel=can_cancel)
+        return _table_fragment(request, freshness, live, key, can_cancel=can_cancel)
     context = list_context(request.GET, freshness, can_cancel=can_cancel)
+    context.update(live=live, answer_key=key)
     context["endpoints"], context["models"] = Batch.objects.endpoints_and_models()
     context["api_freshness"] = freshness  # The auth banner's: the list's own, so no second read.
     return render(request, "batches/batch_list.html", context)
 
 
-def _table_fragment(request, freshness: upstream.Freshness, *, can_cancel: bool) -> HttpResponse:
-    """The polled table. Many viewers polling one URL get one rendering per change of the data (or per interval)."""
+def _table_fragment(request, freshness: upstream.Freshness, live: Live, key: str, *, can_cancel: bool) -> HttpResponse:
+    """The polled table: empty when the poller shows this very rendering already; otherwise many viewers polling one
+    URL get one rendering per change of the data (or per clock step)."""
+    if is_shown(request, key):
+        return unchanged()
     seconds = min(settings.BATCHBOARD_REFRESH_INTERVAL, FRAGMENT_CACHE_MAX_SECONDS)
-    key = _fragment_cache_key(request, freshness, can_cancel=can_cancel) if seconds > 0 else None
-    if key and (cached := cache.get(key)) is not None:
+    cache_key = f"batchboard:list-table:{key}"
+    if seconds > 0 and (cached := cache.get(cache_key)) is not None:
         content, status = cached
         return HttpResponse(content, status=status)
     context = list_context(request.GET, freshness, can_cancel=can_cancel)
-    context["oob"] = True
-    status = 200 if context["polling"] else STOP_POLLING
+    context.update(oob=True, live=live, answer_key=key)
+    status = 200 if context["polling"] else HTMX_STOP_POLLING
     response = render(request, "batches/batch_list.html#batch-table", context, status=status)
-    if key:
-        cache.set(key, (response.content, status), seconds)
+    if seconds > 0:
+        cache.set(cache_key, (response.content, status), seconds)
     return response
 
 
-def _fragment_cache_key(request, freshness: upstream.Freshness, *, can_cancel: bool) -> str:
-    """Everything the fragment's markup depends on but the clock: the URL, what the user may do (it has no CSRF
-    token or other secret: htmx sends the token from <body>), the data (read after this request's refresh, so a
-    rendering is never older than its key), how fresh it is, and the day (the summary counts today's batches)."""
-    parts = (
-        request.get_full_path(),
+def _answer_key(request, freshness: upstream.Freshness, live: Live, *, can_cancel: bool) -> str:
+    """Everything the table's markup depends on: the URL, what the user may do (it has no CSRF token or other
+    secret: htmx sends the token from <body>), the data (read after this request's refresh, so a rendering is never
+    older than its key), how fresh it is, the polling interval, the day (the summary counts today's batches) and
+    the clock (relative times)."""
+    return answer_key(
+        "list",
+        request.path,
+        sorted(request.GET.lists()),
         can_cancel,
         request.user.has_perm("batches.create_batch"),
         data_version(),
         freshness if freshness.may_change else None,
+        live.every,
         timezone.localdate().isoformat(),
     )
-    return "batchboard:list-table:" + hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel: bool) -> dict:
@@ -133,7 +141,7 @@ def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel:
         "list_query": list_query,
         "list_url": reverse("batches:list") + (f"?{list_query.urlencode()}" if list_query else ""),
         "can_cancel": can_cancel,
-        "selectable": can_cancel and any(row.is_cancellable and not row.cancel_pending for row in rows),
+        "selectable": can_cancel and any(row.can_cancel_now for row in rows),
     }
 
 
