@@ -1,15 +1,10 @@
-// live.js: only what htmx cannot do under the strict CSP. htmx polls the live regions itself (hx-trigger="every Ns"
-// with N chosen by the server, which also answers 204 for an unchanged region and 286 once nothing can change);
-// this file pauses those polls while Live is off or the tab is hidden, says how current the page is, highlights
-// elements whose data-live-state changed, keeps <details id> open and the row selection counted across swaps, and
-// asks for confirmation in the page's <dialog> instead of the browser's confirm box. The Live settings are cookies,
-// so the server renders the controls and the polling interval.
+// Only what htmx cannot do under the strict CSP. htmx polls (hx-trigger="every Ns", N from the server, which answers
+// 204 for an unchanged region and 286 when nothing can change); this pauses polls while Live is off or the tab is
+// hidden, says how current the page is, highlights changed data-live-state, keeps <details id> open and the row
+// selection counted across swaps, and confirms in the page's <dialog>. Live's settings are cookies the server reads.
 (function () {
   "use strict";
-  var states = {};
-  var openDetails = [];
-  var failed = false;
-  var updated = "";
+  var states = {}, openDetails = [], failed = false, updated = "";
 
   function all(selector) {
     return Array.prototype.slice.call(document.querySelectorAll(selector));
@@ -29,8 +24,7 @@
   }
 
   function showState() {
-    var regions = all("[data-live-poll]");
-    var retry = regions.map(function (r) { return r.getAttribute("data-live-retry"); }).filter(Boolean)[0];
+    var regions = all("[data-live-poll]"), retry = regions.length && regions[0].getAttribute("data-live-retry");
     var state = !isLive() || document.hidden ? "paused" : !regions.length ? "stopped" : failed || retry ? "failing" : "live";
     var text = !isLive() ? "Paused" : document.hidden ? "Paused while hidden"
       : !regions.length ? "Up to date: nothing here can change"
@@ -45,8 +39,7 @@
 
   function noteStates(highlight) {
     all("[data-live-key]").forEach(function (element) {
-      var key = element.getAttribute("data-live-key");
-      var state = element.getAttribute("data-live-state");
+      var key = element.getAttribute("data-live-key"), state = element.getAttribute("data-live-state");
       if (highlight && key in states && states[key] !== state) {
         element.classList.add("live-changed");
         window.setTimeout(function () { element.classList.remove("live-changed"); }, 2500);
@@ -73,8 +66,7 @@
 
   function setUp() {
     all("[data-js-only]").forEach(function (element) { element.hidden = false; });
-    syncSelection();
-    showState();
+    syncSelection(); showState();
   }
 
   document.addEventListener("htmx:beforeRequest", function (event) {
@@ -83,10 +75,8 @@
   document.addEventListener("htmx:afterRequest", function (event) {
     if (!event.detail.elt.hasAttribute("data-live")) return;
     failed = !event.detail.successful;
-    if (!failed) {
-      var zone = document.body.getAttribute("data-time-zone") || "UTC";
-      updated = new Date().toLocaleTimeString("en-GB", { timeZone: zone, hour12: false });
-    }
+    var zone = document.body.getAttribute("data-time-zone") || "UTC";
+    if (!failed) updated = new Date().toLocaleTimeString("en-GB", { timeZone: zone, hour12: false });
     showState();
   });
   document.addEventListener("htmx:beforeSwap", function () {
@@ -105,8 +95,7 @@
   document.addEventListener("htmx:afterSettle", function () { noteStates(true); });
 
   document.addEventListener("htmx:confirm", function (event) {
-    var dialog = document.getElementById("confirm-dialog");
-    var elt = event.detail.elt;
+    var dialog = document.getElementById("confirm-dialog"), elt = event.detail.elt;
     if (!event.detail.question || !dialog) return;
     event.preventDefault();
     document.getElementById("confirm-dialog-title").textContent = elt.getAttribute("data-confirm-title") || "";
@@ -128,15 +117,11 @@
       remember("interval", target.value);
       refreshNow();
     }
-    syncSelection();
-    showState();
+    syncSelection(); showState();
   });
   document.addEventListener("visibilitychange", function () {
     if (!document.hidden) refreshNow();
     showState();
   });
-  document.addEventListener("DOMContentLoaded", function () {
-    noteStates(false);
-    setUp();
-  });
+  document.addEventListener("DOMContentLoaded", function () { noteStates(false); setUp(); });
 })();
