@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from django import forms
-from django.template.defaultfilters import filesizeformat
 
 from batches import services
 from batches.estimate import Estimate, InputCounter
+from batches.formatting import format_size
 
 MAX_REPORTED_ERRORS = 20
 METADATA_ROWS_SHOWN = 4
@@ -162,8 +162,8 @@ def _lines(handle: BinaryIO):
 def _too_large(size: int) -> str:
     limit = services.MAX_INPUT_FILE_BYTES
     return (
-        f"The file is {filesizeformat(size)} ({size:,} bytes); the Batch API accepts at most "
-        f"{filesizeformat(limit)} ({limit:,} bytes)."
+        f"The file is {format_size(size)} ({size:,} bytes); the Batch API accepts at most "
+        f"{format_size(limit)} ({limit:,} bytes)."
     )
 
 

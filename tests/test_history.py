@@ -121,9 +121,11 @@ def test_it_renders_the_timeline_with_times_sources_and_durations():
     batch = record("finalizing", 90, total=1000, completed=1000, in_progress_at=5)  # no finalizing_at
     text = text_of(render(batch, now=at(95)))
 
-    assert "validating 2024-03-26 16:45:33 (1 hour, 35 minutes ago) 5 min API" in text
-    assert "in progress 2024-03-26 16:50:33 (1 hour, 30 minutes ago) 1 h 25 min API" in text
-    assert "finalizing 2024-03-26 18:15:33 (5 minutes ago) 5 min so far observed" in text
+    # One duration style throughout (not Django's timesince next to format_duration), and plain sources.
+    assert "validating 2024-03-26 16:45:33 (1 h 35 min ago) 5 min API timestamp" in text
+    assert "in progress 2024-03-26 16:50:33 (1 h 30 min ago) 1 h 25 min API timestamp" in text
+    assert "finalizing 2024-03-26 18:15:33 (5 min ago) 5 min so far first observed" in text
+    assert "Source" in text and "Time from" not in text
 
 
 # --- Chart ------------------------------------------------------------------

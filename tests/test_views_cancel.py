@@ -39,7 +39,7 @@ def test_it_shows_a_confirm_page_and_never_cancels_on_get(api, operator_client):
     assert f'<form method="post" action="/batches/{batch["id"]}/cancel/"' in html
     assert 'name="csrfmiddlewaretoken"' in html
     assert '<input type="hidden" name="next" value="/batches/?status=in_progress">' in html
-    assert 'href="/batches/?status=in_progress">No, keep it running' in html
+    assert 'href="/batches/?status=in_progress">Keep running' in html
     assert api.cancels == []
     assert Batch.objects.get(batch_id=batch["id"]).cancel_requested_at is None
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django import template
-from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from batches import formatting
 from batches.converters import detail_url
 
 register = template.Library()
@@ -49,16 +49,27 @@ def progress_bar(completed, failed, total):
 
 
 @register.simple_tag
-def relative_time(value: datetime):
+def relative_time(value: datetime, now: datetime | None = None):
     """A <time> saying how long ago (or from now) `value` is, with the exact time in the tooltip."""
-    local = timezone.localtime(value)
     # Equal to the date filter's "c" and "Y-m-d H:i:s T" formats, at a fraction of their cost (many per page).
     return format_html(
         '<time datetime="{}" title="{}">{}</time>',
-        local.isoformat(),
-        local.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        naturaltime(value),
+        timezone.localtime(value).isoformat(),
+        formatting.exact(value),
+        formatting.relative(value, now or timezone.now()),
     )
+
+
+@register.filter
+def ago(value: datetime, now: datetime | None = None) -> str:
+    """`{{ when|ago:now }}`: "3 min ago" or "in 2 h 5 min", in the one duration style."""
+    return formatting.relative(value, now or timezone.now()) if value else ""
+
+
+@register.filter
+def size(value) -> str:
+    """`{{ file.size|size }}`: bytes written one way everywhere ("812 bytes", "35.9 KB")."""
+    return formatting.format_size(value)
 
 
 @dataclass(frozen=True, slots=True)
