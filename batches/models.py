@@ -18,6 +18,8 @@ ACTIVE_FILTER = "active"
 # A cancel claim older than this is from a request that died before calling the API; it may be claimed again.
 CANCEL_CLAIM_SECONDS = 300
 METADATA_SUMMARY_LENGTH = 80
+# The metadata key shown as a batch's description (the create form's Description field writes it).
+DESCRIPTION_KEY = "description"
 
 
 FILE_ID_FIELDS = ("input_file_id", "output_file_id", "error_file_id")
@@ -272,7 +274,7 @@ class Batch(models.Model):
 
     @property
     def description(self) -> str:
-        return self.metadata.get("description") or self.metadata.get("name") or ""
+        return self.metadata.get(DESCRIPTION_KEY) or self.metadata.get("name") or ""
 
     @property
     def metadata_text(self) -> str:
@@ -309,6 +311,19 @@ class Batch(models.Model):
         return self.cancel_requested_at > timezone.now() - timedelta(seconds=CANCEL_CLAIM_SECONDS)
 
     @property
+    def model_label(self) -> str:
+        """The model, or why none is shown: the one rule for the list and the detail page."""
+        if self.model:
+            return self.model
+        return "—" if self.is_terminal else "not known yet"
+
+    def note_model_from_file(self, model: str | None) -> None:
+        """The model read from the input file, shown while the API does not name it yet (validating)."""
+        if model and not self.model:
+            Batch.objects.filter(pk=self.pk, model="").update(model=model)
+            self.model = model
+
+    @property
     def status_label(self) -> str:
         return services.status_label(self.status)
 
@@ -322,7 +337,8 @@ class Batch(models.Model):
         self.status = batch.status
         self.is_terminal = batch.is_terminal
         self.endpoint = batch.endpoint or ""
-        self.model = batch.model or ""
+        # Until the API names the model (it does not while validating), keep the one read from the input file.
+        self.model = batch.model or self.model or ""
         self.input_file_id = batch.input_file_id or ""
         self.output_file_id = batch.output_file_id or ""
         self.error_file_id = batch.error_file_id or ""

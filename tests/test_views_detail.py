@@ -336,3 +336,9 @@ def test_it_offers_cancel_only_to_operators_of_a_running_batch(operator_client, 
     assert cancel in operator_client.get("/batches/batch_run1/", **HTMX).content.decode()
     operator_client.force_login(viewer)
     assert cancel not in operator_client.get("/batches/batch_run1/").content.decode()
+
+
+def test_it_says_where_the_login_page_leads_from_a_shared_link(client):
+    html = client.get("/accounts/login/?next=/batches/batch_abc123/").content.decode()
+    assert 'Log in to see <span class="login-destination">batch_abc123</span>' in html
+    assert "<h1>Log in</h1>" in client.get("/accounts/login/").content.decode()

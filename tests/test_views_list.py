@@ -338,3 +338,10 @@ def test_it_runs_as_many_queries_for_sixty_batches_as_for_three(api, viewer_clie
     many = queries()
 
     assert few == many
+
+
+def test_it_words_an_empty_filtered_list_plainly(api, viewer_client):
+    api.add("in_progress")
+    html = viewer_client.get("/batches/?q=nothing-matches-this").content.decode()
+    assert "No batch matches these filters" in html
+    assert "newest first" not in html

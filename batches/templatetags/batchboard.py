@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django import template
+from django.urls import Resolver404, resolve
 from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -109,4 +110,19 @@ def list_row(batch) -> ListRow:
         expires=relative_time(batch.expires_at) if not batch.is_terminal and batch.expires_at else None,
         cancel_pending=cancel_pending,
         cancellable=batch.can_cancel_now and bool(url),
+    )
+
+
+@register.filter
+def destination(next_url: str) -> str:
+    """What the login page leads to, in words: "batch_abc…" for a shared batch link, else "" (just "Log in")."""
+    path = (next_url or "").partition("?")[0]
+    try:
+        match = resolve(path) if path.startswith("/") else None
+    except Resolver404:
+        return ""
+    if match and match.view_name == "batches:detail":
+        return match.kwargs["batch_id"]
+    return {"batches:list": "your batches", "batches:create": "the new-batch form"}.get(
+        match.view_name if match else "", ""
     )
