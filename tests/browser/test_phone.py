@@ -37,7 +37,7 @@ def test_it_shows_the_list_as_cards_with_the_cancel_button_on_screen(live_server
     assert row.evaluate("el => getComputedStyle(el).display") == "grid"  # a card, not a table row
     cancel = row.get_by_role("link", name=f"Cancel {batch.id}")
     assert _inside_viewport(page, cancel), f"the Cancel button is off screen: {cancel.bounding_box()}"
-    link = row.get_by_role("link", name=batch.id)
+    link = row.get_by_role("link", name=batch.id, exact=True)
     assert link.bounding_box()["height"] < 30, "the id wraps over several lines instead of being shortened"
     expect(row.locator("[data-status]")).to_be_visible()
     expect(row.locator(".progress-text")).to_be_visible()
