@@ -1,19 +1,23 @@
-"""Request handling every page shares: bounded request bodies, session lifetimes, no caching of logged-in pages, and
-a signed-out browser's htmx requests sent to the login page."""
+"""Request handling every page shares: bounded request bodies, session lifetimes, no caching of logged-in pages, the
+viewer's time zone, and a signed-out browser's htmx requests sent to the login page."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+import zoneinfo
 
 from django.conf import settings
 from django.contrib.auth import logout
 from django.contrib.auth.views import redirect_to_login
 from django.shortcuts import render, resolve_url
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django_htmx.http import HttpResponseClientRedirect
 
 from batches import services
+from batches.views.time_zone import SESSION_KEY as TIME_ZONE_KEY
 
 # A body above this is refused before anything reads it: login forms, cancels, the admin's forms all fit easily.
 MAX_BODY_BYTES = 1024 * 1024
@@ -132,3 +136,19 @@ class HtmxLoginRedirectMiddleware:
                 page = request.htmx.current_url_abs_path or request.get_full_path()
                 return HttpResponseClientRedirect(redirect_to_login(page, login_url).url)
         return response
+
+
+class TimeZoneMiddleware:
+    """Times in UTC (settings.TIME_ZONE) unless the viewer picked a zone (batches.views.time_zone)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        timezone.deactivate()
+        name = request.session.get(TIME_ZONE_KEY)
+        if name:
+            # A zone removed from the system since it was chosen: UTC.
+            with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
+                timezone.activate(zoneinfo.ZoneInfo(name))
+        return self.get_response(request)

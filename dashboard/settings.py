@@ -190,6 +190,7 @@ MIDDLEWARE = [
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "batches.middleware.HtmxLoginRedirectMiddleware",
+    "batches.middleware.TimeZoneMiddleware",
     # Last, as django-axes asks: it turns a lockout raised during login into the lockout answer.
     "axes.middleware.AxesMiddleware",
 ]
