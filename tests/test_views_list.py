@@ -286,7 +286,7 @@ def test_it_shows_the_summary_figures(api, viewer_client):
         re.findall(r"<dt>(?:<a[^>]*>)?([^<]+)(?:</a>)?</dt>\s*<dd class=\"figure-value\">([\d,]+)</dd>", strip)
     )
 
-    assert figures == {"Running": "2", "Requests in flight": "75", "Finished today": "3", "Failures today": "2"}
+    assert figures == {"Running": "2", "Requests in flight": "75", "Finished today": "3", "Failed today": "2"}
     assert "3 failed requests in batches finished today" in strip
 
 

@@ -126,3 +126,20 @@ def destination(next_url: str) -> str:
     return {"batches:list": "your batches", "batches:create": "the new-batch form"}.get(
         match.view_name if match else "", ""
     )
+
+
+@register.filter
+def metadata_matches(batch, filters) -> list[tuple[str, str]]:
+    """The metadata pairs of `batch` that the list's search matched (`key:value` terms, or words found in a key or
+    value), so the row can show why it is there; the description, shown anyway, is left out."""
+    if not filters or not filters.q:
+        return []
+    terms = {key.lower(): value for key, value in filters.metadata_terms}
+    words = [word.lower() for word in filters.q.split() if ":" not in word]
+    matches = []
+    for key, value in batch.metadata.items():
+        text = str(value)
+        if key.lower() in terms or any(word in key.lower() or word in text.lower() for word in words):
+            if text != batch.description:
+                matches.append((key, text))
+    return matches[:3]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import date, datetime, time, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
@@ -17,15 +17,27 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HTMX_STOP_POLLING
 
 from batches import services, upstream
-from batches.models import ACTIVE_FILTER, Batch, data_version
+from batches.models import ACTIVE_FILTER, ATTENTION_FILTER, DEFAULT_SORT, SORTS, Batch, data_version
 from batches.views.live import Live, answer_key, is_shown, live_of, unchanged
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
-STATUS_FILTERS = (ACTIVE_FILTER, *services.STATUSES)
+STATUS_FILTERS = (ACTIVE_FILTER, ATTENTION_FILTER, *services.STATUSES)
 # The status filter's order: the ones that can still change, then the final ones.
-STATUS_ORDER = ("validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled")
-STATUS_ORDER += tuple(s for s in services.STATUSES if s not in STATUS_ORDER)
+STATUS_ORDER = services.LIFECYCLE + tuple(s for s in services.STATUSES if s not in services.LIFECYCLE)
+# The sortable columns, each first sorted in its more useful direction.
+SORT_COLUMNS = {"created": "-created", "status": "status", "progress": "-progress", "expires": "expires"}
+SORT_WORDS = {
+    "-created": "newest first",
+    "created": "oldest first",
+    "status": "by status, running first",
+    "-status": "by status, finished first",
+    "-progress": "most processed first",
+    "progress": "least processed first",
+    "expires": "expiring soonest first",
+    "-expires": "expiring last first",
+}
+QUERY_NAMES = ("status", "endpoint", "model", "q", "created_from", "created_to", "sort")
 # Columns the list never shows; the payload can be large.
 UNUSED_COLUMNS = ("payload", "search_text")
 # Polls of one list URL share a rendering for the refresh interval, and at most this long, so that "3 minutes ago"
@@ -39,14 +51,33 @@ class ListFilters:
     endpoint: str = ""
     model: str = ""
     q: str = ""
+    created_from: str = ""  # YYYY-MM-DD, in the viewer's time zone
+    created_to: str = ""  # YYYY-MM-DD, inclusive
+    sort: str = ""  # one of SORTS; "" is the default (newest first)
 
     @property
     def any(self) -> bool:
-        return bool(self.status or self.endpoint or self.model or self.q)
+        return bool(self.status or self.endpoint or self.model or self.q or self.created_from or self.created_to)
+
+    @property
+    def created_range(self) -> tuple[datetime | None, datetime | None]:
+        start = _start_of(date.fromisoformat(self.created_from)) if self.created_from else None
+        end = _start_of(date.fromisoformat(self.created_to) + timedelta(days=1)) if self.created_to else None
+        return start, end
+
+    @property
+    def metadata_terms(self) -> list[tuple[str, str]]:
+        """The `key:value` words of the search."""
+        terms = [word.partition(":") for word in self.q.split()]
+        return [(key, value) for key, separator, value in terms if separator and key and value]
+
+    @property
+    def sort_words(self) -> str:
+        return SORT_WORDS[self.sort or DEFAULT_SORT]
 
     def query(self) -> QueryDict:
         query = QueryDict(mutable=True)
-        for name in ("status", "endpoint", "model", "q"):
+        for name in QUERY_NAMES:
             if value := getattr(self, name):
                 query[name] = value
         return query
@@ -108,14 +139,17 @@ def _answer_key(request, freshness: upstream.Freshness, live: Live, *, can_cance
 def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel: bool) -> dict:
     """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views."""
     filters, notices = _parse_filters(query)
-    matching = Batch.objects.matching(endpoint=filters.endpoint, model=filters.model, q=filters.q)
+    matching = Batch.objects.matching(
+        endpoint=filters.endpoint, model=filters.model, q=filters.q, created_range=filters.created_range
+    )
     counts = matching.status_counts()
+    attention = matching.needs_attention().count()
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
-    batches = matching.with_status(filters.status).newest_first().defer(*UNUSED_COLUMNS)
+    batches = matching.with_status(filters.status).sorted_by(filters.sort).defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
     # The status counts hold the number already: spare the paginator a COUNT (a second scan for a search).
-    paginator.count = _count_with_status(filters.status, counts)
+    paginator.count = attention if filters.status == ATTENTION_FILTER else _count_with_status(filters.status, counts)
     page_number, page_notice = _page_number(query.get("page", ""), paginator.num_pages)
     if page_notice:
         notices.append(page_notice)
@@ -130,7 +164,8 @@ def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel:
         "page": page,
         "rows": rows,
         "page_range": list(paginator.get_elided_page_range(page_number, on_each_side=2, on_ends=1)),
-        "status_counts": _status_counts(counts),
+        "status_counts": _status_counts(counts, attention),
+        "sort_columns": _sort_columns(filters),
         "total_matching": sum(counts.values()),
         "summary": summary,
         "spending": spending,
@@ -162,13 +197,24 @@ def _parse_filters(query: QueryDict) -> tuple[ListFilters, list[str]]:
     """The filters in a list URL; unknown values are ignored with a notice rather than failing."""
     notices = []
     # NUL cannot be stored or compared in PostgreSQL text (a query with one fails), and no id or metadata holds one.
-    values = {
-        name: query.get(name, "").replace("\x00", "").strip()[:MAX_FILTER_LENGTH]
-        for name in ("status", "endpoint", "model", "q")
-    }
+    values = {name: query.get(name, "").replace("\x00", "").strip()[:MAX_FILTER_LENGTH] for name in QUERY_NAMES}
     if values["status"] and values["status"] not in STATUS_FILTERS:
         notices.append(f"There is no status “{values['status']}”; showing every status.")
         values["status"] = ""
+    if values["sort"] and values["sort"] not in SORTS:
+        notices.append(f"batchboard cannot sort by “{values['sort'][:40]}”; showing the newest first.")
+        values["sort"] = ""
+    if values["sort"] == DEFAULT_SORT:
+        values["sort"] = ""
+    for name, words in (("created_from", "from"), ("created_to", "to")):
+        if values[name]:
+            try:
+                date.fromisoformat(values[name])
+            except ValueError:
+                notices.append(
+                    f"“{values[name][:20]}” is not a date (YYYY-MM-DD); the “created {words}” filter is off."
+                )
+                values[name] = ""
     return ListFilters(**values), notices
 
 
@@ -195,12 +241,34 @@ def _count_with_status(status: str, counts: dict[str, int]) -> int:
     return counts.get(status, 0) if status else sum(counts.values())
 
 
-def _status_counts(counts: dict[str, int]) -> list[dict]:
-    """The status filter's entries in lifecycle order, each with its count."""
-    entries = [{"value": ACTIVE_FILTER, "label": "active", "count": _count_with_status(ACTIVE_FILTER, counts)}]
-    entries += [{"value": s, "label": s.replace("_", " "), "count": counts.get(s, 0)} for s in STATUS_ORDER]
+def _status_counts(counts: dict[str, int], attention: int) -> list[dict]:
+    """The status filter's entries: active, needs attention, then each status in lifecycle order, with counts."""
+    entries = [
+        {"value": ACTIVE_FILTER, "label": "active", "count": _count_with_status(ACTIVE_FILTER, counts)},
+        {"value": ATTENTION_FILTER, "label": "needs attention", "count": attention},
+    ]
+    entries += [{"value": s, "label": services.status_label(s), "count": counts.get(s, 0)} for s in STATUS_ORDER]
     return entries
 
 
+def _sort_columns(filters: ListFilters) -> dict[str, dict]:
+    """For each sortable column: the sort its header link applies (the current one reversed, else its first
+    direction) and its aria-sort state."""
+    current = filters.sort or DEFAULT_SORT
+    columns = {}
+    for column, first in SORT_COLUMNS.items():
+        if current.removeprefix("-") == column:
+            reverse = current[1:] if current.startswith("-") else f"-{current}"
+            state = "descending" if current.startswith("-") else "ascending"
+            columns[column] = {"sort": "" if reverse == DEFAULT_SORT else reverse, "state": state}
+        else:
+            columns[column] = {"sort": "" if first == DEFAULT_SORT else first, "state": ""}
+    return columns
+
+
+def _start_of(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
 def _start_of_today() -> datetime:
-    return timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
+    return _start_of(timezone.localdate())

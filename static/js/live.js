@@ -1,7 +1,8 @@
 // Only what htmx cannot do under the strict CSP. htmx polls (hx-trigger="every Ns", N from the server, which answers
 // 204 for an unchanged region and 286 when nothing can change); this pauses polls while Live is off or the tab is
 // hidden, says how current the page is, highlights changed data-live-state, keeps <details id> open and the row
-// selection counted across swaps, and confirms in the page's <dialog>. Live's settings are cookies the server reads.
+// selection counted across swaps, confirms in the page's <dialog>, and applies filter menus on change. Live's
+// settings are cookies the server reads.
 (function () {
   "use strict";
   var states = {}, openDetails = [], failed = false, updated = "";
@@ -108,6 +109,7 @@
 
   document.addEventListener("change", function (event) {
     var target = event.target;
+    if (target.matches("[data-submit-on-change]")) target.form.requestSubmit();  // as the status chips do
     if (target.matches("input[data-select-all]")) {
       all("input[data-select]").forEach(function (box) { box.checked = target.checked; });
     } else if (target.matches("[data-live-toggle]")) {
