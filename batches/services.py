@@ -834,7 +834,7 @@ class BatchClient:
                 raise ValueError("not a JSON object")
             return parse(data)
         except (ValueError, TypeError, AttributeError, RecursionError):
-            content_type = response.headers.get("Content-Type", "").split(";")[0] or "no content type"
+            content_type = _media_type(response)
             raise Unavailable(
                 f"The answer to {call} is not the API's JSON (HTTP {response.status_code}, {content_type}); "
                 "is the base URL right?",
@@ -854,7 +854,7 @@ class BatchClient:
         details = _dict(details)
         status = response.status_code
         error_class = _error_class(status)
-        content_type = response.headers.get("Content-Type", "").split(";")[0] or "no content type"
+        content_type = _media_type(response)
         message = _text(details.get("message"))
         if status == 404 and not details:
             # The API answers every unknown id or route with its error envelope; a bare 404 page means the base
@@ -894,6 +894,11 @@ def _should_retry(response: requests.Response, error: BatchApiError, retry: str)
     if status == 429 and error.code == "insufficient_quota":
         return False  # Out of credit: waiting a second never helps (the SDK retries it; we do not).
     return status in RETRYABLE_STATUSES or status >= 500
+
+
+def _media_type(response: requests.Response) -> str:
+    """The answer's media type without parameters ("text/html"), for error messages."""
+    return response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
 
 
 def _error_body(response: requests.Response, stream: bool) -> bytes:
