@@ -33,3 +33,13 @@ def test_it_refuses_an_unknown_zone_and_changes_nothing(viewer_client):
     assert response.status_code == 400
     assert "is not a time zone batchboard knows" in response.content.decode()
     assert "Times are UTC" in viewer_client.get("/batches/").content.decode()
+
+
+def test_it_never_serves_one_zone_the_table_rendered_for_another(api, viewer_client, client, django_user_model):
+    api.add("in_progress", created_at=1_700_000_000)
+    viewer_client.post("/batches/time-zone/", {"time_zone": "Asia/Tokyo"})
+    assert "2023-11-15 07:13:20 JST" in viewer_client.get("/batches/", HTTP_HX_REQUEST="true").content.decode()
+
+    other = django_user_model.objects.create_user("utc-viewer", password="pw-utc-viewer")
+    client.force_login(other)
+    assert "2023-11-14 22:13:20 UTC" in client.get("/batches/", HTTP_HX_REQUEST="true").content.decode()

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from django.http import HttpResponse
+from django.utils import timezone
 
 INTERVALS = (2, 5, 10, 30)
 DEFAULT_INTERVAL = 5
@@ -49,9 +50,11 @@ def live_of(request, freshness=None) -> Live:
 
 
 def answer_key(*parts) -> str:
-    """The key of a rendering: everything its markup depends on, plus the clock in CLOCK_STEP_SECONDS steps."""
+    """The key of a rendering: everything its markup depends on, plus the viewer's time zone and the clock in
+    CLOCK_STEP_SECONDS steps."""
     clock_step = int(time.time() // CLOCK_STEP_SECONDS)
-    return hashlib.sha256(repr((*parts, clock_step)).encode()).hexdigest()[:32]
+    zone = timezone.get_current_timezone_name()
+    return hashlib.sha256(repr((*parts, zone, clock_step)).encode()).hexdigest()[:32]
 
 
 def is_shown(request, key: str) -> bool:
