@@ -139,7 +139,7 @@ def metadata_matches(batch, filters) -> list[tuple[str, str]]:
     matches = []
     for key, value in batch.metadata.items():
         text = str(value)
-        if key.lower() in terms or any(word in key.lower() or word in text.lower() for word in words):
-            if text != batch.description:
-                matches.append((key, text))
+        matched = key.lower() in terms or any(word in key.lower() or word in text.lower() for word in words)
+        if matched and text != batch.description:
+            matches.append((key, text))
     return matches[:3]
