@@ -1,5 +1,5 @@
-"""A phone (390 by 844) in Chromium: the list as cards with no sideways scroll, Cancel on screen, the name in the header,
-and a detail page whose timeline fits."""
+"""A phone (390 by 844) in Chromium: the list as cards with no sideways scroll, Cancel on screen, the name in the
+header, and a detail page whose timeline fits."""
 
 from playwright.sync_api import expect
 
