@@ -370,7 +370,7 @@ class Batch(models.Model):
         """The model, or why none is shown: the one rule for the list and the detail page."""
         if self.model:
             return self.model
-        return "—" if self.is_terminal else "not known yet"
+        return "—" if self.is_terminal else "model not known yet"
 
     def note_model_from_file(self, model: str | None) -> None:
         """The model read from the input file, shown while the API does not name it yet (validating)."""

@@ -12,6 +12,12 @@ from tests.fake_api import Reply
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture(autouse=True)
+def _still_clock(monkeypatch):
+    """Every request of a test in the same 10-second clock step (the step is part of every answer's key)."""
+    monkeypatch.setattr("batches.views.live.time.time", lambda: 1_800_000_000.0)
+
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
@@ -35,6 +41,16 @@ def test_it_answers_a_poll_for_what_is_already_shown_with_nothing(api, viewer_cl
 
     assert same.status_code == 204 and same.content == b""
     assert other.status_code == 200 and _shown_key(other.content.decode(), region_id) == key
+
+
+def test_it_answers_again_in_full_once_the_clock_moved_on(api, viewer_client, monkeypatch):
+    api.add("in_progress")
+    key = _shown_key(viewer_client.get("/batches/").content.decode(), "batch-table")
+    monkeypatch.setattr("batches.views.live.time.time", lambda: 1_800_000_010.0)  # "1 min ago" may now read "2 min"
+
+    response = viewer_client.get("/batches/", HTTP_X_BATCHBOARD_SHOWN=key, **HTMX)
+
+    assert response.status_code == 200 and _shown_key(response.content.decode(), "batch-table") != key
 
 
 def test_it_answers_again_in_full_once_the_data_changed(api, viewer_client):

@@ -410,7 +410,7 @@ def test_it_shows_the_model_read_from_the_file_while_the_batch_validates(operato
     response = _post(operator_client, _content(2))
     html = operator_client.get(response["Location"]).content.decode()
 
-    assert "gpt-4o-mini" in html and "not known yet" not in html
+    assert "gpt-4o-mini" in html and "model not known yet" not in html
     assert 'data-live-state="validating"' in html
 
 

@@ -19,7 +19,7 @@ from audit.models import Action, Outcome
 from batches import services, upstream
 from batches.history import batch_history
 from batches.views.common import refreshed_batch, unreachable
-from batches.views.live import answer_key, is_shown, live_of, unchanged
+from batches.views.live import answer_key, is_shown, live_of, rendering_key, unchanged
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +77,15 @@ def batch_detail(request, batch_id):
     final = batch.is_terminal
     live = live_of(request, freshness)
     key = answer_key(
-        "detail",
-        request.path,
-        batch.payload_hash,
-        batch.cancel_requested_at,
-        freshness if freshness.may_change else None,
-        request.user.has_perm("batches.cancel_batch"),
-        live.every,
+        rendering_key(
+            "detail",
+            request.path,
+            batch.payload_hash,
+            batch.cancel_requested_at,
+            freshness if freshness.may_change else None,
+            request.user.has_perm("batches.cancel_batch"),
+            live.every,
+        )
     )
     fragment = request.htmx and not request.htmx.history_restore_request
     if fragment and not final and is_shown(request, key):

@@ -18,7 +18,7 @@ from django_htmx.http import HTMX_STOP_POLLING
 
 from batches import services, upstream
 from batches.models import ACTIVE_FILTER, ATTENTION_FILTER, DEFAULT_SORT, SORTS, Batch, data_version
-from batches.views.live import Live, answer_key, is_shown, live_of, unchanged
+from batches.views.live import Live, answer_key, is_shown, live_of, rendering_key, unchanged
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
@@ -89,23 +89,26 @@ def batch_list(request):
     freshness = upstream.refresh_list()
     can_cancel = request.user.has_perm("batches.cancel_batch")
     live = live_of(request, freshness)
-    key = _answer_key(request, freshness, live, can_cancel=can_cancel)
+    rendering = _rendering_key(request, freshness, live, can_cancel=can_cancel)
     if _wants_fragment(request):
-        return _table_fragment(request, freshness, live, key, can_cancel=can_cancel)
+        return _table_fragment(request, freshness, live, rendering, can_cancel=can_cancel)
     context = list_context(request.GET, freshness, can_cancel=can_cancel)
-    context.update(live=live, answer_key=key)
+    context.update(live=live, answer_key=answer_key(rendering))
     context["endpoints"], context["models"] = Batch.objects.endpoints_and_models()
     context["api_freshness"] = freshness  # The auth banner's: the list's own, so no second read.
     return render(request, "batches/batch_list.html", context)
 
 
-def _table_fragment(request, freshness: upstream.Freshness, live: Live, key: str, *, can_cancel: bool) -> HttpResponse:
-    """The polled table: empty when the poller shows this very rendering already; otherwise many viewers polling one
-    URL get one rendering per change of the data (or per clock step)."""
+def _table_fragment(
+    request, freshness: upstream.Freshness, live: Live, rendering: str, *, can_cancel: bool
+) -> HttpResponse:
+    """The polled table: empty when the poller shows this very answer already; otherwise many viewers polling one
+    URL get one rendering per change of the data (or per interval)."""
+    key = answer_key(rendering)
     if is_shown(request, key):
         return unchanged()
     seconds = min(settings.BATCHBOARD_REFRESH_INTERVAL, FRAGMENT_CACHE_MAX_SECONDS)
-    cache_key = f"batchboard:list-table:{key}"
+    cache_key = f"batchboard:list-table:{rendering}"
     if seconds > 0 and (cached := cache.get(cache_key)) is not None:
         content, status = cached
         return HttpResponse(content, status=status)
@@ -118,12 +121,12 @@ def _table_fragment(request, freshness: upstream.Freshness, live: Live, key: str
     return response
 
 
-def _answer_key(request, freshness: upstream.Freshness, live: Live, *, can_cancel: bool) -> str:
+def _rendering_key(request, freshness: upstream.Freshness, live: Live, *, can_cancel: bool) -> str:
     """Everything the table's markup depends on: the URL, what the user may do (it has no CSRF token or other
     secret: htmx sends the token from <body>), the data (read after this request's refresh, so a rendering is never
-    older than its key), how fresh it is, the polling interval, the day (the summary counts today's batches) and
-    the clock (relative times)."""
-    return answer_key(
+    older than its key), how fresh it is, the polling interval and the day (the summary counts today's batches).
+    A cached rendering is at most FRAGMENT_CACHE_MAX_SECONDS old, which bounds its relative times."""
+    return rendering_key(
         "list",
         request.path,
         sorted(request.GET.lists()),

@@ -49,12 +49,16 @@ def live_of(request, freshness=None) -> Live:
     return Live(interval=interval, paused=request.COOKIES.get(PAUSED_COOKIE) == "1", retry_seconds=retry)
 
 
-def answer_key(*parts) -> str:
-    """The key of a rendering: everything its markup depends on, plus the viewer's time zone and the clock in
-    CLOCK_STEP_SECONDS steps."""
+def rendering_key(*parts) -> str:
+    """The key of a rendering: everything its markup depends on but the clock, plus the viewer's time zone."""
+    return hashlib.sha256(repr((*parts, timezone.get_current_timezone_name())).encode()).hexdigest()[:32]
+
+
+def answer_key(rendering: str) -> str:
+    """What a region sends back (SHOWN_HEADER): its rendering's key and the clock in CLOCK_STEP_SECONDS steps, so
+    relative times on screen are refreshed at least that often."""
     clock_step = int(time.time() // CLOCK_STEP_SECONDS)
-    zone = timezone.get_current_timezone_name()
-    return hashlib.sha256(repr((*parts, zone, clock_step)).encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{rendering}:{clock_step}".encode()).hexdigest()[:32]
 
 
 def is_shown(request, key: str) -> bool:
