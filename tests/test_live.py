@@ -18,6 +18,7 @@ def _still_clock(monkeypatch):
     """Every request of a test in the same 10-second clock step (the step is part of every answer's key)."""
     monkeypatch.setattr("batches.views.live.time.time", lambda: 1_800_000_000.0)
 
+
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
