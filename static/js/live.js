@@ -74,7 +74,8 @@
     if (event.detail.elt.hasAttribute("data-live-poll") && (!isLive() || document.hidden)) event.preventDefault();
   });
   document.addEventListener("htmx:afterRequest", function (event) {
-    if (!event.detail.elt.hasAttribute("data-live")) return;
+    // requestConfig.elt: after a swap htmx fires this on a parent, as detail.elt, instead of the replaced region.
+    if (!event.detail.requestConfig.elt.hasAttribute("data-live")) return;
     failed = !event.detail.successful;
     var zone = document.body.getAttribute("data-time-zone") || "UTC";
     if (!failed) updated = new Date().toLocaleTimeString("en-GB", { timeZone: zone, hour12: false });
