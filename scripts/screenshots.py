@@ -113,7 +113,7 @@ def main():
             page.screenshot(path=str(out / "phone-list.png"), full_page=False)
             page.locator("#batch-table [data-live-state='in_progress'] a").first.click()
             page.wait_for_selector("#batch-panel")
-            page.screenshot(path=str(out / "phone-detail.png"), full_page=True)
+            page.screenshot(path=str(out / "phone-detail.png"), full_page=False)
             phone.close()
             browser.close()
     finally:
