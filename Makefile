@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# make run V=2 shows every sync pass and every request.
+V ?= 1
 
 .PHONY: run test lint format install install-dev migrate clean screenshots bench
 
@@ -28,9 +30,9 @@ migrate: install
 	$(BIN)/python manage.py migrate --no-input
 
 run: migrate
-	$(BIN)/python manage.py ensure_admin
+	$(BIN)/python manage.py ensure_admin --url http://$(HOST):$(PORT)/
 	$(BIN)/python manage.py collectstatic --no-input --verbosity 0
-	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
+	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT) -v $(V)
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -45,8 +47,7 @@ test: lint
 	$(BIN)/pytest -n 2
 
 bench: migrate
-	$(BIN)/python manage.py bench
-	$(BIN)/python -m benchmarks.cost
+	$(BIN)/python -m benchmarks
 
 screenshots: install-dev
 	$(BIN)/python scripts/screenshots.py

@@ -69,6 +69,41 @@ class BatchQuerySet(models.QuerySet):
     def active(self):
         return self.filter(is_terminal=False)
 
+    def mark_seen(self, batch_ids, observed_at: datetime) -> int:
+        """Note that the API still showed these batches, unchanged, at `observed_at` (never moving it backwards)."""
+        return self.filter(batch_id__in=batch_ids, last_seen_at__lt=observed_at).update(last_seen_at=observed_at)
+
+    def claim_refresh(self, batch_id: str, now: datetime, seconds: float) -> bool:
+        """Take the right to refresh one batch from the API: True for one caller per `seconds`, in any process.
+
+        A conditional UPDATE, so a crowd of viewers of one running batch costs one retrieve per interval.
+        """
+        cutoff = now - timedelta(seconds=seconds)
+        unclaimed = models.Q(refresh_claimed_at__isnull=True) | models.Q(refresh_claimed_at__lte=cutoff)
+        return bool(self.filter(unclaimed, batch_id=batch_id).update(refresh_claimed_at=now))
+
+    def claim_cancel(self, pk: int, user: str, now: datetime) -> bool:
+        """Take the right to send the one upstream cancel of a batch; a claim older than CANCEL_CLAIM_SECONDS is
+        from a request that died before reaching the API and may be taken again."""
+        unclaimed = models.Q(cancel_requested_at__isnull=True) | models.Q(
+            cancel_requested_at__lt=now - timedelta(seconds=CANCEL_CLAIM_SECONDS)
+        )
+        claimable = self.filter(unclaimed, pk=pk, status__in=services.CANCELLABLE_STATUSES)
+        return bool(claimable.update(cancel_requested_at=now, cancel_requested_by=user[:150]))
+
+    def release_cancel(self, pk: int, claimed_at: datetime) -> None:
+        """Give back a cancel claim after a failed call: only our own (a slow call may have been claimed over)."""
+        self.filter(pk=pk, cancel_requested_at=claimed_at).update(cancel_requested_at=None, cancel_requested_by="")
+
+    def became_final(self, batch_ids) -> list[str]:
+        """Of these ids, those whose cached row is final, in no particular order (one query per 500 ids)."""
+        batch_ids = list(batch_ids)
+        final = []
+        for start in range(0, len(batch_ids), 500):
+            chunk = batch_ids[start : start + 500]
+            final += self.filter(batch_id__in=chunk, is_terminal=True).values_list("batch_id", flat=True)
+        return final
+
     def finished(self):
         return self.filter(is_terminal=True)
 
@@ -270,6 +305,8 @@ class Batch(models.Model):
     input_tokens = models.PositiveBigIntegerField(null=True, blank=True)
     cached_input_tokens = models.PositiveBigIntegerField(null=True, blank=True)
     output_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    # When a page last took the right to refresh this batch from the API (see BatchQuerySet.claim_refresh).
+    refresh_claimed_at = models.DateTimeField(null=True, blank=True)
 
     objects = BatchQuerySet.as_manager()
 
@@ -485,6 +522,35 @@ def record_batch(batch: services.Batch, observed_at: datetime | None = None) -> 
     return Batch.objects.get(batch_id=batch.id)
 
 
+def record_new_batches(batches: list[services.Batch], observed_at: datetime) -> None:
+    """Store batches the cache has never seen, with their first snapshots, in two bulk inserts (an import's page).
+
+    If another writer recorded one of them meanwhile, the unique batch id refuses the insert and each goes through
+    record_batch instead.
+    """
+    rows, digests = [], []
+    for batch in batches:
+        digest = payload_digest(batch.raw)
+        row = Batch(batch_id=batch.id, first_seen_at=observed_at)
+        row._apply(batch, digest, observed_at)
+        row.last_seen_at = row.last_changed_at = observed_at
+        rows.append(row)
+        digests.append(digest)
+    try:
+        with transaction.atomic():
+            Batch.objects.bulk_create(rows)
+            DailySpend.count_new(rows)
+            BatchSnapshot.objects.bulk_create(
+                [
+                    _snapshot(row, batch, digest, observed_at)
+                    for row, batch, digest in zip(rows, batches, digests, strict=True)
+                ]
+            )
+    except IntegrityError:
+        for batch in batches:
+            record_batch(batch, observed_at=observed_at)
+
+
 def _record(batch: services.Batch, digest: str, observed_at: datetime) -> Batch:
     with transaction.atomic():
         row = Batch.objects.select_for_update().filter(batch_id=batch.id).first()
@@ -508,7 +574,7 @@ def _record(batch: services.Batch, digest: str, observed_at: datetime) -> Batch:
         spent_before = DailySpend.contribution(row)
         row._apply(batch, digest, changed_at)
         row.last_seen_at = row.last_changed_at = changed_at
-        # Only the columns _apply owns: cancel_requested_* are claimed by concurrent UPDATEs in upstream.cancel_batch.
+        # Only the columns _apply owns: cancel_requested_* are claimed by concurrent UPDATEs (claim_cancel).
         row.save(update_fields=[*APPLIED_FIELDS, "last_seen_at", "last_changed_at"])
         DailySpend.count(spent_before, row)
         if not BatchSnapshot.objects.filter(batch=row, payload_hash=digest).exists():
@@ -517,7 +583,11 @@ def _record(batch: services.Batch, digest: str, observed_at: datetime) -> Batch:
 
 
 def _add_snapshot(row: Batch, batch: services.Batch, digest: str, observed_at: datetime) -> None:
-    BatchSnapshot.objects.create(
+    _snapshot(row, batch, digest, observed_at).save(force_insert=True)
+
+
+def _snapshot(row: Batch, batch: services.Batch, digest: str, observed_at: datetime) -> BatchSnapshot:
+    return BatchSnapshot(
         batch=row,
         observed_at=observed_at,
         status=batch.status,
@@ -592,6 +662,23 @@ class DailySpend(models.Model):
         return len(rows)
 
     @classmethod
+    def count_new(cls, rows: list[Batch]) -> None:
+        """Add batches recorded for the first time (an import's page, in bulk): one UPDATE per day and model."""
+        totals: dict[tuple, list[int]] = {}
+        for row in rows:
+            contribution = cls.contribution(row)
+            if contribution is not None:
+                day, model, *tokens = contribution
+                total = totals.setdefault((day, model), [0, 0, 0, 0])
+                total[0] += 1
+                for index, count in enumerate(tokens, start=1):
+                    total[index] += count
+        for (day, model), (count, *tokens) in totals.items():
+            changes = {name: models.F(name) + value for name, value in zip(TOKEN_FIELDS, tokens, strict=True)}
+            if not cls.objects.filter(day=day, model=model).update(batches=models.F("batches") + count, **changes):
+                cls.objects.create(day=day, model=model, batches=count, **dict(zip(TOKEN_FIELDS, tokens, strict=True)))
+
+    @classmethod
     def _add(cls, contribution: tuple, sign: int) -> None:
         day, model, *tokens = contribution
         changes = {name: models.F(name) + sign * value for name, value in zip(TOKEN_FIELDS, tokens, strict=True)}
@@ -600,23 +687,79 @@ class DailySpend(models.Model):
             cls.objects.create(day=day, model=model, batches=1, **dict(zip(TOKEN_FIELDS, tokens, strict=True)))
 
 
-class SyncState(models.Model):
-    """Bookkeeping for upstream refreshes, shared by every web process and the sync command.
+class SyncStateQuerySet(models.QuerySet):
+    def named(self, name: str) -> SyncState:
+        """The state row called `name`, created on first use."""
+        state = self.filter(name=name).first()
+        if state is None:
+            state, _ = self.get_or_create(name=name)
+        return state
 
-    `claimed_at` is a lease: whoever moves it forward with a conditional UPDATE does the next refresh, so many
-    viewers polling at once cost one upstream list walk per interval.
+    def claim_pass(self, name: str, holder: str, now: datetime, *, lease_seconds: float, due_before: datetime) -> bool:
+        """Take the lease for a pass over `name`: True for one caller, in any number of threads and processes.
+
+        A conditional UPDATE: the lease must be free (released, or expired because its holder died without releasing
+        it), and the last pass must have started before `due_before`, so two loops never walk in one interval. SQLite
+        runs one writer at a time; PostgreSQL re-checks the WHERE clause once it holds the row lock.
+        """
+        self.named(name)
+        lease_free = models.Q(lease_until__isnull=True) | models.Q(lease_until__lte=now)
+        due = models.Q(claimed_at__isnull=True) | models.Q(claimed_at__lte=due_before)
+        until = now + timedelta(seconds=lease_seconds)
+        claimed = self.filter(lease_free, due, name=name).update(
+            lease_holder=holder, lease_until=until, claimed_at=now, heartbeat_at=now
+        )
+        return claimed == 1
+
+    def renew_lease(self, name: str, holder: str, now: datetime, *, lease_seconds: float) -> bool:
+        """Extend our lease and beat the heart; False if it expired and another holder took it (stop walking)."""
+        until = now + timedelta(seconds=lease_seconds)
+        return bool(self.filter(name=name, lease_holder=holder).update(lease_until=until, heartbeat_at=now))
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self.filter(name=name, lease_holder=holder).update(lease_until=None)
+
+    def note_watched(self, name: str, now: datetime, *, every: float) -> None:
+        """Someone is looking at the list: one small write per `every` seconds, however many viewers poll."""
+        stale = models.Q(watched_at__isnull=True) | models.Q(watched_at__lt=now - timedelta(seconds=every))
+        self.filter(stale, name=name).update(watched_at=now)
+
+
+class SyncState(models.Model):
+    """Bookkeeping for upstream refreshes, shared by every web process and every sync loop.
+
+    The list's row holds the loop's lease (`lease_holder` until `lease_until`, renewed page by page, so a worker
+    killed mid-walk leaves a lease that expires), its heartbeat, the last pass's outcome and duration, the high-water
+    mark of the newest batch walked, the import's cursor and progress, and when someone last watched the list.
     """
 
     name = models.CharField(max_length=200, unique=True)
+    # When the current (or last) pass started.
     claimed_at = models.DateTimeField(null=True, blank=True)
-    # The newest batch id at the top of the last list walk that ran to its end: that batch and every older one are
-    # known, so the next walk can stop when it reaches it. A walk that was interrupted leaves it alone.
+    lease_holder = models.CharField(max_length=64, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    # Beaten at the start of a pass, after each page, and at its end: the "is the loop alive" signal.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    pass_seconds = models.FloatField(null=True, blank=True)
+    watched_at = models.DateTimeField(null=True, blank=True)
+    # The newest batch id at the top of the last top walk that ran to its end: that batch and every older one are
+    # known (or being imported), so the next walk can stop below it. A walk that was interrupted leaves it alone.
     high_water_id = models.CharField(max_length=128, blank=True)
+    # The background import of the history: the id to list `after` next, how many batches it recorded, how far back
+    # it reached, and when it reached the end.
+    import_cursor = models.CharField(max_length=128, blank=True)
+    imported = models.PositiveIntegerField(default=0)
+    import_reached = models.DateTimeField(null=True, blank=True)
+    import_done_at = models.DateTimeField(null=True, blank=True)
+    # The last pass stopped early because the upstream budget was spent (see batches.budget).
+    budget_limited_at = models.DateTimeField(null=True, blank=True)
     succeeded_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
     error_kind = models.CharField(max_length=32, blank=True)
     error_message = models.TextField(blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
+
+    objects = SyncStateQuerySet.as_manager()
 
     def __str__(self):
         return self.name
@@ -624,6 +767,41 @@ class SyncState(models.Model):
     @property
     def is_failing(self) -> bool:
         return bool(self.failed_at and (not self.succeeded_at or self.failed_at > self.succeeded_at))
+
+    @property
+    def budget_limited(self) -> bool:
+        return bool(self.budget_limited_at and (not self.succeeded_at or self.budget_limited_at >= self.succeeded_at))
+
+
+class UpstreamMinute(models.Model):
+    """Upstream calls made in one minute by every process together: the shared budget and the call counters.
+
+    `minute` is the Unix minute (seconds // 60); minute 0 holds the totals of older minutes folded together, so the
+    table stays small and the totals keep counting up (see batches.budget).
+    """
+
+    minute = models.BigIntegerField(unique=True)
+    calls = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    rate_limited = models.PositiveIntegerField(default=0)
+    # After a 429 every caller waits until then (the API's Retry-After); kept on the current minute's row.
+    paused_until = models.FloatField(null=True, blank=True)
+
+    def __str__(self):
+        return f"minute {self.minute}: {self.calls} calls"
+
+
+class BatchCreationQuerySet(models.QuerySet):
+    def claim(self, token, user: str) -> tuple[BatchCreation | None, bool]:
+        """(claim, True) when this call now owns the form token; else (the existing claim or None, False).
+
+        The unique token makes this safe across processes: of two submissions at once, one insert wins.
+        """
+        try:
+            with transaction.atomic():
+                return self.create(token=token, created_by=user[:150]), True
+        except IntegrityError:
+            return self.filter(token=token).first(), False
 
 
 class BatchCreation(models.Model):
@@ -638,6 +816,8 @@ class BatchCreation(models.Model):
     claimed_at = models.DateTimeField(default=timezone.now)
     input_file_id = models.CharField(max_length=128, blank=True)
     batch_id = models.CharField(max_length=128, blank=True)
+
+    objects = BatchCreationQuerySet.as_manager()
 
     def __str__(self):
         return f"{self.token} → {self.batch_id or 'pending'}"

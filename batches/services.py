@@ -392,6 +392,10 @@ class RateLimited(BatchApiError):
     """429: too many requests or out of quota."""
 
 
+class BudgetExhausted(BatchApiError):
+    """Not sent: batchboard's own upstream budget is spent, or the API asked every caller to pause (batches.budget)."""
+
+
 class Unavailable(BatchApiError):
     """The API could not be reached, timed out, answered 5xx, or answered something that is not the API."""
 
@@ -636,12 +640,16 @@ class BatchClient:
         max_retries: int = 2,
         session: requests.Session | None = None,
         sleep: Callable[[float], Any] = time.sleep,
+        budget: Any = None,
     ):
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.timeout = (connect_timeout, timeout)
         self.max_retries = max(int(max_retries), 0)
         self._sleep = sleep
+        # Shared accounting (batches.budget.SharedBudget): before_call() may raise BudgetExhausted, after_call()
+        # counts each attempt's outcome. None for a client that answers to nobody (tests, the sandbox's own checks).
+        self.budget = budget
         self.session = session or requests.Session()
         self.session.auth = _BearerAuth(api_key)
         self.session.headers.update(
@@ -763,8 +771,13 @@ class BatchClient:
         attempt = 0
         while True:
             request_headers = {**(headers or {}), "X-Stainless-Retry-Count": str(attempt)}
+            if self.budget is not None:
+                self.budget.before_call()
             started = time.monotonic()
             response, failure, unsendable = self._send(method, url, request_headers, stream, kwargs)
+            if self.budget is not None and unsendable is None:
+                status = response.status_code if response is not None else None
+                self.budget.after_call(status, _retry_after_seconds(response) if status == 429 else None)
             if unsendable is not None:
                 raise Unavailable(f"The request to the Batch API could not be made ({unsendable}).")
             if failure is not None:
@@ -918,33 +931,46 @@ def _error_body(response: requests.Response, stream: bool) -> bytes:
 
 
 _clients = threading.local()
+# A page waits at most this long (and retries at most once) for what it asks the API itself: it shows the cache
+# rather than make its viewer wait for the full timeout and retries that the sync loop can afford.
+PAGE_TIMEOUT = 5.0
+PAGE_MAX_RETRIES = 1
 
 
-def get_client() -> BatchClient:
-    """The configured client (one per thread, as a requests.Session is not thread-safe).
+def get_client(*, for_page: bool = False) -> BatchClient:
+    """The configured client (one per thread and use, as a requests.Session is not thread-safe).
 
-    The real API with a key, the built-in sandbox without one.
+    The real API with a key, the built-in sandbox without one. `for_page` gives the shorter timeout pages use.
     """
+    timeout, max_retries = settings.OPENAI_TIMEOUT, settings.OPENAI_MAX_RETRIES
+    if for_page:
+        timeout, max_retries = min(timeout, PAGE_TIMEOUT), min(max_retries, PAGE_MAX_RETRIES)
     config = (
         settings.OPENAI_API_KEY or settings.SANDBOX_API_KEY,
         settings.OPENAI_BASE_URL,
         settings.OPENAI_ORG_ID,
         settings.OPENAI_PROJECT_ID,
-        settings.OPENAI_TIMEOUT,
-        settings.OPENAI_MAX_RETRIES,
+        timeout,
+        max_retries,
     )
-    if getattr(_clients, "config", None) != config:
-        previous = getattr(_clients, "client", None)
+    slot = "page" if for_page else "default"
+    configs = _clients.__dict__.setdefault("configs", {})
+    clients = _clients.__dict__.setdefault("clients", {})
+    if configs.get(slot) != config:
+        previous = clients.get(slot)
         if previous is not None:
             previous.close()
+        from batches.budget import SharedBudget  # Django models: imported late, this module loads before them.
+
         api_key, base_url, organization, project, timeout, max_retries = config
-        _clients.client = BatchClient(
+        clients[slot] = BatchClient(
             api_key=api_key,
             base_url=base_url,
             organization=organization,
             project=project,
             timeout=timeout,
             max_retries=max_retries,
+            budget=SharedBudget(),
         )
-        _clients.config = config
-    return _clients.client
+        configs[slot] = config
+    return clients[slot]

@@ -44,6 +44,20 @@ def sandbox_url(live_server):
 
 
 @pytest.fixture
+def synced(db):
+    """The sync loop is alive and its last pass succeeded just now (pages then show no notice)."""
+    from django.utils import timezone
+
+    from batches.models import SyncState
+    from batches.sync import LIST_STATE
+
+    now = timezone.now()
+    SyncState.objects.update_or_create(
+        name=LIST_STATE, defaults={"succeeded_at": now, "heartbeat_at": now, "claimed_at": now}
+    )
+
+
+@pytest.fixture
 def fake_api(settings):
     """A local API server that answers only what a test scripts (404 otherwise) and logs every request; the
     dashboard's client talks to it, without retries."""

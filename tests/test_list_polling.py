@@ -11,7 +11,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from batches import services, upstream
+from batches import services, sync
 from batches.models import Batch, data_version, record_batch
 from tests.fake_api import Reply
 from tests.test_models import observation
@@ -22,7 +22,7 @@ POLL = {"HX-Request": "true"}
 
 
 @pytest.fixture(autouse=True)
-def _shared_renderings(settings):
+def _shared_renderings(settings, synced):
     """Polls may share renderings for up to a minute (the list refreshes at most once a minute)."""
     settings.BATCHBOARD_REFRESH_INTERVAL = 60.0
     cache.clear()
@@ -84,7 +84,7 @@ def test_it_shows_a_change_at_the_next_poll(api, viewer_client):
 def test_it_shows_a_cancel_claimed_or_released_at_the_next_poll(api, operator_client):
     first, second = api.add("in_progress"), api.add("in_progress")
     now = timezone.now()
-    # What upstream.cancel_batch does before it calls the API, and undoes when the call fails.
+    # What actions.cancel_batch does before it calls the API, and undoes when the call fails.
     Batch.objects.filter(batch_id=first["id"]).update(cancel_requested_at=now - timedelta(seconds=5))
     Batch.objects.filter(batch_id=second["id"]).update(cancel_requested_at=now)
     html = _poll(operator_client)[0].text
@@ -141,7 +141,7 @@ def test_it_shows_that_the_api_is_failing_at_the_next_poll(api, viewer_client):
     assert "Cannot reach the OpenAI API" not in _poll(viewer_client)[0].text
 
     api.list_reply = Reply(503, {"error": {"message": "overloaded", "type": "server_error"}})
-    upstream.refresh_list(force=True)  # the sync loop's next pass, or another viewer's page
+    sync.run_pass(force=True)  # the sync loop's next pass
 
     response, _ = _poll(viewer_client)
     assert "Cannot reach the OpenAI API" in response.text

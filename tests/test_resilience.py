@@ -1,5 +1,7 @@
-"""When the API fails: pages render the last known state with a stale notice, and viewers share one refresh."""
+"""When the API fails: pages render the last known state with a stale notice; viewers never walk the list."""
 
+import io
+import json
 import threading
 
 import pytest
@@ -7,26 +9,42 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 
-from batches import services, upstream
+from batches import services, sync
 from batches.models import Batch
-from tests.test_sync import create_batches
 
 pytestmark = pytest.mark.usefixtures("sandbox_url")
 
 WRONG_KEY = "sk-wrong-key-0123456789abcdef"
 
 
+def create_batches(count, *, speed):
+    """`count` batches in the sandbox; `speed` fixes how fast they run (it is read at creation)."""
+    from django.conf import settings
+
+    settings.SANDBOX_SPEED = speed
+    client = services.get_client()
+    line = {
+        "custom_id": "request-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]},
+    }
+    upload = client.upload_fileobj(io.BytesIO(json.dumps(line).encode() + b"\n"), filename="input.jsonl")
+    return [client.create_batch(input_file_id=upload.id, endpoint="/v1/chat/completions") for _ in range(count)]
+
+
 @pytest.fixture
 def cached_batch(settings):
     """One running batch that the dashboard has seen, before anything goes wrong."""
     batch = create_batches(1, speed=1)[0]
-    upstream.refresh_list(force=True)
+    sync.run_pass(force=True)
     settings.OPENAI_MAX_RETRIES = 0  # Failures surface at once instead of after the client's retries.
     return Batch.objects.get(batch_id=batch.id)
 
 
 def test_it_shows_the_last_known_state_when_every_request_fails(settings, viewer_client, cached_batch):
     settings.SANDBOX_ERROR_RATE = 1.0
+    sync.run_pass(force=True)  # The sync loop's pass fails; the list's pages say so.
 
     pages = {
         "list": viewer_client.get("/batches/"),
@@ -56,6 +74,7 @@ def test_it_renders_every_page_while_a_third_of_the_requests_fail(settings, view
 def test_it_says_the_api_is_rate_limiting(settings, viewer_client, cached_batch):
     settings.SANDBOX_RATE_LIMIT_RATE = 1.0
     settings.SANDBOX_RETRY_AFTER = 0.01
+    sync.run_pass(force=True)
 
     response = viewer_client.get("/batches/")
 
@@ -77,7 +96,7 @@ def test_it_answers_503_for_a_batch_it_has_never_seen_while_the_api_is_down(sett
 def test_it_says_plainly_on_every_page_that_the_key_was_rejected(settings, viewer_client, cached_batch):
     Batch.objects.filter(pk=cached_batch.pk).update(status="completed", is_terminal=True)  # Its page needs no API.
     settings.OPENAI_API_KEY = WRONG_KEY
-    upstream.refresh_list(force=True)
+    sync.run_pass(force=True)
 
     pages = {
         "list": viewer_client.get("/batches/"),
@@ -98,7 +117,7 @@ def test_it_says_plainly_on_every_page_that_the_key_was_rejected(settings, viewe
 def test_it_keeps_the_auth_banner_off_the_login_page(settings, client):
     settings.OPENAI_API_KEY = WRONG_KEY
     settings.OPENAI_MAX_RETRIES = 0
-    upstream.refresh_list(force=True)
+    sync.run_pass(force=True)
 
     response = client.get("/accounts/login/")
 
@@ -111,15 +130,15 @@ def test_it_backs_off_while_the_api_keeps_failing(settings, cached_batch):
     settings.SANDBOX_ERROR_RATE = 1.0
     retries = []
     for _ in range(3):
-        freshness = upstream.refresh_list(force=True)
-        retries.append(freshness.retry_seconds)
+        sync.run_pass(force=True)
+        retries.append(sync.list_freshness().retry_seconds)
 
-    assert freshness.is_stale and freshness.consecutive_failures == 3
+    freshness = sync.list_freshness()
+    assert not freshness.ok and freshness.consecutive_failures == 3
     assert retries == sorted(retries) and retries[-1] > retries[0]
-    assert upstream.refresh_list(force=True).retry_seconds <= upstream.MAX_BACKOFF_SECONDS
-    waiting = upstream.list_pass()  # A loop's next pass, within the longer lease of a failing API.
-    assert not waiting.ran
-    assert "backing off after 4 failed refreshes" in waiting.describe()
+    sync.run_pass(force=True)
+    assert sync.list_freshness().retry_seconds <= sync.MAX_BACKOFF_SECONDS
+    assert not sync.run_pass().ran  # A loop's next pass waits out the longer interval of a failing API.
 
 
 @pytest.fixture
@@ -158,20 +177,11 @@ def run_at_once(count, target):
     return results
 
 
-def test_it_makes_many_viewers_share_one_upstream_walk(settings, count_list_calls):
-    create_batches(3, speed=1)
-    settings.BATCHBOARD_REFRESH_INTERVAL = 60.0
-
-    results = run_at_once(10, upstream.refresh_list)
-
-    assert len(count_list_calls) == 1
-    assert all(freshness.ok for freshness in results)
-    assert Batch.objects.count() == 3
-
-
-def test_it_makes_polling_fragments_share_one_upstream_walk(settings, viewer, count_list_calls):
+def test_viewers_polling_at_once_never_call_the_api_for_the_list(settings, viewer, count_list_calls):
     create_batches(2, speed=1)
-    settings.BATCHBOARD_REFRESH_INTERVAL = 60.0
+    sync.run_pass(force=True)
+    count_list_calls.clear()
+    settings.BATCHBOARD_REFRESH_INTERVAL = 2.0
 
     def poll():
         client = Client()
@@ -181,21 +191,20 @@ def test_it_makes_polling_fragments_share_one_upstream_walk(settings, viewer, co
     statuses = run_at_once(8, poll)
 
     assert set(statuses) <= {200, 286}
-    assert len(count_list_calls) == 1
+    assert count_list_calls == []
 
 
-def test_it_gives_other_viewers_the_cache_while_a_refresh_is_under_way(settings, count_list_calls):
+def test_a_list_view_answers_from_the_cache_while_a_slow_pass_is_under_way(settings, viewer_client, count_list_calls):
     create_batches(1, speed=1)
-    settings.BATCHBOARD_REFRESH_INTERVAL = 60.0
-    settings.SANDBOX_LATENCY = 1.0  # The walk that wins the lease is slow.
-    walking = threading.Thread(target=lambda: (upstream.refresh_list(), connection.close()))
+    settings.SANDBOX_LATENCY = 1.0  # The pass is slow.
+    walking = threading.Thread(target=lambda: (sync.run_pass(force=True), connection.close()))
     walking.start()
     while not count_list_calls:
         walking.join(timeout=0.01)
 
-    freshness = upstream.refresh_list()
+    response = viewer_client.get("/batches/")
 
-    assert walking.is_alive()  # This viewer was answered while the walk was still waiting for the API.
+    assert walking.is_alive()  # This viewer was answered while the pass was still waiting for the API.
     walking.join()
-    assert freshness.ok
+    assert response.status_code == 200
     assert len(count_list_calls) == 1

@@ -1098,6 +1098,7 @@ def test_it_redacts_a_key_echoed_by_a_proxy_error_page(api, client):
     assert KEY not in str(caught.value) and "sk-…abcd" in str(caught.value)
 
 
+@pytest.mark.django_db  # The configured client counts its calls against the shared budget, in the database.
 def test_it_configures_one_client_per_settings(api, settings):
     settings.OPENAI_API_KEY = ""
     settings.OPENAI_BASE_URL = api.url

@@ -1,4 +1,4 @@
-"""Keeping the history without anyone watching: sync passes and the sync loop against the sandbox over HTTP."""
+"""The sync loop: what a pass costs in upstream calls, the background import, the lease, and the command."""
 
 import json
 import logging
@@ -9,49 +9,39 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.utils import timezone
 
-from batches import services, upstream
+from batches import services, sync
 from batches.models import Batch, BatchSnapshot, SyncState
+from tests.fake_api import Reply
 
-pytestmark = pytest.mark.usefixtures("sandbox_url")
-
-
-def create_batches(count, *, speed=None):
-    """`count` batches in the sandbox, newest last; `speed` fixes how fast they run (it is read at creation)."""
-    if speed is not None:
-        settings.SANDBOX_SPEED = speed
-    client = services.get_client()
-    line = {
-        "custom_id": "request-1",
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]},
-    }
-    upload = client.upload_fileobj(_jsonl(line), filename="input.jsonl")
-    return [client.create_batch(input_file_id=upload.id, endpoint="/v1/chat/completions") for _ in range(count)]
+NOW = int(time.time())
 
 
-def _jsonl(*lines):
-    import io
-
-    return io.BytesIO(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
-
-
-def counting_client():
-    """A real client that notes every request it sends (method, path)."""
-    client = services.get_client()
-    calls = []
-    client.session.hooks["response"] = [lambda response, *args, **kwargs: calls.append(response.request.path_url)]
-    return client, calls
+def list_calls(api):
+    """The `after` cursor of every list call the fake API received, in order ("" for the top)."""
+    return [r.query.get("after", [""])[0] for r in api.server.received if r.method == "GET" and r.path == "/batches"]
 
 
-def list_calls(calls):
-    return [path for path in calls if path.split("?")[0].endswith("/batches")]
+def retrieves(api):
+    return [r.path for r in api.server.received if r.method == "GET" and r.path.startswith("/batches/")]
+
+
+def add_batches(api, count, status, *, newest_age, step=60):
+    """`count` batches in the API only (not yet in the cache), the newest created `newest_age` seconds ago."""
+    return [api.add(status, record=False, created_at=NOW - newest_age - step * n)["id"] for n in range(count)]
+
+
+def one_pass(**kwargs):
+    outcome = sync.run_pass(force=True, **kwargs)
+    assert outcome.ran and not outcome.error, outcome.describe()
+    return outcome.result
 
 
 @pytest.fixture
@@ -64,125 +54,207 @@ def sync_log(caplog):
     logger.removeHandler(caplog.handler)
 
 
-def test_it_records_every_batch_on_the_first_pass_walking_every_page():
-    created = create_batches(5, speed=1)
-    client, calls = counting_client()
-
-    result = upstream.sync_batches(client, page_size=2)
-
-    assert (result.pages, result.seen, result.changed, result.complete) == (3, 5, 5, True)
-    assert len(list_calls(calls)) == 3
-    assert set(Batch.objects.values_list("batch_id", flat=True)) == {b.id for b in created}
-    assert BatchSnapshot.objects.count() == 5
-    newest = client.list_batches(limit=1).data[0].id
-    assert SyncState.objects.get(name=upstream.LIST_STATE).high_water_id == newest
+@pytest.fixture
+def small_pages(monkeypatch):
+    """Pages of 3 batches, so that a handful of batches spans several pages."""
+    monkeypatch.setattr(sync, "PAGE_SIZE", 3)
+    original = sync.sync_batches
+    monkeypatch.setattr(
+        sync, "sync_batches", lambda client, result=None, **kw: original(client, result, page_size=3, **kw)
+    )
 
 
-def test_it_stops_an_incremental_pass_below_where_the_last_complete_walk_began():
-    create_batches(3, speed=1)
-    wait_for_the_next_second()  # The API lists newest first by creation second; ties can come in any order.
-    create_batches(1)
-    client, calls = counting_client()
-    upstream.sync_batches(client, page_size=2)
-    newest = create_batches(1)[0]
-    calls.clear()
-
-    result = upstream.sync_batches(client, page_size=2)
-
-    # Pages of [the two newest], [two from the older second, below the previous top]: the third is not needed.
-    assert result.pages == 2
-    assert len(list_calls(calls)) == 2
-    assert result.retrieved == 1  # the known batch still running and not on those pages is refreshed on its own
-    assert Batch.objects.filter(batch_id=newest.id).exists()
-    assert Batch.objects.count() == 5
+pytestmark = pytest.mark.django_db
 
 
-def wait_for_the_next_second():
-    start = int(time.time())
-    while int(time.time()) == start:
-        time.sleep(0.02)
+def test_a_pass_with_running_batches_over_three_pages_makes_three_list_calls_and_no_retrieves(api, small_pages):
+    add_batches(api, 20, "completed", newest_age=3600)
+    running = add_batches(api, 8, "in_progress", newest_age=60)  # pages [r r r] [r r r] [r r c] [c c c]...
+    one_pass()  # the first pass: the newest page, then the import of the rest
+    assert Batch.objects.count() == 28 and Batch.objects.active().count() == 8
+    api.server.received.clear()
+    for batch_id in running:
+        api.batches[batch_id]["request_counts"]["completed"] += 1  # every running batch moved on
+
+    result = one_pass()
+
+    assert len(list_calls(api)) == 3
+    assert retrieves(api) == []
+    assert result.changed == 8 and result.complete
+    assert all(
+        Batch.objects.get(batch_id=b).completed_requests == api.batches[b]["request_counts"]["completed"]
+        for b in running
+    )
 
 
-def test_it_finishes_an_interrupted_first_walk_on_the_next_pass():
-    created = create_batches(5, speed=1)
-    client, _ = counting_client()
-    stop = threading.Event()
-    stop.set()
+def test_an_idle_pass_costs_one_list_call(api, small_pages):
+    add_batches(api, 10, "completed", newest_age=3600)
+    one_pass()
+    api.server.received.clear()
 
-    interrupted = upstream.sync_batches(client, page_size=2, stop=stop)
-    assert (interrupted.pages, interrupted.complete) == (1, False)
-    assert SyncState.objects.filter(name=upstream.LIST_STATE, high_water_id__gt="").count() == 0
-    create_batches(1)
+    result = one_pass()
 
-    upstream.sync_batches(client, page_size=2)
-
-    # The older batches below the first page were not skipped because the newest ones were known.
-    assert Batch.objects.count() == 6
-    assert {b.id for b in created} <= set(Batch.objects.values_list("batch_id", flat=True))
-
-
-def test_it_adds_no_snapshot_when_nothing_changed_between_passes():
-    create_batches(3, speed=1)
-    client, _ = counting_client()
-    upstream.sync_batches(client)
-    seen_before = dict(Batch.objects.values_list("batch_id", "last_seen_at"))
-
-    result = upstream.sync_batches(client)
-
+    assert len(list_calls(api)) == 1 and retrieves(api) == []
     assert result.changed == 0
-    assert BatchSnapshot.objects.count() == 3
-    assert all(row.last_seen_at > seen_before[row.batch_id] for row in Batch.objects.all())
 
 
-def test_it_adds_a_snapshot_when_a_batch_advanced_between_passes():
-    batch = create_batches(1, speed=3600)[0]  # about a second from validating to completed
-    client, _ = counting_client()
-    upstream.sync_batches(client)
-    first = Batch.objects.get(batch_id=batch.id)
-    deadline = time.monotonic() + 10
-    while client.retrieve_batch(batch.id).status == first.status and time.monotonic() < deadline:
-        time.sleep(0.05)
+def test_a_new_batch_above_the_mark_is_recorded_by_the_next_pass(api, small_pages):
+    add_batches(api, 5, "completed", newest_age=3600)
+    one_pass()
+    newest = api.add("validating", record=False, created_at=NOW)["id"]
 
-    result = upstream.sync_batches(client)
+    result = one_pass()
 
-    assert result.changed == 1
-    row = Batch.objects.get(batch_id=batch.id)
-    assert row.status != first.status
-    assert row.snapshots.first().status == first.status
-    assert row.snapshots.count() == 2
+    assert Batch.objects.filter(batch_id=newest).exists()
+    assert result.changed == 1 and Batch.objects.count() == 6
 
 
-def test_it_lets_one_of_two_loops_walk_in_an_interval():
-    create_batches(2, speed=1)
-    start = threading.Barrier(2)
-    outcomes = []
+def test_a_batch_that_finished_is_reported_as_became_final(api, small_pages):
+    add_batches(api, 4, "completed", newest_age=3600)
+    (running,) = add_batches(api, 1, "in_progress", newest_age=60)
+    one_pass()
+    api.batches[running].update(status="completed", completed_at=NOW)
 
-    def one_pass():
-        start.wait()
-        try:
-            outcomes.append(upstream.list_pass(lease_seconds=60))
-        finally:
-            connection.close()
+    result = one_pass()
 
-    threads = [threading.Thread(target=one_pass) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert sorted(outcome.ran for outcome in outcomes) == [False, True]
-    assert "skipped" in next(o for o in outcomes if not o.ran).describe()
+    assert result.became_final == [running]
 
 
-def test_it_records_each_state_once_when_several_walks_run_at_once():
-    create_batches(6, speed=1)
+def test_a_running_batch_too_deep_to_walk_to_is_retrieved_on_its_own(api, small_pages, monkeypatch):
+    monkeypatch.setattr(sync, "MAX_WALK_PAGES", 2)
+    (deep,) = add_batches(api, 1, "in_progress", newest_age=7200)
+    add_batches(api, 12, "completed", newest_age=60)  # four pages above it
+    one_pass()
+    api.server.received.clear()
+
+    one_pass()
+
+    assert len(list_calls(api)) == 1
+    assert retrieves(api) == [f"/batches/{deep}"]
+
+
+def test_the_first_pass_records_the_newest_page_then_imports_the_rest(api, small_pages):
+    ids = add_batches(api, 10, "completed", newest_age=60)
+
+    result = one_pass()
+
+    assert set(Batch.objects.values_list("batch_id", flat=True)) == set(ids)
+    assert BatchSnapshot.objects.count() == 10
+    # 10 batches in pages of 3: ceil(10 / 3) list calls, each cursor once.
+    assert list_calls(api) == ["", ids[2], ids[5], ids[8]]
+    assert result.imported == 7
+    state = SyncState.objects.get(name=sync.LIST_STATE)
+    assert state.import_done_at is not None and state.imported == 10 and state.high_water_id == ids[0]
+
+
+def test_an_interrupted_import_continues_from_its_cursor_and_imports_each_batch_once(api, small_pages):
+    ids = add_batches(api, 15, "completed", newest_age=60)
+    client = services.get_client()
+    real_list = client.list_batches
+    calls = {"left": 3}
+
+    def dies_after_three_calls(**kwargs):
+        if calls["left"] == 0:
+            raise services.Unavailable("The worker was killed.")
+        calls["left"] -= 1
+        return real_list(**kwargs)
+
+    client.list_batches = dies_after_three_calls
+    outcome = sync.run_pass(force=True, client=client)
+    assert outcome.error
+    assert Batch.objects.count() == 9
+    assert SyncState.objects.get(name=sync.LIST_STATE).import_cursor == ids[8]
+
+    del client.list_batches  # A new worker, with a client that works.
+    one_pass(client=client)
+
+    after = list_calls(api)
+    import_cursors = [cursor for cursor in after if cursor]
+    assert import_cursors == [ids[2], ids[5], ids[8], ids[11]]  # resumed at ids[8]: no page listed twice
+    assert after.count("") == 2  # the top page, once per pass
+    assert sorted(Batch.objects.values_list("batch_id", flat=True)) == sorted(ids)
+    assert BatchSnapshot.objects.count() == 15
+    state = SyncState.objects.get(name=sync.LIST_STATE)
+    assert state.imported == 15 and state.import_done_at is not None
+
+
+def test_an_import_slice_ends_at_its_deadline_and_the_next_pass_goes_on(api, small_pages, monkeypatch):
+    add_batches(api, 12, "completed", newest_age=60)
+    monkeypatch.setattr(sync, "IMPORT_SLICE_SECONDS", 0.0)
+
+    first = one_pass()
+    assert first.imported == 3  # one page per slice
+    assert sync.list_freshness().importing
+
+    for _ in range(3):
+        one_pass()
+
+    assert Batch.objects.count() == 12
+    assert not sync.list_freshness().importing
+
+
+def test_it_adds_no_snapshot_when_nothing_changed_between_passes(api):
+    api.add("in_progress", record=False)
+    one_pass()
+    seen_before = Batch.objects.get().last_seen_at
+
+    result = one_pass()
+
+    assert result.changed == 0 and BatchSnapshot.objects.count() == 1
+    assert Batch.objects.get().last_seen_at > seen_before
+
+
+def test_a_killed_loops_lease_is_taken_over_once_it_expires(api):
+    api.add("in_progress", record=False)
+    started = timezone.now()
+    # A loop claimed the lease and died mid-walk: it never renews or releases it.
+    assert SyncState.objects.claim_pass(
+        sync.LIST_STATE, "dead-loop", started, lease_seconds=sync.LEASE_SECONDS, due_before=started
+    )
+
+    before_expiry = sync.run_pass(holder="second-loop", now=started + timedelta(seconds=sync.LEASE_SECONDS - 1))
+    after_expiry = sync.run_pass(holder="second-loop", now=started + timedelta(seconds=sync.LEASE_SECONDS + 1))
+
+    assert not before_expiry.ran
+    assert after_expiry.ran and Batch.objects.count() == 1
+    assert SyncState.objects.get(name=sync.LIST_STATE).lease_until is None  # released after the pass
+
+
+def test_two_loops_do_not_pass_in_the_same_interval(api, settings):
+    settings.BATCHBOARD_REFRESH_INTERVAL = 2.0
+    settings.BATCHBOARD_HISTORY_INTERVAL = 60.0
+    api.add("in_progress", record=False)
+    now = timezone.now()
+
+    first = sync.run_pass(holder="loop-a", now=now)
+    second = sync.run_pass(holder="loop-b", now=now + timedelta(seconds=30))
+    due = sync.run_pass(holder="loop-b", now=now + timedelta(seconds=61))
+
+    assert first.ran and not second.ran and due.ran
+
+
+def test_a_watched_list_is_refreshed_at_the_short_interval(api, settings, viewer_client):
+    settings.BATCHBOARD_REFRESH_INTERVAL = 2.0
+    settings.BATCHBOARD_HISTORY_INTERVAL = 60.0
+    api.add("in_progress", record=False)
+    assert sync.run_pass(holder="loop").ran
+
+    viewer_client.get("/batches/", headers={"HX-Request": "true"})
+    later = timezone.now() + timedelta(seconds=3)
+
+    assert sync.run_pass(holder="loop", now=later).ran
+
+
+def test_it_records_each_state_once_when_several_passes_run_at_once(api, transactional_db):
+    for _ in range(6):
+        api.add("in_progress", record=False)
     start = threading.Barrier(4)
     errors = []
 
     def forced_pass():
         start.wait()
         try:
-            outcome = upstream.list_pass(force=True)
+            outcome = sync.run_pass(force=True, holder=sync.new_holder())
             if outcome.error:
                 errors.append(outcome.error)
         except Exception as exc:  # Any error (e.g. "database is locked") fails the test below.
@@ -201,10 +273,22 @@ def test_it_records_each_state_once_when_several_walks_run_at_once():
     assert BatchSnapshot.objects.count() == 6
 
 
-def test_the_loop_passes_until_stopped(sync_log):
-    create_batches(2, speed=1)
+def test_a_pass_cut_short_by_the_budget_says_so_on_the_list(api, settings, viewer_client, small_pages):
+    settings.BATCHBOARD_UPSTREAM_BUDGET = 2
+    add_batches(api, 10, "completed", newest_age=60)
+
+    outcome = sync.run_pass(force=True)
+
+    assert outcome.result.stopped == "budget" and len(list_calls(api)) == 2
+    assert "budget" in outcome.describe()
+    assert sync.list_freshness().budget_limited
+
+
+def test_the_loop_passes_until_stopped(api, sync_log, transactional_db):
+    api.add("in_progress", record=False)
+    api.add("in_progress", record=False)
     stop = threading.Event()
-    loop = threading.Thread(target=upstream.sync_loop, args=(stop,), kwargs={"interval": 0.05})
+    loop = threading.Thread(target=sync.sync_loop, args=(stop,), kwargs={"wake_every": 0.05})
     loop.start()
     deadline = time.monotonic() + 10
     while Batch.objects.count() < 2 and time.monotonic() < deadline:
@@ -217,8 +301,30 @@ def test_the_loop_passes_until_stopped(sync_log):
     assert any("sync pass: 1 page, 2 seen, 2 changed" in message for message in sync_log.messages)
 
 
-def test_the_command_runs_one_pass_and_logs_it(sync_log):
-    create_batches(3, speed=1)
+def test_the_loop_status_reports_heartbeat_duration_and_lag(api):
+    assert not sync.loop_status().alive
+    api.add("in_progress", record=False)
+    one_pass()
+
+    status = sync.loop_status()
+
+    assert status.alive and status.heartbeat_at is not None
+    assert status.last_pass_seconds is not None and 0 <= status.lag_seconds < 60
+
+
+def test_the_api_failing_is_recorded_and_shown(api):
+    api.list_reply = Reply(503, {"error": {"message": "overloaded", "type": "server_error"}})
+
+    outcome = sync.run_pass(force=True)
+
+    assert "Cannot reach the OpenAI API" in outcome.error
+    freshness = sync.list_freshness()
+    assert not freshness.ok and freshness.error_kind == "unavailable"
+
+
+def test_the_command_runs_one_pass_and_logs_it(api, sync_log):
+    for _ in range(3):
+        api.add("completed", record=False)
 
     call_command("sync_batches")
 
@@ -242,8 +348,9 @@ def test_the_command_rejects_a_bad_interval():
         call_command("sync_batches", "--loop", "--interval", "0")
 
 
+@pytest.mark.usefixtures("transactional_db")
 def test_the_loop_command_stops_on_sigterm_with_status_0(sandbox_url):
-    create_batches(1, speed=1)
+    _create_sandbox_batch()
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
@@ -277,3 +384,17 @@ def _read_until(process, text, timeout):
             if text in line or not line:
                 break
     return "".join(lines)
+
+
+def _create_sandbox_batch():
+    client = services.get_client()
+    line = {
+        "custom_id": "request-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]},
+    }
+    import io
+
+    upload = client.upload_fileobj(io.BytesIO(json.dumps(line).encode() + b"\n"), filename="input.jsonl")
+    return client.create_batch(input_file_id=upload.id, endpoint="/v1/chat/completions")

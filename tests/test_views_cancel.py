@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from batches import services, upstream
+from batches import services, sync
 from batches.models import Batch
 from tests.fake_api import EXAMPLES, Reply
 
@@ -359,7 +359,7 @@ def test_it_cancels_a_running_sandbox_batch(sandbox_url, settings, operator_clie
     client = services.get_client()
     uploaded = client.upload_file(EXAMPLES / "batch_input.chat_completions.jsonl")
     created = client.create_batch(input_file_id=uploaded.id, endpoint="/v1/chat/completions")
-    upstream.refresh_list(force=True)
+    sync.run_pass(force=True)
 
     page = operator_client.get("/batches/").content.decode()
     assert f'hx-post="/batches/{created.id}/cancel/"' in page

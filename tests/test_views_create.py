@@ -12,7 +12,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test import Client
 
-from batches import services, upstream
+from batches import actions, services
 from batches.models import Batch, BatchCreation
 from tests.fake_api import Reply, example
 
@@ -340,7 +340,7 @@ def test_it_sends_the_chosen_options_upstream(operator_client, fake_api):
 
 
 def test_it_waits_no_longer_than_the_first_submission_when_it_is_stuck(operator, operator_client, monkeypatch):
-    monkeypatch.setattr(upstream, "CREATE_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(actions, "CREATE_WAIT_SECONDS", 0.3)
     token = uuid.uuid4()
     BatchCreation.objects.create(token=token, created_by=operator.username)  # a submission still uploading
     response = _post(operator_client, _content(), token=token)

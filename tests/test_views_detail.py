@@ -6,7 +6,7 @@ import time
 import pytest
 from django.core.cache import cache
 
-from batches import services, upstream
+from batches import services, sync
 from batches.models import record_batch
 from tests.fake_api import Reply, example
 
@@ -97,7 +97,8 @@ def _file_lookups(fake_api) -> list:
 def test_it_does_not_ask_for_file_sizes_while_the_list_says_the_api_is_failing(viewer_client, fake_api):
     _record("batch.completed.json")  # final: its page never refreshes it, so its own freshness says nothing
     fake_api.script("GET", "/batches", Reply(503, {"error": {"message": "overloaded", "type": "server_error"}}))
-    assert upstream.refresh_list(force=True).is_stale
+    sync.run_pass(force=True)
+    assert not sync.list_freshness().ok
 
     response = viewer_client.get("/batches/batch_abc123/")
 

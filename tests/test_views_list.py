@@ -8,6 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from batches import sync
 from batches.models import SyncState
 from tests.fake_api import Reply
 
@@ -217,7 +218,7 @@ def test_it_keeps_polling_a_finished_view_while_another_batch_runs(api, viewer_c
     assert "data-live-poll" in response.content.decode()
 
 
-def test_it_stops_polling_with_286_when_nothing_can_change(api, viewer_client):
+def test_it_stops_polling_with_286_when_nothing_can_change(api, viewer_client, synced):
     api.add("completed")
     api.add("cancelled")
 
@@ -236,7 +237,7 @@ def test_it_stops_polling_with_286_when_nothing_can_change(api, viewer_client):
 def test_it_keeps_polling_while_the_first_refresh_runs_elsewhere(api, viewer_client, settings):
     # The sync loop (or another viewer) holds the refresh lease and has not answered yet.
     settings.BATCHBOARD_REFRESH_INTERVAL = 60
-    SyncState.objects.create(name="list", claimed_at=timezone.now())
+    SyncState.objects.create(name="list", claimed_at=timezone.now(), heartbeat_at=timezone.now())
 
     response = viewer_client.get("/batches/", **HTMX)
 
@@ -259,6 +260,7 @@ def test_it_does_not_call_an_unreachable_organisation_empty(api, operator_client
 def test_it_keeps_polling_with_a_backoff_while_the_api_is_failing(api, viewer_client):
     api.add("completed")
     api.list_reply = Reply(503, {"error": {"message": "overloaded", "type": "server_error"}})
+    sync.run_pass(force=True)
 
     response = viewer_client.get("/batches/", **HTMX)
 

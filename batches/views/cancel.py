@@ -16,7 +16,7 @@ from django_htmx.http import retarget, trigger_client_event
 
 from audit.log import record
 from audit.models import Action, Outcome
-from batches import upstream
+from batches import actions, sync
 from batches.converters import BatchIdConverter
 from batches.models import Batch
 from batches.views.common import refreshed_batch, unreachable
@@ -34,7 +34,7 @@ def batch_cancel(request, batch_id):
     next_url = _safe_next(request.POST.get("next") or request.GET.get("next"))
     if request.method != "POST":
         return _confirm_page(request, batch_id, next_url)
-    outcome = upstream.cancel_batch(batch_id, user=request.user.get_username())
+    outcome = actions.cancel_batch(batch_id, user=request.user.get_username())
     record(request, Action.CANCEL, AUDIT_OUTCOMES[outcome.result], batch_id=batch_id, detail=outcome.error)
     if request.htmx:
         return _cancel_fragment(request, batch_id, outcome)
@@ -53,7 +53,7 @@ def batch_bulk_cancel(request):
     batch_ids, problem = _selected_ids(data.getlist("batch_id"))
     if request.method != "POST" or data.get("confirm") != "yes":
         return _bulk_confirm_page(request, batch_ids, problem, next_url)
-    results = [] if problem else upstream.cancel_batches(batch_ids, user=request.user.get_username())
+    results = [] if problem else actions.cancel_batches(batch_ids, user=request.user.get_username())
     _audit_bulk(request, results, problem)
     context = {"done": True, "results": results, "bulk_error": problem, "tally": _tally(results), "next": next_url}
     if not request.htmx:
@@ -61,7 +61,7 @@ def batch_bulk_cancel(request):
     html = render_to_string("batches/batch_bulk_cancel.html#bulk-result", context, request)
     table = list_context(
         list_query_of(request.htmx.current_url_abs_path),
-        upstream.list_freshness(),
+        sync.list_freshness(),
         can_cancel=True,
     )
     table.update(oob=True, oob_table=True)
@@ -77,7 +77,7 @@ def _require_cancel_permission(request, batch_id: str = "") -> None:
         raise PermissionDenied("You do not have permission to cancel batches.")
 
 
-def _audit_bulk(request, results: list[tuple[str, upstream.CancelOutcome]], problem: str) -> None:
+def _audit_bulk(request, results: list[tuple[str, actions.CancelOutcome]], problem: str) -> None:
     if problem:
         record(request, Action.CANCEL, Outcome.REFUSED, target="bulk", detail=problem)
     for batch_id, outcome in results:
@@ -93,7 +93,7 @@ def _safe_next(url: str | None) -> str:
 
 
 def _confirm_page(request, batch_id: str, next_url: str):
-    batch, freshness = refreshed_batch(batch_id)
+    batch, freshness = refreshed_batch(request, batch_id)
     if batch is None:
         return unreachable(request, batch_id, freshness)
     context = {
@@ -105,7 +105,7 @@ def _confirm_page(request, batch_id: str, next_url: str):
     return render(request, "batches/batch_cancel_confirm.html", context)
 
 
-def _cancel_fragment(request, batch_id: str, outcome: upstream.CancelOutcome) -> HttpResponse:
+def _cancel_fragment(request, batch_id: str, outcome: actions.CancelOutcome) -> HttpResponse:
     """The htmx answer: the list's row when the row asked, else the cancel control (e.g. on the detail page)."""
     from_row = request.htmx.target == f"row-{batch_id}"
     if from_row and outcome.batch is not None:
@@ -127,7 +127,7 @@ def _cancel_fragment(request, batch_id: str, outcome: upstream.CancelOutcome) ->
     return response
 
 
-def _add_message(request, batch_id: str, outcome: upstream.CancelOutcome) -> None:
+def _add_message(request, batch_id: str, outcome: actions.CancelOutcome) -> None:
     if outcome.error:
         messages.error(request, f"{batch_id} was not cancelled. {outcome.error}")
     elif outcome.sent:
@@ -167,7 +167,7 @@ def _bulk_confirm_page(request, batch_ids: list[str], problem: str, next_url: st
     return render(request, "batches/batch_bulk_cancel.html", context)
 
 
-def _tally(results: list[tuple[str, upstream.CancelOutcome]]) -> dict[str, int]:
+def _tally(results: list[tuple[str, actions.CancelOutcome]]) -> dict[str, int]:
     tally = {"cancelled": 0, "already": 0, "error": 0}
     for _batch_id, outcome in results:
         tally[outcome.result] += 1

@@ -7,7 +7,7 @@ from django.views.decorators.http import require_http_methods
 
 from audit.log import record
 from audit.models import Action, Outcome
-from batches import upstream
+from batches import actions
 from batches.forms import CreateBatchForm, metadata_field_names
 from batches.models import DESCRIPTION_KEY
 
@@ -64,7 +64,7 @@ def batch_create(request):
         return _checked(request, form, checking=checking)
     data = form.cleaned_data
     upload = data.get("input_file")
-    outcome = upstream.create_batch(
+    outcome = actions.create_batch(
         token=data["token"],
         user=request.user.get_username(),
         endpoint=data["endpoint"],

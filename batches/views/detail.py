@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from django.core.cache import cache
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -16,20 +15,14 @@ from django_htmx.http import HTMX_STOP_POLLING
 
 from audit.log import record
 from audit.models import Action, Outcome
-from batches import services, upstream
+from batches import lookups, services, sync
 from batches.history import batch_history
-from batches.views.common import refreshed_batch, unreachable
+from batches.views.common import refreshed_batch, unreachable, user_key
 from batches.views.live import answer_key, is_shown, live_of, rendering_key, unchanged
 
 logger = logging.getLogger(__name__)
 
 FILE_KINDS = {"input": "Input", "output": "Output", "error": "Errors"}
-# A file's size never changes, so one lookup per file is enough for a long while.
-FILE_INFO_CACHE_SECONDS = 6 * 3600
-# After a size lookup got no answer at all (the API is down or hangs), pages skip the lookups for this long rather
-# than each wait out the timeout again. A quick error answer costs no wait and is not remembered.
-FILE_INFO_UNREACHABLE_SECONDS = 60
-FILE_INFO_UNREACHABLE_KEY = "batchboard:file-bytes:unreachable"
 
 
 @dataclass(frozen=True)
@@ -40,37 +33,21 @@ class BatchFile:
     size: int | None = None  # None when the size could not be fetched (or was not asked for)
 
 
-def _file_size(file_id: str, *, fetch: bool) -> int | None:
-    """The file's size from the cache, or from the API when `fetch` allows; None when unknown."""
-    key = f"batchboard:file-bytes:{file_id}"
-    size = cache.get(key)
-    if size is None and fetch:
-        try:
-            size = services.get_client().retrieve_file(file_id).bytes
-        except services.BatchApiError as exc:
-            logger.info("Size of %s unavailable: %s", file_id, exc)
-            if exc.status is None:
-                cache.set(FILE_INFO_UNREACHABLE_KEY, True, FILE_INFO_UNREACHABLE_SECONDS)
-            return None
-        cache.set(key, size, FILE_INFO_CACHE_SECONDS)
-    return size
-
-
-def _files(batch, *, fetch_sizes: bool) -> list[BatchFile]:
+def _files(request, batch, *, fetch_sizes: bool) -> list[BatchFile]:
     """The batch's input, output and error files, with the sizes known (at most three lookups, then cached)."""
     files = []
     for kind, label in FILE_KINDS.items():
         file_id = getattr(batch, f"{kind}_file_id")
         if file_id:
-            fetch = fetch_sizes and not cache.get(FILE_INFO_UNREACHABLE_KEY)
-            files.append(BatchFile(kind, label, file_id, _file_size(file_id, fetch=fetch)))
+            size = lookups.file_size(file_id, fetch=fetch_sizes, user_key=user_key(request))
+            files.append(BatchFile(kind, label, file_id, size))
     return files
 
 
 @require_safe
 @vary_on_headers("HX-Request")
 def batch_detail(request, batch_id):
-    batch, freshness = refreshed_batch(batch_id)
+    batch, freshness = refreshed_batch(request, batch_id)
     if batch is None:
         return unreachable(request, batch_id, freshness)
 
@@ -82,7 +59,7 @@ def batch_detail(request, batch_id):
             request.path,
             batch.payload_hash,
             batch.cancel_requested_at,
-            freshness if freshness.may_change else None,
+            freshness.display_key() if freshness.may_change else None,
             request.user.has_perm("batches.cancel_batch"),
             live.every,
         )
@@ -94,16 +71,15 @@ def batch_detail(request, batch_id):
     # An unknown size costs an upstream call: make it for a full page and for the last fragment (when the result
     # files appear), not for every poll, and not while the API is failing anyway. A final batch is never refreshed,
     # so its own freshness cannot tell; the list's can.
-    api_failing = freshness.error_kind in ("auth", "unavailable", "rate_limited")
-    wants_sizes = (final or not request.htmx) and not api_failing
-    list_freshness = upstream.list_freshness() if wants_sizes else None
-    fetch_sizes = wants_sizes and not list_freshness.is_stale
+    wants_sizes = (final or not request.htmx) and freshness.ok
+    list_freshness = sync.list_freshness() if wants_sizes else None
+    fetch_sizes = wants_sizes and list_freshness.ok
     context = {
         "batch": batch,
         "api": api,
         "freshness": freshness,
         "expires_at": services.from_unix(api.expires_at),
-        "files": _files(batch, fetch_sizes=fetch_sizes),
+        "files": _files(request, batch, fetch_sizes=fetch_sizes),
         "history": batch_history(batch),
         "polling": not final,
         "live": live,
@@ -124,25 +100,28 @@ def batch_file(request, batch_id, kind):
     """Stream one of the batch's files through the dashboard, so the browser never needs the API key."""
     if kind not in FILE_KINDS:
         raise Http404("Batch files are input, output or error.")
-    batch, freshness = refreshed_batch(batch_id)
+    batch, freshness = refreshed_batch(request, batch_id)
     if batch is None:
         return unreachable(request, batch_id, freshness)
     file_id = getattr(batch, f"{kind}_file_id")
     if not file_id:
         raise Http404(f"{batch_id} has no {kind} file.")
     try:
-        chunks = services.get_client().file_content(file_id)
+        chunks = lookups.file_content(file_id, user_key=user_key(request))
+    except lookups.UserLimited as exc:
+        context = {"batch": batch, "kind": kind, "file_id": file_id, "missing": False, "message": str(exc)}
+        return render(request, "batches/file_unavailable.html", context, status=429)
     except services.BatchApiError as exc:
         logger.warning("Download of %s (%s of %s) failed: %s", file_id, kind, batch_id, exc)
         missing = isinstance(exc, services.NotFound)
-        detail = f"{file_id}: " + ("not found" if missing else upstream.failure_message(exc))
+        detail = f"{file_id}: " + ("not found" if missing else sync.failure_message(exc))
         record(request, Action.DOWNLOAD, Outcome.ERROR, batch_id=batch_id, target=kind, detail=detail)
         context = {
             "batch": batch,
             "kind": kind,
             "file_id": file_id,
             "missing": missing,
-            "message": "" if missing else upstream.failure_message(exc),
+            "message": "" if missing else sync.failure_message(exc),
         }
         return render(request, "batches/file_unavailable.html", context, status=404 if missing else 502)
     record(request, Action.DOWNLOAD, Outcome.OK, batch_id=batch_id, target=kind, detail=file_id)

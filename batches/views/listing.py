@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
@@ -16,7 +17,7 @@ from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HTMX_STOP_POLLING
 
-from batches import services, upstream
+from batches import services, sync
 from batches.models import ACTIVE_FILTER, ATTENTION_FILTER, DEFAULT_SORT, SORTS, Batch, data_version
 from batches.views.live import Live, answer_key, is_shown, live_of, rendering_key, unchanged
 
@@ -43,6 +44,8 @@ UNUSED_COLUMNS = ("payload", "search_text")
 # Polls of one list URL share a rendering for the refresh interval, and at most this long, so that "3 minutes ago"
 # and an expired cancel claim (the only changes that no data_version() marks) are never older than this on screen.
 FRAGMENT_CACHE_MAX_SECONDS = 10
+# Figures computed per data version are kept this long at most (data_version() marks every change they show).
+DATA_VERSION_CACHE_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ class ListFilters:
 @require_safe
 @vary_on_headers("HX-Request")
 def batch_list(request):
-    freshness = upstream.refresh_list()
+    freshness = sync.list_freshness()
+    sync.note_watched(freshness)  # The sync loop refreshes at the short interval while someone is watching.
     can_cancel = request.user.has_perm("batches.cancel_batch")
     live = live_of(request, freshness)
     rendering = _rendering_key(request, freshness, live, can_cancel=can_cancel)
@@ -94,13 +98,14 @@ def batch_list(request):
         return _table_fragment(request, freshness, live, rendering, can_cancel=can_cancel)
     context = list_context(request.GET, freshness, can_cancel=can_cancel)
     context.update(live=live, answer_key=answer_key(rendering))
-    context["endpoints"], context["models"] = Batch.objects.endpoints_and_models()
+    menus = _per_data_version("menus", context["data_version"], Batch.objects.endpoints_and_models)
+    context["endpoints"], context["models"] = menus
     context["api_freshness"] = freshness  # The auth banner's: the list's own, so no second read.
     return render(request, "batches/batch_list.html", context)
 
 
 def _table_fragment(
-    request, freshness: upstream.Freshness, live: Live, rendering: str, *, can_cancel: bool
+    request, freshness: sync.Freshness, live: Live, rendering: str, *, can_cancel: bool
 ) -> HttpResponse:
     """The polled table: empty when the poller shows this very answer already; otherwise many viewers polling one
     URL get one rendering per change of the data (or per interval)."""
@@ -121,7 +126,7 @@ def _table_fragment(
     return response
 
 
-def _rendering_key(request, freshness: upstream.Freshness, live: Live, *, can_cancel: bool) -> str:
+def _rendering_key(request, freshness: sync.Freshness, live: Live, *, can_cancel: bool) -> str:
     """Everything the table's markup depends on: the URL, what the user may do (it has no CSRF token or other
     secret: htmx sends the token from <body>), the data (read after this request's refresh, so a rendering is never
     older than its key), how fresh it is, the polling interval and the day (the summary counts today's batches).
@@ -133,20 +138,24 @@ def _rendering_key(request, freshness: upstream.Freshness, live: Live, *, can_ca
         can_cancel,
         request.user.has_perm("batches.create_batch"),
         data_version(),
-        freshness if freshness.may_change else None,
+        freshness.display_key() if freshness.may_change else None,
         live.every,
         timezone.localdate().isoformat(),
     )
 
 
-def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel: bool) -> dict:
+def list_context(query: QueryDict, freshness: sync.Freshness, *, can_cancel: bool) -> dict:
     """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views."""
     filters, notices = _parse_filters(query)
     matching = Batch.objects.matching(
         endpoint=filters.endpoint, model=filters.model, q=filters.q, created_range=filters.created_range
     )
-    counts = matching.status_counts()
-    attention = matching.needs_attention().count()
+    version = data_version()
+    if filters.endpoint or filters.model or filters.q or filters.created_from or filters.created_to:
+        counts = matching.status_counts()
+    else:
+        counts = _per_data_version("status-counts", version, matching.status_counts)
+    attention = matching.needs_attention().count()  # moves with the clock too (stuck batches): never cached
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
     batches = matching.with_status(filters.status).sorted_by(filters.sort).defer(*UNUSED_COLUMNS)
@@ -179,8 +188,20 @@ def list_context(query: QueryDict, freshness: upstream.Freshness, *, can_cancel:
         "list_query": list_query,
         "list_url": reverse("batches:list") + (f"?{list_query.urlencode()}" if list_query else ""),
         "can_cancel": can_cancel,
+        "data_version": version,
         "selectable": can_cancel and any(row.can_cancel_now for row in rows),
     }
+
+
+def _per_data_version(name: str, version: tuple, compute):
+    """`compute()`, shared by every request until the data changes: over 100,000 batches the status counts and the
+    filter menus are index scans of tens of milliseconds each, and they change only when a batch is recorded."""
+    key = f"batchboard:list-{name}:" + hashlib.sha256(repr(version).encode()).hexdigest()
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        cache.set(key, value, DATA_VERSION_CACHE_SECONDS)
+    return value
 
 
 def list_query_of(url_path: str | None) -> QueryDict:

@@ -45,7 +45,7 @@ def live_of(request, freshness=None) -> Live:
         interval = DEFAULT_INTERVAL
     if interval not in INTERVALS:
         interval = DEFAULT_INTERVAL
-    retry = round(freshness.retry_seconds) if freshness is not None and freshness.is_stale else 0
+    retry = round(freshness.retry_seconds) if freshness is not None and not freshness.ok else 0
     return Live(interval=interval, paused=request.COOKIES.get(PAUSED_COOKIE) == "1", retry_seconds=retry)
 
 

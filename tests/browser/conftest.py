@@ -120,7 +120,31 @@ def login(live_server, page):
 
 
 @pytest.fixture
-def make_batch(sandbox_url, settings):
+def sync_loop(sandbox_url, settings):
+    """The sync loop in a thread, as `make run` runs it (pages never call the API for the list themselves), passing
+    every half second whether or not anyone watches."""
+    from django.db import connections
+
+    from batches import sync
+
+    settings.BATCHBOARD_HISTORY_INTERVAL = 0.5
+    stop = threading.Event()
+
+    def run():
+        try:
+            sync.sync_loop(stop, wake_every=0.2)
+        finally:
+            connections.close_all()
+
+    loop = threading.Thread(target=run, name="browser-tests-sync-loop", daemon=True)
+    loop.start()
+    yield
+    stop.set()
+    loop.join(timeout=30)
+
+
+@pytest.fixture
+def make_batch(sandbox_url, settings, sync_loop):
     """Create a batch in the sandbox over HTTP, as any API client would; it runs at `speed` from then on."""
 
     def _make(speed: float, *, requests: int = 20, scenario: str = "") -> services.Batch:

@@ -10,15 +10,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--username", default="admin")
+        parser.add_argument(
+            "--url", default="http://127.0.0.1:8000/", help="Where the dashboard will be served, for the message."
+        )
 
-    def handle(self, *args, username, **options):
+    def handle(self, *args, username, url, **options):
         users = get_user_model()
         if users.objects.filter(is_superuser=True).exists():
             self.stdout.write("An admin account already exists; log in with it (or run `manage.py changepassword`).")
             return
         password = get_random_string(20)
         users.objects.create_superuser(username=username, email="", password=password)
-        self.stdout.write(self.style.SUCCESS("Created a local admin account for http://127.0.0.1:8000/"))
+        self.stdout.write(self.style.SUCCESS(f"Created a local admin account for {url}"))
         self.stdout.write(f"    username: {username}")
         self.stdout.write(f"    password: {password}")
         self.stdout.write("It is shown only this once; change it with `manage.py changepassword admin`.")

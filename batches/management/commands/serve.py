@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from batches import upstream
+from batches import sync
 
 logger = logging.getLogger("batches.sync")
 
@@ -19,50 +19,65 @@ logger = logging.getLogger("batches.sync")
 STARTUP_WAIT_SECONDS = 60.0
 
 
+class _QuietSandboxRequests(logging.Filter):
+    """Drops the development server's line for each successful call the sync loop makes to the built-in sandbox:
+    one pass every few seconds would otherwise print lines that say nothing. Errors still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = str(record.args[0]) if record.args else ""
+        status = getattr(record, "status_code", 500)
+        return not (" /sandbox/" in request and status < 400)
+
+
 class Command(BaseCommand):
     help = (
         "Serve the dashboard on --host/--port with Django's threaded development server, and keep the history "
-        "meanwhile: a background thread refreshes the list every --interval seconds (sharing the lease with "
-        "viewers' page loads), starting once the server answers, because in sandbox mode the API is this very "
-        "server. For production, run the web app under gunicorn and `manage.py sync_batches --loop` beside it."
+        "meanwhile: a background thread runs the sync loop (a pass every BATCHBOARD_REFRESH_INTERVAL seconds while "
+        "someone watches the list, every BATCHBOARD_HISTORY_INTERVAL seconds otherwise), starting once the server "
+        "answers, because in sandbox mode the API is this very server. The terminal shows a line for each change "
+        "and each error; -v 2 shows every pass and every request. For production, run the web app under gunicorn "
+        "and `manage.py sync_batches --loop` beside it."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1).")
         parser.add_argument("--port", type=int, default=8000, help="Port to listen on (default: 8000).")
-        parser.add_argument(
-            "--interval", type=float, default=5.0, help="Seconds between background sync passes (default: 5)."
-        )
 
-    def handle(self, *args, host, port, interval, **options):
+    def handle(self, *args, host, port, verbosity, **options):
         if not 0 < port < 65536:
             raise CommandError(f"--port must be between 1 and 65535; got {port}.")
-        if not 0 < interval <= 86_400:
-            raise CommandError(f"--interval must be between 0 and 86400 seconds; got {interval:g}.")
         local = _reachable_address(host)
+        url = f"http://{_url_host(local)}:{port}/"
         if settings.SANDBOX_MODE and "SANDBOX_URL" not in os.environ:
             # The sandbox is served by this server, so it lives on whatever port the server was given.
-            settings.SANDBOX_URL = settings.OPENAI_BASE_URL = f"http://{_url_host(local)}:{port}/sandbox/v1"
+            settings.SANDBOX_URL = settings.OPENAI_BASE_URL = f"{url}sandbox/v1"
+        detailed = verbosity >= 2
+        if detailed:
+            logging.getLogger("batches").setLevel(logging.DEBUG)
+        else:
+            logging.getLogger("django.server").addFilter(_QuietSandboxRequests())
         stop = threading.Event()
-        sync = threading.Thread(
-            target=_keep_history, args=(stop, local, port, interval), name="batchboard-sync", daemon=True
+        sync_thread = threading.Thread(
+            target=_keep_history, args=(stop, local, port, not detailed), name="batchboard-sync", daemon=True
         )
-        sync.start()
-        self.stdout.write(self.style.SUCCESS(f"batchboard is at http://{_url_host(local)}:{port}/"))
-        self.stdout.write(f"History is being kept: the list is synced every {interval:g} s in the background.")
+        sync_thread.start()
+        self.stdout.write(self.style.SUCCESS(f"batchboard is at {url}"))
+        self.stdout.write("History is being kept: a sync loop runs in the background (-v 2 shows every pass).")
         # SIGTERM stops the server the way Ctrl-C does: runserver exits with status 0.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         addrport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            call_command("runserver", addrport, use_reloader=False, use_threading=True, use_ipv6=":" in host)
+            call_command(
+                "runserver", addrport, use_reloader=False, use_threading=True, use_ipv6=":" in host, verbosity=verbosity
+            )
         finally:
             stop.set()
 
 
-def _keep_history(stop: threading.Event, host: str, port: int, interval: float) -> None:
+def _keep_history(stop: threading.Event, host: str, port: int, quiet: bool) -> None:
     try:
         if _wait_for_server(stop, host, port):
-            upstream.sync_loop(stop, interval=interval, quiet=True)
+            sync.sync_loop(stop, quiet=quiet)
     finally:
         connections.close_all()
 

@@ -7,38 +7,43 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
-from batches import upstream
+from batches import sync
 
 logger = logging.getLogger("batches.sync")
 
 
 class Command(BaseCommand):
     help = (
-        "Refresh the local cache from the Batch API. A pass walks the list newest first until it reaches batches "
-        "an earlier complete pass already recorded, then refreshes every batch that is not final; each distinct "
-        "state is kept as a snapshot. Without --loop: one pass now, exit status 1 if the API failed. With --loop: a "
-        "pass every --interval seconds until Ctrl-C or SIGTERM (exit status 0). Processes sharing the database (a "
-        "second machine, the web server's viewers, `manage.py serve`) share one lease, so the list is walked at most "
-        "once per interval. Logs one line per pass: pages, batches seen, changed, retrieved, duration, or the error."
+        "Keep the local cache in step with the Batch API. A pass walks the list newest first until it is below both "
+        "the last pass's newest batch and the oldest running one (100 batches per call), continues the background "
+        "import of the history from its saved cursor, and retrieves the few running batches too deep to walk to; "
+        "each distinct state is kept as a snapshot. Without --loop: one pass now, exit status 1 if the API failed. "
+        "With --loop: a pass every BATCHBOARD_REFRESH_INTERVAL seconds while someone watches the list, every "
+        "BATCHBOARD_HISTORY_INTERVAL seconds otherwise, until Ctrl-C or SIGTERM (exit status 0). Loops sharing the "
+        "database hold one lease, so two never walk in the same interval, and a killed loop's lease expires. Logs "
+        "one line per pass: pages, batches seen, changed, retrieved, imported, duration, or the error."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--loop", action="store_true", help="Keep running, one pass every --interval seconds.")
         parser.add_argument(
-            "--interval", type=float, default=10.0, help="Seconds between passes with --loop (default: 10)."
+            "--interval",
+            type=float,
+            default=None,
+            help="Seconds between checks whether a pass is due, with --loop (default: BATCHBOARD_REFRESH_INTERVAL).",
         )
 
     def handle(self, *args, loop, interval, **options):
-        if not 0 < interval <= 86_400:
+        if interval is not None and not 0 < interval <= 86_400:
             raise CommandError(f"--interval must be between 0 and 86400 seconds; got {interval:g}.")
         stop = threading.Event()
         try:
             with _stop_on_signals(stop):
                 if loop:
-                    logger.info("Syncing every %g s; Ctrl-C or SIGTERM stops.", interval)
-                    upstream.sync_loop(stop, interval=interval)
+                    logger.info("Syncing; Ctrl-C or SIGTERM stops.")
+                    sync.sync_loop(stop, wake_every=interval)
                 else:
-                    outcome = upstream.list_pass(force=True, stop=stop)
+                    outcome = sync.run_pass(force=True, stop=stop)
                     logger.info("%s", outcome.describe())
                     if outcome.error:
                         raise CommandError("The sync pass failed (see above).")

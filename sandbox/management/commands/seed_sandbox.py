@@ -3,7 +3,7 @@
 import time
 from collections import Counter
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from sandbox import seed
 from sandbox.models import SandboxBatch
@@ -11,17 +11,34 @@ from sandbox.simulation import state_at
 
 
 class Command(BaseCommand):
-    help = "Create the sandbox's demo batches if they were never created; --reset deletes every sandbox batch first."
+    help = (
+        "Create the sandbox's demo batches if they were never created; --reset deletes every sandbox batch first. "
+        "With --batches N: add N batches created over the last --days days instead (bulk-inserted, seconds for "
+        "100,000), the newest --running of them still running, for trying batchboard at scale."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
             "--reset", action="store_true", help="Delete all sandbox batches and files, then seed again."
         )
+        parser.add_argument("--batches", type=int, help="Add this many batches for a large organisation.")
+        parser.add_argument("--running", type=int, default=0, help="Of them, still running (default: 0).")
+        parser.add_argument("--days", type=float, default=30.0, help="Created over this many days (default: 30).")
 
-    def handle(self, *args, reset, **options):
+    def handle(self, *args, reset, batches, running, days, **options):
         if reset:
             seed.reset()
             self.stdout.write("Deleted every sandbox batch and file.")
+        if batches is not None:
+            if batches < 1 or not 0 <= running <= batches or not 0 < days <= 365:
+                raise CommandError("--batches must be at least 1, --running between 0 and --batches, --days 0-365.")
+            started = time.monotonic()
+            counts = seed.seed_scale(batches, running, time.time(), days=days)
+            summary = ", ".join(f"{count:,} {kind}" for kind, count in counts.items())
+            self.stdout.write(
+                self.style.SUCCESS(f"Added {batches:,} batches ({summary}) in {time.monotonic() - started:.1f} s.")
+            )
+            return
         if not seed.ensure_seeded():
             self.stdout.write("The sandbox was already seeded; use --reset to start again.")
             return

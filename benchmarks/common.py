@@ -1,0 +1,151 @@
+"""What every benchmark shares: a scratch database (never yours), the machine's description, a server for the
+dashboard and the sandbox that counts upstream calls, and a printed table of figures beside their targets.
+
+A benchmark module calls `setup()` before importing anything from Django or the apps: it points DATABASE_URL at a
+new SQLite file in a temporary folder (deleted at exit), sets up Django and migrates.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def setup(**environment: str) -> Path:
+    """A scratch database and sandbox folder for this process, Django set up and migrated; returns the folder."""
+    scratch = Path(tempfile.mkdtemp(prefix="batchboard-bench-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    for key in [key for key in os.environ if key.startswith(("SANDBOX_", "OPENAI_", "BATCHBOARD_"))]:
+        del os.environ[key]
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+            "DATABASE_URL": f"sqlite:///{scratch / 'bench.sqlite3'}",
+            "SANDBOX_FILES_DIR": str(scratch / "sandbox-files"),
+            "SANDBOX_SEED": "false",
+            "BATCHBOARD_LOG_LEVEL": "WARNING",
+            **environment,
+        }
+    )
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    # Plain static URLs: the manifest storage would need a collectstatic run.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    return scratch
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return (
+        f"{os.cpu_count()} CPUs ({model}), load average {load}, Python {sys.version.split()[0]}, "
+        f"SQLite {sqlite3.sqlite_version}"
+    )
+
+
+def percentile(values: list[float], percent: int) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(percent / 100 * (len(ordered) - 1)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+class Table:
+    """Figures printed beside their targets, each marked ok or MISSED."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, figure: str, value: str, target: str, met: bool | None) -> None:
+        verdict = "" if met is None else ("ok" if met else "MISSED")
+        self.rows.append((figure, value, target, verdict))
+
+    def print(self) -> None:
+        widths = [max(len(row[i]) for row in [("figure", "measured", "target", ""), *self.rows]) for i in range(3)]
+        print()
+        print(self.title)
+        print(f"  {'figure':<{widths[0]}}  {'measured':<{widths[1]}}  {'target':<{widths[2]}}")
+        for figure, value, target, verdict in self.rows:
+            print(f"  {figure:<{widths[0]}}  {value:<{widths[1]}}  {target:<{widths[2]}}  {verdict}")
+
+
+class UpstreamCounter:
+    """Counts the calls that reach the sandbox, by kind (list, retrieve, other), with the times of list calls."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counts = {"list": 0, "retrieve": 0, "other": 0}
+        self.list_times: list[float] = []
+
+    def note(self, method: str, path: str) -> None:
+        collection = "/sandbox/v1/batches"
+        kind = "other"
+        if method == "GET" and path.rstrip("/") == collection:
+            kind = "list"
+        elif method == "GET" and path.startswith(collection + "/"):
+            kind = "retrieve"
+        with self.lock:
+            self.counts[kind] += 1
+            if kind == "list":
+                self.list_times.append(time.monotonic())
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.counts.values())
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.counts)
+
+
+def serve(counter: UpstreamCounter):
+    """The dashboard and the sandbox on a free 127.0.0.1 port, in threads; the client is pointed at that sandbox."""
+    from django.conf import settings
+    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler, get_internal_wsgi_application
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format, *args):
+            pass
+
+    application = get_internal_wsgi_application()
+
+    def counting(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/sandbox/"):
+            counter.note(environ["REQUEST_METHOD"], path)
+        return application(environ, start_response)
+
+    server = ThreadedWSGIServer(("127.0.0.1", 0), QuietHandler, allow_reuse_address=False)
+    server.daemon_threads = True
+    server.set_app(counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    settings.SANDBOX_URL = settings.OPENAI_BASE_URL = f"{base}/sandbox/v1"
+    return server, base

@@ -1,0 +1,151 @@
+"""The upstream budget: every caller in every process shares it; a 429 pauses them all; the totals add up."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from batches import budget, services, sync
+from batches.models import UpstreamMinute
+from tests.fake_api import Reply
+
+BUDGET = 8
+
+
+def _wait_for_a_fresh_minute():
+    """The budget is per clock minute: start well inside one, so that the calls of the other processes (whose clock
+    this test cannot hold) all fall in the same minute. Waits 10 s at most, one run in six."""
+    if time.time() % 60 > 50:
+        time.sleep(60 - time.time() % 60 + 0.1)
+
+
+def _api_calls(api):
+    return [r for r in api.server.received if r.method == "GET"]
+
+
+def _child(code: str, api_url: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "SANDBOX_URL": api_url,
+        "OPENAI_API_KEY": "",
+        "OPENAI_MAX_RETRIES": "0",
+        "BATCHBOARD_UPSTREAM_BUDGET": str(BUDGET),
+        "BATCHBOARD_LOG_LEVEL": "ERROR",
+        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+    }
+    script = "import django\ndjango.setup()\n" + textwrap.dedent(code)
+    return subprocess.Popen(
+        [sys.executable, "-c", script], env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_detail_views_and_loop_passes_in_two_processes_stay_within_the_budget(api, viewer_client):
+    settings.BATCHBOARD_UPSTREAM_BUDGET = BUDGET
+    running = [api.add("in_progress")["id"] for _ in range(3)]
+    _wait_for_a_fresh_minute()
+    # Another process: a burst of refreshes, as detail pages of running batches make them.
+    viewers = _child(
+        f"""
+        from batches import services
+        client = services.get_client()
+        sent = 0
+        for _ in range(10):
+            try:
+                client.retrieve_batch({running[0]!r})
+                sent += 1
+            except services.BudgetExhausted:
+                pass
+        print(sent)
+        """,
+        api.server.url,
+    )
+    # A third process: a sync loop's passes.
+    loop = _child(
+        """
+        from batches import sync
+        for _ in range(10):
+            sync.run_pass(force=True)
+        print("done")
+        """,
+        api.server.url,
+    )
+    # And this process: detail pages of running batches, each due for a refresh (the interval is 0 in tests).
+    for _ in range(5):
+        for batch_id in running:
+            assert viewer_client.get(f"/batches/{batch_id}/").status_code == 200
+    assert viewers.communicate(timeout=60)[0].strip().isdigit()
+    assert loop.communicate(timeout=60)[0].strip() == "done"
+
+    assert len(_api_calls(api)) == BUDGET
+    assert budget.current_minute()["calls"] == BUDGET
+    assert budget.totals()["calls"] == BUDGET
+
+
+@pytest.mark.django_db
+def test_a_page_over_budget_shows_the_cache_and_says_why(api, viewer_client, settings, monkeypatch):
+    settings.BATCHBOARD_UPSTREAM_BUDGET = 1
+    monkeypatch.setattr(budget, "clock", lambda: 3_000_000 * 60.0 + 30)  # one minute, held still
+    batch_id = api.add("in_progress")["id"]
+    assert viewer_client.get(f"/batches/{batch_id}/").status_code == 200  # spends the one call
+
+    response = viewer_client.get(f"/batches/{batch_id}/")
+
+    assert response.status_code == 200
+    assert "budget of 1 API calls a minute is spent" in response.text
+    assert len(_api_calls(api)) == 1
+
+
+@pytest.mark.django_db
+def test_a_429_pauses_every_caller_for_its_retry_after(api, settings):
+    batch_id = api.add("in_progress")["id"]
+    api.server.script(
+        "GET", f"/batches/{batch_id}", Reply(429, {"error": {"message": "slow down"}}, headers={"retry-after": "30"})
+    )
+    client = services.get_client()
+    with pytest.raises(services.RateLimited):
+        client.retrieve_batch(batch_id)
+
+    with pytest.raises(services.BudgetExhausted, match="slow down"):
+        client.retrieve_batch(batch_id)  # not sent: every caller waits out the Retry-After
+    with pytest.raises(services.BudgetExhausted):
+        budget.take(now=time.time() + 29)
+    budget.take(now=time.time() + 31)
+
+    assert len(_api_calls(api)) == 1
+    assert budget.totals() == {"calls": 2, "errors": 1, "rate_limited": 1}
+
+
+@pytest.mark.django_db
+def test_old_minutes_are_folded_into_the_totals(settings):
+    settings.BATCHBOARD_UPSTREAM_BUDGET = 5
+    start = 1_000_000 * 60.0
+    for minute in range(3):
+        for _ in range(5):
+            budget.take(now=start + minute * 60)
+    budget.record(500, None, now=start)
+
+    budget.take(now=start + (budget.KEPT_MINUTES + 3) * 60)
+
+    assert budget.totals() == {"calls": 16, "errors": 1, "rate_limited": 0}
+    assert UpstreamMinute.objects.count() == 2  # the totals and the current minute
+
+
+@pytest.mark.django_db
+def test_the_budget_message_reads_plainly(settings):
+    settings.BATCHBOARD_UPSTREAM_BUDGET = 1
+    now = 2_000_000 * 60.0
+    budget.take(now=now)
+    with pytest.raises(services.BudgetExhausted) as caught:
+        budget.take(now=now + 1)
+
+    message = sync.failure_message(caught.value)
+
+    assert message.startswith("batchboard's budget of 1 API calls a minute is spent")
+    assert 58 < caught.value.retry_after <= 59
