@@ -1,9 +1,10 @@
-"""Values every page needs: sandbox mode, the product version, and the API's health for the auth banner."""
+"""Values every page needs: sandbox mode, the product version, the API's health for the auth banner, Live settings."""
 
 from django.conf import settings
 from django.utils.functional import SimpleLazyObject
 
 from batches import sync
+from batches.views.live import live_of
 
 
 def batchboard(request):
@@ -12,4 +13,6 @@ def batchboard(request):
         "batchboard_version": settings.VERSION,
         # Lazy: one small query, and only when a page shows the banner (to logged-in users); never an upstream call.
         "api_freshness": SimpleLazyObject(sync.list_freshness),
+        # The viewer's Live settings for the live controls; views that poll replace it with their backoff.
+        "live": live_of(request),
     }

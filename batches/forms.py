@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from django import forms
-from django.template.defaultfilters import filesizeformat
 
 from batches import services
 from batches.estimate import Estimate, InputCounter
+from batches.formatting import format_size
+from batches.models import DESCRIPTION_KEY
 
 MAX_REPORTED_ERRORS = 20
 METADATA_ROWS_SHOWN = 4
@@ -42,6 +43,7 @@ class JsonlReport:
     size: int = 0
     endpoint: str | None = None
     model: str | None = None
+    first_custom_id: str | None = None
     file_errors: list[str] = field(default_factory=list)
     line_errors: list[str] = field(default_factory=list)
     line_error_count: int = 0
@@ -118,8 +120,8 @@ def validate_jsonl(
             continue  # Only counted: the file is invalid whatever these lines hold, and the id set stops growing.
         if raw is _TOO_LONG:
             report.add(
-                f"the line is {filesizeformat(length)} ({length:,} bytes) long; a line may hold at most "
-                f"{filesizeformat(MAX_LINE_BYTES)} ({MAX_LINE_BYTES:,} bytes). It was not read.",
+                f"the line is {format_size(length)} ({length:,} bytes) long; a line may hold at most "
+                f"{format_size(MAX_LINE_BYTES)} ({MAX_LINE_BYTES:,} bytes). It was not read.",
                 line_number,
             )
             continue
@@ -162,8 +164,8 @@ def _lines(handle: BinaryIO):
 def _too_large(size: int) -> str:
     limit = services.MAX_INPUT_FILE_BYTES
     return (
-        f"The file is {filesizeformat(size)} ({size:,} bytes); the Batch API accepts at most "
-        f"{filesizeformat(limit)} ({limit:,} bytes)."
+        f"The file is {format_size(size)} ({size:,} bytes); the Batch API accepts at most "
+        f"{format_size(limit)} ({limit:,} bytes)."
     )
 
 
@@ -199,6 +201,8 @@ def _check_request(request: dict, line_number: int, report: JsonlReport, scan: _
     if not isinstance(custom_id, str) or not custom_id:
         report.add("custom_id must be a non-empty string.", line_number)
     else:
+        if report.first_custom_id is None:
+            report.first_custom_id = custom_id
         digest = _id_digest(custom_id)
         first = scan.seen_ids.setdefault(digest, line_number)
         if first != line_number:
@@ -268,6 +272,7 @@ class CreateBatchForm(forms.Form):
 
     input_file = forms.FileField(
         required=False,
+        allow_empty_file=True,  # the validator says so, in its own words, instead of "choose a file"
         label="JSONL file",
         help_text="One request per line; at most 50,000 requests and 200 MB.",
         widget=forms.FileInput(attrs={"accept": ".jsonl,application/jsonl,application/x-ndjson"}),
@@ -278,6 +283,12 @@ class CreateBatchForm(forms.Form):
         label="or an uploaded file id",
         help_text="A file uploaded with purpose “batch”, such as file-abc123.",
         widget=forms.TextInput(attrs={"placeholder": "file-…", "autocomplete": "off", "spellcheck": "false"}),
+    )
+    description = forms.CharField(
+        required=False,
+        max_length=services.METADATA_MAX_VALUE_LENGTH,
+        label="Description",
+        help_text="What this batch is, in a few words: the list shows it under the id (metadata key “description”).",
     )
     endpoint = forms.ChoiceField(
         required=False,
@@ -371,7 +382,8 @@ class CreateBatchForm(forms.Form):
             cleaned["endpoint"] = self.report.endpoint
 
     def _clean_metadata(self) -> dict[str, str]:
-        metadata: dict[str, str] = {}
+        description = self.cleaned_data.get("description", "").strip()
+        metadata: dict[str, str] = {DESCRIPTION_KEY: description} if description else {}
         for number in range(1, services.METADATA_MAX_PAIRS + 1):
             key_name, value_name = metadata_field_names(number)
             if key_name not in self.cleaned_data or value_name not in self.cleaned_data:
@@ -381,10 +393,18 @@ class CreateBatchForm(forms.Form):
                 if value:
                     self.add_error(key_name, "Give this value a key.")
                 continue
+            if key == DESCRIPTION_KEY and description:
+                self.add_error(key_name, "The description is set in the Description field above.")
+                continue
             if key in metadata:
                 self.add_error(key_name, f"The key {key!r} is used twice.")
                 continue
             metadata[key] = value
+        if len(metadata) > services.METADATA_MAX_PAIRS:
+            self.add_error(
+                "description",
+                f"A batch holds at most {services.METADATA_MAX_PAIRS} metadata pairs, description included.",
+            )
         return metadata
 
     def _clean_output_expiry(self) -> int | None:

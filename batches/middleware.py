@@ -1,16 +1,23 @@
-"""Request handling every page shares: bounded request bodies, session lifetimes, and no caching of logged-in pages."""
+"""Request handling every page shares: bounded request bodies, session lifetimes, no caching of logged-in pages, the
+viewer's time zone, and a signed-out browser's htmx requests sent to the login page."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+import zoneinfo
 
 from django.conf import settings
 from django.contrib.auth import logout
-from django.shortcuts import render
+from django.contrib.auth.views import redirect_to_login
+from django.shortcuts import render, resolve_url
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
+from django_htmx.http import HttpResponseClientRedirect
 
 from batches import services
+from batches.views.time_zone import SESSION_KEY as TIME_ZONE_KEY
 
 # A body above this is refused before anything reads it: login forms, cancels, the admin's forms all fit easily.
 MAX_BODY_BYTES = 1024 * 1024
@@ -111,3 +118,37 @@ class NoStoreForUsersMiddleware:
         if request.user.is_authenticated:
             add_never_cache_headers(response)
         return response
+
+
+class HtmxLoginRedirectMiddleware:
+    """A signed-out browser's htmx request (a poll after the session ended) is answered with a full-page redirect to
+    the login page (HX-Redirect) instead of a login form swapped into a live region. Listed after HtmxMiddleware."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if request.htmx and response.status_code == 302 and not request.user.is_authenticated:
+            login_url = resolve_url(settings.LOGIN_URL)
+            if response["Location"].startswith(login_url):
+                # Back to the page the browser shows (not the fragment it polled) after logging in again.
+                page = request.htmx.current_url_abs_path or request.get_full_path()
+                return HttpResponseClientRedirect(redirect_to_login(page, login_url).url)
+        return response
+
+
+class TimeZoneMiddleware:
+    """Times in UTC (settings.TIME_ZONE) unless the viewer picked a zone (batches.views.time_zone)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        timezone.deactivate()
+        name = request.session.get(TIME_ZONE_KEY)
+        if name:
+            # A zone removed from the system since it was chosen: UTC.
+            with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
+                timezone.activate(zoneinfo.ZoneInfo(name))
+        return self.get_response(request)

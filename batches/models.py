@@ -7,19 +7,29 @@ import json
 from datetime import date, datetime, timedelta
 
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models.functions import Coalesce
+from django.db.models import Case, F, FloatField, Q, Value, When
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce, Lower
 from django.utils import timezone
 
 from batches import pricing, services
+from batches.history import STUCK_AFTER
 
-STATUS_CHOICES = [(s, s.replace("_", " ")) for s in services.STATUSES]
-# The list's pseudo-status for "every batch that can still change".
+STATUS_CHOICES = [(s, services.status_label(s)) for s in services.STATUSES]
+# The list's pseudo-statuses: "every batch that can still change", and "every batch someone should look at".
 ACTIVE_FILTER = "active"
+ATTENTION_FILTER = "attention"
+# The list's orders (a leading "-" reverses): the URL's `sort`.
+SORTS = ("-created", "created", "status", "-status", "progress", "-progress", "expires", "-expires")
+DEFAULT_SORT = "-created"
 # A cancel claim older than this is from a request that died before calling the API; it may be claimed again.
 CANCEL_CLAIM_SECONDS = 300
 METADATA_SUMMARY_LENGTH = 80
+# The metadata key shown as a batch's description (the create form's Description field writes it).
+DESCRIPTION_KEY = "description"
 
 
+NEWEST_FIRST = ("-created_at", "-batch_id")
 FILE_ID_FIELDS = ("input_file_id", "output_file_id", "error_file_id")
 REQUEST_COUNT_FIELDS = ("total_requests", "completed_requests", "failed_requests")
 TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens")
@@ -45,7 +55,7 @@ def progress_key(batch: services.Batch) -> tuple[int, int, int]:
 
 
 def status_badge(status: str, completed: int, failed: int, total: int) -> tuple[str, str]:
-    label = status.replace("_", " ")
+    label = services.status_label(status)
     if status == "completed" and failed:
         if not completed:
             return "completed-all-failed", "completed · all failed"
@@ -98,24 +108,68 @@ class BatchQuerySet(models.QuerySet):
         return self.filter(is_terminal=True)
 
     def newest_first(self):
-        return self.order_by("-created_at", "-batch_id")
+        return self.order_by(*NEWEST_FIRST)
 
     def with_status(self, status: str):
-        """Batches in `status`; "active" means any status that can still change."""
+        """Batches in `status`; "active" means any status that can still change, "attention" needs_attention()."""
         if status == ACTIVE_FILTER:
             return self.active()
+        if status == ATTENTION_FILTER:
+            return self.needs_attention()
         return self.filter(status=status) if status else self
 
+    def needs_attention(self, now: datetime | None = None):
+        """Batches someone should look at: failed or expired, with any failed request, or stuck — in validating,
+        finalizing or cancelling for longer than the history's STUCK_AFTER, measured from creation for validating
+        and from the last observed change for the others (the list has no per-status entry time)."""
+        now = now or timezone.now()
+        stuck = Q()
+        for status, limit in STUCK_AFTER.items():
+            since = "created_at" if status == "validating" else "last_changed_at"
+            stuck |= Q(status=status, **{f"{since}__lt": now - limit})
+        return self.filter(Q(status__in=("failed", "expired")) | Q(failed_requests__gt=0) | stuck)
+
     def search(self, text: str):
-        """Batches whose id, file ids or metadata contain every word of `text` (case-insensitive)."""
+        """Batches whose id, file ids or metadata contain every word of `text` (case-insensitive); a `key:value`
+        word matches batches whose metadata `key` is `value` (case-insensitive)."""
         queryset = self
-        for word in text.lower().split():
-            queryset = queryset.filter(search_text__contains=word)
+        for number, word in enumerate(text.split()):
+            key, separator, value = word.partition(":")
+            # The plain containment test first, on the narrow column; the exact pair only for the rows it keeps.
+            queryset = queryset.filter(search_text__contains=word.lower() if not (key and value) else value.lower())
+            if separator and key and value:
+                alias = f"metadata_term_{number}"
+                queryset = queryset.alias(**{alias: Lower(KeyTextTransform(key, "metadata"))})
+                queryset = queryset.filter(**{alias: value.lower()})
         return queryset
 
-    def matching(self, *, endpoint: str = "", model: str = "", q: str = ""):
+    def created_between(self, start: datetime | None, end: datetime | None):
+        """Created at or after `start` and before `end` (either may be None)."""
+        queryset = self.filter(created_at__gte=start) if start else self
+        return queryset.filter(created_at__lt=end) if end else queryset
+
+    def sorted_by(self, sort: str):
+        """In one of the list's SORTS; newest first breaks ties (and is the default)."""
+        field, descending = sort.removeprefix("-"), sort.startswith("-")
+        if field == "status":
+            key = Case(
+                *(When(status=status, then=Value(rank)) for rank, status in enumerate(services.LIFECYCLE)),
+                default=Value(len(services.LIFECYCLE)),
+            )
+        elif field == "progress":
+            processed = Cast(F("completed_requests") + F("failed_requests"), FloatField())
+            key = Case(When(total_requests=0, then=Value(0.0)), default=processed / F("total_requests"))
+        elif field == "expires":
+            key = Case(When(is_terminal=True, then=None), default=F("expires_at"))  # only running batches expire
+        elif field == "created" and not descending:
+            return self.order_by("created_at", "batch_id")
+        else:
+            return self.newest_first()
+        return self.order_by(key.desc(nulls_last=True) if descending else key.asc(nulls_last=True), *NEWEST_FIRST)
+
+    def matching(self, *, endpoint: str = "", model: str = "", q: str = "", created_range=(None, None)):
         """The list's filters other than status, which the status counts are computed over."""
-        queryset = self.search(q)
+        queryset = self.search(q).created_between(*created_range)
         if endpoint:
             queryset = queryset.filter(endpoint=endpoint)
         if model:
@@ -279,6 +333,9 @@ class Batch(models.Model):
             models.Index(fields=["cancel_requested_at"], name="batch_cancel_claimed"),
             # The summary strip's cost of running batches (BatchQuerySet.spending) reads this narrow index.
             models.Index(fields=["is_terminal", "model", *TOKEN_FIELDS], name="batch_spending"),
+            # needs_attention() counts over this narrow index instead of the wide rows; the expiry order seeks it.
+            models.Index(fields=["status", "failed_requests", "last_changed_at", "created_at"], name="batch_attention"),
+            models.Index(fields=["is_terminal", "expires_at"], name="batch_expiry"),
         ]
         verbose_name_plural = "batches"
         permissions = [
@@ -309,7 +366,7 @@ class Batch(models.Model):
 
     @property
     def description(self) -> str:
-        return self.metadata.get("description") or self.metadata.get("name") or ""
+        return self.metadata.get(DESCRIPTION_KEY) or self.metadata.get("name") or ""
 
     @property
     def metadata_text(self) -> str:
@@ -345,12 +402,35 @@ class Batch(models.Model):
             return False
         return self.cancel_requested_at > timezone.now() - timedelta(seconds=CANCEL_CLAIM_SECONDS)
 
+    @property
+    def model_label(self) -> str:
+        """The model, or why none is shown: the one rule for the list and the detail page."""
+        if self.model:
+            return self.model
+        return "—" if self.is_terminal else "model not known yet"
+
+    def note_model_from_file(self, model: str | None) -> None:
+        """The model read from the input file, shown while the API does not name it yet (validating)."""
+        if model and not self.model:
+            Batch.objects.filter(pk=self.pk, model="").update(model=model)
+            self.model = model
+
+    @property
+    def status_label(self) -> str:
+        return services.status_label(self.status)
+
+    @property
+    def can_cancel_now(self) -> bool:
+        """Whether a Cancel button makes sense: the batch can still be cancelled and nobody has asked yet."""
+        return self.is_cancellable and not self.cancel_pending
+
     def _apply(self, batch: services.Batch, digest: str, observed_at: datetime) -> None:
         """Copy an observation into the columns named in APPLIED_FIELDS."""
         self.status = batch.status
         self.is_terminal = batch.is_terminal
         self.endpoint = batch.endpoint or ""
-        self.model = batch.model or ""
+        # Until the API names the model (it does not while validating), keep the one read from the input file.
+        self.model = batch.model or self.model or ""
         self.input_file_id = batch.input_file_id or ""
         self.output_file_id = batch.output_file_id or ""
         self.error_file_id = batch.error_file_id or ""

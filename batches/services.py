@@ -37,6 +37,8 @@ STATUSES = (
     "cancelling",
     "cancelled",
 )
+# The order a batch passes through its statuses (the ones that can still change first), for lists and timelines.
+LIFECYCLE = ("validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 CANCELLABLE_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
 ENDPOINTS = (
@@ -93,6 +95,11 @@ def from_unix(value: int | None) -> datetime | None:
 
 def is_terminal(status: str) -> bool:
     return status in TERMINAL_STATUSES
+
+
+def status_label(status: str) -> str:
+    """A status as people read it: "in progress" for "in_progress"."""
+    return status.replace("_", " ")
 
 
 def _file_id(value: Any) -> str | None:
@@ -840,7 +847,7 @@ class BatchClient:
                 raise ValueError("not a JSON object")
             return parse(data)
         except (ValueError, TypeError, AttributeError, RecursionError):
-            content_type = response.headers.get("Content-Type", "").split(";")[0] or "no content type"
+            content_type = _media_type(response)
             raise Unavailable(
                 f"The answer to {call} is not the API's JSON (HTTP {response.status_code}, {content_type}); "
                 "is the base URL right?",
@@ -860,7 +867,7 @@ class BatchClient:
         details = _dict(details)
         status = response.status_code
         error_class = _error_class(status)
-        content_type = response.headers.get("Content-Type", "").split(";")[0] or "no content type"
+        content_type = _media_type(response)
         message = _text(details.get("message"))
         if status == 404 and not details:
             # The API answers every unknown id or route with its error envelope; a bare 404 page means the base
@@ -900,6 +907,11 @@ def _should_retry(response: requests.Response, error: BatchApiError, retry: str)
     if status == 429 and error.code == "insufficient_quota":
         return False  # Out of credit: waiting a second never helps (the SDK retries it; we do not).
     return status in RETRYABLE_STATUSES or status >= 500
+
+
+def _media_type(response: requests.Response) -> str:
+    """The answer's media type without parameters ("text/html"), for error messages."""
+    return response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
 
 
 def _error_body(response: requests.Response, stream: bool) -> bytes:

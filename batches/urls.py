@@ -3,7 +3,7 @@
 from django.urls import path, register_converter
 
 from batches.converters import BatchIdConverter
-from batches.views import cancel, create, detail, listing, prices
+from batches.views import cancel, create, detail, listing, prices, time_zone
 
 register_converter(BatchIdConverter, "batch_id")
 
@@ -13,6 +13,7 @@ urlpatterns = [
     path("new/", create.batch_create, name="create"),
     path("cancel/", cancel.batch_bulk_cancel, name="bulk_cancel"),
     path("prices/", prices.price_list, name="prices"),
+    path("time-zone/", time_zone.time_zone, name="time_zone"),
     path("<batch_id:batch_id>/", detail.batch_detail, name="detail"),
     path("<batch_id:batch_id>/cancel/", cancel.batch_cancel, name="cancel"),
     path("<batch_id:batch_id>/files/<str:kind>/", detail.batch_file, name="file"),

@@ -199,6 +199,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "batches.middleware.HtmxLoginRedirectMiddleware",
+    "batches.middleware.TimeZoneMiddleware",
     # Last, as django-axes asks: it turns a lockout raised during login into the lockout answer.
     "axes.middleware.AxesMiddleware",
 ]

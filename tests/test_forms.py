@@ -220,7 +220,7 @@ def test_it_rejects_a_file_over_the_size_limit_without_reading_it():
 
     report = validate_jsonl(Unreadable(), size=services.MAX_INPUT_FILE_BYTES + 1)
     assert report.messages == [
-        "The file is 200.0\xa0MB (209,715,201 bytes); the Batch API accepts at most 200.0\xa0MB (209,715,200 bytes)."
+        "The file is 200 MB (209,715,201 bytes); the Batch API accepts at most 200 MB (209,715,200 bytes)."
     ]
 
 

@@ -9,8 +9,11 @@ import pytest
 from django.template.loader import render_to_string
 from django.utils import translation
 
+from batches import chart as progress_chart
 from batches import history, services
-from batches.history import Observation, batch_history, downsample, format_duration
+from batches.chart import Point, downsample
+from batches.formatting import format_duration
+from batches.history import batch_history
 from batches.models import BatchSnapshot, payload_digest, record_batch
 from tests.reference import EXAMPLES
 
@@ -118,9 +121,11 @@ def test_it_renders_the_timeline_with_times_sources_and_durations():
     batch = record("finalizing", 90, total=1000, completed=1000, in_progress_at=5)  # no finalizing_at
     text = text_of(render(batch, now=at(95)))
 
-    assert "validating 2024-03-26 16:45:33 (1 hour, 35 minutes ago) 5 min API" in text
-    assert "in progress 2024-03-26 16:50:33 (1 hour, 30 minutes ago) 1 h 25 min API" in text
-    assert "finalizing 2024-03-26 18:15:33 (5 minutes ago) 5 min so far observed" in text
+    # One duration style throughout (not Django's timesince next to format_duration), and plain sources.
+    assert "validating 2024-03-26 16:45:33 (1 h 35 min ago) 5 min API timestamp" in text
+    assert "in progress 2024-03-26 16:50:33 (1 h 30 min ago) 1 h 25 min API timestamp" in text
+    assert "finalizing 2024-03-26 18:15:33 (5 min ago) 5 min so far first observed" in text
+    assert "Source" in text and "Time from" not in text
 
 
 # --- Chart ------------------------------------------------------------------
@@ -137,7 +142,9 @@ def test_it_draws_every_observation_in_an_accessible_chart():
     observed = [p for p in chart.points if p.source == "observed"]
     assert [(p.completed, p.failed) for p in observed] == [(0, 0), *counts]
     assert next(p.source for p in chart.points if p.status == "in_progress") == "api"  # in_progress_at, 0 done
-    assert chart.completed_line.count("L") >= len(chart.points) - 1
+    # created → seen validating → in_progress_at, all at 0; then the five running observations joined.
+    assert chart.completed.line.count("L") == 2 + 4
+    assert chart.completed.gaps.count("M") == 1  # in_progress_at → the first count seen: not observed
     assert chart.total == 100
     assert 'role="img"' in html
     assert '<title id="history-chart-title">' in html
@@ -147,6 +154,90 @@ def test_it_draws_every_observation_in_an_accessible_chart():
     for completed, failed in counts:
         assert re.search(rf'<td class="num">{completed}</td>\s*<td class="num">{failed}</td>', table)
     assert "style=" not in html
+
+
+def _segments(chart):
+    """(from, to, known?) for each stretch between plotted points, as minutes after T0."""
+    points = chart.points
+    return [
+        ((a.at - T0) / timedelta(minutes=1), (b.at - T0) / timedelta(minutes=1), progress_chart.is_known_between(a, b))
+        for a, b in itertools.pairwise(points)
+    ]
+
+
+def _as_data(chart):
+    return [((p.at - T0) / timedelta(minutes=1), p.completed, p.failed, p.source) for p in chart.points]
+
+
+def test_it_draws_a_batch_first_seen_after_it_finished_from_the_api_timestamps_only():
+    # "Long-form drafts": ran for about an hour, first seen by batchboard four days later.
+    batch = record(
+        "completed", 4 * 24 * 60, total=100, completed=97, failed=3, in_progress_at=2, finalizing_at=55, completed_at=61
+    )
+    chart = batch_history(batch, now=at(4 * 24 * 60 + 5)).chart
+
+    assert _as_data(chart) == [
+        (0, 0, 0, "api"),  # created
+        (2, 0, 0, "api"),  # in progress: nothing processed before
+        (55, 97, 3, "api"),  # finalizing: processing over, the final counts hold
+        (61, 97, 3, "api"),  # completed
+    ]
+    assert _segments(chart) == [(0, 2, True), (2, 55, False), (55, 61, True)]
+    assert chart.end == at(61)  # the axis ends at completed_at, not at the first observation or now
+    assert chart.completed.gaps and chart.failed.gaps
+    assert [marker.x for marker in chart.markers] == sorted(marker.x for marker in chart.markers)
+    assert chart.markers[-1].x == chart.right  # completed_at sits at the right edge, not bunched at the left
+    assert chart.markers[0].x > chart.left + 0.02 * (chart.right - chart.left)
+    html = render(batch, now=at(4 * 24 * 60 + 5))
+    assert 'class="chart-gap-completed"' in html
+    assert "not observed" in html
+
+
+def test_it_draws_a_batch_first_seen_while_running_with_a_gap_before_the_first_count():
+    batch = running(30, 400, total=1000)
+    running(31, 450, total=1000)
+    batch = running(32, 500, total=1000)
+    chart = batch_history(batch, now=at(33)).chart
+
+    assert _as_data(chart) == [
+        (0, 0, 0, "api"),
+        (5, 0, 0, "api"),
+        (30, 400, 0, "observed"),
+        (31, 450, 0, "observed"),
+        (32, 500, 0, "observed"),
+    ]
+    assert _segments(chart) == [(0, 5, True), (5, 30, False), (30, 31, True), (31, 32, True)]
+    assert chart.end == batch.last_seen_at  # a running batch's axis ends when it was last confirmed
+    assert chart.completed.line.startswith("M58.0,")
+    assert chart.completed.gaps.count("M") == 1
+
+
+def test_it_draws_a_batch_seen_throughout_as_known_from_start_to_end():
+    record("validating", 1)
+    running(5, 0, total=10)
+    running(6, 4, total=10)
+    running(7, 9, failed=1, total=10)
+    record("finalizing", 8, total=10, completed=9, failed=1, in_progress_at=5, finalizing_at=8)
+    batch = record("completed", 9, total=10, completed=9, failed=1, in_progress_at=5, finalizing_at=8, completed_at=9)
+    chart = batch_history(batch, now=at(60)).chart
+
+    assert all(known for _, _, known in _segments(chart)), _as_data(chart)
+    assert not chart.has_gaps
+    assert chart.end == at(9)
+    assert _as_data(chart)[-1] == (9, 9, 1, "api")
+
+
+def test_it_shows_the_slope_change_at_a_cancel_as_observed():
+    running(10, 100, total=1000)
+    record("cancelling", 20, total=1000, completed=300, in_progress_at=5, cancelling_at=19)
+    record("cancelling", 25, total=1000, completed=320, in_progress_at=5, cancelling_at=19)
+    batch = record("cancelled", 40, total=1000, completed=330, in_progress_at=5, cancelling_at=19, cancelled_at=30)
+    chart = batch_history(batch, now=at(41)).chart
+
+    assert _as_data(chart)[-3:] == [(20, 300, 0, "observed"), (25, 320, 0, "observed"), (30, 330, 0, "api")]
+    assert _segments(chart)[-1] == (25, 30, False)  # the last in-flight requests finished unobserved
+    assert chart.end == at(30)
+    assert any(marker.label.startswith("cancelling from") for marker in chart.markers)
 
 
 def test_it_draws_no_chart_before_there_are_requests_to_count():
@@ -170,7 +261,7 @@ def test_it_keeps_svg_coordinates_numeric_in_every_language():
 
 
 def test_it_thins_long_histories_to_a_bounded_number_of_points():
-    points = [Observation(at(i / 10), "in_progress", 10_000, i, 0) for i in range(5000)]
+    points = [Point(at(i / 10), "in_progress", 10_000, i, 0, "observed") for i in range(5000)]
     kept = downsample(points, 200)
 
     assert len(kept) <= 200
@@ -187,7 +278,7 @@ def test_it_says_when_the_chart_shows_fewer_points_than_were_observed():
     result = batch_history(batch, now=at(700))
 
     assert result.observation_count == 601
-    assert len(result.chart.points) <= history.MAX_CHART_POINTS
+    assert len(result.chart.points) <= progress_chart.MAX_CHART_POINTS
     assert result.chart.is_downsampled
     assert "of 601 observations" in render(batch, now=at(700))
 

@@ -45,7 +45,7 @@ def test_it_refuses_a_60_mb_line_by_number_with_bounded_memory(tmp_path):
     assert measured["requests"] == 2
     assert len(measured["messages"]) == 1
     assert measured["messages"][0].startswith("Line 1: the line is 57.2")
-    assert "at most 10.0" in measured["messages"][0]
+    assert "at most 10 MB" in measured["messages"][0]
     assert measured["peak"] < LONG_LINE_PEAK_BOUND, f"peak {measured['peak']:,} bytes"
 
 
@@ -61,7 +61,7 @@ def test_it_accepts_a_line_of_exactly_the_cap_and_refuses_one_byte_more():
     report = validate_jsonl(io.BytesIO(exact + b"\n" + over + b"\n" + _line("c") + b"\n"))
     assert report.requests == 3
     assert report.line_errors == [report.line_errors[0]]
-    assert report.line_errors[0].startswith("Line 2: the line is 10.0")
+    assert report.line_errors[0].startswith("Line 2: the line is 10 MB")  # batches.formatting.format_size
 
 
 def test_it_counts_a_long_last_line_without_a_newline_and_the_size_of_every_line():

@@ -19,6 +19,9 @@ LIST_URLS = [  # url, headers, a batch the 200-batch answer must show (all share
     pytest.param("/batches/?status=in_progress&endpoint=/v1/chat/completions", {}, "batch_q0199", id="filtered"),
     pytest.param("/batches/?q=nightly", {"HX-Request": "true"}, "batch_q0199", id="search-fragment"),
     pytest.param("/batches/?page=2", {}, "batch_q0149", id="second-page"),
+    pytest.param("/batches/?status=attention&sort=-progress", {}, "", id="attention-by-progress"),
+    pytest.param("/batches/?q=description:nightly&sort=expires", {"HX-Request": "true"}, "", id="pair-by-expiry"),
+    pytest.param("/batches/?created_from=2000-01-01&created_to=2999-12-31&sort=status", {}, "", id="dates-by-status"),
 ]
 
 

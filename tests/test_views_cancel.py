@@ -1,5 +1,6 @@
 """Cancelling: confirm page, htmx and plain POSTs, one upstream cancel however many clicks, errors in words, bulk."""
 
+import json
 import re
 import threading
 
@@ -38,7 +39,7 @@ def test_it_shows_a_confirm_page_and_never_cancels_on_get(api, operator_client):
     assert f'<form method="post" action="/batches/{batch["id"]}/cancel/"' in html
     assert 'name="csrfmiddlewaretoken"' in html
     assert '<input type="hidden" name="next" value="/batches/?status=in_progress">' in html
-    assert 'href="/batches/?status=in_progress">No, keep it running' in html
+    assert 'href="/batches/?status=in_progress">Keep running' in html
     assert api.cancels == []
     assert Batch.objects.get(batch_id=batch["id"]).cancel_requested_at is None
 
@@ -105,7 +106,7 @@ def test_it_answers_an_htmx_cancel_from_the_detail_page_with_the_control(api, op
     )
 
     assert response.status_code == 200
-    assert response["HX-Trigger"] == "batches-changed"  # live regions refresh at once
+    assert "batches-changed" in json.loads(response["HX-Trigger"])  # live regions refresh at once
     html = response.content.decode()
     assert f'<span id="cancel-{batch["id"]}" class="cancel-control">' in html
     assert "Cancel requested." in html and "hx-post" not in html

@@ -2,6 +2,7 @@
 shown on the form, and one batch per form however often (or however concurrently) it is submitted."""
 
 import json
+import re
 import threading
 import uuid
 
@@ -345,3 +346,75 @@ def test_it_waits_no_longer_than_the_first_submission_when_it_is_stuck(operator,
     response = _post(operator_client, _content(), token=token)
     assert response.status_code == 200
     assert "This form is still being submitted" in response.content.decode()
+
+
+# --- Description, Check file, the model while validating ----------------------
+
+
+def test_it_stores_the_description_as_the_description_metadata_key(operator_client, sandbox_url):
+    response = _post(
+        operator_client, _content(2), description="Nightly eval", metadata_key_1="team", metadata_value_1="ml"
+    )
+    assert response.status_code == 303
+
+    created = _sandbox_get(sandbox_url, "/batches")["data"][0]
+    assert created["metadata"] == {"description": "Nightly eval", "team": "ml"}
+    assert "Nightly eval" in operator_client.get("/batches/").content.decode()  # the list shows it
+
+
+def test_it_refuses_a_second_description_in_the_metadata_rows(operator_client, sandbox_url):
+    response = _post(operator_client, _content(2), description="A", metadata_key_1="description", metadata_value_1="B")
+    assert response.status_code == 200
+    assert "The description is set in the Description field above." in response.content.decode()
+    assert _sandbox_get(sandbox_url, "/batches")["data"] == []
+
+
+@pytest.mark.parametrize("htmx", [True, False], ids=["htmx", "plain-form"])
+def test_it_checks_a_file_without_creating_anything(operator_client, sandbox_url, htmx):
+    headers = {"HTTP_HX_REQUEST": "true"} if htmx else {}
+    data = _fields(check="1")
+    data["input_file"] = SimpleUploadedFile("requests.jsonl", _content(3), content_type="application/jsonl")
+    response = operator_client.post(URL, data, **headers)
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "The file is valid" in html
+    facts = dict(re.findall(r"<dt>([^<]+)</dt><dd>(?:<code>)?([^<]+)", html))
+    assert facts == {
+        "Requests": "3",
+        "Model": "gpt-4o-mini",
+        "Endpoint": CHAT,
+        "First custom_id": "request-1",
+        "Size": facts["Size"],
+    }
+    assert html.lstrip().startswith('<div id="file-check"') == htmx  # htmx: only the result, the file stays chosen
+    assert _sandbox_get(sandbox_url, "/batches")["data"] == []
+    assert _sandbox_get(sandbox_url, "/files")["data"] == []
+
+
+def test_it_shows_what_a_check_found_wrong(operator_client, sandbox_url):
+    data = _fields(check="1")
+    data["input_file"] = SimpleUploadedFile("requests.jsonl", b"", content_type="application/jsonl")
+    html = operator_client.post(URL, data, HTTP_HX_REQUEST="true").content.decode()
+    assert "Nothing was sent." in html and "The file is empty: it has no requests." in html
+
+
+def test_it_puts_the_specific_error_above_the_generic_banner(operator_client, sandbox_url):
+    html = _post(operator_client, b"").content.decode()
+    banner = html.split('id="form-errors"', 1)[1]
+    assert banner.index("The file is empty") < banner.index("Nothing was created.")
+
+
+def test_it_shows_the_model_read_from_the_file_while_the_batch_validates(operator_client, sandbox_url, settings):
+    settings.SANDBOX_SPEED = 0.001  # stays validating
+    response = _post(operator_client, _content(2))
+    html = operator_client.get(response["Location"]).content.decode()
+
+    assert "gpt-4o-mini" in html and "model not known yet" not in html
+    assert 'data-live-state="validating"' in html
+
+
+def test_it_offers_back_not_cancel_on_the_form(operator_client):
+    html = operator_client.get(URL).content.decode()
+    assert '<a href="/batches/">Back</a>' in html
+    assert ">Cancel<" not in html

@@ -70,7 +70,7 @@ def test_it_shows_everything_a_completed_batch_holds(viewer_client, fake_api):
     assert "2024-03-26 16:45:33 UTC" in html
     # Usage and files with sizes and download links.
     assert '<td class="num usage-total">107</td>' in html
-    assert "1.3\xa0KB" in html and "2.4\xa0MB" in html and "512\xa0bytes" in html
+    assert "1.3 KB" in html and "2.4 MB" in html and "512 bytes" in html  # one size format
     for kind in ("input", "output", "error"):
         assert f'href="/batches/batch_abc123/files/{kind}/"' in html
     # Final: no polling.
@@ -152,10 +152,10 @@ def test_it_polls_a_running_batch_and_names_its_status_in_the_title(viewer_clien
     assert "<title>batch_run1 · in progress · batchboard</title>" in html
     panel = html.split('id="batch-panel"')[1].split(">")[0]
     assert 'hx-get="/batches/batch_run1/"' in panel
-    assert 'hx-trigger="live-refresh"' in panel
+    assert 'hx-trigger="every 5s, live-refresh' in panel
     assert "data-live-poll" in panel
     assert "7,510</strong> of 12,000 requests processed" in html
-    assert "(in 23\xa0hours" in html  # expires-in while running
+    assert "(in 23 h " in html  # expires-in while running, in the one duration style
     assert "data-live-toggle" in html  # the live controls
 
 
@@ -179,7 +179,7 @@ def test_it_answers_a_poll_with_the_panel_only(viewer_client, fake_api):
     assert html.lstrip().startswith("<title>batch_run1 · in progress · batchboard</title>")
     assert 'id="batch-panel"' in html
     assert "<html" not in html and "site-header" not in html
-    assert 'hx-trigger="live-refresh"' in html
+    assert 'hx-trigger="every 5s, live-refresh' in html
     assert "HX-Request" in response["Vary"]
     assert fake_api.requests_to("GET", "/files/file-abc123") == []  # no size lookups on every poll
 
@@ -198,7 +198,7 @@ def test_it_stops_polling_with_286_once_the_batch_is_final(viewer_client, fake_a
     html = response.content.decode()
     assert "hx-trigger" not in html and "data-live-poll" not in html
     assert "completed · 1 failed" in html
-    assert "2.0\xa0KB" in html  # the result files' sizes arrive with the last fragment
+    assert "2 KB" in html  # the result files' sizes arrive with the last fragment
 
 
 def test_it_stops_polling_a_batch_already_final(viewer_client, fake_api):
@@ -337,3 +337,9 @@ def test_it_offers_cancel_only_to_operators_of_a_running_batch(operator_client, 
     assert cancel in operator_client.get("/batches/batch_run1/", **HTMX).content.decode()
     operator_client.force_login(viewer)
     assert cancel not in operator_client.get("/batches/batch_run1/").content.decode()
+
+
+def test_it_says_where_the_login_page_leads_from_a_shared_link(client):
+    html = client.get("/accounts/login/?next=/batches/batch_abc123/").content.decode()
+    assert 'Log in to see <span class="login-destination">batch_abc123</span>' in html
+    assert "<h1>Log in</h1>" in client.get("/accounts/login/").content.decode()

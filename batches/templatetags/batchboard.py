@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django import template
-from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.urls import Resolver404, resolve
 from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from batches import formatting
 from batches.converters import detail_url
 
 register = template.Library()
@@ -49,16 +50,27 @@ def progress_bar(completed, failed, total):
 
 
 @register.simple_tag
-def relative_time(value: datetime):
+def relative_time(value: datetime, now: datetime | None = None):
     """A <time> saying how long ago (or from now) `value` is, with the exact time in the tooltip."""
-    local = timezone.localtime(value)
     # Equal to the date filter's "c" and "Y-m-d H:i:s T" formats, at a fraction of their cost (many per page).
     return format_html(
         '<time datetime="{}" title="{}">{}</time>',
-        local.isoformat(),
-        local.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        naturaltime(value),
+        timezone.localtime(value).isoformat(),
+        formatting.exact(value),
+        formatting.relative(value, now or timezone.now()),
     )
+
+
+@register.filter
+def ago(value: datetime, now: datetime | None = None) -> str:
+    """`{{ when|ago:now }}`: "3 min ago" or "in 2 h 5 min", in the one duration style."""
+    return formatting.relative(value, now or timezone.now()) if value else ""
+
+
+@register.filter
+def size(value) -> str:
+    """`{{ file.size|size }}`: bytes written one way everywhere ("812 bytes", "35.9 KB")."""
+    return formatting.format_size(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +90,7 @@ class ListRow:
     created: SafeString
     expires: SafeString | None  # only running batches expire
     cancel_pending: bool
-    cancellable: bool  # may be cancelled now: running, and nobody asked yet
+    cancellable: bool  # Batch.can_cancel_now
 
 
 @register.filter
@@ -97,5 +109,37 @@ def list_row(batch) -> ListRow:
         created=relative_time(batch.created_at),
         expires=relative_time(batch.expires_at) if not batch.is_terminal and batch.expires_at else None,
         cancel_pending=cancel_pending,
-        cancellable=batch.is_cancellable and not cancel_pending and bool(url),
+        cancellable=batch.can_cancel_now and bool(url),
     )
+
+
+@register.filter
+def destination(next_url: str) -> str:
+    """What the login page leads to, in words: "batch_abc…" for a shared batch link, else "" (just "Log in")."""
+    path = (next_url or "").partition("?")[0]
+    try:
+        match = resolve(path) if path.startswith("/") else None
+    except Resolver404:
+        return ""
+    if match and match.view_name == "batches:detail":
+        return match.kwargs["batch_id"]
+    return {"batches:list": "your batches", "batches:create": "the new-batch form"}.get(
+        match.view_name if match else "", ""
+    )
+
+
+@register.filter
+def metadata_matches(batch, filters) -> list[tuple[str, str]]:
+    """The metadata pairs of `batch` that the list's search matched (`key:value` terms, or words found in a key or
+    value), so the row can show why it is there; the description, shown anyway, is left out."""
+    if not filters or not filters.q:
+        return []
+    terms = {key.lower(): value for key, value in filters.metadata_terms}
+    words = [word.lower() for word in filters.q.split() if ":" not in word]
+    matches = []
+    for key, value in batch.metadata.items():
+        text = str(value)
+        matched = key.lower() in terms or any(word in key.lower() or word in text.lower() for word in words)
+        if matched and text != batch.description:
+            matches.append((key, text))
+    return matches[:3]

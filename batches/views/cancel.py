@@ -12,6 +12,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
+from django_htmx.http import retarget, trigger_client_event
 
 from audit.log import record
 from audit.models import Action, Outcome
@@ -120,9 +121,9 @@ def _cancel_fragment(request, batch_id: str, outcome: actions.CancelOutcome) -> 
     batch = outcome.batch or Batch(batch_id=batch_id, status="")
     response = render(request, "batches/_cancel_button.html", {"batch": batch, "cancel_outcome": outcome})
     if from_row:
-        response["HX-Retarget"] = f"#cancel-{batch_id}"
+        retarget(response, f"#cancel-{batch_id}")
     # Live regions on the page (the detail panel) refresh at once instead of at their next tick.
-    response["HX-Trigger"] = "batches-changed"
+    trigger_client_event(response, "batches-changed")
     return response
 
 
@@ -155,7 +156,7 @@ def _selected_ids(values: list[str]) -> tuple[list[str], str]:
 
 def _bulk_confirm_page(request, batch_ids: list[str], problem: str, next_url: str):
     found = {b.batch_id: b for b in Batch.objects.filter(batch_id__in=batch_ids).defer("payload", "search_text")}
-    to_cancel = [found[i] for i in batch_ids if i in found and found[i].is_cancellable and not found[i].cancel_pending]
+    to_cancel = [found[i] for i in batch_ids if i in found and found[i].can_cancel_now]
     skipped = [(i, found.get(i)) for i in batch_ids if i not in {b.batch_id for b in to_cancel}]
     context = {
         "to_cancel": to_cancel,

@@ -9,6 +9,7 @@ from audit.log import record
 from audit.models import Action, Outcome
 from batches import actions
 from batches.forms import CreateBatchForm, metadata_field_names
+from batches.models import DESCRIPTION_KEY
 
 
 def _redirect_to_batch(batch):
@@ -21,9 +22,12 @@ def _retry_form(form: CreateBatchForm, uploaded_file_id: str) -> CreateBatchForm
     """A fresh form with everything the user chose, pointing at the file that was uploaded, to create from it."""
     initial = {
         name: form.cleaned_data.get(name)
-        for name in ("endpoint", "completion_window", "output_expiry_amount", "output_expiry_unit")
+        for name in ("description", "endpoint", "completion_window", "output_expiry_amount", "output_expiry_unit")
     }
-    for number, (key, value) in enumerate(form.cleaned_data["metadata"].items(), start=1):
+    others = {
+        k: v for k, v in form.cleaned_data["metadata"].items() if not (k == DESCRIPTION_KEY and initial["description"])
+    }
+    for number, (key, value) in enumerate(others.items(), start=1):
         key_name, value_name = metadata_field_names(number)
         initial[key_name], initial[value_name] = key, value
     return CreateBatchForm(initial={**initial, "input_file_id": uploaded_file_id})
@@ -52,9 +56,12 @@ def batch_create(request):
         return render(request, "batches/batch_create.html", {"form": CreateBatchForm()})
 
     form = CreateBatchForm(request.POST, request.FILES)
-    if not form.is_valid():
+    checking = "check" in request.POST  # "Check file": validate and show what the file holds; nothing to audit
+    valid = form.is_valid()
+    if not valid and not checking:
         _audit_create(request, form, Outcome.REFUSED, detail=_first_problem(form))
-        return render(request, "batches/batch_create.html", {"form": form})
+    if not valid or checking:
+        return _checked(request, form, checking=checking)
     data = form.cleaned_data
     upload = data.get("input_file")
     outcome = actions.create_batch(
@@ -69,6 +76,7 @@ def batch_create(request):
         output_expires_after=data["output_expires_after"],
     )
     if outcome.batch is not None:
+        outcome.batch.note_model_from_file(form.report.model if form.report else None)
         _audit_create(request, form, Outcome.ALREADY if outcome.repeated else Outcome.OK, outcome.batch.batch_id)
         if outcome.repeated:
             messages.info(request, f"This form was already submitted: it created {outcome.batch.batch_id}.")
@@ -81,3 +89,15 @@ def batch_create(request):
         return render(request, "batches/batch_create.html", {"form": form, "create_error": outcome.error})
     form.add_error(outcome.error_field, outcome.error)
     return render(request, "batches/batch_create.html", {"form": form})
+
+
+def _checked(request, form: CreateBatchForm, *, checking: bool):
+    """The form with its problems, or (for "Check file") what the file holds; nothing is created.
+
+    htmx's Check file gets only the check's result, so the chosen file stays selected in the page.
+    """
+    valid_file = checking and form.report is not None and form.report.is_valid
+    context = {"form": form, "report": form.report if valid_file else None, "checked": checking}
+    if checking and request.htmx:
+        return render(request, "batches/batch_create.html#file-check", context)
+    return render(request, "batches/batch_create.html", context)

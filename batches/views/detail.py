@@ -11,18 +11,18 @@ from django.urls import reverse
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HTMX_STOP_POLLING
 
 from audit.log import record
 from audit.models import Action, Outcome
 from batches import lookups, services, sync
 from batches.history import batch_history
 from batches.views.common import refreshed_batch, unreachable, user_key
+from batches.views.live import answer_key, is_shown, live_of, rendering_key, unchanged
 
 logger = logging.getLogger(__name__)
 
 FILE_KINDS = {"input": "Input", "output": "Output", "error": "Errors"}
-# htmx stops polling on this status (and the final fragment has no trigger left).
-STOP_POLLING = 286
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,23 @@ def batch_detail(request, batch_id):
     if batch is None:
         return unreachable(request, batch_id, freshness)
 
-    api = batch.api
     final = batch.is_terminal
+    live = live_of(request, freshness)
+    key = answer_key(
+        rendering_key(
+            "detail",
+            request.path,
+            batch.payload_hash,
+            batch.cancel_requested_at,
+            freshness.display_key() if freshness.may_change else None,
+            request.user.has_perm("batches.cancel_batch"),
+            live.every,
+        )
+    )
+    fragment = request.htmx and not request.htmx.history_restore_request
+    if fragment and not final and is_shown(request, key):
+        return unchanged()
+    api = batch.api
     # An unknown size costs an upstream call: make it for a full page and for the last fragment (when the result
     # files appear), not for every poll, and not while the API is failing anyway. A final batch is never refreshed,
     # so its own freshness cannot tell; the list's can.
@@ -67,13 +82,15 @@ def batch_detail(request, batch_id):
         "files": _files(request, batch, fetch_sizes=fetch_sizes),
         "history": batch_history(batch),
         "polling": not final,
+        "live": live,
+        "answer_key": key,
         "share_url": request.build_absolute_uri(reverse("batches:detail", args=[batch.batch_id])),
     }
     if list_freshness is not None:
         context["api_freshness"] = list_freshness  # The auth banner's: read already.
-    if request.htmx and not request.htmx.history_restore_request:
+    if fragment:
         context["fragment"] = True  # carries the page title, which htmx applies: it names the status
-        status = STOP_POLLING if final else 200
+        status = HTMX_STOP_POLLING if final else 200
         return render(request, "batches/batch_detail.html#batch-panel", context, status=status)
     return render(request, "batches/batch_detail.html", context)
 

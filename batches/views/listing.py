@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import date, datetime, time, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
@@ -15,20 +15,32 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HTMX_STOP_POLLING
 
 from batches import services, sync
-from batches.models import ACTIVE_FILTER, Batch, data_version
+from batches.models import ACTIVE_FILTER, ATTENTION_FILTER, DEFAULT_SORT, SORTS, Batch, data_version
+from batches.views.live import Live, answer_key, is_shown, live_of, rendering_key, unchanged
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
-STATUS_FILTERS = (ACTIVE_FILTER, *services.STATUSES)
+STATUS_FILTERS = (ACTIVE_FILTER, ATTENTION_FILTER, *services.STATUSES)
 # The status filter's order: the ones that can still change, then the final ones.
-STATUS_ORDER = ("validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled")
-STATUS_ORDER += tuple(s for s in services.STATUSES if s not in STATUS_ORDER)
+STATUS_ORDER = services.LIFECYCLE + tuple(s for s in services.STATUSES if s not in services.LIFECYCLE)
+# The sortable columns, each first sorted in its more useful direction.
+SORT_COLUMNS = {"created": "-created", "status": "status", "progress": "-progress", "expires": "expires"}
+SORT_WORDS = {
+    "-created": "newest first",
+    "created": "oldest first",
+    "status": "by status, running first",
+    "-status": "by status, finished first",
+    "-progress": "most processed first",
+    "progress": "least processed first",
+    "expires": "expiring soonest first",
+    "-expires": "expiring last first",
+}
+QUERY_NAMES = ("status", "endpoint", "model", "q", "created_from", "created_to", "sort")
 # Columns the list never shows; the payload can be large.
 UNUSED_COLUMNS = ("payload", "search_text")
-# htmx stops polling on this status (and the fragment drops its trigger).
-STOP_POLLING = 286
 # Polls of one list URL share a rendering for the refresh interval, and at most this long, so that "3 minutes ago"
 # and an expired cancel claim (the only changes that no data_version() marks) are never older than this on screen.
 FRAGMENT_CACHE_MAX_SECONDS = 10
@@ -42,14 +54,33 @@ class ListFilters:
     endpoint: str = ""
     model: str = ""
     q: str = ""
+    created_from: str = ""  # YYYY-MM-DD, in the viewer's time zone
+    created_to: str = ""  # YYYY-MM-DD, inclusive
+    sort: str = ""  # one of SORTS; "" is the default (newest first)
 
     @property
     def any(self) -> bool:
-        return bool(self.status or self.endpoint or self.model or self.q)
+        return bool(self.status or self.endpoint or self.model or self.q or self.created_from or self.created_to)
+
+    @property
+    def created_range(self) -> tuple[datetime | None, datetime | None]:
+        start = _start_of(date.fromisoformat(self.created_from)) if self.created_from else None
+        end = _start_of(date.fromisoformat(self.created_to) + timedelta(days=1)) if self.created_to else None
+        return start, end
+
+    @property
+    def metadata_terms(self) -> list[tuple[str, str]]:
+        """The `key:value` words of the search."""
+        terms = [word.partition(":") for word in self.q.split()]
+        return [(key, value) for key, separator, value in terms if separator and key and value]
+
+    @property
+    def sort_words(self) -> str:
+        return SORT_WORDS[self.sort or DEFAULT_SORT]
 
     def query(self) -> QueryDict:
         query = QueryDict(mutable=True)
-        for name in ("status", "endpoint", "model", "q"):
+        for name in QUERY_NAMES:
             if value := getattr(self, name):
                 query[name] = value
         return query
@@ -61,61 +92,76 @@ def batch_list(request):
     freshness = sync.list_freshness()
     sync.note_watched(freshness)  # The sync loop refreshes at the short interval while someone is watching.
     can_cancel = request.user.has_perm("batches.cancel_batch")
+    live = live_of(request, freshness)
+    rendering = _rendering_key(request, freshness, live, can_cancel=can_cancel)
     if _wants_fragment(request):
-        return _table_fragment(request, freshness, can_cancel=can_cancel)
+        return _table_fragment(request, freshness, live, rendering, can_cancel=can_cancel)
     context = list_context(request.GET, freshness, can_cancel=can_cancel)
+    context.update(live=live, answer_key=answer_key(rendering))
     menus = _per_data_version("menus", context["data_version"], Batch.objects.endpoints_and_models)
     context["endpoints"], context["models"] = menus
     context["api_freshness"] = freshness  # The auth banner's: the list's own, so no second read.
     return render(request, "batches/batch_list.html", context)
 
 
-def _table_fragment(request, freshness: sync.Freshness, *, can_cancel: bool) -> HttpResponse:
-    """The polled table. Many viewers polling one URL get one rendering per change of the data (or per interval)."""
+def _table_fragment(
+    request, freshness: sync.Freshness, live: Live, rendering: str, *, can_cancel: bool
+) -> HttpResponse:
+    """The polled table: empty when the poller shows this very answer already; otherwise many viewers polling one
+    URL get one rendering per change of the data (or per interval)."""
+    key = answer_key(rendering)
+    if is_shown(request, key):
+        return unchanged()
     seconds = min(settings.BATCHBOARD_REFRESH_INTERVAL, FRAGMENT_CACHE_MAX_SECONDS)
-    key = _fragment_cache_key(request, freshness, can_cancel=can_cancel) if seconds > 0 else None
-    if key and (cached := cache.get(key)) is not None:
+    cache_key = f"batchboard:list-table:{rendering}"
+    if seconds > 0 and (cached := cache.get(cache_key)) is not None:
         content, status = cached
         return HttpResponse(content, status=status)
     context = list_context(request.GET, freshness, can_cancel=can_cancel)
-    context["oob"] = True
-    status = 200 if context["polling"] else STOP_POLLING
+    context.update(oob=True, live=live, answer_key=key)
+    status = 200 if context["polling"] else HTMX_STOP_POLLING
     response = render(request, "batches/batch_list.html#batch-table", context, status=status)
-    if key:
-        cache.set(key, (response.content, status), seconds)
+    if seconds > 0:
+        cache.set(cache_key, (response.content, status), seconds)
     return response
 
 
-def _fragment_cache_key(request, freshness: sync.Freshness, *, can_cancel: bool) -> str:
-    """Everything the fragment's markup depends on but the clock: the URL, what the user may do (it has no CSRF
-    token or other secret: htmx sends the token from <body>), the data (its version is read before the rendering, so
-    a rendering is never older than its key), how fresh it is, and the day (the summary counts today's batches)."""
-    parts = (
-        request.get_full_path(),
+def _rendering_key(request, freshness: sync.Freshness, live: Live, *, can_cancel: bool) -> str:
+    """Everything the table's markup depends on: the URL, what the user may do (it has no CSRF token or other
+    secret: htmx sends the token from <body>), the data (read after this request's refresh, so a rendering is never
+    older than its key), how fresh it is, the polling interval and the day (the summary counts today's batches).
+    A cached rendering is at most FRAGMENT_CACHE_MAX_SECONDS old, which bounds its relative times."""
+    return rendering_key(
+        "list",
+        request.path,
+        sorted(request.GET.lists()),
         can_cancel,
         request.user.has_perm("batches.create_batch"),
         data_version(),
         freshness.display_key() if freshness.may_change else None,
+        live.every,
         timezone.localdate().isoformat(),
     )
-    return "batchboard:list-table:" + hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def list_context(query: QueryDict, freshness: sync.Freshness, *, can_cancel: bool) -> dict:
     """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views."""
     filters, notices = _parse_filters(query)
-    matching = Batch.objects.matching(endpoint=filters.endpoint, model=filters.model, q=filters.q)
+    matching = Batch.objects.matching(
+        endpoint=filters.endpoint, model=filters.model, q=filters.q, created_range=filters.created_range
+    )
     version = data_version()
-    if filters.endpoint or filters.model or filters.q:
+    if filters.endpoint or filters.model or filters.q or filters.created_from or filters.created_to:
         counts = matching.status_counts()
     else:
         counts = _per_data_version("status-counts", version, matching.status_counts)
+    attention = matching.needs_attention().count()  # moves with the clock too (stuck batches): never cached
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
-    batches = matching.with_status(filters.status).newest_first().defer(*UNUSED_COLUMNS)
+    batches = matching.with_status(filters.status).sorted_by(filters.sort).defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
     # The status counts hold the number already: spare the paginator a COUNT (a second scan for a search).
-    paginator.count = _count_with_status(filters.status, counts)
+    paginator.count = attention if filters.status == ATTENTION_FILTER else _count_with_status(filters.status, counts)
     page_number, page_notice = _page_number(query.get("page", ""), paginator.num_pages)
     if page_notice:
         notices.append(page_notice)
@@ -130,7 +176,8 @@ def list_context(query: QueryDict, freshness: sync.Freshness, *, can_cancel: boo
         "page": page,
         "rows": rows,
         "page_range": list(paginator.get_elided_page_range(page_number, on_each_side=2, on_ends=1)),
-        "status_counts": _status_counts(counts),
+        "status_counts": _status_counts(counts, attention),
+        "sort_columns": _sort_columns(filters),
         "total_matching": sum(counts.values()),
         "summary": summary,
         "spending": spending,
@@ -142,7 +189,7 @@ def list_context(query: QueryDict, freshness: sync.Freshness, *, can_cancel: boo
         "list_url": reverse("batches:list") + (f"?{list_query.urlencode()}" if list_query else ""),
         "can_cancel": can_cancel,
         "data_version": version,
-        "selectable": can_cancel and any(row.is_cancellable and not row.cancel_pending for row in rows),
+        "selectable": can_cancel and any(row.can_cancel_now for row in rows),
     }
 
 
@@ -174,13 +221,24 @@ def _parse_filters(query: QueryDict) -> tuple[ListFilters, list[str]]:
     """The filters in a list URL; unknown values are ignored with a notice rather than failing."""
     notices = []
     # NUL cannot be stored or compared in PostgreSQL text (a query with one fails), and no id or metadata holds one.
-    values = {
-        name: query.get(name, "").replace("\x00", "").strip()[:MAX_FILTER_LENGTH]
-        for name in ("status", "endpoint", "model", "q")
-    }
+    values = {name: query.get(name, "").replace("\x00", "").strip()[:MAX_FILTER_LENGTH] for name in QUERY_NAMES}
     if values["status"] and values["status"] not in STATUS_FILTERS:
         notices.append(f"There is no status “{values['status']}”; showing every status.")
         values["status"] = ""
+    if values["sort"] and values["sort"] not in SORTS:
+        notices.append(f"batchboard cannot sort by “{values['sort'][:40]}”; showing the newest first.")
+        values["sort"] = ""
+    if values["sort"] == DEFAULT_SORT:
+        values["sort"] = ""
+    for name, words in (("created_from", "from"), ("created_to", "to")):
+        if values[name]:
+            try:
+                date.fromisoformat(values[name])
+            except ValueError:
+                notices.append(
+                    f"“{values[name][:20]}” is not a date (YYYY-MM-DD); the “created {words}” filter is off."
+                )
+                values[name] = ""
     return ListFilters(**values), notices
 
 
@@ -207,12 +265,34 @@ def _count_with_status(status: str, counts: dict[str, int]) -> int:
     return counts.get(status, 0) if status else sum(counts.values())
 
 
-def _status_counts(counts: dict[str, int]) -> list[dict]:
-    """The status filter's entries in lifecycle order, each with its count."""
-    entries = [{"value": ACTIVE_FILTER, "label": "active", "count": _count_with_status(ACTIVE_FILTER, counts)}]
-    entries += [{"value": s, "label": s.replace("_", " "), "count": counts.get(s, 0)} for s in STATUS_ORDER]
+def _status_counts(counts: dict[str, int], attention: int) -> list[dict]:
+    """The status filter's entries: active, needs attention, then each status in lifecycle order, with counts."""
+    entries = [
+        {"value": ACTIVE_FILTER, "label": "active", "count": _count_with_status(ACTIVE_FILTER, counts)},
+        {"value": ATTENTION_FILTER, "label": "needs attention", "count": attention},
+    ]
+    entries += [{"value": s, "label": services.status_label(s), "count": counts.get(s, 0)} for s in STATUS_ORDER]
     return entries
 
 
+def _sort_columns(filters: ListFilters) -> dict[str, dict]:
+    """For each sortable column: the sort its header link applies (the current one reversed, else its first
+    direction) and its aria-sort state."""
+    current = filters.sort or DEFAULT_SORT
+    columns = {}
+    for column, first in SORT_COLUMNS.items():
+        if current.removeprefix("-") == column:
+            reverse = current[1:] if current.startswith("-") else f"-{current}"
+            state = "descending" if current.startswith("-") else "ascending"
+            columns[column] = {"sort": "" if reverse == DEFAULT_SORT else reverse, "state": state}
+        else:
+            columns[column] = {"sort": "" if first == DEFAULT_SORT else first, "state": ""}
+    return columns
+
+
+def _start_of(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
 def _start_of_today() -> datetime:
-    return timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
+    return _start_of(timezone.localdate())

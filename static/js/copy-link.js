@@ -1,46 +1,18 @@
-// "Copy link" buttons: copy the URL held by the readonly input named in data-copy-target.
-// Without JavaScript the button stays hidden and the input still shows the link to copy by hand.
-(function () {
-  "use strict";
-
-  function announce(button, text) {
-    var status = button.closest(".share") && button.closest(".share").querySelector(".copy-status");
-    if (status) status.textContent = text;
-  }
-
-  function copyBySelection(input) {
-    input.focus();
-    input.select();
-    try {
-      return document.execCommand("copy");
-    } catch (error) {
-      return false;
-    }
-  }
-
-  function copy(button, input) {
-    var done = function () { announce(button, "Link copied."); };
-    var manual = function () {
-      if (copyBySelection(input)) done();
-      else announce(button, "Press Ctrl+C (or ⌘C) to copy the selected link.");
+// "Copy link" buttons: copy the URL in the readonly input named by data-copy-target. Without JavaScript (or a
+// clipboard: plain http) the button stays hidden or selects the link, to copy by hand.
+document.addEventListener("DOMContentLoaded", function () {
+  document.querySelectorAll("[data-copy-target]").forEach(function (button) {
+    var input = document.getElementById(button.dataset.copyTarget);
+    var status = button.closest(".share").querySelector(".copy-status");
+    var byHand = function () {
+      input.focus();
+      status.textContent = "Press Ctrl+C (or ⌘C) to copy the selected link.";
     };
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(input.value).then(done, manual);
-    } else {
-      manual();
-    }
-  }
-
-  function setUp() {
-    document.querySelectorAll("[data-copy-target]").forEach(function (button) {
-      var input = document.getElementById(button.dataset.copyTarget);
-      if (!input) return;
-      button.hidden = false;
-      button.addEventListener("click", function () { copy(button, input); });
-      input.addEventListener("focus", function () { input.select(); });
+    button.hidden = false;
+    input.addEventListener("focus", function () { input.select(); });
+    button.addEventListener("click", function () {
+      if (!navigator.clipboard) return byHand();
+      navigator.clipboard.writeText(input.value).then(function () { status.textContent = "Link copied."; }, byHand);
     });
-  }
-
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", setUp);
-  else setUp();
-})();
+  });
+});

@@ -49,17 +49,21 @@ def test_it_cancels_a_running_batch_from_its_row_after_confirming(
     page = login(operator)
     row = _row(page, batch.id)
     expect(row).to_have_attribute("data-live-state", "in_progress")
-    dialogs = []
-    page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
     cancel_posts = []
     page.on("request", lambda request: cancel_posts.append(request) if request.method == "POST" else None)
 
     row.get_by_role("link", name=f"Cancel {batch.id}").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text(f"Cancel {batch.id}?")
+    expect(dialog).to_contain_text(re.compile(r"\d+ of 20 requests processed, in progress"))
+    expect(dialog.get_by_role("button", name="Keep running")).to_be_focused()  # the safe choice is the default
+    assert cancel_posts == []
+    dialog.get_by_role("button", name="Cancel batch").click()
 
     # Sooner than the 5 s poll: the cancel's own answer updates the row.
     expect(row).to_have_attribute("data-live-state", re.compile(r"^(cancelling|cancelled)$"), timeout=2_500)
     expect(row.get_by_role("link", name=re.compile("Cancel"))).to_have_count(0)
-    assert dialogs and batch.id in dialogs[0]
+    expect(dialog).to_be_hidden()
     assert [urlsplit(request.url).path for request in cancel_posts] == [f"/batches/{batch.id}/cancel/"]
     assert sandbox_requests.count(("POST", f"/sandbox/v1/batches/{batch.id}/cancel")) == 1
     assert services.get_client().retrieve_batch(batch.id).cancelling_at is not None
@@ -73,11 +77,12 @@ def test_it_cancels_nothing_when_the_confirm_is_dismissed(
     login(operator)
     row = _row(page, batch.id)
     expect(row).to_have_attribute("data-live-state", "in_progress")
-    page.once("dialog", lambda dialog: dialog.dismiss())
     posts = []
     page.on("request", lambda request: posts.append(request) if request.method == "POST" else None)
 
     row.get_by_role("link", name=f"Cancel {batch.id}").click()
+    page.get_by_role("dialog").get_by_role("button", name="Keep running").click()
+    expect(page.get_by_role("dialog")).to_be_hidden()
     # A live refresh answered after the click: a cancel, had one been sent, would have been sent before it.
     with page.expect_response(is_live_response(LIST_PATH)):
         page.clock.fast_forward(5_000)
@@ -94,16 +99,16 @@ def test_it_cancels_the_selected_batches_after_one_confirm(live_server, login, o
     page = login(operator)
     page.get_by_label(f"Select {first.id}", exact=True).check()
     page.get_by_label(f"Select {second.id}", exact=True).check()
-    dialogs = []
-    page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
-
     page.get_by_role("button", name="Cancel selected (2)").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Cancel 2 selected batches?")
+    expect(dialog).to_contain_text("Requests already running finish")
+    dialog.get_by_role("button", name="Cancel batch").click()
 
     expect(page.locator("#bulk-result")).to_contain_text("2 cancels requested")
     for batch in (first, second):
         expect(_row(page, batch.id)).to_have_attribute("data-live-state", re.compile(r"^(cancelling|cancelled)$"))
     expect(_row(page, kept.id)).to_have_attribute("data-live-state", "in_progress")
-    assert dialogs == ["Cancel 2 selected batches? Requests already running finish; the rest will not run."]
     cancels = sorted(path for method, path in sandbox_requests if method == "POST" and path.endswith("/cancel"))
     assert cancels == sorted(f"/sandbox/v1/batches/{batch.id}/cancel" for batch in (first, second))
 
