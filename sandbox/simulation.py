@@ -22,7 +22,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from batches.services import TERMINAL_STATUSES
+from sandbox.rules import TERMINAL_STATUSES
 
 WINDOW_S = 86_400
 EXPIRE_LAG_S = 60.0

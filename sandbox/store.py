@@ -25,13 +25,13 @@ from django.db.models import Q
 from sandbox import results
 from sandbox.api import ApiError
 from sandbox.models import SandboxBatch, SandboxFile
+from sandbox.rules import FILE_RETENTION_S
 from sandbox.simulation import State, final_status, real_time, state_at
 from sandbox.simulation import durations as simulated_durations
 from sandbox.validation import iter_requests, scan_input
 
 logger = logging.getLogger(__name__)
 
-FILE_RETENTION_S = 30 * 86_400
 RESULT_SHUFFLE_WINDOW = 16  # results come back roughly, not exactly, in input order
 SCENARIO_KEY = "sandbox_scenario"
 SCENARIOS = ("expire", "slow", "all_fail", "token_limit")

@@ -13,9 +13,7 @@ from pathlib import Path
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers, StopUpload
 from django.http.multipartparser import MultiPartParser
 
-from batches.services import MAX_INPUT_FILE_BYTES
-
-MAX_FILE_BYTES = 512 * 1024 * 1024
+from sandbox.rules import MAX_FILE_BYTES, MAX_INPUT_FILE_BYTES
 
 
 def size_limit(purpose: str | None) -> int:

@@ -31,14 +31,13 @@ from django.http.multipartparser import MultiPartParserError
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 
-from batches.services import LIST_LIMIT_MAX
 from sandbox import api, params, seed, store, uploads
 from sandbox.api import ApiError
+from sandbox.rules import BATCHES_LIST_LIMIT_DEFAULT, BATCHES_LIST_LIMIT_MAX, FILES_LIST_LIMIT_MAX
 from sandbox.uploads import DiskUploadHandler
 
 logger = logging.getLogger(__name__)
 
-FILES_LIMIT_MAX = 10_000
 MISSING_KEY_MESSAGE = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth "
     "(i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from https://platform.openai.com/account/api-keys."
@@ -155,7 +154,7 @@ def file_collection(request):
 
 
 def _list_files(request):
-    limit = params.int_param(request.GET, "limit", FILES_LIMIT_MAX, 1, FILES_LIMIT_MAX)
+    limit = params.int_param(request.GET, "limit", FILES_LIST_LIMIT_MAX, 1, FILES_LIST_LIMIT_MAX)
     order = request.GET.get("order") or "desc"
     if order not in ("asc", "desc"):
         raise params.invalid_value("order", order, ["asc", "desc"])
@@ -223,7 +222,9 @@ def file_content(request, file_id):
 @_api
 def batch_collection(request):
     if request.method == "GET":
-        limit = params.int_param(request.GET, "limit", 20, 1, LIST_LIMIT_MAX)
+        limit = params.int_param(
+            request.GET, "limit", BATCHES_LIST_LIMIT_DEFAULT, 1, BATCHES_LIST_LIMIT_MAX
+        )
         observed, has_more = store.list_batches(now=time.time(), limit=limit, after=request.GET.get("after") or None)
         return JsonResponse(api.list_json([api.batch_json(batch, state) for batch, state in observed], has_more))
     if request.method == "POST":
