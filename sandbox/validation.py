@@ -21,7 +21,7 @@ from sandbox.rules import ENDPOINTS_WITHOUT_MODEL, MAX_LINE_BYTES, MAX_REQUESTS_
 from sandbox.simulation import checkpoints
 
 MAX_REPORTED_ERRORS = 100
-SKIP_CHUNK_BYTES = 1024 * 1024  # how much of an over-long line is read at a time while skipping it
+READ_CHUNK_BYTES = 1024 * 1024
 TOO_LONG = None  # what iter_lines yields in place of a line over MAX_LINE_BYTES
 
 
@@ -41,7 +41,7 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse(raw: bytes, number: int) -> tuple[dict | None, dict | None]:
+def _parse(raw: bytearray, number: int) -> tuple[dict | None, dict | None]:
     """(the line's object, None) or (None, the error): strict UTF-8 without BOM, standard JSON, an object."""
     not_json = _error("invalid_json_line", "This line is not parseable as valid JSON.", number)
     if number == 1 and raw.startswith(UTF8_BOM):
@@ -90,34 +90,48 @@ def _line_error(line: dict, number: int, endpoint: str) -> dict | None:
     return None
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
-    """(1-based line number, raw bytes) of every line, blank ones included; TOO_LONG for a line over the cap.
+def _read_line(handle) -> bytearray | None:
+    """The next line with its line break (empty at the end of the file), or TOO_LONG once a longer one is skipped.
 
-    At most MAX_LINE_BYTES (plus its line break) is held at once: the rest of a longer line is read and dropped.
+    Read in chunks into one growing buffer, so no more than MAX_LINE_BYTES (plus a chunk) is held at any time.
     """
+    line = bytearray()
+    while chunk := handle.readline(READ_CHUNK_BYTES):
+        line += chunk
+        if line.endswith(b"\n"):
+            break
+        if len(line) > MAX_LINE_BYTES + 2:
+            while not chunk.endswith(b"\n") and (chunk := handle.readline(READ_CHUNK_BYTES)):
+                pass
+            return TOO_LONG
+    line_break = 2 if line.endswith(b"\r\n") else 1 if line.endswith(b"\n") else 0
+    return line if len(line) - line_break <= MAX_LINE_BYTES else TOO_LONG
+
+
+def _is_blank(raw: bytearray) -> bool:
+    return not raw or raw.isspace()  # isspace, unlike strip, makes no copy of a long line
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytearray | None]]:
+    """(1-based line number, raw bytes) of every line, blank ones included; TOO_LONG for a line over the cap."""
     with open(path, "rb") as handle:
         number = 0
-        while raw := handle.readline(MAX_LINE_BYTES + 2):
+        while (raw := _read_line(handle)) is TOO_LONG or raw:
             number += 1
-            if len(raw.rstrip(b"\r\n")) <= MAX_LINE_BYTES:
-                yield number, raw
-                continue
-            while not raw.endswith(b"\n") and (raw := handle.readline(SKIP_CHUNK_BYTES)):
-                pass
-            yield number, TOO_LONG
+            yield number, raw
 
 
 def iter_requests(path: Path) -> Iterator[dict]:
     """The request lines of a file that passed validation, in order."""
     for _, raw in iter_lines(path):
-        if raw.strip():
+        if not _is_blank(raw):
             yield json.loads(raw)
 
 
 def _too_long(number: int) -> dict:
     return _error(
         "invalid_request",
-        f"This line is longer than the limit of {MAX_LINE_BYTES:,} bytes ({MAX_LINE_BYTES // (1024 * 1024)} MB) "
+        f"This line is longer than the limit of {MAX_LINE_BYTES:,} bytes ({MAX_LINE_BYTES / 1024**2:g} MB) "
         "for one request.",
         number,
     )
@@ -144,7 +158,7 @@ def scan_input(path: Path, endpoint: str, *, force_failure: bool = False) -> Inp
     blank_lines: list[int] = []
     per_line = []
     for number, raw in iter_lines(path):
-        if raw is not TOO_LONG and not raw.strip():
+        if raw is not TOO_LONG and _is_blank(raw):
             blank_lines.append(number)  # an error only if a request follows
             continue
         for blank in blank_lines:

@@ -102,7 +102,7 @@ CASES = [
         line=2,
         why="§6: every line's url equals the endpoint (url_mismatch)",
     ),
-    Case("a url that is no endpoint", _jsonl(_request("a", url="/v1/chat")), REFUSE, line=1, endpoint="/v1/chat"),
+    Case("a url that is no endpoint", _jsonl(_request("a", url="/v1/chat")), REFUSE, line=1),
     Case("no body", _jsonl({k: v for k, v in _request("a").items() if k != "body"}), REFUSE, line=1),
     Case("a body that is a string", _jsonl({**_request("a"), "body": "{}"}), REFUSE, line=1),
     Case(

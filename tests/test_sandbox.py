@@ -1,7 +1,10 @@
 """The sandbox API over real HTTP with plain requests, and its simulation as pure functions of an explicit clock."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -12,7 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 
 from batches import services
-from sandbox import results, simulation, store, uploads, validation
+from sandbox import results, rules, simulation, store, uploads, validation
 from sandbox.models import SandboxBatch, SandboxFile, SeedMarker
 from sandbox.simulation import Plan, state_at
 from tests.spec import spec_errors
@@ -551,6 +554,7 @@ def test_it_fails_invalid_input_with_line_numbered_errors(sandbox_url):
         ("url_mismatch", 5, "url"),
         ("model_mismatch", 6, "body.model"),
         ("duplicate_custom_id", 7, "custom_id"),
+        ("invalid_json_line", 8, None),
         ("invalid_request", 9, "body.model"),
     ]
     assert failed["output_file_id"] is None and failed["error_file_id"] is None
@@ -566,6 +570,106 @@ def test_it_fails_an_empty_file_and_one_with_too_many_requests(sandbox_url, monk
     crowded = _wait_for(sandbox_url, _batch(sandbox_url, [_chat_line(str(i)) for i in range(4)])["id"], TERMINAL)[-1]
     assert crowded["status"] == "failed"
     assert [(e["code"], e["line"]) for e in crowded["errors"]["data"]] == [("too_many_tasks", None)]
+
+
+SIXTY_MB = 60 * 1024 * 1024
+# What refusing an over-long line or uploading any file may allocate (tracemalloc's peak): twice the line cap.
+# (Measured: 16 MB to refuse a 60 MB line, 0.2 MB to stream it to disk; the process's RSS stays near 75 MB.)
+PEAK_BOUND_BYTES = 2 * rules.MAX_LINE_BYTES
+MEASURE_PEAKS = """
+import json, sys, tracemalloc
+from pathlib import Path
+
+import django
+
+django.setup()
+from django.core.handlers.wsgi import WSGIRequest
+
+from sandbox.uploads import DiskUploadHandler
+from sandbox.validation import scan_input
+
+line, body, folder = (Path(arg) for arg in sys.argv[1:])
+tracemalloc.start()
+scan = scan_input(line, "/v1/chat/completions")
+validation_peak = tracemalloc.get_traced_memory()[1]
+tracemalloc.reset_peak()
+with open(body, "rb") as stream:
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": "/", "SERVER_NAME": "test", "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http", "wsgi.input": stream, "CONTENT_LENGTH": str(body.stat().st_size),
+        "CONTENT_TYPE": "multipart/form-data; boundary=b",
+    }
+    handler = DiskUploadHandler(WSGIRequest(environ), folder)
+    fields, files = handler.parse()
+upload_peak = tracemalloc.get_traced_memory()[1]
+print(json.dumps({
+    "errors": scan.errors, "validation_peak": validation_peak, "upload_peak": upload_peak,
+    "purpose": fields.get("purpose"), "stored": files["file"].size,
+}))
+"""
+
+
+def _one_line_file(path, size):
+    """A JSONL request whose single line is `size` bytes long, written without holding it in memory."""
+    head, tail = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"note": "', b'"}}'
+    with open(path, "wb") as handle:
+        handle.write(head)
+        block = b"x" * (1024 * 1024)
+        for _ in range((size - len(head) - len(tail)) // len(block)):
+            handle.write(block)
+        handle.write(b"x" * ((size - len(head) - len(tail)) % len(block)) + tail + b"\n")
+    return path
+
+
+def test_it_refuses_a_sixty_megabyte_line_and_uploads_it_with_bounded_memory(tmp_path, settings):
+    line = _one_line_file(tmp_path / "huge.jsonl", SIXTY_MB)
+    body = tmp_path / "body"
+    with open(body, "wb") as handle, open(line, "rb") as source:
+        handle.write(b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n')
+        handle.write(b'--b\r\nContent-Disposition: form-data; name="file"; filename="huge.jsonl"\r\n\r\n')
+        shutil.copyfileobj(source, handle)
+        handle.write(b"\r\n--b--\r\n")
+    (tmp_path / "stored").mkdir()
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings", "DJANGO_SECRET_KEY": "test-only"}
+    finished = subprocess.run(
+        [sys.executable, "-c", MEASURE_PEAKS, str(line), str(body), str(tmp_path / "stored")],
+        cwd=settings.BASE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    measured = json.loads(finished.stdout)
+    assert [(error["code"], error["line"]) for error in measured["errors"]] == [("invalid_request", 1)]
+    assert "longer than the limit of 10,485,760 bytes (10 MB)" in measured["errors"][0]["message"]
+    assert measured["validation_peak"] < PEAK_BOUND_BYTES, measured
+    assert (measured["purpose"], measured["stored"]) == ("user_data", SIXTY_MB + 1)
+    assert measured["upload_peak"] < PEAK_BOUND_BYTES, measured
+
+
+def test_it_accepts_a_line_at_the_cap_and_refuses_one_byte_more(tmp_path, monkeypatch):
+    monkeypatch.setattr(validation, "MAX_LINE_BYTES", 200)
+    at_cap = json.dumps(_chat_line("a", note="x")).encode()
+    at_cap = at_cap.replace(b'"x"', b'"' + b"x" * (200 - len(at_cap) + 1) + b'"')
+    assert len(at_cap) == 200
+    path = tmp_path / "input.jsonl"
+    other = json.dumps(_chat_line("b")).encode()
+    for content in (at_cap + b"\n" + other, at_cap + b"\r\n" + other + b"\r\n", other + b"\n" + at_cap):
+        path.write_bytes(content)
+        assert validation.scan_input(path, "/v1/chat/completions").errors == []
+    path.write_bytes(json.dumps(_chat_line("b")).encode() + b"\n" + at_cap[:-2] + b'x"}}\r\n')
+    errors = validation.scan_input(path, "/v1/chat/completions").errors
+    assert [(error["code"], error["line"]) for error in errors] == [("invalid_request", 2)]
+
+
+def test_it_fails_a_batch_whose_line_is_over_the_cap(sandbox_url, monkeypatch):
+    monkeypatch.setattr(validation, "MAX_LINE_BYTES", 1000)
+    lines = [_chat_line("a"), _chat_line("b", note="x" * 2000), _chat_line("c")]
+    created = _batch(sandbox_url, lines)
+    failed = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
+    assert failed["status"] == "failed"
+    assert [(error["code"], error["line"]) for error in failed["errors"]["data"]] == [("invalid_request", 2)]
 
 
 def test_it_fails_a_file_over_fifty_thousand_requests_without_parsing_past_the_limit(tmp_path):
