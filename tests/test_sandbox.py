@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import requests
@@ -925,17 +926,38 @@ def test_it_counts_only_requests_that_ran_when_a_batch_expires():
     assert just_before.status == "in_progress" and just_before.lines_done == state.lines_done
 
 
-def test_it_keeps_processing_during_the_cancel_drain():
+def test_it_finishes_only_the_requests_in_flight_after_a_cancel():
+    """After `cancelling_at` nothing new starts: the requests already running finish, then the counts stop."""
+    total = 10_000
+    cancelled_after = 1000.0  # simulated seconds: 700 s into a 2,700 s run, about a quarter done
     plan = _plan(
-        cancel_requested=1_000_000.0 + 1000,
-        drain_s=1000.0,
-        checkpoints=simulation.checkpoints([(True, 1, 0, 1, 0)] * 100),
+        cancel_requested=1_000_000.0 + cancelled_after,
+        total=total,
+        checkpoints=simulation.checkpoints([(True, 1, 0, 1, 0)] * total),
     )
+    uncancelled = replace(plan, cancel_requested=None)
+    settle = plan.drain_s * simulation.IN_FLIGHT_DRAIN_SHARE
+
     at_cancel = state_at(plan, plan.cancel_requested)
-    after_drain = state_at(plan, plan.cancel_requested + 2000)
-    assert at_cancel.status == "cancelling" and after_drain.status == "cancelled"
-    assert at_cancel.completed < after_drain.completed < 100
-    assert after_drain.timestamps["cancelled_at"] == int(plan.cancel_requested + 1000)
+    midway = state_at(plan, plan.cancel_requested + settle / 2)
+    settled = state_at(plan, plan.cancel_requested + settle)
+    just_before_the_end = state_at(plan, plan.cancel_requested + plan.drain_s - 1)
+    cancelled = state_at(plan, plan.cancel_requested + plan.drain_s)
+    left_at_cancel = total - at_cancel.lines_done
+    step = total // simulation.MAX_CHECKPOINTS  # progress moves a checkpoint at a time
+
+    assert [state.status for state in (at_cancel, midway, settled, just_before_the_end)] == ["cancelling"] * 4
+    assert cancelled.status == "cancelled"
+    assert cancelled.timestamps["cancelled_at"] == int(plan.cancel_requested + plan.drain_s)
+    assert 60 <= plan.drain_s <= 600  # "a few simulated minutes", within the API's "about 10 minutes"
+    assert at_cancel.lines_done < midway.lines_done < settled.lines_done
+    in_flight = settled.lines_done - at_cancel.lines_done
+    assert in_flight <= total * simulation.IN_FLIGHT_S / plan.run_s + step and in_flight < 0.05 * left_at_cancel
+    without_cancel = state_at(uncancelled, plan.cancel_requested + plan.drain_s).lines_done - at_cancel.lines_done
+    assert in_flight * 4 < without_cancel  # the slope changes at the cancel line
+    assert just_before_the_end.lines_done == cancelled.lines_done == settled.lines_done  # then nothing moves
+    assert cancelled.completed + cancelled.failed == cancelled.lines_done < total
+    assert cancelled.unrun_code == "batch_cancelled"
 
 
 def test_it_compresses_timestamps_by_the_speed():
