@@ -178,6 +178,7 @@ def final_status(plan: Plan) -> str:
 
 def _run_fraction(plan: Plan, sim_seconds: float) -> float:
     """How much of the run is done: steady progress, which after a cancel slows to the in-flight remainder."""
+
     def steady(at: float) -> float:
         if at >= plan.validate_s + plan.run_s:
             return 1.0  # exactly, whatever the float rounding of the division

@@ -16,7 +16,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 
 from batches import services
-from sandbox import results, rules, simulation, store, uploads, validation
+from sandbox import clock, results, rules, simulation, store, uploads, validation
 from sandbox.models import SandboxBatch, SandboxFile, SeedMarker
 from sandbox.simulation import Plan, state_at
 from tests.spec import spec_errors
@@ -72,18 +72,18 @@ def _get(url, path, **params):
     return _call("GET", f"{url}{path}", params=params)
 
 
-def _wait_for(url, batch_id, statuses, *, timeout=20.0):
-    """Poll until the batch is in one of `statuses`; returns every distinct state seen, the last one matching."""
+def _wait_for(url, batch_id, statuses, *, step=0.03, polls=2000):
+    """Poll until the batch is in one of `statuses`, moving the sandbox's clock `step` real seconds between polls
+    instead of sleeping; returns every distinct state seen, the last one matching."""
     seen = []
-    deadline = time.monotonic() + timeout
-    while True:
+    for _ in range(polls):
         batch = _get(url, f"/batches/{batch_id}").json()
         if not seen or seen[-1] != batch:
             seen.append(batch)
         if batch["status"] in statuses:
             return seen
-        assert time.monotonic() < deadline, f"still {batch['status']} after {timeout}s"
-        time.sleep(0.03)
+        clock.advance(step)
+    pytest.fail(f"still {batch['status']} after {polls} polls")
 
 
 def _content(url, file_id):
@@ -691,10 +691,8 @@ def test_it_cancels_with_partial_results(sandbox_url, settings):
     settings.SANDBOX_SPEED = 600.0
     lines = [_chat_line(f"r{i}") for i in range(50)]
     created = _batch(sandbox_url, lines)
-    deadline = time.monotonic() + 20
     while _get(sandbox_url, f"/batches/{created['id']}").json()["request_counts"]["completed"] < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.03)
+        clock.advance(0.03)
 
     response = _call("POST", f"{sandbox_url}/batches/{created['id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelling"
@@ -776,7 +774,7 @@ def test_it_derives_state_from_the_database_alone(sandbox_url, settings):
     created = _batch(sandbox_url, [_chat_line(f"r{i}") for i in range(3)])
     done = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
     stored = SandboxBatch.objects.get(pk=created["id"])
-    state = state_at(stored.plan, time.time())
+    state = state_at(stored.plan, clock.now())
     assert (state.status, state.completed + state.failed, state.timestamps["completed_at"]) == (
         "completed",
         3,
@@ -790,7 +788,7 @@ def test_it_writes_result_files_once_under_concurrent_reads(sandbox_url, setting
     created = _batch(sandbox_url, [_chat_line(f"r{i}") for i in range(30)])
     batch = SandboxBatch.objects.get(pk=created["id"])
     wait = (batch.validate_s + batch.run_s + batch.finalize_s) / batch.speed
-    time.sleep(max(batch.created + wait - time.time(), 0) + 0.05)
+    clock.advance(max(batch.created + wait - clock.now(), 0) + 0.05)
 
     writers = []
     second_writer = threading.Event()
@@ -877,7 +875,8 @@ def test_it_lists_result_files_of_batches_nobody_looked_at(sandbox_url, settings
     settings.SANDBOX_SPEED = FAST
     created = _batch(sandbox_url, [_chat_line("a")])
     batch = SandboxBatch.objects.get(pk=created["id"])
-    time.sleep(max(batch.created + (batch.validate_s + batch.run_s + batch.finalize_s) / batch.speed - time.time(), 0))
+    lifetime = (batch.validate_s + batch.run_s + batch.finalize_s) / batch.speed
+    clock.advance(max(batch.created + lifetime - clock.now(), 0))
     names = [file["filename"] for file in _get(sandbox_url, "/files", purpose="batch_output").json()["data"]]
     assert names == [f"{created['id']}_output.jsonl"]
 

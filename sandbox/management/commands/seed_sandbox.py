@@ -1,11 +1,10 @@
 """Seed the sandbox's demo organisation now (normally done on first use), optionally starting from scratch."""
 
-import time
 from collections import Counter
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sandbox import seed
+from sandbox import clock, seed
 from sandbox.models import SandboxBatch
 from sandbox.simulation import state_at
 
@@ -42,7 +41,7 @@ class Command(BaseCommand):
         if not seed.ensure_seeded():
             self.stdout.write("The sandbox was already seeded; use --reset to start again.")
             return
-        now = time.time()
+        now = clock.now()
         statuses = Counter(state_at(batch.plan, now).status for batch in SandboxBatch.objects.all())
         summary = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
         self.stdout.write(self.style.SUCCESS(f"Seeded {sum(statuses.values())} demo batches: {summary}."))
