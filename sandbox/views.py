@@ -177,11 +177,16 @@ def _upload_file(request):
         raise ApiError(
             400, f"Invalid Content-Type header ({request.content_type or 'none'}), expected multipart/form-data."
         )
-    handler = DiskUploadHandler(request, store.files_dir())
+    now = clock.now()
+    store.purge_expired(now)
+    usage = store.storage_used()
+    handler = DiskUploadHandler(request, store.files_dir(), room=settings.SANDBOX_STORAGE_QUOTA - usage)
     try:
         fields, files = handler.parse()  # streams the file to disk
         if handler.too_large:
             raise ApiError(400, "File is too large.")
+        if handler.over_quota:
+            raise store.over_quota(usage)
         purpose, expires_after = params.upload_fields(fields)
         upload = files.get("file")
         if upload is None:
@@ -191,7 +196,7 @@ def _upload_file(request):
         if upload.size > uploads.size_limit(purpose):  # the purpose came after the file, too late for the handler
             raise ApiError(400, "File is too large.")
         file = store.store_file(
-            upload.path, filename=upload.name, purpose=purpose, now=clock.now(), expires_after=expires_after
+            upload.path, filename=upload.name, purpose=purpose, now=now, expires_after=expires_after
         )
         return JsonResponse(api.file_json(file))
     finally:

@@ -207,7 +207,7 @@ def test_it_stores_and_returns_the_exact_bytes_of_an_upload(sandbox_url, setting
     assert _get(sandbox_url, f"/files/{uploaded['id']}").json() == uploaded
 
 
-def test_it_accepts_expires_after_in_bracket_and_dotted_form(sandbox_url):
+def test_it_accepts_expires_after_in_bracket_and_dotted_form(sandbox_url, settings):
     content = _jsonl([_chat_line("a")])
     brackets = _upload(
         sandbox_url, content, data={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"}
@@ -216,7 +216,8 @@ def test_it_accepts_expires_after_in_bracket_and_dotted_form(sandbox_url):
     assert brackets.json()["expires_at"] == brackets.json()["created_at"] + 3600
     assert dots.json()["expires_at"] == dots.json()["created_at"] + 7200
     other = _upload(sandbox_url, b"notes", filename="notes.txt", purpose="user_data").json()
-    assert other["expires_at"] is None
+    # The API keeps such a file until it is deleted; the sandbox expires every file (see test_storage below).
+    assert other["expires_at"] == other["created_at"] + settings.SANDBOX_FILE_MAX_AGE
 
 
 @pytest.mark.parametrize(
@@ -309,7 +310,7 @@ def test_it_stops_reading_a_batch_input_at_its_limit_when_the_purpose_comes_firs
     monkeypatch.setattr(uploads, "MAX_INPUT_FILE_BYTES", 1000)
 
     def parse(data):
-        handler = uploads.DiskUploadHandler(rf.post("/", data=data), tmp_path)  # parts in the dict's order
+        handler = uploads.DiskUploadHandler(rf.post("/", data=data), tmp_path, room=10**9)  # parts in the dict's order
         _, files = handler.parse()
         handler.cleanup()
         return handler, files
@@ -319,6 +320,76 @@ def test_it_stops_reading_a_batch_input_at_its_limit_when_the_purpose_comes_firs
     last, files = parse({"file": SimpleUploadedFile("a.jsonl", b"x" * 5000), "purpose": "batch"})
     assert not last.too_large and files["file"].size == 5000  # the view checks it once it knows the purpose
     assert list(tmp_path.iterdir()) == []
+
+
+def test_storage_refuses_an_upload_over_the_quota_with_the_apis_error_shape(sandbox_url, settings):
+    settings.SANDBOX_STORAGE_QUOTA = 1000
+    kept = _upload(sandbox_url, b"x" * 600, filename="a.txt", purpose="user_data")
+    assert kept.status_code == 200
+
+    for purpose_first in (True, False):  # stopped while streaming, or checked once the purpose is known
+        fields = [("purpose", (None, "user_data")), ("file", ("b.txt", b"y" * 500))]
+        response = _call("POST", f"{sandbox_url}/files", files=fields if purpose_first else fields[::-1])
+        error = _error(response, 400)
+        assert (error["type"], error["code"], error["param"]) == (
+            "invalid_request_error",
+            "storage_quota_exceeded",
+            "file",
+        )
+        assert "storage quota of 1,000 bytes (600 bytes are in use)" in error["message"]
+    assert [file.id for file in SandboxFile.objects.all()] == [kept.json()["id"]]
+    assert [path.name for path in settings.SANDBOX_FILES_DIR.iterdir()] == [kept.json()["id"]]
+
+    assert _call("DELETE", f"{sandbox_url}/files/{kept.json()['id']}").status_code == 200
+    assert _upload(sandbox_url, b"y" * 900, filename="b.txt", purpose="user_data").status_code == 200
+
+
+def test_storage_expires_every_file_and_frees_its_room_at_the_next_upload(sandbox_url, settings, sandbox_clock):
+    settings.SANDBOX_STORAGE_QUOTA = 1000
+    settings.SANDBOX_FILE_MAX_AGE = 7200
+    short = _upload(
+        sandbox_url, b"x" * 400, data={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"}
+    )
+    forever = _upload(sandbox_url, b"x" * 400, filename="notes.txt", purpose="user_data").json()
+    long = _upload(sandbox_url, b"x", data={"expires_after[anchor]": "created_at", "expires_after[seconds]": "86400"})
+    assert short.json()["expires_at"] == short.json()["created_at"] + 3600
+    assert forever["expires_at"] == forever["created_at"] + 7200  # the API would keep it until deleted
+    assert long.json()["expires_at"] == long.json()["created_at"] + 7200  # capped at the sandbox's longest lifetime
+    assert _error(_upload(sandbox_url, b"y" * 300, filename="c.txt", purpose="user_data"), 400)["code"] == (
+        "storage_quota_exceeded"
+    )
+
+    sandbox_clock.advance(3601)
+    assert _error(_get(sandbox_url, f"/files/{short.json()['id']}"), 404)
+    assert _upload(sandbox_url, b"y" * 300, filename="c.txt", purpose="user_data").status_code == 200
+    assert not (settings.SANDBOX_FILES_DIR / short.json()["id"]).exists()
+    assert not SandboxFile.objects.filter(pk=short.json()["id"]).exists()
+
+    sandbox_clock.advance(3600)
+    _upload(sandbox_url, b"z", filename="d.txt", purpose="user_data")
+    assert sorted(path.name for path in settings.SANDBOX_FILES_DIR.iterdir()) == sorted(
+        file.id for file in SandboxFile.objects.all()
+    )
+    assert SandboxFile.objects.count() == 2  # c.txt and d.txt; the rest expired
+
+
+def test_storage_keeps_the_input_of_an_unfinished_batch_past_its_expiry(sandbox_url, settings, sandbox_clock):
+    settings.SANDBOX_FILE_MAX_AGE = 3600
+    settings.SANDBOX_SPEED = 1.0
+    created = _batch(sandbox_url, [_chat_line("a")], metadata={"sandbox_scenario": "slow"})  # runs for ~15 h
+    sandbox_clock.advance(3601)
+    _upload(sandbox_url, b"x", filename="later.txt", purpose="user_data")
+    assert _get(sandbox_url, f"/batches/{created['id']}").json()["status"] == "in_progress"
+    assert (settings.SANDBOX_FILES_DIR / created["input_file_id"]).exists()  # expired, but still being read
+
+    batch = SandboxBatch.objects.get(pk=created["id"])
+    sandbox_clock.advance(batch.created + batch.validate_s + batch.run_s + batch.finalize_s + 1 - sandbox_clock.now())
+    done = _get(sandbox_url, f"/batches/{created['id']}").json()
+    assert done["status"] == "completed" and done["output_file_id"]
+    results_file = _get(sandbox_url, f"/files/{done['output_file_id']}").json()
+    assert results_file["expires_at"] == results_file["created_at"] + 3600
+    _upload(sandbox_url, b"x", filename="later.txt", purpose="user_data")
+    assert not (settings.SANDBOX_FILES_DIR / created["input_file_id"]).exists()  # now nothing reads it
 
 
 def test_it_lists_files_by_purpose_in_either_order_with_a_cursor(sandbox_url):
@@ -600,7 +671,7 @@ with open(body, "rb") as stream:
         "wsgi.url_scheme": "http", "wsgi.input": stream, "CONTENT_LENGTH": str(body.stat().st_size),
         "CONTENT_TYPE": "multipart/form-data; boundary=b",
     }
-    handler = DiskUploadHandler(WSGIRequest(environ), folder)
+    handler = DiskUploadHandler(WSGIRequest(environ), folder, room=10**12)
     fields, files = handler.parse()
 upload_peak = tracemalloc.get_traced_memory()[1]
 print(json.dumps({
