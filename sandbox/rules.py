@@ -2,7 +2,8 @@
 
 The dashboard's client (batches/services.py) keeps its own copy of these facts. The two are written apart on
 purpose: the sandbox checks the client, so a client that drifts from the API fails against the sandbox instead of
-sharing the mistake. Section numbers are REFERENCE.md's; "sandbox choice" marks a rule the reference does not give.
+sharing the mistake. Section numbers are those of docs/openai-batch-api/REFERENCE.md; "sandbox choice" marks a rule
+the reference does not give.
 """
 
 # §4.1: the status enum, and the four statuses a batch never leaves.
