@@ -27,14 +27,14 @@ def _refresh_every_2_seconds(page):
 
 
 def test_it_updates_a_running_batchs_row_without_a_reload(live_server, login, viewer, make_batch, sandbox_clock):
-    batch = make_batch(speed_for(5))
+    batch = make_batch(speed_for(60))  # running until the test moves the sandbox clock
     page = login(viewer)
     _refresh_every_2_seconds(page)
     row = _row(page, batch.id)
     expect(row).to_have_attribute("data-live-state", RUNNING)
     progress_before = row.locator(".progress-text").inner_text()
     page.evaluate("window.__marker = 1")
-    sandbox_clock.advance(6)  # the batch finishes in the sandbox; the page learns it at its next refresh
+    sandbox_clock.advance(80)  # the batch finishes in the sandbox; the page learns it at its next refresh
 
     expect(row).to_have_attribute("data-live-state", re.compile(r"^(finalizing|completed)$"), timeout=12_000)
     expect(row.locator("[data-status]")).to_have_text(re.compile(r"finalizing|completed"))
@@ -136,12 +136,12 @@ def test_it_stops_polling_while_live_is_off_and_resumes_when_it_is_on(live_serve
 def test_it_stops_polling_by_itself_once_every_batch_is_final(
     live_server, page, login, viewer, make_batch, sandbox_clock
 ):
-    batch = make_batch(speed_for(3))
+    batch = make_batch(speed_for(60))  # running until the test moves the sandbox clock
     page.clock.install()
     login(viewer)
     expect(_row(page, batch.id)).to_have_attribute("data-live-state", NOT_FINAL)
     live = watch_live_requests(page, LIST_PATH)
-    sandbox_clock.advance(4)  # the batch finishes in the sandbox
+    sandbox_clock.advance(80)  # the batch finishes in the sandbox
     _refresh_every_2_seconds(page)
 
     with page.expect_response(lambda r: is_live_response(LIST_PATH)(r) and r.status == 286, timeout=12_000):
