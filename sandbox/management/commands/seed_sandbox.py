@@ -1,5 +1,6 @@
 """Seed the sandbox's demo organisation now (normally done on first use), optionally starting from scratch."""
 
+import time
 from collections import Counter
 
 from django.core.management.base import BaseCommand, CommandError
@@ -32,7 +33,7 @@ class Command(BaseCommand):
             if batches < 1 or not 0 <= running <= batches or not 0 < days <= 365:
                 raise CommandError("--batches must be at least 1, --running between 0 and --batches, --days 0-365.")
             started = time.monotonic()
-            counts = seed.seed_scale(batches, running, time.time(), days=days)
+            counts = seed.seed_scale(batches, running, clock.now(), days=days)
             summary = ", ".join(f"{count:,} {kind}" for kind, count in counts.items())
             self.stdout.write(
                 self.style.SUCCESS(f"Added {batches:,} batches ({summary}) in {time.monotonic() - started:.1f} s.")
