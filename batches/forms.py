@@ -233,9 +233,14 @@ def _check_request(request: dict, line_number: int, report: JsonlReport, scan: _
 
 
 def _check_model(model, line_number: int, report: JsonlReport, scan: _Scan) -> None:
-    """One model per file: every line that names a model names the same one, and then every line names it."""
+    """One model per file: every line that names a model names the same one, and then every line names it.
+
+    Only the endpoints that have a default model accept lines without one.
+    """
     if model is None:
-        if report.model:
+        if report.endpoint and report.endpoint not in services.ENDPOINTS_WITHOUT_MODEL:
+            report.add(f"body.model is missing; requests to {report.endpoint} name their model.", line_number)
+        elif report.model:
             report.add(f"body.model is missing but line {scan.model_line:,} uses {report.model!r}.", line_number)
         elif scan.first_line_without_model is None:
             scan.first_line_without_model = line_number

@@ -51,6 +51,8 @@ ENDPOINTS = (
     "/v1/images/edits",
     "/v1/videos",
 )
+# Endpoints whose requests may leave out `body.model` (the endpoint has a default model).
+ENDPOINTS_WITHOUT_MODEL = frozenset({"/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos"})
 COMPLETION_WINDOWS = ("24h",)
 TIMESTAMP_FIELDS = (
     "created_at",

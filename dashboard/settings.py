@@ -119,6 +119,8 @@ OPENAI_BASE_URL = SANDBOX_URL if SANDBOX_MODE else _env_url("OPENAI_BASE_URL", "
 # Simulated seconds per real second; 60 finishes a small batch in about a minute.
 SANDBOX_SPEED = _env_float("SANDBOX_SPEED", 60.0, 0.001, 1_000_000.0)
 SANDBOX_FILES_DIR = Path(_env("SANDBOX_FILES_DIR", str(BASE_DIR / "var" / "sandbox-files")))
+SANDBOX_STORAGE_QUOTA = int(_env_float("SANDBOX_STORAGE_QUOTA_MB", 1024, 1, 10_000_000) * 1024 * 1024)
+SANDBOX_FILE_MAX_AGE = int(_env_float("SANDBOX_FILE_MAX_AGE_DAYS", 30, 0.01, 3650) * 86400)
 SANDBOX_SEED = _env_bool("SANDBOX_SEED", True)
 # Fault injection, for tests and demos of the dashboard's resilience.
 SANDBOX_LATENCY = _env_float("SANDBOX_LATENCY", 0.0, 0.0, 60.0)

@@ -18,7 +18,7 @@ class SandboxFile(models.Model):
     purpose = models.CharField(max_length=32)
     bytes = models.BigIntegerField()
     created_at = models.BigIntegerField(db_index=True)
-    expires_at = models.BigIntegerField(null=True, blank=True)
+    expires_at = models.BigIntegerField(null=True, blank=True, db_index=True)
     # Deleted files answer 404, but an unfinished batch may still need the bytes of its input.
     deleted = models.BooleanField(default=False)
 

@@ -12,17 +12,18 @@ from __future__ import annotations
 import contextlib
 import json
 
-from batches.services import (
+from sandbox.api import ApiError
+from sandbox.rules import (
+    COMPLETION_WINDOW,
     ENDPOINTS,
+    EXPIRY_MAX_SECONDS,
+    EXPIRY_MIN_SECONDS,
     METADATA_MAX_KEY_LENGTH,
     METADATA_MAX_PAIRS,
     METADATA_MAX_VALUE_LENGTH,
-    OUTPUT_EXPIRY_MAX_SECONDS,
-    OUTPUT_EXPIRY_MIN_SECONDS,
+    UPLOAD_PURPOSES,
 )
-from sandbox.api import ApiError
 
-UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 # The SDK sends nested form fields with brackets; Azure's examples use dots. Both are accepted.
 UPLOAD_FIELDS = (
     "purpose",
@@ -120,7 +121,7 @@ def expiry_seconds(name: str, anchor, seconds) -> int | None:
             param=f"{name}.seconds",
             code="invalid_type",
         )
-    _check_range(f"{name}.seconds", seconds, OUTPUT_EXPIRY_MIN_SECONDS, OUTPUT_EXPIRY_MAX_SECONDS)
+    _check_range(f"{name}.seconds", seconds, EXPIRY_MIN_SECONDS, EXPIRY_MAX_SECONDS)
     return seconds
 
 
@@ -210,8 +211,8 @@ def batch_request(raw_body: bytes) -> dict:
             )
     if body["endpoint"] not in ENDPOINTS:
         raise invalid_value("endpoint", body["endpoint"], ENDPOINTS)
-    if body["completion_window"] != "24h":
-        raise invalid_value("completion_window", body["completion_window"], ["24h"])
+    if body["completion_window"] != COMPLETION_WINDOW:
+        raise invalid_value("completion_window", body["completion_window"], [COMPLETION_WINDOW])
     check_metadata(body.get("metadata"))
     policy = body.get("output_expires_after")
     if policy is not None and not isinstance(policy, dict):

@@ -12,8 +12,11 @@ Choices where REFERENCE.md is silent (all assumptions):
   with a speed above 1 a batch can expire long before its `expires_at`.
 * Expiry: requests still unrun when the 24 h window (simulated) closes are dropped; the batch turns `expired` a
   minute later without passing through `finalizing`. A batch already finalizing when the window closes completes.
-* A cancel during `validating` goes straight to `cancelling` and ends `cancelled` with no requests run. During the
-  drain the requests in flight keep finishing, so counts can still grow while `cancelling` (as in the fixtures).
+* A cancel during `validating` goes straight to `cancelling` and ends `cancelled` with no requests run. After a
+  cancel during the run nothing new starts: only the requests already in flight finish (IN_FLIGHT_S of work at the
+  run's rate, a small part of what is left, done over the first IN_FLIGHT_DRAIN_SHARE of the drain), so counts grow
+  a little, more slowly, while `cancelling` (as in the fixtures), then stop; the batch turns `cancelled` when the
+  drain (a few simulated minutes) ends.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from batches.services import TERMINAL_STATUSES
+from sandbox.rules import TERMINAL_STATUSES
 
 WINDOW_S = 86_400
 EXPIRE_LAG_S = 60.0
@@ -34,6 +37,8 @@ RUN_BASE_S = 2_700.0
 RUN_PER_LINE_S = 0.5
 FINALIZE_S = 600.0
 DRAIN_S = 240.0
+IN_FLIGHT_S = 30.0  # simulated seconds of the run's work already running when a cancel arrives
+IN_FLIGHT_DRAIN_SHARE = 0.5  # they finish within this share of the drain; the rest of it changes nothing
 
 TIMESTAMP_OF_STATUS = {
     "in_progress": "in_progress_at",
@@ -132,13 +137,18 @@ def checkpoints(per_line: list[tuple[bool, int, int, int, int]]) -> list[list[in
     return points
 
 
+def _cancel_at(plan: Plan) -> float | None:
+    """When the cancel arrived, in simulated seconds after creation."""
+    return None if plan.cancel_requested is None else max(plan.cancel_requested - plan.created, 0) * plan.speed
+
+
 def timeline(plan: Plan) -> tuple[list[tuple[float, str]], float | None]:
     """The status transitions as (simulated seconds after creation, status), and when requests stop running."""
     transitions = [(0.0, "validating")]
     validated = plan.validate_s
     ran = validated + plan.run_s
     finalized = ran + plan.finalize_s
-    cancel_at = None if plan.cancel_requested is None else max(plan.cancel_requested - plan.created, 0) * plan.speed
+    cancel_at = _cancel_at(plan)
 
     if cancel_at is not None and cancel_at < validated:
         transitions += [(cancel_at, "cancelling"), (cancel_at + plan.drain_s, "cancelled")]
@@ -154,7 +164,7 @@ def timeline(plan: Plan) -> tuple[list[tuple[float, str]], float | None]:
             transitions.append((ran, "finalizing"))
         cancelled_at = cancel_at + plan.drain_s
         transitions += [(cancel_at, "cancelling"), (cancelled_at, "cancelled")]
-        return transitions, min(ran, cancelled_at, WINDOW_S)
+        return transitions, min(cancelled_at, WINDOW_S)
     if finishes:
         return [*transitions, (ran, "finalizing"), (finalized, "completed")], ran
     return [*transitions, (ends_at, "expired")], WINDOW_S
@@ -166,13 +176,29 @@ def final_status(plan: Plan) -> str:
     return transitions[-1][1]
 
 
+def _run_fraction(plan: Plan, sim_seconds: float) -> float:
+    """How much of the run is done: steady progress, which after a cancel slows to the in-flight remainder."""
+
+    def steady(at: float) -> float:
+        if at >= plan.validate_s + plan.run_s:
+            return 1.0  # exactly, whatever the float rounding of the division
+        return min(max((at - plan.validate_s) / plan.run_s, 0.0), 1.0)
+
+    cancel_at = _cancel_at(plan)
+    if cancel_at is None or sim_seconds <= cancel_at:
+        return steady(sim_seconds)
+    done = steady(cancel_at)
+    settled = min((sim_seconds - cancel_at) / (plan.drain_s * IN_FLIGHT_DRAIN_SHARE), 1.0)
+    return done + min(1.0 - done, IN_FLIGHT_S / plan.run_s) * settled
+
+
 def _point_at(plan: Plan, sim_seconds: float) -> tuple:
     steps = len(plan.checkpoints) - 1
     if steps <= 0 or sim_seconds < plan.validate_s:
         return plan.checkpoints[0] if plan.checkpoints else ZERO_POINT
-    if sim_seconds >= plan.validate_s + plan.run_s:
-        return plan.checkpoints[-1]  # exactly, whatever the float rounding of the fraction below
-    fraction = (sim_seconds - plan.validate_s) / plan.run_s
+    fraction = _run_fraction(plan, sim_seconds)
+    if fraction >= 1.0:
+        return plan.checkpoints[-1]
     return plan.checkpoints[min(max(int(fraction * steps), 0), steps)]
 
 

@@ -5,6 +5,12 @@ dated at the moment it became terminal, so what a client sees never depends on w
 Choices where the reference is silent: a cancel of a terminal batch is a 409 with `x-should-retry: false`; a cancel
 of a batch already cancelling answers it unchanged; files are listed and batches paged newest first with the id
 breaking ties; an expired or deleted file answers 404, but a batch still running keeps its deleted input's bytes.
+
+Storage is bounded (settings, documented in the README): every file, uploaded or generated, expires after at most
+SANDBOX_FILE_MAX_AGE (so a file the API would keep until deleted shows that expiry), expired and deleted files are
+removed from disk at the next upload, and an upload that would take the files past SANDBOX_STORAGE_QUOTA is refused
+with a 400 (the reference documents a 2.5 TB project limit but not its error; code and wording are the sandbox's).
+Result files are always written, even past the quota: they only make the next upload wait for room.
 """
 
 from __future__ import annotations
@@ -20,18 +26,19 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, Sum
 
 from sandbox import results
 from sandbox.api import ApiError
 from sandbox.models import SandboxBatch, SandboxFile
+from sandbox.rules import FILE_RETENTION_S
 from sandbox.simulation import State, final_status, real_time, state_at
 from sandbox.simulation import durations as simulated_durations
 from sandbox.validation import iter_requests, scan_input
 
 logger = logging.getLogger(__name__)
 
-FILE_RETENTION_S = 30 * 86_400
+PURGE_CHUNK = 500
 RESULT_SHUFFLE_WINDOW = 16  # results come back roughly, not exactly, in input order
 SCENARIO_KEY = "sandbox_scenario"
 SCENARIOS = ("expire", "slow", "all_fail", "token_limit")
@@ -63,8 +70,48 @@ def new_batch_id(created: float) -> str:
 # --- Files ------------------------------------------------------------------
 
 
+def _expiry(created_at: int, expires_after: int | None) -> int:
+    """When a file expires: after `expires_after` seconds, or the sandbox's longest file lifetime, the sooner."""
+    return created_at + min(expires_after or settings.SANDBOX_FILE_MAX_AGE, settings.SANDBOX_FILE_MAX_AGE)
+
+
+def storage_used() -> int:
+    """Bytes on disk: every file row left holds its bytes (purge_expired removes the others)."""
+    return SandboxFile.objects.aggregate(used=Sum("bytes"))["used"] or 0
+
+
+def over_quota(used: int) -> ApiError:
+    quota = settings.SANDBOX_STORAGE_QUOTA
+    return ApiError(
+        400,
+        f"This upload would exceed the sandbox's storage quota of {quota:,} bytes ({used:,} bytes are in use). "
+        "Delete files you no longer need, or raise SANDBOX_STORAGE_QUOTA_MB.",
+        param="file",
+        code="storage_quota_exceeded",
+    )
+
+
+def purge_expired(now: float) -> None:
+    """Remove the rows and bytes of expired and deleted files, except inputs an unfinished batch still reads."""
+    gone = SandboxFile.objects.filter(Q(expires_at__lte=now) | Q(deleted=True)).exclude(
+        pk__in=SandboxBatch.objects.filter(results_ready=False).values("input_file_id")
+    )
+    while file_ids := list(gone.values_list("pk", flat=True)[:PURGE_CHUNK]):
+        for file_id in file_ids:
+            (files_dir() / file_id).unlink(missing_ok=True)
+        SandboxFile.objects.filter(pk__in=file_ids).delete()
+
+
 def store_file(temp_path: Path, *, filename: str, purpose: str, now: float, expires_after: int | None) -> SandboxFile:
-    """Adopt an uploaded file already streamed to disk (in the files folder, so the move is a rename)."""
+    """Adopt an uploaded file already streamed to disk (in the files folder, so the move is a rename).
+
+    The quota was checked while the file streamed in; it is checked again here, since uploads running at the same
+    time each saw the room left before the others took it.
+    """
+    size = temp_path.stat().st_size
+    used = storage_used()
+    if used + size > settings.SANDBOX_STORAGE_QUOTA:
+        raise over_quota(used)
     file_id = new_file_id()
     target = files_dir() / file_id
     os.replace(temp_path, target)
@@ -75,9 +122,9 @@ def store_file(temp_path: Path, *, filename: str, purpose: str, now: float, expi
         id=file_id,
         filename=filename,
         purpose=purpose,
-        bytes=target.stat().st_size,
+        bytes=size,
         created_at=created_at,
-        expires_at=created_at + expires_after if expires_after else None,
+        expires_at=_expiry(created_at, expires_after),
     )
 
 
@@ -344,6 +391,6 @@ def _adopt_result(batch: SandboxBatch, temp_path: Path, kind: str, created_at: i
         purpose="batch_output",
         bytes=target.stat().st_size,
         created_at=created_at,
-        expires_at=created_at + (batch.output_expires_after or FILE_RETENTION_S),
+        expires_at=_expiry(created_at, batch.output_expires_after or FILE_RETENTION_S),
     )
     return file_id

@@ -2,7 +2,9 @@
 
 Size limits (REFERENCE §2.1): 512 MB for any file, 200 MB for a Batch input. Both are enforced while the file
 streams in when the `purpose` field comes before the file, as the SDK and the dashboard send it; when it comes
-after, the Batch limit can only be checked once the body has been read (see size_limit's callers).
+after, the Batch limit can only be checked once the body has been read (see size_limit's callers). The sandbox's
+storage quota (the room left when the upload starts) stops the stream too. The body is read in the parser's
+chunks and written straight to disk, so no upload is ever held in memory whole, whatever its size.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ from pathlib import Path
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers, StopUpload
 from django.http.multipartparser import MultiPartParser
 
-from batches.services import MAX_INPUT_FILE_BYTES
-
-MAX_FILE_BYTES = 512 * 1024 * 1024
+from sandbox.rules import MAX_FILE_BYTES, MAX_INPUT_FILE_BYTES
 
 
 def size_limit(purpose: str | None) -> int:
@@ -32,10 +32,12 @@ class SavedUpload:
 
 
 class DiskUploadHandler(FileUploadHandler):
-    def __init__(self, request, directory: Path):
+    def __init__(self, request, directory: Path, room: int):
         super().__init__(request)
         self.directory = directory
+        self.room = room  # bytes left in the sandbox's storage quota
         self.too_large = False
+        self.over_quota = False
         self.temp_paths: list[Path] = []
         self._parser = None
         self._handle = None
@@ -61,8 +63,9 @@ class DiskUploadHandler(FileUploadHandler):
 
     def receive_data_chunk(self, raw_data, start):
         self._size += len(raw_data)
-        if self._size > self._limit:
-            self.too_large = True
+        if self._size > self._limit or self._size > self.room:
+            self.too_large = self._size > self._limit
+            self.over_quota = not self.too_large
             self._handle.close()
             # Read and discard the rest of the body so the client gets the 400 rather than a reset connection.
             raise StopUpload(connection_reset=False)

@@ -31,14 +31,13 @@ from django.http.multipartparser import MultiPartParserError
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 
-from batches.services import LIST_LIMIT_MAX
-from sandbox import api, params, seed, store, uploads
+from sandbox import api, clock, params, seed, store, uploads
 from sandbox.api import ApiError
+from sandbox.rules import BATCHES_LIST_LIMIT_DEFAULT, BATCHES_LIST_LIMIT_MAX, FILES_LIST_LIMIT_MAX
 from sandbox.uploads import DiskUploadHandler
 
 logger = logging.getLogger(__name__)
 
-FILES_LIMIT_MAX = 10_000
 MISSING_KEY_MESSAGE = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth "
     "(i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from https://platform.openai.com/account/api-keys."
@@ -67,8 +66,12 @@ def _authenticate(request) -> None:
         )
 
 
+# Injected faults draw from their own generator, so a test can seed it and get the same faults every run.
+fault_draws = random.Random()
+
+
 def _injected_fault() -> ApiError | None:
-    if random.random() < settings.SANDBOX_RATE_LIMIT_RATE:
+    if fault_draws.random() < settings.SANDBOX_RATE_LIMIT_RATE:
         wait = settings.SANDBOX_RETRY_AFTER
         reset = f"{round(wait * 1000)}ms" if wait < 1 else f"{wait:g}s"
         return ApiError(
@@ -90,8 +93,8 @@ def _injected_fault() -> ApiError | None:
                 "x-ratelimit-reset-tokens": "43ms",
             },
         )
-    if random.random() < settings.SANDBOX_ERROR_RATE:
-        if random.random() < 0.25:
+    if fault_draws.random() < settings.SANDBOX_ERROR_RATE:
+        if fault_draws.random() < 0.25:
             return ApiError(503, "The engine is currently overloaded, please try again later.", type="server_error")
         return ApiError(
             500,
@@ -157,12 +160,12 @@ def file_collection(request):
 
 
 def _list_files(request):
-    limit = params.int_param(request.GET, "limit", FILES_LIMIT_MAX, 1, FILES_LIMIT_MAX)
+    limit = params.int_param(request.GET, "limit", FILES_LIST_LIMIT_MAX, 1, FILES_LIST_LIMIT_MAX)
     order = request.GET.get("order") or "desc"
     if order not in ("asc", "desc"):
         raise params.invalid_value("order", order, ["asc", "desc"])
     files, has_more = store.list_files(
-        now=time.time(),
+        now=clock.now(),
         purpose=request.GET.get("purpose") or None,
         limit=limit,
         order=order,
@@ -176,11 +179,16 @@ def _upload_file(request):
         raise ApiError(
             400, f"Invalid Content-Type header ({request.content_type or 'none'}), expected multipart/form-data."
         )
-    handler = DiskUploadHandler(request, store.files_dir())
+    now = clock.now()
+    store.purge_expired(now)
+    usage = store.storage_used()
+    handler = DiskUploadHandler(request, store.files_dir(), room=settings.SANDBOX_STORAGE_QUOTA - usage)
     try:
         fields, files = handler.parse()  # streams the file to disk
         if handler.too_large:
             raise ApiError(400, "File is too large.")
+        if handler.over_quota:
+            raise store.over_quota(usage)
         purpose, expires_after = params.upload_fields(fields)
         upload = files.get("file")
         if upload is None:
@@ -190,7 +198,7 @@ def _upload_file(request):
         if upload.size > uploads.size_limit(purpose):  # the purpose came after the file, too late for the handler
             raise ApiError(400, "File is too large.")
         file = store.store_file(
-            upload.path, filename=upload.name, purpose=purpose, now=time.time(), expires_after=expires_after
+            upload.path, filename=upload.name, purpose=purpose, now=now, expires_after=expires_after
         )
         return JsonResponse(api.file_json(file))
     finally:
@@ -200,9 +208,9 @@ def _upload_file(request):
 @_api
 def file_detail(request, file_id):
     if request.method == "GET":
-        return JsonResponse(api.file_json(store.get_file(file_id, time.time())))
+        return JsonResponse(api.file_json(store.get_file(file_id, clock.now())))
     if request.method == "DELETE":
-        store.delete_file(file_id, time.time())
+        store.delete_file(file_id, clock.now())
         return JsonResponse(api.deleted_json(file_id))
     raise _invalid_url(request)
 
@@ -211,7 +219,7 @@ def file_detail(request, file_id):
 def file_content(request, file_id):
     if request.method != "GET":
         raise _invalid_url(request)
-    file = store.get_file(file_id, time.time())
+    file = store.get_file(file_id, clock.now())
     try:
         handle = open(file.path, "rb")  # noqa: SIM115 - FileResponse streams and closes it
     except FileNotFoundError:
@@ -225,8 +233,8 @@ def file_content(request, file_id):
 @_api
 def batch_collection(request):
     if request.method == "GET":
-        limit = params.int_param(request.GET, "limit", 20, 1, LIST_LIMIT_MAX)
-        observed, has_more = store.list_batches(now=time.time(), limit=limit, after=request.GET.get("after") or None)
+        limit = params.int_param(request.GET, "limit", BATCHES_LIST_LIMIT_DEFAULT, 1, BATCHES_LIST_LIMIT_MAX)
+        observed, has_more = store.list_batches(now=clock.now(), limit=limit, after=request.GET.get("after") or None)
         return JsonResponse(api.list_json([api.batch_json(batch, state) for batch, state in observed], has_more))
     if request.method == "POST":
         return _create_batch(request)
@@ -235,7 +243,7 @@ def batch_collection(request):
 
 def _create_batch(request):
     wanted = params.batch_request(request.body)
-    now = time.time()
+    now = clock.now()
     input_file = store.batch_input_file(wanted.pop("input_file_id"), now)
     batch = store.create_batch(
         input_file=input_file,
@@ -252,7 +260,7 @@ def _create_batch(request):
 def batch_detail(request, batch_id):
     if request.method != "GET":
         raise _invalid_url(request)
-    batch, state = store.observe(store.get_batch(batch_id), time.time())
+    batch, state = store.observe(store.get_batch(batch_id), clock.now())
     return JsonResponse(api.batch_json(batch, state))
 
 
@@ -260,7 +268,7 @@ def batch_detail(request, batch_id):
 def batch_cancel(request, batch_id):
     if request.method != "POST":
         raise _invalid_url(request)
-    batch, state = store.cancel_batch(batch_id, time.time())
+    batch, state = store.cancel_batch(batch_id, clock.now())
     return JsonResponse(api.batch_json(batch, state))
 
 

@@ -111,7 +111,10 @@ def _fast_password_hashing(settings):
 
 @pytest.fixture(autouse=True)
 def _quiet_sandbox(settings, tmp_path):
-    """Tests start with an empty sandbox (no demo seed), fast simulated time, files in a temporary folder."""
+    """Tests start with an empty sandbox (no demo seed), fast simulated time, files in a temporary folder, no
+    injected faults unless a test asks (drawn from a seeded generator), and the sandbox's clock at the real time."""
+    from sandbox import clock, views
+
     settings.SANDBOX_SEED = False
     settings.SANDBOX_SPEED = 3600.0
     settings.SANDBOX_FILES_DIR = tmp_path / "sandbox-files"
@@ -119,6 +122,17 @@ def _quiet_sandbox(settings, tmp_path):
     settings.SANDBOX_ERROR_RATE = 0.0
     settings.SANDBOX_RATE_LIMIT_RATE = 0.0
     settings.BATCHBOARD_REFRESH_INTERVAL = 0.0
+    views.fault_draws.seed(0)
+    yield
+    clock.reset()
+
+
+@pytest.fixture
+def sandbox_clock():
+    """The sandbox's clock: `sandbox_clock.advance(seconds)` moves the sandbox forward instead of sleeping."""
+    from sandbox import clock
+
+    return clock
 
 
 @pytest.fixture

@@ -149,12 +149,24 @@ def test_it_requires_one_model_for_the_whole_file():
 
 
 def test_it_reports_lines_without_a_model_when_others_name_one():
-    first, later = _request(1), _request(4)
-    del first["body"]["model"], later["body"]["model"]
-    report = _validate(_jsonl(first, _request(2), _request(3), later))
+    def moderation(n, **model):
+        return _request(n, url="/v1/moderations", body={"input": f"text {n}", **model})
+
+    named = {"model": "omni-moderation-latest"}
+    report = _validate(_jsonl(moderation(1), moderation(2, **named), moderation(3, **named), moderation(4)))
     assert sorted(report.messages) == [
-        "Line 1: body.model is missing but line 2 uses 'gpt-4o-mini'.",
-        "Line 4: body.model is missing but line 2 uses 'gpt-4o-mini'.",
+        "Line 1: body.model is missing but line 2 uses 'omni-moderation-latest'.",
+        "Line 4: body.model is missing but line 2 uses 'omni-moderation-latest'.",
+    ]
+
+
+def test_it_requires_a_model_on_every_line_for_an_endpoint_without_a_default():
+    first, later = _request(1), _request(3)
+    del first["body"]["model"], later["body"]["model"]
+    report = _validate(_jsonl(first, _request(2), later))
+    assert report.messages == [
+        "Line 1: body.model is missing; requests to /v1/chat/completions name their model.",
+        "Line 3: body.model is missing; requests to /v1/chat/completions name their model.",
     ]
 
 

@@ -11,6 +11,7 @@ from django.test import Client
 
 from batches import services, sync
 from batches.models import Batch
+from sandbox import views as sandbox_views
 
 pytestmark = pytest.mark.usefixtures("sandbox_url")
 
@@ -59,8 +60,12 @@ def test_it_shows_the_last_known_state_when_every_request_fails(settings, viewer
         assert "Cannot reach the OpenAI API" in response.text, name
 
 
-def test_it_renders_every_page_while_a_third_of_the_requests_fail(settings, viewer_client, cached_batch):
+def test_it_renders_every_page_while_a_third_of_the_requests_fail(settings, viewer_client, cached_batch, monkeypatch):
     settings.SANDBOX_ERROR_RATE = 0.3
+    sandbox_views.fault_draws.seed(30)  # the same faults, in the same order, on every run
+    injected = []
+    draw = sandbox_views._injected_fault
+    monkeypatch.setattr(sandbox_views, "_injected_fault", lambda: injected.append(draw()) or injected[-1])
 
     statuses = set()
     for _ in range(8):
@@ -69,6 +74,8 @@ def test_it_renders_every_page_while_a_third_of_the_requests_fail(settings, view
         statuses.add(viewer_client.get(f"/batches/{cached_batch.batch_id}/").status_code)
 
     assert statuses <= {200, 286}
+    failed = [fault for fault in injected if fault is not None]
+    assert injected and 0 < len(failed) < len(injected)  # some answers failed, and some did not
 
 
 def test_it_says_the_api_is_rate_limiting(settings, viewer_client, cached_batch):

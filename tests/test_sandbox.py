@@ -1,10 +1,14 @@
 """The sandbox API over real HTTP with plain requests, and its simulation as pure functions of an explicit clock."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import requests
@@ -12,7 +16,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 
 from batches import services
-from sandbox import results, simulation, store, uploads, validation
+from sandbox import clock, results, rules, simulation, store, uploads, validation
 from sandbox.models import SandboxBatch, SandboxFile, SeedMarker
 from sandbox.simulation import Plan, state_at
 from tests.spec import spec_errors
@@ -68,18 +72,18 @@ def _get(url, path, **params):
     return _call("GET", f"{url}{path}", params=params)
 
 
-def _wait_for(url, batch_id, statuses, *, timeout=20.0):
-    """Poll until the batch is in one of `statuses`; returns every distinct state seen, the last one matching."""
+def _wait_for(url, batch_id, statuses, *, step=0.03, polls=2000):
+    """Poll until the batch is in one of `statuses`, moving the sandbox's clock `step` real seconds between polls
+    instead of sleeping; returns every distinct state seen, the last one matching."""
     seen = []
-    deadline = time.monotonic() + timeout
-    while True:
+    for _ in range(polls):
         batch = _get(url, f"/batches/{batch_id}").json()
         if not seen or seen[-1] != batch:
             seen.append(batch)
         if batch["status"] in statuses:
             return seen
-        assert time.monotonic() < deadline, f"still {batch['status']} after {timeout}s"
-        time.sleep(0.03)
+        clock.advance(step)
+    pytest.fail(f"still {batch['status']} after {polls} polls")
 
 
 def _content(url, file_id):
@@ -203,7 +207,7 @@ def test_it_stores_and_returns_the_exact_bytes_of_an_upload(sandbox_url, setting
     assert _get(sandbox_url, f"/files/{uploaded['id']}").json() == uploaded
 
 
-def test_it_accepts_expires_after_in_bracket_and_dotted_form(sandbox_url):
+def test_it_accepts_expires_after_in_bracket_and_dotted_form(sandbox_url, settings):
     content = _jsonl([_chat_line("a")])
     brackets = _upload(
         sandbox_url, content, data={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"}
@@ -212,7 +216,8 @@ def test_it_accepts_expires_after_in_bracket_and_dotted_form(sandbox_url):
     assert brackets.json()["expires_at"] == brackets.json()["created_at"] + 3600
     assert dots.json()["expires_at"] == dots.json()["created_at"] + 7200
     other = _upload(sandbox_url, b"notes", filename="notes.txt", purpose="user_data").json()
-    assert other["expires_at"] is None
+    # The API keeps such a file until it is deleted; the sandbox expires every file (see test_storage below).
+    assert other["expires_at"] == other["created_at"] + settings.SANDBOX_FILE_MAX_AGE
 
 
 @pytest.mark.parametrize(
@@ -305,7 +310,7 @@ def test_it_stops_reading_a_batch_input_at_its_limit_when_the_purpose_comes_firs
     monkeypatch.setattr(uploads, "MAX_INPUT_FILE_BYTES", 1000)
 
     def parse(data):
-        handler = uploads.DiskUploadHandler(rf.post("/", data=data), tmp_path)  # parts in the dict's order
+        handler = uploads.DiskUploadHandler(rf.post("/", data=data), tmp_path, room=10**9)  # parts in the dict's order
         _, files = handler.parse()
         handler.cleanup()
         return handler, files
@@ -315,6 +320,76 @@ def test_it_stops_reading_a_batch_input_at_its_limit_when_the_purpose_comes_firs
     last, files = parse({"file": SimpleUploadedFile("a.jsonl", b"x" * 5000), "purpose": "batch"})
     assert not last.too_large and files["file"].size == 5000  # the view checks it once it knows the purpose
     assert list(tmp_path.iterdir()) == []
+
+
+def test_storage_refuses_an_upload_over_the_quota_with_the_apis_error_shape(sandbox_url, settings):
+    settings.SANDBOX_STORAGE_QUOTA = 1000
+    kept = _upload(sandbox_url, b"x" * 600, filename="a.txt", purpose="user_data")
+    assert kept.status_code == 200
+
+    for purpose_first in (True, False):  # stopped while streaming, or checked once the purpose is known
+        fields = [("purpose", (None, "user_data")), ("file", ("b.txt", b"y" * 500))]
+        response = _call("POST", f"{sandbox_url}/files", files=fields if purpose_first else fields[::-1])
+        error = _error(response, 400)
+        assert (error["type"], error["code"], error["param"]) == (
+            "invalid_request_error",
+            "storage_quota_exceeded",
+            "file",
+        )
+        assert "storage quota of 1,000 bytes (600 bytes are in use)" in error["message"]
+    assert [file.id for file in SandboxFile.objects.all()] == [kept.json()["id"]]
+    assert [path.name for path in settings.SANDBOX_FILES_DIR.iterdir()] == [kept.json()["id"]]
+
+    assert _call("DELETE", f"{sandbox_url}/files/{kept.json()['id']}").status_code == 200
+    assert _upload(sandbox_url, b"y" * 900, filename="b.txt", purpose="user_data").status_code == 200
+
+
+def test_storage_expires_every_file_and_frees_its_room_at_the_next_upload(sandbox_url, settings, sandbox_clock):
+    settings.SANDBOX_STORAGE_QUOTA = 1000
+    settings.SANDBOX_FILE_MAX_AGE = 7200
+    short = _upload(
+        sandbox_url, b"x" * 400, data={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"}
+    )
+    forever = _upload(sandbox_url, b"x" * 400, filename="notes.txt", purpose="user_data").json()
+    long = _upload(sandbox_url, b"x", data={"expires_after[anchor]": "created_at", "expires_after[seconds]": "86400"})
+    assert short.json()["expires_at"] == short.json()["created_at"] + 3600
+    assert forever["expires_at"] == forever["created_at"] + 7200  # the API would keep it until deleted
+    assert long.json()["expires_at"] == long.json()["created_at"] + 7200  # capped at the sandbox's longest lifetime
+    assert _error(_upload(sandbox_url, b"y" * 300, filename="c.txt", purpose="user_data"), 400)["code"] == (
+        "storage_quota_exceeded"
+    )
+
+    sandbox_clock.advance(3601)
+    assert _error(_get(sandbox_url, f"/files/{short.json()['id']}"), 404)
+    assert _upload(sandbox_url, b"y" * 300, filename="c.txt", purpose="user_data").status_code == 200
+    assert not (settings.SANDBOX_FILES_DIR / short.json()["id"]).exists()
+    assert not SandboxFile.objects.filter(pk=short.json()["id"]).exists()
+
+    sandbox_clock.advance(3600)
+    _upload(sandbox_url, b"z", filename="d.txt", purpose="user_data")
+    assert sorted(path.name for path in settings.SANDBOX_FILES_DIR.iterdir()) == sorted(
+        file.id for file in SandboxFile.objects.all()
+    )
+    assert SandboxFile.objects.count() == 2  # c.txt and d.txt; the rest expired
+
+
+def test_storage_keeps_the_input_of_an_unfinished_batch_past_its_expiry(sandbox_url, settings, sandbox_clock):
+    settings.SANDBOX_FILE_MAX_AGE = 3600
+    settings.SANDBOX_SPEED = 1.0
+    created = _batch(sandbox_url, [_chat_line("a")], metadata={"sandbox_scenario": "slow"})  # runs for ~15 h
+    sandbox_clock.advance(3601)
+    _upload(sandbox_url, b"x", filename="later.txt", purpose="user_data")
+    assert _get(sandbox_url, f"/batches/{created['id']}").json()["status"] == "in_progress"
+    assert (settings.SANDBOX_FILES_DIR / created["input_file_id"]).exists()  # expired, but still being read
+
+    batch = SandboxBatch.objects.get(pk=created["id"])
+    sandbox_clock.advance(batch.created + batch.validate_s + batch.run_s + batch.finalize_s + 1 - sandbox_clock.now())
+    done = _get(sandbox_url, f"/batches/{created['id']}").json()
+    assert done["status"] == "completed" and done["output_file_id"]
+    results_file = _get(sandbox_url, f"/files/{done['output_file_id']}").json()
+    assert results_file["expires_at"] == results_file["created_at"] + 3600
+    _upload(sandbox_url, b"x", filename="later.txt", purpose="user_data")
+    assert not (settings.SANDBOX_FILES_DIR / created["input_file_id"]).exists()  # now nothing reads it
 
 
 def test_it_lists_files_by_purpose_in_either_order_with_a_cursor(sandbox_url):
@@ -551,6 +626,7 @@ def test_it_fails_invalid_input_with_line_numbered_errors(sandbox_url):
         ("url_mismatch", 5, "url"),
         ("model_mismatch", 6, "body.model"),
         ("duplicate_custom_id", 7, "custom_id"),
+        ("invalid_json_line", 8, None),
         ("invalid_request", 9, "body.model"),
     ]
     assert failed["output_file_id"] is None and failed["error_file_id"] is None
@@ -568,6 +644,106 @@ def test_it_fails_an_empty_file_and_one_with_too_many_requests(sandbox_url, monk
     assert [(e["code"], e["line"]) for e in crowded["errors"]["data"]] == [("too_many_tasks", None)]
 
 
+SIXTY_MB = 60 * 1024 * 1024
+# What refusing an over-long line or uploading any file may allocate (tracemalloc's peak): twice the line cap.
+# (Measured: 16 MB to refuse a 60 MB line, 0.2 MB to stream it to disk; the process's RSS stays near 75 MB.)
+PEAK_BOUND_BYTES = 2 * rules.MAX_LINE_BYTES
+MEASURE_PEAKS = """
+import json, sys, tracemalloc
+from pathlib import Path
+
+import django
+
+django.setup()
+from django.core.handlers.wsgi import WSGIRequest
+
+from sandbox.uploads import DiskUploadHandler
+from sandbox.validation import scan_input
+
+line, body, folder = (Path(arg) for arg in sys.argv[1:])
+tracemalloc.start()
+scan = scan_input(line, "/v1/chat/completions")
+validation_peak = tracemalloc.get_traced_memory()[1]
+tracemalloc.reset_peak()
+with open(body, "rb") as stream:
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": "/", "SERVER_NAME": "test", "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http", "wsgi.input": stream, "CONTENT_LENGTH": str(body.stat().st_size),
+        "CONTENT_TYPE": "multipart/form-data; boundary=b",
+    }
+    handler = DiskUploadHandler(WSGIRequest(environ), folder, room=10**12)
+    fields, files = handler.parse()
+upload_peak = tracemalloc.get_traced_memory()[1]
+print(json.dumps({
+    "errors": scan.errors, "validation_peak": validation_peak, "upload_peak": upload_peak,
+    "purpose": fields.get("purpose"), "stored": files["file"].size,
+}))
+"""
+
+
+def _one_line_file(path, size):
+    """A JSONL request whose single line is `size` bytes long, written without holding it in memory."""
+    head, tail = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"note": "', b'"}}'
+    with open(path, "wb") as handle:
+        handle.write(head)
+        block = b"x" * (1024 * 1024)
+        for _ in range((size - len(head) - len(tail)) // len(block)):
+            handle.write(block)
+        handle.write(b"x" * ((size - len(head) - len(tail)) % len(block)) + tail + b"\n")
+    return path
+
+
+def test_it_refuses_a_sixty_megabyte_line_and_uploads_it_with_bounded_memory(tmp_path, settings):
+    line = _one_line_file(tmp_path / "huge.jsonl", SIXTY_MB)
+    body = tmp_path / "body"
+    with open(body, "wb") as handle, open(line, "rb") as source:
+        handle.write(b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n')
+        handle.write(b'--b\r\nContent-Disposition: form-data; name="file"; filename="huge.jsonl"\r\n\r\n')
+        shutil.copyfileobj(source, handle)
+        handle.write(b"\r\n--b--\r\n")
+    (tmp_path / "stored").mkdir()
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings", "DJANGO_SECRET_KEY": "test-only"}
+    finished = subprocess.run(
+        [sys.executable, "-c", MEASURE_PEAKS, str(line), str(body), str(tmp_path / "stored")],
+        cwd=settings.BASE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    measured = json.loads(finished.stdout)
+    assert [(error["code"], error["line"]) for error in measured["errors"]] == [("invalid_request", 1)]
+    assert "longer than the limit of 10,485,760 bytes (10 MB)" in measured["errors"][0]["message"]
+    assert measured["validation_peak"] < PEAK_BOUND_BYTES, measured
+    assert (measured["purpose"], measured["stored"]) == ("user_data", SIXTY_MB + 1)
+    assert measured["upload_peak"] < PEAK_BOUND_BYTES, measured
+
+
+def test_it_accepts_a_line_at_the_cap_and_refuses_one_byte_more(tmp_path, monkeypatch):
+    monkeypatch.setattr(validation, "MAX_LINE_BYTES", 200)
+    at_cap = json.dumps(_chat_line("a", note="x")).encode()
+    at_cap = at_cap.replace(b'"x"', b'"' + b"x" * (200 - len(at_cap) + 1) + b'"')
+    assert len(at_cap) == 200
+    path = tmp_path / "input.jsonl"
+    other = json.dumps(_chat_line("b")).encode()
+    for content in (at_cap + b"\n" + other, at_cap + b"\r\n" + other + b"\r\n", other + b"\n" + at_cap):
+        path.write_bytes(content)
+        assert validation.scan_input(path, "/v1/chat/completions").errors == []
+    path.write_bytes(json.dumps(_chat_line("b")).encode() + b"\n" + at_cap[:-2] + b'x"}}\r\n')
+    errors = validation.scan_input(path, "/v1/chat/completions").errors
+    assert [(error["code"], error["line"]) for error in errors] == [("invalid_request", 2)]
+
+
+def test_it_fails_a_batch_whose_line_is_over_the_cap(sandbox_url, monkeypatch):
+    monkeypatch.setattr(validation, "MAX_LINE_BYTES", 1000)
+    lines = [_chat_line("a"), _chat_line("b", note="x" * 2000), _chat_line("c")]
+    created = _batch(sandbox_url, lines)
+    failed = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
+    assert failed["status"] == "failed"
+    assert [(error["code"], error["line"]) for error in failed["errors"]["data"]] == [("invalid_request", 2)]
+
+
 def test_it_fails_a_file_over_fifty_thousand_requests_without_parsing_past_the_limit(tmp_path):
     path = tmp_path / "input.jsonl"
     path.write_bytes(b"{}\n" * (services.MAX_REQUESTS_PER_BATCH + 1))
@@ -583,17 +759,15 @@ def test_it_reports_the_enqueued_token_limit_without_a_line(sandbox_url):
 
 
 def test_it_cancels_with_partial_results(sandbox_url, settings):
-    settings.SANDBOX_SPEED = 600.0
+    settings.SANDBOX_SPEED = 60.0  # running for about 45 real seconds: still running when the cancel comes
     lines = [_chat_line(f"r{i}") for i in range(50)]
     created = _batch(sandbox_url, lines)
-    deadline = time.monotonic() + 20
     while _get(sandbox_url, f"/batches/{created['id']}").json()["request_counts"]["completed"] < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.03)
+        clock.advance(0.3)
 
     response = _call("POST", f"{sandbox_url}/batches/{created['id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelling"
-    states = [created, response.json(), *_wait_for(sandbox_url, created["id"], {"cancelled"})]
+    states = [created, response.json(), *_wait_for(sandbox_url, created["id"], {"cancelled"}, step=0.3)]
     _assert_timeline(states)
     cancelled = states[-1]
     assert cancelled["finalizing_at"] is None and cancelled["completed_at"] is None
@@ -671,7 +845,7 @@ def test_it_derives_state_from_the_database_alone(sandbox_url, settings):
     created = _batch(sandbox_url, [_chat_line(f"r{i}") for i in range(3)])
     done = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
     stored = SandboxBatch.objects.get(pk=created["id"])
-    state = state_at(stored.plan, time.time())
+    state = state_at(stored.plan, clock.now())
     assert (state.status, state.completed + state.failed, state.timestamps["completed_at"]) == (
         "completed",
         3,
@@ -685,7 +859,7 @@ def test_it_writes_result_files_once_under_concurrent_reads(sandbox_url, setting
     created = _batch(sandbox_url, [_chat_line(f"r{i}") for i in range(30)])
     batch = SandboxBatch.objects.get(pk=created["id"])
     wait = (batch.validate_s + batch.run_s + batch.finalize_s) / batch.speed
-    time.sleep(max(batch.created + wait - time.time(), 0) + 0.05)
+    clock.advance(max(batch.created + wait - clock.now(), 0) + 0.05)
 
     writers = []
     second_writer = threading.Event()
@@ -772,7 +946,8 @@ def test_it_lists_result_files_of_batches_nobody_looked_at(sandbox_url, settings
     settings.SANDBOX_SPEED = FAST
     created = _batch(sandbox_url, [_chat_line("a")])
     batch = SandboxBatch.objects.get(pk=created["id"])
-    time.sleep(max(batch.created + (batch.validate_s + batch.run_s + batch.finalize_s) / batch.speed - time.time(), 0))
+    lifetime = (batch.validate_s + batch.run_s + batch.finalize_s) / batch.speed
+    clock.advance(max(batch.created + lifetime - clock.now(), 0))
     names = [file["filename"] for file in _get(sandbox_url, "/files", purpose="batch_output").json()["data"]]
     assert names == [f"{created['id']}_output.jsonl"]
 
@@ -821,17 +996,38 @@ def test_it_counts_only_requests_that_ran_when_a_batch_expires():
     assert just_before.status == "in_progress" and just_before.lines_done == state.lines_done
 
 
-def test_it_keeps_processing_during_the_cancel_drain():
+def test_it_finishes_only_the_requests_in_flight_after_a_cancel():
+    """After `cancelling_at` nothing new starts: the requests already running finish, then the counts stop."""
+    total = 10_000
+    cancelled_after = 1000.0  # simulated seconds: 700 s into a 2,700 s run, about a quarter done
     plan = _plan(
-        cancel_requested=1_000_000.0 + 1000,
-        drain_s=1000.0,
-        checkpoints=simulation.checkpoints([(True, 1, 0, 1, 0)] * 100),
+        cancel_requested=1_000_000.0 + cancelled_after,
+        total=total,
+        checkpoints=simulation.checkpoints([(True, 1, 0, 1, 0)] * total),
     )
+    uncancelled = replace(plan, cancel_requested=None)
+    settle = plan.drain_s * simulation.IN_FLIGHT_DRAIN_SHARE
+
     at_cancel = state_at(plan, plan.cancel_requested)
-    after_drain = state_at(plan, plan.cancel_requested + 2000)
-    assert at_cancel.status == "cancelling" and after_drain.status == "cancelled"
-    assert at_cancel.completed < after_drain.completed < 100
-    assert after_drain.timestamps["cancelled_at"] == int(plan.cancel_requested + 1000)
+    midway = state_at(plan, plan.cancel_requested + settle / 2)
+    settled = state_at(plan, plan.cancel_requested + settle)
+    just_before_the_end = state_at(plan, plan.cancel_requested + plan.drain_s - 1)
+    cancelled = state_at(plan, plan.cancel_requested + plan.drain_s)
+    left_at_cancel = total - at_cancel.lines_done
+    step = total // simulation.MAX_CHECKPOINTS  # progress moves a checkpoint at a time
+
+    assert [state.status for state in (at_cancel, midway, settled, just_before_the_end)] == ["cancelling"] * 4
+    assert cancelled.status == "cancelled"
+    assert cancelled.timestamps["cancelled_at"] == int(plan.cancel_requested + plan.drain_s)
+    assert 60 <= plan.drain_s <= 600  # "a few simulated minutes", within the API's "about 10 minutes"
+    assert at_cancel.lines_done < midway.lines_done < settled.lines_done
+    in_flight = settled.lines_done - at_cancel.lines_done
+    assert in_flight <= total * simulation.IN_FLIGHT_S / plan.run_s + step and in_flight < 0.05 * left_at_cancel
+    without_cancel = state_at(uncancelled, plan.cancel_requested + plan.drain_s).lines_done - at_cancel.lines_done
+    assert in_flight * 4 < without_cancel  # the slope changes at the cancel line
+    assert just_before_the_end.lines_done == cancelled.lines_done == settled.lines_done  # then nothing moves
+    assert cancelled.completed + cancelled.failed == cancelled.lines_done < total
+    assert cancelled.unrun_code == "batch_cancelled"
 
 
 def test_it_compresses_timestamps_by_the_speed():

@@ -30,6 +30,8 @@ def _check(**env):
         ("SANDBOX_SPEED", "fast"),
         ("SANDBOX_SPEED", "0"),
         ("SANDBOX_ERROR_RATE", "2"),
+        ("SANDBOX_STORAGE_QUOTA_MB", "lots"),
+        ("SANDBOX_FILE_MAX_AGE_DAYS", "0"),
         ("DJANGO_DEBUG", "maybe"),
         ("OPENAI_BASE_URL", "api.openai.com/v1"),
         ("OPENAI_TIMEOUT", "-1"),

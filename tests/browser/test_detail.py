@@ -42,8 +42,10 @@ def test_it_takes_a_shared_link_through_login_to_the_full_page(live_server, new_
     expect(page.get_by_role("button", name="Copy link")).to_be_visible(visible=javascript)
 
 
-def test_it_shows_a_batch_advancing_in_the_timeline_and_chart_without_a_reload(live_server, login, viewer, make_batch):
-    batch = make_batch(speed_for(5))
+def test_it_shows_a_batch_advancing_in_the_timeline_and_chart_without_a_reload(
+    live_server, login, viewer, make_batch, sandbox_clock
+):
+    batch = make_batch(speed_for(60))  # running until the test moves the sandbox clock
     page = login(viewer)
     page.goto(f"{live_server.url}{_detail_path(batch.id)}")
     page.get_by_label("Refresh every").select_option("2")
@@ -56,6 +58,7 @@ def test_it_shows_a_batch_advancing_in_the_timeline_and_chart_without_a_reload(l
     completed_line = page.locator(".history-chart .chart-line-completed")
     line_before = completed_line.get_attribute("d") if completed_line.count() else None
     page.evaluate("window.__marker = 1")
+    sandbox_clock.advance(80)  # the batch finishes in the sandbox; the page learns it at its next refresh
 
     expect(status).to_have_attribute("data-live-state", "completed", timeout=12_000)
     expect(timeline.get_by_text("completed", exact=True)).to_be_visible()
@@ -66,18 +69,21 @@ def test_it_shows_a_batch_advancing_in_the_timeline_and_chart_without_a_reload(l
     assert page.evaluate("window.__marker") == 1, "the page navigated instead of updating in place"
 
 
-def test_it_stops_polling_by_itself_when_the_batch_is_final(live_server, page, login, viewer, make_batch):
-    batch = make_batch(speed_for(3))
+def test_it_stops_polling_by_itself_when_the_batch_is_final(
+    live_server, page, login, viewer, make_batch, sandbox_clock
+):
+    batch = make_batch(speed_for(60))  # running until the test moves the sandbox clock
     path = _detail_path(batch.id)
     page.clock.install()  # the page's timers run in real time, and fast_forward skips ahead
     login(viewer)
     page.goto(f"{live_server.url}{path}")
     expect(page.locator("#batch-panel")).to_have_attribute("data-live-poll", "")
     live = watch_live_requests(page, path)
+    sandbox_clock.advance(80)  # the batch finishes in the sandbox
     page.get_by_label("Refresh every").select_option("2")
 
     with page.expect_response(lambda r: is_live_response(path)(r) and r.status == 286, timeout=12_000):
-        pass
+        page.clock.fast_forward(2_000)  # the next refresh, now
     expect(page.locator("#batch-panel")).not_to_have_attribute("data-live-poll", "")
     expect(page.locator("#batch-panel")).to_contain_text("final: this page no longer changes")
     expect(page.locator("[data-live-status]")).to_have_text("Up to date: nothing here can change")

@@ -26,14 +26,15 @@ def _refresh_every_2_seconds(page):
     page.get_by_label("Refresh every").select_option("2")
 
 
-def test_it_updates_a_running_batchs_row_without_a_reload(live_server, login, viewer, make_batch):
-    batch = make_batch(speed_for(5))
+def test_it_updates_a_running_batchs_row_without_a_reload(live_server, login, viewer, make_batch, sandbox_clock):
+    batch = make_batch(speed_for(60))  # running until the test moves the sandbox clock
     page = login(viewer)
     _refresh_every_2_seconds(page)
     row = _row(page, batch.id)
     expect(row).to_have_attribute("data-live-state", RUNNING)
     progress_before = row.locator(".progress-text").inner_text()
     page.evaluate("window.__marker = 1")
+    sandbox_clock.advance(80)  # the batch finishes in the sandbox; the page learns it at its next refresh
 
     expect(row).to_have_attribute("data-live-state", re.compile(r"^(finalizing|completed)$"), timeout=12_000)
     expect(row.locator("[data-status]")).to_have_text(re.compile(r"finalizing|completed"))
@@ -137,16 +138,19 @@ def test_it_stops_polling_while_live_is_off_and_resumes_when_it_is_on(live_serve
     expect(page.locator("[data-live-status]")).to_have_text(re.compile(r"^Updated "))
 
 
-def test_it_stops_polling_by_itself_once_every_batch_is_final(live_server, page, login, viewer, make_batch):
-    batch = make_batch(speed_for(3))
+def test_it_stops_polling_by_itself_once_every_batch_is_final(
+    live_server, page, login, viewer, make_batch, sandbox_clock
+):
+    batch = make_batch(speed_for(60))  # running until the test moves the sandbox clock
     page.clock.install()
     login(viewer)
     expect(_row(page, batch.id)).to_have_attribute("data-live-state", NOT_FINAL)
     live = watch_live_requests(page, LIST_PATH)
+    sandbox_clock.advance(80)  # the batch finishes in the sandbox
     _refresh_every_2_seconds(page)
 
     with page.expect_response(lambda r: is_live_response(LIST_PATH)(r) and r.status == 286, timeout=12_000):
-        pass
+        page.clock.fast_forward(2_000)  # the next refresh, now
     expect(_row(page, batch.id)).to_have_attribute("data-live-state", "completed")
     expect(page.locator("#batch-table")).not_to_have_attribute("hx-get", re.compile(".*"))
     expect(page.locator("[data-live-status]")).to_have_text("Up to date: nothing here can change")

@@ -5,7 +5,7 @@ from collections import Counter
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sandbox import seed
+from sandbox import clock, seed
 from sandbox.models import SandboxBatch
 from sandbox.simulation import state_at
 
@@ -33,7 +33,7 @@ class Command(BaseCommand):
             if batches < 1 or not 0 <= running <= batches or not 0 < days <= 365:
                 raise CommandError("--batches must be at least 1, --running between 0 and --batches, --days 0-365.")
             started = time.monotonic()
-            counts = seed.seed_scale(batches, running, time.time(), days=days)
+            counts = seed.seed_scale(batches, running, clock.now(), days=days)
             summary = ", ".join(f"{count:,} {kind}" for kind, count in counts.items())
             self.stdout.write(
                 self.style.SUCCESS(f"Added {batches:,} batches ({summary}) in {time.monotonic() - started:.1f} s.")
@@ -42,7 +42,7 @@ class Command(BaseCommand):
         if not seed.ensure_seeded():
             self.stdout.write("The sandbox was already seeded; use --reset to start again.")
             return
-        now = time.time()
+        now = clock.now()
         statuses = Counter(state_at(batch.plan, now).status for batch in SandboxBatch.objects.all())
         summary = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
         self.stdout.write(self.style.SUCCESS(f"Seeded {sum(statuses.values())} demo batches: {summary}."))
