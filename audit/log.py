@@ -8,6 +8,7 @@ from django.conf import settings
 
 from audit.client import client_ip
 from audit.models import Action, AuditEvent, Outcome
+from batches.models import stored_username
 
 logger = logging.getLogger("audit")
 DETAIL_MAX_CHARS = 2000
@@ -38,7 +39,7 @@ def record(
     if username is None:
         username = user.get_username() if user is not None else ""
     event = AuditEvent.objects.create(
-        username=username[:150],
+        username=stored_username(username),
         user=user,
         ip=client_ip(request) if request is not None else None,
         action=action,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from batches.models import USERNAME_LENGTH
+
 
 class Action(models.TextChoices):
     LOGIN = "login", "Logged in"
@@ -34,7 +36,7 @@ class AuditEventQuerySet(models.QuerySet):
 class AuditEvent(models.Model):
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     # The name is kept as typed (a failed login may name nobody), and survives the user's deletion.
-    username = models.CharField(max_length=150, blank=True)
+    username = models.CharField(max_length=USERNAME_LENGTH, blank=True)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from batches import services
 from batches.lookups import refresh_batch
-from batches.models import Batch, BatchCreation, record_batch
+from batches.models import Batch, BatchCreation, record_batch, stored_username
 from batches.sync import failure_message
 
 logger = logging.getLogger(__name__)
@@ -192,13 +192,15 @@ def _claim_creation(token: uuid.UUID, user: str) -> tuple[BatchCreation | None, 
         claim, claimed = BatchCreation.objects.claim(token, user)
         if claimed:
             return claim, True
-        if claim is not None and (claim.batch_id or claim.created_by != user[:150] or time.monotonic() >= deadline):
+        if claim is not None and (
+            claim.batch_id or claim.created_by != stored_username(user) or time.monotonic() >= deadline
+        ):
             return claim, False
         time.sleep(0.2)  # The first submission is still uploading or creating (or gave up: then claim again).
 
 
 def _earlier_outcome(claim: BatchCreation, user: str) -> CreateOutcome:
-    if claim.created_by != user[:150]:
+    if claim.created_by != stored_username(user):
         return CreateOutcome(error="This form has already been used. Reload the page to start a new batch.")
     row = Batch.objects.filter(batch_id=claim.batch_id).first() if claim.batch_id else None
     if row is not None:

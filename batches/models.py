@@ -65,6 +65,14 @@ def status_badge(status: str, completed: int, failed: int, total: int) -> tuple[
     return status, label
 
 
+USERNAME_LENGTH = 150  # Django's username field: who cancelled or created is recorded at that width.
+
+
+def stored_username(name: str) -> str:
+    """A user name cut to the width of the columns that record who did something."""
+    return name[:USERNAME_LENGTH]
+
+
 class BatchQuerySet(models.QuerySet):
     def active(self):
         return self.filter(is_terminal=False)
@@ -89,7 +97,7 @@ class BatchQuerySet(models.QuerySet):
             cancel_requested_at__lt=now - timedelta(seconds=CANCEL_CLAIM_SECONDS)
         )
         claimable = self.filter(unclaimed, pk=pk, status__in=services.CANCELLABLE_STATUSES)
-        return bool(claimable.update(cancel_requested_at=now, cancel_requested_by=user[:150]))
+        return bool(claimable.update(cancel_requested_at=now, cancel_requested_by=stored_username(user)))
 
     def release_cancel(self, pk: int, claimed_at: datetime) -> None:
         """Give back a cancel claim after a failed call: only our own (a slow call may have been claimed over)."""
@@ -298,7 +306,7 @@ class Batch(models.Model):
     last_changed_at = models.DateTimeField(default=timezone.now)
     # Set when a user asks to cancel, before the upstream call, so concurrent clicks send one cancel.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
-    cancel_requested_by = models.CharField(max_length=150, blank=True)
+    cancel_requested_by = models.CharField(max_length=USERNAME_LENGTH, blank=True)
     # The API's `usage`, copied out of the payload so that the list and the summary price it without reading the
     # payload. Tokens, not dollars: a price changed in BATCHBOARD_PRICES applies to every batch at once. Null when
     # the API reported no usage (batches created before it did, or not yet started).
@@ -799,7 +807,7 @@ class BatchCreationQuerySet(models.QuerySet):
         """
         try:
             with transaction.atomic():
-                return self.create(token=token, created_by=user[:150]), True
+                return self.create(token=token, created_by=stored_username(user)), True
         except IntegrityError:
             return self.filter(token=token).first(), False
 
@@ -812,7 +820,7 @@ class BatchCreation(models.Model):
     """
 
     token = models.UUIDField(unique=True)
-    created_by = models.CharField(max_length=150, blank=True)
+    created_by = models.CharField(max_length=USERNAME_LENGTH, blank=True)
     claimed_at = models.DateTimeField(default=timezone.now)
     input_file_id = models.CharField(max_length=128, blank=True)
     batch_id = models.CharField(max_length=128, blank=True)
