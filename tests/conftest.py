@@ -17,6 +17,8 @@ from django.core.servers.basehttp import WSGIRequestHandler
 from django.db import connection, connections
 from django.test import override_settings
 
+from batches import services
+
 # The test server writes headers and body as separate small packets; with Nagle's algorithm on, every request on a
 # kept-alive connection then waits ~40 ms for the client's delayed ACK.
 WSGIRequestHandler.disable_nagle_algorithm = True
@@ -275,3 +277,34 @@ def process_environment(database_url: str, **extra: str) -> dict[str, str]:
     )
     environment.update(extra)
     return environment
+
+
+# Builders shared by several test modules (import them from here, never from another test module).
+CREATED = 1_760_000_000
+
+
+def observation(batch_id="batch_1", status="in_progress", processed=0, total=10, **fields):
+    """A Batch as the API describes it, `processed` requests into its run (all of them successes)."""
+    payload = {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": "file-in",
+        "completion_window": "24h",
+        "status": status,
+        "output_file_id": None,
+        "error_file_id": None,
+        "created_at": CREATED,
+        "in_progress_at": CREATED + 5 if status != "validating" else None,
+        "expires_at": CREATED + 86_400,
+        "completed_at": None,
+        "request_counts": {"total": total, "completed": processed, "failed": 0},
+        "metadata": {"description": "nightly eval"},
+        **fields,
+    }
+    return services.Batch.from_api(payload)
+
+
+def completed(batch_id="batch_1", total=10, **fields):
+    fields = {"output_file_id": "file-out", "finalizing_at": CREATED + 50, "completed_at": CREATED + 60, **fields}
+    return observation(batch_id, "completed", processed=total, total=total, **fields)

@@ -9,8 +9,8 @@ import pytest
 
 from batches import services
 from batches.models import record_batch
+from tests.conftest import completed, observation
 from tests.fake_api import Reply, example
-from tests.test_models import completed, observation
 
 pytestmark = pytest.mark.django_db
 

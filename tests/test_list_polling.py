@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from batches import services, sync
 from batches.models import Batch, data_version, record_batch
+from tests.conftest import observation
 from tests.fake_api import Reply
-from tests.test_models import observation
 
 pytestmark = pytest.mark.django_db
 

@@ -8,37 +8,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from batches import services
 from batches.models import Batch, BatchSnapshot, payload_digest, progress_key, record_batch
-
-CREATED = 1_760_000_000
-
-
-def observation(batch_id="batch_1", status="in_progress", processed=0, total=10, **fields):
-    """A Batch as the API describes it, `processed` requests into its run (all of them successes)."""
-    payload = {
-        "id": batch_id,
-        "object": "batch",
-        "endpoint": "/v1/chat/completions",
-        "input_file_id": "file-in",
-        "completion_window": "24h",
-        "status": status,
-        "output_file_id": None,
-        "error_file_id": None,
-        "created_at": CREATED,
-        "in_progress_at": CREATED + 5 if status != "validating" else None,
-        "expires_at": CREATED + 86_400,
-        "completed_at": None,
-        "request_counts": {"total": total, "completed": processed, "failed": 0},
-        "metadata": {"description": "nightly eval"},
-        **fields,
-    }
-    return services.Batch.from_api(payload)
-
-
-def completed(batch_id="batch_1", total=10, **fields):
-    fields = {"output_file_id": "file-out", "finalizing_at": CREATED + 50, "completed_at": CREATED + 60, **fields}
-    return observation(batch_id, "completed", processed=total, total=total, **fields)
+from tests.conftest import CREATED, completed, observation
 
 
 @pytest.mark.django_db

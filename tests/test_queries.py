@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from batches.models import SyncState, record_batch
 from batches.sync import LIST_STATE
-from tests.test_models import completed, observation
+from tests.conftest import completed, observation
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 
 from batches import middleware
 from batches.models import record_batch
-from tests.test_models import completed
+from tests.conftest import completed
 
 pytestmark = pytest.mark.django_db
 
