@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from batches import services
 from batches.models import Batch, SyncState, payload_digest, record_batch, record_new_batches
+from results import archive as results_archive
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +334,8 @@ def run_pass(
         SyncState.objects.release_lease(LIST_STATE, holder)
     seconds = time.monotonic() - started
     _record_outcome(result, error, seconds)
+    if error is None:  # the API answered: keep the files of batches that are final (results app)
+        results_archive.sync_step(result.became_final)
     return PassOutcome(
         ran=True, result=result, error=f"{failure_message(error)} [{error}]" if error else "", seconds=seconds
     )

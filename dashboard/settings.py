@@ -1,6 +1,7 @@
 """Django settings for batchboard, read from the environment (see the README's configuration table)."""
 
 import ipaddress
+import json
 import os
 import tempfile
 from datetime import timedelta
@@ -127,6 +128,8 @@ SANDBOX_LATENCY = _env_float("SANDBOX_LATENCY", 0.0, 0.0, 60.0)
 SANDBOX_ERROR_RATE = _env_float("SANDBOX_ERROR_RATE", 0.0, 0.0, 1.0)
 SANDBOX_RATE_LIMIT_RATE = _env_float("SANDBOX_RATE_LIMIT_RATE", 0.0, 0.0, 1.0)
 SANDBOX_RETRY_AFTER = _env_float("SANDBOX_RETRY_AFTER", 1.0, 0.0, 3600.0)
+# Fraction of request lines a finished batch leaves out of both result files, to show and test "missing" lines.
+SANDBOX_DROP_RATE = _env_float("SANDBOX_DROP_RATE", 0.0, 0.0, 1.0)
 
 # How often the list is refreshed from upstream at most, whatever the number of viewers.
 BATCHBOARD_REFRESH_INTERVAL = _env_float("BATCHBOARD_REFRESH_INTERVAL", 2.0, 0.0, 3600.0)
@@ -167,6 +170,32 @@ def _env_directory(name):
 # They are never downloaded: without them the estimate is made from the text's length, and says so.
 TIKTOKEN_CACHE_DIR = _env_directory("TIKTOKEN_CACHE_DIR")
 
+
+# Results kept locally (the results app): of every final batch, or only once someone opens its results page.
+BATCHBOARD_ARCHIVE = _env("BATCHBOARD_ARCHIVE", "final").lower()
+if BATCHBOARD_ARCHIVE not in ("final", "on-open"):
+    raise ImproperlyConfigured(f"BATCHBOARD_ARCHIVE must be final or on-open; got {BATCHBOARD_ARCHIVE!r}.")
+
+
+def _results_storage():
+    """The storage the results app keeps files in: a folder under var/ unless a django-storages backend is named."""
+    backend = _env("BATCHBOARD_RESULTS_STORAGE")
+    if not backend:
+        location = _env("BATCHBOARD_RESULTS_DIR", str(BASE_DIR / "var" / "results"))
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": location}}
+    raw_options = _env("BATCHBOARD_RESULTS_STORAGE_OPTIONS", "{}")
+    try:
+        options = json.loads(raw_options)
+    except ValueError:
+        options = None
+    if not isinstance(options, dict):
+        raise ImproperlyConfigured(
+            'BATCHBOARD_RESULTS_STORAGE_OPTIONS must be a JSON object such as {"bucket_name": "results"}; '
+            f"got {raw_options!r}."
+        )
+    return {"BACKEND": backend, "OPTIONS": options}
+
+
 # --- Django -----------------------------------------------------------------
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -181,6 +210,7 @@ INSTALLED_APPS = [
     "axes",
     "audit",
     "batches",
+    "results",
     "sandbox",
 ]
 
@@ -290,6 +320,7 @@ STATIC_ROOT = Path(_env("DJANGO_STATIC_ROOT", str(BASE_DIR / "var" / "staticfile
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "dashboard.storage.StaticFilesStorage"},
+    "results": _results_storage(),
 }
 # Until `collectstatic` has written its manifest (a fresh clone under `manage.py runserver`), pages link the files
 # under their plain names and whitenoise serves them from static/ directly.

@@ -1,5 +1,5 @@
-"""Top-level URLs: the dashboard, login, logout and password change, admin, health probes and metrics, and the
-built-in sandbox API."""
+"""Top-level URLs: the dashboard and its results pages, login, logout and password change, admin, health probes
+and metrics, and the built-in sandbox API."""
 
 from django.conf import settings
 from django.contrib import admin
@@ -11,7 +11,8 @@ from batches.views import health
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="batches:list", permanent=False)),
-    path("batches/", include("batches.urls")),
+    path("batches/", include("batches.urls")),  # registers the batch_id converter used below
+    path("batches/<batch_id:batch_id>/results/", include("results.urls")),
     # Only these from django.contrib.auth.urls: password reset would send mail from an unthrottled public form.
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -55,7 +55,11 @@ REPLIES = (
     "Buenos días.",
     "144",
     "A calm lake at dawn, mist rising over still water.",
+    "In HTML a line break is written <br>, as in:\n\n    <p>first line<br>second line</p>",
 )
+# A request allowing at least this many completion tokens gets a long answer of several paragraphs, as models
+# given room tend to write: between a third and two thirds of the allowance.
+LONG_ANSWER_TOKENS = 256
 MODERATION_CATEGORIES = (
     "harassment",
     "harassment/threatening",
@@ -190,6 +194,14 @@ def _random_failure(custom_id: str) -> dict | None:
     )
 
 
+def dropped(batch_id: str, custom_id: str, rate: float) -> bool:
+    """Whether a request line is left out of both result files (the SANDBOX_DROP_RATE fault): a "missing" line.
+
+    Chosen by a hash, so the same lines go missing however often the files are written.
+    """
+    return rate > 0 and _number("drop", batch_id, custom_id) % 1_000_000 < rate * 1_000_000
+
+
 def line_outcome(endpoint: str, custom_id: str, body: dict, *, force_failure: bool = False) -> Outcome:
     """The deterministic outcome of one request line (already validated: body is a dict)."""
     model = request_model(endpoint, body) or ""
@@ -211,10 +223,10 @@ def line_outcome(endpoint: str, custom_id: str, body: dict, *, force_failure: bo
     if endpoint in ("/v1/embeddings", "/v1/moderations"):
         return Outcome(status_code=200, input_tokens=input_tokens)
 
-    text = REPLIES[_number("reply", custom_id) % len(REPLIES)]
+    limit = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
+    text = _reply(custom_id, limit)
     output_tokens = estimate_tokens(text)
     finish_reason = "stop"
-    limit = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
     if isinstance(limit, int) and 0 < limit < output_tokens:
         text = text[: limit * 4]
         output_tokens = limit
@@ -231,6 +243,24 @@ def line_outcome(endpoint: str, custom_id: str, body: dict, *, force_failure: bo
         text=text,
         finish_reason=finish_reason,
     )
+
+
+def _reply(custom_id: str, limit) -> str:
+    first = _number("reply", custom_id) % len(REPLIES)
+    if not isinstance(limit, int) or limit < LONG_ANSWER_TOKENS:
+        return REPLIES[first]
+    wanted = limit * 4 * (1 + _number("length", custom_id) % 1000 / 1000) / 3  # characters
+    paragraphs, sentences, size, index = [], [], 0, first
+    while size < wanted:
+        sentence = REPLIES[index % len(REPLIES)]
+        sentences.append(sentence)
+        size += len(sentence) + 1
+        index += 7
+        if len(sentences) == 4:
+            paragraphs.append(" ".join(sentences))
+            sentences = []
+    paragraphs.append(" ".join(sentences))
+    return "\n\n".join(paragraph for paragraph in paragraphs if paragraph)
 
 
 def _base62(seed: str, length: int) -> str:

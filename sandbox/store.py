@@ -340,8 +340,9 @@ def _result_records(batch: SandboxBatch, state: State):
                 batch.id, batch.endpoint, line, None, state.terminal_at, unrun_code=state.unrun_code
             )
             kind = "error"
-        window.append((kind, record))
-        if len(window) == RESULT_SHUFFLE_WINDOW:
+        if not results.dropped(batch.id, line["custom_id"], settings.SANDBOX_DROP_RATE):
+            window.append((kind, record))
+        if len(window) >= RESULT_SHUFFLE_WINDOW:
             yield from _shuffled(window)
             window = []
     yield from _shuffled(window)

@@ -137,6 +137,18 @@ def sandbox_clock():
     return clock
 
 
+@pytest.fixture(autouse=True)
+def _results_in_tmp(settings, tmp_path):
+    """Results kept locally go to a temporary folder, never var/results."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "results": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": tmp_path / "results"},
+        },
+    }
+
+
 @pytest.fixture
 def sandbox_url(live_server):
     """The sandbox API served by a real HTTP server; the dashboard's client is pointed at it."""

@@ -41,12 +41,17 @@ def _check(**env):
         ("TIKTOKEN_CACHE_DIR", "/nonexistent/tiktoken"),
         ("REDIS_URL", "localhost:6379"),
         ("BATCHBOARD_LOG_FORMAT", "xml"),
+        ("SANDBOX_DROP_RATE", "2"),
+        ("BATCHBOARD_ARCHIVE", "sometimes"),
+        ("BATCHBOARD_RESULTS_STORAGE_OPTIONS", "[1]"),
     ],
 )
 def test_it_refuses_a_malformed_value_and_names_the_variable(variable, value):
     env = {variable: value}
     if variable == "OPENAI_BASE_URL":
         env["OPENAI_API_KEY"] = "sk-test-not-a-real-key"
+    if variable == "BATCHBOARD_RESULTS_STORAGE_OPTIONS":
+        env["BATCHBOARD_RESULTS_STORAGE"] = "storages.backends.s3.S3Storage"
     result = _check(**env)
     assert result.returncode != 0
     assert variable in result.stderr

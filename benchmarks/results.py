@@ -1,0 +1,306 @@
+"""Benchmark of the results app on a 50,000-line batch built by the sandbox (about 100 MB of output).
+
+`python -m benchmarks.results` (run by `make bench`) works in a scratch folder (database, sandbox files, results
+storage), never in yours. It measures, and prints beside the targets:
+- fetching and indexing the batch's files over HTTP from the sandbox, in a fresh process: time and peak memory;
+- the results page for several filters and pages, the request page, and the CSV export (time and memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+SCRATCH_ENV = "BATCHBOARD_BENCH_RESULTS_SCRATCH"
+TARGETS = {"fetch": 15.0, "memory": 150.0, "page": 50.0, "request": 30.0}
+CHAT = "/v1/chat/completions"
+REPEATS = 30
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=50_000, help="Lines in the batch (default: 50000).")
+    parser.add_argument("--phase", choices=["all", "fetch"], default="all", help=argparse.SUPPRESS)
+    parser.add_argument("--archive", type=int, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if not 100 <= options.lines <= 50_000:
+        parser.error("--lines must be between 100 and 50000")
+    if not os.environ.get(SCRATCH_ENV):
+        return _rerun_in_scratch(options.lines)
+    _setup_django()
+    if options.phase == "fetch":
+        return _fetch_phase(options.archive)
+    return _run(options.lines)
+
+
+def _rerun_in_scratch(lines: int) -> int:
+    scratch = Path(tempfile.mkdtemp(prefix="batchboard-bench-results-"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "DATABASE_URL"))}
+    env.update(
+        {
+            SCRATCH_ENV: str(scratch),
+            "DATABASE_URL": f"sqlite:///{scratch / 'bench.sqlite3'}",
+            "SANDBOX_FILES_DIR": str(scratch / "sandbox-files"),
+            "BATCHBOARD_RESULTS_DIR": str(scratch / "results"),
+            "SANDBOX_SEED": "false",
+            "SANDBOX_DROP_RATE": "0.01",
+            "BATCHBOARD_LOG_LEVEL": "WARNING",
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+        }
+    )
+    try:
+        return subprocess.call([sys.executable, "-m", "benchmarks.results", "--lines", str(lines)], env=env)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+    import django
+
+    django.setup()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def _fetch_phase(archive_id: int) -> int:
+    """In a fresh process, so that its peak memory is the fetch's own: fetch and index one archive."""
+    from batches import services
+    from results import archive
+
+    baseline = _peak_rss_mb()
+    timings = {}
+    index = archive._index
+
+    def timed_index(*args):
+        begun = time.perf_counter()
+        try:
+            return index(*args)
+        finally:
+            timings["index"] = time.perf_counter() - begun
+
+    archive._index = timed_index
+    kept = archive._claim(archive_id)
+    begun, begun_cpu = time.perf_counter(), time.process_time()
+    archive.fetch_archive(kept, services.get_client())
+    total, cpu = time.perf_counter() - begun, time.process_time() - begun_cpu
+    kept.refresh_from_db()
+    print(f"{kept.state} {total:.3f} {cpu:.3f} {timings.get('index', 0):.3f} {baseline:.1f} {_peak_rss_mb():.1f}")
+    return 0
+
+
+def _build_batch(lines: int):
+    """The batch, as the sandbox writes it: chat requests allowed 580 tokens (long answers), 2 % asking for more
+    than the model allows (they fail, beside the sandbox's own ~3 % of failures), 1 % dropped from both files."""
+    import json
+
+    from sandbox import store
+
+    now = time.time()
+    path = Path(tempfile.mkstemp(dir=store.files_dir(), prefix=".bench-")[1])
+    with open(path, "w", encoding="utf-8") as handle:
+        for number in range(1, lines + 1):
+            body = {
+                "model": "gpt-4o-mini",
+                "messages": [
+                    {"role": "system", "content": "You are a support assistant. Answer in full paragraphs."},
+                    {"role": "user", "content": f"Ticket {number}: summarise the customer's request and reply."},
+                ],
+                "max_tokens": 100_000 if number % 50 == 0 else 580,
+            }
+            line = {"custom_id": f"ticket-{number:05d}", "method": "POST", "url": CHAT, "body": body}
+            handle.write(json.dumps(line) + "\n")
+    input_file = store.store_file(path, filename="bench.jsonl", purpose="batch", now=now, expires_after=None)
+    created = store.create_batch(
+        input_file=input_file,
+        endpoint=CHAT,
+        metadata=None,
+        output_expires_after=None,
+        now=now - 10 * 86_400,
+        speed=1.0,
+    )
+    batch, _state = store.observe(created, now)
+    return batch
+
+
+def _serve():
+    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler, get_internal_wsgi_application
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadedWSGIServer(("127.0.0.1", 0), QuietHandler)
+    server.set_app(get_internal_wsgi_application())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _verdict(value: float, target: float, unit: str) -> str:
+    return f"≤ {target:g} {unit}: {'ok' if value <= target else 'MISSED'}"
+
+
+def _run(lines: int) -> int:
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.test import Client
+    from django.urls import reverse
+
+    from batches import lookups
+    from results.archive import request_archive
+    from results.models import Outcome, ResultArchive
+    from sandbox.models import SandboxFile
+
+    call_command("migrate", verbosity=0)
+    print(f"results benchmark: {lines:,}-line batch, scratch folder {os.environ[SCRATCH_ENV]}")
+    print(
+        f"  {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start: on a shared machine wall-clock "
+        "times grow with the load; CPU times much less."
+    )
+    begun = time.perf_counter()
+    sandbox_batch = _build_batch(lines)
+    output = SandboxFile.objects.get(pk=sandbox_batch.output_file_id)
+    errors = SandboxFile.objects.get(pk=sandbox_batch.error_file_id)
+    print(
+        f"  the sandbox wrote the batch in {time.perf_counter() - begun:.1f} s: output file "
+        f"{output.bytes / 1e6:.1f} MB, error file {errors.bytes / 1e6:.1f} MB"
+    )
+
+    server = _serve()
+    url = f"http://127.0.0.1:{server.server_port}/sandbox/v1"
+    settings.SANDBOX_URL = settings.OPENAI_BASE_URL = url
+    batch, _ = lookups.refresh_batch(sandbox_batch.id)
+    kept = request_archive(batch)
+    env = {**os.environ, "SANDBOX_URL": url}
+    child = subprocess.run(
+        [sys.executable, "-m", "benchmarks.results", "--phase", "fetch", "--archive", str(kept.pk)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    server.shutdown()
+    if child.returncode:
+        print(child.stdout, child.stderr)
+        return 1
+    state, total, cpu, index_s, baseline, peak = child.stdout.split()[-6:]
+    total, cpu, index_s, peak = float(total), float(cpu), float(index_s), float(peak)
+    kept = ResultArchive.objects.get(pk=kept.pk)
+    counts = kept.summary["outcomes"]
+    print(
+        f"  kept: {state}; {kept.summary['rows']:,} rows: "
+        + ", ".join(f"{counts.get(outcome, 0):,} {outcome}" for outcome in Outcome.values)
+    )
+    print("")
+    print(f"  {'step':<44} {'figure':>10}  target")
+    print(f"  {'fetch + store + index (fresh process)':<44} {total:>8.1f} s  {_verdict(total, TARGETS['fetch'], 's')}")
+    print(f"  {'  of which indexing':<44} {index_s:>8.1f} s")
+    print(f"  {'  CPU time of the fetching process':<44} {cpu:>8.1f} s")
+    name = "peak memory (process RSS, Django included)"
+    print(f"  {name:<44} {peak:>7.0f} MB  {_verdict(peak, TARGETS['memory'], 'MB')}")
+    print(f"  {'  RSS before fetching':<44} {float(baseline):>7.0f} MB")
+
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    user = get_user_model().objects.create_user("bench")
+    client = Client()
+    client.force_login(user)
+    base = reverse("results:list", args=[batch.batch_id])
+    code = next(iter(kept.summary["codes"]), "")
+    last_page = (kept.summary["rows"] + 99) // 100
+    pages = [
+        ("first page", ""),
+        (f"last page ({last_page:,})", f"?page={last_page}"),
+        ("outcome=failed", "?outcome=failed"),
+        ("outcome=missing, page 2", "?outcome=missing&page=2"),
+        (f"code={code}", f"?code={code}"),
+        ("search custom_id", "?q=ticket-4999"),
+        ("search answer text", "?q=quarterly+plan&page=50"),
+        ("htmx fragment", ""),
+    ]
+    print("")
+    print(
+        f"  {'page (Django test client, in-process)':<40} {'median':>8} {'p95':>8} {'cpu':>8} {'queries':>7}  "
+        "target (median server time)"
+    )
+    for name, query in pages:
+        headers = {"HTTP_HX_REQUEST": "true"} if name == "htmx fragment" else {}
+        median, p95, cpu, queries = _time(client, base + query, headers)
+        verdict = _verdict(median, TARGETS["page"], "ms")
+        print(f"  {name:<40} {median:6.1f}ms {p95:6.1f}ms {cpu:6.1f}ms {queries:>7}  {verdict}")
+
+    sample = kept.lines.order_by("?").values_list("custom_id", flat=True)[:REPEATS]
+    request_times, cpu_times = [], []
+    for custom_id in sample:
+        url = reverse("results:request", args=[batch.batch_id, custom_id])
+        median, _p95, cpu, queries = _time(client, url, {}, repeats=5)
+        request_times.append(median)
+        cpu_times.append(cpu)
+    median, cpu = statistics.median(request_times), statistics.median(cpu_times)
+    verdict = _verdict(median, TARGETS["request"], "ms")
+    name = f"request page ({REPEATS} random lines)"
+    print(f"  {name:<40} {median:6.1f}ms {max(request_times):6.1f}ms {cpu:6.1f}ms {queries:>7}  {verdict}")
+
+    print("")
+    exports = [
+        ("CSV export, every row", "export_csv", ""),
+        ("JSONL export, every row", "export_jsonl", ""),
+        ("CSV export, outcome=failed", "export_csv", "?outcome=failed"),
+    ]
+    print(f"  {'export (streamed)':<40} {'time':>8} {'cpu':>8} {'size':>9}")
+    for name, view, query in exports:
+        url = reverse(f"results:{view}", args=[batch.batch_id]) + query
+        begun, begun_cpu = time.perf_counter(), time.thread_time()
+        size = sum(len(chunk) for chunk in client.get(url).streaming_content)
+        took, cpu = time.perf_counter() - begun, time.thread_time() - begun_cpu
+        print(f"  {name:<40} {took:>6.1f} s {cpu:>6.1f} s {size / 1e6:>6.1f} MB")
+    # Memory, traced separately (tracing slows Python down several times): the peak must not grow with the rows.
+    for name, query in (("every row", ""), ("outcome=failed", "?outcome=failed")):
+        tracemalloc.start()
+        for _chunk in client.get(reverse("results:export_csv", args=[batch.batch_id]) + query).streaming_content:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"  peak Python memory while exporting CSV, {name:<16} {peak / 1e6:>5.1f} MB  flat: independent of rows")
+    return 0
+
+
+def _time(client, url, headers, repeats=REPEATS) -> tuple[float, float, float, int]:
+    """Median and p95 wall-clock time, median CPU time of the request's thread (less inflated by other load on a
+    shared machine), and the number of queries, of GETs of `url`."""
+    from django.db import connection
+
+    for _warm_up in range(3):
+        client.get(url, **headers)
+    queries = []
+    with connection.execute_wrapper(lambda execute, sql, *args: queries.append(sql) or execute(sql, *args)):
+        client.get(url, **headers)
+    times, cpu_times = [], []
+    for _request in range(repeats):
+        begun, begun_cpu = time.perf_counter(), time.thread_time()
+        response = client.get(url, **headers)
+        times.append((time.perf_counter() - begun) * 1000)
+        cpu_times.append((time.thread_time() - begun_cpu) * 1000)
+        assert response.status_code in (200, 286), response.status_code
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.95) - 1], statistics.median(cpu_times), len(queries)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

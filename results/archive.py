@@ -1,0 +1,583 @@
+"""Results kept locally: fetch a final batch's files once, index every line, read lines back, prune.
+
+Cost model. The sync loop calls `archive_due` once per pass: two queries when there is nothing to do; per batch it
+fetches, three file lookups and three downloads (input, output, error), each streamed to a temporary file and from
+there to the results storage, never held in memory; indexing reads the local copies line by line and keeps one
+small record per result line (about 30 MB for 50,000 lines) to join them to the input. Pages never call the API:
+they read the index and seek into the stored files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import storages
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from batches import services, sync
+from batches.models import Batch
+from results import answers
+from results.models import (
+    MESSAGE_LENGTH,
+    PREVIEW_LENGTH,
+    UNRUN_CODES,
+    ArchiveState,
+    Outcome,
+    ResultArchive,
+    ResultLine,
+    archive_due_retry,
+)
+
+logger = logging.getLogger("batches.results")
+
+MODE_FINAL = "final"
+MODE_ON_OPEN = "on-open"
+# An archive claimed longer ago than this was being fetched by a process that died; another may take it over.
+CLAIM_SECONDS = 1800
+MAX_ATTEMPTS = 10
+# New final batches asked for per pass; a first run over a long history catches up over several passes.
+DISCOVER_PER_PASS = 200
+UNREADABLE_KEPT = 200
+GROUPS_KEPT = 50
+INSERT_CHUNK = 2000
+CHECK_UPSTREAM_EVERY = timedelta(days=1)
+FILE_KINDS = ("input", "output", "error")
+_NUMBERS = re.compile(r"\d+")
+
+
+def results_storage():
+    return storages["results"]
+
+
+def wants_archive(batch: Batch) -> bool:
+    """A batch has something to keep once it is final and has an output or error file."""
+    return batch.is_terminal and bool(batch.output_file_id or batch.error_file_id)
+
+
+def request_archive(batch: Batch, *, wanted: bool = True) -> ResultArchive | None:
+    """The batch's archive, asked for now if it has none and is final (the results page's "first open")."""
+    archive = ResultArchive.objects.filter(batch=batch).first()
+    if archive is not None or not wants_archive(batch):
+        if archive is not None and wanted and archive.is_pending and not archive.wanted:
+            ResultArchive.objects.filter(pk=archive.pk).update(wanted=True)
+        return archive
+    try:
+        with transaction.atomic():
+            return ResultArchive.objects.create(batch=batch, wanted=wanted)
+    except IntegrityError:  # another viewer or the sync loop asked at the same moment
+        return ResultArchive.objects.get(batch=batch)
+
+
+def archive_due(limit: int = 2, *, client: services.BatchClient | None = None) -> int:
+    """One step of the sync loop: ask for the results of newly final batches (BATCHBOARD_ARCHIVE=final), then fetch
+    up to `limit` archives that are due, those a viewer is waiting for first. Returns how many were fetched."""
+    if settings.BATCHBOARD_ARCHIVE == MODE_FINAL:
+        _ask_for(_unarchived_final().order_by("-finished_at")[:DISCOVER_PER_PASS])
+    fetched = 0
+    for archive_id in _due_ids(limit):
+        archive = _claim(archive_id)
+        if archive is not None:
+            fetch_archive(archive, client or services.get_client())
+            fetched += 1
+    return fetched
+
+
+def _unarchived_final():
+    return Batch.objects.finished().filter(result_archive__isnull=True).exclude(output_file_id="", error_file_id="")
+
+
+def _ask_for(batches) -> int:
+    rows = [ResultArchive(batch_id=pk) for pk in batches.values_list("pk", flat=True)]
+    ResultArchive.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)
+
+
+def _due_ids(limit: int) -> list[int]:
+    now = timezone.now()
+    due = (
+        Q(state=ArchiveState.REQUESTED)
+        | Q(state=ArchiveState.RETRY, retry_after__lte=now)
+        | Q(state=ArchiveState.ARCHIVING, claimed_at__lt=now - timedelta(seconds=CLAIM_SECONDS))
+    )
+    queryset = ResultArchive.objects.filter(due).order_by("-wanted", "requested_at", "pk")
+    return list(queryset.values_list("pk", flat=True)[:limit])
+
+
+def _claim(archive_id: int) -> ResultArchive | None:
+    """Take an archive for fetching with a conditional UPDATE, so two sync loops never fetch the same one."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=CLAIM_SECONDS)
+    claimable = Q(state__in=(ArchiveState.REQUESTED, ArchiveState.RETRY)) | Q(
+        state=ArchiveState.ARCHIVING, claimed_at__lt=stale
+    )
+    claimed = ResultArchive.objects.filter(claimable, pk=archive_id).update(
+        state=ArchiveState.ARCHIVING, claimed_at=now
+    )
+    return ResultArchive.objects.select_related("batch").get(pk=archive_id) if claimed else None
+
+
+# --- Fetching ----------------------------------------------------------------
+
+
+def fetch_archive(archive: ResultArchive, client: services.BatchClient) -> None:
+    """Download the batch's files, store them, index them; on an API failure try again later (with backoff)."""
+    batch = archive.batch
+    file_ids = {kind: getattr(batch, f"{kind}_file_id") for kind in FILE_KINDS}
+    local: dict[str, str] = {}
+    stored: dict[str, str] = {}
+    gone: list[str] = []
+    try:
+        expiries = []
+        for kind in ("output", "error", "input"):  # result files first: they expire, the input usually does not
+            if not file_ids[kind]:
+                continue
+            try:
+                info = client.retrieve_file(file_ids[kind])
+                local[kind] = _download(client, file_ids[kind])
+            except services.NotFound:
+                logger.info("Results of %s: the %s file %s is gone upstream.", batch.batch_id, kind, file_ids[kind])
+                gone.append(kind)
+                continue
+            if kind != "input" and info.expires_at:
+                expiries.append(info.expires_at)
+        if "output" not in local and "error" not in local:
+            _finish(
+                archive,
+                ArchiveState.UNAVAILABLE,
+                problem="The API no longer has this batch's result files (they expired or were deleted) and they "
+                "were not kept locally before.",
+            )
+            return
+        for kind, path in local.items():
+            with open(path, "rb") as handle:
+                stored[kind] = results_storage().save(f"{batch.batch_id}/{kind}.jsonl", File(handle))
+        with transaction.atomic():
+            summary = _index(archive, local)
+            summary["files_gone"] = gone
+            archive.state = ArchiveState.READY
+            archive.archived_at = timezone.now()
+            archive.problem = ""
+            archive.summary = summary
+            archive.stored_bytes = sum(os.path.getsize(path) for path in local.values())
+            archive.upstream_expires_at = services.from_unix(min(expiries)) if expiries else None
+            for kind in FILE_KINDS:
+                setattr(archive, f"{kind}_file_id", file_ids[kind] if kind in local else "")
+                setattr(archive, f"{kind}_name", stored.get(kind, ""))
+            archive.save()
+        stored = {}
+        logger.info(
+            "Results of %s kept locally: %s lines, %s bytes.", batch.batch_id, summary["rows"], archive.stored_bytes
+        )
+    except services.BudgetExhausted as exc:
+        # batchboard's own budget of API calls: not a failure of this archive, so no attempt is counted.
+        logger.info("Fetching the results of %s waits for the API budget: %s", batch.batch_id, exc)
+        _finish(archive, ArchiveState.RETRY, retry_after=timezone.now() + timedelta(minutes=1))
+    except services.BatchApiError as exc:
+        logger.warning("Fetching the results of %s failed: %s", batch.batch_id, exc)
+        attempts = archive.attempts + 1
+        if attempts >= MAX_ATTEMPTS:
+            _finish(archive, ArchiveState.UNAVAILABLE, problem=sync.failure_message(exc), attempts=attempts)
+        else:
+            _finish(
+                archive,
+                ArchiveState.RETRY,
+                problem=sync.failure_message(exc, retry="batchboard will try again shortly."),
+                attempts=attempts,
+                retry_after=timezone.now() + archive_due_retry(attempts),
+            )
+    finally:
+        for path in local.values():
+            os.unlink(path)
+        for name in stored.values():  # stored, but the index was not written: nothing refers to them
+            results_storage().delete(name)
+
+
+def _finish(archive: ResultArchive, state: str, **fields) -> None:
+    fields.setdefault("retry_after", None)
+    ResultArchive.objects.filter(pk=archive.pk).update(state=state, **fields)
+    archive.refresh_from_db()
+
+
+def _download(client: services.BatchClient, file_id: str) -> str:
+    """The file's bytes streamed into a local temporary file; its path."""
+    descriptor, path = tempfile.mkstemp(prefix="batchboard-results-", suffix=".jsonl")
+    try:
+        with os.fdopen(descriptor, "wb") as handle, client.file_content(file_id) as chunks:
+            for chunk in chunks:
+                handle.write(chunk)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
+
+
+# --- Indexing ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What the index keeps of one result line while joining: no body, only what a row shows."""
+
+    file: str
+    line: int
+    offset: int
+    length: int
+    outcome: str
+    status: int | None = None
+    code: str = ""
+    message: str = ""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    preview: str = ""
+
+
+class _Unreadable:
+    """Lines that could not be read, counted, with the first few kept (file, line number, reason)."""
+
+    def __init__(self):
+        self.count = 0
+        self.kept: list[dict] = []
+
+    def add(self, file: str, line: int, reason: str) -> None:
+        self.count += 1
+        if len(self.kept) < UNREADABLE_KEPT:
+            self.kept.append({"file": file, "line": line, "reason": reason})
+
+
+def _lines(path: str) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, content without its line break) for every non-blank line, streamed."""
+    with open(path, "rb") as handle:
+        offset = 0
+        for number, raw in enumerate(handle, start=1):
+            content = raw.rstrip(b"\r\n")
+            if content.strip():
+                yield number, offset, content
+            offset += len(raw)
+
+
+def _parse(content: bytes) -> tuple[dict | None, str]:
+    try:
+        record = json.loads(content)
+    except ValueError:
+        return None, "not valid JSON"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    if not isinstance(record.get("custom_id"), str):
+        return None, "no custom_id"
+    return record, ""
+
+
+def _answer(record: dict, file: str, line: int, offset: int, length: int) -> _Answer | None:
+    """A result line (REFERENCE §7) as a row's outcome, error, tokens and preview; None if it has neither part."""
+    answer = _Answer(file=file, line=line, offset=offset, length=length, outcome=Outcome.FAILED.value)
+    error, response = record.get("error"), record.get("response")
+    if isinstance(error, dict) and error:
+        answer.code = str(error.get("code") or "")[:64]
+        answer.message = str(error.get("message") or "")[:MESSAGE_LENGTH]
+        answer.outcome = UNRUN_CODES.get(answer.code, Outcome.FAILED).value
+        return answer
+    if not isinstance(response, dict):
+        return None
+    status = response.get("status_code")
+    answer.status = status if isinstance(status, int) and 100 <= status <= 599 else None
+    body = response.get("body")
+    if answer.status is not None and answer.status < 400:
+        answer.outcome = Outcome.SUCCEEDED.value
+        answer.input_tokens, answer.output_tokens = answers.usage_tokens(body)
+        answer.preview = answers.one_line(answers.answer_text(body), PREVIEW_LENGTH)
+        return answer
+    failure = body.get("error") if isinstance(body, dict) else None
+    if isinstance(failure, dict):
+        answer.code = str(failure.get("code") or failure.get("type") or "")[:64]
+        answer.message = str(failure.get("message") or "")[:MESSAGE_LENGTH]
+    return answer
+
+
+def _read_answers(path: str, file: str, unreadable: _Unreadable) -> Iterator[tuple[str, _Answer]]:
+    for number, offset, content in _lines(path):
+        record, reason = _parse(content)
+        answer = _answer(record, file, number, offset, len(content)) if record else None
+        if answer is None:
+            unreadable.add(file, number, reason or "neither a response nor an error")
+            continue
+        yield record["custom_id"], answer
+
+
+class _Groups:
+    """Failures grouped by outcome, HTTP status, code and message (numbers in messages ignored), and missing lines."""
+
+    def __init__(self):
+        self.groups: dict[tuple, dict] = {}
+
+    def number(self, outcome: str, status: int | None, code: str, message: str, custom_id: str) -> int | None:
+        if outcome == Outcome.SUCCEEDED:
+            return None
+        key = (outcome, status, code, _NUMBERS.sub("#", message))
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = {
+                "number": len(self.groups) + 1,
+                "outcome": outcome,
+                "status": status,
+                "code": code,
+                "message": message,
+                "count": 0,
+                "custom_ids": [],
+            }
+        group["count"] += 1
+        if len(group["custom_ids"]) < 3:
+            group["custom_ids"].append(custom_id)
+        return group["number"]
+
+    def biggest(self) -> tuple[list[dict], int, int]:
+        """The GROUPS_KEPT biggest groups, then how many other groups and lines there are (kept out of the summary,
+        which every results page reads, when messages are all different)."""
+        ordered = sorted(self.groups.values(), key=lambda group: (-group["count"], group["number"]))
+        rest = ordered[GROUPS_KEPT:]
+        return ordered[:GROUPS_KEPT], len(rest), sum(group["count"] for group in rest)
+
+
+# The index's columns in the order _rows builds them: rows are inserted as tuples, not model instances, which costs
+# a third of the time at 50,000 lines (`python -m benchmarks.results`).
+COLUMNS = (
+    "archive_id",
+    "position",
+    "line_number",
+    "custom_id",
+    "outcome",
+    "status_code",
+    "error_code",
+    "error_message",
+    "error_group",
+    "duplicate",
+    "input_offset",
+    "input_length",
+    "input_tokens",
+    "output_tokens",
+    "preview",
+    "result_file",
+    "result_line",
+    "result_offset",
+    "result_length",
+)
+
+
+def _rows(archive: ResultArchive, local: dict[str, str], summary: dict) -> Iterator[tuple]:
+    """Every row of the results table (a tuple of COLUMNS), in input order, joined by custom_id; fills in
+    `summary` as it goes."""
+    unreadable = _Unreadable()
+    groups = _Groups()
+    outcomes: Counter = Counter()
+    codes: Counter = Counter()
+    by_custom_id: dict[str, list[_Answer]] = {}
+    for kind, code in (("output", ResultLine.OUTPUT), ("error", ResultLine.ERROR)):
+        if kind in local:
+            for custom_id, answer in _read_answers(local[kind], code, unreadable):
+                by_custom_id.setdefault(custom_id, []).append(answer)
+
+    position = 0
+    duplicates = input_lines = 0
+
+    def row(custom_id, answer, line_number=None, input_offset=None, input_length=None, duplicate=False) -> tuple:
+        nonlocal position
+        position += 1
+        if answer is None:
+            outcome, status, code, message = Outcome.MISSING.value, None, "", ""
+        else:
+            outcome, status, code, message = answer.outcome, answer.status, answer.code, answer.message
+        group = None
+        if not duplicate:
+            outcomes[outcome] += 1
+            if code:
+                codes[code] += 1
+            group = groups.number(outcome, status, code, message, custom_id)
+        head = (archive.pk, position, line_number, custom_id[:512], outcome, status, code, message, group, duplicate)
+        where = (input_offset, input_length)
+        if answer is None:
+            return (*head, *where, None, None, "", "", None, None, None)
+        result = (answer.file, answer.line, answer.offset, answer.length)
+        return (*head, *where, answer.input_tokens, answer.output_tokens, answer.preview, *result)
+
+    if "input" in local:
+        for number, offset, content in _lines(local["input"]):
+            record, reason = _parse(content)
+            if record is None:
+                unreadable.add("input", number, reason)
+                continue
+            input_lines += 1
+            custom_id = record["custom_id"]
+            found = by_custom_id.pop(custom_id, None) or [None]
+            yield row(custom_id, found[0], number, offset, len(content))
+            for extra in found[1:]:
+                duplicates += 1
+                yield row(custom_id, extra, number, offset, len(content), duplicate=True)
+    unmatched = 0
+    for custom_id, found in by_custom_id.items():
+        for index, answer in enumerate(found):
+            unmatched += 1
+            duplicates += index > 0
+            yield row(custom_id, answer, duplicate=index > 0)
+
+    biggest, other_groups, other_group_lines = groups.biggest()
+    summary.update(
+        rows=position,
+        input_lines=input_lines,
+        input_missing="input" not in local,
+        outcomes=dict(outcomes),
+        codes=dict(codes.most_common(GROUPS_KEPT)),
+        groups=biggest,
+        other_groups=other_groups,
+        other_group_lines=other_group_lines,
+        duplicates=duplicates,
+        unmatched=unmatched if "input" in local else 0,
+        unreadable=unreadable.kept,
+        unreadable_count=unreadable.count,
+    )
+
+
+def _index(archive: ResultArchive, local: dict[str, str]) -> dict:
+    """Replace the archive's index with one built from the local files, in chunks; the summary it found."""
+    ResultLine.objects.filter(archive=archive).delete()
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(column) for column in COLUMNS)
+    placeholders = ", ".join(["%s"] * len(COLUMNS))
+    # Names from the model's own metadata, values as parameters.
+    sql = f"INSERT INTO {quote(ResultLine._meta.db_table)} ({columns}) VALUES ({placeholders})"  # noqa: S608
+    summary: dict = {}
+    rows = _rows(archive, local, summary)
+    with connection.cursor() as cursor:
+        while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
+            cursor.executemany(sql, chunk)
+    return summary
+
+
+# --- Reading -----------------------------------------------------------------
+
+
+class StoredFiles:
+    """The archive's stored files, opened on first use and kept open for a run of reads (an export, a page)."""
+
+    def __init__(self, archive: ResultArchive):
+        self.names = archive.stored_names
+        self._stack = ExitStack()
+        self._open: dict[str, object] = {}
+
+    def __enter__(self) -> StoredFiles:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+
+    def read(self, kind: str, offset: int | None, length: int | None) -> bytes | None:
+        """The bytes of one line, exactly as stored; None when that file or line is not kept."""
+        if offset is None or length is None or kind not in self.names:
+            return None
+        handle = self._open.get(kind)
+        if handle is None:
+            handle = self._open[kind] = self._stack.enter_context(results_storage().open(self.names[kind], "rb"))
+        handle.seek(offset)
+        return handle.read(length)
+
+    def input_bytes(self, line: ResultLine) -> bytes | None:
+        return self.read("input", line.input_offset, line.input_length)
+
+    def result_bytes(self, line: ResultLine) -> bytes | None:
+        return self.read(line.result_kind, line.result_offset, line.result_length)
+
+    def input_record(self, line: ResultLine) -> dict | None:
+        return loads_record(self.input_bytes(line))
+
+    def result_record(self, line: ResultLine) -> dict | None:
+        return loads_record(self.result_bytes(line))
+
+
+def loads_record(raw: bytes | None) -> dict | None:
+    """A stored line as a JSON object; None when there is none or it is not one."""
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def iter_input_bytes(archive: ResultArchive, lines) -> Iterator[bytes]:
+    """The original input lines of `lines` (a ResultLine QuerySet, e.g. `.matching(filter).input_lines()`), byte for
+    byte, each followed by a newline, in input order: what a retry of those lines uploads."""
+    with StoredFiles(archive) as files:
+        for line in lines.in_order().only("input_offset", "input_length").iterator(chunk_size=INSERT_CHUNK):
+            raw = files.input_bytes(line)
+            if raw is not None:
+                yield raw + b"\n"
+
+
+# --- Upstream deletion and retention -------------------------------------------
+
+
+def check_upstream(limit: int = 5, *, client: services.BatchClient | None = None) -> int:
+    """Ask whether the API still has the result files of up to `limit` archives (each at most once a day), so pages
+    can say "deleted upstream". Bounded per pass: an archive whose files expired needs no call at all."""
+    now = timezone.now()
+    queryset = ResultArchive.objects.filter(state=ArchiveState.READY, upstream_deleted_at__isnull=True)
+    queryset = queryset.filter(Q(upstream_expires_at__isnull=True) | Q(upstream_expires_at__gt=now))
+    queryset = queryset.filter(
+        Q(upstream_checked_at__isnull=True) | Q(upstream_checked_at__lt=now - CHECK_UPSTREAM_EVERY)
+    )
+    checked = 0
+    for archive in queryset.order_by("upstream_checked_at", "pk")[:limit]:
+        file_id = archive.output_file_id or archive.error_file_id
+        try:
+            (client or services.get_client()).retrieve_file(file_id)
+        except services.NotFound:
+            archive.upstream_deleted_at = now
+        except services.BatchApiError as exc:
+            logger.info("Could not check %s upstream: %s", file_id, exc)
+            break  # the API is failing: the next pass tries again
+        archive.upstream_checked_at = now
+        archive.save(update_fields=["upstream_deleted_at", "upstream_checked_at"])
+        checked += 1
+    return checked
+
+
+def prune_archive(archive: ResultArchive) -> None:
+    """Delete the stored files and the per-line index; the summary (counts per outcome and error group) stays."""
+    names = list(archive.stored_names.values())
+    with transaction.atomic():
+        ResultLine.objects.filter(archive=archive).delete()
+        archive.state = ArchiveState.PRUNED
+        archive.pruned_at = timezone.now()
+        archive.input_name = archive.output_name = archive.error_name = ""
+        archive.save()
+    for name in names:
+        results_storage().delete(name)
+
+
+def sync_step(became_final: Iterable[str] = (), *, client: services.BatchClient | None = None) -> None:
+    """What the sync loop does for results after each pass, told the batches the pass saw turn final: ask for their
+    results (BATCHBOARD_ARCHIVE=final), fetch what is due, check a few kept ones upstream. Failures are logged, never
+    raised into the loop."""
+    try:
+        if settings.BATCHBOARD_ARCHIVE == MODE_FINAL and became_final:
+            _ask_for(_unarchived_final().filter(batch_id__in=list(became_final)))
+        fetched = archive_due(client=client)
+        checked = check_upstream(client=client)
+    except Exception:
+        logger.exception("Keeping results locally failed unexpectedly")
+        return
+    if fetched or checked:
+        logger.info("results: %s archive%s fetched, %s checked upstream", fetched, "" if fetched == 1 else "s", checked)

@@ -1,0 +1,249 @@
+"""The results of a batch: the joined table, one page per request, and exports. Every page reads the local archive."""
+
+from __future__ import annotations
+
+import csv
+import json
+from urllib.parse import quote
+
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import content_disposition_header
+from django.views.decorators.http import require_safe
+from django.views.decorators.vary import vary_on_headers
+
+from audit.log import record
+from audit.models import Action
+from audit.models import Outcome as AuditOutcome
+from batches.views.common import refreshed_batch, unreachable
+from results import answers
+from results.archive import StoredFiles, loads_record, request_archive, results_storage
+from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
+
+# htmx stops polling on this status (and the final fragment has no trigger left).
+STOP_POLLING = 286
+POLL_SECONDS = 3
+EXPORT_CHUNK = 1000
+# What reverse() leaves unquoted in a path segment (django.urls.resolvers), so both build the same links.
+URL_SAFE = "!$&'()*+,;=/~:@"
+CSV_COLUMNS = ["line", "custom_id", "outcome", "status", "error_code", "error_message", "tokens", "answer"]
+
+
+def _batch_and_archive(request, batch_id: str):
+    """(batch, archive, None), or (None, None, freshness) when the batch is unknown and the API unreachable."""
+    batch, freshness = refreshed_batch(request, batch_id)
+    if batch is None:
+        return None, None, freshness
+    archive = request_archive(batch)
+    if archive is not None:
+        archive.batch = batch  # already read: saves a query wherever the archive names its batch
+    return batch, archive, freshness
+
+
+def _ready_archive(request, batch_id: str) -> tuple:
+    batch, archive, freshness = _batch_and_archive(request, batch_id)
+    if batch is not None and (archive is None or not archive.is_ready):
+        raise Http404(f"The results of {batch_id} are not kept locally (yet).")
+    return batch, archive, freshness
+
+
+def _page(archive: ResultArchive, result_filter: ResultFilter, number):
+    """The page of rows to show, each with the link to its request page (built here: reverse() per row is slow).
+
+    A search scans every row (LIKE '%text%'), so it is done once: the matching positions give the count and the
+    page's slice, instead of one scan to count and another to fetch the page.
+    """
+    lines = archive.lines.matching(result_filter).in_order()
+    if result_filter.q:
+        positions = list(lines.values_list("position", flat=True))
+        page = Paginator(positions, ROWS_PER_PAGE).get_page(number)
+        page.object_list = list(archive.lines.filter(position__in=page.object_list).in_order())
+    else:
+        paginator = Paginator(lines, ROWS_PER_PAGE)
+        if not result_filter.is_active:
+            paginator.count = archive.summary.get("rows", 0)  # known from indexing: saves counting every row
+        page = paginator.get_page(number)
+    base = reverse("results:request", args=[archive.batch.batch_id, "-"])[:-2]
+    query = f"?{result_filter.query()}" if result_filter.is_active else ""
+    for line in page:
+        line.url = f"{base}{quote(line.custom_id, safe=URL_SAFE)}/{query}"
+    return page
+
+
+@require_safe
+@vary_on_headers("HX-Request")
+def results_page(request, batch_id):
+    batch, archive, freshness = _batch_and_archive(request, batch_id)
+    if batch is None:
+        return unreachable(request, batch_id, freshness)
+    result_filter = ResultFilter.from_query(request.GET)
+    polling = not batch.is_terminal or (archive is not None and archive.is_pending)
+    context = {
+        "batch": batch,
+        "archive": archive,
+        "freshness": freshness,
+        "filter": result_filter,
+        "outcomes": Outcome,
+        "polling": polling,
+        "poll_seconds": POLL_SECONDS,
+        "page": _page(archive, result_filter, request.GET.get("page")) if archive and archive.is_ready else None,
+    }
+    if request.htmx and not request.htmx.history_restore_request:
+        return render(request, "results/results.html#results-panel", context, status=200 if polling else STOP_POLLING)
+    return render(request, "results/results.html", context)
+
+
+@require_safe
+def request_page(request, batch_id, custom_id):
+    batch, archive, freshness = _batch_and_archive(request, batch_id)
+    if batch is None:
+        return unreachable(request, batch_id, freshness)
+    if archive is None or not archive.is_ready:
+        return redirect(reverse("results:list", args=[batch.batch_id]))
+    # A NUL cannot be in a stored custom_id, and PostgreSQL refuses it in a query.
+    lines = list(archive.lines.filter(custom_id=custom_id).in_order()) if "\x00" not in custom_id else []
+    if not lines:
+        raise Http404(f"{batch_id} has no request with the custom_id {custom_id!r}.")
+    result_filter = ResultFilter.from_query(request.GET)
+    line = lines[0]
+    matching = archive.lines.matching(result_filter).exclude(custom_id=custom_id)
+    previous = matching.filter(position__lt=line.position).order_by("-position").values_list("custom_id", flat=True)
+    following = matching.filter(position__gt=line.position).order_by("position").values_list("custom_id", flat=True)
+    with StoredFiles(archive) as files:
+        request_record = files.input_record(line)
+        answers_shown = [_answer_view(entry, files.result_record(entry)) for entry in lines if entry.result_file]
+    context = {
+        "batch": batch,
+        "archive": archive,
+        "line": line,
+        "filter": result_filter,
+        "request_json": _pretty(request_record),
+        "prompt": answers.prompt_messages(batch.endpoint, request_record.get("body")) if request_record else [],
+        "answers": answers_shown,
+        "previous": previous.first(),
+        "next": following.first(),
+        "share_url": request.build_absolute_uri(reverse("results:request", args=[batch.batch_id, custom_id])),
+    }
+    return render(request, "results/request.html", context)
+
+
+def _answer_view(line, record: dict | None) -> dict:
+    response = record.get("response") if record else None
+    body = response.get("body") if isinstance(response, dict) else None
+    return {
+        "line": line,
+        "json": _pretty(record),
+        "request_id": response.get("request_id", "") if isinstance(response, dict) else "",
+        "text": answers.answer_text(body) if answers.is_text_answer(body) else "",
+        "usage": _usage_figures(body),
+    }
+
+
+def _usage_figures(body) -> list[tuple[str, int]]:
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return []
+    return [(name.replace("_", " "), value) for name, value in usage.items() if isinstance(value, int)]
+
+
+def _pretty(record) -> str:
+    return json.dumps(record, indent=2, ensure_ascii=False) if record is not None else ""
+
+
+@require_safe
+def results_export(request, batch_id, fmt):
+    batch, archive, freshness = _ready_archive(request, batch_id)
+    if batch is None:
+        return unreachable(request, batch_id, freshness)
+    result_filter = ResultFilter.from_query(request.GET)
+    lines = archive.lines.matching(result_filter).in_order()
+    target = f"kept results as {fmt}" + (f" ({result_filter.query()})" if result_filter.is_active else "")
+    record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=batch.batch_id, target=target)
+    if fmt == "csv":
+        response = StreamingHttpResponse(_csv_rows(archive, lines), content_type="text/csv; charset=utf-8")
+    else:
+        response = StreamingHttpResponse(_jsonl_rows(archive, lines), content_type="application/jsonl")
+    response["Content-Disposition"] = content_disposition_header(True, f"{batch.batch_id}-results.{fmt}")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+EXPORT_FIELDS = (
+    "line_number",
+    "custom_id",
+    "outcome",
+    "status_code",
+    "error_code",
+    "error_message",
+    "input_tokens",
+    "output_tokens",
+    "input_offset",
+    "input_length",
+    "result_file",
+    "result_offset",
+    "result_length",
+)
+
+
+def _export_rows(lines):
+    """The rows of `lines` as plain tuples (EXPORT_FIELDS), streamed: no model instance per row."""
+    return lines.values_list(*EXPORT_FIELDS).iterator(chunk_size=EXPORT_CHUNK)
+
+
+def _csv_rows(archive: ResultArchive, lines):
+    writer = csv.writer(_Echo())
+    kinds = dict(ResultLine.RESULT_FILES)
+    yield "\ufeff" + writer.writerow(CSV_COLUMNS)  # the BOM makes spreadsheets read the file as UTF-8
+    with StoredFiles(archive) as files:
+        for row in _export_rows(lines):
+            number, custom_id, outcome, status, code, message, tokens_in, tokens_out = row[:8]
+            text = ""
+            if outcome == Outcome.SUCCEEDED:
+                record = loads_record(files.read(kinds.get(row[10], ""), row[11], row[12])) or {}
+                text = answers.answer_text((record.get("response") or {}).get("body"))
+            tokens = "" if tokens_in is None and tokens_out is None else (tokens_in or 0) + (tokens_out or 0)
+            yield writer.writerow([number or "", custom_id, outcome, status or "", code, message, tokens, text])
+
+
+def _jsonl_rows(archive: ResultArchive, lines):
+    """Each line: the row's place and outcome, then the input and result lines exactly as stored (null if none)."""
+    kinds = dict(ResultLine.RESULT_FILES)
+    with StoredFiles(archive) as files:
+        for row in _export_rows(lines):
+            number, custom_id, outcome = row[:3]
+            head = json.dumps({"line": number, "custom_id": custom_id, "outcome": outcome}, ensure_ascii=False)
+            yield b"".join(
+                [
+                    head[:-1].encode(),
+                    b', "input": ',
+                    files.read("input", row[8], row[9]) or b"null",
+                    b', "result": ',
+                    files.read(kinds.get(row[10], ""), row[11], row[12]) or b"null",
+                    b"}\n",
+                ]
+            )
+
+
+@require_safe
+def results_file(request, batch_id, kind):
+    """One of the batch's files as kept locally: still there after the API has deleted its copy."""
+    batch, archive, freshness = _ready_archive(request, batch_id)
+    if batch is None:
+        return unreachable(request, batch_id, freshness)
+    name = archive.stored_names.get(kind)
+    if name is None:
+        raise Http404(f"No {kind} file of {batch_id} is kept locally.")
+    record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=batch.batch_id, target=f"kept {kind}")
+    response = FileResponse(
+        results_storage().open(name, "rb"), as_attachment=True, filename=f"{batch.batch_id}-{kind}.jsonl"
+    )
+    response["Content-Type"] = "application/jsonl"
+    response["Cache-Control"] = "private, no-store"
+    return response
