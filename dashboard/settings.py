@@ -211,6 +211,7 @@ INSTALLED_APPS = [
     "audit",
     "batches",
     "results",
+    "retries",
     "sandbox",
 ]
 
