@@ -13,6 +13,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="batches:list", permanent=False)),
     path("batches/", include("batches.urls")),  # registers the batch_id converter used below
     path("batches/<batch_id:batch_id>/results/", include("results.urls")),
+    path("batches/<batch_id:batch_id>/", include("retries.urls")),
     # Only these from django.contrib.auth.urls: password reset would send mail from an unthrottled public form.
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

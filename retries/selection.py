@@ -72,6 +72,10 @@ class RetrySelection:
             return f"select={self.choice}"
         return f"select={FILTER}&{self.result_filter.query()}"
 
+    def fields(self) -> list[tuple[str, str]]:
+        """The same as hidden form fields, so the confirmation posts exactly the selection it showed."""
+        return list(QueryDict(self.query()).items())
+
     def lines(self, archive: ResultArchive):
         """The input lines selected, each once (never a duplicate answer, nor a result the input lacks)."""
         lines = ResultLine.objects.filter(archive=archive)

@@ -59,7 +59,12 @@ def retry_form(
     auto_retries: int | None = None,
 ) -> CreateBatchForm:
     """The create page's form, bound to the built input: validating it checks the file and counts the estimate."""
-    data = {"endpoint": parent.endpoint, "completion_window": completion_window, "token": str(token)}
+    data = {
+        "endpoint": parent.endpoint,
+        "completion_window": completion_window,
+        "output_expiry_unit": "days",
+        "token": str(token),
+    }
     metadata = retry_metadata(parent, job_id, auto_retries=auto_retries)
     for number, (key, value) in enumerate(metadata.items(), start=1):
         key_name, value_name = metadata_field_names(number)

@@ -1,0 +1,221 @@
+"""Retrying lines of a batch (choose, confirm, create) and the final results of a job across its retries."""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count
+from django.http import StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.utils.http import content_disposition_header
+from django.views.decorators.http import require_http_methods, require_safe
+
+from audit.log import record
+from audit.models import Action
+from audit.models import Outcome as AuditOutcome
+from batches import services
+from batches.views.common import refreshed_batch, unreachable
+from results import answers
+from results.archive import StoredFiles, request_archive
+from results.models import Outcome, ResultLine
+from retries import merged, submit
+from retries.lineage import job_id_of
+from retries.models import MAX_AUTO_RETRIES
+from retries.selection import CHOICES, RetrySelection
+
+CSV_COLUMNS = ["line", "custom_id", "outcome", "status", "error_code", "error_message", "tokens", "answer", "batch"]
+
+
+def _choices(archive) -> list[tuple[str, str, int]]:
+    """(choice, label, lines) for the chooser: one aggregate over the archive's input lines."""
+    aggregate = (
+        ResultLine.objects.filter(archive=archive)
+        .input_lines()
+        .aggregate(**{choice: Count("pk", filter=condition) for choice, (_label, condition) in CHOICES.items()})
+    )
+    return [(choice, label, aggregate[choice]) for choice, (label, _condition) in CHOICES.items()]
+
+
+def _options(data) -> tuple[dict, list[str]]:
+    """The confirmation's options (completion window, automatic retries) and the problems with them."""
+    problems = []
+    window = data.get("completion_window", services.COMPLETION_WINDOWS[0])
+    if window not in services.COMPLETION_WINDOWS:
+        problems.append("Choose a completion window the API offers.")
+        window = services.COMPLETION_WINDOWS[0]
+    raw = (data.get("auto_retries") or "0").strip()
+    auto = int(raw) if raw.isdigit() else -1
+    if not 0 <= auto <= MAX_AUTO_RETRIES:
+        problems.append(f"Automatic retries are between 0 and {MAX_AUTO_RETRIES}.")
+        auto = 0
+    return {"completion_window": window, "auto_retries": auto or None}, problems
+
+
+def _audit(request, outcome, parent_id: str, selection: RetrySelection, batch_id: str = "", detail: str = ""):
+    target = f"retry of {parent_id}: {selection.label}"[:255]
+    record(request, Action.CREATE, outcome, batch_id=batch_id, target=target, detail=detail)
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def retry_confirm(request, batch_id):
+    if not request.user.has_perm("batches.create_batch"):
+        if request.method == "POST":
+            record(request, Action.CREATE, AuditOutcome.REFUSED, batch_id=batch_id, detail="no permission to retry")
+        raise PermissionDenied("You may not create batches, so you may not retry lines either.")
+    parent, freshness = refreshed_batch(batch_id)
+    if parent is None:
+        return unreachable(request, batch_id, freshness)
+    archive = request_archive(parent)
+    context = {"batch": parent, "archive": archive, "completion_windows": services.COMPLETION_WINDOWS}
+    if archive is None or not archive.is_ready:
+        return render(request, "retries/confirm.html", context, status=409 if request.method == "POST" else 200)
+    data = request.POST if request.method == "POST" else request.GET
+    selection = RetrySelection.from_query(data)
+    if selection is None:
+        context["choices"] = _choices(archive)
+        context["invalid_selection"] = "select" in data
+        return render(request, "retries/confirm.html", context, status=400 if request.method == "POST" else 200)
+    options, problems = _options(data)
+    token = data.get("token") if request.method == "POST" else str(uuid.uuid4())
+    prepared = submit.prepare(parent, archive, selection, job_id_of(parent), token=token, **options)
+    context.update(selection=selection, prepared=prepared, options=options, problems=problems)
+    if request.method != "POST":
+        return render(request, "retries/confirm.html", context)
+    if problems or not prepared.lines or not prepared.form.is_valid():
+        detail = problems[0] if problems else "no lines" if not prepared.lines else "the built input is invalid"
+        _audit(request, AuditOutcome.REFUSED, parent.batch_id, selection, detail=detail)
+        return render(request, "retries/confirm.html", context, status=400)
+    outcome = submit.create(prepared, user=request.user.get_username())
+    if outcome.batch is None:
+        _audit(request, AuditOutcome.ERROR, parent.batch_id, selection, detail=outcome.error)
+        context["create_error"] = outcome.error
+        return render(request, "retries/confirm.html", context, status=502)
+    new_id = outcome.batch.batch_id
+    _audit(request, AuditOutcome.ALREADY if outcome.repeated else AuditOutcome.OK, parent.batch_id, selection, new_id)
+    if outcome.repeated:
+        messages.info(request, f"This retry was already submitted: it created {new_id}.")
+    else:
+        messages.success(request, f"Batch {new_id} created: a retry of {prepared.lines:,} lines of {parent.batch_id}.")
+    response = redirect("batches:detail", batch_id=new_id)
+    response.status_code = 303
+    return response
+
+
+def _job(request, batch_id):
+    batch, freshness = refreshed_batch(batch_id)
+    if batch is None:
+        return None, None, freshness
+    return batch, merged.load_job(job_id_of(batch)), freshness
+
+
+@require_safe
+def final_results(request, batch_id):
+    batch, job, freshness = _job(request, batch_id)
+    if batch is None:
+        return unreachable(request, batch_id, freshness)
+    show = merged.SHOW_FAILING if request.GET.get("show") == merged.SHOW_FAILING else merged.SHOW_ALL
+    context = {"batch": batch, "job": job, "show": show}
+    if job.root_archive is not None:
+        counts = merged.counts(job)
+        total = counts.total if show == merged.SHOW_ALL else counts.failing_total
+        context.update(counts=counts, page=merged.page(job, show, request.GET.get("page"), total=total))
+    return render(request, "retries/final.html", context)
+
+
+@require_safe
+def final_export(request, batch_id, fmt):
+    batch, job, freshness = _job(request, batch_id)
+    if batch is None:
+        return unreachable(request, batch_id, freshness)
+    if job.root_archive is None:
+        return redirect("retries:final", batch_id=batch.batch_id)
+    show = merged.SHOW_FAILING if request.GET.get("show") == merged.SHOW_FAILING else merged.SHOW_ALL
+    target = f"final results of {job.job_id} as {fmt}" + (" (still failing)" if show == merged.SHOW_FAILING else "")
+    record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=job.job_id, target=target)
+    rows = _csv_rows(job, show) if fmt == "csv" else _jsonl_rows(job, show)
+    content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/jsonl"
+    response = StreamingHttpResponse(rows, content_type=content_type)
+    response["Content-Disposition"] = content_disposition_header(True, f"{job.job_id}-final.{fmt}")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+class _Files:
+    """The stored files of every archive of the job, opened on first use."""
+
+    def __init__(self, job):
+        self.job = job
+        self.open: dict[int, StoredFiles] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        for files in self.open.values():
+            files.__exit__(*exc_info)
+
+    def of(self, archive_id: int) -> StoredFiles:
+        if archive_id not in self.open:
+            archive = next(archive for archive in self.job.archives.values() if archive.pk == archive_id)
+            self.open[archive_id] = StoredFiles(archive)
+        return self.open[archive_id]
+
+
+def _csv_rows(job, show):
+    writer = csv.writer(_Echo())
+    yield "\ufeff" + writer.writerow(CSV_COLUMNS)
+    with _Files(job) as files:
+        for row in merged.iter_rows(job, show):
+            line = row.best or row.original
+            text = ""
+            if line.outcome == Outcome.SUCCEEDED:
+                record_ = files.of(line.archive_id).result_record(line) or {}
+                text = answers.answer_text((record_.get("response") or {}).get("body"))
+            tokens = line.total_tokens if line.total_tokens is not None else ""
+            batch_id = row.batch.batch_id if row.batch else ""
+            yield writer.writerow(
+                [
+                    row.original.line_number,
+                    line.custom_id,
+                    line.outcome,
+                    line.status_code or "",
+                    line.error_code,
+                    line.error_message,
+                    tokens,
+                    text,
+                    batch_id,
+                ]
+            )
+
+
+def _jsonl_rows(job, show):
+    """Each line: the original line's place, the final outcome and the batch that gave it, then the original input
+    line and the chosen result line exactly as stored (null if none)."""
+    with _Files(job) as files:
+        for row in merged.iter_rows(job, show):
+            line = row.best or row.original
+            head = {
+                "line": row.original.line_number,
+                "custom_id": row.original.custom_id,
+                "outcome": line.outcome,
+                "batch": row.batch.batch_id if row.batch else None,
+            }
+            yield b"".join(
+                [
+                    json.dumps(head, ensure_ascii=False)[:-1].encode(),
+                    b', "input": ',
+                    files.of(row.original.archive_id).input_bytes(row.original) or b"null",
+                    b', "result": ',
+                    files.of(line.archive_id).result_bytes(line) or b"null",
+                    b"}\n",
+                ]
+            )

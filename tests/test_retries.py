@@ -1,0 +1,444 @@
+"""Retrying lines as a linked batch: choosing the lines, the input built byte for byte, the confirmation and the
+create through the sandbox, lineage, the merged result of a job, automatic retries.
+
+A parent batch's results are kept from files written here (so a test decides every line's outcome, 429s included);
+retries are created in, and run by, the sandbox over real HTTP.
+"""
+
+import csv
+import io
+import json
+import uuid
+from datetime import timedelta
+
+import pytest
+import requests
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.models import F
+from django.http import QueryDict
+from django.urls import reverse
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from batches import services, upstream
+from batches.models import Batch, record_batch
+from results import archive
+from results.models import ArchiveState, ResultArchive, ResultFilter
+from retries import auto, lineage, merged, submit
+from retries.models import AutoRetry, AutoRetryState, RetryLink
+from retries.selection import RetrySelection
+from sandbox import results as sandbox_results
+from sandbox.models import SandboxBatch
+from tests.batch_api import payload
+
+CHAT = "/v1/chat/completions"
+DAY = 86_400
+
+
+def input_line(custom_id: str, n: int = 0) -> bytes:
+    """An input line as people write them: spacing, key order and escapes vary, so only a byte copy keeps it."""
+    if n % 3 == 0:
+        return json.dumps(
+            {
+                "custom_id": custom_id,
+                "method": "POST",
+                "url": CHAT,
+                "body": {
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": f"Grüße {custom_id} \u2014 n°{n}"}],
+                },
+            }
+        ).encode()
+    if n % 3 == 1:
+        return (
+            '{ "method":"POST",  "url":"%s", "custom_id":"%s","body":{"messages":[{"role":"user","content":"h\\u00e9 %d"}],'
+            '"model":"gpt-4o-mini", "max_tokens": 50}}' % (CHAT, custom_id, n)
+        ).encode()
+    return json.dumps(
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": CHAT,
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Grüße {custom_id}"}]},
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+def result_line(custom_id: str, outcome) -> bytes | None:
+    """(file, line) for an outcome: "ok", an HTTP status, "expired", "cancelled"; None for "missing"."""
+    if outcome == "missing":
+        return None
+    if outcome in ("expired", "cancelled"):
+        code = f"batch_{outcome}"
+        record = {"id": "r", "custom_id": custom_id, "response": None, "error": {"code": code, "message": outcome}}
+        return "error", json.dumps(record).encode()
+    status = 200 if outcome == "ok" else outcome
+    if status == 200:
+        body = {
+            "object": "chat.completion",
+            "choices": [{"message": {"content": f"answer to {custom_id}"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+        }
+    else:
+        code = {429: "rate_limit_exceeded", 500: "server_error"}.get(status, "invalid_value")
+        body = {"error": {"message": f"status {status}", "type": "x", "code": code}}
+    record = {
+        "id": "r",
+        "custom_id": custom_id,
+        "response": {"status_code": status, "request_id": "q", "body": body},
+        "error": None,
+    }
+    return ("output" if status == 200 else "error"), json.dumps(record).encode()
+
+
+def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_at=None) -> Batch:
+    """A completed batch whose input, output and error files are kept and indexed, each line with its outcome."""
+    files = {"input": [], "output": [], "error": []}
+    for n, (custom_id, outcome) in enumerate(outcomes.items()):
+        files["input"].append(input_line(custom_id, n))
+        if (answer := result_line(custom_id, outcome)) is not None:
+            files[answer[0]].append(answer[1])
+    fields = {"metadata": metadata or {}, "input_file_id": f"file-in{uuid.uuid4().hex[:8]}", "endpoint": CHAT}
+    if created_at is not None:
+        fields["created_at"] = created_at
+    batch = record_batch(services.Batch.from_api(payload("completed", **fields)))
+    kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
+    local, names = {}, {}
+    for kind, lines in files.items():
+        if kind != "input" and not lines:
+            continue
+        content = b"".join(line + b"\n" for line in lines)
+        path = tmp_path / f"{batch.batch_id}-{kind}.jsonl"
+        path.write_bytes(content)
+        local[kind] = str(path)
+        names[f"{kind}_name"] = archive.results_storage().save(f"{batch.batch_id}/{kind}.jsonl", ContentFile(content))
+    with transaction.atomic():
+        summary = archive._index(kept, local)
+    ResultArchive.objects.filter(pk=kept.pk).update(
+        state=ArchiveState.READY, archived_at=timezone.now(), summary=summary, **names
+    )
+    return batch
+
+
+MIXED = {
+    "a-ok": "ok",
+    "b-429": 429,
+    "c-400": 400,
+    "d-500": 500,
+    "e-expired": "expired",
+    "f-cancelled": "cancelled",
+    "g-missing": "missing",
+    "h-429": 429,
+    "i-ok": "ok",
+}
+
+
+def selected(batch, query: str) -> list[str]:
+    selection = RetrySelection.from_query(QueryDict(query))
+    return list(selection.lines(ResultArchive.objects.get(batch=batch)).in_order().values_list("custom_id", flat=True))
+
+
+# --- Choosing the lines ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_each_criterion_selects_its_lines(tmp_path):
+    batch = kept_batch(MIXED, tmp_path)
+    assert selected(batch, "select=failed") == ["b-429", "c-400", "d-500", "h-429"]
+    assert selected(batch, "select=unrun") == ["e-expired", "f-cancelled"]
+    assert selected(batch, "select=missing") == ["g-missing"]
+    assert selected(batch, "select=unanswered") == [c for c, o in MIXED.items() if o != "ok"]
+    assert selected(batch, "select=transient") == ["b-429", "d-500", "e-expired", "h-429"]
+    assert selected(batch, "select=filter&status=429") == ["b-429", "h-429"]
+    assert selected(batch, "select=filter&code=invalid_value") == ["c-400"]
+    group = next(g for g in ResultArchive.objects.get(batch=batch).summary["groups"] if g["status"] == 429)["number"]
+    assert selected(batch, f"select=filter&group={group}") == ["b-429", "h-429"]
+    assert selected(batch, "select=filter&q=h-4") == ["h-429"]
+    assert RetrySelection.from_query(QueryDict("select=nonsense")) is None
+    assert RetrySelection.from_query(QueryDict("select=filter")) is None  # a filter that selects everything
+
+
+@pytest.mark.django_db
+def test_the_input_is_the_original_lines_byte_for_byte(tmp_path):
+    outcomes = {f"id-{n}": (429 if n % 4 == 0 else "ok") for n in range(40)}
+    batch = kept_batch(outcomes, tmp_path)
+    handle, count = submit.build_input(ResultArchive.objects.get(batch=batch), RetrySelection("failed", ResultFilter()))
+    expected = b"".join(input_line(c, n) + b"\n" for n, c in enumerate(outcomes) if outcomes[c] == 429)
+    assert count == 10
+    assert handle.read() == expected
+
+
+# --- The confirmation and the create -----------------------------------------------
+
+
+def _retry_url(batch, query=""):
+    return reverse("retries:confirm", args=[batch.batch_id]) + (f"?{query}" if query else "")
+
+
+def _post(client, batch, token, **fields):
+    return client.post(_retry_url(batch), {"token": str(token), "completion_window": "24h", **fields})
+
+
+def _sandbox_batches(sandbox_url):
+    headers = {"Authorization": "Bearer sk-sandbox"}
+    return requests.get(f"{sandbox_url}/batches", headers=headers, timeout=10).json()["data"]
+
+
+@pytest.mark.django_db
+def test_the_confirmation_shows_the_exact_count_and_the_estimate(operator_client, tmp_path):
+    batch = kept_batch(MIXED, tmp_path)
+    chooser = operator_client.get(_retry_url(batch)).content.decode()
+    assert "Every failed line" in chooser and "<strong>4</strong> lines" in chooser
+    page = operator_client.get(_retry_url(batch, "select=filter&status=429")).content.decode()
+    assert 'id="retry-count">2</strong>' in page
+    assert "Estimated cost" in page and "for the inputs of 2 requests" in page
+    assert f"batchboard_retry_of={batch.batch_id}" in page
+
+
+@pytest.mark.django_db
+def test_viewers_cannot_retry_and_are_audited(viewer_client, tmp_path, fake_api):
+    batch = kept_batch(MIXED, tmp_path)
+    assert viewer_client.get(_retry_url(batch, "select=failed")).status_code == 403
+    assert _post(viewer_client, batch, uuid.uuid4(), select="failed").status_code == 403
+    assert fake_api.received == []
+    assert AuditEvent.objects.filter(action="create", outcome="refused", batch_id=batch.batch_id).exists()
+
+
+@pytest.mark.django_db
+def test_a_post_without_csrf_is_refused(operator, tmp_path, fake_api):
+    from django.test import Client
+
+    batch = kept_batch(MIXED, tmp_path)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(operator)
+    assert _post(client, batch, uuid.uuid4(), select="failed").status_code == 403
+    assert fake_api.received == []
+
+
+@pytest.mark.django_db
+def test_it_creates_one_linked_batch_even_when_submitted_twice(operator_client, sandbox_url, tmp_path):
+    batch = kept_batch(MIXED, tmp_path, metadata={"project": "nightly"})
+    token = uuid.uuid4()
+    first = _post(operator_client, batch, token, select="filter", status="429")
+    second = _post(operator_client, batch, token, select="filter", status="429")
+    assert first.status_code == second.status_code == 303
+    assert first["Location"] == second["Location"]
+    created = _sandbox_batches(sandbox_url)
+    assert len(created) == 1
+    assert created[0]["metadata"] == {
+        "project": "nightly",
+        "batchboard_retry_of": batch.batch_id,
+        "batchboard_job": batch.batch_id,
+    }
+    uploaded = b"".join(services.get_client().file_content(created[0]["input_file_id"]))
+    assert uploaded == input_line("b-429", 1) + b"\n" + input_line("h-429", 7) + b"\n"
+    retry = Batch.objects.get(batch_id=created[0]["id"])
+    assert RetryLink.objects.get(batch=retry).parent_batch_id == batch.batch_id
+    events = AuditEvent.objects.filter(action="create", batch_id=retry.batch_id)
+    assert sorted(events.values_list("outcome", flat=True)) == ["already", "ok"]
+    assert "retry of" in events.first().target
+
+    child_page = operator_client.get(second["Location"]).content.decode()
+    assert "This retry was already submitted" in child_page
+    assert "Retry of" in child_page and batch.batch_id in child_page
+    parent_page = operator_client.get(reverse("batches:detail", args=[batch.batch_id])).content.decode()
+    assert "Retried by" in parent_page and retry.batch_id in parent_page and "(1 time)" in parent_page
+
+
+@pytest.mark.django_db
+def test_nothing_to_retry_sends_nothing(operator_client, tmp_path, fake_api):
+    batch = kept_batch({"a": "ok", "b": "ok"}, tmp_path)
+    page = operator_client.get(_retry_url(batch, "select=failed")).content.decode()
+    assert 'id="retry-nothing"' in page
+    assert _post(operator_client, batch, uuid.uuid4(), select="failed").status_code == 400
+    assert fake_api.received == []
+
+
+# --- Lineage -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_lineage_is_read_from_metadata_whoever_made_the_retry():
+    original = record_batch(services.Batch.from_api(payload("completed")))
+    first = record_batch(
+        services.Batch.from_api(payload("completed", metadata={"batchboard_retry_of": original.batch_id}))
+    )
+    second = record_batch(
+        services.Batch.from_api(
+            payload(
+                "in_progress",
+                metadata={"batchboard_retry_of": first.batch_id, "batchboard_job": original.batch_id},
+            )
+        )
+    )
+    plain = record_batch(services.Batch.from_api(payload("completed", metadata={"project": "x"})))
+    assert RetryLink.objects.get(batch=first).job_batch_id == original.batch_id
+    assert RetryLink.objects.get(batch=second).job_batch_id == original.batch_id
+    assert not RetryLink.objects.filter(batch=plain).exists()
+    assert list(lineage.chain(original.batch_id).order_by("created_at").values_list("batch_id", flat=True)) == [
+        original.batch_id,
+        first.batch_id,
+        second.batch_id,
+    ] or set(lineage.chain(original.batch_id).values_list("batch_id", flat=True)) == {
+        original.batch_id,
+        first.batch_id,
+        second.batch_id,
+    }
+    of_first = lineage.lineage(first)
+    assert (of_first.parent_id, of_first.retried_by, of_first.retries_in_job) == (
+        original.batch_id,
+        [second.batch_id],
+        2,
+    )
+    RetryLink.objects.all().delete()
+    assert lineage.link_existing() == 2
+
+
+@pytest.mark.django_db
+def test_a_retry_of_a_retry_keeps_the_job(operator_client, sandbox_url, tmp_path):
+    original = kept_batch({"a": 429, "b": "ok"}, tmp_path)
+    first = kept_batch({"a": 500}, tmp_path, metadata={"batchboard_retry_of": original.batch_id})
+    response = _post(operator_client, first, uuid.uuid4(), select="failed")
+    assert response.status_code == 303
+    created = _sandbox_batches(sandbox_url)[0]
+    assert created["metadata"]["batchboard_retry_of"] == first.batch_id
+    assert created["metadata"]["batchboard_job"] == original.batch_id
+    page = operator_client.get(reverse("batches:detail", args=[original.batch_id])).content.decode()
+    assert "retried 2 times in all" in page
+
+
+# --- The merged result ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_merged_result_takes_the_latest_success_else_the_last_failure(viewer_client, tmp_path):
+    now = 1_700_000_000
+    original = kept_batch(
+        {"a": "ok", "b": 429, "c": 429, "d": 500, "e": "missing", "f": "expired", "g": 400}, tmp_path, created_at=now
+    )
+    link = {"batchboard_retry_of": original.batch_id}
+    kept_batch({"b": "ok", "c": 429, "d": 500, "e": "ok", "f": "expired"}, tmp_path, metadata=link, created_at=now + 1)
+    second_link = {"batchboard_retry_of": original.batch_id, "batchboard_job": original.batch_id}
+    last = kept_batch(
+        {"c": "ok", "d": 429, "f": "missing", "b": 500}, tmp_path, metadata=second_link, created_at=now + 2
+    )
+
+    job = merged.load_job(original.batch_id)
+    rows = {row.original.custom_id: row for row in merged.iter_rows(job)}
+    assert list(rows) == ["a", "b", "c", "d", "e", "f", "g"]
+    chosen = {custom_id: (row.best.outcome, row.batch.batch_id) for custom_id, row in rows.items()}
+    first_id = job.batches[1].batch_id
+    assert chosen["a"] == ("succeeded", original.batch_id)
+    assert chosen["b"] == ("succeeded", first_id)  # a later failure does not hide an answer
+    assert chosen["c"] == ("succeeded", last.batch_id)
+    assert chosen["d"] == ("failed", last.batch_id) and rows["d"].best.status_code == 429  # the last failure
+    assert chosen["e"] == ("succeeded", first_id)
+    assert chosen["f"] == ("missing", last.batch_id)
+    assert chosen["g"] == ("failed", original.batch_id)
+    counts = merged.counts(job)
+    assert (counts.total, counts.succeeded, counts.failing) == (7, 4, {"failed": 2, "missing": 1})
+
+    page = viewer_client.get(reverse("retries:final", args=[last.batch_id])).content.decode()
+    assert 'id="final-failing">3<' in page and 'id="final-succeeded">4<' in page
+    failing = viewer_client.get(reverse("retries:final", args=[original.batch_id]) + "?show=failing")
+    assert failing.content.decode().count("<tr>") == 1 + 3
+
+    exported = viewer_client.get(reverse("retries:final_csv", args=[original.batch_id]))
+    table = list(csv.reader(io.StringIO(b"".join(exported.streaming_content).decode("utf-8-sig"))))
+    assert table[0][-1] == "batch" and [row[1] for row in table[1:]] == list("abcdefg")
+    assert table[3][2:4] == ["succeeded", "200"] and table[3][7] == "answer to c" and table[3][8] == last.batch_id
+    jsonl = viewer_client.get(reverse("retries:final_jsonl", args=[original.batch_id]) + "?show=failing")
+    records = [json.loads(line) for line in b"".join(jsonl.streaming_content).splitlines()]
+    assert [(r["custom_id"], r["outcome"]) for r in records] == [("d", "failed"), ("f", "missing"), ("g", "failed")]
+    assert records[0]["input"]["custom_id"] == "d" and records[0]["result"]["response"]["status_code"] == 429
+    assert records[1]["result"] is None
+
+
+@pytest.mark.django_db
+def test_the_results_page_links_to_retry_and_to_the_final_results(operator_client, tmp_path):
+    original = kept_batch(MIXED, tmp_path)
+    page = operator_client.get(reverse("results:list", args=[original.batch_id]) + "?status=429").content.decode()
+    assert "Retry these 2 lines" in page and 'id="final-results"' not in page
+    kept_batch({"b-429": "ok"}, tmp_path, metadata={"batchboard_retry_of": original.batch_id})
+    page = operator_client.get(reverse("results:list", args=[original.batch_id])).content.decode()
+    assert 'id="final-results"' in page
+    detail = operator_client.get(reverse("batches:detail", args=[original.batch_id])).content.decode()
+    assert "?select=filter&amp;group=" in detail
+
+
+# --- Automatic retries -----------------------------------------------------------
+
+
+def _finish_in_sandbox(batch_id: str) -> Batch:
+    SandboxBatch.objects.filter(pk=batch_id).update(created=F("created") - 10 * DAY)
+    batch, _ = upstream.refresh_batch(batch_id)
+    assert batch.is_terminal
+    assert archive.archive_due(limit=5) >= 1
+    return batch
+
+
+@pytest.mark.django_db(transaction=True)
+def test_automatic_retry_is_submitted_once_survives_a_restart_and_stops_after_n(sandbox_url, settings, tmp_path):
+    settings.SANDBOX_SPEED = 1.0
+    parent = kept_batch(
+        {"r-1": 429, "r-2": 503, "r-3": "expired", "r-4": 400, "r-5": "ok"},
+        tmp_path,
+        metadata={"batchboard_auto_retry": "1"},
+    )
+    assert auto.retry_due() == 1
+    assert auto.retry_due() == 0  # claimed: a second pass, or a second loop, sends nothing
+    claim = AutoRetry.objects.get(parent=parent)
+    assert (claim.state, claim.lines) == (AutoRetryState.SUBMITTED, 3)
+    created = _sandbox_batches(sandbox_url)
+    assert [b["id"] for b in created] == [claim.retry_batch_id]
+    assert "batchboard_auto_retry" not in created[0]["metadata"]  # N was 1: the retry retries nothing itself
+
+    # A loop that died after claiming: its claim is taken over, and the same token finds the same batch.
+    AutoRetry.objects.filter(pk=claim.pk).update(
+        state=AutoRetryState.CLAIMED, claimed_at=timezone.now() - timedelta(hours=1), retry_batch_id=""
+    )
+    assert auto.retry_due() == 1
+    assert AutoRetry.objects.get(pk=claim.pk).retry_batch_id == claim.retry_batch_id
+    assert len(_sandbox_batches(sandbox_url)) == 1
+
+    retry = _finish_in_sandbox(claim.retry_batch_id)
+    assert RetryLink.objects.get(batch=retry).parent_batch_id == parent.batch_id
+    auto.retry_due()
+    assert not AutoRetry.objects.filter(parent=retry, state=AutoRetryState.SUBMITTED).exists()
+    assert len(_sandbox_batches(sandbox_url)) == 1
+
+
+def _failing_in_sandbox(count: int) -> list[str]:
+    """custom_ids the sandbox answers with a 500 every time (its failures are chosen by a hash of the id)."""
+    ids = (f"flaky-{n}" for n in range(100_000))
+    return [c for c in ids if (failure := sandbox_results._random_failure(c)) and failure["status"] == 500][:count]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_automatic_retry_chains_up_to_n_then_stops(sandbox_url, settings, tmp_path):
+    settings.SANDBOX_SPEED = 1.0
+    ids = _failing_in_sandbox(2)
+    parent = kept_batch(dict.fromkeys(ids, 500), tmp_path, metadata={"batchboard_auto_retry": "2"})
+    assert auto.retry_due() == 1
+    first = AutoRetry.objects.get(parent=parent).retry_batch_id
+    _finish_in_sandbox(first)
+    assert auto.retry_due() == 1
+    second = AutoRetry.objects.get(parent__batch_id=first).retry_batch_id
+    assert second
+    retry = _finish_in_sandbox(second)
+    assert auto.retry_due() == 0  # the second retry was the last one asked for
+    assert [link.batch.batch_id for link in RetryLink.objects.filter(job_batch_id=parent.batch_id)] == [first, second]
+    assert retry.metadata["batchboard_retry_of"] == first
+    assert len(_sandbox_batches(sandbox_url)) == 2
+    job = merged.load_job(parent.batch_id)
+    assert merged.counts(job).failing == {"failed": 2}
+
+
+def test_retries_left_is_bounded():
+    assert auto.retries_left({"batchboard_auto_retry": "3"}) == 3
+    assert auto.retries_left({"batchboard_auto_retry": "99"}) == 5
+    assert auto.retries_left({"batchboard_auto_retry": "-1"}) == 0
+    assert auto.retries_left({}) == 0
