@@ -52,8 +52,9 @@ def input_line(custom_id: str, n: int = 0) -> bytes:
         ).encode()
     if n % 3 == 1:
         return (
-            '{ "method":"POST",  "url":"%s", "custom_id":"%s","body":{"messages":[{"role":"user","content":"h\\u00e9 %d"}],'
-            '"model":"gpt-4o-mini", "max_tokens": 50}}' % (CHAT, custom_id, n)
+            f'{{ "method":"POST",  "url":"{CHAT}", "custom_id":"{custom_id}",'
+            f'"body":{{"messages":[{{"role":"user","content":"h\\u00e9 {n}"}}],'
+            f'"model":"gpt-4o-mini", "max_tokens": 50}}}}'
         ).encode()
     return json.dumps(
         {
