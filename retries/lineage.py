@@ -5,20 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 
 from batches import pricing
 from batches.models import Batch
+from batches.services import BATCH_ID_PATTERN
 from retries.models import JOB_KEY, RETRY_OF_KEY, RetryLink
 
 
 def link_for(batch: Batch) -> RetryLink | None:
     """The link `batch`'s metadata names (unsaved), or None when it is no retry."""
     parent = str(batch.metadata.get(RETRY_OF_KEY) or "").strip()
-    if not parent or parent == batch.batch_id:
-        return None
-    job = str(batch.metadata.get(JOB_KEY) or "").strip() or parent
-    return RetryLink(batch=batch, parent_batch_id=parent[:128], job_batch_id=job[:128])
+    if not BATCH_ID_PATTERN.fullmatch(parent) or parent == batch.batch_id:
+        return None  # metadata written by hand elsewhere may hold anything: only a batch id links
+    job = str(batch.metadata.get(JOB_KEY) or "").strip()
+    if not BATCH_ID_PATTERN.fullmatch(job):
+        job = parent
+    return RetryLink(batch=batch, parent_batch_id=parent, job_batch_id=job)
 
 
 def link_on_save(sender, instance: Batch, created: bool, **kwargs) -> None:
@@ -94,3 +97,15 @@ def lineage(batch: Batch) -> Lineage:
         retries_in_job=retries_in_job,
         job_cost=chain(job_id).cost_total() if retries_in_job else None,
     )
+
+
+def count_retries(batches: list[Batch]) -> None:
+    """Set `retry_count` on each batch of a list page: how many retries its job has (one query for the page)."""
+    counts = dict(
+        RetryLink.objects.filter(job_batch_id__in=[batch.batch_id for batch in batches])
+        .values_list("job_batch_id")
+        .annotate(count=Count("pk"))
+        .order_by()
+    )
+    for batch in batches:
+        batch.retry_count = counts.get(batch.batch_id, 0)

@@ -443,3 +443,9 @@ def test_retries_left_is_bounded():
     assert auto.retries_left({"batchboard_auto_retry": "99"}) == 5
     assert auto.retries_left({"batchboard_auto_retry": "-1"}) == 0
     assert auto.retries_left({}) == 0
+
+
+@pytest.mark.django_db
+def test_metadata_that_is_no_batch_id_links_nothing():
+    batch = record_batch(services.Batch.from_api(payload("completed", metadata={"batchboard_retry_of": "see <x>"})))
+    assert not RetryLink.objects.filter(batch=batch).exists()
