@@ -201,9 +201,8 @@ def _run(scratch: Path) -> int:
         ("still failing", "?show=failing"),
     ):
         median, p95, cpu, queries = _time(client, base + query)
-        print(
-            f"  {name:<40} {median:6.1f}ms {p95:6.1f}ms {cpu:6.1f}ms {queries:>7}  {_verdict(median, TARGETS['page'], 'ms')}"
-        )
+        verdict = _verdict(median, TARGETS["page"], "ms")
+        print(f"  {name:<40} {median:6.1f}ms {p95:6.1f}ms {cpu:6.1f}ms {queries:>7}  {verdict}")
 
     print("")
     print(f"  {'export of the merged table (streamed)':<40} {'first':>8} {'total':>8} {'size':>9} {'memory':>9}")
