@@ -4,7 +4,8 @@
 yours. It keeps three 50,000-line batches of one job (the original, 10 % failed with 429; two retries of every line)
 from files it writes, indexes them as the sync loop would, and measures, beside the targets:
 - building the input of a retry of the original's 5,000 failed lines (time, peak Python memory, and the same for
-  500 lines: flat memory means the same peak), and the confirmation's whole preparation (build, validate, estimate);
+  1,000 of them: flat memory means about the same peak), and the confirmation's whole preparation (build,
+  validate, estimate);
 - the final-results page of the job (median of 30, several pages and the "still failing" view);
 - the CSV and JSONL exports of the merged table: time to the first chunk, total time, peak Python memory.
 """
@@ -162,7 +163,10 @@ def _run(scratch: Path) -> int:
     print(f"  {'step':<52} {'time':>8} {'memory':>9}  target")
     for label, selection in (
         ("build a retry of 5,000 failed lines", RetrySelection("failed", ResultFilter())),
-        ("build a retry of 500 lines (memory must not grow)", RetrySelection("filter", ResultFilter(q="ticket-0"))),
+        (
+            "build a retry of 1,000 (memory must not grow)",
+            RetrySelection("filter", ResultFilter(outcome="failed", q="ticket-0")),
+        ),
     ):
         tracemalloc.start()
         started = time.perf_counter()
@@ -171,7 +175,7 @@ def _run(scratch: Path) -> int:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         handle.close()
-        name = f"{label} ({count:,})"
+        name = f"{label}: {count:,}"
         print(f"  {name:<52} {took:>6.2f} s {peak / 1e6:>6.1f} MB  {_verdict(took, TARGETS['build'], 's')}")
     started = time.perf_counter()
     prepared = submit.prepare(

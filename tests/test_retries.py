@@ -13,8 +13,6 @@ from datetime import timedelta
 
 import pytest
 import requests
-from django.core.files.base import ContentFile
-from django.db import transaction
 from django.db.models import F
 from django.http import QueryDict
 from django.urls import reverse
@@ -24,104 +22,17 @@ from audit.models import AuditEvent
 from batches import services, upstream
 from batches.models import Batch, record_batch
 from results import archive
-from results.models import ArchiveState, ResultArchive, ResultFilter
+from results.models import ResultArchive, ResultFilter
 from retries import auto, lineage, merged, submit
 from retries.models import AutoRetry, AutoRetryState, RetryLink
 from retries.selection import RetrySelection
 from sandbox import results as sandbox_results
 from sandbox.models import SandboxBatch
 from tests.batch_api import payload
+from tests.conftest import input_line, kept_batch
 
 CHAT = "/v1/chat/completions"
 DAY = 86_400
-
-
-def input_line(custom_id: str, n: int = 0) -> bytes:
-    """An input line as people write them: spacing, key order and escapes vary, so only a byte copy keeps it."""
-    if n % 3 == 0:
-        return json.dumps(
-            {
-                "custom_id": custom_id,
-                "method": "POST",
-                "url": CHAT,
-                "body": {
-                    "model": "gpt-4o-mini",
-                    "messages": [{"role": "user", "content": f"Grüße {custom_id} \u2014 n°{n}"}],
-                },
-            }
-        ).encode()
-    if n % 3 == 1:
-        return (
-            f'{{ "method":"POST",  "url":"{CHAT}", "custom_id":"{custom_id}",'
-            f'"body":{{"messages":[{{"role":"user","content":"h\\u00e9 {n}"}}],'
-            f'"model":"gpt-4o-mini", "max_tokens": 50}}}}'
-        ).encode()
-    return json.dumps(
-        {
-            "custom_id": custom_id,
-            "method": "POST",
-            "url": CHAT,
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Grüße {custom_id}"}]},
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
-
-
-def result_line(custom_id: str, outcome) -> bytes | None:
-    """(file, line) for an outcome: "ok", an HTTP status, "expired", "cancelled"; None for "missing"."""
-    if outcome == "missing":
-        return None
-    if outcome in ("expired", "cancelled"):
-        code = f"batch_{outcome}"
-        record = {"id": "r", "custom_id": custom_id, "response": None, "error": {"code": code, "message": outcome}}
-        return "error", json.dumps(record).encode()
-    status = 200 if outcome == "ok" else outcome
-    if status == 200:
-        body = {
-            "object": "chat.completion",
-            "choices": [{"message": {"content": f"answer to {custom_id}"}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3},
-        }
-    else:
-        code = {429: "rate_limit_exceeded", 500: "server_error"}.get(status, "invalid_value")
-        body = {"error": {"message": f"status {status}", "type": "x", "code": code}}
-    record = {
-        "id": "r",
-        "custom_id": custom_id,
-        "response": {"status_code": status, "request_id": "q", "body": body},
-        "error": None,
-    }
-    return ("output" if status == 200 else "error"), json.dumps(record).encode()
-
-
-def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_at=None) -> Batch:
-    """A completed batch whose input, output and error files are kept and indexed, each line with its outcome."""
-    files = {"input": [], "output": [], "error": []}
-    for n, (custom_id, outcome) in enumerate(outcomes.items()):
-        files["input"].append(input_line(custom_id, n))
-        if (answer := result_line(custom_id, outcome)) is not None:
-            files[answer[0]].append(answer[1])
-    fields = {"metadata": metadata or {}, "input_file_id": f"file-in{uuid.uuid4().hex[:8]}", "endpoint": CHAT}
-    if created_at is not None:
-        fields["created_at"] = created_at
-    batch = record_batch(services.Batch.from_api(payload("completed", **fields)))
-    kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
-    local, names = {}, {}
-    for kind, lines in files.items():
-        if kind != "input" and not lines:
-            continue
-        content = b"".join(line + b"\n" for line in lines)
-        path = tmp_path / f"{batch.batch_id}-{kind}.jsonl"
-        path.write_bytes(content)
-        local[kind] = str(path)
-        names[f"{kind}_name"] = archive.results_storage().save(f"{batch.batch_id}/{kind}.jsonl", ContentFile(content))
-    with transaction.atomic():
-        summary = archive._index(kept, local)
-    ResultArchive.objects.filter(pk=kept.pk).update(
-        state=ArchiveState.READY, archived_at=timezone.now(), summary=summary, **names
-    )
-    return batch
 
 
 MIXED = {
