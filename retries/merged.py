@@ -1,25 +1,27 @@
 """One result per job: for each custom_id of the original input, the latest answer that succeeded anywhere in the
 chain of retries, else the last failure; computed in SQL over the results index.
 
-Cost model: a page is one COUNT and one query of ROWS_PER_PAGE original lines, each with a correlated subquery that
-picks its best line through the (archive, custom_id) index (one probe per kept batch of the job), then one query for
-those best lines. The counts of lines still failing probe the index only for lines the original batch did not
-answer. Exports stream the same query in chunks.
+Cost model: a page is one query of ROWS_PER_PAGE original lines, each with a correlated subquery that picks its best
+line through the (archive, custom_id) index (one probe per kept batch of the job), then one query for those best
+lines. The counts of lines still failing probe the index only for the lines the original batch did not answer (the
+number of lines comes from the summary written at indexing). Exports stream the same query in chunks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Subquery, Value, When
+from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, Value, When
 
 from batches.models import Batch
 from results.models import ArchiveState, Outcome, ResultArchive, ResultLine
 from retries.lineage import chain
 
-ROWS_PER_PAGE = 100
+ROWS_PER_PAGE = 50
 EXPORT_CHUNK = 1000
+COUNTS_CACHE_SECONDS = 3600
 SHOW_ALL = "all"
 SHOW_FAILING = "failing"
 
@@ -77,14 +79,15 @@ def _rank(job: Job):
     )
 
 
-def _best_line(job: Job):
-    """The best line of the job for the outer line's custom_id: a success before a failure, then the latest."""
+def _best(job: Job, column: str = "pk"):
+    """A column of the job's best line for the outer line's custom_id: a success before a failure, then the latest.
+    Filtered on custom_id only (never on outcome), so SQLite probes the (archive, custom_id) index."""
     candidates = ResultLine.objects.filter(
         archive_id__in=job.archive_ids, custom_id=OuterRef("custom_id"), line_number__isnull=False, duplicate=False
     )
     succeeded = Case(When(outcome=Outcome.SUCCEEDED, then=Value(1)), default=Value(0), output_field=IntegerField())
     ranked = candidates.annotate(succeeded=succeeded, rank=_rank(job)).order_by("-succeeded", "-rank", "-pk")
-    return Subquery(ranked.values("pk")[:1])
+    return Subquery(ranked.values(column)[:1])
 
 
 def original_lines(job: Job):
@@ -92,16 +95,18 @@ def original_lines(job: Job):
 
 
 def still_failing(job: Job):
-    """Original lines no batch of the job answered successfully."""
-    answered_later = ResultLine.objects.filter(
-        archive_id__in=job.archive_ids, custom_id=OuterRef("custom_id"), outcome=Outcome.SUCCEEDED
-    )
-    return original_lines(job).exclude(outcome=Outcome.SUCCEEDED).exclude(Exists(answered_later))
+    """Original lines no batch of the job answered successfully, each with its last outcome (`final`)."""
+    unanswered = [outcome for outcome in Outcome.values if outcome != Outcome.SUCCEEDED]  # an IN uses the index
+    lines = original_lines(job).filter(outcome__in=unanswered).annotate(final=_best(job, "outcome"))
+    return lines.exclude(final=Outcome.SUCCEEDED)
+
+
+def _selected(job: Job, show: str):
+    return still_failing(job) if show == SHOW_FAILING else original_lines(job)
 
 
 def merged_lines(job: Job, show: str = SHOW_ALL):
-    lines = still_failing(job) if show == SHOW_FAILING else original_lines(job)
-    return lines.annotate(best_id=_best_line(job)).order_by("position")
+    return _selected(job, show).annotate(best_id=_best(job)).order_by("position")
 
 
 @dataclass(frozen=True)
@@ -119,18 +124,15 @@ class Counts:
 
 
 def counts(job: Job) -> Counts:
-    """Two queries: the original lines, and the still failing ones grouped by their last outcome."""
-    total = original_lines(job).count()
-    best_outcome = Subquery(ResultLine.objects.filter(pk=OuterRef("best_id")).values("outcome")[:1])
-    rows = (
-        still_failing(job)
-        .annotate(best_id=_best_line(job))
-        .annotate(final=best_outcome)
-        .order_by()
-        .values("final")
-        .annotate(lines=Count("pk"))
-    )
-    return Counts(total=total, failing={row["final"]: row["lines"] for row in rows})
+    """The still failing lines grouped by their last outcome: one query over the lines the original batch did not
+    answer, cached until another batch of the job is kept (the key names every kept archive)."""
+    key = "batchboard:final-counts:" + ":".join(str(archive_id) for archive_id in job.archive_ids)
+    failing = cache.get(key)
+    if failing is None:
+        rows = still_failing(job).order_by().values("final").annotate(lines=Count("pk"))
+        failing = {row["final"]: row["lines"] for row in rows}
+        cache.set(key, failing, COUNTS_CACHE_SECONDS)
+    return Counts(total=job.root_archive.summary.get("input_lines", 0), failing=failing)
 
 
 @dataclass
@@ -156,11 +158,14 @@ def rows_for(job: Job, originals: list[ResultLine]) -> list[MergedRow]:
 
 
 def page(job: Job, show: str, number, total: int | None = None):
-    paginator = Paginator(merged_lines(job, show), ROWS_PER_PAGE)
+    """One page: its positions first (an index scan, no subquery for the rows skipped), then those rows."""
+    paginator = Paginator(_selected(job, show).order_by("position").values_list("position", flat=True), ROWS_PER_PAGE)
     if total is not None:
         paginator.count = total  # known already: saves counting again
     result = paginator.get_page(number)
-    result.object_list = rows_for(job, list(result.object_list))
+    positions = list(result.object_list)
+    lines = original_lines(job).filter(position__in=positions).annotate(best_id=_best(job)).order_by("position")
+    result.object_list = rows_for(job, list(lines))
     return result
 
 
