@@ -34,7 +34,6 @@ from django.utils import timezone
 from batches import services
 from batches.models import Batch, SyncState, payload_digest, record_batch, record_new_batches
 from results import archive as results_archive
-from retries import auto as retries_auto
 
 logger = logging.getLogger(__name__)
 
@@ -337,6 +336,9 @@ def run_pass(
     _record_outcome(result, error, seconds)
     if error is None:  # the API answered: keep the files of batches that are final (results app)
         results_archive.sync_step(result.became_final)
+        # Imported here: retries create batches through actions.py, which imports lookups.py, which imports this.
+        from retries import auto as retries_auto
+
         retries_auto.sync_step()  # then submit the automatic retries of those kept (retries app)
     return PassOutcome(
         ran=True, result=result, error=f"{failure_message(error)} [{error}]" if error else "", seconds=seconds

@@ -66,7 +66,7 @@ def retry_confirm(request, batch_id):
         if request.method == "POST":
             record(request, Action.CREATE, AuditOutcome.REFUSED, batch_id=batch_id, detail="no permission to retry")
         raise PermissionDenied("You may not create batches, so you may not retry lines either.")
-    parent, freshness = refreshed_batch(batch_id)
+    parent, freshness = refreshed_batch(request, batch_id)
     if parent is None:
         return unreachable(request, batch_id, freshness)
     archive = request_archive(parent)
@@ -106,7 +106,7 @@ def retry_confirm(request, batch_id):
 
 
 def _job(request, batch_id):
-    batch, freshness = refreshed_batch(batch_id)
+    batch, freshness = refreshed_batch(request, batch_id)
     if batch is None:
         return None, None, freshness
     return batch, merged.load_job(job_id_of(batch)), freshness

@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from batches import services, upstream
+from batches import lookups, services
 from batches.models import Batch, record_batch
 from results import archive
 from results.models import ResultArchive, ResultFilter
@@ -286,7 +286,7 @@ def test_the_results_page_links_to_retry_and_to_the_final_results(operator_clien
 
 def _finish_in_sandbox(batch_id: str) -> Batch:
     SandboxBatch.objects.filter(pk=batch_id).update(created=F("created") - 10 * DAY)
-    batch, _ = upstream.refresh_batch(batch_id)
+    batch, _ = lookups.refresh_batch(batch_id)
     assert batch.is_terminal
     assert archive.archive_due(limit=5) >= 1
     return batch

@@ -6,7 +6,7 @@ import re
 from django.db.models import F
 from playwright.sync_api import expect
 
-from batches import upstream
+from batches import lookups
 from results import archive
 from sandbox import results as sandbox_results
 from sandbox.models import SandboxBatch
@@ -46,7 +46,7 @@ def test_it_retries_the_429s_links_both_batches_and_merges_the_results(
     SandboxBatch.objects.filter(pk=retry_id).update(
         created=F("created") - DAYS_10, created_at=F("created_at") - DAYS_10
     )
-    assert upstream.refresh_batch(retry_id)[0].is_terminal
+    assert lookups.refresh_batch(retry_id)[0].is_terminal
     assert archive.archive_due(limit=5) >= 1
 
     page.reload()
