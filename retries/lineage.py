@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 
 from batches import pricing
 from batches.models import Batch
@@ -97,15 +97,3 @@ def lineage(batch: Batch) -> Lineage:
         retries_in_job=retries_in_job,
         job_cost=chain(job_id).cost_total() if retries_in_job else None,
     )
-
-
-def count_retries(batches: list[Batch]) -> None:
-    """Set `retry_count` on each batch of a list page: how many retries its job has (one query for the page)."""
-    counts = dict(
-        RetryLink.objects.filter(job_batch_id__in=[batch.batch_id for batch in batches])
-        .values_list("job_batch_id")
-        .annotate(count=Count("pk"))
-        .order_by()
-    )
-    for batch in batches:
-        batch.retry_count = counts.get(batch.batch_id, 0)

@@ -18,6 +18,7 @@ from django.core.files.base import ContentFile
 from django.core.servers.basehttp import WSGIRequestHandler
 from django.db import connection, connections, transaction
 from django.test import override_settings
+from django.utils import timezone
 
 from batches import services
 
