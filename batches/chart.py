@@ -136,7 +136,7 @@ class Chart:
 
 
 def known_points(
-    api: services.Batch, observations: list[Observation], phases: tuple[Phase, ...]
+    api: services.ApiBatch, observations: list[Observation], phases: tuple[Phase, ...]
 ) -> tuple[list[Point], datetime | None]:
     """(every point whose counts are known, in time order; the final timestamp of a finished batch, else None).
 
@@ -203,7 +203,7 @@ def downsample(points: list[Point], max_points: int = MAX_CHART_POINTS) -> list[
 
 
 def progress_chart(
-    api: services.Batch, observations: list[Observation], phases: tuple[Phase, ...], *, as_of: datetime
+    api: services.ApiBatch, observations: list[Observation], phases: tuple[Phase, ...], *, as_of: datetime
 ) -> Chart | None:
     """The progress chart; None when there is nothing to plot yet (no requests counted, or a single moment)."""
     points, final_at = known_points(api, observations, phases)

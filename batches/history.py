@@ -131,7 +131,9 @@ def batch_history(batch, now: datetime | None = None) -> BatchHistory:
     return summarize(batch.api, observations, as_of=batch.last_seen_at, now=now or timezone.now())
 
 
-def summarize(api: services.Batch, observations: list[Observation], *, as_of: datetime, now: datetime) -> BatchHistory:
+def summarize(
+    api: services.ApiBatch, observations: list[Observation], *, as_of: datetime, now: datetime
+) -> BatchHistory:
     """Everything the panel shows, from the latest API state and the observations in time order.
 
     `as_of` is when the latest state was last confirmed: the batch was still in it then, even if no new snapshot
@@ -158,12 +160,12 @@ def summarize(api: services.Batch, observations: list[Observation], *, as_of: da
 # --- Timeline ---------------------------------------------------------------
 
 
-def api_entered_at(api: services.Batch, status: str) -> datetime | None:
+def api_entered_at(api: services.ApiBatch, status: str) -> datetime | None:
     field_name = STATUS_ENTERED_FIELD.get(status)
     return services.from_unix(getattr(api, field_name)) if field_name else None
 
 
-def timeline(api: services.Batch, observations: list[Observation], *, now: datetime) -> tuple[Phase, ...]:
+def timeline(api: services.ApiBatch, observations: list[Observation], *, now: datetime) -> tuple[Phase, ...]:
     """The statuses the batch went through, each with the most exact entry time known.
 
     The API's `*_at` fields are exact; the dashboard's first observation of a status is only an upper bound,
@@ -213,7 +215,7 @@ def timeline(api: services.Batch, observations: list[Observation], *, now: datet
 
 
 def eta(
-    api: services.Batch, observations: list[Observation], *, as_of: datetime, now: datetime
+    api: services.ApiBatch, observations: list[Observation], *, as_of: datetime, now: datetime
 ) -> tuple[Estimate | None, str]:
     """(estimate, "") when the pace is known, otherwise (None, why not); (None, "") for finished batches."""
     if api.is_terminal:
@@ -260,7 +262,7 @@ def eta(
     )
 
 
-def _rate(api: services.Batch, observations: list[Observation], *, as_of: datetime) -> tuple[float, str]:
+def _rate(api: services.ApiBatch, observations: list[Observation], *, as_of: datetime) -> tuple[float, str]:
     """(requests per hour, basis): over the last RATE_WINDOW of snapshots, else the average since in_progress_at.
 
     The latest state held until `as_of`, so a pause since the last snapshot slows the rate down, and a batch that
@@ -283,7 +285,7 @@ def _rate(api: services.Batch, observations: list[Observation], *, as_of: dateti
 
 
 def warnings(
-    api: services.Batch, phases: tuple[Phase, ...], estimate: Estimate | None, *, now: datetime
+    api: services.ApiBatch, phases: tuple[Phase, ...], estimate: Estimate | None, *, now: datetime
 ) -> tuple[Notice, ...]:
     """What an operator should look at: a state held too long, an expiry the batch will not beat."""
     if api.is_terminal:

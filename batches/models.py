@@ -44,7 +44,7 @@ def payload_digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(normalised, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def progress_key(batch: services.Batch) -> tuple[int, int, int]:
+def progress_key(batch: services.ApiBatch) -> tuple[int, int, int]:
     """Orders observations of one batch: timestamps are only ever added, counts and token usage only grow.
 
     A late answer (an older state) sorts below the stored one and is ignored; equal keys mean neither is older.
@@ -355,9 +355,9 @@ class Batch(models.Model):
         return self.batch_id
 
     @property
-    def api(self) -> services.Batch:
+    def api(self) -> services.ApiBatch:
         """The latest payload, parsed by the service module."""
-        return services.Batch.from_api(self.payload)
+        return services.ApiBatch.from_api(self.payload)
 
     @property
     def is_cancellable(self) -> bool:
@@ -432,7 +432,7 @@ class Batch(models.Model):
         """Whether a Cancel button makes sense: the batch can still be cancelled and nobody has asked yet."""
         return self.is_cancellable and not self.cancel_pending
 
-    def _apply(self, batch: services.Batch, digest: str, observed_at: datetime) -> None:
+    def _apply(self, batch: services.ApiBatch, digest: str, observed_at: datetime) -> None:
         """Copy an observation into the columns named in APPLIED_FIELDS."""
         self.status = batch.status
         self.is_terminal = batch.is_terminal
@@ -513,7 +513,7 @@ class BatchSnapshot(models.Model):
         return self.completed_requests + self.failed_requests
 
 
-def record_batch(batch: services.Batch, observed_at: datetime | None = None) -> Batch:
+def record_batch(batch: services.ApiBatch, observed_at: datetime | None = None) -> Batch:
     """Store what the service module fetched: update the latest state and add a snapshot if it is new.
 
     Safe when several requests record the same batch at once: the write happens under a row lock (an IMMEDIATE
@@ -530,7 +530,7 @@ def record_batch(batch: services.Batch, observed_at: datetime | None = None) -> 
     return Batch.objects.get(batch_id=batch.id)
 
 
-def record_new_batches(batches: list[services.Batch], observed_at: datetime) -> None:
+def record_new_batches(batches: list[services.ApiBatch], observed_at: datetime) -> None:
     """Store batches the cache has never seen, with their first snapshots, in two bulk inserts (an import's page).
 
     If another writer recorded one of them meanwhile, the unique batch id refuses the insert and each goes through
@@ -559,7 +559,7 @@ def record_new_batches(batches: list[services.Batch], observed_at: datetime) -> 
             record_batch(batch, observed_at=observed_at)
 
 
-def _record(batch: services.Batch, digest: str, observed_at: datetime) -> Batch:
+def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> Batch:
     with transaction.atomic():
         row = Batch.objects.select_for_update().filter(batch_id=batch.id).first()
         if row is None:
@@ -590,11 +590,11 @@ def _record(batch: services.Batch, digest: str, observed_at: datetime) -> Batch:
         return row
 
 
-def _add_snapshot(row: Batch, batch: services.Batch, digest: str, observed_at: datetime) -> None:
+def _add_snapshot(row: Batch, batch: services.ApiBatch, digest: str, observed_at: datetime) -> None:
     _snapshot(row, batch, digest, observed_at).save(force_insert=True)
 
 
-def _snapshot(row: Batch, batch: services.Batch, digest: str, observed_at: datetime) -> BatchSnapshot:
+def _snapshot(row: Batch, batch: services.ApiBatch, digest: str, observed_at: datetime) -> BatchSnapshot:
     return BatchSnapshot(
         batch=row,
         observed_at=observed_at,

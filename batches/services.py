@@ -219,7 +219,7 @@ class BatchError:
 
 
 @dataclass(frozen=True)
-class Batch:
+class ApiBatch:
     id: str
     status: str
     endpoint: str | None
@@ -244,7 +244,7 @@ class Batch:
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_api(cls, data: dict) -> Batch:
+    def from_api(cls, data: dict) -> ApiBatch:
         """Parse a Batch object; unknown fields stay in `raw`, odd values become None instead of failing."""
         batch_id = data.get("id")
         if not isinstance(batch_id, str) or not batch_id:
@@ -290,11 +290,11 @@ class Batch:
         return tuple(f for f in (self.input_file_id, self.output_file_id, self.error_file_id) if f)
 
 
-def _listed_batch(item: Any) -> Batch | None:
+def _listed_batch(item: Any) -> ApiBatch | None:
     """A batch of a list page; one the client cannot use (no id, or an id that is not one) is logged and left out,
     so one odd entry never stops the whole list from refreshing."""
     try:
-        return Batch.from_api(item if isinstance(item, dict) else {})
+        return ApiBatch.from_api(item if isinstance(item, dict) else {})
     except ValueError as exc:
         logger.warning("Leaving out a listed batch: %s", exc)
         return None
@@ -302,7 +302,7 @@ def _listed_batch(item: Any) -> Batch | None:
 
 @dataclass(frozen=True)
 class BatchPage:
-    data: tuple[Batch, ...]
+    data: tuple[ApiBatch, ...]
     has_more: bool
     first_id: str | None = None
     last_id: str | None = None
@@ -681,7 +681,7 @@ class BatchClient:
         completion_window: str = "24h",
         metadata: dict[str, str] | None = None,
         output_expires_after: int | None = None,
-    ) -> Batch:
+    ) -> ApiBatch:
         body: dict[str, Any] = {
             "input_file_id": input_file_id,
             "endpoint": endpoint,
@@ -692,11 +692,11 @@ class BatchClient:
         if output_expires_after is not None:
             body["output_expires_after"] = {"anchor": "created_at", "seconds": int(output_expires_after)}
         response = self._request("POST", "/batches", json=body, retry=RETRY_ONCE)
-        return self._parse(response, Batch.from_api, "POST /batches")
+        return self._parse(response, ApiBatch.from_api, "POST /batches")
 
-    def retrieve_batch(self, batch_id: str) -> Batch:
+    def retrieve_batch(self, batch_id: str) -> ApiBatch:
         path = f"/batches/{_segment(batch_id, BATCH_ID_PATTERN, 'batch id')}"
-        return self._parse(self._request("GET", path), Batch.from_api, f"GET {path}")
+        return self._parse(self._request("GET", path), ApiBatch.from_api, f"GET {path}")
 
     def list_batches(self, *, after: str | None = None, limit: int = 20) -> BatchPage:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIST_LIMIT_MAX:
@@ -720,13 +720,13 @@ class BatchClient:
                 raise BatchApiError("The Batch API returned the same page twice; paging stopped to avoid a loop.")
             cursors_seen.add(after)
 
-    def iter_batches(self, *, limit: int = LIST_LIMIT_MAX) -> Iterator[Batch]:
+    def iter_batches(self, *, limit: int = LIST_LIMIT_MAX) -> Iterator[ApiBatch]:
         for page in self.iter_batch_pages(limit=limit):
             yield from page.data
 
-    def cancel_batch(self, batch_id: str) -> Batch:
+    def cancel_batch(self, batch_id: str) -> ApiBatch:
         path = f"/batches/{_segment(batch_id, BATCH_ID_PATTERN, 'batch id')}/cancel"
-        return self._parse(self._request("POST", path, retry=RETRY_IDEMPOTENT), Batch.from_api, f"POST {path}")
+        return self._parse(self._request("POST", path, retry=RETRY_IDEMPOTENT), ApiBatch.from_api, f"POST {path}")
 
     # Files
 

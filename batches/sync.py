@@ -552,7 +552,7 @@ def _retrieve(client, batch_ids: list[str], result: SyncResult, renew, stop) -> 
             return
 
 
-def _record_page(batches: tuple[services.Batch, ...], result: SyncResult, *, imported: bool = False) -> None:
+def _record_page(batches: tuple[services.ApiBatch, ...], result: SyncResult, *, imported: bool = False) -> None:
     """Record a page of the list: one query finds what is known; unchanged batches are marked seen in one UPDATE,
     new ones inserted in bulk, changed ones recorded one by one (they are few: what changed since the last pass)."""
     if not batches:
@@ -588,7 +588,7 @@ def _record_page(batches: tuple[services.Batch, ...], result: SyncResult, *, imp
         _record_changed(batch, digests[batch.id], known[batch.id][1], now, result)
 
 
-def _record_changed(batch: services.Batch, digest: str, was_final: bool, now: datetime, result: SyncResult) -> None:
+def _record_changed(batch: services.ApiBatch, digest: str, was_final: bool, now: datetime, result: SyncResult) -> None:
     row = record_batch(batch, observed_at=now)
     if row.payload_hash == digest:  # Not a late answer describing an older state.
         result.changed += 1

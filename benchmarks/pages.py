@@ -224,7 +224,7 @@ def _cache_row(payload: dict, *, first_seen: int, last_seen: int):
     from batches.models import Batch, payload_digest
 
     row = Batch(batch_id=payload["id"])
-    row._apply(services.Batch.from_api(payload), payload_digest(payload), _at(last_seen))
+    row._apply(services.ApiBatch.from_api(payload), payload_digest(payload), _at(last_seen))
     row.first_seen_at = _at(first_seen)
     row.last_seen_at = row.last_changed_at = _at(last_seen)
     return row

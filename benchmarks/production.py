@@ -146,7 +146,7 @@ def _fill(batches: int) -> str:
             running = n % RUNNING_SHARE == 1
             payload = _payload(f"batch_prod{n:07d}", newest - n * 60, running)
             row = Batch(batch_id=payload["id"], first_seen_at=now)
-            row._apply(services.Batch.from_api(payload), payload_digest(payload), now)
+            row._apply(services.ApiBatch.from_api(payload), payload_digest(payload), now)
             row.last_seen_at = row.last_changed_at = now
             rows.append(row)
             running_id = running_id or (payload["id"] if running else "")

@@ -109,7 +109,7 @@ def _keep(batch_id: str, created_at: int, metadata: dict, failing, scratch: Path
         "request_counts": {"total": LINES, "completed": LINES, "failed": 0},
         "metadata": metadata,
     }
-    batch = record_batch(services.Batch.from_api(payload))
+    batch = record_batch(services.ApiBatch.from_api(payload))
     paths = {kind: scratch / f"{batch_id}-{kind}.jsonl" for kind in ("input", "output", "error")}
     with open(paths["input"], "wb") as inp, open(paths["output"], "wb") as out, open(paths["error"], "wb") as err:
         for number in range(1, LINES + 1):

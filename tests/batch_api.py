@@ -52,7 +52,7 @@ class BatchApi:
         self.server.route("GET", f"/batches/{data['id']}", partial(self._retrieve, data["id"]))
         self.server.route("POST", f"/batches/{data['id']}/cancel", partial(self._cancel, data["id"]))
         if record:
-            record_batch(services.Batch.from_api(data))
+            record_batch(services.ApiBatch.from_api(data))
         return data
 
     def _list(self, received) -> Reply:

@@ -317,7 +317,7 @@ def observation(batch_id="batch_1", status="in_progress", processed=0, total=10,
         "metadata": {"description": "nightly eval"},
         **fields,
     }
-    return services.Batch.from_api(payload)
+    return services.ApiBatch.from_api(payload)
 
 
 def completed(batch_id="batch_1", total=10, **fields):
@@ -405,7 +405,7 @@ def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_
     fields = {"metadata": metadata or {}, "input_file_id": f"file-in{uuid.uuid4().hex[:8]}", "endpoint": CHAT}
     if created_at is not None:
         fields["created_at"] = created_at
-    batch = record_batch(services.Batch.from_api(payload("completed", **fields)))
+    batch = record_batch(services.ApiBatch.from_api(payload("completed", **fields)))
     kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
     local, names = {}, {}
     for kind, lines in files.items():

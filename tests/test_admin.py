@@ -23,7 +23,7 @@ def record(name, batch_id, *, minutes=0, completed=None, **changes):
     data.update(id=batch_id, **changes)
     if completed is not None:
         data["request_counts"] = {**data["request_counts"], "completed": completed}
-    return record_batch(services.Batch.from_api(data), observed_at=T0 + timedelta(minutes=minutes))
+    return record_batch(services.ApiBatch.from_api(data), observed_at=T0 + timedelta(minutes=minutes))
 
 
 @pytest.fixture

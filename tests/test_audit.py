@@ -82,7 +82,7 @@ def test_it_records_creates_refused_and_done(operator_client, sandbox_url):
 
 
 def test_it_records_downloads_and_failed_ones(viewer_client, fake_api):
-    record_batch(services.Batch.from_api(example("batch.completed.json")))
+    record_batch(services.ApiBatch.from_api(example("batch.completed.json")))
     fake_api.script("GET", "/files/file-cvaTdG/content", Reply(200, b"{}\n"))
 
     b"".join(viewer_client.get("/batches/batch_abc123/files/output/").streaming_content)

@@ -44,7 +44,7 @@ def _batch(batch_id, *, status="completed", model="gpt-4o-mini-2024-07-18", usag
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": tokens_in + tokens_out,
         }
-    return services.Batch.from_api(payload)
+    return services.ApiBatch.from_api(payload)
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +80,7 @@ def test_a_batch_without_usage_has_no_cost():
 
 def test_legacy_usage_keys_are_read_too():
     batch = _batch("batch_legacy", usage=None)
-    batch = services.Batch.from_api(
+    batch = services.ApiBatch.from_api(
         {**batch.raw, "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
     )
     row = record_batch(batch)

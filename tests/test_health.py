@@ -21,7 +21,7 @@ CREATED = 1_760_000_000
 
 def _batch(batch_id, status, *, total=10, processed=0):
     terminal = status in services.TERMINAL_STATUSES
-    return services.Batch.from_api(
+    return services.ApiBatch.from_api(
         {
             "id": batch_id,
             "object": "batch",

@@ -42,7 +42,7 @@ def payload(status, *, batch_id="batch_history", total=0, completed=0, failed=0,
 
 def record(status, minute, **kwargs):
     """Record an observation of `status` made `minute` minutes after T0."""
-    return record_batch(services.Batch.from_api(payload(status, **kwargs)), observed_at=at(minute))
+    return record_batch(services.ApiBatch.from_api(payload(status, **kwargs)), observed_at=at(minute))
 
 
 def running(minute, completed, failed=0, *, total=1000, **kwargs):
@@ -423,7 +423,7 @@ def test_it_warns_when_the_expiry_time_has_passed_but_the_batch_is_still_running
 def test_it_escapes_whatever_the_api_sends():
     data = payload("in_progress", total=10, completed=1, in_progress_at=5)
     data["status"] = "<b>odd</b>"
-    batch = record_batch(services.Batch.from_api(data), observed_at=at(10))
+    batch = record_batch(services.ApiBatch.from_api(data), observed_at=at(10))
     html = render(batch, now=at(11))
 
     assert "<b>" not in html

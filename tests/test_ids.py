@@ -18,12 +18,12 @@ pytestmark = pytest.mark.django_db
 def test_it_refuses_a_batch_whose_id_is_not_a_batch_id():
     for bad in ("..", "batch_a.b", "batch_a/b", "file-x", "batch_"):
         with pytest.raises(ValueError):
-            services.Batch.from_api({**example("batch.completed.json"), "id": bad})
+            services.ApiBatch.from_api({**example("batch.completed.json"), "id": bad})
 
 
 def test_it_drops_a_file_id_that_is_not_one_and_logs_it(caplog):
     with caplog.at_level(logging.WARNING, logger="batches.services"):
-        batch = services.Batch.from_api({**example("batch.completed.json"), "output_file_id": ".."})
+        batch = services.ApiBatch.from_api({**example("batch.completed.json"), "output_file_id": ".."})
     assert batch.output_file_id is None
     assert "'..'" in caplog.text
 

@@ -52,7 +52,7 @@ def _client(user) -> Client:
 def _update(data: dict, **fields) -> None:
     """The API moved the batch on, and a refresh (another viewer's, the detail page's, the sync loop's) recorded it."""
     data.update(fields)
-    record_batch(services.Batch.from_api(data))
+    record_batch(services.ApiBatch.from_api(data))
 
 
 def test_it_renders_the_table_once_for_every_viewer_polling_the_same_url(api, viewer, django_user_model):

@@ -58,7 +58,7 @@ def test_it_answers_again_in_full_once_the_data_changed(api, viewer_client):
     batch = api.add("in_progress", request_counts={"total": 10, "completed": 1, "failed": 0})
     key = _shown_key(viewer_client.get("/batches/").content.decode(), "batch-table")
     batch["request_counts"] = {"total": 10, "completed": 5, "failed": 0}
-    record_batch(services.Batch.from_api(batch))
+    record_batch(services.ApiBatch.from_api(batch))
 
     response = viewer_client.get("/batches/", HTTP_X_BATCHBOARD_SHOWN=key, **HTMX)
 

@@ -30,7 +30,7 @@ payloads, seed, start_at = json.load(open(sys.argv[1])), int(sys.argv[2]), float
 random.Random(seed).shuffle(payloads)
 time.sleep(max(start_at - time.time(), 0))
 for payload in payloads:
-    record_batch(services.Batch.from_api(payload))
+    record_batch(services.ApiBatch.from_api(payload))
 """
 
 

@@ -44,7 +44,7 @@ def lifecycle(batch_id, *, days_ago, finish="completed", running_snapshots=5):
 
     def observe(status, minutes, completed, **entered):
         data = _payload(batch_id, status, created, total, completed, **entered)
-        record_batch(services.Batch.from_api(data), observed_at=created + timedelta(minutes=minutes))
+        record_batch(services.ApiBatch.from_api(data), observed_at=created + timedelta(minutes=minutes))
 
     observe("validating", 1, 0)
     for i in range(running_snapshots):
@@ -83,7 +83,7 @@ def test_it_keeps_the_last_snapshot_even_without_a_status_change():
     created = NOW - timedelta(days=60)
     for completed in range(4):
         data = _payload("batch_same", "expired", created, 3, completed, expired_at=created + timedelta(hours=24))
-        record_batch(services.Batch.from_api(data), observed_at=created + timedelta(hours=24, minutes=completed))
+        record_batch(services.ApiBatch.from_api(data), observed_at=created + timedelta(hours=24, minutes=completed))
     first, *middle, last = remaining("batch_same")
 
     prune("--older-than", "30d")

@@ -174,19 +174,19 @@ def test_nothing_to_retry_sends_nothing(operator_client, tmp_path, fake_api):
 
 @pytest.mark.django_db
 def test_lineage_is_read_from_metadata_whoever_made_the_retry():
-    original = record_batch(services.Batch.from_api(payload("completed")))
+    original = record_batch(services.ApiBatch.from_api(payload("completed")))
     first = record_batch(
-        services.Batch.from_api(payload("completed", metadata={"batchboard_retry_of": original.batch_id}))
+        services.ApiBatch.from_api(payload("completed", metadata={"batchboard_retry_of": original.batch_id}))
     )
     second = record_batch(
-        services.Batch.from_api(
+        services.ApiBatch.from_api(
             payload(
                 "in_progress",
                 metadata={"batchboard_retry_of": first.batch_id, "batchboard_job": original.batch_id},
             )
         )
     )
-    plain = record_batch(services.Batch.from_api(payload("completed", metadata={"project": "x"})))
+    plain = record_batch(services.ApiBatch.from_api(payload("completed", metadata={"project": "x"})))
     assert RetryLink.objects.get(batch=first).job_batch_id == original.batch_id
     assert RetryLink.objects.get(batch=second).job_batch_id == original.batch_id
     assert not RetryLink.objects.filter(batch=plain).exists()
@@ -358,5 +358,5 @@ def test_retries_left_is_bounded():
 
 @pytest.mark.django_db
 def test_metadata_that_is_no_batch_id_links_nothing():
-    batch = record_batch(services.Batch.from_api(payload("completed", metadata={"batchboard_retry_of": "see <x>"})))
+    batch = record_batch(services.ApiBatch.from_api(payload("completed", metadata={"batchboard_retry_of": "see <x>"})))
     assert not RetryLink.objects.filter(batch=batch).exists()

@@ -21,7 +21,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 @pytest.fixture
 def a_batch():
-    return record_batch(services.Batch.from_api(json.loads((EXAMPLES / "batch.completed.json").read_text())))
+    return record_batch(services.ApiBatch.from_api(json.loads((EXAMPLES / "batch.completed.json").read_text())))
 
 
 def _dashboard_urls(batch_id):

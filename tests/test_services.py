@@ -17,9 +17,9 @@ from django.conf import settings as django_settings
 
 from batches import services
 from batches.services import (
+    ApiBatch,
     AuthenticationFailed,
     BadRequest,
-    Batch,
     BatchApiError,
     BatchClient,
     NotFound,
@@ -88,9 +88,9 @@ def _list_page(ids, has_more):
     }
 
 
-def _assert_parsed(batch: Batch, payload: dict):
+def _assert_parsed(batch: ApiBatch, payload: dict):
     """Every field of the payload is on the typed Batch with its value (ids "" and null as None)."""
-    assert set(payload) - {"object"} <= {f.name for f in dataclasses.fields(Batch)}
+    assert set(payload) - {"object"} <= {f.name for f in dataclasses.fields(ApiBatch)}
     assert batch.id == payload["id"]
     assert batch.status == payload["status"]
     assert batch.endpoint == payload["endpoint"]
@@ -183,7 +183,7 @@ def test_it_reads_cached_and_reasoning_tokens_from_their_details():
         "prompt_tokens": 100,  # a legacy key seen on live payloads
     }
 
-    batch = Batch.from_api(_batch("batch_u", usage=usage))
+    batch = ApiBatch.from_api(_batch("batch_u", usage=usage))
 
     assert batch.usage == Usage(
         input_tokens=100, cached_tokens=40, output_tokens=30, reasoning_tokens=12, total_tokens=130
@@ -207,7 +207,7 @@ def test_it_treats_empty_and_null_file_ids_alike_and_keeps_unknown_fields(api, c
 
 
 def test_it_tolerates_missing_and_odd_values():
-    batch = Batch.from_api(
+    batch = ApiBatch.from_api(
         {
             "id": "batch_odd",
             "status": "validating",
@@ -230,7 +230,7 @@ def test_it_tolerates_missing_and_odd_values():
 
 
 def test_it_drops_timestamps_and_counts_that_no_column_or_date_can_hold():
-    batch = Batch.from_api(
+    batch = ApiBatch.from_api(
         {
             "id": "batch_odd",
             "status": "in_progress",

@@ -23,7 +23,7 @@ def _empty_cache():
 
 
 def _record(name: str, **changes):
-    return record_batch(services.Batch.from_api({**example(name), **changes}))
+    return record_batch(services.ApiBatch.from_api({**example(name), **changes}))
 
 
 def _running(batch_id: str = "batch_run1", **changes) -> dict:

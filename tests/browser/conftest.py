@@ -147,7 +147,7 @@ def sync_loop(sandbox_url, settings):
 def make_batch(sandbox_url, settings, sync_loop):
     """Create a batch in the sandbox over HTTP, as any API client would; it runs at `speed` from then on."""
 
-    def _make(speed: float, *, requests: int = 20, scenario: str = "") -> services.Batch:
+    def _make(speed: float, *, requests: int = 20, scenario: str = "") -> services.ApiBatch:
         settings.SANDBOX_SPEED = speed  # the sandbox keeps the speed in force at creation for the batch's life
         client = services.get_client()
         lines = [chat_request(f"request-{number}") for number in range(1, requests + 1)]
