@@ -11,7 +11,7 @@ from batches.models import Batch
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
-BASE_CSS = Path(__file__).resolve().parent.parent / "static" / "css" / "base.css"
+BASE_CSS = Path(__file__).resolve().parents[2] / "static" / "css" / "base.css"
 FOCUSABLE = {"a", "input", "select", "button", "textarea", "summary", "details"}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = {  # the README's production environment
     "DJANGO_SECRET_KEY": "t3st-0nly-" + "kq9Zx1Lw7Rm4Vb8Np2Hs6Jd5Fg3Cy0Ta" * 2,
     "DJANGO_ALLOWED_HOSTS": "batchboard.example.com",
