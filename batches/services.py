@@ -171,10 +171,6 @@ class RequestCounts:
     def processed(self) -> int:
         return self.completed + self.failed
 
-    @property
-    def fraction_done(self) -> float:
-        return min(self.processed / self.total, 1.0) if self.total else 0.0
-
 
 @dataclass(frozen=True)
 class Usage:

@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HTMX_STOP_POLLING
 
 from audit.log import record
 from audit.models import Action
@@ -23,7 +24,7 @@ from results.archive import StoredFiles, loads_record, request_archive, results_
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
 
 # htmx stops polling on this status (and the final fragment has no trigger left).
-STOP_POLLING = 286
+
 POLL_SECONDS = 3
 EXPORT_CHUNK = 1000
 # What reverse() leaves unquoted in a path segment (django.urls.resolvers), so both build the same links.
@@ -91,7 +92,9 @@ def results_page(request, batch_id):
         "page": _page(archive, result_filter, request.GET.get("page")) if archive and archive.is_ready else None,
     }
     if request.htmx and not request.htmx.history_restore_request:
-        return render(request, "results/results.html#results-panel", context, status=200 if polling else STOP_POLLING)
+        return render(
+            request, "results/results.html#results-panel", context, status=200 if polling else HTMX_STOP_POLLING
+        )
     return render(request, "results/results.html", context)
 
 

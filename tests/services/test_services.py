@@ -152,7 +152,6 @@ def test_it_parses_a_completed_batch_into_typed_values(api, client):
 
     assert batch.status == "completed" and batch.is_terminal and not batch.is_cancellable
     assert batch.request_counts == RequestCounts(total=5, completed=4, failed=1)
-    assert batch.request_counts.fraction_done == 1.0
     assert batch.usage.total_tokens == 107
     assert batch.file_ids == ("file-abc123", "file-cvaTdG", "file-HOWS94")
     assert batch.metadata == {"customer_id": "user_123456789", "batch_description": "Nightly eval job"}
