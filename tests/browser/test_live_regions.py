@@ -57,7 +57,7 @@ def test_it_leaves_a_live_region_alone_when_the_server_says_nothing_changed(live
 
     def _unchanged_after_the_first(route):
         # The first refresh gets the server's answer; every later one the server's "nothing changed" (204), as
-        # tests/test_live.py shows the server answers when the key sent back is that of the current rendering.
+        # tests/views/test_live.py shows the server answers when the key sent back is that of the current rendering.
         if not route.request.headers.get("hx-request"):
             route.continue_()
             return
