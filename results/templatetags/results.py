@@ -34,12 +34,13 @@ def results_notice(batch):
     }
 
 
-@register.inclusion_tag("results/_detail_summary.html")
-def results_summary(batch):
+@register.inclusion_tag("results/_detail_summary.html", takes_context=True)
+def results_summary(context, batch):
     """The detail page's results card: the link to the results table and the errors grouped."""
     has_results = bool(batch.output_file_id or batch.error_file_id)
     return {
         "batch": batch,
+        "can_retry": context["perms"]["batches"]["create_batch"] if "perms" in context else False,
         "archive": _archive(batch) if has_results else None,
         "has_results": has_results,
         "outcomes": Outcome,

@@ -281,6 +281,15 @@ def test_the_results_page_links_to_retry_and_to_the_final_results(operator_clien
     assert "?select=filter&amp;group=" in detail
 
 
+@pytest.mark.django_db
+def test_viewers_are_not_offered_retry_links_they_may_not_follow(viewer_client, tmp_path):
+    original = kept_batch(MIXED, tmp_path)
+    detail = viewer_client.get(reverse("batches:detail", args=[original.batch_id])).content.decode()
+    results = viewer_client.get(reverse("results:list", args=[original.batch_id])).content.decode()
+    assert "retry-group" not in detail and "retry-group" not in results
+    assert "× " in detail  # the error groups themselves are still shown
+
+
 # --- Automatic retries -----------------------------------------------------------
 
 
