@@ -6,7 +6,8 @@ The rules come from REFERENCE §6 ("one JSON object per line, UTF-8, no BOM"); w
 a blank line between requests is not a JSON object and fails the file, while blank lines after the last request
 are tolerated as trailing whitespace; a line without `model` differs from one that names a model; a line longer
 than MAX_LINE_BYTES is refused without being read whole, so memory stays bounded whatever the file holds.
-tests/sandbox/test_jsonl_cases.py holds the table of cases this module and the dashboard's create form are checked against.
+tests/sandbox/test_jsonl_cases.py holds the table of cases this module and the dashboard's create form are checked
+against.
 """
 
 from __future__ import annotations
