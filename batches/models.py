@@ -175,13 +175,27 @@ class BatchQuerySet(models.QuerySet):
             return self.newest_first()
         return self.order_by(key.desc(nulls_last=True) if descending else key.asc(nulls_last=True), *NEWEST_FIRST)
 
-    def matching(self, *, endpoint: str = "", model: str = "", q: str = "", created_range=(None, None)):
-        """The list's filters other than status, which the status counts are computed over."""
+    def matching(
+        self,
+        *,
+        endpoint: str = "",
+        model: str = "",
+        q: str = "",
+        created_range=(None, None),
+        originals: bool = False,
+        job: str = "",
+    ):
+        """The list's filters other than status, which the status counts are computed over. `originals` leaves
+        retries out (the retries app links them); `job` keeps one job: its original batch and every retry of it."""
         queryset = self.search(q).created_between(*created_range)
         if endpoint:
             queryset = queryset.filter(endpoint=endpoint)
         if model:
             queryset = queryset.filter(model=model)
+        if originals:
+            queryset = queryset.filter(retry_link__isnull=True)
+        if job:
+            queryset = queryset.filter(models.Q(batch_id=job) | models.Q(retry_link__job_batch_id=job))
         return queryset
 
     def status_counts(self) -> dict[str, int]:

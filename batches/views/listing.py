@@ -20,6 +20,7 @@ from django_htmx.http import HTMX_STOP_POLLING
 from batches import services, sync
 from batches.models import ACTIVE_FILTER, ATTENTION_FILTER, DEFAULT_SORT, SORTS, Batch, data_version
 from batches.views.live import Live, answer_key, is_shown, live_of, rendering_key, unchanged
+from retries import lineage
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
@@ -38,7 +39,8 @@ SORT_WORDS = {
     "expires": "expiring soonest first",
     "-expires": "expiring last first",
 }
-QUERY_NAMES = ("status", "endpoint", "model", "q", "created_from", "created_to", "sort")
+QUERY_NAMES = ("status", "endpoint", "model", "q", "created_from", "created_to", "jobs", "job", "sort")
+ORIGINALS_ONLY = "originals"
 # Columns the list never shows; the payload can be large.
 UNUSED_COLUMNS = ("payload", "search_text")
 # Polls of one list URL share a rendering for the refresh interval, and at most this long, so that "3 minutes ago"
@@ -56,11 +58,20 @@ class ListFilters:
     q: str = ""
     created_from: str = ""  # YYYY-MM-DD, in the viewer's time zone
     created_to: str = ""  # YYYY-MM-DD, inclusive
+    jobs: str = ""  # ORIGINALS_ONLY: retries left out
+    job: str = ""  # a batch id: that job only, its original batch and every retry of it
     sort: str = ""  # one of SORTS; "" is the default (newest first)
 
     @property
     def any(self) -> bool:
-        return bool(self.status or self.endpoint or self.model or self.q or self.created_from or self.created_to)
+        return bool(self.status or self.narrows_counts)
+
+    @property
+    def narrows_counts(self) -> bool:
+        """Whether the status counts are those of fewer than every batch."""
+        return bool(
+            self.endpoint or self.model or self.q or self.created_from or self.created_to or self.jobs or self.job
+        )
 
     @property
     def created_range(self) -> tuple[datetime | None, datetime | None]:
@@ -148,17 +159,23 @@ def list_context(query: QueryDict, freshness: sync.Freshness, *, can_cancel: boo
     """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views."""
     filters, notices = _parse_filters(query)
     matching = Batch.objects.matching(
-        endpoint=filters.endpoint, model=filters.model, q=filters.q, created_range=filters.created_range
+        endpoint=filters.endpoint,
+        model=filters.model,
+        q=filters.q,
+        created_range=filters.created_range,
+        originals=filters.jobs == ORIGINALS_ONLY,
+        job=filters.job,
     )
     version = data_version()
-    if filters.endpoint or filters.model or filters.q or filters.created_from or filters.created_to:
+    if filters.narrows_counts:
         counts = matching.status_counts()
     else:
         counts = _per_data_version("status-counts", version, matching.status_counts)
     attention = matching.needs_attention().count()  # moves with the clock too (stuck batches): never cached
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
-    batches = matching.with_status(filters.status).sorted_by(filters.sort).defer(*UNUSED_COLUMNS)
+    batches = lineage.with_parent_ids(matching.with_status(filters.status).sorted_by(filters.sort))
+    batches = batches.defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
     # The status counts hold the number already: spare the paginator a COUNT (a second scan for a search).
     paginator.count = attention if filters.status == ATTENTION_FILTER else _count_with_status(filters.status, counts)
@@ -167,6 +184,7 @@ def list_context(query: QueryDict, freshness: sync.Freshness, *, can_cancel: boo
         notices.append(page_notice)
     page = paginator.page(page_number)
     rows = list(page.object_list)
+    lineage.count_retries(rows)
     list_query = filters.query()
     if page_number > 1:
         list_query["page"] = str(page_number)
@@ -225,6 +243,12 @@ def _parse_filters(query: QueryDict) -> tuple[ListFilters, list[str]]:
     if values["status"] and values["status"] not in STATUS_FILTERS:
         notices.append(f"There is no status “{values['status']}”; showing every status.")
         values["status"] = ""
+    if values["job"] and not services.BATCH_ID_PATTERN.fullmatch(values["job"]):
+        notices.append(f"“{values['job'][:40]}” is not a batch id; showing every job.")
+        values["job"] = ""
+    if values["jobs"] and values["jobs"] != ORIGINALS_ONLY:
+        notices.append(f"There is no job filter “{values['jobs'][:40]}”; showing every batch.")
+        values["jobs"] = ""
     if values["sort"] and values["sort"] not in SORTS:
         notices.append(f"batchboard cannot sort by “{values['sort'][:40]}”; showing the newest first.")
         values["sort"] = ""

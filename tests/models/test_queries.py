@@ -22,6 +22,8 @@ LIST_URLS = [  # url, headers, a batch the 200-batch answer must show (all share
     pytest.param("/batches/?status=attention&sort=-progress", {}, "", id="attention-by-progress"),
     pytest.param("/batches/?q=description:nightly&sort=expires", {"HX-Request": "true"}, "", id="pair-by-expiry"),
     pytest.param("/batches/?created_from=2000-01-01&created_to=2999-12-31&sort=status", {}, "", id="dates-by-status"),
+    pytest.param("/batches/?jobs=originals", {}, "batch_q0198", id="originals"),
+    pytest.param("/batches/?job=batch_q0000", {"HX-Request": "true"}, "batch_q0000", id="one-job-fragment"),
 ]
 
 
@@ -40,10 +42,14 @@ def fresh_cache(settings):
 
 
 def record(start, stop):
-    """Batches in a mix of states: running ones have cancel buttons, finished ones have result files."""
+    """Batches in a mix of states: running ones have cancel buttons, finished ones have result files; some are
+    retries of the batch before them, so rows show retry counts and parents."""
     for n in range(start, stop):
+        metadata = {"description": f"nightly {n}"}
+        if n % 4 == 1:
+            metadata["batchboard_retry_of"] = f"batch_q{n - 1:04d}"
         if n % 3:
-            record_batch(observation(f"batch_q{n:04d}", processed=n % 10, metadata={"description": f"nightly {n}"}))
+            record_batch(observation(f"batch_q{n:04d}", processed=n % 10, metadata=metadata))
         else:
             record_batch(completed(f"batch_q{n:04d}"))
 

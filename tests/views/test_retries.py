@@ -8,6 +8,7 @@ retries are created in, and run by, the sandbox over real HTTP.
 import csv
 import io
 import json
+import re
 import uuid
 from datetime import timedelta
 
@@ -369,3 +370,80 @@ def test_retries_left_is_bounded():
 def test_metadata_that_is_no_batch_id_links_nothing():
     batch = record_batch(services.ApiBatch.from_api(payload("completed", metadata={"batchboard_retry_of": "see <x>"})))
     assert not RetryLink.objects.filter(batch=batch).exists()
+
+
+# --- The list: one job with its retries, or original jobs only -----------------------------
+
+
+def _job_of_three_retries():
+    original = record_batch(services.ApiBatch.from_api(payload("completed")))
+    retries = [
+        record_batch(
+            services.ApiBatch.from_api(
+                payload(
+                    "completed",
+                    metadata={"batchboard_retry_of": original.batch_id, "batchboard_job": original.batch_id},
+                )
+            )
+        )
+        for _ in range(3)
+    ]
+    other = record_batch(services.ApiBatch.from_api(payload("completed")))
+    return original, retries, other
+
+
+def _row_ids(html: str) -> set[str]:
+    return set(re.findall(r'<tr id="row-(batch_[^"]+)"', html))
+
+
+@pytest.mark.django_db
+def test_the_list_groups_a_job_with_its_retries_or_shows_originals_only(viewer_client):
+    original, retries, other = _job_of_three_retries()
+    retry_ids = {b.batch_id for b in retries}
+    url = reverse("batches:list")
+    every = viewer_client.get(url).content.decode()
+    assert _row_ids(every) == {original.batch_id, other.batch_id, *retry_ids}
+    assert (
+        f'<a class="job-retries" id="job-{original.batch_id}" href="{url}?job={original.batch_id}">↻ 3 retries</a>'
+        in every
+    )
+    assert every.count(f'retry of <a class="mono" href="{reverse("batches:detail", args=[original.batch_id])}">') == 3
+    assert 'id="job-notice"' not in every
+    assert '<select id="filter-jobs" name="jobs" data-submit-on-change>' in every
+
+    originals = viewer_client.get(url + "?jobs=originals").content.decode()
+    assert _row_ids(originals) == {original.batch_id, other.batch_id}
+    assert '<option value="originals" selected>Original jobs only</option>' in originals
+    assert 'all <span class="count">2</span>' in originals  # the status counts are those of the originals
+
+    job = viewer_client.get(url + f"?job={retries[0].batch_id}").content.decode()
+    assert _row_ids(job) == {retries[0].batch_id}  # a retry's id is no job: only the batch itself
+    job = viewer_client.get(url + f"?job={original.batch_id}").content.decode()
+    assert _row_ids(job) == {original.batch_id, *retry_ids}
+    assert 'id="job-notice"' in job
+    assert reverse("retries:final", args=[original.batch_id]) in job
+    assert f'<input type="hidden" name="job" value="{original.batch_id}">' in job  # kept by the filter form
+
+    for bad in ("<script>", "batch_a b", "x" * 500, "batch_\x00"):
+        response = viewer_client.get(url, {"job": bad, "jobs": "everything"})
+        html = response.content.decode()
+        assert response.status_code == 200 and _row_ids(html) == {original.batch_id, other.batch_id, *retry_ids}
+        assert "is not a batch id; showing every job." in html and "There is no job filter" in html
+        assert "<script>" not in html.split('id="filter-q"')[0]  # escaped in the notice
+
+
+@pytest.mark.django_db
+def test_the_polled_table_keeps_the_job_filters(viewer_client, settings):
+    settings.BATCHBOARD_REFRESH_INTERVAL = 60.0  # renderings are shared between polls of one URL
+    original, retries, other = _job_of_three_retries()
+    url = reverse("batches:list")
+    poll = {"HX-Request": "true"}
+    every = viewer_client.get(url, headers=poll).content.decode()
+    job = viewer_client.get(url + f"?job={original.batch_id}", headers=poll).content.decode()
+    originals = viewer_client.get(url + "?jobs=originals", headers=poll).content.decode()
+    assert _row_ids(every) == {original.batch_id, other.batch_id, *(b.batch_id for b in retries)}
+    assert _row_ids(job) == {original.batch_id, *(b.batch_id for b in retries)}
+    assert _row_ids(originals) == {original.batch_id, other.batch_id}
+    assert "↻ 3 retries" in job and "↻ 3 retries" in originals
+    assert f'hx-get="{url}?job={original.batch_id}"' in job  # the table keeps polling this job
+    assert 'id="status-chip-all"' in originals and 'all <span class="count">2</span>' in originals
