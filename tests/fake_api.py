@@ -90,6 +90,14 @@ class FakeApi:
         with self._lock:
             return [r for r in self.received if r.method == method and r.path == path]
 
+    def requests_arrived(self, method: str, path: str, *, within: float = 5.0) -> list[Received]:
+        """The requests to a path, once at least one has been read in full: a client that timed out can give up
+        before the server has finished reading what it sent."""
+        deadline = time.monotonic() + within
+        while not (received := self.requests_to(method, path)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return received
+
     def start(self) -> FakeApi:
         self._thread.start()
         return self

@@ -679,7 +679,7 @@ def test_it_never_repeats_a_create_that_may_have_reached_the_server(api, make_cl
     with pytest.raises(BatchApiError):
         make_client(timeout=0.2).create_batch(input_file_id="file-abc123", endpoint="/v1/chat/completions")
 
-    assert len(api.requests_to("POST", "/batches")) == 1 and delays == []
+    assert len(api.requests_arrived("POST", "/batches")) == 1 and delays == []
 
 
 @pytest.mark.parametrize("reply", [Reply(500), Reply(drop=True), Reply(delay=1.0)])
@@ -689,7 +689,7 @@ def test_it_never_repeats_an_upload_that_may_have_reached_the_server(api, make_c
     with pytest.raises(BatchApiError):
         make_client(timeout=0.2).upload_fileobj(io.BytesIO(b'{"a": 1}\n'), filename="in.jsonl")
 
-    assert len(api.requests_to("POST", "/files")) == 1 and delays == []
+    assert len(api.requests_arrived("POST", "/files")) == 1 and delays == []
 
 
 def test_it_repeats_a_create_refused_with_429(api, client, delays):
