@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -49,6 +50,29 @@ def setup(**environment: str) -> Path:
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
     return scratch
+
+
+def rerun_in_scratch(module: str, args: list[str], marker: str, **environment: str) -> int:
+    """Run `python -m <module> <args>` again in a child process whose database, sandbox files and kept results live in
+    a new scratch folder (named in the environment variable `marker`, which tells the child it is the rerun)."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"batchboard-bench-{module.rpartition('.')[2]}-"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "DATABASE_URL"))}
+    env.update(
+        {
+            marker: str(scratch),
+            "DATABASE_URL": f"sqlite:///{scratch / 'bench.sqlite3'}",
+            "SANDBOX_FILES_DIR": str(scratch / "sandbox-files"),
+            "BATCHBOARD_RESULTS_DIR": str(scratch / "results"),
+            "SANDBOX_SEED": "false",
+            "BATCHBOARD_LOG_LEVEL": "WARNING",
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+            **environment,
+        }
+    )
+    try:
+        return subprocess.call([sys.executable, "-m", module, *args], env=env)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def machine() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+
+from benchmarks.common import rerun_in_scratch
 
 SCRATCH_ENV = "BATCHBOARD_BENCH_RESULTS_SCRATCH"
 TARGETS = {"fetch": 15.0, "memory": 150.0, "page": 50.0, "request": 30.0}
@@ -36,32 +37,13 @@ def main() -> int:
     if not 100 <= options.lines <= 50_000:
         parser.error("--lines must be between 100 and 50000")
     if not os.environ.get(SCRATCH_ENV):
-        return _rerun_in_scratch(options.lines)
+        return rerun_in_scratch(
+            "benchmarks.results", ["--lines", str(options.lines)], SCRATCH_ENV, SANDBOX_DROP_RATE="0.01"
+        )
     _setup_django()
     if options.phase == "fetch":
         return _fetch_phase(options.archive)
     return _run(options.lines)
-
-
-def _rerun_in_scratch(lines: int) -> int:
-    scratch = Path(tempfile.mkdtemp(prefix="batchboard-bench-results-"))
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "DATABASE_URL"))}
-    env.update(
-        {
-            SCRATCH_ENV: str(scratch),
-            "DATABASE_URL": f"sqlite:///{scratch / 'bench.sqlite3'}",
-            "SANDBOX_FILES_DIR": str(scratch / "sandbox-files"),
-            "BATCHBOARD_RESULTS_DIR": str(scratch / "results"),
-            "SANDBOX_SEED": "false",
-            "SANDBOX_DROP_RATE": "0.01",
-            "BATCHBOARD_LOG_LEVEL": "WARNING",
-            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
-        }
-    )
-    try:
-        return subprocess.call([sys.executable, "-m", "benchmarks.results", "--lines", str(lines)], env=env)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _setup_django() -> None:

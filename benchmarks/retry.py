@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+
+from benchmarks.common import rerun_in_scratch
 
 SCRATCH_ENV = "BATCHBOARD_BENCH_RETRY_SCRATCH"
 TARGETS = {"build": 5.0, "page": 50.0}
@@ -32,23 +31,7 @@ REPEATS = 30
 
 def main() -> int:
     if not os.environ.get(SCRATCH_ENV):
-        scratch = Path(tempfile.mkdtemp(prefix="batchboard-bench-retry-"))
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "DATABASE_URL"))}
-        env.update(
-            {
-                SCRATCH_ENV: str(scratch),
-                "DATABASE_URL": f"sqlite:///{scratch / 'bench.sqlite3'}",
-                "BATCHBOARD_RESULTS_DIR": str(scratch / "results"),
-                "SANDBOX_FILES_DIR": str(scratch / "sandbox-files"),
-                "SANDBOX_SEED": "false",
-                "BATCHBOARD_LOG_LEVEL": "WARNING",
-                "DJANGO_SETTINGS_MODULE": "dashboard.settings",
-            }
-        )
-        try:
-            return subprocess.call([sys.executable, "-m", "benchmarks.retry"], env=env)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        return rerun_in_scratch("benchmarks.retry", [], SCRATCH_ENV)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
     import django
 
