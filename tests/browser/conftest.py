@@ -128,6 +128,7 @@ def sync_loop(sandbox_url, settings):
     from batches import sync
 
     settings.BATCHBOARD_HISTORY_INTERVAL = 0.5
+    settings.BATCHBOARD_UPSTREAM_BUDGET = 100_000  # two passes a second would spend the default 120 a minute
     stop = threading.Event()
 
     def run():

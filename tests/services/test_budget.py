@@ -8,7 +8,6 @@ import time
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from batches import budget, services, sync
 from batches.models import UpstreamMinute
@@ -28,10 +27,10 @@ def _api_calls(api):
     return [r for r in api.server.received if r.method == "GET"]
 
 
-def _child(code: str, api_url: str) -> subprocess.Popen:
+def _child(code: str, api_url: str, database_url: str) -> subprocess.Popen:
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url,
         "SANDBOX_URL": api_url,
         "OPENAI_API_KEY": "",
         "OPENAI_MAX_RETRIES": "0",
@@ -46,7 +45,9 @@ def _child(code: str, api_url: str) -> subprocess.Popen:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_detail_views_and_loop_passes_in_two_processes_stay_within_the_budget(api, viewer_client):
+def test_detail_views_and_loop_passes_in_two_processes_stay_within_the_budget(
+    api, viewer_client, database_url, settings
+):
     settings.BATCHBOARD_UPSTREAM_BUDGET = BUDGET
     running = [api.add("in_progress")["id"] for _ in range(3)]
     _wait_for_a_fresh_minute()
@@ -65,6 +66,7 @@ def test_detail_views_and_loop_passes_in_two_processes_stay_within_the_budget(ap
         print(sent)
         """,
         api.server.url,
+        database_url,
     )
     # A third process: a sync loop's passes.
     loop = _child(
@@ -75,6 +77,7 @@ def test_detail_views_and_loop_passes_in_two_processes_stay_within_the_budget(ap
         print("done")
         """,
         api.server.url,
+        database_url,
     )
     # And this process: detail pages of running batches, each due for a refresh (the interval is 0 in tests).
     for _ in range(5):
