@@ -5,12 +5,14 @@ import json
 import os
 import shutil
 import threading
+import time
 from urllib.parse import urlsplit
 
 import pytest
 from django.core.signals import request_started
 
 from batches import services
+from batches.models import Batch
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make are still synchronous.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -154,7 +156,12 @@ def make_batch(sandbox_url, settings, sync_loop):
         lines = [chat_request(f"request-{number}") for number in range(1, requests + 1)]
         uploaded = client.upload_fileobj(io.BytesIO(jsonl(lines)), filename="input.jsonl")
         metadata = {"sandbox_scenario": scenario} if scenario else None
-        return client.create_batch(input_file_id=uploaded.id, endpoint=CHAT_ENDPOINT, metadata=metadata)
+        created = client.create_batch(input_file_id=uploaded.id, endpoint=CHAT_ENDPOINT, metadata=metadata)
+        # Pages read the cache: wait for the sync loop to have recorded the batch, as a viewer would see it.
+        deadline = time.monotonic() + 20
+        while not Batch.objects.filter(batch_id=created.id).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return created
 
     return _make
 

@@ -245,7 +245,7 @@ def test_three_workers_and_two_sync_loops_share_the_work_and_survive_a_kill(
     for thread in threads:
         thread.join(timeout=60)
 
-    final = _wait_until_every_final_state_is_recorded(sandbox_url, timeout=60)
+    final = _wait_until_every_final_state_is_recorded(sandbox_url, timeout=150)  # a killed loop's lease lasts 60 s
 
     # No 5xx, from the dashboard or the sandbox; only requests on the killed worker went unanswered.
     everyone = [*viewers, alice, bob]
