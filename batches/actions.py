@@ -60,7 +60,7 @@ def cancel_batch(batch_id: str, *, user: str = "", client: services.BatchClient 
             return CancelOutcome(row, sent=False)
         return CancelOutcome(row, sent=False, error=_finished_message(row))
     try:
-        batch = (client or services.get_client()).cancel_batch(batch_id)
+        batch = (client or services.get_client(for_action=True)).cancel_batch(batch_id)
     except services.BatchApiError as exc:
         # Release our own claim only: a call that outlived CANCEL_CLAIM_SECONDS may have been claimed over.
         Batch.objects.release_cancel(row.pk, now)
@@ -78,7 +78,7 @@ def cancel_batches(
     batch_ids: list[str], *, user: str = "", client: services.BatchClient | None = None
 ) -> list[tuple[str, CancelOutcome]]:
     """Cancel each batch once, in the order given (duplicates ignored); one failure does not stop the others."""
-    client = client or services.get_client()
+    client = client or services.get_client(for_action=True)
     return [(batch_id, cancel_batch(batch_id, user=user, client=client)) for batch_id in dict.fromkeys(batch_ids)]
 
 
@@ -101,7 +101,7 @@ def _cancel_failure(exc: services.BatchApiError, row: Batch) -> str:
 def _refresh_quietly(batch_id: str, client: services.BatchClient | None) -> None:
     """After a refused cancel the batch has usually just finished: record its real state if we can."""
     with contextlib.suppress(services.BatchApiError):
-        record_batch((client or services.get_client()).retrieve_batch(batch_id))
+        record_batch((client or services.get_client(for_action=True)).retrieve_batch(batch_id))
 
 
 # --- Creating a batch -------------------------------------------------------
@@ -143,7 +143,7 @@ def create_batch(
     claim, claimed = _claim_creation(token, user)
     if not claimed:
         return _earlier_outcome(claim, user)
-    client = client or services.get_client()
+    client = client or services.get_client(for_action=True)
     if upload is not None:
         try:
             upload.seek(0)

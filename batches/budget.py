@@ -31,6 +31,9 @@ KEPT_MINUTES = 60
 MAX_PAUSE_SECONDS = services.RETRY_AFTER_CAP
 # A per-user limit counts requests that may call upstream, per minute, in the configured (shared) cache.
 USER_WINDOW_SECONDS = 60
+# One call in this many of each minute's budget is left to what users do (cancel, create, retry): the sync loop and
+# pages stop short of it, so that a minute they keep busy never refuses a cancel.
+ACTION_SHARE = 10
 
 
 def clock() -> float:
@@ -42,9 +45,15 @@ def per_minute() -> int:
     return int(settings.BATCHBOARD_UPSTREAM_BUDGET)
 
 
-def take(now: float | None = None) -> None:
+def limit(*, for_action: bool = False) -> int:
+    """The calls a minute a caller may spend: users' actions the whole budget, everything else all but their share."""
+    return per_minute() if for_action else per_minute() - per_minute() // ACTION_SHARE
+
+
+def take(now: float | None = None, *, for_action: bool = False) -> None:
     """Spend one call of this minute's budget, or raise services.BudgetExhausted saying how long to wait."""
     now = clock() if now is None else now
+    calls = limit(for_action=for_action)
     minute = int(now // 60)
     paused_until = UpstreamMinute.objects.filter(minute=TOTALS_MINUTE).values_list("paused_until", flat=True).first()
     if paused_until and paused_until > now:
@@ -53,20 +62,23 @@ def take(now: float | None = None) -> None:
             retry_after=paused_until - now,
             code="rate_limited",
         )
-    if _spend(minute):
+    if _spend(minute, calls):
         return
     if not UpstreamMinute.objects.filter(minute=minute).exists():
         _open_minute(minute)
-        if _spend(minute):
+        if _spend(minute, calls):
             return
+    kept = per_minute() - calls
     raise services.BudgetExhausted(
-        f"batchboard's budget of {per_minute()} API calls a minute is spent; waiting for the next minute.",
+        f"batchboard's budget of {per_minute()} API calls a minute is spent"
+        + (f" (the last {kept} are kept for cancels and creates)" if kept else "")
+        + "; waiting for the next minute.",
         retry_after=60 - now % 60,
     )
 
 
-def _spend(minute: int) -> bool:
-    return bool(UpstreamMinute.objects.filter(minute=minute, calls__lt=per_minute()).update(calls=F("calls") + 1))
+def _spend(minute: int, calls: int) -> bool:
+    return bool(UpstreamMinute.objects.filter(minute=minute, calls__lt=calls).update(calls=F("calls") + 1))
 
 
 def _open_minute(minute: int) -> None:
@@ -141,8 +153,11 @@ def allow_user(user_key: str, now: float | None = None) -> bool:
 class SharedBudget:
     """The service client's hook: take a slot before each attempt, count its outcome after it."""
 
+    def __init__(self, *, for_action: bool = False):
+        self.for_action = for_action
+
     def before_call(self) -> None:
-        take()
+        take(for_action=self.for_action)
 
     def after_call(self, status: int | None, retry_after: float | None) -> None:
         record(status, retry_after)

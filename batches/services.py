@@ -935,10 +935,11 @@ PAGE_TIMEOUT = 5.0
 PAGE_MAX_RETRIES = 1
 
 
-def get_client(*, for_page: bool = False) -> BatchClient:
+def get_client(*, for_page: bool = False, for_action: bool = False) -> BatchClient:
     """The configured client (one per thread and use, as a requests.Session is not thread-safe).
 
-    The real API with a key, the built-in sandbox without one. `for_page` gives the shorter timeout pages use.
+    The real API with a key, the built-in sandbox without one. `for_page` gives the shorter timeout pages use;
+    `for_action` is for what a user does (cancel, create, retry), which may spend the budget's share kept for it.
     """
     timeout, max_retries = settings.OPENAI_TIMEOUT, settings.OPENAI_MAX_RETRIES
     if for_page:
@@ -951,7 +952,7 @@ def get_client(*, for_page: bool = False) -> BatchClient:
         timeout,
         max_retries,
     )
-    slot = "page" if for_page else "default"
+    slot = "page" if for_page else "action" if for_action else "default"
     configs = _clients.__dict__.setdefault("configs", {})
     clients = _clients.__dict__.setdefault("clients", {})
     if configs.get(slot) != config:
@@ -968,7 +969,7 @@ def get_client(*, for_page: bool = False) -> BatchClient:
             project=project,
             timeout=timeout,
             max_retries=max_retries,
-            budget=SharedBudget(),
+            budget=SharedBudget(for_action=for_action),
         )
         configs[slot] = config
     return clients[slot]

@@ -135,7 +135,8 @@ SANDBOX_DROP_RATE = _env_float("SANDBOX_DROP_RATE", 0.0, 0.0, 1.0)
 BATCHBOARD_REFRESH_INTERVAL = _env_float("BATCHBOARD_REFRESH_INTERVAL", 2.0, 0.0, 3600.0)
 # How often the sync loop refreshes the list while nobody is watching it (keeping the history).
 BATCHBOARD_HISTORY_INTERVAL = _env_float("BATCHBOARD_HISTORY_INTERVAL", 60.0, 1.0, 86_400.0)
-# Upstream calls per minute that every process together may make (the loop, detail pages, cancels, creates).
+# Upstream calls per minute that every process together may make (the loop, detail pages, cancels, creates); the
+# last tenth is kept for cancels, creates and retries (batches.budget.ACTION_SHARE).
 BATCHBOARD_UPSTREAM_BUDGET = int(_env_float("BATCHBOARD_UPSTREAM_BUDGET", 120, 1, 1_000_000))
 # Requests per minute one user may make that can call upstream (an unknown id, a download, a cancel...).
 BATCHBOARD_USER_UPSTREAM_PER_MINUTE = int(_env_float("BATCHBOARD_USER_UPSTREAM_PER_MINUTE", 30, 1, 100_000))

@@ -186,6 +186,9 @@ def test_three_workers_and_two_sync_loops_share_the_work_and_survive_a_kill(
         SANDBOX_FILES_DIR=str(processes.directory / "sandbox-files"),
         BATCHBOARD_REFRESH_INTERVAL=str(INTERVAL),
         OPENAI_MAX_RETRIES="0",
+        # Twenty viewers of a dozen running batches would spend the default 120 calls a minute in half a minute, and
+        # a cancel refused by the budget sends no call; the budget has tests of its own (tests/services/test_budget.py).
+        BATCHBOARD_UPSTREAM_BUDGET="5000",
     )
     upstream_log = processes.directory / "upstream-access.log"
     processes.start(

@@ -152,3 +152,35 @@ def test_the_budget_message_reads_plainly(settings):
 
     assert message.startswith("batchboard's budget of 1 API calls a minute is spent")
     assert 58 < caught.value.retry_after <= 59
+
+
+@pytest.mark.django_db
+def test_the_last_tenth_of_each_minute_is_kept_for_what_users_do(settings):
+    settings.BATCHBOARD_UPSTREAM_BUDGET = 20
+    now = 4_000_000 * 60.0
+    for _ in range(18):
+        budget.take(now=now)
+    with pytest.raises(services.BudgetExhausted, match=r"spent \(the last 2 are kept for cancels and creates\)"):
+        budget.take(now=now)
+
+    budget.take(now=now, for_action=True)
+    budget.take(now=now, for_action=True)
+    with pytest.raises(services.BudgetExhausted):
+        budget.take(now=now, for_action=True)
+    assert budget.current_minute(now=now) == {"calls": 20, "budget": 20}
+
+
+@pytest.mark.django_db
+def test_a_cancel_goes_through_when_the_sync_loop_has_spent_its_share(api, operator_client, settings, monkeypatch):
+    settings.BATCHBOARD_UPSTREAM_BUDGET = 10
+    monkeypatch.setattr(budget, "clock", lambda: 5_000_000 * 60.0 + 30)  # one minute, held still
+    batch_id = api.add("in_progress")["id"]
+    for _ in range(9):
+        budget.take()
+    with pytest.raises(services.BudgetExhausted):
+        services.get_client().retrieve_batch(batch_id)  # what the loop and pages use: their share is spent
+
+    response = operator_client.post(f"/batches/{batch_id}/cancel/")
+
+    assert response.status_code in (200, 302, 303)
+    assert api.cancels == [batch_id]
