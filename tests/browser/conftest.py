@@ -157,13 +157,30 @@ def make_batch(sandbox_url, settings, sync_loop):
         uploaded = client.upload_fileobj(io.BytesIO(jsonl(lines)), filename="input.jsonl")
         metadata = {"sandbox_scenario": scenario} if scenario else None
         created = client.create_batch(input_file_id=uploaded.id, endpoint=CHAT_ENDPOINT, metadata=metadata)
-        # Pages read the cache: wait for the sync loop to have recorded the batch, as a viewer would see it.
-        deadline = time.monotonic() + 20
-        while not Batch.objects.filter(batch_id=created.id).exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until_recorded(created.id)
         return created
 
     return _make
+
+
+def long_running(make_batch) -> services.ApiBatch:
+    """A batch in progress for about half a minute: longer than any test, and cancellable all along; recorded in
+    progress already, so the first page shows it so."""
+    batch = make_batch(2000, scenario="slow")
+    wait_until_recorded(batch.id, "in_progress")
+    return batch
+
+
+def wait_until_recorded(batch_id: str, status: str = "") -> None:
+    """Pages read the cache: wait for the sync loop to have recorded the batch (in `status`, if given), as a viewer
+    would see it."""
+    recorded = Batch.objects.filter(batch_id=batch_id, **({"status": status} if status else {}))
+    deadline = time.monotonic() + 20
+    while not recorded.exists():
+        if time.monotonic() > deadline:
+            seen = Batch.objects.filter(batch_id=batch_id).values_list("status", flat=True).first()
+            pytest.fail(f"the sync loop has not recorded {batch_id} {status} within 20 s (recorded: {seen})")
+        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -6,7 +6,13 @@ from urllib.parse import urlsplit
 from playwright.sync_api import expect
 
 from batches import services
-from tests.browser.conftest import is_live_response, network_barrier, speed_for, watch_live_requests
+from tests.browser.conftest import (
+    is_live_response,
+    long_running,
+    network_barrier,
+    speed_for,
+    watch_live_requests,
+)
 
 LIST_PATH = "/batches/"
 RUNNING = re.compile(r"^(validating|in_progress)$")
@@ -15,11 +21,6 @@ NOT_FINAL = re.compile(r"^(validating|in_progress|finalizing)$")
 
 def _row(page, batch_id):
     return page.locator(f"tr#row-{batch_id}")
-
-
-def _long_running(make_batch):
-    """A batch in progress for about half a minute: longer than any test here, and cancellable all along."""
-    return make_batch(2000, scenario="slow")
 
 
 def _refresh_every_2_seconds(page):
@@ -46,7 +47,7 @@ def test_it_updates_a_running_batchs_row_without_a_reload(live_server, login, vi
 def test_it_cancels_a_running_batch_from_its_row_after_confirming(
     live_server, login, operator, make_batch, sandbox_requests
 ):
-    batch = _long_running(make_batch)
+    batch = long_running(make_batch)
     page = login(operator)
     row = _row(page, batch.id)
     expect(row).to_have_attribute("data-live-state", "in_progress")
@@ -73,7 +74,7 @@ def test_it_cancels_a_running_batch_from_its_row_after_confirming(
 def test_it_cancels_nothing_when_the_confirm_is_dismissed(
     live_server, page, login, operator, make_batch, sandbox_requests
 ):
-    batch = _long_running(make_batch)
+    batch = long_running(make_batch)
     page.clock.install()
     login(operator)
     row = _row(page, batch.id)
@@ -96,7 +97,7 @@ def test_it_cancels_nothing_when_the_confirm_is_dismissed(
 
 
 def test_it_cancels_the_selected_batches_after_one_confirm(live_server, login, operator, make_batch, sandbox_requests):
-    first, second, kept = (_long_running(make_batch) for _ in range(3))
+    first, second, kept = (long_running(make_batch) for _ in range(3))
     page = login(operator)
     page.get_by_label(f"Select {first.id}", exact=True).check()
     page.get_by_label(f"Select {second.id}", exact=True).check()
@@ -115,7 +116,7 @@ def test_it_cancels_the_selected_batches_after_one_confirm(live_server, login, o
 
 
 def test_it_stops_polling_while_live_is_off_and_resumes_when_it_is_on(live_server, page, login, viewer, make_batch):
-    _long_running(make_batch)  # keeps the list polling
+    long_running(make_batch)  # keeps the list polling
     page.clock.install()  # the page's timers run in real time, and fast_forward skips ahead
     login(viewer)
     live = watch_live_requests(page, LIST_PATH)

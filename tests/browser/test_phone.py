@@ -3,7 +3,7 @@ header, and a detail page whose timeline fits."""
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import log_in
+from tests.browser.conftest import log_in, long_running
 
 PHONE = {"width": 390, "height": 844}
 NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"
@@ -28,7 +28,7 @@ def _inside_viewport(page, locator):
 
 
 def test_it_shows_the_list_as_cards_with_the_cancel_button_on_screen(live_server, new_page, operator, make_batch):
-    batch = make_batch(2000, scenario="slow")
+    batch = long_running(make_batch)
     page = _phone_page(new_page, live_server, operator)
     row = page.locator(f"tr#row-{batch.id}")
     expect(row).to_have_attribute("data-live-state", "in_progress")
