@@ -73,6 +73,18 @@ def stored_username(name: str) -> str:
     return name[:USERNAME_LENGTH]
 
 
+FAILED_STATUSES = ("failed", "expired")
+
+
+def _stuck(now: datetime) -> Q:
+    """In a status past its STUCK_AFTER (never a failed one): see BatchQuerySet.needs_attention."""
+    stuck = Q()
+    for status, limit in STUCK_AFTER.items():
+        since = "created_at" if status == "validating" else "last_changed_at"
+        stuck |= Q(status=status, **{f"{since}__lt": now - limit})
+    return stuck
+
+
 class BatchQuerySet(models.QuerySet):
     def active(self):
         return self.filter(is_terminal=False)
@@ -130,12 +142,16 @@ class BatchQuerySet(models.QuerySet):
         """Batches someone should look at: failed or expired, with any failed request, or stuck — in validating,
         finalizing or cancelling for longer than the history's STUCK_AFTER, measured from creation for validating
         and from the last observed change for the others (the list has no per-status entry time)."""
-        now = now or timezone.now()
-        stuck = Q()
-        for status, limit in STUCK_AFTER.items():
-            since = "created_at" if status == "validating" else "last_changed_at"
-            stuck |= Q(status=status, **{f"{since}__lt": now - limit})
-        return self.filter(Q(status__in=("failed", "expired")) | Q(failed_requests__gt=0) | stuck)
+        return self.filter(Q(status__in=FAILED_STATUSES) | Q(failed_requests__gt=0) | _stuck(now or timezone.now()))
+
+    def needs_attention_count(self, status_counts: dict[str, int], now: datetime | None = None) -> int:
+        """needs_attention().count(), given these batches' status_counts(): the failed and expired from the counts,
+        then two seeks of the batch_attention index (other batches with a failed request; stuck ones without)
+        instead of a scan of every batch (tens of milliseconds at 100,000)."""
+        others = [status for status in services.LIFECYCLE if status not in FAILED_STATUSES]
+        with_failures = self.filter(status__in=others, failed_requests__gt=0).count()
+        stuck = self.filter(_stuck(now or timezone.now()), failed_requests=0).count()
+        return sum(status_counts.get(status, 0) for status in FAILED_STATUSES) + with_failures + stuck
 
     def search(self, text: str):
         """Batches whose id, file ids or metadata contain every word of `text` (case-insensitive); a `key:value`

@@ -171,7 +171,7 @@ def list_context(query: QueryDict, freshness: sync.Freshness, *, can_cancel: boo
         counts = matching.status_counts()
     else:
         counts = _per_data_version("status-counts", version, matching.status_counts)
-    attention = matching.needs_attention().count()  # moves with the clock too (stuck batches): never cached
+    attention = matching.needs_attention_count(counts)  # moves with the clock too (stuck batches): never cached
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
     batches = lineage.with_parent_ids(matching.with_status(filters.status).sorted_by(filters.sort))

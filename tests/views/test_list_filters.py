@@ -43,6 +43,9 @@ def test_it_lists_what_needs_attention_with_its_count(api, viewer_client):
         api.add("expired"),
         api.add("completed", request_counts={"total": 20, "completed": 0, "failed": 20}),  # every request failed
         api.add("validating", created_at=now - 3600),  # validating for an hour
+        api.add("in_progress", request_counts={"total": 20, "completed": 3, "failed": 2}),
+        # Stuck and with a failed request: counted once.
+        api.add("validating", created_at=now - 3600, request_counts={"total": 5, "completed": 0, "failed": 1}),
     ]
     fine = [
         api.add("in_progress", request_counts={"total": 20, "completed": 3, "failed": 0}),
