@@ -287,7 +287,7 @@ def _cost_of(totals: dict[str, list[int]]) -> pricing.CostTotal:
 
 # Raw SQL: the ORM has no query without a FROM row.
 DATA_VERSION_SQL = (
-    "SELECT (SELECT MAX(last_changed_at) FROM batches_batch), (SELECT COUNT(*) FROM batches_batch), "
+    "SELECT (SELECT MAX(last_changed_at) FROM batches_batch), (SELECT MAX(id) FROM batches_batch), "
     "(SELECT MAX(cancel_requested_at) FROM batches_batch), "
     "(SELECT COUNT(*) FROM batches_batch WHERE cancel_requested_at IS NOT NULL)"
 )
@@ -295,10 +295,13 @@ DATA_VERSION_SQL = (
 
 def data_version() -> tuple:
     """A value that changes whenever what the list shows can change, other than with the clock: a batch recorded
-    (record_batch moves last_changed_at), added or removed, a cancel claimed or released.
+    (record_batch moves last_changed_at), a batch added (a new id, even when a racing writer's older observation
+    does not move last_changed_at), a cancel claimed or released. Batches are never deleted (the admin is read-only).
 
-    One query of four scalar subqueries, each an index end or a count, so that a poll can check it before deciding
-    to render anything. Its parts are whatever the database returns; compare them, do not interpret them.
+    One query of four scalar subqueries, three of them index ends and one a count of the few claimed cancels, so that
+    a poll can check it before deciding to render anything: a COUNT(*) of every batch instead of MAX(id) cost 14 ms
+    at 100,000 batches on PostgreSQL. Its parts are whatever the database returns; compare them, do not interpret
+    them.
     """
     with connection.cursor() as cursor:
         cursor.execute(DATA_VERSION_SQL)

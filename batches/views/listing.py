@@ -104,10 +104,11 @@ def batch_list(request):
     sync.note_watched(freshness)  # The sync loop refreshes at the short interval while someone is watching.
     can_cancel = request.user.has_perm("batches.cancel_batch")
     live = live_of(request, freshness)
-    rendering = _rendering_key(request, freshness, live, can_cancel=can_cancel)
+    version = data_version()  # read after this request's refresh, so a rendering is never older than its key
+    rendering = _rendering_key(request, freshness, live, version, can_cancel=can_cancel)
     if _wants_fragment(request):
-        return _table_fragment(request, freshness, live, rendering, can_cancel=can_cancel)
-    context = list_context(request.GET, freshness, can_cancel=can_cancel)
+        return _table_fragment(request, freshness, live, rendering, version, can_cancel=can_cancel)
+    context = list_context(request.GET, freshness, can_cancel=can_cancel, version=version)
     context.update(live=live, answer_key=answer_key(rendering))
     menus = _per_data_version("menus", context["data_version"], Batch.objects.endpoints_and_models)
     context["endpoints"], context["models"] = menus
@@ -116,7 +117,7 @@ def batch_list(request):
 
 
 def _table_fragment(
-    request, freshness: sync.Freshness, live: Live, rendering: str, *, can_cancel: bool
+    request, freshness: sync.Freshness, live: Live, rendering: str, version: tuple, *, can_cancel: bool
 ) -> HttpResponse:
     """The polled table: empty when the poller shows this very answer already; otherwise many viewers polling one
     URL get one rendering per change of the data (or per interval)."""
@@ -128,7 +129,7 @@ def _table_fragment(
     if seconds > 0 and (cached := cache.get(cache_key)) is not None:
         content, status = cached
         return HttpResponse(content, status=status)
-    context = list_context(request.GET, freshness, can_cancel=can_cancel)
+    context = list_context(request.GET, freshness, can_cancel=can_cancel, version=version)
     context.update(oob=True, live=live, answer_key=key)
     status = 200 if context["polling"] else HTMX_STOP_POLLING
     response = render(request, "batches/batch_list.html#batch-table", context, status=status)
@@ -137,10 +138,10 @@ def _table_fragment(
     return response
 
 
-def _rendering_key(request, freshness: sync.Freshness, live: Live, *, can_cancel: bool) -> str:
+def _rendering_key(request, freshness: sync.Freshness, live: Live, version: tuple, *, can_cancel: bool) -> str:
     """Everything the table's markup depends on: the URL, what the user may do (it has no CSRF token or other
-    secret: htmx sends the token from <body>), the data (read after this request's refresh, so a rendering is never
-    older than its key), how fresh it is, the polling interval and the day (the summary counts today's batches).
+    secret: htmx sends the token from <body>), the data's version, how fresh it is, the polling interval and the day
+    (the summary counts today's batches).
     A cached rendering is at most FRAGMENT_CACHE_MAX_SECONDS old, which bounds its relative times."""
     return rendering_key(
         "list",
@@ -148,15 +149,18 @@ def _rendering_key(request, freshness: sync.Freshness, live: Live, *, can_cancel
         sorted(request.GET.lists()),
         can_cancel,
         request.user.has_perm("batches.create_batch"),
-        data_version(),
+        version,
         freshness.display_key() if freshness.may_change else None,
         live.every,
         timezone.localdate().isoformat(),
     )
 
 
-def list_context(query: QueryDict, freshness: sync.Freshness, *, can_cancel: bool) -> dict:
-    """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views."""
+def list_context(
+    query: QueryDict, freshness: sync.Freshness, *, can_cancel: bool, version: tuple | None = None
+) -> dict:
+    """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views.
+    `version` is data_version() if the caller has read it already (before any row)."""
     filters, notices = _parse_filters(query)
     matching = Batch.objects.matching(
         endpoint=filters.endpoint,
@@ -166,7 +170,7 @@ def list_context(query: QueryDict, freshness: sync.Freshness, *, can_cancel: boo
         originals=filters.jobs == ORIGINALS_ONLY,
         job=filters.job,
     )
-    version = data_version()
+    version = version or data_version()
     if filters.narrows_counts:
         counts = matching.status_counts()
     else:

@@ -149,7 +149,7 @@ def test_it_shows_that_the_api_is_failing_at_the_next_poll(api, viewer_client):
 
 
 class TestDataVersion:
-    def test_it_changes_when_a_batch_is_added_changed_or_removed(self):
+    def test_it_changes_when_a_batch_is_added_or_changed(self):
         record_batch(observation("batch_v0"))
         before = data_version()
         record_batch(observation("batch_v1", processed=1))
@@ -158,7 +158,8 @@ class TestDataVersion:
         assert data_version() == added
         record_batch(observation("batch_v1", processed=2))
         changed = data_version()
-        Batch.objects.filter(batch_id="batch_v0").delete()
+        # A racing writer's observation, older than the newest change, still adds a row to the list.
+        record_batch(observation("batch_v2"), observed_at=timezone.now() - timedelta(minutes=5))
 
         assert len({before, added, changed, data_version()}) == 4
 
