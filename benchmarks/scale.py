@@ -109,8 +109,8 @@ def run(*, batches: int, running: int, latency: float, pollers: int, seconds: fl
     finished = len(outcome.result.became_final)
     table.add(
         "one incremental pass, upstream calls",
-        f"{pass_calls}: {calls['list']} list, {calls['retrieve']} retrieve, {calls['other']} for the results files "
-        f"of the {finished} that finished ({outcome.seconds:.1f} s, {outcome.changed} changed)",
+        f"{pass_calls}: {calls['list']} list, {calls['retrieve']} retrieve, {calls['other']} fetching results files "
+        f"to keep ({outcome.seconds:.1f} s, {outcome.changed} changed, {finished} finished)",
         f"list + retrieve ≤ ceil({active} running / 100) + 2 = {allowed}",
         calls["list"] + calls["retrieve"] <= allowed,
     )

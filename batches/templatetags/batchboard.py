@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 
 from django import template
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, resolve, reverse
 from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -111,6 +112,49 @@ def list_row(batch) -> ListRow:
         cancel_pending=cancel_pending,
         cancellable=batch.can_cancel_now and bool(url),
     )
+
+
+CANCEL_WARNING = "Requests already running finish and keep their results; the rest will not run. This cannot be undone."
+
+
+@register.simple_tag(takes_context=True)
+def cancel_control(context, batch, next_url: str = "", target: str = "", outcome=None):
+    """The Cancel control of one batch, on the list's rows and the detail page, and the cancel view's answer.
+
+    Nothing when the batch cannot be cancelled now (Batch.can_cancel_now) and there is no outcome to say, or when the
+    user lacks batches.cancel_batch. `next_url`: where the no-JavaScript confirm page returns to; `target`: the htmx
+    target the cancel view answers for (default this control, which the answer replaces); `outcome`: the cancel
+    view's CancelOutcome. Without JavaScript the link opens the confirm page; with htmx, static/js/live.js asks in the
+    page's <dialog> (the data-confirm-* texts) and htmx POSTs, holding the page's polls meanwhile (hx-sync on the
+    live region). Python, not an include: a list page has a control on every running row.
+    """
+    can_cancel_now = batch.can_cancel_now
+    if "batches.cancel_batch" not in context.get("perms", ()) or not (outcome or can_cancel_now):
+        return ""
+    link = ""
+    if can_cancel_now:
+        url = reverse("batches:cancel", args=[batch.batch_id])
+        description = f"“{batch.description}”: " if batch.description else ""
+        link = format_html(
+            '<a class="button button-small button-danger" id="cancel-link-{id}" href="{href}" hx-post="{url}" '
+            'hx-params="none" hx-confirm="{warning}" data-confirm-title="Cancel {id}?" data-confirm-detail="{detail}" '
+            'hx-target="{target}" hx-swap="outerHTML" hx-disabled-elt="this" hx-sync="closest [data-live]:replace">'
+            'Cancel<span class="visually-hidden"> {id}</span></a>',
+            id=batch.batch_id,
+            href=f"{url}?next={quote(next_url, safe='')}" if next_url else url,
+            url=url,
+            warning=CANCEL_WARNING,
+            detail=f"{description}{batch.processed_requests:,} of {batch.total_requests:,} requests processed, "
+            f"{batch.status_label}.",
+            target=target or "closest .cancel-control",
+        )
+    said = ""
+    if outcome and outcome.error:
+        said = format_html('<span class="inline-error" role="alert">{}</span>', outcome.error)
+    elif outcome:
+        words = "Cancel requested." if outcome.sent else "Cancel already requested."
+        said = format_html('<span class="inline-ok" role="status">{}</span>', words)
+    return format_html('<span id="cancel-{}" class="cancel-control">{}{}</span>', batch.batch_id, link, said)
 
 
 @register.filter
