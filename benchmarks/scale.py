@@ -23,6 +23,7 @@ from benchmarks import common
 
 REFRESH_INTERVAL = 2.0
 DEFAULT_BUDGET = 120
+LOOP_SHARE = DEFAULT_BUDGET - DEFAULT_BUDGET // 10  # what the sync loop may spend of it (batches.budget.limit)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,7 +96,7 @@ def run(*, batches: int, running: int, latency: float, pollers: int, seconds: fl
     table.add(
         "full import, time",
         f"{import_seconds:.0f} s ({Batch.objects.count():,} batches cached)",
-        f"printed; ≥ {counter.total() / DEFAULT_BUDGET:.1f} min at the default budget of {DEFAULT_BUDGET}/min",
+        f"printed; ≥ {counter.total() / LOOP_SHARE:.1f} min at the loop's {LOOP_SHARE} calls/min of the default",
         None,
     )
 
