@@ -176,7 +176,8 @@ def _parse_line(raw: bytes, line_number: int, report: JsonlReport) -> dict | Non
         report.add(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}).", line_number)
         return None
     try:
-        request = json.loads(text, parse_constant=_reject_constant)
+        # Without its line ending, so that a line cut short is reported where it stops, not at "column 1" after it.
+        request = json.loads(text.rstrip("\r\n"), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         detail = f" ({exc.msg} at column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         report.add(f"not valid JSON{detail}.", line_number)

@@ -192,6 +192,12 @@ def test_it_rejects_invalid_utf8_with_the_line_and_byte():
     assert report.messages[0].startswith("Line 2: not valid UTF-8 (byte 0xff at column")
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_it_says_where_a_line_cut_short_stops(ending):
+    report = _validate(b'{"custom_id": "a", "method": "POST"' + ending + json.dumps(_request(2)).encode() + ending)
+    assert report.messages == ["Line 1: not valid JSON (Expecting ',' delimiter at column 36)."]
+
+
 @pytest.mark.parametrize("content", [b"", b"\n", b"\n \n\r\n"])
 def test_it_rejects_an_empty_file(content):
     assert _validate(content).messages == ["The file is empty: it has no requests."]
