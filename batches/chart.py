@@ -20,7 +20,7 @@ from batches import services
 from batches.formatting import clock
 
 if TYPE_CHECKING:
-    from batches.history import Observation, Phase
+    from batches.history import Phase
 
 MAX_CHART_POINTS = 200
 # Small enough point counts get a dot per observation; beyond that the dots hide the line.
@@ -47,14 +47,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True)
 class Point:
-    """Request counts known at one moment: observed by batchboard, or implied by an API timestamp."""
+    """Request counts known at one moment: observed by batchboard (a snapshot: history.Observation is this class), or
+    implied by an API timestamp."""
 
     at: datetime
     status: str
     total: int
     completed: int
     failed: int
-    source: str  # "observed" or "api"
+    source: str = "observed"  # or "api"
 
     @property
     def processed(self) -> int:
@@ -136,7 +137,7 @@ class Chart:
 
 
 def known_points(
-    api: services.ApiBatch, observations: list[Observation], phases: tuple[Phase, ...]
+    api: services.ApiBatch, observations: list[Point], phases: tuple[Phase, ...]
 ) -> tuple[list[Point], datetime | None]:
     """(every point whose counts are known, in time order; the final timestamp of a finished batch, else None).
 
@@ -146,11 +147,7 @@ def known_points(
     """
     counts = api.request_counts
     final_at = phases[-1].entered_at if api.is_terminal and phases and phases[-1].is_terminal else None
-    points = [
-        Point(o.at, o.status, o.total, o.completed, o.failed, "observed")
-        for o in observations
-        if final_at is None or o.at < final_at
-    ]
+    points = [o for o in observations if final_at is None or o.at < final_at]
     created_at = services.from_unix(api.created_at)
     if created_at:
         points.append(Point(created_at, "validating", 0, 0, 0, "api"))
@@ -203,7 +200,7 @@ def downsample(points: list[Point], max_points: int = MAX_CHART_POINTS) -> list[
 
 
 def progress_chart(
-    api: services.ApiBatch, observations: list[Observation], phases: tuple[Phase, ...], *, as_of: datetime
+    api: services.ApiBatch, observations: list[Point], phases: tuple[Phase, ...], *, as_of: datetime
 ) -> Chart | None:
     """The progress chart; None when there is nothing to plot yet (no requests counted, or a single moment)."""
     points, final_at = known_points(api, observations, phases)

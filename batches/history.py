@@ -40,23 +40,8 @@ STATUS_ENTERED_FIELD = {
 STATUS_RANK = {status: rank for rank, status in enumerate(services.LIFECYCLE)}
 
 
-@dataclass(frozen=True)
-class Observation:
-    """One snapshot as the history needs it (never the payload)."""
-
-    at: datetime
-    status: str
-    total: int
-    completed: int
-    failed: int
-
-    @property
-    def processed(self) -> int:
-        return self.completed + self.failed
-
-    @property
-    def label(self) -> str:
-        return services.status_label(self.status)
+# One snapshot as the history needs it (never the payload): the chart's point, observed by batchboard.
+Observation = progress_chart.Point
 
 
 @dataclass(frozen=True)
