@@ -103,7 +103,7 @@ class Freshness:
 
 @dataclass
 class SyncResult:
-    """What one pass did; `became_final` holds the batches it saw turn final (for follow-ups such as archiving)."""
+    """What one pass did; `became_final` holds the batches it saw turn final."""
 
     pages: int = 0
     seen: int = 0
@@ -310,11 +310,8 @@ def run_pass(
     stop: threading.Event | None = None,
     now: datetime | None = None,
 ) -> PassOutcome:
-    """One pass if it is due and this loop wins the lease (with `force`: whenever the lease is free).
-
-    Follow-ups for the batches a pass saw turn final (e.g. archiving their results) belong right after
-    `_record_outcome`, with `result.became_final`.
-    """
+    """One pass if it is due and this loop wins the lease (with `force`: whenever the lease is free), then the
+    results and retries apps' steps when the API answered."""
     holder = holder or new_holder()
     now = now or timezone.now()
     state = SyncState.objects.named(LIST_STATE)
@@ -335,7 +332,7 @@ def run_pass(
     seconds = time.monotonic() - started
     _record_outcome(result, error, seconds)
     if error is None:  # the API answered: keep the files of batches that are final (results app)
-        results_archive.sync_step(result.became_final)
+        results_archive.sync_step()
         # Imported here: retries create batches through actions.py, which imports lookups.py, which imports this.
         from retries import auto as retries_auto
 

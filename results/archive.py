@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
@@ -567,13 +567,11 @@ def prune_archive(archive: ResultArchive) -> None:
         results_storage().delete(name)
 
 
-def sync_step(became_final: Iterable[str] = (), *, client: services.BatchClient | None = None) -> None:
-    """What the sync loop does for results after each pass, told the batches the pass saw turn final: ask for their
-    results (BATCHBOARD_ARCHIVE=final), fetch what is due, check a few kept ones upstream. Failures are logged, never
-    raised into the loop."""
+def sync_step(*, client: services.BatchClient | None = None) -> None:
+    """What the sync loop does for results after each pass: ask for the results of newly final batches
+    (BATCHBOARD_ARCHIVE=final; archive_due asks for the newest finished first, which includes those the pass saw
+    turn final), fetch what is due, check a few kept ones upstream. Failures are logged, never raised into the loop."""
     try:
-        if settings.BATCHBOARD_ARCHIVE == MODE_FINAL and became_final:
-            _ask_for(_unarchived_final().filter(batch_id__in=list(became_final)))
         fetched = archive_due(client=client)
         checked = check_upstream(client=client)
     except Exception:
