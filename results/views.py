@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from urllib.parse import quote
 
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HTMX_STOP_POLLING
@@ -19,7 +17,7 @@ from audit.log import record
 from audit.models import Action
 from audit.models import Outcome as AuditOutcome
 from batches.views.common import refreshed_batch, unreachable
-from results import answers
+from results import answers, exports
 from results.archive import StoredFiles, loads_record, request_archive, results_storage
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
 
@@ -164,18 +162,8 @@ def results_export(request, batch_id, fmt):
     lines = archive.lines.matching(result_filter).in_order()
     target = f"kept results as {fmt}" + (f" ({result_filter.query()})" if result_filter.is_active else "")
     record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=batch.batch_id, target=target)
-    if fmt == "csv":
-        response = StreamingHttpResponse(_csv_rows(archive, lines), content_type="text/csv; charset=utf-8")
-    else:
-        response = StreamingHttpResponse(_jsonl_rows(archive, lines), content_type="application/jsonl")
-    response["Content-Disposition"] = content_disposition_header(True, f"{batch.batch_id}-results.{fmt}")
-    response["Cache-Control"] = "private, no-store"
-    return response
-
-
-class _Echo:
-    def write(self, value):
-        return value
+    rows = exports.csv_lines(CSV_COLUMNS, _csv_rows(archive, lines)) if fmt == "csv" else _jsonl_rows(archive, lines)
+    return exports.download(rows, fmt, f"{batch.batch_id}-results.{fmt}")
 
 
 EXPORT_FIELDS = (
@@ -201,18 +189,16 @@ def _export_rows(lines):
 
 
 def _csv_rows(archive: ResultArchive, lines):
-    writer = csv.writer(_Echo())
+    """The CSV_COLUMNS of each line; the answer's text read from the stored result file."""
     kinds = dict(ResultLine.RESULT_FILES)
-    yield "\ufeff" + writer.writerow(CSV_COLUMNS)  # the BOM makes spreadsheets read the file as UTF-8
     with StoredFiles(archive) as files:
         for row in _export_rows(lines):
             number, custom_id, outcome, status, code, message, tokens_in, tokens_out = row[:8]
             text = ""
             if outcome == Outcome.SUCCEEDED:
-                record = loads_record(files.read(kinds.get(row[10], ""), row[11], row[12])) or {}
-                text = answers.answer_text((record.get("response") or {}).get("body"))
+                text = exports.answer_of(loads_record(files.read(kinds.get(row[10], ""), row[11], row[12])))
             tokens = "" if tokens_in is None and tokens_out is None else (tokens_in or 0) + (tokens_out or 0)
-            yield writer.writerow([number or "", custom_id, outcome, status or "", code, message, tokens, text])
+            yield [number or "", custom_id, outcome, status or "", code, message, tokens, text]
 
 
 def _jsonl_rows(archive: ResultArchive, lines):
@@ -221,16 +207,10 @@ def _jsonl_rows(archive: ResultArchive, lines):
     with StoredFiles(archive) as files:
         for row in _export_rows(lines):
             number, custom_id, outcome = row[:3]
-            head = json.dumps({"line": number, "custom_id": custom_id, "outcome": outcome}, ensure_ascii=False)
-            yield b"".join(
-                [
-                    head[:-1].encode(),
-                    b', "input": ',
-                    files.read("input", row[8], row[9]) or b"null",
-                    b', "result": ',
-                    files.read(kinds.get(row[10], ""), row[11], row[12]) or b"null",
-                    b"}\n",
-                ]
+            yield exports.jsonl_line(
+                {"line": number, "custom_id": custom_id, "outcome": outcome},
+                files.read("input", row[8], row[9]),
+                files.read(kinds.get(row[10], ""), row[11], row[12]),
             )
 
 

@@ -29,6 +29,11 @@ SHOW_ALL = "all"
 SHOW_FAILING = "failing"
 
 
+def show_of(query) -> str:
+    """The `show` a URL's query asks for: SHOW_FAILING, else SHOW_ALL (whatever else it says)."""
+    return SHOW_FAILING if query.get("show") == SHOW_FAILING else SHOW_ALL
+
+
 @dataclass
 class Job:
     """A job's batches in order (original first) and the archives kept of them."""

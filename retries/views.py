@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import uuid
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import StreamingHttpResponse
 from django.shortcuts import redirect, render
-from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_http_methods, require_safe
 
 from audit.log import record
@@ -19,7 +15,7 @@ from audit.models import Action
 from audit.models import Outcome as AuditOutcome
 from batches import services
 from batches.views.common import refreshed_batch, unreachable
-from results import answers
+from results import exports
 from results.archive import StoredFiles, request_archive
 from results.models import Outcome, ResultLine
 from retries import merged, submit
@@ -117,7 +113,7 @@ def final_results(request, batch_id):
     batch, job, freshness = _job(request, batch_id)
     if batch is None:
         return unreachable(request, batch_id, freshness)
-    show = merged.SHOW_FAILING if request.GET.get("show") == merged.SHOW_FAILING else merged.SHOW_ALL
+    show = merged.show_of(request.GET)
     context = {"batch": batch, "job": job, "show": show}
     if job.root_archive is not None:
         counts = merged.counts(job)
@@ -133,20 +129,11 @@ def final_export(request, batch_id, fmt):
         return unreachable(request, batch_id, freshness)
     if job.root_archive is None:
         return redirect("retries:final", batch_id=batch.batch_id)
-    show = merged.SHOW_FAILING if request.GET.get("show") == merged.SHOW_FAILING else merged.SHOW_ALL
+    show = merged.show_of(request.GET)
     target = f"final results of {job.job_id} as {fmt}" + (" (still failing)" if show == merged.SHOW_FAILING else "")
     record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=job.job_id, target=target)
-    rows = _csv_rows(job, show) if fmt == "csv" else _jsonl_rows(job, show)
-    content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/jsonl"
-    response = StreamingHttpResponse(rows, content_type=content_type)
-    response["Content-Disposition"] = content_disposition_header(True, f"{job.job_id}-final.{fmt}")
-    response["Cache-Control"] = "private, no-store"
-    return response
-
-
-class _Echo:
-    def write(self, value):
-        return value
+    rows = exports.csv_lines(CSV_COLUMNS, _csv_rows(job, show)) if fmt == "csv" else _jsonl_rows(job, show)
+    return exports.download(rows, fmt, f"{job.job_id}-final.{fmt}")
 
 
 class _Files:
@@ -171,30 +158,26 @@ class _Files:
 
 
 def _csv_rows(job, show):
-    writer = csv.writer(_Echo())
-    yield "\ufeff" + writer.writerow(CSV_COLUMNS)
+    """The CSV_COLUMNS of each original line, from its best line in the job."""
     with _Files(job) as files:
         for row in merged.iter_rows(job, show):
             line = row.best or row.original
             text = ""
             if line.outcome == Outcome.SUCCEEDED:
-                record_ = files.of(line.archive_id).result_record(line) or {}
-                text = answers.answer_text((record_.get("response") or {}).get("body"))
+                text = exports.answer_of(files.of(line.archive_id).result_record(line))
             tokens = line.total_tokens if line.total_tokens is not None else ""
             batch_id = row.batch.batch_id if row.batch else ""
-            yield writer.writerow(
-                [
-                    row.original.line_number,
-                    line.custom_id,
-                    line.outcome,
-                    line.status_code or "",
-                    line.error_code,
-                    line.error_message,
-                    tokens,
-                    text,
-                    batch_id,
-                ]
-            )
+            yield [
+                row.original.line_number,
+                line.custom_id,
+                line.outcome,
+                line.status_code or "",
+                line.error_code,
+                line.error_message,
+                tokens,
+                text,
+                batch_id,
+            ]
 
 
 def _jsonl_rows(job, show):
@@ -209,13 +192,8 @@ def _jsonl_rows(job, show):
                 "outcome": line.outcome,
                 "batch": row.batch.batch_id if row.batch else None,
             }
-            yield b"".join(
-                [
-                    json.dumps(head, ensure_ascii=False)[:-1].encode(),
-                    b', "input": ',
-                    files.of(row.original.archive_id).input_bytes(row.original) or b"null",
-                    b', "result": ',
-                    files.of(line.archive_id).result_bytes(line) or b"null",
-                    b"}\n",
-                ]
+            yield exports.jsonl_line(
+                head,
+                files.of(row.original.archive_id).input_bytes(row.original),
+                files.of(line.archive_id).result_bytes(line),
             )
