@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
 
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
@@ -19,14 +18,13 @@ from audit.models import Outcome as AuditOutcome
 from batches.views.common import refreshed_batch, unreachable
 from results import answers, exports
 from results.archive import StoredFiles, loads_record, request_archive, results_storage
+from results.links import request_links
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
 
 # htmx stops polling on this status (and the final fragment has no trigger left).
 
 POLL_SECONDS = 3
 EXPORT_CHUNK = 1000
-# What reverse() leaves unquoted in a path segment (django.urls.resolvers), so both build the same links.
-URL_SAFE = "!$&'()*+,;=/~:@"
 CSV_COLUMNS = ["line", "custom_id", "outcome", "status", "error_code", "error_message", "tokens", "answer"]
 
 
@@ -64,10 +62,10 @@ def _page(archive: ResultArchive, result_filter: ResultFilter, number):
         if not result_filter.is_active:
             paginator.count = archive.summary.get("rows", 0)  # known from indexing: saves counting every row
         page = paginator.get_page(number)
-    base = reverse("results:request", args=[archive.batch.batch_id, "-"])[:-2]
+    link = request_links(archive.batch.batch_id)
     query = f"?{result_filter.query()}" if result_filter.is_active else ""
     for line in page:
-        line.url = f"{base}{quote(line.custom_id, safe=URL_SAFE)}/{query}"
+        line.url = link(line.custom_id) + query
     return page
 
 

@@ -10,7 +10,6 @@ number of lines comes from the summary written at indexing). Exports stream the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 from django.core.cache import cache
 from django.core.paginator import Paginator
@@ -18,8 +17,8 @@ from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, Valu
 from django.urls import reverse
 
 from batches.models import Batch
+from results.links import request_links
 from results.models import ArchiveState, Outcome, ResultArchive, ResultLine
-from results.views import URL_SAFE
 from retries.lineage import chain
 
 ROWS_PER_PAGE = 50
@@ -164,15 +163,14 @@ def rows_for(job: Job, originals: list[ResultLine]) -> list[MergedRow]:
     """The rows of `originals` (annotated with best_id) with their best lines: one query."""
     best = ResultLine.objects.in_bulk([line.best_id for line in originals if line.best_id])
     batches = {archive.pk: batch for batch in job.batches if (archive := job.archives.get(batch.pk))}
-    # reverse() once per batch, not per row (it is most of a page's time at 50 rows).
-    bases = {pk: reverse("results:request", args=[batch.batch_id, "-"])[:-2] for pk, batch in batches.items()}
+    links = {pk: request_links(batch.batch_id) for pk, batch in batches.items()}
     detail_urls = {pk: reverse("batches:detail", args=[batch.batch_id]) for pk, batch in batches.items()}
     rows = []
     for line in originals:
         chosen = best.get(line.best_id)
         row = MergedRow(line, chosen, batches.get(chosen.archive_id) if chosen else None)
         if chosen is not None:
-            row.url = f"{bases[chosen.archive_id]}{quote(chosen.custom_id, safe=URL_SAFE)}/"
+            row.url = links[chosen.archive_id](chosen.custom_id)
             row.batch_url = detail_urls[chosen.archive_id]
         rows.append(row)
     return rows
