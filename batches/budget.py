@@ -5,7 +5,7 @@ budget without any of them holding state in memory: each call costs one small re
 429?) and one conditional UPDATE (a slot in this minute's budget). The service client calls `SharedBudget` before
 and after every attempt it sends (see services.get_client); nothing else needs to know.
 
-`totals()` and `current_minute()` are what /metrics reads.
+`totals()` is what /metrics reads.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def totals() -> dict[str, int]:
 
 
 def current_minute(now: float | None = None) -> dict[str, int]:
-    """This minute's calls against the budget (for /metrics and the list page's "budget" notice)."""
+    """This minute's calls against the budget."""
     now = clock() if now is None else now
     calls = UpstreamMinute.objects.filter(minute=int(now // 60)).values_list("calls", flat=True).first() or 0
     return {"calls": calls, "budget": per_minute()}

@@ -15,8 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from batches import budget, services, sync
 from batches.history import STUCK_AFTER
-from batches.models import Batch, BatchSnapshot, SyncState
-from batches.sync import LIST_STATE
+from batches.models import Batch, BatchSnapshot
 
 
 def entered_current_status() -> list[tuple[str, datetime]]:
@@ -71,11 +70,11 @@ class DashboardCollector:
             stuck_family.add_metric([status], count)
         yield stuck_family
 
-        yield from _sync_figures(sync.loop_status(now), SyncState.objects.filter(name=LIST_STATE).first())
+        yield from _sync_figures(sync.loop_status(now))
         yield from _upstream_figures(budget.totals())
 
 
-def _sync_figures(loop: sync.LoopStatus, state: SyncState | None):
+def _sync_figures(loop: sync.LoopStatus):
     if loop.lag_seconds is not None:
         yield GaugeMetricFamily(
             "batchboard_sync_lag_seconds",
@@ -92,7 +91,7 @@ def _sync_figures(loop: sync.LoopStatus, state: SyncState | None):
     yield GaugeMetricFamily(
         "batchboard_sync_consecutive_failures",
         "List refreshes that failed in a row (0 while the API answers).",
-        value=state.consecutive_failures if state else 0,
+        value=loop.consecutive_failures,
     )
 
 

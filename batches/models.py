@@ -115,15 +115,6 @@ class BatchQuerySet(models.QuerySet):
         """Give back a cancel claim after a failed call: only our own (a slow call may have been claimed over)."""
         self.filter(pk=pk, cancel_requested_at=claimed_at).update(cancel_requested_at=None, cancel_requested_by="")
 
-    def became_final(self, batch_ids) -> list[str]:
-        """Of these ids, those whose cached row is final, in no particular order (one query per 500 ids)."""
-        batch_ids = list(batch_ids)
-        final = []
-        for start in range(0, len(batch_ids), 500):
-            chunk = batch_ids[start : start + 500]
-            final += self.filter(batch_id__in=chunk, is_terminal=True).values_list("batch_id", flat=True)
-        return final
-
     def finished(self):
         return self.filter(is_terminal=True)
 

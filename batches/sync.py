@@ -174,8 +174,7 @@ class LoopStatus:
     last_pass_seconds: float | None  # duration of the last pass that ran
     lag_seconds: float | None  # how old the list is: now minus the end of the last pass whose top walk completed
     alive: bool  # the heartbeat is younger than stale_after()
-    importing: bool
-    imported: int
+    consecutive_failures: int  # list refreshes that failed in a row
 
 
 def backoff_seconds(failures: int, base: float | None = None) -> float:
@@ -271,15 +270,14 @@ def loop_status(now: datetime | None = None) -> LoopStatus:
     now = now or timezone.now()
     state = SyncState.objects.filter(name=LIST_STATE).first()
     if state is None:
-        return LoopStatus(None, None, None, alive=False, importing=False, imported=0)
+        return LoopStatus(None, None, None, alive=False, consecutive_failures=0)
     lag = (now - state.succeeded_at).total_seconds() if state.succeeded_at else None
     return LoopStatus(
         heartbeat_at=state.heartbeat_at,
         last_pass_seconds=state.pass_seconds,
         lag_seconds=lag,
         alive=state.heartbeat_at is not None and state.heartbeat_at >= now - stale_after(),
-        importing=bool(state.import_cursor) and state.import_done_at is None,
-        imported=state.imported,
+        consecutive_failures=state.consecutive_failures,
     )
 
 

@@ -25,8 +25,6 @@ from retries import lineage
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
 STATUS_FILTERS = (ACTIVE_FILTER, ATTENTION_FILTER, *services.STATUSES)
-# The status filter's order: the ones that can still change, then the final ones.
-STATUS_ORDER = services.LIFECYCLE + tuple(s for s in services.STATUSES if s not in services.LIFECYCLE)
 # The sortable columns, each first sorted in its more useful direction.
 SORT_COLUMNS = {"created": "-created", "status": "status", "progress": "-progress", "expires": "expires"}
 SORT_WORDS = {
@@ -299,7 +297,7 @@ def _status_counts(counts: dict[str, int], attention: int) -> list[dict]:
         {"value": ACTIVE_FILTER, "label": "active", "count": _count_with_status(ACTIVE_FILTER, counts)},
         {"value": ATTENTION_FILTER, "label": "needs attention", "count": attention},
     ]
-    entries += [{"value": s, "label": services.status_label(s), "count": counts.get(s, 0)} for s in STATUS_ORDER]
+    entries += [{"value": s, "label": services.status_label(s), "count": counts.get(s, 0)} for s in services.LIFECYCLE]
     return entries
 
 
