@@ -1,6 +1,7 @@
 """Shared fixtures: plain static storage, a cache of each test's own, users with and without permissions, the sandbox
 over real HTTP, a real redis-server, and the database-specific markers."""
 
+import io
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import time
 import uuid
+from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
@@ -323,6 +325,40 @@ def observation(batch_id="batch_1", status="in_progress", processed=0, total=10,
 def completed(batch_id="batch_1", total=10, **fields):
     fields = {"output_file_id": "file-out", "finalizing_at": CREATED + 50, "completed_at": CREATED + 60, **fields}
     return observation(batch_id, "completed", processed=total, total=total, **fields)
+
+
+def create_batches(count, *, speed=None):
+    """`count` batches of one chat request each, created in the sandbox over HTTP as any client would; `speed`, if
+    given, fixes how fast they run (the sandbox reads it at creation)."""
+    if speed is not None:
+        django_settings.SANDBOX_SPEED = speed
+    client = services.get_client()
+    line = {
+        "custom_id": "request-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]},
+    }
+    upload = client.upload_fileobj(io.BytesIO(json.dumps(line).encode() + b"\n"), filename="input.jsonl")
+    return [client.create_batch(input_file_id=upload.id, endpoint="/v1/chat/completions") for _ in range(count)]
+
+
+@pytest.fixture
+def fresh_cache(settings):
+    """Pages read the cache only: the list was refreshed just now and the interval is long; anything that still asks
+    the API (the detail page's file sizes) fails at once instead of retrying. The loop is alive, and a viewer was
+    noted "later" (a visit is noted at most once a second, with one UPDATE), so no request in a test writes the
+    note and query counts compare like with like."""
+    from batches.models import SyncState
+    from batches.sync import LIST_STATE
+
+    settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0
+    settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"
+    settings.OPENAI_MAX_RETRIES = 0
+    now = timezone.now()
+    SyncState.objects.create(
+        name=LIST_STATE, claimed_at=now, succeeded_at=now, heartbeat_at=now, watched_at=now + timedelta(hours=1)
+    )
 
 
 # --- Batches with kept results, each line's outcome chosen ---------------------------

@@ -9,10 +9,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from batches import services
-from batches.models import Batch, DailySpend, SyncState, record_batch
-from batches.sync import LIST_STATE
+from batches.models import Batch, DailySpend, record_batch
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
 
 
 def _batch(batch_id, *, status="completed", model="gpt-4o-mini-2024-07-18", usage=(1_000_000, 0, 1_000_000), **fields):
@@ -45,19 +44,6 @@ def _batch(batch_id, *, status="completed", model="gpt-4o-mini-2024-07-18", usag
             "total_tokens": tokens_in + tokens_out,
         }
     return services.ApiBatch.from_api(payload)
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache(settings):
-    """Pages read the cache only: the list was refreshed just now and the interval is long."""
-    settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0
-    settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"
-    settings.OPENAI_MAX_RETRIES = 0
-    now = timezone.now()
-    # The loop is alive, and a viewer was noted "later": no request in a test writes the note (query counts compare).
-    SyncState.objects.create(
-        name=LIST_STATE, claimed_at=now, succeeded_at=now, heartbeat_at=now, watched_at=now + timedelta(hours=1)
-    )
 
 
 # gpt-4o-mini batch prices: input 0.075, cached input 0.0375, output 0.30 per million tokens.

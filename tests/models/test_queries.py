@@ -1,17 +1,13 @@
 """The list page and its fragment cost the same number of queries for 5 batches as for 200."""
 
-from datetime import timedelta
-
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
-from batches.models import SyncState, record_batch
-from batches.sync import LIST_STATE
+from batches.models import record_batch
 from tests.conftest import completed, observation
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
 
 LIST_URLS = [  # url, headers, a batch the 200-batch answer must show (all share a creation time: newest id first)
     pytest.param("/batches/", {}, "batch_q0199", id="page"),
@@ -25,20 +21,6 @@ LIST_URLS = [  # url, headers, a batch the 200-batch answer must show (all share
     pytest.param("/batches/?jobs=originals", {}, "batch_q0198", id="originals"),
     pytest.param("/batches/?job=batch_q0000", {"HX-Request": "true"}, "batch_q0000", id="one-job-fragment"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache(settings):
-    """Pages read the cache only: the list was refreshed just now, and the interval is long."""
-    settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0
-    # Anything that still asks the API (the detail page's file sizes) fails at once instead of retrying.
-    settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"
-    settings.OPENAI_MAX_RETRIES = 0
-    now = timezone.now()
-    # A viewer's visit is noted at most once a second (one UPDATE): noted "later" here, so no request in a test writes
-    # it and the counts compare like with like.
-    later = now + timedelta(hours=1)
-    SyncState.objects.create(name=LIST_STATE, claimed_at=now, succeeded_at=now, heartbeat_at=now, watched_at=later)
 
 
 def record(start, stop):

@@ -1,6 +1,5 @@
 """The sync loop: what a pass costs in upstream calls, the background import, the lease, and the command."""
 
-import json
 import logging
 import os
 import select
@@ -19,6 +18,7 @@ from django.utils import timezone
 
 from batches import services, sync
 from batches.models import Batch, BatchSnapshot, SyncState
+from tests.conftest import create_batches
 from tests.fake_api import Reply
 
 NOW = int(time.time())
@@ -350,7 +350,7 @@ def test_the_command_rejects_a_bad_interval():
 
 @pytest.mark.usefixtures("transactional_db")
 def test_the_loop_command_stops_on_sigterm_with_status_0(sandbox_url, database_url):
-    _create_sandbox_batch()
+    create_batches(1)
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -384,17 +384,3 @@ def _read_until(process, text, timeout):
             if text in line or not line:
                 break
     return "".join(lines)
-
-
-def _create_sandbox_batch():
-    client = services.get_client()
-    line = {
-        "custom_id": "request-1",
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]},
-    }
-    import io
-
-    upload = client.upload_fileobj(io.BytesIO(json.dumps(line).encode() + b"\n"), filename="input.jsonl")
-    return client.create_batch(input_file_id=upload.id, endpoint="/v1/chat/completions")

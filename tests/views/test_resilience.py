@@ -1,7 +1,5 @@
 """When the API fails: pages render the last known state with a stale notice; viewers never walk the list."""
 
-import io
-import json
 import threading
 
 import pytest
@@ -12,26 +10,11 @@ from django.test import Client
 from batches import services, sync
 from batches.models import Batch
 from sandbox import views as sandbox_views
+from tests.conftest import create_batches
 
 pytestmark = pytest.mark.usefixtures("sandbox_url")
 
 WRONG_KEY = "sk-wrong-key-0123456789abcdef"
-
-
-def create_batches(count, *, speed):
-    """`count` batches in the sandbox; `speed` fixes how fast they run (it is read at creation)."""
-    from django.conf import settings
-
-    settings.SANDBOX_SPEED = speed
-    client = services.get_client()
-    line = {
-        "custom_id": "request-1",
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]},
-    }
-    upload = client.upload_fileobj(io.BytesIO(json.dumps(line).encode() + b"\n"), filename="input.jsonl")
-    return [client.create_batch(input_file_id=upload.id, endpoint="/v1/chat/completions") for _ in range(count)]
 
 
 @pytest.fixture
