@@ -40,10 +40,17 @@ class Price:
 
     def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
         """The cost of this usage. Cached tokens are part of the input tokens, charged at the cached price."""
+        parts = self.parts(input_tokens, cached_tokens, output_tokens)
+        return sum(tokens * rate for _label, tokens, rate in parts) / TOKENS_PER_PRICE_UNIT
+
+    def parts(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> list[tuple[str, int, Decimal]]:
+        """(label, tokens, price) of the uncached input, the cached input and the output of this usage."""
         cached = min(max(cached_tokens, 0), max(input_tokens, 0))
-        uncached = max(input_tokens, 0) - cached
-        units = uncached * self.input + cached * self.cached_input + max(output_tokens, 0) * self.output
-        return units / TOKENS_PER_PRICE_UNIT
+        return [
+            ("Input", max(input_tokens, 0) - cached, self.input),
+            ("Cached input", cached, self.cached_input),
+            ("Output", max(output_tokens, 0), self.output),
+        ]
 
 
 @dataclass(frozen=True)
@@ -156,12 +163,7 @@ class CostLine:
 
 def cost_lines(price: Price, input_tokens: int, cached_tokens: int, output_tokens: int) -> list[CostLine]:
     """How a cost adds up, line by line (uncached input, cached input, output), for the detail page."""
-    cached = min(max(cached_tokens, 0), max(input_tokens, 0))
-    parts = [
-        ("Input", max(input_tokens, 0) - cached, price.input),
-        ("Cached input", cached, price.cached_input),
-        ("Output", max(output_tokens, 0), price.output),
-    ]
+    parts = price.parts(input_tokens, cached_tokens, output_tokens)
     return [CostLine(label, tokens, rate, tokens * rate / TOKENS_PER_PRICE_UNIT) for label, tokens, rate in parts]
 
 
