@@ -159,7 +159,7 @@ def known_points(
         points.append(Point(finalizing_at, "finalizing", counts.total, counts.completed, counts.failed, "api"))
     if final_at:
         points.append(Point(final_at, api.status, counts.total, counts.completed, counts.failed, "api"))
-    rank = {status: index for index, status in enumerate(services.LIFECYCLE)}
+    rank = services.STATUS_RANK
     points.sort(key=lambda p: (p.at, rank.get(p.status, len(rank)), p.source != "observed"))
     return _without_repeats(points), final_at
 

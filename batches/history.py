@@ -37,7 +37,6 @@ STATUS_ENTERED_FIELD = {
     "expired": "expired_at",
     "cancelled": "cancelled_at",
 }
-STATUS_RANK = {status: rank for rank, status in enumerate(services.LIFECYCLE)}
 
 
 # One snapshot as the history needs it (never the payload): the chart's point, observed by batchboard.
@@ -167,9 +166,9 @@ def timeline(api: services.ApiBatch, observations: list[Observation], *, now: da
         entered[api.status] = (observations[-1].at if observations else now, "observed")
 
     # The current status always comes last, even if an observation of an earlier one was stamped later.
+    rank = services.STATUS_RANK
     ordered = sorted(
-        entered.items(),
-        key=lambda item: (item[0] == api.status, item[1][0], STATUS_RANK.get(item[0], len(STATUS_RANK))),
+        entered.items(), key=lambda item: (item[0] == api.status, item[1][0], rank.get(item[0], len(rank)))
     )
     phases = []
     for index, (status, (entered_at, source)) in enumerate(ordered):

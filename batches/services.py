@@ -39,6 +39,7 @@ STATUSES = (
 )
 # The order a batch passes through its statuses (the ones that can still change first), for lists and timelines.
 LIFECYCLE = ("validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled")
+STATUS_RANK = {status: rank for rank, status in enumerate(LIFECYCLE)}
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 CANCELLABLE_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
 ENDPOINTS = (
