@@ -401,7 +401,6 @@ def sync_batches(
     renew: Callable[[], bool] = lambda: True,
     stop: threading.Event | None = None,
     page_size: int = PAGE_SIZE,
-    import_seconds: float | None = None,
 ) -> SyncResult:
     """The pass's upstream work (see the module's docstring), tallied into `result` as it goes, so that a pass
     cut short by the budget still reports what it did. `renew` keeps the lease and returns False once it is lost.
@@ -414,8 +413,7 @@ def sync_batches(
         return result
     state.refresh_from_db()
     if state.import_cursor and state.import_done_at is None:
-        slice_seconds = IMPORT_SLICE_SECONDS if import_seconds is None else import_seconds
-        _import(client, state, result, renew, stop, page_size, time.monotonic() + slice_seconds)
+        _import(client, state, result, renew, stop, page_size, time.monotonic() + IMPORT_SLICE_SECONDS)
         if result.stopped:
             return result
     missed = _missed_by_walk(oldest_walked, result)
@@ -456,16 +454,9 @@ def _walk_top(client, state, result, renew, stop, page_size, target) -> int | No
         top_id = top_id or (page.data[0].id if page.data else "")
         oldest = page.data[-1].created_at if page.data else oldest
         if fresh_install:
-            # A fresh install shows the newest page now; the background import brings the rest, from here. One
-            # transaction, so that no page shows the batches without the import's progress.
-            with transaction.atomic():
-                _record_page(page.data, result, imported=True)
-                SyncState.objects.filter(name=LIST_STATE).update(
-                    import_cursor=page.data[-1].id if page.data else "",
-                    imported=len(page.data),
-                    import_reached=services.from_unix(oldest),
-                    import_done_at=None if page.has_more else timezone.now(),
-                )
+            # A fresh install shows the newest page now, as the import's first page: the background import brings
+            # the rest, from here.
+            _record_import_page(page, result, cursor="", reached=None)
             break
         _record_page(page.data, result)
         if not renew():
@@ -484,6 +475,21 @@ def _walk_top(client, state, result, renew, stop, page_size, target) -> int | No
     return oldest or 0
 
 
+def _record_import_page(page, result: SyncResult, *, cursor: str, reached: datetime | None) -> str:
+    """Record a page of the import and the import's progress after it in one transaction (so a killed worker loses
+    at most this page, and no list view shows its batches without the progress); returns the new cursor."""
+    with transaction.atomic():
+        _record_page(page.data, result, imported=True)
+        cursor = page.data[-1].id if page.data else cursor
+        SyncState.objects.filter(name=LIST_STATE).update(
+            import_cursor=cursor,
+            imported=F("imported") + len(page.data),
+            import_reached=services.from_unix(page.data[-1].created_at) if page.data else reached,
+            import_done_at=None if page.has_more else timezone.now(),
+        )
+    return cursor
+
+
 def _import(client, state, result, renew, stop, page_size, deadline) -> None:
     """Continue the history import from the saved cursor until the end of the list or the deadline.
 
@@ -493,15 +499,7 @@ def _import(client, state, result, renew, stop, page_size, deadline) -> None:
     cursor = state.import_cursor
     while True:
         page = client.list_batches(after=cursor, limit=page_size)
-        with transaction.atomic():
-            _record_page(page.data, result, imported=True)
-            cursor = page.data[-1].id if page.data else cursor
-            SyncState.objects.filter(name=LIST_STATE).update(
-                import_cursor=cursor,
-                imported=F("imported") + len(page.data),
-                import_reached=services.from_unix(page.data[-1].created_at) if page.data else state.import_reached,
-                import_done_at=None if page.has_more else timezone.now(),
-            )
+        cursor = _record_import_page(page, result, cursor=cursor, reached=state.import_reached)
         result.imported += len(page.data)
         result.import_calls += 1
         if not renew():
