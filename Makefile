@@ -61,7 +61,7 @@ test-postgres: install-dev
 	pg_virtualenv -t -o fsync=off -o synchronous_commit=off -o full_page_writes=off \
 		sh -c 'DATABASE_URL="postgres://$$PGUSER:$$PGPASSWORD@$$PGHOST:$$PGPORT/$$PGDATABASE" $(BIN)/pytest -n 2'
 
-bench: system-packages migrate
+bench: system-packages install
 	$(BIN)/python -m benchmarks
 
 screenshots: install-dev

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 
@@ -36,6 +35,13 @@ def setup(**environment: str) -> Path:
             **environment,
         }
     )
+    ready_django()
+    return scratch
+
+
+def ready_django():
+    """Django set up on the database the environment names, migrated, answering the test client; returns settings."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
     import django
 
     django.setup()
@@ -44,12 +50,13 @@ def setup(**environment: str) -> Path:
 
     call_command("migrate", verbosity=0)
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
-    # Plain static URLs: the manifest storage would need a collectstatic run.
+    # Plain static URLs: the manifest storage would need a collectstatic run. Set before any storage is used: Django
+    # reads STORAGES once.
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
-    return scratch
+    return settings
 
 
 def rerun_in_scratch(module: str, args: list[str], marker: str, **environment: str) -> int:
@@ -121,12 +128,11 @@ class Table:
 
 
 class UpstreamCounter:
-    """Counts the calls that reach the sandbox, by kind (list, retrieve, other), with the times of list calls."""
+    """Counts the calls that reach the sandbox, by kind (list, retrieve, other)."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.counts = {"list": 0, "retrieve": 0, "other": 0}
-        self.list_times: list[float] = []
 
     def note(self, method: str, path: str) -> None:
         collection = "/sandbox/v1/batches"
@@ -137,8 +143,6 @@ class UpstreamCounter:
             kind = "retrieve"
         with self.lock:
             self.counts[kind] += 1
-            if kind == "list":
-                self.list_times.append(time.monotonic())
 
     def total(self) -> int:
         with self.lock:

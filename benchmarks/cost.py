@@ -23,6 +23,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from benchmarks import common
+
 LINES = 50_000
 TARGET_BYTES = 100 * 1024 * 1024
 ESTIMATE_TARGET_SECONDS = 20.0
@@ -35,12 +37,9 @@ SEED = 13
 def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="batchboard-bench-cost-"))
     os.environ["DATABASE_URL"] = f"sqlite:///{scratch / 'bench.sqlite3'}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
     for name in ("OPENAI_API_KEY", "BATCHBOARD_PRICES", "TIKTOKEN_CACHE_DIR"):
         os.environ.pop(name, None)
-    import django
-
-    django.setup()
+    common.ready_django()
     load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
     print(f"Cost benchmarks (Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load})")
     bench_estimate(scratch)
@@ -169,14 +168,12 @@ def _max_rss_mb() -> float:
 
 
 def bench_spending() -> None:
-    from django.core.management import call_command
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
     from batches.models import Batch, DailySpend
 
-    call_command("migrate", verbosity=0)
     rng = random.Random(SEED)
     now = timezone.now()
     models = ("gpt-4o-mini-2024-07-18", "gpt-4.1-2025-04-14", "o4-mini-2025-04-16", "text-embedding-3-small", "acme")

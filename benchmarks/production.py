@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks import common
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS_MS = {"list": 25.0, "fragment (rendered)": 10.0, "fragment (shared)": 10.0, "detail (running)": 25.0}
 INTERVAL = 2.0
@@ -115,19 +117,7 @@ def _child(command: list[str], environment: dict[str, str]) -> dict:
 
 def _setup_django():
     os.environ.setdefault("SANDBOX_SEED", "false")
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-    return settings
+    return common.ready_django()
 
 
 def _fill(batches: int) -> str:

@@ -20,6 +20,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from benchmarks import common
 from benchmarks.common import rerun_in_scratch
 
 SCRATCH_ENV = "BATCHBOARD_BENCH_RESULTS_SCRATCH"
@@ -40,17 +41,15 @@ def main() -> int:
         return rerun_in_scratch(
             "benchmarks.results", ["--lines", str(options.lines)], SCRATCH_ENV, SANDBOX_DROP_RATE="0.01"
         )
-    _setup_django()
     if options.phase == "fetch":
+        # Set up only: migrations already ran in the parent, and loading them would add to this process's peak.
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+        import django
+
+        django.setup()
         return _fetch_phase(options.archive)
+    common.ready_django()
     return _run(options.lines)
-
-
-def _setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
-    import django
-
-    django.setup()
 
 
 def _peak_rss_mb() -> float:
@@ -137,7 +136,6 @@ def _verdict(value: float, target: float, unit: str) -> str:
 def _run(lines: int) -> int:
     from django.conf import settings
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.test import Client
     from django.urls import reverse
 
@@ -146,7 +144,6 @@ def _run(lines: int) -> int:
     from results.models import Outcome, ResultArchive
     from sandbox.models import SandboxFile
 
-    call_command("migrate", verbosity=0)
     print(f"results benchmark: {lines:,}-line batch, scratch folder {os.environ[SCRATCH_ENV]}")
     print(
         f"  {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start: on a shared machine wall-clock "
@@ -195,11 +192,6 @@ def _run(lines: int) -> int:
     print(f"  {name:<44} {peak:>7.0f} MB  {_verdict(peak, TARGETS['memory'], 'MB')}")
     print(f"  {'  RSS before fetching':<44} {float(baseline):>7.0f} MB")
 
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
     user = get_user_model().objects.create_user("bench")
     client = Client()
     client.force_login(user)

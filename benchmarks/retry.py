@@ -20,6 +20,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from benchmarks import common
 from benchmarks.common import rerun_in_scratch
 
 SCRATCH_ENV = "BATCHBOARD_BENCH_RETRY_SCRATCH"
@@ -32,10 +33,7 @@ REPEATS = 30
 def main() -> int:
     if not os.environ.get(SCRATCH_ENV):
         return rerun_in_scratch("benchmarks.retry", [], SCRATCH_ENV)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
-    import django
-
-    django.setup()
+    common.ready_django()
     return _run(Path(os.environ[SCRATCH_ENV]))
 
 
@@ -119,9 +117,7 @@ def _verdict(value: float, target: float, unit: str) -> str:
 def _run(scratch: Path) -> int:
     import uuid
 
-    from django.conf import settings
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.test import Client
     from django.urls import reverse
 
@@ -129,13 +125,6 @@ def _run(scratch: Path) -> int:
     from retries import submit
     from retries.selection import RetrySelection
 
-    # Before any storage is used: Django reads STORAGES once.
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-    call_command("migrate", verbosity=0)
     print(f"retry benchmark: a job of 3 x {LINES:,}-line batches, scratch folder {scratch}")
     print(f"  {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start (a shared machine)")
     begun = time.perf_counter()
