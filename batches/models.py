@@ -669,22 +669,22 @@ class DailySpend(models.Model):
         if before == after:
             return
         if before is not None:
-            cls._add(before, -1)
+            day, model, *tokens = before
+            cls._add(day, model, -1, [-count for count in tokens])
         if after is not None:
-            cls._add(after, 1)
+            day, model, *tokens = after
+            cls._add(day, model, 1, tokens)
 
     @classmethod
     @transaction.atomic
     def rebuild(cls) -> int:
         """Recompute every daily total from the batches (after a change of TIME_ZONE, or rows written in bulk).
         Returns the number of daily rows."""
-        totals: dict[tuple, list[int]] = {}
         finished = Batch.objects.filter(is_terminal=True, finished_at__isnull=False, input_tokens__isnull=False)
-        for finished_at, model, *tokens in finished.values_list("finished_at", "model", *TOKEN_FIELDS).iterator():
-            total = totals.setdefault((timezone.localdate(finished_at), model), [0, 0, 0, 0])
-            total[0] += 1
-            for index, count in enumerate(tokens, start=1):
-                total[index] += count or 0
+        totals = cls._totals(
+            (timezone.localdate(finished_at), model, *tokens)
+            for finished_at, model, *tokens in finished.values_list("finished_at", "model", *TOKEN_FIELDS).iterator()
+        )
         cls.objects.all().delete()
         rows = [
             cls(day=day, model=model, batches=n, **dict(zip(TOKEN_FIELDS, tokens, strict=True)))
@@ -696,27 +696,30 @@ class DailySpend(models.Model):
     @classmethod
     def count_new(cls, rows: list[Batch]) -> None:
         """Add batches recorded for the first time (an import's page, in bulk): one UPDATE per day and model."""
+        for (day, model), (count, *tokens) in cls._totals(map(cls.contribution, rows)).items():
+            cls._add(day, model, count, tokens)
+
+    @staticmethod
+    def _totals(contributions) -> dict[tuple, list[int]]:
+        """(day, model) -> [batches, *tokens], summed over contributions (None ones left out)."""
         totals: dict[tuple, list[int]] = {}
-        for row in rows:
-            contribution = cls.contribution(row)
-            if contribution is not None:
-                day, model, *tokens = contribution
-                total = totals.setdefault((day, model), [0, 0, 0, 0])
-                total[0] += 1
-                for index, count in enumerate(tokens, start=1):
-                    total[index] += count
-        for (day, model), (count, *tokens) in totals.items():
-            changes = {name: models.F(name) + value for name, value in zip(TOKEN_FIELDS, tokens, strict=True)}
-            if not cls.objects.filter(day=day, model=model).update(batches=models.F("batches") + count, **changes):
-                cls.objects.create(day=day, model=model, batches=count, **dict(zip(TOKEN_FIELDS, tokens, strict=True)))
+        for contribution in contributions:
+            if contribution is None:
+                continue
+            day, model, *tokens = contribution
+            total = totals.setdefault((day, model), [0] * (1 + len(TOKEN_FIELDS)))
+            total[0] += 1
+            for index, count in enumerate(tokens, start=1):
+                total[index] += count or 0
+        return totals
 
     @classmethod
-    def _add(cls, contribution: tuple, sign: int) -> None:
-        day, model, *tokens = contribution
-        changes = {name: models.F(name) + sign * value for name, value in zip(TOKEN_FIELDS, tokens, strict=True)}
-        updated = cls.objects.filter(day=day, model=model).update(batches=models.F("batches") + sign, **changes)
-        if not updated and sign > 0:
-            cls.objects.create(day=day, model=model, batches=1, **dict(zip(TOKEN_FIELDS, tokens, strict=True)))
+    def _add(cls, day, model: str, batches: int, tokens) -> None:
+        """Add `batches` and `tokens` (negative to take them away) to the day's row, creating it if it is new."""
+        changes = {name: models.F(name) + value for name, value in zip(TOKEN_FIELDS, tokens, strict=True)}
+        updated = cls.objects.filter(day=day, model=model).update(batches=models.F("batches") + batches, **changes)
+        if not updated and batches > 0:
+            cls.objects.create(day=day, model=model, batches=batches, **dict(zip(TOKEN_FIELDS, tokens, strict=True)))
 
 
 class SyncStateQuerySet(models.QuerySet):
