@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from batches import services
-from batches.models import Batch, DailySpend, record_batch
+from batches.models import TOKEN_FIELDS, Batch, DailySpend, record_batch, record_new_batches
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
 
@@ -162,6 +162,32 @@ def test_a_batch_counts_once_in_the_daily_totals_on_the_day_it_finished():
         100,
         51,
     )
+
+
+def test_rebuilding_and_bulk_imports_give_the_totals_that_recording_one_by_one_gives():
+    def totals():
+        return sorted(DailySpend.objects.values_list("day", "model", "batches", *TOKEN_FIELDS))
+
+    finished = int(timezone.now().timestamp()) - 5
+    yesterday = int((timezone.now() - timedelta(days=1)).timestamp())
+    batches = [
+        _batch("batch_a", completed_at=finished, usage=(1000, 100, 50)),
+        _batch("batch_b", completed_at=finished, usage=(1, 0, 1)),
+        _batch("batch_c", completed_at=yesterday, model="gpt-4.1", usage=(7, 0, 0)),
+        _batch("batch_d", status="in_progress", usage=(5, 0, 5)),
+    ]
+    for batch in batches:
+        record_batch(batch)
+    one_by_one = totals()
+    assert len(one_by_one) == 2
+
+    assert DailySpend.rebuild() == 2
+    assert totals() == one_by_one
+
+    DailySpend.objects.all().delete()
+    Batch.objects.all().delete()
+    record_new_batches(batches, timezone.now())
+    assert totals() == one_by_one
 
 
 def test_a_later_observation_of_a_final_batch_corrects_its_share():
