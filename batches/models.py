@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import date, datetime, timedelta
 
-from django.db import IntegrityError, connection, models, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    models,
+    transaction,
+)
 from django.db.models import Case, F, FloatField, Q, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Lower
 from django.utils import timezone
 
-from batches import pricing, services
+from batches import normalise, pricing, services
 from batches.history import STUCK_AFTER
 
-STATUS_CHOICES = [(s, services.status_label(s)) for s in services.STATUSES]
+logger = logging.getLogger(__name__)
+
+STATUS_CHOICES = [(s, services.status_label(s)) for s in services.RECORDED_STATUSES]
 # The list's pseudo-statuses: "every batch that can still change", and "every batch someone should look at".
 ACTIVE_FILTER = "active"
 ATTENTION_FILTER = "attention"
@@ -443,6 +454,7 @@ class Batch(models.Model):
 
     def note_model_from_file(self, model: str | None) -> None:
         """The model read from the input file, shown while the API does not name it yet (validating)."""
+        model = normalise.text(model, normalise.MODEL_LENGTH) if model else model
         if model and not self.model:
             Batch.objects.filter(pk=self.pk, model="").update(model=model)
             self.model = model
@@ -450,6 +462,14 @@ class Batch(models.Model):
     @property
     def status_label(self) -> str:
         return services.status_label(self.status)
+
+    @property
+    def reported_status(self) -> str:
+        """The status the API sent when batchboard does not know it (the status is then "unknown"); else ""."""
+        if self.status != normalise.UNKNOWN_STATUS:
+            return ""
+        sent = self.payload.get("status") if isinstance(self.payload, dict) else None
+        return sent if isinstance(sent, str) else "(none)"
 
     @property
     def can_cancel_now(self) -> bool:
@@ -554,11 +574,37 @@ def record_batch(batch: services.ApiBatch, observed_at: datetime | None = None) 
     return Batch.objects.get(batch_id=batch.id)
 
 
-def record_new_batches(batches: list[services.ApiBatch], observed_at: datetime) -> None:
-    """Store batches the cache has never seen, with their first snapshots, in two bulk inserts (an import's page).
+# What the database (or its driver: SQLite's refuses an integer beyond 64 bits with OverflowError) raises for one
+# row it will not store; record_batch gives up with DoesNotExist on a new row refused three times. A database that is
+# down or locked (OperationalError, InterfaceError) is not the row's fault: it fails the whole pass instead of
+# skipping every batch.
+ROW_REFUSED = (DatabaseError, OverflowError, ValueError, Batch.DoesNotExist)
 
-    If another writer recorded one of them meanwhile, the unique batch id refuses the insert and each goes through
-    record_batch instead.
+
+def _refused(exc: BaseException) -> bool:
+    return not isinstance(exc, OperationalError | InterfaceError)
+
+
+def record_batch_or_skip(batch: services.ApiBatch, observed_at: datetime) -> Batch | None:
+    """record_batch in a savepoint of its own: the row, or None (logged) when the database refused this batch, so
+    that one odd batch never stops the others of its page from being recorded."""
+    try:
+        with transaction.atomic():
+            return record_batch(batch, observed_at=observed_at)
+    except ROW_REFUSED as exc:
+        if not _refused(exc):
+            raise
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        logger.warning("Skipped recording %s: the database refused it (%s: %s)", batch.id, type(exc).__name__, reason)
+        return None
+
+
+def record_new_batches(batches: list[services.ApiBatch], observed_at: datetime) -> list[str]:
+    """Store batches the cache has never seen, with their first snapshots, in two bulk inserts (an import's page);
+    returns the ids of those skipped because the database refused them.
+
+    If another writer recorded one of them meanwhile (the unique batch id refuses the insert), or the database refuses
+    one of them, each goes through record_batch in a savepoint of its own instead.
     """
     rows, digests = [], []
     for batch in batches:
@@ -578,9 +624,11 @@ def record_new_batches(batches: list[services.ApiBatch], observed_at: datetime) 
                     for row, batch, digest in zip(rows, batches, digests, strict=True)
                 ]
             )
-    except IntegrityError:
-        for batch in batches:
-            record_batch(batch, observed_at=observed_at)
+    except ROW_REFUSED as exc:
+        if not _refused(exc):
+            raise
+        return [batch.id for batch in batches if record_batch_or_skip(batch, observed_at) is None]
+    return []
 
 
 def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> Batch:
@@ -793,6 +841,8 @@ class SyncState(models.Model):
     error_kind = models.CharField(max_length=32, blank=True)
     error_message = models.TextField(blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
+    # Batches the database refused and the loop skipped (each logged), ever: /metrics' batchboard_sync_skipped_total.
+    skipped_total = models.PositiveBigIntegerField(default=0)
 
     objects = SyncStateQuerySet.as_manager()
 

@@ -32,7 +32,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from batches import services
-from batches.models import Batch, SyncState, payload_digest, record_batch, record_new_batches
+from batches.models import Batch, SyncState, payload_digest, record_batch_or_skip, record_new_batches
 from results import archive as results_archive
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class SyncResult:
     import_calls: int = 0  # list calls made by the import (the rest of `pages` were the top walk's)
     complete: bool = False  # the top walk reached known ground (the list is current)
     stopped: str = ""  # "", "stop" (shutdown), "budget", "lease" (another loop took over)
+    skipped: int = 0  # batches the database refused (logged, counted in SyncState.skipped_total)
     became_final: list[str] = field(default_factory=list)
     seen_ids: set[str] = field(default_factory=set, repr=False)
 
@@ -141,6 +142,8 @@ class PassOutcome:
         )
         if result.imported:
             line += f", {result.imported} imported"
+        if result.skipped:
+            line += f", {result.skipped} skipped (refused by the database)"
         line += f" in {self.seconds:.2f} s"
         if self.error:
             return f"sync pass failed after {self.seconds:.2f} s: {self.error} ({line})"
@@ -162,6 +165,7 @@ class PassOutcome:
             "changed": result.changed,
             "retrieved": result.retrieved,
             "imported": result.imported,
+            "skipped": result.skipped,
             "seconds": round(self.seconds, 3),
         }
 
@@ -175,6 +179,7 @@ class LoopStatus:
     lag_seconds: float | None  # how old the list is: now minus the end of the last pass whose top walk completed
     alive: bool  # the heartbeat is younger than stale_after()
     consecutive_failures: int  # list refreshes that failed in a row
+    skipped_total: int = 0  # batches skipped because the database refused them, ever
 
 
 def backoff_seconds(failures: int, base: float | None = None) -> float:
@@ -270,7 +275,7 @@ def loop_status(now: datetime | None = None) -> LoopStatus:
     now = now or timezone.now()
     state = SyncState.objects.filter(name=LIST_STATE).first()
     if state is None:
-        return LoopStatus(None, None, None, alive=False, consecutive_failures=0)
+        return LoopStatus(None, None, None, alive=False, consecutive_failures=0, skipped_total=0)
     lag = (now - state.succeeded_at).total_seconds() if state.succeeded_at else None
     return LoopStatus(
         heartbeat_at=state.heartbeat_at,
@@ -278,6 +283,7 @@ def loop_status(now: datetime | None = None) -> LoopStatus:
         lag_seconds=lag,
         alive=state.heartbeat_at is not None and state.heartbeat_at >= now - stale_after(),
         consecutive_failures=state.consecutive_failures,
+        skipped_total=state.skipped_total,
     )
 
 
@@ -325,6 +331,13 @@ def run_pass(
         result.stopped = "budget"
     except services.BatchApiError as exc:
         error = exc
+    except Exception as exc:
+        # A bug, or a database refusing what the pass wrote outside a batch's savepoint: a failed pass like any
+        # other, so that consecutive_failures rises and the alerts on it fire. The traceback goes to the log only.
+        logger.exception("sync pass failed unexpectedly")
+        error = services.BatchApiError(
+            f"The sync pass stopped on an unexpected error ({type(exc).__name__}); the sync loop's log has the details."
+        )
     finally:
         SyncState.objects.release_lease(LIST_STATE, holder)
     seconds = time.monotonic() - started
@@ -361,6 +374,8 @@ def _record_outcome(result: SyncResult, error: services.BatchApiError | None, se
         fields.update(succeeded_at=now, consecutive_failures=0, error_kind="", error_message="")
     if result.stopped == "budget":
         fields["budget_limited_at"] = now
+    if result.skipped:
+        fields["skipped_total"] = F("skipped_total") + result.skipped
     SyncState.objects.filter(name=LIST_STATE).update(**fields)
 
 
@@ -573,16 +588,21 @@ def _record_page(batches: tuple[services.ApiBatch, ...], result: SyncResult, *, 
     if unchanged:
         Batch.objects.mark_seen(unchanged, now)
     if new:
-        record_new_batches(new, now)
-        result.changed += len(new)
+        skipped = set(record_new_batches(new, now))
+        result.skipped += len(skipped)
+        recorded = [batch for batch in new if batch.id not in skipped]
+        result.changed += len(recorded)
         if not imported:  # Created and finished since the last pass (an import's old batches are not news).
-            result.became_final += [batch.id for batch in new if batch.is_terminal]
+            result.became_final += [batch.id for batch in recorded if batch.is_terminal]
     for batch in changed:
         _record_changed(batch, digests[batch.id], known[batch.id][1], now, result)
 
 
 def _record_changed(batch: services.ApiBatch, digest: str, was_final: bool, now: datetime, result: SyncResult) -> None:
-    row = record_batch(batch, observed_at=now)
+    row = record_batch_or_skip(batch, now)
+    if row is None:
+        result.skipped += 1
+        return
     if row.payload_hash == digest:  # Not a late answer describing an older state.
         result.changed += 1
         if row.is_terminal and not was_final:

@@ -18,13 +18,14 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HTMX_STOP_POLLING
 
 from batches import services, sync
+from batches.normalise import UNKNOWN_STATUS
 from batches.models import ACTIVE_FILTER, ATTENTION_FILTER, DEFAULT_SORT, SORTS, Batch, data_version
 from batches.views.live import Live, answer_key, is_shown, live_of, rendering_key, unchanged
 from retries import lineage
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
-STATUS_FILTERS = (ACTIVE_FILTER, ATTENTION_FILTER, *services.STATUSES)
+STATUS_FILTERS = (ACTIVE_FILTER, ATTENTION_FILTER, *services.RECORDED_STATUSES)
 # The sortable columns, each first sorted in its more useful direction.
 SORT_COLUMNS = {"created": "-created", "status": "status", "progress": "-progress", "expires": "expires"}
 SORT_WORDS = {
@@ -297,7 +298,11 @@ def _status_counts(counts: dict[str, int], attention: int) -> list[dict]:
         {"value": ACTIVE_FILTER, "label": "active", "count": _count_with_status(ACTIVE_FILTER, counts)},
         {"value": ATTENTION_FILTER, "label": "needs attention", "count": attention},
     ]
-    entries += [{"value": s, "label": services.status_label(s), "count": counts.get(s, 0)} for s in services.LIFECYCLE]
+    entries += [
+        {"value": s, "label": services.status_label(s), "count": counts.get(s, 0)}
+        for s in services.LIFECYCLE
+        if s != UNKNOWN_STATUS or counts.get(s)  # offered only while some batch has a status batchboard does not know
+    ]
     return entries
 
 
