@@ -566,19 +566,20 @@ def record_batch(batch: services.ApiBatch, observed_at: datetime | None = None) 
     """
     observed_at = observed_at or timezone.now()
     digest = payload_digest(batch.raw)
-    for _attempt in range(3):
+    for _attempt in range(2):
         try:
             return _record(batch, digest, observed_at)
         except IntegrityError:
             continue  # Another writer created the same row between our read and write; read it again.
-    return Batch.objects.get(batch_id=batch.id)
+    # Refused a third time, it is this row's values the database refuses (a check constraint): raised for the caller
+    # to decide (the sync loop skips it).
+    return _record(batch, digest, observed_at)
 
 
 # What the database (or its driver: SQLite's refuses an integer beyond 64 bits with OverflowError) raises for one
-# row it will not store; record_batch gives up with DoesNotExist on a new row refused three times. A database that is
-# down or locked (OperationalError, InterfaceError) is not the row's fault: it fails the whole pass instead of
-# skipping every batch.
-ROW_REFUSED = (DatabaseError, OverflowError, ValueError, Batch.DoesNotExist)
+# row it will not store. A database that is down or locked (OperationalError, InterfaceError) is not the row's fault:
+# it fails the whole pass instead of skipping every batch.
+ROW_REFUSED = (DatabaseError, OverflowError, ValueError)
 
 
 def _refused(exc: BaseException) -> bool:

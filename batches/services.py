@@ -863,9 +863,7 @@ class BatchClient:
     def _parse(self, response: requests.Response, parse: Callable[[dict], Any], call: str) -> Any:
         """The typed result of a successful response; anything else than the expected JSON object is an error."""
         try:
-            data = json.loads(
-                response.content, parse_int=normalise.parse_int, parse_constant=normalise.parse_constant
-            )
+            data = json.loads(response.content, parse_int=normalise.parse_int, parse_constant=normalise.parse_constant)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             return parse(data)

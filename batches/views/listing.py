@@ -18,8 +18,8 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HTMX_STOP_POLLING
 
 from batches import services, sync
-from batches.normalise import UNKNOWN_STATUS
 from batches.models import ACTIVE_FILTER, ATTENTION_FILTER, DEFAULT_SORT, SORTS, Batch, data_version
+from batches.normalise import UNKNOWN_STATUS
 from batches.views.live import Live, answer_key, is_shown, live_of, rendering_key, unchanged
 from retries import lineage
 
