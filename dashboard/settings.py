@@ -176,6 +176,8 @@ TIKTOKEN_CACHE_DIR = _env_directory("TIKTOKEN_CACHE_DIR")
 BATCHBOARD_ARCHIVE = _env("BATCHBOARD_ARCHIVE", "final").lower()
 if BATCHBOARD_ARCHIVE not in ("final", "on-open"):
     raise ImproperlyConfigured(f"BATCHBOARD_ARCHIVE must be final or on-open; got {BATCHBOARD_ARCHIVE!r}.")
+# A result file larger than this is not kept (its results page says so and links to the API's copy), in MB.
+BATCHBOARD_RESULT_FILE_MAX_MB = _env_int("BATCHBOARD_RESULT_FILE_MAX_MB", 1024, 1, 1024 * 1024)
 
 
 def _results_storage():

@@ -14,21 +14,24 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import storages
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from batches import services, sync
+from batches import normalise, services, sync
+from batches.formatting import format_size
+from batches.forms import MAX_LINE_BYTES
 from batches.models import Batch
 from results import answers
 from results.models import (
@@ -57,6 +60,30 @@ INSERT_CHUNK = 2000
 CHECK_UPSTREAM_EVERY = timedelta(days=1)
 FILE_KINDS = ("input", "output", "error")
 _NUMBERS = re.compile(r"\d+")
+# A hostile or broken file must not grow memory with its size: a line longer than MAX_LINE_BYTES (as the create form
+# allows) is never read whole, only its head (HEAD_BYTES) for its custom_id and status; at most MAX_GROUPS error
+# groups and codes are told apart (the rest are counted together); the join of answers to the input spills to a
+# temporary SQLite file instead of a dict of every answer.
+HEAD_BYTES = 64 * 1024
+MAX_GROUPS = 1000
+STREAM_CHUNK = 64 * 1024
+TOO_LONG = "too long to keep"
+_HEAD_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.){0,2048}")')
+_HEAD_STATUS = re.compile(rb'"status_code"\s*:\s*(\d{3})\b')
+
+
+class ResultFileTooLarge(Exception):
+    """A result file is larger than BATCHBOARD_RESULT_FILE_MAX_MB: it is not kept."""
+
+
+def max_file_bytes() -> int:
+    return settings.BATCHBOARD_RESULT_FILE_MAX_MB * 1024 * 1024
+
+
+def storable_id(custom_id: str) -> str:
+    """A custom_id as the index stores it and request page URLs carry it: NUL (which PostgreSQL refuses) becomes
+    U+FFFD, so the id stays distinct and its page reachable, and it is cut to the column with a mark."""
+    return normalise.text(custom_id.replace("\x00", "\ufffd"), 512)
 
 
 def results_storage():
@@ -147,6 +174,8 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient) -> None:
                 continue
             try:
                 info = client.retrieve_file(file_ids[kind])
+                if info.bytes > max_file_bytes():
+                    raise ResultFileTooLarge(f"The {kind} file is {format_size(info.bytes)}")
                 local[kind] = _download(client, file_ids[kind])
             except services.NotFound:
                 logger.info("Results of %s: the %s file %s is gone upstream.", batch.batch_id, kind, file_ids[kind])
@@ -188,22 +217,46 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient) -> None:
         _finish(archive, ArchiveState.RETRY, retry_after=timezone.now() + timedelta(minutes=1))
     except services.BatchApiError as exc:
         logger.warning("Fetching the results of %s failed: %s", batch.batch_id, exc)
-        attempts = archive.attempts + 1
-        if attempts >= MAX_ATTEMPTS:
-            _finish(archive, ArchiveState.UNAVAILABLE, problem=sync.failure_message(exc), attempts=attempts)
-        else:
-            _finish(
-                archive,
-                ArchiveState.RETRY,
-                problem=sync.failure_message(exc, retry="batchboard will try again shortly."),
-                attempts=attempts,
-                retry_after=timezone.now() + archive_due_retry(attempts),
-            )
+        _failed_attempt(archive, sync.failure_message(exc), sync.failure_message(exc, retry=RETRY_NOTE))
+    except ResultFileTooLarge as exc:
+        limit = f"BATCHBOARD_RESULT_FILE_MAX_MB ({settings.BATCHBOARD_RESULT_FILE_MAX_MB:,} MB)"
+        problem = f"{exc}, more than {limit} allows: the results were not kept. Download the file from the API."
+        logger.warning("Results of %s not kept: %s", batch.batch_id, problem)
+        _finish(archive, ArchiveState.UNAVAILABLE, problem=problem, attempts=archive.attempts + 1)
+    except (DatabaseError, ValueError, OverflowError, OSError) as exc:
+        # The database refused a line of the index (or the storage a file): a failed attempt with its reason, never an
+        # archive left "archiving" to be fetched again every CLAIM_SECONDS without a word.
+        logger.exception("Keeping the results of %s failed", batch.batch_id)
+        problem = f"Keeping the results failed: {type(exc).__name__} ({_first_line(exc)})."
+        _failed_attempt(archive, problem, f"{problem} {RETRY_NOTE}")
     finally:
         for path in local.values():
             os.unlink(path)
         for name in stored.values():  # stored, but the index was not written: nothing refers to them
             results_storage().delete(name)
+
+
+RETRY_NOTE = "batchboard will try again shortly."
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return normalise.text(text.splitlines()[0], 300) if text else "no details"
+
+
+def _failed_attempt(archive: ResultArchive, final_problem: str, retry_problem: str) -> None:
+    """Count a failed attempt: retried later with backoff, or given up on after MAX_ATTEMPTS."""
+    attempts = archive.attempts + 1
+    if attempts >= MAX_ATTEMPTS:
+        _finish(archive, ArchiveState.UNAVAILABLE, problem=final_problem, attempts=attempts)
+    else:
+        _finish(
+            archive,
+            ArchiveState.RETRY,
+            problem=retry_problem,
+            attempts=attempts,
+            retry_after=timezone.now() + archive_due_retry(attempts),
+        )
 
 
 def _finish(archive: ResultArchive, state: str, **fields) -> None:
@@ -213,11 +266,19 @@ def _finish(archive: ResultArchive, state: str, **fields) -> None:
 
 
 def _download(client: services.BatchClient, file_id: str) -> str:
-    """The file's bytes streamed into a local temporary file; its path."""
+    """The file's bytes streamed into a local temporary file; its path. A file larger than max_file_bytes() (announced
+    or as it arrives) raises ResultFileTooLarge, having kept at most that much on disk."""
+    limit = max_file_bytes()
     descriptor, path = tempfile.mkstemp(prefix="batchboard-results-", suffix=".jsonl")
     try:
         with os.fdopen(descriptor, "wb") as handle, client.file_content(file_id) as chunks:
+            if chunks.content_length is not None and chunks.content_length > limit:
+                raise ResultFileTooLarge(f"The file {file_id} is {format_size(chunks.content_length)}")
+            size = 0
             for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise ResultFileTooLarge(f"The file {file_id} is larger than {format_size(limit)}")
                 handle.write(chunk)
     except BaseException:
         os.unlink(path)
@@ -245,6 +306,21 @@ class _Answer:
     preview: str = ""
 
 
+ANSWER_FIELDS = (
+    "file",
+    "line",
+    "offset",
+    "length",
+    "outcome",
+    "status",
+    "code",
+    "message",
+    "input_tokens",
+    "output_tokens",
+    "preview",
+)
+
+
 class _Unreadable:
     """Lines that could not be read, counted, with the first few kept (file, line number, reason)."""
 
@@ -258,21 +334,61 @@ class _Unreadable:
             self.kept.append({"file": file, "line": line, "reason": reason})
 
 
-def _lines(path: str) -> Iterator[tuple[int, int, bytes]]:
-    """(line number, byte offset, content without its line break) for every non-blank line, streamed."""
+@dataclass(slots=True)
+class _Line:
+    """One non-blank line of a file: where it is, and its content, or only its head when it is too long to keep."""
+
+    number: int
+    offset: int
+    length: int  # in bytes, without the line break
+    content: bytes | None  # None when longer than MAX_LINE_BYTES
+    head: bytes = b""
+
+
+def _lines(path: str) -> Iterator[_Line]:
+    """Every non-blank line, streamed. A line longer than MAX_LINE_BYTES is never held whole: its first HEAD_BYTES
+    are kept, the rest read in small pieces and dropped."""
     with open(path, "rb") as handle:
-        offset = 0
-        for number, raw in enumerate(handle, start=1):
-            content = raw.rstrip(b"\r\n")
-            if content.strip():
-                yield number, offset, content
-            offset += len(raw)
+        offset = number = 0
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+                content = raw.rstrip(b"\r\n")
+                if content.strip():
+                    yield _Line(number, offset, len(content), content)
+                offset += len(raw)
+                continue
+            head, total, last = raw[:HEAD_BYTES], len(raw), b""
+            del raw
+            while piece := handle.readline(STREAM_CHUNK):
+                total += len(piece)
+                last = piece
+                if piece.endswith(b"\n"):
+                    break
+            yield _Line(number, offset, total - (len(last) - len(last.rstrip(b"\r\n"))), None, head)
+            offset += total
+
+
+def _too_long(line: _Line) -> str:
+    return f"{TOO_LONG} ({format_size(line.length)}; lines of at most {format_size(MAX_LINE_BYTES)} are read)"
+
+
+def _head_custom_id(head: bytes) -> str | None:
+    """The custom_id of a line too long to parse, if its head names one (it comes first in the API's lines)."""
+    match = _HEAD_CUSTOM_ID.search(head)
+    if match is None:
+        return None
+    try:
+        custom_id = json.loads(match.group(1))
+    except ValueError:
+        return None
+    return custom_id if isinstance(custom_id, str) else None
 
 
 def _parse(content: bytes) -> tuple[dict | None, str]:
     try:
-        record = json.loads(content)
-    except ValueError:
+        record = json.loads(content, parse_int=normalise.parse_int, parse_constant=normalise.parse_constant)
+    except (ValueError, RecursionError):
         return None, "not valid JSON"
     if not isinstance(record, dict):
         return None, "not a JSON object"
@@ -286,8 +402,8 @@ def _answer(record: dict, file: str, line: int, offset: int, length: int) -> _An
     answer = _Answer(file=file, line=line, offset=offset, length=length, outcome=Outcome.FAILED.value)
     error, response = record.get("error"), record.get("response")
     if isinstance(error, dict) and error:
-        answer.code = str(error.get("code") or "")[:64]
-        answer.message = str(error.get("message") or "")[:MESSAGE_LENGTH]
+        answer.code = normalise.text(str(error.get("code") or ""), 64)
+        answer.message = normalise.text(str(error.get("message") or ""), MESSAGE_LENGTH)
         answer.outcome = UNRUN_CODES.get(answer.code, Outcome.FAILED).value
         return answer
     if not isinstance(response, dict):
@@ -298,30 +414,76 @@ def _answer(record: dict, file: str, line: int, offset: int, length: int) -> _An
     if answer.status is not None and answer.status < 400:
         answer.outcome = Outcome.SUCCEEDED.value
         answer.input_tokens, answer.output_tokens = answers.usage_tokens(body)
-        answer.preview = answers.one_line(answers.answer_text(body), PREVIEW_LENGTH)
+        answer.preview = normalise.text(answers.one_line(answers.answer_text(body), PREVIEW_LENGTH), PREVIEW_LENGTH)
         return answer
     failure = body.get("error") if isinstance(body, dict) else None
     if isinstance(failure, dict):
-        answer.code = str(failure.get("code") or failure.get("type") or "")[:64]
-        answer.message = str(failure.get("message") or "")[:MESSAGE_LENGTH]
+        answer.code = normalise.text(str(failure.get("code") or failure.get("type") or ""), 64)
+        answer.message = normalise.text(str(failure.get("message") or ""), MESSAGE_LENGTH)
     return answer
 
 
+def _too_long_answer(line: _Line, file: str) -> _Answer:
+    """A result line too long to read: its outcome from the HTTP status its head shows (failed without one)."""
+    match = _HEAD_STATUS.search(line.head)
+    status = int(match.group(1)) if match and 100 <= int(match.group(1)) <= 599 else None
+    succeeded = status is not None and status < 400
+    return _Answer(
+        file=file,
+        line=line.number,
+        offset=line.offset,
+        length=line.length,
+        outcome=(Outcome.SUCCEEDED if succeeded else Outcome.FAILED).value,
+        status=status,
+        message="" if succeeded else f"The line is {_too_long(line)}: download it from its request page.",
+        preview=f"({TOO_LONG}: {format_size(line.length)})",
+    )
+
+
 def _read_answers(path: str, file: str, unreadable: _Unreadable) -> Iterator[tuple[str, _Answer]]:
-    for number, offset, content in _lines(path):
-        record, reason = _parse(content)
-        answer = _answer(record, file, number, offset, len(content)) if record else None
-        if answer is None:
-            unreadable.add(file, number, reason or "neither a response nor an error")
+    for line in _lines(path):
+        if line.content is None:
+            unreadable.add(file, line.number, _too_long(line))
+            custom_id = _head_custom_id(line.head)
+            if custom_id is not None:
+                yield storable_id(custom_id), _too_long_answer(line, file)
             continue
-        yield record["custom_id"], answer
+        record, reason = _parse(line.content)
+        answer = _answer(record, file, line.number, line.offset, line.length) if record else None
+        if answer is None:
+            unreadable.add(file, line.number, reason or "neither a response nor an error")
+            continue
+        yield storable_id(record["custom_id"]), answer
+
+
+def _read_inputs(path: str, unreadable: _Unreadable) -> Iterator[tuple[str, int, int, int]]:
+    """(custom_id, line number, offset, length) of each input line; a line too long to read is joined by the
+    custom_id its head names."""
+    for line in _lines(path):
+        if line.content is None:
+            custom_id = _head_custom_id(line.head)
+            if custom_id is None:
+                unreadable.add("input", line.number, _too_long(line))
+                continue
+        else:
+            record, reason = _parse(line.content)
+            if record is None:
+                unreadable.add("input", line.number, reason)
+                continue
+            custom_id = record["custom_id"]
+        yield storable_id(custom_id), line.number, line.offset, line.length
 
 
 class _Groups:
-    """Failures grouped by outcome, HTTP status, code and message (numbers in messages ignored), and missing lines."""
+    """Failures grouped by outcome, HTTP status, code and message (numbers in messages ignored), and missing lines.
+
+    At most MAX_GROUPS are told apart (error_group is a small integer, and a file whose messages all differ must not
+    grow memory with its lines): lines of further groups have no group and count among the "other" lines.
+    """
 
     def __init__(self):
         self.groups: dict[tuple, dict] = {}
+        self.overflow_lines = 0
 
     def number(self, outcome: str, status: int | None, code: str, message: str, custom_id: str) -> int | None:
         if outcome == Outcome.SUCCEEDED:
@@ -329,6 +491,9 @@ class _Groups:
         key = (outcome, status, code, _NUMBERS.sub("#", message))
         group = self.groups.get(key)
         if group is None:
+            if len(self.groups) >= MAX_GROUPS:
+                self.overflow_lines += 1
+                return None
             group = self.groups[key] = {
                 "number": len(self.groups) + 1,
                 "outcome": outcome,
@@ -348,7 +513,64 @@ class _Groups:
         which every results page reads, when messages are all different)."""
         ordered = sorted(self.groups.values(), key=lambda group: (-group["count"], group["number"]))
         rest = ordered[GROUPS_KEPT:]
-        return ordered[:GROUPS_KEPT], len(rest), sum(group["count"] for group in rest)
+        others = len(rest) + (1 if self.overflow_lines else 0)
+        return ordered[:GROUPS_KEPT], others, sum(group["count"] for group in rest) + self.overflow_lines
+
+
+class _Join:
+    """The join of answers to input lines by custom_id, in a temporary SQLite file rather than in memory: a file of
+    300,000 lines costs disk, not RAM. The first input line with a custom_id gets all its answers (the first, then
+    duplicates); answers whose custom_id no input line has come after, in the order they first appeared."""
+
+    def __init__(self):
+        descriptor, self.path = tempfile.mkstemp(prefix="batchboard-join-", suffix=".sqlite3")
+        os.close(descriptor)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        self.db.execute("PRAGMA cache_size = -4096")  # 4 MB
+        columns = ", ".join(ANSWER_FIELDS)
+        self.db.execute(f"CREATE TABLE answer (custom_id TEXT NOT NULL, {columns})")
+        self.db.execute("CREATE TABLE input (custom_id TEXT NOT NULL, number, offset, length, first INTEGER)")
+
+    def close(self) -> None:
+        self.db.close()
+        os.unlink(self.path)
+
+    def add_answers(self, answers: Iterator[tuple[str, _Answer]]) -> None:
+        placeholders = ", ".join(["?"] * (1 + len(ANSWER_FIELDS)))
+        rows = ((custom_id, *(getattr(answer, name) for name in ANSWER_FIELDS)) for custom_id, answer in answers)
+        while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
+            self.db.executemany(f"INSERT INTO answer VALUES ({placeholders})", chunk)  # noqa: S608 - our columns
+
+    def add_inputs(self, inputs: Iterator[tuple[str, int, int, int]]) -> None:
+        while chunk := list(itertools.islice(inputs, INSERT_CHUNK)):
+            self.db.executemany("INSERT INTO input VALUES (?, ?, ?, ?, 0)", chunk)
+
+    def joined(self) -> Iterator[tuple[int, str, int, int, int, _Answer | None]]:
+        """(input rowid, custom_id, line number, offset, length, answer or None) in input order, each input line's
+        answers in file order."""
+        self.db.execute("CREATE INDEX answer_custom_id ON answer (custom_id)")
+        self.db.execute("CREATE INDEX input_custom_id ON input (custom_id)")
+        self.db.execute("UPDATE input SET first = 1 WHERE rowid IN (SELECT MIN(rowid) FROM input GROUP BY custom_id)")
+        columns = ", ".join(f"a.{name}" for name in ANSWER_FIELDS)
+        rows = self.db.execute(
+            f"SELECT i.rowid, i.custom_id, i.number, i.offset, i.length, a.rowid, {columns} "  # noqa: S608
+            "FROM input AS i LEFT JOIN answer AS a ON i.first = 1 AND a.custom_id = i.custom_id "
+            "ORDER BY i.rowid, a.rowid"
+        )
+        for seq, custom_id, number, offset, length, answer_id, *answer in rows:
+            yield seq, custom_id, number, offset, length, _Answer(*answer) if answer_id is not None else None
+
+    def unmatched(self) -> Iterator[tuple[str, _Answer]]:
+        columns = ", ".join(f"a.{name}" for name in ANSWER_FIELDS)
+        rows = self.db.execute(
+            f"SELECT a.custom_id, {columns} FROM answer AS a "  # noqa: S608
+            "WHERE NOT EXISTS (SELECT 1 FROM input AS i WHERE i.custom_id = a.custom_id) "
+            "ORDER BY (SELECT MIN(b.rowid) FROM answer AS b WHERE b.custom_id = a.custom_id), a.rowid"
+        )
+        for custom_id, *answer in rows:
+            yield custom_id, _Answer(*answer)
 
 
 # The index's columns in the order _rows builds them: rows are inserted as tuples, not model instances, which costs
@@ -378,19 +600,13 @@ COLUMNS = (
 
 def _rows(archive: ResultArchive, local: dict[str, str], summary: dict) -> Iterator[tuple]:
     """Every row of the results table (a tuple of COLUMNS), in input order, joined by custom_id; fills in
-    `summary` as it goes."""
+    `summary` as it goes. Memory stays flat whatever the files hold (see _lines, _Groups and _Join)."""
     unreadable = _Unreadable()
     groups = _Groups()
     outcomes: Counter = Counter()
     codes: Counter = Counter()
-    by_custom_id: dict[str, list[_Answer]] = {}
-    for kind, code in (("output", ResultLine.OUTPUT), ("error", ResultLine.ERROR)):
-        if kind in local:
-            for custom_id, answer in _read_answers(local[kind], code, unreadable):
-                by_custom_id.setdefault(custom_id, []).append(answer)
-
     position = 0
-    duplicates = input_lines = 0
+    duplicates = input_lines = unmatched = 0
 
     def row(custom_id, answer, line_number=None, input_offset=None, input_length=None, duplicate=False) -> tuple:
         nonlocal position
@@ -402,35 +618,39 @@ def _rows(archive: ResultArchive, local: dict[str, str], summary: dict) -> Itera
         group = None
         if not duplicate:
             outcomes[outcome] += 1
-            if code:
+            if code and (code in codes or len(codes) < MAX_GROUPS):
                 codes[code] += 1
             group = groups.number(outcome, status, code, message, custom_id)
-        head = (archive.pk, position, line_number, custom_id[:512], outcome, status, code, message, group, duplicate)
+        head = (archive.pk, position, line_number, custom_id, outcome, status, code, message, group, duplicate)
         where = (input_offset, input_length)
         if answer is None:
             return (*head, *where, None, None, "", "", None, None, None)
         result = (answer.file, answer.line, answer.offset, answer.length)
         return (*head, *where, answer.input_tokens, answer.output_tokens, answer.preview, *result)
 
-    if "input" in local:
-        for number, offset, content in _lines(local["input"]):
-            record, reason = _parse(content)
-            if record is None:
-                unreadable.add("input", number, reason)
-                continue
-            input_lines += 1
-            custom_id = record["custom_id"]
-            found = by_custom_id.pop(custom_id, None) or [None]
-            yield row(custom_id, found[0], number, offset, len(content))
-            for extra in found[1:]:
-                duplicates += 1
-                yield row(custom_id, extra, number, offset, len(content), duplicate=True)
-    unmatched = 0
-    for custom_id, found in by_custom_id.items():
-        for index, answer in enumerate(found):
+    join = _Join()
+    try:
+        for kind, code in (("output", ResultLine.OUTPUT), ("error", ResultLine.ERROR)):
+            if kind in local:
+                join.add_answers(_read_answers(local[kind], code, unreadable))
+        if "input" in local:
+            join.add_inputs(_read_inputs(local["input"], unreadable))
+        previous = None
+        for seq, custom_id, number, offset, length, answer in join.joined():
+            duplicate = seq == previous
+            previous = seq
+            input_lines += not duplicate
+            duplicates += duplicate
+            yield row(custom_id, answer, number, offset, length, duplicate=duplicate)
+        current, index = None, 0
+        for custom_id, answer in join.unmatched():
+            index = index + 1 if custom_id == current else 0
+            current = custom_id
             unmatched += 1
             duplicates += index > 0
             yield row(custom_id, answer, duplicate=index > 0)
+    finally:
+        join.close()
 
     biggest, other_groups, other_group_lines = groups.biggest()
     summary.update(
@@ -458,8 +678,7 @@ def _index(archive: ResultArchive, local: dict[str, str]) -> dict:
     # Names from the model's own metadata, values as parameters.
     sql = f"INSERT INTO {quote(ResultLine._meta.db_table)} ({columns}) VALUES ({placeholders})"  # noqa: S608
     summary: dict = {}
-    rows = _rows(archive, local, summary)
-    with connection.cursor() as cursor:
+    with closing(_rows(archive, local, summary)) as rows, connection.cursor() as cursor:
         while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
             cursor.executemany(sql, chunk)
     return summary
@@ -482,15 +701,42 @@ class StoredFiles:
     def __exit__(self, *exc_info) -> None:
         self._stack.close()
 
-    def read(self, kind: str, offset: int | None, length: int | None) -> bytes | None:
-        """The bytes of one line, exactly as stored; None when that file or line is not kept."""
-        if offset is None or length is None or kind not in self.names:
-            return None
+    def _handle(self, kind: str):
         handle = self._open.get(kind)
         if handle is None:
             handle = self._open[kind] = self._stack.enter_context(results_storage().open(self.names[kind], "rb"))
+        return handle
+
+    def read(self, kind: str, offset: int | None, length: int | None, *, limit: int = MAX_LINE_BYTES) -> bytes | None:
+        """The bytes of one line, exactly as stored; None when that file or line is not kept, or the line is longer
+        than `limit` (a line too long to keep is only streamed: see stream())."""
+        if offset is None or length is None or kind not in self.names or length > limit:
+            return None
+        handle = self._handle(kind)
         handle.seek(offset)
         return handle.read(length)
+
+    def head(self, kind: str, offset: int | None, length: int | None, size: int) -> bytes | None:
+        """The first `size` bytes of one line (all of it when shorter); None when it is not kept."""
+        if offset is None or length is None or kind not in self.names:
+            return None
+        handle = self._handle(kind)
+        handle.seek(offset)
+        return handle.read(min(length, size))
+
+    def stream(self, kind: str, offset: int | None, length: int | None) -> Iterator[bytes]:
+        """One line's bytes in chunks of STREAM_CHUNK, whatever its length (the raw line download)."""
+        if offset is None or length is None or kind not in self.names:
+            return
+        handle = self._handle(kind)
+        remaining = length
+        while remaining > 0:
+            handle.seek(offset + length - remaining)
+            chunk = handle.read(min(STREAM_CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk
 
     def input_bytes(self, line: ResultLine) -> bytes | None:
         return self.read("input", line.input_offset, line.input_length)
@@ -521,9 +767,8 @@ def iter_input_bytes(archive: ResultArchive, lines) -> Iterator[bytes]:
     byte, each followed by a newline, in input order: what a retry of those lines uploads."""
     with StoredFiles(archive) as files:
         for line in lines.in_order().only("input_offset", "input_length").iterator(chunk_size=INSERT_CHUNK):
-            raw = files.input_bytes(line)
-            if raw is not None:
-                yield raw + b"\n"
+            if line.input_offset is not None:
+                yield b"".join(files.stream("input", line.input_offset, line.input_length)) + b"\n"
 
 
 # --- Upstream deletion and retention -------------------------------------------
