@@ -107,7 +107,8 @@ def request_page(request, batch_id, custom_id):
     if archive is None or not archive.is_ready:
         return redirect(reverse("results:list", args=[batch.batch_id]))
     # Stored as archive.storable_id made it (no NUL, which PostgreSQL refuses in a query): looked up the same way.
-    lines = list(archive.lines.filter(custom_id=storable_id(custom_id)).in_order())
+    custom_id = storable_id(custom_id)
+    lines = list(archive.lines.filter(custom_id=custom_id).in_order())
     if not lines:
         raise Http404(f"{batch_id} has no request with the custom_id {custom_id!r}.")
     result_filter = ResultFilter.from_query(request.GET)
