@@ -58,24 +58,26 @@ def integer(value: int, low: int = -MAX_BIGINT, high: int = MAX_BIGINT) -> int:
     return min(max(value, low), high)
 
 
-def json_value(value: Any, depth: int = 0) -> Any:
-    """Any JSON value made storable (see the module's docstring): strings bounded and cleaned, numbers finite and
-    64-bit, containers copied with cleaned keys."""
+def json_value(value: Any, depth: int = 0, *, length: int = STRING_LENGTH, max_depth: int = MAX_DEPTH) -> Any:
+    """Any JSON value made storable (see the module's docstring): strings bounded to `length` and cleaned, numbers
+    finite and 64-bit, containers copied with cleaned keys, nothing deeper than `max_depth`."""
     if isinstance(value, str):
-        return text(value)
+        return text(value, length)
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
         return integer(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if depth >= MAX_DEPTH:
+    if depth >= max_depth:
         return TRUNCATION_MARK
+    limits = {"length": length, "max_depth": max_depth}
     if isinstance(value, dict):
-        return {text(str(key), METADATA_KEY_LENGTH * 4): json_value(item, depth + 1) for key, item in value.items()}
+        key_length = min(length, METADATA_KEY_LENGTH * 4)
+        return {text(str(key), key_length): json_value(item, depth + 1, **limits) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [json_value(item, depth + 1) for item in value]
-    return text(str(value))
+        return [json_value(item, depth + 1, **limits) for item in value]
+    return text(str(value), length)
 
 
 def parse_int(digits: str) -> int:
@@ -134,10 +136,18 @@ _FIELD_LENGTHS = {
 }
 
 
+_ID_FIELDS = ("id", "input_file_id", "output_file_id", "error_file_id")
+
+
 def batch_payload(data: dict) -> dict:
     """A Batch object as it may be stored and parsed: every value made storable, the fields with columns bounded to
     them, metadata made a dict of strings. The result is stable: cleaning it again changes nothing."""
     cleaned = json_value(data)
+    for name in _ID_FIELDS:
+        # An id is checked against its pattern after this: a NUL made U+FFFD fails it, where a NUL dropped could turn
+        # "batch_a\x00b" into another batch's id.
+        if isinstance(data.get(name), str):
+            cleaned[name] = text(data[name].replace("\x00", "\ufffd"))
     for name, length in _FIELD_LENGTHS.items():
         if isinstance(cleaned.get(name), str):
             cleaned[name] = text(cleaned[name], length)

@@ -751,15 +751,23 @@ class StoredFiles:
         return loads_record(self.result_bytes(line))
 
 
+# A "\ud800" escape, or the bytes of a surrogate: JSON that reads as a lone surrogate, which no page can encode.
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
 def loads_record(raw: bytes | None) -> dict | None:
-    """A stored line as a JSON object; None when there is none or it is not one."""
+    """A stored line as a JSON object, safe to show (no lone surrogate); None when there is none or it is not one."""
     if raw is None:
         return None
     try:
-        record = json.loads(raw)
-    except ValueError:
+        record = json.loads(raw, parse_int=normalise.parse_int, parse_constant=normalise.parse_constant)
+    except (ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    if _SURROGATE.search(raw):
+        record = normalise.json_value(record, length=len(raw), max_depth=64)
+    return record
 
 
 def iter_input_bytes(archive: ResultArchive, lines) -> Iterator[bytes]:
