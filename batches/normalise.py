@@ -11,11 +11,13 @@ retrieve, cancel, create, the stored payload read back). After it:
 - metadata is a small dict of strings, whatever was sent;
 - an unknown status reads as UNKNOWN_STATUS, with the text the API sent kept in the payload for the detail page.
 
-Objects nested deeper than MAX_DEPTH are replaced by TRUNCATION_MARK: nothing reads them, and the recursion is bounded.
+Objects nested deeper than MAX_DEPTH are replaced by TRUNCATION_MARK, and arrays and objects keep their first
+MAX_ITEMS entries: nothing reads more, and the size of what is stored and shown is bounded.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from typing import Any
@@ -41,6 +43,8 @@ METADATA_VALUE_LENGTH = 512
 # The API allows 16 pairs; a few more are kept, since a change of that limit must not lose what a user wrote.
 METADATA_PAIRS_KEPT = 64
 MAX_DEPTH = 16
+# Entries kept of any array or object of a payload (its longest, errors.data, holds a few lines in practice).
+MAX_ITEMS = 1000
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -58,9 +62,17 @@ def integer(value: int, low: int = -MAX_BIGINT, high: int = MAX_BIGINT) -> int:
     return min(max(value, low), high)
 
 
-def json_value(value: Any, depth: int = 0, *, length: int = STRING_LENGTH, max_depth: int = MAX_DEPTH) -> Any:
+def json_value(
+    value: Any,
+    depth: int = 0,
+    *,
+    length: int = STRING_LENGTH,
+    max_depth: int = MAX_DEPTH,
+    max_items: int | None = MAX_ITEMS,
+) -> Any:
     """Any JSON value made storable (see the module's docstring): strings bounded to `length` and cleaned, numbers
-    finite and 64-bit, containers copied with cleaned keys, nothing deeper than `max_depth`."""
+    finite and 64-bit, containers copied with cleaned keys and at most `max_items` entries (None: all), nothing deeper
+    than `max_depth`."""
     if isinstance(value, str):
         return text(value, length)
     if isinstance(value, bool) or value is None:
@@ -71,12 +83,13 @@ def json_value(value: Any, depth: int = 0, *, length: int = STRING_LENGTH, max_d
         return value if math.isfinite(value) else None
     if depth >= max_depth:
         return TRUNCATION_MARK
-    limits = {"length": length, "max_depth": max_depth}
+    limits = {"length": length, "max_depth": max_depth, "max_items": max_items}
     if isinstance(value, dict):
         key_length = min(length, METADATA_KEY_LENGTH * 4)
-        return {text(str(key), key_length): json_value(item, depth + 1, **limits) for key, item in value.items()}
+        pairs = itertools.islice(value.items(), max_items)
+        return {text(str(key), key_length): json_value(item, depth + 1, **limits) for key, item in pairs}
     if isinstance(value, list | tuple):
-        return [json_value(item, depth + 1, **limits) for item in value]
+        return [json_value(item, depth + 1, **limits) for item in itertools.islice(value, max_items)]
     return text(str(value), length)
 
 

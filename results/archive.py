@@ -766,7 +766,7 @@ def loads_record(raw: bytes | None) -> dict | None:
     if not isinstance(record, dict):
         return None
     if _SURROGATE.search(raw):
-        record = normalise.json_value(record, length=len(raw), max_depth=64)
+        record = normalise.json_value(record, length=len(raw), max_depth=64, max_items=None)
     return record
 
 
