@@ -6,10 +6,12 @@ import hashlib
 import json
 from datetime import date, datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Case, F, FloatField, Q, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Lower
+from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
 from batches import pricing, services
@@ -19,6 +21,8 @@ STATUS_CHOICES = [(s, services.status_label(s)) for s in services.STATUSES]
 # The list's pseudo-statuses: "every batch that can still change", and "every batch someone should look at".
 ACTIVE_FILTER = "active"
 ATTENTION_FILTER = "attention"
+# Every batch with at least one failed request, whatever its share ("needs attention" asks for a share).
+FAILED_LINES_FILTER = "failed-lines"
 # The list's orders (a leading "-" reverses): the URL's `sort`.
 SORTS = ("-created", "created", "status", "-status", "progress", "-progress", "expires", "-expires")
 DEFAULT_SORT = "-created"
@@ -74,6 +78,8 @@ def stored_username(name: str) -> str:
 
 
 FAILED_STATUSES = ("failed", "expired")
+# Statuses in which a batch still runs against its completion window, so it can expire.
+RUNNING_STATUSES = ("validating", "in_progress", "finalizing")
 
 
 def _stuck(now: datetime) -> Q:
@@ -83,6 +89,18 @@ def _stuck(now: datetime) -> Q:
         since = "created_at" if status == "validating" else "last_changed_at"
         stuck |= Q(status=status, **{f"{since}__lt": now - limit})
     return stuck
+
+
+def _failure_share_high() -> Q:
+    """More than BATCHBOARD_ATTENTION_FAILURE_PERCENT of the requests failed (compared in integers, per mille)."""
+    per_mille = round(settings.BATCHBOARD_ATTENTION_FAILURE_PERCENT * 10)
+    return Q(failed_requests__gt=0) & Q(GreaterThan(F("failed_requests") * 1000, F("total_requests") * per_mille))
+
+
+def _expiring_soon(now: datetime) -> Q:
+    """Still running with less than BATCHBOARD_EXPIRING_SOON_HOURS of its completion window left."""
+    soon = now + timedelta(hours=settings.BATCHBOARD_EXPIRING_SOON_HOURS)
+    return Q(is_terminal=False, status__in=RUNNING_STATUSES, expires_at__isnull=False, expires_at__lt=soon)
 
 
 class BatchQuerySet(models.QuerySet):
@@ -122,27 +140,39 @@ class BatchQuerySet(models.QuerySet):
         return self.order_by(*NEWEST_FIRST)
 
     def with_status(self, status: str):
-        """Batches in `status`; "active" means any status that can still change, "attention" needs_attention()."""
+        """Batches in `status`; "active" means any status that can still change, "attention" needs_attention(),
+        "failed-lines" any batch with a failed request."""
         if status == ACTIVE_FILTER:
             return self.active()
         if status == ATTENTION_FILTER:
             return self.needs_attention()
+        if status == FAILED_LINES_FILTER:
+            return self.with_failed_lines()
         return self.filter(status=status) if status else self
 
+    def with_failed_lines(self):
+        return self.filter(failed_requests__gt=0)
+
     def needs_attention(self, now: datetime | None = None):
-        """Batches someone should look at: failed or expired, with any failed request, or stuck — in validating,
-        finalizing or cancelling for longer than the history's STUCK_AFTER, measured from creation for validating
-        and from the last observed change for the others (the list has no per-status entry time)."""
-        return self.filter(Q(status__in=FAILED_STATUSES) | Q(failed_requests__gt=0) | _stuck(now or timezone.now()))
+        """Batches someone should look at: failed or expired; more than BATCHBOARD_ATTENTION_FAILURE_PERCENT of their
+        requests failed; stuck (in validating, finalizing or cancelling for longer than the history's STUCK_AFTER,
+        measured from creation for validating and from the last observed change for the others: the list has no
+        per-status entry time); or running with less than BATCHBOARD_EXPIRING_SOON_HOURS of their window left.
+        One failed line among thousands is not news: the "failed-lines" filter lists those."""
+        now = now or timezone.now()
+        return self.filter(Q(status__in=FAILED_STATUSES) | _failure_share_high() | _stuck(now) | _expiring_soon(now))
 
     def needs_attention_count(self, status_counts: dict[str, int], now: datetime | None = None) -> int:
         """needs_attention().count(), given these batches' status_counts(): the failed and expired from the counts,
-        then two seeks of the batch_attention index (other batches with a failed request; stuck ones without)
-        instead of a scan of every batch (tens of milliseconds at 100,000)."""
+        then three disjoint counts that each seek an index instead of scanning every batch (tens of milliseconds at
+        100,000): a high failure share (batch_attention: batches with a failed request), stuck ones without one
+        (batch_attention by status), and those expiring soon that are neither (batch_expiry)."""
+        now = now or timezone.now()
         others = [status for status in services.LIFECYCLE if status not in FAILED_STATUSES]
-        with_failures = self.filter(status__in=others, failed_requests__gt=0).count()
-        stuck = self.filter(_stuck(now or timezone.now()), failed_requests=0).count()
-        return sum(status_counts.get(status, 0) for status in FAILED_STATUSES) + with_failures + stuck
+        share = self.filter(_failure_share_high(), status__in=others).count()
+        stuck = self.filter(_stuck(now)).exclude(_failure_share_high()).count()
+        expiring = self.filter(_expiring_soon(now)).exclude(_stuck(now) | _failure_share_high()).count()
+        return sum(status_counts.get(status, 0) for status in FAILED_STATUSES) + share + stuck + expiring
 
     def search(self, text: str):
         """Batches whose id, file ids or metadata contain every word of `text` (case-insensitive); a `key:value`
@@ -368,6 +398,8 @@ class Batch(models.Model):
             # needs_attention() counts over this narrow index instead of the wide rows; the expiry order seeks it.
             models.Index(fields=["status", "failed_requests", "last_changed_at", "created_at"], name="batch_attention"),
             models.Index(fields=["is_terminal", "expires_at"], name="batch_expiry"),
+            # The "failed-lines" filter and its count seek only the batches with a failed request.
+            models.Index(fields=["failed_requests"], name="batch_failed_lines", condition=Q(failed_requests__gt=0)),
         ]
         verbose_name_plural = "batches"
         permissions = [
