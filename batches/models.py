@@ -689,6 +689,8 @@ class DailySpend(models.Model):
         """What a batch adds to the daily totals: (day, model, tokens...) once it is final with usage, else None."""
         if not row.is_terminal or row.finished_at is None or row.input_tokens is None:
             return None
+        if not (row.input_tokens or row.cached_input_tokens or row.output_tokens):
+            return None  # used no token (failed validation): adds nothing, and must not count as an unpriced batch
         tokens = (row.input_tokens, row.cached_input_tokens or 0, row.output_tokens or 0)
         return (timezone.localdate(row.finished_at), row.model, *tokens)
 

@@ -185,8 +185,10 @@ class CostTotal:
         output_tokens}."""
         amount, batches, unpriced, unpriced_models = Decimal(0), 0, 0, set()
         for row in rows:
-            if not row["batches"]:
-                continue
+            if not row["batches"] or not any(
+                row[name] for name in ("input_tokens", "cached_input_tokens", "output_tokens")
+            ):
+                continue  # no token used (a batch that failed validation): it cost nothing, priced or not
             batches += row["batches"]
             price = price_for(row["model"])
             if price is None:
