@@ -890,3 +890,14 @@ class BatchCreation(models.Model):
 
     def __str__(self):
         return f"{self.token} → {self.batch_id or 'pending'}"
+
+
+class Preference(models.Model):
+    """A user's own settings that outlive a session: their time zone (copied into the session at login, so that
+    pages read the session and never this table)."""
+
+    user = models.OneToOneField("auth.User", on_delete=models.CASCADE, related_name="batchboard_preference")
+    time_zone = models.CharField(max_length=64, blank=True)
+
+    def __str__(self):
+        return f"preferences of {self.user}"
