@@ -159,17 +159,27 @@ def cancel_control(context, batch, next_url: str = "", target: str = "", outcome
 
 @register.filter
 def destination(next_url: str) -> str:
-    """What the login page leads to, in words: "batch_abc…" for a shared batch link, else "" (just "Log in")."""
+    """What the login page leads to, in words: "batch_abc…" for a shared batch link, "request r-17 of batch_abc…" for
+    a shared request link, and so on; "" (just "Log in") for anything else."""
     path = (next_url or "").partition("?")[0]
     try:
         match = resolve(path) if path.startswith("/") else None
     except Resolver404:
         return ""
-    if match and match.view_name == "batches:detail":
-        return match.kwargs["batch_id"]
-    return {"batches:list": "your batches", "batches:create": "the new-batch form"}.get(
-        match.view_name if match else "", ""
-    )
+    if match is None:
+        return ""
+    batch_id = match.kwargs.get("batch_id", "")
+    request = match.kwargs.get("custom_id") or match.kwargs.get("line") or ""
+    words = {
+        "batches:list": "your batches",
+        "batches:create": "the new-batch form",
+        "batches:detail": batch_id,
+        "results:list": f"the results of {batch_id}",
+        "results:request": f"request {request} of {batch_id}",
+        "retries:final": f"the final results of {batch_id}'s job",
+        "retries:confirm": f"a retry of {batch_id}",
+    }
+    return str(words.get(match.view_name, ""))[:200]
 
 
 @register.filter
