@@ -97,6 +97,18 @@ def test_it_lists_every_batch_with_failed_lines_separately(api, viewer_client):
     )
 
 
+def test_the_summary_strip_says_that_filters_do_not_apply_to_it(api, viewer_client):
+    api.add("in_progress", metadata={"team": "research"})
+    api.add("in_progress", metadata={"team": "ops"})
+    plain = viewer_client.get("/batches/").content.decode()
+    assert 'id="summary-scope"' not in plain
+    filtered = viewer_client.get("/batches/?q=team:research").content.decode()
+    assert "These figures cover every batch" in filtered
+    assert re.search(r'id="summary-running"[^>]*>Running</a></dt>\s*<dd class="figure-value">2</dd>', filtered)
+    fragment = viewer_client.get("/batches/?q=team:research", HTTP_HX_REQUEST="true").content.decode()
+    assert "These figures cover every batch" in fragment or 'id="summary-strip"' not in fragment
+
+
 def test_it_hides_bulk_cancel_where_nothing_can_be_cancelled(api, operator_client):
     api.add("completed")
     assert "Cancel selected" not in operator_client.get("/batches/").content.decode()
