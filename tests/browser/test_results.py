@@ -56,10 +56,11 @@ def test_it_filters_a_completed_batch_to_its_failures_and_shares_one_request(
     table = page.locator(".results-table tbody tr")
     expect(table).to_have_count(12)
 
-    page.get_by_label("Outcome", exact=True).select_option("failed")
-    page.get_by_role("button", name="Apply").click()
+    expect(page.locator(".results-export")).to_contain_text("Export 12 rows")
+    page.get_by_label("Outcome", exact=True).select_option("failed")  # applies on change, as the list's menus do
     expect(page).to_have_url(re.compile(r"/results/\?outcome=failed"))
     expect(table).to_have_count(2)
+    expect(page.locator(".results-export")).to_contain_text("Export 2 rows")
     for row in table.all():
         expect(row).to_contain_text("failed 400")
         expect(row).to_contain_text("invalid_value")
@@ -77,6 +78,7 @@ def test_it_filters_a_completed_batch_to_its_failures_and_shares_one_request(
     teammate = new_page()
     teammate.goto(shared)
     expect(teammate).to_have_url(re.compile(r"/accounts/login/\?next=/batches/batch_\w+/results/request-07/"))
+    expect(teammate.get_by_role("heading", level=1)).to_contain_text(f"request request-07 of {batch_id}")
     log_in(teammate, viewer)
     expect(teammate).to_have_url(shared)
     expect(teammate.get_by_role("heading", level=1)).to_have_text("request-07")
