@@ -87,6 +87,9 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 RETRY_AFTER_CAP = 120.0
 # A call someone is waiting for (a page, a download, a cancel, a create) waits this long at most for a Retry-After.
 INTERACTIVE_RETRY_AFTER_CAP = 5.0
+# A call for a person keeps retrying 429s past OPENAI_MAX_RETRIES while its waits for them add up to this at most: a
+# busy minute costs a person a few seconds rather than a failed cancel or download.
+PERSON_RATE_LIMIT_PATIENCE = 5.0
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 JITTER = (0.75, 1.0)
@@ -647,6 +650,7 @@ class BatchClient:
         sleep: Callable[[float], Any] | None = None,
         budget: Any = None,
         retry_after_cap: float = RETRY_AFTER_CAP,
+        rate_limit_patience: float = 0.0,
     ):
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -654,6 +658,8 @@ class BatchClient:
         self.max_retries = max(int(max_retries), 0)
         # A Retry-After longer than this is not waited for: the call fails, saying how long the API asked.
         self.retry_after_cap = retry_after_cap
+        # Seconds of waits for 429s a call may spend on further retries once max_retries are used (see get_client).
+        self.rate_limit_patience = rate_limit_patience
         self._sleep = sleep or (budget.wait if budget is not None else time.sleep)
         # Shared accounting (batches.budget.SharedBudget): before_call() may raise BudgetExhausted, after_call()
         # counts each attempt's outcome. None for a client that answers to nobody (tests, the sandbox's own checks).
@@ -777,6 +783,7 @@ class BatchClient:
         """Send one call, retrying as `retry` allows; return a response below 400 or raise a BatchApiError."""
         url = f"{self.base_url}{path}"
         attempt = 0
+        rate_limit_waits = 0.0
         while True:
             request_headers = {**(headers or {}), "X-Stainless-Retry-Count": str(attempt)}
             if self.budget is not None:
@@ -793,7 +800,7 @@ class BatchClient:
                 what = _describe_transport_error(failure)
                 del failure  # It holds the prepared request, key included; do not keep it alive.
                 if attempt < self.max_retries and may_repeat:
-                    self._pause(attempt, None, method, path, f"it {what}")
+                    self._pause(attempt, self._delay(attempt, None), method, path, f"it {what}")
                     attempt += 1
                     continue
                 tries = f", {attempt + 1} attempts" if attempt else ""
@@ -815,10 +822,16 @@ class BatchClient:
                 raise error
             error = self._error_from(response, stream)
             response.close()
-            if attempt < self.max_retries and _should_retry(response, error, retry, self.retry_after_cap):
-                self._pause(attempt, error.retry_after, method, path, f"HTTP {response.status_code}")
-                attempt += 1
-                continue
+            if _should_retry(response, error, retry, self.retry_after_cap):
+                delay = self._delay(attempt, error.retry_after)
+                # A 429 is answered before the API acts, so a patient caller may repeat it past max_retries.
+                patient = response.status_code == 429 and rate_limit_waits + delay <= self.rate_limit_patience
+                if attempt < self.max_retries or patient:
+                    if response.status_code == 429:
+                        rate_limit_waits += delay
+                    self._pause(attempt, delay, method, path, f"HTTP {response.status_code}")
+                    attempt += 1
+                    continue
             raise error
 
     def _send(self, method, url, headers, stream, kwargs):
@@ -837,20 +850,14 @@ class BatchClient:
             return None, None, type(exc).__name__
         return response, None, None
 
-    def _pause(self, attempt: int, retry_after: float | None, method: str, path: str, reason: str) -> None:
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        """The wait before the next attempt: the server's Retry-After, else exponential backoff with jitter."""
         if retry_after is not None and 0 < retry_after <= self.retry_after_cap:
-            delay = retry_after
-        else:
-            delay = min(INITIAL_RETRY_DELAY * 2**attempt, MAX_RETRY_DELAY) * random.uniform(*JITTER)
-        logger.info(
-            "Retrying %s %s in %.2fs after %s (retry %d of %d)",
-            method,
-            path,
-            delay,
-            reason,
-            attempt + 1,
-            self.max_retries,
-        )
+            return retry_after
+        return min(INITIAL_RETRY_DELAY * 2**attempt, MAX_RETRY_DELAY) * random.uniform(*JITTER)
+
+    def _pause(self, attempt: int, delay: float, method: str, path: str, reason: str) -> None:
+        logger.info("Retrying %s %s in %.2fs after %s (retry %d)", method, path, delay, reason, attempt + 1)
         self._sleep(delay)
 
     def _parse(self, response: requests.Response, parse: Callable[[dict], Any], call: str) -> Any:
@@ -1041,7 +1048,8 @@ def get_client(caller: CallFor = CallFor.LOOP) -> BatchClient:
     """The configured client for this caller (one per thread and caller, as a requests.Session is not thread-safe).
 
     The real API with a key, the built-in sandbox without one. Pages and downloads get the shorter timeout (and pages
-    fewer retries); calls for a person wait for a Retry-After of INTERACTIVE_RETRY_AFTER_CAP at most.
+    fewer retries); all but the loop wait for a Retry-After of INTERACTIVE_RETRY_AFTER_CAP at most, and calls for a
+    person retry 429s for PERSON_RATE_LIMIT_PATIENCE more seconds once their retries are used.
     """
     timeout, max_retries = settings.OPENAI_TIMEOUT, settings.OPENAI_MAX_RETRIES
     if caller in (CallFor.PAGE, CallFor.DOWNLOAD):
@@ -1074,6 +1082,7 @@ def get_client(caller: CallFor = CallFor.LOOP) -> BatchClient:
             max_retries=max_retries,
             budget=SharedBudget(caller),
             retry_after_cap=RETRY_AFTER_CAP if caller == CallFor.LOOP else INTERACTIVE_RETRY_AFTER_CAP,
+            rate_limit_patience=PERSON_RATE_LIMIT_PATIENCE if caller in PEOPLE else 0.0,
         )
         configs[caller] = config
     return clients[caller]
