@@ -48,6 +48,8 @@ USER_WINDOW_SECONDS = 60
 # One call in CANCEL_SHARE of each minute's budget is kept for cancels, one in LOOP_SHARE for the sync loop.
 CANCEL_SHARE = 10
 LOOP_SHARE = 4
+# The callers with a share of their own, and the UpstreamMinute column that counts their calls.
+SHARE_COUNTERS = {CallFor.CANCEL: "cancel_calls", CallFor.LOOP: "loop_calls"}
 
 
 def clock() -> float:
@@ -71,14 +73,6 @@ def kept_for(caller: CallFor) -> int:
     if caller == CallFor.LOOP:
         return per_minute() // LOOP_SHARE
     return 0
-
-
-def _counter(caller: CallFor) -> str | None:
-    """The column counting this caller's calls, for the callers who have a share of their own."""
-    return {CallFor.CANCEL: "cancel_calls", CallFor.LOOP: "loop_calls"}.get(caller)
-
-
-SHARED_CALLERS = (CallFor.CANCEL, CallFor.LOOP)
 
 
 def take(now: float | None = None, *, caller: CallFor = CallFor.LOOP) -> None:
@@ -123,12 +117,12 @@ def _wait_out_pause(now: float, caller: CallFor) -> float:
 def _spend(minute: int, caller: CallFor) -> bool:
     """Count one call in this minute's row if what is left after it still covers the shares kept for the others."""
     kept_for_others = Value(0)
-    for other in SHARED_CALLERS:
+    for other, counter in SHARE_COUNTERS.items():
         if other != caller and kept_for(other):
-            kept_for_others = kept_for_others + Greatest(Value(kept_for(other)) - F(_counter(other)), Value(0))
+            kept_for_others = kept_for_others + Greatest(Value(kept_for(other)) - F(counter), Value(0))
     counts = {"calls": F("calls") + 1}
-    if _counter(caller):
-        counts[_counter(caller)] = F(_counter(caller)) + 1
+    if caller in SHARE_COUNTERS:
+        counts[SHARE_COUNTERS[caller]] = F(SHARE_COUNTERS[caller]) + 1
     room = LessThan(F("calls") + kept_for_others, per_minute())
     return bool(UpstreamMinute.objects.filter(room, minute=minute).update(**counts))
 
@@ -136,7 +130,7 @@ def _spend(minute: int, caller: CallFor) -> bool:
 def _spent_message(caller: CallFor) -> str:
     kept = [
         f"{kept_for(other)} for {'cancels' if other == CallFor.CANCEL else 'the sync loop'}"
-        for other in SHARED_CALLERS
+        for other in SHARE_COUNTERS
         if other != caller and kept_for(other)
     ]
     return (
@@ -199,7 +193,7 @@ def current_minute(now: float | None = None) -> dict[str, int]:
 
 
 def allow_user(key: str, limit: int, now: float | None = None) -> bool:
-    """Count one more for `key` ("pages:user:3", "creates:alice") in this minute; False once `limit` is reached.
+    """Count one more for `key` ("upstream:user:3", "creates:alice") this minute; False once `limit` is reached.
 
     One conditional UPDATE (an INSERT when the minute opens), so parallel requests in any process never pass the
     limit together: a detail page of an unknown id or a download costs an upstream call, a create two or three, and

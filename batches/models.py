@@ -832,7 +832,7 @@ class UpstreamMinute(models.Model):
 class UserMinute(models.Model):
     """What one user did in one minute that a per-user limit counts (see batches.budget.allow_user).
 
-    `key` names the user and the limit ("pages:user:3", "creates:alice"); a row is counted up by one conditional
+    `key` names the limit and the user ("upstream:user:3", "creates:alice"); a row is counted up by one conditional
     UPDATE, so parallel requests in any process can never pass the limit together. Rows of past minutes are deleted
     when a new one opens.
     """

@@ -780,7 +780,10 @@ class BatchClient:
         headers: dict[str, str] | None = None,
         **kwargs,
     ) -> requests.Response:
-        """Send one call, retrying as `retry` allows; return a response below 400 or raise a BatchApiError."""
+        """Send one call, retrying as `retry` allows; return a 2xx response or raise a BatchApiError.
+
+        Redirects are never followed: the API does not send them, and one could fetch any page it names.
+        """
         url = f"{self.base_url}{path}"
         attempt = 0
         rate_limit_waits = 0.0
@@ -887,7 +890,7 @@ class BatchClient:
             details = {"message": details}
         details = _gateway_unwrapped(_dict(details), response.status_code)
         status = response.status_code
-        error_class = _error_class(status)
+        error_class = RateLimited if details.get("code") == INSUFFICIENT_QUOTA else _error_class(status)
         content_type = _media_type(response)
         message = _text(details.get("message"))
         if status == 404 and not details:
@@ -922,11 +925,13 @@ def _should_retry(response: requests.Response, error: BatchApiError, retry: str,
     # Cancelling a finished batch answers 409 and will never succeed, whatever x-should-retry says.
     if retry == RETRY_IDEMPOTENT and status == 409:
         return False
+    # Out of credit: waiting a second never helps (the SDK retries it; we do not), whatever status a gateway made
+    # of it and whatever it says about retrying.
+    if error.code == INSUFFICIENT_QUOTA:
+        return False
     should = response.headers.get("x-should-retry", "").strip().lower()
     if should in ("true", "false"):
         return should == "true"
-    if status == 429 and error.code == INSUFFICIENT_QUOTA:
-        return False  # Out of credit: waiting a second never helps (the SDK retries it; we do not).
     return status in RETRYABLE_STATUSES or status >= 500
 
 

@@ -276,6 +276,29 @@ def test_finding_12_an_out_of_quota_error_rewritten_by_a_gateway_is_not_retried(
     assert sync.failure_message(caught.value) == "The OpenAI account is out of quota."
 
 
+@pytest.mark.django_db
+def test_finding_12_a_cancel_behind_a_gateway_says_the_account_is_out_of_quota(api, operator_client, settings):
+    settings.OPENAI_MAX_RETRIES = 2
+    batch_id = api.add("in_progress")["id"]
+    api.cancel_reply = _gateway("Error code: 429 - " + repr({"error": QUOTA}))
+
+    response = operator_client.post(f"/batches/{batch_id}/cancel/", follow=True)
+
+    assert "The OpenAI account is out of quota. Nothing was cancelled." in response.text
+    assert api.cancels == [batch_id]  # asked once, not retried
+
+
+def test_finding_12_an_out_of_quota_error_a_gateway_answers_as_a_500_is_not_retried(fake_api, gateway_client):
+    message = "OpenAIException - Error code: 429 - " + repr({"error": QUOTA})
+    fake_api.script("GET", "/batches/batch_q5", Reply(500, {"error": {"message": message, "code": "500"}}))
+
+    with pytest.raises(services.RateLimited) as caught:
+        gateway_client.retrieve_batch("batch_q5")
+
+    assert len(fake_api.requests_to("GET", "/batches/batch_q5")) == 1
+    assert sync.failure_message(caught.value) == "The OpenAI account is out of quota."
+
+
 def test_finding_12_a_rate_limit_rewritten_by_a_gateway_is_retried_and_reads_as_the_apis(fake_api, gateway_client):
     inner = {
         "message": "Rate limit reached for requests.",
