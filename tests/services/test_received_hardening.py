@@ -145,6 +145,19 @@ def test_finding_6_cancels_may_spend_the_common_share_but_not_the_loops(settings
         budget.take(now=now, caller=services.CallFor.LOOP)
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("caller", list(services.CallFor))
+def test_finding_6_a_call_still_costs_one_read_and_one_conditional_update(settings, django_assert_num_queries, caller):
+    now = 8_000_002 * 60.0
+    budget.take(now=now)  # opens the minute
+    budget.allow_user("creates:alice", 10, now=now)
+
+    with django_assert_num_queries(2):
+        budget.take(now=now, caller=caller)
+    with django_assert_num_queries(1):
+        assert budget.allow_user("creates:alice", 10, now=now)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_finding_6_sixteen_parallel_creates_never_pass_the_per_user_limit(api, operator, settings, held_clock):
     settings.BATCHBOARD_USER_CREATE_LIMIT = 10
