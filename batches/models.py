@@ -851,6 +851,9 @@ class UpstreamMinute(models.Model):
 
     minute = models.BigIntegerField(unique=True)
     calls = models.PositiveIntegerField(default=0)
+    # Of `calls`, those of the sync loop and of cancels: each has a share of the minute kept for it.
+    loop_calls = models.PositiveIntegerField(default=0)
+    cancel_calls = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     rate_limited = models.PositiveIntegerField(default=0)
     # After a 429 every caller waits until then (the API's Retry-After); kept on the current minute's row.
@@ -858,6 +861,26 @@ class UpstreamMinute(models.Model):
 
     def __str__(self):
         return f"minute {self.minute}: {self.calls} calls"
+
+
+class UserMinute(models.Model):
+    """What one user did in one minute that a per-user limit counts (see batches.budget.allow_user).
+
+    `key` names the limit and the user ("upstream:user:3", "creates:alice"); a row is counted up by one conditional
+    UPDATE, so parallel requests in any process can never pass the limit together. Rows of past minutes are deleted
+    when a new one opens.
+    """
+
+    key = models.CharField(max_length=200)
+    minute = models.BigIntegerField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["key", "minute"], name="user_minute_unique")]
+        indexes = [models.Index(fields=["minute"], name="user_minute_minute")]
+
+    def __str__(self):
+        return f"{self.key} in minute {self.minute}: {self.count}"
 
 
 class BatchCreationQuerySet(models.QuerySet):

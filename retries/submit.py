@@ -87,8 +87,9 @@ def prepare(parent: Batch, archive: ResultArchive, selection: RetrySelection, jo
     return Prepared(form=form, lines=lines)
 
 
-def create(prepared: Prepared, *, user: str) -> actions.CreateOutcome:
-    """Send a validated retry through the same path as the create page (one batch per form token)."""
+def create(prepared: Prepared, *, user: str, by_person: bool = True) -> actions.CreateOutcome:
+    """Send a validated retry through the same path as the create page (one batch per form token); a person's
+    retries count against their per-minute limit of creates, automatic ones do not."""
     data = prepared.form.cleaned_data
     upload = data["input_file"]
     return actions.create_batch(
@@ -100,4 +101,5 @@ def create(prepared: Prepared, *, user: str) -> actions.CreateOutcome:
         completion_window=data["completion_window"],
         metadata=data["metadata"],
         output_expires_after=data["output_expires_after"],
+        by_person=by_person,
     )

@@ -155,18 +155,18 @@ def test_the_budget_message_reads_plainly(settings):
 
 
 @pytest.mark.django_db
-def test_the_last_tenth_of_each_minute_is_kept_for_what_users_do(settings):
+def test_the_last_tenth_of_each_minute_is_kept_for_cancels(settings):
     settings.BATCHBOARD_UPSTREAM_BUDGET = 20
     now = 4_000_000 * 60.0
     for _ in range(18):
         budget.take(now=now)
-    with pytest.raises(services.BudgetExhausted, match=r"spent \(the last 2 are kept for cancels and creates\)"):
+    with pytest.raises(services.BudgetExhausted, match=r"spent \(kept back: 2 for cancels\)"):
         budget.take(now=now)
 
-    budget.take(now=now, for_action=True)
-    budget.take(now=now, for_action=True)
+    budget.take(now=now, caller=services.CallFor.CANCEL)
+    budget.take(now=now, caller=services.CallFor.CANCEL)
     with pytest.raises(services.BudgetExhausted):
-        budget.take(now=now, for_action=True)
+        budget.take(now=now, caller=services.CallFor.CANCEL)
     assert budget.current_minute(now=now) == {"calls": 20, "budget": 20}
 
 
