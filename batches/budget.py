@@ -85,10 +85,12 @@ def take(now: float | None = None, *, caller: CallFor = CallFor.LOOP) -> None:
     minute = int(now // 60)
     if _spend(minute, caller):
         return
+    # No row for this minute yet, or one another process opened since our UPDATE found none: spend again either way
+    # (refusing whenever the row exists only now was a race that said "spent" at the start of a minute).
     if not UpstreamMinute.objects.filter(minute=minute).exists():
         _open_minute(minute)
-        if _spend(minute, caller):
-            return
+    if _spend(minute, caller):
+        return
     raise services.BudgetExhausted(_spent_message(caller), retry_after=60 - now % 60)
 
 
