@@ -122,6 +122,11 @@ class Counts:
     failing: dict[str, int]  # final outcome -> lines, of the lines still without an answer
 
     @property
+    def failing_pairs(self) -> list[tuple[str, int]]:
+        """(outcome, lines) of the lines still failing, most first: what the page lists."""
+        return sorted(self.failing.items(), key=lambda pair: (-pair[1], pair[0]))
+
+    @property
     def failing_total(self) -> int:
         return sum(self.failing.values())
 

@@ -191,8 +191,7 @@ def metadata_matches(batch, filters) -> list[tuple[str, str]]:
     terms = {key.lower(): value for key, value in filters.metadata_terms}
     words = [word.lower() for word in filters.q.split() if ":" not in word]
     matches = []
-    for key, value in batch.metadata.items():
-        text = str(value)
+    for key, text in batch.metadata_pairs:
         matched = key.lower() in terms or any(word in key.lower() or word in text.lower() for word in words)
         if matched and text != batch.description:
             matches.append((key, text))

@@ -1,0 +1,91 @@
+"""What the dashboard receives (metadata, error codes and answers from result files, custom_ids) reaches the pages,
+the exports and the links as data, never as template names, spreadsheet formulas, extra lines or other URLs
+(issue 18, findings 2, 3 and 8)."""
+
+import csv
+import io
+import json
+import re
+from urllib.parse import urljoin
+
+import pytest
+from django.urls import reverse
+
+from tests.conftest import kept_batch
+
+# Names a template would take for a method of the dict, or for the dict's class, if it looked them up on it.
+WORDS = ("items", "keys", "values", "get", "pop", "__class__")
+CODES = ("items", "keys", "values")
+
+
+def _metadata() -> dict[str, str]:
+    return {word: f"<b>{word}</b> & co" for word in WORDS}
+
+
+def _escaped(word: str) -> str:
+    return f"&lt;b&gt;{word}&lt;/b&gt; &amp; co"
+
+
+@pytest.fixture
+def hostile_batch(tmp_path):
+    """A kept batch whose metadata keys and error codes are the names of dict methods."""
+    outcomes = {"ok-1": "ok", **{f"code-{code}": (400, code) for code in CODES}, "gone": "missing"}
+    return kept_batch(outcomes, tmp_path, metadata=_metadata())
+
+
+def _page(client, url, **query):
+    response = client.get(url, query)
+    assert response.status_code == 200, (url, response.status_code)
+    return response
+
+
+@pytest.mark.django_db
+def test_finding_2_metadata_keys_named_like_dict_methods_break_no_page(hostile_batch, operator_client):
+    batch_id = hostile_batch.batch_id
+    pages = {
+        "list": _page(operator_client, reverse("batches:list")),
+        "list search": _page(operator_client, reverse("batches:list"), q="co"),
+        "detail": _page(operator_client, reverse("batches:detail", args=[batch_id])),
+        "detail fragment": operator_client.get(reverse("batches:detail", args=[batch_id]), headers={"HX-Request": "1"}),
+        "retry confirmation": _page(operator_client, reverse("retries:confirm", args=[batch_id]), select="failed"),
+    }
+    for name, response in pages.items():
+        assert response.status_code in (200, 286), name
+        text = response.content.decode()
+        assert "<b>" not in text, name  # escaped wherever it is shown
+    detail = pages["detail"].content.decode()
+    for word in WORDS:
+        assert f"<dt>{word}</dt><dd>{_escaped(word)}</dd>" in detail
+    confirmation = pages["retry confirmation"].content.decode()
+    assert 'id="retry-count">3</strong>' in confirmation
+    for word in WORDS:
+        assert f"{word}={_escaped(word)}" in confirmation
+    listed = pages["list"].content.decode()
+    assert f"items={_escaped('items')}" in listed  # the row's tooltip names every pair
+    assert "matched </span>items: " + _escaped("items") in pages["list search"].content.decode()
+
+
+@pytest.mark.django_db
+def test_finding_2_error_codes_named_like_dict_methods_break_no_page(hostile_batch, operator_client):
+    batch_id = hostile_batch.batch_id
+    results = _page(operator_client, reverse("results:list", args=[batch_id]))
+    text = results.content.decode()
+    for code in CODES:
+        assert f'<option value="{code}">{code} (1)</option>' in text
+    filtered = _page(operator_client, reverse("results:list", args=[batch_id]), code="items")
+    assert [line.custom_id for line in filtered.context["page"]] == ["code-items"]
+
+    final = _page(operator_client, reverse("retries:final", args=[batch_id])).content.decode()
+    assert 'id="final-failing">4</strong>' in final and "(failed 3, missing 1)" in final
+
+    for line in results.context["page"]:
+        request_page = _page(operator_client, line.url).content.decode()
+        assert "<b>" not in request_page
+        if line.custom_id.startswith("code-"):
+            assert f"<code>{line.error_code}</code>" in request_page
+
+    detail = _page(operator_client, reverse("batches:detail", args=[batch_id])).content.decode()
+    for code in CODES:
+        assert f"<code>{code}</code>" in detail  # the detail page's error groups
+    confirmation = _page(operator_client, reverse("retries:confirm", args=[batch_id]), select="filter", code="keys")
+    assert 'id="retry-count">1</strong>' in confirmation.content.decode()
