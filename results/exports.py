@@ -50,18 +50,38 @@ def csv_lines(columns: list[str], rows: Iterable[list]) -> Iterator[str]:
         yield writer.writerow([inert_cell(value) for value in row])
 
 
+# What some reader of text takes as the end of a line: "\r" for Python's universal newlines and many CSV-minded
+# tools, the others for str.splitlines and JavaScript. In valid JSON a raw "\r" can only be whitespace between tokens
+# (a space says the same) and the others only sit inside strings (their escapes say the same).
+LINE_BREAKS = str.maketrans({"\r": " ", **{char: f"\\u{ord(char):04x}" for char in "\x85\u2028\u2029"}})
+
+
 def jsonl_line(head: dict, input_line: bytes | None, result_line: bytes | None) -> bytes:
-    """One JSONL line: `head`'s fields, then the input and result lines exactly as stored (null if none)."""
-    return b"".join(
+    """One JSONL line: `head`'s fields, then the input and result lines as stored (null if none), on one line
+    whatever a hostile file put in them.
+
+    Each stored line is checked to be JSON and kept as written (its numbers, escapes and key order), with only its
+    line breaks escaped (LINE_BREAKS); a stored line that is not JSON is exported as a JSON string of its text.
+    """
+    text = ", ".join(
         [
-            json.dumps(head, ensure_ascii=False)[:-1].encode(),
-            b', "input": ',
-            input_line or b"null",
-            b', "result": ',
-            result_line or b"null",
-            b"}\n",
+            json.dumps(head, ensure_ascii=False)[:-1],
+            f'"input": {_json_value(input_line)}',
+            f'"result": {_json_value(result_line)}}}',
         ]
     )
+    return (text.translate(LINE_BREAKS) + "\n").encode()
+
+
+def _json_value(raw: bytes | None) -> str:
+    if raw is None:
+        return "null"
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return json.dumps(text, ensure_ascii=False)
+    return text
 
 
 def answer_of(record: dict | None) -> str:

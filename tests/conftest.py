@@ -400,7 +400,9 @@ def input_line(custom_id: str, n: int = 0) -> bytes:
 
 def result_line(custom_id: str, outcome) -> bytes | None:
     """(file, line) for an outcome: "ok", an HTTP status, "expired", "cancelled", or a pair ("ok", the answer's text)
-    or (an HTTP status, the error code); None for "missing"."""
+    or (an HTTP status, the error code), or the bytes of an output line; None for "missing"."""
+    if isinstance(outcome, bytes):
+        return "output", outcome
     if outcome == "missing":
         return None
     if outcome in ("expired", "cancelled"):

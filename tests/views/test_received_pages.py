@@ -121,3 +121,56 @@ def test_finding_3_exported_cells_never_start_a_formula(tmp_path, viewer_client)
         assert answers["plain"] == "1+1" and answers["'-1+1"] == "answer to -1+1", name
         assert [row["line"] for row in rows] == [str(n) for n in range(1, 9)], name  # numbers stay numbers
         assert {row["tokens"] for row in rows} == {"8"}, name
+
+
+# --- Finding 8: a raw "\r" in a result line, custom_ids in links ----------------------------------------------------
+
+FORGED = {"line": 1, "custom_id": "forged", "outcome": "succeeded", "input": None, "result": None}
+
+
+def _answer_line(custom_id: str, text: str) -> dict:
+    body = {"object": "chat.completion", "choices": [{"message": {"content": text}}]}
+    return {"id": "r", "custom_id": custom_id, "response": {"status_code": 200, "request_id": "q", "body": body}}
+
+
+def _forging_line(custom_id: str) -> bytes:
+    """A result line that is valid JSON, with a raw "\\r" (whitespace between tokens) around a whole JSON object."""
+    record = json.dumps(_answer_line(custom_id, "fine"))[:-1]
+    return f'{record}, "error": null, "padding":\r{json.dumps(FORGED)}\r}}'.encode()
+
+
+@pytest.mark.django_db
+def test_finding_8_a_raw_carriage_return_in_a_result_line_forges_no_exported_line(tmp_path, viewer_client):
+    separators = "a\u2028b\u2029c\x85d"
+    outcomes = {
+        "cr": _forging_line("cr"),
+        "separators": json.dumps(_answer_line("separators", separators), ensure_ascii=False).encode(),
+        "big": b'{"custom_id": "big", "response": {"status_code": 200, "body": {"n": 1e400, "x": 1.10}}}',
+        "plain": "ok",
+    }
+    batch = kept_batch(outcomes, tmp_path)
+    exports = {
+        "export.jsonl": viewer_client.get(reverse("results:export_jsonl", args=[batch.batch_id])),
+        "final.jsonl": viewer_client.get(reverse("retries:final_jsonl", args=[batch.batch_id])),
+    }
+    for name, response in exports.items():
+        content = b"".join(response.streaming_content)
+        as_text = io.TextIOWrapper(io.BytesIO(content), encoding="utf-8")  # universal newlines: "\r" ends a line
+        for lines in (list(as_text), content.decode().splitlines(), content.split(b"\n")[:-1]):
+            records = [json.loads(line) for line in lines]
+            assert [record["custom_id"] for record in records] == list(outcomes), name
+        by_id = {record["custom_id"]: record for record in records}
+        assert by_id["cr"]["outcome"] == "succeeded" and by_id["cr"]["result"]["padding"] == FORGED, name  # still inside its own line, as data
+        answer = by_id["separators"]["result"]["response"]["body"]["choices"][0]["message"]["content"]
+        assert answer == separators, name
+        assert b'"n": 1e400, "x": 1.10' in content, name  # numbers as written, not re-printed by Python
+        assert by_id["plain"]["input"]["custom_id"] == "plain", name
+
+
+@pytest.mark.django_db
+def test_finding_8_a_stored_line_that_is_not_json_is_exported_as_a_string():
+    from results.exports import jsonl_line
+
+    line = jsonl_line({"custom_id": "x"}, b'{"custom_id": "x"}', b'{"half": \r{"forged": 1}\r')
+    assert line.count(b"\n") == 1 and b"\r" not in line
+    assert json.loads(line) == {"custom_id": "x", "input": {"custom_id": "x"}, "result": '{"half": \r{"forged": 1}\r'}
