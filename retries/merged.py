@@ -175,7 +175,7 @@ def rows_for(job: Job, originals: list[ResultLine]) -> list[MergedRow]:
         chosen = best.get(line.best_id)
         row = MergedRow(line, chosen, batches.get(chosen.archive_id) if chosen else None)
         if chosen is not None:
-            row.url = links[chosen.archive_id](chosen.custom_id)
+            row.url = links[chosen.archive_id](chosen.position)
             row.batch_url = detail_urls[chosen.archive_id]
         rows.append(row)
     return rows
