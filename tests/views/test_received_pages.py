@@ -13,6 +13,9 @@ from django.db import connection
 from django.http import QueryDict
 from django.urls import reverse
 
+from batches import services
+from batches.models import record_batch
+from tests.batch_api import payload
 from tests.conftest import kept_batch
 
 # Names a template would take for a method of the dict, or for the dict's class, if it looked them up on it.
@@ -65,6 +68,19 @@ def test_finding_2_metadata_keys_named_like_dict_methods_break_no_page(hostile_b
     listed = pages["list"].content.decode()
     assert f"items={_escaped('items')}" in listed  # the row's tooltip names every pair
     assert "matched </span>items: " + _escaped("items") in pages["list search"].content.decode()
+
+
+@pytest.mark.django_db
+def test_finding_2_a_running_batch_with_such_metadata_can_be_seen_and_cancelled(operator_client, fresh_cache):
+    running = record_batch(services.ApiBatch.from_api(payload("in_progress", metadata=_metadata())))
+    for url in (
+        reverse("batches:list"),
+        reverse("batches:detail", args=[running.batch_id]),
+        reverse("batches:cancel", args=[running.batch_id]),
+        reverse("batches:bulk_cancel") + f"?batch_id={running.batch_id}",
+    ):
+        text = _page(operator_client, url).content.decode()
+        assert "<b>" not in text and _escaped("values") in text, url
 
 
 @pytest.mark.django_db
