@@ -53,7 +53,7 @@ def csv_lines(columns: list[str], rows: Iterable[list]) -> Iterator[str]:
 # What some reader of text takes as the end of a line: "\r" for Python's universal newlines and many CSV-minded
 # tools, the others for str.splitlines and JavaScript. In valid JSON a raw "\r" can only be whitespace between tokens
 # (a space says the same) and the others only sit inside strings (their escapes say the same).
-LINE_BREAKS = str.maketrans({"\r": " ", **{char: f"\\u{ord(char):04x}" for char in "\x85\u2028\u2029"}})
+LINE_BREAKS = (("\r", " "), *((char, f"\\u{ord(char):04x}") for char in "\x85\u2028\u2029"))
 
 
 def jsonl_line(head: dict, input_line: bytes | None, result_line: bytes | None) -> bytes:
@@ -70,7 +70,10 @@ def jsonl_line(head: dict, input_line: bytes | None, result_line: bytes | None) 
             f'"result": {_json_value(result_line)}}}',
         ]
     )
-    return (text.translate(LINE_BREAKS) + "\n").encode()
+    for char, replacement in LINE_BREAKS:
+        if char in text:  # rare: a scan is cheaper than a copy
+            text = text.replace(char, replacement)
+    return (text + "\n").encode()
 
 
 def _json_value(raw: bytes | None) -> str:
