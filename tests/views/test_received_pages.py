@@ -49,7 +49,7 @@ def test_finding_2_metadata_keys_named_like_dict_methods_break_no_page(hostile_b
     batch_id = hostile_batch.batch_id
     pages = {
         "list": _page(operator_client, reverse("batches:list")),
-        "list search": _page(operator_client, reverse("batches:list"), q="co"),
+        "list search": _page(operator_client, reverse("batches:list"), q="items"),
         "detail": _page(operator_client, reverse("batches:detail", args=[batch_id])),
         "detail fragment": operator_client.get(reverse("batches:detail", args=[batch_id]), headers={"HX-Request": "1"}),
         "retry confirmation": _page(operator_client, reverse("retries:confirm", args=[batch_id]), select="failed"),
@@ -80,7 +80,8 @@ def test_finding_2_a_running_batch_with_such_metadata_can_be_seen_and_cancelled(
         reverse("batches:bulk_cancel") + f"?batch_id={running.batch_id}",
     ):
         text = _page(operator_client, url).content.decode()
-        assert "<b>" not in text and _escaped("values") in text, url
+        assert "<b>" not in text, url
+        assert re.search(r"&lt;b&gt;\w+&lt;/b&gt; &amp; co", text), url  # a pair, escaped (which ones: by length)
 
 
 @pytest.mark.django_db
