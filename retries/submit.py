@@ -82,7 +82,7 @@ class Prepared:
     def metadata_pairs(self) -> list[tuple[str, str]]:
         """The metadata the retry is sent with, as pairs: its keys come from the parent batch, so a template must
         not look anything up on the dict (a key named "items" would shadow the method)."""
-        return list((getattr(self.form, "cleaned_data", {}).get("metadata") or {}).items())
+        return list((self.form.cleaned_data.get("metadata") or {}).items())
 
     @property
     def error_messages(self) -> list[str]:

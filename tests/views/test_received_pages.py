@@ -6,9 +6,12 @@ import csv
 import io
 import json
 import re
+from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
+from django.apps import apps
+from django.conf import settings
 from django.db import connection
 from django.http import QueryDict
 from django.urls import reverse
@@ -68,6 +71,31 @@ def test_finding_2_metadata_keys_named_like_dict_methods_break_no_page(hostile_b
     listed = pages["list"].content.decode()
     assert f"items={_escaped('items')}" in listed  # the row's tooltip names every pair
     assert "matched </span>items: " + _escaped("items") in pages["list search"].content.decode()
+
+
+def _project_templates() -> list:
+    """Every template of the project: the shared folder and each of its own apps' (not those of installed packages)."""
+    folders = [Path(settings.BASE_DIR) / "templates"]
+    folders += [
+        Path(app.path) / "templates"
+        for app in apps.get_app_configs()
+        if Path(app.path).is_relative_to(settings.BASE_DIR)
+    ]
+    return [path for folder in folders for path in sorted(folder.rglob("*.html"))]
+
+
+def test_finding_2_no_template_looks_up_a_dict_method():
+    """Outside keys shadow a dict's methods in a template lookup (`{{ metadata.items }}` is the value of the key
+    "items" if there is one): templates get lists of pairs instead, and this keeps it so."""
+    lookup = re.compile(r"\.(items|keys|values|get|pop)\b")
+    templates = _project_templates()
+    assert len(templates) > 30
+    offenders = []
+    for path in templates:
+        for tag in re.findall(r"{[{%].*?[}%]}", path.read_text(), re.DOTALL):
+            if lookup.search(tag):
+                offenders.append(f"{path.relative_to(settings.BASE_DIR)}: {tag}")
+    assert offenders == []
 
 
 @pytest.mark.django_db
