@@ -433,9 +433,16 @@ class Batch(models.Model):
         return self.metadata.get(DESCRIPTION_KEY) or self.metadata.get("name") or ""
 
     @property
+    def metadata_pairs(self) -> list[tuple[str, str]]:
+        """The metadata as (key, value) pairs, what templates iterate: a template looking up `.items` on the dict
+        would get the value of a key named "items" instead."""
+        metadata = self.metadata if isinstance(self.metadata, dict) else {}
+        return [(str(key), str(value)) for key, value in metadata.items()]
+
+    @property
     def metadata_text(self) -> str:
         """Every metadata pair as `key=value`, for a tooltip."""
-        return " · ".join(f"{key}={value}" for key, value in self.metadata.items())
+        return " · ".join(f"{key}={value}" for key, value in self.metadata_pairs)
 
     @property
     def metadata_summary(self) -> str:

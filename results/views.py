@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from django.core.paginator import Paginator
+from django.db.models import Subquery
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -25,6 +26,9 @@ from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, 
 
 POLL_SECONDS = 3
 EXPORT_CHUNK = 1000
+# The largest position a row can have (a PositiveIntegerField): a larger one in an address is no row, not an error.
+MAX_POSITION = 2_147_483_647
+CUSTOM_ID_LENGTH = ResultLine._meta.get_field("custom_id").max_length
 CSV_COLUMNS = ["line", "custom_id", "outcome", "status", "error_code", "error_message", "tokens", "answer"]
 
 
@@ -65,7 +69,7 @@ def _page(archive: ResultArchive, result_filter: ResultFilter, number):
     link = request_links(archive.batch.batch_id)
     query = f"?{result_filter.query()}" if result_filter.is_active else ""
     for line in page:
-        line.url = link(line.custom_id) + query
+        line.url = link(line.position) + query
     return page
 
 
@@ -95,21 +99,21 @@ def results_page(request, batch_id):
 
 
 @require_safe
-def request_page(request, batch_id, custom_id):
+def request_page(request, batch_id, position):
+    """One row's request beside its answers (every answer for its custom_id), stepping through the filter."""
     batch, archive, freshness = _batch_and_archive(request, batch_id)
     if batch is None:
         return unreachable(request, batch_id, freshness)
     if archive is None or not archive.is_ready:
         return redirect(reverse("results:list", args=[batch.batch_id]))
-    # A NUL cannot be in a stored custom_id, and PostgreSQL refuses it in a query.
-    lines = list(archive.lines.filter(custom_id=custom_id).in_order()) if "\x00" not in custom_id else []
-    if not lines:
-        raise Http404(f"{batch_id} has no request with the custom_id {custom_id!r}.")
+    lines = _rows_sharing_custom_id(archive, position)
+    line = next((entry for entry in lines if entry.position == position), None)
+    if line is None:
+        raise Http404(f"{batch_id} has no row {position} in its results.")
     result_filter = ResultFilter.from_query(request.GET)
-    line = lines[0]
-    matching = archive.lines.matching(result_filter).exclude(custom_id=custom_id)
-    previous = matching.filter(position__lt=line.position).order_by("-position").values_list("custom_id", flat=True)
-    following = matching.filter(position__gt=line.position).order_by("position").values_list("custom_id", flat=True)
+    matching = archive.lines.matching(result_filter).exclude(custom_id=line.custom_id).only("position", "custom_id")
+    previous = matching.filter(position__lt=line.position).order_by("-position")
+    following = matching.filter(position__gt=line.position).order_by("position")
     with StoredFiles(archive) as files:
         request_record = files.input_record(line)
         answers_shown = [_answer_view(entry, files.result_record(entry)) for entry in lines if entry.result_file]
@@ -123,9 +127,41 @@ def request_page(request, batch_id, custom_id):
         "answers": answers_shown,
         "previous": previous.first(),
         "next": following.first(),
-        "share_url": request.build_absolute_uri(reverse("results:request", args=[batch.batch_id, custom_id])),
+        "share_url": request.build_absolute_uri(reverse("results:request", args=[batch.batch_id, position])),
     }
     return render(request, "results/request.html", context)
+
+
+def _rows_sharing_custom_id(archive: ResultArchive, position: int) -> list[ResultLine]:
+    """The row at `position` and every other row of its custom_id (further answers), in order: one query."""
+    if position > MAX_POSITION:
+        return []
+    custom_id = archive.lines.filter(position=position).values("custom_id")[:1]
+    return list(archive.lines.filter(custom_id=Subquery(custom_id)).in_order())
+
+
+@require_safe
+def request_of(request, batch_id, custom_id=None):
+    """The request page of a custom_id's first row, by redirect: for the error groups' examples (?custom_id=, which
+    carries any text) and for links made when rows were linked by custom_id. Other query parameters are kept."""
+    batch, archive, freshness = _batch_and_archive(request, batch_id)
+    if batch is None:
+        return unreachable(request, batch_id, freshness)
+    if archive is None or not archive.is_ready:
+        return redirect(reverse("results:list", args=[batch.batch_id]))
+    query = request.GET.copy()
+    if custom_id is None:
+        if "custom_id" not in query:
+            raise Http404("Name the custom_id to look up: ?custom_id=…")
+        custom_id = query.pop("custom_id")[-1]  # "" is a custom_id too
+    # The index keeps the first CUSTOM_ID_LENGTH characters; PostgreSQL refuses a NUL in a query (none is stored).
+    custom_id = custom_id[:CUSTOM_ID_LENGTH]
+    found = archive.lines.none() if "\x00" in custom_id else archive.lines.filter(custom_id=custom_id)
+    position = found.order_by("position").values_list("position", flat=True).first()
+    if position is None:
+        raise Http404(f"{batch_id} has no request with the custom_id {custom_id[:200]!r}.")
+    url = request_links(batch.batch_id)(position)
+    return redirect(f"{url}?{query.urlencode()}" if query else url)
 
 
 def _answer_view(line, record: dict | None) -> dict:

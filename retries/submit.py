@@ -78,6 +78,17 @@ class Prepared:
     form: CreateBatchForm
     lines: int
 
+    @property
+    def metadata_pairs(self) -> list[tuple[str, str]]:
+        """The metadata the retry is sent with, as pairs: its keys come from the parent batch, so a template must
+        not look anything up on the dict (a key named "items" would shadow the method)."""
+        return list((self.form.cleaned_data.get("metadata") or {}).items())
+
+    @property
+    def error_messages(self) -> list[str]:
+        """Every error of the form, field errors and the others alike."""
+        return [str(message) for messages in self.form.errors.values() for message in messages]
+
 
 def prepare(parent: Batch, archive: ResultArchive, selection: RetrySelection, job_id: str, **options) -> Prepared:
     """Build and validate a retry without sending anything: what the confirmation shows and what create sends."""

@@ -169,13 +169,13 @@ def destination(next_url: str) -> str:
     if match is None:
         return ""
     batch_id = match.kwargs.get("batch_id", "")
-    request = match.kwargs.get("custom_id") or match.kwargs.get("line") or ""
     words = {
         "batches:list": "your batches",
         "batches:create": "the new-batch form",
         "batches:detail": batch_id,
         "results:list": f"the results of {batch_id}",
-        "results:request": f"request {request} of {batch_id}",
+        "results:request": f"the request in row {match.kwargs.get('position')} of the results of {batch_id}",
+        "results:request_of_custom_id": f"request {match.kwargs.get('custom_id')} of {batch_id}",
         "retries:final": f"the final results of {batch_id}'s job",
         "retries:confirm": f"a retry of {batch_id}",
     }
@@ -191,8 +191,7 @@ def metadata_matches(batch, filters) -> list[tuple[str, str]]:
     terms = {key.lower(): value for key, value in filters.metadata_terms}
     words = [word.lower() for word in filters.q.split() if ":" not in word]
     matches = []
-    for key, value in batch.metadata.items():
-        text = str(value)
+    for key, text in batch.metadata_pairs:
         matched = key.lower() in terms or any(word in key.lower() or word in text.lower() for word in words)
         if matched and text != batch.description:
             matches.append((key, text))

@@ -66,19 +66,21 @@ def test_it_filters_a_completed_batch_to_its_failures_and_shares_one_request(
         expect(row).to_contain_text("invalid_value")
 
     page.locator(".results-table").get_by_role("link", name="request-03").click()
-    expect(page).to_have_url(re.compile(r"/results/request-03/\?outcome=failed$"))
+    expect(page).to_have_url(re.compile(r"/results/rows/\d+/\?outcome=failed$"))
     expect(page.get_by_role("heading", level=1)).to_have_text("request-03")
     expect(page.get_by_role("region", name="Request")).to_contain_text("Say hello to request-03.")
     expect(page.get_by_role("region", name="Response")).to_contain_text("max_tokens is too large")
     page.get_by_role("link", name=re.compile("request-07")).click()  # next, within the filter
     expect(page.get_by_role("heading", level=1)).to_have_text("request-07")
     shared = page.get_by_label("Link to this request").input_value()
-    assert shared == f"{live_server.url}/batches/{batch_id}/results/request-07/"
+    assert re.fullmatch(re.escape(f"{live_server.url}/batches/{batch_id}/results/rows/") + r"\d+/", shared)
 
     teammate = new_page()
     teammate.goto(shared)
-    expect(teammate).to_have_url(re.compile(r"/accounts/login/\?next=/batches/batch_\w+/results/request-07/"))
-    expect(teammate.get_by_role("heading", level=1)).to_contain_text(f"request request-07 of {batch_id}")
+    expect(teammate).to_have_url(re.compile(r"/accounts/login/\?next=/batches/batch_\w+/results/rows/\d+/"))
+    expect(teammate.get_by_role("heading", level=1)).to_contain_text(
+        re.compile(rf"the request in row \d+ of the results of {batch_id}")
+    )
     log_in(teammate, viewer)
     expect(teammate).to_have_url(shared)
     expect(teammate.get_by_role("heading", level=1)).to_have_text("request-07")

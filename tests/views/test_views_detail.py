@@ -345,6 +345,8 @@ def test_it_says_where_the_login_page_leads_from_a_shared_link(client):
     assert "<h1>Log in</h1>" in client.get("/accounts/login/").content.decode()
     html = client.get("/accounts/login/?next=/batches/batch_abc123/results/r-17/").content.decode()
     assert 'Log in to see <span class="login-destination">request r-17 of batch_abc123</span>' in html
+    html = client.get("/accounts/login/?next=/batches/batch_abc123/results/rows/17/").content.decode()
+    assert "the request in row 17 of the results of batch_abc123</span>" in html
     html = client.get("/accounts/login/?next=/batches/batch_abc123/results/%3Cscript%3E/").content.decode()
     assert "request &lt;script&gt; of batch_abc123" in html and "<script>" not in html.split("<h1>")[1][:200]
     html = client.get("/accounts/login/?next=/batches/batch_abc123/results/?outcome=failed").content.decode()
