@@ -79,7 +79,8 @@ def _project_templates() -> list:
     folders += [
         Path(app.path) / "templates"
         for app in apps.get_app_configs()
-        if Path(app.path).is_relative_to(settings.BASE_DIR)
+        # The project's apps: the virtualenv may live inside the checkout too (make's .venv).
+        if Path(app.path).is_relative_to(settings.BASE_DIR) and "site-packages" not in Path(app.path).parts
     ]
     return [path for folder in folders for path in sorted(folder.rglob("*.html"))]
 
