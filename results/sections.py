@@ -19,7 +19,8 @@ def _archive_key(archive: ResultArchive | None):
     """What of an archive the detail page shows: its summary is written once, with archived_at."""
     if archive is None:
         return None
-    return (archive.state, archive.problem, archive.archived_at, archive.pruned_at)
+    # str(): a state just created is the enum member, one read back from the database its value.
+    return (str(archive.state), archive.problem, archive.archived_at, archive.pruned_at)
 
 
 def notice_context(request, batch) -> dict:

@@ -72,7 +72,7 @@ def _archive_key(archive: ResultArchive | None):
     if archive is None:
         return None
     return (
-        archive.state,
+        str(archive.state),  # the value: a state just created is the enum member, one read back is its value
         archive.problem,
         archive.archived_at,
         archive.pruned_at,

@@ -21,6 +21,12 @@ def _auto_retry_expected(batch, auto_retry: AutoRetry | None) -> bool:
     return ResultArchive.objects.filter(batch=batch, state=ArchiveState.READY).exists()
 
 
+def _auto_retry_key(auto_retry: AutoRetry | None):
+    if auto_retry is None:
+        return None
+    return (str(auto_retry.state), auto_retry.retry_batch_id, auto_retry.lines, auto_retry.problem)
+
+
 def card_context(request, batch) -> dict:
     auto_retry = AutoRetry.objects.filter(parent=batch).first()
     return {
@@ -32,28 +38,28 @@ def card_context(request, batch) -> dict:
 
 
 def card_key(context: dict):
-    auto_retry = context["auto_retry"]
-    auto = None
-    if auto_retry is not None:
-        auto = (auto_retry.state, auto_retry.retry_batch_id, auto_retry.lines, auto_retry.problem)
-    return (context["lineage"], auto, context["auto_retry_expected"], context["can_retry"])
-
-
-def card_settled(context: dict) -> bool:
-    return not context["auto_retry_expected"]
+    auto_retry = _auto_retry_key(context["auto_retry"])
+    return (context["lineage"], auto_retry, context["auto_retry_expected"], context["can_retry"])
 
 
 def actions_context(request, batch) -> dict:
-    """Retry links on the results page: the current filter's lines, or a choice; and the job's final results."""
+    """Retry links on the results page: the current filter's lines, or a choice; and the job's final results (a
+    link that an automatic retry on its way will add)."""
+    auto_retry = AutoRetry.objects.filter(parent=batch).first()
     return {
         "lineage": lineage(batch),
+        "auto_retry_expected": _auto_retry_expected(batch, auto_retry),
         "filter_select": FILTER,
         "can_retry": request.user.has_perm("batches.create_batch"),
     }
 
 
 def actions_key(context: dict):
-    return (context["lineage"], context["can_retry"])
+    return (context["lineage"], context["auto_retry_expected"], context["can_retry"])
+
+
+def settled(context: dict) -> bool:
+    return not context["auto_retry_expected"]
 
 
 CARD = sections.Section(
@@ -62,7 +68,7 @@ CARD = sections.Section(
     template="retries/_lineage.html",
     context=card_context,
     key=card_key,
-    settled=card_settled,
+    settled=settled,
 )
 ACTIONS = sections.Section(
     name="retries.actions",
@@ -70,4 +76,5 @@ ACTIONS = sections.Section(
     template="retries/_results_actions.html",
     context=actions_context,
     key=actions_key,
+    settled=settled,
 )
