@@ -1,4 +1,5 @@
-"""Sections that other apps add to a batch's pages (its kept results, its retries) without batches importing them.
+"""Sections that other apps add to a batch's pages (its kept results, its retries, its activity) without batches
+importing them.
 
 An app registers its sections in its AppConfig.ready(). A page fills the sections of its slots once per request:
 each section's context is read, its poll key taken from that context, and whether it may still change once the
@@ -19,8 +20,9 @@ from batches.models import Batch
 # Where a section appears. Names are template lookups: `{% render_sections sections.detail_cards %}`.
 DETAIL_NOTICES = "detail_notices"  # the detail panel, under its freshness line
 DETAIL_CARDS = "detail_cards"  # the detail panel, after the files
+DETAIL_ASIDE = "detail_aside"  # the detail page's side column: the full page only, never polled
 RESULTS_ACTIONS = "results_actions"  # the results page, above its filters (it shows a kept archive only)
-SLOTS = (DETAIL_NOTICES, DETAIL_CARDS, RESULTS_ACTIONS)
+SLOTS = (DETAIL_NOTICES, DETAIL_CARDS, DETAIL_ASIDE, RESULTS_ACTIONS)
 
 
 def _always_settled(context: dict) -> bool:

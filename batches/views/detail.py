@@ -89,6 +89,8 @@ def batch_detail(request, batch_id):
         context["api_freshness"] = list_freshness  # The auth banner's: read already.
     if region.is_poll:
         context["fragment"] = True  # carries the page title, which htmx applies: it names the status
+    else:
+        context["aside_sections"] = batch_sections.fill(request, batch, batch_sections.DETAIL_ASIDE)
     return region.render(request, "batches/batch_detail.html", "batch-panel", context)
 
 
