@@ -10,9 +10,10 @@ import json
 import re
 
 import pytest
+from django.apps import apps
 from django.urls import reverse
 
-from batches import services
+from batches import sections, services
 from batches.models import Batch, record_batch
 from results import archive
 from results.models import ArchiveState, ResultArchive
@@ -241,3 +242,19 @@ def test_the_results_page_keeps_polling_until_an_automatic_retry_is_sent(viewer_
     answer = _poll(viewer_client, url, key)
 
     assert answer.status_code == STOP_POLLING and "Final results across 2 batches" in answer.content.decode()
+
+
+def test_an_app_made_ready_twice_still_shows_its_cards_once(operator_client, tmp_path):
+    for name in ("results", "retries", "audit"):
+        apps.get_app_config(name).ready()  # as a second setup in one process would
+    batch = kept_batch({"a": "ok", "b": 500}, tmp_path)
+
+    html = operator_client.get(reverse("batches:detail", args=[batch.batch_id])).content.decode()
+
+    for heading in ('id="results-heading"', 'id="lineage-heading"', 'id="activity-heading"'):
+        assert html.count(heading) == 1, heading
+
+
+def test_a_section_for_a_slot_no_page_has_is_refused():
+    with pytest.raises(ValueError, match="no slot 'detail_footer'"):
+        sections.Section(name="x", slot="detail_footer", template="x.html", context=dict, key=len)
