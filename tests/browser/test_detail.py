@@ -7,8 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from batches import lookups, services
-from results import archive
-from results.models import ArchiveState, ResultArchive
+from results.models import ArchiveState
 from tests.browser.conftest import (
     CHAT_ENDPOINT,
     chat_request,
@@ -19,6 +18,7 @@ from tests.browser.conftest import (
     speed_for,
     watch_live_requests,
 )
+from tests.conftest import keep_results
 
 NOT_FINAL = re.compile(r"^(validating|in_progress|finalizing)$")
 
@@ -108,13 +108,6 @@ def test_it_stops_polling_by_itself_when_the_batch_is_final(
     assert len(live) == polls, "the page kept polling after the server said the batch is final"
 
 
-def _keep_results(batch_id: str) -> None:
-    """The background work's part, done by the test: whoever keeps results, the page only sees them become ready in
-    the database."""
-    archive.archive_due()
-    assert ResultArchive.objects.get(batch__batch_id=batch_id).state == ArchiveState.READY
-
-
 def test_it_fills_in_the_results_card_without_a_reload_once_the_results_are_kept(
     live_server, settings, login, viewer, sandbox_url, sandbox_clock
 ):
@@ -140,7 +133,7 @@ def test_it_fills_in_the_results_card_without_a_reload_once_the_results_are_kept
     with page.expect_response(lambda r: is_live_response(path)(r) and r.status == 204, timeout=12_000):
         pass  # and while it cannot yet, the refreshes come back empty
 
-    _keep_results(batch_id)
+    assert keep_results(batch_id) == ArchiveState.READY
 
     expect(card.locator(".outcome-succeeded")).to_have_text("succeeded 3", timeout=12_000)
     expect(panel).not_to_have_attribute("data-live-poll", "")

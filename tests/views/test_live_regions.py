@@ -15,11 +15,10 @@ from django.urls import reverse
 
 from batches import sections, services
 from batches.models import Batch, record_batch
-from results import archive
 from results.models import ArchiveState, ResultArchive
 from retries.models import AUTO_RETRY_KEY, RETRY_OF_KEY, AutoRetry, AutoRetryState
 from tests.batch_api import payload
-from tests.conftest import kept_batch
+from tests.conftest import keep_results, kept_batch
 from tests.fake_api import Reply
 
 pytestmark = pytest.mark.django_db
@@ -61,12 +60,6 @@ def _completed_with_files_upstream(api, fake_api) -> Batch:
     return Batch.objects.get(batch_id=data["id"])
 
 
-def _keep_results(batch: Batch) -> None:
-    """The background work's part, done here: the batch's results become ready in the database."""
-    archive.archive_due()
-    assert ResultArchive.objects.get(batch=batch).state == ArchiveState.READY
-
-
 # --- The detail panel and its results card --------------------------------------------
 
 
@@ -86,7 +79,7 @@ def test_it_keeps_polling_a_final_batch_until_its_results_card_fills_in(api, fak
     assert _shown_key(fragment.content.decode(), "batch-panel") == key
     assert _poll(viewer_client, url, key).status_code == 204  # the card is still being fetched: nothing new
 
-    _keep_results(batch)
+    assert keep_results(batch.batch_id) == ArchiveState.READY
     filled = _poll(viewer_client, url, key)
 
     assert filled.status_code == STOP_POLLING
@@ -135,7 +128,7 @@ def test_it_stops_once_the_results_cannot_be_fetched(api, fake_api, viewer_clien
     url = reverse("batches:detail", args=[data["id"]])
     key = _shown_key(viewer_client.get(url).content.decode(), "batch-panel")
 
-    archive.archive_due()
+    assert keep_results(data["id"]) == ArchiveState.UNAVAILABLE
     answer = _poll(viewer_client, url, key)
 
     assert answer.status_code == STOP_POLLING and "no longer has this batch" in answer.content.decode()
@@ -223,7 +216,7 @@ def test_the_results_page_fills_in_and_stops_once_the_results_are_kept(api, fake
     key = _shown_key(page, "results-panel")
     assert "Fetching the result files" in page and _poll(viewer_client, url, key).status_code == 204
 
-    _keep_results(batch)
+    assert keep_results(batch.batch_id) == ArchiveState.READY
     answer = _poll(viewer_client, url, key)
 
     assert answer.status_code == STOP_POLLING and not _polls(answer.content.decode(), "results-panel")
