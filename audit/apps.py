@@ -7,3 +7,7 @@ class AuditConfig(AppConfig):
 
     def ready(self):
         from audit import signals  # noqa: F401  (connects the login receivers)
+        from audit.sections import ACTIVITY
+        from batches import sections
+
+        sections.register(ACTIVITY)

@@ -11,20 +11,18 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
-from django_htmx.http import HTMX_STOP_POLLING
 
 from audit.log import record
 from audit.models import Action
 from audit.models import Outcome as AuditOutcome
+from batches import sections as batch_sections
 from batches.views.common import refreshed_batch, unreachable
+from batches.views.live import live_region, unchanged
 from results import answers, exports
 from results.archive import StoredFiles, loads_record, request_archive, results_storage
 from results.links import request_links
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
 
-# htmx stops polling on this status (and the final fragment has no trigger left).
-
-POLL_SECONDS = 3
 EXPORT_CHUNK = 1000
 # The largest position a row can have (a PositiveIntegerField): a larger one in an address is no row, not an error.
 MAX_POSITION = 2_147_483_647
@@ -73,29 +71,55 @@ def _page(archive: ResultArchive, result_filter: ResultFilter, number):
     return page
 
 
+def _archive_key(archive: ResultArchive | None):
+    """What of an archive the results page shows (its summary is written once, with archived_at)."""
+    if archive is None:
+        return None
+    return (
+        str(archive.state),  # the value: a state just created is the enum member, one read back is its value
+        archive.problem,
+        archive.archived_at,
+        archive.pruned_at,
+        archive.upstream_deleted_at,
+        archive.upstream_expires_at,
+        archive.stored_bytes,
+    )
+
+
 @require_safe
 @vary_on_headers("HX-Request")
 def results_page(request, batch_id):
     batch, archive, freshness = _batch_and_archive(request, batch_id)
     if batch is None:
         return unreachable(request, batch_id, freshness)
+    ready = archive is not None and archive.is_ready
+    # Other apps' parts of the page (the retry actions) show with the table only.
+    sections = batch_sections.fill(request, batch, *([batch_sections.RESULTS_ACTIONS] if ready else []))
+    fetching = archive is not None and archive.is_pending
+    region = live_region(
+        request,
+        freshness,
+        "results",
+        request.get_full_path(),
+        batch.payload_hash,
+        _archive_key(archive),
+        request.user.has_perm("batches.create_batch"),
+        sections.key,
+        polling=not batch.is_terminal or fetching or not sections.settled,
+    )
+    if region.unchanged:
+        return unchanged()
     result_filter = ResultFilter.from_query(request.GET)
-    polling = not batch.is_terminal or (archive is not None and archive.is_pending)
     context = {
         "batch": batch,
         "archive": archive,
         "freshness": freshness,
         "filter": result_filter,
         "outcomes": Outcome,
-        "polling": polling,
-        "poll_seconds": POLL_SECONDS,
-        "page": _page(archive, result_filter, request.GET.get("page")) if archive and archive.is_ready else None,
+        "sections": sections,
+        "page": _page(archive, result_filter, request.GET.get("page")) if ready else None,
     }
-    if request.htmx and not request.htmx.history_restore_request:
-        return render(
-            request, "results/results.html#results-panel", context, status=200 if polling else HTMX_STOP_POLLING
-        )
-    return render(request, "results/results.html", context)
+    return region.render(request, "results/results.html", "results-panel", context)
 
 
 @require_safe

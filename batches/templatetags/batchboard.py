@@ -196,3 +196,14 @@ def metadata_matches(batch, filters) -> list[tuple[str, str]]:
         if matched and text != batch.description:
             matches.append((key, text))
     return matches[:3]
+
+
+@register.simple_tag(takes_context=True)
+def render_sections(context, sections) -> SafeString:
+    """The sections other apps filled for one slot of the page (batches.sections), each with the page's context and
+    its own, as {% include %} would render them."""
+    rendered = []
+    for section in sections or ():
+        with context.push(section.context):
+            rendered.append(context.template.engine.get_template(section.template).render(context))
+    return mark_safe("".join(rendered))  # noqa: S308 - each part is a rendered template, escaped by it

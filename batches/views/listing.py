@@ -15,7 +15,6 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
-from django_htmx.http import HTMX_STOP_POLLING
 
 from batches import services, sync
 from batches.models import (
@@ -27,7 +26,7 @@ from batches.models import (
     Batch,
     data_version,
 )
-from batches.views.live import Live, answer_key, is_shown, live_of, rendering_key, unchanged
+from batches.views.live import Live, answer_key, is_poll, is_shown, live_of, poll_status, rendering_key, unchanged
 from retries import lineage
 
 PAGE_SIZE = 50
@@ -112,7 +111,7 @@ def batch_list(request):
     live = live_of(request, freshness)
     version = data_version()  # read after this request's refresh, so a rendering is never older than its key
     rendering = _rendering_key(request, freshness, live, version, can_cancel=can_cancel)
-    if _wants_fragment(request):
+    if is_poll(request):
         return _table_fragment(request, freshness, live, rendering, version, can_cancel=can_cancel)
     context = list_context(request.GET, freshness, can_cancel=can_cancel, version=version)
     context.update(live=live, answer_key=answer_key(rendering))
@@ -137,7 +136,7 @@ def _table_fragment(
         return HttpResponse(content, status=status)
     context = list_context(request.GET, freshness, can_cancel=can_cancel, version=version)
     context.update(oob=True, live=live, answer_key=key)
-    status = 200 if context["polling"] else HTMX_STOP_POLLING
+    status = poll_status(context["polling"])
     response = render(request, "batches/batch_list.html#batch-table", context, status=status)
     if seconds > 0:
         cache.set(cache_key, (response.content, status), seconds)
@@ -243,11 +242,6 @@ def list_query_of(url_path: str | None) -> QueryDict:
         return QueryDict()
     path, _, query = url_path.partition("?")
     return QueryDict(query) if path == reverse("batches:list") else QueryDict()
-
-
-def _wants_fragment(request) -> bool:
-    # A history-restore request (back button after htmx swapped the page) needs the whole page.
-    return bool(request.htmx) and not request.htmx.history_restore_request
 
 
 def _parse_filters(query: QueryDict) -> tuple[ListFilters, list[str]]:

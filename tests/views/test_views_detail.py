@@ -22,6 +22,13 @@ def _empty_cache():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _results_kept_on_open(settings):
+    """The page on its own: no result files are kept unless someone opens them, so a final batch has nothing left
+    to wait for. tests/views/test_live_regions.py covers the results card that fills in after the batch is final."""
+    settings.BATCHBOARD_ARCHIVE = "on-open"
+
+
 def _record(name: str, **changes):
     return record_batch(services.ApiBatch.from_api({**example(name), **changes}))
 
