@@ -2,6 +2,9 @@
 and outcome; the detail page and `manage.py audit_log` show it; the API key never appears in it."""
 
 import json
+import logging
+import re
+import sys
 import uuid
 from datetime import timedelta
 from io import StringIO
@@ -13,6 +16,7 @@ from django.core.management.base import CommandError
 
 from audit.models import Action, AuditEvent, Outcome
 from batches import services
+from batches.log_format import JsonFormatter, PlainFormatter
 from batches.models import record_batch
 from tests.fake_api import Reply, example
 
@@ -165,3 +169,109 @@ def test_the_admin_shows_the_log_read_only(admin_client, api):
     event = AuditEvent.objects.get(username="alice")
     assert admin_client.post(f"/admin/audit/auditevent/{event.pk}/delete/").status_code == 403
     assert admin_client.get("/admin/audit/auditevent/add/").status_code == 403
+
+
+# --- Finding 7 (issue 18): what a user sends never forges a line of the plain log or of `audit_log`'s text ----------
+
+FORGED = "2026-12-06 08:00:00,000 INFO audit audit login ok by 'admin' from 10.0.0.1: INJECTED"
+LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \S+ ")
+
+
+@pytest.fixture
+def console(settings):
+    """What the console handler writes in the plain format, from every logger the settings send to it."""
+    stream = StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(PlainFormatter(fmt=settings.LOGGING["formatters"]["plain"]["fmt"]))
+    records = []
+    counter = logging.Handler()
+    counter.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("audit", "axes", "batches")]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.addHandler(counter)
+    yield stream, records
+    for logger in loggers:
+        logger.removeHandler(handler)
+        logger.removeHandler(counter)
+
+
+def _one_line_per_record(stream, records) -> list[str]:
+    # str.splitlines breaks at \r, \x85, \u2028 and the rest too: what any reader could take for a new line.
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == len(records) > 0
+    assert all(LINE_START.match(line) for line in lines), lines
+    return lines
+
+
+@pytest.mark.parametrize("breaker", ["\n", "\r", "\r\n", "\x85", "\u2028", "\u2029", "\x0b"])
+def test_finding_7_a_failed_login_name_with_a_line_break_forges_no_log_line(client, console, breaker):
+    stream, records = console
+
+    name = f"x{breaker}{FORGED}"
+    client.post("/accounts/login/", {"username": name, "password": "guess-1234"}, REMOTE_ADDR="10.9.9.9")
+
+    lines = _one_line_per_record(stream, records)
+    assert not any(line.startswith(FORGED[:23]) for line in lines)
+    assert any("INJECTED" in line and " audit audit login_failed refused " in line for line in lines)
+    event = AuditEvent.objects.get(action=Action.LOGIN_FAILED)
+    assert breaker not in event.username and "INJECTED" in event.username
+
+
+def test_finding_7_an_invalid_input_file_id_forges_no_audit_line_and_is_stored_clean(operator_client, console):
+    stream, records = console
+    forged_cancel = "2026-12-06 08:00:00,000 INFO audit audit cancel ok by 'admin' from 10.0.0.1: batch_1"
+    fields = {"token": str(uuid.uuid4()), "completion_window": "24h", "output_expiry_unit": "days"}
+
+    operator_client.post("/batches/new/", {**fields, "input_file_id": f"file-x\n{forged_cancel}" + "y" * 500})
+
+    lines = _one_line_per_record(stream, records)
+    assert not any(line.startswith(forged_cancel[:23]) for line in lines)
+    event = AuditEvent.objects.get(action=Action.CREATE)
+    assert event.outcome == Outcome.REFUSED
+    assert event.target.startswith("file-x\\n2026-12-06") and len(event.target) == 200
+    assert not any(char in event.target for char in "\n\r")
+
+
+def test_finding_7_audit_log_text_prints_one_line_per_event_even_for_rows_stored_raw(operator):
+    # Rows written before targets were cleaned (or by any other path) hold the raw text.
+    AuditEvent.objects.create(
+        action=Action.CREATE, outcome=Outcome.REFUSED, username="operator", target=f"file-x\n{FORGED}"
+    )
+    AuditEvent.objects.create(
+        action=Action.LOGIN_FAILED, outcome=Outcome.REFUSED, username=f"x\u2028{FORGED}", detail="a\rb\x00c"
+    )
+
+    text, as_json = StringIO(), StringIO()
+    call_command("audit_log", "--since", "1h", stdout=text)
+    call_command("audit_log", "--since", "1h", "--json", stdout=as_json)
+
+    lines = text.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(f"operator - create refused file-x\\n{FORGED}")
+    assert f"x\\u2028{FORGED}" in lines[1] and lines[1].endswith(": a\\rb\\x00c")
+    rows = [json.loads(line) for line in as_json.getvalue().splitlines()]
+    assert len(rows) == 2 and rows[1]["username"] == f"x\u2028{FORGED}"
+
+
+def test_finding_7_a_traceback_stays_under_its_record_and_a_forged_exception_message_is_escaped():
+    try:
+        raise ValueError(f"bad id\n{FORGED}\r{FORGED}")
+    except ValueError:
+        record = logging.LogRecord("batches.x", logging.ERROR, __file__, 1, "failed %s", ("a\nb",), sys.exc_info())
+
+    lines = PlainFormatter(fmt="%(asctime)s %(levelname)s %(name)s %(message)s").format(record).split("\n")
+
+    assert LINE_START.match(lines[0]) and lines[0].endswith("failed a\\nb")
+    assert lines[1] == "  Traceback (most recent call last):"
+    assert all(line.startswith("  ") for line in lines[1:])
+    assert lines[-2] == "  ValueError: bad id" and lines[-1] == f"  {FORGED}\\r{FORGED}"
+
+
+def test_finding_7_a_json_log_line_stays_one_line_with_unicode_line_breaks():
+    record = logging.LogRecord("audit", logging.INFO, __file__, 1, "login by %s", (f"x\u2028{FORGED}\x85y",), None)
+
+    line = JsonFormatter().format(record)
+
+    assert len(line.splitlines()) == 1
+    assert json.loads(line)["message"] == f"login by x\u2028{FORGED}\x85y"
