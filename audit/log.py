@@ -7,6 +7,7 @@ import logging
 from django.conf import settings
 
 from audit.client import client_ip
+from audit.middleware import current_request
 from audit.models import Action, AuditEvent, Outcome
 from batches.log_format import one_line
 from batches.models import stored_username
@@ -15,6 +16,8 @@ logger = logging.getLogger("audit")
 DETAIL_MAX_CHARS = 2000
 BATCH_ID_MAX_CHARS = 128
 TARGET_MAX_CHARS = 200
+# Who made a change no request made: a management command (createsuperuser, changepassword), a task, a shell.
+SYSTEM = "system"
 
 
 def _without_secrets(text: str) -> str:
@@ -68,3 +71,10 @@ def record(
         event.target,
     )
     return event
+
+
+def record_here(action: Action, outcome: Outcome = Outcome.OK, *, target: str = "", detail: str = "") -> AuditEvent:
+    """Store an event from code that is given no request (a model signal): by the request being answered, if there
+    is one, else by the system."""
+    request = current_request()
+    return record(request, action, outcome, target=target, detail=detail, username=None if request else SYSTEM)

@@ -224,6 +224,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who changes an account, and from where, for the audit log's model signals.
+    "audit.middleware.CurrentRequestMiddleware",
     # Before any view (and CsrfViewMiddleware's process_view) reads the body.
     "batches.middleware.RequestBodyLimitMiddleware",
     "batches.middleware.SessionLifetimeMiddleware",

@@ -10,6 +10,8 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -18,9 +20,13 @@ from audit.models import Action, AuditEvent, Outcome
 from batches import services
 from batches.log_format import JsonFormatter, PlainFormatter
 from batches.models import record_batch
+from retries import auto
+from retries.models import AutoRetry
+from tests.conftest import kept_batch
 from tests.fake_api import Reply, example
 
 pytestmark = pytest.mark.django_db
+User = get_user_model()
 
 HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_CURRENT_URL": "http://testserver/batches/"}
 
@@ -115,7 +121,7 @@ def test_it_records_logins_and_failed_logins_from_both_login_views(client, viewe
     client.post("/admin/login/", {"username": "viewer", "password": "not-it-123"}, REMOTE_ADDR="10.0.0.9")
     client.post("/accounts/login/", {"username": "viewer", "password": "pw-viewer"}, REMOTE_ADDR="10.0.0.9")
 
-    events = AuditEvent.objects.exclude(action=Action.LOGOUT).order_by("pk")
+    events = AuditEvent.objects.filter(action__in=[Action.LOGIN, Action.LOGIN_FAILED]).order_by("pk")
     assert [(e.action, e.username, e.ip, e.target) for e in events] == [
         (Action.LOGIN_FAILED, "viewer", "10.0.0.9", "/accounts/login/"),
         (Action.LOGIN_FAILED, "viewer", "10.0.0.9", "/admin/login/"),
@@ -150,11 +156,15 @@ def test_the_command_prints_events_since_a_duration_as_text_or_json(api, operato
 
     lines = text.getvalue().splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == [
+        "system - user_add ok user operator: active",
+        "system - permissions ok user operator: granted batches.cancel_batch, batches.create_batch",
         "operator - login ok",
         f"operator 10.1.1.1 cancel ok {batch['id']}",
     ]
     rows = [json.loads(line) for line in as_json.getvalue().splitlines()]
     assert [(r["username"], r["action"], r["batch_id"], r["ip"]) for r in rows] == [
+        ("system", "user_add", "", None),
+        ("system", "permissions", "", None),
         ("operator", "login", "", None),
         ("operator", "cancel", batch["id"], "10.1.1.1"),
     ]
@@ -233,7 +243,7 @@ def test_finding_7_an_invalid_input_file_id_forges_no_audit_line_and_is_stored_c
     assert not any(char in event.target for char in "\n\r")
 
 
-def test_finding_7_audit_log_text_prints_one_line_per_event_even_for_rows_stored_raw(operator):
+def test_finding_7_audit_log_text_prints_one_line_per_event_even_for_rows_stored_raw():
     # Rows written before targets were cleaned (or by any other path) hold the raw text.
     AuditEvent.objects.create(
         action=Action.CREATE, outcome=Outcome.REFUSED, username="operator", target=f"file-x\n{FORGED}"
@@ -275,3 +285,200 @@ def test_finding_7_a_json_log_line_stays_one_line_with_unicode_line_breaks():
 
     assert len(line.splitlines()) == 1
     assert json.loads(line)["message"] == f"login by x\u2028{FORGED}\x85y"
+
+
+# --- Finding 9 (issue 18): passwords, accounts, groups, permissions and automatic retries are audited -------------
+
+
+def _account_events(*actions):
+    events = AuditEvent.objects.filter(action__in=actions).order_by("pk")
+    return [(e.action, e.username, e.ip, e.target, e.detail, e.outcome) for e in events]
+
+
+def _stored_text() -> str:
+    return json.dumps(list(AuditEvent.objects.values()), default=str)
+
+
+def test_finding_9_a_users_own_password_change_is_recorded_without_any_password(viewer_client, viewer):
+    old_hash = viewer.password
+    response = viewer_client.post(
+        "/accounts/password_change/",
+        {"old_password": "pw-viewer", "new_password1": "a-new-Secret-4711", "new_password2": "a-new-Secret-4711"},
+        REMOTE_ADDR="10.3.3.3",
+    )
+    assert response.status_code == 302
+    viewer.refresh_from_db()
+
+    assert _account_events(Action.PASSWORD_CHANGE, Action.USER_CHANGE) == [
+        (Action.PASSWORD_CHANGE, "viewer", "10.3.3.3", "user viewer", "their own password", Outcome.OK)
+    ]
+    stored = _stored_text()
+    assert "a-new-Secret-4711" not in stored and "pw-viewer" not in stored
+    assert old_hash not in stored and viewer.password not in stored and "pbkdf2" not in stored and "md5$" not in stored
+
+
+def test_finding_9_an_admins_set_password_is_recorded_as_the_admins(admin_client, viewer):
+    response = admin_client.post(
+        f"/admin/auth/user/{viewer.pk}/password/",
+        {"password1": "Another-Secret-0815", "password2": "Another-Secret-0815", "usable_password": "true"},
+        REMOTE_ADDR="10.4.4.4",
+    )
+    assert response.status_code == 302
+
+    assert _account_events(Action.PASSWORD_CHANGE) == [
+        (Action.PASSWORD_CHANGE, "admin", "10.4.4.4", "user viewer", "set by an administrator or a command", Outcome.OK)
+    ]
+    assert "Another-Secret-0815" not in _stored_text()
+
+
+def test_finding_9_a_login_and_a_hash_upgrade_are_not_account_changes(client, viewer, settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher", *settings.PASSWORD_HASHERS]
+    # Logging in stamps last_login and upgrades the MD5 hash the tests use: both are saves of the user.
+    assert client.post("/accounts/login/", {"username": "viewer", "password": "pw-viewer"}).status_code == 302
+    viewer.refresh_from_db()
+    assert viewer.password.startswith("pbkdf2_")
+
+    assert _account_events(Action.PASSWORD_CHANGE, Action.USER_CHANGE) == []
+
+
+def _admin_user_form(user, **changes) -> dict:
+    data = {
+        "username": user.username,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "email": user.email,
+        "is_active": "on" if user.is_active else "",
+        "date_joined_0": user.date_joined.strftime("%Y-%m-%d"),
+        "date_joined_1": user.date_joined.strftime("%H:%M:%S"),
+        "initial-date_joined_0": user.date_joined.strftime("%Y-%m-%d"),
+        "initial-date_joined_1": user.date_joined.strftime("%H:%M:%S"),
+    }
+    data.update(changes)
+    return {name: value for name, value in data.items() if value != ""}
+
+
+def test_finding_9_an_admins_changes_to_a_user_are_recorded_with_who_and_where(admin_client):
+    Group.objects.create(name="operators")
+    AuditEvent.objects.all().delete()
+    response = admin_client.post(
+        "/admin/auth/user/add/",
+        {
+            "username": "carol",
+            "password1": "Carol-Secret-2026",
+            "password2": "Carol-Secret-2026",
+            "usable_password": "true",
+        },
+        REMOTE_ADDR="10.5.5.5",
+    )
+    assert response.status_code == 302
+    carol = User.objects.get(username="carol")
+    operators = Group.objects.get(name="operators")
+    cancel = Permission.objects.get(content_type__app_label="batches", codename="cancel_batch")
+
+    response = admin_client.post(
+        f"/admin/auth/user/{carol.pk}/change/",
+        _admin_user_form(
+            carol, is_staff="on", email="carol@example.com", groups=[operators.pk], user_permissions=[cancel.pk]
+        ),
+        REMOTE_ADDR="10.5.5.5",
+    )
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    response = admin_client.post(
+        f"/admin/auth/user/{carol.pk}/change/", _admin_user_form(User.objects.get(pk=carol.pk)), REMOTE_ADDR="10.5.5.5"
+    )
+    assert response.status_code == 302
+    assert (
+        admin_client.post(f"/admin/auth/user/{carol.pk}/delete/", {"post": "yes"}, REMOTE_ADDR="10.5.5.5").status_code
+        == 302
+    )
+
+    events = _account_events(*Action.values)
+    assert [(action, who, ip, target) for action, who, ip, target, _detail, _outcome in events] == [
+        (Action.USER_ADD, "admin", "10.5.5.5", "user carol"),
+        (Action.USER_CHANGE, "admin", "10.5.5.5", "user carol"),
+        (Action.MEMBERSHIP, "admin", "10.5.5.5", "user carol"),
+        (Action.PERMISSIONS, "admin", "10.5.5.5", "user carol"),
+        (Action.USER_CHANGE, "admin", "10.5.5.5", "user carol"),
+        (Action.MEMBERSHIP, "admin", "10.5.5.5", "user carol"),
+        (Action.PERMISSIONS, "admin", "10.5.5.5", "user carol"),
+        (Action.USER_DELETE, "admin", "10.5.5.5", "user carol"),
+    ]
+    details = [detail for *_rest, detail, _outcome in events]
+    assert details[0] == "active"
+    assert details[1] == "changed email, is_staff: yes"
+    assert details[2:7] == [
+        "added to groups operators",
+        "granted batches.cancel_batch",
+        "changed is_staff: no",
+        "removed from groups operators",
+        "revoked batches.cancel_batch",
+    ]
+    assert "Carol-Secret-2026" not in _stored_text()
+
+
+def test_finding_9_groups_their_members_and_their_permissions_are_recorded(admin_client, viewer):
+    AuditEvent.objects.all().delete()
+    create = Permission.objects.get(content_type__app_label="batches", codename="create_batch")
+    response = admin_client.post("/admin/auth/group/add/", {"name": "creators", "permissions": [create.pk]})
+    assert response.status_code == 302
+    group = Group.objects.get(name="creators")
+    admin_client.post(f"/admin/auth/group/{group.pk}/change/", {"name": "makers", "permissions": [create.pk]})
+    group.refresh_from_db()
+    group.user_set.add(viewer)  # from code: by "system"
+    viewer.groups.clear()
+    assert admin_client.post(f"/admin/auth/group/{group.pk}/delete/", {"post": "yes"}).status_code == 302
+
+    assert [
+        (action, who, target, detail) for action, who, _ip, target, detail, _o in _account_events(*Action.values)
+    ] == [
+        (Action.GROUP_ADD, "admin", "group creators", ""),
+        (Action.PERMISSIONS, "admin", "group creators", "granted batches.create_batch"),
+        (Action.GROUP_CHANGE, "admin", "group makers", "changed name"),
+        (Action.MEMBERSHIP, "system", "group makers", "added users viewer"),
+        (Action.MEMBERSHIP, "system", "user viewer", "removed from groups makers"),
+        (Action.GROUP_DELETE, "admin", "group makers", ""),
+    ]
+
+
+def test_finding_9_commands_are_recorded_as_the_system(db):
+    call_command("createsuperuser", "--noinput", username="root", email="root@example.com", stdout=StringIO())
+    root = User.objects.get(username="root")
+    root.set_password("Root-Secret-1234")
+    root.save()
+
+    assert _account_events(Action.USER_ADD, Action.PASSWORD_CHANGE) == [
+        (Action.USER_ADD, "system", None, "user root", "active, is_staff, is_superuser", Outcome.OK),
+        (Action.PASSWORD_CHANGE, "system", None, "user root", "set by an administrator or a command", Outcome.OK),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_finding_9_a_batch_created_by_an_automatic_retry_is_recorded(sandbox_url, settings, tmp_path):
+    settings.SANDBOX_SPEED = 1.0
+    parent = kept_batch({"r-1": 429, "r-2": "ok"}, tmp_path, metadata={"batchboard_auto_retry": "1"})
+
+    assert auto.retry_due() == 1
+
+    claim = AutoRetry.objects.get(parent=parent)
+    event = AuditEvent.objects.get(action=Action.CREATE)
+    assert (event.username, event.user, event.ip, event.batch_id, event.outcome) == (
+        auto.AUTO_USER,
+        None,
+        None,
+        claim.retry_batch_id,
+        Outcome.OK,
+    )
+    assert event.target.startswith(f"retry of {parent.batch_id}:") and event.target.endswith("(automatic)")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_finding_9_a_failed_automatic_retry_is_recorded_with_its_reason(settings, tmp_path):
+    settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"
+    settings.OPENAI_MAX_RETRIES = 0
+    parent = kept_batch({"r-1": 429}, tmp_path, metadata={"batchboard_auto_retry": "1"})
+
+    assert auto.retry_due() == 1
+
+    event = AuditEvent.objects.get(action=Action.CREATE)
+    assert (event.username, event.batch_id, event.outcome) == (auto.AUTO_USER, "", Outcome.ERROR)
+    assert event.target.startswith(f"retry of {parent.batch_id}:") and event.detail
