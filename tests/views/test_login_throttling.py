@@ -3,9 +3,13 @@ for the cool-off, on both login views; never by username alone; the proxy's addr
 logins are logged; lockouts are in the admin and the audit log."""
 
 import logging
+from datetime import timedelta
 
 import pytest
 from axes.models import AccessAttempt
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from audit.models import Action, AuditEvent
 
@@ -92,3 +96,75 @@ def test_the_admin_shows_lockouts(client, viewer, admin_client):
     page = admin_client.get("/admin/axes/accessattempt/")
     assert page.status_code == 200
     assert "viewer" in page.content.decode() and "10.0.0.1" in page.content.decode()
+
+
+# --- Finding 10 (issue 18): password spraying, one guess at each of many user names, locks the address --------------
+
+
+def _spray(client, count, address, path="/accounts/login/", first=0):
+    for number in range(first, first + count):
+        response = _login(client, f"guess-{number}", path, username=f"user-{number}", REMOTE_ADDR=address)
+        assert response.status_code == 200  # each name fails once: never a pair lockout
+
+
+def test_finding_10_51_usernames_from_one_address_lock_it_and_another_address_still_logs_in(client, viewer, settings):
+    assert settings.BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS == 50
+    _spray(client, 50, "10.7.7.7")
+
+    refused = _login(client, "pw-viewer", REMOTE_ADDR="10.7.7.7")  # the 51st name, and the right password
+    assert refused.status_code == 429
+    assert "Too many failed logins" in refused.content.decode()
+    assert "whatever the user names" in refused.content.decode()
+    assert "_auth_user_id" not in client.session
+    assert _login(client, "pw-viewer", "/admin/login/", REMOTE_ADDR="10.7.7.7").status_code == 429
+
+    assert _login(client, "pw-viewer", REMOTE_ADDR="10.7.7.8").status_code == 302
+    assert client.session["_auth_user_id"] == str(viewer.pk)
+
+
+def test_finding_10_the_limit_is_a_setting_and_counts_the_admin_login_too(client, viewer, settings):
+    settings.BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = 4
+    _spray(client, 2, "10.7.7.7")
+    _spray(client, 1, "10.7.7.7", path="/admin/login/", first=2)
+    assert _login(client, "pw-viewer", REMOTE_ADDR="10.7.7.7").status_code == 302  # 3 failures: under the limit
+    client.logout()
+    _spray(client, 1, "10.7.7.7", first=3)
+
+    assert _login(client, "pw-viewer", REMOTE_ADDR="10.7.7.7").status_code == 429
+
+
+def test_finding_10_the_address_is_let_in_again_an_hour_after_its_failures(client, viewer, settings):
+    settings.BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = 5
+    _spray(client, 5, "10.7.7.7")
+    assert _login(client, "pw-viewer", REMOTE_ADDR="10.7.7.7").status_code == 429
+
+    failures = AuditEvent.objects.filter(action=Action.LOGIN_FAILED, ip="10.7.7.7")
+    failures.update(at=timezone.now() - timedelta(minutes=61))
+    assert _login(client, "pw-viewer", REMOTE_ADDR="10.7.7.7").status_code == 302
+
+
+def test_finding_10_a_locked_address_is_audited_and_its_refusals_keep_it_locked(client, viewer, settings):
+    settings.BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = 5
+    _spray(client, 5, "10.7.7.7")
+    _login(client, "pw-viewer", REMOTE_ADDR="10.7.7.7")
+
+    refusal = AuditEvent.objects.filter(action=Action.LOGIN_FAILED, ip="10.7.7.7").latest("pk")
+    assert (refusal.username, refusal.outcome) == ("viewer", "refused")
+    assert "this IP is locked out" in refusal.detail and "whatever the username" in refusal.detail
+    lockout = AuditEvent.objects.get(action=Action.LOCKOUT, ip="10.7.7.7")  # once, at the failure that locked it
+    assert (lockout.username, lockout.detail) == ("user-4", "this IP, whatever the username")
+    # The first five failures move out of the hour; the refusal itself is a failure still inside it.
+    AuditEvent.objects.filter(pk__lt=refusal.pk).update(at=timezone.now() - timedelta(minutes=61))
+    settings.BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = 1
+    assert _login(client, "pw-viewer", REMOTE_ADDR="10.7.7.7").status_code == 429
+
+
+def test_finding_10_the_count_is_one_bounded_query_however_long_an_address_keeps_trying(client, settings):
+    settings.BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = 3
+    AuditEvent.objects.bulk_create(
+        AuditEvent(action=Action.LOGIN_FAILED, outcome="refused", ip="10.7.7.7", username=f"u{n}") for n in range(500)
+    )
+    with CaptureQueriesContext(connection) as queries:
+        assert _login(client, "guess", REMOTE_ADDR="10.7.7.7").status_code == 429
+    counts = [q["sql"] for q in queries.captured_queries if "audit_auditevent" in q["sql"] and "COUNT" in q["sql"]]
+    assert len(counts) == 1 and "LIMIT 3" in counts[0]
