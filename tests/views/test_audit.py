@@ -482,3 +482,25 @@ def test_finding_9_a_failed_automatic_retry_is_recorded_with_its_reason(settings
     event = AuditEvent.objects.get(action=Action.CREATE)
     assert (event.username, event.batch_id, event.outcome) == (auto.AUTO_USER, "", Outcome.ERROR)
     assert event.target.startswith(f"retry of {parent.batch_id}:") and event.detail
+
+
+def test_finding_9_a_refused_password_change_is_recorded_without_what_was_typed(viewer_client):
+    response = viewer_client.post(
+        "/accounts/password_change/",
+        {"old_password": "not-the-old-one-99", "new_password1": "x-Secret-77", "new_password2": "y-Secret-77"},
+        REMOTE_ADDR="10.3.3.3",
+    )
+    assert response.status_code == 200
+
+    assert _account_events(Action.PASSWORD_CHANGE) == [
+        (
+            Action.PASSWORD_CHANGE,
+            "viewer",
+            "10.3.3.3",
+            "user viewer",
+            "refused: new_password2, old_password",
+            Outcome.REFUSED,
+        )
+    ]
+    stored = _stored_text()
+    assert "not-the-old-one-99" not in stored and "Secret-77" not in stored

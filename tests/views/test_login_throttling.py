@@ -3,10 +3,14 @@ for the cool-off, on both login views; never by username alone; the proxy's addr
 logins are logged; lockouts are in the admin and the audit log."""
 
 import logging
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
 from axes.models import AccessAttempt
+from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -168,3 +172,19 @@ def test_finding_10_the_count_is_one_bounded_query_however_long_an_address_keeps
         assert _login(client, "guess", REMOTE_ADDR="10.7.7.7").status_code == 429
     counts = [q["sql"] for q in queries.captured_queries if "audit_auditevent" in q["sql"] and "COUNT" in q["sql"]]
     assert len(counts) == 1 and "LIMIT 3" in counts[0]
+
+
+@pytest.mark.parametrize("value", ["0", "fifty"])
+def test_finding_10_a_malformed_limit_stops_startup_naming_the_variable(value):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SANDBOX_", "DJANGO_"))}
+    environment["BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS"] = value
+    result = subprocess.run(
+        [sys.executable, str(django_settings.BASE_DIR / "manage.py"), "check"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert "BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS must be a whole number between 1 and 1,000,000" in result.stderr
