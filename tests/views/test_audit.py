@@ -233,13 +233,13 @@ def test_finding_7_an_invalid_input_file_id_forges_no_audit_line_and_is_stored_c
     forged_cancel = "2026-12-06 08:00:00,000 INFO audit audit cancel ok by 'admin' from 10.0.0.1: batch_1"
     fields = {"token": str(uuid.uuid4()), "completion_window": "24h", "output_expiry_unit": "days"}
 
-    operator_client.post("/batches/new/", {**fields, "input_file_id": f"file-x\n{forged_cancel}" + "y" * 500})
+    operator_client.post("/batches/new/", {**fields, "input_file_id": f"file-x\x00\n{forged_cancel}" + "y" * 500})
 
     lines = _one_line_per_record(stream, records)
     assert not any(line.startswith(forged_cancel[:23]) for line in lines)
     event = AuditEvent.objects.get(action=Action.CREATE)
     assert event.outcome == Outcome.REFUSED
-    assert event.target.startswith("file-x\\n2026-12-06") and len(event.target) == 200
+    assert event.target.startswith("file-x\\x00\\n2026-12-06") and len(event.target) == 200
     assert not any(char in event.target for char in "\n\r")
 
 
@@ -249,7 +249,7 @@ def test_finding_7_audit_log_text_prints_one_line_per_event_even_for_rows_stored
         action=Action.CREATE, outcome=Outcome.REFUSED, username="operator", target=f"file-x\n{FORGED}"
     )
     AuditEvent.objects.create(
-        action=Action.LOGIN_FAILED, outcome=Outcome.REFUSED, username=f"x\u2028{FORGED}", detail="a\rb\x00c"
+        action=Action.LOGIN_FAILED, outcome=Outcome.REFUSED, username=f"x\u2028{FORGED}", detail="a\rb\x1bc"
     )
 
     text, as_json = StringIO(), StringIO()
@@ -259,7 +259,7 @@ def test_finding_7_audit_log_text_prints_one_line_per_event_even_for_rows_stored
     lines = text.getvalue().splitlines()
     assert len(lines) == 2
     assert lines[0].endswith(f"operator - create refused file-x\\n{FORGED}")
-    assert f"x\\u2028{FORGED}" in lines[1] and lines[1].endswith(": a\\rb\\x00c")
+    assert f"x\\u2028{FORGED}" in lines[1] and lines[1].endswith(": a\\rb\\x1bc")
     rows = [json.loads(line) for line in as_json.getvalue().splitlines()]
     assert len(rows) == 2 and rows[1]["username"] == f"x\u2028{FORGED}"
 
