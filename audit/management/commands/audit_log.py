@@ -25,7 +25,10 @@ def _since(text: str):
 
 
 class Command(BaseCommand):
-    help = "Print who cancelled, created and downloaded what, and every login, failed login and lockout, oldest first."
+    help = (
+        "Print who cancelled, created and downloaded what, every login, failed login and lockout, and every change to "
+        "users, groups, permissions and passwords, oldest first."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--since", default="7d", help="How far back: 7d, 12h or 90m (default 7d).")
