@@ -7,3 +7,7 @@ class AuditConfig(AppConfig):
 
     def ready(self):
         from audit import accounts, signals  # noqa: F401  (connect the login and account receivers)
+        from audit.sections import ACTIVITY
+        from batches import sections
+
+        sections.register(ACTIVITY)

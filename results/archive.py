@@ -68,6 +68,12 @@ def wants_archive(batch: Batch) -> bool:
     return batch.is_terminal and bool(batch.output_file_id or batch.error_file_id)
 
 
+def keeps_by_itself(batch: Batch) -> bool:
+    """Whether the background work keeps this batch's results without anyone opening them (BATCHBOARD_ARCHIVE):
+    a page showing the batch waits for them."""
+    return settings.BATCHBOARD_ARCHIVE == MODE_FINAL and wants_archive(batch)
+
+
 def request_archive(batch: Batch, *, wanted: bool = True) -> ResultArchive | None:
     """The batch's archive, asked for now if it has none and is final (the results page's "first open")."""
     archive = ResultArchive.objects.filter(batch=batch).first()

@@ -86,7 +86,7 @@ def retry_one(archive: ResultArchive, claim: AutoRetry) -> AutoRetry:
             "; ".join(f"{name}: {' '.join(errors)}" for name, errors in prepared.form.errors.items()),
         )
     else:
-        outcome = submit.create(prepared, user=AUTO_USER)
+        outcome = submit.create(prepared, user=AUTO_USER, by_person=False)
         if outcome.batch is not None:
             claim.state, claim.retry_batch_id = AutoRetryState.SUBMITTED, outcome.batch.batch_id
             logger.info("Automatic retry of %s lines of %s: %s", prepared.lines, parent.batch_id, claim.retry_batch_id)
