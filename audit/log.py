@@ -1,4 +1,4 @@
-"""Recording audit events: one call from a view (or a login signal) per action."""
+"""Recording audit events: one call per action, from a view, a login or account signal, or the automatic retry."""
 
 from __future__ import annotations
 
