@@ -4,11 +4,14 @@ logins are logged; lockouts are in the admin and the audit log."""
 
 import logging
 import os
+import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+import requests
 from axes.models import AccessAttempt
 from django.conf import settings as django_settings
 from django.db import connection
@@ -188,3 +191,22 @@ def test_finding_10_a_malformed_limit_stops_startup_naming_the_variable(value):
 
     assert result.returncode != 0
     assert "BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS must be a whole number between 1 and 1,000,000" in result.stderr
+
+
+def _failed_login_over_http(base_url: str, number: int) -> int:
+    with requests.Session() as browser:
+        page = browser.get(f"{base_url}/accounts/login/", timeout=30)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)[1]
+        form = {"csrfmiddlewaretoken": token, "username": f"parallel-{number}", "password": "guess"}
+        return browser.post(f"{base_url}/accounts/login/", data=form, timeout=30).status_code
+
+
+@pytest.mark.django_db(transaction=True)
+def test_finding_10_parallel_failures_served_by_other_threads_are_all_counted(live_server, settings):
+    settings.BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = 12
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = list(pool.map(lambda n: _failed_login_over_http(live_server.url, n), range(12)))
+
+    assert statuses == [200] * 12
+    assert AuditEvent.objects.filter(action=Action.LOGIN_FAILED, ip="127.0.0.1").count() == 12
+    assert _failed_login_over_http(live_server.url, 99) == 429
