@@ -230,6 +230,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who changes an account, and from where, for the audit log's model signals.
+    "audit.middleware.CurrentRequestMiddleware",
     # Before any view (and CsrfViewMiddleware's process_view) reads the body.
     "batches.middleware.RequestBodyLimitMiddleware",
     "batches.middleware.SessionLifetimeMiddleware",
@@ -311,6 +313,8 @@ AUTH_PASSWORD_VALIDATORS = [
 AUTHENTICATION_BACKENDS = [
     # First, so a locked-out (username, IP) pair is refused before its password is even checked.
     "axes.backends.AxesStandaloneBackend",
+    # Then an address that failed too often, whatever the user names (password spraying).
+    "audit.login_limit.AddressLimitBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
@@ -393,6 +397,9 @@ AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "audit.client.client_ip"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_SENSITIVE_PARAMETERS = ["password"]
+# Password spraying (one guess at each of many user names): an address is refused like a locked pair once it has
+# failed this many logins in the last hour, whatever the names (audit.login_limit).
+BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = _env_int("BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS", 50, 1, 1_000_000)
 
 # "plain" for a terminal, "json" for a log platform: one object per line, with the request's or the sync pass's context.
 BATCHBOARD_LOG_FORMAT = _env("BATCHBOARD_LOG_FORMAT", "plain").lower()

@@ -17,6 +17,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from audit.log import record as audit_record
+from audit.models import Action, Outcome
 from results.models import ArchiveState, ResultArchive, ResultFilter
 from retries import submit
 from retries.lineage import job_id_of
@@ -92,7 +94,23 @@ def retry_one(archive: ResultArchive, claim: AutoRetry) -> AutoRetry:
             claim.state, claim.problem = AutoRetryState.FAILED, outcome.error
             logger.warning("Automatic retry of %s failed: %s", parent.batch_id, outcome.error)
     claim.save(update_fields=["state", "lines", "retry_batch_id", "problem"])
+    _audit(parent.batch_id, claim)
     return claim
+
+
+def _audit(parent_id: str, claim: AutoRetry) -> None:
+    """The create goes to the audit log like a person's (issue 18, finding 9), by AUTO_USER, from no address."""
+    outcome = {AutoRetryState.SUBMITTED: Outcome.OK, AutoRetryState.FAILED: Outcome.ERROR}[claim.state]
+    target = f"retry of {parent_id}: {AUTO_SELECTION.label} (automatic)"
+    audit_record(
+        None,
+        Action.CREATE,
+        outcome,
+        batch_id=claim.retry_batch_id,
+        target=target,
+        detail=claim.problem,
+        username=AUTO_USER,
+    )
 
 
 def retry_due(limit: int = PER_PASS) -> int:
