@@ -245,7 +245,7 @@ def _long_line_case(sizes: dict) -> dict:
     finally:
         server.stop()
     base = f"/batches/{batch.batch_id}/results/"
-    _pages(figures, {"request page": f"{base}req-0/", "raw line (streamed)": f"{base}lines/1/result.jsonl"})
+    _pages(figures, {"request page": f"{base}rows/1/", "raw line (streamed)": f"{base}rows/1/result.jsonl"})
     return figures
 
 
@@ -295,7 +295,7 @@ def _many_lines_case(sizes: dict) -> dict:
         {
             "results page": base,
             "results page, last page": f"{base}?page={(lines + 99) // 100}",
-            "request page": f"{base}req-{lines - 1:07d}/",
+            "request page, last row": f"{base}rows/{lines}/",
             "CSV export (streamed)": f"{base}export.csv",
             "JSONL export (streamed)": f"{base}export.jsonl",
         },

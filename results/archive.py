@@ -81,8 +81,8 @@ def max_file_bytes() -> int:
 
 
 def storable_id(custom_id: str) -> str:
-    """A custom_id as the index stores it and request page URLs carry it: NUL (which PostgreSQL refuses) becomes
-    U+FFFD, so the id stays distinct and its page reachable, and it is cut to the column with a mark."""
+    """A custom_id as the index stores it and a lookup by custom_id finds it: NUL (which PostgreSQL refuses) becomes
+    U+FFFD, so the id stays distinct and findable, and it is cut to the column with a mark."""
     return normalise.text(custom_id.replace("\x00", "\ufffd"), 512)
 
 
@@ -93,6 +93,12 @@ def results_storage():
 def wants_archive(batch: Batch) -> bool:
     """A batch has something to keep once it is final and has an output or error file."""
     return batch.is_terminal and bool(batch.output_file_id or batch.error_file_id)
+
+
+def keeps_by_itself(batch: Batch) -> bool:
+    """Whether the background work keeps this batch's results without anyone opening them (BATCHBOARD_ARCHIVE):
+    a page showing the batch waits for them."""
+    return settings.BATCHBOARD_ARCHIVE == MODE_FINAL and wants_archive(batch)
 
 
 def request_archive(batch: Batch, *, wanted: bool = True) -> ResultArchive | None:

@@ -8,7 +8,11 @@ class RetriesConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import post_save
 
+        from batches import sections
         from batches.models import Batch
         from retries import lineage
+        from retries.sections import ACTIONS, CARD
 
         post_save.connect(lineage.link_on_save, sender=Batch, dispatch_uid="retries.link_on_save")
+        sections.register(CARD)
+        sections.register(ACTIONS)

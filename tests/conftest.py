@@ -399,22 +399,26 @@ def input_line(custom_id: str, n: int = 0) -> bytes:
 
 
 def result_line(custom_id: str, outcome) -> bytes | None:
-    """(file, line) for an outcome: "ok", an HTTP status, "expired", "cancelled"; None for "missing"."""
+    """(file, line) for an outcome: "ok", an HTTP status, "expired", "cancelled", or a pair ("ok", the answer's text)
+    or (an HTTP status, the error code), or the bytes of an output line; None for "missing"."""
+    if isinstance(outcome, bytes):
+        return "output", outcome
     if outcome == "missing":
         return None
     if outcome in ("expired", "cancelled"):
         code = f"batch_{outcome}"
         record = {"id": "r", "custom_id": custom_id, "response": None, "error": {"code": code, "message": outcome}}
         return "error", json.dumps(record).encode()
+    outcome, detail = outcome if isinstance(outcome, tuple) else (outcome, None)
     status = 200 if outcome == "ok" else outcome
     if status == 200:
         body = {
             "object": "chat.completion",
-            "choices": [{"message": {"content": f"answer to {custom_id}"}}],
+            "choices": [{"message": {"content": detail or f"answer to {custom_id}"}}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 3},
         }
     else:
-        code = {429: "rate_limit_exceeded", 500: "server_error"}.get(status, "invalid_value")
+        code = detail or {429: "rate_limit_exceeded", 500: "server_error"}.get(status, "invalid_value")
         body = {"error": {"message": f"status {status}", "type": "x", "code": code}}
     record = {
         "id": "r",
@@ -423,6 +427,17 @@ def result_line(custom_id: str, outcome) -> bytes | None:
         "error": None,
     }
     return ("output" if status == 200 else "error"), json.dumps(record).encode()
+
+
+def keep_results(batch_id: str) -> str:
+    """The background work's part, done by a test: the final batch's results are fetched and indexed (or found
+    unavailable); returns the archive's state. Pages depend only on that state in the database, whoever keeps
+    results in production."""
+    from results import archive
+    from results.models import ResultArchive
+
+    archive.archive_due()
+    return ResultArchive.objects.get(batch__batch_id=batch_id).state
 
 
 def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_at=None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.core.cache import cache
@@ -14,6 +16,8 @@ from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from batches import metrics, sync
+
+logger = logging.getLogger(__name__)
 
 
 def _text(body: str, status: int = 200) -> HttpResponse:
@@ -34,7 +38,14 @@ def healthz(request):
 def readyz(request):
     """Ready to serve: the database and the shared cache answer, and the sync loop's heartbeat is recent."""
     problem = _readiness_problem()
-    return _text(f"not ready: {problem}", status=503) if problem else _text("ready")
+    if not problem:
+        return _text("ready")
+    response = _text(f"not ready: {problem}", status=503)
+    # Expected while the service starts, and asked every few seconds by probes: an INFO line, not django.request's
+    # ERROR for a 5xx (which it skips for a response marked as logged already).
+    logger.info("Not ready: %s", problem)
+    response._has_been_logged = True
+    return response
 
 
 def _readiness_problem() -> str:

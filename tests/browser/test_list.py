@@ -105,7 +105,10 @@ def test_it_cancels_the_selected_batches_after_one_confirm(live_server, login, o
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("Cancel 2 selected batches?")
     expect(dialog).to_contain_text("Requests already running finish")
-    dialog.get_by_role("button", name="Cancel batch").click()
+    for batch in (first, second):
+        expect(dialog).to_contain_text(batch.id)  # the dialog names the batches it cancels
+    expect(dialog).not_to_contain_text(kept.id)
+    dialog.get_by_role("button", name="Cancel 2 batches").click()
 
     expect(page.locator("#bulk-result")).to_contain_text("2 cancels requested")
     for batch in (first, second):

@@ -4,6 +4,7 @@ header, and a detail page whose timeline fits."""
 from playwright.sync_api import expect
 
 from tests.browser.conftest import log_in, long_running
+from tests.conftest import kept_batch
 
 PHONE = {"width": 390, "height": 844}
 NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"
@@ -55,3 +56,18 @@ def test_it_fits_the_detail_page_and_its_timeline_on_a_phone(live_server, new_pa
     assert page.evaluate(NO_SIDEWAYS_SCROLL), "the detail page scrolls sideways on a phone"
     wrap = page.locator(".history-timeline")
     assert wrap.evaluate("el => el.scrollWidth <= el.clientWidth"), "the timeline is wider than the screen"
+
+
+def test_it_shows_what_went_wrong_as_cards(live_server, new_page, viewer, tmp_path):
+    outcomes = {f"line-{n}": "ok" for n in range(6)}
+    outcomes |= {"line-6": 500, "line-7": 400, "line-8": "expired"}
+    batch = kept_batch(outcomes, tmp_path)
+    page = _phone_page(new_page, live_server, viewer)
+    page.goto(f"{live_server.url}/batches/{batch.batch_id}/results/")
+    groups = page.locator("table.error-groups tbody tr")
+    expect(groups.first).to_be_visible()
+    assert page.evaluate(NO_SIDEWAYS_SCROLL), "the results page scrolls sideways on a phone"
+    for row in groups.all():
+        assert row.evaluate("el => getComputedStyle(el).display") == "grid"  # a card, not a table row
+    message = groups.first.locator("td.error-message")
+    assert message.bounding_box()["width"] > 250, "the message is crushed into a narrow column"

@@ -80,6 +80,15 @@ def test_it_refuses_a_price_file_with_a_bad_price_and_says_where(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_finding_8_it_refuses_a_price_too_large_to_compute_with_at_startup(tmp_path):
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."my-model"]\ninput = "1e999999999"\noutput = "1"\n')
+    result = _check(BATCHBOARD_PRICES=str(prices))
+    assert result.returncode != 0
+    assert "BATCHBOARD_PRICES" in result.stderr and "my-model" in result.stderr and "at most 1,000,000" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_it_starts_with_a_valid_price_file(tmp_path):
     prices = tmp_path / "prices.toml"
     prices.write_text('[models."my-model"]\ninput = 1\noutput = 2.5\n')

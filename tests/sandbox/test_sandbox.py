@@ -1079,6 +1079,44 @@ def test_it_fails_about_three_percent_of_requests_by_custom_id():
     assert results.line_outcome("/v1/chat/completions", "x", {"model": "gpt-4o-mini"}).error["param"] == "messages"
 
 
+def test_it_makes_server_errors_transient_and_content_errors_permanent():
+    """A retry (metadata naming its parent or attempt) mostly succeeds where the first attempt failed with a 500,
+    fails again at a small seeded rate, and always fails a content error (400) again."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    first = {cid: results.line_outcome("/v1/chat/completions", cid, body) for cid in (f"id-{i}" for i in range(20_000))}
+    server_errors = [cid for cid, outcome in first.items() if outcome.status_code == 500]
+    content_errors = [cid for cid, outcome in first.items() if outcome.status_code == 400]
+    assert len(server_errors) > 200 and len(content_errors) > 100
+    attempt = results.attempt_of({"batchboard_retry_of": "batch_abc"})
+    assert attempt == 1 and results.attempt_of({"batchboard_attempt": "3"}) == 3 and results.attempt_of(None) == 0
+    retried = [results.line_outcome("/v1/chat/completions", cid, body, attempt=attempt) for cid in server_errors]
+    failed_again = sum(1 for outcome in retried if not outcome.succeeded)
+    assert 0 < failed_again < 0.1 * len(server_errors)
+    again = [results.line_outcome("/v1/chat/completions", cid, body, attempt=attempt) for cid in content_errors]
+    assert all(outcome.status_code == 400 for outcome in again)
+    assert retried == [results.line_outcome("/v1/chat/completions", c, body, attempt=1) for c in server_errors]
+
+
+def test_a_retry_of_server_errors_mostly_succeeds_in_the_sandbox(sandbox_url):
+    """The demo's retry story end to end: lines that failed with 500, sent again as a retry, come back answered."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    failing = [
+        cid
+        for cid in (f"line-{n}" for n in range(5_000))
+        if results.line_outcome("/v1/chat/completions", cid, body).status_code == 500
+    ][:40]
+    file_id = _uploaded_id(sandbox_url, [_chat_line(cid, messages=body["messages"]) for cid in failing])
+    counts = {}
+    for label, metadata in (
+        ("first", {}),
+        ("retry", {"batchboard_retry_of": "batch_parent", "batchboard_attempt": "1"}),
+    ):
+        batch = _create(sandbox_url, file_id, metadata=metadata).json()
+        counts[label] = _wait_for(sandbox_url, batch["id"], {"completed"})[-1]["request_counts"]
+    assert counts["first"] == {"total": 40, "completed": 0, "failed": 40}
+    assert counts["retry"]["total"] == 40 and counts["retry"]["failed"] < 8
+
+
 # --- Fault injection ----------------------------------------------------------------
 
 

@@ -155,18 +155,18 @@ def test_the_budget_message_reads_plainly(settings):
 
 
 @pytest.mark.django_db
-def test_the_last_tenth_of_each_minute_is_kept_for_what_users_do(settings):
+def test_the_last_tenth_of_each_minute_is_kept_for_cancels(settings):
     settings.BATCHBOARD_UPSTREAM_BUDGET = 20
     now = 4_000_000 * 60.0
     for _ in range(18):
         budget.take(now=now)
-    with pytest.raises(services.BudgetExhausted, match=r"spent \(the last 2 are kept for cancels and creates\)"):
+    with pytest.raises(services.BudgetExhausted, match=r"spent \(kept back: 2 for cancels\)"):
         budget.take(now=now)
 
-    budget.take(now=now, for_action=True)
-    budget.take(now=now, for_action=True)
+    budget.take(now=now, caller=services.CallFor.CANCEL)
+    budget.take(now=now, caller=services.CallFor.CANCEL)
     with pytest.raises(services.BudgetExhausted):
-        budget.take(now=now, for_action=True)
+        budget.take(now=now, caller=services.CallFor.CANCEL)
     assert budget.current_minute(now=now) == {"calls": 20, "budget": 20}
 
 
@@ -184,3 +184,25 @@ def test_a_cancel_goes_through_when_the_sync_loop_has_spent_its_share(api, opera
 
     assert response.status_code in (200, 302, 303)
     assert api.cancels == [batch_id]
+
+
+@pytest.mark.django_db
+def test_a_minute_opened_by_another_process_meanwhile_is_not_called_spent(settings, monkeypatch):
+    """The first call of a minute finds no row; another process opens the minute before this one looks again: the
+    call is counted in that row instead of being refused as if the budget were spent (a flaky BudgetExhausted)."""
+    settings.BATCHBOARD_UPSTREAM_BUDGET = 100
+    now = 1_800_000_000.0
+    minute = int(now // 60)
+    spend = budget._spend
+    calls = []
+
+    def spend_while_another_process_opens_the_minute(at_minute, caller):
+        calls.append(at_minute)
+        if len(calls) == 1:
+            UpstreamMinute.objects.get_or_create(minute=at_minute)  # the other process, between our two queries
+            return False
+        return spend(at_minute, caller)
+
+    monkeypatch.setattr(budget, "_spend", spend_while_another_process_opens_the_minute)
+    budget.take(now)
+    assert UpstreamMinute.objects.get(minute=minute).calls == 1

@@ -8,7 +8,6 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
@@ -146,10 +145,10 @@ def test_finding_4_a_line_over_10_mb_is_indexed_as_too_long_to_keep_and_its_page
 
     results = viewer_client.get(f"/batches/{batch.batch_id}/results/")
     assert results.status_code == 200 and "too long to keep" in results.text
-    page = viewer_client.get(f"/batches/{batch.batch_id}/results/{long_id}/")
+    page = viewer_client.get(f"/batches/{batch.batch_id}/results/rows/{line.position}/")
     assert page.status_code == 200
     assert len(page.content) < 2 * RENDER_BYTES + 100_000  # not the 10 MB answer
-    raw_url = f"/batches/{batch.batch_id}/results/lines/{line.position}/result.jsonl"
+    raw_url = f"/batches/{batch.batch_id}/results/rows/{line.position}/result.jsonl"
     assert raw_url in page.text and "only its start is shown" in page.text
 
     raw = viewer_client.get(raw_url)
@@ -166,12 +165,12 @@ def test_finding_4_a_request_page_shows_at_most_256_kb_of_each_side(fake_api, vi
     batch, kept = _batch(fake_api, input_file=_jsonl([request]), output=_jsonl([result_record("big", answer)]))
     _fetch(kept)
 
-    page = viewer_client.get(f"/batches/{batch.batch_id}/results/big/")
+    page = viewer_client.get(f"/batches/{batch.batch_id}/results/rows/1/")
 
     assert page.status_code == 200
     assert len(page.content) < 2 * RENDER_BYTES + 100_000
     assert page.text.count("only its start is shown") == 2
-    full = viewer_client.get(f"/batches/{batch.batch_id}/results/lines/1/input.jsonl")
+    full = viewer_client.get(f"/batches/{batch.batch_id}/results/rows/1/input.jsonl")
     assert json.loads(b"".join(full.streaming_content)) == request
 
 
@@ -180,9 +179,9 @@ def test_finding_4_raw_lines_are_only_served_for_kept_lines(fake_api, viewer_cli
     batch, kept = _batch(fake_api, input_file=_jsonl([input_record("a")]), output=_jsonl([result_record("a")]))
     _fetch(kept)
 
-    for url in ("lines/9/result.jsonl", "lines/1/other.jsonl"):
+    for url in ("rows/9/result.jsonl", "rows/1/other.jsonl", f"rows/{2**40}/input.jsonl"):
         assert viewer_client.get(f"/batches/{batch.batch_id}/results/{url}").status_code == 404
-    assert viewer_client.get(f"/batches/{batch.batch_id}/results/lines/1/result.jsonl").status_code == 200
+    assert viewer_client.get(f"/batches/{batch.batch_id}/results/rows/1/result.jsonl").status_code == 200
 
 
 # Run in a fresh process (its peak resident memory is the figure): fetch and index a batch whose files the fake API
@@ -226,8 +225,8 @@ client = Client()
 client.force_login(user)
 sizes = {}
 for name, url in (
-    ("request", f"/batches/{batch.batch_id}/results/req-0000000/"),
-    ("raw", f"/batches/{batch.batch_id}/results/lines/1/result.jsonl"),
+    ("request", f"/batches/{batch.batch_id}/results/rows/1/"),
+    ("raw", f"/batches/{batch.batch_id}/results/rows/1/result.jsonl"),
     ("results", f"/batches/{batch.batch_id}/results/?outcome=failed"),
     ("csv", f"/batches/{batch.batch_id}/results/export.csv"),
     ("jsonl", f"/batches/{batch.batch_id}/results/export.jsonl"),
@@ -290,12 +289,14 @@ def test_finding_5_nul_in_result_lines_is_stored_and_a_custom_id_with_nul_has_it
     assert ResultLine.objects.get(archive=kept, custom_id="bad").error_code == "code"
     results = viewer_client.get(f"/batches/{batch.batch_id}/results/")
     assert results.status_code == 200
-    link = f"/batches/{batch.batch_id}/results/{quote('req\ufffdone')}/"
+    position = ResultLine.objects.get(archive=kept, custom_id="req\ufffdone").position
+    link = f"/batches/{batch.batch_id}/results/rows/{position}/"
     assert link in results.text
     page = viewer_client.get(link)
     assert page.status_code == 200 and "answer\\u0000 with nul" in page.text  # the line, its NUL escaped
     # The id as the API wrote it, NUL and all, leads to the same page.
-    assert viewer_client.get(f"/batches/{batch.batch_id}/results/req%00one/").status_code == 200
+    found = viewer_client.get(f"/batches/{batch.batch_id}/results/rows/?custom_id=req%00one")
+    assert found.status_code == 302 and found["Location"] == link
 
 
 @pytest.mark.django_db

@@ -5,7 +5,7 @@ indexed, and no page answers 500 for any of it."""
 import os
 import random
 import traceback
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pytest
 from django.db import connection
@@ -140,11 +140,12 @@ def test_a_hostile_upstream_never_stops_the_sync_and_never_breaks_a_page(fake_ap
         # The rows most likely to be odd: unreadable answers, duplicates, lines not in the input, and a few others.
         odd = state.lines.exclude(outcome="succeeded", duplicate=False, line_number__isnull=False)
         for line in [*odd.order_by("position")[:8], *state.lines.all()[:2]]:
-            pages.get(link(line.custom_id), 200)
-            pages.get(f"{base}lines/{line.position}/result.jsonl", 200, 404)
+            pages.get(link(line.position), 200)
+            pages.get(f"{base}rows/{line.position}/result.jsonl", 200, 404)
+            pages.get(f"{base}rows/?{urlencode({'custom_id': line.custom_id})}", 302)
         for export in ("export.csv", "export.jsonl", "files/output.jsonl", "files/error.jsonl"):
             pages.get(base + export, 200, 404)
-        pages.get(f"{base}{quote('nul' + chr(0) + 'id')}/", 200, 404)
+        pages.get(f"{base}{quote('nul' + chr(0) + 'id')}/", 302, 404)
 
     assert pages.fetched > 100
     assert pages.broken == [], pages.broken[:5]
