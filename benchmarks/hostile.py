@@ -93,66 +93,18 @@ def _run(size: str) -> int:
     return int(status)
 
 
-def _fake_api():
-    from django.conf import settings
-
-    from tests.fake_api import FakeApi
-
-    server = FakeApi().start()
-    settings.OPENAI_BASE_URL = server.url
-    settings.OPENAI_MAX_RETRIES = 0
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
-    return server
-
-
-# The hostile list is served by a process of its own: its 10,000 batches (some with 200 KB strings) are the fake API's
-# memory, not the dashboard's.
-_SERVE_LIST = """
-import json, sys
-from tests.fake_api import FakeApi, Reply
-from tests.hostile_api import HostileApi
-
-server = FakeApi().start()
-hostile = HostileApi(server, seed=18)
-hostile.add(int(sys.argv[1]))
-
-
-def expected(received):
-    normal = {batch_id: hostile.by_id(batch_id)["status"] for batch_id in hostile.normal_ids}
-    return Reply(body={"normal": normal, "listed": len(hostile.normal_ids) + len(hostile.hostile_ids)})
-
-
-def move_on(received):
-    hostile.move_on()
-    return Reply(body={})
-
-
-server.route("GET", "/expected", expected)
-server.route("POST", "/move_on", move_on)
-print(server.url, flush=True)
-sys.stdin.read()
-server.stop()
-"""
-
-
 def _sync_case(sizes: dict) -> dict:
     import requests
     from django.conf import settings
 
     from batches import sync
     from batches.models import Batch, SyncState
+    from tests.hostile_api import Served
 
-    list_server = subprocess.Popen(
-        [sys.executable, "-c", _SERVE_LIST, str(sizes["batches"])],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = list_server.stdout.readline().strip()
+    figures = {}
+    with Served({"list": [18, sizes["batches"]]}) as url:
         settings.OPENAI_BASE_URL = url
         settings.OPENAI_MAX_RETRIES = 0
-        figures = {}
         for number in (1, 2):
             begun = time.perf_counter()
             outcome = sync.run_pass(force=True)
@@ -160,8 +112,6 @@ def _sync_case(sizes: dict) -> dict:
             figures[f"pass {number}: outcome"] = outcome.describe()[:100]
             requests.post(f"{url}/move_on", timeout=60)
         expected = requests.get(f"{url}/expected", timeout=60).json()
-    finally:
-        list_server.communicate("", timeout=60)
     recorded = dict(Batch.objects.values_list("batch_id", "status"))
     wrong = [batch_id for batch_id, status in expected["normal"].items() if recorded.get(batch_id) != status]
     state = SyncState.objects.get(name=sync.LIST_STATE)
@@ -174,35 +124,41 @@ def _sync_case(sizes: dict) -> dict:
     return figures
 
 
-def _fetch(server, files: dict, case: str) -> tuple:
-    """Serve `files` ({kind: (chunks factory, length)}), record a completed batch naming them, fetch its results."""
+def _fetch(spec: dict, case: str) -> tuple:
+    """Serve the generated files of `spec` ({"input"|"output"|"error": [kind, *arguments]}, see tests.hostile_api) from
+    a process of their own, record a completed batch naming them, and fetch its results."""
+    from django.conf import settings
+
     from batches import services
     from batches.models import record_batch
     from results import archive
     from results.models import ArchiveState, ResultArchive
     from tests.batch_api import payload
-    from tests.hostile_api import serve_file
+    from tests.hostile_api import Served
 
-    for kind, (chunks, length) in files.items():
-        serve_file(server, f"file-{kind}", stream=chunks, length=length)
-    data = payload(
-        "completed",
-        id=f"batch_bench_{case.replace('-', '_')}",
-        input_file_id="file-input" if "input" in files else "file-none",
-        output_file_id="file-output" if "output" in files else None,
-        error_file_id="file-error" if "error" in files else None,
-    )
-    batch = record_batch(services.ApiBatch.from_api(data))
-    kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
-    begun = time.perf_counter()
-    archive.fetch_archive(kept, services.get_client())
-    took = time.perf_counter() - begun
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    with Served({f"file-{kind}": generated for kind, generated in spec.items()}) as url:
+        settings.OPENAI_BASE_URL = url
+        settings.OPENAI_MAX_RETRIES = 0
+        data = payload(
+            "completed",
+            id=f"batch_bench_{case.replace('-', '_')}",
+            input_file_id="file-input" if "input" in spec else "file-none",
+            output_file_id="file-output" if "output" in spec else None,
+            error_file_id="file-error" if "error" in spec else None,
+        )
+        batch = record_batch(services.ApiBatch.from_api(data))
+        kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
+        begun = time.perf_counter()
+        archive.fetch_archive(kept, services.get_client())
+        took = time.perf_counter() - begun
     kept.refresh_from_db()
     figures = {
         "archive state": kept.state + (f" ({kept.problem[:80]})" if kept.problem else ""),
         "fetch + store + index": f"{took:.1f} s",
         "rows indexed": f"{kept.summary.get('rows', 0):,}",
         "lines too long to keep": sum(1 for item in kept.summary.get("unreadable", []) if "too long" in item["reason"]),
+        "stored": f"{kept.stored_bytes / MB:,.0f} MB",
         "peak memory after fetching": f"{_peak_mb():.0f} MB",
     }
     return batch, figures
@@ -232,63 +188,25 @@ def _pages(figures: dict, pages: dict[str, str]) -> None:
 
 
 def _long_line_case(sizes: dict) -> dict:
-    from tests.hostile_api import input_record, long_answer
-
-    server = _fake_api()
-    try:
-        line = json.dumps(input_record("req-0")).encode() + b"\n"
-        batch, figures = _fetch(
-            server,
-            {"output": long_answer("req-0", sizes["long_line"]), "input": (lambda: iter([line]), len(line))},
-            "long-line",
-        )
-    finally:
-        server.stop()
+    spec = {"output": ["long", "req-0000000", sizes["long_line"]], "input": ["inputs", 1]}
+    batch, figures = _fetch(spec, "long-line")
     base = f"/batches/{batch.batch_id}/results/"
     _pages(figures, {"request page": f"{base}rows/1/", "raw line (streamed)": f"{base}rows/1/result.jsonl"})
     return figures
 
 
 def _big_file_case(sizes: dict) -> dict:
-    from tests.hostile_api import MB as ONE_MB
-    from tests.hostile_api import result_record
-
     count = sizes["big_file"] // sizes["big_line"]
-    head, tail = json.dumps(result_record("req-@@", "%%")).encode().split(b"%%")
-    length = count * (len(head) + sizes["big_line"] + len(tail) + 1)  # "@@" is replaced by 2 digits
-
-    def chunks():
-        block = b"y" * ONE_MB
-        for number in range(count):
-            yield head.replace(b"@@", f"{number % 100:02d}".encode())
-            remaining = sizes["big_line"]
-            while remaining:
-                piece = block[: min(ONE_MB, remaining)]
-                remaining -= len(piece)
-                yield piece
-            yield tail + b"\n"
-
-    server = _fake_api()
-    try:
-        batch, figures = _fetch(server, {"output": (chunks, length)}, "big-file")
-    finally:
-        server.stop()
-    figures["file"] = f"{length / MB:,.0f} MB, {count} lines of {sizes['big_line'] / MB:.0f} MB"
+    batch, figures = _fetch({"output": ["big", count, sizes["big_line"]]}, "big-file")
+    figures["file"] = f"{count} lines of {sizes['big_line'] / MB:.0f} MB"
     _pages(figures, {"results page": f"/batches/{batch.batch_id}/results/"})
     return figures
 
 
 def _many_lines_case(sizes: dict) -> dict:
-    from tests.hostile_api import many_error_lines, many_input_lines
-
     lines = sizes["lines"]
-    errors = many_error_lines(lines)
-    server = _fake_api()
-    try:
-        batch, figures = _fetch(server, {"error": errors, "input": many_input_lines(lines)}, "many-lines")
-    finally:
-        server.stop()
-    figures["error file"] = f"{errors[1] / MB:,.0f} MB, {lines:,} lines, every message different"
+    batch, figures = _fetch({"error": ["errors", lines], "input": ["inputs", lines]}, "many-lines")
+    figures["error file"] = f"{lines:,} lines, every message different"
     base = f"/batches/{batch.batch_id}/results/"
     _pages(
         figures,

@@ -81,9 +81,9 @@ def max_file_bytes() -> int:
 
 
 def storable_id(custom_id: str) -> str:
-    """A custom_id as the index stores it and a lookup by custom_id finds it: NUL (which PostgreSQL refuses) becomes
-    U+FFFD, so the id stays distinct and findable, and it is cut to the column with a mark."""
-    return normalise.text(custom_id.replace("\x00", "\ufffd"), 512)
+    """A custom_id as the index stores it and a lookup by custom_id finds it: its first 512 characters, NUL (which
+    PostgreSQL refuses) made U+FFFD so that the id stays distinct and findable."""
+    return normalise.text(custom_id[:512].replace("\x00", "\ufffd"), 512)
 
 
 def results_storage():

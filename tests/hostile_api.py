@@ -345,3 +345,91 @@ def many_error_lines(count: int, message_bytes: int = 1200) -> tuple[Callable[[]
 
 def many_input_lines(count: int) -> tuple[Callable[[], Iterator[bytes]], int]:
     return _fixed_lines(count, lambda n: json.dumps(input_record(f"req-{n:07d}")).encode())
+
+
+def big_lines(count: int, line_bytes: int) -> tuple[Callable[[], Iterator[bytes]], int]:
+    """An output file of `count` answers of `line_bytes` each (custom_ids req-00, req-01, ...)."""
+    head, tail = json.dumps(result_record("req-@@", "%%")).encode().split(b"%%")
+    length = count * (len(head) + line_bytes + len(tail) + 1)  # "@@" is replaced by 2 digits
+
+    def chunks() -> Iterator[bytes]:
+        block = b"y" * MB
+        for number in range(count):
+            yield head.replace(b"@@", f"{number % 100:02d}".encode())
+            remaining = line_bytes
+            while remaining:
+                piece = block[: min(MB, remaining)]
+                remaining -= len(piece)
+                yield piece
+            yield tail + b"\n"
+
+    return chunks, length
+
+
+GENERATED = {
+    "long": long_answer,
+    "errors": many_error_lines,
+    "inputs": many_input_lines,
+    "big": big_lines,
+}
+
+
+def serve(spec: dict) -> None:
+    """Serve, until stdin closes, the generated files of `spec` ({file id: [kind, *arguments]} with a kind of
+    GENERATED) and, with "list": [seed, count], a HostileApi list (with GET /expected, the normal batches' statuses,
+    and POST /move_on). Prints the API's URL first. A process of its own, so that a measured process holds only the
+    dashboard's memory."""
+    import sys
+
+    server = FakeApi().start()
+    for file_id, (kind, *arguments) in spec.items():
+        if file_id == "list":
+            continue
+        chunks, length = GENERATED[kind](*arguments)
+        serve_file(server, file_id, stream=chunks, length=length)
+    if "list" in spec:
+        seed, count = spec["list"]
+        hostile = HostileApi(server, seed=seed)
+        hostile.add(count)
+
+        def expected(received) -> Reply:
+            normal = {batch_id: hostile.by_id(batch_id)["status"] for batch_id in hostile.normal_ids}
+            return Reply(body={"normal": normal, "listed": len(hostile.normal_ids) + len(hostile.hostile_ids)})
+
+        def move_on(received) -> Reply:
+            hostile.move_on()
+            return Reply(body={})
+
+        server.route("GET", "/expected", expected)
+        server.route("POST", "/move_on", move_on)
+    print(server.url, flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+class Served:
+    """`python -m tests.hostile_api SPEC` as a context manager: its URL, and the process stopped on exit."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+
+    def __enter__(self) -> str:
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.hostile_api", json.dumps(self.spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        return self.process.stdout.readline().strip()
+
+    def __exit__(self, *exc_info) -> None:
+        self.process.communicate("", timeout=60)
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(json.loads(sys.argv[1]))

@@ -184,12 +184,11 @@ def test_finding_4_raw_lines_are_only_served_for_kept_lines(fake_api, viewer_cli
     assert viewer_client.get(f"/batches/{batch.batch_id}/results/rows/1/result.jsonl").status_code == 200
 
 
-# Run in a fresh process (its peak resident memory is the figure): fetch and index a batch whose files the fake API
-# generates as it sends them, then render the request page of the longest line and stream its raw line and the
-# exports through the test client.
+# Run in a fresh process (its peak resident memory is the figure): fetch and index a batch whose files a fake API (in
+# a process of its own) generates as it sends them, then render the request page of the longest line and stream its
+# raw line and the exports through the test client.
 _MEASURE = """
 import json, os, resource, sys
-sys.path.insert(0, os.getcwd())
 import django
 django.setup()
 from django.conf import settings
@@ -201,26 +200,24 @@ from batches.models import record_batch
 from results import archive
 from results.models import ArchiveState, ResultArchive
 from tests.batch_api import payload
-from tests.fake_api import FakeApi
-from tests import hostile_api
+from tests.hostile_api import Served
 
 long_bytes, lines = int(sys.argv[1]), int(sys.argv[2])
-with FakeApi() as server:
-    settings.OPENAI_BASE_URL = server.url
+spec = {
+    "file-out": ["long", "req-0000000", long_bytes],
+    "file-err": ["errors", lines],
+    "file-in": ["inputs", lines],
+}
+with Served(spec) as url:
+    settings.OPENAI_BASE_URL = url
     settings.OPENAI_MAX_RETRIES = 0
-    chunks, length = hostile_api.long_answer("req-0000000", long_bytes)
-    hostile_api.serve_file(server, "file-out", stream=chunks, length=length)
-    chunks, length = hostile_api.many_error_lines(lines)
-    hostile_api.serve_file(server, "file-err", stream=chunks, length=length)
-    chunks, length = hostile_api.many_input_lines(lines)
-    hostile_api.serve_file(server, "file-in", stream=chunks, length=length)
     data = payload("completed", input_file_id="file-in", output_file_id="file-out", error_file_id="file-err")
     batch = record_batch(services.ApiBatch.from_api(data))
     kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
     archive.fetch_archive(kept, services.get_client())
 kept.refresh_from_db()
 after_fetch = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-user = get_user_model().objects.create_superuser("measure", password="x")
+user = get_user_model().objects.create_superuser("measure")
 client = Client()
 client.force_login(user)
 sizes = {}
