@@ -295,6 +295,17 @@ def serve_redirected_file(server: FakeApi, file_id: str, target: str) -> None:
 # --- Large files, generated as they are sent ------------------------------------------------
 
 
+def peak_mb() -> float:
+    """This process's peak resident memory in MB (VmHWM). Not getrusage's ru_maxrss: Linux carries the high-water
+    mark of the process image an exec replaced into it, so a child of a large pytest process would report the
+    parent's size."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("No VmHWM in /proc/self/status.")
+
+
 def long_answer(custom_id: str, size: int) -> tuple[Callable[[], Iterator[bytes]], int]:
     """One result line whose answer is `size` bytes of text, and nothing else: (chunks factory, length)."""
     head = json.dumps(result_record(custom_id, "@@")).encode().split(b"@@")

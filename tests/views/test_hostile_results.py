@@ -184,11 +184,11 @@ def test_finding_4_raw_lines_are_only_served_for_kept_lines(fake_api, viewer_cli
     assert viewer_client.get(f"/batches/{batch.batch_id}/results/rows/1/result.jsonl").status_code == 200
 
 
-# Run in a fresh process (its peak resident memory is the figure): fetch and index a batch whose files a fake API (in
-# a process of its own) generates as it sends them, then render the request page of the longest line and stream its
-# raw line and the exports through the test client.
+# Run in a fresh process (its peak resident memory, VmHWM, is the figure): fetch and index a batch whose files a fake
+# API (in a process of its own) generates as it sends them, then render the request page of the longest line and
+# stream its raw line and the exports through the test client.
 _MEASURE = """
-import json, os, resource, sys
+import json, os, sys
 import django
 django.setup()
 from django.conf import settings
@@ -200,7 +200,7 @@ from batches.models import record_batch
 from results import archive
 from results.models import ArchiveState, ResultArchive
 from tests.batch_api import payload
-from tests.hostile_api import Served
+from tests.hostile_api import Served, peak_mb
 
 long_bytes, lines = int(sys.argv[1]), int(sys.argv[2])
 spec = {
@@ -216,7 +216,7 @@ with Served(spec) as url:
     kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
     archive.fetch_archive(kept, services.get_client())
 kept.refresh_from_db()
-after_fetch = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+after_fetch = peak_mb()
 user = get_user_model().objects.create_superuser("measure")
 client = Client()
 client.force_login(user)
@@ -234,7 +234,7 @@ for name, url in (
     for chunk in (response.streaming_content if response.streaming else [response.content]):
         size += len(chunk)
     sizes[name] = (response.status_code, size)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = peak_mb()
 print(json.dumps({"state": kept.state, "problem": kept.problem, "rows": kept.summary.get("rows"),
                   "after_fetch": after_fetch, "peak": peak, "sizes": sizes}))
 """
