@@ -5,6 +5,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
+from audit.models import Action, AuditEvent, Outcome
 from tests.browser.conftest import PHONE, speed_for
 from tests.conftest import kept_batch
 
@@ -27,6 +28,14 @@ def _urls(live_server, make_batch, tmp_path) -> list[str]:
     outcomes |= {"request-09": 500, "request-10": 400, "request-11": "expired"}
     finished = kept_batch(outcomes, tmp_path, metadata={"description": "Accessibility check"}).batch_id
     running = make_batch(speed_for(600)).id
+    for batch_id in (finished, running):  # the side column's Activity card holds long unbroken words
+        AuditEvent.objects.create(
+            username="someone.with.a.long.single.sign.on.name@research.example.com",
+            action=Action.CANCEL,
+            batch_id=batch_id,
+            outcome=Outcome.ERROR,
+            detail=f"The OpenAI API said: no batch {running}{running} could be found for file-{'x' * 40}",
+        )
     base = live_server.url
     return [
         f"{base}/batches/",
