@@ -6,6 +6,7 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
 from audit.models import Action, AuditEvent, Outcome
+from batches.models import SavedView
 from tests.browser.conftest import PHONE, speed_for
 from tests.conftest import kept_batch
 
@@ -51,6 +52,7 @@ def _urls(live_server, make_batch, tmp_path) -> list[str]:
         f"{base}/batches/new/",
         f"{base}/batches/prices/",
         f"{base}/batches/time-zone/",
+        f"{base}/batches/views/",
     ]
 
 
@@ -59,6 +61,7 @@ def test_every_page_passes_axe_and_fits_the_screen(
     live_server, page, login, operator, make_batch, tmp_path, scheme, viewport
 ):
     urls = _urls(live_server, make_batch, tmp_path)
+    SavedView.objects.create(owner=operator, name="Failed this week", url="/batches/?status=failed")
     login(operator)
     page.emulate_media(color_scheme=scheme)
     page.set_viewport_size(viewport)

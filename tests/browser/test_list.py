@@ -163,3 +163,18 @@ def test_it_stops_polling_by_itself_once_every_batch_is_final(
         page.clock.fast_forward(30_000)
     network_barrier(page, live_server.url)
     assert len(live) == polls, "the list kept polling after the server said nothing can change"
+
+
+def test_it_saves_the_filtered_list_as_a_view_in_the_navigation(live_server, login, viewer):
+    page = login(viewer)
+    page.goto(f"{live_server.url}/batches/?status=failed&sort=created")
+    page.get_by_text("Save this view").click()
+    page.get_by_label("Name").fill("Failures, oldest first")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator(".messages")).to_contain_text("Saved “Failures, oldest first”")
+
+    page.goto(f"{live_server.url}/batches/prices/")
+    nav = page.get_by_role("navigation", name="Main")
+    nav.get_by_text("Saved views", exact=True).click()
+    nav.get_by_role("link", name="Failures, oldest first").click()
+    expect(page).to_have_url(f"{live_server.url}/batches/?status=failed&sort=created")
