@@ -62,6 +62,11 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("once")]
 
 
+def pytest_terminal_summary(terminalreporter):
+    if connection.vendor != "sqlite":
+        terminalreporter.write_line("Tests marked `once` were left out: they run in the SQLite half of `make test`.")
+
+
 @pytest.fixture
 def database_url(transactional_db):
     """The test database as a DATABASE_URL, for the processes a test starts (they see what it has committed)."""
