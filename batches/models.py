@@ -982,3 +982,30 @@ class Preference(models.Model):
 
     def __str__(self):
         return f"preferences of {self.user}"
+
+
+class SavedViewQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        """A user's own saved views and those shared with a team (group) they belong to."""
+        return self.filter(Q(owner=user) | Q(team__in=user.groups.all())).select_related("owner", "team")
+
+
+class SavedView(models.Model):
+    """A named link to the list or a results page with its filters, search and sort, shown in the navigation of its
+    owner and, if shared, of every member of its team. `url` is a path and query the dashboard itself made and
+    checked (see batches.views.saved_views)."""
+
+    owner = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="batchboard_saved_views")
+    name = models.CharField(max_length=80)
+    url = models.CharField(max_length=1000)
+    team = models.ForeignKey("auth.Group", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = SavedViewQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "pk"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="saved_view_unique_name")]
+
+    def __str__(self):
+        return self.name

@@ -1,4 +1,4 @@
-"""Django settings for batchboard, read from the environment (see the README's configuration table)."""
+"""Django settings for batchboard, read from the environment (every variable is described in docs/configuration.md)."""
 
 import ipaddress
 import json

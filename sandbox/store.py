@@ -6,7 +6,7 @@ Choices where the reference is silent: a cancel of a terminal batch is a 409 wit
 of a batch already cancelling answers it unchanged; files are listed and batches paged newest first with the id
 breaking ties; an expired or deleted file answers 404, but a batch still running keeps its deleted input's bytes.
 
-Storage is bounded (settings, documented in the README): every file, uploaded or generated, expires after at most
+Storage is bounded (settings, in docs/configuration.md): every file, uploaded or generated, expires after at most
 SANDBOX_FILE_MAX_AGE (so a file the API would keep until deleted shows that expiry), expired and deleted files are
 removed from disk at the next upload, and an upload that would take the files past SANDBOX_STORAGE_QUOTA is refused
 with a 400 (the reference documents a 2.5 TB project limit but not its error; code and wording are the sandbox's).

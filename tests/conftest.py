@@ -47,13 +47,24 @@ def _cache_of_its_own(settings):
 
 
 def pytest_collection_modifyitems(config, items):
-    """`postgresql` tests run only on PostgreSQL, `sqlite` tests (SQLite's locking, WAL) only on SQLite: `make test`
-    runs the suite once on each."""
+    """`make test` runs the suite on SQLite, then on PostgreSQL. `postgresql` tests run only on PostgreSQL, `sqlite`
+    tests (SQLite's locking, WAL) only on SQLite. `once` tests are those no database can change (pure functions of
+    their input, the API client and the sandbox's rules, settings read by a new process, how a page renders in a
+    browser): they run in the SQLite half only, and are left out of any other run instead of repeated."""
     vendor = connection.vendor
     for item in items:
         for marker in ("postgresql", "sqlite"):
             if item.get_closest_marker(marker) and vendor != marker:
                 item.add_marker(pytest.mark.skip(reason=f"{marker} only; this run is on {vendor}"))
+    if vendor != "sqlite":
+        once = [item for item in items if item.get_closest_marker("once")]
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if not item.get_closest_marker("once")]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if connection.vendor != "sqlite":
+        terminalreporter.write_line("Tests marked `once` were left out: they run in the SQLite half of `make test`.")
 
 
 @pytest.fixture

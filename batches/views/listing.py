@@ -73,6 +73,14 @@ class ListFilters:
         return bool(self.status or self.narrows_counts)
 
     @property
+    def count(self) -> int:
+        """How many filters of the filter form are set (a date range counts once), for its "Filters (n)" label."""
+        return sum(
+            bool(value)
+            for value in (self.q, self.endpoint, self.model, self.created_from or self.created_to, self.jobs)
+        )
+
+    @property
     def narrows_counts(self) -> bool:
         """Whether the status counts are those of fewer than every batch."""
         return bool(

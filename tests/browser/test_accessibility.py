@@ -5,6 +5,8 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
+from audit.models import Action, AuditEvent, Outcome
+from batches.models import SavedView
 from tests.browser.conftest import PHONE, speed_for
 from tests.conftest import kept_batch
 
@@ -27,6 +29,14 @@ def _urls(live_server, make_batch, tmp_path) -> list[str]:
     outcomes |= {"request-09": 500, "request-10": 400, "request-11": "expired"}
     finished = kept_batch(outcomes, tmp_path, metadata={"description": "Accessibility check"}).batch_id
     running = make_batch(speed_for(600)).id
+    for batch_id in (finished, running):  # the side column's Activity card holds long unbroken words
+        AuditEvent.objects.create(
+            username="someone.with.a.long.single.sign.on.name@research.example.com",
+            action=Action.CANCEL,
+            batch_id=batch_id,
+            outcome=Outcome.ERROR,
+            detail=f"The OpenAI API said: no batch {running}{running} could be found for file-{'x' * 40}",
+        )
     base = live_server.url
     return [
         f"{base}/batches/",
@@ -42,6 +52,7 @@ def _urls(live_server, make_batch, tmp_path) -> list[str]:
         f"{base}/batches/new/",
         f"{base}/batches/prices/",
         f"{base}/batches/time-zone/",
+        f"{base}/batches/views/",
     ]
 
 
@@ -50,6 +61,7 @@ def test_every_page_passes_axe_and_fits_the_screen(
     live_server, page, login, operator, make_batch, tmp_path, scheme, viewport
 ):
     urls = _urls(live_server, make_batch, tmp_path)
+    SavedView.objects.create(owner=operator, name="Failed this week", url="/batches/?status=failed")
     login(operator)
     page.emulate_media(color_scheme=scheme)
     page.set_viewport_size(viewport)

@@ -7,6 +7,9 @@ from django.core.management import call_command
 
 from batches.management.commands.serve import _OnlyFailedRequests
 
+# What `make run` prints: a second database changes nothing.
+pytestmark = pytest.mark.once
+
 
 def _request_line(path: str, status: int) -> logging.LogRecord:
     record = logging.LogRecord(

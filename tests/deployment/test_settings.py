@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Settings read from the environment by new processes: a second database changes nothing.
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

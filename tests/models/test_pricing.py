@@ -7,6 +7,9 @@ import pytest
 from batches import pricing
 from batches.pricing import PriceFileError, format_money, load_price_file, price_for, usage_cost
 
+# Prices and costs are arithmetic on a price table: a second database changes nothing.
+pytestmark = pytest.mark.once
+
 
 @pytest.fixture
 def override(settings, tmp_path):

@@ -14,13 +14,9 @@ from batches.models import UpstreamMinute
 from tests.fake_api import Reply
 
 BUDGET = 8
-
-
-def _wait_for_a_fresh_minute():
-    """The budget is per clock minute: start well inside one, so that the calls of the other processes (whose clock
-    this test cannot hold) all fall in the same minute. Waits 10 s at most, one run in six."""
-    if time.time() % 60 > 50:
-        time.sleep(60 - time.time() % 60 + 0.1)
+# The budget is per clock minute: every process of the multi-process test holds its clock (budget.clock) still in
+# this one, so that all their calls fall in the same minute whenever the test runs.
+HELD_MINUTE = 6_000_000 * 60.0 + 30
 
 
 def _api_calls(api):
@@ -28,6 +24,7 @@ def _api_calls(api):
 
 
 def _child(code: str, api_url: str, database_url: str) -> subprocess.Popen:
+    """A Python process on the test's database and API, its budget's clock held in HELD_MINUTE, running `code`."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -38,7 +35,10 @@ def _child(code: str, api_url: str, database_url: str) -> subprocess.Popen:
         "BATCHBOARD_LOG_LEVEL": "ERROR",
         "DJANGO_SETTINGS_MODULE": "dashboard.settings",
     }
-    script = "import django\ndjango.setup()\n" + textwrap.dedent(code)
+    script = (
+        "import django\ndjango.setup()\n"
+        f"from batches import budget\nbudget.clock = lambda: {HELD_MINUTE!r}\n" + textwrap.dedent(code)
+    )
     return subprocess.Popen(
         [sys.executable, "-c", script], env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, text=True
     )
@@ -46,11 +46,11 @@ def _child(code: str, api_url: str, database_url: str) -> subprocess.Popen:
 
 @pytest.mark.django_db(transaction=True)
 def test_detail_views_and_loop_passes_in_two_processes_stay_within_the_budget(
-    api, viewer_client, database_url, settings
+    api, viewer_client, database_url, settings, monkeypatch
 ):
     settings.BATCHBOARD_UPSTREAM_BUDGET = BUDGET
+    monkeypatch.setattr(budget, "clock", lambda: HELD_MINUTE)
     running = [api.add("in_progress")["id"] for _ in range(3)]
-    _wait_for_a_fresh_minute()
     # Another process: a burst of refreshes, as detail pages of running batches make them.
     viewers = _child(
         f"""

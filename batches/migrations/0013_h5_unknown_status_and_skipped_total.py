@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0011_budget_shares_and_user_minutes'),
+        ('batches', '0012_saved_views'),
     ]
 
     operations = [
