@@ -4,6 +4,7 @@ refuses is skipped in a savepoint of its own, logged and counted; an unexpected 
 
 import json
 import logging
+import random
 
 import pytest
 from django.utils import timezone
@@ -13,6 +14,7 @@ from batches import normalise, services, sync
 from batches.models import Batch, BatchSnapshot, DailySpend, SyncState, record_new_batches
 from tests.batch_api import payload
 from tests.fake_api import Reply
+from tests.hostile_api import hostile_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -281,3 +283,21 @@ def test_finding_1_an_unexpected_error_fails_the_pass_and_raises_the_failure_met
     assert any("sync pass failed unexpectedly" in message for message in sync_log_records())
     freshness = sync.list_freshness()
     assert not freshness.ok and "RuntimeError" in freshness.error_message
+
+
+@pytest.mark.once
+def test_finding_1_the_normaliser_leaves_nothing_a_database_refuses_and_is_stable():
+    rng = random.Random(1)
+    for number in range(300):
+        data = json.loads(json.dumps(hostile_batch(rng, number, 1_760_000_000)))  # as it arrives: NaN, "\ud800"...
+        cleaned = normalise.batch_payload(data)
+        assert normalise.batch_payload(cleaned) == cleaned
+        encoded = json.dumps(cleaned, allow_nan=False)  # no NaN or Infinity, which jsonb refuses
+        assert "\\u0000" not in encoded and "\x00" not in encoded
+        encoded.encode("utf-8")  # no lone surrogate
+        batch = services.ApiBatch.from_api(data)
+        assert batch.status in services.RECORDED_STATUSES
+        assert len(batch.model or "") <= normalise.MODEL_LENGTH
+        assert len(batch.endpoint or "") <= normalise.ENDPOINT_LENGTH
+        assert all(0 <= count <= normalise.MAX_COUNT for count in vars(batch.request_counts).values())
+        assert batch.usage is None or all(0 <= n <= normalise.MAX_TOKENS for n in vars(batch.usage).values())

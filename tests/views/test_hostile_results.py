@@ -106,6 +106,7 @@ def _file_info(file_id, size):
     return Reply(body={**body, "purpose": "batch_output"})
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("value", ["0", "-5", "lots", "1.5", str(2**40)])
 def test_finding_4_the_file_cap_setting_refuses_bad_values(value):
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SANDBOX_", "DJANGO_"))}
