@@ -42,7 +42,10 @@ def main() -> int:
     options = parser.parse_args()
     size = "small" if options.small else "full"
     if not os.environ.get(SCRATCH_ENV):
-        return rerun_in_scratch("benchmarks.hostile", ["--small"] if options.small else [], SCRATCH_ENV)
+        # What is measured is the dashboard against hostile answers, not the upstream budget (shared by the cases
+        # through the database): the sync case's first import alone takes 101 calls.
+        args = ["--small"] if options.small else []
+        return rerun_in_scratch("benchmarks.hostile", args, SCRATCH_ENV, BATCHBOARD_UPSTREAM_BUDGET="1000000")
     if options.case:
         # Set up only: migrations already ran in the parent, and loading them would add to this process's peak.
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
@@ -86,6 +89,8 @@ def _run(size: str) -> int:
         figures = json.loads(child.stdout.strip().splitlines()[-1])
         peak = figures.pop("peak_mb")
         verdict = "ok" if peak <= TARGET_MB else "MISSED"
+        if not str(figures.get("archive state", "ready")).startswith("ready"):
+            status = 1  # the results were not kept: the figures measure nothing
         print(f"\n  {case} ({took:.0f} s in all)")
         for name, value in figures.items():
             print(f"    {name:<52} {value}")
@@ -103,8 +108,6 @@ def _sync_case(sizes: dict) -> dict:
     from tests.hostile_api import Served
 
     figures = {}
-    # What is measured is the loop against hostile batches, not the budget: a first import takes all 101 pages.
-    settings.BATCHBOARD_UPSTREAM_BUDGET = 1_000_000
     with Served({"list": [18, sizes["batches"]]}) as url:
         settings.OPENAI_BASE_URL = url
         settings.OPENAI_MAX_RETRIES = 0
