@@ -2,9 +2,11 @@
 
 Cost model. The sync loop calls `archive_due` once per pass: two queries when there is nothing to do; per batch it
 fetches, three file lookups and three downloads (input, output, error), each streamed to a temporary file and from
-there to the results storage, never held in memory; indexing reads the local copies line by line and keeps one
-small record per result line (about 30 MB for 50,000 lines) to join them to the input. Pages never call the API:
-they read the index and seek into the stored files.
+there to the results storage, never held in memory, and refused past BATCHBOARD_RESULT_FILE_MAX_MB; indexing reads
+the local copies line by line (a line over MAX_LINE_BYTES is kept as "too long to keep", never read whole) and joins
+answers to the input in a temporary SQLite file, so memory stays flat whatever the files hold (benchmarks.hostile:
+about 80 MB of process RSS for 300,000 lines or a 100 MB line). Pages never call the API: they read the index and
+seek into the stored files, and a request page shows at most 256 KB of a line (the raw line is streamed).
 """
 
 from __future__ import annotations
