@@ -154,6 +154,12 @@ def _int(value: Any) -> int | None:
     return None
 
 
+def _shown(value: Any, length: int = 200) -> Any:
+    """A text of an error answer as pages, logs and the audit log may hold it (batches.normalise.text: bounded, no NUL
+    or lone surrogate); cut after the key is redacted, so that no part of it is left."""
+    return normalise.text(value, length) if isinstance(value, str) else value
+
+
 def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
@@ -365,6 +371,7 @@ class FileObject:
         file_id = data.get("id")
         if not isinstance(file_id, str) or not FILE_ID_PATTERN.fullmatch(file_id):
             raise ValueError("A File object has no valid id.")
+        data = normalise.json_value(data)  # its filename is shown: bounded, no NUL or lone surrogate
         return cls(
             id=file_id,
             bytes=_int(data.get("bytes")) or 0,
@@ -925,11 +932,11 @@ class BatchClient:
             if body is None and raw.strip():
                 message += f" The answer was not an API error ({content_type}): a proxy or gateway may be failing."
         return error_class(
-            _redact(message, self._api_key),
+            _shown(_redact(message, self._api_key), normalise.ERROR_TEXT_LENGTH),
             status=status,
-            type=_redact(_text(details.get("type")), self._api_key),
-            code=_redact(_text(details.get("code")), self._api_key),
-            param=_redact(_text(details.get("param")), self._api_key),
+            type=_shown(_redact(_text(details.get("type")), self._api_key)),
+            code=_shown(_redact(_text(details.get("code")), self._api_key)),
+            param=_shown(_redact(_text(details.get("param")), self._api_key)),
             request_id=response.headers.get("x-request-id"),
             retry_after=_retry_after_seconds(response),
         )

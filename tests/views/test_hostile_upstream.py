@@ -151,3 +151,19 @@ def test_a_hostile_upstream_never_stops_the_sync_and_never_breaks_a_page(fake_ap
     assert pages.broken == [], pages.broken[:5]
     if pages.items_broken:
         pytest.xfail(f"finding 2, fixed on h8-templates ({len(pages.items_broken)} pages, {connection.vendor})")
+
+
+def test_an_api_error_message_with_a_lone_surrogate_nul_or_50_kb_is_shown_cut_and_clean(api, operator_client):
+    from tests.fake_api import Reply
+
+    batch = api.add("in_progress")
+    message = "Refused \ud800 because\x00 " + "x" * 50_000  # within the 64 KB of an error body that is read
+    body = '{"error": {"message": "' + message.replace("\x00", "\\u0000").replace("\ud800", "\\ud800") + '"}}'
+    api.cancel_reply = Reply(400, body.encode(), headers={"x-should-retry": "false"})
+
+    response = operator_client.post(f"/batches/{batch['id']}/cancel/", HTTP_HX_REQUEST="true")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Refused \ufffd because xxx" in html and "\x00" not in html
+    assert len(html) < 20_000
