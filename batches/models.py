@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from batches import pricing, services
 from batches.history import STUCK_AFTER
+from batches.lineage_keys import LineageState, claim_of
 
 STATUS_CHOICES = [(s, services.status_label(s)) for s in services.STATUSES]
 # The list's pseudo-statuses: "every batch that can still change", and "every batch someone should look at".
@@ -193,17 +194,27 @@ class BatchQuerySet(models.QuerySet):
         job: str = "",
     ):
         """The list's filters other than status, which the status counts are computed over. `originals` leaves
-        retries out (the retries app links them); `job` keeps one job: its original batch and every retry of it."""
+        verified retries out; `job` keeps one job: its original batch and every verified retry of it."""
         queryset = self.search(q).created_between(*created_range)
         if endpoint:
             queryset = queryset.filter(endpoint=endpoint)
         if model:
             queryset = queryset.filter(model=model)
         if originals:
-            queryset = queryset.filter(retry_link__isnull=True)
+            queryset = queryset.exclude(lineage_state=LineageState.VERIFIED)
         if job:
-            queryset = queryset.filter(models.Q(batch_id=job) | models.Q(retry_link__job_batch_id=job))
+            queryset = queryset.in_job(job)
         return queryset
+
+    def in_job(self, job_id: str):
+        """The job's batches: its original and the retries verified to resend its lines (a claim alone is not
+        enough: any creator can write the metadata)."""
+        return self.filter(models.Q(batch_id=job_id) | models.Q(job=job_id, lineage_state=LineageState.VERIFIED))
+
+    def retry_counts(self, job_ids: list[str]) -> dict[str, int]:
+        """{job id: its verified retries} for these jobs, in one query (the list's "↻ 3 retries")."""
+        rows = self.filter(job__in=job_ids, lineage_state=LineageState.VERIFIED).order_by().values_list("job")
+        return dict(rows.annotate(count=models.Count("pk")))
 
     def status_counts(self) -> dict[str, int]:
         """{status: number of batches}, in one aggregate query."""
@@ -339,6 +350,14 @@ class Batch(models.Model):
     output_tokens = models.PositiveBigIntegerField(null=True, blank=True)
     # When a page last took the right to refresh this batch from the API (see BatchQuerySet.claim_refresh).
     refresh_claimed_at = models.DateTimeField(null=True, blank=True)
+    # What the metadata claims (batches.lineage_keys): the batch this one retries, the original batch of its job,
+    # which attempt it is. Empty for a batch that claims nothing. A claim counts (final results, the job's cost and
+    # view) only once lineage_state is VERIFIED: the retries app checks the lines against the parent's kept input.
+    retry_of = models.CharField(max_length=128, blank=True)
+    job = models.CharField(max_length=128, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=0)
+    lineage_state = models.CharField(max_length=12, choices=LineageState.choices, blank=True)
+    lineage_note = models.CharField(max_length=300, blank=True)
 
     objects = BatchQuerySet.as_manager()
 
@@ -368,6 +387,9 @@ class Batch(models.Model):
             # needs_attention() counts over this narrow index instead of the wide rows; the expiry order seeks it.
             models.Index(fields=["status", "failed_requests", "last_changed_at", "created_at"], name="batch_attention"),
             models.Index(fields=["is_terminal", "expires_at"], name="batch_expiry"),
+            # A job's batches, a batch's retries, and the automatic retry's look for an existing child.
+            models.Index(fields=["job", "lineage_state"], name="batch_job"),
+            models.Index(fields=["retry_of", "attempt"], name="batch_retry_of"),
         ]
         verbose_name_plural = "batches"
         permissions = [
@@ -482,6 +504,21 @@ class Batch(models.Model):
         self.input_tokens = usage.input_tokens if usage else None
         self.cached_input_tokens = usage.cached_tokens if usage else None
         self.output_tokens = usage.output_tokens if usage else None
+        claim = claim_of(batch.id, batch.metadata)
+        if self.pk is None or claim.retry_of != self.retry_of:
+            # Metadata never changes after create; the verdict is the retries app's, kept across observations.
+            self.lineage_state = LineageState.UNVERIFIED if claim.retry_of else LineageState.NONE
+            self.lineage_note = ""
+        self.retry_of, self.job, self.attempt = claim.retry_of, claim.job, claim.attempt
+
+    @property
+    def is_verified_retry(self) -> bool:
+        return bool(self.retry_of) and self.lineage_state == LineageState.VERIFIED
+
+    @property
+    def job_id(self) -> str:
+        """The original batch of the job this batch counts in: the claimed one once verified, else itself."""
+        return self.job if self.is_verified_retry else self.batch_id
 
 
 APPLIED_FIELDS = (
@@ -503,6 +540,11 @@ APPLIED_FIELDS = (
     "payload",
     "payload_hash",
     *TOKEN_FIELDS,
+    "retry_of",
+    "job",
+    "attempt",
+    "lineage_state",
+    "lineage_note",
 )
 
 

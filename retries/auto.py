@@ -19,7 +19,6 @@ from django.utils import timezone
 
 from results.models import ArchiveState, ResultArchive, ResultFilter
 from retries import submit
-from retries.lineage import job_id_of
 from retries.models import AUTO_RETRY_KEY, MAX_AUTO_RETRIES, AutoRetry, AutoRetryState
 from retries.selection import RetrySelection
 
@@ -74,9 +73,7 @@ def retry_one(archive: ResultArchive, claim: AutoRetry) -> AutoRetry:
         claim.save(update_fields=["state"])
         return claim
     token = uuid.uuid5(TOKEN_NAMESPACE, parent.batch_id)
-    prepared = submit.prepare(
-        parent, archive, AUTO_SELECTION, job_id_of(parent), token=token, auto_retries=left - 1 or None
-    )
+    prepared = submit.prepare(parent, archive, AUTO_SELECTION, token=token, auto_retries=left - 1 or None)
     claim.lines = prepared.lines
     if not prepared.form.is_valid():
         claim.state, claim.problem = (

@@ -20,8 +20,7 @@ from batches import actions, sync
 from batches.converters import BatchIdConverter
 from batches.models import Batch
 from batches.views.common import refreshed_batch, unreachable
-from batches.views.listing import list_context, list_query_of
-from retries import lineage
+from batches.views.listing import count_retries, list_context, list_query_of
 
 MAX_BULK = 100
 BATCH_ID = re.compile(BatchIdConverter.regex)
@@ -110,7 +109,7 @@ def _cancel_fragment(request, batch_id: str, outcome: actions.CancelOutcome) -> 
     """The htmx answer: the list's row when the row asked, else the cancel control (e.g. on the detail page)."""
     from_row = request.htmx.target == f"row-{batch_id}"
     if from_row and outcome.batch is not None:
-        lineage.mark_row(outcome.batch)
+        count_retries([outcome.batch])
         list_url = reverse("batches:list")
         query = list_query_of(request.htmx.current_url_abs_path)
         context = {
