@@ -1,9 +1,8 @@
-"""The sync loop's claims on automatic retries."""
+"""What automatic retries did, one row per parent batch."""
 
 from __future__ import annotations
 
 from django.db import models
-from django.utils import timezone
 
 from batches.models import Batch
 
@@ -13,18 +12,19 @@ MAX_AUTO_RETRIES = 5
 
 
 class AutoRetryState(models.TextChoices):
-    CLAIMED = "claimed", "being submitted"
     SUBMITTED = "submitted", "submitted"
+    FOUND = "found", "retried already"
     NOTHING = "nothing", "nothing to retry"
     FAILED = "failed", "could not be submitted"
 
 
 class AutoRetry(models.Model):
-    """The sync loop's claim on retrying one final batch automatically: one row per parent, so it happens once."""
+    """What the automatic retry of one final batch did, for its detail page. The reaction "auto_retry" (a
+    batches.models.Reaction row) is what makes it happen once; this row only tells the outcome."""
 
     parent = models.OneToOneField(Batch, on_delete=models.CASCADE, related_name="auto_retry")
-    state = models.CharField(max_length=10, choices=AutoRetryState.choices, default=AutoRetryState.CLAIMED)
-    claimed_at = models.DateTimeField(default=timezone.now)
+    state = models.CharField(max_length=10, choices=AutoRetryState.choices)
+    noted_at = models.DateTimeField(auto_now=True)
     lines = models.PositiveIntegerField(default=0)
     retry_batch_id = models.CharField(max_length=128, blank=True)
     problem = models.TextField(blank=True)

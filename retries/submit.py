@@ -53,8 +53,8 @@ def retry_metadata(parent: Batch, *, auto_retries: int | None = None) -> dict[st
 
 
 def attempt_after(parent: Batch) -> int:
-    """The attempt number of a retry of `parent`: one more than the parent's (0 for a batch that is no retry)."""
-    return (parent.attempt if parent.is_verified_retry else 0) + 1
+    """The attempt number of a retry of `parent`: one more than the parent's (an original's is 0)."""
+    return parent.attempt + 1
 
 
 def retry_form(

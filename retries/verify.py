@@ -14,6 +14,9 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from django.utils import timezone
+
+from batches import reactions
 from batches.lineage_keys import LineageState
 from batches.models import Batch
 from results.archive import request_archive, results_storage
@@ -21,6 +24,12 @@ from results.models import ArchiveState, ResultArchive
 
 READ_CHUNK = 64 * 1024
 NOTE_LENGTH = 300
+STEP = "verify_lineage"
+# Claimants woken at once by one event; any others are looked at by their own periodic check.
+WAKE_LIMIT = 200
+# A claim that cannot be decided yet is looked at again after this long, growing with its age up to the maximum;
+# what it waits for (an input kept, a parent's own verdict) wakes it at once (see retries.receivers).
+RECHECK_SECONDS = (60.0, 3600.0)
 
 
 @dataclass(frozen=True)
@@ -126,3 +135,21 @@ def mark_built_here(child: Batch, parent: Batch) -> None:
     )
     if claimed.update(lineage_state=LineageState.VERIFIED, lineage_note=note):
         child.lineage_state, child.lineage_note = LineageState.VERIFIED, note
+
+
+def react(reaction) -> None:
+    """The body of the "verify_lineage" reaction of a batch that claims a parent (batches.reactions.run calls it)."""
+    child = reaction.batch
+    verdict = verify(child)
+    if verdict.wait:
+        age = (timezone.now() - reaction.created_at).total_seconds()
+        low, high = RECHECK_SECONDS
+        raise reactions.Later(min(max(age / 4, low), high), verdict.note)
+    wake(Batch.objects.filter(retry_of=child.batch_id, lineage_state=LineageState.UNVERIFIED))
+
+
+def wake(claimants) -> None:
+    """Check these batches' claims now: schedule the reaction, or wake it if it is waiting."""
+    for pk in claimants.values_list("pk", flat=True)[:WAKE_LIMIT]:
+        if not reactions.schedule(STEP, pk):
+            reactions.wake(STEP, pk)
