@@ -28,7 +28,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from batches import services, sync
+from batches import freshness, services
 from batches.models import Batch
 from results import answers
 from results.models import (
@@ -190,12 +190,12 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient) -> None:
         logger.warning("Fetching the results of %s failed: %s", batch.batch_id, exc)
         attempts = archive.attempts + 1
         if attempts >= MAX_ATTEMPTS:
-            _finish(archive, ArchiveState.UNAVAILABLE, problem=sync.failure_message(exc), attempts=attempts)
+            _finish(archive, ArchiveState.UNAVAILABLE, problem=freshness.failure_message(exc), attempts=attempts)
         else:
             _finish(
                 archive,
                 ArchiveState.RETRY,
-                problem=sync.failure_message(exc, retry="batchboard will try again shortly."),
+                problem=freshness.failure_message(exc, retry="batchboard will try again shortly."),
                 attempts=attempts,
                 retry_after=timezone.now() + archive_due_retry(attempts),
             )
