@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from django.utils import timezone
 
 from batches import services
+from batches.freshness import failure_message
 from batches.lookups import refresh_batch
 from batches.models import Batch, BatchCreation, record_batch, stored_username
-from batches.sync import failure_message
 
 logger = logging.getLogger(__name__)
 

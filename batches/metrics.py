@@ -13,7 +13,7 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from batches import budget, services, sync
+from batches import budget, freshness, services
 from batches.history import STUCK_AFTER
 from batches.models import Batch, BatchSnapshot
 
@@ -70,11 +70,11 @@ class DashboardCollector:
             stuck_family.add_metric([status], count)
         yield stuck_family
 
-        yield from _sync_figures(sync.loop_status(now))
+        yield from _sync_figures(freshness.loop_status(now))
         yield from _upstream_figures(budget.totals())
 
 
-def _sync_figures(loop: sync.LoopStatus):
+def _sync_figures(loop: freshness.LoopStatus):
     if loop.lag_seconds is not None:
         yield GaugeMetricFamily(
             "batchboard_sync_lag_seconds",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Case, F, FloatField, Q, Value, When
@@ -12,7 +15,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Lower
 from django.utils import timezone
 
-from batches import pricing, services
+from batches import events, pricing, services
 from batches.history import STUCK_AFTER
 from batches.lineage_keys import LineageState, claim_of
 
@@ -579,53 +582,135 @@ class BatchSnapshot(models.Model):
         return self.completed_requests + self.failed_requests
 
 
-def record_batch(batch: services.ApiBatch, observed_at: datetime | None = None) -> Batch:
-    """Store what the service module fetched: update the latest state and add a snapshot if it is new.
+@dataclass
+class Recorded:
+    """What one call of record_batches stored: the ids of batches new to the cache, of those whose stored state
+    changed (new ones included), of those that became final, and the rows it wrote (new and changed ones)."""
 
-    Safe when several requests record the same batch at once: the write happens under a row lock (an IMMEDIATE
-    transaction on SQLite), an observation older than the stored state never overwrites it, and the unique
-    (batch, payload) constraint stops a duplicate snapshot.
+    new: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    became_final: list[str] = field(default_factory=list)
+    rows: dict[str, Batch] = field(default_factory=dict, repr=False)
+
+
+def record_batches(
+    batches: Iterable[services.ApiBatch], observed_at: datetime | None = None, *, historical: bool = False
+) -> Recorded:
+    """Store what the API said about these batches: the one recording function, for every path (the sync loop's
+    top walk and import, a page's retrieve, a cancel's or create's answer).
+
+    One query finds what is known; unchanged batches are marked seen in one UPDATE, new ones inserted in bulk, changed
+    ones recorded one by one under a row lock (they are few: what changed since the last look). Once the transaction
+    commits, batches.events announces every new or changed state, and every batch that became final, so that the
+    reactions of other apps follow whatever path recorded it. `historical` marks the history import's old batches.
+
+    Safe when several writers record the same batch at once: an observation older than the stored state never
+    overwrites it, and the unique (batch, payload) constraint stops a duplicate snapshot.
     """
     observed_at = observed_at or timezone.now()
-    digest = payload_digest(batch.raw)
+    recorded = Recorded()
+    unique = {batch.id: batch for batch in batches}
+    if not unique:
+        return recorded
+    digests = {batch_id: payload_digest(batch.raw) for batch_id, batch in unique.items()}
+    known = dict(Batch.objects.filter(batch_id__in=digests).values_list("batch_id", "payload_hash"))
+    unchanged = [batch_id for batch_id, digest in known.items() if digests[batch_id] == digest]
+    new = [batch for batch_id, batch in unique.items() if batch_id not in known]
+    changed = [batch for batch_id, batch in unique.items() if batch_id in known and batch_id not in unchanged]
+    if unchanged:
+        Batch.objects.mark_seen(unchanged, observed_at)
+    changes: list[_Change] = []
+    if new:
+        inserted = _insert_new(new, digests, observed_at)
+        if inserted is None:
+            changed = new + changed  # Another writer recorded one of them meanwhile: one by one, under the lock.
+        else:
+            changes += inserted
+    for batch in changed:
+        change = _record_with_retries(batch, digests[batch.id], observed_at)
+        if change is not None:
+            changes.append(change)
+    for change in changes:
+        recorded.rows[change.row.batch_id] = change.row
+        recorded.changed.append(change.row.batch_id)
+        if change.created:
+            recorded.new.append(change.row.batch_id)
+        if change.became_final:
+            recorded.became_final.append(change.row.batch_id)
+    if changes:
+        transaction.on_commit(partial(_announce, changes, historical))
+    return recorded
+
+
+def record_batch(batch: services.ApiBatch, observed_at: datetime | None = None) -> Batch:
+    """record_batches for one batch (a retrieve, a cancel's or create's answer): its stored row."""
+    recorded = record_batches([batch], observed_at)
+    return recorded.rows.get(batch.id) or Batch.objects.get(batch_id=batch.id)
+
+
+@dataclass(frozen=True)
+class _Change:
+    row: Batch
+    created: bool
+    became_final: bool
+
+
+def _announce(changes: list[_Change], historical: bool) -> None:
+    """Send batches.events' signals for stored changes (after commit: receivers see what was stored)."""
+    for change in changes:
+        events.batch_changed.send(
+            sender=Batch,
+            batch_pk=change.row.pk,
+            batch_id=change.row.batch_id,
+            created=change.created,
+            historical=historical,
+        )
+        if change.became_final:
+            events.batch_became_final.send(
+                sender=Batch, batch_pk=change.row.pk, batch_id=change.row.batch_id, historical=historical
+            )
+
+
+def _insert_new(batches: list[services.ApiBatch], digests: dict[str, str], observed_at: datetime) -> list | None:
+    """Store batches the cache has never seen, with their first snapshots, in two bulk inserts (an import's page);
+    None when another writer recorded one of them meanwhile (the unique batch id refuses the insert)."""
+    rows = []
+    for batch in batches:
+        row = Batch(batch_id=batch.id, first_seen_at=observed_at)
+        row._apply(batch, digests[batch.id], observed_at)
+        row.last_seen_at = row.last_changed_at = observed_at
+        rows.append(row)
+    try:
+        with transaction.atomic():
+            Batch.objects.bulk_create(rows)
+            if any(row.pk is None for row in rows):  # Backends that do not return ids from a bulk insert.
+                ids = dict(Batch.objects.filter(batch_id__in=digests).values_list("batch_id", "pk"))
+                for row in rows:
+                    row.pk = ids[row.batch_id]
+            DailySpend.count_new(rows)
+            BatchSnapshot.objects.bulk_create(
+                [
+                    _snapshot(row, batch, digests[batch.id], observed_at)
+                    for row, batch in zip(rows, batches, strict=True)
+                ]
+            )
+    except IntegrityError:
+        return None
+    return [_Change(row, created=True, became_final=row.is_terminal) for row in rows]
+
+
+def _record_with_retries(batch: services.ApiBatch, digest: str, observed_at: datetime) -> _Change | None:
     for _attempt in range(3):
         try:
             return _record(batch, digest, observed_at)
         except IntegrityError:
             continue  # Another writer created the same row between our read and write; read it again.
-    return Batch.objects.get(batch_id=batch.id)
+    return None
 
 
-def record_new_batches(batches: list[services.ApiBatch], observed_at: datetime) -> None:
-    """Store batches the cache has never seen, with their first snapshots, in two bulk inserts (an import's page).
-
-    If another writer recorded one of them meanwhile, the unique batch id refuses the insert and each goes through
-    record_batch instead.
-    """
-    rows, digests = [], []
-    for batch in batches:
-        digest = payload_digest(batch.raw)
-        row = Batch(batch_id=batch.id, first_seen_at=observed_at)
-        row._apply(batch, digest, observed_at)
-        row.last_seen_at = row.last_changed_at = observed_at
-        rows.append(row)
-        digests.append(digest)
-    try:
-        with transaction.atomic():
-            Batch.objects.bulk_create(rows)
-            DailySpend.count_new(rows)
-            BatchSnapshot.objects.bulk_create(
-                [
-                    _snapshot(row, batch, digest, observed_at)
-                    for row, batch, digest in zip(rows, batches, digests, strict=True)
-                ]
-            )
-    except IntegrityError:
-        for batch in batches:
-            record_batch(batch, observed_at=observed_at)
-
-
-def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> Batch:
+def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> _Change | None:
+    """Record one observation under the row's lock (an IMMEDIATE transaction on SQLite): the change it made, or
+    None when it was the stored state already or older than it."""
     with transaction.atomic():
         row = Batch.objects.select_for_update().filter(batch_id=batch.id).first()
         if row is None:
@@ -635,16 +720,16 @@ def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> Bat
             row.save(force_insert=True)
             _add_snapshot(row, batch, digest, observed_at)
             DailySpend.count(None, row)
-            return row
+            return _Change(row, created=True, became_final=row.is_terminal)
         if row.payload_hash == digest:
             Batch.objects.filter(pk=row.pk, last_seen_at__lt=observed_at).update(last_seen_at=observed_at)
-            row.last_seen_at = max(row.last_seen_at, observed_at)
-            return row
+            return None
         if progress_key(batch) < progress_key(row.api):
-            return row  # A late answer describing an older state: the stored one is newer.
+            return None  # A late answer describing an older state: the stored one is newer.
         # Racing writers take the lock in their own order, not in the order of their clocks: never let the history's
         # times go backwards.
         changed_at = max(row.last_seen_at, observed_at)
+        was_final = row.is_terminal
         spent_before = DailySpend.contribution(row)
         row._apply(batch, digest, changed_at)
         row.last_seen_at = row.last_changed_at = changed_at
@@ -653,7 +738,7 @@ def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> Bat
         DailySpend.count(spent_before, row)
         if not BatchSnapshot.objects.filter(batch=row, payload_hash=digest).exists():
             _add_snapshot(row, batch, digest, changed_at)
-        return row
+        return _Change(row, created=False, became_final=row.is_terminal and not was_final)
 
 
 def _add_snapshot(row: Batch, batch: services.ApiBatch, digest: str, observed_at: datetime) -> None:
@@ -676,7 +761,7 @@ def _snapshot(row: Batch, batch: services.ApiBatch, digest: str, observed_at: da
 class DailySpend(models.Model):
     """The token usage of the batches that finished on a day (in the dashboard's time zone), per model.
 
-    The summary strip sums a month of these rows instead of every batch finished in the month. record_batch keeps
+    The summary strip sums a month of these rows instead of every batch finished in the month. record_batches keeps
     them in the same transaction as the batch's row: a batch is counted on the day it finished, once, and moved or
     corrected if a later observation changes its usage or end. Tokens, not dollars, as on Batch.
     """
@@ -706,7 +791,7 @@ class DailySpend(models.Model):
     def count(cls, before: tuple | None, row: Batch) -> None:
         """Move a batch's share of the totals from what it was (`before`) to what it is now; call inside the
         transaction that saved the row. A new (day, model) row racing another writer's raises IntegrityError,
-        which rolls the whole recording back for record_batch to retry."""
+        which rolls the whole recording back for record_batches to retry."""
         after = cls.contribution(row)
         if before == after:
             return
@@ -898,3 +983,46 @@ class BatchCreation(models.Model):
 
     def __str__(self):
         return f"{self.token} → {self.batch_id or 'pending'}"
+
+
+class ReactionState(models.TextChoices):
+    PENDING = "pending", "waiting"
+    RUNNING = "running", "running"
+    DONE = "done", "done"
+    FAILED = "failed", "failed"
+
+
+class Reaction(models.Model):
+    """One step that must follow a batch's recorded state (keep its results, retry it), run exactly once.
+
+    The unique (batch, step, attempt) makes scheduling it twice a no-op; a conditional UPDATE claims it for one worker
+    at a time (`tries` counts the claims, and names the one that holds it); a worker that dies leaves a lease that
+    expires. See batches.reactions.
+    """
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="reactions")
+    step = models.CharField(max_length=64)
+    attempt = models.PositiveIntegerField(default=0)
+    state = models.CharField(max_length=8, choices=ReactionState.choices, default=ReactionState.PENDING)
+    tries = models.PositiveSmallIntegerField(default=0)
+    # Not run before this (backoff after a failure, or a body that asked to wait).
+    run_after = models.DateTimeField(default=timezone.now)
+    # When its task was last put on the queue: a pending reaction whose task was lost is enqueued again by sweep().
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    # While running: the claim is the worker's until then; renewed by long bodies.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "step", "attempt"], name="reaction_unique_step"),
+        ]
+        indexes = [
+            models.Index(fields=["state", "run_after"], name="reaction_state_due"),
+            models.Index(fields=["state", "finished_at"], name="reaction_state_finished"),
+        ]
+
+    def __str__(self):
+        return f"{self.step} of batch #{self.batch_id} (attempt {self.attempt}): {self.state}"

@@ -209,6 +209,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "axes",
+    "django_tasks_db",
     "audit",
     "batches",
     "results",
@@ -277,6 +278,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"batchboard-test-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Background work (keeping results, automatic retries) runs as tasks of Django's task framework, queued in the
+# project's own database: `manage.py db_worker` processes run them, on any machine that shares the database.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
 # Shared by every web worker and sync loop (rendered fragments, file sizes): Redis when configured, else a table in
 # the database (created by `migrate`). Never per-process memory, which several workers could not agree on.

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.core.files import File
@@ -28,9 +29,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from batches import services, sync
+from batches import freshness, services
 from batches.models import Batch
-from results import answers
+from results import answers, events
 from results.models import (
     MESSAGE_LENGTH,
     PREVIEW_LENGTH,
@@ -178,6 +179,9 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient) -> None:
                 setattr(archive, f"{kind}_file_id", file_ids[kind] if kind in local else "")
                 setattr(archive, f"{kind}_name", stored.get(kind, ""))
             archive.save()
+            transaction.on_commit(
+                partial(events.results_kept.send, sender=ResultArchive, batch_pk=batch.pk, batch_id=batch.batch_id)
+            )
         stored = {}
         logger.info(
             "Results of %s kept locally: %s lines, %s bytes.", batch.batch_id, summary["rows"], archive.stored_bytes
@@ -190,12 +194,12 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient) -> None:
         logger.warning("Fetching the results of %s failed: %s", batch.batch_id, exc)
         attempts = archive.attempts + 1
         if attempts >= MAX_ATTEMPTS:
-            _finish(archive, ArchiveState.UNAVAILABLE, problem=sync.failure_message(exc), attempts=attempts)
+            _finish(archive, ArchiveState.UNAVAILABLE, problem=freshness.failure_message(exc), attempts=attempts)
         else:
             _finish(
                 archive,
                 ArchiveState.RETRY,
-                problem=sync.failure_message(exc, retry="batchboard will try again shortly."),
+                problem=freshness.failure_message(exc, retry="batchboard will try again shortly."),
                 attempts=attempts,
                 retry_after=timezone.now() + archive_due_retry(attempts),
             )

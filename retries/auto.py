@@ -109,6 +109,4 @@ def _note(parent: Batch, state: str, *, lines: int = 0, retry_batch_id: str = ""
 def _audit(parent_id: str, outcome: str, *, batch_id: str = "", detail: str = "") -> None:
     """The create goes to the audit log like a person's, by AUTO_USER, from no address."""
     target = f"retry of {parent_id}: {AUTO_SELECTION.label} (automatic)"
-    audit_record(
-        None, Action.CREATE, outcome, batch_id=batch_id, target=target, detail=detail, username=AUTO_USER
-    )
+    audit_record(None, Action.CREATE, outcome, batch_id=batch_id, target=target, detail=detail, username=AUTO_USER)

@@ -7,9 +7,11 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from datetime import timedelta
+from functools import partial
 from urllib.parse import quote
 
 import pytest
@@ -167,8 +169,8 @@ def synced(db):
     """The sync loop is alive and its last pass succeeded just now (pages then show no notice)."""
     from django.utils import timezone
 
+    from batches.freshness import LIST_STATE
     from batches.models import SyncState
-    from batches.sync import LIST_STATE
 
     now = timezone.now()
     SyncState.objects.update_or_create(
@@ -349,8 +351,8 @@ def fresh_cache(settings):
     the API (the detail page's file sizes) fails at once instead of retrying. The loop is alive, and a viewer was
     noted "later" (a visit is noted at most once a second, with one UPDATE), so no request in a test writes the
     note and query counts compare like with like."""
+    from batches.freshness import LIST_STATE
     from batches.models import SyncState
-    from batches.sync import LIST_STATE
 
     settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0
     settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"
@@ -431,6 +433,7 @@ def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_
     from batches import services
     from batches.models import record_batch
     from results import archive
+    from results.events import results_kept
     from results.models import ArchiveState, ResultArchive
     from tests.batch_api import payload
 
@@ -458,6 +461,7 @@ def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_
     ResultArchive.objects.filter(pk=kept.pk).update(
         state=ArchiveState.READY, archived_at=timezone.now(), summary=summary, **names
     )
+    transaction.on_commit(partial(results_kept.send, sender=ResultArchive, batch_pk=batch.pk, batch_id=batch.batch_id))
     return batch
 
 
@@ -481,3 +485,123 @@ def kept_retry(parent, outcomes: dict[str, object], tmp_path, *, job=None, attem
     child = kept_batch(outcomes, tmp_path, metadata=metadata, created_at=created_at, lines=lines)
     verify.verify(child)
     return Batch.objects.get(pk=child.pk)
+
+
+# --- Background tasks (django.tasks on django-tasks-db, the project's own database) --------------------------------
+
+
+class TaskQueue:
+    """The test database's task queue, drained on demand by the real django-tasks-db worker, in this thread.
+
+    In a test inside a transaction nothing commits, so callbacks waiting for a commit (the recording function's
+    events, a reaction's enqueue) never run by themselves: `drain()` runs them first, as a commit would, then every
+    ready task, then what those tasks left for their own commit, until nothing is left.
+    """
+
+    def __init__(self):
+        from django_tasks_db.management.commands.db_worker import Worker
+
+        self._callbacks_run = len(connection.run_on_commit)
+        self.worker = Worker(
+            queue_names=["*"],
+            interval=0,
+            batch=True,
+            backend_name="default",
+            startup_delay=False,
+            max_tasks=None,
+            worker_id="test-worker",
+            excluded_queue_names=[],
+        )
+
+    def commit_callbacks(self) -> int:
+        ran = 0
+        while len(connection.run_on_commit) > self._callbacks_run:
+            _savepoints, callback, _robust = connection.run_on_commit[self._callbacks_run]
+            self._callbacks_run += 1
+            callback()
+            ran += 1
+        return ran
+
+    def drain(self, *, expect_failures: bool = False) -> int:
+        """Run everything that is due; how many tasks ran. A task that crashed fails the test, unless expected."""
+        from django_tasks_db.models import DBTaskResult
+
+        ran = 0
+        while True:
+            self.commit_callbacks()
+            queued = DBTaskResult.objects.ready().first()
+            if queued is None:
+                return ran
+            queued.claim(self.worker.worker_id)
+            self.worker.run_task(queued)
+            queued.refresh_from_db()
+            if queued.status == "FAILED" and not expect_failures:
+                pytest.fail(f"task {queued.task_path} crashed:\n{queued.traceback}")
+            ran += 1
+
+    def waiting(self) -> int:
+        """Tasks on the queue, due or not."""
+        from django_tasks_db.models import DBTaskResult
+
+        self.commit_callbacks()
+        return DBTaskResult.objects.filter(status="READY").count()
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass for what waits on the queue: delayed tasks and reactions waiting for a retry come due
+        that much sooner (instead of the test sleeping on the real clock)."""
+        from django.db.models import F
+        from django_tasks_db.models import DBTaskResult, get_date_max
+
+        from batches.models import Reaction
+
+        self.commit_callbacks()
+        delta = timedelta(seconds=seconds)
+        DBTaskResult.objects.filter(status="READY").exclude(run_after=get_date_max()).update(
+            run_after=F("run_after") - delta
+        )
+        Reaction.objects.filter(state="pending").update(run_after=F("run_after") - delta)
+
+
+@pytest.fixture
+def tasks(db):
+    """The task queue, drained by `tasks.drain()` (the real db_worker's code, in this thread)."""
+    return TaskQueue()
+
+
+class TaskWorkerThread(threading.Thread):
+    """The real db_worker loop in a thread, for tests with a live server or a browser: tasks run as they would in
+    production, seconds after they are enqueued."""
+
+    def __init__(self, interval: float = 0.05):
+        from django_tasks_db.management.commands.db_worker import Worker
+
+        super().__init__(name="test-task-worker", daemon=True)
+        self.worker = Worker(
+            queue_names=["*"],
+            interval=interval,
+            batch=False,
+            backend_name="default",
+            startup_delay=False,
+            max_tasks=None,
+            worker_id=f"test-thread-{uuid.uuid4().hex[:8]}",
+            excluded_queue_names=[],
+        )
+
+    def run(self):
+        try:
+            self.worker.run()
+        finally:
+            connections.close_all()
+
+    def stop(self):
+        self.worker.running = False
+        self.join(timeout=30)
+
+
+@pytest.fixture
+def task_worker(transactional_db):
+    """A db_worker running in a thread for the test's duration (live servers, browsers, sync loops in threads)."""
+    worker = TaskWorkerThread()
+    worker.start()
+    yield worker
+    worker.stop()

@@ -16,8 +16,9 @@ from django_htmx.http import retarget, trigger_client_event
 
 from audit.log import record
 from audit.models import Action, Outcome
-from batches import actions, sync
+from batches import actions
 from batches.converters import BatchIdConverter
+from batches.freshness import list_freshness
 from batches.models import Batch
 from batches.views.common import refreshed_batch, unreachable
 from batches.views.listing import count_retries, list_context, list_query_of
@@ -61,7 +62,7 @@ def batch_bulk_cancel(request):
     html = render_to_string("batches/batch_bulk_cancel.html#bulk-result", context, request)
     table = list_context(
         list_query_of(request.htmx.current_url_abs_path),
-        sync.list_freshness(),
+        list_freshness(),
         can_cancel=True,
     )
     table.update(oob=True, oob_table=True)

@@ -15,7 +15,8 @@ from django_htmx.http import HTMX_STOP_POLLING
 
 from audit.log import record
 from audit.models import Action, Outcome
-from batches import lookups, services, sync
+from batches import lookups, services
+from batches.freshness import failure_message, list_freshness
 from batches.history import batch_history
 from batches.views.common import refreshed_batch, unreachable, user_key
 from batches.views.live import answer_key, is_shown, live_of, rendering_key, unchanged
@@ -72,8 +73,8 @@ def batch_detail(request, batch_id):
     # files appear), not for every poll, and not while the API is failing anyway. A final batch is never refreshed,
     # so its own freshness cannot tell; the list's can.
     wants_sizes = (final or not request.htmx) and freshness.ok
-    list_freshness = sync.list_freshness() if wants_sizes else None
-    fetch_sizes = wants_sizes and list_freshness.ok
+    list_state = list_freshness() if wants_sizes else None
+    fetch_sizes = wants_sizes and list_state.ok
     context = {
         "batch": batch,
         "api": api,
@@ -86,8 +87,8 @@ def batch_detail(request, batch_id):
         "answer_key": key,
         "share_url": request.build_absolute_uri(reverse("batches:detail", args=[batch.batch_id])),
     }
-    if list_freshness is not None:
-        context["api_freshness"] = list_freshness  # The auth banner's: read already.
+    if list_state is not None:
+        context["api_freshness"] = list_state  # The auth banner's: read already.
     if fragment:
         context["fragment"] = True  # carries the page title, which htmx applies: it names the status
         status = HTMX_STOP_POLLING if final else 200
@@ -114,14 +115,14 @@ def batch_file(request, batch_id, kind):
     except services.BatchApiError as exc:
         logger.warning("Download of %s (%s of %s) failed: %s", file_id, kind, batch_id, exc)
         missing = isinstance(exc, services.NotFound)
-        detail = f"{file_id}: " + ("not found" if missing else sync.failure_message(exc))
+        detail = f"{file_id}: " + ("not found" if missing else failure_message(exc))
         record(request, Action.DOWNLOAD, Outcome.ERROR, batch_id=batch_id, target=kind, detail=detail)
         context = {
             "batch": batch,
             "kind": kind,
             "file_id": file_id,
             "missing": missing,
-            "message": "" if missing else sync.failure_message(exc),
+            "message": "" if missing else failure_message(exc),
         }
         return render(request, "batches/file_unavailable.html", context, status=404 if missing else 502)
     record(request, Action.DOWNLOAD, Outcome.OK, batch_id=batch_id, target=kind, detail=file_id)

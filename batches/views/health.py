@@ -13,7 +13,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from batches import metrics, sync
+from batches import freshness, metrics
 
 
 def _text(body: str, status: int = 200) -> HttpResponse:
@@ -41,7 +41,7 @@ def _readiness_problem() -> str:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        loop = sync.loop_status()
+        loop = freshness.loop_status()
     except DatabaseError as exc:
         return f"the database does not answer ({type(exc).__name__})"
     try:
@@ -52,7 +52,7 @@ def _readiness_problem() -> str:
         return "the sync loop has never run (is `manage.py sync_batches --loop` running?)"
     if not loop.alive:
         age = int((timezone.now() - loop.heartbeat_at).total_seconds())
-        return f"no sign of the sync loop for {age} s (more than {int(sync.stale_after().total_seconds())} s)"
+        return f"no sign of the sync loop for {age} s (more than {int(freshness.stale_after().total_seconds())} s)"
     return ""
 
 

@@ -17,7 +17,8 @@ from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HTMX_STOP_POLLING
 
-from batches import services, sync
+from batches import services
+from batches.freshness import Freshness, list_freshness, note_watched
 from batches.models import ACTIVE_FILTER, ATTENTION_FILTER, DEFAULT_SORT, SORTS, Batch, data_version
 from batches.views.live import Live, answer_key, is_shown, live_of, rendering_key, unchanged
 
@@ -97,8 +98,8 @@ class ListFilters:
 @require_safe
 @vary_on_headers("HX-Request")
 def batch_list(request):
-    freshness = sync.list_freshness()
-    sync.note_watched(freshness)  # The sync loop refreshes at the short interval while someone is watching.
+    freshness = list_freshness()
+    note_watched(freshness)  # The sync loop refreshes at the short interval while someone is watching.
     can_cancel = request.user.has_perm("batches.cancel_batch")
     live = live_of(request, freshness)
     version = data_version()  # read after this request's refresh, so a rendering is never older than its key
@@ -114,7 +115,7 @@ def batch_list(request):
 
 
 def _table_fragment(
-    request, freshness: sync.Freshness, live: Live, rendering: str, version: tuple, *, can_cancel: bool
+    request, freshness: Freshness, live: Live, rendering: str, version: tuple, *, can_cancel: bool
 ) -> HttpResponse:
     """The polled table: empty when the poller shows this very answer already; otherwise many viewers polling one
     URL get one rendering per change of the data (or per interval)."""
@@ -135,7 +136,7 @@ def _table_fragment(
     return response
 
 
-def _rendering_key(request, freshness: sync.Freshness, live: Live, version: tuple, *, can_cancel: bool) -> str:
+def _rendering_key(request, freshness: Freshness, live: Live, version: tuple, *, can_cancel: bool) -> str:
     """Everything the table's markup depends on: the URL, what the user may do (it has no CSRF token or other
     secret: htmx sends the token from <body>), the data's version, how fresh it is, the polling interval and the day
     (the summary counts today's batches).
@@ -153,9 +154,7 @@ def _rendering_key(request, freshness: sync.Freshness, live: Live, version: tupl
     )
 
 
-def list_context(
-    query: QueryDict, freshness: sync.Freshness, *, can_cancel: bool, version: tuple | None = None
-) -> dict:
+def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, version: tuple | None = None) -> dict:
     """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views.
     `version` is data_version() if the caller has read it already (before any row)."""
     filters, notices = _parse_filters(query)

@@ -9,8 +9,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from batches import services
+from batches.freshness import LIST_STATE
 from batches.models import SyncState, record_batch
-from batches.sync import LIST_STATE
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.django_db

@@ -20,10 +20,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from batches import lookups, services
+from batches import lookups, reactions, services
 from batches.lineage_keys import LineageState
-from batches.models import Batch, record_batch
+from batches.models import Batch, Reaction, ReactionState, SyncState, record_batch
+from batches.sync import LIST_STATE
 from results import archive
+from results.events import results_kept
 from results.models import ResultArchive, ResultFilter
 from retries import auto, lineage, merged, submit, verify
 from retries.models import AutoRetry, AutoRetryState
@@ -301,35 +303,67 @@ def _finish_in_sandbox(batch_id: str) -> Batch:
     return batch
 
 
-@pytest.mark.django_db(transaction=True)
-def test_automatic_retry_is_submitted_once_survives_a_restart_and_stops_after_n(sandbox_url, settings, tmp_path):
+@pytest.fixture
+def import_done(db):
+    """The history import has reached the oldest batch: automatic retries may be sent."""
+    SyncState.objects.update_or_create(name=LIST_STATE, defaults={"import_done_at": timezone.now()})
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("import_done")
+def test_automatic_retry_is_submitted_once_even_when_its_task_runs_again(sandbox_url, settings, tmp_path, tasks):
     settings.SANDBOX_SPEED = 1.0
     parent = kept_batch(
         {"r-1": 429, "r-2": 503, "r-3": "expired", "r-4": 400, "r-5": "ok"},
         tmp_path,
         metadata={"batchboard_auto_retry": "1"},
     )
-    assert auto.retry_due() == 1
-    assert auto.retry_due() == 0  # claimed: a second pass, or a second loop, sends nothing
-    claim = AutoRetry.objects.get(parent=parent)
-    assert (claim.state, claim.lines) == (AutoRetryState.SUBMITTED, 3)
+    tasks.drain()
+    note = AutoRetry.objects.get(parent=parent)
+    assert (note.state, note.lines) == (AutoRetryState.SUBMITTED, 3)
     created = _sandbox_batches(sandbox_url)
-    assert [b["id"] for b in created] == [claim.retry_batch_id]
+    assert [b["id"] for b in created] == [note.retry_batch_id]
     assert "batchboard_auto_retry" not in created[0]["metadata"]  # N was 1: the retry retries nothing itself
+    assert created[0]["metadata"]["batchboard_attempt"] == "1"
+    assert AuditEvent.objects.filter(action="create", outcome="ok", batch_id=note.retry_batch_id).exists()
 
-    # A loop that died after claiming: its claim is taken over, and the same token finds the same batch.
-    AutoRetry.objects.filter(pk=claim.pk).update(
-        state=AutoRetryState.CLAIMED, claimed_at=timezone.now() - timedelta(hours=1), retry_batch_id=""
+    # The results announced again: the reaction exists already, nothing is sent.
+    results_kept.send(sender=ResultArchive, batch_pk=parent.pk, batch_id=parent.batch_id)
+    tasks.drain()
+    assert len(_sandbox_batches(sandbox_url)) == 1
+
+    # A worker killed after the create, before anything was stored: the reaction runs again, reads the top of the
+    # list, finds the retry there and sends nothing.
+    Batch.objects.filter(batch_id=note.retry_batch_id).delete()
+    AutoRetry.objects.all().delete()
+    Reaction.objects.filter(batch=parent, step="auto_retry").update(
+        state=ReactionState.RUNNING, lease_until=timezone.now() - timedelta(seconds=1)
     )
-    assert auto.retry_due() == 1
-    assert AutoRetry.objects.get(pk=claim.pk).retry_batch_id == claim.retry_batch_id
+    assert reactions.sweep() == 1
+    tasks.drain()
+    again = AutoRetry.objects.get(parent=parent)
+    assert (again.state, again.retry_batch_id) == (AutoRetryState.FOUND, note.retry_batch_id)
     assert len(_sandbox_batches(sandbox_url)) == 1
 
-    retry = _finish_in_sandbox(claim.retry_batch_id)
-    assert (retry.retry_of, retry.lineage_state) == (parent.batch_id, LineageState.VERIFIED)
-    auto.retry_due()
-    assert not AutoRetry.objects.filter(parent=retry, state=AutoRetryState.SUBMITTED).exists()
+    retry = _finish_in_sandbox(note.retry_batch_id)
+    tasks.drain()
+    assert (retry.retry_of, retry.attempt) == (parent.batch_id, 1)
+    assert not AutoRetry.objects.filter(parent=retry).exists()
     assert len(_sandbox_batches(sandbox_url)) == 1
+
+
+@pytest.mark.django_db
+def test_automatic_retry_sends_nothing_until_the_history_import_is_done(fake_api, tmp_path, tasks):
+    parent = kept_batch({"r-1": 429}, tmp_path, metadata={"batchboard_auto_retry": "1"})
+    tasks.drain()
+    assert fake_api.received == []
+    waiting = Reaction.objects.get(batch=parent, step="auto_retry")
+    assert (waiting.state, waiting.error) == (ReactionState.PENDING, "waiting for the history import to finish")
+    assert not AutoRetry.objects.exists()
+    tasks.advance(3600)
+    tasks.drain()
+    assert fake_api.received == []  # still importing: an hour later it still waits, without counting a try
+    assert Reaction.objects.get(pk=waiting.pk).tries == 0
 
 
 def _failing_in_sandbox(count: int) -> list[str]:
@@ -338,22 +372,28 @@ def _failing_in_sandbox(count: int) -> list[str]:
     return [c for c in ids if (failure := sandbox_results._random_failure(c)) and failure["status"] == 500][:count]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_automatic_retry_chains_up_to_n_then_stops(sandbox_url, settings, tmp_path):
+@pytest.mark.django_db
+@pytest.mark.usefixtures("import_done")
+def test_automatic_retry_chains_up_to_n_and_a_retry_of_a_retry_names_the_original_job(
+    sandbox_url, settings, tmp_path, tasks
+):
     settings.SANDBOX_SPEED = 1.0
     ids = _failing_in_sandbox(2)
     parent = kept_batch(dict.fromkeys(ids, 500), tmp_path, metadata={"batchboard_auto_retry": "2"})
-    assert auto.retry_due() == 1
+    tasks.drain()
     first = AutoRetry.objects.get(parent=parent).retry_batch_id
     _finish_in_sandbox(first)
-    assert auto.retry_due() == 1
+    tasks.drain()
     second = AutoRetry.objects.get(parent__batch_id=first).retry_batch_id
     assert second
     retry = _finish_in_sandbox(second)
-    assert auto.retry_due() == 0  # the second retry was the last one asked for
+    tasks.drain()
+    assert not AutoRetry.objects.filter(parent=retry).exists()  # the second retry was the last one asked for
     in_job = Batch.objects.in_job(parent.batch_id).exclude(pk=parent.pk).order_by("attempt")
     assert [(batch.batch_id, batch.attempt) for batch in in_job] == [(first, 1), (second, 2)]
     assert retry.metadata["batchboard_retry_of"] == first
+    assert retry.metadata["batchboard_job"] == parent.batch_id  # the original, not its parent
+    assert retry.metadata["batchboard_attempt"] == "2"
     assert len(_sandbox_batches(sandbox_url)) == 2
     job = merged.load_job(parent.batch_id)
     assert merged.counts(job).failing == {"failed": 2}

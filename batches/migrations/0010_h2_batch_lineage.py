@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0008_list_attention_and_expiry_indexes'),
+        ('batches', '0009_h1_reactions'),
     ]
 
     operations = [

@@ -1,5 +1,9 @@
 """Fill the lineage columns of the batches already stored from their metadata, as the recording function now does
-for every new one (the retries app's RetryLink rows held the same claims, minus those its signal missed)."""
+for every new one (the retries app's RetryLink rows held the same claims, minus those its signal missed), and ask
+for each claim to be checked: a "verify_lineage" reaction, pending since long ago, which reactions.sweep() enqueues
+(a migration does not enqueue tasks)."""
+
+import datetime
 
 import re
 
@@ -12,6 +16,7 @@ ATTEMPT_KEY = "batchboard_attempt"
 # code that may change).
 BATCH_ID_PATTERN = re.compile(r"batch_[A-Za-z0-9_-]{1,120}")
 CHUNK = 1000
+LONG_AGO = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 
 
 def _claim(batch_id, metadata):
@@ -28,6 +33,7 @@ def _claim(batch_id, metadata):
 
 def fill_lineage(apps, schema_editor):
     Batch = apps.get_model("batches", "Batch")
+    Reaction = apps.get_model("batches", "Reaction")
     candidates = Batch.objects.filter(search_text__contains=RETRY_OF_KEY).only("pk", "batch_id", "metadata")
     changed = []
     for batch in candidates.iterator(chunk_size=CHUNK):
@@ -38,12 +44,21 @@ def fill_lineage(apps, schema_editor):
         batch.lineage_state = "unverified"
         changed.append(batch)
         if len(changed) >= CHUNK:
-            Batch.objects.bulk_update(changed, ["retry_of", "job", "attempt", "lineage_state"])
+            _save(Batch, Reaction, changed)
             changed = []
+    _save(Batch, Reaction, changed)
+
+
+def _save(Batch, Reaction, changed):  # noqa: N803 (historical models)
     Batch.objects.bulk_update(changed, ["retry_of", "job", "attempt", "lineage_state"])
+    checks = [
+        Reaction(batch_id=batch.pk, step="verify_lineage", run_after=LONG_AGO, enqueued_at=LONG_AGO, created_at=LONG_AGO)
+        for batch in changed
+    ]
+    Reaction.objects.bulk_create(checks, ignore_conflicts=True)
 
 
 class Migration(migrations.Migration):
-    dependencies = [("batches", "0009_h2_batch_lineage")]
+    dependencies = [("batches", "0010_h2_batch_lineage")]
 
     operations = [migrations.RunPython(fill_lineage, migrations.RunPython.noop)]
