@@ -38,9 +38,7 @@ def _parent_in_sandbox(tmp_path, name: str) -> str:
     path.write_bytes(b"".join(input_line(c, n) + b"\n" for n, c in enumerate(_failing_in_sandbox(3, name))))
     client = services.get_client()
     uploaded = client.upload_file(path)
-    batch_id = client.create_batch(
-        input_file_id=uploaded.id, endpoint=CHAT, metadata={"batchboard_auto_retry": "1"}
-    ).id
+    batch_id = client.create_batch(input_file_id=uploaded.id, endpoint=CHAT, metadata={"batchboard_auto_retry": "1"}).id
     SandboxBatch.objects.filter(pk=batch_id).update(created=F("created") - 10 * DAY)
     return batch_id
 
