@@ -3,6 +3,15 @@
 from django.db import migrations, models
 
 
+def settle_old_claims(apps, schema_editor):
+    """A claim still held by the sync loop at the upgrade: tasks run automatic retries now, and they will not take it
+    over (its results were kept before they listened), so say so on the batch's page."""
+    AutoRetry = apps.get_model("retries", "AutoRetry")
+    AutoRetry.objects.filter(state="claimed").update(
+        state="failed", problem="interrupted by an upgrade of batchboard; check for a retry, or retry the lines by hand"
+    )
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -10,6 +19,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.RunPython(settle_old_claims, migrations.RunPython.noop),
         migrations.RemoveField(
             model_name='autoretry',
             name='claimed_at',

@@ -2,19 +2,28 @@
 
 from django import template
 
+from batches.models import Reaction, ReactionState
+from retries.auto import retries_left
 from retries.lineage import lineage
 from retries.models import AutoRetry
 from retries.selection import FILTER
+from retries.tasks import AUTO_RETRY_STEP
 
 register = template.Library()
 
 
 @register.inclusion_tag("retries/_lineage.html", takes_context=True)
 def lineage_card(context, batch):
+    auto_retry = AutoRetry.objects.filter(parent=batch).first()
+    waiting = None
+    if auto_retry is None and retries_left(batch.metadata):
+        # Not sent yet: the reaction says what it waits for (the history import, its own link's check).
+        waiting = Reaction.objects.filter(batch=batch, step=AUTO_RETRY_STEP, state=ReactionState.PENDING).first()
     return {
         "batch": batch,
         "lineage": lineage(batch),
-        "auto_retry": AutoRetry.objects.filter(parent=batch).first(),
+        "auto_retry": auto_retry,
+        "auto_retry_waiting": waiting,
         "can_retry": context["perms"]["batches"]["create_batch"] if "perms" in context else False,
     }
 

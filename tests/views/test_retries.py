@@ -353,17 +353,17 @@ def test_automatic_retry_is_submitted_once_even_when_its_task_runs_again(sandbox
 
 
 @pytest.mark.django_db
-def test_automatic_retry_sends_nothing_until_the_history_import_is_done(fake_api, tmp_path, tasks):
+def test_automatic_retry_sends_nothing_until_the_history_import_is_done(fake_api, tmp_path, tasks, viewer_client):
     parent = kept_batch({"r-1": 429}, tmp_path, metadata={"batchboard_auto_retry": "1"})
     tasks.drain()
+    tasks.advance(3600)
+    tasks.drain()  # an hour later, still importing: it waits, without counting a try
     assert fake_api.received == []
     waiting = Reaction.objects.get(batch=parent, step="auto_retry")
     assert (waiting.state, waiting.error) == (ReactionState.PENDING, "waiting for the history import to finish")
-    assert not AutoRetry.objects.exists()
-    tasks.advance(3600)
-    tasks.drain()
-    assert fake_api.received == []  # still importing: an hour later it still waits, without counting a try
-    assert Reaction.objects.get(pk=waiting.pk).tries == 0
+    assert waiting.tries == 0 and not AutoRetry.objects.exists()
+    page = viewer_client.get(reverse("batches:detail", args=[parent.batch_id])).content.decode()
+    assert "Automatic retry: waiting for the history import to finish." in page
 
 
 def _failing_in_sandbox(count: int) -> list[str]:
