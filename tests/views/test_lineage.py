@@ -4,15 +4,18 @@ claim is shown as such and never reaches the job's final results, exports, cost 
 """
 
 import csv
+import importlib
 import io
 import json
 from pathlib import Path
 
 import pytest
+from django.apps import apps as django_apps
 from django.db.models import F
 from django.urls import reverse
+from django.utils import timezone
 
-from batches import lookups, services, sync
+from batches import lookups, reactions, services, sync
 from batches.lineage_keys import LineageState
 from batches.models import Batch, Reaction, ReactionState, record_batch
 from results import archive
@@ -180,3 +183,26 @@ def test_verifying_a_long_input_streams_it(tmp_path, monkeypatch):
         lines={"long-3": lines["long-3"], "long-17": lines["long-17"] + b"\r"},
     )
     assert verify.verify(child).state == LineageState.VERIFIED
+
+
+@pytest.mark.django_db
+def test_the_upgrade_fills_the_claims_of_stored_batches_and_asks_for_each_to_be_checked():
+    migration = importlib.import_module("batches.migrations.0011_h2_lineage_from_metadata")
+    claim = {"batchboard_retry_of": "batch_parent", "batchboard_job": "batch_job", "batchboard_attempt": "2"}
+    retry = record_batch(services.ApiBatch.from_api(payload("completed", metadata=claim)))
+    plain = record_batch(services.ApiBatch.from_api(payload("completed", metadata={"x": "batchboard_retry_of"})))
+    Batch.objects.update(retry_of="", job="", attempt=0, lineage_state="")  # as stored before the upgrade
+
+    migration.fill_lineage(django_apps, None)
+
+    retry.refresh_from_db()
+    assert (retry.retry_of, retry.job, retry.attempt, retry.lineage_state) == (
+        "batch_parent",
+        "batch_job",
+        2,
+        LineageState.UNVERIFIED,
+    )
+    assert Batch.objects.get(pk=plain.pk).retry_of == ""
+    check = Reaction.objects.get(batch=retry)
+    assert (check.step, check.state) == (verify.STEP, ReactionState.PENDING)
+    assert check.run_after < timezone.now() - reactions.LOST_AFTER  # the next sweep enqueues it
