@@ -10,10 +10,15 @@ from retries import auto, submit, verify
 from retries.tasks import AUTO_RETRY_STEP
 
 
-def check_new_claim(sender, batch_pk: int, created: bool, **kwargs) -> None:
-    """batch_changed: a batch stored for the first time whose metadata names a parent gets its claim checked."""
-    if created and Batch.objects.filter(pk=batch_pk).exclude(retry_of="").exists():
-        reactions.schedule(verify.STEP, batch_pk)
+def check_new_claim(sender, batch_pk: int, batch_id: str, created: bool, **kwargs) -> None:
+    """batch_changed: a batch stored for the first time gets its claim checked if its metadata names a parent, and
+    the claims waiting for it to be seen are looked at again (one indexed query)."""
+    if created:
+        verify.wake(
+            Batch.objects.filter(
+                Q(pk=batch_pk, retry_of__gt="") | Q(retry_of=batch_id, lineage_state=LineageState.UNVERIFIED)
+            )
+        )
 
 
 def react_to_kept_results(sender, batch_pk: int, batch_id: str, **kwargs) -> None:

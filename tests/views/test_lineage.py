@@ -206,3 +206,19 @@ def test_the_upgrade_fills_the_claims_of_stored_batches_and_asks_for_each_to_be_
     check = Reaction.objects.get(batch=retry)
     assert (check.step, check.state) == (verify.STEP, ReactionState.PENDING)
     assert check.run_after < timezone.now() - reactions.LOST_AFTER  # the next sweep enqueues it
+
+
+@pytest.mark.django_db
+def test_a_claim_waiting_for_its_parent_is_checked_again_as_soon_as_the_parent_is_recorded(tmp_path, tasks):
+    parent = payload("completed")
+    child = kept_batch({"a": "ok"}, tmp_path, metadata={"batchboard_retry_of": parent["id"]})
+    tasks.drain()
+    check = Reaction.objects.get(batch=child, step=verify.STEP)
+    assert check.state == ReactionState.PENDING and "has not been seen" in check.error
+
+    record_batch(services.ApiBatch.from_api(parent))
+    tasks.drain()  # no time passes: the parent's recording woke the check
+
+    check.refresh_from_db()
+    assert check.state == ReactionState.PENDING and check.error == "waiting for both inputs to be kept"
+    assert ResultArchive.objects.get(batch__batch_id=parent["id"]).state == ArchiveState.REQUESTED
