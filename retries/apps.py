@@ -9,6 +9,8 @@ class RetriesConfig(AppConfig):
         from django.db.models.signals import post_save
 
         from batches.models import Batch
-        from retries import lineage
+        from results.events import results_kept
+        from retries import auto, lineage
 
         post_save.connect(lineage.link_on_save, sender=Batch, dispatch_uid="retries.link_on_save")
+        results_kept.connect(auto.retry_when_kept, dispatch_uid="retries.retry_when_kept")

@@ -1,5 +1,5 @@
 """Automatic retries: when a batch created with "retry lines that fail with 429/5xx or expire, up to N times" is
-final and its results are kept, the sync loop submits a retry of those lines, once.
+final and its results are kept, a task worker submits a retry of those lines, once (on results_kept).
 
 Cost model: one query per pass finds kept batches asking for a retry that have no claim yet (an anti-join on a
 unique row); each is claimed with an INSERT on that unique row, so two loops, or a loop restarted halfway, never
@@ -96,7 +96,7 @@ def retry_one(archive: ResultArchive, claim: AutoRetry) -> AutoRetry:
 
 
 def retry_due(limit: int = PER_PASS) -> int:
-    """One step of the sync loop: submit the automatic retries that are due. Returns how many claims were handled."""
+    """Submit the automatic retries that are due. Returns how many claims were handled."""
     handled = 0
     for archive in _due()[:limit]:
         claim = _claim(archive)
@@ -106,8 +106,9 @@ def retry_due(limit: int = PER_PASS) -> int:
     return handled
 
 
-def sync_step() -> None:
-    """What the sync loop does for retries after each pass; failures are logged, never raised into the loop."""
+def retry_when_kept(sender, batch_pk: int, batch_id: str, **kwargs) -> None:
+    """results_kept (on a task worker, after the files are indexed): submit the automatic retries that are due.
+    Interim: the retries app's own reaction replaces this. Failures are logged, never raised into the worker."""
     try:
         retry_due()
     except Exception:
