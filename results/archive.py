@@ -553,7 +553,7 @@ def iter_input_bytes(archive: ResultArchive, lines) -> Iterator[bytes]:
 
 def check_upstream(limit: int = 5, *, client: services.BatchClient | None = None) -> int:
     """Ask whether the API still has the result files of up to `limit` archives (each at most once a day), so pages
-    can say "deleted upstream" (`manage.py archive_results` runs it; an expiry the API announced needs no call). Bounded per pass: an archive whose files expired needs no call at all."""
+    can say "deleted upstream" (`manage.py archive_results` runs it). An archive whose files expired needs no call."""
     now = timezone.now()
     queryset = ResultArchive.objects.filter(state=ArchiveState.READY, upstream_deleted_at__isnull=True)
     queryset = queryset.filter(Q(upstream_expires_at__isnull=True) | Q(upstream_expires_at__gt=now))
