@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -18,6 +19,8 @@ from django.utils import timezone
 from batches import events, pricing, services
 from batches.history import STUCK_AFTER
 from batches.lineage_keys import LineageState, claim_of
+
+logger = logging.getLogger("batches.recording")
 
 STATUS_CHOICES = [(s, services.status_label(s)) for s in services.STATUSES]
 # The list's pseudo-statuses: "every batch that can still change", and "every batch someone should look at".
@@ -617,10 +620,12 @@ def record_batches(
     unchanged = [batch_id for batch_id, digest in known.items() if digests[batch_id] == digest]
     new = [batch for batch_id, batch in unique.items() if batch_id not in known]
     changed = [batch for batch_id, batch in unique.items() if batch_id in known and batch_id not in unchanged]
+    if len(new) == 1:
+        changed, new = new + changed, []  # one new batch (a retrieve, a create's answer): no bulk insert needed
     if unchanged:
         Batch.objects.mark_seen(unchanged, observed_at)
     changes: list[_Change] = []
-    if new:
+    if len(new) > 1:
         inserted = _insert_new(new, digests, observed_at)
         if inserted is None:
             changed = new + changed  # Another writer recorded one of them meanwhile: one by one, under the lock.
@@ -656,9 +661,10 @@ class _Change:
 
 
 def _announce(changes: list[_Change], historical: bool) -> None:
-    """Send batches.events' signals for stored changes (after commit: receivers see what was stored)."""
+    """Send batches.events' signals for stored changes (after commit: receivers see what was stored). A receiver
+    that fails is logged and never undoes the recording or stops the other receivers."""
     for change in changes:
-        events.batch_changed.send(
+        sent = events.batch_changed.send_robust(
             sender=Batch,
             batch_pk=change.row.pk,
             batch_id=change.row.batch_id,
@@ -666,9 +672,12 @@ def _announce(changes: list[_Change], historical: bool) -> None:
             historical=historical,
         )
         if change.became_final:
-            events.batch_became_final.send(
+            sent += events.batch_became_final.send_robust(
                 sender=Batch, batch_pk=change.row.pk, batch_id=change.row.batch_id, historical=historical
             )
+        for receiver, outcome in sent:
+            if isinstance(outcome, Exception):
+                logger.error("A receiver of %s's new state failed: %s", change.row.batch_id, receiver, exc_info=outcome)
 
 
 def _insert_new(batches: list[services.ApiBatch], digests: dict[str, str], observed_at: datetime) -> list | None:

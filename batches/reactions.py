@@ -51,6 +51,8 @@ BACKOFF_MAX_SECONDS = 3600.0
 LOST_AFTER = timedelta(minutes=15)
 ERROR_LENGTH = 1000
 SWEEP_LIMIT = 500
+# The task priority of a reaction someone is waiting for (a results page opened): ahead of the background's 0.
+HURRY_PRIORITY = 50
 
 _tasks: dict[str, Task] = {}
 
@@ -78,9 +80,10 @@ def registered(step: str) -> bool:
     return step in _tasks
 
 
-def schedule(step: str, batch_pk: int, attempt: int = 0) -> bool:
+def schedule(step: str, batch_pk: int, attempt: int = 0, *, priority: int = 0) -> bool:
     """Ask for `step` to follow batch `batch_pk`: True when this call created the reaction (its task is enqueued when
-    the current transaction commits), False when it was asked for already."""
+    the current transaction commits), False when it was asked for already. A higher `priority` runs it before the
+    rest of the queue (someone is waiting for it)."""
     if step not in _tasks:
         raise LookupError(f"No task is registered for the reaction step {step!r}.")
     now = timezone.now()
@@ -91,7 +94,7 @@ def schedule(step: str, batch_pk: int, attempt: int = 0) -> bool:
             )
     except IntegrityError:
         return False
-    transaction.on_commit(partial(_enqueue, step, reaction.pk))
+    transaction.on_commit(partial(_enqueue, step, reaction.pk, priority=priority))
     return True
 
 
@@ -109,14 +112,25 @@ def wake(step: str, batch_pk: int, attempt: int = 0) -> bool:
     return True
 
 
-def _enqueue(step: str, reaction_id: int, run_after: datetime | None = None) -> None:
+def hurry(step: str, batch_pk: int, attempt: int = 0) -> bool:
+    """Someone is waiting for this pending reaction: enqueue its task again ahead of the queue (the claim makes the
+    copy that runs second a no-op). True when there was a pending reaction to hurry."""
+    pending = Reaction.objects.filter(batch_id=batch_pk, step=step, attempt=attempt, state=ReactionState.PENDING)
+    reaction_id = pending.values_list("pk", flat=True).first()
+    if reaction_id is None:
+        return False
+    transaction.on_commit(partial(_enqueue, step, reaction_id, priority=HURRY_PRIORITY))
+    return True
+
+
+def _enqueue(step: str, reaction_id: int, run_after: datetime | None = None, *, priority: int = 0) -> None:
     """Put the step's task on the queue. A failure here is logged, not raised: sweep() enqueues it again later."""
     task = _tasks.get(step)
     if task is None:
         logger.error("No task is registered for the reaction step %r (reaction %s).", step, reaction_id)
         return
     try:
-        (task.using(run_after=run_after) if run_after else task).enqueue(reaction_id)
+        task.using(run_after=run_after, priority=priority).enqueue(reaction_id)
     except DatabaseError as exc:
         logger.warning("Could not enqueue reaction %s (%s): %s; the next sweep will.", reaction_id, step, exc)
 

@@ -172,10 +172,15 @@ def _env_directory(name):
 TIKTOKEN_CACHE_DIR = _env_directory("TIKTOKEN_CACHE_DIR")
 
 
-# Results kept locally (the results app): of every final batch, or only once someone opens its results page.
-BATCHBOARD_ARCHIVE = _env("BATCHBOARD_ARCHIVE", "final").lower()
-if BATCHBOARD_ARCHIVE not in ("final", "on-open"):
-    raise ImproperlyConfigured(f"BATCHBOARD_ARCHIVE must be final or on-open; got {BATCHBOARD_ARCHIVE!r}.")
+# Results kept locally (the results app): "new" keeps the files of batches that become final after the install (not
+# the imported history) and of any batch whose results page someone opens; "all" also every batch of the history;
+# "on-open" only what someone opens; "off" nothing. "final", the old default, is read as "all".
+BATCHBOARD_ARCHIVE = _env("BATCHBOARD_ARCHIVE", "new").lower().replace("final", "all")
+if BATCHBOARD_ARCHIVE not in ("new", "all", "on-open", "off"):
+    raise ImproperlyConfigured(f"BATCHBOARD_ARCHIVE must be new, all, on-open or off; got {BATCHBOARD_ARCHIVE!r}.")
+# A disk quota for the kept files, in GB (0: none): past it, the files opened least recently are evicted; their
+# summaries and per-line index stay.
+BATCHBOARD_ARCHIVE_MAX_GB = _env_float("BATCHBOARD_ARCHIVE_MAX_GB", 0.0, 0.0, 1_000_000.0)
 
 
 def _results_storage():

@@ -1,8 +1,5 @@
-"""What the results app announces; it knows nothing of who listens.
-
-`results_kept` is sent once a batch's files are stored and indexed (after the transaction that marked its archive
-ready has committed), with batch_pk and batch_id. Receivers (the retries app) schedule reactions, never slow work.
-"""
+"""What the results app announces: a batch's files were fetched and indexed (the retries app's automatic retry
+follows it). Sent once the transaction that stored the index has committed. kwargs: batch_pk, batch_id."""
 
 from django.dispatch import Signal
 

@@ -14,12 +14,13 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.utils import timezone
 
 from batches import reactions
 from batches.lineage_keys import LineageState
 from batches.models import Batch
-from results.archive import request_archive, results_storage
+from results.archive import MODE_OFF, keep, results_storage, wants_archive
 from results.models import ArchiveState, ResultArchive
 
 READ_CHUNK = 64 * 1024
@@ -73,12 +74,17 @@ def check(child: Batch) -> Verdict:
 
 
 def _kept_input(batch: Batch) -> str | Verdict:
-    """The stored name of the batch's kept input file, or why there is none (yet)."""
-    archive = request_archive(batch, wanted=False)
+    """The stored name of the batch's kept input file, or why there is none (yet); asks for it to be kept."""
+    archive = ResultArchive.objects.filter(batch=batch).first()
     if archive is None:
         if not batch.is_terminal:
             return _waiting(f"waiting for {batch.batch_id} to finish and its input to be kept")
-        return Verdict(LineageState.UNVERIFIED, f"{batch.batch_id} has no results, so its input is not kept")
+        if not wants_archive(batch):
+            return Verdict(LineageState.UNVERIFIED, f"{batch.batch_id} has no results, so its input is not kept")
+        if settings.BATCHBOARD_ARCHIVE == MODE_OFF:
+            return Verdict(LineageState.UNVERIFIED, "results are not kept here (BATCHBOARD_ARCHIVE=off)")
+        keep(batch)
+        return _waiting("waiting for both inputs to be kept")
     if archive.is_pending:
         return _waiting("waiting for both inputs to be kept")
     if archive.state != ArchiveState.READY or not archive.input_name:
@@ -87,6 +93,8 @@ def _kept_input(batch: Batch) -> str | Verdict:
 
 
 def _why_not(archive: ResultArchive) -> str:
+    if archive.evicted_at:
+        return "its files were removed to stay within the disk quota"
     if archive.state == ArchiveState.READY:
         return "the API no longer had it"
     return archive.get_state_display()

@@ -446,7 +446,8 @@ def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_
     if created_at is not None:
         fields["created_at"] = created_at
     batch = record_batch(services.ApiBatch.from_api(payload("completed", **fields)))
-    kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
+    # Recording it final may have asked for its results already (BATCHBOARD_ARCHIVE=new): this builds them instead.
+    kept, _ = ResultArchive.objects.update_or_create(batch=batch, defaults={"state": ArchiveState.ARCHIVING})
     local, names = {}, {}
     for kind, lines in files.items():
         if kind != "input" and not lines:

@@ -19,6 +19,12 @@ from tests import reaction_tasks
 from tests.conftest import completed, observation, process_environment
 
 
+@pytest.fixture(autouse=True)
+def _no_results_kept(settings):
+    """Only the test steps react here: final batches' results are not kept."""
+    settings.BATCHBOARD_ARCHIVE = "off"
+
+
 @pytest.fixture
 def effects(tmp_path, monkeypatch):
     path = tmp_path / "effects"

@@ -49,11 +49,13 @@ def _create_in_sandbox(path: Path, lines: list[bytes], metadata: dict | None = N
     return client.create_batch(input_file_id=uploaded.id, endpoint=CHAT, metadata=metadata).id
 
 
-def _finish_and_keep(batch_id: str) -> Batch:
+def _finish_and_keep(batch_id: str, tasks) -> Batch:
+    """The batch finishes upstream and a page records it: a task worker keeps its results."""
     SandboxBatch.objects.filter(pk=batch_id).update(created=F("created") - 10 * DAY)
     batch, _ = lookups.refresh_batch(batch_id)
     assert batch.is_terminal
-    assert archive.archive_due(limit=5) >= 1
+    assert tasks.drain() >= 1
+    assert ResultArchive.objects.get(batch=batch).is_ready
     return Batch.objects.get(pk=batch.pk)
 
 
@@ -65,8 +67,7 @@ def test_a_retry_made_through_the_api_is_linked_by_the_bulk_insert_and_shown_onc
     lines = [input_line(f"api-{n}", n) for n in range(4)]
     parent_id = _create_in_sandbox(tmp_path / "parent.jsonl", lines)
     sync.run_pass(force=True)  # a fresh install: the first page is inserted in bulk
-    _finish_and_keep(parent_id)
-    tasks.drain()
+    _finish_and_keep(parent_id, tasks)
 
     # A script elsewhere retries two of the lines, copying them byte for byte and naming the parent.
     child_id = _create_in_sandbox(tmp_path / "child.jsonl", lines[1:3], {"batchboard_retry_of": parent_id})
@@ -80,8 +81,7 @@ def test_a_retry_made_through_the_api_is_linked_by_the_bulk_insert_and_shown_onc
     page = _page(viewer_client, child_id)
     assert "Claims to retry" in page and "not verified yet" in page and 'id="retry-of"' not in page
 
-    _finish_and_keep(child_id)
-    tasks.drain()  # its results kept: the waiting check runs at once
+    _finish_and_keep(child_id, tasks)  # its results kept: the waiting check runs at once
     assert Batch.objects.get(batch_id=child_id).lineage_state == LineageState.VERIFIED
     child_page, parent_page = _page(viewer_client, child_id), _page(viewer_client, parent_id)
     assert 'id="retry-of"' in child_page and "Retry of" in child_page and parent_id in child_page
@@ -90,7 +90,8 @@ def test_a_retry_made_through_the_api_is_linked_by_the_bulk_insert_and_shown_onc
 
 
 @pytest.mark.django_db
-def test_a_claim_waits_for_both_inputs_and_asks_for_the_parents_to_be_kept(tmp_path):
+def test_a_claim_waits_for_both_inputs_and_asks_for_the_parents_to_be_kept(tmp_path, settings):
+    settings.BATCHBOARD_ARCHIVE = "on-open"  # nobody asked for the parent's files
     parent = record_batch(services.ApiBatch.from_api(payload("completed")))  # final, with files, not kept
     child = kept_batch({"a": "ok"}, tmp_path, metadata={"batchboard_retry_of": parent.batch_id})
 
@@ -98,6 +99,7 @@ def test_a_claim_waits_for_both_inputs_and_asks_for_the_parents_to_be_kept(tmp_p
 
     assert (verdict.state, verdict.wait) == (LineageState.UNVERIFIED, True)
     assert ResultArchive.objects.get(batch=parent).state == ArchiveState.REQUESTED
+    assert Reaction.objects.filter(batch=parent, step=archive.KEEP_STEP).exists()
     unknown = kept_batch({"a": "ok"}, tmp_path, metadata={"batchboard_retry_of": "batch_never_seen"})
     assert verify.verify(unknown).wait and "has not been seen" in unknown.lineage_note
 
@@ -209,7 +211,7 @@ def test_the_upgrade_fills_the_claims_of_stored_batches_and_asks_for_each_to_be_
 
 
 @pytest.mark.django_db
-def test_a_claim_waiting_for_its_parent_is_checked_again_as_soon_as_the_parent_is_recorded(tmp_path, tasks):
+def test_a_claim_waiting_for_its_parent_is_checked_again_as_soon_as_the_parent_is_recorded(tmp_path, tasks, fake_api):
     parent = payload("completed")
     child = kept_batch({"a": "ok"}, tmp_path, metadata={"batchboard_retry_of": parent["id"]})
     tasks.drain()
@@ -221,4 +223,4 @@ def test_a_claim_waiting_for_its_parent_is_checked_again_as_soon_as_the_parent_i
 
     check.refresh_from_db()
     assert check.state == ReactionState.PENDING and check.error == "waiting for both inputs to be kept"
-    assert ResultArchive.objects.get(batch__batch_id=parent["id"]).state == ArchiveState.REQUESTED
+    assert Reaction.objects.filter(batch__batch_id=parent["id"], step=archive.KEEP_STEP).exists()

@@ -295,12 +295,14 @@ def test_viewers_are_not_offered_retry_links_they_may_not_follow(viewer_client, 
 # --- Automatic retries -----------------------------------------------------------
 
 
-def _finish_in_sandbox(batch_id: str) -> Batch:
+def _finish_in_sandbox(batch_id: str, tasks) -> Batch:
+    """The batch finishes upstream and a page records it: a task worker keeps its results (and, when it asks for
+    one, submits its automatic retry)."""
     SandboxBatch.objects.filter(pk=batch_id).update(created=F("created") - 10 * DAY)
     batch, _ = lookups.refresh_batch(batch_id)
     assert batch.is_terminal
-    assert archive.archive_due(limit=5) >= 1
-    return batch
+    assert tasks.drain() >= 1
+    return Batch.objects.get(pk=batch.pk)
 
 
 @pytest.fixture
@@ -345,7 +347,7 @@ def test_automatic_retry_is_submitted_once_even_when_its_task_runs_again(sandbox
     assert (again.state, again.retry_batch_id) == (AutoRetryState.FOUND, note.retry_batch_id)
     assert len(_sandbox_batches(sandbox_url)) == 1
 
-    retry = _finish_in_sandbox(note.retry_batch_id)
+    retry = _finish_in_sandbox(note.retry_batch_id, tasks)
     tasks.drain()
     assert (retry.retry_of, retry.attempt) == (parent.batch_id, 1)
     assert not AutoRetry.objects.filter(parent=retry).exists()
@@ -382,11 +384,10 @@ def test_automatic_retry_chains_up_to_n_and_a_retry_of_a_retry_names_the_origina
     parent = kept_batch(dict.fromkeys(ids, 500), tmp_path, metadata={"batchboard_auto_retry": "2"})
     tasks.drain()
     first = AutoRetry.objects.get(parent=parent).retry_batch_id
-    _finish_in_sandbox(first)
-    tasks.drain()
+    _finish_in_sandbox(first, tasks)  # its results kept, its automatic retry follows
     second = AutoRetry.objects.get(parent__batch_id=first).retry_batch_id
     assert second
-    retry = _finish_in_sandbox(second)
+    retry = _finish_in_sandbox(second, tasks)
     tasks.drain()
     assert not AutoRetry.objects.filter(parent=retry).exists()  # the second retry was the last one asked for
     in_job = Batch.objects.in_job(parent.batch_id).exclude(pk=parent.pk).order_by("attempt")

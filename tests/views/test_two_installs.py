@@ -43,9 +43,11 @@ def _parent_in_sandbox(tmp_path, name: str) -> str:
     return batch_id
 
 
-def _keep_here(batch_id: str) -> None:
-    kept = archive.request_archive(Batch.objects.get(batch_id=batch_id))
-    archive.fetch_archive(kept, services.get_client())
+def _keep_here(batch_id: str, tasks) -> None:
+    """This install keeps the batch's results (as a results page's first open asks): a task worker fetches them,
+    and the automatic retry follows."""
+    archive.keep(Batch.objects.get(batch_id=batch_id))
+    tasks.drain()
 
 
 class SecondInstall:
@@ -54,7 +56,11 @@ class SecondInstall:
     def __init__(self, tmp_path, sandbox_url: str):
         self.database = tmp_path / "second-install.sqlite3"
         self.environment = process_environment(
-            f"sqlite:///{self.database}", SANDBOX_URL=sandbox_url, OPENAI_API_KEY="", OPENAI_MAX_RETRIES="0"
+            f"sqlite:///{self.database}",
+            SANDBOX_URL=sandbox_url,
+            OPENAI_API_KEY="",
+            OPENAI_MAX_RETRIES="0",
+            BATCHBOARD_ARCHIVE="all",
         )
 
     def manage(self, *arguments: str) -> str:
@@ -86,14 +92,14 @@ def _children(sandbox_url: str) -> dict[str, list[tuple[str, str]]]:
 @pytest.mark.django_db
 def test_two_installs_never_duplicate_a_retry(sandbox_url, settings, tmp_path, tasks):
     settings.SANDBOX_SPEED = 1.0
+    settings.BATCHBOARD_ARCHIVE = "on-open"  # this install keeps each parent when the test says
     first_parent = _parent_in_sandbox(tmp_path, "first")
     second_parent = _parent_in_sandbox(tmp_path, "second")
 
     # The first install sees both parents finished, and keeps the first one's results: it retries it.
     assert not sync.run_pass(force=True).error
     assert SyncState.objects.get(name=sync.LIST_STATE).import_done_at is not None
-    _keep_here(first_parent)
-    tasks.drain()
+    _keep_here(first_parent, tasks)
     first_retry = AutoRetry.objects.get(parent__batch_id=first_parent)
     assert first_retry.state == AutoRetryState.SUBMITTED
 
@@ -109,8 +115,7 @@ def test_two_installs_never_duplicate_a_retry(sandbox_url, settings, tmp_path, t
     assert made_there[second_parent][0] == AutoRetryState.SUBMITTED
 
     # Now the first install keeps the second parent's results: it finds the second install's retry upstream.
-    _keep_here(second_parent)
-    tasks.drain()
+    _keep_here(second_parent, tasks)
     found_here = AutoRetry.objects.get(parent__batch_id=second_parent)
     assert (found_here.state, found_here.retry_batch_id) == (AutoRetryState.FOUND, made_there[second_parent][1])
 
