@@ -6,8 +6,12 @@ second worker or a re-enqueue is a no-op). Across installs nothing is shared but
 waits for the history import to finish (an install never retries what it has not seen yet) and re-reads the top of
 the list: a child of the same parent and attempt, made by any install, is taken as the retry, and nothing is sent.
 
+Two installs that look at the same moment both find nothing and both send: each then reads the top of the list once
+more, and the one whose retry is not the first made (by created_at, then id) cancels its own at once.
+
 Cost model per parent: one query for the import's state, AUTO_TOP_PAGES list calls (recorded through the one
-recording function), one query for an existing child; then building and creating the retry (see submit.py).
+recording function), one query for an existing child; then building and creating the retry (see submit.py), and
+one more list call to check that no other install sent it at the same moment.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import uuid
 
 from audit.log import record as audit_record
 from audit.models import Action, Outcome
-from batches import reactions, services
+from batches import actions, reactions, services
 from batches.lineage_keys import LineageState
 from batches.models import Batch, SyncState, record_batches
 from batches.sync import LIST_STATE
@@ -79,16 +83,40 @@ def retry(reaction) -> None:
         raise RuntimeError(outcome.error)  # tried again with backoff: the form token makes it one batch
     retry_id = outcome.batch.batch_id
     logger.info("Automatic retry of %s lines of %s: %s", prepared.lines, parent.batch_id, retry_id)
-    _note(parent, AutoRetryState.SUBMITTED, lines=prepared.lines, retry_batch_id=retry_id)
     _audit(parent.batch_id, Outcome.ALREADY if outcome.repeated else Outcome.OK, batch_id=retry_id)
+    first = _existing_child(parent, attempt, pages=1)
+    if first is not None and first.batch_id != retry_id:
+        _give_way(parent, outcome.batch, first)
+        return
+    _note(parent, AutoRetryState.SUBMITTED, lines=prepared.lines, retry_batch_id=retry_id)
 
 
-def _existing_child(parent: Batch, attempt: int) -> Batch | None:
-    """A retry of `parent` with this attempt, made by any install: the top of the list is read (and recorded)
-    first, so one made elsewhere since the last pass is seen."""
+def _give_way(parent: Batch, ours: Batch, first: Batch) -> None:
+    """Another install sent the same retry at the same moment (both looked before either sent): every install keeps
+    the first one made, by (created_at, batch_id), and cancels its own, so one runs whoever looks when."""
+    cancelled = actions.cancel_batch(ours.batch_id, user=AUTO_USER)
+    problem = f"{ours.batch_id}, sent at the same moment by this install, was cancelled" + (
+        f" (the cancel failed: {cancelled.error})" if cancelled.error else ""
+    )
+    logger.warning("Automatic retry of %s: %s retries it already; %s", parent.batch_id, first.batch_id, problem)
+    audit_record(
+        None,
+        Action.CANCEL,
+        Outcome.ERROR if cancelled.error else Outcome.OK,
+        batch_id=ours.batch_id,
+        target=f"duplicate automatic retry of {parent.batch_id} ({first.batch_id} was first)",
+        detail=cancelled.error,
+        username=AUTO_USER,
+    )
+    _note(parent, AutoRetryState.FOUND, retry_batch_id=first.batch_id, problem=problem)
+
+
+def _existing_child(parent: Batch, attempt: int, *, pages: int = AUTO_TOP_PAGES) -> Batch | None:
+    """The first retry of `parent` with this attempt, made by any install: the top of the list is read (and
+    recorded) first, so one made elsewhere since the last pass is seen."""
     client = services.get_client()
     after = None
-    for _page in range(AUTO_TOP_PAGES):
+    for _page in range(pages):
         page = client.list_batches(after=after, limit=services.LIST_LIMIT_MAX)
         record_batches(page.data)
         if not page.has_more or not page.data:

@@ -13,14 +13,17 @@ import sys
 import pytest
 from django.conf import settings as django_settings
 from django.db.models import F
+from django.utils import timezone
 
+from audit.models import AuditEvent
 from batches import services, sync
 from batches.models import Batch, SyncState
 from results import archive
+from retries import auto
 from retries.models import AutoRetry, AutoRetryState
 from sandbox import results as sandbox_results
 from sandbox.models import SandboxBatch
-from tests.conftest import input_line, process_environment
+from tests.conftest import input_line, kept_batch, process_environment
 
 CHAT = "/v1/chat/completions"
 DAY = 86_400
@@ -124,3 +127,39 @@ def test_two_installs_never_duplicate_a_retry(sandbox_url, settings, tmp_path, t
         first_parent: [(first_retry.retry_batch_id, "1")],
         second_parent: [(made_there[second_parent][1], "1")],
     }
+
+
+@pytest.mark.django_db
+def test_two_installs_sending_at_the_same_moment_keep_the_first_retry_and_cancel_the_other(
+    sandbox_url, settings, tmp_path, tasks, monkeypatch
+):
+    settings.SANDBOX_SPEED = 1.0
+    SyncState.objects.update_or_create(name=sync.LIST_STATE, defaults={"import_done_at": timezone.now()})
+    parent = kept_batch({"r-1": 429, "r-2": 500}, tmp_path, metadata={"batchboard_auto_retry": "1"})
+    other = {}
+    looked = auto._existing_child
+
+    def other_install_sends_right_after_our_look(batch, attempt, **kwargs):
+        found = looked(batch, attempt, **kwargs)
+        if not other:  # our first look found nothing; the other install, which looked too, sends now
+            path = tmp_path / "other.jsonl"
+            path.write_bytes(input_line("r-1", 0) + b"\n")
+            client = services.get_client()
+            claim = {"batchboard_retry_of": batch.batch_id, "batchboard_job": batch.batch_id, "batchboard_attempt": "1"}
+            other["id"] = client.create_batch(
+                input_file_id=client.upload_file(path).id, endpoint=CHAT, metadata=claim
+            ).id
+            SandboxBatch.objects.filter(pk=other["id"]).update(created=F("created") - 1, created_at=F("created_at") - 1)
+        return found
+
+    monkeypatch.setattr(auto, "_existing_child", other_install_sends_right_after_our_look)
+    tasks.drain()
+
+    note = AutoRetry.objects.get(parent=parent)
+    assert (note.state, note.retry_batch_id) == (AutoRetryState.FOUND, other["id"])
+    upstream = {batch.id: batch.status for batch in services.get_client().list_batches(limit=100).data}
+    ours = next(batch_id for batch_id in upstream if batch_id != other["id"])
+    assert upstream[other["id"]] not in ("cancelling", "cancelled")
+    assert upstream[ours] in ("cancelling", "cancelled")
+    assert f"{ours}, sent at the same moment by this install, was cancelled" in note.problem
+    assert AuditEvent.objects.filter(action="cancel", outcome="ok", batch_id=ours).exists()
