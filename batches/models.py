@@ -211,6 +211,27 @@ class BatchQuerySet(models.QuerySet):
             queryset = queryset.filter(models.Q(batch_id=job) | models.Q(retry_link__job_batch_id=job))
         return queryset
 
+    def with_parent_ids(self):
+        """Each batch with `retry_of`: the id of the batch it retries (linked by the retries app), or None; a join,
+        no more queries."""
+        return self.annotate(retry_of=F("retry_link__parent_batch_id"))
+
+    def count_retries(self, batches: list) -> None:
+        """Set `retry_count` on each of a list page's batches: how many retries its job has, in one query."""
+        counts = dict(
+            self.filter(retry_link__job_batch_id__in=[batch.batch_id for batch in batches])
+            .order_by()
+            .values_list("retry_link__job_batch_id")
+            .annotate(count=models.Count("pk"))
+        )
+        for batch in batches:
+            batch.retry_count = counts.get(batch.batch_id, 0)
+
+    def mark_row(self, batch) -> None:
+        """One batch shown as a list row outside the list (a cancel's answer): its `retry_of` and `retry_count`."""
+        batch.retry_of = self.filter(pk=batch.pk).values_list("retry_link__parent_batch_id", flat=True).first()
+        self.count_retries([batch])
+
     def status_counts(self) -> dict[str, int]:
         """{status: number of batches}, in one aggregate query."""
         rows = self.order_by().values_list("status").annotate(count=models.Count("id"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Q
 
 from batches import pricing
 from batches.models import Batch
@@ -97,26 +97,3 @@ def lineage(batch: Batch) -> Lineage:
         retries_in_job=retries_in_job,
         job_cost=chain(job_id).cost_total() if retries_in_job else None,
     )
-
-
-def with_parent_ids(batches):
-    """The list's batches, each with `retry_of`: the id of the batch it retries, or None (a join, no more queries)."""
-    return batches.annotate(retry_of=F("retry_link__parent_batch_id"))
-
-
-def mark_row(batch: Batch) -> None:
-    """One batch shown as a list row outside the list (a cancel's answer): its `retry_of` and `retry_count`."""
-    batch.retry_of = RetryLink.objects.filter(batch=batch).values_list("parent_batch_id", flat=True).first()
-    count_retries([batch])
-
-
-def count_retries(batches: list[Batch]) -> None:
-    """Set `retry_count` on each batch of a list page: how many retries its job has, in one query for the page."""
-    counts = dict(
-        RetryLink.objects.filter(job_batch_id__in=[batch.batch_id for batch in batches])
-        .order_by()
-        .values_list("job_batch_id")
-        .annotate(count=Count("pk"))
-    )
-    for batch in batches:
-        batch.retry_count = counts.get(batch.batch_id, 0)

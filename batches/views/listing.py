@@ -21,7 +21,6 @@ from batches import services
 from batches.freshness import Freshness, list_freshness, note_watched
 from batches.models import ACTIVE_FILTER, ATTENTION_FILTER, DEFAULT_SORT, SORTS, Batch, data_version
 from batches.views.live import Live, answer_key, is_shown, live_of, rendering_key, unchanged
-from retries import lineage
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
@@ -175,7 +174,7 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
     attention = matching.needs_attention_count(counts)  # moves with the clock too (stuck batches): never cached
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
-    batches = lineage.with_parent_ids(matching.with_status(filters.status).sorted_by(filters.sort))
+    batches = matching.with_status(filters.status).sorted_by(filters.sort).with_parent_ids()
     batches = batches.defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
     # The status counts hold the number already: spare the paginator a COUNT (a second scan for a search).
@@ -185,7 +184,7 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
         notices.append(page_notice)
     page = paginator.page(page_number)
     rows = list(page.object_list)
-    lineage.count_retries(rows)
+    Batch.objects.count_retries(rows)
     list_query = filters.query()
     if page_number > 1:
         list_query["page"] = str(page_number)

@@ -28,8 +28,10 @@ class Command(BaseCommand):
             raise CommandError(f"--limit must be between 1 and 100000; got {limit}.")
         asked = 0
         if not pending_only:
-            unkept = Batch.objects.finished().filter(result_archive__isnull=True).exclude(
-                output_file_id="", error_file_id=""
+            unkept = (
+                Batch.objects.finished()
+                .filter(result_archive__isnull=True)
+                .exclude(output_file_id="", error_file_id="")
             )
             for batch in unkept.order_by("-finished_at")[:limit]:
                 keep(batch)
