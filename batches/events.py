@@ -10,8 +10,23 @@ scheduling a reaction (batches.reactions), never by doing slow work in the sende
 
 from django.dispatch import Signal
 
+# What users do that the audit log keeps (the audit app records it, in the request's transaction).
+CANCEL, CREATE, DOWNLOAD = "cancel", "create", "download"
+OK, ALREADY, REFUSED, ERROR = "ok", "already", "refused", "error"
+
 # A new or changed stored state. kwargs: batch_pk, batch_id, created (first time stored), historical.
 batch_changed = Signal()
 
 # A batch was first stored final, or turned final. kwargs: batch_pk, batch_id, historical.
 batch_became_final = Signal()
+
+# A user acted (or was refused). kwargs: request, action (CANCEL, CREATE, DOWNLOAD), outcome (OK, ALREADY, REFUSED,
+# ERROR), batch_id, target, detail.
+user_acted = Signal()
+
+
+def note_action(request, action: str, outcome: str, *, batch_id: str = "", target: str = "", detail: str = "") -> None:
+    """Announce a user's action to whoever keeps the record (the audit app)."""
+    user_acted.send(
+        sender=None, request=request, action=action, outcome=outcome, batch_id=batch_id, target=target, detail=detail
+    )

@@ -13,7 +13,7 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from batches import budget, freshness, services
+from batches import budget, freshness, reactions, services
 from batches.history import STUCK_AFTER
 from batches.models import Batch, BatchSnapshot
 
@@ -71,6 +71,7 @@ class DashboardCollector:
         yield stuck_family
 
         yield from _sync_figures(freshness.loop_status(now))
+        yield from _queue_figures(reactions.queue_status(now))
         yield from _upstream_figures(budget.totals())
 
 
@@ -92,6 +93,20 @@ def _sync_figures(loop: freshness.LoopStatus):
         "batchboard_sync_consecutive_failures",
         "List refreshes that failed in a row (0 while the API answers).",
         value=loop.consecutive_failures,
+    )
+
+
+def _queue_figures(queue: reactions.QueueStatus):
+    yield GaugeMetricFamily("batchboard_tasks_waiting", "Background tasks due and not started.", value=queue.waiting)
+    yield GaugeMetricFamily(
+        "batchboard_tasks_oldest_waiting_seconds",
+        "How long the background task due longest has waited for a worker (0 when none waits).",
+        value=queue.oldest_waiting_seconds,
+    )
+    yield GaugeMetricFamily(
+        "batchboard_tasks_failed_last_hour",
+        "Background tasks that crashed, and reactions that gave up after their retries, in the last hour.",
+        value=queue.failed_last_hour,
     )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -35,6 +36,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
 from django.tasks import Task
 from django.utils import timezone
+from django_tasks_db.models import DBTaskResult, get_date_max
 
 from batches import services
 from batches.freshness import failure_message
@@ -51,6 +53,10 @@ BACKOFF_MAX_SECONDS = 3600.0
 LOST_AFTER = timedelta(minutes=15)
 ERROR_LENGTH = 1000
 SWEEP_LIMIT = 500
+# Readiness fails when a due task has waited this long: no worker runs (`manage.py db_worker`).
+QUEUE_STALE_SECONDS = 600
+# The sync loop's process sweeps at most this often.
+SWEEP_EVERY_SECONDS = 30.0
 # The task priority of a reaction someone is waiting for (a results page opened): ahead of the background's 0.
 HURRY_PRIORITY = 50
 
@@ -253,3 +259,35 @@ def _bounded(text: str) -> str:
 
 def _name(reaction: Reaction) -> str:
     return f"{reaction.step} of {reaction.batch.batch_id}"
+
+
+# --- The queue's health (read by /readyz and /metrics) ---------------------------
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    waiting: int  # tasks due and not started
+    oldest_waiting_seconds: float  # how long the task due longest has waited (0 when none waits)
+    failed_last_hour: int  # tasks that crashed, and reactions that gave up, in the last hour
+
+    @property
+    def stuck(self) -> bool:
+        """Tasks have waited so long that no worker can be running."""
+        return self.oldest_waiting_seconds > QUEUE_STALE_SECONDS
+
+
+def queue_status(now: datetime | None = None) -> QueueStatus:
+    """Four small queries over the queue's indexes, whatever its size."""
+    now = now or timezone.now()
+    due = DBTaskResult.objects.ready()
+    waiting = due.count()
+    oldest = 0.0
+    if waiting:
+        undated = due.filter(run_after=get_date_max()).order_by("enqueued_at").values_list("enqueued_at", flat=True)
+        dated = due.exclude(run_after=get_date_max()).order_by("run_after").values_list("run_after", flat=True)
+        since = [moment for moment in (undated.first(), dated.first()) if moment is not None]
+        oldest = max((now - min(since)).total_seconds(), 0.0) if since else 0.0
+    hour_ago = now - timedelta(hours=1)
+    crashed = DBTaskResult.objects.failed().filter(finished_at__gte=hour_ago).count()
+    gave_up = Reaction.objects.filter(state=ReactionState.FAILED, finished_at__gte=hour_ago).count()
+    return QueueStatus(waiting=waiting, oldest_waiting_seconds=oldest, failed_last_hour=crashed + gave_up)

@@ -202,6 +202,7 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
     holder = new_holder()
     wake_every = max(wake_every or settings.BATCHBOARD_REFRESH_INTERVAL, 0.05)
     pass_number = 0
+    swept_at = 0.0
     while not stop.is_set():
         pass_number += 1
         close_old_connections()
@@ -220,7 +221,9 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
                 level = logging.DEBUG if quiet and not changed else logging.INFO
                 logger.log(level, "%s", outcome.describe(), extra=context)
         try:
-            reactions.sweep()  # housekeeping: reactions whose worker died or whose task was lost go back on the queue
+            if time.monotonic() - swept_at >= reactions.SWEEP_EVERY_SECONDS:
+                swept_at = time.monotonic()
+                reactions.sweep()  # housekeeping, not a reaction: see batches.reactions
         except DatabaseError as exc:
             logger.error("sweeping reactions failed: database error: %s", exc)
         finally:

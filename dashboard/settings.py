@@ -423,6 +423,10 @@ LOGGING = {
         "audit": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # django-axes logs each failed login and lockout (username and IP, never the password).
         "axes": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # A line per task started and finished is for `manage.py db_worker` (its -v sets these); `serve`'s worker
+        # thread reports only problems (a failed reaction logs its reason under "batches").
+        "django.tasks": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "django_tasks_db": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         # Unhandled errors (500s) are logged with their traceback; Django only does so by default when DEBUG is on.
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
@@ -17,7 +18,7 @@ from audit.models import Action
 from audit.models import Outcome as AuditOutcome
 from batches.views.common import refreshed_batch, unreachable
 from results import answers, exports
-from results.archive import StoredFiles, loads_record, request_archive, results_storage
+from results.archive import MODE_OFF, StoredFiles, loads_record, request_archive, results_storage
 from results.links import request_links
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
 
@@ -86,6 +87,7 @@ def results_page(request, batch_id):
         "polling": polling,
         "poll_seconds": POLL_SECONDS,
         "page": _page(archive, result_filter, request.GET.get("page")) if archive and archive.is_ready else None,
+        "keeping_off": settings.BATCHBOARD_ARCHIVE == MODE_OFF,
     }
     if request.htmx and not request.htmx.history_restore_request:
         return render(

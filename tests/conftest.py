@@ -448,7 +448,7 @@ def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_
     batch = record_batch(services.ApiBatch.from_api(payload("completed", **fields)))
     # Recording it final may have asked for its results already (BATCHBOARD_ARCHIVE=new): this builds them instead.
     kept, _ = ResultArchive.objects.update_or_create(batch=batch, defaults={"state": ArchiveState.ARCHIVING})
-    local, names = {}, {}
+    local, names, stored_bytes = {}, {}, 0
     for kind, lines in files.items():
         if kind != "input" and not lines:
             continue
@@ -456,11 +456,12 @@ def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_
         path = tmp_path / f"{batch.batch_id}-{kind}.jsonl"
         path.write_bytes(content)
         local[kind] = str(path)
+        stored_bytes += len(content)
         names[f"{kind}_name"] = archive.results_storage().save(f"{batch.batch_id}/{kind}.jsonl", ContentFile(content))
     with transaction.atomic():
         summary = archive._index(kept, local)
     ResultArchive.objects.filter(pk=kept.pk).update(
-        state=ArchiveState.READY, archived_at=timezone.now(), summary=summary, **names
+        state=ArchiveState.READY, archived_at=timezone.now(), summary=summary, stored_bytes=stored_bytes, **names
     )
     transaction.on_commit(partial(results_kept.send, sender=ResultArchive, batch_pk=batch.pk, batch_id=batch.batch_id))
     return batch

@@ -13,9 +13,7 @@ from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HTMX_STOP_POLLING
 
-from audit.log import record
-from audit.models import Action, Outcome
-from batches import lookups, services
+from batches import events, lookups, services
 from batches.freshness import failure_message, list_freshness
 from batches.history import batch_history
 from batches.views.common import refreshed_batch, unreachable, user_key
@@ -116,7 +114,7 @@ def batch_file(request, batch_id, kind):
         logger.warning("Download of %s (%s of %s) failed: %s", file_id, kind, batch_id, exc)
         missing = isinstance(exc, services.NotFound)
         detail = f"{file_id}: " + ("not found" if missing else failure_message(exc))
-        record(request, Action.DOWNLOAD, Outcome.ERROR, batch_id=batch_id, target=kind, detail=detail)
+        events.note_action(request, events.DOWNLOAD, events.ERROR, batch_id=batch_id, target=kind, detail=detail)
         context = {
             "batch": batch,
             "kind": kind,
@@ -125,7 +123,7 @@ def batch_file(request, batch_id, kind):
             "message": "" if missing else failure_message(exc),
         }
         return render(request, "batches/file_unavailable.html", context, status=404 if missing else 502)
-    record(request, Action.DOWNLOAD, Outcome.OK, batch_id=batch_id, target=kind, detail=file_id)
+    events.note_action(request, events.DOWNLOAD, events.OK, batch_id=batch_id, target=kind, detail=file_id)
     response = StreamingHttpResponse(chunks, content_type="application/jsonl")
     if chunks.content_length is not None:
         response["Content-Length"] = str(chunks.content_length)  # lets the browser show download progress

@@ -13,7 +13,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from batches import freshness, metrics
+from batches import freshness, metrics, reactions
 
 
 def _text(body: str, status: int = 200) -> HttpResponse:
@@ -32,7 +32,8 @@ def healthz(request):
 @never_cache
 @require_safe
 def readyz(request):
-    """Ready to serve: the database and the shared cache answer, and the sync loop's heartbeat is recent."""
+    """Ready to serve: the database and the shared cache answer, the sync loop's heartbeat is recent, and a task
+    worker takes what is on the queue."""
     problem = _readiness_problem()
     return _text(f"not ready: {problem}", status=503) if problem else _text("ready")
 
@@ -42,6 +43,7 @@ def _readiness_problem() -> str:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         loop = freshness.loop_status()
+        queue = reactions.queue_status()
     except DatabaseError as exc:
         return f"the database does not answer ({type(exc).__name__})"
     try:
@@ -53,6 +55,11 @@ def _readiness_problem() -> str:
     if not loop.alive:
         age = int((timezone.now() - loop.heartbeat_at).total_seconds())
         return f"no sign of the sync loop for {age} s (more than {int(freshness.stale_after().total_seconds())} s)"
+    if queue.stuck:
+        return (
+            f"{queue.waiting} task(s) have waited {int(queue.oldest_waiting_seconds)} s on the queue "
+            "(is `manage.py db_worker` running?)"
+        )
     return ""
 
 

@@ -184,7 +184,7 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
         notices.append(page_notice)
     page = paginator.page(page_number)
     rows = list(page.object_list)
-    count_retries(rows)
+    Batch.objects.count_retries(rows)
     list_query = filters.query()
     if page_number > 1:
         list_query["page"] = str(page_number)
@@ -209,13 +209,6 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
         "data_version": version,
         "selectable": can_cancel and any(row.can_cancel_now for row in rows),
     }
-
-
-def count_retries(rows: list[Batch]) -> None:
-    """Set `retry_count` on each row: how many verified retries its job has, in one query for the page."""
-    counts = Batch.objects.retry_counts([row.batch_id for row in rows])
-    for row in rows:
-        row.retry_count = counts.get(row.batch_id, 0)
 
 
 def _per_data_version(name: str, version: tuple, compute):
