@@ -224,3 +224,18 @@ def test_a_claim_waiting_for_its_parent_is_checked_again_as_soon_as_the_parent_i
     check.refresh_from_db()
     assert check.state == ReactionState.PENDING and check.error == "waiting for both inputs to be kept"
     assert Reaction.objects.filter(batch__batch_id=parent["id"], step=archive.KEEP_STEP).exists()
+
+
+@pytest.mark.django_db
+def test_a_verdict_outlives_later_observations_of_the_batch():
+    claim = {"batchboard_retry_of": "batch_parent", "batchboard_attempt": "1"}
+    running = payload("in_progress", metadata=claim)
+    child = record_batch(services.ApiBatch.from_api(running))
+    Batch.objects.filter(pk=child.pk).update(lineage_state=LineageState.NOT_MATCHING, lineage_note="its lines differ")
+
+    running["request_counts"] = {"total": 10, "completed": 10, "failed": 0}
+    running.update(status="completed", completed_at=running["created_at"] + 60)
+    record_batch(services.ApiBatch.from_api(running))
+
+    child.refresh_from_db()
+    assert (child.status, child.lineage_state, child.lineage_note) == ("completed", "not_matching", "its lines differ")
