@@ -8,10 +8,10 @@ class RetriesConfig(AppConfig):
     def ready(self):
         from batches import events, reactions
         from results import events as results_events
-        from retries import receivers, tasks, verify
+        from retries import auto, receivers, tasks, verify
 
         reactions.register(verify.STEP, tasks.verify_lineage)
-        reactions.register(tasks.AUTO_RETRY_STEP, tasks.auto_retry)
+        reactions.register(auto.STEP, tasks.auto_retry)
         events.batch_changed.connect(receivers.check_new_claim, dispatch_uid="retries.check_new_claim")
         results_events.results_kept.connect(
             receivers.react_to_kept_results, dispatch_uid="retries.react_to_kept_results"

@@ -32,6 +32,7 @@ from retries.selection import RetrySelection
 
 logger = logging.getLogger("batches.retries")
 
+STEP = "auto_retry"
 AUTO_SELECTION = RetrySelection("transient", ResultFilter())
 AUTO_USER = "batchboard (automatic retry)"
 TOKEN_NAMESPACE = uuid.UUID("5b0c1f0e-2a53-4f4e-9a55-3f0f2d7a1c11")

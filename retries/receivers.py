@@ -7,7 +7,6 @@ from batches import reactions
 from batches.lineage_keys import LineageState
 from batches.models import Batch
 from retries import auto, submit, verify
-from retries.tasks import AUTO_RETRY_STEP
 
 
 def check_new_claim(sender, batch_pk: int, batch_id: str, created: bool, **kwargs) -> None:
@@ -27,4 +26,4 @@ def react_to_kept_results(sender, batch_pk: int, batch_id: str, **kwargs) -> Non
     verify.wake(Batch.objects.filter(Q(pk=batch_pk) | Q(retry_of=batch_id), lineage_state=LineageState.UNVERIFIED))
     batch = Batch.objects.filter(pk=batch_pk).only("pk", "metadata", "attempt").first()
     if batch is not None and auto.retries_left(batch.metadata) > 0:
-        reactions.schedule(AUTO_RETRY_STEP, batch_pk, attempt=submit.attempt_after(batch))
+        reactions.schedule(auto.STEP, batch_pk, attempt=submit.attempt_after(batch))

@@ -5,8 +5,6 @@ from django.tasks import task
 from batches import reactions
 from retries import auto, verify
 
-AUTO_RETRY_STEP = "auto_retry"
-
 
 @task()
 def verify_lineage(reaction_id: int) -> None:

@@ -3,11 +3,10 @@
 from django import template
 
 from batches.models import Reaction, ReactionState
-from retries.auto import retries_left
+from retries import auto
 from retries.lineage import lineage
 from retries.models import AutoRetry
 from retries.selection import FILTER
-from retries.tasks import AUTO_RETRY_STEP
 
 register = template.Library()
 
@@ -16,9 +15,9 @@ register = template.Library()
 def lineage_card(context, batch):
     auto_retry = AutoRetry.objects.filter(parent=batch).first()
     waiting = None
-    if auto_retry is None and retries_left(batch.metadata):
+    if auto_retry is None and auto.retries_left(batch.metadata):
         # Not sent yet: the reaction says what it waits for (the history import, its own link's check).
-        waiting = Reaction.objects.filter(batch=batch, step=AUTO_RETRY_STEP, state=ReactionState.PENDING).first()
+        waiting = Reaction.objects.filter(batch=batch, step=auto.STEP, state=ReactionState.PENDING).first()
     return {
         "batch": batch,
         "lineage": lineage(batch),
