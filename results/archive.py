@@ -189,9 +189,7 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
                     setattr(archive, f"{kind}_file_id", file_ids[kind] if kind in local else "")
                     setattr(archive, f"{kind}_name", stored.get(kind, ""))
                 archive.save()
-                transaction.on_commit(
-                    partial(events.results_kept.send, sender=ResultArchive, batch_pk=batch.pk, batch_id=batch.batch_id)
-                )
+                transaction.on_commit(partial(_announce_kept, batch))
         except Exception as exc:
             reason = f"The result files could not be indexed: {type(exc).__name__}: {str(exc)[:300]}"
             logger.exception("Indexing the results of %s failed", batch.batch_id)
@@ -226,6 +224,14 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
             os.unlink(path)
         for name in stored.values():  # stored, but the index was not written: nothing refers to them
             results_storage().delete(name)
+
+
+def _announce_kept(batch: Batch) -> None:
+    """results_kept, after the commit that stored the index; a failing receiver is logged and undoes nothing."""
+    sent = events.results_kept.send_robust(sender=ResultArchive, batch_pk=batch.pk, batch_id=batch.batch_id)
+    for receiver, outcome in sent:
+        if isinstance(outcome, Exception):
+            logger.error("A receiver of the results of %s failed: %s", batch.batch_id, receiver, exc_info=outcome)
 
 
 def _finish(archive: ResultArchive, state: str, **fields) -> None:
