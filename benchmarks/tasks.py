@@ -170,6 +170,7 @@ def _run(options) -> int:
     from benchmarks.results import build_batch
     from results.archive import KEEP_STEP
     from results.models import ResultArchive
+    from sandbox.models import SandboxFile
 
     scratch = Path(os.environ[SCRATCH_ENV])
     print(f"tasks benchmark: scratch folder {scratch}")
@@ -204,7 +205,12 @@ def _run(options) -> int:
         # Phase 1: a big batch becomes final; a worker fetches and indexes its files while the loop passes.
         begun = time.monotonic()
         big = build_batch(options.lines, created_ago=1, speed=1e6)
-        print(f"  phase 1: the sandbox wrote a {options.lines:,}-line batch in {time.monotonic() - begun:.1f} s")
+        result_files = SandboxFile.objects.filter(pk__in=[big.output_file_id, big.error_file_id])
+        sizes = result_files.values_list("bytes", flat=True)
+        print(
+            f"  phase 1: the sandbox wrote a {options.lines:,}-line batch in {time.monotonic() - begun:.1f} s "
+            f"(result files: {sum(sizes) / 1e6:.0f} MB)"
+        )
         finished = Reaction.objects.filter(batch__batch_id=big.id, state__in=("done", "failed"))
         _wait(finished.exists, 900, "the big batch's results")
         big_archive = ResultArchive.objects.get(batch__batch_id=big.id)
