@@ -70,6 +70,13 @@ def wants_archive(batch: Batch) -> bool:
     return batch.is_terminal and bool(batch.output_file_id or batch.error_file_id)
 
 
+def keeps_by_itself(batch: Batch) -> bool:
+    """Whether the background work will keep this final batch's results though it has no archive yet, without anyone
+    opening them: a page showing the batch waits for them. With "all", any final batch with files; with "new", the
+    archive is asked for when the batch is recorded final, so a batch without one is history, kept only on open."""
+    return settings.BATCHBOARD_ARCHIVE == MODE_ALL and wants_archive(batch)
+
+
 def keeps_when_final(historical: bool) -> bool:
     """Whether BATCHBOARD_ARCHIVE keeps a batch's files as soon as it is final: "all" does; "new" only for batches
     that became final after the install (not the history import's)."""

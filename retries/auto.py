@@ -17,6 +17,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from audit.log import record as audit_record
+from audit.models import Action, Outcome
 from results.models import ArchiveState, ResultArchive, ResultFilter
 from retries import submit
 from retries.lineage import job_id_of
@@ -84,7 +86,7 @@ def retry_one(archive: ResultArchive, claim: AutoRetry) -> AutoRetry:
             "; ".join(f"{name}: {' '.join(errors)}" for name, errors in prepared.form.errors.items()),
         )
     else:
-        outcome = submit.create(prepared, user=AUTO_USER)
+        outcome = submit.create(prepared, user=AUTO_USER, by_person=False)
         if outcome.batch is not None:
             claim.state, claim.retry_batch_id = AutoRetryState.SUBMITTED, outcome.batch.batch_id
             logger.info("Automatic retry of %s lines of %s: %s", prepared.lines, parent.batch_id, claim.retry_batch_id)
@@ -92,7 +94,23 @@ def retry_one(archive: ResultArchive, claim: AutoRetry) -> AutoRetry:
             claim.state, claim.problem = AutoRetryState.FAILED, outcome.error
             logger.warning("Automatic retry of %s failed: %s", parent.batch_id, outcome.error)
     claim.save(update_fields=["state", "lines", "retry_batch_id", "problem"])
+    _audit(parent.batch_id, claim)
     return claim
+
+
+def _audit(parent_id: str, claim: AutoRetry) -> None:
+    """The create goes to the audit log like a person's (issue 18, finding 9), by AUTO_USER, from no address."""
+    outcome = {AutoRetryState.SUBMITTED: Outcome.OK, AutoRetryState.FAILED: Outcome.ERROR}[claim.state]
+    target = f"retry of {parent_id}: {AUTO_SELECTION.label} (automatic)"
+    audit_record(
+        None,
+        Action.CREATE,
+        outcome,
+        batch_id=claim.retry_batch_id,
+        target=target,
+        detail=claim.problem,
+        username=AUTO_USER,
+    )
 
 
 def retry_due(limit: int = PER_PASS) -> int:
