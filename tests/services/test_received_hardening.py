@@ -458,7 +458,9 @@ def test_finding_13_with_30_percent_429s_every_download_cancel_and_create_a_pers
         create = operator_client.post(CREATE_URL, _create_fields(input_file_id))
         assert create.status_code == 303, create.text
 
-    assert budget.totals()["rate_limited"] - rate_limited_before >= 10  # the 429s happened, and were lived through
+    # The 429s happened (30 % of some thirty calls: the loop's passes and the person's calls; the loop no longer
+    # fetches result files), and were lived through.
+    assert budget.totals()["rate_limited"] - rate_limited_before >= 5
     assert max(held_clock.slept) <= services.INTERACTIVE_RETRY_AFTER_CAP
 
 
