@@ -18,7 +18,7 @@ from batches.models import Batch, record_batch
 from results.models import ArchiveState, ResultArchive
 from retries.models import AUTO_RETRY_KEY, RETRY_OF_KEY, AutoRetry, AutoRetryState
 from tests.batch_api import payload
-from tests.conftest import keep_results, kept_batch
+from tests.conftest import TaskQueue, keep_results, kept_batch
 from tests.fake_api import Reply
 
 pytestmark = pytest.mark.django_db
@@ -50,13 +50,20 @@ def _poll(client, url, key):
     return client.get(url, HTTP_X_BATCHBOARD_SHOWN=key, **HTMX)
 
 
-def _completed_with_files_upstream(api, fake_api) -> Batch:
+def _committed() -> None:
+    """What a commit does after recording a batch final: the results app asks for its files (not fetched yet)."""
+    TaskQueue().commit_callbacks()
+
+
+def _completed_with_files_upstream(api, fake_api, *, committed: bool = True) -> Batch:
     """A completed batch whose one output line the API can serve; its results are not kept yet."""
     content = b'{"id": "r1", "custom_id": "only", "response": {"status_code": 200, "body": {}}, "error": null}\n'
     info = {"id": "file-o", "object": "file", "bytes": len(content), "created_at": 1, "filename": "o"}
     fake_api.script("GET", "/files/file-o", Reply(body={**info, "purpose": "batch_output"}))
     fake_api.script("GET", "/files/file-o/content", Reply(body=content))
     data = api.add("completed", output_file_id="file-o", error_file_id=None, input_file_id="")
+    if committed:
+        _committed()
     return Batch.objects.get(batch_id=data["id"])
 
 
@@ -90,9 +97,10 @@ def test_it_keeps_polling_a_final_batch_until_its_results_card_fills_in(api, fak
     assert not _polls(full, "batch-panel") and "outcome-succeeded" in full
 
 
-def test_it_waits_for_results_the_background_work_has_not_asked_for_yet(api, fake_api, viewer_client):
-    # Final a moment ago: the background work has not created the archive yet, but will (BATCHBOARD_ARCHIVE=final).
-    batch = _completed_with_files_upstream(api, fake_api)
+def test_it_waits_for_results_the_background_work_has_not_asked_for_yet(api, fake_api, viewer_client, settings):
+    # Final a moment ago: the recording's commit has not asked for the archive yet, but will (BATCHBOARD_ARCHIVE=all).
+    settings.BATCHBOARD_ARCHIVE = "all"
+    batch = _completed_with_files_upstream(api, fake_api, committed=False)
     assert not ResultArchive.objects.filter(batch=batch).exists()
     url = reverse("batches:detail", args=[batch.batch_id])
 
@@ -125,6 +133,7 @@ def test_it_stops_at_once_when_results_are_kept_only_on_open(api, fake_api, view
 
 def test_it_stops_once_the_results_cannot_be_fetched(api, fake_api, viewer_client):
     data = api.add("completed", output_file_id="file-gone", error_file_id=None)  # the API has no such file
+    _committed()
     url = reverse("batches:detail", args=[data["id"]])
     key = _shown_key(viewer_client.get(url).content.decode(), "batch-panel")
 
