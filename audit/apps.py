@@ -6,4 +6,8 @@ class AuditConfig(AppConfig):
     verbose_name = "Audit log"
 
     def ready(self):
-        from audit import signals  # noqa: F401  (connects the login receivers)
+        from audit import accounts, signals  # noqa: F401  (connect the login and account receivers)
+        from audit.sections import ACTIVITY
+        from batches import sections
+
+        sections.register(ACTIVITY)

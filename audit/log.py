@@ -1,4 +1,4 @@
-"""Recording audit events: one call from a view (or a login signal) per action."""
+"""Recording audit events: one call per action, from a view, a login or account signal, or the automatic retry."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ import logging
 from django.conf import settings
 
 from audit.client import client_ip
+from audit.middleware import current_request
 from audit.models import Action, AuditEvent, Outcome
+from batches.log_format import one_line
 from batches.models import stored_username
 
 logger = logging.getLogger("audit")
 DETAIL_MAX_CHARS = 2000
+BATCH_ID_MAX_CHARS = 128
+TARGET_MAX_CHARS = 200
+# Who made a change no request made: a management command (createsuperuser, changepassword), a task, a shell.
+SYSTEM = "system"
 
 
 def _without_secrets(text: str) -> str:
@@ -19,7 +25,12 @@ def _without_secrets(text: str) -> str:
     key = settings.OPENAI_API_KEY
     if key and key in text:
         text = text.replace(key, "[API key]")
-    return text[:DETAIL_MAX_CHARS]
+    return text
+
+
+def _cleaned(text: str, limit: int) -> str:
+    """One line, at most `limit` characters: what a user or the API sent is kept as an escaped, bounded copy."""
+    return one_line(text)[:limit]
 
 
 def record(
@@ -39,15 +50,31 @@ def record(
     if username is None:
         username = user.get_username() if user is not None else ""
     event = AuditEvent.objects.create(
-        username=stored_username(username),
+        username=stored_username(one_line(username)),
         user=user,
         ip=client_ip(request) if request is not None else None,
         action=action,
-        batch_id=batch_id[:128],
-        target=_without_secrets(target)[:200],
+        batch_id=_cleaned(batch_id, BATCH_ID_MAX_CHARS),
+        target=_cleaned(_without_secrets(target), TARGET_MAX_CHARS),
         outcome=outcome,
-        detail=_without_secrets(detail),
+        detail=_cleaned(_without_secrets(detail), DETAIL_MAX_CHARS),
     )
     level = logging.INFO if outcome in (Outcome.OK, Outcome.ALREADY) else logging.WARNING
-    logger.log(level, "audit %s %s by %r from %s: %s %s", action, outcome, event.username, event.ip, batch_id, target)
+    logger.log(
+        level,
+        "audit %s %s by %r from %s: %s %s",
+        action,
+        outcome,
+        event.username,
+        event.ip,
+        event.batch_id,
+        event.target,
+    )
     return event
+
+
+def record_here(action: Action, outcome: Outcome = Outcome.OK, *, target: str = "", detail: str = "") -> AuditEvent:
+    """Store an event from code that is given no request (a model signal): by the request being answered, if there
+    is one, else by the system."""
+    request = current_request()
+    return record(request, action, outcome, target=target, detail=detail, username=None if request else SYSTEM)

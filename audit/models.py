@@ -16,6 +16,15 @@ class Action(models.TextChoices):
     CREATE = "create", "Created"
     CANCEL = "cancel", "Cancelled"
     DOWNLOAD = "download", "Downloaded"
+    PASSWORD_CHANGE = "password_change", "Changed a password"
+    USER_ADD = "user_add", "Added a user"
+    USER_CHANGE = "user_change", "Changed a user"
+    USER_DELETE = "user_delete", "Deleted a user"
+    GROUP_ADD = "group_add", "Added a group"
+    GROUP_CHANGE = "group_change", "Changed a group"
+    GROUP_DELETE = "group_delete", "Deleted a group"
+    MEMBERSHIP = "membership", "Changed group membership"
+    PERMISSIONS = "permissions", "Changed permissions"
 
 
 class Outcome(models.TextChoices):
@@ -43,7 +52,9 @@ class AuditEvent(models.Model):
     ip = models.GenericIPAddressField(null=True, blank=True, verbose_name="IP")
     action = models.CharField(max_length=20, choices=Action.choices)
     batch_id = models.CharField(max_length=128, blank=True, db_index=True)
-    target = models.CharField(max_length=200, blank=True, help_text="A file, a file kind or a file name.")
+    target = models.CharField(
+        max_length=200, blank=True, help_text="A file, a file kind or a file name; for account changes, the account."
+    )
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
     detail = models.TextField(blank=True)
 
@@ -51,7 +62,11 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-at", "-pk"]
-        indexes = [models.Index(fields=["batch_id", "-at"], name="audit_batch_at")]
+        indexes = [
+            models.Index(fields=["batch_id", "-at"], name="audit_batch_at"),
+            # The failed logins from one address in the last hour (audit.login_limit).
+            models.Index(fields=["ip", "action", "at"], name="audit_ip_action_at"),
+        ]
 
     def __str__(self):
         who = self.username or "someone"

@@ -1,11 +1,12 @@
-"""Logins, logouts, failed logins and lockouts (django-axes), and what users do to batches (batches.events.user_acted:
-cancel, create, download), go to the audit log."""
+"""Logins, logouts, failed logins and lockouts (django-axes' of a user name and IP, audit.login_limit's of an IP), and
+what users do to batches (batches.events.user_acted: cancel, create, download) go to the audit log."""
 
 from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
 from audit.log import record
+from audit.login_limit import address_locked
 from audit.models import Action, Outcome
 from batches.events import user_acted
 
@@ -29,9 +30,17 @@ def _logged_out(sender, request, user, **kwargs):
 def _login_failed(sender, credentials, request=None, **kwargs):
     # `credentials` has the password already masked by Django; only the username is kept.
     username = str(credentials.get("username", ""))
-    locked = getattr(request, "axes_locked_out", False)
-    detail = "refused: this username and IP are locked out" if locked else "wrong username or password"
+    if getattr(request, "login_address_locked", False):
+        detail = "refused: this IP is locked out (too many failed logins, whatever the username)"
+    elif getattr(request, "axes_locked_out", False):
+        detail = "refused: this username and IP are locked out"
+    else:
+        detail = "wrong username or password"
     record(request, Action.LOGIN_FAILED, Outcome.REFUSED, username=username, target=_login_path(request), detail=detail)
+    if request is not None and not getattr(request, "login_address_locked", False) and address_locked(request):
+        # This failure was the one that reached the limit: the IP is locked from the next attempt on.
+        detail = "this IP, whatever the username"
+        record(request, Action.LOCKOUT, Outcome.REFUSED, username=username, target=_login_path(request), detail=detail)
 
 
 @receiver(user_locked_out, dispatch_uid="audit-lockout")

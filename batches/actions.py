@@ -12,9 +12,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.utils import timezone
 
-from batches import services
+from batches import budget, services
 from batches.freshness import failure_message
 from batches.lookups import refresh_batch
 from batches.models import Batch, BatchCreation, record_batch, stored_username
@@ -60,7 +61,7 @@ def cancel_batch(batch_id: str, *, user: str = "", client: services.BatchClient 
             return CancelOutcome(row, sent=False)
         return CancelOutcome(row, sent=False, error=_finished_message(row))
     try:
-        batch = (client or services.get_client(for_action=True)).cancel_batch(batch_id)
+        batch = (client or services.get_client(services.CallFor.CANCEL)).cancel_batch(batch_id)
     except services.BatchApiError as exc:
         # Release our own claim only: a call that outlived CANCEL_CLAIM_SECONDS may have been claimed over.
         Batch.objects.release_cancel(row.pk, now)
@@ -78,7 +79,7 @@ def cancel_batches(
     batch_ids: list[str], *, user: str = "", client: services.BatchClient | None = None
 ) -> list[tuple[str, CancelOutcome]]:
     """Cancel each batch once, in the order given (duplicates ignored); one failure does not stop the others."""
-    client = client or services.get_client(for_action=True)
+    client = client or services.get_client(services.CallFor.CANCEL)
     return [(batch_id, cancel_batch(batch_id, user=user, client=client)) for batch_id in dict.fromkeys(batch_ids)]
 
 
@@ -101,7 +102,7 @@ def _cancel_failure(exc: services.BatchApiError, row: Batch) -> str:
 def _refresh_quietly(batch_id: str, client: services.BatchClient | None) -> None:
     """After a refused cancel the batch has usually just finished: record its real state if we can."""
     with contextlib.suppress(services.BatchApiError):
-        record_batch((client or services.get_client(for_action=True)).retrieve_batch(batch_id))
+        record_batch((client or services.get_client(services.CallFor.CANCEL)).retrieve_batch(batch_id))
 
 
 # --- Creating a batch -------------------------------------------------------
@@ -109,6 +110,10 @@ def _refresh_quietly(batch_id: str, client: services.BatchClient | None) -> None
 # How long a repeated submission waits for the first one (a double click) to finish before saying it is still busy.
 CREATE_WAIT_SECONDS = 30.0
 NOTHING_CREATED = "Nothing was created."
+CREATE_LIMITED = (
+    "You have created or retried {limit} batches in the last minute, the most one person may. Nothing was sent to "
+    "the OpenAI API; wait a minute and submit again."
+)
 
 
 @dataclass(frozen=True)
@@ -134,16 +139,22 @@ def create_batch(
     metadata: dict[str, str] | None = None,
     output_expires_after: int | None = None,
     client: services.BatchClient | None = None,
+    by_person: bool = True,
 ) -> CreateOutcome:
     """Upload the input file (or check the given file id), create the batch and record it: once per form token.
 
     The token is claimed with a unique row before anything is sent, so a repeated or concurrent submission of the
     same form waits for the first one and gets the same batch. A failed attempt releases the token for a retry.
+    A person (`by_person`, unlike the automatic retries) may create BATCHBOARD_USER_CREATE_LIMIT batches a minute.
     """
     claim, claimed = _claim_creation(token, user)
     if not claimed:
         return _earlier_outcome(claim, user)
-    client = client or services.get_client(for_action=True)
+    limit = settings.BATCHBOARD_USER_CREATE_LIMIT
+    if by_person and not budget.allow_user(f"creates:{stored_username(user)}", limit):
+        logger.warning("Create by %s refused: over the limit of %d a minute", user or "unknown user", limit)
+        return _release(claim, CREATE_LIMITED.format(limit=limit), None)
+    client = client or services.get_client(services.CallFor.CREATE if by_person else services.CallFor.LOOP)
     if upload is not None:
         try:
             upload.seek(0)

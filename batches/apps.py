@@ -17,6 +17,8 @@ class BatchesConfig(AppConfig):
 
         from batches import checks  # noqa: F401  (registers the system checks)
         from batches.middleware import stamp_session
+        from batches.views.time_zone import restore_on_login
 
         user_logged_in.connect(stamp_session, dispatch_uid="batchboard-session-stamp")
+        user_logged_in.connect(restore_on_login, dispatch_uid="batchboard-time-zone")
         post_migrate.connect(_create_cache_table, sender=self)

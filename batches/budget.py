@@ -1,9 +1,19 @@
-"""The upstream budget: how many API calls per minute every process together may make, and the shared call counters.
+"""The upstream budget: how many API calls per minute every process together may make, who may spend which share of
+it, the per-user limits, and the shared call counters.
 
-Counted in the database (UpstreamMinute), so that gunicorn workers, sync loops and `manage.py` commands share one
-budget without any of them holding state in memory: each call costs one small read (is the API pausing us after a
-429?) and one conditional UPDATE (a slot in this minute's budget). The service client calls `SharedBudget` before
-and after every attempt it sends (see services.get_client); nothing else needs to know.
+Counted in the database (UpstreamMinute, UserMinute), so that gunicorn workers, sync loops and `manage.py` commands
+share one budget without any of them holding state in memory: each call costs one small read (is the API pausing us
+after a 429?) and one conditional UPDATE (a slot in this minute's budget). The service client calls `SharedBudget`
+before and after every attempt it sends (see services.get_client); nothing else needs to know.
+
+Each minute's budget is shared by whom the calls are for (services.CallFor):
+- a tenth is kept for cancels alone: nothing else may spend it, so a stop button works in the busiest minute;
+- a quarter is kept for the sync loop: pages, downloads and creates cannot spend it, so the list keeps moving;
+- the rest is anyone's, and cancels and the loop spend it too once their own share is used.
+A caller may take a slot when what is left after it still covers the unspent shares kept for the others.
+
+A 429's Retry-After pauses every caller. The sync loop and pages skip their turn; a call made for a person (a
+download, a cancel, a create) waits out a short pause, PERSON_WAIT_SECONDS at most, and then goes.
 
 `totals()` is what /metrics reads.
 """
@@ -14,26 +24,32 @@ import logging
 import time
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db.models import F, Sum, Value
 from django.db.models.functions import Greatest
+from django.db.models.lookups import LessThan
 
 from batches import services
-from batches.models import UpstreamMinute
+from batches.models import UpstreamMinute, UserMinute
 
 logger = logging.getLogger(__name__)
+
+CallFor = services.CallFor
 
 TOTALS_MINUTE = 0
 # Minutes older than this are folded into the totals row when a new minute opens.
 KEPT_MINUTES = 60
 # A 429's Retry-After pauses every caller, for at most this long (the client gives up on longer waits too).
 MAX_PAUSE_SECONDS = services.RETRY_AFTER_CAP
-# A per-user limit counts requests that may call upstream, per minute, in the configured (shared) cache.
+# A call made for a person waits out a pause this long at most; a longer one is refused at once, saying how long.
+PERSON_WAIT_SECONDS = services.INTERACTIVE_RETRY_AFTER_CAP
+# Per-user limits count per minute.
 USER_WINDOW_SECONDS = 60
-# One call in this many of each minute's budget is left to what users do (cancel, create, retry): the sync loop and
-# pages stop short of it, so that a minute they keep busy never refuses a cancel.
-ACTION_SHARE = 10
+# One call in CANCEL_SHARE of each minute's budget is kept for cancels, one in LOOP_SHARE for the sync loop.
+CANCEL_SHARE = 10
+LOOP_SHARE = 4
+# The callers with a share of their own, and the UpstreamMinute column that counts their calls.
+SHARE_COUNTERS = {CallFor.CANCEL: "cancel_calls", CallFor.LOOP: "loop_calls"}
 
 
 def clock() -> float:
@@ -41,44 +57,89 @@ def clock() -> float:
     return time.time()
 
 
+def sleep(seconds: float) -> None:
+    """Wait: the seam tests replace (with a clock that moves forward instead) so that no test waits for real."""
+    time.sleep(seconds)
+
+
 def per_minute() -> int:
     return int(settings.BATCHBOARD_UPSTREAM_BUDGET)
 
 
-def limit(*, for_action: bool = False) -> int:
-    """The calls a minute a caller may spend: users' actions the whole budget, everything else all but their share."""
-    return per_minute() if for_action else per_minute() - per_minute() // ACTION_SHARE
+def kept_for(caller: CallFor) -> int:
+    """The calls of each minute kept for this caller alone (0 for those without a share of their own)."""
+    if caller == CallFor.CANCEL:
+        return per_minute() // CANCEL_SHARE
+    if caller == CallFor.LOOP:
+        return per_minute() // LOOP_SHARE
+    return 0
 
 
-def take(now: float | None = None, *, for_action: bool = False) -> None:
-    """Spend one call of this minute's budget, or raise services.BudgetExhausted saying how long to wait."""
+def take(now: float | None = None, *, caller: CallFor = CallFor.LOOP) -> None:
+    """Spend one call of this minute's budget, or raise services.BudgetExhausted saying how long to wait.
+
+    A caller working for a person waits out a pause of up to PERSON_WAIT_SECONDS first (through `sleep`).
+    """
     now = clock() if now is None else now
-    calls = limit(for_action=for_action)
+    now = _wait_out_pause(now, caller)
     minute = int(now // 60)
-    paused_until = UpstreamMinute.objects.filter(minute=TOTALS_MINUTE).values_list("paused_until", flat=True).first()
-    if paused_until and paused_until > now:
-        raise services.BudgetExhausted(
-            "The OpenAI API asked batchboard to slow down; waiting as it said.",
-            retry_after=paused_until - now,
-            code="rate_limited",
-        )
-    if _spend(minute, calls):
+    if _spend(minute, caller):
         return
+    # No row for this minute yet, or one another process opened since our UPDATE found none: spend again either way
+    # (refusing whenever the row exists only now was a race that said "spent" at the start of a minute).
     if not UpstreamMinute.objects.filter(minute=minute).exists():
         _open_minute(minute)
-        if _spend(minute, calls):
-            return
-    kept = per_minute() - calls
-    raise services.BudgetExhausted(
+    if _spend(minute, caller):
+        return
+    raise services.BudgetExhausted(_spent_message(caller), retry_after=60 - now % 60)
+
+
+def _wait_out_pause(now: float, caller: CallFor) -> float:
+    """Now, after waiting out the API's pause if this caller may; raises BudgetExhausted if it may not."""
+    waited = 0.0
+    while True:
+        paused_until = (
+            UpstreamMinute.objects.filter(minute=TOTALS_MINUTE).values_list("paused_until", flat=True).first()
+        )
+        if not paused_until or paused_until <= now:
+            return now
+        wait = paused_until - now
+        if caller not in services.PEOPLE or waited + wait > PERSON_WAIT_SECONDS:
+            raise services.BudgetExhausted(
+                "The OpenAI API asked batchboard to slow down; waiting as it said.",
+                retry_after=wait,
+                code="rate_limited",
+            )
+        logger.info("The API asked every caller to pause: a call for a person waits %.1f s.", wait)
+        sleep(wait)
+        waited += wait
+        now = clock()
+
+
+def _spend(minute: int, caller: CallFor) -> bool:
+    """Count one call in this minute's row if what is left after it still covers the shares kept for the others."""
+    kept_for_others = Value(0)
+    for other, counter in SHARE_COUNTERS.items():
+        if other != caller and kept_for(other):
+            kept_for_others = kept_for_others + Greatest(Value(kept_for(other)) - F(counter), Value(0))
+    counts = {"calls": F("calls") + 1}
+    if caller in SHARE_COUNTERS:
+        counts[SHARE_COUNTERS[caller]] = F(SHARE_COUNTERS[caller]) + 1
+    room = LessThan(F("calls") + kept_for_others, per_minute())
+    return bool(UpstreamMinute.objects.filter(room, minute=minute).update(**counts))
+
+
+def _spent_message(caller: CallFor) -> str:
+    kept = [
+        f"{kept_for(other)} for {'cancels' if other == CallFor.CANCEL else 'the sync loop'}"
+        for other in SHARE_COUNTERS
+        if other != caller and kept_for(other)
+    ]
+    return (
         f"batchboard's budget of {per_minute()} API calls a minute is spent"
-        + (f" (the last {kept} are kept for cancels and creates)" if kept else "")
-        + "; waiting for the next minute.",
-        retry_after=60 - now % 60,
+        + (f" (kept back: {', '.join(kept)})" if kept else "")
+        + "; waiting for the next minute."
     )
-
-
-def _spend(minute: int, calls: int) -> bool:
-    return bool(UpstreamMinute.objects.filter(minute=minute, calls__lt=calls).update(calls=F("calls") + 1))
 
 
 def _open_minute(minute: int) -> None:
@@ -100,8 +161,8 @@ def _open_minute(minute: int) -> None:
 
 
 def record(status: int | None, retry_after: float | None, now: float | None = None) -> None:
-    """Count the outcome of a call that was sent: an error (no answer, or HTTP >= 400), and a 429's pause."""
-    if status is not None and status < 400:
+    """Count the outcome of a call that was sent: an error (no answer, a redirect, HTTP >= 400), and a 429's pause."""
+    if status is not None and status < 300:
         return
     now = clock() if now is None else now
     minute = int(now // 60)
@@ -133,31 +194,45 @@ def current_minute(now: float | None = None) -> dict[str, int]:
     return {"calls": calls, "budget": per_minute()}
 
 
-def allow_user(user_key: str, now: float | None = None) -> bool:
-    """True while this user's requests that may call upstream stay within their per-minute limit.
+def allow_user(key: str, limit: int, now: float | None = None) -> bool:
+    """Count one more for `key` ("upstream:user:3", "creates:alice") this minute; False once `limit` is reached.
 
-    In the configured cache (Redis in production, so every worker shares it): a detail page of an unknown id or a
-    download costs an upstream call, and one user must not spend the whole organisation's budget.
+    One conditional UPDATE (an INSERT when the minute opens), so parallel requests in any process never pass the
+    limit together: a detail page of an unknown id or a download costs an upstream call, a create two or three, and
+    one user must not spend the whole organisation's budget.
     """
     now = clock() if now is None else now
-    key = f"batchboard:user-calls:{user_key}:{int(now // USER_WINDOW_SECONDS)}"
-    cache.add(key, 0, USER_WINDOW_SECONDS * 2)
-    try:
-        count = cache.incr(key)
-    except ValueError:  # Expired between add and incr.
-        cache.set(key, 1, USER_WINDOW_SECONDS * 2)
-        count = 1
-    return count <= settings.BATCHBOARD_USER_UPSTREAM_PER_MINUTE
+    minute = int(now // USER_WINDOW_SECONDS)
+    if _count_user(key, minute, limit):
+        return True
+    if not UserMinute.objects.filter(key=key, minute=minute).exists():
+        try:
+            with transaction.atomic():
+                UserMinute.objects.create(key=key, minute=minute)
+        except IntegrityError:
+            pass  # Another request of this user opened the minute at the same moment.
+        else:
+            UserMinute.objects.filter(minute__lt=minute - 1).delete()
+        return _count_user(key, minute, limit)
+    return False
+
+
+def _count_user(key: str, minute: int, limit: int) -> bool:
+    return bool(UserMinute.objects.filter(key=key, minute=minute, count__lt=limit).update(count=F("count") + 1))
 
 
 class SharedBudget:
-    """The service client's hook: take a slot before each attempt, count its outcome after it."""
+    """The service client's hook: take a slot before each attempt, count its outcome after it, wait as it says."""
 
-    def __init__(self, *, for_action: bool = False):
-        self.for_action = for_action
+    def __init__(self, caller: CallFor = CallFor.LOOP):
+        self.caller = caller
 
     def before_call(self) -> None:
-        take(for_action=self.for_action)
+        take(caller=self.caller)
 
     def after_call(self, status: int | None, retry_after: float | None) -> None:
         record(status, retry_after)
+
+    def wait(self, seconds: float) -> None:
+        """The client's waits between retries, through the same seam as the budget's own."""
+        sleep(seconds)

@@ -111,6 +111,7 @@ class Chart:
     markers: tuple[Marker, ...]
     dots: tuple[tuple[float, float, float], ...]  # (x, y completed, y failed) per observation, when few
     points: tuple[Point, ...]  # what is plotted, for the data table
+    known_count: int  # the points known before thinning out: observations and the API's own timestamps
     end: datetime  # where the x-axis ends: the final timestamp of a finished batch, else when it was last checked
     observation_count: int
     summary: str
@@ -133,7 +134,7 @@ class Chart:
 
     @property
     def is_downsampled(self) -> bool:
-        return len([p for p in self.points if p.source == "observed"]) < self.observation_count
+        return len(self.points) < self.known_count
 
 
 def known_points(
@@ -275,6 +276,7 @@ def progress_chart(
         markers=markers,
         dots=dots,
         points=tuple(plotted),
+        known_count=len(points),
         end=end,
         observation_count=len(observations),
         summary=summary,

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.utils.functional import SimpleLazyObject
 
 from batches import freshness
+from batches.models import SavedView
 from batches.views.live import live_of
 
 
@@ -15,4 +16,13 @@ def batchboard(request):
         "api_freshness": SimpleLazyObject(freshness.list_freshness),
         # The viewer's Live settings for the live controls; views that poll replace it with their backoff.
         "live": live_of(request),
+        # Lazy: one query, on full pages that show the navigation to a logged-in user.
+        "saved_views": SimpleLazyObject(lambda: _saved_views(request)),
     }
+
+
+def _saved_views(request) -> list:
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return []
+    return list(SavedView.objects.visible_to(user))

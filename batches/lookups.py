@@ -49,7 +49,7 @@ def _not_found_key(kind: str, object_id: str) -> str:
 
 
 def _within_user_limit(user_key: str) -> bool:
-    return not user_key or budget.allow_user(user_key)
+    return not user_key or budget.allow_user(f"upstream:{user_key}", settings.BATCHBOARD_USER_UPSTREAM_PER_MINUTE)
 
 
 def refresh_batch(
@@ -86,7 +86,7 @@ def refresh_batch(
 
 def _fetch(batch_id: str, row: Batch | None, client: services.BatchClient | None) -> tuple[Batch | None, Freshness]:
     try:
-        batch = (client or services.get_client(for_page=True)).retrieve_batch(batch_id)
+        batch = (client or services.get_client(services.CallFor.PAGE)).retrieve_batch(batch_id)
     except services.NotFound:
         cache.set(_not_found_key("batch", batch_id), True, NOT_FOUND_SECONDS)
         if row is None:
@@ -131,7 +131,7 @@ def file_size(file_id: str, *, fetch: bool, user_key: str = "") -> int | None:
     if cache.get(_not_found_key("file", file_id)) or not _within_user_limit(user_key):
         return None
     try:
-        size = services.get_client(for_page=True).retrieve_file(file_id).bytes
+        size = services.get_client(services.CallFor.PAGE).retrieve_file(file_id).bytes
     except services.BatchApiError as exc:
         logger.info("Size of %s unavailable: %s", file_id, exc)
         if isinstance(exc, services.NotFound):
@@ -151,7 +151,7 @@ def file_content(file_id: str, *, user_key: str = "") -> services.FileContent:
     if not _within_user_limit(user_key):
         raise UserLimited(USER_LIMITED)
     try:
-        return services.get_client(for_page=True).file_content(file_id)
+        return services.get_client(services.CallFor.DOWNLOAD).file_content(file_id)
     except services.NotFound:
         cache.set(_not_found_key("file", file_id), True, NOT_FOUND_SECONDS)
         raise

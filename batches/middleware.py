@@ -39,12 +39,26 @@ def _declared_length(request) -> int | None:
         return None
 
 
+def body_limit(request) -> int | None:
+    """The largest body this request may carry; None where the view bounds the body itself while reading.
+
+    The larger limit applies only to the create page for users who may create batches: an anonymous visitor can
+    never make the server spool more than MAX_BODY_BYTES.
+    """
+    if request.path.startswith(SANDBOX_PREFIX) and settings.SANDBOX_ENABLED:
+        return None
+    if request.path == reverse("batches:create") and request.user.has_perm("batches.create_batch"):
+        return MAX_UPLOAD_BODY_BYTES
+    return MAX_BODY_BYTES
+
+
 class RequestBodyLimitMiddleware:
-    """Refuse a body larger than the page takes with 413, from its Content-Length, before anything parses it.
+    """Refuse a body larger than the page takes (body_limit) with 413, from its Content-Length, before anything
+    parses it.
 
     Under WSGI a request body is read only up to its Content-Length (a body without one reads as empty), so the
-    declared length bounds what any later step can read. The larger limit applies only to the create page for users
-    who may create batches: an anonymous visitor can never make the server spool more than MAX_BODY_BYTES.
+    declared length bounds what any later step can read. Under ASGI the server hands the body over in chunks, and
+    dashboard.asgi counts them against the same limit before Django reads them.
     """
 
     def __init__(self, get_response):
@@ -55,18 +69,10 @@ class RequestBodyLimitMiddleware:
         if length is None or length < 0:
             return render(request, "400.html", status=400)
         if length > MAX_BODY_BYTES:
-            limit = self._larger_limit(request)
+            limit = body_limit(request)
             if limit is not None and length > limit:
                 return render(request, "413.html", {"limit": limit, "length": length}, status=413)
         return self.get_response(request)
-
-    def _larger_limit(self, request) -> int | None:
-        """The limit for a body above MAX_BODY_BYTES; None where the view bounds the body itself while reading."""
-        if request.path.startswith(SANDBOX_PREFIX) and settings.SANDBOX_ENABLED:
-            return None
-        if request.path == reverse("batches:create") and request.user.has_perm("batches.create_batch"):
-            return MAX_UPLOAD_BODY_BYTES
-        return MAX_BODY_BYTES
 
 
 def _is_activity(request) -> bool:

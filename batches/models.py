@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import partial
 
+from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Case, F, FloatField, Q, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Lower
+from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
 from batches import events, pricing, services
@@ -26,6 +28,8 @@ STATUS_CHOICES = [(s, services.status_label(s)) for s in services.STATUSES]
 # The list's pseudo-statuses: "every batch that can still change", and "every batch someone should look at".
 ACTIVE_FILTER = "active"
 ATTENTION_FILTER = "attention"
+# Every batch with at least one failed request, whatever its share ("needs attention" asks for a share).
+FAILED_LINES_FILTER = "failed-lines"
 # The list's orders (a leading "-" reverses): the URL's `sort`.
 SORTS = ("-created", "created", "status", "-status", "progress", "-progress", "expires", "-expires")
 DEFAULT_SORT = "-created"
@@ -81,6 +85,8 @@ def stored_username(name: str) -> str:
 
 
 FAILED_STATUSES = ("failed", "expired")
+# Statuses in which a batch still runs against its completion window, so it can expire.
+RUNNING_STATUSES = ("validating", "in_progress", "finalizing")
 
 
 def _stuck(now: datetime) -> Q:
@@ -90,6 +96,18 @@ def _stuck(now: datetime) -> Q:
         since = "created_at" if status == "validating" else "last_changed_at"
         stuck |= Q(status=status, **{f"{since}__lt": now - limit})
     return stuck
+
+
+def _failure_share_high() -> Q:
+    """More than BATCHBOARD_ATTENTION_FAILURE_PERCENT of the requests failed (compared in integers, per mille)."""
+    per_mille = round(settings.BATCHBOARD_ATTENTION_FAILURE_PERCENT * 10)
+    return Q(failed_requests__gt=0) & Q(GreaterThan(F("failed_requests") * 1000, F("total_requests") * per_mille))
+
+
+def _expiring_soon(now: datetime) -> Q:
+    """Still running with less than BATCHBOARD_EXPIRING_SOON_HOURS of its completion window left."""
+    soon = now + timedelta(hours=settings.BATCHBOARD_EXPIRING_SOON_HOURS)
+    return Q(is_terminal=False, status__in=RUNNING_STATUSES, expires_at__isnull=False, expires_at__lt=soon)
 
 
 class BatchQuerySet(models.QuerySet):
@@ -129,27 +147,39 @@ class BatchQuerySet(models.QuerySet):
         return self.order_by(*NEWEST_FIRST)
 
     def with_status(self, status: str):
-        """Batches in `status`; "active" means any status that can still change, "attention" needs_attention()."""
+        """Batches in `status`; "active" means any status that can still change, "attention" needs_attention(),
+        "failed-lines" any batch with a failed request."""
         if status == ACTIVE_FILTER:
             return self.active()
         if status == ATTENTION_FILTER:
             return self.needs_attention()
+        if status == FAILED_LINES_FILTER:
+            return self.with_failed_lines()
         return self.filter(status=status) if status else self
 
+    def with_failed_lines(self):
+        return self.filter(failed_requests__gt=0)
+
     def needs_attention(self, now: datetime | None = None):
-        """Batches someone should look at: failed or expired, with any failed request, or stuck — in validating,
-        finalizing or cancelling for longer than the history's STUCK_AFTER, measured from creation for validating
-        and from the last observed change for the others (the list has no per-status entry time)."""
-        return self.filter(Q(status__in=FAILED_STATUSES) | Q(failed_requests__gt=0) | _stuck(now or timezone.now()))
+        """Batches someone should look at: failed or expired; more than BATCHBOARD_ATTENTION_FAILURE_PERCENT of their
+        requests failed; stuck (in validating, finalizing or cancelling for longer than the history's STUCK_AFTER,
+        measured from creation for validating and from the last observed change for the others: the list has no
+        per-status entry time); or running with less than BATCHBOARD_EXPIRING_SOON_HOURS of their window left.
+        One failed line among thousands is not news: the "failed-lines" filter lists those."""
+        now = now or timezone.now()
+        return self.filter(Q(status__in=FAILED_STATUSES) | _failure_share_high() | _stuck(now) | _expiring_soon(now))
 
     def needs_attention_count(self, status_counts: dict[str, int], now: datetime | None = None) -> int:
         """needs_attention().count(), given these batches' status_counts(): the failed and expired from the counts,
-        then two seeks of the batch_attention index (other batches with a failed request; stuck ones without)
-        instead of a scan of every batch (tens of milliseconds at 100,000)."""
+        then three disjoint counts that each seek an index instead of scanning every batch (tens of milliseconds at
+        100,000): a high failure share (batch_attention: batches with a failed request), stuck ones without one
+        (batch_attention by status), and those expiring soon that are neither (batch_expiry)."""
+        now = now or timezone.now()
         others = [status for status in services.LIFECYCLE if status not in FAILED_STATUSES]
-        with_failures = self.filter(status__in=others, failed_requests__gt=0).count()
-        stuck = self.filter(_stuck(now or timezone.now()), failed_requests=0).count()
-        return sum(status_counts.get(status, 0) for status in FAILED_STATUSES) + with_failures + stuck
+        share = self.filter(_failure_share_high(), status__in=others).count()
+        stuck = self.filter(_stuck(now)).exclude(_failure_share_high()).count()
+        expiring = self.filter(_expiring_soon(now)).exclude(_stuck(now) | _failure_share_high()).count()
+        return sum(status_counts.get(status, 0) for status in FAILED_STATUSES) + share + stuck + expiring
 
     def search(self, text: str):
         """Batches whose id, file ids or metadata contain every word of `text` (case-insensitive); a `key:value`
@@ -399,6 +429,8 @@ class Batch(models.Model):
             # needs_attention() counts over this narrow index instead of the wide rows; the expiry order seeks it.
             models.Index(fields=["status", "failed_requests", "last_changed_at", "created_at"], name="batch_attention"),
             models.Index(fields=["is_terminal", "expires_at"], name="batch_expiry"),
+            # The "failed-lines" filter and its count seek only the batches with a failed request.
+            models.Index(fields=["failed_requests"], name="batch_failed_lines", condition=Q(failed_requests__gt=0)),
             # A job's batches, a batch's retries, and the automatic retry's look for an existing child.
             models.Index(fields=["job", "lineage_state"], name="batch_job"),
             models.Index(fields=["retry_of", "attempt"], name="batch_retry_of"),
@@ -435,9 +467,16 @@ class Batch(models.Model):
         return self.metadata.get(DESCRIPTION_KEY) or self.metadata.get("name") or ""
 
     @property
+    def metadata_pairs(self) -> list[tuple[str, str]]:
+        """The metadata as (key, value) pairs, what templates iterate: a template looking up `.items` on the dict
+        would get the value of a key named "items" instead."""
+        metadata = self.metadata if isinstance(self.metadata, dict) else {}
+        return [(str(key), str(value)) for key, value in metadata.items()]
+
+    @property
     def metadata_text(self) -> str:
         """Every metadata pair as `key=value`, for a tooltip."""
-        return " · ".join(f"{key}={value}" for key, value in self.metadata.items())
+        return " · ".join(f"{key}={value}" for key, value in self.metadata_pairs)
 
     @property
     def metadata_summary(self) -> str:
@@ -799,6 +838,8 @@ class DailySpend(models.Model):
         """What a batch adds to the daily totals: (day, model, tokens...) once it is final with usage, else None."""
         if not row.is_terminal or row.finished_at is None or row.input_tokens is None:
             return None
+        if not (row.input_tokens or row.cached_input_tokens or row.output_tokens):
+            return None  # used no token (failed validation): adds nothing, and must not count as an unpriced batch
         tokens = (row.input_tokens, row.cached_input_tokens or 0, row.output_tokens or 0)
         return (timezone.localdate(row.finished_at), row.model, *tokens)
 
@@ -959,6 +1000,9 @@ class UpstreamMinute(models.Model):
 
     minute = models.BigIntegerField(unique=True)
     calls = models.PositiveIntegerField(default=0)
+    # Of `calls`, those of the sync loop and of cancels: each has a share of the minute kept for it.
+    loop_calls = models.PositiveIntegerField(default=0)
+    cancel_calls = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     rate_limited = models.PositiveIntegerField(default=0)
     # After a 429 every caller waits until then (the API's Retry-After); kept on the current minute's row.
@@ -966,6 +1010,26 @@ class UpstreamMinute(models.Model):
 
     def __str__(self):
         return f"minute {self.minute}: {self.calls} calls"
+
+
+class UserMinute(models.Model):
+    """What one user did in one minute that a per-user limit counts (see batches.budget.allow_user).
+
+    `key` names the limit and the user ("upstream:user:3", "creates:alice"); a row is counted up by one conditional
+    UPDATE, so parallel requests in any process can never pass the limit together. Rows of past minutes are deleted
+    when a new one opens.
+    """
+
+    key = models.CharField(max_length=200)
+    minute = models.BigIntegerField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["key", "minute"], name="user_minute_unique")]
+        indexes = [models.Index(fields=["minute"], name="user_minute_minute")]
+
+    def __str__(self):
+        return f"{self.key} in minute {self.minute}: {self.count}"
 
 
 class BatchCreationQuerySet(models.QuerySet):
@@ -1041,3 +1105,41 @@ class Reaction(models.Model):
 
     def __str__(self):
         return f"{self.step} of batch #{self.batch_id} (attempt {self.attempt}): {self.state}"
+
+
+class Preference(models.Model):
+    """A user's own settings that outlive a session: their time zone (copied into the session at login, so that
+    pages read the session and never this table)."""
+
+    user = models.OneToOneField("auth.User", on_delete=models.CASCADE, related_name="batchboard_preference")
+    time_zone = models.CharField(max_length=64, blank=True)
+
+    def __str__(self):
+        return f"preferences of {self.user}"
+
+
+class SavedViewQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        """A user's own saved views and those shared with a team (group) they belong to."""
+        return self.filter(Q(owner=user) | Q(team__in=user.groups.all())).select_related("owner", "team")
+
+
+class SavedView(models.Model):
+    """A named link to the list or a results page with its filters, search and sort, shown in the navigation of its
+    owner and, if shared, of every member of its team. `url` is a path and query the dashboard itself made and
+    checked (see batches.views.saved_views)."""
+
+    owner = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="batchboard_saved_views")
+    name = models.CharField(max_length=80)
+    url = models.CharField(max_length=1000)
+    team = models.ForeignKey("auth.Group", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = SavedViewQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "pk"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="saved_view_unique_name")]
+
+    def __str__(self):
+        return self.name

@@ -20,6 +20,10 @@ TOKENS_PER_PRICE_UNIT = 1_000_000
 PRICE_FIELDS = ("input", "cached_input", "output")
 # A snapshot suffix: -2024-07-18 (current style) or a month and day, -0613 or -1106 (older style).
 DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|[01]\d[0-3]\d)$")
+# Bounds on a price in a price file, in dollars per million tokens: far above any model's, and fine enough for any
+# rate, yet small enough that every cost, total and amount shown stays exact (a price of 1e999999999 overflowed).
+MAX_PRICE = Decimal(1_000_000)
+PRICE_PLACES = 10
 CENT = Decimal("0.01")
 SMALL_AMOUNT_STEP = Decimal("0.0001")
 
@@ -116,8 +120,12 @@ def _amount(where: str, key: str, value) -> Decimal:
         amount = Decimal(value.strip() if isinstance(value, str) else value)
     except InvalidOperation:
         raise PriceFileError(f"{where}: {key} = {value!r} is not a number") from None
-    if not amount.is_finite() or amount < 0:
-        raise PriceFileError(f"{where}: {key} = {value!r} must be zero or more")
+    if not amount.is_finite() or not 0 <= amount <= MAX_PRICE:
+        raise PriceFileError(
+            f"{where}: {key} = {value!r} must be zero or more and at most {MAX_PRICE:,} (dollars per million tokens)"
+        )
+    if amount.as_tuple().exponent < -PRICE_PLACES:
+        raise PriceFileError(f"{where}: {key} = {value!r} has more than {PRICE_PLACES} decimal places")
     return amount
 
 
@@ -185,8 +193,10 @@ class CostTotal:
         output_tokens}."""
         amount, batches, unpriced, unpriced_models = Decimal(0), 0, 0, set()
         for row in rows:
-            if not row["batches"]:
-                continue
+            if not row["batches"] or not any(
+                row[name] for name in ("input_tokens", "cached_input_tokens", "output_tokens")
+            ):
+                continue  # no token used (a batch that failed validation): it cost nothing, priced or not
             batches += row["batches"]
             price = price_for(row["model"])
             if price is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import email.utils
+import enum
 import io
 import json
 import logging
@@ -78,9 +80,16 @@ BATCH_ID_PATTERN = re.compile(r"batch_[A-Za-z0-9_-]{1,120}")
 FILE_ID_PATTERN = re.compile(r"file-[A-Za-z0-9_-]{1,120}")
 MAX_INPUT_FILE_BYTES = 200 * 1024 * 1024
 
+INSUFFICIENT_QUOTA = "insufficient_quota"
+
 # Retries follow the official SDK (REFERENCE.md §13).
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 RETRY_AFTER_CAP = 120.0
+# A call someone is waiting for (a page, a download, a cancel, a create) waits this long at most for a Retry-After.
+INTERACTIVE_RETRY_AFTER_CAP = 5.0
+# A call for a person keeps retrying 429s past OPENAI_MAX_RETRIES while its waits for them add up to this at most: a
+# busy minute costs a person a few seconds rather than a failed cancel or download.
+PERSON_RATE_LIMIT_PATIENCE = 5.0
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 JITTER = (0.75, 1.0)
@@ -638,14 +647,20 @@ class BatchClient:
         connect_timeout: float = 5.0,
         max_retries: int = 2,
         session: requests.Session | None = None,
-        sleep: Callable[[float], Any] = time.sleep,
+        sleep: Callable[[float], Any] | None = None,
         budget: Any = None,
+        retry_after_cap: float = RETRY_AFTER_CAP,
+        rate_limit_patience: float = 0.0,
     ):
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.timeout = (connect_timeout, timeout)
         self.max_retries = max(int(max_retries), 0)
-        self._sleep = sleep
+        # A Retry-After longer than this is not waited for: the call fails, saying how long the API asked.
+        self.retry_after_cap = retry_after_cap
+        # Seconds of waits for 429s a call may spend on further retries once max_retries are used (see get_client).
+        self.rate_limit_patience = rate_limit_patience
+        self._sleep = sleep or (budget.wait if budget is not None else time.sleep)
         # Shared accounting (batches.budget.SharedBudget): before_call() may raise BudgetExhausted, after_call()
         # counts each attempt's outcome. None for a client that answers to nobody (tests, the sandbox's own checks).
         self.budget = budget
@@ -765,9 +780,13 @@ class BatchClient:
         headers: dict[str, str] | None = None,
         **kwargs,
     ) -> requests.Response:
-        """Send one call, retrying as `retry` allows; return a response below 400 or raise a BatchApiError."""
+        """Send one call, retrying as `retry` allows; return a 2xx response or raise a BatchApiError.
+
+        Redirects are never followed: the API does not send them, and one could fetch any page it names.
+        """
         url = f"{self.base_url}{path}"
         attempt = 0
+        rate_limit_waits = 0.0
         while True:
             request_headers = {**(headers or {}), "X-Stainless-Retry-Count": str(attempt)}
             if self.budget is not None:
@@ -784,7 +803,7 @@ class BatchClient:
                 what = _describe_transport_error(failure)
                 del failure  # It holds the prepared request, key included; do not keep it alive.
                 if attempt < self.max_retries and may_repeat:
-                    self._pause(attempt, None, method, path, f"it {what}")
+                    self._pause(attempt, self._delay(attempt, None), method, path, f"it {what}")
                     attempt += 1
                     continue
                 tries = f", {attempt + 1} attempts" if attempt else ""
@@ -798,14 +817,24 @@ class BatchClient:
                 time.monotonic() - started,
                 response.headers.get("x-request-id", "-"),
             )
-            if response.status_code < 400:
+            if response.status_code < 300:
                 return response
+            if response.status_code < 400:
+                error = _redirect_error(response, method, path)
+                response.close()
+                raise error
             error = self._error_from(response, stream)
             response.close()
-            if attempt < self.max_retries and _should_retry(response, error, retry):
-                self._pause(attempt, error.retry_after, method, path, f"HTTP {response.status_code}")
-                attempt += 1
-                continue
+            if _should_retry(response, error, retry, self.retry_after_cap):
+                delay = self._delay(attempt, error.retry_after)
+                # A 429 is answered before the API acts, so a patient caller may repeat it past max_retries.
+                patient = response.status_code == 429 and rate_limit_waits + delay <= self.rate_limit_patience
+                if attempt < self.max_retries or patient:
+                    if response.status_code == 429:
+                        rate_limit_waits += delay
+                    self._pause(attempt, delay, method, path, f"HTTP {response.status_code}")
+                    attempt += 1
+                    continue
             raise error
 
     def _send(self, method, url, headers, stream, kwargs):
@@ -815,27 +844,23 @@ class BatchClient:
         requests exception (whose request carries the key) in its context.
         """
         try:
-            response = self.session.request(method, url, headers=headers, timeout=self.timeout, stream=stream, **kwargs)
+            response = self.session.request(
+                method, url, headers=headers, timeout=self.timeout, stream=stream, allow_redirects=False, **kwargs
+            )
         except _TRANSPORT_ERRORS as exc:
             return None, exc, None
         except requests.RequestException as exc:
             return None, None, type(exc).__name__
         return response, None, None
 
-    def _pause(self, attempt: int, retry_after: float | None, method: str, path: str, reason: str) -> None:
-        if retry_after is not None and 0 < retry_after <= RETRY_AFTER_CAP:
-            delay = retry_after
-        else:
-            delay = min(INITIAL_RETRY_DELAY * 2**attempt, MAX_RETRY_DELAY) * random.uniform(*JITTER)
-        logger.info(
-            "Retrying %s %s in %.2fs after %s (retry %d of %d)",
-            method,
-            path,
-            delay,
-            reason,
-            attempt + 1,
-            self.max_retries,
-        )
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        """The wait before the next attempt: the server's Retry-After, else exponential backoff with jitter."""
+        if retry_after is not None and 0 < retry_after <= self.retry_after_cap:
+            return retry_after
+        return min(INITIAL_RETRY_DELAY * 2**attempt, MAX_RETRY_DELAY) * random.uniform(*JITTER)
+
+    def _pause(self, attempt: int, delay: float, method: str, path: str, reason: str) -> None:
+        logger.info("Retrying %s %s in %.2fs after %s (retry %d)", method, path, delay, reason, attempt + 1)
         self._sleep(delay)
 
     def _parse(self, response: requests.Response, parse: Callable[[dict], Any], call: str) -> Any:
@@ -863,9 +888,9 @@ class BatchClient:
         details = body.get("error") if isinstance(body, dict) else None
         if isinstance(details, str):
             details = {"message": details}
-        details = _dict(details)
+        details = _gateway_unwrapped(_dict(details), response.status_code)
         status = response.status_code
-        error_class = _error_class(status)
+        error_class = RateLimited if details.get("code") == INSUFFICIENT_QUOTA else _error_class(status)
         content_type = _media_type(response)
         message = _text(details.get("message"))
         if status == 404 and not details:
@@ -888,10 +913,10 @@ class BatchClient:
         )
 
 
-def _should_retry(response: requests.Response, error: BatchApiError, retry: str) -> bool:
+def _should_retry(response: requests.Response, error: BatchApiError, retry: str, retry_after_cap: float) -> bool:
     """The SDK's decision (REFERENCE.md §13), narrowed for calls that must not act twice."""
     status = response.status_code
-    if error.retry_after is not None and error.retry_after > RETRY_AFTER_CAP:
+    if error.retry_after is not None and error.retry_after > retry_after_cap:
         return False
     # A 429 is refused before anything happens, so even a create may be repeated; any other answer may come
     # after the call acted.
@@ -900,12 +925,85 @@ def _should_retry(response: requests.Response, error: BatchApiError, retry: str)
     # Cancelling a finished batch answers 409 and will never succeed, whatever x-should-retry says.
     if retry == RETRY_IDEMPOTENT and status == 409:
         return False
+    # Out of credit: waiting a second never helps (the SDK retries it; we do not), whatever status a gateway made
+    # of it and whatever it says about retrying.
+    if error.code == INSUFFICIENT_QUOTA:
+        return False
     should = response.headers.get("x-should-retry", "").strip().lower()
     if should in ("true", "false"):
         return should == "true"
-    if status == 429 and error.code == "insufficient_quota":
-        return False  # Out of credit: waiting a second never helps (the SDK retries it; we do not).
     return status in RETRYABLE_STATUSES or status >= 500
+
+
+# What a gateway (LiteLLM's proxy and the like) puts before the upstream's own error message.
+_GATEWAY_PREFIX = re.compile(r".{0,200}?\bError code: (\d{3}) - ", re.DOTALL)
+# Words that mean "out of credit" whatever envelope carries them.
+_QUOTA_WORDS = (INSUFFICIENT_QUOTA, "exceeded your current quota")
+# How many ends of an embedded error are tried when text follows it.
+_EMBEDDED_TRIES = 20
+
+
+def _gateway_unwrapped(details: dict, status: int) -> dict:
+    """The API's own error details from an envelope a gateway rewrote, else the details as they came.
+
+    A gateway in front of the API may turn `code` into the status as text ("429"), `type` into
+    "internal_server_error", and put "Error code: 429 - " and the API's own error (as JSON or a Python dict's text)
+    in the message. Only what is unambiguous is taken: the embedded error when it parses, else the message without
+    the prefix, and "out of quota" when the words say so.
+    """
+    message = _text(details.get("message")) or ""
+    prefix = _GATEWAY_PREFIX.match(message)
+    if prefix is None and str(details.get("code")) != str(status):
+        return details
+    rest = message[prefix.end() :] if prefix else message
+    embedded = _embedded_error(rest)
+    if embedded is not None:
+        return embedded
+    gateway_type = _text(details.get("type"))
+    unwrapped = {
+        "message": rest.strip() or None,
+        "type": None if gateway_type == "internal_server_error" and status < 500 else gateway_type,
+        "code": None,
+        "param": details.get("param"),
+    }
+    if any(word in message.lower() for word in _QUOTA_WORDS):
+        unwrapped["type"] = unwrapped["code"] = INSUFFICIENT_QUOTA
+    return unwrapped
+
+
+def _embedded_error(text: str) -> dict | None:
+    """The API error inside a gateway's message, written as JSON or as a Python dict, possibly with text after it."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    text = text[start:]
+    try:
+        found = json.JSONDecoder().raw_decode(text)[0]
+    except (ValueError, RecursionError):
+        found = None
+        ends = [index for index, char in enumerate(text) if char == "}"][-_EMBEDDED_TRIES:]
+        for end in reversed(ends):
+            try:
+                found = ast.literal_eval(text[: end + 1])
+                break
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                continue
+    if not isinstance(found, dict):
+        return None
+    error = found.get("error", found)
+    if not isinstance(error, dict) or not _text(error.get("message")):
+        return None
+    return error
+
+
+def _redirect_error(response: requests.Response, method: str, path: str) -> BatchApiError:
+    """A 3xx: the API never redirects, and following one could fetch (and serve as a file) any page it names."""
+    return BatchApiError(
+        f"The Batch API answered {method} {path} with a redirect (HTTP {response.status_code}); batchboard follows "
+        "no redirects, so nothing was fetched. Is OPENAI_BASE_URL right?",
+        status=None,
+        request_id=response.headers.get("x-request-id"),
+    )
 
 
 def _media_type(response: requests.Response) -> str:
@@ -936,15 +1034,33 @@ PAGE_TIMEOUT = 5.0
 PAGE_MAX_RETRIES = 1
 
 
-def get_client(*, for_page: bool = False, for_action: bool = False) -> BatchClient:
-    """The configured client (one per thread and use, as a requests.Session is not thread-safe).
+class CallFor(enum.StrEnum):
+    """Whom a call is made for. It decides the call's share of the upstream budget (batches.budget), whether it
+    waits out the API's pause, and the client's timeout and retries (get_client)."""
 
-    The real API with a key, the built-in sandbox without one. `for_page` gives the shorter timeout pages use;
-    `for_action` is for what a user does (cancel, create, retry), which may spend the budget's share kept for it.
+    LOOP = "loop"  # the sync loop and background work (archiving results): may skip its turn
+    PAGE = "page"  # what a page asks the API for itself (a running batch's refresh, a file's size): shows the cache
+    DOWNLOAD = "download"  # a person's download of a batch's file
+    CREATE = "create"  # a person's create or retry: the upload, the file check and the create
+    CANCEL = "cancel"  # a person's cancel
+
+
+# Calls a person is waiting for: they wait out a short pause and a short Retry-After rather than fail at once.
+PEOPLE = frozenset({CallFor.DOWNLOAD, CallFor.CREATE, CallFor.CANCEL})
+
+
+def get_client(caller: CallFor = CallFor.LOOP) -> BatchClient:
+    """The configured client for this caller (one per thread and caller, as a requests.Session is not thread-safe).
+
+    The real API with a key, the built-in sandbox without one. Pages and downloads get the shorter timeout (and pages
+    fewer retries); all but the loop wait for a Retry-After of INTERACTIVE_RETRY_AFTER_CAP at most, and calls for a
+    person retry 429s for PERSON_RATE_LIMIT_PATIENCE more seconds once their retries are used.
     """
     timeout, max_retries = settings.OPENAI_TIMEOUT, settings.OPENAI_MAX_RETRIES
-    if for_page:
-        timeout, max_retries = min(timeout, PAGE_TIMEOUT), min(max_retries, PAGE_MAX_RETRIES)
+    if caller in (CallFor.PAGE, CallFor.DOWNLOAD):
+        timeout = min(timeout, PAGE_TIMEOUT)
+    if caller == CallFor.PAGE:
+        max_retries = min(max_retries, PAGE_MAX_RETRIES)
     config = (
         settings.OPENAI_API_KEY or settings.SANDBOX_API_KEY,
         settings.OPENAI_BASE_URL,
@@ -953,24 +1069,25 @@ def get_client(*, for_page: bool = False, for_action: bool = False) -> BatchClie
         timeout,
         max_retries,
     )
-    slot = "page" if for_page else "action" if for_action else "default"
     configs = _clients.__dict__.setdefault("configs", {})
     clients = _clients.__dict__.setdefault("clients", {})
-    if configs.get(slot) != config:
-        previous = clients.get(slot)
+    if configs.get(caller) != config:
+        previous = clients.get(caller)
         if previous is not None:
             previous.close()
         from batches.budget import SharedBudget  # Django models: imported late, this module loads before them.
 
         api_key, base_url, organization, project, timeout, max_retries = config
-        clients[slot] = BatchClient(
+        clients[caller] = BatchClient(
             api_key=api_key,
             base_url=base_url,
             organization=organization,
             project=project,
             timeout=timeout,
             max_retries=max_retries,
-            budget=SharedBudget(for_action=for_action),
+            budget=SharedBudget(caller),
+            retry_after_cap=RETRY_AFTER_CAP if caller == CallFor.LOOP else INTERACTIVE_RETRY_AFTER_CAP,
+            rate_limit_patience=PERSON_RATE_LIMIT_PATIENCE if caller in PEOPLE else 0.0,
         )
-        configs[slot] = config
-    return clients[slot]
+        configs[caller] = config
+    return clients[caller]

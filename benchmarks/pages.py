@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import statistics
 import time
 from contextlib import contextmanager
@@ -96,6 +97,13 @@ class Pages:
         def change_a_batch():
             Batch.objects.filter(pk=newest).update(last_changed_at=timezone.now())
 
+        running_url = reverse("batches:detail", args=[detail_ids[1]])
+
+        def shown_key() -> str:
+            """The key of the running batch's panel as shown now (it holds the 10 s clock step: read just before)."""
+            html = _get(client, running_url, {}).content.decode()
+            return re.search(r'"X-Batchboard-Shown": "(\w+)"', html).group(1)
+
         pages = [  # name, url, headers, what to do before each request (untimed)
             ("list", list_url, {}, None),
             ("filtered list", f"{list_url}?status=completed&endpoint=/v1/chat/completions", {}, None),
@@ -104,6 +112,8 @@ class Pages:
             ("table fragment (changed)", list_url, {"HTTP_HX_REQUEST": "true"}, change_a_batch),
             ("detail", reverse("batches:detail", args=[detail_ids[0]]), {}, None),
             ("detail (running)", reverse("batches:detail", args=[detail_ids[1]]), {}, None),
+            # A poll from a panel that shows the current rendering already: answered 204.
+            ("detail poll (unchanged)", running_url, {"HTTP_HX_REQUEST": "true", "HTTP_X_BATCHBOARD_SHOWN": ""}, None),
         ]
         print("")
         print(
@@ -118,6 +128,8 @@ class Pages:
         with _count_upstream_calls() as upstream_calls:
             for name, url, headers, before in pages:
                 before = before or (lambda: None)
+                if "HTTP_X_BATCHBOARD_SHOWN" in headers:
+                    headers = {**headers, "HTTP_X_BATCHBOARD_SHOWN": shown_key()}
                 for _warm_up in range(3):
                     before()
                     _get(client, url, headers)
@@ -318,7 +330,7 @@ def _history(batch_id: str, status: str, created: int, steps: int, rng: random.R
 
 def _get(client, url: str, headers: dict):
     response = client.get(url, **headers)
-    if response.status_code not in (200, 286):
+    if response.status_code not in (200, 204, 286):
         raise SystemExit(f"{url} answered {response.status_code}; the benchmark needs working pages.")
     return response
 

@@ -221,10 +221,10 @@ def _run(lines: int) -> int:
         verdict = _verdict(median, TARGETS["page"], "ms")
         print(f"  {name:<40} {median:6.1f}ms {p95:6.1f}ms {cpu:6.1f}ms {queries:>7}  {verdict}")
 
-    sample = kept.lines.order_by("?").values_list("custom_id", flat=True)[:REPEATS]
+    sample = kept.lines.order_by("?").values_list("position", flat=True)[:REPEATS]
     request_times, cpu_times = [], []
-    for custom_id in sample:
-        url = reverse("results:request", args=[batch.batch_id, custom_id])
+    for position in sample:
+        url = reverse("results:request", args=[batch.batch_id, position])
         median, _p95, cpu, queries = _time(client, url, {}, repeats=5)
         request_times.append(median)
         cpu_times.append(cpu)

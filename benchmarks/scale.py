@@ -23,7 +23,7 @@ from benchmarks import common
 
 REFRESH_INTERVAL = 2.0
 DEFAULT_BUDGET = 120
-LOOP_SHARE = DEFAULT_BUDGET - DEFAULT_BUDGET // 10  # what the sync loop may spend of it (batches.budget.limit)
+LOOP_SHARE = DEFAULT_BUDGET - DEFAULT_BUDGET // 10  # what the sync loop may spend: all but the cancels' share
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Django settings for batchboard, read from the environment (see the README's configuration table)."""
+"""Django settings for batchboard, read from the environment (every variable is described in docs/configuration.md)."""
 
 import ipaddress
 import json
@@ -135,11 +135,17 @@ SANDBOX_DROP_RATE = _env_float("SANDBOX_DROP_RATE", 0.0, 0.0, 1.0)
 BATCHBOARD_REFRESH_INTERVAL = _env_float("BATCHBOARD_REFRESH_INTERVAL", 2.0, 0.0, 3600.0)
 # How often the sync loop refreshes the list while nobody is watching it (keeping the history).
 BATCHBOARD_HISTORY_INTERVAL = _env_float("BATCHBOARD_HISTORY_INTERVAL", 60.0, 1.0, 86_400.0)
-# Upstream calls per minute that every process together may make (the loop, detail pages, cancels, creates); the
-# last tenth is kept for cancels, creates and retries (batches.budget.ACTION_SHARE).
+# "Needs attention": a batch whose failed requests are more than this share of its requests (per cent), and a running
+# batch with less than this many hours of its completion window left.
+BATCHBOARD_ATTENTION_FAILURE_PERCENT = _env_float("BATCHBOARD_ATTENTION_FAILURE_PERCENT", 5.0, 0.0, 100.0)
+BATCHBOARD_EXPIRING_SOON_HOURS = _env_float("BATCHBOARD_EXPIRING_SOON_HOURS", 3.0, 0.0, 24.0 * 7)
+# Upstream calls per minute that every process together may make (the loop, detail pages, cancels, creates); a
+# tenth of it is kept for cancels alone and a quarter for the sync loop (batches.budget).
 BATCHBOARD_UPSTREAM_BUDGET = int(_env_float("BATCHBOARD_UPSTREAM_BUDGET", 120, 1, 1_000_000))
-# Requests per minute one user may make that can call upstream (an unknown id, a download, a cancel...).
+# Requests per minute one user may make that can call upstream (an unknown id, a download, a file's size...).
 BATCHBOARD_USER_UPSTREAM_PER_MINUTE = int(_env_float("BATCHBOARD_USER_UPSTREAM_PER_MINUTE", 30, 1, 100_000))
+# Batches one user may create or retry per minute (each costs two or three upstream calls).
+BATCHBOARD_USER_CREATE_LIMIT = _env_int("BATCHBOARD_USER_CREATE_LIMIT", 10, 1, 100_000)
 # /metrics is served only to a bearer of this token; without one it is off (404).
 BATCHBOARD_METRICS_TOKEN = _env("BATCHBOARD_METRICS_TOKEN")
 
@@ -230,6 +236,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who changes an account, and from where, for the audit log's model signals.
+    "audit.middleware.CurrentRequestMiddleware",
     # Before any view (and CsrfViewMiddleware's process_view) reads the body.
     "batches.middleware.RequestBodyLimitMiddleware",
     "batches.middleware.SessionLifetimeMiddleware",
@@ -315,6 +323,8 @@ AUTH_PASSWORD_VALIDATORS = [
 AUTHENTICATION_BACKENDS = [
     # First, so a locked-out (username, IP) pair is refused before its password is even checked.
     "axes.backends.AxesStandaloneBackend",
+    # Then an address that failed too often, whatever the user names (password spraying).
+    "audit.login_limit.AddressLimitBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
@@ -397,6 +407,9 @@ AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "audit.client.client_ip"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_SENSITIVE_PARAMETERS = ["password"]
+# Password spraying (one guess at each of many user names): an address is refused like a locked pair once it has
+# failed this many logins in the last hour, whatever the names (audit.login_limit).
+BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = _env_int("BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS", 50, 1, 1_000_000)
 
 # "plain" for a terminal, "json" for a log platform: one object per line, with the request's or the sync pass's context.
 BATCHBOARD_LOG_FORMAT = _env("BATCHBOARD_LOG_FORMAT", "plain").lower()

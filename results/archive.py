@@ -70,6 +70,13 @@ def wants_archive(batch: Batch) -> bool:
     return batch.is_terminal and bool(batch.output_file_id or batch.error_file_id)
 
 
+def keeps_by_itself(batch: Batch) -> bool:
+    """Whether the background work will keep this final batch's results though it has no archive yet, without anyone
+    opening them: a page showing the batch waits for them. With "all", any final batch with files; with "new", the
+    archive is asked for when the batch is recorded final, so a batch without one is history, kept only on open."""
+    return settings.BATCHBOARD_ARCHIVE == MODE_ALL and wants_archive(batch)
+
+
 def keeps_when_final(historical: bool) -> bool:
     """Whether BATCHBOARD_ARCHIVE keeps a batch's files as soon as it is final: "all" does; "new" only for batches
     that became final after the install (not the history import's)."""
@@ -176,8 +183,8 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
             with open(path, "rb") as handle:
                 stored[kind] = results_storage().save(f"{batch.batch_id}/{kind}.jsonl", File(handle))
         try:
+            summary = _index(archive, local)
             with transaction.atomic():
-                summary = _index(archive, local)
                 summary["files_gone"] = gone
                 archive.state = ArchiveState.READY
                 archive.archived_at = timezone.now()
@@ -193,6 +200,7 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
         except Exception as exc:
             reason = f"The result files could not be indexed: {type(exc).__name__}: {str(exc)[:300]}"
             logger.exception("Indexing the results of %s failed", batch.batch_id)
+            ResultLine.objects.filter(archive=archive).delete()
             _finish(archive, ArchiveState.UNAVAILABLE, problem=reason)
             raise reactions.Failed(reason) from exc
         stored = {}
@@ -478,7 +486,12 @@ def _rows(archive: ResultArchive, local: dict[str, str], summary: dict) -> Itera
 
 
 def _index(archive: ResultArchive, local: dict[str, str]) -> dict:
-    """Replace the archive's index with one built from the local files, in chunks; the summary it found."""
+    """Replace the archive's index with one built from the local files, in chunks; the summary it found.
+
+    Each chunk is its own short transaction, so that other writers never wait for a whole file's index (SQLite has
+    one writer at a time: a 50,000-line index in one transaction held up the sync loop for 20 s). Pages show the
+    lines only once the archive is READY, which the caller records afterwards.
+    """
     ResultLine.objects.filter(archive=archive).delete()
     quote = connection.ops.quote_name
     columns = ", ".join(quote(column) for column in COLUMNS)
@@ -489,7 +502,8 @@ def _index(archive: ResultArchive, local: dict[str, str]) -> dict:
     rows = _rows(archive, local, summary)
     with connection.cursor() as cursor:
         while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
-            cursor.executemany(sql, chunk)
+            with transaction.atomic():
+                cursor.executemany(sql, chunk)
     return summary
 
 

@@ -112,6 +112,13 @@ class ResultArchive(models.Model):
     def outcome_counts(self) -> dict[str, int]:
         return self.summary.get("outcomes", {})
 
+    @property
+    def code_counts(self) -> list[tuple[str, int]]:
+        """(error code, lines) pairs, most frequent first: the codes come from result files, so templates get pairs,
+        never the dict (a code named "items" would shadow its method)."""
+        codes = self.summary.get("codes") or {}
+        return list(codes.items()) if isinstance(codes, dict) else []
+
 
 @dataclass(frozen=True)
 class ResultFilter:

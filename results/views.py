@@ -6,26 +6,28 @@ import json
 
 from django.conf import settings
 from django.core.paginator import Paginator
+from django.db.models import Subquery
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
-from django_htmx.http import HTMX_STOP_POLLING
 
 from audit.log import record
 from audit.models import Action
 from audit.models import Outcome as AuditOutcome
+from batches import sections as batch_sections
 from batches.views.common import refreshed_batch, unreachable
+from batches.views.live import live_region, unchanged
 from results import answers, exports
 from results.archive import MODE_OFF, StoredFiles, loads_record, request_archive, results_storage
 from results.links import request_links
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
 
-# htmx stops polling on this status (and the final fragment has no trigger left).
-
-POLL_SECONDS = 3
 EXPORT_CHUNK = 1000
+# The largest position a row can have (a PositiveIntegerField): a larger one in an address is no row, not an error.
+MAX_POSITION = 2_147_483_647
+CUSTOM_ID_LENGTH = ResultLine._meta.get_field("custom_id").max_length
 CSV_COLUMNS = ["line", "custom_id", "outcome", "status", "error_code", "error_message", "tokens", "answer"]
 
 
@@ -66,8 +68,24 @@ def _page(archive: ResultArchive, result_filter: ResultFilter, number):
     link = request_links(archive.batch.batch_id)
     query = f"?{result_filter.query()}" if result_filter.is_active else ""
     for line in page:
-        line.url = link(line.custom_id) + query
+        line.url = link(line.position) + query
     return page
+
+
+def _archive_key(archive: ResultArchive | None):
+    """What of an archive the results page shows (its summary is written once, with archived_at)."""
+    if archive is None:
+        return None
+    return (
+        str(archive.state),  # the value: a state just created is the enum member, one read back is its value
+        archive.problem,
+        archive.archived_at,
+        archive.pruned_at,
+        archive.evicted_at,
+        archive.upstream_deleted_at,
+        archive.upstream_expires_at,
+        archive.stored_bytes,
+    )
 
 
 @require_safe
@@ -76,42 +94,53 @@ def results_page(request, batch_id):
     batch, archive, freshness = _batch_and_archive(request, batch_id)
     if batch is None:
         return unreachable(request, batch_id, freshness)
+    ready = archive is not None and archive.is_ready
+    # Other apps' parts of the page (the retry actions) show with the table only.
+    sections = batch_sections.fill(request, batch, *([batch_sections.RESULTS_ACTIONS] if ready else []))
+    fetching = archive is not None and archive.is_pending
+    region = live_region(
+        request,
+        freshness,
+        "results",
+        request.get_full_path(),
+        batch.payload_hash,
+        _archive_key(archive),
+        request.user.has_perm("batches.create_batch"),
+        sections.key,
+        polling=not batch.is_terminal or fetching or not sections.settled,
+    )
+    if region.unchanged:
+        return unchanged()
     result_filter = ResultFilter.from_query(request.GET)
-    polling = not batch.is_terminal or (archive is not None and archive.is_pending)
     context = {
         "batch": batch,
         "archive": archive,
         "freshness": freshness,
         "filter": result_filter,
         "outcomes": Outcome,
-        "polling": polling,
-        "poll_seconds": POLL_SECONDS,
-        "page": _page(archive, result_filter, request.GET.get("page")) if archive and archive.is_ready else None,
+        "sections": sections,
+        "page": _page(archive, result_filter, request.GET.get("page")) if ready else None,
         "keeping_off": settings.BATCHBOARD_ARCHIVE == MODE_OFF,
     }
-    if request.htmx and not request.htmx.history_restore_request:
-        return render(
-            request, "results/results.html#results-panel", context, status=200 if polling else HTMX_STOP_POLLING
-        )
-    return render(request, "results/results.html", context)
+    return region.render(request, "results/results.html", "results-panel", context)
 
 
 @require_safe
-def request_page(request, batch_id, custom_id):
+def request_page(request, batch_id, position):
+    """One row's request beside its answers (every answer for its custom_id), stepping through the filter."""
     batch, archive, freshness = _batch_and_archive(request, batch_id)
     if batch is None:
         return unreachable(request, batch_id, freshness)
     if archive is None or not archive.is_ready:
         return redirect(reverse("results:list", args=[batch.batch_id]))
-    # A NUL cannot be in a stored custom_id, and PostgreSQL refuses it in a query.
-    lines = list(archive.lines.filter(custom_id=custom_id).in_order()) if "\x00" not in custom_id else []
-    if not lines:
-        raise Http404(f"{batch_id} has no request with the custom_id {custom_id!r}.")
+    lines = _rows_sharing_custom_id(archive, position)
+    line = next((entry for entry in lines if entry.position == position), None)
+    if line is None:
+        raise Http404(f"{batch_id} has no row {position} in its results.")
     result_filter = ResultFilter.from_query(request.GET)
-    line = lines[0]
-    matching = archive.lines.matching(result_filter).exclude(custom_id=custom_id)
-    previous = matching.filter(position__lt=line.position).order_by("-position").values_list("custom_id", flat=True)
-    following = matching.filter(position__gt=line.position).order_by("position").values_list("custom_id", flat=True)
+    matching = archive.lines.matching(result_filter).exclude(custom_id=line.custom_id).only("position", "custom_id")
+    previous = matching.filter(position__lt=line.position).order_by("-position")
+    following = matching.filter(position__gt=line.position).order_by("position")
     with StoredFiles(archive) as files:
         request_record = files.input_record(line)
         answers_shown = [_answer_view(entry, files.result_record(entry)) for entry in lines if entry.result_file]
@@ -125,9 +154,41 @@ def request_page(request, batch_id, custom_id):
         "answers": answers_shown,
         "previous": previous.first(),
         "next": following.first(),
-        "share_url": request.build_absolute_uri(reverse("results:request", args=[batch.batch_id, custom_id])),
+        "share_url": request.build_absolute_uri(reverse("results:request", args=[batch.batch_id, position])),
     }
     return render(request, "results/request.html", context)
+
+
+def _rows_sharing_custom_id(archive: ResultArchive, position: int) -> list[ResultLine]:
+    """The row at `position` and every other row of its custom_id (further answers), in order: one query."""
+    if position > MAX_POSITION:
+        return []
+    custom_id = archive.lines.filter(position=position).values("custom_id")[:1]
+    return list(archive.lines.filter(custom_id=Subquery(custom_id)).in_order())
+
+
+@require_safe
+def request_of(request, batch_id, custom_id=None):
+    """The request page of a custom_id's first row, by redirect: for the error groups' examples (?custom_id=, which
+    carries any text) and for links made when rows were linked by custom_id. Other query parameters are kept."""
+    batch, archive, freshness = _batch_and_archive(request, batch_id)
+    if batch is None:
+        return unreachable(request, batch_id, freshness)
+    if archive is None or not archive.is_ready:
+        return redirect(reverse("results:list", args=[batch.batch_id]))
+    query = request.GET.copy()
+    if custom_id is None:
+        if "custom_id" not in query:
+            raise Http404("Name the custom_id to look up: ?custom_id=…")
+        custom_id = query.pop("custom_id")[-1]  # "" is a custom_id too
+    # The index keeps the first CUSTOM_ID_LENGTH characters; PostgreSQL refuses a NUL in a query (none is stored).
+    custom_id = custom_id[:CUSTOM_ID_LENGTH]
+    found = archive.lines.none() if "\x00" in custom_id else archive.lines.filter(custom_id=custom_id)
+    position = found.order_by("position").values_list("position", flat=True).first()
+    if position is None:
+        raise Http404(f"{batch_id} has no request with the custom_id {custom_id[:200]!r}.")
+    url = request_links(batch.batch_id)(position)
+    return redirect(f"{url}?{query.urlencode()}" if query else url)
 
 
 def _answer_view(line, record: dict | None) -> dict:

@@ -6,9 +6,10 @@ class RetriesConfig(AppConfig):
     verbose_name = "retries"
 
     def ready(self):
-        from batches import events, reactions
+        from batches import events, reactions, sections
         from results import events as results_events
         from retries import auto, receivers, tasks, verify
+        from retries.sections import ACTIONS, CARD
 
         reactions.register(verify.STEP, tasks.verify_lineage)
         reactions.register(auto.STEP, tasks.auto_retry)
@@ -16,3 +17,5 @@ class RetriesConfig(AppConfig):
         results_events.results_kept.connect(
             receivers.react_to_kept_results, dispatch_uid="retries.react_to_kept_results"
         )
+        sections.register(CARD)
+        sections.register(ACTIONS)

@@ -76,7 +76,7 @@ def retry(reaction) -> None:
         _note(parent, AutoRetryState.FAILED, lines=prepared.lines, problem=problem)
         _audit(parent.batch_id, Outcome.ERROR, detail=problem)
         raise reactions.Failed(problem)
-    outcome = submit.create(prepared, user=AUTO_USER)
+    outcome = submit.create(prepared, user=AUTO_USER, by_person=False)
     if outcome.batch is None:
         logger.warning("Automatic retry of %s failed: %s", parent.batch_id, outcome.error)
         _note(parent, AutoRetryState.FAILED, lines=prepared.lines, problem=outcome.error)

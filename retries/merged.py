@@ -122,6 +122,11 @@ class Counts:
     failing: dict[str, int]  # final outcome -> lines, of the lines still without an answer
 
     @property
+    def failing_pairs(self) -> list[tuple[str, int]]:
+        """(outcome, lines) of the lines still failing, most first: what the page lists."""
+        return sorted(self.failing.items(), key=lambda pair: (-pair[1], pair[0]))
+
+    @property
     def failing_total(self) -> int:
         return sum(self.failing.values())
 
@@ -170,7 +175,7 @@ def rows_for(job: Job, originals: list[ResultLine]) -> list[MergedRow]:
         chosen = best.get(line.best_id)
         row = MergedRow(line, chosen, batches.get(chosen.archive_id) if chosen else None)
         if chosen is not None:
-            row.url = links[chosen.archive_id](chosen.custom_id)
+            row.url = links[chosen.archive_id](chosen.position)
             row.batch_url = detail_urls[chosen.archive_id]
         rows.append(row)
     return rows

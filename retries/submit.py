@@ -86,6 +86,17 @@ class Prepared:
     form: CreateBatchForm
     lines: int
 
+    @property
+    def metadata_pairs(self) -> list[tuple[str, str]]:
+        """The metadata the retry is sent with, as pairs: its keys come from the parent batch, so a template must
+        not look anything up on the dict (a key named "items" would shadow the method)."""
+        return list((self.form.cleaned_data.get("metadata") or {}).items())
+
+    @property
+    def error_messages(self) -> list[str]:
+        """Every error of the form, field errors and the others alike."""
+        return [str(message) for messages in self.form.errors.values() for message in messages]
+
 
 def prepare(parent: Batch, archive: ResultArchive, selection: RetrySelection, **options) -> Prepared:
     """Build and validate a retry without sending anything: what the confirmation shows and what create sends."""
@@ -95,9 +106,10 @@ def prepare(parent: Batch, archive: ResultArchive, selection: RetrySelection, **
     return Prepared(parent=parent, form=form, lines=lines)
 
 
-def create(prepared: Prepared, *, user: str) -> actions.CreateOutcome:
-    """Send a validated retry through the same path as the create page (one batch per form token); the batch it
-    makes is a verified retry of the parent."""
+def create(prepared: Prepared, *, user: str, by_person: bool = True) -> actions.CreateOutcome:
+    """Send a validated retry through the same path as the create page (one batch per form token); a person's
+    retries count against their per-minute limit of creates, automatic ones do not. The batch it makes is a
+    verified retry of the parent."""
     data = prepared.form.cleaned_data
     upload = data["input_file"]
     outcome = actions.create_batch(
@@ -109,6 +121,7 @@ def create(prepared: Prepared, *, user: str) -> actions.CreateOutcome:
         completion_window=data["completion_window"],
         metadata=data["metadata"],
         output_expires_after=data["output_expires_after"],
+        by_person=by_person,
     )
     if outcome.batch is not None:
         verify.mark_built_here(outcome.batch, prepared.parent)

@@ -173,6 +173,14 @@ def upload_fields(fields) -> tuple[str, int | None]:
     """The purpose and expires_after seconds of a multipart upload."""
     # A `file` sent as a plain form field rather than a file is reported as the missing file, by the caller.
     unknown = [name for name in fields if name not in UPLOAD_FIELDS and name != "file"]
+    if "expires_after" in unknown:
+        raise ApiError(
+            400,
+            "Invalid 'expires_after': in a multipart upload, send it as two form fields, expires_after[anchor] "
+            "(created_at) and expires_after[seconds] (an integer), not as one part holding a JSON object.",
+            param="expires_after",
+            code="invalid_type",
+        )
     if unknown:
         raise unknown_parameter(unknown[0])
     purpose = fields.get("purpose")

@@ -1,9 +1,12 @@
 """What each request of a batch "returns": deterministic outcomes and response bodies shaped like the real endpoints.
 
-Everything here depends only on the request line (and the batch id for ids), so counts computed at creation and
-the result files written later always agree. About 3% of requests fail, chosen by a hash of the custom_id, as
-HTTP-level failures (REFERENCE §7: `response.status_code` >= 400, the error envelope in `response.body`, top-level
-`error` null); a chat request asking for more completion tokens than the model allows fails like the live API.
+Everything here depends only on the request line, its attempt and the batch id (for ids), so counts computed at
+creation and the result files written later always agree. About 3% of requests fail, chosen by a hash of the
+custom_id, as HTTP-level failures (REFERENCE §7: `response.status_code` >= 400, the error envelope in
+`response.body`, top-level `error` null). A content error (400) is permanent: every attempt fails it again. A server
+error (500) is transient: a later attempt at the line (a retry, see `attempt_of`) fails again only at
+RETRY_FAILURE_PER_MILLE, seeded by the custom_id and the attempt. A chat request asking for more completion tokens
+than the model allows fails like the live API.
 
 Simplifications: embeddings are 16-dimensional unless the request asks for `dimensions` (real ones have 1536 or
 3072, which would make demo output files huge); token counts are estimated as one token per four characters.
@@ -18,6 +21,12 @@ import random
 from dataclasses import dataclass
 
 FAILURE_PER_MILLE = 30
+# A retried line that failed with a transient server error fails again at this rate.
+RETRY_FAILURE_PER_MILLE = 50
+# Metadata that makes a batch a later attempt at its lines: the sandbox's stand-in for the API's own randomness, so
+# that a retry's outcome is transient yet repeatable (the same custom_id and attempt always end the same way).
+ATTEMPT_KEY = "batchboard_attempt"
+RETRY_OF_KEY = "batchboard_retry_of"
 DEFAULT_EMBEDDING_DIMENSIONS = 16
 MAX_EMBEDDING_DIMENSIONS = 3072
 
@@ -174,7 +183,19 @@ def _request_error(endpoint: str, model: str, body: dict) -> dict | None:
     return None
 
 
-def _random_failure(custom_id: str) -> dict | None:
+def attempt_of(metadata: dict | None) -> int:
+    """Which attempt at its lines a batch is: 0 for a first batch, its `batchboard_attempt` (or 1) for a retry."""
+    metadata = metadata or {}
+    try:
+        attempt = int(str(metadata.get(ATTEMPT_KEY, "")).strip())
+    except ValueError:
+        attempt = 0
+    if attempt < 1 and metadata.get(RETRY_OF_KEY):
+        attempt = 1
+    return max(0, min(attempt, 1000))
+
+
+def _random_failure(custom_id: str, attempt: int = 0) -> dict | None:
     roll = _number("fail", custom_id) % 1000
     if roll >= FAILURE_PER_MILLE:
         return None
@@ -187,6 +208,8 @@ def _random_failure(custom_id: str) -> dict | None:
             "messages",
             "context_length_exceeded",
         )
+    if attempt and _number("transient", custom_id, str(attempt)) % 1000 >= RETRY_FAILURE_PER_MILLE:
+        return None
     return _http_error(
         500,
         "The server had an error while processing your request. Sorry about that!",
@@ -202,10 +225,12 @@ def dropped(batch_id: str, custom_id: str, rate: float) -> bool:
     return rate > 0 and _number("drop", batch_id, custom_id) % 1_000_000 < rate * 1_000_000
 
 
-def line_outcome(endpoint: str, custom_id: str, body: dict, *, force_failure: bool = False) -> Outcome:
-    """The deterministic outcome of one request line (already validated: body is a dict)."""
+def line_outcome(
+    endpoint: str, custom_id: str, body: dict, *, attempt: int = 0, force_failure: bool = False
+) -> Outcome:
+    """The deterministic outcome of one request line (already validated: body is a dict) at an attempt."""
     model = request_model(endpoint, body) or ""
-    failure = _request_error(endpoint, model, body) or _random_failure(custom_id)
+    failure = _request_error(endpoint, model, body) or _random_failure(custom_id, attempt)
     if failure is None and force_failure:
         failure = _http_error(500, "The server had an error while processing your request.", "server_error")
     if failure:

@@ -6,7 +6,7 @@ Choices where the reference is silent: a cancel of a terminal batch is a 409 wit
 of a batch already cancelling answers it unchanged; files are listed and batches paged newest first with the id
 breaking ties; an expired or deleted file answers 404, but a batch still running keeps its deleted input's bytes.
 
-Storage is bounded (settings, documented in the README): every file, uploaded or generated, expires after at most
+Storage is bounded (settings, in docs/configuration.md): every file, uploaded or generated, expires after at most
 SANDBOX_FILE_MAX_AGE (so a file the API would keep until deleted shows that expiry), expired and deleted files are
 removed from disk at the next upload, and an upload that would take the files past SANDBOX_STORAGE_QUOTA is refused
 with a 400 (the reference documents a 2.5 TB project limit but not its error; code and wording are the sandbox's).
@@ -214,7 +214,9 @@ def create_batch(
     """
     scenario = scenario if scenario in SCENARIOS else ""
     batch_id = new_batch_id(now)
-    scan = scan_input(input_file.path, endpoint, force_failure=scenario == "all_fail")
+    scan = scan_input(
+        input_file.path, endpoint, attempt=results.attempt_of(metadata), force_failure=scenario == "all_fail"
+    )
     errors = scan.errors
     if scenario == "token_limit" and not errors:
         errors = [{**TOKEN_LIMIT_ERROR, "message": TOKEN_LIMIT_ERROR["message"].format(model=scan.model)}]
@@ -331,7 +333,11 @@ def _result_records(batch: SandboxBatch, state: State):
             finished = plan.validate_s + plan.run_s * (index + 1) / plan.total
             created = min(real_time(plan, finished), state.terminal_at)
             outcome = results.line_outcome(
-                batch.endpoint, line["custom_id"], line["body"], force_failure=batch.scenario == "all_fail"
+                batch.endpoint,
+                line["custom_id"],
+                line["body"],
+                attempt=results.attempt_of(batch.metadata),
+                force_failure=batch.scenario == "all_fail",
             )
             record = results.result_line(batch.id, batch.endpoint, line, outcome, created)
             kind = "output" if outcome.succeeded else "error"

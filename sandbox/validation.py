@@ -151,8 +151,9 @@ def _model_mismatch(model, first_model, number: int) -> dict:
     )
 
 
-def scan_input(path: Path, endpoint: str, *, force_failure: bool = False) -> InputScan:
-    """Validate the file and, if it is valid, precompute the run's checkpoints (see simulation.checkpoints)."""
+def scan_input(path: Path, endpoint: str, *, attempt: int = 0, force_failure: bool = False) -> InputScan:
+    """Validate the file and, if it is valid, precompute the run's checkpoints (see simulation.checkpoints) for a
+    batch that is `attempt` at its lines (see results.attempt_of)."""
     scan = InputScan()
     seen_ids: set[str] = set()
     first_model = ...  # the raw `body.model` of the first valid line (None when it has none)
@@ -193,7 +194,9 @@ def scan_input(path: Path, endpoint: str, *, force_failure: bool = False) -> Inp
             continue
         seen_ids.add(line["custom_id"])
         if not scan.errors:
-            outcome = results.line_outcome(endpoint, line["custom_id"], line["body"], force_failure=force_failure)
+            outcome = results.line_outcome(
+                endpoint, line["custom_id"], line["body"], attempt=attempt, force_failure=force_failure
+            )
             per_line.append(outcome.usage_row)
 
     if scan.total == 0:

@@ -49,13 +49,24 @@ def _cache_of_its_own(settings):
 
 
 def pytest_collection_modifyitems(config, items):
-    """`postgresql` tests run only on PostgreSQL, `sqlite` tests (SQLite's locking, WAL) only on SQLite: `make test`
-    runs the suite once on each."""
+    """`make test` runs the suite on SQLite, then on PostgreSQL. `postgresql` tests run only on PostgreSQL, `sqlite`
+    tests (SQLite's locking, WAL) only on SQLite. `once` tests are those no database can change (pure functions of
+    their input, the API client and the sandbox's rules, settings read by a new process, how a page renders in a
+    browser): they run in the SQLite half only, and are left out of any other run instead of repeated."""
     vendor = connection.vendor
     for item in items:
         for marker in ("postgresql", "sqlite"):
             if item.get_closest_marker(marker) and vendor != marker:
                 item.add_marker(pytest.mark.skip(reason=f"{marker} only; this run is on {vendor}"))
+    if vendor != "sqlite":
+        once = [item for item in items if item.get_closest_marker("once")]
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if not item.get_closest_marker("once")]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if connection.vendor != "sqlite":
+        terminalreporter.write_line("Tests marked `once` were left out: they run in the SQLite half of `make test`.")
 
 
 @pytest.fixture
@@ -401,22 +412,26 @@ def input_line(custom_id: str, n: int = 0) -> bytes:
 
 
 def result_line(custom_id: str, outcome) -> bytes | None:
-    """(file, line) for an outcome: "ok", an HTTP status, "expired", "cancelled"; None for "missing"."""
+    """(file, line) for an outcome: "ok", an HTTP status, "expired", "cancelled", or a pair ("ok", the answer's text)
+    or (an HTTP status, the error code), or the bytes of an output line; None for "missing"."""
+    if isinstance(outcome, bytes):
+        return "output", outcome
     if outcome == "missing":
         return None
     if outcome in ("expired", "cancelled"):
         code = f"batch_{outcome}"
         record = {"id": "r", "custom_id": custom_id, "response": None, "error": {"code": code, "message": outcome}}
         return "error", json.dumps(record).encode()
+    outcome, detail = outcome if isinstance(outcome, tuple) else (outcome, None)
     status = 200 if outcome == "ok" else outcome
     if status == 200:
         body = {
             "object": "chat.completion",
-            "choices": [{"message": {"content": f"answer to {custom_id}"}}],
+            "choices": [{"message": {"content": detail or f"answer to {custom_id}"}}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 3},
         }
     else:
-        code = {429: "rate_limit_exceeded", 500: "server_error"}.get(status, "invalid_value")
+        code = detail or {429: "rate_limit_exceeded", 500: "server_error"}.get(status, "invalid_value")
         body = {"error": {"message": f"status {status}", "type": "x", "code": code}}
     record = {
         "id": "r",
@@ -425,6 +440,23 @@ def result_line(custom_id: str, outcome) -> bytes | None:
         "error": None,
     }
     return ("output" if status == 200 else "error"), json.dumps(record).encode()
+
+
+def keep_results(batch_id: str) -> str:
+    """The background work's part, done by a test: the final batch's results are fetched and indexed (or found
+    unavailable); returns the archive's state. Pages depend only on that state in the database, whoever keeps
+    results in production."""
+    from batches.models import Batch
+    from results import archive
+    from results.models import ResultArchive
+
+    queue = TaskQueue()
+    queue.commit_callbacks()  # recording it final asked for its results (BATCHBOARD_ARCHIVE=new)
+    batch = Batch.objects.get(batch_id=batch_id)
+    if archive.wants_archive(batch) and not ResultArchive.objects.filter(batch=batch).exists():
+        archive.keep(batch)  # kept by itself in "all" mode only: the test asks, as opening its page would
+    queue.drain()
+    return ResultArchive.objects.get(batch=batch).state
 
 
 def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_at=None, lines=None):
@@ -503,7 +535,6 @@ class TaskQueue:
     def __init__(self):
         from django_tasks_db.management.commands.db_worker import Worker
 
-        self._callbacks_run = len(connection.run_on_commit)
         self.worker = Worker(
             queue_names=["*"],
             interval=0,
@@ -516,10 +547,12 @@ class TaskQueue:
         )
 
     def commit_callbacks(self) -> int:
+        """Run the callbacks waiting for a commit that no earlier call ran (the count lives on the connection, reset
+        for each test, so that any number of queues in one test agree)."""
         ran = 0
-        while len(connection.run_on_commit) > self._callbacks_run:
-            _savepoints, callback, _robust = connection.run_on_commit[self._callbacks_run]
-            self._callbacks_run += 1
+        while len(connection.run_on_commit) > connection.test_callbacks_run:
+            _savepoints, callback, _robust = connection.run_on_commit[connection.test_callbacks_run]
+            connection.test_callbacks_run += 1
             callback()
             ran += 1
         return ran
@@ -562,6 +595,12 @@ class TaskQueue:
             run_after=F("run_after") - delta
         )
         Reaction.objects.filter(state="pending").update(run_after=F("run_after") - delta)
+
+
+@pytest.fixture(autouse=True)
+def _no_commit_callbacks_run_yet():
+    """Each test starts with no callback waiting for a commit (the previous test's transaction was rolled back)."""
+    connection.test_callbacks_run = 0
 
 
 @pytest.fixture

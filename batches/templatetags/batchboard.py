@@ -159,17 +159,27 @@ def cancel_control(context, batch, next_url: str = "", target: str = "", outcome
 
 @register.filter
 def destination(next_url: str) -> str:
-    """What the login page leads to, in words: "batch_abc…" for a shared batch link, else "" (just "Log in")."""
+    """What the login page leads to, in words: "batch_abc…" for a shared batch link, "request r-17 of batch_abc…" for
+    a shared request link, and so on; "" (just "Log in") for anything else."""
     path = (next_url or "").partition("?")[0]
     try:
         match = resolve(path) if path.startswith("/") else None
     except Resolver404:
         return ""
-    if match and match.view_name == "batches:detail":
-        return match.kwargs["batch_id"]
-    return {"batches:list": "your batches", "batches:create": "the new-batch form"}.get(
-        match.view_name if match else "", ""
-    )
+    if match is None:
+        return ""
+    batch_id = match.kwargs.get("batch_id", "")
+    words = {
+        "batches:list": "your batches",
+        "batches:create": "the new-batch form",
+        "batches:detail": batch_id,
+        "results:list": f"the results of {batch_id}",
+        "results:request": f"the request in row {match.kwargs.get('position')} of the results of {batch_id}",
+        "results:request_of_custom_id": f"request {match.kwargs.get('custom_id')} of {batch_id}",
+        "retries:final": f"the final results of {batch_id}'s job",
+        "retries:confirm": f"a retry of {batch_id}",
+    }
+    return str(words.get(match.view_name, ""))[:200]
 
 
 @register.filter
@@ -181,9 +191,19 @@ def metadata_matches(batch, filters) -> list[tuple[str, str]]:
     terms = {key.lower(): value for key, value in filters.metadata_terms}
     words = [word.lower() for word in filters.q.split() if ":" not in word]
     matches = []
-    for key, value in batch.metadata.items():
-        text = str(value)
+    for key, text in batch.metadata_pairs:
         matched = key.lower() in terms or any(word in key.lower() or word in text.lower() for word in words)
         if matched and text != batch.description:
             matches.append((key, text))
     return matches[:3]
+
+
+@register.simple_tag(takes_context=True)
+def render_sections(context, sections) -> SafeString:
+    """The sections other apps filled for one slot of the page (batches.sections), each with the page's context and
+    its own, as {% include %} would render them."""
+    rendered = []
+    for section in sections or ():
+        with context.push(section.context):
+            rendered.append(context.template.engine.get_template(section.template).render(context))
+    return mark_safe("".join(rendered))  # noqa: S308 - each part is a rendered template, escaped by it

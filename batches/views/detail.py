@@ -11,13 +11,13 @@ from django.urls import reverse
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
-from django_htmx.http import HTMX_STOP_POLLING
 
 from batches import events, lookups, services
+from batches import sections as batch_sections
 from batches.freshness import failure_message, list_freshness
 from batches.history import batch_history
 from batches.views.common import refreshed_batch, unreachable, user_key
-from batches.views.live import answer_key, is_shown, live_of, rendering_key, unchanged
+from batches.views.live import live_region, unchanged
 
 logger = logging.getLogger(__name__)
 
@@ -51,25 +51,26 @@ def batch_detail(request, batch_id):
         return unreachable(request, batch_id, freshness)
 
     final = batch.is_terminal
-    live = live_of(request, freshness)
-    key = answer_key(
-        rendering_key(
-            "detail",
-            request.path,
-            batch.payload_hash,
-            batch.cancel_requested_at,
-            freshness.display_key() if freshness.may_change else None,
-            request.user.has_perm("batches.cancel_batch"),
-            live.every,
-        )
+    # The results and retries cards (other apps' sections) may still change after the batch turned final.
+    sections = batch_sections.fill(request, batch, batch_sections.DETAIL_NOTICES, batch_sections.DETAIL_CARDS)
+    region = live_region(
+        request,
+        freshness,
+        "detail",
+        request.path,
+        batch.payload_hash,
+        batch.cancel_requested_at,
+        freshness.display_key() if freshness.may_change else None,
+        request.user.has_perm("batches.cancel_batch"),
+        sections.key,
+        polling=not final or not sections.settled,
     )
-    fragment = request.htmx and not request.htmx.history_restore_request
-    if fragment and not final and is_shown(request, key):
+    if region.unchanged:
         return unchanged()
     api = batch.api
-    # An unknown size costs an upstream call: make it for a full page and for the last fragment (when the result
-    # files appear), not for every poll, and not while the API is failing anyway. A final batch is never refreshed,
-    # so its own freshness cannot tell; the list's can.
+    # An unknown size costs an upstream call: make it for a full page and for the answers after the batch turned
+    # final (when the result files appear), not for every poll of a running batch, and not while the API is failing
+    # anyway. A final batch is never refreshed, so its own freshness cannot tell; the list's can.
     wants_sizes = (final or not request.htmx) and freshness.ok
     list_state = list_freshness() if wants_sizes else None
     fetch_sizes = wants_sizes and list_state.ok
@@ -80,18 +81,16 @@ def batch_detail(request, batch_id):
         "expires_at": services.from_unix(api.expires_at),
         "files": _files(request, batch, fetch_sizes=fetch_sizes),
         "history": batch_history(batch),
-        "polling": not final,
-        "live": live,
-        "answer_key": key,
+        "sections": sections,
         "share_url": request.build_absolute_uri(reverse("batches:detail", args=[batch.batch_id])),
     }
     if list_state is not None:
         context["api_freshness"] = list_state  # The auth banner's: read already.
-    if fragment:
+    if region.is_poll:
         context["fragment"] = True  # carries the page title, which htmx applies: it names the status
-        status = HTMX_STOP_POLLING if final else 200
-        return render(request, "batches/batch_detail.html#batch-panel", context, status=status)
-    return render(request, "batches/batch_detail.html", context)
+    else:
+        context["aside_sections"] = batch_sections.fill(request, batch, batch_sections.DETAIL_ASIDE)
+    return region.render(request, "batches/batch_detail.html", "batch-panel", context)
 
 
 @require_safe

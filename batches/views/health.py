@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.core.cache import cache
@@ -14,6 +16,8 @@ from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from batches import freshness, metrics, reactions
+
+logger = logging.getLogger(__name__)
 
 
 def _text(body: str, status: int = 200) -> HttpResponse:
@@ -35,7 +39,14 @@ def readyz(request):
     """Ready to serve: the database and the shared cache answer, the sync loop's heartbeat is recent, and a task
     worker takes what is on the queue."""
     problem = _readiness_problem()
-    return _text(f"not ready: {problem}", status=503) if problem else _text("ready")
+    if not problem:
+        return _text("ready")
+    response = _text(f"not ready: {problem}", status=503)
+    # Expected while the service starts, and asked every few seconds by probes: an INFO line, not django.request's
+    # ERROR for a 5xx (which it skips for a response marked as logged already).
+    logger.info("Not ready: %s", problem)
+    response._has_been_logged = True
+    return response
 
 
 def _readiness_problem() -> str:

@@ -15,16 +15,23 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
-from django_htmx.http import HTMX_STOP_POLLING
 
 from batches import services
 from batches.freshness import Freshness, list_freshness, note_watched
-from batches.models import ACTIVE_FILTER, ATTENTION_FILTER, DEFAULT_SORT, SORTS, Batch, data_version
-from batches.views.live import Live, answer_key, is_shown, live_of, rendering_key, unchanged
+from batches.models import (
+    ACTIVE_FILTER,
+    ATTENTION_FILTER,
+    DEFAULT_SORT,
+    FAILED_LINES_FILTER,
+    SORTS,
+    Batch,
+    data_version,
+)
+from batches.views.live import Live, answer_key, is_poll, is_shown, live_of, poll_status, rendering_key, unchanged
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
-STATUS_FILTERS = (ACTIVE_FILTER, ATTENTION_FILTER, *services.STATUSES)
+STATUS_FILTERS = (ACTIVE_FILTER, ATTENTION_FILTER, FAILED_LINES_FILTER, *services.STATUSES)
 # The sortable columns, each first sorted in its more useful direction.
 SORT_COLUMNS = {"created": "-created", "status": "status", "progress": "-progress", "expires": "expires"}
 SORT_WORDS = {
@@ -63,6 +70,14 @@ class ListFilters:
     @property
     def any(self) -> bool:
         return bool(self.status or self.narrows_counts)
+
+    @property
+    def count(self) -> int:
+        """How many filters of the filter form are set (a date range counts once), for its "Filters (n)" label."""
+        return sum(
+            bool(value)
+            for value in (self.q, self.endpoint, self.model, self.created_from or self.created_to, self.jobs)
+        )
 
     @property
     def narrows_counts(self) -> bool:
@@ -104,7 +119,7 @@ def batch_list(request):
     live = live_of(request, freshness)
     version = data_version()  # read after this request's refresh, so a rendering is never older than its key
     rendering = _rendering_key(request, freshness, live, version, can_cancel=can_cancel)
-    if _wants_fragment(request):
+    if is_poll(request):
         return _table_fragment(request, freshness, live, rendering, version, can_cancel=can_cancel)
     context = list_context(request.GET, freshness, can_cancel=can_cancel, version=version)
     context.update(live=live, answer_key=answer_key(rendering))
@@ -129,7 +144,7 @@ def _table_fragment(
         return HttpResponse(content, status=status)
     context = list_context(request.GET, freshness, can_cancel=can_cancel, version=version)
     context.update(oob=True, live=live, answer_key=key)
-    status = 200 if context["polling"] else HTMX_STOP_POLLING
+    status = poll_status(context["polling"])
     response = render(request, "batches/batch_list.html#batch-table", context, status=status)
     if seconds > 0:
         cache.set(cache_key, (response.content, status), seconds)
@@ -172,13 +187,18 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
     else:
         counts = _per_data_version("status-counts", version, matching.status_counts)
     attention = matching.needs_attention_count(counts)  # moves with the clock too (stuck batches): never cached
+    if filters.narrows_counts:
+        failed_lines = matching.with_failed_lines().count()
+    else:
+        failed_lines = _per_data_version("failed-lines", version, matching.with_failed_lines().count)
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
     batches = matching.with_status(filters.status).sorted_by(filters.sort)
     batches = batches.defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
     # The status counts hold the number already: spare the paginator a COUNT (a second scan for a search).
-    paginator.count = attention if filters.status == ATTENTION_FILTER else _count_with_status(filters.status, counts)
+    known = {ATTENTION_FILTER: attention, FAILED_LINES_FILTER: failed_lines}
+    paginator.count = known.get(filters.status, _count_with_status(filters.status, counts))
     page_number, page_notice = _page_number(query.get("page", ""), paginator.num_pages)
     if page_notice:
         notices.append(page_notice)
@@ -194,7 +214,7 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
         "page": page,
         "rows": rows,
         "page_range": list(paginator.get_elided_page_range(page_number, on_each_side=2, on_ends=1)),
-        "status_counts": _status_counts(counts, attention),
+        "status_counts": _status_counts(counts, attention, failed_lines),
         "sort_columns": _sort_columns(filters),
         "total_matching": sum(counts.values()),
         "summary": summary,
@@ -228,11 +248,6 @@ def list_query_of(url_path: str | None) -> QueryDict:
         return QueryDict()
     path, _, query = url_path.partition("?")
     return QueryDict(query) if path == reverse("batches:list") else QueryDict()
-
-
-def _wants_fragment(request) -> bool:
-    # A history-restore request (back button after htmx swapped the page) needs the whole page.
-    return bool(request.htmx) and not request.htmx.history_restore_request
 
 
 def _parse_filters(query: QueryDict) -> tuple[ListFilters, list[str]]:
@@ -289,11 +304,13 @@ def _count_with_status(status: str, counts: dict[str, int]) -> int:
     return counts.get(status, 0) if status else sum(counts.values())
 
 
-def _status_counts(counts: dict[str, int], attention: int) -> list[dict]:
-    """The status filter's entries: active, needs attention, then each status in lifecycle order, with counts."""
+def _status_counts(counts: dict[str, int], attention: int, failed_lines: int) -> list[dict]:
+    """The status filter's entries: active, needs attention, has failed lines, then each status in lifecycle order,
+    with counts."""
     entries = [
         {"value": ACTIVE_FILTER, "label": "active", "count": _count_with_status(ACTIVE_FILTER, counts)},
         {"value": ATTENTION_FILTER, "label": "needs attention", "count": attention},
+        {"value": FAILED_LINES_FILTER, "label": "has failed lines", "count": failed_lines},
     ]
     entries += [{"value": s, "label": services.status_label(s), "count": counts.get(s, 0)} for s in services.LIFECYCLE]
     return entries

@@ -1,50 +1,13 @@
-"""The results app on other pages: the detail page's notice, summary and link, and small filters for its templates."""
+"""Small filters and the row tag of the results app's templates."""
 
 from django import template
 from django.utils.html import format_html
 
-from results.models import Outcome, ResultArchive
+from results.models import Outcome
 
 register = template.Library()
 
 FILE_LABELS = {"input": "input", "o": "output", "e": "error"}
-
-
-def _archive(batch) -> ResultArchive | None:
-    """The batch's archive, looked up once per page however many tags ask."""
-    if not hasattr(batch, "_results_archive"):
-        batch._results_archive = ResultArchive.objects.filter(batch=batch).first()
-    return batch._results_archive
-
-
-@register.inclusion_tag("results/_detail_notice.html")
-def results_notice(batch):
-    """At the top of the detail page: a completed batch whose lines did not all succeed says so plainly."""
-    archive = _archive(batch) if batch.is_terminal else None
-    counts = archive.outcome_counts if archive is not None else {}
-    failed = counts.get(Outcome.FAILED, 0) if counts else batch.failed_requests
-    missing = counts.get(Outcome.MISSING, 0)
-    return {
-        "batch": batch,
-        "show": batch.status == "completed" and bool(failed or missing),
-        "failed": failed,
-        "missing": missing,
-        "total": batch.total_requests,
-        "counted": bool(counts),
-    }
-
-
-@register.inclusion_tag("results/_detail_summary.html", takes_context=True)
-def results_summary(context, batch):
-    """The detail page's results card: the link to the results table and the errors grouped."""
-    has_results = bool(batch.output_file_id or batch.error_file_id)
-    return {
-        "batch": batch,
-        "can_retry": context["perms"]["batches"]["create_batch"] if "perms" in context else False,
-        "archive": _archive(batch) if has_results else None,
-        "has_results": has_results,
-        "outcomes": Outcome,
-    }
 
 
 @register.filter

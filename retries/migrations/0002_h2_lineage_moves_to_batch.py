@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('retries', '0001_retry_lineage_and_automatic_retries'),
-        ('batches', '0011_h2_lineage_from_metadata'),
+        ('batches', '0015_h2_lineage_from_metadata'),
     ]
 
     operations = [

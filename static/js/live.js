@@ -58,10 +58,15 @@
     });
     all("[data-selection-count]").forEach(function (element) { element.textContent = String(count); });
     all("[data-selection-count-text]").forEach(function (element) { element.hidden = !count; });
+    var chosen = boxes.filter(function (box) { return box.checked; }).map(function (box) {
+      return box.getAttribute("data-select-label") || box.value;
+    });
     all("[data-selection-button]").forEach(function (button) {
       button.disabled = !count;
       var title = button.getAttribute(count === 1 ? "data-confirm-one" : "data-confirm-many");
       button.setAttribute("data-confirm-title", title.replace("{n}", String(count)));
+      button.setAttribute("data-confirm-detail", chosen.join(" · "));
+      button.setAttribute("data-confirm-yes", count === 1 ? "Cancel 1 batch" : "Cancel " + count + " batches");
     });
   }
 
@@ -103,6 +108,7 @@
     document.getElementById("confirm-dialog-title").textContent = elt.getAttribute("data-confirm-title") || "";
     document.getElementById("confirm-dialog-detail").textContent = elt.getAttribute("data-confirm-detail") || "";
     document.getElementById("confirm-dialog-question").textContent = event.detail.question;
+    document.getElementById("confirm-dialog-yes").textContent = elt.getAttribute("data-confirm-yes") || "Cancel batch";
     dialog.returnValue = "";
     dialog.onclose = function () { if (dialog.returnValue === "confirm") event.detail.issueRequest(true); };
     dialog.showModal();

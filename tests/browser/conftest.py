@@ -9,6 +9,7 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.signals import request_started
 
 from batches import services
@@ -144,15 +145,23 @@ def sync_loop(sandbox_url, settings):
     yield
     stop.set()
     loop.join(timeout=30)
+    assert not loop.is_alive(), "the sync loop did not stop: it would go on spending the next test's budget"
+
+
+def sandbox_client() -> services.BatchClient:
+    """A client of the sandbox as any other program has one (the SDK, a script): it spends none of batchboard's
+    upstream budget, so setting the scene never depends on what the sync loop and the pages have spent."""
+    return services.BatchClient(api_key=django_settings.SANDBOX_API_KEY, base_url=django_settings.OPENAI_BASE_URL)
 
 
 @pytest.fixture
 def make_batch(sandbox_url, settings, sync_loop):
-    """Create a batch in the sandbox over HTTP, as any API client would; it runs at `speed` from then on."""
+    """Create a batch in the sandbox over HTTP, as any API client would (sandbox_client); it runs at `speed` from
+    then on."""
 
     def _make(speed: float, *, requests: int = 20, scenario: str = "") -> services.ApiBatch:
         settings.SANDBOX_SPEED = speed  # the sandbox keeps the speed in force at creation for the batch's life
-        client = services.get_client()
+        client = sandbox_client()
         lines = [chat_request(f"request-{number}") for number in range(1, requests + 1)]
         uploaded = client.upload_fileobj(io.BytesIO(jsonl(lines)), filename="input.jsonl")
         metadata = {"sandbox_scenario": scenario} if scenario else None

@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 from playwright.sync_api import expect
 
 from batches import services
@@ -18,6 +19,7 @@ def _choose_file(page, content: bytes, name: str = "requests.jsonl"):
     )
 
 
+@pytest.mark.once  # the form's errors as the browser shows them; nothing is stored, whatever the database
 def test_it_shows_the_lines_of_a_bad_upload_and_sends_nothing(live_server, login, operator, sandbox_requests):
     content = jsonl(
         [
@@ -64,3 +66,18 @@ def test_it_opens_the_new_batch_after_a_good_upload(live_server, login, operator
     assert created.endpoint == "/v1/chat/completions"
     assert created.metadata == {"description": "Greetings, take one"}
     assert SandboxBatch.objects.count() == 1
+
+
+def test_it_shows_the_cost_estimate_as_soon_as_a_file_is_chosen(live_server, login, operator, sandbox_requests):
+    content = jsonl([chat_request(f"request-{number}") for number in range(1, 41)])
+    page = login(operator)
+    page.goto(f"{live_server.url}/batches/new/")
+    _choose_file(page, content)  # no click: choosing the file checks it
+
+    check = page.locator("#file-check")
+    expect(check).to_contain_text("The file is valid")
+    expect(check.get_by_role("heading", name="Estimated cost")).to_be_visible()
+    expect(check).to_contain_text("for the inputs of 40 requests")
+    page.get_by_role("button", name="Check file").click()
+    expect(check.get_by_role("heading", name="Estimated cost")).to_have_count(1)
+    assert [request for request in sandbox_requests if request[0] == "POST"] == []  # nothing sent yet

@@ -3,6 +3,7 @@
 import re
 from urllib.parse import urlsplit
 
+import pytest
 from playwright.sync_api import expect
 
 from batches import services
@@ -71,6 +72,7 @@ def test_it_cancels_a_running_batch_from_its_row_after_confirming(
     assert services.get_client().retrieve_batch(batch.id).cancelling_at is not None
 
 
+@pytest.mark.once  # the dialog in the browser; nothing is sent, whatever the database
 def test_it_cancels_nothing_when_the_confirm_is_dismissed(
     live_server, page, login, operator, make_batch, sandbox_requests
 ):
@@ -105,7 +107,10 @@ def test_it_cancels_the_selected_batches_after_one_confirm(live_server, login, o
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("Cancel 2 selected batches?")
     expect(dialog).to_contain_text("Requests already running finish")
-    dialog.get_by_role("button", name="Cancel batch").click()
+    for batch in (first, second):
+        expect(dialog).to_contain_text(batch.id)  # the dialog names the batches it cancels
+    expect(dialog).not_to_contain_text(kept.id)
+    dialog.get_by_role("button", name="Cancel 2 batches").click()
 
     expect(page.locator("#bulk-result")).to_contain_text("2 cancels requested")
     for batch in (first, second):
@@ -115,6 +120,7 @@ def test_it_cancels_the_selected_batches_after_one_confirm(live_server, login, o
     assert cancels == sorted(f"/sandbox/v1/batches/{batch.id}/cancel" for batch in (first, second))
 
 
+@pytest.mark.once  # the Live toggle is the browser's: a second database changes nothing
 def test_it_stops_polling_while_live_is_off_and_resumes_when_it_is_on(live_server, page, login, viewer, make_batch):
     long_running(make_batch)  # keeps the list polling
     page.clock.install()  # the page's timers run in real time, and fast_forward skips ahead
@@ -160,3 +166,18 @@ def test_it_stops_polling_by_itself_once_every_batch_is_final(
         page.clock.fast_forward(30_000)
     network_barrier(page, live_server.url)
     assert len(live) == polls, "the list kept polling after the server said nothing can change"
+
+
+def test_it_saves_the_filtered_list_as_a_view_in_the_navigation(live_server, login, viewer):
+    page = login(viewer)
+    page.goto(f"{live_server.url}/batches/?status=failed&sort=created")
+    page.get_by_text("Save this view").click()
+    page.get_by_label("Name").fill("Failures, oldest first")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator(".messages")).to_contain_text("Saved “Failures, oldest first”")
+
+    page.goto(f"{live_server.url}/batches/prices/")
+    nav = page.get_by_role("navigation", name="Main")
+    nav.get_by_text("Saved views", exact=True).click()
+    nav.get_by_role("link", name="Failures, oldest first").click()
+    expect(page).to_have_url(f"{live_server.url}/batches/?status=failed&sort=created")

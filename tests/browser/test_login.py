@@ -2,7 +2,11 @@
 
 import re
 
+import pytest
 from playwright.sync_api import expect
+
+# The login form in a browser (throttling and sessions are tested on both databases in tests/views/).
+pytestmark = pytest.mark.once
 
 
 def test_it_logs_in_and_shows_the_sandbox_banner(live_server, login, viewer):

@@ -6,6 +6,9 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import DESKTOP, PHONE, speed_for
 
+# How pages render (colour schemes, widths, CSP): a second database changes nothing.
+pytestmark = pytest.mark.once
+
 VARIANTS = [("light", DESKTOP), ("dark", DESKTOP), ("light", PHONE), ("dark", PHONE)]
 
 
@@ -42,3 +45,12 @@ def test_it_renders_cleanly_in_each_colour_scheme_and_at_phone_width(
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 0, f"{url} scrolls sideways by {overflow}px in {scheme} at {viewport['width']}px"
     assert backgrounds["light"] != backgrounds["dark"], "the dark colour scheme changes nothing"
+
+
+def test_it_shows_model_ids_as_written_on_the_prices_page(live_server, page, login, viewer):
+    login(viewer)
+    page.goto(f"{live_server.url}/batches/prices/")
+    row_header = page.locator(".prices-table tbody th").first
+    expect(row_header).to_be_visible()
+    assert row_header.evaluate("th => getComputedStyle(th).textTransform") == "none"
+    assert row_header.inner_text() == row_header.inner_text().lower()  # ids such as gpt-4o-mini, not GPT-4O-MINI

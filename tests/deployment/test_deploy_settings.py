@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Settings read from the environment by new processes: a second database changes nothing.
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = {  # the README's production environment
     "DJANGO_SECRET_KEY": "t3st-0nly-" + "kq9Zx1Lw7Rm4Vb8Np2Hs6Jd5Fg3Cy0Ta" * 2,

@@ -13,6 +13,9 @@ import pytest
 from batches.log_format import JsonFormatter
 from tests.conftest import process_environment
 
+# The shape of log lines: a second database changes nothing.
+pytestmark = pytest.mark.once
+
 KEY = "sk-proj-a-key-that-must-never-be-logged-0123456789"
 
 

@@ -8,7 +8,10 @@ import time
 import pytest
 from django.core.management import call_command
 
-from batches.management.commands.serve import _QuietSandboxRequests
+from batches.management.commands.serve import _OnlyFailedRequests
+
+# What `make run` prints: a second database changes nothing.
+pytestmark = pytest.mark.once
 
 
 def _request_line(path: str, status: int) -> logging.LogRecord:
@@ -19,12 +22,14 @@ def _request_line(path: str, status: int) -> logging.LogRecord:
     return record
 
 
-def test_it_drops_the_sync_loops_successful_sandbox_calls_and_keeps_the_rest():
-    quiet = _QuietSandboxRequests()
+def test_it_shows_only_failed_requests_at_the_default_verbosity():
+    quiet = _OnlyFailedRequests()
 
     assert not quiet.filter(_request_line("/sandbox/v1/batches?limit=100", 200))
+    assert not quiet.filter(_request_line("/batches/", 200))
+    assert not quiet.filter(_request_line("/static/css/base.css", 304))
     assert quiet.filter(_request_line("/sandbox/v1/batches?limit=100", 500))
-    assert quiet.filter(_request_line("/batches/", 200))
+    assert quiet.filter(_request_line("/batches/batch_nope/", 404))
 
 
 @pytest.mark.django_db

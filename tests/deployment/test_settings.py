@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Settings read from the environment by new processes: a second database changes nothing.
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -78,6 +81,15 @@ def test_it_refuses_a_price_file_with_a_bad_price_and_says_where(tmp_path):
     assert result.returncode != 0
     assert "BATCHBOARD_PRICES" in result.stderr
     assert "my-model" in result.stderr and "input" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_finding_8_it_refuses_a_price_too_large_to_compute_with_at_startup(tmp_path):
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."my-model"]\ninput = "1e999999999"\noutput = "1"\n')
+    result = _check(BATCHBOARD_PRICES=str(prices))
+    assert result.returncode != 0
+    assert "BATCHBOARD_PRICES" in result.stderr and "my-model" in result.stderr and "at most 1,000,000" in result.stderr
     assert "Traceback" not in result.stderr
 
 

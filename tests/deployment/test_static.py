@@ -3,7 +3,8 @@
 import pytest
 from django.core.management import call_command
 
-pytestmark = pytest.mark.django_db
+# Static files and their names: a second database changes nothing.
+pytestmark = [pytest.mark.django_db, pytest.mark.once]
 
 STYLESHEET = "/static/css/"
 

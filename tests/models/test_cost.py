@@ -125,6 +125,8 @@ def test_the_summary_strip_sums_today_this_month_and_running_batches(viewer_clie
     record_batch(_batch("batch_expired", status="expired", expired_at=today, usage=(1_000_000, 0, 0)))  # $0.075
     record_batch(_batch("batch_running", status="in_progress", usage=(2_000_000, 0, 0)))  # $0.15 so far
     record_batch(_batch("batch_unpriced", model="acme-model", completed_at=today))
+    # Failed validation: no model known and no token used. It cost nothing, so the strip does not leave it out.
+    record_batch(_batch("batch_invalid", status="failed", model="", failed_at=today, usage=(0, 0, 0)))
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if day_start > month_start:  # Not on the 1st: a batch finished earlier this month counts for the month only.
@@ -142,6 +144,7 @@ def test_the_summary_strip_sums_today_this_month_and_running_batches(viewer_clie
     strip = viewer_client.get("/batches/").text.split('id="summary-spent"')[1].split("</div>")[0]
     assert "$0.45" in strip and "$0.15 so far in running batches" in strip
     assert "leaves out 1 batch of acme-model" in strip and "no price known" in strip
+    assert "unknown model" not in strip
 
 
 def test_a_batch_counts_once_in_the_daily_totals_on_the_day_it_finished():

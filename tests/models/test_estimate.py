@@ -17,6 +17,9 @@ from batches import estimate
 from batches.estimate import InputCounter, encoding_name_for
 from batches.forms import CreateBatchForm, validate_jsonl
 
+# The estimate is counted from the upload's bytes: a second database changes nothing.
+pytestmark = pytest.mark.once
+
 CHAT = "/v1/chat/completions"
 # A tiny vocabulary: every single byte, and merges that make "hello" one token.
 MERGES = [b"he", b"hel", b"hell", b"hello"]

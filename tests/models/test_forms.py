@@ -12,6 +12,9 @@ from batches import services
 from batches.forms import MAX_REPORTED_ERRORS, CreateBatchForm, validate_jsonl
 from tests.reference import EXAMPLES
 
+# The form and its validation read the upload's bytes only: a second database changes nothing.
+pytestmark = pytest.mark.once
+
 EXAMPLE_INPUT = EXAMPLES / "batch_input.chat_completions.jsonl"
 CHAT = "/v1/chat/completions"
 

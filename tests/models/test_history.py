@@ -280,7 +280,19 @@ def test_it_says_when_the_chart_shows_fewer_points_than_were_observed():
     assert result.observation_count == 601
     assert len(result.chart.points) <= progress_chart.MAX_CHART_POINTS
     assert result.chart.is_downsampled
-    assert "of 601 observations" in render(batch, now=at(700))
+    assert re.search(r"Data points \(\d+ of 60\d, thinned out evenly over time\)", render(batch, now=at(700)))
+
+
+def test_it_counts_the_data_points_it_shows_without_calling_them_observations():
+    """A batch first seen final has one observation but four points from the API's timestamps: not "4 of 1"."""
+    batch = record(
+        "completed", 90, total=10, completed=9, failed=1, in_progress_at=5, finalizing_at=50, completed_at=60
+    )
+    result = batch_history(batch, now=at(700))
+    assert result.observation_count == 1
+    assert not result.chart.is_downsampled
+    html = render(batch, now=at(700))
+    assert f"Data points ({len(result.chart.points)})" in html and "observations" not in html
 
 
 # --- ETA --------------------------------------------------------------------

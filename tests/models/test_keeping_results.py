@@ -1,9 +1,11 @@
 """What is kept, by default and in each BATCHBOARD_ARCHIVE mode, whatever path recorded the batch; the disk quota;
 and the results page's first open."""
 
+import io
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
@@ -140,3 +142,22 @@ def test_the_quota_evicts_the_files_opened_least_recently_and_keeps_summaries_an
     assert archive.evict_over_quota() == 0  # within the quota now
     page = viewer_client.get(reverse("results:list", args=[batches[1].batch_id]))
     assert "evicted" in page.content.decode() and len(page.context["page"]) == 2
+
+
+def test_archive_results_asks_for_final_batches_not_kept_yet_and_can_fetch_them_in_place(tasks, settings, api):
+    settings.BATCHBOARD_ARCHIVE = "on-open"
+    data = api.add("completed", output_file_id="file-gone")  # the API answers 404 for its file
+    out = io.StringIO()
+
+    call_command("archive_results", "--limit", "5", stdout=out)
+
+    assert "Asked for the results of 1 batch;" in out.getvalue()
+    kept = ResultArchive.objects.get()
+    assert kept.is_pending and _keep_reactions() == {data["id"]}
+
+    call_command("archive_results", "--run", stdout=out)
+
+    kept.refresh_from_db()
+    assert kept.state == ArchiveState.UNAVAILABLE and "no longer has this batch's result files" in kept.problem
+    assert Reaction.objects.get().state == "done"
+    assert "fetched 1 here" in out.getvalue()

@@ -7,6 +7,9 @@ import pytest
 from batches import pricing
 from batches.pricing import PriceFileError, format_money, load_price_file, price_for, usage_cost
 
+# Prices and costs are arithmetic on a price table: a second database changes nothing.
+pytestmark = pytest.mark.once
+
 
 @pytest.fixture
 def override(settings, tmp_path):
@@ -140,3 +143,33 @@ def test_floats_in_a_price_file_are_read_as_exact_decimals(tmp_path):
 )
 def test_money_is_shown_to_the_cent_or_finer_below_a_cent(amount, shown):
     assert format_money(amount) == shown
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ('"1e999999999"', "at most 1,000,000"),
+        ("1e999999999", "at most 1,000,000"),
+        ('"1000000.01"', "at most 1,000,000"),
+        ('"-0.5"', "zero or more"),
+        ('"NaN"', "zero or more"),
+        ('"1e-999999999"', "more than 10 decimal places"),
+        ('"0.00000000001"', "more than 10 decimal places"),
+    ],
+)
+def test_finding_8_a_price_out_of_bounds_is_refused_naming_the_model(tmp_path, value, complaint):
+    path = tmp_path / "prices.toml"
+    path.write_text(f'[models."huge-model"]\ninput = 1\noutput = {value}\n')
+    with pytest.raises(PriceFileError) as raised:
+        load_price_file(path)
+    message = str(raised.value)
+    assert '[models."huge-model"]' in message and "output" in message and complaint in message
+
+
+def test_finding_8_the_largest_price_allowed_still_costs_exactly(override):
+    override('[models."dear"]\ninput = "1000000"\ncached_input = "0.0000000001"\noutput = "1E+6"\n')
+    tokens = 2**63 - 1  # more than any count the API reports
+    cost = usage_cost("dear", tokens, 0, tokens)
+    assert cost == Decimal(2 * tokens)
+    assert format_money(cost) == f"${2 * tokens:,}.00"
+    assert usage_cost("dear", tokens, tokens, 0) == Decimal(tokens) / 10**16

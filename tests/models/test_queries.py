@@ -1,10 +1,13 @@
 """The list page and its fragment cost the same number of queries for 5 batches as for 200."""
 
+import re
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from batches.models import record_batch
+from batches.lineage_keys import LineageState
+from batches.models import Batch, record_batch
 from tests.conftest import completed, observation
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
@@ -64,3 +67,38 @@ def test_the_detail_costs_the_same_queries_for_a_short_or_long_history(viewer_cl
 
     with django_assert_num_queries(len(few)):
         assert viewer_client.get(url).status_code == 200
+
+
+@pytest.fixture
+def still_clock(monkeypatch):
+    """Every request in one 10-second clock step (part of every answer's key); set before anyone logs in."""
+    monkeypatch.setattr("batches.views.live.time.time", lambda: 1_800_000_000.0)
+
+
+def test_a_detail_poll_costs_the_same_queries_for_few_or_many_retries(still_clock, viewer_client):
+    """The panel's key covers its retries card: reading it must not grow with the job."""
+    record_batch(observation("batch_parent", processed=1))
+    url = "/batches/batch_parent/"
+    headers = {"HX-Request": "true"}
+
+    def retries(start, stop):
+        for n in range(start, stop):
+            record_batch(observation(f"batch_retry{n:03d}", metadata={"batchboard_retry_of": "batch_parent"}))
+        # What the check of their lines finds (their files are not kept here): verified retries, shown in the card.
+        Batch.objects.filter(retry_of="batch_parent").update(lineage_state=LineageState.VERIFIED)
+
+    def shown_key():
+        return re.search(r'"X-Batchboard-Shown": "(\w+)"', viewer_client.get(url).text).group(1)
+
+    retries(0, 2)
+    key = shown_key()
+    with CaptureQueriesContext(connection) as few:
+        assert viewer_client.get(url, headers={**headers, "X-Batchboard-Shown": key}).status_code == 204
+    retries(2, 40)
+    key = shown_key()
+
+    with CaptureQueriesContext(connection) as many:
+        assert viewer_client.get(url, headers={**headers, "X-Batchboard-Shown": key}).status_code == 204
+
+    assert len(many) == len(few)
+    assert "batch_retry039" in viewer_client.get(url, headers=headers).text

@@ -18,6 +18,9 @@ from batches import services
 from batches.forms import validate_jsonl
 from sandbox import rules, validation
 
+# Both validators are functions of the file's bytes: a second database changes nothing.
+pytestmark = pytest.mark.once
+
 ACCEPT, REFUSE = "accept", "refuse"
 CHAT = "/v1/chat/completions"
 REQUEST_LIMIT = 25

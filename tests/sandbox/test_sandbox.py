@@ -21,6 +21,8 @@ from sandbox.models import SandboxBatch, SandboxFile, SeedMarker
 from sandbox.simulation import Plan, state_at
 from tests.spec import spec_errors
 
+# Tests marked once are about the sandbox's HTTP surface and its simulation, which no database changes; the others,
+# about its storage (locks, races, ordering, aggregates, seeding), run on both databases.
 KEY = {"Authorization": "Bearer sk-sandbox"}
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 FAST = 30_000.0  # simulated seconds per real second: a small batch finishes in about a tenth of a second
@@ -148,6 +150,7 @@ def _plan(**overrides):
 # --- Authentication, ids, routing ---------------------------------------------
 
 
+@pytest.mark.once
 def test_it_requires_a_bearer_key(sandbox_url):
     error = _error(_call("GET", f"{sandbox_url}/batches", headers={}), 401)
     assert error["type"] == "invalid_request_error" and "didn't provide an API key" in error["message"]
@@ -155,6 +158,7 @@ def test_it_requires_a_bearer_key(sandbox_url):
     _error(basic, 401)
 
 
+@pytest.mark.once
 def test_it_rejects_another_key_and_masks_all_but_its_last_four_characters(sandbox_url):
     key = "sk-proj-secretvalue-9xyz"
     error = _error(_call("GET", f"{sandbox_url}/batches", headers={"Authorization": f"Bearer {key}"}), 401)
@@ -163,6 +167,7 @@ def test_it_rejects_another_key_and_masks_all_but_its_last_four_characters(sandb
     assert f"provided: {'*' * (len(key) - 4)}9xyz." in error["message"]
 
 
+@pytest.mark.once
 def test_it_answers_unknown_routes_and_methods_with_invalid_url(sandbox_url):
     error = _error(_get(sandbox_url, "/models"), 404)
     assert error["message"] == "Invalid URL (GET /v1/models)"
@@ -170,11 +175,13 @@ def test_it_answers_unknown_routes_and_methods_with_invalid_url(sandbox_url):
     _error(_call("GET", f"{sandbox_url}/batches/x/cancel"), 404)
 
 
+@pytest.mark.once
 def test_it_gives_every_response_a_fresh_request_id(sandbox_url):
     ids = {_get(sandbox_url, "/batches").headers["x-request-id"] for _ in range(3)}
     assert len(ids) == 3 and all(value.startswith("req_") and len(value) == 36 for value in ids)
 
 
+@pytest.mark.once
 def test_it_answers_404_for_unknown_ids(sandbox_url):
     error = _error(_get(sandbox_url, "/batches/batch_nope"), 404)
     assert error["message"] == "No batch found with id 'batch_nope'."
@@ -188,6 +195,7 @@ def test_it_answers_404_for_unknown_ids(sandbox_url):
 # --- Files ---------------------------------------------------------------------
 
 
+@pytest.mark.once
 def test_it_stores_and_returns_the_exact_bytes_of_an_upload(sandbox_url, settings):
     content = _jsonl([_chat_line("ünïcode-✓"), _chat_line("b")]) + b"\r\n"
     uploaded = _upload(sandbox_url, content, filename="Mixed Case.JSONL").json()
@@ -207,6 +215,7 @@ def test_it_stores_and_returns_the_exact_bytes_of_an_upload(sandbox_url, setting
     assert _get(sandbox_url, f"/files/{uploaded['id']}").json() == uploaded
 
 
+@pytest.mark.once
 def test_it_accepts_expires_after_in_bracket_and_dotted_form(sandbox_url, settings):
     content = _jsonl([_chat_line("a")])
     brackets = _upload(
@@ -220,6 +229,7 @@ def test_it_accepts_expires_after_in_bracket_and_dotted_form(sandbox_url, settin
     assert other["expires_at"] == other["created_at"] + settings.SANDBOX_FILE_MAX_AGE
 
 
+@pytest.mark.once
 @pytest.mark.parametrize(
     ("filename", "purpose", "data", "message", "param"),
     [
@@ -254,6 +264,7 @@ def test_it_rejects_bad_uploads_and_stores_nothing(sandbox_url, settings, filena
     assert list(settings.SANDBOX_FILES_DIR.iterdir()) == []
 
 
+@pytest.mark.once
 def test_it_rejects_an_upload_without_a_file(sandbox_url):
     response = _call("POST", f"{sandbox_url}/files", files={"purpose": (None, "batch")})
     assert _error(response, 400)["param"] == "file"
@@ -261,12 +272,14 @@ def test_it_rejects_an_upload_without_a_file(sandbox_url):
     assert _error(as_field, 400)["param"] == "file"
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("content", [{"data": {"purpose": "batch"}}, {"json": {"purpose": "batch"}}, {}])
 def test_it_rejects_an_upload_that_is_not_multipart(sandbox_url, content):
     error = _error(_call("POST", f"{sandbox_url}/files", **content), 400)
     assert error["message"].startswith("Invalid Content-Type header (") and "multipart/form-data" in error["message"]
 
 
+@pytest.mark.once
 def test_it_rejects_oversized_or_malformed_bodies(sandbox_url):
     huge = {"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "24h"}
     huge["metadata"] = {"note": "x" * 3_000_000}
@@ -281,6 +294,7 @@ def test_it_rejects_oversized_or_malformed_bodies(sandbox_url):
     assert _error(garbled, 400)["message"] == message
 
 
+@pytest.mark.once
 def test_it_rejects_batch_inputs_over_the_size_limit(sandbox_url, settings, monkeypatch):
     monkeypatch.setattr(uploads, "MAX_INPUT_FILE_BYTES", 1000)
     error = _error(_upload(sandbox_url, b" " * 1001 + b"\n"), 400)
@@ -306,6 +320,7 @@ def test_it_rejects_batch_inputs_over_the_size_limit(sandbox_url, settings, monk
     assert len(list(settings.SANDBOX_FILES_DIR.iterdir())) == 1
 
 
+@pytest.mark.once
 def test_it_stops_reading_a_batch_input_at_its_limit_when_the_purpose_comes_first(rf, tmp_path, monkeypatch):
     monkeypatch.setattr(uploads, "MAX_INPUT_FILE_BYTES", 1000)
 
@@ -411,6 +426,7 @@ def test_it_lists_files_by_purpose_in_either_order_with_a_cursor(sandbox_url):
     assert _get(sandbox_url, "/files", after="file-unknown").json()["data"] == []
 
 
+@pytest.mark.once
 @pytest.mark.parametrize(
     ("params", "param", "code"),
     [
@@ -448,6 +464,7 @@ def test_it_deletes_a_file(sandbox_url, settings):
 # --- Creating batches ----------------------------------------------------------
 
 
+@pytest.mark.once
 @pytest.mark.parametrize(
     ("change", "param", "code"),
     [
@@ -488,12 +505,14 @@ def test_it_rejects_invalid_batch_parameters_and_creates_nothing(sandbox_url, ch
     assert not SandboxBatch.objects.exists()
 
 
+@pytest.mark.once
 def test_it_accepts_metadata_at_the_limits(sandbox_url):
     metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
     batch = _batch(sandbox_url, [_chat_line("a")], metadata=metadata)
     assert batch["metadata"] == metadata
 
 
+@pytest.mark.once
 def test_it_rejects_unknown_or_unsuitable_input_files(sandbox_url):
     error = _error(_create(sandbox_url, "file-missing"), 400)
     assert error["param"] == "input_file_id" and "file-missing" in error["message"]
@@ -506,6 +525,7 @@ def test_it_rejects_unknown_or_unsuitable_input_files(sandbox_url):
     assert not SandboxBatch.objects.exists()
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("body", [b"{nope", b"[]", b"null", b"", b"\xff\xfe", b"input_file_id=file-x"])
 def test_it_answers_a_create_body_that_is_not_a_json_object_with_400(sandbox_url, body):
     response = _call("POST", f"{sandbox_url}/batches", data=body, headers={**KEY, "Content-Type": "application/json"})
@@ -543,6 +563,7 @@ def test_it_pages_batches_newest_first_with_limit_and_after(sandbox_url):
     assert _get(sandbox_url, "/batches", after="batch_unknown").json()["data"] == []
 
 
+@pytest.mark.once
 @pytest.mark.parametrize(
     ("limit", "code"), [(0, "integer_below_min_value"), (101, "integer_above_max_value"), ("x", "invalid_type")]
 )
@@ -551,6 +572,7 @@ def test_it_rejects_a_batch_list_limit_out_of_range(sandbox_url, limit, code):
     assert (error["param"], error["code"]) == ("limit", code)
 
 
+@pytest.mark.once
 def test_it_accepts_the_batch_list_limit_bounds(sandbox_url):
     assert _get(sandbox_url, "/batches", limit=1).status_code == 200
     assert _get(sandbox_url, "/batches", limit=100).status_code == 200
@@ -559,6 +581,7 @@ def test_it_accepts_the_batch_list_limit_bounds(sandbox_url):
 # --- Lifecycle over HTTP -----------------------------------------------------------
 
 
+@pytest.mark.once
 def test_it_runs_a_batch_to_completion_with_timestamps_in_order(sandbox_url):
     lines = [_chat_line(f"r{i}") for i in range(40)] + [_chat_line("too-long", max_tokens=100_000)]
     created = _batch(
@@ -591,6 +614,7 @@ def test_it_runs_a_batch_to_completion_with_timestamps_in_order(sandbox_url):
     assert output_file["created_at"] == done["completed_at"]
 
 
+@pytest.mark.once
 def test_it_ends_completed_without_an_output_file_when_every_request_fails(sandbox_url, settings):
     settings.SANDBOX_SPEED = FAST
     created = _batch(sandbox_url, [_chat_line(f"r{i}", max_tokens=50_000) for i in range(3)])
@@ -600,6 +624,7 @@ def test_it_ends_completed_without_an_output_file_when_every_request_fails(sandb
     assert len(_content(sandbox_url, done["error_file_id"])) == 3
 
 
+@pytest.mark.once
 def test_it_fails_invalid_input_with_line_numbered_errors(sandbox_url):
     good = [_chat_line(f"r{i}") for i in range(1, 10)]
     lines = [
@@ -634,6 +659,7 @@ def test_it_fails_invalid_input_with_line_numbered_errors(sandbox_url):
     assert failed["model"] is None
 
 
+@pytest.mark.once
 def test_it_fails_an_empty_file_and_one_with_too_many_requests(sandbox_url, monkeypatch):
     empty = _wait_for(sandbox_url, _batch(sandbox_url, ["", "  "])["id"], TERMINAL)[-1]
     assert [(e["code"], e["line"]) for e in empty["errors"]["data"]] == [("empty_file", None)]
@@ -693,6 +719,7 @@ def _one_line_file(path, size):
     return path
 
 
+@pytest.mark.once
 def test_it_refuses_a_sixty_megabyte_line_and_uploads_it_with_bounded_memory(tmp_path, settings):
     line = _one_line_file(tmp_path / "huge.jsonl", SIXTY_MB)
     body = tmp_path / "body"
@@ -720,6 +747,7 @@ def test_it_refuses_a_sixty_megabyte_line_and_uploads_it_with_bounded_memory(tmp
     assert measured["upload_peak"] < PEAK_BOUND_BYTES, measured
 
 
+@pytest.mark.once
 def test_it_accepts_a_line_at_the_cap_and_refuses_one_byte_more(tmp_path, monkeypatch):
     monkeypatch.setattr(validation, "MAX_LINE_BYTES", 200)
     at_cap = json.dumps(_chat_line("a", note="x")).encode()
@@ -735,6 +763,7 @@ def test_it_accepts_a_line_at_the_cap_and_refuses_one_byte_more(tmp_path, monkey
     assert [(error["code"], error["line"]) for error in errors] == [("invalid_request", 2)]
 
 
+@pytest.mark.once
 def test_it_fails_a_batch_whose_line_is_over_the_cap(sandbox_url, monkeypatch):
     monkeypatch.setattr(validation, "MAX_LINE_BYTES", 1000)
     lines = [_chat_line("a"), _chat_line("b", note="x" * 2000), _chat_line("c")]
@@ -744,6 +773,7 @@ def test_it_fails_a_batch_whose_line_is_over_the_cap(sandbox_url, monkeypatch):
     assert [(error["code"], error["line"]) for error in failed["errors"]["data"]] == [("invalid_request", 2)]
 
 
+@pytest.mark.once
 def test_it_fails_a_file_over_fifty_thousand_requests_without_parsing_past_the_limit(tmp_path):
     path = tmp_path / "input.jsonl"
     path.write_bytes(b"{}\n" * (services.MAX_REQUESTS_PER_BATCH + 1))
@@ -752,12 +782,14 @@ def test_it_fails_a_file_over_fifty_thousand_requests_without_parsing_past_the_l
     assert len(scan.errors) == 1 + validation.MAX_REPORTED_ERRORS
 
 
+@pytest.mark.once
 def test_it_reports_the_enqueued_token_limit_without_a_line(sandbox_url):
     created = _batch(sandbox_url, [_chat_line("a")], metadata={"sandbox_scenario": "token_limit"})
     failed = _wait_for(sandbox_url, created["id"], TERMINAL)[-1]
     assert [(e["code"], e["line"]) for e in failed["errors"]["data"]] == [("token_limit_exceeded", None)]
 
 
+@pytest.mark.once
 def test_it_cancels_with_partial_results(sandbox_url, settings):
     settings.SANDBOX_SPEED = 60.0  # running for about 45 real seconds: still running when the cancel comes
     lines = [_chat_line(f"r{i}") for i in range(50)]
@@ -784,6 +816,7 @@ def test_it_cancels_with_partial_results(sandbox_url, settings):
     assert conflict.headers["x-should-retry"] == "false"
 
 
+@pytest.mark.once
 def test_it_cancels_a_batch_still_validating(sandbox_url, settings):
     settings.SANDBOX_SPEED = 1.0
     created = _batch(sandbox_url, [_chat_line("a")])
@@ -794,12 +827,14 @@ def test_it_cancels_a_batch_still_validating(sandbox_url, settings):
     assert later.status == "cancelled" and later.total == 0 and later.timestamps["in_progress_at"] is None
 
 
+@pytest.mark.once
 def test_it_answers_409_for_cancelling_a_failed_batch(sandbox_url):
     failed = _wait_for(sandbox_url, _batch(sandbox_url, ["oops"])["id"], TERMINAL)[-1]
     response = _call("POST", f"{sandbox_url}/batches/{failed['id']}/cancel")
     assert _error(response, 409)["message"] == "Cannot cancel a batch with status 'failed'."
 
 
+@pytest.mark.once
 def test_it_expires_a_batch_that_outruns_its_window(sandbox_url, settings):
     settings.SANDBOX_SPEED = 300_000.0  # the 24 h window closes after about a third of a second
     lines = [_chat_line(f"r{i}") for i in range(30)]
@@ -818,6 +853,7 @@ def test_it_expires_a_batch_that_outruns_its_window(sandbox_url, settings):
     assert sorted(line["custom_id"] for line in outputs + errors) == sorted(line["custom_id"] for line in lines)
 
 
+@pytest.mark.once
 def test_it_keeps_running_at_the_speed_in_force_at_creation(sandbox_url, settings):
     settings.SANDBOX_SPEED = FAST
     created = _batch(sandbox_url, [_chat_line("a")])
@@ -826,6 +862,7 @@ def test_it_keeps_running_at_the_speed_in_force_at_creation(sandbox_url, setting
     assert done["status"] == "completed"
 
 
+@pytest.mark.once
 def test_it_survives_its_files_folder_removed_under_it(sandbox_url, settings):
     settings.SANDBOX_SPEED = FAST
     created = _batch(sandbox_url, [_chat_line("a")], metadata={"sandbox_scenario": "x" * 500})
@@ -926,6 +963,7 @@ def test_it_refuses_a_cancel_that_arrives_after_another_request_saw_the_batch_fi
     assert SandboxBatch.objects.get(pk=batch.id).cancel_requested is None
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("file_id", ["..", "%2E%2E", "..%2F..%2Fsecret.txt", "file-..%2Fsecret.txt", "%00"])
 def test_it_never_reaches_outside_its_files_folder(sandbox_url, settings, file_id):
     secret = settings.SANDBOX_FILES_DIR.parent / "secret.txt"
@@ -942,6 +980,7 @@ def test_it_never_reaches_outside_its_files_folder(sandbox_url, settings, file_i
     assert secret.read_text() == "do not serve"
 
 
+@pytest.mark.once
 def test_it_lists_result_files_of_batches_nobody_looked_at(sandbox_url, settings):
     settings.SANDBOX_SPEED = FAST
     created = _batch(sandbox_url, [_chat_line("a")])
@@ -955,6 +994,7 @@ def test_it_lists_result_files_of_batches_nobody_looked_at(sandbox_url, settings
 # --- The simulation as pure functions ----------------------------------------------
 
 
+@pytest.mark.once
 @pytest.mark.parametrize(
     ("overrides", "final"),
     [
@@ -985,6 +1025,7 @@ def test_it_moves_timestamps_only_forward_on_every_path(overrides, final):
     assert done == sorted(done)
 
 
+@pytest.mark.once
 def test_it_counts_only_requests_that_ran_when_a_batch_expires():
     plan = _plan(run_s=200_000.0)
     state = state_at(plan, plan.created + 90_000)
@@ -996,6 +1037,7 @@ def test_it_counts_only_requests_that_ran_when_a_batch_expires():
     assert just_before.status == "in_progress" and just_before.lines_done == state.lines_done
 
 
+@pytest.mark.once
 def test_it_finishes_only_the_requests_in_flight_after_a_cancel():
     """After `cancelling_at` nothing new starts: the requests already running finish, then the counts stop."""
     total = 10_000
@@ -1030,6 +1072,7 @@ def test_it_finishes_only_the_requests_in_flight_after_a_cancel():
     assert cancelled.unrun_code == "batch_cancelled"
 
 
+@pytest.mark.once
 def test_it_compresses_timestamps_by_the_speed():
     plan = _plan(speed=60.0)
     done = state_at(plan, plan.created + 3600 / 60 + 1)
@@ -1038,12 +1081,14 @@ def test_it_compresses_timestamps_by_the_speed():
     assert done.expires_at == int(plan.created) + 86400
 
 
+@pytest.mark.once
 def test_it_plans_a_small_batch_to_finish_in_about_a_minute_at_speed_60():
     durations = simulation.durations("batch_x", 5)
     total = sum(durations[name] for name in ("validate_s", "run_s", "finalize_s")) / 60
     assert 40 < total < 80
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("endpoint", services.ENDPOINTS)
 def test_it_shapes_results_like_each_endpoint(endpoint):
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "input": ["a", "b"]}
@@ -1070,6 +1115,7 @@ def test_it_shapes_results_like_each_endpoint(endpoint):
     assert again == record  # deterministic, so counts at creation and files written later agree
 
 
+@pytest.mark.once
 def test_it_fails_about_three_percent_of_requests_by_custom_id():
     body = {"model": "gpt-4o-mini", "messages": []}
     outcomes = [results.line_outcome("/v1/chat/completions", f"id-{i}", body) for i in range(4000)]
@@ -1079,9 +1125,48 @@ def test_it_fails_about_three_percent_of_requests_by_custom_id():
     assert results.line_outcome("/v1/chat/completions", "x", {"model": "gpt-4o-mini"}).error["param"] == "messages"
 
 
+def test_it_makes_server_errors_transient_and_content_errors_permanent():
+    """A retry (metadata naming its parent or attempt) mostly succeeds where the first attempt failed with a 500,
+    fails again at a small seeded rate, and always fails a content error (400) again."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    first = {cid: results.line_outcome("/v1/chat/completions", cid, body) for cid in (f"id-{i}" for i in range(20_000))}
+    server_errors = [cid for cid, outcome in first.items() if outcome.status_code == 500]
+    content_errors = [cid for cid, outcome in first.items() if outcome.status_code == 400]
+    assert len(server_errors) > 200 and len(content_errors) > 100
+    attempt = results.attempt_of({"batchboard_retry_of": "batch_abc"})
+    assert attempt == 1 and results.attempt_of({"batchboard_attempt": "3"}) == 3 and results.attempt_of(None) == 0
+    retried = [results.line_outcome("/v1/chat/completions", cid, body, attempt=attempt) for cid in server_errors]
+    failed_again = sum(1 for outcome in retried if not outcome.succeeded)
+    assert 0 < failed_again < 0.1 * len(server_errors)
+    again = [results.line_outcome("/v1/chat/completions", cid, body, attempt=attempt) for cid in content_errors]
+    assert all(outcome.status_code == 400 for outcome in again)
+    assert retried == [results.line_outcome("/v1/chat/completions", c, body, attempt=1) for c in server_errors]
+
+
+def test_a_retry_of_server_errors_mostly_succeeds_in_the_sandbox(sandbox_url):
+    """The demo's retry story end to end: lines that failed with 500, sent again as a retry, come back answered."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    failing = [
+        cid
+        for cid in (f"line-{n}" for n in range(5_000))
+        if results.line_outcome("/v1/chat/completions", cid, body).status_code == 500
+    ][:40]
+    file_id = _uploaded_id(sandbox_url, [_chat_line(cid, messages=body["messages"]) for cid in failing])
+    counts = {}
+    for label, metadata in (
+        ("first", {}),
+        ("retry", {"batchboard_retry_of": "batch_parent", "batchboard_attempt": "1"}),
+    ):
+        batch = _create(sandbox_url, file_id, metadata=metadata).json()
+        counts[label] = _wait_for(sandbox_url, batch["id"], {"completed"})[-1]["request_counts"]
+    assert counts["first"] == {"total": 40, "completed": 0, "failed": 40}
+    assert counts["retry"]["total"] == 40 and counts["retry"]["failed"] < 8
+
+
 # --- Fault injection ----------------------------------------------------------------
 
 
+@pytest.mark.once
 def test_it_adds_the_configured_latency(sandbox_url, settings):
     settings.SANDBOX_LATENCY = 0.3
     started = time.monotonic()
@@ -1089,6 +1174,7 @@ def test_it_adds_the_configured_latency(sandbox_url, settings):
     assert time.monotonic() - started >= 0.3
 
 
+@pytest.mark.once
 def test_it_fails_every_request_at_error_rate_one(sandbox_url, settings):
     settings.SANDBOX_ERROR_RATE = 1.0
     for _ in range(8):
@@ -1102,6 +1188,7 @@ def test_it_fails_every_request_at_error_rate_one(sandbox_url, settings):
     assert not SandboxBatch.objects.exists()
 
 
+@pytest.mark.once
 @pytest.mark.parametrize(
     ("wait", "seconds", "milliseconds"), [(2.0, "2", "2000"), (0.25, "1", "250"), (1.5, "2", "1500")]
 )
@@ -1117,6 +1204,7 @@ def test_it_rate_limits_every_request_at_rate_one(sandbox_url, settings, wait, s
         assert response.headers[f"x-ratelimit-{name}"]
 
 
+@pytest.mark.once
 def test_it_checks_the_key_before_injecting_faults(sandbox_url, settings):
     settings.SANDBOX_ERROR_RATE = 1.0
     _error(_call("GET", f"{sandbox_url}/batches", headers={}), 401)
@@ -1168,6 +1256,7 @@ def test_it_seeds_once_when_requests_race(sandbox_url, settings):
     assert SandboxBatch.objects.count() == 36 and SeedMarker.objects.count() == 1
 
 
+@pytest.mark.once
 def test_it_keeps_seeded_batches_live_for_a_while(db):
     from sandbox.seed import seed_demo
 

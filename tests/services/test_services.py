@@ -30,6 +30,10 @@ from batches.services import (
 )
 from tests.fake_api import EXAMPLES, FakeApi, Reply, example
 
+# The client against HTTP servers: the wire, which no database changes (the shared budget, kept in the
+# database, is tested on both in test_budget.py).
+pytestmark = pytest.mark.once
+
 KEY = "sk-test-0123456789SECRETkeyabcd"
 BATCH_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("batch.*.json") if p.name != "batch.create.request.json")
 FAIL_FAST = {"x-should-retry": "false"}

@@ -47,10 +47,16 @@ def test_it_lists_what_needs_attention_with_its_count(api, viewer_client):
         # Stuck and with a failed request: counted once.
         api.add("validating", created_at=now - 3600, request_counts={"total": 5, "completed": 0, "failed": 1}),
     ]
+    wanted.append(api.add("in_progress", expires_at=now + 3600))  # less than 3 hours of its window left
     fine = [
         api.add("in_progress", request_counts={"total": 20, "completed": 3, "failed": 0}),
         api.add("completed", request_counts={"total": 20, "completed": 20, "failed": 0}),
         api.add("validating", created_at=now - 60),
+        api.add("in_progress", expires_at=now + 10 * 3600),
+        # One failed line in a thousand is no alarm (5 % is the default share); 50 in a thousand is not above it.
+        api.add("completed", request_counts={"total": 1000, "completed": 999, "failed": 1}),
+        api.add("completed", request_counts={"total": 1000, "completed": 950, "failed": 50}),
+        api.add("cancelled", expires_at=now + 60),  # a final batch does not expire
     ]
     stuck_finalizing = api.add("finalizing", request_counts={"total": 5, "completed": 5, "failed": 0})
     Batch.objects.filter(batch_id=stuck_finalizing["id"]).update(last_changed_at=datetime.now(UTC) - timedelta(hours=2))
@@ -63,6 +69,44 @@ def test_it_lists_what_needs_attention_with_its_count(api, viewer_client):
     shown = _ids(viewer_client.get("/batches/?status=attention").content.decode())
     assert sorted(shown) == sorted(b["id"] for b in wanted)
     assert not set(shown) & {b["id"] for b in fine}
+
+
+def test_it_follows_the_failure_share_setting(api, viewer_client, settings):
+    batch = api.add("completed", request_counts={"total": 1000, "completed": 990, "failed": 10})
+    assert _ids(viewer_client.get("/batches/?status=attention").content.decode()) == []
+    settings.BATCHBOARD_ATTENTION_FAILURE_PERCENT = 0.5
+    assert _ids(viewer_client.get("/batches/?status=attention").content.decode()) == [batch["id"]]
+
+
+def test_it_lists_every_batch_with_failed_lines_separately(api, viewer_client):
+    with_failures = [
+        api.add("completed", request_counts={"total": 1000, "completed": 999, "failed": 1}),
+        api.add("in_progress", request_counts={"total": 20, "completed": 3, "failed": 2}),
+        api.add("failed", request_counts={"total": 5, "completed": 0, "failed": 5}),
+    ]
+    api.add("completed", request_counts={"total": 20, "completed": 20, "failed": 0})
+    api.add("failed")  # failed validation: no request ran, so no failed line
+
+    html = viewer_client.get("/batches/").content.decode()
+    assert _chip_count(html, "failed-lines") == len(with_failures)
+    assert "has failed lines" in html
+    shown = _ids(viewer_client.get("/batches/?status=failed-lines").content.decode())
+    assert sorted(shown) == sorted(b["id"] for b in with_failures)
+    assert (
+        _chip_count(viewer_client.get("/batches/?status=failed-lines&q=nothing-matches").content.decode(), "all") == 0
+    )
+
+
+def test_the_summary_strip_says_that_filters_do_not_apply_to_it(api, viewer_client):
+    api.add("in_progress", metadata={"team": "research"})
+    api.add("in_progress", metadata={"team": "ops"})
+    plain = viewer_client.get("/batches/").content.decode()
+    assert 'id="summary-scope"' not in plain
+    filtered = viewer_client.get("/batches/?q=team:research").content.decode()
+    assert "These figures cover every batch" in filtered
+    assert re.search(r'id="summary-running"[^>]*>Running</a></dt>\s*<dd class="figure-value">2</dd>', filtered)
+    fragment = viewer_client.get("/batches/?q=team:research", HTTP_HX_REQUEST="true").content.decode()
+    assert "These figures cover every batch" in fragment or 'id="summary-strip"' not in fragment
 
 
 def test_it_hides_bulk_cancel_where_nothing_can_be_cancelled(api, operator_client):

@@ -60,6 +60,12 @@ def sandbox_batch(lines, *, endpoint=CHAT, scenario="", age=10 * DAY, cancel_aft
     return batch
 
 
+def request_url(batch: Batch, custom_id: str) -> str:
+    """The request page of the first row of `custom_id`."""
+    rows = ResultLine.objects.filter(archive__batch=batch, custom_id=custom_id).order_by("position")
+    return reverse("results:request", args=[batch.batch_id, rows.values_list("position", flat=True).first()])
+
+
 def archived(batch: Batch, tasks) -> ResultArchive:
     """The batch's results, kept by the reaction its becoming final scheduled (run by the test's task worker)."""
     assert tasks.drain() >= 1
@@ -231,7 +237,7 @@ def test_duplicate_custom_ids_are_shown_and_unreadable_lines_counted_with_line_n
     text = page.content.decode()
     assert "another answer" in text and "not in the input" in text
     assert "output file, line 3: not valid JSON" in text and "output file, line 5: not a JSON object" in text
-    request = viewer_client.get(reverse("results:request", args=[batch.batch_id, "a"]))
+    request = viewer_client.get(request_url(batch, "a"))
     assert request.status_code == 200
     assert "first answer" in request.content.decode() and "second answer" in request.content.decode()
 
@@ -248,7 +254,7 @@ def test_errors_are_grouped_by_status_code_and_message_on_the_detail_page(api, f
     assert "Completed, but not every line succeeded" in text
     assert "1 missing from the result files" in text
     assert "\u00d7 4" in text and "\u00d7 1" in text  # messages differing only in numbers form one group
-    assert reverse("results:request", args=[batch.batch_id, "r5"]) in text
+    assert f"{reverse('results:request_of', args=[batch.batch_id])}?custom_id=r5&amp;group=" in text
     kept = ResultArchive.objects.get(batch=batch)
     group = kept.summary["groups"][0]
     assert (group["status"], group["code"], group["count"], group["custom_ids"]) == (
@@ -337,19 +343,30 @@ def test_filters_search_and_pages_live_in_the_url(big_batch, viewer_client):
 
 @pytest.mark.django_db
 def test_the_request_page_shows_both_sides_escaped_and_steps_through_the_filter(big_batch, viewer_client):
-    url = reverse("results:request", args=[big_batch.batch_id, "line-020"])
+    url = request_url(big_batch, "line-020")
     page = viewer_client.get(url, {"outcome": "failed"})
     assert page.status_code == 200
-    assert (page.context["previous"], page.context["next"]) == ("line-010", "line-030")
+    assert (page.context["previous"].custom_id, page.context["next"].custom_id) == ("line-010", "line-030")
     assert "Invalid content in line 20" in page.content.decode()
-    plain = viewer_client.get(reverse("results:request", args=[big_batch.batch_id, "line-001"]))
+    plain = viewer_client.get(request_url(big_batch, "line-001"))
     text = plain.content.decode()
     assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "Answer 1:\n  &lt;b&gt;bold&lt;/b&gt;" in text  # whitespace kept, nothing interpreted
     assert "Hello line-001" in text  # the request side
-    assert (plain.context["previous"], plain.context["next"]) == (None, "line-002")
-    assert viewer_client.get(reverse("results:request", args=[big_batch.batch_id, "nope"])).status_code == 404
-    assert viewer_client.get(reverse("results:request", args=[big_batch.batch_id, "a\x00b"])).status_code == 404
+    assert plain.context["previous"] is None and plain.context["next"].custom_id == "line-002"
+    assert viewer_client.get(reverse("results:request", args=[big_batch.batch_id, 999])).status_code == 404
+    assert viewer_client.get(reverse("results:request", args=[big_batch.batch_id, 10**30])).status_code == 404
+
+    def looked_up(custom_id, **query):
+        return viewer_client.get(reverse("results:request_of_custom_id", args=[big_batch.batch_id, custom_id]), query)
+
+    assert looked_up("line-020")["Location"] == url  # a link from when rows were linked by custom_id
+    assert looked_up("line-020", outcome="failed")["Location"] == f"{url}?outcome=failed"
+    assert looked_up("nope").status_code == 404
+    lookup = reverse("results:request_of", args=[big_batch.batch_id])
+    assert viewer_client.get(lookup, {"custom_id": "line-020", "group": "1"})["Location"] == f"{url}?group=1"
+    assert viewer_client.get(lookup, {"custom_id": "a\x00b"}).status_code == 404
+    assert viewer_client.get(lookup).status_code == 404
 
 
 @pytest.mark.django_db
@@ -399,7 +416,7 @@ def test_input_lines_read_back_byte_for_byte_by_filter(big_batch):
 def test_results_pages_need_a_login(big_batch, client):
     for url in (
         reverse("results:list", args=[big_batch.batch_id]),
-        reverse("results:request", args=[big_batch.batch_id, "line-001"]),
+        request_url(big_batch, "line-001"),
         reverse("results:export_csv", args=[big_batch.batch_id]),
     ):
         response = client.get(url)
@@ -460,7 +477,7 @@ def test_kept_results_survive_the_api_deleting_the_files(sandbox, settings, view
     page = viewer_client.get(reverse("results:list", args=[batch.batch_id]))
     assert "deleted upstream" in page.content.decode() and "kept locally since" in page.content.decode()
     assert len(page.context["page"]) == 5
-    request = viewer_client.get(reverse("results:request", args=[batch.batch_id, "k-3"]))
+    request = viewer_client.get(request_url(batch, "k-3"))
     assert request.status_code == 200 and "Hello k-3" in request.content.decode()
     kept_input = viewer_client.get(reverse("results:file", args=[batch.batch_id, "input"]))
     assert b"".join(kept_input.streaming_content) == jsonl([chat_line(f"k-{n}") for n in range(5)])
@@ -535,7 +552,7 @@ def test_a_result_file_already_gone_is_named_and_its_lines_show_as_missing(api, 
     assert [(row.custom_id, row.outcome) for row in rows(kept)] == [("a", "succeeded"), ("b", "missing")]
     page = viewer_client.get(reverse("results:list", args=[batch.batch_id]))
     assert "The error file of this batch was no longer available upstream" in page.content.decode()
-    missing = viewer_client.get(reverse("results:request", args=[batch.batch_id, "b"]))
+    missing = viewer_client.get(request_url(batch, "b"))
     assert "No answer came back for this request." in missing.content.decode()
     assert "in neither result file" in missing.content.decode()
 

@@ -7,6 +7,7 @@ retries are created in, and run by, the sandbox over real HTTP.
 
 import csv
 import io
+import itertools
 import json
 import re
 import uuid
@@ -368,10 +369,19 @@ def test_automatic_retry_sends_nothing_until_the_history_import_is_done(fake_api
     assert "Automatic retry: waiting for the history import to finish." in page
 
 
-def _failing_in_sandbox(count: int) -> list[str]:
-    """custom_ids the sandbox answers with a 500 every time (its failures are chosen by a hash of the id)."""
-    ids = (f"flaky-{n}" for n in range(100_000))
-    return [c for c in ids if (failure := sandbox_results._random_failure(c)) and failure["status"] == 500][:count]
+def _failing_in_sandbox(count: int, attempts: int = 3) -> list[str]:
+    """custom_ids the sandbox answers with a 500 at each of the first `attempts` attempts (its failures are chosen by
+    a hash of the id and the attempt)."""
+    ids = (f"flaky-{n}" for n in range(1_000_000))
+    failing = (
+        custom_id
+        for custom_id in ids
+        if all(
+            (failure := sandbox_results._random_failure(custom_id, attempt)) and failure["status"] == 500
+            for attempt in range(attempts)
+        )
+    )
+    return list(itertools.islice(failing, count))
 
 
 @pytest.mark.django_db

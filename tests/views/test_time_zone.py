@@ -28,6 +28,22 @@ def test_it_shows_the_zone_the_viewer_picked(api, viewer_client):
     assert "Times are UTC, 24-hour" in viewer_client.get("/batches/").content.decode()
 
 
+def test_it_keeps_the_zone_for_the_user_across_sessions(api, client, viewer):
+    batch = api.add("in_progress", created_at=1_700_000_000)
+    client.force_login(viewer)
+    client.post("/batches/time-zone/", {"time_zone": "Asia/Tokyo"})
+    client.logout()
+
+    client.post("/accounts/login/", {"username": viewer.username, "password": "pw-viewer"})
+    html = client.get(f"/batches/{batch['id']}/").content.decode()
+    assert "Times are Asia/Tokyo, 24-hour" in html and "2023-11-15 07:13:20" in html
+
+    client.post("/batches/time-zone/", {"time_zone": "UTC"})
+    client.logout()
+    client.post("/accounts/login/", {"username": viewer.username, "password": "pw-viewer"})
+    assert "Times are UTC, 24-hour" in client.get("/batches/").content.decode()
+
+
 def test_it_refuses_an_unknown_zone_and_changes_nothing(viewer_client):
     response = viewer_client.post("/batches/time-zone/", {"time_zone": "Mars/Olympus", "next": "https://evil.example/"})
     assert response.status_code == 400

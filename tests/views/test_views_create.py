@@ -305,7 +305,9 @@ def test_it_refuses_a_file_id_with_another_purpose(operator_client, fake_api):
 
 def test_it_retries_a_failed_submission_of_the_same_form(operator_client, fake_api):
     fake_api.script("POST", "/files", _file_reply())
-    fake_api.script("POST", "/batches", Reply.example("error.429.rate_limit.json", 429), _batch_reply())
+    # The API says not to retry, so the first submission fails (a person's create otherwise retries a 429).
+    refused = Reply.example("error.429.rate_limit.json", 429, headers={"x-should-retry": "false"})
+    fake_api.script("POST", "/batches", refused, _batch_reply())
     token = uuid.uuid4()
     assert _post(operator_client, _content(), token=token).status_code == 200
     assert _post(operator_client, _content(), token=token).status_code == 303

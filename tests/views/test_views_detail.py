@@ -22,6 +22,13 @@ def _empty_cache():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _results_kept_on_open(settings):
+    """The page on its own: no result files are kept unless someone opens them, so a final batch has nothing left
+    to wait for. tests/views/test_live_regions.py covers the results card that fills in after the batch is final."""
+    settings.BATCHBOARD_ARCHIVE = "on-open"
+
+
 def _record(name: str, **changes):
     return record_batch(services.ApiBatch.from_api({**example(name), **changes}))
 
@@ -343,3 +350,11 @@ def test_it_says_where_the_login_page_leads_from_a_shared_link(client):
     html = client.get("/accounts/login/?next=/batches/batch_abc123/").content.decode()
     assert 'Log in to see <span class="login-destination">batch_abc123</span>' in html
     assert "<h1>Log in</h1>" in client.get("/accounts/login/").content.decode()
+    html = client.get("/accounts/login/?next=/batches/batch_abc123/results/r-17/").content.decode()
+    assert 'Log in to see <span class="login-destination">request r-17 of batch_abc123</span>' in html
+    html = client.get("/accounts/login/?next=/batches/batch_abc123/results/rows/17/").content.decode()
+    assert "the request in row 17 of the results of batch_abc123</span>" in html
+    html = client.get("/accounts/login/?next=/batches/batch_abc123/results/%3Cscript%3E/").content.decode()
+    assert "request &lt;script&gt; of batch_abc123" in html and "<script>" not in html.split("<h1>")[1][:200]
+    html = client.get("/accounts/login/?next=/batches/batch_abc123/results/?outcome=failed").content.decode()
+    assert 'Log in to see <span class="login-destination">the results of batch_abc123</span>' in html

@@ -24,7 +24,7 @@ def _row(html: str, batch_id: str) -> str:
 
 
 def _chip_count(html: str, status: str) -> int:
-    match = re.search(rf'status-chip-{status}\b[^>]*>[^<]*<span class="count">([\d,]+)</span>', html)
+    match = re.search(rf'status-chip-{status}(?![\w-])[^>]*>[^<]*<span class="count">([\d,]+)</span>', html)
     assert match, f"no status chip for {status}"
     return int(match.group(1).replace(",", ""))
 

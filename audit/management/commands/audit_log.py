@@ -1,6 +1,5 @@
 """Print the audit log since a moment: one line per event, or JSON lines with --json."""
 
-import json
 import re
 from datetime import timedelta
 
@@ -8,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from batches.log_format import json_line, one_line
 
 DURATION = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
 UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -25,7 +25,10 @@ def _since(text: str):
 
 
 class Command(BaseCommand):
-    help = "Print who cancelled, created and downloaded what, and every login, failed login and lockout, oldest first."
+    help = (
+        "Print who cancelled, created and downloaded what, every login, failed login and lockout, and every change to "
+        "users, groups, permissions and passwords, oldest first."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--since", default="7d", help="How far back: 7d, 12h or 90m (default 7d).")
@@ -40,10 +43,12 @@ class Command(BaseCommand):
 
 
 def _json_line(event: dict) -> str:
-    return json.dumps(event, ensure_ascii=False)
+    return json_line(event)
 
 
 def _text_line(event: dict) -> str:
+    # One line per event, whatever the fields hold (rows stored before they were cleaned included).
+    event = {name: one_line(value) if isinstance(value, str) else value for name, value in event.items()}
     parts = [event["at"], event["username"] or "-", event["ip"] or "-", event["action"], event["outcome"]]
     parts += [value for value in (event["batch_id"], event["target"]) if value]
     line = " ".join(parts)

@@ -22,14 +22,13 @@ logger = logging.getLogger("batches.sync")
 STARTUP_WAIT_SECONDS = 60.0
 
 
-class _QuietSandboxRequests(logging.Filter):
-    """Drops the development server's line for each successful call the sync loop makes to the built-in sandbox:
-    one pass every few seconds would otherwise print lines that say nothing. Errors still show."""
+class _OnlyFailedRequests(logging.Filter):
+    """Drops the development server's line for each request that succeeded (pages, fragments, static files and the
+    sync loop's calls to the built-in sandbox): at the default verbosity the terminal shows changes and errors
+    only. Requests answered 4xx or 5xx still show; -v 2 shows every request."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        request = str(record.args[0]) if record.args else ""
-        status = getattr(record, "status_code", 500)
-        return not (" /sandbox/" in request and status < 400)
+        return getattr(record, "status_code", 500) >= 400
 
 
 class Command(BaseCommand):
@@ -59,7 +58,7 @@ class Command(BaseCommand):
         if detailed:
             logging.getLogger("batches").setLevel(logging.DEBUG)
         else:
-            logging.getLogger("django.server").addFilter(_QuietSandboxRequests())
+            logging.getLogger("django.server").addFilter(_OnlyFailedRequests())
         stop = threading.Event()
         sync_thread = threading.Thread(
             target=_keep_history, args=(stop, local, port, not detailed), name="batchboard-sync", daemon=True

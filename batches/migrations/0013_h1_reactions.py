@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0008_list_attention_and_expiry_indexes'),
+        ('batches', '0012_saved_views'),
     ]
 
     operations = [

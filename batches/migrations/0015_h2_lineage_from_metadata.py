@@ -59,6 +59,6 @@ def _save(Batch, Reaction, changed):  # noqa: N803 (historical models)
 
 
 class Migration(migrations.Migration):
-    dependencies = [("batches", "0010_h2_batch_lineage")]
+    dependencies = [("batches", "0014_h2_batch_lineage")]
 
     operations = [migrations.RunPython(fill_lineage, migrations.RunPython.noop)]
