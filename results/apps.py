@@ -13,4 +13,5 @@ class ResultsConfig(AppConfig):
         sections.register(NOTICE)
         sections.register(CARD)
         reactions.register(archive.KEEP_STEP, tasks.keep_results)
+        reactions.register(archive.CHECK_STEP, tasks.check_results_upstream)
         events.batch_became_final.connect(receivers.keep_when_final, dispatch_uid="results.keep_when_final")

@@ -49,8 +49,10 @@ MODE_NEW = "new"
 MODE_ALL = "all"
 MODE_ON_OPEN = "on-open"
 MODE_OFF = "off"
-# The reaction that fetches and indexes a batch's files (registered by ResultsConfig.ready()).
+# The reactions that fetch and index a batch's files, and that ask whether the API still has them once its results
+# page is opened (registered by ResultsConfig.ready()).
 KEEP_STEP = "keep_results"
+CHECK_STEP = "check_results_upstream"
 # A page's visit is noted on its archive at most this often (one small write), however often it is opened.
 OPENED_NOTE_SECONDS = 60
 UNREADABLE_KEPT = 200
@@ -107,6 +109,7 @@ def request_archive(batch: Batch, *, wanted: bool = True) -> ResultArchive | Non
         return keep(batch, wanted=True)
     if wanted:
         _note_opened(archive)
+        _check_when_due(archive)
         if archive.is_pending and not archive.wanted:
             ResultArchive.objects.filter(pk=archive.pk).update(wanted=True)
             archive.wanted = True
@@ -571,29 +574,59 @@ def iter_input_bytes(archive: ResultArchive, lines) -> Iterator[bytes]:
 # --- Upstream deletion and retention -------------------------------------------
 
 
-def check_upstream(limit: int = 5, *, client: services.BatchClient | None = None) -> int:
-    """Ask whether the API still has the result files of up to `limit` archives (each at most once a day), so pages
-    can say "deleted upstream" (`manage.py archive_results` runs it). An archive whose files expired needs no call."""
-    now = timezone.now()
+def _unchecked(now):
+    """Kept archives whose files the API may still have, not asked about for CHECK_UPSTREAM_EVERY."""
     queryset = ResultArchive.objects.filter(state=ArchiveState.READY, upstream_deleted_at__isnull=True)
     queryset = queryset.filter(Q(upstream_expires_at__isnull=True) | Q(upstream_expires_at__gt=now))
-    queryset = queryset.filter(
-        Q(upstream_checked_at__isnull=True) | Q(upstream_checked_at__lt=now - CHECK_UPSTREAM_EVERY)
-    )
+    return queryset.filter(Q(upstream_checked_at__isnull=True) | Q(upstream_checked_at__lt=now - CHECK_UPSTREAM_EVERY))
+
+
+def check_upstream(limit: int = 5, *, client: services.BatchClient | None = None) -> int:
+    """Ask whether the API still has the result files of up to `limit` archives (each at most once a day), so pages
+    can say "deleted upstream" (`manage.py archive_results` runs it; opening a results page asks for its own).
+    An archive whose files expired needs no call."""
     checked = 0
-    for archive in queryset.order_by("upstream_checked_at", "pk")[:limit]:
-        file_id = archive.output_file_id or archive.error_file_id
+    for archive in _unchecked(timezone.now()).order_by("upstream_checked_at", "pk")[:limit]:
         try:
-            (client or services.get_client()).retrieve_file(file_id)
-        except services.NotFound:
-            archive.upstream_deleted_at = now
+            _check_one(archive, client or services.get_client())
         except services.BatchApiError as exc:
-            logger.info("Could not check %s upstream: %s", file_id, exc)
-            break  # the API is failing: the next pass tries again
-        archive.upstream_checked_at = now
-        archive.save(update_fields=["upstream_deleted_at", "upstream_checked_at"])
+            logger.info("Could not check the results of %s upstream: %s", archive.batch_id, exc)
+            break  # the API is failing: try again later
         checked += 1
     return checked
+
+
+def _check_one(archive: ResultArchive, client: services.BatchClient) -> None:
+    now = timezone.now()
+    file_id = archive.output_file_id or archive.error_file_id
+    if file_id:
+        try:
+            client.retrieve_file(file_id)
+        except services.NotFound:
+            archive.upstream_deleted_at = now
+    archive.upstream_checked_at = now
+    archive.save(update_fields=["upstream_deleted_at", "upstream_checked_at"])
+
+
+def _check_when_due(archive: ResultArchive) -> None:
+    """A results page was opened: ask once a day whether the API still has its files (a reaction: the page itself
+    never calls the API). No query unless a check is due."""
+    now = timezone.now()
+    stale = archive.upstream_checked_at is None or archive.upstream_checked_at < now - CHECK_UPSTREAM_EVERY
+    if not archive.is_ready or archive.deleted_upstream or not stale:
+        return
+    # Noted as checked when asked, so that the viewers of the next day ask no more; the reaction notes it again.
+    if _unchecked(now).filter(pk=archive.pk).update(upstream_checked_at=now):
+        archive.upstream_checked_at = now
+        reactions.schedule(CHECK_STEP, archive.batch_id, attempt=int(now.timestamp() // 86_400))
+
+
+def check_for_reaction(reaction: Reaction, client: services.BatchClient | None = None) -> None:
+    """The check_results_upstream reaction's body; an API failure is retried by the reaction."""
+    kept = ResultArchive.objects.filter(state=ArchiveState.READY, upstream_deleted_at__isnull=True)
+    archive = kept.filter(batch_id=reaction.batch_id).first()
+    if archive is not None:
+        _check_one(archive, client or services.get_client())
 
 
 def prune_archive(archive: ResultArchive) -> None:

@@ -13,3 +13,9 @@ KEEP_LEASE_SECONDS = 1800
 def keep_results(reaction_id: int) -> None:
     """Fetch and index a final batch's files, once: the keep_results reaction is the claim."""
     reactions.run(reaction_id, archive.keep_for_reaction, lease_seconds=KEEP_LEASE_SECONDS)
+
+
+@task()
+def check_results_upstream(reaction_id: int) -> None:
+    """Ask whether the API still has a kept batch's files, once a day while someone opens its results."""
+    reactions.run(reaction_id, archive.check_for_reaction)

@@ -161,3 +161,20 @@ def test_archive_results_asks_for_final_batches_not_kept_yet_and_can_fetch_them_
     assert kept.state == ArchiveState.UNAVAILABLE and "no longer has this batch's result files" in kept.problem
     assert Reaction.objects.get().state == "done"
     assert "fetched 1 here" in out.getvalue()
+
+
+def test_opening_kept_results_asks_once_a_day_whether_the_api_still_has_the_files(
+    tasks, tmp_path, fake_api, viewer_client
+):
+    batch = kept_batch({"a": "ok"}, tmp_path)
+    ResultArchive.objects.filter(batch=batch).update(output_file_id="file-deleted")  # the API answers 404 for it
+    url = reverse("results:list", args=[batch.batch_id])
+
+    for _viewer in range(3):
+        assert "deleted upstream" not in viewer_client.get(url).content.decode()  # pages never ask the API
+    assert len(fake_api.received) == 0
+    tasks.drain()
+
+    assert [request.path for request in fake_api.received] == ["/files/file-deleted"]  # one check, for every viewer
+    assert Reaction.objects.get(step=archive.CHECK_STEP).state == "done"
+    assert "deleted upstream" in viewer_client.get(url).content.decode()
