@@ -1,5 +1,5 @@
-"""Logins, logouts, failed logins and lockouts (django-axes' of a user name and IP, audit.login_limit's of an IP) go to
-the audit log."""
+"""Logins, logouts, failed logins and lockouts (django-axes' of a user name and IP, audit.login_limit's of an IP), and
+what users do to batches (batches.events.user_acted: cancel, create, download) go to the audit log."""
 
 from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
@@ -8,6 +8,7 @@ from django.dispatch import receiver
 from audit.log import record
 from audit.login_limit import address_locked
 from audit.models import Action, Outcome
+from batches.events import user_acted
 
 
 def _login_path(request) -> str:
@@ -45,3 +46,8 @@ def _login_failed(sender, credentials, request=None, **kwargs):
 @receiver(user_locked_out, dispatch_uid="audit-lockout")
 def _locked_out(sender, request, username, ip_address, **kwargs):
     record(request, Action.LOCKOUT, Outcome.REFUSED, username=str(username or ""), target=_login_path(request))
+
+
+@receiver(user_acted, dispatch_uid="audit-user-acted")
+def _user_acted(sender, request, action, outcome, batch_id="", target="", detail="", **kwargs):
+    record(request, Action(action), Outcome(outcome), batch_id=batch_id, target=target, detail=detail)

@@ -16,9 +16,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from batches import budget, services
+from batches.freshness import failure_message
 from batches.lookups import refresh_batch
 from batches.models import Batch, BatchCreation, record_batch, stored_username
-from batches.sync import failure_message
 
 logger = logging.getLogger(__name__)
 

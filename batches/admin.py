@@ -1,4 +1,4 @@
-"""Read-only Django admin for the cache: batches and their snapshots, for staff who need to look underneath."""
+"""Read-only Django admin for the cache: batches, snapshots and reactions, for staff who need to look underneath."""
 
 import json
 
@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from batches.converters import detail_url
-from batches.models import Batch, BatchSnapshot
+from batches.models import Batch, BatchSnapshot, Reaction
 
 
 def _pretty_json(value) -> str:
@@ -34,7 +34,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(Batch)
 class BatchAdmin(ReadOnlyAdmin):
     list_display = ("batch_id", "status", "endpoint", "model", "requests", "created_at", "finished_at")
-    list_filter = ("status", "is_terminal", "endpoint", "created_at", "finished_at")
+    list_filter = ("status", "is_terminal", "lineage_state", "endpoint", "created_at", "finished_at")
     date_hierarchy = "created_at"
     search_fields = ("batch_id", "search_text")
     search_help_text = "Batch id, file id or metadata text."
@@ -47,6 +47,10 @@ class BatchAdmin(ReadOnlyAdmin):
         ("Times", {"fields": ("created_at", "expires_at", "finished_at")}),
         ("Cache", {"fields": ("first_seen_at", "last_seen_at", "last_changed_at", "snapshots_link")}),
         ("Cancel requests", {"fields": ("cancel_requested_at", "cancel_requested_by")}),
+        (
+            "Lineage (claimed by the metadata)",
+            {"fields": ("retry_of", "job", "attempt", "lineage_state", "lineage_note")},
+        ),
         ("Metadata", {"fields": ("pretty_metadata",)}),
         ("Latest payload", {"fields": ("pretty_payload",)}),
     )
@@ -113,3 +117,15 @@ class BatchSnapshotAdmin(ReadOnlyAdmin):
     @admin.display(description="Requests (completed / failed / total)")
     def requests(self, obj):
         return _request_counts(obj)
+
+
+@admin.register(Reaction)
+class ReactionAdmin(ReadOnlyAdmin):
+    """What followed each batch (results kept, retries): whether it ran, how often it was tried, and why it failed."""
+
+    list_display = ("step", "batch", "attempt", "state", "tries", "run_after", "finished_at")
+    list_filter = ("state", "step")
+    list_select_related = ("batch",)
+    search_fields = ("batch__batch_id", "error")
+    search_help_text = "Batch id, or words of the failure."
+    ordering = ("-created_at",)

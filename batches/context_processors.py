@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.utils.functional import SimpleLazyObject
 
-from batches import sync
+from batches import freshness
 from batches.models import SavedView
 from batches.views.live import live_of
 
@@ -13,7 +13,7 @@ def batchboard(request):
         "sandbox_mode": settings.SANDBOX_MODE,
         "batchboard_version": settings.VERSION,
         # Lazy: one small query, and only when a page shows the banner (to logged-in users); never an upstream call.
-        "api_freshness": SimpleLazyObject(sync.list_freshness),
+        "api_freshness": SimpleLazyObject(freshness.list_freshness),
         # The viewer's Live settings for the live controls; views that poll replace it with their backoff.
         "live": live_of(request),
         # Lazy: one query, on full pages that show the navigation to a logged-in user.

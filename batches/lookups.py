@@ -18,8 +18,8 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from batches import budget, services
+from batches.freshness import Freshness, error_kind, failure_message
 from batches.models import Batch, record_batch
-from batches.sync import Freshness, error_kind, failure_message
 
 logger = logging.getLogger(__name__)
 

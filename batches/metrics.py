@@ -13,7 +13,7 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from batches import budget, services, sync
+from batches import budget, freshness, reactions, services
 from batches.history import STUCK_AFTER
 from batches.models import Batch, BatchSnapshot
 
@@ -70,11 +70,12 @@ class DashboardCollector:
             stuck_family.add_metric([status], count)
         yield stuck_family
 
-        yield from _sync_figures(sync.loop_status(now))
+        yield from _sync_figures(freshness.loop_status(now))
+        yield from _queue_figures(reactions.queue_status(now))
         yield from _upstream_figures(budget.totals())
 
 
-def _sync_figures(loop: sync.LoopStatus):
+def _sync_figures(loop: freshness.LoopStatus):
     if loop.lag_seconds is not None:
         yield GaugeMetricFamily(
             "batchboard_sync_lag_seconds",
@@ -99,6 +100,20 @@ def _sync_figures(loop: sync.LoopStatus):
     )
     skipped.add_metric([], loop.skipped_total)
     yield skipped
+
+
+def _queue_figures(queue: reactions.QueueStatus):
+    yield GaugeMetricFamily("batchboard_tasks_waiting", "Background tasks due and not started.", value=queue.waiting)
+    yield GaugeMetricFamily(
+        "batchboard_tasks_oldest_waiting_seconds",
+        "How long the background task due longest has waited for a worker (0 when none waits).",
+        value=queue.oldest_waiting_seconds,
+    )
+    yield GaugeMetricFamily(
+        "batchboard_tasks_failed_last_hour",
+        "Background tasks that crashed, and reactions that gave up after their retries, in the last hour.",
+        value=queue.failed_last_hour,
+    )
 
 
 def _upstream_figures(totals: dict[str, int]):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import (
@@ -23,10 +26,11 @@ from django.db.models.functions import Cast, Coalesce, Lower
 from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
-from batches import normalise, pricing, services
+from batches import events, normalise, pricing, services
 from batches.history import STUCK_AFTER
+from batches.lineage_keys import LineageState, claim_of
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("batches.recording")
 
 STATUS_CHOICES = [(s, services.status_label(s)) for s in services.RECORDED_STATUSES]
 # The list's pseudo-statuses: "every batch that can still change", and "every batch someone should look at".
@@ -234,17 +238,33 @@ class BatchQuerySet(models.QuerySet):
         job: str = "",
     ):
         """The list's filters other than status, which the status counts are computed over. `originals` leaves
-        retries out (the retries app links them); `job` keeps one job: its original batch and every retry of it."""
+        verified retries out; `job` keeps one job: its original batch and every verified retry of it."""
         queryset = self.search(q).created_between(*created_range)
         if endpoint:
             queryset = queryset.filter(endpoint=endpoint)
         if model:
             queryset = queryset.filter(model=model)
         if originals:
-            queryset = queryset.filter(retry_link__isnull=True)
+            queryset = queryset.exclude(lineage_state=LineageState.VERIFIED)
         if job:
-            queryset = queryset.filter(models.Q(batch_id=job) | models.Q(retry_link__job_batch_id=job))
+            queryset = queryset.in_job(job)
         return queryset
+
+    def in_job(self, job_id: str):
+        """The job's batches: its original and the retries verified to resend its lines (a claim alone is not
+        enough: any creator can write the metadata)."""
+        return self.filter(models.Q(batch_id=job_id) | models.Q(job=job_id, lineage_state=LineageState.VERIFIED))
+
+    def retry_counts(self, job_ids: list[str]) -> dict[str, int]:
+        """{job id: its verified retries} for these jobs, in one query (the list's "↻ 3 retries")."""
+        rows = self.filter(job__in=job_ids, lineage_state=LineageState.VERIFIED).order_by().values_list("job")
+        return dict(rows.annotate(count=models.Count("pk")))
+
+    def count_retries(self, batches: list) -> None:
+        """Set `retry_count` on each of a list page's batches: how many verified retries its job has, in one query."""
+        counts = self.retry_counts([batch.batch_id for batch in batches])
+        for batch in batches:
+            batch.retry_count = counts.get(batch.batch_id, 0)
 
     def status_counts(self) -> dict[str, int]:
         """{status: number of batches}, in one aggregate query."""
@@ -380,6 +400,14 @@ class Batch(models.Model):
     output_tokens = models.PositiveBigIntegerField(null=True, blank=True)
     # When a page last took the right to refresh this batch from the API (see BatchQuerySet.claim_refresh).
     refresh_claimed_at = models.DateTimeField(null=True, blank=True)
+    # What the metadata claims (batches.lineage_keys): the batch this one retries, the original batch of its job,
+    # which attempt it is. Empty for a batch that claims nothing. A claim counts (final results, the job's cost and
+    # view) only once lineage_state is VERIFIED: the retries app checks the lines against the parent's kept input.
+    retry_of = models.CharField(max_length=128, blank=True)
+    job = models.CharField(max_length=128, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=0)
+    lineage_state = models.CharField(max_length=12, choices=LineageState.choices, blank=True)
+    lineage_note = models.CharField(max_length=300, blank=True)
 
     objects = BatchQuerySet.as_manager()
 
@@ -411,6 +439,9 @@ class Batch(models.Model):
             models.Index(fields=["is_terminal", "expires_at"], name="batch_expiry"),
             # The "failed-lines" filter and its count seek only the batches with a failed request.
             models.Index(fields=["failed_requests"], name="batch_failed_lines", condition=Q(failed_requests__gt=0)),
+            # A job's batches, a batch's retries, and the automatic retry's look for an existing child.
+            models.Index(fields=["job", "lineage_state"], name="batch_job"),
+            models.Index(fields=["retry_of", "attempt"], name="batch_retry_of"),
         ]
         verbose_name_plural = "batches"
         permissions = [
@@ -541,6 +572,21 @@ class Batch(models.Model):
         self.input_tokens = usage.input_tokens if usage else None
         self.cached_input_tokens = usage.cached_tokens if usage else None
         self.output_tokens = usage.output_tokens if usage else None
+        claim = claim_of(batch.id, batch.metadata)
+        if self.pk is None or claim.retry_of != self.retry_of:
+            # Metadata never changes after create; the verdict is the retries app's, kept across observations.
+            self.lineage_state = LineageState.UNVERIFIED if claim.retry_of else LineageState.NONE
+            self.lineage_note = ""
+        self.retry_of, self.job, self.attempt = claim.retry_of, claim.job, claim.attempt
+
+    @property
+    def is_verified_retry(self) -> bool:
+        return bool(self.retry_of) and self.lineage_state == LineageState.VERIFIED
+
+    @property
+    def job_id(self) -> str:
+        """The original batch of the job this batch counts in: the claimed one once verified, else itself."""
+        return self.job if self.is_verified_retry else self.batch_id
 
 
 APPLIED_FIELDS = (
@@ -562,6 +608,11 @@ APPLIED_FIELDS = (
     "payload",
     "payload_hash",
     *TOKEN_FIELDS,
+    "retry_of",
+    "job",
+    "attempt",
+    "lineage_state",
+    "lineage_note",
 )
 
 
@@ -596,23 +647,147 @@ class BatchSnapshot(models.Model):
         return self.completed_requests + self.failed_requests
 
 
-def record_batch(batch: services.ApiBatch, observed_at: datetime | None = None) -> Batch:
-    """Store what the service module fetched: update the latest state and add a snapshot if it is new.
+@dataclass
+class Recorded:
+    """What one call of record_batches stored: the ids of batches new to the cache, of those whose stored state
+    changed (new ones included), of those that became final, and the rows it wrote (new and changed ones)."""
 
-    Safe when several requests record the same batch at once: the write happens under a row lock (an IMMEDIATE
-    transaction on SQLite), an observation older than the stored state never overwrites it, and the unique
-    (batch, payload) constraint stops a duplicate snapshot.
+    new: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    became_final: list[str] = field(default_factory=list)
+    rows: dict[str, Batch] = field(default_factory=dict, repr=False)
+    # Batches the database refused even after normalising (logged and skipped), with what it said.
+    skipped: list[str] = field(default_factory=list)
+    refused: dict[str, BaseException] = field(default_factory=dict, repr=False)
+
+
+def record_batches(
+    batches: Iterable[services.ApiBatch], observed_at: datetime | None = None, *, historical: bool = False
+) -> Recorded:
+    """Store what the API said about these batches: the one recording function, for every path (the sync loop's
+    top walk and import, a page's retrieve, a cancel's or create's answer).
+
+    One query finds what is known; unchanged batches are marked seen in one UPDATE, new ones inserted in bulk, changed
+    ones recorded one by one under a row lock (they are few: what changed since the last look). Once the transaction
+    commits, batches.events announces every new or changed state, and every batch that became final, so that the
+    reactions of other apps follow whatever path recorded it. `historical` marks the history import's old batches.
+
+    Safe when several writers record the same batch at once: an observation older than the stored state never
+    overwrites it, and the unique (batch, payload) constraint stops a duplicate snapshot.
     """
     observed_at = observed_at or timezone.now()
-    digest = payload_digest(batch.raw)
-    for _attempt in range(2):
+    recorded = Recorded()
+    unique = {batch.id: batch for batch in batches}
+    if not unique:
+        return recorded
+    digests = {batch_id: payload_digest(batch.raw) for batch_id, batch in unique.items()}
+    known = dict(Batch.objects.filter(batch_id__in=digests).values_list("batch_id", "payload_hash"))
+    unchanged = [batch_id for batch_id, digest in known.items() if digests[batch_id] == digest]
+    new = [batch for batch_id, batch in unique.items() if batch_id not in known]
+    changed = [batch for batch_id, batch in unique.items() if batch_id in known and batch_id not in unchanged]
+    if len(new) == 1:
+        changed, new = new + changed, []  # one new batch (a retrieve, a create's answer): no bulk insert needed
+    if unchanged:
+        Batch.objects.mark_seen(unchanged, observed_at)
+    changes: list[_Change] = []
+    if len(new) > 1:
+        inserted = _insert_new(new, digests, observed_at)
+        if inserted is None:
+            changed = new + changed  # Another writer recorded one of them meanwhile: one by one, under the lock.
+        else:
+            changes += inserted
+    for batch in changed:
         try:
-            return _record(batch, digest, observed_at)
-        except IntegrityError:
-            continue  # Another writer created the same row between our read and write; read it again.
-    # Refused a third time, it is this row's values the database refuses (a check constraint): raised for the caller
-    # to decide (the sync loop skips it).
-    return _record(batch, digest, observed_at)
+            with transaction.atomic():  # a savepoint: one batch the database refuses never stops the others
+                change = _record_with_retries(batch, digests[batch.id], observed_at)
+        except ROW_REFUSED as exc:
+            if not _refused(exc):
+                raise
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            logger.warning(
+                "Skipped recording %s: the database refused it (%s: %s)", batch.id, type(exc).__name__, reason
+            )
+            recorded.skipped.append(batch.id)
+            recorded.refused[batch.id] = exc
+            continue
+        if change is not None:
+            changes.append(change)
+    for change in changes:
+        recorded.rows[change.row.batch_id] = change.row
+        recorded.changed.append(change.row.batch_id)
+        if change.created:
+            recorded.new.append(change.row.batch_id)
+        if change.became_final:
+            recorded.became_final.append(change.row.batch_id)
+    if changes:
+        transaction.on_commit(partial(_announce, changes, historical))
+    return recorded
+
+
+def record_batch(batch: services.ApiBatch, observed_at: datetime | None = None) -> Batch:
+    """record_batches for one batch (a retrieve, a cancel's or create's answer): its stored row. Raises what the
+    database said if it refused the batch."""
+    recorded = record_batches([batch], observed_at)
+    if batch.id in recorded.refused:
+        raise recorded.refused[batch.id]
+    return recorded.rows.get(batch.id) or Batch.objects.get(batch_id=batch.id)
+
+
+@dataclass(frozen=True)
+class _Change:
+    row: Batch
+    created: bool
+    became_final: bool
+
+
+def _announce(changes: list[_Change], historical: bool) -> None:
+    """Send batches.events' signals for stored changes (after commit: receivers see what was stored). A receiver
+    that fails is logged and never undoes the recording or stops the other receivers."""
+    for change in changes:
+        sent = events.batch_changed.send_robust(
+            sender=Batch,
+            batch_pk=change.row.pk,
+            batch_id=change.row.batch_id,
+            created=change.created,
+            historical=historical,
+        )
+        if change.became_final:
+            sent += events.batch_became_final.send_robust(
+                sender=Batch, batch_pk=change.row.pk, batch_id=change.row.batch_id, historical=historical
+            )
+        for receiver, outcome in sent:
+            if isinstance(outcome, Exception):
+                logger.error("A receiver of %s's new state failed: %s", change.row.batch_id, receiver, exc_info=outcome)
+
+
+def _insert_new(batches: list[services.ApiBatch], digests: dict[str, str], observed_at: datetime) -> list | None:
+    """Store batches the cache has never seen, with their first snapshots, in two bulk inserts (an import's page);
+    None when another writer recorded one of them meanwhile (the unique batch id refuses the insert)."""
+    rows = []
+    for batch in batches:
+        row = Batch(batch_id=batch.id, first_seen_at=observed_at)
+        row._apply(batch, digests[batch.id], observed_at)
+        row.last_seen_at = row.last_changed_at = observed_at
+        rows.append(row)
+    try:
+        with transaction.atomic():
+            Batch.objects.bulk_create(rows)
+            if any(row.pk is None for row in rows):  # Backends that do not return ids from a bulk insert.
+                ids = dict(Batch.objects.filter(batch_id__in=digests).values_list("batch_id", "pk"))
+                for row in rows:
+                    row.pk = ids[row.batch_id]
+            DailySpend.count_new(rows)
+            BatchSnapshot.objects.bulk_create(
+                [
+                    _snapshot(row, batch, digests[batch.id], observed_at)
+                    for row, batch in zip(rows, batches, strict=True)
+                ]
+            )
+    except ROW_REFUSED as exc:
+        if not _refused(exc):
+            raise
+        return None  # Another writer recorded one of them meanwhile, or the database refuses one: one by one.
+    return [_Change(row, created=True, became_final=row.is_terminal) for row in rows]
 
 
 # What the database (or its driver: SQLite's refuses an integer beyond 64 bits with OverflowError) raises for one
@@ -625,53 +800,20 @@ def _refused(exc: BaseException) -> bool:
     return not isinstance(exc, OperationalError | InterfaceError)
 
 
-def record_batch_or_skip(batch: services.ApiBatch, observed_at: datetime) -> Batch | None:
-    """record_batch in a savepoint of its own: the row, or None (logged) when the database refused this batch, so
-    that one odd batch never stops the others of its page from being recorded."""
-    try:
-        with transaction.atomic():
-            return record_batch(batch, observed_at=observed_at)
-    except ROW_REFUSED as exc:
-        if not _refused(exc):
-            raise
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        logger.warning("Skipped recording %s: the database refused it (%s: %s)", batch.id, type(exc).__name__, reason)
-        return None
+def _record_with_retries(batch: services.ApiBatch, digest: str, observed_at: datetime) -> _Change | None:
+    for _attempt in range(2):
+        try:
+            return _record(batch, digest, observed_at)
+        except IntegrityError:
+            continue  # Another writer created the same row between our read and write; read it again.
+    # Refused a third time, it is this row's values the database refuses (a check constraint): raised for the caller
+    # (record_batches skips it).
+    return _record(batch, digest, observed_at)
 
 
-def record_new_batches(batches: list[services.ApiBatch], observed_at: datetime) -> list[str]:
-    """Store batches the cache has never seen, with their first snapshots, in two bulk inserts (an import's page);
-    returns the ids of those skipped because the database refused them.
-
-    If another writer recorded one of them meanwhile (the unique batch id refuses the insert), or the database refuses
-    one of them, each goes through record_batch in a savepoint of its own instead.
-    """
-    rows, digests = [], []
-    for batch in batches:
-        digest = payload_digest(batch.raw)
-        row = Batch(batch_id=batch.id, first_seen_at=observed_at)
-        row._apply(batch, digest, observed_at)
-        row.last_seen_at = row.last_changed_at = observed_at
-        rows.append(row)
-        digests.append(digest)
-    try:
-        with transaction.atomic():
-            Batch.objects.bulk_create(rows)
-            DailySpend.count_new(rows)
-            BatchSnapshot.objects.bulk_create(
-                [
-                    _snapshot(row, batch, digest, observed_at)
-                    for row, batch, digest in zip(rows, batches, digests, strict=True)
-                ]
-            )
-    except ROW_REFUSED as exc:
-        if not _refused(exc):
-            raise
-        return [batch.id for batch in batches if record_batch_or_skip(batch, observed_at) is None]
-    return []
-
-
-def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> Batch:
+def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> _Change | None:
+    """Record one observation under the row's lock (an IMMEDIATE transaction on SQLite): the change it made, or
+    None when it was the stored state already or older than it."""
     with transaction.atomic():
         row = Batch.objects.select_for_update().filter(batch_id=batch.id).first()
         if row is None:
@@ -681,16 +823,16 @@ def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> Bat
             row.save(force_insert=True)
             _add_snapshot(row, batch, digest, observed_at)
             DailySpend.count(None, row)
-            return row
+            return _Change(row, created=True, became_final=row.is_terminal)
         if row.payload_hash == digest:
             Batch.objects.filter(pk=row.pk, last_seen_at__lt=observed_at).update(last_seen_at=observed_at)
-            row.last_seen_at = max(row.last_seen_at, observed_at)
-            return row
+            return None
         if progress_key(batch) < progress_key(row.api):
-            return row  # A late answer describing an older state: the stored one is newer.
+            return None  # A late answer describing an older state: the stored one is newer.
         # Racing writers take the lock in their own order, not in the order of their clocks: never let the history's
         # times go backwards.
         changed_at = max(row.last_seen_at, observed_at)
+        was_final = row.is_terminal
         spent_before = DailySpend.contribution(row)
         row._apply(batch, digest, changed_at)
         row.last_seen_at = row.last_changed_at = changed_at
@@ -699,7 +841,7 @@ def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> Bat
         DailySpend.count(spent_before, row)
         if not BatchSnapshot.objects.filter(batch=row, payload_hash=digest).exists():
             _add_snapshot(row, batch, digest, changed_at)
-        return row
+        return _Change(row, created=False, became_final=row.is_terminal and not was_final)
 
 
 def _add_snapshot(row: Batch, batch: services.ApiBatch, digest: str, observed_at: datetime) -> None:
@@ -722,7 +864,7 @@ def _snapshot(row: Batch, batch: services.ApiBatch, digest: str, observed_at: da
 class DailySpend(models.Model):
     """The token usage of the batches that finished on a day (in the dashboard's time zone), per model.
 
-    The summary strip sums a month of these rows instead of every batch finished in the month. record_batch keeps
+    The summary strip sums a month of these rows instead of every batch finished in the month. record_batches keeps
     them in the same transaction as the batch's row: a batch is counted on the day it finished, once, and moved or
     corrected if a later observation changes its usage or end. Tokens, not dollars, as on Batch.
     """
@@ -754,7 +896,7 @@ class DailySpend(models.Model):
     def count(cls, before: tuple | None, row: Batch) -> None:
         """Move a batch's share of the totals from what it was (`before`) to what it is now; call inside the
         transaction that saved the row. A new (day, model) row racing another writer's raises IntegrityError,
-        which rolls the whole recording back for record_batch to retry."""
+        which rolls the whole recording back for record_batches to retry."""
         after = cls.contribution(row)
         if before == after:
             return
@@ -971,6 +1113,49 @@ class BatchCreation(models.Model):
 
     def __str__(self):
         return f"{self.token} → {self.batch_id or 'pending'}"
+
+
+class ReactionState(models.TextChoices):
+    PENDING = "pending", "waiting"
+    RUNNING = "running", "running"
+    DONE = "done", "done"
+    FAILED = "failed", "failed"
+
+
+class Reaction(models.Model):
+    """One step that must follow a batch's recorded state (keep its results, retry it), run exactly once.
+
+    The unique (batch, step, attempt) makes scheduling it twice a no-op; a conditional UPDATE claims it for one worker
+    at a time (`tries` counts the claims, and names the one that holds it); a worker that dies leaves a lease that
+    expires. See batches.reactions.
+    """
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="reactions")
+    step = models.CharField(max_length=64)
+    attempt = models.PositiveIntegerField(default=0)
+    state = models.CharField(max_length=8, choices=ReactionState.choices, default=ReactionState.PENDING)
+    tries = models.PositiveSmallIntegerField(default=0)
+    # Not run before this (backoff after a failure, or a body that asked to wait).
+    run_after = models.DateTimeField(default=timezone.now)
+    # When its task was last put on the queue: a pending reaction whose task was lost is enqueued again by sweep().
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    # While running: the claim is the worker's until then; renewed by long bodies.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "step", "attempt"], name="reaction_unique_step"),
+        ]
+        indexes = [
+            models.Index(fields=["state", "run_after"], name="reaction_state_due"),
+            models.Index(fields=["state", "finished_at"], name="reaction_state_finished"),
+        ]
+
+    def __str__(self):
+        return f"{self.step} of batch #{self.batch_id} (attempt {self.attempt}): {self.state}"
 
 
 class Preference(models.Model):

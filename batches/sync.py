@@ -1,4 +1,4 @@
-"""Keeping the cache in step with the API: the sync loop and its passes, and how fresh the list is.
+"""Keeping the cache in step with the API: the sync loop and its passes (how fresh the list is: batches.freshness).
 
 A pass, run by one loop at a time under a lease renewed page by page:
 
@@ -27,17 +27,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, OperationalError, close_old_connections, transaction
+from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import services
-from batches.models import Batch, SyncState, payload_digest, record_batch_or_skip, record_new_batches
-from results import archive as results_archive
+from batches import reactions, services
+from batches.freshness import (
+    LIST_STATE,
+    backoff_seconds,
+    error_kind,
+    failure_message,
+)
+from batches.models import Batch, Recorded, SyncState, record_batches
 
 logger = logging.getLogger(__name__)
 
-LIST_STATE = "list"
 PAGE_SIZE = services.LIST_LIMIT_MAX
 # A running batch further down the cache than this many pages is retrieved on its own rather than walked to.
 MAX_WALK_PAGES = 10
@@ -46,59 +50,6 @@ MAX_RETRIEVES_PER_PASS = 20
 IMPORT_SLICE_SECONDS = 60.0
 # The loop's lease: renewed after every upstream call, so only a dead loop's lease expires.
 LEASE_SECONDS = 60.0
-MAX_BACKOFF_SECONDS = 60.0
-# A viewer's poll is noted at most this often (one small write), however many viewers poll.
-WATCH_NOTE_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class Freshness:
-    """How current the cached data on a page is, and why not, in words a user understands."""
-
-    ok: bool
-    as_of: datetime | None = None
-    error_kind: str = ""  # "", "auth", "unavailable", "rate_limited", "budget", "limited", "error"
-    error_message: str = ""
-    consecutive_failures: int = 0
-    # Nothing has been fetched yet and no attempt has failed: the first pass has not run (or not finished).
-    pending: bool = False
-    # The sync loop's last sign of life is older than stale_after(): nothing keeps the list current.
-    not_refreshing: bool = False
-    heartbeat_at: datetime | None = None
-    # The last pass stopped early because the upstream budget was spent: data may be older than the interval.
-    budget_limited: bool = False
-    # The history import is running: how many batches so far, and back to which creation date.
-    importing: bool = False
-    imported: int = 0
-    import_reached: datetime | None = None
-    watched_at: datetime | None = field(default=None, compare=False)
-
-    @property
-    def may_change(self) -> bool:
-        """The next answer may differ from what is shown: pages keep polling."""
-        return not self.ok or self.pending or self.importing or self.budget_limited
-
-    @property
-    def auth_failed(self) -> bool:
-        return self.error_kind == "auth"
-
-    @property
-    def retry_seconds(self) -> float:
-        """How long a polling page should wait before asking again: backs off while the API is failing."""
-        return backoff_seconds(self.consecutive_failures)
-
-    def display_key(self) -> tuple:
-        """Everything a page shows of this freshness (for caching renderings), to the minute for the heartbeat."""
-        heartbeat = self.heartbeat_at.replace(second=0, microsecond=0) if self.heartbeat_at else None
-        return (
-            self.ok,
-            self.error_kind,
-            self.error_message,
-            self.pending,
-            self.not_refreshing and heartbeat,
-            self.budget_limited,
-            self.importing and (self.imported, self.import_reached),
-        )
 
 
 @dataclass
@@ -170,123 +121,6 @@ class PassOutcome:
         }
 
 
-@dataclass(frozen=True)
-class LoopStatus:
-    """The sync loop's health in numbers, for /metrics and /readyz."""
-
-    heartbeat_at: datetime | None  # the loop's last sign of life (start of a pass, each page, end of a pass)
-    last_pass_seconds: float | None  # duration of the last pass that ran
-    lag_seconds: float | None  # how old the list is: now minus the end of the last pass whose top walk completed
-    alive: bool  # the heartbeat is younger than stale_after()
-    consecutive_failures: int  # list refreshes that failed in a row
-    skipped_total: int = 0  # batches skipped because the database refused them, ever
-
-
-def backoff_seconds(failures: int, base: float | None = None) -> float:
-    base = max(settings.BATCHBOARD_REFRESH_INTERVAL if base is None else base, 1.0)
-    return min(base * 2 ** min(failures, 6), MAX_BACKOFF_SECONDS) if failures else base
-
-
-def stale_after() -> timedelta:
-    """After this long without a heartbeat, the list says it is not being refreshed."""
-    return timedelta(seconds=2 * settings.BATCHBOARD_HISTORY_INTERVAL + 60)
-
-
-def error_kind(exc: services.BatchApiError) -> str:
-    if isinstance(exc, services.AuthenticationFailed):
-        return "auth"
-    if isinstance(exc, services.BudgetExhausted):
-        return "budget"
-    if isinstance(exc, services.RateLimited):
-        return "rate_limited"
-    if isinstance(exc, services.Unavailable):
-        return "unavailable"
-    return "error"
-
-
-def failure_message(exc: services.BatchApiError, *, then: str = "", retry: str = "") -> str:
-    """An upstream failure in words a user understands: what went wrong, then `then` (what it means where it
-    happened), then `retry` if waiting may help (rate limiting, an API out of reach). The one place these are worded.
-
-    Never contains the key: the service module redacts it from every message.
-    """
-    kind = error_kind(exc)
-    transient = False
-    if kind == "auth":
-        cause = "The OpenAI API rejected the configured API key. Check OPENAI_API_KEY (and the organisation/project)."
-    elif kind == "budget":
-        cause, transient = exc.message, True
-    elif kind == "rate_limited" and exc.code == "insufficient_quota":
-        cause = "The OpenAI account is out of quota."
-    elif kind == "rate_limited":
-        cause, transient = "The OpenAI API is rate limiting requests.", True
-    elif kind == "unavailable":
-        cause, transient = "Cannot reach the OpenAI API right now.", True
-    elif exc.status:
-        cause = f"The OpenAI API said: {exc.message}"
-    else:
-        cause = exc.message  # Raised by the service module itself, in its own words.
-    return " ".join(part for part in (cause, then, retry if transient else "") if part)
-
-
-# --- Freshness, demand and health (read by pages and /metrics) ---------------
-
-
-def list_freshness(now: datetime | None = None) -> Freshness:
-    """How current the cached list is: one small query, no upstream call (every page's banner uses it)."""
-    now = now or timezone.now()
-    state = SyncState.objects.filter(name=LIST_STATE).first()
-    if state is None:
-        return Freshness(ok=True, pending=True, not_refreshing=True)
-    failing = state.is_failing
-    return Freshness(
-        ok=not failing,
-        as_of=state.succeeded_at,
-        error_kind=state.error_kind if failing else "",
-        error_message=state.error_message if failing else "",
-        consecutive_failures=state.consecutive_failures,
-        pending=state.succeeded_at is None and not failing,
-        not_refreshing=state.heartbeat_at is None or state.heartbeat_at < now - stale_after(),
-        heartbeat_at=state.heartbeat_at,
-        budget_limited=state.budget_limited,
-        importing=bool(state.import_cursor) and state.import_done_at is None,
-        imported=state.imported,
-        import_reached=state.import_reached,
-        watched_at=state.watched_at,
-    )
-
-
-def note_watched(freshness: Freshness, now: datetime | None = None) -> None:
-    """A viewer is looking at the list: the loop refreshes at the short interval while anyone is.
-
-    Writes only when the last note is older than WATCH_NOTE_SECONDS (read already, with the freshness), and never
-    fails the page: a database too busy for this write just delays the loop's notice.
-    """
-    now = now or timezone.now()
-    if freshness.watched_at is not None and freshness.watched_at >= now - timedelta(seconds=WATCH_NOTE_SECONDS):
-        return
-    try:
-        SyncState.objects.note_watched(LIST_STATE, now, every=WATCH_NOTE_SECONDS)
-    except OperationalError as exc:
-        logger.info("Could not note a viewer of the list: %s", exc)
-
-
-def loop_status(now: datetime | None = None) -> LoopStatus:
-    now = now or timezone.now()
-    state = SyncState.objects.filter(name=LIST_STATE).first()
-    if state is None:
-        return LoopStatus(None, None, None, alive=False, consecutive_failures=0, skipped_total=0)
-    lag = (now - state.succeeded_at).total_seconds() if state.succeeded_at else None
-    return LoopStatus(
-        heartbeat_at=state.heartbeat_at,
-        last_pass_seconds=state.pass_seconds,
-        lag_seconds=lag,
-        alive=state.heartbeat_at is not None and state.heartbeat_at >= now - stale_after(),
-        consecutive_failures=state.consecutive_failures,
-        skipped_total=state.skipped_total,
-    )
-
-
 def due_interval(state: SyncState, now: datetime) -> float:
     """Seconds between passes: the refresh interval while someone watched lately, the history interval otherwise;
     longer while the API keeps failing."""
@@ -314,8 +148,8 @@ def run_pass(
     stop: threading.Event | None = None,
     now: datetime | None = None,
 ) -> PassOutcome:
-    """One pass if it is due and this loop wins the lease (with `force`: whenever the lease is free), then the
-    results and retries apps' steps when the API answered."""
+    """One pass if it is due and this loop wins the lease (with `force`: whenever the lease is free). A pass only
+    lists and records: what follows a recorded state runs as reactions, on task workers (batches.reactions)."""
     holder = holder or new_holder()
     now = now or timezone.now()
     state = SyncState.objects.named(LIST_STATE)
@@ -342,12 +176,6 @@ def run_pass(
         SyncState.objects.release_lease(LIST_STATE, holder)
     seconds = time.monotonic() - started
     _record_outcome(result, error, seconds)
-    if error is None:  # the API answered: keep the files of batches that are final (results app)
-        results_archive.sync_step()
-        # Imported here: retries create batches through actions.py, which imports lookups.py, which imports this.
-        from retries import auto as retries_auto
-
-        retries_auto.sync_step()  # then submit the automatic retries of those kept (retries app)
     return PassOutcome(
         ran=True, result=result, error=f"{failure_message(error)} [{error}]" if error else "", seconds=seconds
     )
@@ -387,6 +215,7 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
     holder = new_holder()
     wake_every = max(wake_every or settings.BATCHBOARD_REFRESH_INTERVAL, 0.05)
     pass_number = 0
+    swept_at = 0.0
     while not stop.is_set():
         pass_number += 1
         close_old_connections()
@@ -404,6 +233,12 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
                 changed = outcome.changed or (outcome.result and (outcome.result.imported or outcome.result.stopped))
                 level = logging.DEBUG if quiet and not changed else logging.INFO
                 logger.log(level, "%s", outcome.describe(), extra=context)
+        try:
+            if time.monotonic() - swept_at >= reactions.SWEEP_EVERY_SECONDS:
+                swept_at = time.monotonic()
+                reactions.sweep()  # housekeeping, not a reaction: see batches.reactions
+        except DatabaseError as exc:
+            logger.error("sweeping reactions failed: database error: %s", exc)
         finally:
             close_old_connections()
         stop.wait(wake_every)
@@ -549,61 +384,24 @@ def _retrieve(client, batch_ids: list[str], result: SyncResult, renew, stop) -> 
         except services.NotFound:
             continue  # Deleted upstream (or another project's); keep what we knew.
         result.retrieved += 1
-        digest = payload_digest(batch.raw)
-        stored = Batch.objects.filter(batch_id=batch_id).values_list("payload_hash", "is_terminal").first()
-        if stored is not None and stored[0] == digest:
-            Batch.objects.mark_seen([batch_id], timezone.now())
-        else:
-            _record_changed(batch, digest, bool(stored and stored[1]), timezone.now(), result)
+        _tally(record_batches([batch], timezone.now()), result, imported=False)
         if not renew():
             result.stopped = "lease"
             return
 
 
 def _record_page(batches: tuple[services.ApiBatch, ...], result: SyncResult, *, imported: bool = False) -> None:
-    """Record a page of the list: one query finds what is known; unchanged batches are marked seen in one UPDATE,
-    new ones inserted in bulk, changed ones recorded one by one (they are few: what changed since the last pass)."""
+    """Record a page of the list through the one recording function, and tally it into the pass's result."""
     if not batches:
         return
-    now = timezone.now()
     result.pages += 1
     result.seen += len(batches)
     result.seen_ids.update(batch.id for batch in batches)
-    digests = {batch.id: payload_digest(batch.raw) for batch in batches}
-    known = {
-        batch_id: (digest, final)
-        for batch_id, digest, final in Batch.objects.filter(batch_id__in=digests).values_list(
-            "batch_id", "payload_hash", "is_terminal"
-        )
-    }
-    unchanged, new, changed = [], [], []
-    for batch in {batch.id: batch for batch in batches}.values():
-        stored = known.get(batch.id)
-        if stored is None:
-            new.append(batch)
-        elif stored[0] == digests[batch.id]:
-            unchanged.append(batch.id)
-        else:
-            changed.append(batch)
-    if unchanged:
-        Batch.objects.mark_seen(unchanged, now)
-    if new:
-        skipped = set(record_new_batches(new, now))
-        result.skipped += len(skipped)
-        recorded = [batch for batch in new if batch.id not in skipped]
-        result.changed += len(recorded)
-        if not imported:  # Created and finished since the last pass (an import's old batches are not news).
-            result.became_final += [batch.id for batch in recorded if batch.is_terminal]
-    for batch in changed:
-        _record_changed(batch, digests[batch.id], known[batch.id][1], now, result)
+    _tally(record_batches(batches, timezone.now(), historical=imported), result, imported=imported)
 
 
-def _record_changed(batch: services.ApiBatch, digest: str, was_final: bool, now: datetime, result: SyncResult) -> None:
-    row = record_batch_or_skip(batch, now)
-    if row is None:
-        result.skipped += 1
-        return
-    if row.payload_hash == digest:  # Not a late answer describing an older state.
-        result.changed += 1
-        if row.is_terminal and not was_final:
-            result.became_final.append(batch.id)
+def _tally(recorded: Recorded, result: SyncResult, *, imported: bool) -> None:
+    result.changed += len(recorded.changed)
+    result.skipped += len(recorded.skipped)
+    if not imported:  # An import's old batches are not news.
+        result.became_final += recorded.became_final

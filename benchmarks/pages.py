@@ -77,8 +77,8 @@ class Pages:
         from django.urls import reverse
         from django.utils import timezone
 
+        from batches.freshness import LIST_STATE
         from batches.models import Batch, SyncState
-        from batches.sync import LIST_STATE
 
         settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0
         now = timezone.now()

@@ -206,8 +206,8 @@ def _measure_pages(batches: int, requests: int) -> dict:
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
+    from batches.freshness import LIST_STATE
     from batches.models import Batch, SyncState
-    from batches.sync import LIST_STATE
 
     running_id = _fill(batches)
     settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0

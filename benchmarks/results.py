@@ -60,6 +60,7 @@ def _fetch_phase(archive_id: int) -> int:
     """In a fresh process, so that its peak memory is the fetch's own: fetch and index one archive."""
     from batches import services
     from results import archive
+    from results.models import ResultArchive
 
     baseline = _peak_rss_mb()
     timings = {}
@@ -73,7 +74,7 @@ def _fetch_phase(archive_id: int) -> int:
             timings["index"] = time.perf_counter() - begun
 
     archive._index = timed_index
-    kept = archive._claim(archive_id)
+    kept = ResultArchive.objects.select_related("batch").get(pk=archive_id)
     begun, begun_cpu = time.perf_counter(), time.process_time()
     archive.fetch_archive(kept, services.get_client())
     total, cpu = time.perf_counter() - begun, time.process_time() - begun_cpu
@@ -82,9 +83,10 @@ def _fetch_phase(archive_id: int) -> int:
     return 0
 
 
-def _build_batch(lines: int):
+def build_batch(lines: int, *, created_ago: float = 10 * 86_400, speed: float = 1.0):
     """The batch, as the sandbox writes it: chat requests allowed 580 tokens (long answers), 2 % asking for more
-    than the model allows (they fail, beside the sandbox's own ~3 % of failures), 1 % dropped from both files."""
+    than the model allows (they fail, beside the sandbox's own ~3 % of failures), 1 % dropped from both files.
+    Created `created_ago` seconds ago and run at `speed`: final, its files written, when this returns."""
     import json
 
     from sandbox import store
@@ -109,8 +111,8 @@ def _build_batch(lines: int):
         endpoint=CHAT,
         metadata=None,
         output_expires_after=None,
-        now=now - 10 * 86_400,
-        speed=1.0,
+        now=now - created_ago,
+        speed=speed,
     )
     batch, _state = store.observe(created, now)
     return batch
@@ -150,7 +152,7 @@ def _run(lines: int) -> int:
         "times grow with the load; CPU times much less."
     )
     begun = time.perf_counter()
-    sandbox_batch = _build_batch(lines)
+    sandbox_batch = build_batch(lines)
     output = SandboxFile.objects.get(pk=sandbox_batch.output_file_id)
     errors = SandboxFile.objects.get(pk=sandbox_batch.error_file_id)
     print(

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(*, batches: int, running: int, latency: float, pollers: int, seconds: float) -> None:
     from django.utils import timezone
 
-    from batches import sync
+    from batches import freshness, sync
     from batches.models import Batch, SyncState
     from sandbox import seed
 
@@ -117,7 +117,7 @@ def run(*, batches: int, running: int, latency: float, pollers: int, seconds: fl
     )
 
     # 4. A list view when a refresh is due: it must not call upstream.
-    SyncState.objects.filter(name=sync.LIST_STATE).update(succeeded_at=timezone.now() - timedelta(minutes=5))
+    SyncState.objects.filter(name=freshness.LIST_STATE).update(succeeded_at=timezone.now() - timedelta(minutes=5))
     before = counter.total()
     timed = [_timed_get(client, "/batches/") for _ in range(10)]
     slowest = max(wall for wall, _cpu in timed)
@@ -173,11 +173,11 @@ class _Importer(threading.Thread):
     def run(self):
         from django.db import connection
 
-        from batches import sync
+        from batches import freshness, sync
 
         holder = sync.new_holder()
         try:
-            while sync.list_freshness().importing or not self.passes:
+            while freshness.list_freshness().importing or not self.passes:
                 outcome = sync.run_pass(holder=holder)
                 if outcome.ran:
                     first_page = 1 if not self.passes else 0  # the fresh install's, counted with the import

@@ -178,10 +178,15 @@ def _env_directory(name):
 TIKTOKEN_CACHE_DIR = _env_directory("TIKTOKEN_CACHE_DIR")
 
 
-# Results kept locally (the results app): of every final batch, or only once someone opens its results page.
-BATCHBOARD_ARCHIVE = _env("BATCHBOARD_ARCHIVE", "final").lower()
-if BATCHBOARD_ARCHIVE not in ("final", "on-open"):
-    raise ImproperlyConfigured(f"BATCHBOARD_ARCHIVE must be final or on-open; got {BATCHBOARD_ARCHIVE!r}.")
+# Results kept locally (the results app): "new" keeps the files of batches that become final after the install (not
+# the imported history) and of any batch whose results page someone opens; "all" also every batch of the history;
+# "on-open" only what someone opens; "off" nothing. "final", the old default, is read as "all".
+BATCHBOARD_ARCHIVE = _env("BATCHBOARD_ARCHIVE", "new").lower().replace("final", "all")
+if BATCHBOARD_ARCHIVE not in ("new", "all", "on-open", "off"):
+    raise ImproperlyConfigured(f"BATCHBOARD_ARCHIVE must be new, all, on-open or off; got {BATCHBOARD_ARCHIVE!r}.")
+# A disk quota for the kept files, in GB (0: none): past it, the files opened least recently are evicted; their
+# summaries and per-line index stay.
+BATCHBOARD_ARCHIVE_MAX_GB = _env_float("BATCHBOARD_ARCHIVE_MAX_GB", 0.0, 0.0, 1_000_000.0)
 # A result file larger than this is not kept (its results page says so and links to the API's copy), in MB.
 BATCHBOARD_RESULT_FILE_MAX_MB = _env_int("BATCHBOARD_RESULT_FILE_MAX_MB", 1024, 1, 1024 * 1024)
 
@@ -217,6 +222,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "axes",
+    "django_tasks_db",
     "audit",
     "batches",
     "results",
@@ -287,6 +293,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"batchboard-test-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Background work (keeping results, automatic retries) runs as tasks of Django's task framework, queued in the
+# project's own database: `manage.py db_worker` processes run them, on any machine that shares the database.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
 # Shared by every web worker and sync loop (rendered fragments, file sizes): Redis when configured, else a table in
 # the database (created by `migrate`). Never per-process memory, which several workers could not agree on.
@@ -428,6 +438,10 @@ LOGGING = {
         "audit": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # django-axes logs each failed login and lockout (username and IP, never the password).
         "axes": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # A line per task started and finished is for `manage.py db_worker` (its -v sets these); `serve`'s worker
+        # thread reports only problems (a failed reaction logs its reason under "batches").
+        "django.tasks": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "django_tasks_db": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         # Unhandled errors (500s) are logged with their traceback; Django only does so by default when DEBUG is on.
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },

@@ -1,12 +1,13 @@
-"""Results kept locally: fetch a final batch's files once, index every line, read lines back, prune.
+"""Results kept locally: fetch a final batch's files once, index every line, read lines back, evict and prune.
 
-Cost model. The sync loop calls `archive_due` once per pass: two queries when there is nothing to do; per batch it
-fetches, three file lookups and three downloads (input, output, error), each streamed to a temporary file and from
-there to the results storage, never held in memory, and refused past BATCHBOARD_RESULT_FILE_MAX_MB; indexing reads
-the local copies line by line (a line over MAX_LINE_BYTES is kept as "too long to keep", never read whole) and joins
-answers to the input in a temporary SQLite file, so memory stays flat whatever the files hold (benchmarks.hostile:
-about 80 MB of process RSS for 300,000 lines or a 100 MB line). Pages never call the API: they read the index and
-seek into the stored files, and a request page shows at most 256 KB of a line (the raw line is streamed).
+Cost model. Fetching runs as the keep_results reaction (results.tasks), one task per batch on the task workers, so a
+100 MB file never delays the list: per batch, three file lookups and three downloads (input, output, error), each
+streamed to a temporary file and from there to the results storage, never held in memory, and refused past
+BATCHBOARD_RESULT_FILE_MAX_MB; indexing reads the local copies line by line (a line over MAX_LINE_BYTES is kept as
+"too long to keep", never read whole) and joins answers to the input in a temporary SQLite file, so memory stays flat
+whatever the files hold (benchmarks.hostile: about 80 MB of process RSS for 300,000 lines or a 100 MB line). Pages
+never call the API: they read the index and seek into the stored files, and a request page shows at most 256 KB of a
+line (the raw line is streamed).
 """
 
 from __future__ import annotations
@@ -23,19 +24,21 @@ from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import storages
-from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from batches import normalise, services, sync
+from batches import normalise, reactions, services
 from batches.formatting import format_size
 from batches.forms import MAX_LINE_BYTES
-from batches.models import Batch
-from results import answers
+from batches.freshness import failure_message
+from batches.models import Batch, Reaction
+from results import answers, events
 from results.models import (
     MESSAGE_LENGTH,
     PREVIEW_LENGTH,
@@ -44,18 +47,20 @@ from results.models import (
     Outcome,
     ResultArchive,
     ResultLine,
-    archive_due_retry,
 )
 
 logger = logging.getLogger("batches.results")
 
-MODE_FINAL = "final"
+MODE_NEW = "new"
+MODE_ALL = "all"
 MODE_ON_OPEN = "on-open"
-# An archive claimed longer ago than this was being fetched by a process that died; another may take it over.
-CLAIM_SECONDS = 1800
-MAX_ATTEMPTS = 10
-# New final batches asked for per pass; a first run over a long history catches up over several passes.
-DISCOVER_PER_PASS = 200
+MODE_OFF = "off"
+# The reactions that fetch and index a batch's files, and that ask whether the API still has them once its results
+# page is opened (registered by ResultsConfig.ready()).
+KEEP_STEP = "keep_results"
+CHECK_STEP = "check_results_upstream"
+# A page's visit is noted on its archive at most this often (one small write), however often it is opened.
+OPENED_NOTE_SECONDS = 60
 UNREADABLE_KEPT = 200
 GROUPS_KEPT = 50
 INSERT_CHUNK = 2000
@@ -98,79 +103,89 @@ def wants_archive(batch: Batch) -> bool:
 
 
 def keeps_by_itself(batch: Batch) -> bool:
-    """Whether the background work keeps this batch's results without anyone opening them (BATCHBOARD_ARCHIVE):
-    a page showing the batch waits for them."""
-    return settings.BATCHBOARD_ARCHIVE == MODE_FINAL and wants_archive(batch)
+    """Whether the background work will keep this final batch's results though it has no archive yet, without anyone
+    opening them: a page showing the batch waits for them. With "all", any final batch with files; with "new", the
+    archive is asked for when the batch is recorded final, so a batch without one is history, kept only on open."""
+    return settings.BATCHBOARD_ARCHIVE == MODE_ALL and wants_archive(batch)
 
 
-def request_archive(batch: Batch, *, wanted: bool = True) -> ResultArchive | None:
-    """The batch's archive, asked for now if it has none and is final (the results page's "first open")."""
-    archive = ResultArchive.objects.filter(batch=batch).first()
-    if archive is not None or not wants_archive(batch):
-        if archive is not None and wanted and archive.is_pending and not archive.wanted:
-            ResultArchive.objects.filter(pk=archive.pk).update(wanted=True)
-        return archive
+def keeps_when_final(historical: bool) -> bool:
+    """Whether BATCHBOARD_ARCHIVE keeps a batch's files as soon as it is final: "all" does; "new" only for batches
+    that became final after the install (not the history import's)."""
+    mode = settings.BATCHBOARD_ARCHIVE
+    return mode == MODE_ALL or (mode == MODE_NEW and not historical)
+
+
+def keep(batch: Batch, *, wanted: bool = False) -> ResultArchive:
+    """Ask for a final batch's files to be kept: its archive row and the keep_results reaction that fills it, in one
+    transaction (once: a second call finds the row)."""
+    now = timezone.now()
     try:
         with transaction.atomic():
-            return ResultArchive.objects.create(batch=batch, wanted=wanted)
-    except IntegrityError:  # another viewer or the sync loop asked at the same moment
+            archive = ResultArchive.objects.create(batch=batch, wanted=wanted, last_opened_at=now if wanted else None)
+            reactions.schedule(KEEP_STEP, batch.pk, priority=reactions.HURRY_PRIORITY if wanted else 0)
+            return archive
+    except IntegrityError:  # another viewer, or the batch becoming final, asked at the same moment
         return ResultArchive.objects.get(batch=batch)
 
 
-def archive_due(limit: int = 2, *, client: services.BatchClient | None = None) -> int:
-    """One step of the sync loop: ask for the results of newly final batches (BATCHBOARD_ARCHIVE=final), then fetch
-    up to `limit` archives that are due, those a viewer is waiting for first. Returns how many were fetched."""
-    if settings.BATCHBOARD_ARCHIVE == MODE_FINAL:
-        _ask_for(_unarchived_final().order_by("-finished_at")[:DISCOVER_PER_PASS])
-    fetched = 0
-    for archive_id in _due_ids(limit):
-        archive = _claim(archive_id)
-        if archive is not None:
-            fetch_archive(archive, client or services.get_client())
-            fetched += 1
-    return fetched
+def request_archive(batch: Batch, *, wanted: bool = True) -> ResultArchive | None:
+    """The batch's archive, asked for now if it has none and is final (the results page's "first open", in every
+    mode but "off"); `wanted` notes the visit and puts a pending fetch ahead of the queue."""
+    archive = ResultArchive.objects.filter(batch=batch).first()
+    if archive is None:
+        if not wanted or settings.BATCHBOARD_ARCHIVE == MODE_OFF or not wants_archive(batch):
+            return None
+        return keep(batch, wanted=True)
+    if wanted:
+        _note_opened(archive)
+        _check_when_due(archive)
+        if archive.is_pending and not archive.wanted:
+            ResultArchive.objects.filter(pk=archive.pk).update(wanted=True)
+            archive.wanted = True
+            if not reactions.hurry(KEEP_STEP, batch.pk) and not _has_reaction(batch):
+                reactions.schedule(KEEP_STEP, batch.pk, priority=reactions.HURRY_PRIORITY)  # asked for before 0.2
+    return archive
 
 
-def _unarchived_final():
-    return Batch.objects.finished().filter(result_archive__isnull=True).exclude(output_file_id="", error_file_id="")
+def _has_reaction(batch: Batch) -> bool:
+    return Reaction.objects.filter(batch=batch, step=KEEP_STEP).exists()
 
 
-def _ask_for(batches) -> int:
-    rows = [ResultArchive(batch_id=pk) for pk in batches.values_list("pk", flat=True)]
-    ResultArchive.objects.bulk_create(rows, ignore_conflicts=True)
-    return len(rows)
-
-
-def _due_ids(limit: int) -> list[int]:
+def _note_opened(archive: ResultArchive) -> None:
     now = timezone.now()
-    due = (
-        Q(state=ArchiveState.REQUESTED)
-        | Q(state=ArchiveState.RETRY, retry_after__lte=now)
-        | Q(state=ArchiveState.ARCHIVING, claimed_at__lt=now - timedelta(seconds=CLAIM_SECONDS))
-    )
-    queryset = ResultArchive.objects.filter(due).order_by("-wanted", "requested_at", "pk")
-    return list(queryset.values_list("pk", flat=True)[:limit])
+    if archive.last_opened_at is not None and archive.last_opened_at > now - timedelta(seconds=OPENED_NOTE_SECONDS):
+        return
+    stale = Q(last_opened_at__isnull=True) | Q(last_opened_at__lte=now - timedelta(seconds=OPENED_NOTE_SECONDS))
+    ResultArchive.objects.filter(stale, pk=archive.pk).update(last_opened_at=now)
+    archive.last_opened_at = now
 
 
-def _claim(archive_id: int) -> ResultArchive | None:
-    """Take an archive for fetching with a conditional UPDATE, so two sync loops never fetch the same one."""
-    now = timezone.now()
-    stale = now - timedelta(seconds=CLAIM_SECONDS)
-    claimable = Q(state__in=(ArchiveState.REQUESTED, ArchiveState.RETRY)) | Q(
-        state=ArchiveState.ARCHIVING, claimed_at__lt=stale
-    )
-    claimed = ResultArchive.objects.filter(claimable, pk=archive_id).update(
-        state=ArchiveState.ARCHIVING, claimed_at=now
-    )
-    return ResultArchive.objects.select_related("batch").get(pk=archive_id) if claimed else None
+def keep_for_reaction(reaction: Reaction, client: services.BatchClient | None = None) -> None:
+    """The keep_results reaction's body: fetch and index the batch's files unless they are kept already."""
+    archive = ResultArchive.objects.select_related("batch").filter(batch_id=reaction.batch_id).first()
+    if archive is None:
+        if not wants_archive(reaction.batch):
+            return
+        archive = keep(reaction.batch)
+    if not archive.is_pending:
+        return  # kept (or found unavailable) already
+    fetch_archive(archive, client or services.get_client(), last_try=reaction.tries >= reactions.MAX_TRIES)
 
 
 # --- Fetching ----------------------------------------------------------------
 
 
-def fetch_archive(archive: ResultArchive, client: services.BatchClient) -> None:
-    """Download the batch's files, store them, index them; on an API failure try again later (with backoff)."""
+def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_try: bool = True) -> None:
+    """Download the batch's files, store them, index them, then announce results_kept (on commit).
+
+    For the reaction that runs it: the upstream budget being spent raises reactions.Later; another API failure is
+    noted on the archive for its page and raised again, for the reaction to retry with backoff, or (on its
+    `last_try`) marks the archive unavailable; a file that cannot be indexed marks it unavailable with the reason
+    and raises reactions.Failed, since fetching it again would not help.
+    """
     batch = archive.batch
+    _finish(archive, ArchiveState.ARCHIVING, claimed_at=timezone.now(), problem=archive.problem)
     file_ids = {kind: getattr(batch, f"{kind}_file_id") for kind in FILE_KINDS}
     local: dict[str, str] = {}
     stored: dict[str, str] = {}
@@ -202,41 +217,57 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient) -> None:
         for kind, path in local.items():
             with open(path, "rb") as handle:
                 stored[kind] = results_storage().save(f"{batch.batch_id}/{kind}.jsonl", File(handle))
-        with transaction.atomic():
+        try:
             summary = _index(archive, local)
-            summary["files_gone"] = gone
-            archive.state = ArchiveState.READY
-            archive.archived_at = timezone.now()
-            archive.problem = ""
-            archive.summary = summary
-            archive.stored_bytes = sum(os.path.getsize(path) for path in local.values())
-            archive.upstream_expires_at = services.from_unix(min(expiries)) if expiries else None
-            for kind in FILE_KINDS:
-                setattr(archive, f"{kind}_file_id", file_ids[kind] if kind in local else "")
-                setattr(archive, f"{kind}_name", stored.get(kind, ""))
-            archive.save()
+            with transaction.atomic():
+                summary["files_gone"] = gone
+                archive.state = ArchiveState.READY
+                archive.archived_at = timezone.now()
+                archive.problem = ""
+                archive.summary = summary
+                archive.stored_bytes = sum(os.path.getsize(path) for path in local.values())
+                archive.upstream_expires_at = services.from_unix(min(expiries)) if expiries else None
+                for kind in FILE_KINDS:
+                    setattr(archive, f"{kind}_file_id", file_ids[kind] if kind in local else "")
+                    setattr(archive, f"{kind}_name", stored.get(kind, ""))
+                archive.save()
+                transaction.on_commit(partial(_announce_kept, batch))
+        except Exception as exc:
+            reason = f"The result files could not be indexed: {type(exc).__name__}: {str(exc)[:300]}"
+            logger.exception("Indexing the results of %s failed", batch.batch_id)
+            ResultLine.objects.filter(archive=archive).delete()
+            _finish(archive, ArchiveState.UNAVAILABLE, problem=reason)
+            raise reactions.Failed(reason) from exc
         stored = {}
         logger.info(
             "Results of %s kept locally: %s lines, %s bytes.", batch.batch_id, summary["rows"], archive.stored_bytes
         )
+        evict_over_quota(keep_pk=archive.pk)
     except services.BudgetExhausted as exc:
-        # batchboard's own budget of API calls: not a failure of this archive, so no attempt is counted.
+        # batchboard's own budget of API calls: not a failure of this archive, so no try is counted.
         logger.info("Fetching the results of %s waits for the API budget: %s", batch.batch_id, exc)
-        _finish(archive, ArchiveState.RETRY, retry_after=timezone.now() + timedelta(minutes=1))
-    except services.BatchApiError as exc:
-        logger.warning("Fetching the results of %s failed: %s", batch.batch_id, exc)
-        _failed_attempt(archive, sync.failure_message(exc), sync.failure_message(exc, retry=RETRY_NOTE))
-    except ResultFileTooLarge as exc:
+        _finish(archive, ArchiveState.RETRY)
+        raise reactions.Later(60, failure_message(exc)) from exc
+    except (reactions.Failed, reactions.Later):
+        raise
+    except ResultFileTooLarge as exc:  # fetching it again would not help
         limit = f"BATCHBOARD_RESULT_FILE_MAX_MB ({settings.BATCHBOARD_RESULT_FILE_MAX_MB:,} MB)"
         problem = f"{exc}, more than {limit} allows: the results were not kept. Download the file from the API."
         logger.warning("Results of %s not kept: %s", batch.batch_id, problem)
-        _finish(archive, ArchiveState.UNAVAILABLE, problem=problem, attempts=archive.attempts + 1)
-    except (DatabaseError, ValueError, OverflowError, OSError) as exc:
-        # The database refused a line of the index (or the storage a file): a failed attempt with its reason, never an
-        # archive left "archiving" to be fetched again every CLAIM_SECONDS without a word.
-        logger.exception("Keeping the results of %s failed", batch.batch_id)
-        problem = f"Keeping the results failed: {type(exc).__name__} ({_first_line(exc)})."
-        _failed_attempt(archive, problem, f"{problem} {RETRY_NOTE}")
+        _finish(archive, ArchiveState.UNAVAILABLE, problem=problem, attempts=F("attempts") + 1)
+        raise reactions.Failed(problem) from exc
+    except Exception as exc:  # the API failing, or the results storage (a full disk): worth another try
+        logger.warning("Fetching the results of %s failed: %s", batch.batch_id, exc)
+        if isinstance(exc, services.BatchApiError):
+            cause, problem = failure_message(exc), failure_message(exc, retry="batchboard will try again shortly.")
+        else:
+            cause = f"Storing the result files failed: {type(exc).__name__}: {str(exc)[:300]}"
+            problem = f"{cause} batchboard will try again shortly."
+        if last_try:
+            _finish(archive, ArchiveState.UNAVAILABLE, problem=cause, attempts=F("attempts") + 1)
+            raise reactions.Failed(cause) from exc
+        _finish(archive, ArchiveState.RETRY, problem=problem, attempts=F("attempts") + 1)
+        raise
     finally:
         for path in local.values():
             os.unlink(path)
@@ -244,27 +275,12 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient) -> None:
             results_storage().delete(name)
 
 
-RETRY_NOTE = "batchboard will try again shortly."
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return normalise.text(text.splitlines()[0], 300) if text else "no details"
-
-
-def _failed_attempt(archive: ResultArchive, final_problem: str, retry_problem: str) -> None:
-    """Count a failed attempt: retried later with backoff, or given up on after MAX_ATTEMPTS."""
-    attempts = archive.attempts + 1
-    if attempts >= MAX_ATTEMPTS:
-        _finish(archive, ArchiveState.UNAVAILABLE, problem=final_problem, attempts=attempts)
-    else:
-        _finish(
-            archive,
-            ArchiveState.RETRY,
-            problem=retry_problem,
-            attempts=attempts,
-            retry_after=timezone.now() + archive_due_retry(attempts),
-        )
+def _announce_kept(batch: Batch) -> None:
+    """results_kept, after the commit that stored the index; a failing receiver is logged and undoes nothing."""
+    sent = events.results_kept.send_robust(sender=ResultArchive, batch_pk=batch.pk, batch_id=batch.batch_id)
+    for receiver, outcome in sent:
+        if isinstance(outcome, Exception):
+            logger.error("A receiver of the results of %s failed: %s", batch.batch_id, receiver, exc_info=outcome)
 
 
 def _finish(archive: ResultArchive, state: str, **fields) -> None:
@@ -678,7 +694,12 @@ def _rows(archive: ResultArchive, local: dict[str, str], summary: dict) -> Itera
 
 
 def _index(archive: ResultArchive, local: dict[str, str]) -> dict:
-    """Replace the archive's index with one built from the local files, in chunks; the summary it found."""
+    """Replace the archive's index with one built from the local files, in chunks; the summary it found.
+
+    Each chunk is its own short transaction, so that other writers never wait for a whole file's index (SQLite has
+    one writer at a time: a 50,000-line index in one transaction held up the sync loop for 20 s). Pages show the
+    lines only once the archive is READY, which the caller records afterwards.
+    """
     ResultLine.objects.filter(archive=archive).delete()
     quote = connection.ops.quote_name
     columns = ", ".join(quote(column) for column in COLUMNS)
@@ -688,7 +709,8 @@ def _index(archive: ResultArchive, local: dict[str, str]) -> dict:
     summary: dict = {}
     with closing(_rows(archive, local, summary)) as rows, connection.cursor() as cursor:
         while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
-            cursor.executemany(sql, chunk)
+            with transaction.atomic():
+                cursor.executemany(sql, chunk)
     return summary
 
 
@@ -790,29 +812,59 @@ def iter_input_bytes(archive: ResultArchive, lines) -> Iterator[bytes]:
 # --- Upstream deletion and retention -------------------------------------------
 
 
-def check_upstream(limit: int = 5, *, client: services.BatchClient | None = None) -> int:
-    """Ask whether the API still has the result files of up to `limit` archives (each at most once a day), so pages
-    can say "deleted upstream". Bounded per pass: an archive whose files expired needs no call at all."""
-    now = timezone.now()
+def _unchecked(now):
+    """Kept archives whose files the API may still have, not asked about for CHECK_UPSTREAM_EVERY."""
     queryset = ResultArchive.objects.filter(state=ArchiveState.READY, upstream_deleted_at__isnull=True)
     queryset = queryset.filter(Q(upstream_expires_at__isnull=True) | Q(upstream_expires_at__gt=now))
-    queryset = queryset.filter(
-        Q(upstream_checked_at__isnull=True) | Q(upstream_checked_at__lt=now - CHECK_UPSTREAM_EVERY)
-    )
+    return queryset.filter(Q(upstream_checked_at__isnull=True) | Q(upstream_checked_at__lt=now - CHECK_UPSTREAM_EVERY))
+
+
+def check_upstream(limit: int = 5, *, client: services.BatchClient | None = None) -> int:
+    """Ask whether the API still has the result files of up to `limit` archives (each at most once a day), so pages
+    can say "deleted upstream" (`manage.py archive_results` runs it; opening a results page asks for its own).
+    An archive whose files expired needs no call."""
     checked = 0
-    for archive in queryset.order_by("upstream_checked_at", "pk")[:limit]:
-        file_id = archive.output_file_id or archive.error_file_id
+    for archive in _unchecked(timezone.now()).order_by("upstream_checked_at", "pk")[:limit]:
         try:
-            (client or services.get_client()).retrieve_file(file_id)
-        except services.NotFound:
-            archive.upstream_deleted_at = now
+            _check_one(archive, client or services.get_client())
         except services.BatchApiError as exc:
-            logger.info("Could not check %s upstream: %s", file_id, exc)
-            break  # the API is failing: the next pass tries again
-        archive.upstream_checked_at = now
-        archive.save(update_fields=["upstream_deleted_at", "upstream_checked_at"])
+            logger.info("Could not check the results of %s upstream: %s", archive.batch_id, exc)
+            break  # the API is failing: try again later
         checked += 1
     return checked
+
+
+def _check_one(archive: ResultArchive, client: services.BatchClient) -> None:
+    now = timezone.now()
+    file_id = archive.output_file_id or archive.error_file_id
+    if file_id:
+        try:
+            client.retrieve_file(file_id)
+        except services.NotFound:
+            archive.upstream_deleted_at = now
+    archive.upstream_checked_at = now
+    archive.save(update_fields=["upstream_deleted_at", "upstream_checked_at"])
+
+
+def _check_when_due(archive: ResultArchive) -> None:
+    """A results page was opened: ask once a day whether the API still has its files (a reaction: the page itself
+    never calls the API). No query unless a check is due."""
+    now = timezone.now()
+    stale = archive.upstream_checked_at is None or archive.upstream_checked_at < now - CHECK_UPSTREAM_EVERY
+    if not archive.is_ready or archive.deleted_upstream or not stale:
+        return
+    # Noted as checked when asked, so that the viewers of the next day ask no more; the reaction notes it again.
+    if _unchecked(now).filter(pk=archive.pk).update(upstream_checked_at=now):
+        archive.upstream_checked_at = now
+        reactions.schedule(CHECK_STEP, archive.batch_id, attempt=int(now.timestamp() // 86_400))
+
+
+def check_for_reaction(reaction: Reaction, client: services.BatchClient | None = None) -> None:
+    """The check_results_upstream reaction's body; an API failure is retried by the reaction."""
+    kept = ResultArchive.objects.filter(state=ArchiveState.READY, upstream_deleted_at__isnull=True)
+    archive = kept.filter(batch_id=reaction.batch_id).first()
+    if archive is not None:
+        _check_one(archive, client or services.get_client())
 
 
 def prune_archive(archive: ResultArchive) -> None:
@@ -828,15 +880,40 @@ def prune_archive(archive: ResultArchive) -> None:
         results_storage().delete(name)
 
 
-def sync_step(*, client: services.BatchClient | None = None) -> None:
-    """What the sync loop does for results after each pass: ask for the results of newly final batches
-    (BATCHBOARD_ARCHIVE=final; archive_due asks for the newest finished first, which includes those the pass saw
-    turn final), fetch what is due, check a few kept ones upstream. Failures are logged, never raised into the loop."""
-    try:
-        fetched = archive_due(client=client)
-        checked = check_upstream(client=client)
-    except Exception:
-        logger.exception("Keeping results locally failed unexpectedly")
-        return
-    if fetched or checked:
-        logger.info("results: %s archive%s fetched, %s checked upstream", fetched, "" if fetched == 1 else "s", checked)
+def evict_over_quota(*, keep_pk: int | None = None) -> int:
+    """Stay within BATCHBOARD_ARCHIVE_MAX_GB: delete the stored files of the archives opened least recently (never
+    opened first, then the oldest kept), keeping their summaries and per-line index, until the kept files fit.
+    The archive `keep_pk` (just kept) is never evicted. Returns how many were evicted.
+
+    Cost: one aggregate when within the quota; past it, one small query per evicted archive, in eviction order.
+    """
+    limit = int(settings.BATCHBOARD_ARCHIVE_MAX_GB * 1_000_000_000)
+    if not limit:
+        return 0
+    kept = ResultArchive.objects.filter(state=ArchiveState.READY, evicted_at__isnull=True)
+    total = kept.aggregate(total=Sum("stored_bytes"))["total"] or 0
+    evicted = 0
+    order = (F("last_opened_at").asc(nulls_first=True), "archived_at", "pk")
+    candidates = kept.exclude(pk=keep_pk).order_by(*order).only("pk", "stored_bytes", *NAME_FIELDS)
+    for archive in candidates.iterator(chunk_size=100):
+        if total <= limit:
+            break
+        total -= archive.stored_bytes
+        evict_files(archive)
+        evicted += 1
+    if evicted:
+        logger.info("Evicted the kept files of %s batch(es) to stay within BATCHBOARD_ARCHIVE_MAX_GB.", evicted)
+    return evicted
+
+
+NAME_FIELDS = ("input_name", "output_name", "error_name")
+
+
+def evict_files(archive: ResultArchive) -> None:
+    """Delete the stored files only: the summary and the per-line index (the results table) stay."""
+    names = list(archive.stored_names.values())
+    ResultArchive.objects.filter(pk=archive.pk).update(
+        evicted_at=timezone.now(), stored_bytes=0, **dict.fromkeys(NAME_FIELDS, "")
+    )
+    for name in names:
+        results_storage().delete(name)

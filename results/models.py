@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from django.db import models
 from django.db.models import Q
@@ -52,8 +51,13 @@ class ResultArchive(models.Model):
     batch = models.OneToOneField(Batch, on_delete=models.CASCADE, related_name="result_archive")
     state = models.CharField(max_length=12, choices=ArchiveState.choices, default=ArchiveState.REQUESTED)
     requested_at = models.DateTimeField(default=timezone.now)
-    # Someone opened the results page and is waiting: fetched before archives nobody is looking at.
+    # Someone opened the results page and is waiting: its fetch is put ahead of the queue.
     wanted = models.BooleanField(default=False)
+    # When someone last opened its results page (noted at most once a minute): the disk quota evicts the files opened
+    # least recently first.
+    last_opened_at = models.DateTimeField(null=True, blank=True)
+    # The files were deleted to stay within BATCHBOARD_ARCHIVE_MAX_GB; the summary and the per-line index stay.
+    evicted_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     retry_after = models.DateTimeField(null=True, blank=True)
@@ -79,6 +83,7 @@ class ResultArchive(models.Model):
         indexes = [
             models.Index(fields=["state", "requested_at"], name="archive_state_requested"),
             models.Index(fields=["archived_at"], name="archive_archived"),
+            models.Index(fields=["state", "last_opened_at", "archived_at"], name="archive_eviction_order"),
         ]
 
     def __str__(self):
@@ -90,7 +95,7 @@ class ResultArchive(models.Model):
 
     @property
     def is_pending(self) -> bool:
-        """The sync loop will fetch (or fetch again) these results: a page showing it keeps polling."""
+        """A task worker will fetch (or fetch again) these results: a page showing it keeps polling."""
         return self.state in (ArchiveState.REQUESTED, ArchiveState.ARCHIVING, ArchiveState.RETRY)
 
     @property
@@ -249,8 +254,3 @@ class ResultLine(models.Model):
     @property
     def result_kind(self) -> str:
         return dict(self.RESULT_FILES).get(self.result_file, "")
-
-
-def archive_due_retry(attempts: int) -> timedelta:
-    """How long to wait before fetching again after `attempts` failed tries: 1, 2, 4 … minutes, at most a day."""
-    return timedelta(minutes=min(2 ** max(attempts - 1, 0), 24 * 60))

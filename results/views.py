@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from django.core.paginator import Paginator
 from django.db.models import Subquery
 from django.http import FileResponse, Http404, StreamingHttpResponse
@@ -20,7 +21,7 @@ from batches import sections as batch_sections
 from batches.views.common import refreshed_batch, unreachable
 from batches.views.live import live_region, unchanged
 from results import answers, exports
-from results.archive import StoredFiles, loads_record, request_archive, results_storage, storable_id
+from results.archive import MODE_OFF, StoredFiles, loads_record, request_archive, results_storage, storable_id
 from results.links import request_links
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
 
@@ -84,6 +85,7 @@ def _archive_key(archive: ResultArchive | None):
         archive.problem,
         archive.archived_at,
         archive.pruned_at,
+        archive.evicted_at,
         archive.upstream_deleted_at,
         archive.upstream_expires_at,
         archive.stored_bytes,
@@ -122,6 +124,7 @@ def results_page(request, batch_id):
         "outcomes": Outcome,
         "sections": sections,
         "page": _page(archive, result_filter, request.GET.get("page")) if ready else None,
+        "keeping_off": settings.BATCHBOARD_ARCHIVE == MODE_OFF,
     }
     return region.render(request, "results/results.html", "results-panel", context)
 

@@ -7,9 +7,11 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from datetime import timedelta
+from functools import partial
 from urllib.parse import quote
 
 import pytest
@@ -178,8 +180,8 @@ def synced(db):
     """The sync loop is alive and its last pass succeeded just now (pages then show no notice)."""
     from django.utils import timezone
 
+    from batches.freshness import LIST_STATE
     from batches.models import SyncState
-    from batches.sync import LIST_STATE
 
     now = timezone.now()
     SyncState.objects.update_or_create(
@@ -360,8 +362,8 @@ def fresh_cache(settings):
     the API (the detail page's file sizes) fails at once instead of retrying. The loop is alive, and a viewer was
     noted "later" (a visit is noted at most once a second, with one UPDATE), so no request in a test writes the
     note and query counts compare like with like."""
+    from batches.freshness import LIST_STATE
     from batches.models import SyncState
-    from batches.sync import LIST_STATE
 
     settings.BATCHBOARD_REFRESH_INTERVAL = 3600.0
     settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"
@@ -444,32 +446,41 @@ def keep_results(batch_id: str) -> str:
     """The background work's part, done by a test: the final batch's results are fetched and indexed (or found
     unavailable); returns the archive's state. Pages depend only on that state in the database, whoever keeps
     results in production."""
+    from batches.models import Batch
     from results import archive
     from results.models import ResultArchive
 
-    archive.archive_due()
-    return ResultArchive.objects.get(batch__batch_id=batch_id).state
+    queue = TaskQueue()
+    queue.commit_callbacks()  # recording it final asked for its results (BATCHBOARD_ARCHIVE=new)
+    batch = Batch.objects.get(batch_id=batch_id)
+    if archive.wants_archive(batch) and not ResultArchive.objects.filter(batch=batch).exists():
+        archive.keep(batch)  # kept by itself in "all" mode only: the test asks, as opening its page would
+    queue.drain()
+    return ResultArchive.objects.get(batch=batch).state
 
 
-def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_at=None):
-    """A completed batch whose input, output and error files are kept and indexed, each line with its outcome."""
+def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_at=None, lines=None):
+    """A completed batch whose input, output and error files are kept and indexed, each line with its outcome.
+    `lines` gives the input line of some custom_ids (e.g. a parent's, byte for byte); the others are made up."""
     from batches import services
     from batches.models import record_batch
     from results import archive
+    from results.events import results_kept
     from results.models import ArchiveState, ResultArchive
     from tests.batch_api import payload
 
     files = {"input": [], "output": [], "error": []}
     for n, (custom_id, outcome) in enumerate(outcomes.items()):
-        files["input"].append(input_line(custom_id, n))
+        files["input"].append((lines or {}).get(custom_id) or input_line(custom_id, n))
         if (answer := result_line(custom_id, outcome)) is not None:
             files[answer[0]].append(answer[1])
     fields = {"metadata": metadata or {}, "input_file_id": f"file-in{uuid.uuid4().hex[:8]}", "endpoint": CHAT}
     if created_at is not None:
         fields["created_at"] = created_at
     batch = record_batch(services.ApiBatch.from_api(payload("completed", **fields)))
-    kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
-    local, names = {}, {}
+    # Recording it final may have asked for its results already (BATCHBOARD_ARCHIVE=new): this builds them instead.
+    kept, _ = ResultArchive.objects.update_or_create(batch=batch, defaults={"state": ArchiveState.ARCHIVING})
+    local, names, stored_bytes = {}, {}, 0
     for kind, lines in files.items():
         if kind != "input" and not lines:
             continue
@@ -477,10 +488,161 @@ def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_
         path = tmp_path / f"{batch.batch_id}-{kind}.jsonl"
         path.write_bytes(content)
         local[kind] = str(path)
+        stored_bytes += len(content)
         names[f"{kind}_name"] = archive.results_storage().save(f"{batch.batch_id}/{kind}.jsonl", ContentFile(content))
     with transaction.atomic():
         summary = archive._index(kept, local)
     ResultArchive.objects.filter(pk=kept.pk).update(
-        state=ArchiveState.READY, archived_at=timezone.now(), summary=summary, **names
+        state=ArchiveState.READY, archived_at=timezone.now(), summary=summary, stored_bytes=stored_bytes, **names
     )
+    transaction.on_commit(partial(results_kept.send, sender=ResultArchive, batch_pk=batch.pk, batch_id=batch.batch_id))
     return batch
+
+
+def kept_retry(parent, outcomes: dict[str, object], tmp_path, *, job=None, attempt=None, created_at=None):
+    """A kept retry of `parent`, made elsewhere: the parent's input lines of these custom_ids byte for byte, the
+    metadata naming parent and job (the parent's job by default), then its link checked as a worker would."""
+    from batches.models import Batch
+    from results.archive import StoredFiles
+    from results.models import ResultArchive, ResultLine
+    from retries import verify
+
+    parent_archive = ResultArchive.objects.get(batch=parent)
+    with StoredFiles(parent_archive) as files:
+        lines = {
+            line.custom_id: files.input_bytes(line)
+            for line in ResultLine.objects.filter(archive=parent_archive, custom_id__in=list(outcomes)).input_lines()
+        }
+    metadata = {"batchboard_retry_of": parent.batch_id, "batchboard_job": job or parent.job_id}
+    if attempt is not None:
+        metadata["batchboard_attempt"] = str(attempt)
+    child = kept_batch(outcomes, tmp_path, metadata=metadata, created_at=created_at, lines=lines)
+    verify.verify(child)
+    return Batch.objects.get(pk=child.pk)
+
+
+# --- Background tasks (django.tasks on django-tasks-db, the project's own database) --------------------------------
+
+
+class TaskQueue:
+    """The test database's task queue, drained on demand by the real django-tasks-db worker, in this thread.
+
+    In a test inside a transaction nothing commits, so callbacks waiting for a commit (the recording function's
+    events, a reaction's enqueue) never run by themselves: `drain()` runs them first, as a commit would, then every
+    ready task, then what those tasks left for their own commit, until nothing is left.
+    """
+
+    def __init__(self):
+        from django_tasks_db.management.commands.db_worker import Worker
+
+        self.worker = Worker(
+            queue_names=["*"],
+            interval=0,
+            batch=True,
+            backend_name="default",
+            startup_delay=False,
+            max_tasks=None,
+            worker_id="test-worker",
+            excluded_queue_names=[],
+        )
+
+    def commit_callbacks(self) -> int:
+        """Run the callbacks waiting for a commit that no earlier call ran (the count lives on the connection, reset
+        for each test, so that any number of queues in one test agree)."""
+        ran = 0
+        while len(connection.run_on_commit) > connection.test_callbacks_run:
+            _savepoints, callback, _robust = connection.run_on_commit[connection.test_callbacks_run]
+            connection.test_callbacks_run += 1
+            callback()
+            ran += 1
+        return ran
+
+    def drain(self, *, expect_failures: bool = False) -> int:
+        """Run everything that is due; how many tasks ran. A task that crashed fails the test, unless expected."""
+        from django_tasks_db.models import DBTaskResult
+
+        ran = 0
+        while True:
+            self.commit_callbacks()
+            queued = DBTaskResult.objects.ready().first()
+            if queued is None:
+                return ran
+            queued.claim(self.worker.worker_id)
+            self.worker.run_task(queued)
+            queued.refresh_from_db()
+            if queued.status == "FAILED" and not expect_failures:
+                pytest.fail(f"task {queued.task_path} crashed:\n{queued.traceback}")
+            ran += 1
+
+    def waiting(self) -> int:
+        """Tasks on the queue, due or not."""
+        from django_tasks_db.models import DBTaskResult
+
+        self.commit_callbacks()
+        return DBTaskResult.objects.filter(status="READY").count()
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass for what waits on the queue: delayed tasks and reactions waiting for a retry come due
+        that much sooner (instead of the test sleeping on the real clock)."""
+        from django.db.models import F
+        from django_tasks_db.models import DBTaskResult, get_date_max
+
+        from batches.models import Reaction
+
+        self.commit_callbacks()
+        delta = timedelta(seconds=seconds)
+        DBTaskResult.objects.filter(status="READY").exclude(run_after=get_date_max()).update(
+            run_after=F("run_after") - delta
+        )
+        Reaction.objects.filter(state="pending").update(run_after=F("run_after") - delta)
+
+
+@pytest.fixture(autouse=True)
+def _no_commit_callbacks_run_yet():
+    """Each test starts with no callback waiting for a commit (the previous test's transaction was rolled back)."""
+    connection.test_callbacks_run = 0
+
+
+@pytest.fixture
+def tasks(db):
+    """The task queue, drained by `tasks.drain()` (the real db_worker's code, in this thread)."""
+    return TaskQueue()
+
+
+class TaskWorkerThread(threading.Thread):
+    """The real db_worker loop in a thread, for tests with a live server or a browser: tasks run as they would in
+    production, seconds after they are enqueued."""
+
+    def __init__(self, interval: float = 0.05):
+        from django_tasks_db.management.commands.db_worker import Worker
+
+        super().__init__(name="test-task-worker", daemon=True)
+        self.worker = Worker(
+            queue_names=["*"],
+            interval=interval,
+            batch=False,
+            backend_name="default",
+            startup_delay=False,
+            max_tasks=None,
+            worker_id=f"test-thread-{uuid.uuid4().hex[:8]}",
+            excluded_queue_names=[],
+        )
+
+    def run(self):
+        try:
+            self.worker.run()
+        finally:
+            connections.close_all()
+
+    def stop(self):
+        self.worker.running = False
+        self.join(timeout=30)
+
+
+@pytest.fixture
+def task_worker(transactional_db):
+    """A db_worker running in a thread for the test's duration (live servers, browsers, sync loops in threads)."""
+    worker = TaskWorkerThread()
+    worker.start()
+    yield worker
+    worker.stop()

@@ -14,18 +14,16 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import retarget, trigger_client_event
 
-from audit.log import record
-from audit.models import Action, Outcome
-from batches import actions, sync
+from batches import actions, events
 from batches.converters import BatchIdConverter
+from batches.freshness import list_freshness
 from batches.models import Batch
 from batches.views.common import refreshed_batch, unreachable
 from batches.views.listing import list_context, list_query_of
-from retries import lineage
 
 MAX_BULK = 100
 BATCH_ID = re.compile(BatchIdConverter.regex)
-AUDIT_OUTCOMES = {"cancelled": Outcome.OK, "already": Outcome.ALREADY, "error": Outcome.ERROR}
+AUDIT_OUTCOMES = {"cancelled": events.OK, "already": events.ALREADY, "error": events.ERROR}
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
@@ -36,7 +34,7 @@ def batch_cancel(request, batch_id):
     if request.method != "POST":
         return _confirm_page(request, batch_id, next_url)
     outcome = actions.cancel_batch(batch_id, user=request.user.get_username())
-    record(request, Action.CANCEL, AUDIT_OUTCOMES[outcome.result], batch_id=batch_id, detail=outcome.error)
+    events.note_action(request, events.CANCEL, AUDIT_OUTCOMES[outcome.result], batch_id=batch_id, detail=outcome.error)
     if request.htmx:
         return _cancel_fragment(request, batch_id, outcome)
     _add_message(request, batch_id, outcome)
@@ -62,7 +60,7 @@ def batch_bulk_cancel(request):
     html = render_to_string("batches/batch_bulk_cancel.html#bulk-result", context, request)
     table = list_context(
         list_query_of(request.htmx.current_url_abs_path),
-        sync.list_freshness(),
+        list_freshness(),
         can_cancel=True,
     )
     table.update(oob=True, oob_table=True)
@@ -74,16 +72,20 @@ def _require_cancel_permission(request, batch_id: str = "") -> None:
     # Checked here, not only in templates: an htmx or hand-made request never sees the page around the button.
     if not request.user.has_perm("batches.cancel_batch"):
         if request.method == "POST":
-            record(request, Action.CANCEL, Outcome.REFUSED, batch_id=batch_id, detail="no permission to cancel")
+            events.note_action(
+                request, events.CANCEL, events.REFUSED, batch_id=batch_id, detail="no permission to cancel"
+            )
         raise PermissionDenied("You do not have permission to cancel batches.")
 
 
 def _audit_bulk(request, results: list[tuple[str, actions.CancelOutcome]], problem: str) -> None:
     if problem:
-        record(request, Action.CANCEL, Outcome.REFUSED, target="bulk", detail=problem)
+        events.note_action(request, events.CANCEL, events.REFUSED, target="bulk", detail=problem)
     for batch_id, outcome in results:
         detail = f"bulk cancel of {len(results)}" + (f": {outcome.error}" if outcome.error else "")
-        record(request, Action.CANCEL, AUDIT_OUTCOMES[outcome.result], batch_id=batch_id, target="bulk", detail=detail)
+        events.note_action(
+            request, events.CANCEL, AUDIT_OUTCOMES[outcome.result], batch_id=batch_id, target="bulk", detail=detail
+        )
 
 
 def _safe_next(url: str | None) -> str:
@@ -110,7 +112,7 @@ def _cancel_fragment(request, batch_id: str, outcome: actions.CancelOutcome) -> 
     """The htmx answer: the list's row when the row asked, else the cancel control (e.g. on the detail page)."""
     from_row = request.htmx.target == f"row-{batch_id}"
     if from_row and outcome.batch is not None:
-        lineage.mark_row(outcome.batch)
+        Batch.objects.count_retries([outcome.batch])
         list_url = reverse("batches:list")
         query = list_query_of(request.htmx.current_url_abs_path)
         context = {

@@ -3,11 +3,12 @@
 from django.http import Http404
 from django.shortcuts import render
 
-from batches import lookups, services, sync
+from batches import lookups, services
+from batches.freshness import Freshness
 from batches.models import Batch
 
 
-def refreshed_batch(request, batch_id: str) -> tuple[Batch | None, sync.Freshness]:
+def refreshed_batch(request, batch_id: str) -> tuple[Batch | None, Freshness]:
     """The batch, refreshed when it can still change; a 404 for an id neither the cache nor the API knows.
 
     None (with the reason in the Freshness) when the cache has never seen it and the API cannot be asked.
@@ -23,5 +24,5 @@ def user_key(request) -> str:
     return f"user:{request.user.pk}"
 
 
-def unreachable(request, batch_id: str, freshness: sync.Freshness):
+def unreachable(request, batch_id: str, freshness: Freshness):
     return render(request, "batches/unreachable.html", {"batch_id": batch_id, "freshness": freshness}, status=503)

@@ -5,9 +5,7 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from audit.log import record
-from audit.models import Action, Outcome
-from batches import actions
+from batches import actions, events
 from batches.forms import CreateBatchForm, metadata_field_names
 from batches.models import DESCRIPTION_KEY
 
@@ -40,17 +38,17 @@ def _first_problem(form: CreateBatchForm) -> str:
     return ""
 
 
-def _audit_create(request, form: CreateBatchForm, outcome: Outcome, batch_id: str = "", detail: str = "") -> None:
+def _audit_create(request, form: CreateBatchForm, outcome: str, batch_id: str = "", detail: str = "") -> None:
     upload = form.files.get("input_file")
     target = upload.name if upload else form.data.get("input_file_id", "")
-    record(request, Action.CREATE, outcome, batch_id=batch_id, target=target, detail=detail)
+    events.note_action(request, events.CREATE, outcome, batch_id=batch_id, target=target, detail=detail)
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
 def batch_create(request):
     if not request.user.has_perm("batches.create_batch"):
         if request.method == "POST":
-            record(request, Action.CREATE, Outcome.REFUSED, detail="no permission to create")
+            events.note_action(request, events.CREATE, events.REFUSED, detail="no permission to create")
         raise PermissionDenied("You may not create batches.")
     if request.method != "POST":
         return render(request, "batches/batch_create.html", {"form": CreateBatchForm()})
@@ -59,7 +57,7 @@ def batch_create(request):
     checking = "check" in request.POST  # "Check file": validate and show what the file holds; nothing to audit
     valid = form.is_valid()
     if not valid and not checking:
-        _audit_create(request, form, Outcome.REFUSED, detail=_first_problem(form))
+        _audit_create(request, form, events.REFUSED, detail=_first_problem(form))
     if not valid or checking:
         return _checked(request, form, checking=checking)
     data = form.cleaned_data
@@ -77,13 +75,13 @@ def batch_create(request):
     )
     if outcome.batch is not None:
         outcome.batch.note_model_from_file(form.report.model if form.report else None)
-        _audit_create(request, form, Outcome.ALREADY if outcome.repeated else Outcome.OK, outcome.batch.batch_id)
+        _audit_create(request, form, events.ALREADY if outcome.repeated else events.OK, outcome.batch.batch_id)
         if outcome.repeated:
             messages.info(request, f"This form was already submitted: it created {outcome.batch.batch_id}.")
         else:
             messages.success(request, f"Batch {outcome.batch.batch_id} created.")
         return _redirect_to_batch(outcome.batch)
-    _audit_create(request, form, Outcome.ERROR, detail=outcome.error)
+    _audit_create(request, form, events.ERROR, detail=outcome.error)
     if outcome.uploaded_file_id:
         form = _retry_form(form, outcome.uploaded_file_id)
         return render(request, "batches/batch_create.html", {"form": form, "create_error": outcome.error})

@@ -12,10 +12,9 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
-from audit.log import record
-from audit.models import Action, Outcome
-from batches import lookups, services, sync
+from batches import events, lookups, services
 from batches import sections as batch_sections
+from batches.freshness import failure_message, list_freshness
 from batches.history import batch_history
 from batches.views.common import refreshed_batch, unreachable, user_key
 from batches.views.live import live_region, unchanged
@@ -73,8 +72,8 @@ def batch_detail(request, batch_id):
     # final (when the result files appear), not for every poll of a running batch, and not while the API is failing
     # anyway. A final batch is never refreshed, so its own freshness cannot tell; the list's can.
     wants_sizes = (final or not request.htmx) and freshness.ok
-    list_freshness = sync.list_freshness() if wants_sizes else None
-    fetch_sizes = wants_sizes and list_freshness.ok
+    list_state = list_freshness() if wants_sizes else None
+    fetch_sizes = wants_sizes and list_state.ok
     context = {
         "batch": batch,
         "api": api,
@@ -85,8 +84,8 @@ def batch_detail(request, batch_id):
         "sections": sections,
         "share_url": request.build_absolute_uri(reverse("batches:detail", args=[batch.batch_id])),
     }
-    if list_freshness is not None:
-        context["api_freshness"] = list_freshness  # The auth banner's: read already.
+    if list_state is not None:
+        context["api_freshness"] = list_state  # The auth banner's: read already.
     if region.is_poll:
         context["fragment"] = True  # carries the page title, which htmx applies: it names the status
     else:
@@ -113,17 +112,17 @@ def batch_file(request, batch_id, kind):
     except services.BatchApiError as exc:
         logger.warning("Download of %s (%s of %s) failed: %s", file_id, kind, batch_id, exc)
         missing = isinstance(exc, services.NotFound)
-        detail = f"{file_id}: " + ("not found" if missing else sync.failure_message(exc))
-        record(request, Action.DOWNLOAD, Outcome.ERROR, batch_id=batch_id, target=kind, detail=detail)
+        detail = f"{file_id}: " + ("not found" if missing else failure_message(exc))
+        events.note_action(request, events.DOWNLOAD, events.ERROR, batch_id=batch_id, target=kind, detail=detail)
         context = {
             "batch": batch,
             "kind": kind,
             "file_id": file_id,
             "missing": missing,
-            "message": "" if missing else sync.failure_message(exc),
+            "message": "" if missing else failure_message(exc),
         }
         return render(request, "batches/file_unavailable.html", context, status=404 if missing else 502)
-    record(request, Action.DOWNLOAD, Outcome.OK, batch_id=batch_id, target=kind, detail=file_id)
+    events.note_action(request, events.DOWNLOAD, events.OK, batch_id=batch_id, target=kind, detail=file_id)
     response = StreamingHttpResponse(chunks, content_type="application/jsonl")
     if chunks.content_length is not None:
         response["Content-Length"] = str(chunks.content_length)  # lets the browser show download progress

@@ -15,7 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from batches import metrics, sync
+from batches import freshness, metrics, reactions
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def healthz(request):
 @never_cache
 @require_safe
 def readyz(request):
-    """Ready to serve: the database and the shared cache answer, and the sync loop's heartbeat is recent."""
+    """Ready to serve: the database and the shared cache answer, the sync loop's heartbeat is recent, and a task
+    worker takes what is on the queue."""
     problem = _readiness_problem()
     if not problem:
         return _text("ready")
@@ -52,7 +53,8 @@ def _readiness_problem() -> str:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        loop = sync.loop_status()
+        loop = freshness.loop_status()
+        queue = reactions.queue_status()
     except DatabaseError as exc:
         return f"the database does not answer ({type(exc).__name__})"
     try:
@@ -63,7 +65,12 @@ def _readiness_problem() -> str:
         return "the sync loop has never run (is `manage.py sync_batches --loop` running?)"
     if not loop.alive:
         age = int((timezone.now() - loop.heartbeat_at).total_seconds())
-        return f"no sign of the sync loop for {age} s (more than {int(sync.stale_after().total_seconds())} s)"
+        return f"no sign of the sync loop for {age} s (more than {int(freshness.stale_after().total_seconds())} s)"
+    if queue.stuck:
+        return (
+            f"{queue.waiting} task(s) have waited {int(queue.oldest_waiting_seconds)} s on the queue "
+            "(is `manage.py db_worker` running?)"
+        )
     return ""
 
 

@@ -16,7 +16,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
-from batches import services, sync
+from batches import services
+from batches.freshness import Freshness, list_freshness, note_watched
 from batches.models import (
     ACTIVE_FILTER,
     ATTENTION_FILTER,
@@ -28,7 +29,6 @@ from batches.models import (
 )
 from batches.normalise import UNKNOWN_STATUS
 from batches.views.live import Live, answer_key, is_poll, is_shown, live_of, poll_status, rendering_key, unchanged
-from retries import lineage
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
@@ -114,8 +114,8 @@ class ListFilters:
 @require_safe
 @vary_on_headers("HX-Request")
 def batch_list(request):
-    freshness = sync.list_freshness()
-    sync.note_watched(freshness)  # The sync loop refreshes at the short interval while someone is watching.
+    freshness = list_freshness()
+    note_watched(freshness)  # The sync loop refreshes at the short interval while someone is watching.
     can_cancel = request.user.has_perm("batches.cancel_batch")
     live = live_of(request, freshness)
     version = data_version()  # read after this request's refresh, so a rendering is never older than its key
@@ -131,7 +131,7 @@ def batch_list(request):
 
 
 def _table_fragment(
-    request, freshness: sync.Freshness, live: Live, rendering: str, version: tuple, *, can_cancel: bool
+    request, freshness: Freshness, live: Live, rendering: str, version: tuple, *, can_cancel: bool
 ) -> HttpResponse:
     """The polled table: empty when the poller shows this very answer already; otherwise many viewers polling one
     URL get one rendering per change of the data (or per interval)."""
@@ -152,7 +152,7 @@ def _table_fragment(
     return response
 
 
-def _rendering_key(request, freshness: sync.Freshness, live: Live, version: tuple, *, can_cancel: bool) -> str:
+def _rendering_key(request, freshness: Freshness, live: Live, version: tuple, *, can_cancel: bool) -> str:
     """Everything the table's markup depends on: the URL, what the user may do (it has no CSRF token or other
     secret: htmx sends the token from <body>), the data's version, how fresh it is, the polling interval and the day
     (the summary counts today's batches).
@@ -170,9 +170,7 @@ def _rendering_key(request, freshness: sync.Freshness, live: Live, version: tupl
     )
 
 
-def list_context(
-    query: QueryDict, freshness: sync.Freshness, *, can_cancel: bool, version: tuple | None = None
-) -> dict:
+def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, version: tuple | None = None) -> dict:
     """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views.
     `version` is data_version() if the caller has read it already (before any row)."""
     filters, notices = _parse_filters(query)
@@ -196,7 +194,7 @@ def list_context(
         failed_lines = _per_data_version("failed-lines", version, matching.with_failed_lines().count)
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
-    batches = lineage.with_parent_ids(matching.with_status(filters.status).sorted_by(filters.sort))
+    batches = matching.with_status(filters.status).sorted_by(filters.sort)
     batches = batches.defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
     # The status counts hold the number already: spare the paginator a COUNT (a second scan for a search).
@@ -207,7 +205,7 @@ def list_context(
         notices.append(page_notice)
     page = paginator.page(page_number)
     rows = list(page.object_list)
-    lineage.count_retries(rows)
+    Batch.objects.count_retries(rows)
     list_query = filters.query()
     if page_number > 1:
         list_query["page"] = str(page_number)

@@ -12,8 +12,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from batches.freshness import LIST_STATE
 from batches.models import SyncState
-from batches.sync import LIST_STATE
 from tests.conftest import process_environment
 from tests.fake_api import Reply
 

@@ -46,6 +46,7 @@ def _check(**env):
         ("BATCHBOARD_LOG_FORMAT", "xml"),
         ("SANDBOX_DROP_RATE", "2"),
         ("BATCHBOARD_ARCHIVE", "sometimes"),
+        ("BATCHBOARD_ARCHIVE_MAX_GB", "lots"),
         ("BATCHBOARD_RESULTS_STORAGE_OPTIONS", "[1]"),
     ],
 )

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from batches import services
-from batches.models import TOKEN_FIELDS, Batch, DailySpend, record_batch, record_new_batches
+from batches.models import TOKEN_FIELDS, Batch, DailySpend, record_batch, record_batches
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
 
@@ -189,7 +189,7 @@ def test_rebuilding_and_bulk_imports_give_the_totals_that_recording_one_by_one_g
 
     DailySpend.objects.all().delete()
     Batch.objects.all().delete()
-    record_new_batches(batches, timezone.now())
+    record_batches(batches, timezone.now())
     assert totals() == one_by_one
 
 

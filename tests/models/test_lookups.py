@@ -7,7 +7,8 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
-from batches import budget, lookups, sync
+from batches import budget, lookups
+from batches.freshness import LIST_STATE
 from batches.models import SyncState
 from tests.fake_api import Reply
 
@@ -32,7 +33,7 @@ def test_an_unknown_batch_id_costs_one_upstream_call_however_often_it_is_asked_f
         assert viewer_client.get("/batches/batch_nosuch123/").status_code == 404
 
     assert len(_calls_to(api, "/batches/batch_nosuch123")) == 1
-    assert not SyncState.objects.exclude(name=sync.LIST_STATE).exists()  # no state row for an id never fetched
+    assert not SyncState.objects.exclude(name=LIST_STATE).exists()  # no state row for an id never fetched
 
 
 def test_an_unknown_id_is_asked_again_after_a_few_minutes(api, viewer_client):
@@ -101,11 +102,11 @@ def test_viewers_of_one_running_batch_share_one_refresh_per_interval(api, settin
 def test_the_list_says_when_the_sync_loop_has_not_run_lately(viewer_client):
     now = timezone.now()
     SyncState.objects.create(
-        name=sync.LIST_STATE, succeeded_at=now - timedelta(minutes=12), heartbeat_at=now - timedelta(minutes=12)
+        name=LIST_STATE, succeeded_at=now - timedelta(minutes=12), heartbeat_at=now - timedelta(minutes=12)
     )
 
     stale = viewer_client.get("/batches/").text
-    SyncState.objects.filter(name=sync.LIST_STATE).update(heartbeat_at=now, succeeded_at=now)
+    SyncState.objects.filter(name=LIST_STATE).update(heartbeat_at=now, succeeded_at=now)
     fresh = viewer_client.get("/batches/").text
 
     assert "Not refreshing:" in stale and "the sync worker last ran 12 min ago" in stale  # the one duration style
@@ -116,7 +117,7 @@ def test_the_list_says_when_the_sync_loop_has_not_run_lately(viewer_client):
 def test_the_list_shows_the_import_progress(viewer_client):
     now = timezone.now()
     SyncState.objects.create(
-        name=sync.LIST_STATE,
+        name=LIST_STATE,
         succeeded_at=now,
         heartbeat_at=now,
         import_cursor="batch_x",

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from batches import services, sync
+from batches import freshness, services, sync
 from batches.models import Batch, BatchSnapshot, SyncState
 from tests.conftest import create_batches
 from tests.fake_api import Reply
@@ -143,7 +143,7 @@ def test_the_first_pass_records_the_newest_page_then_imports_the_rest(api, small
     # 10 batches in pages of 3: ceil(10 / 3) list calls, each cursor once.
     assert list_calls(api) == ["", ids[2], ids[5], ids[8]]
     assert result.imported == 7
-    state = SyncState.objects.get(name=sync.LIST_STATE)
+    state = SyncState.objects.get(name=freshness.LIST_STATE)
     assert state.import_done_at is not None and state.imported == 10 and state.high_water_id == ids[0]
 
 
@@ -163,7 +163,7 @@ def test_an_interrupted_import_continues_from_its_cursor_and_imports_each_batch_
     outcome = sync.run_pass(force=True, client=client)
     assert outcome.error
     assert Batch.objects.count() == 9
-    assert SyncState.objects.get(name=sync.LIST_STATE).import_cursor == ids[8]
+    assert SyncState.objects.get(name=freshness.LIST_STATE).import_cursor == ids[8]
 
     del client.list_batches  # A new worker, with a client that works.
     one_pass(client=client)
@@ -174,7 +174,7 @@ def test_an_interrupted_import_continues_from_its_cursor_and_imports_each_batch_
     assert after.count("") == 2  # the top page, once per pass
     assert sorted(Batch.objects.values_list("batch_id", flat=True)) == sorted(ids)
     assert BatchSnapshot.objects.count() == 15
-    state = SyncState.objects.get(name=sync.LIST_STATE)
+    state = SyncState.objects.get(name=freshness.LIST_STATE)
     assert state.imported == 15 and state.import_done_at is not None
 
 
@@ -184,13 +184,13 @@ def test_an_import_slice_ends_at_its_deadline_and_the_next_pass_goes_on(api, sma
 
     first = one_pass()
     assert first.imported == 3  # one page per slice
-    assert sync.list_freshness().importing
+    assert freshness.list_freshness().importing
 
     for _ in range(3):
         one_pass()
 
     assert Batch.objects.count() == 12
-    assert not sync.list_freshness().importing
+    assert not freshness.list_freshness().importing
 
 
 def test_it_adds_no_snapshot_when_nothing_changed_between_passes(api):
@@ -209,7 +209,7 @@ def test_a_killed_loops_lease_is_taken_over_once_it_expires(api):
     started = timezone.now()
     # A loop claimed the lease and died mid-walk: it never renews or releases it.
     assert SyncState.objects.claim_pass(
-        sync.LIST_STATE, "dead-loop", started, lease_seconds=sync.LEASE_SECONDS, due_before=started
+        freshness.LIST_STATE, "dead-loop", started, lease_seconds=sync.LEASE_SECONDS, due_before=started
     )
 
     before_expiry = sync.run_pass(holder="second-loop", now=started + timedelta(seconds=sync.LEASE_SECONDS - 1))
@@ -217,7 +217,7 @@ def test_a_killed_loops_lease_is_taken_over_once_it_expires(api):
 
     assert not before_expiry.ran
     assert after_expiry.ran and Batch.objects.count() == 1
-    assert SyncState.objects.get(name=sync.LIST_STATE).lease_until is None  # released after the pass
+    assert SyncState.objects.get(name=freshness.LIST_STATE).lease_until is None  # released after the pass
 
 
 def test_two_loops_do_not_pass_in_the_same_interval(api, settings):
@@ -281,7 +281,7 @@ def test_a_pass_cut_short_by_the_budget_says_so_on_the_list(api, settings, viewe
 
     assert outcome.result.stopped == "budget" and len(list_calls(api)) == 2
     assert "budget" in outcome.describe()
-    assert sync.list_freshness().budget_limited
+    assert freshness.list_freshness().budget_limited
 
 
 def test_the_loop_passes_until_stopped(api, sync_log, transactional_db):
@@ -302,11 +302,11 @@ def test_the_loop_passes_until_stopped(api, sync_log, transactional_db):
 
 
 def test_the_loop_status_reports_heartbeat_duration_and_lag(api):
-    assert not sync.loop_status().alive
+    assert not freshness.loop_status().alive
     api.add("in_progress", record=False)
     one_pass()
 
-    status = sync.loop_status()
+    status = freshness.loop_status()
 
     assert status.alive and status.heartbeat_at is not None
     assert status.last_pass_seconds is not None and 0 <= status.lag_seconds < 60
@@ -318,8 +318,8 @@ def test_the_api_failing_is_recorded_and_shown(api):
     outcome = sync.run_pass(force=True)
 
     assert "Cannot reach the OpenAI API" in outcome.error
-    freshness = sync.list_freshness()
-    assert not freshness.ok and freshness.error_kind == "unavailable"
+    state = freshness.list_freshness()
+    assert not state.ok and state.error_kind == "unavailable"
 
 
 def test_the_command_runs_one_pass_and_logs_it(api, sync_log):

@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from batches import actions, services, sync
+from batches import actions, freshness, services
 from batches.models import CANCEL_CLAIM_SECONDS, Batch
 from tests.fake_api import Reply
 
@@ -44,12 +44,12 @@ from tests.fake_api import Reply
     ids=["auth", "out-of-quota", "rate-limited", "unavailable", "api-said", "client-said"],
 )
 def test_it_words_each_failure_with_its_consequence_and_a_retry_only_where_waiting_helps(exc, expected):
-    assert sync.failure_message(exc, then="Nothing was done.", retry="Try again.") == expected
+    assert freshness.failure_message(exc, then="Nothing was done.", retry="Try again.") == expected
 
 
 def test_it_words_a_failure_alone_for_pages_that_say_the_rest_themselves():
     exc = services.Unavailable("The Batch API could not be reached (GET /batches).")
-    assert sync.failure_message(exc) == "Cannot reach the OpenAI API right now."
+    assert freshness.failure_message(exc) == "Cannot reach the OpenAI API right now."
 
 
 class _SlowFailingClient:

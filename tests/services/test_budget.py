@@ -9,7 +9,7 @@ import time
 import pytest
 from django.conf import settings
 
-from batches import budget, services, sync
+from batches import budget, freshness, services
 from batches.models import UpstreamMinute
 from tests.fake_api import Reply
 
@@ -148,7 +148,7 @@ def test_the_budget_message_reads_plainly(settings):
     with pytest.raises(services.BudgetExhausted) as caught:
         budget.take(now=now + 1)
 
-    message = sync.failure_message(caught.value)
+    message = freshness.failure_message(caught.value)
 
     assert message.startswith("batchboard's budget of 1 API calls a minute is spent")
     assert 58 < caught.value.retry_after <= 59

@@ -17,7 +17,7 @@ from django.conf import settings as django_settings
 from django.db import connections
 from django.test import Client
 
-from batches import actions, budget, services, sync
+from batches import actions, budget, freshness, services, sync
 from batches.models import Batch
 from tests.fake_api import Reply, example
 
@@ -286,7 +286,7 @@ def test_finding_12_an_out_of_quota_error_rewritten_by_a_gateway_is_not_retried(
     assert caught.value.code == "insufficient_quota"
     assert caught.value.message.startswith("You exceeded your current quota")
     assert "Error code" not in caught.value.message
-    assert sync.failure_message(caught.value) == "The OpenAI account is out of quota."
+    assert freshness.failure_message(caught.value) == "The OpenAI account is out of quota."
 
 
 @pytest.mark.django_db
@@ -309,7 +309,7 @@ def test_finding_12_an_out_of_quota_error_a_gateway_answers_as_a_500_is_not_retr
         gateway_client.retrieve_batch("batch_q5")
 
     assert len(fake_api.requests_to("GET", "/batches/batch_q5")) == 1
-    assert sync.failure_message(caught.value) == "The OpenAI account is out of quota."
+    assert freshness.failure_message(caught.value) == "The OpenAI account is out of quota."
 
 
 def test_finding_12_a_rate_limit_rewritten_by_a_gateway_is_retried_and_reads_as_the_apis(fake_api, gateway_client):
@@ -458,7 +458,9 @@ def test_finding_13_with_30_percent_429s_every_download_cancel_and_create_a_pers
         create = operator_client.post(CREATE_URL, _create_fields(input_file_id))
         assert create.status_code == 303, create.text
 
-    assert budget.totals()["rate_limited"] - rate_limited_before >= 10  # the 429s happened, and were lived through
+    # The 429s happened (30 % of some thirty calls: the loop's passes and the person's calls; the loop no longer
+    # fetches result files), and were lived through.
+    assert budget.totals()["rate_limited"] - rate_limited_before >= 5
     assert max(held_clock.slept) <= services.INTERACTIVE_RETRY_AFTER_CAP
 
 

@@ -167,3 +167,15 @@ def test_it_keeps_users_without_staff_status_out(viewer_client, batches):
 
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("admin:login"))
+
+
+def test_it_lists_reactions_with_the_reason_they_failed(admin_client, batches):
+    from batches.models import Reaction
+
+    Reaction.objects.create(batch=batches["batch_done"], step="keep_results", state="failed", error="disk full")
+
+    response = admin_client.get(changelist("reaction") + "?state=failed&q=disk")
+
+    assert response.status_code == 200
+    assert listed(response) == {f"keep_results of batch #{batches['batch_done'].pk} (attempt 0): failed"}
+    assert admin_client.get(reverse("admin:batches_reaction_add")).status_code == 403

@@ -9,8 +9,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from batches import services
+from batches.freshness import LIST_STATE
 from batches.models import SyncState, record_batch
-from batches.sync import LIST_STATE
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.django_db
@@ -130,12 +130,59 @@ def test_metrics_count_batches_requests_stuck_states_and_the_sync(client, settin
     assert figures[("batchboard_sync_consecutive_failures", ())] == 2
 
 
+def _waiting_task(minutes: int):
+    """A task enqueued `minutes` ago that no worker took."""
+    from django_tasks_db.models import DBTaskResult
+
+    from results.tasks import keep_results
+
+    result = keep_results.enqueue(1)
+    DBTaskResult.objects.filter(pk=result.id).update(enqueued_at=timezone.now() - timedelta(minutes=minutes))
+
+
+def test_readyz_says_when_tasks_wait_for_a_worker_that_is_not_running(client):
+    _synced()
+    _waiting_task(minutes=1)
+    assert client.get("/readyz").text == "ready\n"  # a minute's wait is a busy worker, not a missing one
+
+    _waiting_task(minutes=20)
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.text.startswith("not ready: 2 task(s) have waited 1200 s on the queue")
+    assert "manage.py db_worker" in response.text and response.text.count("\n") == 1
+
+
+def test_metrics_report_the_task_queue(client, settings):
+    from batches.models import Batch, Reaction
+
+    settings.BATCHBOARD_METRICS_TOKEN = TOKEN
+    settings.BATCHBOARD_ARCHIVE = "off"
+    _synced()
+    _waiting_task(minutes=3)
+    batch = record_batch(_batch("batch_done", "completed"))
+    Reaction.objects.create(batch=batch, step="keep_results", state="failed", finished_at=timezone.now())
+    Reaction.objects.create(
+        batch=Batch.objects.get(),
+        step="keep_results",
+        attempt=1,
+        state="failed",
+        finished_at=timezone.now() - timedelta(hours=2),
+    )
+
+    figures = _scrape(client)
+
+    assert figures[("batchboard_tasks_waiting", ())] == 1
+    assert 179 < figures[("batchboard_tasks_oldest_waiting_seconds", ())] < 240
+    assert figures[("batchboard_tasks_failed_last_hour", ())] == 1
+
+
 def test_metrics_cost_the_same_queries_for_many_running_batches(client, settings, django_assert_max_num_queries):
     settings.BATCHBOARD_METRICS_TOKEN = TOKEN
     _synced()
     for n in range(50):
         record_batch(_batch(f"batch_{n}", "in_progress", processed=n % 10))
-    with django_assert_max_num_queries(6):
+    with django_assert_max_num_queries(11):  # 6 for the batches and the sync, 5 for the task queue
         _scrape(client)
 
 

@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 
-from batches import services, sync
+from batches import freshness, services, sync
 from batches.models import Batch
 from sandbox import views as sandbox_views
 from tests.conftest import create_batches
@@ -121,13 +121,13 @@ def test_it_backs_off_while_the_api_keeps_failing(settings, cached_batch):
     retries = []
     for _ in range(3):
         sync.run_pass(force=True)
-        retries.append(sync.list_freshness().retry_seconds)
+        retries.append(freshness.list_freshness().retry_seconds)
 
-    freshness = sync.list_freshness()
-    assert not freshness.ok and freshness.consecutive_failures == 3
+    state = freshness.list_freshness()
+    assert not state.ok and state.consecutive_failures == 3
     assert retries == sorted(retries) and retries[-1] > retries[0]
     sync.run_pass(force=True)
-    assert sync.list_freshness().retry_seconds <= sync.MAX_BACKOFF_SECONDS
+    assert freshness.list_freshness().retry_seconds <= freshness.MAX_BACKOFF_SECONDS
     assert not sync.run_pass().ran  # A loop's next pass waits out the longer interval of a failing API.
 
 

@@ -18,8 +18,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from batches import lookups, services, sync
-from batches.models import Batch
+from batches import freshness, lookups, reactions, services, sync
+from batches.models import Batch, Reaction
 from results import archive
 from results.answers import one_line
 from results.models import ArchiveState, Outcome, ResultArchive, ResultFilter, ResultLine
@@ -66,8 +66,9 @@ def request_url(batch: Batch, custom_id: str) -> str:
     return reverse("results:request", args=[batch.batch_id, rows.values_list("position", flat=True).first()])
 
 
-def archived(batch: Batch) -> ResultArchive:
-    assert archive.archive_due(limit=5) >= 1
+def archived(batch: Batch, tasks) -> ResultArchive:
+    """The batch's results, kept by the reaction its becoming final scheduled (run by the test's task worker)."""
+    assert tasks.drain() >= 1
     kept = ResultArchive.objects.get(batch=batch)
     assert kept.state == ArchiveState.READY, kept.problem
     return kept
@@ -87,11 +88,11 @@ def sandbox(sandbox_url, settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_joins_every_input_line_to_its_answer_in_input_order(sandbox, settings):
+def test_it_joins_every_input_line_to_its_answer_in_input_order(sandbox, settings, tasks):
     settings.SANDBOX_DROP_RATE = 0.15
     lines = [chat_line(f"req-{n}") for n in range(1, 41)] + [chat_line("too-long", max_tokens=100_000)]
     batch = sandbox_batch(lines)
-    kept = archived(batch)
+    kept = archived(batch, tasks)
 
     table = rows(kept)
     assert [row.custom_id for row in table] == [line["custom_id"] for line in lines]
@@ -116,21 +117,21 @@ def test_it_joins_every_input_line_to_its_answer_in_input_order(sandbox, setting
 
 
 @pytest.mark.django_db(transaction=True)
-def test_lines_that_never_ran_are_expired_or_cancelled(sandbox):
-    expired = archived(sandbox_batch([chat_line(f"e-{n}") for n in range(30)], scenario="expire", age=3 * DAY))
+def test_lines_that_never_ran_are_expired_or_cancelled(sandbox, tasks):
+    expired = archived(sandbox_batch([chat_line(f"e-{n}") for n in range(30)], scenario="expire", age=3 * DAY), tasks)
     outcomes = {row.outcome for row in rows(expired)}
     assert Outcome.EXPIRED in outcomes and outcomes <= {"succeeded", "failed", "expired"}
     group = next(group for group in expired.summary["groups"] if group["outcome"] == "expired")
     assert group["code"] == "batch_expired" and group["count"] == expired.summary["outcomes"]["expired"]
 
-    cancelled = archived(sandbox_batch([chat_line(f"c-{n}") for n in range(30)], cancel_after=1200))
+    cancelled = archived(sandbox_batch([chat_line(f"c-{n}") for n in range(30)], cancel_after=1200), tasks)
     table = rows(cancelled)
     assert Outcome.CANCELLED in {row.outcome for row in table}
     assert all(row.error_code == "batch_cancelled" for row in table if row.outcome == Outcome.CANCELLED)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_each_endpoint_has_its_preview(sandbox):
+def test_each_endpoint_has_its_preview(sandbox, tasks):
     embeddings = [
         {
             "custom_id": f"v-{n}",
@@ -152,9 +153,9 @@ def test_each_endpoint_has_its_preview(sandbox):
         (embeddings, "/v1/embeddings", "8 dimensions"),
         (moderations, "/v1/moderations", "not flagged"),
     ):
-        kept = archived(sandbox_batch(lines, endpoint=endpoint))
+        kept = archived(sandbox_batch(lines, endpoint=endpoint), tasks)
         assert {row.preview for row in rows(kept) if row.outcome == "succeeded"} == {expected}
-    kept = archived(sandbox_batch(responses, endpoint="/v1/responses"))
+    kept = archived(sandbox_batch(responses, endpoint="/v1/responses"), tasks)
     for row in rows(kept):
         if row.outcome == "succeeded":
             text = sandbox_results.line_outcome("/v1/responses", row.custom_id, {"input": "Hi"}).text
@@ -201,7 +202,9 @@ def result(custom_id, text="fine", status=200):
 
 
 @pytest.mark.django_db
-def test_duplicate_custom_ids_are_shown_and_unreadable_lines_counted_with_line_numbers(api, fake_api, viewer_client):
+def test_duplicate_custom_ids_are_shown_and_unreadable_lines_counted_with_line_numbers(
+    api, fake_api, viewer_client, tasks
+):
     output = jsonl(
         [
             result("a", "first answer"),
@@ -213,7 +216,7 @@ def test_duplicate_custom_ids_are_shown_and_unreadable_lines_counted_with_line_n
         ]
     )
     batch = scripted_batch(api, fake_api, input_lines=[chat_line(x) for x in "abc"], output=output)
-    kept = archived(batch)
+    kept = archived(batch, tasks)
     table = [(row.custom_id, row.line_number, row.outcome, row.duplicate, row.preview) for row in rows(kept)]
     assert table == [
         ("a", 1, "succeeded", False, "first answer"),
@@ -240,12 +243,12 @@ def test_duplicate_custom_ids_are_shown_and_unreadable_lines_counted_with_line_n
 
 
 @pytest.mark.django_db
-def test_errors_are_grouped_by_status_code_and_message_on_the_detail_page(api, fake_api, viewer_client):
+def test_errors_are_grouped_by_status_code_and_message_on_the_detail_page(api, fake_api, viewer_client, tasks):
     inputs = [chat_line(f"r{n}") for n in range(10)]
     output = jsonl([result(f"r{n}") for n in range(5)])
     error = jsonl([result(f"r{n}", f"Rate limit reached, retry in {n}s", 429) for n in range(5, 9)])  # r9 is missing
     batch = scripted_batch(api, fake_api, input_lines=inputs, output=output, error=error)
-    archived(batch)
+    archived(batch, tasks)
     detail = viewer_client.get(reverse("batches:detail", args=[batch.batch_id]))
     text = detail.content.decode()
     assert "Completed, but not every line succeeded" in text
@@ -268,7 +271,7 @@ def test_errors_are_grouped_by_status_code_and_message_on_the_detail_page(api, f
 
 
 @pytest.fixture
-def big_batch(api, fake_api):
+def big_batch(api, fake_api, tasks):
     """250 lines: every 10th failed, every 25th missing, answers with HTML-looking text."""
     inputs = [chat_line(f"line-{n:03d}") for n in range(1, 251)]
     output, error = [], []
@@ -280,7 +283,7 @@ def big_batch(api, fake_api):
         else:
             output.append(result(f"line-{n:03d}", f"Answer {n}:\n  <b>bold</b> <script>alert(1)</script>"))
     batch = scripted_batch(api, fake_api, input_lines=inputs, output=jsonl(output), error=jsonl(error))
-    archived(batch)
+    archived(batch, tasks)
     return batch
 
 
@@ -421,7 +424,7 @@ def test_results_pages_need_a_login(big_batch, client):
 
 
 @pytest.mark.django_db
-def test_a_running_batch_polls_until_its_results_are_kept(api, fake_api, viewer_client):
+def test_a_running_batch_polls_until_its_results_are_kept(api, fake_api, viewer_client, tasks):
     data = api.add("in_progress")
     url = reverse("results:list", args=[data["id"]])
     page = viewer_client.get(url)
@@ -448,7 +451,7 @@ def test_a_running_batch_polls_until_its_results_are_kept(api, fake_api, viewer_
     api.batches[data["id"]].update(status="completed", output_file_id="file-o", completed_at=data["created_at"] + 9)
     pending = viewer_client.get(url, headers={"HX-Request": "true"})  # final now: the archive is asked for
     assert pending.status_code == 200 and "Fetching the result files" in pending.content.decode()
-    assert archive.archive_due() == 1
+    assert tasks.drain() == 1
     done = viewer_client.get(url, headers={"HX-Request": "true"})
     assert done.status_code == 286 and "hx-trigger" not in done.content.decode()
     assert [row.custom_id for row in done.context["page"]] == ["only"]
@@ -458,9 +461,9 @@ def test_a_running_batch_polls_until_its_results_are_kept(api, fake_api, viewer_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_kept_results_survive_the_api_deleting_the_files(sandbox, settings, viewer_client):
+def test_kept_results_survive_the_api_deleting_the_files(sandbox, settings, viewer_client, tasks):
     batch = sandbox_batch([chat_line(f"k-{n}") for n in range(5)])
-    kept = archived(batch)
+    kept = archived(batch, tasks)
     for file_id in (batch.output_file_id, batch.input_file_id):
         deleted = requests.delete(
             f"{sandbox}/files/{file_id}", headers={"Authorization": "Bearer sk-sandbox"}, timeout=10
@@ -482,9 +485,9 @@ def test_kept_results_survive_the_api_deleting_the_files(sandbox, settings, view
 
 
 @pytest.mark.django_db
-def test_files_already_gone_upstream_leave_an_honest_archive(api, fake_api, viewer_client):
+def test_files_already_gone_upstream_leave_an_honest_archive(api, fake_api, viewer_client, tasks):
     data = api.add("completed", output_file_id="file-gone")
-    assert archive.archive_due() == 1
+    assert tasks.drain() == 1
     kept = ResultArchive.objects.get(batch__batch_id=data["id"])
     assert kept.state == ArchiveState.UNAVAILABLE
     page = viewer_client.get(reverse("results:list", args=[data["id"]]), headers={"HX-Request": "true"})
@@ -492,23 +495,35 @@ def test_files_already_gone_upstream_leave_an_honest_archive(api, fake_api, view
 
 
 @pytest.mark.django_db
-def test_a_failing_api_is_retried_later(api, fake_api):
+def test_a_failing_api_is_retried_with_backoff_then_the_archive_says_why_it_gave_up(api, fake_api, tasks):
     data = api.add("completed", output_file_id="file-o")
     fake_api.script("GET", "/files/file-o", Reply(503, {"error": {"message": "down", "type": "server_error"}}))
-    assert archive.archive_due() == 1
+    assert tasks.drain() == 1
     kept = ResultArchive.objects.get(batch__batch_id=data["id"])
-    assert kept.state == ArchiveState.RETRY and kept.retry_after > timezone.now()
-    assert archive.archive_due() == 0  # not due yet
+    reaction = Reaction.objects.get(batch=kept.batch, step="keep_results")
+    assert kept.state == ArchiveState.RETRY and "try again shortly" in kept.problem
+    assert reaction.state == "pending" and reaction.run_after > timezone.now()
+    assert tasks.drain() == 0  # not due yet
+
+    while reaction.state == "pending":
+        tasks.advance(reactions.BACKOFF_MAX_SECONDS * 1.2)
+        tasks.drain()
+        reaction.refresh_from_db()
+
+    kept.refresh_from_db()
+    assert (reaction.state, reaction.tries) == ("failed", reactions.MAX_TRIES)
+    assert kept.state == ArchiveState.UNAVAILABLE and kept.attempts == reactions.MAX_TRIES
+    assert reaction.error == kept.problem == "Cannot reach the OpenAI API right now."
 
 
 @pytest.mark.django_db
-def test_on_open_mode_keeps_results_only_once_someone_looks(big_batch, api, fake_api, settings, viewer_client):
+def test_on_open_mode_keeps_results_only_once_someone_looks(big_batch, api, fake_api, settings, viewer_client, tasks):
     settings.BATCHBOARD_ARCHIVE = "on-open"
     other = scripted_batch(api, fake_api, input_lines=[chat_line("x")], output=jsonl([result("x")]))
-    assert archive.archive_due() == 0 and not ResultArchive.objects.filter(batch=other).exists()
+    assert tasks.drain() == 0 and not ResultArchive.objects.filter(batch=other).exists()
     viewer_client.get(reverse("results:list", args=[other.batch_id]))
     assert ResultArchive.objects.get(batch=other).wanted
-    assert archive.archive_due() == 1 and ResultArchive.objects.get(batch=other).is_ready
+    assert tasks.drain() == 1 and ResultArchive.objects.get(batch=other).is_ready
 
 
 @pytest.mark.django_db
@@ -529,10 +544,10 @@ def test_prune_results_deletes_files_and_lines_but_keeps_the_summary(big_batch, 
 
 
 @pytest.mark.django_db
-def test_a_result_file_already_gone_is_named_and_its_lines_show_as_missing(api, fake_api, viewer_client):
+def test_a_result_file_already_gone_is_named_and_its_lines_show_as_missing(api, fake_api, viewer_client, tasks):
     batch = scripted_batch(api, fake_api, input_lines=[chat_line("a"), chat_line("b")], output=jsonl([result("a")]))
     Batch.objects.filter(pk=batch.pk).update(error_file_id="file-expired")  # the API answers 404 for it
-    kept = archived(batch)
+    kept = archived(batch, tasks)
     assert kept.summary["files_gone"] == ["error"]
     assert [(row.custom_id, row.outcome) for row in rows(kept)] == [("a", "succeeded"), ("b", "missing")]
     page = viewer_client.get(reverse("results:list", args=[batch.batch_id]))
@@ -543,17 +558,29 @@ def test_a_result_file_already_gone_is_named_and_its_lines_show_as_missing(api, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_sync_loop_keeps_the_results_of_batches_that_became_final(sandbox):
-    batch = sandbox_batch([chat_line(f"s-{n}") for n in range(4)])
-    Batch.objects.all().delete()  # known upstream only: the loop has to find it, then keep its results
+def test_a_batch_the_sync_loop_finds_final_has_its_results_kept_by_a_task_worker(sandbox, settings, task_worker):
+    settings.BATCHBOARD_HISTORY_INTERVAL = 0.05
     stop = threading.Event()
     loop = threading.Thread(target=sync.sync_loop, args=(stop,), kwargs={"wake_every": 0.05})
     loop.start()
-    deadline = time.monotonic() + 20
-    while not ResultArchive.objects.filter(state=ArchiveState.READY).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    loop.join(timeout=20)
+    try:
+        _wait_for(lambda: freshness.list_freshness().as_of is not None)  # installed: the first pass ran
+        client = services.get_client()
+        uploaded = client.upload_fileobj(io.BytesIO(jsonl([chat_line(f"s-{n}") for n in range(4)])), filename="i.jsonl")
+        created = client.create_batch(input_file_id=uploaded.id, endpoint=CHAT)
+        SandboxBatch.objects.filter(pk=created.id).update(created=F("created") - DAY, created_at=F("created_at") - DAY)
+        # Only the loop records it (final already), and only a task worker keeps its results.
+        _wait_for(lambda: ResultArchive.objects.filter(state=ArchiveState.READY).exists())
+    finally:
+        stop.set()
+        loop.join(timeout=20)
 
-    kept = ResultArchive.objects.get(batch__batch_id=batch.batch_id)
+    kept = ResultArchive.objects.get(batch__batch_id=created.id)
     assert kept.state == ArchiveState.READY and kept.summary["rows"] == 4
+
+
+def _wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

@@ -6,7 +6,7 @@ import time
 import pytest
 from django.core.cache import cache
 
-from batches import services, sync
+from batches import freshness, services, sync
 from batches.models import record_batch
 from tests.fake_api import Reply, example
 
@@ -105,7 +105,7 @@ def test_it_does_not_ask_for_file_sizes_while_the_list_says_the_api_is_failing(v
     _record("batch.completed.json")  # final: its page never refreshes it, so its own freshness says nothing
     fake_api.script("GET", "/batches", Reply(503, {"error": {"message": "overloaded", "type": "server_error"}}))
     sync.run_pass(force=True)
-    assert not sync.list_freshness().ok
+    assert not freshness.list_freshness().ok
 
     response = viewer_client.get("/batches/batch_abc123/")
 

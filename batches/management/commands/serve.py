@@ -1,4 +1,5 @@
-"""Run the dashboard with its history kept: a background sync loop next to Django's threaded development server."""
+"""Run the dashboard with its history kept: a background sync loop and a task worker next to Django's threaded
+development server."""
 
 import logging
 import os
@@ -10,6 +11,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
+from django.utils.crypto import get_random_string
+from django_tasks_db.management.commands.db_worker import Worker
 
 from batches import sync
 
@@ -34,8 +37,9 @@ class Command(BaseCommand):
         "meanwhile: a background thread runs the sync loop (a pass every BATCHBOARD_REFRESH_INTERVAL seconds while "
         "someone watches the list, every BATCHBOARD_HISTORY_INTERVAL seconds otherwise), starting once the server "
         "answers, because in sandbox mode the API is this very server. The terminal shows a line for each change "
-        "and each error; -v 2 shows every pass and every request. For production, run the web app under gunicorn "
-        "and `manage.py sync_batches --loop` beside it."
+        "and each error; -v 2 shows every pass and every request. A task worker runs beside it (keeping results, "
+        "automatic retries), as `manage.py db_worker` does. For production, run the web app under gunicorn, and "
+        "`manage.py sync_batches --loop` and `manage.py db_worker` beside it."
     )
 
     def add_arguments(self, parser):
@@ -60,8 +64,15 @@ class Command(BaseCommand):
             target=_keep_history, args=(stop, local, port, not detailed), name="batchboard-sync", daemon=True
         )
         sync_thread.start()
+        worker = _task_worker()
+        worker_thread = threading.Thread(
+            target=_run_tasks, args=(stop, worker, local, port), name="batchboard-tasks", daemon=True
+        )
+        worker_thread.start()
         self.stdout.write(self.style.SUCCESS(f"batchboard is at {url}"))
-        self.stdout.write("History is being kept: a sync loop runs in the background (-v 2 shows every pass).")
+        self.stdout.write(
+            "History is being kept: a sync loop and a task worker run in the background (-v 2 shows every pass)."
+        )
         # SIGTERM stops the server the way Ctrl-C does: runserver exits with status 0.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         addrport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -71,6 +82,29 @@ class Command(BaseCommand):
             )
         finally:
             stop.set()
+            worker.running = False  # ends its loop after the task in hand (a daemon thread: exiting does not wait)
+
+
+def _task_worker() -> Worker:
+    return Worker(
+        queue_names=["*"],
+        interval=1.0,
+        batch=False,
+        backend_name="default",
+        startup_delay=False,
+        max_tasks=None,
+        worker_id=f"serve-{get_random_string(12)}",
+        excluded_queue_names=[],
+    )
+
+
+def _run_tasks(stop: threading.Event, worker: Worker, host: str, port: int) -> None:
+    """The db_worker loop, once the server answers (in sandbox mode the tasks call the API this server is)."""
+    try:
+        if _wait_for_server(stop, host, port) and not stop.is_set():
+            worker.run()
+    finally:
+        connections.close_all()
 
 
 def _keep_history(stop: threading.Event, host: str, port: int, quiet: bool) -> None:

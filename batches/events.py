@@ -1,0 +1,32 @@
+"""What the core announces about batches; it knows nothing of who listens.
+
+The one recording function (batches.models.record_batches) sends these once the transaction that stored the state
+has committed, for every path that learns a batch's state: the sync loop's top walk and import, a page's retrieve,
+a cancel's or a create's answer, bulk inserts included. Receivers in other apps (results, retries) react by
+scheduling a reaction (batches.reactions), never by doing slow work in the sender's thread.
+
+`historical` is True for batches recorded by the history import: old batches, not news.
+"""
+
+from django.dispatch import Signal
+
+# What users do that the audit log keeps (the audit app records it, in the request's transaction).
+CANCEL, CREATE, DOWNLOAD = "cancel", "create", "download"
+OK, ALREADY, REFUSED, ERROR = "ok", "already", "refused", "error"
+
+# A new or changed stored state. kwargs: batch_pk, batch_id, created (first time stored), historical.
+batch_changed = Signal()
+
+# A batch was first stored final, or turned final. kwargs: batch_pk, batch_id, historical.
+batch_became_final = Signal()
+
+# A user acted (or was refused). kwargs: request, action (CANCEL, CREATE, DOWNLOAD), outcome (OK, ALREADY, REFUSED,
+# ERROR), batch_id, target, detail.
+user_acted = Signal()
+
+
+def note_action(request, action: str, outcome: str, *, batch_id: str = "", target: str = "", detail: str = "") -> None:
+    """Announce a user's action to whoever keeps the record (the audit app)."""
+    user_acted.send(
+        sender=None, request=request, action=action, outcome=outcome, batch_id=batch_id, target=target, detail=detail
+    )
