@@ -154,7 +154,7 @@ def _fetch(spec: dict, case: str) -> tuple:
             error_file_id="file-error" if "error" in spec else None,
         )
         batch = record_batch(services.ApiBatch.from_api(data))
-        kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
+        kept = ResultArchive.objects.update_or_create(batch=batch, defaults={"state": ArchiveState.ARCHIVING})[0]
         begun = time.perf_counter()
         archive.fetch_archive(kept, services.get_client())
         took = time.perf_counter() - begun

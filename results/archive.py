@@ -232,12 +232,12 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
                     setattr(archive, f"{kind}_name", stored.get(kind, ""))
                 archive.save()
                 transaction.on_commit(partial(_announce_kept, batch))
-        except Exception as exc:
-            reason = f"The result files could not be indexed: {type(exc).__name__}: {str(exc)[:300]}"
+        except Exception:
+            # The database refused a line of the index (or a lock timed out): a failed attempt with its reason, retried
+            # with backoff by the reaction, and never an archive left "archiving" or half indexed.
             logger.exception("Indexing the results of %s failed", batch.batch_id)
             ResultLine.objects.filter(archive=archive).delete()
-            _finish(archive, ArchiveState.UNAVAILABLE, problem=reason)
-            raise reactions.Failed(reason) from exc
+            raise
         stored = {}
         logger.info(
             "Results of %s kept locally: %s lines, %s bytes.", batch.batch_id, summary["rows"], archive.stored_bytes
@@ -261,7 +261,8 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
         if isinstance(exc, services.BatchApiError):
             cause, problem = failure_message(exc), failure_message(exc, retry="batchboard will try again shortly.")
         else:
-            cause = f"Storing the result files failed: {type(exc).__name__}: {str(exc)[:300]}"
+            detail = normalise.text(str(exc).strip().splitlines()[0], 300) if str(exc).strip() else "no details"
+            cause = f"Keeping the results failed: {type(exc).__name__} ({detail})."
             problem = f"{cause} batchboard will try again shortly."
         if last_try:
             _finish(archive, ArchiveState.UNAVAILABLE, problem=cause, attempts=F("attempts") + 1)

@@ -11,7 +11,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from batches import normalise, services, sync
-from batches.models import Batch, BatchSnapshot, DailySpend, SyncState, record_new_batches
+from batches.freshness import list_freshness as freshness_of_list
+from batches.models import Batch, BatchSnapshot, DailySpend, SyncState, record_batches
 from tests.batch_api import payload
 from tests.fake_api import Reply
 from tests.hostile_api import hostile_batch
@@ -222,9 +223,9 @@ def _unnormalised(batch_id: str, **usage) -> services.ApiBatch:
 def test_finding_1_a_batch_the_database_refuses_is_skipped_and_the_rest_of_the_bulk_insert_is_kept(usage):
     normal = services.ApiBatch.from_api(payload("completed"))
 
-    skipped = record_new_batches([normal, _unnormalised("batch_refused", **usage)], timezone.now())
+    recorded = record_batches([normal, _unnormalised("batch_refused", **usage)], timezone.now())
 
-    assert skipped == ["batch_refused"]
+    assert recorded.skipped == ["batch_refused"] and recorded.new == [normal.id]
     assert list(Batch.objects.values_list("batch_id", flat=True)) == [normal.id]
 
 
@@ -237,7 +238,7 @@ def test_finding_1_the_sync_pass_skips_and_counts_a_refused_batch_and_says_so_in
     SyncState.objects.named(sync.LIST_STATE)
     normal_new = services.ApiBatch.from_api(payload("in_progress"))
     changed = services.ApiBatch.from_api(payload("in_progress"))
-    record_new_batches([changed], timezone.now())
+    record_batches([changed], timezone.now())
     refused_change = _unnormalised(changed.id, **usage)
     result = sync.SyncResult()
 
@@ -281,7 +282,7 @@ def test_finding_1_an_unexpected_error_fails_the_pass_and_raises_the_failure_met
     figures = _metrics(client, settings)
     assert figures["batchboard_sync_consecutive_failures"] == 2
     assert any("sync pass failed unexpectedly" in message for message in sync_log_records())
-    freshness = sync.list_freshness()
+    freshness = freshness_of_list()
     assert not freshness.ok and "RuntimeError" in freshness.error_message
 
 

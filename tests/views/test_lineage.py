@@ -193,7 +193,7 @@ def test_verifying_a_long_input_streams_it(tmp_path, monkeypatch):
 
 @pytest.mark.django_db
 def test_the_upgrade_fills_the_claims_of_stored_batches_and_asks_for_each_to_be_checked():
-    migration = importlib.import_module("batches.migrations.0015_h2_lineage_from_metadata")
+    migration = importlib.import_module("batches.migrations.0016_lineage_from_metadata")
     claim = {"batchboard_retry_of": "batch_parent", "batchboard_job": "batch_job", "batchboard_attempt": "2"}
     retry = record_batch(services.ApiBatch.from_api(payload("completed", metadata=claim)))
     plain = record_batch(services.ApiBatch.from_api(payload("completed", metadata={"x": "batchboard_retry_of"})))
