@@ -23,7 +23,7 @@ pytestmark = pytest.mark.postgresql
 
 README = Path(settings.BASE_DIR) / "README.md"
 SECTION = "## Running it in production"
-SERVERS = ("gunicorn", "--loop")  # commands that keep running: started in the background
+SERVERS = ("gunicorn", "--loop", "db_worker")  # commands that keep running: started in the background
 
 
 def readme_commands() -> tuple[list[str], list[str]]:
@@ -83,6 +83,7 @@ def test_the_readme_production_commands_serve_the_dashboard(new_database, redis_
         "collectstatic",
         "gunicorn",
         "sync_batches",
+        "db_worker",
     ]
 
     for number, command in enumerate(commands):
