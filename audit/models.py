@@ -25,6 +25,9 @@ class Action(models.TextChoices):
     GROUP_DELETE = "group_delete", "Deleted a group"
     MEMBERSHIP = "membership", "Changed group membership"
     PERMISSIONS = "permissions", "Changed permissions"
+    SHARE_CREATE = "share_create", "Share link made"
+    SHARE_REVOKE = "share_revoke", "Share link revoked"
+    SHARE_OPEN = "share_open", "Opened"
 
 
 class Outcome(models.TextChoices):

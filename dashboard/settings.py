@@ -189,6 +189,8 @@ if BATCHBOARD_ARCHIVE not in ("new", "all", "on-open", "off"):
 BATCHBOARD_ARCHIVE_MAX_GB = _env_float("BATCHBOARD_ARCHIVE_MAX_GB", 0.0, 0.0, 1_000_000.0)
 # A result file larger than this is not kept (its results page says so and links to the API's copy), in MB.
 BATCHBOARD_RESULT_FILE_MAX_MB = _env_int("BATCHBOARD_RESULT_FILE_MAX_MB", 1024, 1, 1024 * 1024)
+# Read-only share links (the sharing app): off, no link can be made and every existing one answers "switched off".
+BATCHBOARD_PUBLIC_LINKS = _env_bool("BATCHBOARD_PUBLIC_LINKS", True)
 
 
 def _results_storage():
@@ -227,6 +229,7 @@ INSTALLED_APPS = [
     "batches",
     "results",
     "retries",
+    "sharing",
     "sandbox",
 ]
 

@@ -1,5 +1,5 @@
-"""Top-level URLs: the dashboard and its results pages, login, logout and password change, admin, health probes
-and metrics, and the built-in sandbox API."""
+"""Top-level URLs: the dashboard and its results pages, read-only share links, login, logout and password change,
+admin, health probes and metrics, and the built-in sandbox API."""
 
 from django.conf import settings
 from django.contrib import admin
@@ -15,6 +15,7 @@ urlpatterns = [
     path("batches/", include("batches.urls")),  # registers the batch_id converter used below
     path("batches/<batch_id:batch_id>/results/", include("results.urls")),
     path("batches/<batch_id:batch_id>/", include("retries.urls")),
+    path("", include("sharing.urls")),  # /shared/<token>/..., and making and revoking links under a batch
     # Only these from django.contrib.auth.urls: password reset would send mail from an unthrottled public form.
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
