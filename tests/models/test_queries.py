@@ -1,6 +1,7 @@
 """The list page and its fragment cost the same number of queries for 5 batches as for 200."""
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -8,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 
 from batches.lineage_keys import LineageState
 from batches.models import Batch, record_batch
+from sharing.models import ShareLink
 from tests.conftest import completed, observation
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
@@ -102,3 +104,25 @@ def test_a_detail_poll_costs_the_same_queries_for_few_or_many_retries(still_cloc
 
     assert len(many) == len(few)
     assert "batch_retry039" in viewer_client.get(url, headers=headers).text
+
+
+def test_the_detail_costs_the_same_queries_for_one_or_many_share_links(
+    viewer, viewer_client, django_assert_num_queries
+):
+    batch = record_batch(observation("batch_shared", processed=1, total=100))
+    url = "/batches/batch_shared/"
+
+    def links(count):
+        for _ in range(count):
+            ShareLink.make(batch, viewer, lifetime=timedelta(days=1), allow_results=True, allow_exports=False)
+
+    links(1)
+    viewer_client.get(url)  # The first view tries the file sizes once; the API is unreachable, so none do again.
+    with CaptureQueriesContext(connection) as few:
+        assert viewer_client.get(url).status_code == 200
+    links(39)
+
+    with django_assert_num_queries(len(few)):
+        response = viewer_client.get(url)
+
+    assert response.text.count("data-share-link=") == 40

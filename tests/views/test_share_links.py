@@ -264,9 +264,7 @@ def test_making_and_revoking_need_the_csrf_token(viewer, running):
     assert link.revoked_at is None
 
 
-def test_a_viewer_cannot_revoke_someone_elses_link_but_an_operator_can(
-    django_user_model, operator, running, client
-):
+def test_a_viewer_cannot_revoke_someone_elses_link_but_an_operator_can(django_user_model, operator, running, client):
     maker = django_user_model.objects.create_user(username="maker", password="pw-maker")
     link, token = ShareLink.make(running, maker, lifetime=timedelta(days=1), allow_results=False, allow_exports=False)
     other = django_user_model.objects.create_user(username="other", password="pw-other")
