@@ -1,12 +1,15 @@
 """Every page through axe-core (the engine the axe browser extensions use), in light and dark colour schemes, at a
 desktop's and a phone's width: no WCAG 2.1 A/AA violation, and no page that scrolls sideways."""
 
+from datetime import timedelta
+
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
 from audit.models import Action, AuditEvent, Outcome
-from batches.models import SavedView
+from batches.models import Batch, SavedView
+from sharing.models import ShareLink
 from tests.browser.conftest import PHONE, speed_for
 from tests.conftest import kept_batch
 
@@ -24,7 +27,7 @@ def _violations(page) -> list[str]:
     ]
 
 
-def _urls(live_server, make_batch, tmp_path) -> list[str]:
+def _urls(live_server, make_batch, tmp_path, maker) -> list[str]:
     outcomes = {f"request-{n:02d}": "ok" for n in range(1, 9)}
     outcomes |= {"request-09": 500, "request-10": 400, "request-11": "expired"}
     finished = kept_batch(outcomes, tmp_path, metadata={"description": "Accessibility check"}).batch_id
@@ -37,8 +40,14 @@ def _urls(live_server, make_batch, tmp_path) -> list[str]:
             outcome=Outcome.ERROR,
             detail=f"The OpenAI API said: no batch {running}{running} could be found for file-{'x' * 40}",
         )
+    _link, token = ShareLink.make(
+        Batch.objects.get(batch_id=finished), maker, lifetime=timedelta(days=1), allow_results=True, allow_exports=True
+    )
     base = live_server.url
     return [
+        f"{base}/shared/{token}/",
+        f"{base}/shared/{token}/results/",
+        f"{base}/shared/{token}/results/rows/10/",
         f"{base}/batches/",
         f"{base}/batches/?status=attention&q=accessibility",
         f"{base}/batches/{finished}/",
@@ -60,7 +69,7 @@ def _urls(live_server, make_batch, tmp_path) -> list[str]:
 def test_every_page_passes_axe_and_fits_the_screen(
     live_server, page, login, operator, make_batch, tmp_path, scheme, viewport
 ):
-    urls = _urls(live_server, make_batch, tmp_path)
+    urls = _urls(live_server, make_batch, tmp_path, operator)
     SavedView.objects.create(owner=operator, name="Failed this week", url="/batches/?status=failed")
     login(operator)
     page.emulate_media(color_scheme=scheme)
