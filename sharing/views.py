@@ -7,7 +7,6 @@ import functools
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
-from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -21,7 +20,7 @@ from batches.history import batch_history
 from batches.models import Batch
 from results import exports
 from results import views as results_views
-from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter
+from results.models import Outcome, ResultArchive, ResultFilter
 from sharing.forms import ShareLinkForm
 from sharing.models import ShareLink, TooManyLinks
 
@@ -121,14 +120,10 @@ def shared_results(request, token):
     result_filter = ResultFilter.from_query(request.GET)
     page = None
     if archive is not None:
-        lines = archive.lines.matching(result_filter).in_order()
-        paginator = Paginator(lines, ROWS_PER_PAGE)
-        if not result_filter.is_active:
-            paginator.count = archive.summary.get("rows", 0)  # known from indexing: saves counting every row
-        page = paginator.get_page(request.GET.get("page"))
+        page = results_views._page(archive, result_filter, request.GET.get("page"))
         query = f"?{result_filter.query()}" if result_filter.is_active else ""
-        row_url = reverse("sharing:row", args=[token, 0]).removesuffix("0/")
-        for line in page:
+        row_url = reverse("sharing:results", args=[token]) + "rows/"
+        for line in page:  # the reader's own addresses, instead of the dashboard's
             line.url = f"{row_url}{line.position}/{query}"
     context = {
         "link": link,

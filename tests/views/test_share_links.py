@@ -111,6 +111,11 @@ def test_results_open_only_when_the_link_allows_them(viewer_client, anonymous, k
     assert f"/shared/{with_results}/results/rows/1/" in results.text
     assert "/batches/" not in results.text
     assert "export" not in results.text.lower()
+    failed = anonymous.get(f"/shared/{with_results}/results/?outcome=failed")
+    assert f"/shared/{with_results}/results/rows/2/?outcome=failed" in failed.text
+    assert "rows/1/" not in failed.text
+    assert "rows/3/" in anonymous.get(f"/shared/{with_results}/results/?q=forty").text
+    assert "rows/1/" not in anonymous.get(f"/shared/{with_results}/results/?q=forty").text
     row = anonymous.get(f"/shared/{with_results}/results/rows/3/")
     assert row.status_code == 200
     assert "forty-two" in row.text
@@ -355,3 +360,16 @@ def test_no_log_line_carries_the_token(viewer_client, anonymous, running, log_re
     assert ("GET /shared/…/results/ 404", "/shared/…/results/") in lines
     assert ("GET /shared/…/anything/else/ 404", "/shared/…/anything/else/") in lines
     assert not [line for line in lines if token in str(line) or working in str(line)]
+
+
+def test_an_administrator_revokes_links_in_the_admin_audited(admin_client, viewer, running):
+    link, token = ShareLink.make(running, viewer, lifetime=timedelta(days=1), allow_results=False, allow_exports=False)
+
+    response = admin_client.post(
+        "/admin/sharing/sharelink/", {"action": "revoke", "_selected_action": [link.pk]}, follow=True
+    )
+
+    assert "1 link(s) revoked" in response.text
+    assert Client().get(f"/shared/{token}/").status_code == 410
+    assert AuditEvent.objects.filter(action=Action.SHARE_REVOKE, outcome="ok", username="admin").count() == 1
+    assert admin_client.get(f"/admin/sharing/sharelink/{link.pk}/change/").status_code == 200
