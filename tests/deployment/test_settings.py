@@ -48,6 +48,7 @@ def _check(**env):
         ("BATCHBOARD_ARCHIVE", "sometimes"),
         ("BATCHBOARD_ARCHIVE_MAX_GB", "lots"),
         ("BATCHBOARD_RESULTS_STORAGE_OPTIONS", "[1]"),
+        ("BATCHBOARD_PUBLIC_LINKS", "sometimes"),
     ],
 )
 def test_it_refuses_a_malformed_value_and_names_the_variable(variable, value):
@@ -61,6 +62,22 @@ def test_it_refuses_a_malformed_value_and_names_the_variable(variable, value):
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
     assert "sk-test-not-a-real-key" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("value", "read"), [("", "True"), ("false", "False"), ("off", "False"), ("yes", "True")])
+def test_share_links_are_switched_by_batchboard_public_links(value, read):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SANDBOX_", "DJANGO_"))}
+    environment["BATCHBOARD_PUBLIC_LINKS"] = value
+    command = "from django.conf import settings; print(settings.BATCHBOARD_PUBLIC_LINKS)"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", command],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip().splitlines()[-1] == read, result.stderr
 
 
 def test_it_starts_with_no_configuration_at_all():
