@@ -18,7 +18,7 @@ from audit.models import Action
 from audit.models import Outcome as AuditOutcome
 from batches.history import batch_history
 from batches.models import Batch
-from results import exports
+from results import answers, exports
 from results import views as results_views
 from results.models import Outcome, ResultArchive, ResultFilter
 from sharing.forms import ShareLinkForm
@@ -168,9 +168,7 @@ def shared_row(request, token, position):
         "line": line,
         "filter": result_filter,
         "request_side": request_side,
-        "prompt": results_views.answers.prompt_messages(batch.endpoint, request_record.get("body"))
-        if request_record
-        else [],
+        "prompt": answers.prompt_messages(batch.endpoint, request_record.get("body")) if request_record else [],
         "answers": answers_shown,
         "previous": matching.filter(position__lt=line.position).order_by("-position").first(),
         "next": matching.filter(position__gt=line.position).order_by("position").first(),
