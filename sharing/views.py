@@ -57,7 +57,8 @@ def _open(request, token: str, what: str, needs: str = ""):
     """(link, None) for a working link that opens `what` (`needs` "results" or "exports" what the link must
     allow), its opening audited; else (None, the plain answer).
 
-    Unknown, expired and revoked links answer alike whatever the batch: nothing tells whether it exists."""
+    An unknown token (404), an ended link (410) and a link switched off (404) answer with the same page whatever
+    the batch: none names it or tells whether it exists."""
     if not settings.BATCHBOARD_PUBLIC_LINKS:
         return None, _plain(request, 404, "Switched off", SWITCHED_OFF)
     link = ShareLink.objects.by_token(token)
