@@ -34,7 +34,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(Batch)
 class BatchAdmin(ReadOnlyAdmin):
     list_display = ("batch_id", "status", "endpoint", "model", "requests", "created_at", "finished_at")
-    list_filter = ("status", "is_terminal", "endpoint", "created_at", "finished_at")
+    list_filter = ("status", "is_terminal", "lineage_state", "endpoint", "created_at", "finished_at")
     date_hierarchy = "created_at"
     search_fields = ("batch_id", "search_text")
     search_help_text = "Batch id, file id or metadata text."
@@ -47,6 +47,10 @@ class BatchAdmin(ReadOnlyAdmin):
         ("Times", {"fields": ("created_at", "expires_at", "finished_at")}),
         ("Cache", {"fields": ("first_seen_at", "last_seen_at", "last_changed_at", "snapshots_link")}),
         ("Cancel requests", {"fields": ("cancel_requested_at", "cancel_requested_by")}),
+        (
+            "Lineage (claimed by the metadata)",
+            {"fields": ("retry_of", "job", "attempt", "lineage_state", "lineage_note")},
+        ),
         ("Metadata", {"fields": ("pretty_metadata",)}),
         ("Latest payload", {"fields": ("pretty_payload",)}),
     )

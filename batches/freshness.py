@@ -84,6 +84,7 @@ class LoopStatus:
     lag_seconds: float | None  # how old the list is: now minus the end of the last pass whose top walk completed
     alive: bool  # the heartbeat is younger than stale_after()
     consecutive_failures: int  # list refreshes that failed in a row
+    skipped_total: int = 0  # batches skipped because the database refused them, ever
 
 
 def backoff_seconds(failures: int, base: float | None = None) -> float:
@@ -187,4 +188,5 @@ def loop_status(now: datetime | None = None) -> LoopStatus:
         lag_seconds=lag,
         alive=state.heartbeat_at is not None and state.heartbeat_at >= now - stale_after(),
         consecutive_failures=state.consecutive_failures,
+        skipped_total=state.skipped_total,
     )

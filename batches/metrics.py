@@ -37,7 +37,7 @@ class DashboardCollector:
         now = timezone.now()
         counts = Batch.objects.status_counts()
         batches = GaugeMetricFamily("batchboard_batches", "Batches in the cache, by status.", labels=["status"])
-        for status in services.STATUSES:
+        for status in services.RECORDED_STATUSES:
             batches.add_metric([status], counts.get(status, 0))
         yield batches
 
@@ -94,6 +94,12 @@ def _sync_figures(loop: freshness.LoopStatus):
         "List refreshes that failed in a row (0 while the API answers).",
         value=loop.consecutive_failures,
     )
+    skipped = CounterMetricFamily(
+        "batchboard_sync_skipped",
+        "Batches the sync loop skipped because the database refused to record them (each one is logged).",
+    )
+    skipped.add_metric([], loop.skipped_total)
+    yield skipped
 
 
 def _queue_figures(queue: reactions.QueueStatus):

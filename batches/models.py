@@ -11,19 +11,28 @@ from datetime import date, datetime, timedelta
 from functools import partial
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, models, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    models,
+    transaction,
+)
 from django.db.models import Case, F, FloatField, Q, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Lower
 from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
-from batches import events, pricing, services
+from batches import events, normalise, pricing, services
 from batches.history import STUCK_AFTER
+from batches.lineage_keys import LineageState, claim_of
 
 logger = logging.getLogger("batches.recording")
 
-STATUS_CHOICES = [(s, services.status_label(s)) for s in services.STATUSES]
+STATUS_CHOICES = [(s, services.status_label(s)) for s in services.RECORDED_STATUSES]
 # The list's pseudo-statuses: "every batch that can still change", and "every batch someone should look at".
 ACTIVE_FILTER = "active"
 ATTENTION_FILTER = "attention"
@@ -229,38 +238,33 @@ class BatchQuerySet(models.QuerySet):
         job: str = "",
     ):
         """The list's filters other than status, which the status counts are computed over. `originals` leaves
-        retries out (the retries app links them); `job` keeps one job: its original batch and every retry of it."""
+        verified retries out; `job` keeps one job: its original batch and every verified retry of it."""
         queryset = self.search(q).created_between(*created_range)
         if endpoint:
             queryset = queryset.filter(endpoint=endpoint)
         if model:
             queryset = queryset.filter(model=model)
         if originals:
-            queryset = queryset.filter(retry_link__isnull=True)
+            queryset = queryset.exclude(lineage_state=LineageState.VERIFIED)
         if job:
-            queryset = queryset.filter(models.Q(batch_id=job) | models.Q(retry_link__job_batch_id=job))
+            queryset = queryset.in_job(job)
         return queryset
 
-    def with_parent_ids(self):
-        """Each batch with `retry_of`: the id of the batch it retries (linked by the retries app), or None; a join,
-        no more queries."""
-        return self.annotate(retry_of=F("retry_link__parent_batch_id"))
+    def in_job(self, job_id: str):
+        """The job's batches: its original and the retries verified to resend its lines (a claim alone is not
+        enough: any creator can write the metadata)."""
+        return self.filter(models.Q(batch_id=job_id) | models.Q(job=job_id, lineage_state=LineageState.VERIFIED))
+
+    def retry_counts(self, job_ids: list[str]) -> dict[str, int]:
+        """{job id: its verified retries} for these jobs, in one query (the list's "↻ 3 retries")."""
+        rows = self.filter(job__in=job_ids, lineage_state=LineageState.VERIFIED).order_by().values_list("job")
+        return dict(rows.annotate(count=models.Count("pk")))
 
     def count_retries(self, batches: list) -> None:
-        """Set `retry_count` on each of a list page's batches: how many retries its job has, in one query."""
-        counts = dict(
-            self.filter(retry_link__job_batch_id__in=[batch.batch_id for batch in batches])
-            .order_by()
-            .values_list("retry_link__job_batch_id")
-            .annotate(count=models.Count("pk"))
-        )
+        """Set `retry_count` on each of a list page's batches: how many verified retries its job has, in one query."""
+        counts = self.retry_counts([batch.batch_id for batch in batches])
         for batch in batches:
             batch.retry_count = counts.get(batch.batch_id, 0)
-
-    def mark_row(self, batch) -> None:
-        """One batch shown as a list row outside the list (a cancel's answer): its `retry_of` and `retry_count`."""
-        batch.retry_of = self.filter(pk=batch.pk).values_list("retry_link__parent_batch_id", flat=True).first()
-        self.count_retries([batch])
 
     def status_counts(self) -> dict[str, int]:
         """{status: number of batches}, in one aggregate query."""
@@ -396,6 +400,14 @@ class Batch(models.Model):
     output_tokens = models.PositiveBigIntegerField(null=True, blank=True)
     # When a page last took the right to refresh this batch from the API (see BatchQuerySet.claim_refresh).
     refresh_claimed_at = models.DateTimeField(null=True, blank=True)
+    # What the metadata claims (batches.lineage_keys): the batch this one retries, the original batch of its job,
+    # which attempt it is. Empty for a batch that claims nothing. A claim counts (final results, the job's cost and
+    # view) only once lineage_state is VERIFIED: the retries app checks the lines against the parent's kept input.
+    retry_of = models.CharField(max_length=128, blank=True)
+    job = models.CharField(max_length=128, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=0)
+    lineage_state = models.CharField(max_length=12, choices=LineageState.choices, blank=True)
+    lineage_note = models.CharField(max_length=300, blank=True)
 
     objects = BatchQuerySet.as_manager()
 
@@ -427,6 +439,9 @@ class Batch(models.Model):
             models.Index(fields=["is_terminal", "expires_at"], name="batch_expiry"),
             # The "failed-lines" filter and its count seek only the batches with a failed request.
             models.Index(fields=["failed_requests"], name="batch_failed_lines", condition=Q(failed_requests__gt=0)),
+            # A job's batches, a batch's retries, and the automatic retry's look for an existing child.
+            models.Index(fields=["job", "lineage_state"], name="batch_job"),
+            models.Index(fields=["retry_of", "attempt"], name="batch_retry_of"),
         ]
         verbose_name_plural = "batches"
         permissions = [
@@ -509,6 +524,7 @@ class Batch(models.Model):
 
     def note_model_from_file(self, model: str | None) -> None:
         """The model read from the input file, shown while the API does not name it yet (validating)."""
+        model = normalise.text(model, normalise.MODEL_LENGTH) if model else model
         if model and not self.model:
             Batch.objects.filter(pk=self.pk, model="").update(model=model)
             self.model = model
@@ -516,6 +532,14 @@ class Batch(models.Model):
     @property
     def status_label(self) -> str:
         return services.status_label(self.status)
+
+    @property
+    def reported_status(self) -> str:
+        """The status the API sent when batchboard does not know it (the status is then "unknown"); else ""."""
+        if self.status != normalise.UNKNOWN_STATUS:
+            return ""
+        sent = self.payload.get("status") if isinstance(self.payload, dict) else None
+        return sent if isinstance(sent, str) else "(none)"
 
     @property
     def can_cancel_now(self) -> bool:
@@ -548,6 +572,21 @@ class Batch(models.Model):
         self.input_tokens = usage.input_tokens if usage else None
         self.cached_input_tokens = usage.cached_tokens if usage else None
         self.output_tokens = usage.output_tokens if usage else None
+        claim = claim_of(batch.id, batch.metadata)
+        if self.pk is None or claim.retry_of != self.retry_of:
+            # Metadata never changes after create; the verdict is the retries app's, kept across observations.
+            self.lineage_state = LineageState.UNVERIFIED if claim.retry_of else LineageState.NONE
+            self.lineage_note = ""
+        self.retry_of, self.job, self.attempt = claim.retry_of, claim.job, claim.attempt
+
+    @property
+    def is_verified_retry(self) -> bool:
+        return bool(self.retry_of) and self.lineage_state == LineageState.VERIFIED
+
+    @property
+    def job_id(self) -> str:
+        """The original batch of the job this batch counts in: the claimed one once verified, else itself."""
+        return self.job if self.is_verified_retry else self.batch_id
 
 
 APPLIED_FIELDS = (
@@ -569,6 +608,11 @@ APPLIED_FIELDS = (
     "payload",
     "payload_hash",
     *TOKEN_FIELDS,
+    "retry_of",
+    "job",
+    "attempt",
+    "lineage_state",
+    "lineage_note",
 )
 
 
@@ -612,6 +656,9 @@ class Recorded:
     changed: list[str] = field(default_factory=list)
     became_final: list[str] = field(default_factory=list)
     rows: dict[str, Batch] = field(default_factory=dict, repr=False)
+    # Batches the database refused even after normalising (logged and skipped), with what it said.
+    skipped: list[str] = field(default_factory=list)
+    refused: dict[str, BaseException] = field(default_factory=dict, repr=False)
 
 
 def record_batches(
@@ -639,8 +686,7 @@ def record_batches(
     new = [batch for batch_id, batch in unique.items() if batch_id not in known]
     changed = [batch for batch_id, batch in unique.items() if batch_id in known and batch_id not in unchanged]
     if len(new) == 1:
-        # One new batch (a retrieve, a create's answer) is saved on its own, as a bulk insert of one would be: and its
-        # post_save still links a retry to its parent (the retries app) until lineage is set here.
+        # One new batch (a retrieve, a create's answer) takes the locked path: a bulk insert of one saves nothing.
         changed, new = new + changed, []
     if unchanged:
         Batch.objects.mark_seen(unchanged, observed_at)
@@ -652,7 +698,19 @@ def record_batches(
         else:
             changes += inserted
     for batch in changed:
-        change = _record_with_retries(batch, digests[batch.id], observed_at)
+        try:
+            with transaction.atomic():  # a savepoint: one batch the database refuses never stops the others
+                change = _record_with_retries(batch, digests[batch.id], observed_at)
+        except ROW_REFUSED as exc:
+            if not _refused(exc):
+                raise
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            logger.warning(
+                "Skipped recording %s: the database refused it (%s: %s)", batch.id, type(exc).__name__, reason
+            )
+            recorded.skipped.append(batch.id)
+            recorded.refused[batch.id] = exc
+            continue
         if change is not None:
             changes.append(change)
     for change in changes:
@@ -668,8 +726,11 @@ def record_batches(
 
 
 def record_batch(batch: services.ApiBatch, observed_at: datetime | None = None) -> Batch:
-    """record_batches for one batch (a retrieve, a cancel's or create's answer): its stored row."""
+    """record_batches for one batch (a retrieve, a cancel's or create's answer): its stored row. Raises what the
+    database said if it refused the batch."""
     recorded = record_batches([batch], observed_at)
+    if batch.id in recorded.refused:
+        raise recorded.refused[batch.id]
     return recorded.rows.get(batch.id) or Batch.objects.get(batch_id=batch.id)
 
 
@@ -745,18 +806,32 @@ def _insert_new(batches: list[services.ApiBatch], digests: dict[str, str], obser
                     for row, batch in zip(rows, batches, strict=True)
                 ]
             )
-    except IntegrityError:
-        return None
+    except ROW_REFUSED as exc:
+        if not _refused(exc):
+            raise
+        return None  # Another writer recorded one of them meanwhile, or the database refuses one: one by one.
     return [_Change(row, created=True, became_final=row.is_terminal) for row in rows]
 
 
+# What the database (or its driver: SQLite's refuses an integer beyond 64 bits with OverflowError) raises for one
+# row it will not store. A database that is down or locked (OperationalError, InterfaceError) is not the row's fault:
+# it fails the whole pass instead of skipping every batch.
+ROW_REFUSED = (DatabaseError, OverflowError, ValueError)
+
+
+def _refused(exc: BaseException) -> bool:
+    return not isinstance(exc, OperationalError | InterfaceError)
+
+
 def _record_with_retries(batch: services.ApiBatch, digest: str, observed_at: datetime) -> _Change | None:
-    for _attempt in range(3):
+    for _attempt in range(2):
         try:
             return _record(batch, digest, observed_at)
         except IntegrityError:
             continue  # Another writer created the same row between our read and write; read it again.
-    return None
+    # Refused a third time, it is this row's values the database refuses (a check constraint): raised for the caller
+    # (record_batches skips it).
+    return _record(batch, digest, observed_at)
 
 
 def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> _Change | None:
@@ -973,6 +1048,8 @@ class SyncState(models.Model):
     error_kind = models.CharField(max_length=32, blank=True)
     error_message = models.TextField(blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
+    # Batches the database refused and the loop skipped (each logged), ever: /metrics' batchboard_sync_skipped_total.
+    skipped_total = models.PositiveBigIntegerField(default=0)
 
     objects = SyncStateQuerySet.as_manager()
 

@@ -12,6 +12,7 @@ apps need on top of it:
   the body. The body succeeds (done), asks to wait (`raise Later(seconds, reason)`: no try counted), gives up at once
   (`raise Failed(reason)`), or raises: then it is retried with exponential backoff and jitter, up to MAX_TRIES, and
   recorded as failed with its reason. One reaction's failure never blocks another's.
+- `wake(step, batch_pk)` runs a waiting reaction now, when what it waited for has happened (an event).
 - `sweep()` (the sync loop's process calls it after each pass, and `serve`) puts back reactions whose worker died
   (expired lease) and re-enqueues pending ones whose task was lost; the claim makes a duplicate harmless.
 
@@ -100,6 +101,20 @@ def schedule(step: str, batch_pk: int, attempt: int = 0, *, priority: int = 0) -
     except IntegrityError:
         return False
     _enqueue_on_commit(step, reaction.pk, priority=priority)
+    return True
+
+
+def wake(step: str, batch_pk: int, attempt: int = 0) -> bool:
+    """Run a reaction that is waiting (after `raise Later`, or a backoff) now rather than at its run_after: what it
+    waited for has happened. True when one was waiting; its task is enqueued when the current transaction commits."""
+    now = timezone.now()
+    waiting = Reaction.objects.filter(
+        batch_id=batch_pk, step=step, attempt=attempt, state=ReactionState.PENDING, run_after__gt=now
+    )
+    reaction_id = waiting.values_list("pk", flat=True).first()
+    if reaction_id is None or not waiting.filter(pk=reaction_id).update(run_after=now, enqueued_at=now):
+        return False
+    transaction.on_commit(partial(_enqueue, step, reaction_id))
     return True
 
 

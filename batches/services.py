@@ -25,6 +25,8 @@ import requests
 import urllib3.exceptions
 from django.conf import settings
 
+from batches import normalise
+
 logger = logging.getLogger(__name__)
 
 # --- What the API looks like ------------------------------------------------
@@ -39,8 +41,21 @@ STATUSES = (
     "cancelling",
     "cancelled",
 )
+# What batchboard records: the API's statuses, and "unknown" for one it does not know (batches.normalise keeps the
+# text sent). An unknown status is not final, so such a batch keeps being refreshed until it reports a known one.
+RECORDED_STATUSES = (*STATUSES, normalise.UNKNOWN_STATUS)
 # The order a batch passes through its statuses (the ones that can still change first), for lists and timelines.
-LIFECYCLE = ("validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled")
+LIFECYCLE = (
+    "validating",
+    "in_progress",
+    "finalizing",
+    "cancelling",
+    "completed",
+    "failed",
+    "expired",
+    "cancelled",
+    normalise.UNKNOWN_STATUS,
+)
 STATUS_RANK = {status: rank for rank, status in enumerate(LIFECYCLE)}
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 CANCELLABLE_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
@@ -139,14 +154,19 @@ def _int(value: Any) -> int | None:
     return None
 
 
+def _shown(value: Any, length: int = 200) -> Any:
+    """A text of an error answer as pages, logs and the audit log may hold it (batches.normalise.text: bounded, no NUL
+    or lone surrogate); cut after the key is redacted, so that no part of it is left."""
+    return normalise.text(value, length) if isinstance(value, str) else value
+
+
 def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-# Values beyond these cannot be stored or shown (a datetime ends in year 9999; the count columns are 32-bit), so they
-# are odd values like any other: a timestamp in milliseconds or a negative count must not break recording.
+# A timestamp beyond this cannot be stored or shown (a datetime ends in year 9999): an odd value like any other, so a
+# timestamp in milliseconds must not break recording. Counts and tokens are clamped by batches.normalise.
 MAX_TIMESTAMP = 253_402_300_799
-MAX_COUNT = 2**31 - 1
 
 
 def _timestamp(value: Any) -> int | None:
@@ -155,8 +175,11 @@ def _timestamp(value: Any) -> int | None:
 
 
 def _count(value: Any) -> int:
-    count = _int(value)
-    return count if count is not None and 0 <= count <= MAX_COUNT else 0
+    return normalise.number(value, normalise.MAX_COUNT)
+
+
+def _tokens(value: Any) -> int:
+    return normalise.number(value, normalise.MAX_TOKENS)
 
 
 # --- Typed results ----------------------------------------------------------
@@ -199,11 +222,11 @@ class Usage:
         input_details = _dict(data.get("input_tokens_details") or data.get("prompt_tokens_details"))
         output_details = _dict(data.get("output_tokens_details") or data.get("completion_tokens_details"))
         return cls(
-            input_tokens=_int(data.get("input_tokens", data.get("prompt_tokens"))) or 0,
-            cached_tokens=_int(input_details.get("cached_tokens")) or 0,
-            output_tokens=_int(data.get("output_tokens", data.get("completion_tokens"))) or 0,
-            reasoning_tokens=_int(output_details.get("reasoning_tokens")) or 0,
-            total_tokens=_int(data.get("total_tokens")) or 0,
+            input_tokens=_tokens(data.get("input_tokens", data.get("prompt_tokens"))),
+            cached_tokens=_tokens(input_details.get("cached_tokens")),
+            output_tokens=_tokens(data.get("output_tokens", data.get("completion_tokens"))),
+            reasoning_tokens=_tokens(output_details.get("reasoning_tokens")),
+            total_tokens=_tokens(data.get("total_tokens")),
         )
 
 
@@ -251,7 +274,12 @@ class ApiBatch:
 
     @classmethod
     def from_api(cls, data: dict) -> ApiBatch:
-        """Parse a Batch object; unknown fields stay in `raw`, odd values become None instead of failing."""
+        """Parse a Batch object; unknown fields stay in `raw`, odd values become None instead of failing.
+
+        What is parsed and kept is the object as batches.normalise makes it storable: every path that records a
+        batch's state comes through here.
+        """
+        data = normalise.batch_payload(data if isinstance(data, dict) else {})
         batch_id = data.get("id")
         if not isinstance(batch_id, str) or not batch_id:
             raise ValueError("A Batch object has no id.")
@@ -260,7 +288,7 @@ class ApiBatch:
         errors = _dict(data.get("errors")).get("data")
         return cls(
             id=batch_id,
-            status=str(data.get("status") or "").lower(),  # Azure has sent "Validating"
+            status=normalise.status(data.get("status"), STATUSES),
             endpoint=_text(data.get("endpoint")),
             input_file_id=_file_id(data.get("input_file_id")),
             completion_window=_text(data.get("completion_window")),
@@ -279,7 +307,7 @@ class ApiBatch:
             request_counts=RequestCounts.from_api(data.get("request_counts")),
             usage=Usage.from_api(data.get("usage")),
             errors=tuple(BatchError.from_api(e) for e in (errors if isinstance(errors, list) else ()) if _dict(e)),
-            metadata={str(k): str(v) for k, v in _dict(data.get("metadata")).items() if v is not None},
+            metadata=normalise.metadata(data.get("metadata")),
             raw=data,
         )
 
@@ -343,6 +371,7 @@ class FileObject:
         file_id = data.get("id")
         if not isinstance(file_id, str) or not FILE_ID_PATTERN.fullmatch(file_id):
             raise ValueError("A File object has no valid id.")
+        data = normalise.json_value(data)  # its filename is shown: bounded, no NUL or lone surrogate
         return cls(
             id=file_id,
             bytes=_int(data.get("bytes")) or 0,
@@ -866,7 +895,7 @@ class BatchClient:
     def _parse(self, response: requests.Response, parse: Callable[[dict], Any], call: str) -> Any:
         """The typed result of a successful response; anything else than the expected JSON object is an error."""
         try:
-            data = json.loads(response.content)
+            data = json.loads(response.content, parse_int=normalise.parse_int, parse_constant=normalise.parse_constant)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             return parse(data)
@@ -903,11 +932,11 @@ class BatchClient:
             if body is None and raw.strip():
                 message += f" The answer was not an API error ({content_type}): a proxy or gateway may be failing."
         return error_class(
-            _redact(message, self._api_key),
+            _shown(_redact(message, self._api_key), normalise.ERROR_TEXT_LENGTH),
             status=status,
-            type=_redact(_text(details.get("type")), self._api_key),
-            code=_redact(_text(details.get("code")), self._api_key),
-            param=_redact(_text(details.get("param")), self._api_key),
+            type=_shown(_redact(_text(details.get("type")), self._api_key)),
+            code=_shown(_redact(_text(details.get("code")), self._api_key)),
+            param=_shown(_redact(_text(details.get("param")), self._api_key)),
             request_id=response.headers.get("x-request-id"),
             retry_after=_retry_after_seconds(response),
         )

@@ -64,6 +64,7 @@ class SyncResult:
     import_calls: int = 0  # list calls made by the import (the rest of `pages` were the top walk's)
     complete: bool = False  # the top walk reached known ground (the list is current)
     stopped: str = ""  # "", "stop" (shutdown), "budget", "lease" (another loop took over)
+    skipped: int = 0  # batches the database refused (logged, counted in SyncState.skipped_total)
     became_final: list[str] = field(default_factory=list)
     seen_ids: set[str] = field(default_factory=set, repr=False)
 
@@ -92,6 +93,8 @@ class PassOutcome:
         )
         if result.imported:
             line += f", {result.imported} imported"
+        if result.skipped:
+            line += f", {result.skipped} skipped (refused by the database)"
         line += f" in {self.seconds:.2f} s"
         if self.error:
             return f"sync pass failed after {self.seconds:.2f} s: {self.error} ({line})"
@@ -113,6 +116,7 @@ class PassOutcome:
             "changed": result.changed,
             "retrieved": result.retrieved,
             "imported": result.imported,
+            "skipped": result.skipped,
             "seconds": round(self.seconds, 3),
         }
 
@@ -161,6 +165,13 @@ def run_pass(
         result.stopped = "budget"
     except services.BatchApiError as exc:
         error = exc
+    except Exception as exc:
+        # A bug, or a database refusing what the pass wrote outside a batch's savepoint: a failed pass like any
+        # other, so that consecutive_failures rises and the alerts on it fire. The traceback goes to the log only.
+        logger.exception("sync pass failed unexpectedly")
+        error = services.BatchApiError(
+            f"The sync pass stopped on an unexpected error ({type(exc).__name__}); the sync loop's log has the details."
+        )
     finally:
         SyncState.objects.release_lease(LIST_STATE, holder)
     seconds = time.monotonic() - started
@@ -191,6 +202,8 @@ def _record_outcome(result: SyncResult, error: services.BatchApiError | None, se
         fields.update(succeeded_at=now, consecutive_failures=0, error_kind="", error_message="")
     if result.stopped == "budget":
         fields["budget_limited_at"] = now
+    if result.skipped:
+        fields["skipped_total"] = F("skipped_total") + result.skipped
     SyncState.objects.filter(name=LIST_STATE).update(**fields)
 
 
@@ -389,5 +402,6 @@ def _record_page(batches: tuple[services.ApiBatch, ...], result: SyncResult, *, 
 
 def _tally(recorded: Recorded, result: SyncResult, *, imported: bool) -> None:
     result.changed += len(recorded.changed)
+    result.skipped += len(recorded.skipped)
     if not imported:  # An import's old batches are not news.
         result.became_final += recorded.became_final

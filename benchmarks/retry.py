@@ -3,6 +3,7 @@
 `python -m benchmarks.retry` (run by `make bench`) works in a scratch folder (database, results storage), never in
 yours. It keeps three 50,000-line batches of one job (the original, 10 % failed with 429; two retries of every line)
 from files it writes, indexes them as the sync loop would, and measures, beside the targets:
+- verifying each retry's link (its 50,000 lines against its parent's kept input): time and peak Python memory;
 - building the input of a retry of the original's 5,000 failed lines (time, peak Python memory, and the same for
   1,000 of them: flat memory means about the same peak), and the confirmation's whole preparation (build,
   validate, estimate);
@@ -24,7 +25,7 @@ from benchmarks import common
 from benchmarks.common import rerun_in_scratch
 
 SCRATCH_ENV = "BATCHBOARD_BENCH_RETRY_SCRATCH"
-TARGETS = {"build": 5.0, "page": 50.0}
+TARGETS = {"build": 5.0, "page": 50.0, "verify": 5.0, "verify_mb": 20.0}
 LINES = 50_000
 CHAT = "/v1/chat/completions"
 REPEATS = 30
@@ -121,8 +122,9 @@ def _run(scratch: Path) -> int:
     from django.test import Client
     from django.urls import reverse
 
+    from batches.lineage_keys import LineageState
     from results.models import ResultArchive, ResultFilter
-    from retries import submit
+    from retries import submit, verify
     from retries.selection import RetrySelection
 
     print(f"retry benchmark: a job of 3 x {LINES:,}-line batches, scratch folder {scratch}")
@@ -133,8 +135,26 @@ def _run(scratch: Path) -> int:
     link = {"batchboard_retry_of": original.batch_id, "batchboard_job": original.batch_id}
     first = _keep("batch_benchretry1", now + 1000, link, lambda n: n % 10 == 0 and n % 30 != 0, scratch)
     link = {"batchboard_retry_of": first.batch_id, "batchboard_job": original.batch_id}
-    _keep("batch_benchretry2", now + 2000, link, lambda n: n % 10 == 0 and n % 90 != 0, scratch)
+    second = _keep("batch_benchretry2", now + 2000, link, lambda n: n % 10 == 0 and n % 90 != 0, scratch)
     print(f"  kept and indexed 3 batches in {time.perf_counter() - begun:.1f} s")
+
+    print("")
+    print(f"  {'step':<52} {'time':>8} {'memory':>9}  target")
+    for retry in (first, second):  # the second is checked once the first (its parent) is verified
+        started = time.perf_counter()
+        verdict = verify.check(retry)
+        took = time.perf_counter() - started
+        tracemalloc.start()  # a second check, for its memory: tracing slows Python down
+        verify.check(retry)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert verdict.state == LineageState.VERIFIED, verdict
+        verify.verify(retry)
+        name = f"verify {retry.batch_id} ({LINES:,} lines of {LINES:,})"
+        print(
+            f"  {name:<52} {took:>6.2f} s {peak / 1e6:>6.1f} MB  {_verdict(took, TARGETS['verify'], 's')}, "
+            f"{_verdict(peak / 1e6, TARGETS['verify_mb'], 'MB')}"
+        )
 
     kept = ResultArchive.objects.get(batch=original)
     print("")
@@ -156,9 +176,7 @@ def _run(scratch: Path) -> int:
         name = f"{label}: {count:,}"
         print(f"  {name:<52} {took:>6.2f} s {peak / 1e6:>6.1f} MB  {_verdict(took, TARGETS['build'], 's')}")
     started = time.perf_counter()
-    prepared = submit.prepare(
-        original, kept, RetrySelection("failed", ResultFilter()), original.batch_id, token=uuid.uuid4()
-    )
+    prepared = submit.prepare(original, kept, RetrySelection("failed", ResultFilter()), token=uuid.uuid4())
     took = time.perf_counter() - started
     assert prepared.form.is_valid(), prepared.form.errors
     name = "confirmation: build + validate + estimate (5,000)"

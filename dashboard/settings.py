@@ -187,6 +187,8 @@ if BATCHBOARD_ARCHIVE not in ("new", "all", "on-open", "off"):
 # A disk quota for the kept files, in GB (0: none): past it, the files opened least recently are evicted; their
 # summaries and per-line index stay.
 BATCHBOARD_ARCHIVE_MAX_GB = _env_float("BATCHBOARD_ARCHIVE_MAX_GB", 0.0, 0.0, 1_000_000.0)
+# A result file larger than this is not kept (its results page says so and links to the API's copy), in MB.
+BATCHBOARD_RESULT_FILE_MAX_MB = _env_int("BATCHBOARD_RESULT_FILE_MAX_MB", 1024, 1, 1024 * 1024)
 
 
 def _results_storage():

@@ -2,9 +2,12 @@
 
 Cost model. Fetching runs as the keep_results reaction (results.tasks), one task per batch on the task workers, so a
 100 MB file never delays the list: per batch, three file lookups and three downloads (input, output, error), each
-streamed to a temporary file and from there to the results storage, never held in memory; indexing reads the local
-copies line by line and keeps one small record per result line (about 30 MB for 50,000 lines) to join them to the
-input. Pages never call the API: they read the index and seek into the stored files.
+streamed to a temporary file and from there to the results storage, never held in memory, and refused past
+BATCHBOARD_RESULT_FILE_MAX_MB; indexing reads the local copies line by line (a line over MAX_LINE_BYTES is kept as
+"too long to keep", never read whole) and joins answers to the input in a temporary SQLite file, so memory stays flat
+whatever the files hold (benchmarks.hostile: about 80 MB of process RSS for 300,000 lines or a 100 MB line). Pages
+never call the API: they read the index and seek into the stored files, and a request page shows at most 256 KB of a
+line (the raw line is streamed).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -29,7 +33,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from batches import reactions, services
+from batches import normalise, reactions, services
+from batches.formatting import format_size
+from batches.forms import MAX_LINE_BYTES
 from batches.freshness import failure_message
 from batches.models import Batch, Reaction
 from results import answers, events
@@ -61,6 +67,30 @@ INSERT_CHUNK = 2000
 CHECK_UPSTREAM_EVERY = timedelta(days=1)
 FILE_KINDS = ("input", "output", "error")
 _NUMBERS = re.compile(r"\d+")
+# A hostile or broken file must not grow memory with its size: a line longer than MAX_LINE_BYTES (as the create form
+# allows) is never read whole, only its head (HEAD_BYTES) for its custom_id and status; at most MAX_GROUPS error
+# groups and codes are told apart (the rest are counted together); the join of answers to the input spills to a
+# temporary SQLite file instead of a dict of every answer.
+HEAD_BYTES = 64 * 1024
+MAX_GROUPS = 1000
+STREAM_CHUNK = 64 * 1024
+TOO_LONG = "too long to keep"
+_HEAD_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.){0,2048}")')
+_HEAD_STATUS = re.compile(rb'"status_code"\s*:\s*(\d{3})\b')
+
+
+class ResultFileTooLarge(Exception):
+    """A result file is larger than BATCHBOARD_RESULT_FILE_MAX_MB: it is not kept."""
+
+
+def max_file_bytes() -> int:
+    return settings.BATCHBOARD_RESULT_FILE_MAX_MB * 1024 * 1024
+
+
+def storable_id(custom_id: str) -> str:
+    """A custom_id as the index stores it and a lookup by custom_id finds it: its first 512 characters, NUL (which
+    PostgreSQL refuses) made U+FFFD so that the id stays distinct and findable."""
+    return normalise.text(custom_id[:512].replace("\x00", "\ufffd"), 512)
 
 
 def results_storage():
@@ -167,6 +197,8 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
                 continue
             try:
                 info = client.retrieve_file(file_ids[kind])
+                if info.bytes > max_file_bytes():
+                    raise ResultFileTooLarge(f"The {kind} file is {format_size(info.bytes)}")
                 local[kind] = _download(client, file_ids[kind])
             except services.NotFound:
                 logger.info("Results of %s: the %s file %s is gone upstream.", batch.batch_id, kind, file_ids[kind])
@@ -200,12 +232,12 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
                     setattr(archive, f"{kind}_name", stored.get(kind, ""))
                 archive.save()
                 transaction.on_commit(partial(_announce_kept, batch))
-        except Exception as exc:
-            reason = f"The result files could not be indexed: {type(exc).__name__}: {str(exc)[:300]}"
+        except Exception:
+            # The database refused a line of the index (or a lock timed out): a failed attempt with its reason, retried
+            # with backoff by the reaction, and never an archive left "archiving" or half indexed.
             logger.exception("Indexing the results of %s failed", batch.batch_id)
             ResultLine.objects.filter(archive=archive).delete()
-            _finish(archive, ArchiveState.UNAVAILABLE, problem=reason)
-            raise reactions.Failed(reason) from exc
+            raise
         stored = {}
         logger.info(
             "Results of %s kept locally: %s lines, %s bytes.", batch.batch_id, summary["rows"], archive.stored_bytes
@@ -218,12 +250,19 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
         raise reactions.Later(60, failure_message(exc)) from exc
     except (reactions.Failed, reactions.Later):
         raise
+    except ResultFileTooLarge as exc:  # fetching it again would not help
+        limit = f"BATCHBOARD_RESULT_FILE_MAX_MB ({settings.BATCHBOARD_RESULT_FILE_MAX_MB:,} MB)"
+        problem = f"{exc}, more than {limit} allows: the results were not kept. Download the file from the API."
+        logger.warning("Results of %s not kept: %s", batch.batch_id, problem)
+        _finish(archive, ArchiveState.UNAVAILABLE, problem=problem, attempts=F("attempts") + 1)
+        raise reactions.Failed(problem) from exc
     except Exception as exc:  # the API failing, or the results storage (a full disk): worth another try
         logger.warning("Fetching the results of %s failed: %s", batch.batch_id, exc)
         if isinstance(exc, services.BatchApiError):
             cause, problem = failure_message(exc), failure_message(exc, retry="batchboard will try again shortly.")
         else:
-            cause = f"Storing the result files failed: {type(exc).__name__}: {str(exc)[:300]}"
+            detail = normalise.text(str(exc).strip().splitlines()[0], 300) if str(exc).strip() else "no details"
+            cause = f"Keeping the results failed: {type(exc).__name__} ({detail})."
             problem = f"{cause} batchboard will try again shortly."
         if last_try:
             _finish(archive, ArchiveState.UNAVAILABLE, problem=cause, attempts=F("attempts") + 1)
@@ -252,11 +291,19 @@ def _finish(archive: ResultArchive, state: str, **fields) -> None:
 
 
 def _download(client: services.BatchClient, file_id: str) -> str:
-    """The file's bytes streamed into a local temporary file; its path."""
+    """The file's bytes streamed into a local temporary file; its path. A file larger than max_file_bytes() (announced
+    or as it arrives) raises ResultFileTooLarge, having kept at most that much on disk."""
+    limit = max_file_bytes()
     descriptor, path = tempfile.mkstemp(prefix="batchboard-results-", suffix=".jsonl")
     try:
         with os.fdopen(descriptor, "wb") as handle, client.file_content(file_id) as chunks:
+            if chunks.content_length is not None and chunks.content_length > limit:
+                raise ResultFileTooLarge(f"The file {file_id} is {format_size(chunks.content_length)}")
+            size = 0
             for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise ResultFileTooLarge(f"The file {file_id} is larger than {format_size(limit)}")
                 handle.write(chunk)
     except BaseException:
         os.unlink(path)
@@ -284,6 +331,21 @@ class _Answer:
     preview: str = ""
 
 
+ANSWER_FIELDS = (
+    "file",
+    "line",
+    "offset",
+    "length",
+    "outcome",
+    "status",
+    "code",
+    "message",
+    "input_tokens",
+    "output_tokens",
+    "preview",
+)
+
+
 class _Unreadable:
     """Lines that could not be read, counted, with the first few kept (file, line number, reason)."""
 
@@ -297,21 +359,61 @@ class _Unreadable:
             self.kept.append({"file": file, "line": line, "reason": reason})
 
 
-def _lines(path: str) -> Iterator[tuple[int, int, bytes]]:
-    """(line number, byte offset, content without its line break) for every non-blank line, streamed."""
+@dataclass(slots=True)
+class _Line:
+    """One non-blank line of a file: where it is, and its content, or only its head when it is too long to keep."""
+
+    number: int
+    offset: int
+    length: int  # in bytes, without the line break
+    content: bytes | None  # None when longer than MAX_LINE_BYTES
+    head: bytes = b""
+
+
+def _lines(path: str) -> Iterator[_Line]:
+    """Every non-blank line, streamed. A line longer than MAX_LINE_BYTES is never held whole: its first HEAD_BYTES
+    are kept, the rest read in small pieces and dropped."""
     with open(path, "rb") as handle:
-        offset = 0
-        for number, raw in enumerate(handle, start=1):
-            content = raw.rstrip(b"\r\n")
-            if content.strip():
-                yield number, offset, content
-            offset += len(raw)
+        offset = number = 0
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+                content = raw.rstrip(b"\r\n")
+                if content.strip():
+                    yield _Line(number, offset, len(content), content)
+                offset += len(raw)
+                continue
+            head, total, last = raw[:HEAD_BYTES], len(raw), b""
+            del raw
+            while piece := handle.readline(STREAM_CHUNK):
+                total += len(piece)
+                last = piece
+                if piece.endswith(b"\n"):
+                    break
+            yield _Line(number, offset, total - (len(last) - len(last.rstrip(b"\r\n"))), None, head)
+            offset += total
+
+
+def _too_long(line: _Line) -> str:
+    return f"{TOO_LONG} ({format_size(line.length)}; lines of at most {format_size(MAX_LINE_BYTES)} are read)"
+
+
+def _head_custom_id(head: bytes) -> str | None:
+    """The custom_id of a line too long to parse, if its head names one (it comes first in the API's lines)."""
+    match = _HEAD_CUSTOM_ID.search(head)
+    if match is None:
+        return None
+    try:
+        custom_id = json.loads(match.group(1))
+    except ValueError:
+        return None
+    return custom_id if isinstance(custom_id, str) else None
 
 
 def _parse(content: bytes) -> tuple[dict | None, str]:
     try:
-        record = json.loads(content)
-    except ValueError:
+        record = json.loads(content, parse_int=normalise.parse_int, parse_constant=normalise.parse_constant)
+    except (ValueError, RecursionError):
         return None, "not valid JSON"
     if not isinstance(record, dict):
         return None, "not a JSON object"
@@ -325,8 +427,8 @@ def _answer(record: dict, file: str, line: int, offset: int, length: int) -> _An
     answer = _Answer(file=file, line=line, offset=offset, length=length, outcome=Outcome.FAILED.value)
     error, response = record.get("error"), record.get("response")
     if isinstance(error, dict) and error:
-        answer.code = str(error.get("code") or "")[:64]
-        answer.message = str(error.get("message") or "")[:MESSAGE_LENGTH]
+        answer.code = normalise.text(str(error.get("code") or ""), 64)
+        answer.message = normalise.text(str(error.get("message") or ""), MESSAGE_LENGTH)
         answer.outcome = UNRUN_CODES.get(answer.code, Outcome.FAILED).value
         return answer
     if not isinstance(response, dict):
@@ -337,30 +439,76 @@ def _answer(record: dict, file: str, line: int, offset: int, length: int) -> _An
     if answer.status is not None and answer.status < 400:
         answer.outcome = Outcome.SUCCEEDED.value
         answer.input_tokens, answer.output_tokens = answers.usage_tokens(body)
-        answer.preview = answers.one_line(answers.answer_text(body), PREVIEW_LENGTH)
+        answer.preview = normalise.text(answers.one_line(answers.answer_text(body), PREVIEW_LENGTH), PREVIEW_LENGTH)
         return answer
     failure = body.get("error") if isinstance(body, dict) else None
     if isinstance(failure, dict):
-        answer.code = str(failure.get("code") or failure.get("type") or "")[:64]
-        answer.message = str(failure.get("message") or "")[:MESSAGE_LENGTH]
+        answer.code = normalise.text(str(failure.get("code") or failure.get("type") or ""), 64)
+        answer.message = normalise.text(str(failure.get("message") or ""), MESSAGE_LENGTH)
     return answer
 
 
+def _too_long_answer(line: _Line, file: str) -> _Answer:
+    """A result line too long to read: its outcome from the HTTP status its head shows (failed without one)."""
+    match = _HEAD_STATUS.search(line.head)
+    status = int(match.group(1)) if match and 100 <= int(match.group(1)) <= 599 else None
+    succeeded = status is not None and status < 400
+    return _Answer(
+        file=file,
+        line=line.number,
+        offset=line.offset,
+        length=line.length,
+        outcome=(Outcome.SUCCEEDED if succeeded else Outcome.FAILED).value,
+        status=status,
+        message="" if succeeded else f"The line is {_too_long(line)}: download it from its request page.",
+        preview=f"({TOO_LONG}: {format_size(line.length)})",
+    )
+
+
 def _read_answers(path: str, file: str, unreadable: _Unreadable) -> Iterator[tuple[str, _Answer]]:
-    for number, offset, content in _lines(path):
-        record, reason = _parse(content)
-        answer = _answer(record, file, number, offset, len(content)) if record else None
-        if answer is None:
-            unreadable.add(file, number, reason or "neither a response nor an error")
+    for line in _lines(path):
+        if line.content is None:
+            unreadable.add(file, line.number, _too_long(line))
+            custom_id = _head_custom_id(line.head)
+            if custom_id is not None:
+                yield storable_id(custom_id), _too_long_answer(line, file)
             continue
-        yield record["custom_id"], answer
+        record, reason = _parse(line.content)
+        answer = _answer(record, file, line.number, line.offset, line.length) if record else None
+        if answer is None:
+            unreadable.add(file, line.number, reason or "neither a response nor an error")
+            continue
+        yield storable_id(record["custom_id"]), answer
+
+
+def _read_inputs(path: str, unreadable: _Unreadable) -> Iterator[tuple[str, int, int, int]]:
+    """(custom_id, line number, offset, length) of each input line; a line too long to read is joined by the
+    custom_id its head names."""
+    for line in _lines(path):
+        if line.content is None:
+            custom_id = _head_custom_id(line.head)
+            if custom_id is None:
+                unreadable.add("input", line.number, _too_long(line))
+                continue
+        else:
+            record, reason = _parse(line.content)
+            if record is None:
+                unreadable.add("input", line.number, reason)
+                continue
+            custom_id = record["custom_id"]
+        yield storable_id(custom_id), line.number, line.offset, line.length
 
 
 class _Groups:
-    """Failures grouped by outcome, HTTP status, code and message (numbers in messages ignored), and missing lines."""
+    """Failures grouped by outcome, HTTP status, code and message (numbers in messages ignored), and missing lines.
+
+    At most MAX_GROUPS are told apart (error_group is a small integer, and a file whose messages all differ must not
+    grow memory with its lines): lines of further groups have no group and count among the "other" lines.
+    """
 
     def __init__(self):
         self.groups: dict[tuple, dict] = {}
+        self.overflow_lines = 0
 
     def number(self, outcome: str, status: int | None, code: str, message: str, custom_id: str) -> int | None:
         if outcome == Outcome.SUCCEEDED:
@@ -368,6 +516,9 @@ class _Groups:
         key = (outcome, status, code, _NUMBERS.sub("#", message))
         group = self.groups.get(key)
         if group is None:
+            if len(self.groups) >= MAX_GROUPS:
+                self.overflow_lines += 1
+                return None
             group = self.groups[key] = {
                 "number": len(self.groups) + 1,
                 "outcome": outcome,
@@ -387,7 +538,64 @@ class _Groups:
         which every results page reads, when messages are all different)."""
         ordered = sorted(self.groups.values(), key=lambda group: (-group["count"], group["number"]))
         rest = ordered[GROUPS_KEPT:]
-        return ordered[:GROUPS_KEPT], len(rest), sum(group["count"] for group in rest)
+        others = len(rest) + (1 if self.overflow_lines else 0)
+        return ordered[:GROUPS_KEPT], others, sum(group["count"] for group in rest) + self.overflow_lines
+
+
+class _Join:
+    """The join of answers to input lines by custom_id, in a temporary SQLite file rather than in memory: a file of
+    300,000 lines costs disk, not RAM. The first input line with a custom_id gets all its answers (the first, then
+    duplicates); answers whose custom_id no input line has come after, in the order they first appeared."""
+
+    def __init__(self):
+        descriptor, self.path = tempfile.mkstemp(prefix="batchboard-join-", suffix=".sqlite3")
+        os.close(descriptor)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        self.db.execute("PRAGMA cache_size = -4096")  # 4 MB
+        columns = ", ".join(ANSWER_FIELDS)
+        self.db.execute(f"CREATE TABLE answer (custom_id TEXT NOT NULL, {columns})")
+        self.db.execute("CREATE TABLE input (custom_id TEXT NOT NULL, number, offset, length, first INTEGER)")
+
+    def close(self) -> None:
+        self.db.close()
+        os.unlink(self.path)
+
+    def add_answers(self, answers: Iterator[tuple[str, _Answer]]) -> None:
+        placeholders = ", ".join(["?"] * (1 + len(ANSWER_FIELDS)))
+        rows = ((custom_id, *(getattr(answer, name) for name in ANSWER_FIELDS)) for custom_id, answer in answers)
+        while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
+            self.db.executemany(f"INSERT INTO answer VALUES ({placeholders})", chunk)  # noqa: S608 - our columns
+
+    def add_inputs(self, inputs: Iterator[tuple[str, int, int, int]]) -> None:
+        while chunk := list(itertools.islice(inputs, INSERT_CHUNK)):
+            self.db.executemany("INSERT INTO input VALUES (?, ?, ?, ?, 0)", chunk)
+
+    def joined(self) -> Iterator[tuple[int, str, int, int, int, _Answer | None]]:
+        """(input rowid, custom_id, line number, offset, length, answer or None) in input order, each input line's
+        answers in file order."""
+        self.db.execute("CREATE INDEX answer_custom_id ON answer (custom_id)")
+        self.db.execute("CREATE INDEX input_custom_id ON input (custom_id)")
+        self.db.execute("UPDATE input SET first = 1 WHERE rowid IN (SELECT MIN(rowid) FROM input GROUP BY custom_id)")
+        columns = ", ".join(f"a.{name}" for name in ANSWER_FIELDS)
+        rows = self.db.execute(
+            f"SELECT i.rowid, i.custom_id, i.number, i.offset, i.length, a.rowid, {columns} "  # noqa: S608
+            "FROM input AS i LEFT JOIN answer AS a ON i.first = 1 AND a.custom_id = i.custom_id "
+            "ORDER BY i.rowid, a.rowid"
+        )
+        for seq, custom_id, number, offset, length, answer_id, *answer in rows:
+            yield seq, custom_id, number, offset, length, _Answer(*answer) if answer_id is not None else None
+
+    def unmatched(self) -> Iterator[tuple[str, _Answer]]:
+        columns = ", ".join(f"a.{name}" for name in ANSWER_FIELDS)
+        rows = self.db.execute(
+            f"SELECT a.custom_id, {columns} FROM answer AS a "  # noqa: S608
+            "WHERE NOT EXISTS (SELECT 1 FROM input AS i WHERE i.custom_id = a.custom_id) "
+            "ORDER BY (SELECT MIN(b.rowid) FROM answer AS b WHERE b.custom_id = a.custom_id), a.rowid"
+        )
+        for custom_id, *answer in rows:
+            yield custom_id, _Answer(*answer)
 
 
 # The index's columns in the order _rows builds them: rows are inserted as tuples, not model instances, which costs
@@ -417,19 +625,13 @@ COLUMNS = (
 
 def _rows(archive: ResultArchive, local: dict[str, str], summary: dict) -> Iterator[tuple]:
     """Every row of the results table (a tuple of COLUMNS), in input order, joined by custom_id; fills in
-    `summary` as it goes."""
+    `summary` as it goes. Memory stays flat whatever the files hold (see _lines, _Groups and _Join)."""
     unreadable = _Unreadable()
     groups = _Groups()
     outcomes: Counter = Counter()
     codes: Counter = Counter()
-    by_custom_id: dict[str, list[_Answer]] = {}
-    for kind, code in (("output", ResultLine.OUTPUT), ("error", ResultLine.ERROR)):
-        if kind in local:
-            for custom_id, answer in _read_answers(local[kind], code, unreadable):
-                by_custom_id.setdefault(custom_id, []).append(answer)
-
     position = 0
-    duplicates = input_lines = 0
+    duplicates = input_lines = unmatched = 0
 
     def row(custom_id, answer, line_number=None, input_offset=None, input_length=None, duplicate=False) -> tuple:
         nonlocal position
@@ -441,35 +643,39 @@ def _rows(archive: ResultArchive, local: dict[str, str], summary: dict) -> Itera
         group = None
         if not duplicate:
             outcomes[outcome] += 1
-            if code:
+            if code and (code in codes or len(codes) < MAX_GROUPS):
                 codes[code] += 1
             group = groups.number(outcome, status, code, message, custom_id)
-        head = (archive.pk, position, line_number, custom_id[:512], outcome, status, code, message, group, duplicate)
+        head = (archive.pk, position, line_number, custom_id, outcome, status, code, message, group, duplicate)
         where = (input_offset, input_length)
         if answer is None:
             return (*head, *where, None, None, "", "", None, None, None)
         result = (answer.file, answer.line, answer.offset, answer.length)
         return (*head, *where, answer.input_tokens, answer.output_tokens, answer.preview, *result)
 
-    if "input" in local:
-        for number, offset, content in _lines(local["input"]):
-            record, reason = _parse(content)
-            if record is None:
-                unreadable.add("input", number, reason)
-                continue
-            input_lines += 1
-            custom_id = record["custom_id"]
-            found = by_custom_id.pop(custom_id, None) or [None]
-            yield row(custom_id, found[0], number, offset, len(content))
-            for extra in found[1:]:
-                duplicates += 1
-                yield row(custom_id, extra, number, offset, len(content), duplicate=True)
-    unmatched = 0
-    for custom_id, found in by_custom_id.items():
-        for index, answer in enumerate(found):
+    join = _Join()
+    try:
+        for kind, code in (("output", ResultLine.OUTPUT), ("error", ResultLine.ERROR)):
+            if kind in local:
+                join.add_answers(_read_answers(local[kind], code, unreadable))
+        if "input" in local:
+            join.add_inputs(_read_inputs(local["input"], unreadable))
+        previous = None
+        for seq, custom_id, number, offset, length, answer in join.joined():
+            duplicate = seq == previous
+            previous = seq
+            input_lines += not duplicate
+            duplicates += duplicate
+            yield row(custom_id, answer, number, offset, length, duplicate=duplicate)
+        current, index = None, 0
+        for custom_id, answer in join.unmatched():
+            index = index + 1 if custom_id == current else 0
+            current = custom_id
             unmatched += 1
             duplicates += index > 0
             yield row(custom_id, answer, duplicate=index > 0)
+    finally:
+        join.close()
 
     biggest, other_groups, other_group_lines = groups.biggest()
     summary.update(
@@ -502,8 +708,7 @@ def _index(archive: ResultArchive, local: dict[str, str]) -> dict:
     # Names from the model's own metadata, values as parameters.
     sql = f"INSERT INTO {quote(ResultLine._meta.db_table)} ({columns}) VALUES ({placeholders})"  # noqa: S608
     summary: dict = {}
-    rows = _rows(archive, local, summary)
-    with connection.cursor() as cursor:
+    with closing(_rows(archive, local, summary)) as rows, connection.cursor() as cursor:
         while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
             with transaction.atomic():
                 cursor.executemany(sql, chunk)
@@ -527,15 +732,42 @@ class StoredFiles:
     def __exit__(self, *exc_info) -> None:
         self._stack.close()
 
-    def read(self, kind: str, offset: int | None, length: int | None) -> bytes | None:
-        """The bytes of one line, exactly as stored; None when that file or line is not kept."""
-        if offset is None or length is None or kind not in self.names:
-            return None
+    def _handle(self, kind: str):
         handle = self._open.get(kind)
         if handle is None:
             handle = self._open[kind] = self._stack.enter_context(results_storage().open(self.names[kind], "rb"))
+        return handle
+
+    def read(self, kind: str, offset: int | None, length: int | None, *, limit: int = MAX_LINE_BYTES) -> bytes | None:
+        """The bytes of one line, exactly as stored; None when that file or line is not kept, or the line is longer
+        than `limit` (a line too long to keep is only streamed: see stream())."""
+        if offset is None or length is None or kind not in self.names or length > limit:
+            return None
+        handle = self._handle(kind)
         handle.seek(offset)
         return handle.read(length)
+
+    def head(self, kind: str, offset: int | None, length: int | None, size: int) -> bytes | None:
+        """The first `size` bytes of one line (all of it when shorter); None when it is not kept."""
+        if offset is None or length is None or kind not in self.names:
+            return None
+        handle = self._handle(kind)
+        handle.seek(offset)
+        return handle.read(min(length, size))
+
+    def stream(self, kind: str, offset: int | None, length: int | None) -> Iterator[bytes]:
+        """One line's bytes in chunks of STREAM_CHUNK, whatever its length (the raw line download)."""
+        if offset is None or length is None or kind not in self.names:
+            return
+        handle = self._handle(kind)
+        remaining = length
+        while remaining > 0:
+            handle.seek(offset + length - remaining)
+            chunk = handle.read(min(STREAM_CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk
 
     def input_bytes(self, line: ResultLine) -> bytes | None:
         return self.read("input", line.input_offset, line.input_length)
@@ -550,15 +782,23 @@ class StoredFiles:
         return loads_record(self.result_bytes(line))
 
 
+# A "\ud800" escape, or the bytes of a surrogate: JSON that reads as a lone surrogate, which no page can encode.
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
 def loads_record(raw: bytes | None) -> dict | None:
-    """A stored line as a JSON object; None when there is none or it is not one."""
+    """A stored line as a JSON object, safe to show (no lone surrogate); None when there is none or it is not one."""
     if raw is None:
         return None
     try:
-        record = json.loads(raw)
-    except ValueError:
+        record = json.loads(raw, parse_int=normalise.parse_int, parse_constant=normalise.parse_constant)
+    except (ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    if _SURROGATE.search(raw):
+        record = normalise.json_value(record, length=len(raw), max_depth=64, max_items=None)
+    return record
 
 
 def iter_input_bytes(archive: ResultArchive, lines) -> Iterator[bytes]:
@@ -566,9 +806,8 @@ def iter_input_bytes(archive: ResultArchive, lines) -> Iterator[bytes]:
     byte, each followed by a newline, in input order: what a retry of those lines uploads."""
     with StoredFiles(archive) as files:
         for line in lines.in_order().only("input_offset", "input_length").iterator(chunk_size=INSERT_CHUNK):
-            raw = files.input_bytes(line)
-            if raw is not None:
-                yield raw + b"\n"
+            if line.input_offset is not None:
+                yield b"".join(files.stream("input", line.input_offset, line.input_length)) + b"\n"
 
 
 # --- Upstream deletion and retention -------------------------------------------

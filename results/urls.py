@@ -15,6 +15,8 @@ urlpatterns = [
     path("export.jsonl", views.results_export, {"fmt": "jsonl"}, name="export_jsonl"),
     path("files/<str:kind>.jsonl", views.results_file, name="file"),
     path("rows/<int:position>/", views.request_page, name="request"),
+    # One side of a row ("input" or "result") as its raw line, streamed: how a line too long to show is read.
+    path("rows/<int:position>/<str:side>.jsonl", views.raw_line, name="raw_line"),
     # A custom_id's request page, by lookup: the error groups' examples (?custom_id=), and links to
     # <custom_id>/ from before rows were linked by position.
     path("rows/", views.request_of, name="request_of"),

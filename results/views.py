@@ -7,9 +7,10 @@ import json
 from django.conf import settings
 from django.core.paginator import Paginator
 from django.db.models import Subquery
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
@@ -20,15 +21,18 @@ from batches import sections as batch_sections
 from batches.views.common import refreshed_batch, unreachable
 from batches.views.live import live_region, unchanged
 from results import answers, exports
-from results.archive import MODE_OFF, StoredFiles, loads_record, request_archive, results_storage
+from results.archive import MODE_OFF, StoredFiles, loads_record, request_archive, results_storage, storable_id
 from results.links import request_links
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
 
 EXPORT_CHUNK = 1000
 # The largest position a row can have (a PositiveIntegerField): a larger one in an address is no row, not an error.
 MAX_POSITION = 2_147_483_647
-CUSTOM_ID_LENGTH = ResultLine._meta.get_field("custom_id").max_length
 CSV_COLUMNS = ["line", "custom_id", "outcome", "status", "error_code", "error_message", "tokens", "answer"]
+# A request page shows at most this much of each side (the input line, each answer): a 100 MB answer would otherwise
+# be 200 MB of HTML. The rest is one click away as the raw line, streamed.
+RENDER_BYTES = 256 * 1024
+RAW_SIDES = ("input", "result")
 
 
 def _batch_and_archive(request, batch_id: str):
@@ -142,14 +146,20 @@ def request_page(request, batch_id, position):
     previous = matching.filter(position__lt=line.position).order_by("-position")
     following = matching.filter(position__gt=line.position).order_by("position")
     with StoredFiles(archive) as files:
-        request_record = files.input_record(line)
-        answers_shown = [_answer_view(entry, files.result_record(entry)) for entry in lines if entry.result_file]
+        request_side = _side(files, batch.batch_id, line, "input", line.input_offset, line.input_length)
+        answers_shown = [
+            _answer_view(entry, _side(files, batch.batch_id, entry, entry.result_kind, *_result_place(entry)))
+            for entry in lines
+            if entry.result_file
+        ]
+    request_record = request_side["record"]
     context = {
         "batch": batch,
         "archive": archive,
         "line": line,
         "filter": result_filter,
-        "request_json": _pretty(request_record),
+        "request_json": request_side["json"],
+        "request_side": request_side,
         "prompt": answers.prompt_messages(batch.endpoint, request_record.get("body")) if request_record else [],
         "answers": answers_shown,
         "previous": previous.first(),
@@ -157,6 +167,31 @@ def request_page(request, batch_id, position):
         "share_url": request.build_absolute_uri(reverse("results:request", args=[batch.batch_id, position])),
     }
     return render(request, "results/request.html", context)
+
+
+def _result_place(line) -> tuple:
+    return line.result_offset, line.result_length
+
+
+def _side(files: StoredFiles, batch_id: str, line, kind: str, offset, length) -> dict:
+    """One side of a request page (the input line, or one answer) within RENDER_BYTES: the parsed record and its
+    pretty JSON, or, for a longer line, its start as text, `cut`, with the link to the whole raw line."""
+    side = {"record": None, "json": "", "cut": False, "size": length or 0, "raw_url": ""}
+    if offset is None or length is None:
+        return side
+    raw_side = "input" if kind == "input" else "result"
+    side["raw_url"] = reverse("results:raw_line", args=[batch_id, line.position, raw_side])
+    if length > RENDER_BYTES:
+        head = files.head(kind, offset, length, RENDER_BYTES) or b""
+        side.update(json=head.decode("utf-8", errors="replace") + "…", cut=True)
+        return side
+    side["record"] = loads_record(files.read(kind, offset, length))
+    pretty = _pretty(side["record"])
+    if len(pretty) > RENDER_BYTES:  # indentation can make a short line long (an embedding, one number a line)
+        side.update(json=pretty[:RENDER_BYTES] + "…", cut=True)
+    else:
+        side["json"] = pretty
+    return side
 
 
 def _rows_sharing_custom_id(archive: ResultArchive, position: int) -> list[ResultLine]:
@@ -181,9 +216,9 @@ def request_of(request, batch_id, custom_id=None):
         if "custom_id" not in query:
             raise Http404("Name the custom_id to look up: ?custom_id=…")
         custom_id = query.pop("custom_id")[-1]  # "" is a custom_id too
-    # The index keeps the first CUSTOM_ID_LENGTH characters; PostgreSQL refuses a NUL in a query (none is stored).
-    custom_id = custom_id[:CUSTOM_ID_LENGTH]
-    found = archive.lines.none() if "\x00" in custom_id else archive.lines.filter(custom_id=custom_id)
+    # Looked up as archive.storable_id stored it: NUL (which PostgreSQL refuses in a query) made U+FFFD, cut to the
+    # column.
+    found = archive.lines.filter(custom_id=storable_id(custom_id))
     position = found.order_by("position").values_list("position", flat=True).first()
     if position is None:
         raise Http404(f"{batch_id} has no request with the custom_id {custom_id[:200]!r}.")
@@ -191,12 +226,14 @@ def request_of(request, batch_id, custom_id=None):
     return redirect(f"{url}?{query.urlencode()}" if query else url)
 
 
-def _answer_view(line, record: dict | None) -> dict:
+def _answer_view(line, side: dict) -> dict:
+    record = side["record"]
     response = record.get("response") if record else None
     body = response.get("body") if isinstance(response, dict) else None
     return {
         "line": line,
-        "json": _pretty(record),
+        "side": side,
+        "json": side["json"],
         "request_id": response.get("request_id", "") if isinstance(response, dict) else "",
         "text": answers.answer_text(body) if answers.is_text_answer(body) else "",
         "usage": _usage_figures(body),
@@ -289,5 +326,37 @@ def results_file(request, batch_id, kind):
         results_storage().open(name, "rb"), as_attachment=True, filename=f"{batch.batch_id}-{kind}.jsonl"
     )
     response["Content-Type"] = "application/jsonl"
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_safe
+def raw_line(request, batch_id, position, side):
+    """One line of a kept file (`side` "input", or "result": the row's answer), byte for byte, streamed: how a line too
+    long to show on its request page is read."""
+    batch, archive, freshness = _ready_archive(request, batch_id)
+    if batch is None:
+        return unreachable(request, batch_id, freshness)
+    line = archive.lines.filter(position=position).first() if side in RAW_SIDES else None
+    if line is None:
+        raise Http404(f"{batch_id} has no line {position} kept.")
+    if side == "input":
+        kind, offset, length = "input", line.input_offset, line.input_length
+    else:
+        kind, offset, length = line.result_kind, line.result_offset, line.result_length
+    if offset is None or kind not in archive.stored_names:
+        raise Http404(f"The {side} line of row {position} of {batch_id} is not kept.")
+    record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=batch.batch_id, target=f"kept {side} line {position}")
+    files = StoredFiles(archive)
+
+    def chunks():
+        with files:
+            yield from files.stream(kind, offset, length)
+            yield b"\n"
+
+    response = StreamingHttpResponse(chunks(), content_type="application/jsonl")
+    name = f"{batch.batch_id}-{side}-line-{line.line_number or position}.jsonl"
+    response["Content-Disposition"] = content_disposition_header(True, name)
+    response["Content-Length"] = str(length + 1)
     response["Cache-Control"] = "private, no-store"
     return response

@@ -6,15 +6,16 @@ class RetriesConfig(AppConfig):
     verbose_name = "retries"
 
     def ready(self):
-        from django.db.models.signals import post_save
-
-        from batches import sections
-        from batches.models import Batch
-        from results.events import results_kept
-        from retries import auto, lineage
+        from batches import events, reactions, sections
+        from results import events as results_events
+        from retries import auto, receivers, tasks, verify
         from retries.sections import ACTIONS, CARD
 
-        post_save.connect(lineage.link_on_save, sender=Batch, dispatch_uid="retries.link_on_save")
-        results_kept.connect(auto.retry_when_kept, dispatch_uid="retries.retry_when_kept")
+        reactions.register(verify.STEP, tasks.verify_lineage)
+        reactions.register(auto.STEP, tasks.auto_retry)
+        events.batch_changed.connect(receivers.check_new_claim, dispatch_uid="retries.check_new_claim")
+        results_events.results_kept.connect(
+            receivers.react_to_kept_results, dispatch_uid="retries.react_to_kept_results"
+        )
         sections.register(CARD)
         sections.register(ACTIONS)

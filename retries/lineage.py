@@ -1,61 +1,21 @@
-"""Who retried whom: links recorded from metadata, a batch's job (its original batch and every retry), its cost."""
+"""Who retried whom: a batch's job (its original batch and every verified retry), its retries, its cost.
+
+The claims are columns of Batch, written by the one recording function from the metadata (batches.lineage_keys);
+retries.verify decides whether a claim counts. Only verified retries are in a job, its cost and its final results.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
-from django.db.models import Q
-
 from batches import pricing
+from batches.lineage_keys import LineageState
 from batches.models import Batch
-from batches.services import BATCH_ID_PATTERN
-from retries.models import JOB_KEY, RETRY_OF_KEY, RetryLink
-
-
-def link_for(batch: Batch) -> RetryLink | None:
-    """The link `batch`'s metadata names (unsaved), or None when it is no retry."""
-    parent = str(batch.metadata.get(RETRY_OF_KEY) or "").strip()
-    if not BATCH_ID_PATTERN.fullmatch(parent) or parent == batch.batch_id:
-        return None  # metadata written by hand elsewhere may hold anything: only a batch id links
-    job = str(batch.metadata.get(JOB_KEY) or "").strip()
-    if not BATCH_ID_PATTERN.fullmatch(job):
-        job = parent
-    return RetryLink(batch=batch, parent_batch_id=parent, job_batch_id=job)
-
-
-def link_on_save(sender, instance: Batch, created: bool, **kwargs) -> None:
-    """post_save of Batch: a new row whose metadata names a parent is linked. Metadata never changes after create, so
-    only new rows are looked at (no query at all for a batch that is no retry)."""
-    if not created:
-        return
-    link = link_for(instance)
-    if link is None:
-        return
-    try:
-        with transaction.atomic():
-            link.save(force_insert=True)
-    except IntegrityError:
-        pass  # linked already by a concurrent writer
-
-
-def link_existing() -> int:
-    """Link every stored batch whose metadata names a parent (batches recorded before this app, or by a migration).
-    search_text holds the metadata keys, so only candidate rows are read."""
-    candidates = Batch.objects.filter(search_text__contains=RETRY_OF_KEY, retry_link__isnull=True)
-    links = [link for batch in candidates.only("pk", "batch_id", "metadata") if (link := link_for(batch))]
-    RetryLink.objects.bulk_create(links, ignore_conflicts=True)
-    return len(links)
-
-
-def job_id_of(batch: Batch) -> str:
-    link = RetryLink.objects.filter(batch=batch).first()
-    return link.job_batch_id if link else batch.batch_id
 
 
 def chain(job_batch_id: str):
-    """The job's batches, original first, then its retries in the order they were made."""
-    return Batch.objects.filter(Q(batch_id=job_batch_id) | Q(retry_link__job_batch_id=job_batch_id))
+    """The job's batches: its original and its verified retries."""
+    return Batch.objects.in_job(job_batch_id)
 
 
 @dataclass(frozen=True)
@@ -64,6 +24,8 @@ class Lineage:
 
     parent_id: str
     parent_known: bool
+    state: str
+    note: str
     job_id: str
     retried_by: list[str]
     retries_in_job: int
@@ -71,7 +33,19 @@ class Lineage:
 
     @property
     def is_retry(self) -> bool:
-        return bool(self.parent_id)
+        return bool(self.parent_id) and self.state == LineageState.VERIFIED
+
+    @property
+    def claims_retry(self) -> bool:
+        """The metadata names a parent, but the lines have not been shown to be the parent's (yet)."""
+        return bool(self.parent_id) and self.state != LineageState.VERIFIED
+
+    @property
+    def not_verified_because(self) -> str:
+        """Why the claim does not count, in words: "not verified: its lines are not X's"."""
+        if self.state == LineageState.NOT_MATCHING:
+            return f"not verified: {self.note or f"its lines are not {self.parent_id}'s"}"
+        return f"not verified yet: {self.note or 'waiting for both inputs to be kept'}"
 
     @property
     def has_retries(self) -> bool:
@@ -79,19 +53,20 @@ class Lineage:
 
 
 def lineage(batch: Batch) -> Lineage:
-    """Four small queries: the link, the direct retries, the job's size and its cost (one aggregate)."""
-    link = RetryLink.objects.filter(batch=batch).first()
-    job_id = link.job_batch_id if link else batch.batch_id
+    """At most four small queries: the parent's existence, the direct retries, the job's size and its cost."""
+    job_id = batch.job_id
     retried_by = list(
-        Batch.objects.filter(retry_link__parent_batch_id=batch.batch_id)
+        Batch.objects.filter(retry_of=batch.batch_id, lineage_state=LineageState.VERIFIED)
         .order_by("created_at", "batch_id")
         .values_list("batch_id", flat=True)
     )
-    retries_in_job = RetryLink.objects.filter(job_batch_id=job_id).count()
-    parent_known = bool(link) and Batch.objects.filter(batch_id=link.parent_batch_id).exists()
+    retries_in_job = Batch.objects.retry_counts([job_id]).get(job_id, 0)
+    parent_known = bool(batch.retry_of) and Batch.objects.filter(batch_id=batch.retry_of).exists()
     return Lineage(
-        parent_id=link.parent_batch_id if link else "",
+        parent_id=batch.retry_of,
         parent_known=parent_known,
+        state=batch.lineage_state,
+        note=batch.lineage_note,
         job_id=job_id,
         retried_by=retried_by,
         retries_in_job=retries_in_job,

@@ -15,14 +15,16 @@ from django.core.files import File
 
 from batches import actions
 from batches.forms import CreateBatchForm, metadata_field_names
+from batches.lineage_keys import ATTEMPT_KEY, JOB_KEY, RETRY_OF_KEY
 from batches.models import Batch
 from batches.services import METADATA_MAX_PAIRS
 from results.archive import iter_input_bytes
 from results.models import ResultArchive
-from retries.models import AUTO_RETRY_KEY, JOB_KEY, RETRY_OF_KEY
+from retries import verify
+from retries.models import AUTO_RETRY_KEY
 from retries.selection import RetrySelection
 
-OWN_KEYS = (RETRY_OF_KEY, JOB_KEY, AUTO_RETRY_KEY)
+OWN_KEYS = (RETRY_OF_KEY, JOB_KEY, ATTEMPT_KEY, AUTO_RETRY_KEY)
 # Spooled to disk past this size: a retry of 50,000 lines never sits in memory.
 SPOOL_BYTES = 1024 * 1024
 
@@ -38,10 +40,11 @@ def build_input(archive: ResultArchive, selection: RetrySelection) -> tuple[temp
     return handle, count
 
 
-def retry_metadata(parent: Batch, job_id: str, *, auto_retries: int | None = None) -> dict[str, str]:
-    """The parent's own metadata (what describes the job) with the links to the parent and the job, within the API's
-    limit of pairs: the links always fit, the parent's last pairs give way."""
-    own = {RETRY_OF_KEY: parent.batch_id, JOB_KEY: job_id}
+def retry_metadata(parent: Batch, *, auto_retries: int | None = None) -> dict[str, str]:
+    """The parent's own metadata (what describes the job) with the links to the parent, the job (the parent's own
+    job when its link is verified, else the parent itself) and the attempt, within the API's limit of pairs: the
+    links always fit, the parent's last pairs give way."""
+    own = {RETRY_OF_KEY: parent.batch_id, JOB_KEY: parent.job_id, ATTEMPT_KEY: str(attempt_after(parent))}
     if auto_retries:
         own[AUTO_RETRY_KEY] = str(auto_retries)
     inherited = [(key, value) for key, value in parent.metadata.items() if key not in OWN_KEYS]
@@ -49,9 +52,13 @@ def retry_metadata(parent: Batch, job_id: str, *, auto_retries: int | None = Non
     return {**dict(inherited), **own}
 
 
+def attempt_after(parent: Batch) -> int:
+    """The attempt number of a retry of `parent`: one more than the parent's (an original's is 0)."""
+    return parent.attempt + 1
+
+
 def retry_form(
     parent: Batch,
-    job_id: str,
     handle,
     *,
     token: uuid.UUID | str,
@@ -65,7 +72,7 @@ def retry_form(
         "output_expiry_unit": "days",
         "token": str(token),
     }
-    metadata = retry_metadata(parent, job_id, auto_retries=auto_retries)
+    metadata = retry_metadata(parent, auto_retries=auto_retries)
     for number, (key, value) in enumerate(metadata.items(), start=1):
         key_name, value_name = metadata_field_names(number)
         data[key_name], data[value_name] = key, value
@@ -75,6 +82,7 @@ def retry_form(
 
 @dataclass(frozen=True)
 class Prepared:
+    parent: Batch
     form: CreateBatchForm
     lines: int
 
@@ -90,20 +98,21 @@ class Prepared:
         return [str(message) for messages in self.form.errors.values() for message in messages]
 
 
-def prepare(parent: Batch, archive: ResultArchive, selection: RetrySelection, job_id: str, **options) -> Prepared:
+def prepare(parent: Batch, archive: ResultArchive, selection: RetrySelection, **options) -> Prepared:
     """Build and validate a retry without sending anything: what the confirmation shows and what create sends."""
     handle, lines = build_input(archive, selection)
-    form = retry_form(parent, job_id, handle, **options)
+    form = retry_form(parent, handle, **options)
     form.is_valid()
-    return Prepared(form=form, lines=lines)
+    return Prepared(parent=parent, form=form, lines=lines)
 
 
 def create(prepared: Prepared, *, user: str, by_person: bool = True) -> actions.CreateOutcome:
     """Send a validated retry through the same path as the create page (one batch per form token); a person's
-    retries count against their per-minute limit of creates, automatic ones do not."""
+    retries count against their per-minute limit of creates, automatic ones do not. The batch it makes is a
+    verified retry of the parent."""
     data = prepared.form.cleaned_data
     upload = data["input_file"]
-    return actions.create_batch(
+    outcome = actions.create_batch(
         token=data["token"],
         user=user,
         endpoint=data["endpoint"],
@@ -114,3 +123,6 @@ def create(prepared: Prepared, *, user: str, by_person: bool = True) -> actions.
         output_expires_after=data["output_expires_after"],
         by_person=by_person,
     )
+    if outcome.batch is not None:
+        verify.mark_built_here(outcome.batch, prepared.parent)
+    return outcome

@@ -19,7 +19,6 @@ from results import exports
 from results.archive import StoredFiles, request_archive
 from results.models import Outcome, ResultLine
 from retries import merged, submit
-from retries.lineage import job_id_of
 from retries.models import MAX_AUTO_RETRIES
 from retries.selection import CHOICES, RetrySelection
 
@@ -77,7 +76,7 @@ def retry_confirm(request, batch_id):
         return render(request, "retries/confirm.html", context, status=400 if request.method == "POST" else 200)
     options, problems = _options(data)
     token = data.get("token") if request.method == "POST" else str(uuid.uuid4())
-    prepared = submit.prepare(parent, archive, selection, job_id_of(parent), token=token, **options)
+    prepared = submit.prepare(parent, archive, selection, token=token, **options)
     context.update(selection=selection, prepared=prepared, options=options, problems=problems)
     if request.method != "POST":
         return render(request, "retries/confirm.html", context)
@@ -105,7 +104,7 @@ def _job(request, batch_id):
     batch, freshness = refreshed_batch(request, batch_id)
     if batch is None:
         return None, None, freshness
-    return batch, merged.load_job(job_id_of(batch)), freshness
+    return batch, merged.load_job(batch.job_id), freshness
 
 
 @require_safe

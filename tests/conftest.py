@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from functools import partial
 from urllib.parse import quote
 
 import pytest
@@ -458,17 +459,19 @@ def keep_results(batch_id: str) -> str:
     return ResultArchive.objects.get(batch=batch).state
 
 
-def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_at=None):
-    """A completed batch whose input, output and error files are kept and indexed, each line with its outcome."""
+def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_at=None, lines=None):
+    """A completed batch whose input, output and error files are kept and indexed, each line with its outcome.
+    `lines` gives the input line of some custom_ids (e.g. a parent's, byte for byte); the others are made up."""
     from batches import services
     from batches.models import record_batch
     from results import archive
+    from results.events import results_kept
     from results.models import ArchiveState, ResultArchive
     from tests.batch_api import payload
 
     files = {"input": [], "output": [], "error": []}
     for n, (custom_id, outcome) in enumerate(outcomes.items()):
-        files["input"].append(input_line(custom_id, n))
+        files["input"].append((lines or {}).get(custom_id) or input_line(custom_id, n))
         if (answer := result_line(custom_id, outcome)) is not None:
             files[answer[0]].append(answer[1])
     fields = {"metadata": metadata or {}, "input_file_id": f"file-in{uuid.uuid4().hex[:8]}", "endpoint": CHAT}
@@ -492,7 +495,30 @@ def kept_batch(outcomes: dict[str, object], tmp_path, *, metadata=None, created_
     ResultArchive.objects.filter(pk=kept.pk).update(
         state=ArchiveState.READY, archived_at=timezone.now(), summary=summary, stored_bytes=stored_bytes, **names
     )
+    transaction.on_commit(partial(results_kept.send, sender=ResultArchive, batch_pk=batch.pk, batch_id=batch.batch_id))
     return batch
+
+
+def kept_retry(parent, outcomes: dict[str, object], tmp_path, *, job=None, attempt=None, created_at=None):
+    """A kept retry of `parent`, made elsewhere: the parent's input lines of these custom_ids byte for byte, the
+    metadata naming parent and job (the parent's job by default), then its link checked as a worker would."""
+    from batches.models import Batch
+    from results.archive import StoredFiles
+    from results.models import ResultArchive, ResultLine
+    from retries import verify
+
+    parent_archive = ResultArchive.objects.get(batch=parent)
+    with StoredFiles(parent_archive) as files:
+        lines = {
+            line.custom_id: files.input_bytes(line)
+            for line in ResultLine.objects.filter(archive=parent_archive, custom_id__in=list(outcomes)).input_lines()
+        }
+    metadata = {"batchboard_retry_of": parent.batch_id, "batchboard_job": job or parent.job_id}
+    if attempt is not None:
+        metadata["batchboard_attempt"] = str(attempt)
+    child = kept_batch(outcomes, tmp_path, metadata=metadata, created_at=created_at, lines=lines)
+    verify.verify(child)
+    return Batch.objects.get(pk=child.pk)
 
 
 # --- Background tasks (django.tasks on django-tasks-db, the project's own database) --------------------------------

@@ -32,6 +32,10 @@ class Reply:
     delay: float = 0.0  # wait this long before answering (to trigger read timeouts)
     drop: bool = False  # close the connection without answering
     truncate_at: int | None = None  # announce the whole body but send only this many bytes, then close
+    # A body generated as it is sent, never held: a callable returning the chunks, and their total length (None: no
+    # Content-Length, the end of the body is the end of the connection).
+    stream: Any = None
+    length: int | None = 0
 
     @classmethod
     def example(cls, name: str, status: int = 200, **kwargs) -> Reply:
@@ -191,6 +195,9 @@ def _handler_for(api: FakeApi):
             if reply.drop:
                 self.close_connection = True
                 return
+            if reply.stream is not None:
+                self._send_stream(reply)
+                return
             payload = reply.payload()
             self.send_response(reply.status)
             headers = {"Content-Type": "application/json", **reply.headers}
@@ -206,6 +213,19 @@ def _handler_for(api: FakeApi):
                 return
             self.end_headers()
             self.wfile.write(payload)
+
+        def _send_stream(self, reply: Reply):
+            self.send_response(reply.status)
+            for name, value in {"Content-Type": "application/octet-stream", **reply.headers}.items():
+                self.send_header(name, value)
+            if reply.length is None:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(reply.length))
+            self.end_headers()
+            for chunk in reply.stream():
+                self.wfile.write(chunk)
 
         def handle(self):
             # The client may give up first (a timeout under test): there is nobody left to answer.

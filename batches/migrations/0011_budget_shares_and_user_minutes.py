@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0010_lead_user_preference'),
+        ('batches', '0010_user_preference'),
     ]
 
     operations = [

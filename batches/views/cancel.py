@@ -112,7 +112,7 @@ def _cancel_fragment(request, batch_id: str, outcome: actions.CancelOutcome) -> 
     """The htmx answer: the list's row when the row asked, else the cancel control (e.g. on the detail page)."""
     from_row = request.htmx.target == f"row-{batch_id}"
     if from_row and outcome.batch is not None:
-        Batch.objects.mark_row(outcome.batch)
+        Batch.objects.count_retries([outcome.batch])
         list_url = reverse("batches:list")
         query = list_query_of(request.htmx.current_url_abs_path)
         context = {

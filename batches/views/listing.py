@@ -27,11 +27,12 @@ from batches.models import (
     Batch,
     data_version,
 )
+from batches.normalise import UNKNOWN_STATUS
 from batches.views.live import Live, answer_key, is_poll, is_shown, live_of, poll_status, rendering_key, unchanged
 
 PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
-STATUS_FILTERS = (ACTIVE_FILTER, ATTENTION_FILTER, FAILED_LINES_FILTER, *services.STATUSES)
+STATUS_FILTERS = (ACTIVE_FILTER, ATTENTION_FILTER, FAILED_LINES_FILTER, *services.RECORDED_STATUSES)
 # The sortable columns, each first sorted in its more useful direction.
 SORT_COLUMNS = {"created": "-created", "status": "status", "progress": "-progress", "expires": "expires"}
 SORT_WORDS = {
@@ -193,7 +194,7 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
         failed_lines = _per_data_version("failed-lines", version, matching.with_failed_lines().count)
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
-    batches = matching.with_status(filters.status).sorted_by(filters.sort).with_parent_ids()
+    batches = matching.with_status(filters.status).sorted_by(filters.sort)
     batches = batches.defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
     # The status counts hold the number already: spare the paginator a COUNT (a second scan for a search).
@@ -312,7 +313,11 @@ def _status_counts(counts: dict[str, int], attention: int, failed_lines: int) ->
         {"value": ATTENTION_FILTER, "label": "needs attention", "count": attention},
         {"value": FAILED_LINES_FILTER, "label": "has failed lines", "count": failed_lines},
     ]
-    entries += [{"value": s, "label": services.status_label(s), "count": counts.get(s, 0)} for s in services.LIFECYCLE]
+    entries += [
+        {"value": s, "label": services.status_label(s), "count": counts.get(s, 0)}
+        for s in services.LIFECYCLE
+        if s != UNKNOWN_STATUS or counts.get(s)  # offered only while some batch has a status batchboard does not know
+    ]
     return entries
 
 

@@ -118,5 +118,6 @@ def test_it_records_a_batch_whose_payload_has_counts_and_times_out_of_range():
 
     row = record_batch(odd)
 
-    assert row.batch_id == "batch_1" and row.total_requests == 0 and row.completed_requests == 0
+    # Clamped to the columns (batches.normalise): a negative count is 0, a huge one the 32-bit column's largest.
+    assert row.batch_id == "batch_1" and row.total_requests == 0 and row.completed_requests == 2**31 - 1
     assert BatchSnapshot.objects.filter(batch=row).count() == 1

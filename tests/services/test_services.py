@@ -232,7 +232,7 @@ def test_it_tolerates_missing_and_odd_values():
     assert batch.request_counts == RequestCounts()
 
 
-def test_it_drops_timestamps_and_counts_that_no_column_or_date_can_hold():
+def test_it_drops_timestamps_and_clamps_counts_that_no_column_or_date_can_hold():
     batch = ApiBatch.from_api(
         {
             "id": "batch_odd",
@@ -246,7 +246,7 @@ def test_it_drops_timestamps_and_counts_that_no_column_or_date_can_hold():
 
     assert batch.created_at == 0 and batch.in_progress_at is None
     assert batch.expires_at == 1_711_644_333
-    assert batch.request_counts == RequestCounts(total=0, completed=0, failed=3)
+    assert batch.request_counts == RequestCounts(total=0, completed=2**31 - 1, failed=3)
 
 
 @pytest.mark.parametrize("name", ["file.batch_input.json", "file.batch_output.json"])

@@ -19,7 +19,12 @@ pytestmark = pytest.mark.django_db
 SANDBOX_KEY = {"Authorization": "Bearer sk-sandbox"}
 
 
-def test_the_create_page_refuses_each_broken_file_of_the_sample_without_an_upstream_call(operator_client, fake_api):
+def test_the_create_page_refuses_each_broken_file_of_the_sample_without_an_upstream_call(
+    operator_client, fake_api, settings
+):
+    settings.BATCHBOARD_USER_CREATE_LIMIT = (
+        1000  # one user sends the whole sample: the per-user limit is tested elsewhere
+    )
     operator_client.raise_request_exception = False
     statuses, kinds, sent = Counter(), Counter(), 0
     for number, kind, content, surely_invalid in sample():

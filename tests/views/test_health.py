@@ -194,7 +194,12 @@ def test_the_sample_alert_rules_use_only_metrics_that_are_exposed(client, settin
 
     alerts = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
 
-    assert set(alerts) == {"BatchboardBatchStuck", "BatchboardSyncStopped", "BatchboardUpstreamErrors"}
+    assert set(alerts) == {
+        "BatchboardBatchStuck",
+        "BatchboardSyncStopped",
+        "BatchboardUpstreamErrors",
+        "BatchboardBatchesSkipped",
+    }
     for expr in alerts.values():
         assert set(re.findall(r"batchboard_[a-z_]+", expr)) <= exposed, expr
 

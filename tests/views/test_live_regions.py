@@ -14,9 +14,11 @@ from django.apps import apps
 from django.urls import reverse
 
 from batches import sections, services
+from batches.lineage_keys import RETRY_OF_KEY, LineageState
 from batches.models import Batch, record_batch
+from results.archive import StoredFiles
 from results.models import ArchiveState, ResultArchive
-from retries.models import AUTO_RETRY_KEY, RETRY_OF_KEY, AutoRetry, AutoRetryState
+from retries.models import AUTO_RETRY_KEY, AutoRetry, AutoRetryState
 from tests.batch_api import payload
 from tests.conftest import TaskQueue, keep_results, kept_batch
 from tests.fake_api import Reply
@@ -146,6 +148,13 @@ def test_it_stops_once_the_results_cannot_be_fetched(api, fake_api, viewer_clien
 # --- The detail panel and its retries card --------------------------------------------
 
 
+def _verified_retry(parent_id: str) -> Batch:
+    """A retry of the parent whose lines were found to be the parent's (the check's verdict, stored)."""
+    child = record_batch(services.ApiBatch.from_api(payload("validating", metadata={RETRY_OF_KEY: parent_id})))
+    Batch.objects.filter(pk=child.pk).update(lineage_state=LineageState.VERIFIED)
+    return child
+
+
 def test_it_keeps_polling_until_an_automatic_retry_is_sent_and_shows_it(viewer_client, tmp_path):
     parent = kept_batch({"a": "ok", "b": 429}, tmp_path, metadata={AUTO_RETRY_KEY: "2"})
     url = reverse("batches:detail", args=[parent.batch_id])
@@ -156,7 +165,7 @@ def test_it_keeps_polling_until_an_automatic_retry_is_sent_and_shows_it(viewer_c
     assert _polls(page, "batch-panel")  # results kept, the automatic retry not sent yet
     assert _poll(viewer_client, url, key).status_code == 204
 
-    child = record_batch(services.ApiBatch.from_api(payload("validating", metadata={RETRY_OF_KEY: parent.batch_id})))
+    child = _verified_retry(parent.batch_id)  # made here: verified as it is made
     AutoRetry.objects.create(parent=parent, state=AutoRetryState.SUBMITTED, retry_batch_id=child.batch_id, lines=1)
     answer = _poll(viewer_client, url, key)
 
@@ -172,10 +181,34 @@ def test_it_answers_in_full_when_only_the_retries_card_changed(api, viewer_clien
     key = _shown_key(viewer_client.get(url).content.decode(), "batch-panel")
     assert _poll(viewer_client, url, key).status_code == 204
 
-    child = record_batch(services.ApiBatch.from_api(payload("validating", metadata={RETRY_OF_KEY: parent["id"]})))
+    claim = record_batch(services.ApiBatch.from_api(payload("validating", metadata={RETRY_OF_KEY: parent["id"]})))
+    assert _poll(viewer_client, url, key).status_code == 204  # a claim not verified changes nothing on the parent
+    child = _verified_retry(parent["id"])
     answer = _poll(viewer_client, url, key)
 
     assert answer.status_code == 200 and f"/batches/{child.batch_id}/" in answer.content.decode()
+    assert claim.batch_id not in answer.content.decode()
+
+
+def test_a_retrys_card_keeps_polling_while_its_claim_is_being_checked_and_then_shows_the_link(
+    viewer_client, tmp_path, tasks
+):
+    parent = kept_batch({"a": 429, "b": 500}, tmp_path)
+    kept = ResultArchive.objects.get(batch=parent)
+    with StoredFiles(kept) as files:
+        line = files.input_bytes(kept.lines.get(custom_id="b"))
+    child = kept_batch({"b": "ok"}, tmp_path, metadata={RETRY_OF_KEY: parent.batch_id}, lines={"b": line})
+    tasks.commit_callbacks()  # its check is asked for when it is recorded, and due once its results are kept
+    url = reverse("batches:detail", args=[child.batch_id])
+
+    page = viewer_client.get(url).content.decode()
+    assert _polls(page, "batch-panel") and "Claims to retry" in page
+
+    tasks.drain()
+    answer = _poll(viewer_client, url, _shown_key(page, "batch-panel"))
+
+    assert answer.status_code == STOP_POLLING
+    assert f'Retry of <a class="mono" href="/batches/{parent.batch_id}/">' in answer.content.decode()
 
 
 def test_it_stops_polling_a_batch_whose_automatic_retry_found_nothing_to_send(viewer_client, tmp_path):
@@ -239,7 +272,7 @@ def test_the_results_page_keeps_polling_until_an_automatic_retry_is_sent(viewer_
     url = reverse("results:list", args=[parent.batch_id])
     key = _shown_key(viewer_client.get(url).content.decode(), "results-panel")
 
-    child = record_batch(services.ApiBatch.from_api(payload("validating", metadata={RETRY_OF_KEY: parent.batch_id})))
+    child = _verified_retry(parent.batch_id)  # made here: verified as it is made
     AutoRetry.objects.create(parent=parent, state=AutoRetryState.SUBMITTED, retry_batch_id=child.batch_id, lines=1)
     answer = _poll(viewer_client, url, key)
 

@@ -21,16 +21,20 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from batches import lookups, services
-from batches.models import Batch, record_batch
+from batches import lookups, reactions, services
+from batches.lineage_keys import LineageState
+from batches.models import Batch, Reaction, ReactionState, SyncState, record_batch
+from batches.sync import LIST_STATE
+from results import archive
+from results.events import results_kept
 from results.models import ResultArchive, ResultFilter
-from retries import auto, lineage, merged, submit
-from retries.models import AutoRetry, AutoRetryState, RetryLink
+from retries import auto, lineage, merged, submit, verify
+from retries.models import AutoRetry, AutoRetryState
 from retries.selection import RetrySelection
 from sandbox import results as sandbox_results
 from sandbox.models import SandboxBatch
 from tests.batch_api import payload
-from tests.conftest import TaskQueue, input_line, kept_batch
+from tests.conftest import input_line, kept_batch, kept_retry
 
 CHAT = "/v1/chat/completions"
 DAY = 86_400
@@ -145,11 +149,13 @@ def test_it_creates_one_linked_batch_even_when_submitted_twice(operator_client, 
         "project": "nightly",
         "batchboard_retry_of": batch.batch_id,
         "batchboard_job": batch.batch_id,
+        "batchboard_attempt": "1",
     }
     uploaded = b"".join(services.get_client().file_content(created[0]["input_file_id"]))
     assert uploaded == input_line("b-429", 1) + b"\n" + input_line("h-429", 7) + b"\n"
     retry = Batch.objects.get(batch_id=created[0]["id"])
-    assert RetryLink.objects.get(batch=retry).parent_batch_id == batch.batch_id
+    assert (retry.retry_of, retry.job, retry.attempt) == (batch.batch_id, batch.batch_id, 1)
+    assert retry.lineage_state == LineageState.VERIFIED  # built here from the kept lines
     events = AuditEvent.objects.filter(action="create", batch_id=retry.batch_id)
     assert sorted(events.values_list("outcome", flat=True)) == ["already", "ok"]
     assert "retry of" in events.first().target
@@ -174,51 +180,51 @@ def test_nothing_to_retry_sends_nothing(operator_client, tmp_path, fake_api):
 
 
 @pytest.mark.django_db
-def test_lineage_is_read_from_metadata_whoever_made_the_retry():
-    original = record_batch(services.ApiBatch.from_api(payload("completed")))
-    first = record_batch(
-        services.ApiBatch.from_api(payload("completed", metadata={"batchboard_retry_of": original.batch_id}))
-    )
-    second = record_batch(
-        services.ApiBatch.from_api(
-            payload(
-                "in_progress",
-                metadata={"batchboard_retry_of": first.batch_id, "batchboard_job": original.batch_id},
-            )
-        )
-    )
+def test_lineage_is_read_from_metadata_whoever_made_the_retry_and_counts_once_verified(tmp_path):
+    original = kept_batch({"a": 429, "b": 500, "c": "ok"}, tmp_path)
+    claim = {"batchboard_retry_of": original.batch_id}  # a script that names no job and no attempt
+    first = kept_batch({"a": 500, "b": 429}, tmp_path, metadata=claim, lines=_input_of(original))
+    assert (first.retry_of, first.job, first.attempt) == (original.batch_id, original.batch_id, 1)
+    assert first.lineage_state == LineageState.UNVERIFIED and first.job_id == first.batch_id
+    assert list(lineage.chain(original.batch_id).values_list("batch_id", flat=True)) == [original.batch_id]
+    assert lineage.lineage(first).claims_retry and not lineage.lineage(first).is_retry
+
+    assert verify.verify(first).state == LineageState.VERIFIED
+    second = kept_retry(first, {"b": "ok"}, tmp_path, attempt=2)
     plain = record_batch(services.ApiBatch.from_api(payload("completed", metadata={"project": "x"})))
-    assert RetryLink.objects.get(batch=first).job_batch_id == original.batch_id
-    assert RetryLink.objects.get(batch=second).job_batch_id == original.batch_id
-    assert not RetryLink.objects.filter(batch=plain).exists()
-    assert list(lineage.chain(original.batch_id).order_by("created_at").values_list("batch_id", flat=True)) == [
-        original.batch_id,
-        first.batch_id,
-        second.batch_id,
-    ] or set(lineage.chain(original.batch_id).values_list("batch_id", flat=True)) == {
+    assert (second.job, second.attempt, second.lineage_state) == (original.batch_id, 2, LineageState.VERIFIED)
+    assert (plain.retry_of, plain.job, plain.lineage_state) == ("", "", "")
+    assert set(lineage.chain(original.batch_id).values_list("batch_id", flat=True)) == {
         original.batch_id,
         first.batch_id,
         second.batch_id,
     }
-    of_first = lineage.lineage(first)
-    assert (of_first.parent_id, of_first.retried_by, of_first.retries_in_job) == (
+    of_first = lineage.lineage(Batch.objects.get(pk=first.pk))
+    assert (of_first.parent_id, of_first.retried_by, of_first.retries_in_job, of_first.is_retry) == (
         original.batch_id,
         [second.batch_id],
         2,
+        True,
     )
-    RetryLink.objects.all().delete()
-    assert lineage.link_existing() == 2
+
+
+def _input_of(batch) -> dict[str, bytes]:
+    """The batch's kept input lines by custom_id, byte for byte."""
+    kept = ResultArchive.objects.get(batch=batch)
+    with archive.StoredFiles(kept) as files:
+        return {line.custom_id: files.input_bytes(line) for line in kept.lines.input_lines()}
 
 
 @pytest.mark.django_db
 def test_a_retry_of_a_retry_keeps_the_job(operator_client, sandbox_url, tmp_path):
     original = kept_batch({"a": 429, "b": "ok"}, tmp_path)
-    first = kept_batch({"a": 500}, tmp_path, metadata={"batchboard_retry_of": original.batch_id})
+    first = kept_retry(original, {"a": 500}, tmp_path)
     response = _post(operator_client, first, uuid.uuid4(), select="failed")
     assert response.status_code == 303
     created = _sandbox_batches(sandbox_url)[0]
     assert created["metadata"]["batchboard_retry_of"] == first.batch_id
     assert created["metadata"]["batchboard_job"] == original.batch_id
+    assert created["metadata"]["batchboard_attempt"] == "2"
     page = operator_client.get(reverse("batches:detail", args=[original.batch_id])).content.decode()
     assert "retried 2 times in all" in page
 
@@ -232,12 +238,8 @@ def test_the_merged_result_takes_the_latest_success_else_the_last_failure(viewer
     original = kept_batch(
         {"a": "ok", "b": 429, "c": 429, "d": 500, "e": "missing", "f": "expired", "g": 400}, tmp_path, created_at=now
     )
-    link = {"batchboard_retry_of": original.batch_id}
-    kept_batch({"b": "ok", "c": 429, "d": 500, "e": "ok", "f": "expired"}, tmp_path, metadata=link, created_at=now + 1)
-    second_link = {"batchboard_retry_of": original.batch_id, "batchboard_job": original.batch_id}
-    last = kept_batch(
-        {"c": "ok", "d": 429, "f": "missing", "b": 500}, tmp_path, metadata=second_link, created_at=now + 2
-    )
+    kept_retry(original, {"b": "ok", "c": 429, "d": 500, "e": "ok", "f": "expired"}, tmp_path, created_at=now + 1)
+    last = kept_retry(original, {"c": "ok", "d": 429, "f": "missing", "b": 500}, tmp_path, created_at=now + 2)
 
     job = merged.load_job(original.batch_id)
     rows = {row.original.custom_id: row for row in merged.iter_rows(job)}
@@ -275,7 +277,7 @@ def test_the_results_page_links_to_retry_and_to_the_final_results(operator_clien
     original = kept_batch(MIXED, tmp_path)
     page = operator_client.get(reverse("results:list", args=[original.batch_id]) + "?status=429").content.decode()
     assert "Retry these 2 lines" in page and 'id="final-results"' not in page
-    kept_batch({"b-429": "ok"}, tmp_path, metadata={"batchboard_retry_of": original.batch_id})
+    kept_retry(original, {"b-429": "ok"}, tmp_path)
     page = operator_client.get(reverse("results:list", args=[original.batch_id])).content.decode()
     assert 'id="final-results"' in page
     detail = operator_client.get(reverse("batches:detail", args=[original.batch_id])).content.decode()
@@ -294,45 +296,77 @@ def test_viewers_are_not_offered_retry_links_they_may_not_follow(viewer_client, 
 # --- Automatic retries -----------------------------------------------------------
 
 
-def _finish_in_sandbox(batch_id: str) -> Batch:
+def _finish_in_sandbox(batch_id: str, tasks) -> Batch:
     """The batch finishes upstream and a page records it: a task worker keeps its results (and, when it asks for
     one, submits its automatic retry)."""
     SandboxBatch.objects.filter(pk=batch_id).update(created=F("created") - 10 * DAY)
     batch, _ = lookups.refresh_batch(batch_id)
     assert batch.is_terminal
-    assert TaskQueue().drain() >= 1
-    return batch
+    assert tasks.drain() >= 1
+    return Batch.objects.get(pk=batch.pk)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_automatic_retry_is_submitted_once_survives_a_restart_and_stops_after_n(sandbox_url, settings, tmp_path):
+@pytest.fixture
+def import_done(db):
+    """The history import has reached the oldest batch: automatic retries may be sent."""
+    SyncState.objects.update_or_create(name=LIST_STATE, defaults={"import_done_at": timezone.now()})
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("import_done")
+def test_automatic_retry_is_submitted_once_even_when_its_task_runs_again(sandbox_url, settings, tmp_path, tasks):
     settings.SANDBOX_SPEED = 1.0
     parent = kept_batch(
         {"r-1": 429, "r-2": 503, "r-3": "expired", "r-4": 400, "r-5": "ok"},
         tmp_path,
         metadata={"batchboard_auto_retry": "1"},
     )
-    assert auto.retry_due() == 1
-    assert auto.retry_due() == 0  # claimed: a second pass, or a second loop, sends nothing
-    claim = AutoRetry.objects.get(parent=parent)
-    assert (claim.state, claim.lines) == (AutoRetryState.SUBMITTED, 3)
+    tasks.drain()
+    note = AutoRetry.objects.get(parent=parent)
+    assert (note.state, note.lines) == (AutoRetryState.SUBMITTED, 3)
     created = _sandbox_batches(sandbox_url)
-    assert [b["id"] for b in created] == [claim.retry_batch_id]
+    assert [b["id"] for b in created] == [note.retry_batch_id]
     assert "batchboard_auto_retry" not in created[0]["metadata"]  # N was 1: the retry retries nothing itself
+    assert created[0]["metadata"]["batchboard_attempt"] == "1"
+    assert AuditEvent.objects.filter(action="create", outcome="ok", batch_id=note.retry_batch_id).exists()
 
-    # A loop that died after claiming: its claim is taken over, and the same token finds the same batch.
-    AutoRetry.objects.filter(pk=claim.pk).update(
-        state=AutoRetryState.CLAIMED, claimed_at=timezone.now() - timedelta(hours=1), retry_batch_id=""
+    # The results announced again: the reaction exists already, nothing is sent.
+    results_kept.send(sender=ResultArchive, batch_pk=parent.pk, batch_id=parent.batch_id)
+    tasks.drain()
+    assert len(_sandbox_batches(sandbox_url)) == 1
+
+    # A worker killed after the create, before anything was stored: the reaction runs again, reads the top of the
+    # list, finds the retry there and sends nothing.
+    Batch.objects.filter(batch_id=note.retry_batch_id).delete()
+    AutoRetry.objects.all().delete()
+    Reaction.objects.filter(batch=parent, step="auto_retry").update(
+        state=ReactionState.RUNNING, lease_until=timezone.now() - timedelta(seconds=1)
     )
-    assert auto.retry_due() == 1
-    assert AutoRetry.objects.get(pk=claim.pk).retry_batch_id == claim.retry_batch_id
+    assert reactions.sweep() == 1
+    tasks.drain()
+    again = AutoRetry.objects.get(parent=parent)
+    assert (again.state, again.retry_batch_id) == (AutoRetryState.FOUND, note.retry_batch_id)
     assert len(_sandbox_batches(sandbox_url)) == 1
 
-    retry = _finish_in_sandbox(claim.retry_batch_id)
-    assert RetryLink.objects.get(batch=retry).parent_batch_id == parent.batch_id
-    auto.retry_due()
-    assert not AutoRetry.objects.filter(parent=retry, state=AutoRetryState.SUBMITTED).exists()
+    retry = _finish_in_sandbox(note.retry_batch_id, tasks)
+    tasks.drain()
+    assert (retry.retry_of, retry.attempt) == (parent.batch_id, 1)
+    assert not AutoRetry.objects.filter(parent=retry).exists()
     assert len(_sandbox_batches(sandbox_url)) == 1
+
+
+@pytest.mark.django_db
+def test_automatic_retry_sends_nothing_until_the_history_import_is_done(fake_api, tmp_path, tasks, viewer_client):
+    parent = kept_batch({"r-1": 429}, tmp_path, metadata={"batchboard_auto_retry": "1"})
+    tasks.drain()
+    tasks.advance(3600)
+    tasks.drain()  # an hour later, still importing: it waits, without counting a try
+    assert fake_api.received == []
+    waiting = Reaction.objects.get(batch=parent, step="auto_retry")
+    assert (waiting.state, waiting.error) == (ReactionState.PENDING, "waiting for the history import to finish")
+    assert waiting.tries == 0 and not AutoRetry.objects.exists()
+    page = viewer_client.get(reverse("batches:detail", args=[parent.batch_id])).content.decode()
+    assert "Automatic retry: waiting for the history import to finish." in page
 
 
 def _failing_in_sandbox(count: int, attempts: int = 3) -> list[str]:
@@ -350,20 +384,27 @@ def _failing_in_sandbox(count: int, attempts: int = 3) -> list[str]:
     return list(itertools.islice(failing, count))
 
 
-@pytest.mark.django_db(transaction=True)
-def test_automatic_retry_chains_up_to_n_then_stops(sandbox_url, settings, tmp_path):
+@pytest.mark.django_db
+@pytest.mark.usefixtures("import_done")
+def test_automatic_retry_chains_up_to_n_and_a_retry_of_a_retry_names_the_original_job(
+    sandbox_url, settings, tmp_path, tasks
+):
     settings.SANDBOX_SPEED = 1.0
     ids = _failing_in_sandbox(2)
     parent = kept_batch(dict.fromkeys(ids, 500), tmp_path, metadata={"batchboard_auto_retry": "2"})
-    assert auto.retry_due() == 1
+    tasks.drain()
     first = AutoRetry.objects.get(parent=parent).retry_batch_id
-    _finish_in_sandbox(first)  # its results kept, its automatic retry follows
+    _finish_in_sandbox(first, tasks)  # its results kept, its automatic retry follows
     second = AutoRetry.objects.get(parent__batch_id=first).retry_batch_id
     assert second
-    retry = _finish_in_sandbox(second)
-    assert auto.retry_due() == 0  # the second retry was the last one asked for
-    assert [link.batch.batch_id for link in RetryLink.objects.filter(job_batch_id=parent.batch_id)] == [first, second]
+    retry = _finish_in_sandbox(second, tasks)
+    tasks.drain()
+    assert not AutoRetry.objects.filter(parent=retry).exists()  # the second retry was the last one asked for
+    in_job = Batch.objects.in_job(parent.batch_id).exclude(pk=parent.pk).order_by("attempt")
+    assert [(batch.batch_id, batch.attempt) for batch in in_job] == [(first, 1), (second, 2)]
     assert retry.metadata["batchboard_retry_of"] == first
+    assert retry.metadata["batchboard_job"] == parent.batch_id  # the original, not its parent
+    assert retry.metadata["batchboard_attempt"] == "2"
     assert len(_sandbox_batches(sandbox_url)) == 2
     job = merged.load_job(parent.batch_id)
     assert merged.counts(job).failing == {"failed": 2}
@@ -377,9 +418,31 @@ def test_retries_left_is_bounded():
 
 
 @pytest.mark.django_db
-def test_metadata_that_is_no_batch_id_links_nothing():
-    batch = record_batch(services.ApiBatch.from_api(payload("completed", metadata={"batchboard_retry_of": "see <x>"})))
-    assert not RetryLink.objects.filter(batch=batch).exists()
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"batchboard_retry_of": "see <x>"},
+        {"batchboard_retry_of": "batch_" + "a" * 200},
+        {"batchboard_retry_of": "batch_a/../b"},
+        {"batchboard_retry_of": ""},
+        {"batchboard_job": "batch_abc", "batchboard_attempt": "3"},
+    ],
+)
+def test_metadata_that_names_no_other_batch_links_nothing(metadata):
+    batch = record_batch(services.ApiBatch.from_api(payload("completed", metadata=metadata)))
+    assert (batch.retry_of, batch.job, batch.attempt, batch.lineage_state) == ("", "", 0, "")
+
+
+@pytest.mark.django_db
+def test_a_batch_that_names_itself_links_nothing_and_odd_jobs_and_attempts_are_tamed():
+    data = payload("completed")
+    data["metadata"] = {"batchboard_retry_of": data["id"]}
+    assert record_batch(services.ApiBatch.from_api(data)).retry_of == ""
+    odd = {"batchboard_retry_of": "batch_parent", "batchboard_job": "<b>", "batchboard_attempt": "²"}
+    batch = record_batch(services.ApiBatch.from_api(payload("completed", metadata=odd)))
+    assert (batch.retry_of, batch.job, batch.attempt) == ("batch_parent", "batch_parent", 1)
+    huge = {"batchboard_retry_of": "batch_parent", "batchboard_attempt": "99999"}
+    assert record_batch(services.ApiBatch.from_api(payload("completed", metadata=huge))).attempt == 1
 
 
 # --- The list: one job with its retries, or original jobs only -----------------------------
@@ -398,6 +461,8 @@ def _job_of_three_retries():
         )
         for _ in range(3)
     ]
+    # What the verification finds for lines copied from the original (its files are not kept in these tests).
+    Batch.objects.filter(pk__in=[b.pk for b in retries]).update(lineage_state=LineageState.VERIFIED)
     other = record_batch(services.ApiBatch.from_api(payload("completed")))
     return original, retries, other
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0012_saved_views'),
+        ('batches', '0013_unknown_status_and_skipped_total'),
     ]
 
     operations = [

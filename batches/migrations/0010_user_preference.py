@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0009_lead_failed_lines_index'),
+        ('batches', '0009_failed_lines_index'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0013_h1_reactions'),
+        ('batches', '0014_reactions'),
         ('results', '0001_results_archive_and_line_index'),
     ]
 
