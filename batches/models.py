@@ -682,11 +682,12 @@ def record_batches(
         return recorded
     digests = {batch_id: payload_digest(batch.raw) for batch_id, batch in unique.items()}
     known = dict(Batch.objects.filter(batch_id__in=digests).values_list("batch_id", "payload_hash"))
-    unchanged = [batch_id for batch_id, digest in known.items() if digests[batch_id] == digest]
+    unchanged = {batch_id for batch_id, digest in known.items() if digests[batch_id] == digest}
     new = [batch for batch_id, batch in unique.items() if batch_id not in known]
     changed = [batch for batch_id, batch in unique.items() if batch_id in known and batch_id not in unchanged]
     if len(new) == 1:
-        changed, new = new + changed, []  # one new batch (a retrieve, a create's answer): no bulk insert needed
+        # One new batch (a retrieve, a create's answer) takes the locked path: a bulk insert of one saves nothing.
+        changed, new = new + changed, []
     if unchanged:
         Batch.objects.mark_seen(unchanged, observed_at)
     changes: list[_Change] = []
@@ -740,24 +741,46 @@ class _Change:
     became_final: bool
 
 
+class _ReceiverDatabaseError(Exception):
+    """A receiver's database error inside the announcing transaction: it cannot be committed as it is."""
+
+
 def _announce(changes: list[_Change], historical: bool) -> None:
-    """Send batches.events' signals for stored changes (after commit: receivers see what was stored). A receiver
-    that fails is logged and never undoes the recording or stops the other receivers."""
-    for change in changes:
-        sent = events.batch_changed.send_robust(
-            sender=Batch,
-            batch_pk=change.row.pk,
-            batch_id=change.row.batch_id,
-            created=change.created,
-            historical=historical,
+    """Send batches.events' signals for stored changes (after commit: receivers see what was stored).
+
+    In one transaction, so that what the receivers write for a page of batches (their reactions) is one write, not
+    one per batch: SQLite has a single writer, which the sync loop and every task worker share. If a receiver's
+    database error spoils that transaction, the changes are announced again one by one. A receiver that fails is
+    logged and never undoes the recording or stops the other receivers.
+    """
+    try:
+        with transaction.atomic():
+            for change in changes:
+                if any(isinstance(error, DatabaseError) for error in _send(change, historical)):
+                    raise _ReceiverDatabaseError
+    except (DatabaseError, _ReceiverDatabaseError):
+        logger.warning("Announcing %s change(s) in one transaction failed; announcing them one by one.", len(changes))
+        for change in changes:
+            _send(change, historical)
+
+
+def _send(change: _Change, historical: bool) -> list[Exception]:
+    sent = events.batch_changed.send_robust(
+        sender=Batch,
+        batch_pk=change.row.pk,
+        batch_id=change.row.batch_id,
+        created=change.created,
+        historical=historical,
+    )
+    if change.became_final:
+        sent += events.batch_became_final.send_robust(
+            sender=Batch, batch_pk=change.row.pk, batch_id=change.row.batch_id, historical=historical
         )
-        if change.became_final:
-            sent += events.batch_became_final.send_robust(
-                sender=Batch, batch_pk=change.row.pk, batch_id=change.row.batch_id, historical=historical
-            )
-        for receiver, outcome in sent:
-            if isinstance(outcome, Exception):
-                logger.error("A receiver of %s's new state failed: %s", change.row.batch_id, receiver, exc_info=outcome)
+    errors = [outcome for _receiver, outcome in sent if isinstance(outcome, Exception)]
+    for receiver, outcome in sent:
+        if isinstance(outcome, Exception):
+            logger.error("A receiver of %s's new state failed: %s", change.row.batch_id, receiver, exc_info=outcome)
+    return errors
 
 
 def _insert_new(batches: list[services.ApiBatch], digests: dict[str, str], observed_at: datetime) -> list | None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -100,7 +100,7 @@ def schedule(step: str, batch_pk: int, attempt: int = 0, *, priority: int = 0) -
             )
     except IntegrityError:
         return False
-    transaction.on_commit(partial(_enqueue, step, reaction.pk, priority=priority))
+    _enqueue_on_commit(step, reaction.pk, priority=priority)
     return True
 
 
@@ -125,8 +125,43 @@ def hurry(step: str, batch_pk: int, attempt: int = 0) -> bool:
     reaction_id = pending.values_list("pk", flat=True).first()
     if reaction_id is None:
         return False
-    transaction.on_commit(partial(_enqueue, step, reaction_id, priority=HURRY_PRIORITY))
+    _enqueue_on_commit(step, reaction_id, priority=HURRY_PRIORITY)
     return True
+
+
+def _enqueue_on_commit(step: str, reaction_id: int, *, priority: int = 0) -> None:
+    """Enqueue the task once the current transaction commits: every reaction a transaction schedules (a page of
+    batches turning final) in one write after it, not one each (SQLite has a single writer).
+
+    The list is the connection's, for the transaction whose commit callbacks it was registered with; a rollback gives
+    the connection a new callback list, and the next schedule starts a new batch. A reaction rolled back with a
+    savepoint may still be enqueued: its task finds no reaction to claim and does nothing.
+    """
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        _enqueue(step, reaction_id, priority=priority)
+        return
+    batch = getattr(connection, "reactions_to_enqueue", None)
+    if batch is None or batch.sent or batch.callbacks is not connection.run_on_commit:
+        batch = connection.reactions_to_enqueue = _EnqueueBatch(connection.run_on_commit)
+        transaction.on_commit(batch.send)
+    batch.queued.append((step, reaction_id, priority))
+
+
+@dataclass
+class _EnqueueBatch:
+    callbacks: list  # the connection's commit callbacks it was registered with
+    queued: list[tuple[str, int, int]] = field(default_factory=list)
+    sent: bool = False
+
+    def send(self) -> None:
+        self.sent = True
+        try:
+            with transaction.atomic():
+                for step, reaction_id, priority in self.queued:
+                    _enqueue(step, reaction_id, priority=priority)
+        except DatabaseError as exc:
+            logger.warning("Could not enqueue %s reaction(s): %s; the next sweep will.", len(self.queued), exc)
 
 
 def _enqueue(step: str, reaction_id: int, run_after: datetime | None = None, *, priority: int = 0) -> None:

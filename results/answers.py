@@ -135,6 +135,23 @@ def _content_text(content) -> str:
     return ""
 
 
+def request_text(endpoint: str, body) -> str:
+    """What a request asks, for a one-line preview: the last user message of a chat or Responses request (else its
+    last message), the input of an embeddings or moderations request, a completion's prompt; "" otherwise."""
+    if not isinstance(body, dict):
+        return ""
+    messages = prompt_messages(endpoint, body)
+    if messages:
+        users = [text for role, text in messages if role == "user"]
+        return users[-1] if users else messages[-1][1]
+    value = body.get("prompt") if endpoint == "/v1/completions" else body.get("input")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " · ".join(item if isinstance(item, str) else _content_text([item]) for item in value[:20])
+    return ""
+
+
 def prompt_messages(endpoint: str, body) -> list[tuple[str, str]]:
     """The request's conversation as (role, text) for chat and Responses requests; empty for other endpoints."""
     if not isinstance(body, dict) or endpoint not in ("/v1/chat/completions", "/v1/responses"):

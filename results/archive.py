@@ -481,9 +481,9 @@ def _read_answers(path: str, file: str, unreadable: _Unreadable) -> Iterator[tup
         yield storable_id(record["custom_id"]), answer
 
 
-def _read_inputs(path: str, unreadable: _Unreadable) -> Iterator[tuple[str, int, int, int]]:
-    """(custom_id, line number, offset, length) of each input line; a line too long to read is joined by the
-    custom_id its head names."""
+def _read_inputs(path: str, unreadable: _Unreadable) -> Iterator[tuple[str, int, int, int, str]]:
+    """(custom_id, line number, offset, length, what it asks in one line) of each input line; a line too long to
+    read is joined by the custom_id its head names."""
     for line in _lines(path):
         if line.content is None:
             custom_id = _head_custom_id(line.head)
@@ -496,7 +496,11 @@ def _read_inputs(path: str, unreadable: _Unreadable) -> Iterator[tuple[str, int,
                 unreadable.add("input", line.number, reason)
                 continue
             custom_id = record["custom_id"]
-        yield storable_id(custom_id), line.number, line.offset, line.length
+        asked = ""
+        if line.content is not None:
+            text = answers.request_text(str(record.get("url") or ""), record.get("body"))
+            asked = normalise.text(answers.one_line(text, PREVIEW_LENGTH), PREVIEW_LENGTH)
+        yield storable_id(custom_id), line.number, line.offset, line.length, asked
 
 
 class _Groups:
@@ -556,7 +560,7 @@ class _Join:
         self.db.execute("PRAGMA cache_size = -4096")  # 4 MB
         columns = ", ".join(ANSWER_FIELDS)
         self.db.execute(f"CREATE TABLE answer (custom_id TEXT NOT NULL, {columns})")
-        self.db.execute("CREATE TABLE input (custom_id TEXT NOT NULL, number, offset, length, first INTEGER)")
+        self.db.execute("CREATE TABLE input (custom_id TEXT NOT NULL, number, offset, length, first INTEGER, prompt)")
 
     def close(self) -> None:
         self.db.close()
@@ -568,24 +572,24 @@ class _Join:
         while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
             self.db.executemany(f"INSERT INTO answer VALUES ({placeholders})", chunk)  # noqa: S608 - our columns
 
-    def add_inputs(self, inputs: Iterator[tuple[str, int, int, int]]) -> None:
+    def add_inputs(self, inputs: Iterator[tuple[str, int, int, int, str]]) -> None:
         while chunk := list(itertools.islice(inputs, INSERT_CHUNK)):
-            self.db.executemany("INSERT INTO input VALUES (?, ?, ?, ?, 0)", chunk)
+            self.db.executemany("INSERT INTO input VALUES (?, ?, ?, ?, 0, ?)", chunk)
 
-    def joined(self) -> Iterator[tuple[int, str, int, int, int, _Answer | None]]:
-        """(input rowid, custom_id, line number, offset, length, answer or None) in input order, each input line's
-        answers in file order."""
+    def joined(self) -> Iterator[tuple[int, str, int, int, int, str, _Answer | None]]:
+        """(input rowid, custom_id, line number, offset, length, prompt, answer or None) in input order, each input
+        line's answers in file order."""
         self.db.execute("CREATE INDEX answer_custom_id ON answer (custom_id)")
         self.db.execute("CREATE INDEX input_custom_id ON input (custom_id)")
         self.db.execute("UPDATE input SET first = 1 WHERE rowid IN (SELECT MIN(rowid) FROM input GROUP BY custom_id)")
         columns = ", ".join(f"a.{name}" for name in ANSWER_FIELDS)
         rows = self.db.execute(
-            f"SELECT i.rowid, i.custom_id, i.number, i.offset, i.length, a.rowid, {columns} "  # noqa: S608
+            f"SELECT i.rowid, i.custom_id, i.number, i.offset, i.length, i.prompt, a.rowid, {columns} "  # noqa: S608
             "FROM input AS i LEFT JOIN answer AS a ON i.first = 1 AND a.custom_id = i.custom_id "
             "ORDER BY i.rowid, a.rowid"
         )
-        for seq, custom_id, number, offset, length, answer_id, *answer in rows:
-            yield seq, custom_id, number, offset, length, _Answer(*answer) if answer_id is not None else None
+        for seq, custom_id, number, offset, length, prompt, answer_id, *answer in rows:
+            yield seq, custom_id, number, offset, length, prompt, _Answer(*answer) if answer_id is not None else None
 
     def unmatched(self) -> Iterator[tuple[str, _Answer]]:
         columns = ", ".join(f"a.{name}" for name in ANSWER_FIELDS)
@@ -616,6 +620,7 @@ COLUMNS = (
     "input_tokens",
     "output_tokens",
     "preview",
+    "prompt",
     "result_file",
     "result_line",
     "result_offset",
@@ -633,7 +638,9 @@ def _rows(archive: ResultArchive, local: dict[str, str], summary: dict) -> Itera
     position = 0
     duplicates = input_lines = unmatched = 0
 
-    def row(custom_id, answer, line_number=None, input_offset=None, input_length=None, duplicate=False) -> tuple:
+    def row(
+        custom_id, answer, line_number=None, input_offset=None, input_length=None, duplicate=False, prompt=""
+    ) -> tuple:
         nonlocal position
         position += 1
         if answer is None:
@@ -649,9 +656,9 @@ def _rows(archive: ResultArchive, local: dict[str, str], summary: dict) -> Itera
         head = (archive.pk, position, line_number, custom_id, outcome, status, code, message, group, duplicate)
         where = (input_offset, input_length)
         if answer is None:
-            return (*head, *where, None, None, "", "", None, None, None)
+            return (*head, *where, None, None, "", prompt or "", "", None, None, None)
         result = (answer.file, answer.line, answer.offset, answer.length)
-        return (*head, *where, answer.input_tokens, answer.output_tokens, answer.preview, *result)
+        return (*head, *where, answer.input_tokens, answer.output_tokens, answer.preview, prompt or "", *result)
 
     join = _Join()
     try:
@@ -661,12 +668,12 @@ def _rows(archive: ResultArchive, local: dict[str, str], summary: dict) -> Itera
         if "input" in local:
             join.add_inputs(_read_inputs(local["input"], unreadable))
         previous = None
-        for seq, custom_id, number, offset, length, answer in join.joined():
+        for seq, custom_id, number, offset, length, prompt, answer in join.joined():
             duplicate = seq == previous
             previous = seq
             input_lines += not duplicate
             duplicates += duplicate
-            yield row(custom_id, answer, number, offset, length, duplicate=duplicate)
+            yield row(custom_id, answer, number, offset, length, duplicate=duplicate, prompt=prompt)
         current, index = None, 0
         for custom_id, answer in join.unmatched():
             index = index + 1 if custom_id == current else 0

@@ -188,7 +188,8 @@ class ResultLineQuerySet(models.QuerySet):
         if result_filter.group:
             queryset = queryset.filter(error_group=result_filter.group)
         if result_filter.q:
-            queryset = queryset.filter(Q(custom_id__icontains=result_filter.q) | Q(preview__icontains=result_filter.q))
+            q = result_filter.q
+            queryset = queryset.filter(Q(custom_id__icontains=q) | Q(preview__icontains=q) | Q(prompt__icontains=q))
         return queryset
 
     def input_lines(self):
@@ -221,6 +222,8 @@ class ResultLine(models.Model):
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     preview = models.CharField(max_length=PREVIEW_LENGTH, blank=True)
+    # What the request asked, in one line (answers.request_text): the results table's Request column and its CSV.
+    prompt = models.CharField(max_length=PREVIEW_LENGTH, blank=True)
     duplicate = models.BooleanField(default=False)
     input_offset = models.BigIntegerField(null=True, blank=True)
     input_length = models.PositiveIntegerField(null=True, blank=True)

@@ -28,7 +28,7 @@ from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, 
 EXPORT_CHUNK = 1000
 # The largest position a row can have (a PositiveIntegerField): a larger one in an address is no row, not an error.
 MAX_POSITION = 2_147_483_647
-CSV_COLUMNS = ["line", "custom_id", "outcome", "status", "error_code", "error_message", "tokens", "answer"]
+CSV_COLUMNS = ["line", "custom_id", "request", "outcome", "status", "error_code", "error_message", "tokens", "answer"]
 # A request page shows at most this much of each side (the input line, each answer): a 100 MB answer would otherwise
 # be 200 MB of HTML. The rest is one click away as the raw line, streamed.
 RENDER_BYTES = 256 * 1024
@@ -116,11 +116,20 @@ def results_page(request, batch_id):
     if region.unchanged:
         return unchanged()
     result_filter = ResultFilter.from_query(request.GET)
+    show_request = request.GET.get("request") != "hide"
+    shown_query = request.GET.copy()
+    shown_query.pop("page", None)
+    if show_request:
+        shown_query["request"] = "hide"
+    else:
+        shown_query.pop("request", None)
     context = {
         "batch": batch,
         "archive": archive,
         "freshness": freshness,
         "filter": result_filter,
+        "show_request": show_request,
+        "toggle_request_query": shown_query.urlencode(),
         "outcomes": Outcome,
         "sections": sections,
         "page": _page(archive, result_filter, request.GET.get("page")) if ready else None,
@@ -278,6 +287,7 @@ EXPORT_FIELDS = (
     "result_file",
     "result_offset",
     "result_length",
+    "prompt",
 )
 
 
@@ -296,7 +306,7 @@ def _csv_rows(archive: ResultArchive, lines):
             if outcome == Outcome.SUCCEEDED:
                 text = exports.answer_of(loads_record(files.read(kinds.get(row[10], ""), row[11], row[12])))
             tokens = "" if tokens_in is None and tokens_out is None else (tokens_in or 0) + (tokens_out or 0)
-            yield [number or "", custom_id, outcome, status or "", code, message, tokens, text]
+            yield [number or "", custom_id, row[13], outcome, status or "", code, message, tokens, text]
 
 
 def _jsonl_rows(archive: ResultArchive, lines):

@@ -21,7 +21,7 @@ def file_label(code):
 
 
 @register.simple_tag
-def result_row(line):
+def result_row(line, show_request=True):
     """One row of the results table. Built in Python: as a template it was most of the page's time (100 rows)."""
     tags = ""
     if line.duplicate:
@@ -33,14 +33,16 @@ def result_row(line):
     code = format_html("<code>{}</code> ", line.error_code) if line.error_code else ""
     message = line.error_message if len(line.error_message) <= 160 else line.error_message[:159] + "…"
     tokens = line.total_tokens
+    request = format_html('<td class="preview request-preview">{}</td>', line.prompt) if show_request else ""
     return format_html(
-        '<tr><td class="num">{}</td><td class="mono"><a href="{}">{}</a>{}</td>'
+        '<tr><td class="num">{}</td><td class="mono"><a href="{}">{}</a>{}</td>{}'
         '<td><span class="outcome outcome-{}">{}</span>{}</td><td>{}<span class="error-message">{}</span></td>'
         '<td class="num">{}</td><td class="preview">{}</td></tr>',
         line.line_number or "—",
         line.url,
         line.custom_id,
         tags,
+        request,
         line.outcome,
         line.outcome,
         status,

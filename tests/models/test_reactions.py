@@ -235,3 +235,27 @@ def test_a_killed_workers_task_is_picked_up_again_and_runs_once(database_url, pr
     assert effects() == [f"test_gated {reaction.pk}"]
     reaction.refresh_from_db()
     assert (reaction.state, reaction.tries) == ("done", 2)
+
+
+def test_a_receivers_database_error_never_costs_the_other_batches_their_reactions(tasks, settings):
+    from django.db import DatabaseError
+
+    settings.BATCHBOARD_ARCHIVE = "new"  # the results app schedules keep_results for each final batch
+    failed = []
+
+    def flaky(sender, batch_id, **kwargs):
+        if batch_id == "batch_b" and not failed:
+            failed.append(batch_id)
+            raise DatabaseError("the database went away for a moment")
+
+    events.batch_became_final.connect(flaky)
+    try:
+        record_batches([completed("batch_a"), completed("batch_b"), completed("batch_c")])
+        tasks.commit_callbacks()
+    finally:
+        events.batch_became_final.disconnect(flaky)
+
+    assert failed == ["batch_b"]
+    kept = Reaction.objects.filter(step="keep_results").values_list("batch__batch_id", flat=True)
+    assert sorted(kept) == ["batch_a", "batch_b", "batch_c"]
+    assert tasks.waiting() == 3  # each enqueued once, after the commit

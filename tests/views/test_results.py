@@ -20,7 +20,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from batches import freshness, lookups, reactions, services, sync
 from batches.models import Batch, Reaction
-from results import archive
+from results import answers, archive
 from results.answers import one_line
 from results.models import ArchiveState, Outcome, ResultArchive, ResultFilter, ResultLine
 from sandbox import results as sandbox_results
@@ -370,6 +370,38 @@ def test_the_request_page_shows_both_sides_escaped_and_steps_through_the_filter(
 
 
 @pytest.mark.django_db
+def test_the_table_shows_what_each_request_asked_and_can_hide_it(big_batch, viewer_client):
+    url = reverse("results:list", args=[big_batch.batch_id])
+    html = viewer_client.get(url).content.decode()
+    assert '<th scope="col">Request</th>' in html
+    assert '<td class="preview request-preview">Hello line-001</td>' in html
+    assert 'id="toggle-request" href="?request=hide">Hide the Request column' in html
+
+    hidden = viewer_client.get(url, {"request": "hide", "outcome": "failed"}).content.decode()
+    assert '<th scope="col">Request</th>' not in hidden and "request-preview" not in hidden
+    assert "Show the Request column" in hidden and '<input type="hidden" name="request" value="hide">' in hidden
+
+    searched = viewer_client.get(url, {"q": "hello line-007"}).content.decode()
+    assert "line-007" in searched and "line-008" not in searched  # the search reads what was asked too
+
+
+def test_the_request_preview_is_the_last_user_message_or_the_input():
+    chat = {
+        "messages": [
+            {"role": "system", "content": "Be brief"},
+            {"role": "user", "content": "First"},
+            {"role": "assistant", "content": "x"},
+            {"role": "user", "content": [{"type": "text", "text": "Last"}]},
+        ]
+    }
+    assert answers.request_text("/v1/chat/completions", chat) == "Last"
+    assert answers.request_text("/v1/responses", {"input": "Tell me", "instructions": "Be brief"}) == "Tell me"
+    assert answers.request_text("/v1/embeddings", {"input": ["one", "two"]}) == "one · two"
+    assert answers.request_text("/v1/completions", {"prompt": "Once upon"}) == "Once upon"
+    assert answers.request_text("/v1/moderations", {"input": 42}) == ""
+    assert answers.request_text("/v1/chat/completions", ["not", "a", "body"]) == ""
+
+
 def test_exports_stream_the_current_filter(big_batch, viewer_client):
     response = viewer_client.get(reverse("results:export_csv", args=[big_batch.batch_id]), {"outcome": "failed"})
     event = AuditEvent.objects.get(action="download")
@@ -380,10 +412,21 @@ def test_exports_stream_the_current_filter(big_batch, viewer_client):
     )
     assert response.streaming and response["Content-Type"].startswith("text/csv")
     table = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode("utf-8-sig"))))
-    assert table[0] == ["line", "custom_id", "outcome", "status", "error_code", "error_message", "tokens", "answer"]
+    assert table[0] == [
+        "line",
+        "custom_id",
+        "request",
+        "outcome",
+        "status",
+        "error_code",
+        "error_message",
+        "tokens",
+        "answer",
+    ]
     assert len(table) == 21 and table[1] == [
         "10",
         "line-010",
+        "Hello line-010",
         "failed",
         "400",
         "bad_thing",
