@@ -1,12 +1,15 @@
 """The batch list in Chromium: rows that follow the API without a reload, cancelling from a row, the Live toggle."""
 
 import re
+import time
 from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import expect
 
 from batches import services
+from batches.models import record_batch
+from tests.batch_api import payload
 from tests.browser.conftest import (
     is_live_response,
     long_running,
@@ -181,3 +184,21 @@ def test_it_saves_the_filtered_list_as_a_view_in_the_navigation(live_server, log
     nav.get_by_text("Saved views", exact=True).click()
     nav.get_by_role("link", name="Failures, oldest first").click()
     expect(page).to_have_url(f"{live_server.url}/batches/?status=failed&sort=created")
+
+
+def test_needs_attention_lists_what_someone_should_look_at_and_failed_lines_the_rest(live_server, login, viewer):
+    now = int(time.time())
+    failed = record_batch(services.ApiBatch.from_api(payload("failed")))
+    expiring = record_batch(services.ApiBatch.from_api(payload("in_progress", expires_at=now + 1800)))
+    one_in_a_thousand = record_batch(
+        services.ApiBatch.from_api(payload("completed", request_counts={"total": 1000, "completed": 999, "failed": 1}))
+    )
+    page = login(viewer)
+    page.get_by_role("link", name=re.compile(r"^needs attention")).click()
+    rows = page.locator("table.batches tbody tr")
+    expect(rows).to_have_count(2)
+    expect(page.locator(f"#row-{failed.batch_id}")).to_be_visible()
+    expect(page.locator(f"#row-{expiring.batch_id}")).to_be_visible()
+    page.get_by_role("link", name=re.compile(r"^has failed lines")).click()
+    expect(page.locator(f"#row-{one_in_a_thousand.batch_id}")).to_be_visible()
+    expect(page.locator(f"#row-{expiring.batch_id}")).to_have_count(0)
