@@ -235,6 +235,7 @@ def create_batch(
         model=scan.model or "",
         errors=errors,
         checkpoints=[] if errors else scan.checkpoints,
+        webhook_pending=True,
         **plan_durations,
     )
 
