@@ -178,3 +178,47 @@ def test_the_sandbox_webhook_updates_the_dashboard_once_under_duplicates(sandbox
     delivery.refresh_from_db()
     assert (delivery.state, delivery.tries) == ("processed", 1)
     assert Batch.objects.get(batch_id=batch.id).status == "completed"
+
+
+@pytest.mark.once
+def test_make_run_wires_the_sandbox_webhooks_to_its_own_receiver(database_url, processes):
+    """`manage.py serve` in sandbox mode: a batch created behind the dashboard's back shows final by the sandbox's
+    webhook alone (the sync loop's idle pass is an hour away), with a secret generated for the run."""
+    import sys
+    import time
+
+    import requests
+
+    from tests.conftest import free_port, process_environment, wait_until_serving
+    from webhooks.models import Delivery
+
+    port = free_port()
+    environment = process_environment(
+        database_url, SANDBOX_SPEED="100000", BATCHBOARD_HISTORY_INTERVAL="3600", BATCHBOARD_ARCHIVE="off"
+    )
+    serve = processes.start("serve", [sys.executable, "manage.py", "serve", "--port", str(port)], environment)
+    wait_until_serving(f"http://127.0.0.1:{port}/healthz")
+    api = f"http://127.0.0.1:{port}/sandbox/v1"
+    auth = {"Authorization": "Bearer sk-sandbox"}
+    line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}}
+    line["body"]["messages"] = [{"role": "user", "content": "hi"}]
+    upload = requests.post(
+        f"{api}/files",
+        headers=auth,
+        files={"file": ("in.jsonl", json.dumps(line).encode() + b"\n")},
+        data={"purpose": "batch"},
+        timeout=10,
+    ).json()
+    created = requests.post(
+        f"{api}/batches",
+        headers=auth,
+        json={"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        timeout=10,
+    ).json()
+    deadline = time.monotonic() + 60
+    while not Batch.objects.filter(batch_id=created["id"], status="completed").exists():
+        assert time.monotonic() < deadline and serve.poll() is None, processes.output(serve)
+        time.sleep(0.1)
+    delivery = Delivery.objects.get(batch_id=created["id"])
+    assert (delivery.event_type, delivery.state) == ("batch.completed", "processed")
+    assert delivery.error == ""  # the webhook's task fetched it, not found it recorded already
