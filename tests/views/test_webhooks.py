@@ -280,3 +280,43 @@ def test_the_pages_say_nothing_of_webhooks_when_the_receiver_is_off(db, viewer_c
     data = api.add("in_progress")
     for url in ("/batches/", f"/batches/{data['id']}/"):
         assert 'id="last-webhook"' not in viewer_client.get(url).content.decode()
+
+
+# --- The secret's setting --------------------------------------------------------------
+
+
+def test_the_secret_setting_takes_a_secret_or_the_name_of_a_variable_holding_one(monkeypatch):
+    from dashboard.settings import _env_webhook_secret
+
+    monkeypatch.setenv("BATCHBOARD_WEBHOOK_SECRET", SECRET)
+    assert _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET") == SECRET
+    monkeypatch.setenv("BATCHBOARD_WEBHOOK_SECRET", "OPENAI_WEBHOOK_SECRET")
+    monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", SECRET)
+    assert _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET") == SECRET
+    monkeypatch.delenv("BATCHBOARD_WEBHOOK_SECRET")
+    assert _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET") == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "variable_value", "says"),
+    [
+        ("MISSING_VARIABLE", None, "MISSING_VARIABLE, which is not set"),
+        ("whsec_not base64!", None, "whsec_ followed by base64"),
+        ("whsec_", None, "whsec_ followed by base64"),
+        ("HOLDER", "not-a-whsec-secret", "whsec_ followed by base64"),
+        ("sk-live secret with spaces", None, "starting with whsec_"),
+    ],
+)
+def test_the_secret_setting_refuses_a_malformed_value_without_echoing_it(monkeypatch, value, variable_value, says):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from dashboard.settings import _env_webhook_secret
+
+    monkeypatch.setenv("BATCHBOARD_WEBHOOK_SECRET", value)
+    monkeypatch.delenv("MISSING_VARIABLE", raising=False)
+    if variable_value is not None:
+        monkeypatch.setenv("HOLDER", variable_value)
+    with pytest.raises(ImproperlyConfigured, match=says) as refused:
+        _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET")
+    secrets_given = [variable_value] if variable_value else [] if value.isidentifier() else [value]
+    assert not any(secret in str(refused.value) for secret in secrets_given)
