@@ -40,8 +40,9 @@ class Command(BaseCommand):
         "someone watches the list, every BATCHBOARD_HISTORY_INTERVAL seconds otherwise), starting once the server "
         "answers, because in sandbox mode the API is this very server. The terminal shows a line for each change "
         "and each error; -v 2 shows every pass and every request. A task worker runs beside it (keeping results, "
-        "automatic retries), as `manage.py db_worker` does. In sandbox mode the sandbox's webhooks go to this server's own "
-        "receiver, with a secret generated for the run (`manage.py sandbox_webhooks`, in a thread). For production, run the web app under gunicorn, and "
+        "automatic retries), as `manage.py db_worker` does. In sandbox mode the sandbox's webhooks go to this "
+        "server's own receiver, with a secret made for the run (`manage.py sandbox_webhooks`, in a thread). "
+        "For production, run the web app under gunicorn, and "
         "`manage.py sync_batches --loop` and `manage.py db_worker` beside it."
     )
 
