@@ -63,8 +63,9 @@ class SandboxBatch(models.Model):
     results_ready = models.BooleanField(default=False, db_index=True)
     output_file_id = models.CharField(max_length=40, blank=True)
     error_file_id = models.CharField(max_length=40, blank=True)
-    # Until the webhook sender has noticed the batch final (sandbox/webhooks.py): only these are looked at.
-    webhook_pending = models.BooleanField(default=False, db_index=True)
+    # When the batch turns final (by its plan), until the webhook sender has noticed it (sandbox/webhooks.py): the
+    # sender looks only at batches due by now. None: nothing left to send.
+    webhook_due_at = models.FloatField(null=True, blank=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -3,10 +3,13 @@ or expired, it signs a `batch.<status>` event with SANDBOX_WEBHOOK_SECRET (Stand
 `standardwebhooks` library) and POSTs it to SANDBOX_WEBHOOK_URL, retrying non-2xx answers with backoff.
 
 A batch's state is computed from the time (simulation.py), so nothing happens at the moment it turns final: a
-sender (`manage.py sandbox_webhooks`, or a thread of `manage.py serve`) calls `dispatch()` every half second. It
-looks only at batches still marked `webhook_pending`, creates each final one's event once (unique per batch and
-type), and sends what is due. Faults for testing a receiver: SANDBOX_WEBHOOK_DUPLICATE_RATE sends a delivery twice,
-SANDBOX_WEBHOOK_MAX_DELAY holds each event back a random while (so events also arrive out of order).
+sender (`manage.py sandbox_webhooks`, or a thread of `manage.py serve`) calls `dispatch()` every half second. Each
+batch carries the moment its plan makes it final (`webhook_due_at`, moved by a cancel), so a tick reads only the
+batches due since the last one (an indexed range, whatever the number running), creates each one's event once
+(unique per batch and type), and sends what is due.
+
+Faults for testing a receiver: SANDBOX_WEBHOOK_DUPLICATE_RATE sends a delivery twice, SANDBOX_WEBHOOK_MAX_DELAY holds
+each event back a random while (so events also arrive out of order).
 """
 
 from __future__ import annotations
@@ -64,14 +67,14 @@ def dispatch(now: float | None = None) -> int:
 def notice_final(now: float) -> int:
     """Create the event of each pending batch that is final at `now`, once; how many were created."""
     created = 0
-    pending = list(SandboxBatch.objects.filter(webhook_pending=True).order_by("created")[:NOTICE_CHUNK])
-    for batch in pending:
+    due = SandboxBatch.objects.filter(webhook_due_at__lte=now).order_by("webhook_due_at")
+    for batch in due[:NOTICE_CHUNK]:
         state = state_at(batch.plan, now)
         if not state.is_terminal:
-            continue
+            continue  # due by a hair's rounding: the next tick sees it final
         if now - (state.terminal_at or now) <= NOTICE_WINDOW_SECONDS:
             created += _create_event(batch.id, state.status, state.terminal_at or int(now), now)
-        SandboxBatch.objects.filter(pk=batch.pk).update(webhook_pending=False)
+        SandboxBatch.objects.filter(pk=batch.pk).update(webhook_due_at=None)
     return created
 
 

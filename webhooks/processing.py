@@ -2,8 +2,8 @@
 recording function, so that whatever follows a recorded state (keeping results, automatic retries) follows here too.
 
 Exactly once per delivery: a conditional UPDATE on the delivery row claims it, so a duplicate task or a second
-worker returns at once. A failure is retried with backoff up to MAX_TRIES and then recorded with its reason. A task
-lost altogether costs only speed: the sync loop's next pass sees the same change.
+worker returns at once. A failure is retried with backoff up to MAX_TRIES and then recorded with its reason. A lost
+task is enqueued again by the next delivery's task (`lost`); meanwhile the sync loop's next pass sees the change.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ LEASE_SECONDS = 120.0
 BACKOFF_BASE_SECONDS = 30.0
 BACKOFF_MAX_SECONDS = 3600.0
 ERROR_LENGTH = 1000
+# A delivery still waiting this long after it was due has lost its task.
+LOST_AFTER = timedelta(minutes=15)
+LOST_CHUNK = 100
 
 
 def process(delivery_pk: int) -> timedelta | None:
@@ -69,6 +72,16 @@ def process(delivery_pk: int) -> timedelta | None:
     _settle(delivery, DeliveryState.PROCESSED, note="")
     Delivery.objects.prune()
     return None
+
+
+def lost(now=None) -> list[int]:
+    """Deliveries whose task never came (an enqueue lost, a worker killed): waiting and due for LOST_AFTER, at most
+    LOST_CHUNK. Enqueuing them again is harmless: the claim lets one task through."""
+    now = now or timezone.now()
+    stale = now - LOST_AFTER
+    waiting = Delivery.objects.filter(state=DeliveryState.RECEIVED, received_at__lte=stale)
+    waiting = waiting.filter(Q(busy_until__isnull=True) | Q(busy_until__lte=stale))
+    return list(waiting.order_by("received_at").values_list("pk", flat=True)[:LOST_CHUNK])
 
 
 def backoff(tries: int) -> timedelta:

@@ -20,6 +20,8 @@ def process_delivery(delivery_pk: int) -> None:
     again = processing.process(delivery_pk)
     if again is not None:
         enqueue_processing(delivery_pk, again)
+    for lost_pk in processing.lost():
+        enqueue_processing(lost_pk)
 
 
 def enqueue_processing(delivery_pk: int, after: timedelta | None = None) -> None:

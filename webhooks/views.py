@@ -3,12 +3,17 @@ authentication). It verifies, records and enqueues, and never calls the API, so 
 
 from __future__ import annotations
 
+import logging
+
 from django.contrib.auth.decorators import login_not_required
+from django.db import DatabaseError
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from webhooks import receiving
+
+logger = logging.getLogger("batches.webhooks")
 
 
 def _declared_length(request) -> int | None:
@@ -43,7 +48,11 @@ def openai_webhook(request, connection: str | None = None):
         event = receiving.verify(secret, body, request.headers)
     except receiving.Refused as exc:
         return _answer(400, f"Refused: {exc}.")
-    received = receiving.record(request.headers["webhook-id"], event)
+    try:
+        received = receiving.record(request.headers["webhook-id"], event)
+    except DatabaseError as exc:  # a locked or unreachable database: the sender tries again later
+        logger.warning("Webhook delivery %s not recorded: %s", request.headers["webhook-id"][:200], exc)
+        return _answer(503, "The dashboard's database is busy; try again.")
     if received.replayed:
         return _answer(200, "Received before; not processed again.")
     return _answer(200, "Received.")

@@ -320,3 +320,21 @@ def test_the_secret_setting_refuses_a_malformed_value_without_echoing_it(monkeyp
         _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET")
     secrets_given = [variable_value] if variable_value else [] if value.isidentifier() else [value]
     assert not any(secret in str(refused.value) for secret in secrets_given)
+
+
+def test_a_delivery_whose_task_was_lost_is_processed_with_the_next_one(db, hook_client, tasks, api, fake_api):
+    from datetime import timedelta
+
+    from django_tasks_db.models import DBTaskResult
+
+    first, second = api.add("in_progress"), api.add("in_progress")
+    body = event(first["id"])
+    post(hook_client, body, signed_headers(body, webhook_id="wh_lost"))
+    tasks.commit_callbacks()
+    DBTaskResult.objects.all().delete()  # its task is lost
+    Delivery.objects.update(received_at=Delivery.objects.get().received_at - timedelta(minutes=16))
+    body = event(second["id"])
+    post(hook_client, body, signed_headers(body, webhook_id="wh_next"))
+    tasks.drain()
+    assert set(Delivery.objects.values_list("state", flat=True)) == {"processed"}
+    assert len(fake_api.requests_to("GET", f"/batches/{first['id']}")) == 1
