@@ -338,3 +338,26 @@ def test_a_delivery_whose_task_was_lost_is_processed_with_the_next_one(db, hook_
     tasks.drain()
     assert set(Delivery.objects.values_list("state", flat=True)) == {"processed"}
     assert len(fake_api.requests_to("GET", f"/batches/{first['id']}")) == 1
+
+
+def test_the_list_with_the_receiver_on_costs_one_query_more_whatever_the_deliveries(
+    db, fresh_cache, hook_client, operator_client, django_assert_num_queries, settings
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from batches.models import record_batch
+    from tests.conftest import observation
+
+    for n in range(5):
+        record_batch(observation(f"batch_w{n:04d}"))
+    settings.BATCHBOARD_WEBHOOK_SECRET = ""
+    with CaptureQueriesContext(connection) as off:
+        operator_client.get("/batches/")
+    queries_off = len(off)  # now: each request clears the connection's query log
+    settings.BATCHBOARD_WEBHOOK_SECRET = SECRET
+    for n in range(30):
+        body = event(f"batch_w{n:04d}")
+        post(hook_client, body, signed_headers(body, webhook_id=f"wh_{n}"))
+    with django_assert_num_queries(queries_off + 1):
+        assert "Last webhook received" in operator_client.get("/batches/").text
