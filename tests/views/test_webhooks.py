@@ -352,6 +352,7 @@ def test_the_list_with_the_receiver_on_costs_one_query_more_whatever_the_deliver
     for n in range(5):
         record_batch(observation(f"batch_w{n:04d}"))
     settings.BATCHBOARD_WEBHOOK_SECRET = ""
+    operator_client.get("/batches/")  # the first view fills what later ones read from the cache
     with CaptureQueriesContext(connection) as off:
         operator_client.get("/batches/")
     queries_off = len(off)  # now: each request clears the connection's query log
