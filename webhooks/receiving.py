@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from batches import normalise, services
@@ -62,8 +62,12 @@ def verify(secret: str, body: bytes, headers) -> dict:
 
 
 def _refuse(reason: str, webhook_id: str) -> None:
-    logger.warning("Webhook delivery %s refused: %s.", normalise.text(webhook_id, 200) or "(no webhook-id)", reason)
-    Refusals.count_one()
+    # %r: the id comes from whoever sent the request, so its control characters are escaped, never written raw.
+    logger.warning("Webhook delivery %r refused: %s.", normalise.text(webhook_id, 200), reason)
+    try:
+        Refusals.count_one()
+    except DatabaseError as exc:  # the refusal stands; only its count is lost
+        logger.warning("Could not count a refused webhook delivery: %s", exc)
     raise Refused(reason)
 
 

@@ -51,7 +51,7 @@ def openai_webhook(request, connection: str | None = None):
     try:
         received = receiving.record(request.headers["webhook-id"], event)
     except DatabaseError as exc:  # a locked or unreachable database: the sender tries again later
-        logger.warning("Webhook delivery %s not recorded: %s", request.headers["webhook-id"][:200], exc)
+        logger.warning("Webhook delivery %r not recorded: %s", request.headers["webhook-id"][:200], exc)
         return _answer(503, "The dashboard's database is busy; try again.")
     if received.replayed:
         return _answer(200, "Received before; not processed again.")
