@@ -1,8 +1,10 @@
 """Django settings for batchboard, read from the environment (every variable is described in docs/configuration.md)."""
 
+import base64
 import ipaddress
 import json
 import os
+import re
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -49,6 +51,28 @@ def _env_int(name, default, minimum, maximum):
     if not raw.isdigit() or not minimum <= int(raw) <= maximum:
         raise ImproperlyConfigured(f"{name} must be a whole number between {minimum:,} and {maximum:,}; got {raw!r}.")
     return int(raw)
+
+
+def _env_webhook_secret(name):
+    """A Standard Webhooks secret: `whsec_` and base64, or the name of the environment variable that holds one (so
+    the secret itself can stay in a secrets manager's variable). Never echoed in an error."""
+    raw = _env(name)
+    if not raw:
+        return ""
+    value = raw
+    if not raw.startswith("whsec_"):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", raw):
+            raise ImproperlyConfigured(f"{name} must be a secret starting with whsec_, or the name of a variable.")
+        value = _env(raw)
+        if not value:
+            raise ImproperlyConfigured(f"{name} names the environment variable {raw}, which is not set.")
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        key = b""
+    if not value.startswith("whsec_") or not key:
+        raise ImproperlyConfigured(f"The secret in {name} must be whsec_ followed by base64, as the API shows it.")
+    return value
 
 
 def _is_local_host(host):
@@ -130,6 +154,20 @@ SANDBOX_RATE_LIMIT_RATE = _env_float("SANDBOX_RATE_LIMIT_RATE", 0.0, 0.0, 1.0)
 SANDBOX_RETRY_AFTER = _env_float("SANDBOX_RETRY_AFTER", 1.0, 0.0, 3600.0)
 # Fraction of request lines a finished batch leaves out of both result files, to show and test "missing" lines.
 SANDBOX_DROP_RATE = _env_float("SANDBOX_DROP_RATE", 0.0, 0.0, 1.0)
+
+# The webhook receiver (/webhooks/openai/) verifies deliveries with this secret; unset, it answers 404.
+BATCHBOARD_WEBHOOK_SECRET = _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET")
+# The sandbox signs its webhooks with SANDBOX_WEBHOOK_SECRET and POSTs them to SANDBOX_WEBHOOK_URL (unset: none sent).
+SANDBOX_WEBHOOK_URL = _env("SANDBOX_WEBHOOK_URL")
+if SANDBOX_WEBHOOK_URL and not re.fullmatch(r"https?://[^/\s]+/\S*", SANDBOX_WEBHOOK_URL):
+    raise ImproperlyConfigured(
+        f"SANDBOX_WEBHOOK_URL must be an http(s) URL such as http://127.0.0.1:8000/webhooks/openai/; "
+        f"got {SANDBOX_WEBHOOK_URL!r}."
+    )
+SANDBOX_WEBHOOK_SECRET = _env_webhook_secret("SANDBOX_WEBHOOK_SECRET")
+# Fault injection for the sandbox's webhooks: the share of deliveries sent twice, and the longest random delay (s).
+SANDBOX_WEBHOOK_DUPLICATE_RATE = _env_float("SANDBOX_WEBHOOK_DUPLICATE_RATE", 0.0, 0.0, 1.0)
+SANDBOX_WEBHOOK_MAX_DELAY = _env_float("SANDBOX_WEBHOOK_MAX_DELAY", 0.0, 0.0, 3600.0)
 
 # How often the list is refreshed from upstream at most, whatever the number of viewers.
 BATCHBOARD_REFRESH_INTERVAL = _env_float("BATCHBOARD_REFRESH_INTERVAL", 2.0, 0.0, 3600.0)
@@ -230,6 +268,7 @@ INSTALLED_APPS = [
     "results",
     "retries",
     "sharing",
+    "webhooks",
     "sandbox",
 ]
 
@@ -273,6 +312,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "django.template.context_processors.csp",
                 "batches.context_processors.batchboard",
+                "webhooks.context_processors.webhooks",
             ],
         },
     },

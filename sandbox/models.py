@@ -1,4 +1,5 @@
-"""The sandbox's stored state: uploaded and generated files, batches with their simulation plans, the seed marker."""
+"""The sandbox's stored state: uploaded and generated files, batches with their simulation plans, the seed marker, the
+webhooks it sends."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ class SandboxBatch(models.Model):
     results_ready = models.BooleanField(default=False, db_index=True)
     output_file_id = models.CharField(max_length=40, blank=True)
     error_file_id = models.CharField(max_length=40, blank=True)
+    # When the batch turns final (by its plan), until the webhook sender has noticed it (sandbox/webhooks.py): the
+    # sender looks only at batches due by now. None: nothing left to send.
+    webhook_due_at = models.FloatField(null=True, blank=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -94,3 +98,26 @@ class SeedMarker(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class SandboxWebhook(models.Model):
+    """A webhook event for a batch that reached a final status, and its delivery: unique per batch and event type, so
+    an event is created once however many senders notice the batch; `webhook_id` stays the same across retries, as
+    Standard Webhooks says."""
+
+    batch_id = models.CharField(max_length=64)
+    type = models.CharField(max_length=32)
+    webhook_id = models.CharField(max_length=64, unique=True)
+    body = models.TextField()  # the event exactly as signed and sent
+    attempts = models.IntegerField(default=0)
+    next_attempt_at = models.FloatField(db_index=True)  # the sandbox's clock; a sender holds it a while when claiming
+    delivered_at = models.FloatField(null=True, blank=True)
+    gave_up = models.BooleanField(default=False)
+    last_status = models.IntegerField(null=True, blank=True)  # the receiver's answer, or None when it did not answer
+    sent = models.IntegerField(default=0)  # POSTs sent, duplicates included
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["batch_id", "type"], name="sandbox_webhook_once_per_event")]
+
+    def __str__(self):
+        return f"{self.type} {self.batch_id}"

@@ -170,6 +170,12 @@ def timeline(plan: Plan) -> tuple[list[tuple[float, str]], float | None]:
     return [*transitions, (ends_at, "expired")], WINDOW_S
 
 
+def final_moment(plan: Plan) -> float:
+    """The real time at which the batch reaches its final status, unless a cancel changes its plan."""
+    transitions, _ = timeline(plan)
+    return plan.created + transitions[-1][0] / plan.speed
+
+
 def final_status(plan: Plan) -> str:
     """The status the batch ends in unless a cancel changes its plan."""
     transitions, _ = timeline(plan)

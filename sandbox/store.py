@@ -32,7 +32,7 @@ from sandbox import results
 from sandbox.api import ApiError
 from sandbox.models import SandboxBatch, SandboxFile
 from sandbox.rules import FILE_RETENTION_S
-from sandbox.simulation import State, final_status, real_time, state_at
+from sandbox.simulation import State, final_moment, final_status, real_time, state_at
 from sandbox.simulation import durations as simulated_durations
 from sandbox.validation import iter_requests, scan_input
 
@@ -221,7 +221,7 @@ def create_batch(
     if scenario == "token_limit" and not errors:
         errors = [{**TOKEN_LIMIT_ERROR, "message": TOKEN_LIMIT_ERROR["message"].format(model=scan.model)}]
     plan_durations = durations or simulated_durations(batch_id, scan.total, scenario)
-    return SandboxBatch.objects.create(
+    batch = SandboxBatch(
         id=batch_id,
         endpoint=endpoint,
         input_file_id=input_file.id,
@@ -237,6 +237,9 @@ def create_batch(
         checkpoints=[] if errors else scan.checkpoints,
         **plan_durations,
     )
+    batch.webhook_due_at = final_moment(batch.plan)
+    batch.save(force_insert=True)
+    return batch
 
 
 def get_batch(batch_id: str, *, for_update: bool = False) -> SandboxBatch:
@@ -283,7 +286,9 @@ def cancel_batch(batch_id: str, now: float) -> tuple[SandboxBatch, State]:
             raise ApiError(409, f"Cannot cancel a batch with status '{status}'.", headers={"x-should-retry": "false"})
         if batch.cancel_requested is None:  # only the first request counts, however many arrive at once
             batch.cancel_requested = now
-            batch.save(update_fields=["cancel_requested"])
+            if batch.webhook_due_at is not None:
+                batch.webhook_due_at = final_moment(batch.plan)
+            batch.save(update_fields=["cancel_requested", "webhook_due_at"])
     return observe(batch, now)
 
 

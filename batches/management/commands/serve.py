@@ -1,8 +1,10 @@
 """Run the dashboard with its history kept: a background sync loop and a task worker next to Django's threaded
 development server."""
 
+import base64
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -38,7 +40,9 @@ class Command(BaseCommand):
         "someone watches the list, every BATCHBOARD_HISTORY_INTERVAL seconds otherwise), starting once the server "
         "answers, because in sandbox mode the API is this very server. The terminal shows a line for each change "
         "and each error; -v 2 shows every pass and every request. A task worker runs beside it (keeping results, "
-        "automatic retries), as `manage.py db_worker` does. For production, run the web app under gunicorn, and "
+        "automatic retries), as `manage.py db_worker` does. In sandbox mode the sandbox's webhooks go to this "
+        "server's own receiver, with a secret made for the run (`manage.py sandbox_webhooks`, in a thread). "
+        "For production, run the web app under gunicorn, and "
         "`manage.py sync_batches --loop` and `manage.py db_worker` beside it."
     )
 
@@ -54,6 +58,7 @@ class Command(BaseCommand):
         if settings.SANDBOX_MODE and "SANDBOX_URL" not in os.environ:
             # The sandbox is served by this server, so it lives on whatever port the server was given.
             settings.SANDBOX_URL = settings.OPENAI_BASE_URL = f"{url}sandbox/v1"
+        webhooks_wired = _wire_sandbox_webhooks(url)
         detailed = verbosity >= 2
         if detailed:
             logging.getLogger("batches").setLevel(logging.DEBUG)
@@ -69,6 +74,10 @@ class Command(BaseCommand):
             target=_run_tasks, args=(stop, worker, local, port), name="batchboard-tasks", daemon=True
         )
         worker_thread.start()
+        if webhooks_wired:
+            threading.Thread(
+                target=_send_sandbox_webhooks, args=(stop, local, port), name="batchboard-sandbox-webhooks", daemon=True
+            ).start()
         self.stdout.write(self.style.SUCCESS(f"batchboard is at {url}"))
         self.stdout.write(
             "History is being kept: a sync loop and a task worker run in the background (-v 2 shows every pass)."
@@ -85,10 +94,39 @@ class Command(BaseCommand):
             worker.running = False  # ends its loop after the task in hand (a daemon thread: exiting does not wait)
 
 
+def _wire_sandbox_webhooks(url: str) -> bool:
+    """In sandbox mode the sandbox sends its webhooks to this server's receiver, both sides sharing a secret made
+    for this run (unless SANDBOX_WEBHOOK_URL says where else to send them): a batch shows final within a second of
+    the sandbox finishing it, as it would with the API's webhooks."""
+    if not (settings.SANDBOX_MODE and settings.SANDBOX_ENABLED):
+        return False
+    if not settings.SANDBOX_WEBHOOK_URL:
+        secret = settings.SANDBOX_WEBHOOK_SECRET or settings.BATCHBOARD_WEBHOOK_SECRET or _new_webhook_secret()
+        settings.SANDBOX_WEBHOOK_URL = f"{url}webhooks/openai/"
+        settings.SANDBOX_WEBHOOK_SECRET = secret
+        settings.BATCHBOARD_WEBHOOK_SECRET = settings.BATCHBOARD_WEBHOOK_SECRET or secret
+    return bool(settings.SANDBOX_WEBHOOK_SECRET)
+
+
+def _new_webhook_secret() -> str:
+    """A secret as the API makes them: whsec_ and base64 of 32 random bytes (REFERENCE §12.3)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _send_sandbox_webhooks(stop: threading.Event, host: str, port: int) -> None:
+    """The sandbox's webhook sender (its own management command: the dashboard imports nothing of the sandbox)."""
+    try:
+        if _wait_for_server(stop, host, port) and not stop.is_set():
+            call_command("sandbox_webhooks")
+    finally:
+        connections.close_all()
+
+
 def _task_worker() -> Worker:
     return Worker(
         queue_names=["*"],
-        interval=1.0,
+        # Half a second: a webhook's task (and so the batch's final state) follows its delivery at once.
+        interval=0.5,
         batch=False,
         backend_name="default",
         startup_delay=False,

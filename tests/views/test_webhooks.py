@@ -1,0 +1,364 @@
+"""The webhook receiver (/webhooks/openai/): Standard Webhooks signatures checked by the reference's test vectors,
+refusals (no or a bad signature, an old timestamp, a large body), replays, and the task that fetches the batch."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+import pytest
+import time_machine
+from django.test import Client
+from standardwebhooks.webhooks import Webhook
+
+from batches.models import Batch
+from tests.reference import EXAMPLES
+from webhooks import receiving
+from webhooks.models import Delivery, Refusals
+
+VECTORS = json.loads((EXAMPLES / "webhook.signature_test_vectors.json").read_text())["vectors"]
+SECRET = VECTORS[0]["secret"]
+URL = "/webhooks/openai/"
+
+
+@pytest.fixture(autouse=True)
+def _secret(settings):
+    settings.BATCHBOARD_WEBHOOK_SECRET = SECRET
+
+
+@pytest.fixture
+def hook_client():
+    """A client that sends no session and enforces CSRF, like the API's webhook sender."""
+    return Client(enforce_csrf_checks=True)
+
+
+def event(batch_id: str = "batch_abc123", event_type: str = "batch.completed", **fields) -> bytes:
+    body = {"id": "evt_" + batch_id, "object": "event", "type": event_type, "created_at": int(time.time())}
+    body["data"] = {"id": batch_id}
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+def signed_headers(body: bytes, *, webhook_id: str = "wh_1", at: float | None = None, secret: str = SECRET) -> dict:
+    """The headers the API sends, signed with the `standardwebhooks` library (the reference's algorithm)."""
+    moment = datetime.fromtimestamp(at if at is not None else time.time(), tz=UTC)
+    signature = Webhook(secret).sign(webhook_id, moment, body)
+    return {"webhook-id": webhook_id, "webhook-timestamp": str(int(moment.timestamp())), "webhook-signature": signature}
+
+
+def post(client, body: bytes, headers: dict):
+    extra = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()}
+    return client.post(URL, data=body, content_type="application/json", **extra)
+
+
+# --- The reference's test vectors -------------------------------------------------
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[vector["source"][:40] for vector in VECTORS])
+def test_it_verifies_the_reference_vectors_and_refuses_the_tampered_one(db, vector):
+    body = vector["raw_body"].encode()
+    with time_machine.travel(int(vector["headers"]["webhook-timestamp"]), tick=False):
+        if vector["expected"] == "valid":
+            assert receiving.verify(vector["secret"], body, vector["headers"])["id"].startswith("evt_")
+        else:
+            with pytest.raises(receiving.Refused):
+                receiving.verify(vector["secret"], body, vector["headers"])
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[vector["source"][:40] for vector in VECTORS])
+def test_it_answers_the_reference_vectors_through_the_view(db, hook_client, vector):
+    with time_machine.travel(int(vector["headers"]["webhook-timestamp"]), tick=False):
+        response = post(hook_client, vector["raw_body"].encode(), vector["headers"])
+    assert response.status_code == (200 if vector["expected"] == "valid" else 400)
+    assert Delivery.objects.count() == (1 if vector["expected"] == "valid" else 0)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda headers: headers | {"webhook-id": "wh_other"},
+        lambda headers: headers | {"webhook-timestamp": str(int(headers["webhook-timestamp"]) + 1)},
+        lambda headers: headers | {"webhook-signature": headers["webhook-signature"].replace("v1,t", "v1,u")},
+        lambda headers: headers | {"webhook-signature": headers["webhook-signature"].removeprefix("v1,")},
+    ],
+    ids=["id", "timestamp", "signature", "unversioned"],
+)
+def test_it_refuses_a_vector_whose_headers_were_tampered_with(db, hook_client, tamper):
+    vector = VECTORS[1]
+    with time_machine.travel(int(vector["headers"]["webhook-timestamp"]), tick=False):
+        response = post(hook_client, vector["raw_body"].encode(), tamper(dict(vector["headers"])))
+    assert response.status_code == 400
+    assert not Delivery.objects.exists()
+
+
+# --- Refusals -----------------------------------------------------------------------
+
+
+def test_it_refuses_a_delivery_without_a_signature_and_counts_it(db, hook_client, tasks):
+    body = event()
+    headers = signed_headers(body)
+    del headers["webhook-signature"]
+    response = post(hook_client, body, headers)
+    assert response.status_code == 400
+    assert not Delivery.objects.exists()
+    assert tasks.waiting() == 0
+    assert Refusals.objects.get().count == 1
+
+
+def test_it_refuses_a_delivery_signed_with_another_secret(db, hook_client, tasks, caplog):
+    body = event()
+    other = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="
+    response = post(hook_client, body, signed_headers(body, secret=other))
+    assert response.status_code == 400
+    assert not Delivery.objects.exists()
+    assert tasks.waiting() == 0
+    assert "refused" in caplog.text
+    assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("offset", [-301, 301, -3600 * 24])
+def test_it_refuses_a_timestamp_more_than_5_minutes_off(db, hook_client, offset):
+    body = event()
+    response = post(hook_client, body, signed_headers(body, at=time.time() + offset))
+    assert response.status_code == 400
+    assert not Delivery.objects.exists()
+
+
+def test_it_takes_a_timestamp_within_5_minutes(db, hook_client):
+    body = event()
+    response = post(hook_client, body, signed_headers(body, at=time.time() - 240))
+    assert response.status_code == 200
+
+
+def test_it_refuses_a_body_over_64_kb_before_reading_it(db, hook_client):
+    body = event(padding="x" * (64 * 1024))
+    response = post(hook_client, body, signed_headers(body))
+    assert response.status_code == 413
+    assert not Delivery.objects.exists()
+
+
+def test_it_refuses_a_signed_body_that_is_not_a_json_object(db, hook_client):
+    body = b"[1, 2, 3]"
+    response = post(hook_client, body, signed_headers(body))
+    assert response.status_code == 400
+    assert not Delivery.objects.exists()
+
+
+def test_it_is_off_without_a_secret(db, hook_client, settings):
+    settings.BATCHBOARD_WEBHOOK_SECRET = ""
+    body = event()
+    assert post(hook_client, body, signed_headers(body)).status_code == 404
+
+
+def test_it_answers_only_posts(db, hook_client):
+    assert hook_client.get(URL).status_code == 405
+
+
+# --- Replays and unknown events -----------------------------------------------------
+
+
+def test_it_answers_a_replay_with_200_and_does_not_process_it_again(db, hook_client, tasks):
+    body = event()
+    headers = signed_headers(body, webhook_id="wh_replayed")
+    assert post(hook_client, body, headers).status_code == 200
+    assert tasks.waiting() == 1
+    response = post(hook_client, body, headers)
+    assert response.status_code == 200
+    assert "not processed again" in response.json()["message"]
+    assert Delivery.objects.count() == 1
+    assert tasks.waiting() == 1
+
+
+def test_it_acknowledges_and_ignores_an_unknown_event_type(db, hook_client, tasks):
+    body = event(event_type="response.completed")
+    response = post(hook_client, body, signed_headers(body))
+    assert response.status_code == 200
+    assert Delivery.objects.get().state == "ignored"
+    assert tasks.waiting() == 0
+
+
+def test_it_ignores_a_batch_event_whose_batch_id_is_not_one(db, hook_client, tasks):
+    body = event(batch_id="../../admin")
+    response = post(hook_client, body, signed_headers(body))
+    assert response.status_code == 200
+    delivery = Delivery.objects.get()
+    assert (delivery.state, delivery.batch_id) == ("ignored", "")
+    assert tasks.waiting() == 0
+
+
+# --- Processing: one retrieve, recorded like a pass ------------------------------
+
+
+def test_a_delivery_fetches_the_batch_once_and_records_it(db, hook_client, tasks, api, fake_api):
+    data = api.add("in_progress")
+    data.update(status="completed", completed_at=int(time.time()), finalizing_at=int(time.time()) - 1)
+    body = event(data["id"])
+    assert post(hook_client, body, signed_headers(body, webhook_id="wh_a")).status_code == 200
+    assert len(fake_api.requests_to("GET", f"/batches/{data['id']}")) == 0  # the view never calls upstream
+    tasks.drain()
+    assert len(fake_api.requests_to("GET", f"/batches/{data['id']}")) == 1
+    assert Batch.objects.get(batch_id=data["id"]).status == "completed"
+    delivery = Delivery.objects.get()
+    assert (delivery.state, delivery.tries) == ("processed", 1)
+
+
+def test_duplicated_deliveries_are_processed_once(db, hook_client, tasks, api, fake_api):
+    data = api.add("in_progress")
+    data.update(status="failed", failed_at=int(time.time()))
+    body = event(data["id"], event_type="batch.failed")
+    headers = signed_headers(body, webhook_id="wh_dup")
+    for _ in range(3):
+        assert post(hook_client, body, headers).status_code == 200
+    tasks.drain()
+    # The same delivery's task enqueued twice (a sweep, a second worker) finds nothing to claim.
+    from webhooks.tasks import enqueue_processing
+
+    enqueue_processing(Delivery.objects.get().pk)
+    tasks.drain()
+    assert len(fake_api.requests_to("GET", f"/batches/{data['id']}")) == 1
+    assert Batch.objects.get(batch_id=data["id"]).status == "failed"
+
+
+def test_a_delivery_for_a_batch_already_recorded_final_costs_no_call(db, hook_client, tasks, api, fake_api):
+    data = api.add("completed")
+    body = event(data["id"])
+    post(hook_client, body, signed_headers(body))
+    tasks.drain()
+    assert fake_api.requests_to("GET", f"/batches/{data['id']}") == []
+    assert Delivery.objects.get().state == "processed"
+
+
+def test_a_delivery_for_a_batch_the_dashboard_never_saw_records_it(db, hook_client, tasks, api, fake_api):
+    data = api.add("expired", record=False)
+    body = event(data["id"], event_type="batch.expired")
+    post(hook_client, body, signed_headers(body))
+    tasks.drain()
+    assert Batch.objects.get(batch_id=data["id"]).status == "expired"
+
+
+def test_a_batch_the_api_does_not_know_fails_the_delivery_with_its_reason(db, hook_client, tasks, fake_api):
+    body = event("batch_unknown1")
+    post(hook_client, body, signed_headers(body))
+    tasks.drain()
+    delivery = Delivery.objects.get()
+    assert delivery.state == "failed"
+    assert "does not know" in delivery.error
+    assert not Batch.objects.exists()
+
+
+def test_an_upstream_failure_is_tried_again_later(db, hook_client, tasks, api, fake_api):
+    from tests.fake_api import Reply
+
+    data = api.add("in_progress")
+    fake_api.route("GET", f"/batches/{data['id']}", lambda received: Reply(500, {"error": {"message": "boom"}}))
+    body = event(data["id"])
+    post(hook_client, body, signed_headers(body))
+    tasks.drain()
+    delivery = Delivery.objects.get()
+    assert (delivery.state, delivery.tries) == ("received", 1)
+    assert delivery.busy_until is not None
+    assert delivery.error
+    assert tasks.waiting() == 1  # the next try, due after its backoff
+
+
+# --- Pages ----------------------------------------------------------------------------
+
+
+def test_the_list_and_detail_pages_say_when_the_last_webhook_arrived(db, hook_client, viewer_client, api, synced):
+    data = api.add("in_progress")
+    assert "No webhook received yet" in viewer_client.get("/batches/").content.decode()
+    body = event(data["id"])
+    post(hook_client, body, signed_headers(body))
+    for url in ("/batches/", f"/batches/{data['id']}/"):
+        page = viewer_client.get(url).content.decode()
+        assert "Last webhook received" in page
+
+
+def test_the_pages_say_nothing_of_webhooks_when_the_receiver_is_off(db, viewer_client, api, settings, synced):
+    settings.BATCHBOARD_WEBHOOK_SECRET = ""
+    data = api.add("in_progress")
+    for url in ("/batches/", f"/batches/{data['id']}/"):
+        assert 'id="last-webhook"' not in viewer_client.get(url).content.decode()
+
+
+# --- The secret's setting --------------------------------------------------------------
+
+
+def test_the_secret_setting_takes_a_secret_or_the_name_of_a_variable_holding_one(monkeypatch):
+    from dashboard.settings import _env_webhook_secret
+
+    monkeypatch.setenv("BATCHBOARD_WEBHOOK_SECRET", SECRET)
+    assert _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET") == SECRET
+    monkeypatch.setenv("BATCHBOARD_WEBHOOK_SECRET", "OPENAI_WEBHOOK_SECRET")
+    monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", SECRET)
+    assert _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET") == SECRET
+    monkeypatch.delenv("BATCHBOARD_WEBHOOK_SECRET")
+    assert _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET") == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "variable_value", "says"),
+    [
+        ("MISSING_VARIABLE", None, "MISSING_VARIABLE, which is not set"),
+        ("whsec_not base64!", None, "whsec_ followed by base64"),
+        ("whsec_", None, "whsec_ followed by base64"),
+        ("HOLDER", "not-a-whsec-secret", "whsec_ followed by base64"),
+        ("sk-live secret with spaces", None, "starting with whsec_"),
+    ],
+)
+def test_the_secret_setting_refuses_a_malformed_value_without_echoing_it(monkeypatch, value, variable_value, says):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from dashboard.settings import _env_webhook_secret
+
+    monkeypatch.setenv("BATCHBOARD_WEBHOOK_SECRET", value)
+    monkeypatch.delenv("MISSING_VARIABLE", raising=False)
+    if variable_value is not None:
+        monkeypatch.setenv("HOLDER", variable_value)
+    with pytest.raises(ImproperlyConfigured, match=says) as refused:
+        _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET")
+    secrets_given = [variable_value] if variable_value else [] if value.isidentifier() else [value]
+    assert not any(secret in str(refused.value) for secret in secrets_given)
+
+
+def test_a_delivery_whose_task_was_lost_is_processed_with_the_next_one(db, hook_client, tasks, api, fake_api):
+    from datetime import timedelta
+
+    from django_tasks_db.models import DBTaskResult
+
+    first, second = api.add("in_progress"), api.add("in_progress")
+    body = event(first["id"])
+    post(hook_client, body, signed_headers(body, webhook_id="wh_lost"))
+    tasks.commit_callbacks()
+    DBTaskResult.objects.all().delete()  # its task is lost
+    Delivery.objects.update(received_at=Delivery.objects.get().received_at - timedelta(minutes=16))
+    body = event(second["id"])
+    post(hook_client, body, signed_headers(body, webhook_id="wh_next"))
+    tasks.drain()
+    assert set(Delivery.objects.values_list("state", flat=True)) == {"processed"}
+    assert len(fake_api.requests_to("GET", f"/batches/{first['id']}")) == 1
+
+
+def test_the_list_with_the_receiver_on_costs_one_query_more_whatever_the_deliveries(
+    db, fresh_cache, hook_client, operator_client, django_assert_num_queries, settings
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from batches.models import record_batch
+    from tests.conftest import observation
+
+    for n in range(5):
+        record_batch(observation(f"batch_w{n:04d}"))
+    settings.BATCHBOARD_WEBHOOK_SECRET = ""
+    operator_client.get("/batches/")  # the first view fills what later ones read from the cache
+    with CaptureQueriesContext(connection) as off:
+        operator_client.get("/batches/")
+    queries_off = len(off)  # now: each request clears the connection's query log
+    settings.BATCHBOARD_WEBHOOK_SECRET = SECRET
+    for n in range(30):
+        body = event(f"batch_w{n:04d}")
+        post(hook_client, body, signed_headers(body, webhook_id=f"wh_{n}"))
+    with django_assert_num_queries(queries_off + 1):
+        assert "Last webhook received" in operator_client.get("/batches/").text

@@ -1,0 +1,29 @@
+from django.contrib import admin
+
+from webhooks.models import Delivery, Refusals
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = ("received_at", "event_type", "batch_id", "state", "tries", "processed_at")
+    list_filter = ("state", "event_type")
+    search_fields = ("webhook_id", "batch_id", "event_id")
+    ordering = ("-received_at",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Refusals)
+class RefusalsAdmin(admin.ModelAdmin):
+    list_display = ("day", "count")
+    ordering = ("-day",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

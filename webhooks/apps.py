@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class WebhooksConfig(AppConfig):
+    name = "webhooks"
+    verbose_name = "webhooks"
+
+    def ready(self):
+        from batches import sections
+        from webhooks.sections import LAST_RECEIVED
+
+        sections.register(LAST_RECEIVED)

@@ -1,0 +1,85 @@
+"""Webhooks received from the OpenAI API: one row per delivery (its webhook-id is the replay guard) and a daily
+count of the deliveries refused."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from django.db import IntegrityError, models, transaction
+from django.db.models import F
+from django.utils import timezone
+
+# A delivery's webhook-id is remembered this long: a replay is recognised within it (the signature's timestamp
+# tolerance is 5 minutes, so an older replay is refused anyway).
+KEPT_FOR = timedelta(days=7)
+PRUNE_CHUNK = 1000
+
+
+class DeliveryState(models.TextChoices):
+    RECEIVED = "received", "waiting to be processed"
+    PROCESSED = "processed", "processed"
+    IGNORED = "ignored", "ignored"
+    FAILED = "failed", "failed"
+
+
+class DeliveryQuerySet(models.QuerySet):
+    def last_received_at(self) -> datetime | None:
+        """When the latest delivery arrived: one indexed row."""
+        return self.order_by("-received_at").values_list("received_at", flat=True).first()
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Forget deliveries older than KEPT_FOR, at most PRUNE_CHUNK per call (a later call takes the rest)."""
+        cutoff = (now or timezone.now()) - KEPT_FOR
+        old = self.filter(received_at__lt=cutoff).order_by("received_at").values_list("pk", flat=True)
+        old = list(old[:PRUNE_CHUNK])
+        return self.filter(pk__in=old).delete()[0] if old else 0
+
+
+class Delivery(models.Model):
+    """A signed delivery that passed verification. The unique webhook_id makes a replay (or the sender's retry of a
+    delivery already answered) a no-op; `state` and `tries` are the processing task's own claim and record."""
+
+    webhook_id = models.CharField(max_length=200, unique=True)
+    event_id = models.CharField(max_length=200, blank=True)
+    event_type = models.CharField(max_length=100)
+    batch_id = models.CharField(max_length=130, blank=True)  # services.BATCH_ID_PATTERN, or "" when none was valid
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    state = models.CharField(max_length=16, choices=DeliveryState.choices, default=DeliveryState.RECEIVED)
+    tries = models.PositiveIntegerField(default=0)
+    # While a worker processes it, the end of its lease; while it waits for another try, when that try is due.
+    busy_until = models.DateTimeField(null=True, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    objects = DeliveryQuerySet.as_manager()
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+
+    def __str__(self):
+        return f"{self.event_type} {self.batch_id or '-'} ({self.webhook_id})"
+
+
+class Refusals(models.Model):
+    """How many deliveries were refused each day (a bad or missing signature, an old timestamp): a count, never the
+    bodies, so a flood of forged requests cannot fill the database."""
+
+    day = models.DateField(unique=True)
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "refusals"
+
+    def __str__(self):
+        return f"{self.day}: {self.count}"
+
+    @classmethod
+    def count_one(cls, day: date | None = None) -> None:
+        day = day or timezone.now().date()
+        if cls.objects.filter(day=day).update(count=F("count") + 1):
+            return
+        try:
+            with transaction.atomic():
+                cls.objects.create(day=day, count=1)
+        except IntegrityError:  # another request created today's row meanwhile
+            cls.objects.filter(day=day).update(count=F("count") + 1)
