@@ -117,7 +117,7 @@ def test_it_refuses_a_delivery_signed_with_another_secret(db, hook_client, tasks
     assert SECRET not in caplog.text
 
 
-@pytest.mark.parametrize("offset", [-301, 301, -3600 * 24])
+@pytest.mark.parametrize("offset", [-310, 310, -3600 * 24])  # whole seconds in the header: a margin
 def test_it_refuses_a_timestamp_more_than_5_minutes_off(db, hook_client, offset):
     body = event()
     response = post(hook_client, body, signed_headers(body, at=time.time() + offset))
