@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from batches import freshness, services, sync
+from batches import budget, freshness, services, sync
 from batches.models import Batch, BatchSnapshot, SyncState
 from tests.conftest import create_batches
 from tests.fake_api import Reply
@@ -273,8 +273,9 @@ def test_it_records_each_state_once_when_several_passes_run_at_once(api, transac
     assert BatchSnapshot.objects.count() == 6
 
 
-def test_a_pass_cut_short_by_the_budget_says_so_on_the_list(api, settings, viewer_client, small_pages):
+def test_a_pass_cut_short_by_the_budget_says_so_on_the_list(api, settings, viewer_client, small_pages, monkeypatch):
     settings.BATCHBOARD_UPSTREAM_BUDGET = 2
+    monkeypatch.setattr(budget, "clock", lambda: 1_800_000_000.0)  # one minute throughout: no new minute's budget
     add_batches(api, 10, "completed", newest_age=60)
 
     outcome = sync.run_pass(force=True)
