@@ -95,8 +95,3 @@ def delete_view(request, pk: int):
     else:
         messages.error(request, "That saved view is not yours to delete, or is gone already; nothing was changed.")
     return redirect("batches:saved_views")
-
-
-def saveable_teams(user) -> list[Group]:
-    """The teams a user may share a view with: their own."""
-    return list(user.groups.order_by("name")) if user.is_authenticated else []
