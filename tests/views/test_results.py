@@ -627,3 +627,11 @@ def _wait_for(condition, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_a_filter_that_matches_nothing_keeps_the_filters_and_says_so(big_batch, viewer_client):
+    url = reverse("results:list", args=[big_batch.batch_id])
+    html = viewer_client.get(url, {"q": "no-such-line", "outcome": "bogus", "page": "999"}).content.decode()
+    assert "No rows match these filters." in html
+    assert 'id="filter-q"' in html and "Clear filters" in html  # the way back is on screen
+    assert "Ignored in the address: outcome" in html
