@@ -14,7 +14,7 @@ from django.contrib.auth.models import Group, Permission
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 
-from audit.log import DETAIL_MAX_CHARS, record_here
+from audit.log import record_here
 from audit.middleware import current_request
 from audit.models import Action
 
@@ -76,16 +76,18 @@ def _names(model, pks) -> str:
         names = list(rows.values_list("name", flat=True)[:NAMES_LISTED])
     else:
         names = list(rows.values_list(model.USERNAME_FIELD, flat=True)[:NAMES_LISTED])
-    return _listed(names, len(pks))[:DETAIL_MAX_CHARS]
-
-
-# --- users ------------------------------------------------------------------
+    return _listed(names, len(pks))  # record() cuts the detail to its column
 
 
 @receiver(pre_save, sender=User, dispatch_uid="audit-user-pre-save")
-def _user_before_save(sender, instance, update_fields=None, raw=False, **kwargs):
+@receiver(pre_save, sender=Group, dispatch_uid="audit-group-pre-save")
+def _before_save(sender, instance, update_fields=None, raw=False, **kwargs):
+    """What a save of a user or group changes, noted for its post_save receiver to record."""
     if not raw:
         instance._audit_changes = _changes(instance, update_fields)
+
+
+# --- users ------------------------------------------------------------------
 
 
 @receiver(post_save, sender=User, dispatch_uid="audit-user-saved")
@@ -117,12 +119,6 @@ def _user_deleted(sender, instance, **kwargs):
 
 
 # --- groups -----------------------------------------------------------------
-
-
-@receiver(pre_save, sender=Group, dispatch_uid="audit-group-pre-save")
-def _group_before_save(sender, instance, update_fields=None, raw=False, **kwargs):
-    if not raw:
-        instance._audit_changes = _changes(instance, update_fields)
 
 
 @receiver(post_save, sender=Group, dispatch_uid="audit-group-saved")

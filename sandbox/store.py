@@ -332,6 +332,7 @@ def _materialize(batch: SandboxBatch, state: State, now: float) -> tuple[Sandbox
 def _result_records(batch: SandboxBatch, state: State):
     """(kind, line) for every request of a terminal batch, roughly in the order the work finished."""
     plan = batch.plan
+    attempt = results.attempt_of(batch.metadata)
     window = []
     for index, line in enumerate(iter_requests(files_dir() / batch.input_file_id)):
         if index < state.lines_done:
@@ -341,7 +342,7 @@ def _result_records(batch: SandboxBatch, state: State):
                 batch.endpoint,
                 line["custom_id"],
                 line["body"],
-                attempt=results.attempt_of(batch.metadata),
+                attempt=attempt,
                 force_failure=batch.scenario == "all_fail",
             )
             record = results.result_line(batch.id, batch.endpoint, line, outcome, created)
