@@ -113,7 +113,6 @@ class Chart:
     points: tuple[Point, ...]  # what is plotted, for the data table
     known_count: int  # the points known before thinning out: observations and the API's own timestamps
     end: datetime  # where the x-axis ends: the final timestamp of a finished batch, else when it was last checked
-    observation_count: int
     summary: str
 
     @property
@@ -278,7 +277,6 @@ def progress_chart(
         points=tuple(plotted),
         known_count=len(points),
         end=end,
-        observation_count=len(observations),
         summary=summary,
     )
 

@@ -82,10 +82,6 @@ def register(step: str, task: Task) -> None:
     _tasks[step] = task
 
 
-def registered(step: str) -> bool:
-    return step in _tasks
-
-
 def schedule(step: str, batch_pk: int, attempt: int = 0, *, priority: int = 0) -> bool:
     """Ask for `step` to follow batch `batch_pk`: True when this call created the reaction (its task is enqueued when
     the current transaction commits), False when it was asked for already. A higher `priority` runs it before the

@@ -143,13 +143,9 @@ def request_archive(batch: Batch, *, wanted: bool = True) -> ResultArchive | Non
         if archive.is_pending and not archive.wanted:
             ResultArchive.objects.filter(pk=archive.pk).update(wanted=True)
             archive.wanted = True
-            if not reactions.hurry(KEEP_STEP, batch.pk) and not _has_reaction(batch):
-                reactions.schedule(KEEP_STEP, batch.pk, priority=reactions.HURRY_PRIORITY)  # asked for before 0.2
+            if not reactions.hurry(KEEP_STEP, batch.pk):  # asked for before reactions: schedule (once, it is unique)
+                reactions.schedule(KEEP_STEP, batch.pk, priority=reactions.HURRY_PRIORITY)
     return archive
-
-
-def _has_reaction(batch: Batch) -> bool:
-    return Reaction.objects.filter(batch=batch, step=KEEP_STEP).exists()
 
 
 def _note_opened(archive: ResultArchive) -> None:

@@ -51,7 +51,8 @@ def retry(reaction) -> None:
     """The body of the "auto_retry" reaction of a parent batch (batches.reactions.run calls it)."""
     parent = reaction.batch
     archive = ResultArchive.objects.filter(batch=parent, state=ArchiveState.READY).first()
-    if retries_left(parent.metadata) <= 0 or archive is None:
+    left = retries_left(parent.metadata)
+    if left <= 0 or archive is None:
         _note(parent, AutoRetryState.NOTHING)
         return
     if SyncState.objects.named(LIST_STATE).import_done_at is None:
@@ -68,7 +69,6 @@ def retry(reaction) -> None:
     if not AUTO_SELECTION.lines(archive).exists():
         _note(parent, AutoRetryState.NOTHING)
         return
-    left = retries_left(parent.metadata)
     token = uuid.uuid5(TOKEN_NAMESPACE, f"{parent.batch_id}:{attempt}")
     prepared = submit.prepare(parent, archive, AUTO_SELECTION, token=token, auto_retries=left - 1 or None)
     if not prepared.form.is_valid():

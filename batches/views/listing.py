@@ -183,15 +183,9 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
         job=filters.job,
     )
     version = version or data_version()
-    if filters.narrows_counts:
-        counts = matching.status_counts()
-    else:
-        counts = _per_data_version("status-counts", version, matching.status_counts)
+    counts = _counted("status-counts", filters, version, matching.status_counts)
     attention = matching.needs_attention_count(counts)  # moves with the clock too (stuck batches): never cached
-    if filters.narrows_counts:
-        failed_lines = matching.with_failed_lines().count()
-    else:
-        failed_lines = _per_data_version("failed-lines", version, matching.with_failed_lines().count)
+    failed_lines = _counted("failed-lines", filters, version, matching.with_failed_lines().count)
     summary = Batch.objects.summary(since=_start_of_today())
     spending = Batch.objects.spending(today=timezone.localdate())
     batches = matching.with_status(filters.status).sorted_by(filters.sort)
@@ -230,6 +224,12 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
         "data_version": version,
         "selectable": can_cancel and any(row.can_cancel_now for row in rows),
     }
+
+
+def _counted(name: str, filters: ListFilters, version: tuple, compute):
+    """A count over the list's filters: shared per data version (_per_data_version) when no filter narrows it, since
+    then every viewer asks the same; computed for this request otherwise."""
+    return compute() if filters.narrows_counts else _per_data_version(name, version, compute)
 
 
 def _per_data_version(name: str, version: tuple, compute):
