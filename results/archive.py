@@ -12,6 +12,7 @@ line (the raw line is streamed).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -327,19 +328,8 @@ class _Answer:
     preview: str = ""
 
 
-ANSWER_FIELDS = (
-    "file",
-    "line",
-    "offset",
-    "length",
-    "outcome",
-    "status",
-    "code",
-    "message",
-    "input_tokens",
-    "output_tokens",
-    "preview",
-)
+# The join's answer columns, in _Answer's order (it is rebuilt with _Answer(*columns)).
+ANSWER_FIELDS = tuple(field.name for field in dataclasses.fields(_Answer))
 
 
 class _Unreadable:

@@ -53,8 +53,9 @@ def _ready_archive(request, batch_id: str) -> tuple:
     return batch, archive, freshness
 
 
-def _page(archive: ResultArchive, result_filter: ResultFilter, number):
-    """The page of rows to show, each with the link to its request page (built here: reverse() per row is slow).
+def _page(archive: ResultArchive, result_filter: ResultFilter, number, link=None):
+    """The page of rows to show, each with the link to its request page (built here: reverse() per row is slow):
+    `link` maps a row's position to that page's path (default: the dashboard's own request pages).
 
     A search scans every row (LIKE '%text%'), so it is done once: the matching positions give the count and the
     page's slice, instead of one scan to count and another to fetch the page.
@@ -69,7 +70,7 @@ def _page(archive: ResultArchive, result_filter: ResultFilter, number):
         if not result_filter.is_active:
             paginator.count = archive.summary.get("rows", 0)  # known from indexing: saves counting every row
         page = paginator.get_page(number)
-    link = request_links(archive.batch.batch_id)
+    link = link or request_links(archive.batch.batch_id)
     query = f"?{result_filter.query()}" if result_filter.is_active else ""
     for line in page:
         line.url = link(line.position) + query

@@ -121,11 +121,10 @@ def shared_results(request, token):
     result_filter = ResultFilter.from_query(request.GET)
     page = None
     if archive is not None:
-        page = results_views._page(archive, result_filter, request.GET.get("page"))
-        query = f"?{result_filter.query()}" if result_filter.is_active else ""
-        row_url = reverse("sharing:results", args=[token]) + "rows/"
-        for line in page:  # the reader's own addresses, instead of the dashboard's
-            line.url = f"{row_url}{line.position}/{query}"
+        row_url = reverse("sharing:results", args=[token]) + "rows/"  # the reader's own addresses
+        page = results_views._page(
+            archive, result_filter, request.GET.get("page"), link=lambda position: f"{row_url}{position}/"
+        )
     context = {
         "link": link,
         "token": token,
