@@ -15,7 +15,7 @@ def _archive(batch) -> ResultArchive | None:
     return batch._results_archive
 
 
-def _archive_key(archive: ResultArchive | None):
+def archive_key(archive: ResultArchive | None):
     """What of an archive the detail page shows: its summary is written once, with archived_at."""
     if archive is None:
         return None
@@ -57,7 +57,7 @@ def card_context(request, batch) -> dict:
 
 
 def card_key(context: dict):
-    return (context["has_results"], context["can_retry"], context["fetching"], _archive_key(context["archive"]))
+    return (context["has_results"], context["can_retry"], context["fetching"], archive_key(context["archive"]))
 
 
 def card_settled(context: dict) -> bool:

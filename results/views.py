@@ -24,6 +24,7 @@ from results import answers, exports
 from results.archive import MODE_OFF, StoredFiles, loads_record, request_archive, results_storage, storable_id
 from results.links import request_links
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
+from results.sections import archive_key
 
 EXPORT_CHUNK = 1000
 # The largest position a row can have (a PositiveIntegerField): a larger one in an address is no row, not an error.
@@ -78,19 +79,12 @@ def _page(archive: ResultArchive, result_filter: ResultFilter, number, link=None
 
 
 def _archive_key(archive: ResultArchive | None):
-    """What of an archive the results page shows (its summary is written once, with archived_at)."""
+    """What of an archive the results page shows: what the detail page shows of it (sections.archive_key), and what
+    the page says of the files kept."""
     if archive is None:
         return None
-    return (
-        str(archive.state),  # the value: a state just created is the enum member, one read back is its value
-        archive.problem,
-        archive.archived_at,
-        archive.pruned_at,
-        archive.evicted_at,
-        archive.upstream_deleted_at,
-        archive.upstream_expires_at,
-        archive.stored_bytes,
-    )
+    files = (archive.evicted_at, archive.upstream_deleted_at, archive.upstream_expires_at, archive.stored_bytes)
+    return (*archive_key(archive), *files)
 
 
 @require_safe
