@@ -65,19 +65,18 @@ class Command(BaseCommand):
         else:
             logging.getLogger("django.server").addFilter(_OnlyFailedRequests())
         stop = threading.Event()
-        sync_thread = threading.Thread(
-            target=_keep_history, args=(stop, local, port, not detailed), name="batchboard-sync", daemon=True
-        )
-        sync_thread.start()
         worker = _task_worker()
-        worker_thread = threading.Thread(
-            target=_run_tasks, args=(stop, worker, local, port), name="batchboard-tasks", daemon=True
-        )
-        worker_thread.start()
+        # In sandbox mode the loop, the tasks and the sandbox's webhooks all call this very server: each starts once
+        # it answers. The sandbox's webhook sender is its own management command (the dashboard imports nothing of
+        # the sandbox).
+        background = {
+            "batchboard-sync": lambda: sync.sync_loop(stop, quiet=not detailed),
+            "batchboard-tasks": worker.run,
+        }
         if webhooks_wired:
-            threading.Thread(
-                target=_send_sandbox_webhooks, args=(stop, local, port), name="batchboard-sandbox-webhooks", daemon=True
-            ).start()
+            background["batchboard-sandbox-webhooks"] = lambda: call_command("sandbox_webhooks")
+        for name, run in background.items():
+            threading.Thread(target=_once_server_answers, args=(stop, local, port, run), name=name, daemon=True).start()
         self.stdout.write(self.style.SUCCESS(f"batchboard is at {url}"))
         self.stdout.write(
             "History is being kept: a sync loop and a task worker run in the background (-v 2 shows every pass)."
@@ -113,15 +112,6 @@ def _new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def _send_sandbox_webhooks(stop: threading.Event, host: str, port: int) -> None:
-    """The sandbox's webhook sender (its own management command: the dashboard imports nothing of the sandbox)."""
-    try:
-        if _wait_for_server(stop, host, port) and not stop.is_set():
-            call_command("sandbox_webhooks")
-    finally:
-        connections.close_all()
-
-
 def _task_worker() -> Worker:
     return Worker(
         queue_names=["*"],
@@ -136,19 +126,11 @@ def _task_worker() -> Worker:
     )
 
 
-def _run_tasks(stop: threading.Event, worker: Worker, host: str, port: int) -> None:
-    """The db_worker loop, once the server answers (in sandbox mode the tasks call the API this server is)."""
+def _once_server_answers(stop: threading.Event, host: str, port: int, run) -> None:
+    """`run()` in this thread once the server accepts connections, unless we are stopping by then."""
     try:
         if _wait_for_server(stop, host, port) and not stop.is_set():
-            worker.run()
-    finally:
-        connections.close_all()
-
-
-def _keep_history(stop: threading.Event, host: str, port: int, quiet: bool) -> None:
-    try:
-        if _wait_for_server(stop, host, port):
-            sync.sync_loop(stop, quiet=quiet)
+            run()
     finally:
         connections.close_all()
 
