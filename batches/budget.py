@@ -116,12 +116,17 @@ def _wait_out_pause(now: float, caller: CallFor) -> float:
         now = clock()
 
 
+def _kept_for_others(caller: CallFor) -> dict[CallFor, int]:
+    """The shares of each minute kept for callers other than `caller` (those that keep any)."""
+    shares = {other: kept_for(other) for other in SHARE_COUNTERS if other != caller}
+    return {other: kept for other, kept in shares.items() if kept}
+
+
 def _spend(minute: int, caller: CallFor) -> bool:
     """Count one call in this minute's row if what is left after it still covers the shares kept for the others."""
     kept_for_others = Value(0)
-    for other, counter in SHARE_COUNTERS.items():
-        if other != caller and kept_for(other):
-            kept_for_others = kept_for_others + Greatest(Value(kept_for(other)) - F(counter), Value(0))
+    for other, kept in _kept_for_others(caller).items():
+        kept_for_others = kept_for_others + Greatest(Value(kept) - F(SHARE_COUNTERS[other]), Value(0))
     counts = {"calls": F("calls") + 1}
     if caller in SHARE_COUNTERS:
         counts[SHARE_COUNTERS[caller]] = F(SHARE_COUNTERS[caller]) + 1
@@ -131,9 +136,8 @@ def _spend(minute: int, caller: CallFor) -> bool:
 
 def _spent_message(caller: CallFor) -> str:
     kept = [
-        f"{kept_for(other)} for {'cancels' if other == CallFor.CANCEL else 'the sync loop'}"
-        for other in SHARE_COUNTERS
-        if other != caller and kept_for(other)
+        f"{share} for {'cancels' if other == CallFor.CANCEL else 'the sync loop'}"
+        for other, share in _kept_for_others(caller).items()
     ]
     return (
         f"batchboard's budget of {per_minute()} API calls a minute is spent"
