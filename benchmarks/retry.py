@@ -98,7 +98,8 @@ def _keep(batch_id: str, created_at: int, metadata: dict, failing, scratch: Path
             inp.write(_input_line(number) + b"\n")
             status = 429 if failing(number) else 200
             (err if status == 429 else out).write(_result_line(number, status) + b"\n")
-    kept = ResultArchive.objects.create(batch=batch, state=ArchiveState.ARCHIVING)
+    # Recording a final batch may have asked for its archive already (BATCHBOARD_ARCHIVE=new): take that row.
+    kept = ResultArchive.objects.update_or_create(batch=batch, defaults={"state": ArchiveState.ARCHIVING})[0]
     names = {}
     for kind, path in paths.items():
         with open(path, "rb") as handle:
