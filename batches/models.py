@@ -437,8 +437,13 @@ class Batch(models.Model):
             # needs_attention() counts over this narrow index instead of the wide rows; the expiry order seeks it.
             models.Index(fields=["status", "failed_requests", "last_changed_at", "created_at"], name="batch_attention"),
             models.Index(fields=["is_terminal", "expires_at"], name="batch_expiry"),
-            # The "failed-lines" filter and its count seek only the batches with a failed request.
-            models.Index(fields=["failed_requests"], name="batch_failed_lines", condition=Q(failed_requests__gt=0)),
+            # The "failed-lines" filter and its count, and needs attention's failure share (per status, failed against
+            # total requests), read only this narrow index of the batches with a failed request.
+            models.Index(
+                fields=["status", "failed_requests", "total_requests"],
+                name="batch_failed_lines",
+                condition=Q(failed_requests__gt=0),
+            ),
             # A job's batches, a batch's retries, and the automatic retry's look for an existing child.
             models.Index(fields=["job", "lineage_state"], name="batch_job"),
             models.Index(fields=["retry_of", "attempt"], name="batch_retry_of"),

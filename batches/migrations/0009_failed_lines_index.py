@@ -12,6 +12,6 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddIndex(
             model_name='batch',
-            index=models.Index(condition=models.Q(('failed_requests__gt', 0)), fields=['failed_requests'], name='batch_failed_lines'),
+            index=models.Index(condition=models.Q(('failed_requests__gt', 0)), fields=['status', 'failed_requests', 'total_requests'], name='batch_failed_lines'),
         ),
     ]
