@@ -122,6 +122,7 @@ def _setup_django():
 
 def _fill(batches: int) -> str:
     """Bulk-insert `batches` batches with one snapshot each; returns a running batch's id (with 50 snapshots)."""
+    from django.db import connection
     from django.utils import timezone
 
     from batches import services
@@ -173,6 +174,12 @@ def _fill(batches: int) -> str:
             )
         )
     BatchSnapshot.objects.bulk_create(history)
+    if connection.vendor == "postgresql":
+        # What autovacuum does to a table this size within a minute of filling it: without statistics the planner
+        # guesses a quarter of the rows match any IS NOT NULL and scans the whole table (data_version's count of
+        # claimed cancels took 35 ms instead of a fraction of one).
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
     return running_id
 
 
