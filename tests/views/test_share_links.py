@@ -118,6 +118,8 @@ def test_results_open_only_when_the_link_allows_them(viewer_client, anonymous, k
     assert "rows/1/" not in failed.text
     assert "rows/3/" in anonymous.get(f"/shared/{with_results}/results/?q=forty").text
     assert "rows/1/" not in anonymous.get(f"/shared/{with_results}/results/?q=forty").text
+    nothing = anonymous.get(f"/shared/{with_results}/results/?q=no-such-line").text
+    assert "No rows match these filters." in nothing and "not kept" not in nothing  # an empty page is no missing one
     row = anonymous.get(f"/shared/{with_results}/results/rows/3/")
     assert row.status_code == 200
     assert "forty-two" in row.text
