@@ -18,7 +18,7 @@ from django.utils import timezone
 from batches import budget, services
 from batches.freshness import failure_message
 from batches.lookups import refresh_batch
-from batches.models import Batch, BatchCreation, record_batch, stored_username
+from batches.models import Batch, BatchCreation, Connection, record_batch, stored_username
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +40,24 @@ class CancelOutcome:
 NOTHING_CANCELLED = "Nothing was cancelled."
 
 
-def cancel_batch(batch_id: str, *, user: str = "", client: services.BatchClient | None = None) -> CancelOutcome:
-    """Cancel once: concurrent or repeated requests for the same batch result in a single upstream call.
+def cancel_batch(
+    batch_id: str,
+    *,
+    user: str = "",
+    client: services.BatchClient | None = None,
+    connection: Connection | None = None,
+) -> CancelOutcome:
+    """Cancel once, on the batch's connection (the default one when None): concurrent or repeated requests for the
+    same batch result in a single upstream call.
 
     The claim is a conditional UPDATE of cancel_requested_at; a claim left by a request that died before reaching
     the API expires after CANCEL_CLAIM_SECONDS.
     """
-    row = Batch.objects.filter(batch_id=batch_id).first()
+    connection = connection or Connection.objects.default()
+    row = Batch.objects.filter(connection=connection, batch_id=batch_id).first()
     if row is None:
         try:
-            row, freshness = refresh_batch(batch_id, user_key=user, client=client)
+            row, freshness = refresh_batch(batch_id, user_key=user, client=client, connection=connection)
         except services.NotFound:
             return CancelOutcome(None, sent=False, error="There is no batch with this id.")
         if row is None:
@@ -61,26 +69,30 @@ def cancel_batch(batch_id: str, *, user: str = "", client: services.BatchClient 
             return CancelOutcome(row, sent=False)
         return CancelOutcome(row, sent=False, error=_finished_message(row))
     try:
-        batch = (client or services.get_client(services.CallFor.CANCEL)).cancel_batch(batch_id)
+        batch = (client or services.get_client(services.CallFor.CANCEL, connection)).cancel_batch(batch_id)
     except services.BatchApiError as exc:
         # Release our own claim only: a call that outlived CANCEL_CLAIM_SECONDS may have been claimed over.
         Batch.objects.release_cancel(row.pk, now)
         logger.warning("Cancel of %s failed: %s", batch_id, exc)
         if isinstance(exc, services.BadRequest):
             # A 409: the batch finished after our cache last saw it. Record its real state so the page shows it.
-            _refresh_quietly(batch_id, client)
+            _refresh_quietly(batch_id, client, connection)
         row.refresh_from_db()
         return CancelOutcome(row, sent=False, error=_cancel_failure(exc, row))
     logger.info("Cancel of %s requested by %s", batch_id, user or "unknown user")
-    return CancelOutcome(record_batch(batch), sent=True)
+    return CancelOutcome(record_batch(batch, connection=connection), sent=True)
 
 
 def cancel_batches(
-    batch_ids: list[str], *, user: str = "", client: services.BatchClient | None = None
+    batches: list[Batch], *, user: str = "", client: services.BatchClient | None = None
 ) -> list[tuple[str, CancelOutcome]]:
-    """Cancel each batch once, in the order given (duplicates ignored); one failure does not stop the others."""
-    client = client or services.get_client(services.CallFor.CANCEL)
-    return [(batch_id, cancel_batch(batch_id, user=user, client=client)) for batch_id in dict.fromkeys(batch_ids)]
+    """Cancel each batch once, on its own connection, in the order given (duplicates ignored); one failure does not
+    stop the others."""
+    unique = {(batch.connection_id, batch.batch_id): batch for batch in batches}.values()
+    return [
+        (batch.batch_id, cancel_batch(batch.batch_id, user=user, client=client, connection=batch.connection))
+        for batch in unique
+    ]
 
 
 def _finished_message(row: Batch) -> str:
@@ -99,10 +111,11 @@ def _cancel_failure(exc: services.BatchApiError, row: Batch) -> str:
     return failure_message(exc, then=then, retry="Try again in a moment.")
 
 
-def _refresh_quietly(batch_id: str, client: services.BatchClient | None) -> None:
+def _refresh_quietly(batch_id: str, client: services.BatchClient | None, connection: Connection) -> None:
     """After a refused cancel the batch has usually just finished: record its real state if we can."""
     with contextlib.suppress(services.BatchApiError):
-        record_batch((client or services.get_client(services.CallFor.CANCEL)).retrieve_batch(batch_id))
+        batch = (client or services.get_client(services.CallFor.CANCEL, connection)).retrieve_batch(batch_id)
+        record_batch(batch, connection=connection)
 
 
 # --- Creating a batch -------------------------------------------------------
@@ -140,21 +153,24 @@ def create_batch(
     output_expires_after: int | None = None,
     client: services.BatchClient | None = None,
     by_person: bool = True,
+    connection: Connection | None = None,
 ) -> CreateOutcome:
     """Upload the input file (or check the given file id), create the batch and record it: once per form token.
 
     The token is claimed with a unique row before anything is sent, so a repeated or concurrent submission of the
     same form waits for the first one and gets the same batch. A failed attempt releases the token for a retry.
     A person (`by_person`, unlike the automatic retries) may create BATCHBOARD_USER_CREATE_LIMIT batches a minute.
+    The batch is made on `connection` (the default one when None).
     """
+    connection = connection or Connection.objects.default()
     claim, claimed = _claim_creation(token, user)
     if not claimed:
-        return _earlier_outcome(claim, user)
+        return _earlier_outcome(claim, user, connection)
     limit = settings.BATCHBOARD_USER_CREATE_LIMIT
     if by_person and not budget.allow_user(f"creates:{stored_username(user)}", limit):
         logger.warning("Create by %s refused: over the limit of %d a minute", user or "unknown user", limit)
         return _release(claim, CREATE_LIMITED.format(limit=limit), None)
-    client = client or services.get_client(services.CallFor.CREATE if by_person else services.CallFor.LOOP)
+    client = client or services.get_client(services.CallFor.CREATE if by_person else services.CallFor.LOOP, connection)
     if upload is not None:
         try:
             upload.seek(0)
@@ -190,7 +206,7 @@ def create_batch(
             message = f"The file was uploaded as {input_file_id}, but no batch was made from it. {message}"
             return _release(claim, message, None, uploaded_file_id=input_file_id)
         return _release(claim, message, None)
-    row = record_batch(batch)
+    row = record_batch(batch, connection=connection)
     BatchCreation.objects.filter(pk=claim.pk).update(batch_id=batch.id)
     logger.info("Batch %s created from %s by %s", batch.id, input_file_id, user or "unknown user")
     return CreateOutcome(batch=row)
@@ -210,10 +226,10 @@ def _claim_creation(token: uuid.UUID, user: str) -> tuple[BatchCreation | None, 
         time.sleep(0.2)  # The first submission is still uploading or creating (or gave up: then claim again).
 
 
-def _earlier_outcome(claim: BatchCreation, user: str) -> CreateOutcome:
+def _earlier_outcome(claim: BatchCreation, user: str, connection: Connection) -> CreateOutcome:
     if claim.created_by != stored_username(user):
         return CreateOutcome(error="This form has already been used. Reload the page to start a new batch.")
-    row = Batch.objects.filter(batch_id=claim.batch_id).first() if claim.batch_id else None
+    row = Batch.objects.filter(connection=connection, batch_id=claim.batch_id).first() if claim.batch_id else None
     if row is not None:
         return CreateOutcome(batch=row, repeated=True)
     return CreateOutcome(

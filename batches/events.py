@@ -14,10 +14,10 @@ from django.dispatch import Signal
 CANCEL, CREATE, DOWNLOAD = "cancel", "create", "download"
 OK, ALREADY, REFUSED, ERROR = "ok", "already", "refused", "error"
 
-# A new or changed stored state. kwargs: batch_pk, batch_id, created (first time stored), historical.
+# A new or changed stored state. kwargs: batch_pk, batch_id, connection_id, created (first time stored), historical.
 batch_changed = Signal()
 
-# A batch was first stored final, or turned final. kwargs: batch_pk, batch_id, historical.
+# A batch was first stored final, or turned final. kwargs: batch_pk, batch_id, connection_id, historical.
 batch_became_final = Signal()
 
 # A user acted (or was refused). kwargs: request, action (CANCEL, CREATE, DOWNLOAD), outcome (OK, ALREADY, REFUSED,

@@ -15,7 +15,7 @@ from django import forms
 from batches import services
 from batches.estimate import Estimate, InputCounter
 from batches.formatting import format_size
-from batches.models import DESCRIPTION_KEY
+from batches.models import DEFAULT_CONNECTION, DESCRIPTION_KEY, Connection
 
 MAX_REPORTED_ERRORS = 20
 METADATA_ROWS_SHOWN = 4
@@ -312,9 +312,25 @@ class CreateBatchForm(forms.Form):
     )
     output_expiry_unit = forms.ChoiceField(choices=[("hours", "hours"), ("days", "days")], initial="days", label="Unit")
     token = forms.UUIDField(widget=forms.HiddenInput, initial=uuid.uuid4)
+    connection = forms.ModelChoiceField(
+        queryset=Connection.objects.none(),
+        required=False,
+        empty_label=None,
+        label="Connection",
+        help_text="Where the batch is sent: only the connections your teams may create on are offered.",
+    )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, connections: list[Connection] | None = None, **kwargs):
+        """`connections`: those the user may create on; None for the default connection alone (no choice shown)."""
         super().__init__(*args, **kwargs)
+        self.allowed_connections = connections
+        if connections is None:
+            self.fields["connection"].queryset = Connection.objects.filter(slug=DEFAULT_CONNECTION)
+        else:
+            self.fields["connection"].queryset = Connection.objects.filter(pk__in=[c.pk for c in connections])
+        if connections is None or len(connections) == 1:
+            self.fields["connection"].initial = connections[0].pk if connections else None
+            self.fields["connection"].widget = forms.HiddenInput()
         for number in range(1, services.METADATA_MAX_PAIRS + 1):
             key_name, value_name = metadata_field_names(number)
             self.fields[key_name] = forms.CharField(
@@ -352,9 +368,19 @@ class CreateBatchForm(forms.Form):
 
     def clean_input_file_id(self) -> str:
         file_id = self.cleaned_data["input_file_id"].strip()
-        if file_id and not services.FILE_ID_PATTERN.fullmatch(file_id):
+        if file_id and not services.ANY_ID_PATTERN.fullmatch(file_id):
             raise forms.ValidationError("A file id looks like file-abc123.")
         return file_id
+
+    def clean_connection(self) -> Connection | None:
+        """The chosen connection; the only one allowed when none was sent (a form from before connections). None
+        means the default connection."""
+        connection = self.cleaned_data.get("connection")
+        if connection is not None or self.allowed_connections is None:
+            return connection
+        if len(self.allowed_connections) == 1:
+            return self.allowed_connections[0]
+        raise forms.ValidationError("Choose the connection to send the batch to.")
 
     def clean(self):
         cleaned = super().clean()

@@ -46,6 +46,8 @@ class Freshness:
     imported: int = 0
     import_reached: datetime | None = None
     watched_at: datetime | None = field(default=None, compare=False)
+    # The SyncState rows (one per connection) this freshness speaks for.
+    states: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def may_change(self) -> bool:
@@ -137,12 +139,45 @@ def failure_message(exc: services.BatchApiError, *, then: str = "", retry: str =
 # --- Freshness, demand and health (read by pages and /metrics) ---------------
 
 
-def list_freshness(now: datetime | None = None) -> Freshness:
-    """How current the cached list is: one small query, no upstream call (every page's banner uses it)."""
+def list_freshness(now: datetime | None = None, *, states: list[str] | None = None) -> Freshness:
+    """How current the cached list is: one small query, no upstream call (every page's banner uses it).
+
+    Over the sync states named (one per connection: Connection.list_state; the default connection's when None): the
+    least current of them speaks for all, prefixed with the connection's name when there are several.
+    """
     now = now or timezone.now()
-    state = SyncState.objects.filter(name=LIST_STATE).first()
-    if state is None:
+    names = states or [LIST_STATE]
+    rows = {state.name: state for state in SyncState.objects.filter(name__in=names)}
+    found = [rows[name] for name in names if name in rows]
+    if not found:
         return Freshness(ok=True, pending=True, not_refreshing=True)
+    each = [_freshness_of(state, now) for state in found]
+    if len(each) == 1:
+        return each[0]
+    failing = [(state, fresh) for state, fresh in zip(found, each, strict=True) if not fresh.ok]
+    worst_state, worst = failing[0] if failing else (found[0], each[0])
+    label = worst_state.name.partition(":")[2] or "default"
+    known = [fresh.as_of for fresh in each if fresh.as_of]
+    watched = [fresh.watched_at for fresh in each]
+    return Freshness(
+        ok=not failing,
+        as_of=min(known) if known else None,
+        error_kind=worst.error_kind,
+        error_message=f"{label}: {worst.error_message}" if worst.error_message else "",
+        consecutive_failures=max(fresh.consecutive_failures for fresh in each),
+        pending=any(fresh.pending for fresh in each),
+        not_refreshing=any(fresh.not_refreshing for fresh in each),
+        heartbeat_at=min((fresh.heartbeat_at for fresh in each if fresh.heartbeat_at), default=None),
+        budget_limited=any(fresh.budget_limited for fresh in each),
+        importing=any(fresh.importing for fresh in each),
+        imported=sum(fresh.imported for fresh in each),
+        import_reached=max((fresh.import_reached for fresh in each if fresh.import_reached), default=None),
+        watched_at=None if None in watched else min(watched),
+        states=tuple(names),
+    )
+
+
+def _freshness_of(state: SyncState, now: datetime) -> Freshness:
     failing = state.is_failing
     return Freshness(
         ok=not failing,
@@ -158,11 +193,13 @@ def list_freshness(now: datetime | None = None) -> Freshness:
         imported=state.imported,
         import_reached=state.import_reached,
         watched_at=state.watched_at,
+        states=(state.name,),
     )
 
 
 def note_watched(freshness: Freshness, now: datetime | None = None) -> None:
-    """A viewer is looking at the list: the loop refreshes at the short interval while anyone is.
+    """A viewer is looking at the list: the loops of the connections shown refresh at the short interval while
+    anyone is.
 
     Writes only when the last note is older than WATCH_NOTE_SECONDS (read already, with the freshness), and never
     fails the page: a database too busy for this write just delays the loop's notice.
@@ -171,14 +208,16 @@ def note_watched(freshness: Freshness, now: datetime | None = None) -> None:
     if freshness.watched_at is not None and freshness.watched_at >= now - timedelta(seconds=WATCH_NOTE_SECONDS):
         return
     try:
-        SyncState.objects.note_watched(LIST_STATE, now, every=WATCH_NOTE_SECONDS)
+        for name in freshness.states or (LIST_STATE,):
+            SyncState.objects.note_watched(name, now, every=WATCH_NOTE_SECONDS)
     except OperationalError as exc:
         logger.info("Could not note a viewer of the list: %s", exc)
 
 
-def loop_status(now: datetime | None = None) -> LoopStatus:
+def loop_status(now: datetime | None = None, *, state_name: str = LIST_STATE) -> LoopStatus:
+    """One connection's loop (the default one's unless named)."""
     now = now or timezone.now()
-    state = SyncState.objects.filter(name=LIST_STATE).first()
+    state = SyncState.objects.filter(name=state_name).first()
     if state is None:
         return LoopStatus(None, None, None, alive=False, consecutive_failures=0)
     lag = (now - state.succeeded_at).total_seconds() if state.succeeded_at else None

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from batches import budget, services
 from batches.freshness import Freshness, error_kind, failure_message
-from batches.models import Batch, record_batch
+from batches.models import Batch, Connection, record_batch
 
 logger = logging.getLogger(__name__)
 
@@ -53,42 +53,51 @@ def _within_user_limit(user_key: str) -> bool:
 
 
 def refresh_batch(
-    batch_id: str, *, user_key: str = "", client: services.BatchClient | None = None
+    batch_id: str,
+    *,
+    user_key: str = "",
+    client: services.BatchClient | None = None,
+    connection: Connection | None = None,
 ) -> tuple[Batch | None, Freshness]:
     """The cached batch, refreshed from the API unless it is final, was seen within the interval, or another viewer
     is refreshing it.
 
     Raises services.NotFound for a batch that the API does not know (answered now, or within NOT_FOUND_SECONDS) and
     the cache has never seen. Other failures return the cached row (or None) with a Freshness saying why it is not
-    fresh. No state row is written for an id until the API has answered for it.
+    fresh. No state row is written for an id until the API has answered for it. The batch is the `connection`'s
+    (the default one's when None).
     """
-    row = Batch.objects.filter(batch_id=batch_id).first()
+    connection = connection or Connection.objects.default()
+    row = Batch.objects.filter(connection=connection, batch_id=batch_id).first()
     if row is not None and row.is_terminal:
         return row, Freshness(ok=True, as_of=row.last_seen_at)
-    if row is None and cache.get(_not_found_key("batch", batch_id)):
+    not_found_key = _not_found_key("batch", f"{connection.pk}:{batch_id}")
+    if row is None and cache.get(not_found_key):
         raise services.NotFound(f"No batch found with id '{batch_id}'.", status=404)
     now = timezone.now()
     interval = settings.BATCHBOARD_REFRESH_INTERVAL
     if row is not None and interval > 0 and row.last_seen_at > now - timedelta(seconds=interval):
         return row, Freshness(ok=True, as_of=row.last_seen_at)  # The sync loop (or another viewer) just saw it.
     try:
-        if row is not None and not Batch.objects.claim_refresh(batch_id, now, interval):
+        if row is not None and not Batch.objects.filter(pk=row.pk).claim_refresh(batch_id, now, interval):
             return row, _shown_freshness(row)  # Another viewer is refreshing it within this interval.
         if not _within_user_limit(user_key):
             return row, Freshness(
                 ok=False, as_of=row and row.last_seen_at, error_kind="limited", error_message=USER_LIMITED
             )
-        return _fetch(batch_id, row, client)
+        return _fetch(batch_id, row, client, connection, not_found_key)
     except OperationalError as exc:
         logger.warning("Refresh of %s skipped: %s", batch_id, exc)
         return row, Freshness(ok=False, as_of=row and row.last_seen_at, error_kind="error", error_message=DATABASE_BUSY)
 
 
-def _fetch(batch_id: str, row: Batch | None, client: services.BatchClient | None) -> tuple[Batch | None, Freshness]:
+def _fetch(
+    batch_id: str, row: Batch | None, client: services.BatchClient | None, connection: Connection, not_found_key: str
+) -> tuple[Batch | None, Freshness]:
     try:
-        batch = (client or services.get_client(services.CallFor.PAGE)).retrieve_batch(batch_id)
+        batch = (client or services.get_client(services.CallFor.PAGE, connection)).retrieve_batch(batch_id)
     except services.NotFound:
-        cache.set(_not_found_key("batch", batch_id), True, NOT_FOUND_SECONDS)
+        cache.set(not_found_key, True, NOT_FOUND_SECONDS)
         if row is None:
             raise
         return row, Freshness(
@@ -105,11 +114,12 @@ def _fetch(batch_id: str, row: Batch | None, client: services.BatchClient | None
         cache.set(_failure_key(batch_id), (freshness.error_kind, freshness.error_message), FAILURE_SHOWN_SECONDS)
         return row, freshness
     cache.delete(_failure_key(batch_id))
-    row = record_batch(batch)
+    row = record_batch(batch, connection=connection)
     return row, Freshness(ok=True, as_of=row.last_seen_at)
 
 
 def _failure_key(batch_id: str) -> str:
+    # Two connections sharing an id (rare, compatible providers) share the shown failure for a minute at worst.
     return f"batchboard:refresh-failed:{batch_id}"
 
 
@@ -122,36 +132,43 @@ def _shown_freshness(row: Batch) -> Freshness:
     return Freshness(ok=False, as_of=row.last_seen_at, error_kind=kind, error_message=message)
 
 
-def file_size(file_id: str, *, fetch: bool, user_key: str = "") -> int | None:
-    """The file's size from the cache, or from the API when `fetch` allows; None when unknown."""
-    key = f"batchboard:file-bytes:{file_id}"
+def file_size(file_id: str, *, fetch: bool, user_key: str = "", connection: Connection | None = None) -> int | None:
+    """The file's size (a file of the `connection`, the default one when None) from the cache, or from the API when
+    `fetch` allows; None when unknown."""
+    connection = connection or Connection.objects.default()
+    key = f"batchboard:file-bytes:{connection.pk}:{file_id}"
+    unreachable_key = f"{FILE_SIZE_UNREACHABLE_KEY}:{connection.pk}"
+    not_found_key = _not_found_key("file", f"{connection.pk}:{file_id}")
     size = cache.get(key)
-    if size is not None or not fetch or cache.get(FILE_SIZE_UNREACHABLE_KEY):
+    if size is not None or not fetch or cache.get(unreachable_key):
         return size
-    if cache.get(_not_found_key("file", file_id)) or not _within_user_limit(user_key):
+    if cache.get(not_found_key) or not _within_user_limit(user_key):
         return None
     try:
-        size = services.get_client(services.CallFor.PAGE).retrieve_file(file_id).bytes
+        size = services.get_client(services.CallFor.PAGE, connection).retrieve_file(file_id).bytes
     except services.BatchApiError as exc:
         logger.info("Size of %s unavailable: %s", file_id, exc)
         if isinstance(exc, services.NotFound):
-            cache.set(_not_found_key("file", file_id), True, NOT_FOUND_SECONDS)
+            cache.set(not_found_key, True, NOT_FOUND_SECONDS)
         elif exc.status is None and not isinstance(exc, services.BudgetExhausted):
-            cache.set(FILE_SIZE_UNREACHABLE_KEY, True, FILE_SIZE_UNREACHABLE_SECONDS)
+            cache.set(unreachable_key, True, FILE_SIZE_UNREACHABLE_SECONDS)
         return None
     cache.set(key, size, FILE_SIZE_SECONDS)
     return size
 
 
-def file_content(file_id: str, *, user_key: str = "") -> services.FileContent:
-    """The file's bytes as a stream. Raises services.NotFound (also when remembered), UserLimited, or another
-    services.BatchApiError before any byte is sent."""
-    if cache.get(_not_found_key("file", file_id)):
+def file_content(file_id: str, *, user_key: str = "", connection: Connection | None = None) -> services.FileContent:
+    """The file's bytes (a file of the `connection`, the default one when None) as a stream. Raises
+    services.NotFound (also when remembered), UserLimited, or another services.BatchApiError before any byte is
+    sent."""
+    connection = connection or Connection.objects.default()
+    not_found_key = _not_found_key("file", f"{connection.pk}:{file_id}")
+    if cache.get(not_found_key):
         raise services.NotFound(f"No such File object: {file_id}", status=404)
     if not _within_user_limit(user_key):
         raise UserLimited(USER_LIMITED)
     try:
-        return services.get_client(services.CallFor.DOWNLOAD).file_content(file_id)
+        return services.get_client(services.CallFor.DOWNLOAD, connection).file_content(file_id)
     except services.NotFound:
-        cache.set(_not_found_key("file", file_id), True, NOT_FOUND_SECONDS)
+        cache.set(not_found_key, True, NOT_FOUND_SECONDS)
         raise

@@ -16,7 +16,8 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django_htmx.http import HttpResponseClientRedirect
 
-from batches import services
+from batches import access, services
+from batches.views.common import AmbiguousBatch, ambiguous
 from batches.views.time_zone import SESSION_KEY as TIME_ZONE_KEY
 
 # A body above this is refused before anything reads it: login forms, cancels, the admin's forms all fit easily.
@@ -47,7 +48,7 @@ def body_limit(request) -> int | None:
     """
     if request.path.startswith(SANDBOX_PREFIX) and settings.SANDBOX_ENABLED:
         return None
-    if request.path == reverse("batches:create") and request.user.has_perm("batches.create_batch"):
+    if request.path == reverse("batches:create") and access.connections(request.user, access.CREATE):
         return MAX_UPLOAD_BODY_BYTES
     return MAX_BODY_BYTES
 
@@ -158,3 +159,19 @@ class TimeZoneMiddleware:
             with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
                 timezone.activate(zoneinfo.ZoneInfo(name))
         return self.get_response(request)
+
+
+class AmbiguousBatchMiddleware:
+    """Any page of a batch whose id exists in several of the viewer's connections answers with the page that links
+    each (batches.views.common.visible_batch_connection raises it)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if isinstance(exception, AmbiguousBatch):
+            return ambiguous(request, exception)
+        return None

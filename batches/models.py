@@ -250,10 +250,11 @@ class BatchQuerySet(models.QuerySet):
             queryset = queryset.in_job(job)
         return queryset
 
-    def in_job(self, job_id: str):
+    def in_job(self, job_id: str, connection_id: int | None = None):
         """The job's batches: its original and the retries verified to resend its lines (a claim alone is not
-        enough: any creator can write the metadata)."""
-        return self.filter(models.Q(batch_id=job_id) | models.Q(job=job_id, lineage_state=LineageState.VERIFIED))
+        enough: any creator can write the metadata). A job lives in one connection: `connection_id` names it."""
+        queryset = self.filter(connection_id=connection_id) if connection_id is not None else self
+        return queryset.filter(models.Q(batch_id=job_id) | models.Q(job=job_id, lineage_state=LineageState.VERIFIED))
 
     def retry_counts(self, job_ids: list[str]) -> dict[str, int]:
         """{job id: its verified retries} for these jobs, in one query (the list's "↻ 3 retries")."""
@@ -308,16 +309,19 @@ class BatchQuerySet(models.QuerySet):
         )
         return pricing.CostTotal.of(rows)
 
-    def spending(self, *, today: date) -> pricing.Spending:
+    def spending(self, *, today: date, connections: Iterable[int] | None = None) -> pricing.Spending:
         """The summary strip's money: batches finished today and this month (every final batch: cancelled and
         expired ones bill the requests that ran), from the daily totals, and running batches' cost so far.
 
-        Two small queries whatever the number of batches: this month's DailySpend rows (one per day and model),
-        added up here, and an aggregate of the running batches through the batch_spending index.
+        Two small queries whatever the number of batches: this month's DailySpend rows (one per day, connection and
+        model) of these `connections` (None: all), added up here, and an aggregate of the running batches through the
+        batch_spending index.
         """
         month: dict[str, list[int]] = {}
         day: dict[str, list[int]] = {}
         rows = DailySpend.objects.filter(day__gte=today.replace(day=1), day__lte=today)
+        if connections is not None:
+            rows = rows.filter(connection_id__in=list(connections))
         for row_day, model, *counts in rows.values_list("day", "model", "batches", *TOKEN_FIELDS):
             for totals in (month, day) if row_day == today else (month,):
                 total = totals.setdefault(model, [0, 0, 0, 0])
@@ -360,17 +364,158 @@ def data_version() -> tuple:
         return tuple(cursor.fetchone())
 
 
+class ConnectionKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI"
+    AZURE = "azure", "Azure OpenAI"
+    COMPATIBLE = "compatible", "OpenAI-compatible"
+
+
+class ConnectionSource(models.TextChoices):
+    SETTINGS = "settings", "the OPENAI_* settings"
+    FILE = "file", "the connections file"
+    ADMIN = "admin", "the admin"
+
+
+# The connection the single-key settings (OPENAI_API_KEY, OPENAI_BASE_URL, ...) define, which every batch recorded
+# before connections existed belongs to.
+DEFAULT_CONNECTION = "default"
+ARCHIVE_CHOICES = [("new", "new"), ("all", "all"), ("on-open", "on open"), ("off", "off")]
+
+
+class ConnectionQuerySet(models.QuerySet):
+    def default(self) -> Connection:
+        """The connection of the single-key settings, made on first use (a database emptied by a test, say)."""
+        connection = self.filter(slug=DEFAULT_CONNECTION).first()
+        if connection is None:
+            connection, _ = self.get_or_create(
+                slug=DEFAULT_CONNECTION,
+                defaults={"name": DEFAULT_CONNECTION, "source": ConnectionSource.SETTINGS, "open_to_everyone": True},
+            )
+        return connection
+
+    def viewable_by(self, user):
+        """The connections whose batches `user` may see: granted to one of their teams for view, cancel or create
+        (either implies view), open to every signed-in user, or every one for a superuser."""
+        return self._granted(user, ("view_teams", "cancel_teams", "create_teams"), open_to_everyone=True)
+
+    def cancellable_by(self, user):
+        return self._granted(user, ("cancel_teams",), open_permission="batches.cancel_batch")
+
+    def creatable_by(self, user):
+        return self._granted(user, ("create_teams",), open_permission="batches.create_batch")
+
+    def _granted(self, user, grants, *, open_to_everyone=False, open_permission=""):
+        """A connection open to everyone lets every signed-in user view it, and cancel or create with the Django
+        permission of that name (as before connections existed); the others only the teams they grant it to."""
+        if user is None or not user.is_authenticated or not user.is_active:
+            return self.none()
+        if user.is_superuser:
+            return self.all()
+        teams = list(user.groups.values_list("pk", flat=True))
+        allowed = Q()
+        for grant in grants:
+            allowed |= Q(**{f"{grant}__in": teams}) if teams else Q(pk__in=[])
+        if open_to_everyone or (open_permission and user.has_perm(open_permission)):
+            allowed |= Q(open_to_everyone=True)
+        return self.filter(pk__in=self.filter(allowed).values("pk"))
+
+    def syncing(self):
+        """The connections the sync loop walks: not paused, and configured (the default one only while the
+        single-key settings or the sandbox define it)."""
+        return self.filter(paused=False, configured=True).order_by("slug")
+
+
+class Connection(models.Model):
+    """One upstream account: an OpenAI project, an Azure OpenAI resource, or an OpenAI-compatible gateway.
+
+    Where its key lives depends on where it was defined (`source`): the OPENAI_* settings (the default connection),
+    an environment variable named by the connections file, or the admin, encrypted at rest (batches.connections).
+    Teams (Django groups) are granted view, cancel and create; see ConnectionQuerySet.
+    """
+
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=50, unique=True)
+    kind = models.CharField(max_length=12, choices=ConnectionKind.choices, default=ConnectionKind.OPENAI)
+    source = models.CharField(max_length=10, choices=ConnectionSource.choices, default=ConnectionSource.ADMIN)
+    base_url = models.URLField(max_length=500, blank=True)
+    api_key_env = models.CharField(max_length=100, blank=True)
+    api_key_encrypted = models.TextField(blank=True)
+    organization = models.CharField(max_length=100, blank=True)
+    project = models.CharField(max_length=100, blank=True)
+    webhook_secret_env = models.CharField(max_length=100, blank=True)
+    webhook_secret_encrypted = models.TextField(blank=True)
+    budget_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: BATCHBOARD_UPSTREAM_BUDGET"
+    )
+    monthly_budget = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    archive = models.CharField(max_length=8, choices=ARCHIVE_CHOICES, blank=True, help_text="Empty: BATCHBOARD_ARCHIVE")
+    paused = models.BooleanField(default=False)
+    # False for a connection kept for its history whose definition is gone (no file entry, no key set).
+    configured = models.BooleanField(default=True)
+    open_to_everyone = models.BooleanField(
+        default=False,
+        help_text="Every signed-in user sees its batches; cancel and create follow the Django permissions.",
+    )
+    view_teams = models.ManyToManyField("auth.Group", blank=True, related_name="connections_viewed")
+    cancel_teams = models.ManyToManyField("auth.Group", blank=True, related_name="connections_cancelled")
+    create_teams = models.ManyToManyField("auth.Group", blank=True, related_name="connections_created")
+    last_webhook_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ConnectionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "slug"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def is_default(self) -> bool:
+        return self.slug == DEFAULT_CONNECTION
+
+    @property
+    def list_state(self) -> str:
+        """The name of its sync loop's SyncState row (the default connection keeps the name it had before)."""
+        from batches.freshness import LIST_STATE
+
+        return LIST_STATE if self.is_default else f"{LIST_STATE}:{self.slug}"
+
+    @property
+    def upstream_budget(self) -> int:
+        return int(self.budget_per_minute or settings.BATCHBOARD_UPSTREAM_BUDGET)
+
+    @property
+    def archive_mode(self) -> str:
+        return self.archive or settings.BATCHBOARD_ARCHIVE
+
+    def upstream(self) -> services.Upstream:
+        """Where its calls go, with its key (batches.connections reads it from where it is kept)."""
+        from batches import connections
+
+        return connections.upstream_of(self)
+
+
+def default_connection_id() -> int:
+    """Batch.connection's default: rows made without one (tests, old code paths) belong to the default connection.
+    Only its id is read, so that migrations calling it never select columns a later migration adds."""
+    pk = Connection.objects.filter(slug=DEFAULT_CONNECTION).values_list("pk", flat=True).first()
+    return pk if pk is not None else Connection.objects.default().pk
+
+
 class Batch(models.Model):
     """One row per batch id: the latest observed payload and the columns the list filters and sorts on."""
 
-    batch_id = models.CharField(max_length=128, unique=True)
+    connection = models.ForeignKey(
+        Connection, on_delete=models.PROTECT, related_name="batches", default=default_connection_id
+    )
+    batch_id = models.CharField(max_length=services.ID_LENGTH)
     status = models.CharField(max_length=20, choices=STATUS_CHOICES)
     is_terminal = models.BooleanField(default=False)
     endpoint = models.CharField(max_length=64, blank=True)
     model = models.CharField(max_length=128, blank=True)
-    input_file_id = models.CharField(max_length=128, blank=True)
-    output_file_id = models.CharField(max_length=128, blank=True)
-    error_file_id = models.CharField(max_length=128, blank=True)
+    input_file_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
+    output_file_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
+    error_file_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -403,8 +548,8 @@ class Batch(models.Model):
     # What the metadata claims (batches.lineage_keys): the batch this one retries, the original batch of its job,
     # which attempt it is. Empty for a batch that claims nothing. A claim counts (final results, the job's cost and
     # view) only once lineage_state is VERIFIED: the retries app checks the lines against the parent's kept input.
-    retry_of = models.CharField(max_length=128, blank=True)
-    job = models.CharField(max_length=128, blank=True)
+    retry_of = models.CharField(max_length=services.ID_LENGTH, blank=True)
+    job = models.CharField(max_length=services.ID_LENGTH, blank=True)
     attempt = models.PositiveSmallIntegerField(default=0)
     lineage_state = models.CharField(max_length=12, choices=LineageState.choices, blank=True)
     lineage_note = models.CharField(max_length=300, blank=True)
@@ -447,6 +592,13 @@ class Batch(models.Model):
             # A job's batches, a batch's retries, and the automatic retry's look for an existing child.
             models.Index(fields=["job", "lineage_state"], name="batch_job"),
             models.Index(fields=["retry_of", "attempt"], name="batch_retry_of"),
+            # An id looked up across the viewer's connections (a URL carries the id alone).
+            models.Index(fields=["batch_id"], name="batch_id"),
+            models.Index(fields=["connection", "-created_at"], name="batch_connection_newest"),
+        ]
+        constraints = [
+            # Ids are unique within a connection: two compatible providers may hand out the same one.
+            models.UniqueConstraint(fields=["connection", "batch_id"], name="batch_unique_id_per_connection"),
         ]
         verbose_name_plural = "batches"
         permissions = [
@@ -460,7 +612,7 @@ class Batch(models.Model):
     @property
     def api(self) -> services.ApiBatch:
         """The latest payload, parsed by the service module."""
-        return services.ApiBatch.from_api(self.payload)
+        return services.ApiBatch.from_api(self.payload, services.ANY_IDS)  # checked for its connection when stored
 
     @property
     def is_cancellable(self) -> bool:
@@ -667,7 +819,11 @@ class Recorded:
 
 
 def record_batches(
-    batches: Iterable[services.ApiBatch], observed_at: datetime | None = None, *, historical: bool = False
+    batches: Iterable[services.ApiBatch],
+    observed_at: datetime | None = None,
+    *,
+    historical: bool = False,
+    connection: Connection | None = None,
 ) -> Recorded:
     """Store what the API said about these batches: the one recording function, for every path (the sync loop's
     top walk and import, a page's retrieve, a cancel's or create's answer).
@@ -679,14 +835,18 @@ def record_batches(
 
     Safe when several writers record the same batch at once: an observation older than the stored state never
     overwrites it, and the unique (batch, payload) constraint stops a duplicate snapshot.
+
+    The batches are those of one `connection` (the default one when None): ids are unique within a connection.
     """
     observed_at = observed_at or timezone.now()
     recorded = Recorded()
     unique = {batch.id: batch for batch in batches}
     if not unique:
         return recorded
+    connection = connection or Connection.objects.default()
+    stored = Batch.objects.filter(connection=connection)
     digests = {batch_id: payload_digest(batch.raw) for batch_id, batch in unique.items()}
-    known = dict(Batch.objects.filter(batch_id__in=digests).values_list("batch_id", "payload_hash"))
+    known = dict(stored.filter(batch_id__in=digests).values_list("batch_id", "payload_hash"))
     unchanged = {batch_id for batch_id, digest in known.items() if digests[batch_id] == digest}
     new = [batch for batch_id, batch in unique.items() if batch_id not in known]
     changed = [batch for batch_id, batch in unique.items() if batch_id in known and batch_id not in unchanged]
@@ -694,10 +854,10 @@ def record_batches(
         # One new batch (a retrieve, a create's answer) takes the locked path: a bulk insert of one saves nothing.
         changed, new = new + changed, []
     if unchanged:
-        Batch.objects.mark_seen(unchanged, observed_at)
+        stored.mark_seen(unchanged, observed_at)
     changes: list[_Change] = []
     if len(new) > 1:
-        inserted = _insert_new(new, digests, observed_at)
+        inserted = _insert_new(new, digests, observed_at, connection)
         if inserted is None:
             changed = new + changed  # Another writer recorded one of them meanwhile: one by one, under the lock.
         else:
@@ -705,7 +865,7 @@ def record_batches(
     for batch in changed:
         try:
             with transaction.atomic():  # a savepoint: one batch the database refuses never stops the others
-                change = _record_with_retries(batch, digests[batch.id], observed_at)
+                change = _record_with_retries(batch, digests[batch.id], observed_at, connection)
         except ROW_REFUSED as exc:
             if not _refused(exc):
                 raise
@@ -730,13 +890,16 @@ def record_batches(
     return recorded
 
 
-def record_batch(batch: services.ApiBatch, observed_at: datetime | None = None) -> Batch:
+def record_batch(
+    batch: services.ApiBatch, observed_at: datetime | None = None, *, connection: Connection | None = None
+) -> Batch:
     """record_batches for one batch (a retrieve, a cancel's or create's answer): its stored row. Raises what the
     database said if it refused the batch."""
-    recorded = record_batches([batch], observed_at)
+    connection = connection or Connection.objects.default()
+    recorded = record_batches([batch], observed_at, connection=connection)
     if batch.id in recorded.refused:
         raise recorded.refused[batch.id]
-    return recorded.rows.get(batch.id) or Batch.objects.get(batch_id=batch.id)
+    return recorded.rows.get(batch.id) or Batch.objects.get(connection=connection, batch_id=batch.id)
 
 
 @dataclass(frozen=True)
@@ -774,12 +937,17 @@ def _send(change: _Change, historical: bool) -> list[Exception]:
         sender=Batch,
         batch_pk=change.row.pk,
         batch_id=change.row.batch_id,
+        connection_id=change.row.connection_id,
         created=change.created,
         historical=historical,
     )
     if change.became_final:
         sent += events.batch_became_final.send_robust(
-            sender=Batch, batch_pk=change.row.pk, batch_id=change.row.batch_id, historical=historical
+            sender=Batch,
+            batch_pk=change.row.pk,
+            batch_id=change.row.batch_id,
+            connection_id=change.row.connection_id,
+            historical=historical,
         )
     errors = [outcome for _receiver, outcome in sent if isinstance(outcome, Exception)]
     for receiver, outcome in sent:
@@ -788,12 +956,14 @@ def _send(change: _Change, historical: bool) -> list[Exception]:
     return errors
 
 
-def _insert_new(batches: list[services.ApiBatch], digests: dict[str, str], observed_at: datetime) -> list | None:
+def _insert_new(
+    batches: list[services.ApiBatch], digests: dict[str, str], observed_at: datetime, connection: Connection
+) -> list | None:
     """Store batches the cache has never seen, with their first snapshots, in two bulk inserts (an import's page);
     None when another writer recorded one of them meanwhile (the unique batch id refuses the insert)."""
     rows = []
     for batch in batches:
-        row = Batch(batch_id=batch.id, first_seen_at=observed_at)
+        row = Batch(connection=connection, batch_id=batch.id, first_seen_at=observed_at)
         row._apply(batch, digests[batch.id], observed_at)
         row.last_seen_at = row.last_changed_at = observed_at
         rows.append(row)
@@ -801,7 +971,8 @@ def _insert_new(batches: list[services.ApiBatch], digests: dict[str, str], obser
         with transaction.atomic():
             Batch.objects.bulk_create(rows)
             if any(row.pk is None for row in rows):  # Backends that do not return ids from a bulk insert.
-                ids = dict(Batch.objects.filter(batch_id__in=digests).values_list("batch_id", "pk"))
+                stored = Batch.objects.filter(connection=connection, batch_id__in=digests)
+                ids = dict(stored.values_list("batch_id", "pk"))
                 for row in rows:
                     row.pk = ids[row.batch_id]
             DailySpend.count_new(rows)
@@ -828,24 +999,26 @@ def _refused(exc: BaseException) -> bool:
     return not isinstance(exc, OperationalError | InterfaceError)
 
 
-def _record_with_retries(batch: services.ApiBatch, digest: str, observed_at: datetime) -> _Change | None:
+def _record_with_retries(
+    batch: services.ApiBatch, digest: str, observed_at: datetime, connection: Connection
+) -> _Change | None:
     for _attempt in range(2):
         try:
-            return _record(batch, digest, observed_at)
+            return _record(batch, digest, observed_at, connection)
         except IntegrityError:
             continue  # Another writer created the same row between our read and write; read it again.
     # Refused a third time, it is this row's values the database refuses (a check constraint): raised for the caller
     # (record_batches skips it).
-    return _record(batch, digest, observed_at)
+    return _record(batch, digest, observed_at, connection)
 
 
-def _record(batch: services.ApiBatch, digest: str, observed_at: datetime) -> _Change | None:
+def _record(batch: services.ApiBatch, digest: str, observed_at: datetime, connection: Connection) -> _Change | None:
     """Record one observation under the row's lock (an IMMEDIATE transaction on SQLite): the change it made, or
     None when it was the stored state already or older than it."""
     with transaction.atomic():
-        row = Batch.objects.select_for_update().filter(batch_id=batch.id).first()
+        row = Batch.objects.select_for_update().filter(connection=connection, batch_id=batch.id).first()
         if row is None:
-            row = Batch(batch_id=batch.id, first_seen_at=observed_at)
+            row = Batch(connection=connection, batch_id=batch.id, first_seen_at=observed_at)
             row._apply(batch, digest, observed_at)
             row.last_seen_at = row.last_changed_at = observed_at
             row.save(force_insert=True)
@@ -898,6 +1071,7 @@ class DailySpend(models.Model):
     """
 
     day = models.DateField()
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
     model = models.CharField(max_length=128, blank=True)
     batches = models.IntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
@@ -905,20 +1079,23 @@ class DailySpend(models.Model):
     output_tokens = models.BigIntegerField(default=0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["day", "model"], name="daily_spend_unique_day_model")]
+        constraints = [
+            models.UniqueConstraint(fields=["day", "connection", "model"], name="daily_spend_unique_day_model")
+        ]
 
     def __str__(self):
         return f"{self.day} {self.model}"
 
     @staticmethod
     def contribution(row: Batch) -> tuple | None:
-        """What a batch adds to the daily totals: (day, model, tokens...) once it is final with usage, else None."""
+        """What a batch adds to the daily totals: (day, connection id, model, tokens...) once it is final with usage,
+        else None."""
         if not row.is_terminal or row.finished_at is None or row.input_tokens is None:
             return None
         if not (row.input_tokens or row.cached_input_tokens or row.output_tokens):
             return None  # used no token (failed validation): adds nothing, and must not count as an unpriced batch
         tokens = (row.input_tokens, row.cached_input_tokens or 0, row.output_tokens or 0)
-        return (timezone.localdate(row.finished_at), row.model, *tokens)
+        return (timezone.localdate(row.finished_at), row.connection_id, row.model, *tokens)
 
     @classmethod
     def count(cls, before: tuple | None, row: Batch) -> None:
@@ -929,11 +1106,11 @@ class DailySpend(models.Model):
         if before == after:
             return
         if before is not None:
-            day, model, *tokens = before
-            cls._add(day, model, -1, [-count for count in tokens])
+            day, connection_id, model, *tokens = before
+            cls._add(day, connection_id, model, -1, [-count for count in tokens])
         if after is not None:
-            day, model, *tokens = after
-            cls._add(day, model, 1, tokens)
+            day, connection_id, model, *tokens = after
+            cls._add(day, connection_id, model, 1, tokens)
 
     @classmethod
     @transaction.atomic
@@ -941,14 +1118,21 @@ class DailySpend(models.Model):
         """Recompute every daily total from the batches (after a change of TIME_ZONE, or rows written in bulk).
         Returns the number of daily rows."""
         finished = Batch.objects.filter(is_terminal=True, finished_at__isnull=False, input_tokens__isnull=False)
+        columns = finished.values_list("finished_at", "connection_id", "model", *TOKEN_FIELDS)
         totals = cls._totals(
-            (timezone.localdate(finished_at), model, *tokens)
-            for finished_at, model, *tokens in finished.values_list("finished_at", "model", *TOKEN_FIELDS).iterator()
+            (timezone.localdate(finished_at), connection_id, model, *tokens)
+            for finished_at, connection_id, model, *tokens in columns.iterator()
         )
         cls.objects.all().delete()
         rows = [
-            cls(day=day, model=model, batches=n, **dict(zip(TOKEN_FIELDS, tokens, strict=True)))
-            for (day, model), (n, *tokens) in totals.items()
+            cls(
+                day=day,
+                connection_id=connection_id,
+                model=model,
+                batches=n,
+                **dict(zip(TOKEN_FIELDS, tokens, strict=True)),
+            )
+            for (day, connection_id, model), (n, *tokens) in totals.items()
         ]
         cls.objects.bulk_create(rows, batch_size=1000)
         return len(rows)
@@ -956,30 +1140,37 @@ class DailySpend(models.Model):
     @classmethod
     def count_new(cls, rows: list[Batch]) -> None:
         """Add batches recorded for the first time (an import's page, in bulk): one UPDATE per day and model."""
-        for (day, model), (count, *tokens) in cls._totals(map(cls.contribution, rows)).items():
-            cls._add(day, model, count, tokens)
+        for (day, connection_id, model), (count, *tokens) in cls._totals(map(cls.contribution, rows)).items():
+            cls._add(day, connection_id, model, count, tokens)
 
     @staticmethod
     def _totals(contributions) -> dict[tuple, list[int]]:
-        """(day, model) -> [batches, *tokens], summed over contributions (None ones left out)."""
+        """(day, connection id, model) -> [batches, *tokens], summed over contributions (None ones left out)."""
         totals: dict[tuple, list[int]] = {}
         for contribution in contributions:
             if contribution is None:
                 continue
-            day, model, *tokens = contribution
-            total = totals.setdefault((day, model), [0] * (1 + len(TOKEN_FIELDS)))
+            day, connection_id, model, *tokens = contribution
+            total = totals.setdefault((day, connection_id, model), [0] * (1 + len(TOKEN_FIELDS)))
             total[0] += 1
             for index, count in enumerate(tokens, start=1):
                 total[index] += count or 0
         return totals
 
     @classmethod
-    def _add(cls, day, model: str, batches: int, tokens) -> None:
+    def _add(cls, day, connection_id: int, model: str, batches: int, tokens) -> None:
         """Add `batches` and `tokens` (negative to take them away) to the day's row, creating it if it is new."""
         changes = {name: models.F(name) + value for name, value in zip(TOKEN_FIELDS, tokens, strict=True)}
-        updated = cls.objects.filter(day=day, model=model).update(batches=models.F("batches") + batches, **changes)
+        rows = cls.objects.filter(day=day, connection_id=connection_id, model=model)
+        updated = rows.update(batches=models.F("batches") + batches, **changes)
         if not updated and batches > 0:
-            cls.objects.create(day=day, model=model, batches=batches, **dict(zip(TOKEN_FIELDS, tokens, strict=True)))
+            cls.objects.create(
+                day=day,
+                connection_id=connection_id,
+                model=model,
+                batches=batches,
+                **dict(zip(TOKEN_FIELDS, tokens, strict=True)),
+            )
 
 
 class SyncStateQuerySet(models.QuerySet):
@@ -1039,10 +1230,10 @@ class SyncState(models.Model):
     watched_at = models.DateTimeField(null=True, blank=True)
     # The newest batch id at the top of the last top walk that ran to its end: that batch and every older one are
     # known (or being imported), so the next walk can stop below it. A walk that was interrupted leaves it alone.
-    high_water_id = models.CharField(max_length=128, blank=True)
+    high_water_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
     # The background import of the history: the id to list `after` next, how many batches it recorded, how far back
     # it reached, and when it reached the end.
-    import_cursor = models.CharField(max_length=128, blank=True)
+    import_cursor = models.CharField(max_length=services.ID_LENGTH, blank=True)
     imported = models.PositiveIntegerField(default=0)
     import_reached = models.DateTimeField(null=True, blank=True)
     import_done_at = models.DateTimeField(null=True, blank=True)
@@ -1077,7 +1268,8 @@ class UpstreamMinute(models.Model):
     table stays small and the totals keep counting up (see batches.budget).
     """
 
-    minute = models.BigIntegerField(unique=True)
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    minute = models.BigIntegerField()
     calls = models.PositiveIntegerField(default=0)
     # Of `calls`, those of the sync loop and of cancels: each has a share of the minute kept for it.
     loop_calls = models.PositiveIntegerField(default=0)
@@ -1086,6 +1278,9 @@ class UpstreamMinute(models.Model):
     rate_limited = models.PositiveIntegerField(default=0)
     # After a 429 every caller waits until then (the API's Retry-After); kept on the current minute's row.
     paused_until = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "minute"], name="upstream_minute_unique")]
 
     def __str__(self):
         return f"minute {self.minute}: {self.calls} calls"
@@ -1134,8 +1329,8 @@ class BatchCreation(models.Model):
     token = models.UUIDField(unique=True)
     created_by = models.CharField(max_length=USERNAME_LENGTH, blank=True)
     claimed_at = models.DateTimeField(default=timezone.now)
-    input_file_id = models.CharField(max_length=128, blank=True)
-    batch_id = models.CharField(max_length=128, blank=True)
+    input_file_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
+    batch_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
 
     objects = BatchCreationQuerySet.as_manager()
 

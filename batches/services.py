@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -93,6 +94,23 @@ MAX_REQUESTS_PER_BATCH = 50_000
 # or a slash that would address another endpoint, and always linkable (the URL converter uses the same pattern).
 BATCH_ID_PATTERN = re.compile(r"batch_[A-Za-z0-9_-]{1,120}")
 FILE_ID_PATTERN = re.compile(r"file-[A-Za-z0-9_-]{1,120}")
+# A compatible provider's ids have no fixed shape (LiteLLM's managed ids are long base64 texts), so its ids are
+# checked only for what makes them safe as one path segment: no slash, no percent, never "." or "..", bounded.
+# Every id of the OpenAI shape matches it too, so it is also what URLs and stored rows are checked against.
+ANY_ID_PATTERN = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._~=+:-]{0,499}")
+ID_LENGTH = 512  # the width of the columns that store ids
+
+
+@dataclass(frozen=True)
+class IdShapes:
+    """The ids a connection's provider may answer with: the OpenAI shapes, or any path-safe id (ANY_ID_PATTERN)."""
+
+    batch: re.Pattern
+    file: re.Pattern
+
+
+OPENAI_IDS = IdShapes(batch=BATCH_ID_PATTERN, file=FILE_ID_PATTERN)
+ANY_IDS = IdShapes(batch=ANY_ID_PATTERN, file=ANY_ID_PATTERN)
 MAX_INPUT_FILE_BYTES = 200 * 1024 * 1024
 
 INSUFFICIENT_QUOTA = "insufficient_quota"
@@ -129,12 +147,12 @@ def status_label(status: str) -> str:
     return status.replace("_", " ")
 
 
-def _file_id(value: Any) -> str | None:
+def _file_id(value: Any, ids: IdShapes = OPENAI_IDS) -> str | None:
     """The API sends null or "" for a missing file id; both mean none. An id that is not a file id is dropped (and
     logged), so it can never be sent back in a path."""
     if not isinstance(value, str) or not value:
         return None
-    if not FILE_ID_PATTERN.fullmatch(value):
+    if not ids.file.fullmatch(value):
         logger.warning("Ignoring a file id that is not one: %r", value[:200])
         return None
     return value
@@ -273,29 +291,29 @@ class ApiBatch:
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_api(cls, data: dict) -> ApiBatch:
+    def from_api(cls, data: dict, ids: IdShapes = OPENAI_IDS) -> ApiBatch:
         """Parse a Batch object; unknown fields stay in `raw`, odd values become None instead of failing.
 
         What is parsed and kept is the object as batches.normalise makes it storable: every path that records a
-        batch's state comes through here.
+        batch's state comes through here. `ids` are the shapes the provider's ids may have.
         """
         data = normalise.batch_payload(data if isinstance(data, dict) else {})
         batch_id = data.get("id")
         if not isinstance(batch_id, str) or not batch_id:
             raise ValueError("A Batch object has no id.")
-        if not BATCH_ID_PATTERN.fullmatch(batch_id):
+        if not ids.batch.fullmatch(batch_id):
             raise ValueError(f"A Batch object has an id that is not a batch id: {batch_id[:200]!r}.")
         errors = _dict(data.get("errors")).get("data")
         return cls(
             id=batch_id,
             status=normalise.status(data.get("status"), STATUSES),
             endpoint=_text(data.get("endpoint")),
-            input_file_id=_file_id(data.get("input_file_id")),
+            input_file_id=_file_id(data.get("input_file_id"), ids),
             completion_window=_text(data.get("completion_window")),
             created_at=_timestamp(data.get("created_at")) or 0,
             model=_text(data.get("model")),
-            output_file_id=_file_id(data.get("output_file_id")),
-            error_file_id=_file_id(data.get("error_file_id")),
+            output_file_id=_file_id(data.get("output_file_id"), ids),
+            error_file_id=_file_id(data.get("error_file_id"), ids),
             in_progress_at=_timestamp(data.get("in_progress_at")),
             expires_at=_timestamp(data.get("expires_at")),
             finalizing_at=_timestamp(data.get("finalizing_at")),
@@ -324,11 +342,11 @@ class ApiBatch:
         return tuple(f for f in (self.input_file_id, self.output_file_id, self.error_file_id) if f)
 
 
-def _listed_batch(item: Any) -> ApiBatch | None:
+def _listed_batch(item: Any, ids: IdShapes = OPENAI_IDS) -> ApiBatch | None:
     """A batch of a list page; one the client cannot use (no id, or an id that is not one) is logged and left out,
     so one odd entry never stops the whole list from refreshing."""
     try:
-        return ApiBatch.from_api(item if isinstance(item, dict) else {})
+        return ApiBatch.from_api(item if isinstance(item, dict) else {}, ids)
     except ValueError as exc:
         logger.warning("Leaving out a listed batch: %s", exc)
         return None
@@ -342,11 +360,11 @@ class BatchPage:
     last_id: str | None = None
 
     @classmethod
-    def from_api(cls, data: dict) -> BatchPage:
+    def from_api(cls, data: dict, ids: IdShapes = OPENAI_IDS) -> BatchPage:
         items = data.get("data")
         if not isinstance(items, list):
             raise ValueError("A list response has no data array.")
-        batches = tuple(batch for batch in map(_listed_batch, items) if batch is not None)
+        batches = tuple(batch for batch in (_listed_batch(item, ids) for item in items) if batch is not None)
         return cls(
             data=batches,
             has_more=bool(data.get("has_more")) and bool(batches),
@@ -367,9 +385,9 @@ class FileObject:
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_api(cls, data: dict) -> FileObject:
+    def from_api(cls, data: dict, ids: IdShapes = OPENAI_IDS) -> FileObject:
         file_id = data.get("id")
-        if not isinstance(file_id, str) or not FILE_ID_PATTERN.fullmatch(file_id):
+        if not isinstance(file_id, str) or not ids.file.fullmatch(file_id):
             raise ValueError("A File object has no valid id.")
         data = normalise.json_value(data)  # its filename is shown: bounded, no NUL or lone surrogate
         return cls(
@@ -652,6 +670,22 @@ class _BearerAuth(requests.auth.AuthBase):
         return "<BearerAuth [redacted]>"
 
 
+class _ApiKeyHeaderAuth(_BearerAuth):
+    """Azure OpenAI's way: the key in an `api-key` header."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["api-key"] = self._api_key
+        return request
+
+    def __repr__(self) -> str:
+        return "<ApiKeyHeaderAuth [redacted]>"
+
+
+# How a connection's kind sends its key.
+BEARER = "bearer"
+API_KEY_HEADER = "api-key"
+
+
 def _segment(value: str, pattern: re.Pattern, what: str) -> str:
     """An id as one URL path segment: an id that is not one (empty, "..", with a slash) never reaches the API."""
     if not isinstance(value, str) or not pattern.fullmatch(value):
@@ -680,8 +714,11 @@ class BatchClient:
         budget: Any = None,
         retry_after_cap: float = RETRY_AFTER_CAP,
         rate_limit_patience: float = 0.0,
+        auth: str = BEARER,
+        ids: IdShapes = OPENAI_IDS,
     ):
         self.base_url = base_url.rstrip("/")
+        self.ids = ids
         self._api_key = api_key
         self.timeout = (connect_timeout, timeout)
         self.max_retries = max(int(max_retries), 0)
@@ -694,7 +731,7 @@ class BatchClient:
         # counts each attempt's outcome. None for a client that answers to nobody (tests, the sandbox's own checks).
         self.budget = budget
         self.session = session or requests.Session()
-        self.session.auth = _BearerAuth(api_key)
+        self.session.auth = _ApiKeyHeaderAuth(api_key) if auth == API_KEY_HEADER else _BearerAuth(api_key)
         self.session.headers.update(
             {
                 "User-Agent": f"batchboard/{getattr(settings, 'VERSION', '0')} python-requests/{requests.__version__}",
@@ -708,6 +745,12 @@ class BatchClient:
 
     def __repr__(self):
         return f"<BatchClient {self.base_url}>"
+
+    def _batch(self, data: dict) -> ApiBatch:
+        return ApiBatch.from_api(data, self.ids)
+
+    def _file(self, data: dict) -> FileObject:
+        return FileObject.from_api(data, self.ids)
 
     def close(self) -> None:
         self.session.close()
@@ -733,11 +776,11 @@ class BatchClient:
         if output_expires_after is not None:
             body["output_expires_after"] = {"anchor": "created_at", "seconds": int(output_expires_after)}
         response = self._request("POST", "/batches", json=body, retry=RETRY_ONCE)
-        return self._parse(response, ApiBatch.from_api, "POST /batches")
+        return self._parse(response, self._batch, "POST /batches")
 
     def retrieve_batch(self, batch_id: str) -> ApiBatch:
-        path = f"/batches/{_segment(batch_id, BATCH_ID_PATTERN, 'batch id')}"
-        return self._parse(self._request("GET", path), ApiBatch.from_api, f"GET {path}")
+        path = f"/batches/{_segment(batch_id, self.ids.batch, 'batch id')}"
+        return self._parse(self._request("GET", path), self._batch, f"GET {path}")
 
     def list_batches(self, *, after: str | None = None, limit: int = 20) -> BatchPage:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIST_LIMIT_MAX:
@@ -745,7 +788,9 @@ class BatchClient:
         params: dict[str, Any] = {"limit": limit}
         if after:
             params["after"] = after
-        return self._parse(self._request("GET", "/batches", params=params), BatchPage.from_api, "GET /batches")
+        return self._parse(
+            self._request("GET", "/batches", params=params), partial(BatchPage.from_api, ids=self.ids), "GET /batches"
+        )
 
     def iter_batch_pages(self, *, limit: int = LIST_LIMIT_MAX) -> Iterator[BatchPage]:
         """Every page of the list, newest first: `after` is the last item's id, as the SDK does (not `last_id`)."""
@@ -766,8 +811,8 @@ class BatchClient:
             yield from page.data
 
     def cancel_batch(self, batch_id: str) -> ApiBatch:
-        path = f"/batches/{_segment(batch_id, BATCH_ID_PATTERN, 'batch id')}/cancel"
-        return self._parse(self._request("POST", path, retry=RETRY_IDEMPOTENT), ApiBatch.from_api, f"POST {path}")
+        path = f"/batches/{_segment(batch_id, self.ids.batch, 'batch id')}/cancel"
+        return self._parse(self._request("POST", path, retry=RETRY_IDEMPOTENT), self._batch, f"POST {path}")
 
     # Files
 
@@ -785,15 +830,15 @@ class BatchClient:
         response = self._request(
             "POST", "/files", data=body, headers={"Content-Type": body.content_type}, retry=RETRY_ONCE
         )
-        return self._parse(response, FileObject.from_api, "POST /files")
+        return self._parse(response, self._file, "POST /files")
 
     def retrieve_file(self, file_id: str) -> FileObject:
-        path = f"/files/{_segment(file_id, FILE_ID_PATTERN, 'file id')}"
-        return self._parse(self._request("GET", path), FileObject.from_api, f"GET {path}")
+        path = f"/files/{_segment(file_id, self.ids.file, 'file id')}"
+        return self._parse(self._request("GET", path), self._file, f"GET {path}")
 
     def file_content(self, file_id: str, *, chunk_size: int = DOWNLOAD_CHUNK_SIZE) -> FileContent:
         """The file's bytes as an iterator of chunks (FileContent). Errors such as 404 raise here, before any byte."""
-        path = f"/files/{_segment(file_id, FILE_ID_PATTERN, 'file id')}/content"
+        path = f"/files/{_segment(file_id, self.ids.file, 'file id')}/content"
         response = self._request("GET", path, stream=True, headers={"Accept": "application/binary"})
         return FileContent(response, chunk_size)
 
@@ -1078,45 +1123,58 @@ class CallFor(enum.StrEnum):
 PEOPLE = frozenset({CallFor.DOWNLOAD, CallFor.CREATE, CallFor.CANCEL})
 
 
-def get_client(caller: CallFor = CallFor.LOOP) -> BatchClient:
-    """The configured client for this caller (one per thread and caller, as a requests.Session is not thread-safe).
+@dataclass(frozen=True)
+class Upstream:
+    """Where one connection's calls go and how they authenticate (batches.connections builds it)."""
 
-    The real API with a key, the built-in sandbox without one. Pages and downloads get the shorter timeout (and pages
-    fewer retries); all but the loop wait for a Retry-After of INTERACTIVE_RETRY_AFTER_CAP at most, and calls for a
-    person retry 429s for PERSON_RATE_LIMIT_PATIENCE more seconds once their retries are used.
+    api_key: str = field(repr=False)
+    base_url: str
+    organization: str = ""
+    project: str = ""
+    auth: str = BEARER
+    ids: IdShapes = OPENAI_IDS
+    per_minute: int = 120  # the connection's upstream budget (batches.budget)
+
+
+def get_client(caller: CallFor = CallFor.LOOP, connection: Any = None) -> BatchClient:
+    """The client of this connection (the default one when None) for this caller: one per thread, caller and
+    connection, as a requests.Session is not thread-safe.
+
+    Pages and downloads get the shorter timeout (and pages fewer retries); all but the loop wait for a Retry-After of
+    INTERACTIVE_RETRY_AFTER_CAP at most, and calls for a person retry 429s for PERSON_RATE_LIMIT_PATIENCE more
+    seconds once their retries are used. Each connection spends its own upstream budget.
     """
+    # Django models: imported late, this module loads before them.
+    from batches.budget import SharedBudget
+    from batches.models import Connection
+
+    connection = connection or Connection.objects.default()
     timeout, max_retries = settings.OPENAI_TIMEOUT, settings.OPENAI_MAX_RETRIES
     if caller in (CallFor.PAGE, CallFor.DOWNLOAD):
         timeout = min(timeout, PAGE_TIMEOUT)
     if caller == CallFor.PAGE:
         max_retries = min(max_retries, PAGE_MAX_RETRIES)
-    config = (
-        settings.OPENAI_API_KEY or settings.SANDBOX_API_KEY,
-        settings.OPENAI_BASE_URL,
-        settings.OPENAI_ORG_ID,
-        settings.OPENAI_PROJECT_ID,
-        timeout,
-        max_retries,
-    )
+    upstream = connection.upstream()
+    config = (upstream, timeout, max_retries)
+    key = (caller, connection.pk)
     configs = _clients.__dict__.setdefault("configs", {})
     clients = _clients.__dict__.setdefault("clients", {})
-    if configs.get(caller) != config:
-        previous = clients.get(caller)
+    if configs.get(key) != config:
+        previous = clients.get(key)
         if previous is not None:
             previous.close()
-        from batches.budget import SharedBudget  # Django models: imported late, this module loads before them.
-
-        api_key, base_url, organization, project, timeout, max_retries = config
-        clients[caller] = BatchClient(
-            api_key=api_key,
-            base_url=base_url,
-            organization=organization,
-            project=project,
+        clients[key] = BatchClient(
+            api_key=upstream.api_key,
+            base_url=upstream.base_url,
+            organization=upstream.organization,
+            project=upstream.project,
+            auth=upstream.auth,
+            ids=upstream.ids,
             timeout=timeout,
             max_retries=max_retries,
-            budget=SharedBudget(caller),
+            budget=SharedBudget(caller, connection.pk, upstream.per_minute),
             retry_after_cap=RETRY_AFTER_CAP if caller == CallFor.LOOP else INTERACTIVE_RETRY_AFTER_CAP,
             rate_limit_patience=PERSON_RATE_LIMIT_PATIENCE if caller in PEOPLE else 0.0,
         )
-        configs[caller] = config
-    return clients[caller]
+        configs[key] = config
+    return clients[key]

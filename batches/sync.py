@@ -32,13 +32,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from batches import reactions, services
-from batches.freshness import (
-    LIST_STATE,
-    backoff_seconds,
-    error_kind,
-    failure_message,
-)
-from batches.models import Batch, Recorded, SyncState, record_batches
+
+# LIST_STATE: the default connection's state row, named here for callers of the loop.
+from batches.freshness import LIST_STATE as LIST_STATE
+from batches.freshness import backoff_seconds, error_kind, failure_message
+from batches.models import Batch, Connection, Recorded, SyncState, record_batches
 
 logger = logging.getLogger(__name__)
 
@@ -147,20 +145,25 @@ def run_pass(
     client: services.BatchClient | None = None,
     stop: threading.Event | None = None,
     now: datetime | None = None,
+    connection: Connection | None = None,
 ) -> PassOutcome:
-    """One pass if it is due and this loop wins the lease (with `force`: whenever the lease is free). A pass only
-    lists and records: what follows a recorded state runs as reactions, on task workers (batches.reactions)."""
+    """One pass over one connection (the default one when None) if it is due and this loop wins its lease (with
+    `force`: whenever the lease is free). A pass only lists and records: what follows a recorded state runs as
+    reactions, on task workers (batches.reactions). Each connection has its own lease, state and budget."""
     holder = holder or new_holder()
     now = now or timezone.now()
-    state = SyncState.objects.named(LIST_STATE)
+    connection = connection or Connection.objects.default()
+    name = connection.list_state
+    state = SyncState.objects.named(name)
     due_before = now if force else now - timedelta(seconds=due_interval(state, now))
-    if not SyncState.objects.claim_pass(LIST_STATE, holder, now, lease_seconds=LEASE_SECONDS, due_before=due_before):
+    if not SyncState.objects.claim_pass(name, holder, now, lease_seconds=LEASE_SECONDS, due_before=due_before):
         return PassOutcome()
     started = time.monotonic()
     result = SyncResult()
     error = None
     try:
-        sync_batches(client or services.get_client(), result, renew=_renewer(holder), stop=stop)
+        client = client or services.get_client(connection=connection)
+        sync_batches(client, result, renew=_renewer(holder, name), stop=stop, connection=connection)
     except services.BudgetExhausted:
         result.stopped = "budget"
     except services.BatchApiError as exc:
@@ -173,22 +176,22 @@ def run_pass(
             f"The sync pass stopped on an unexpected error ({type(exc).__name__}); the sync loop's log has the details."
         )
     finally:
-        SyncState.objects.release_lease(LIST_STATE, holder)
+        SyncState.objects.release_lease(name, holder)
     seconds = time.monotonic() - started
-    _record_outcome(result, error, seconds)
+    _record_outcome(result, error, seconds, name)
     return PassOutcome(
         ran=True, result=result, error=f"{failure_message(error)} [{error}]" if error else "", seconds=seconds
     )
 
 
-def _renewer(holder: str) -> Callable[[], bool]:
+def _renewer(holder: str, name: str) -> Callable[[], bool]:
     def renew() -> bool:
-        return SyncState.objects.renew_lease(LIST_STATE, holder, timezone.now(), lease_seconds=LEASE_SECONDS)
+        return SyncState.objects.renew_lease(name, holder, timezone.now(), lease_seconds=LEASE_SECONDS)
 
     return renew
 
 
-def _record_outcome(result: SyncResult, error: services.BatchApiError | None, seconds: float) -> None:
+def _record_outcome(result: SyncResult, error: services.BatchApiError | None, seconds: float, name: str) -> None:
     now = timezone.now()
     fields = {"heartbeat_at": now, "pass_seconds": seconds}
     if error is not None:
@@ -204,7 +207,7 @@ def _record_outcome(result: SyncResult, error: services.BatchApiError | None, se
         fields["budget_limited_at"] = now
     if result.skipped:
         fields["skipped_total"] = F("skipped_total") + result.skipped
-    SyncState.objects.filter(name=LIST_STATE).update(**fields)
+    SyncState.objects.filter(name=name).update(**fields)
 
 
 def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: bool = False) -> None:
@@ -220,19 +223,15 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
         pass_number += 1
         close_old_connections()
         try:
-            outcome = run_pass(holder=holder, stop=stop)
+            Connection.objects.default()  # the single-key settings' connection, also in a database just emptied
+            connections = list(Connection.objects.syncing())
         except DatabaseError as exc:
             logger.error("sync pass failed: database error: %s", exc)
-        except Exception:
-            logger.exception("sync pass failed unexpectedly")
-        else:
-            context = {"pass_number": pass_number, **outcome.log_context()}
-            if outcome.error:
-                logger.warning("%s", outcome.describe(), extra=context)
-            elif outcome.ran:
-                changed = outcome.changed or (outcome.result and (outcome.result.imported or outcome.result.stopped))
-                level = logging.DEBUG if quiet and not changed else logging.INFO
-                logger.log(level, "%s", outcome.describe(), extra=context)
+            connections = []
+        for connection in connections:
+            if stop.is_set():
+                break
+            _pass_over(connection, holder, stop, pass_number, quiet)
         try:
             if time.monotonic() - swept_at >= reactions.SWEEP_EVERY_SECONDS:
                 swept_at = time.monotonic()
@@ -244,6 +243,24 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
         stop.wait(wake_every)
 
 
+def _pass_over(connection: Connection, holder: str, stop: threading.Event, pass_number: int, quiet: bool) -> None:
+    """One connection's turn in the loop: a pass if due, logged; one connection's failure never stops the others."""
+    try:
+        outcome = run_pass(holder=holder, stop=stop, connection=connection)
+    except DatabaseError as exc:
+        logger.error("sync pass of %s failed: database error: %s", connection.slug, exc)
+    except Exception:
+        logger.exception("sync pass of %s failed unexpectedly", connection.slug)
+    else:
+        context = {"pass_number": pass_number, "connection": connection.slug, **outcome.log_context()}
+        if outcome.error:
+            logger.warning("%s: %s", connection.slug, outcome.describe(), extra=context)
+        elif outcome.ran:
+            changed = outcome.changed or (outcome.result and (outcome.result.imported or outcome.result.stopped))
+            level = logging.DEBUG if quiet and not changed else logging.INFO
+            logger.log(level, "%s: %s", connection.slug, outcome.describe(), extra=context)
+
+
 def sync_batches(
     client: services.BatchClient,
     result: SyncResult | None = None,
@@ -251,37 +268,64 @@ def sync_batches(
     renew: Callable[[], bool] = lambda: True,
     stop: threading.Event | None = None,
     page_size: int = PAGE_SIZE,
+    connection: Connection | None = None,
 ) -> SyncResult:
-    """The pass's upstream work (see the module's docstring), tallied into `result` as it goes, so that a pass
-    cut short by the budget still reports what it did. `renew` keeps the lease and returns False once it is lost.
+    """The pass's upstream work over one connection (see the module's docstring), tallied into `result` as it goes,
+    so that a pass cut short by the budget still reports what it did. `renew` keeps the lease and returns False once
+    it is lost.
     """
     result = result if result is not None else SyncResult()
-    state = SyncState.objects.named(LIST_STATE)
-    target, deep_ids = _walk_target(state, page_size)
-    oldest_walked = _walk_top(client, state, result, renew, stop, page_size, target)
+    walk = _Walk(connection or Connection.objects.default(), client, result, renew, stop, page_size)
+    state = SyncState.objects.named(walk.state_name)
+    target, deep_ids = _walk_target(walk, state)
+    oldest_walked = _walk_top(walk, state, target)
     if oldest_walked is None:
         return result
     state.refresh_from_db()
     if state.import_cursor and state.import_done_at is None:
-        _import(client, state, result, renew, stop, page_size, time.monotonic() + IMPORT_SLICE_SECONDS)
+        _import(walk, state, time.monotonic() + IMPORT_SLICE_SECONDS)
         if result.stopped:
             return result
-    missed = _missed_by_walk(oldest_walked, result)
-    _retrieve(client, [*missed, *deep_ids][:MAX_RETRIEVES_PER_PASS], result, renew, stop)
+    missed = _missed_by_walk(walk, oldest_walked)
+    _retrieve(walk, [*missed, *deep_ids][:MAX_RETRIEVES_PER_PASS])
     return result
 
 
-def _walk_target(state: SyncState, page_size: int) -> tuple[int | None, list[str]]:
+@dataclass
+class _Walk:
+    """What one pass works with: its connection, client, tally, lease and stop signal."""
+
+    connection: Connection
+    client: services.BatchClient
+    result: SyncResult
+    renew: Callable[[], bool]
+    stop: threading.Event | None
+    page_size: int
+
+    @property
+    def state_name(self) -> str:
+        return self.connection.list_state
+
+    @property
+    def batches(self):
+        return Batch.objects.filter(connection=self.connection)
+
+    def record(self, batches, *, historical: bool) -> Recorded:
+        return record_batches(batches, timezone.now(), historical=historical, connection=self.connection)
+
+
+def _walk_target(walk: _Walk, state: SyncState) -> tuple[int | None, list[str]]:
     """Where the top walk may stop (a creation second, Unix time), and the running batches too deep to walk to.
 
     The walk stops below both the high-water mark's creation and the oldest reachable running batch's; None means
     no target is known (nothing recorded yet: the walk stops after the first page and the import does the rest).
     """
-    depth = Batch.objects.newest_first().values_list("created_at", flat=True)[
+    page_size = walk.page_size
+    depth = walk.batches.newest_first().values_list("created_at", flat=True)[
         MAX_WALK_PAGES * page_size : MAX_WALK_PAGES * page_size + 1
     ]
     floor = depth[0] if depth else None
-    active = Batch.objects.active()
+    active = walk.batches.active()
     reachable = active.filter(created_at__gte=floor) if floor else active
     oldest_active = reachable.order_by("created_at").values_list("created_at", flat=True).first()
     deep_ids = []
@@ -290,26 +334,27 @@ def _walk_target(state: SyncState, page_size: int) -> tuple[int | None, list[str
         deep_ids = list(deep.values_list("batch_id", flat=True)[:MAX_RETRIEVES_PER_PASS])
     mark_created = None
     if state.high_water_id:
-        mark_created = Batch.objects.filter(batch_id=state.high_water_id).values_list("created_at", flat=True).first()
+        mark_created = walk.batches.filter(batch_id=state.high_water_id).values_list("created_at", flat=True).first()
     candidates = [int(t.timestamp()) for t in (mark_created, oldest_active) if t is not None]
     return (min(candidates) if candidates else None), deep_ids
 
 
-def _walk_top(client, state, result, renew, stop, page_size, target) -> int | None:
+def _walk_top(walk: _Walk, state: SyncState, target: int | None) -> int | None:
     """Walk pages newest first to `target`; the oldest creation second walked, or None if cut short."""
+    result, stop = walk.result, walk.stop
     fresh_install = not state.high_water_id and not state.import_cursor and state.import_done_at is None
     top_id = ""
     oldest = None
-    for page in client.iter_batch_pages(limit=page_size):
+    for page in walk.client.iter_batch_pages(limit=walk.page_size):
         top_id = top_id or (page.data[0].id if page.data else "")
         oldest = page.data[-1].created_at if page.data else oldest
         if fresh_install:
             # A fresh install shows the newest page now, as the import's first page: the background import brings
             # the rest, from here.
-            _record_import_page(page, result, cursor="", reached=None)
+            _record_import_page(walk, page, cursor="", reached=None)
             break
-        _record_page(page.data, result)
-        if not renew():
+        _record_page(walk, page.data)
+        if not walk.renew():
             result.stopped = "lease"
             return None
         if target is not None and oldest is not None and oldest < target:
@@ -321,17 +366,17 @@ def _walk_top(client, state, result, renew, stop, page_size, target) -> int | No
             return None
     result.complete = True
     if top_id:
-        SyncState.objects.filter(name=LIST_STATE).update(high_water_id=top_id)
+        SyncState.objects.filter(name=walk.state_name).update(high_water_id=top_id)
     return oldest or 0
 
 
-def _record_import_page(page, result: SyncResult, *, cursor: str, reached: datetime | None) -> str:
+def _record_import_page(walk: _Walk, page, *, cursor: str, reached: datetime | None) -> str:
     """Record a page of the import and the import's progress after it in one transaction (so a killed worker loses
     at most this page, and no list view shows its batches without the progress); returns the new cursor."""
     with transaction.atomic():
-        _record_page(page.data, result, imported=True)
+        _record_page(walk, page.data, imported=True)
         cursor = page.data[-1].id if page.data else cursor
-        SyncState.objects.filter(name=LIST_STATE).update(
+        SyncState.objects.filter(name=walk.state_name).update(
             import_cursor=cursor,
             imported=F("imported") + len(page.data),
             import_reached=services.from_unix(page.data[-1].created_at) if page.data else reached,
@@ -340,19 +385,20 @@ def _record_import_page(page, result: SyncResult, *, cursor: str, reached: datet
     return cursor
 
 
-def _import(client, state, result, renew, stop, page_size, deadline) -> None:
+def _import(walk: _Walk, state: SyncState, deadline: float) -> None:
     """Continue the history import from the saved cursor until the end of the list or the deadline.
 
     Each page and the cursor after it are recorded in one transaction, so a killed worker loses at most the page
     in flight and the next pass lists from the cursor again: every batch is imported once.
     """
+    result, stop = walk.result, walk.stop
     cursor = state.import_cursor
     while True:
-        page = client.list_batches(after=cursor, limit=page_size)
-        cursor = _record_import_page(page, result, cursor=cursor, reached=state.import_reached)
+        page = walk.client.list_batches(after=cursor, limit=walk.page_size)
+        cursor = _record_import_page(walk, page, cursor=cursor, reached=state.import_reached)
         result.imported += len(page.data)
         result.import_calls += 1
-        if not renew():
+        if not walk.renew():
             result.stopped = "lease"
             return
         if not page.has_more:
@@ -364,40 +410,43 @@ def _import(client, state, result, renew, stop, page_size, deadline) -> None:
             return
 
 
-def _missed_by_walk(oldest_walked: int, result: SyncResult) -> list[str]:
+def _missed_by_walk(walk: _Walk, oldest_walked: int) -> list[str]:
     """Running batches inside the range the walk covered that it did not see (gone from the list, or ties)."""
     if not oldest_walked:
         return []
-    walked = Batch.objects.active().filter(created_at__gte=services.from_unix(oldest_walked))
+    walked = walk.batches.active().filter(created_at__gte=services.from_unix(oldest_walked))
     # Compared in Python: the set of ids seen is small (the walked pages), but may exceed SQLite's parameter limit.
-    return [batch_id for batch_id in walked.values_list("batch_id", flat=True) if batch_id not in result.seen_ids]
+    seen = walk.result.seen_ids
+    return [batch_id for batch_id in walked.values_list("batch_id", flat=True) if batch_id not in seen]
 
 
-def _retrieve(client, batch_ids: list[str], result: SyncResult, renew, stop) -> None:
+def _retrieve(walk: _Walk, batch_ids: list[str]) -> None:
+    result, stop = walk.result, walk.stop
     for batch_id in dict.fromkeys(batch_ids):
         if stop is not None and stop.is_set():
             result.stopped = "stop"
             return
-        Batch.objects.filter(batch_id=batch_id).update(refresh_claimed_at=timezone.now())  # checked: rotate it back
+        walk.batches.filter(batch_id=batch_id).update(refresh_claimed_at=timezone.now())  # checked: rotate it back
         try:
-            batch = client.retrieve_batch(batch_id)
+            batch = walk.client.retrieve_batch(batch_id)
         except services.NotFound:
             continue  # Deleted upstream (or another project's); keep what we knew.
         result.retrieved += 1
-        _tally(record_batches([batch], timezone.now()), result, imported=False)
-        if not renew():
+        _tally(walk.record([batch], historical=False), result, imported=False)
+        if not walk.renew():
             result.stopped = "lease"
             return
 
 
-def _record_page(batches: tuple[services.ApiBatch, ...], result: SyncResult, *, imported: bool = False) -> None:
+def _record_page(walk: _Walk, batches: tuple[services.ApiBatch, ...], *, imported: bool = False) -> None:
     """Record a page of the list through the one recording function, and tally it into the pass's result."""
     if not batches:
         return
+    result = walk.result
     result.pages += 1
     result.seen += len(batches)
     result.seen_ids.update(batch.id for batch in batches)
-    _tally(record_batches(batches, timezone.now(), historical=imported), result, imported=imported)
+    _tally(walk.record(batches, historical=imported), result, imported=imported)
 
 
 def _tally(recorded: Recorded, result: SyncResult, *, imported: bool) -> None:

@@ -157,6 +157,10 @@ SANDBOX_DROP_RATE = _env_float("SANDBOX_DROP_RATE", 0.0, 0.0, 1.0)
 
 # The webhook receiver (/webhooks/openai/) verifies deliveries with this secret; unset, it answers 404.
 BATCHBOARD_WEBHOOK_SECRET = _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET")
+# Fernet keys (comma-separated, the first encrypts) for the secrets of connections made in the admin: batches.secrets.
+BATCHBOARD_ENCRYPTION_KEY = _env("BATCHBOARD_ENCRYPTION_KEY")
+# A TOML file of connections (one [[connection]] table each): batches.connection_file. Unset: the single-key settings.
+BATCHBOARD_CONNECTIONS = _env("BATCHBOARD_CONNECTIONS")
 # The sandbox signs its webhooks with SANDBOX_WEBHOOK_SECRET and POSTs them to SANDBOX_WEBHOOK_URL (unset: none sent).
 SANDBOX_WEBHOOK_URL = _env("SANDBOX_WEBHOOK_URL")
 if SANDBOX_WEBHOOK_URL and not re.fullmatch(r"https?://[^/\s]+/\S*", SANDBOX_WEBHOOK_URL):
@@ -293,6 +297,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "batches.middleware.HtmxLoginRedirectMiddleware",
     "batches.middleware.TimeZoneMiddleware",
+    "batches.middleware.AmbiguousBatchMiddleware",
     # Last, as django-axes asks: it turns a lockout raised during login into the lockout answer.
     "axes.middleware.AxesMiddleware",
 ]

@@ -167,7 +167,8 @@ def keep_for_reaction(reaction: Reaction, client: services.BatchClient | None = 
         archive = keep(reaction.batch)
     if not archive.is_pending:
         return  # kept (or found unavailable) already
-    fetch_archive(archive, client or services.get_client(), last_try=reaction.tries >= reactions.MAX_TRIES)
+    client = client or services.get_client(connection=archive.batch.connection)
+    fetch_archive(archive, client, last_try=reaction.tries >= reactions.MAX_TRIES)
 
 
 # --- Fetching ----------------------------------------------------------------
@@ -818,9 +819,10 @@ def check_upstream(limit: int = 5, *, client: services.BatchClient | None = None
     can say "deleted upstream" (`manage.py archive_results` runs it; opening a results page asks for its own).
     An archive whose files expired needs no call."""
     checked = 0
-    for archive in _unchecked(timezone.now()).order_by("upstream_checked_at", "pk")[:limit]:
+    unchecked = _unchecked(timezone.now()).select_related("batch__connection")
+    for archive in unchecked.order_by("upstream_checked_at", "pk")[:limit]:
         try:
-            _check_one(archive, client or services.get_client())
+            _check_one(archive, client or services.get_client(connection=archive.batch.connection))
         except services.BatchApiError as exc:
             logger.info("Could not check the results of %s upstream: %s", archive.batch_id, exc)
             break  # the API is failing: try again later
@@ -856,9 +858,9 @@ def _check_when_due(archive: ResultArchive) -> None:
 def check_for_reaction(reaction: Reaction, client: services.BatchClient | None = None) -> None:
     """The check_results_upstream reaction's body; an API failure is retried by the reaction."""
     kept = ResultArchive.objects.filter(state=ArchiveState.READY, upstream_deleted_at__isnull=True)
-    archive = kept.filter(batch_id=reaction.batch_id).first()
+    archive = kept.select_related("batch__connection").filter(batch_id=reaction.batch_id).first()
     if archive is not None:
-        _check_one(archive, client or services.get_client())
+        _check_one(archive, client or services.get_client(connection=archive.batch.connection))
 
 
 def prune_archive(archive: ResultArchive) -> None:

@@ -3,7 +3,7 @@ card. The card may still change after the batch turned final, while its files ar
 
 from __future__ import annotations
 
-from batches import sections
+from batches import access, sections
 from results.archive import keeps_by_itself
 from results.models import Outcome, ResultArchive
 
@@ -47,7 +47,7 @@ def card_context(request, batch) -> dict:
     has_results = bool(batch.output_file_id or batch.error_file_id)
     archive = _archive(batch) if has_results else None
     return {
-        "can_retry": request.user.has_perm("batches.create_batch"),
+        "can_retry": access.may(request.user, access.CREATE, batch.connection_id),
         "archive": archive,
         "has_results": has_results,
         "outcomes": Outcome,

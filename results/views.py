@@ -17,6 +17,7 @@ from django.views.decorators.vary import vary_on_headers
 from audit.log import record
 from audit.models import Action
 from audit.models import Outcome as AuditOutcome
+from batches import access
 from batches import sections as batch_sections
 from batches.views.common import refreshed_batch, unreachable
 from batches.views.live import live_region, unchanged
@@ -104,7 +105,7 @@ def results_page(request, batch_id):
         request.get_full_path(),
         batch.payload_hash,
         _archive_key(archive),
-        request.user.has_perm("batches.create_batch"),
+        access.may(request.user, access.CREATE, batch.connection_id),
         sections.key,
         polling=not batch.is_terminal or fetching or not sections.settled,
     )

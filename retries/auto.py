@@ -24,7 +24,6 @@ from audit.models import Action, Outcome
 from batches import actions, reactions, services
 from batches.lineage_keys import LineageState
 from batches.models import Batch, SyncState, record_batches
-from batches.sync import LIST_STATE
 from results.models import ArchiveState, ResultArchive, ResultFilter
 from retries import submit
 from retries.models import AUTO_RETRY_KEY, MAX_AUTO_RETRIES, AutoRetry, AutoRetryState
@@ -55,7 +54,7 @@ def retry(reaction) -> None:
     if left <= 0 or archive is None:
         _note(parent, AutoRetryState.NOTHING)
         return
-    if SyncState.objects.named(LIST_STATE).import_done_at is None:
+    if SyncState.objects.named(parent.connection.list_state).import_done_at is None:
         raise reactions.Later(WAIT_SECONDS, "waiting for the history import to finish")
     if parent.retry_of and parent.lineage_state == LineageState.UNVERIFIED:
         # Its retry names its job: wait until it is known whether that is the job it claims or itself.
@@ -95,7 +94,7 @@ def retry(reaction) -> None:
 def _give_way(parent: Batch, ours: Batch, first: Batch) -> None:
     """Another install sent the same retry at the same moment (both looked before either sent): every install keeps
     the first one made, by (created_at, batch_id), and cancels its own, so one runs whoever looks when."""
-    cancelled = actions.cancel_batch(ours.batch_id, user=AUTO_USER)
+    cancelled = actions.cancel_batch(ours.batch_id, user=AUTO_USER, connection=parent.connection)
     problem = f"{ours.batch_id}, sent at the same moment by this install, was cancelled" + (
         f" (the cancel failed: {cancelled.error})" if cancelled.error else ""
     )
@@ -115,15 +114,15 @@ def _give_way(parent: Batch, ours: Batch, first: Batch) -> None:
 def _existing_child(parent: Batch, attempt: int, *, pages: int = AUTO_TOP_PAGES) -> Batch | None:
     """The first retry of `parent` with this attempt, made by any install: the top of the list is read (and
     recorded) first, so one made elsewhere since the last pass is seen."""
-    client = services.get_client()
+    client = services.get_client(connection=parent.connection)
     after = None
     for _page in range(pages):
         page = client.list_batches(after=after, limit=services.LIST_LIMIT_MAX)
-        record_batches(page.data)
+        record_batches(page.data, connection=parent.connection)
         if not page.has_more or not page.data:
             break
         after = page.data[-1].id
-    children = Batch.objects.filter(retry_of=parent.batch_id, attempt=attempt)
+    children = Batch.objects.filter(connection=parent.connection, retry_of=parent.batch_id, attempt=attempt)
     return children.order_by("created_at", "batch_id").first()
 
 

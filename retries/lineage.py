@@ -13,9 +13,9 @@ from batches.lineage_keys import LineageState
 from batches.models import Batch
 
 
-def chain(job_batch_id: str):
-    """The job's batches: its original and its verified retries."""
-    return Batch.objects.in_job(job_batch_id)
+def chain(job_batch_id: str, connection_id: int | None = None):
+    """The job's batches (in its connection): its original and its verified retries."""
+    return Batch.objects.in_job(job_batch_id, connection_id)
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,14 @@ class Lineage:
 def lineage(batch: Batch) -> Lineage:
     """At most four small queries: the parent's existence, the direct retries, the job's size and its cost."""
     job_id = batch.job_id
+    same_connection = Batch.objects.filter(connection_id=batch.connection_id)
     retried_by = list(
-        Batch.objects.filter(retry_of=batch.batch_id, lineage_state=LineageState.VERIFIED)
+        same_connection.filter(retry_of=batch.batch_id, lineage_state=LineageState.VERIFIED)
         .order_by("created_at", "batch_id")
         .values_list("batch_id", flat=True)
     )
-    retries_in_job = Batch.objects.retry_counts([job_id]).get(job_id, 0)
-    parent_known = bool(batch.retry_of) and Batch.objects.filter(batch_id=batch.retry_of).exists()
+    retries_in_job = same_connection.retry_counts([job_id]).get(job_id, 0)
+    parent_known = bool(batch.retry_of) and same_connection.filter(batch_id=batch.retry_of).exists()
     return Lineage(
         parent_id=batch.retry_of,
         parent_known=parent_known,
@@ -70,5 +71,5 @@ def lineage(batch: Batch) -> Lineage:
         job_id=job_id,
         retried_by=retried_by,
         retries_in_job=retries_in_job,
-        job_cost=chain(job_id).cost_total() if retries_in_job else None,
+        job_cost=chain(job_id, batch.connection_id).cost_total() if retries_in_job else None,
     )

@@ -65,8 +65,8 @@ class Job:
         return [batch for batch in self.retries if batch.pk not in self.archives]
 
 
-def load_job(job_id: str) -> Job:
-    batches = list(chain(job_id).order_by("created_at", "batch_id"))
+def load_job(job_id: str, connection_id: int | None = None) -> Job:
+    batches = list(chain(job_id, connection_id).order_by("created_at", "batch_id"))
     # The original first even if its clock says otherwise.
     batches.sort(key=lambda batch: batch.batch_id != job_id)
     archives = ResultArchive.objects.filter(batch__in=batches, state=ArchiveState.READY)

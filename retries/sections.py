@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db.models import Q
 from django.utils import timezone
 
-from batches import sections
+from batches import access, sections
 from batches.lineage_keys import LineageState
 from batches.models import Reaction, ReactionState
 from results.models import ArchiveState, ResultArchive
@@ -63,7 +63,7 @@ def card_context(request, batch) -> dict:
         "auto_retry_expected": expected,
         "auto_retry_waiting": waiting,
         "claim_being_checked": _claim_being_checked(batch),
-        "can_retry": request.user.has_perm("batches.create_batch"),
+        "can_retry": access.may(request.user, access.CREATE, batch.connection_id),
     }
 
 
@@ -81,7 +81,7 @@ def actions_context(request, batch) -> dict:
         "lineage": lineage(batch),
         "auto_retry_expected": _auto_retry_expected(batch, auto_retry),
         "filter_select": FILTER,
-        "can_retry": request.user.has_perm("batches.create_batch"),
+        "can_retry": access.may(request.user, access.CREATE, batch.connection_id),
     }
 
 

@@ -77,7 +77,7 @@ def retry_form(
         key_name, value_name = metadata_field_names(number)
         data[key_name], data[value_name] = key, value
     upload = File(handle, name=f"retry-of-{parent.batch_id}.jsonl")
-    return CreateBatchForm(data, {"input_file": upload})
+    return CreateBatchForm(data, {"input_file": upload}, connections=[parent.connection])
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ def create(prepared: Prepared, *, user: str, by_person: bool = True) -> actions.
         metadata=data["metadata"],
         output_expires_after=data["output_expires_after"],
         by_person=by_person,
+        connection=prepared.parent.connection,
     )
     if outcome.batch is not None:
         verify.mark_built_here(outcome.batch, prepared.parent)

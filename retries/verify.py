@@ -48,7 +48,7 @@ def _waiting(note: str) -> Verdict:
 def check(child: Batch) -> Verdict:
     """The verdict on `child`'s claim, from what is stored now; asks for the inputs to be kept when they are not."""
     parent_id = child.retry_of
-    parent = Batch.objects.filter(batch_id=parent_id).first()
+    parent = Batch.objects.filter(connection_id=child.connection_id, batch_id=parent_id).first()
     if parent is None:
         return _waiting(f"{parent_id} has not been seen by this dashboard yet")
     if parent.retry_of and parent.lineage_state == LineageState.UNVERIFIED:
@@ -153,7 +153,8 @@ def react(reaction) -> None:
         age = (timezone.now() - reaction.created_at).total_seconds()
         low, high = RECHECK_SECONDS
         raise reactions.Later(min(max(age / 4, low), high), verdict.note)
-    wake(Batch.objects.filter(retry_of=child.batch_id, lineage_state=LineageState.UNVERIFIED))
+    claimants = Batch.objects.filter(connection_id=child.connection_id, retry_of=child.batch_id)
+    wake(claimants.filter(lineage_state=LineageState.UNVERIFIED))
 
 
 def wake(claimants) -> None:

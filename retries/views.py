@@ -13,8 +13,8 @@ from django.views.decorators.http import require_http_methods, require_safe
 from audit.log import record
 from audit.models import Action
 from audit.models import Outcome as AuditOutcome
-from batches import services
-from batches.views.common import refreshed_batch, unreachable
+from batches import access, services
+from batches.views.common import refreshed_batch, unreachable, visible_batch_connection
 from results import exports
 from results.archive import StoredFiles, request_archive
 from results.models import Outcome, ResultLine
@@ -57,10 +57,11 @@ def _audit(request, outcome, parent_id: str, selection: RetrySelection, batch_id
 
 @require_http_methods(["GET", "HEAD", "POST"])
 def retry_confirm(request, batch_id):
-    if not request.user.has_perm("batches.create_batch"):
+    connection = visible_batch_connection(request, batch_id)  # a batch the user may not see is a 404
+    if not access.may(request.user, access.CREATE, connection):
         if request.method == "POST":
             record(request, Action.CREATE, AuditOutcome.REFUSED, batch_id=batch_id, detail="no permission to retry")
-        raise PermissionDenied("You may not create batches, so you may not retry lines either.")
+        raise PermissionDenied("You may not create batches on this connection, so you may not retry lines either.")
     parent, freshness = refreshed_batch(request, batch_id)
     if parent is None:
         return unreachable(request, batch_id, freshness)
@@ -104,7 +105,7 @@ def _job(request, batch_id):
     batch, freshness = refreshed_batch(request, batch_id)
     if batch is None:
         return None, None, freshness
-    return batch, merged.load_job(batch.job_id), freshness
+    return batch, merged.load_job(batch.job_id, batch.connection_id), freshness
 
 
 @require_safe

@@ -16,8 +16,10 @@ from django.views.decorators.http import require_POST, require_safe
 from audit.log import record
 from audit.models import Action
 from audit.models import Outcome as AuditOutcome
+from batches import access
 from batches.history import batch_history
 from batches.models import Batch
+from batches.views.common import visible_batch_connection
 from results import answers, exports
 from results import views as results_views
 from results.models import Outcome, ResultArchive, ResultFilter
@@ -208,7 +210,8 @@ def _detail(batch_id: str) -> str:
 @require_POST
 def make_link(request, batch_id):
     """Make a link for the batch and show its address once, on this answer: only its hash is kept."""
-    batch = Batch.objects.filter(batch_id=batch_id).first()
+    connection = visible_batch_connection(request, batch_id)  # a batch the user may not see is a 404
+    batch = Batch.objects.filter(connection=connection, batch_id=batch_id).first()
     if batch is None:
         raise Http404(f"There is no batch {batch_id}.")
     if not settings.BATCHBOARD_PUBLIC_LINKS:
@@ -241,7 +244,8 @@ def make_link(request, batch_id):
 
 @require_POST
 def revoke_link(request, batch_id, pk):
-    link = get_object_or_404(ShareLink.objects.select_related("batch"), pk=pk, batch__batch_id=batch_id)
+    visible = ShareLink.objects.select_related("batch").filter(batch__connection__in=access.connections(request.user))
+    link = get_object_or_404(visible, pk=pk, batch__batch_id=batch_id)
     if not link.may_be_revoked_by(request.user):
         record(request, Action.SHARE_REVOKE, AuditOutcome.REFUSED, batch_id=batch_id, target=link.label)
         return render(

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from batches import formatting
+from batches import access, formatting
 from batches.converters import detail_url
 
 register = template.Library()
@@ -122,14 +122,17 @@ def cancel_control(context, batch, next_url: str = "", target: str = "", outcome
     """The Cancel control of one batch, on the list's rows and the detail page, and the cancel view's answer.
 
     Nothing when the batch cannot be cancelled now (Batch.can_cancel_now) and there is no outcome to say, or when the
-    user lacks batches.cancel_batch. `next_url`: where the no-JavaScript confirm page returns to; `target`: the htmx
-    target the cancel view answers for (default this control, which the answer replaces); `outcome`: the cancel
-    view's CancelOutcome. Without JavaScript the link opens the confirm page; with htmx, static/js/live.js asks in the
-    page's <dialog> (the data-confirm-* texts) and htmx POSTs, holding the page's polls meanwhile (hx-sync on the
+    user may not cancel on the batch's connection (batches.access). `next_url`: where the no-JavaScript confirm page
+    returns to; `target`: the htmx target the cancel view answers for (default this control, which the answer
+    replaces); `outcome`: the cancel view's CancelOutcome. Without JavaScript the link opens the confirm page; with
+    htmx, static/js/live.js asks in the page's <dialog> (the data-confirm-* texts) and htmx POSTs, holding the page's
+    polls meanwhile (hx-sync on the
     live region). Python, not an include: a list page has a control on every running row.
     """
     can_cancel_now = batch.can_cancel_now
-    if "batches.cancel_batch" not in context.get("perms", ()) or not (outcome or can_cancel_now):
+    request = context.get("request")
+    may_cancel = request is not None and access.may(request.user, access.CANCEL, batch.connection_id)
+    if not may_cancel or not (outcome or can_cancel_now):
         return ""
     link = ""
     if can_cancel_now:

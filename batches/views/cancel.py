@@ -14,11 +14,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import retarget, trigger_client_event
 
-from batches import actions, events
+from batches import access, actions, events
 from batches.converters import BatchIdConverter
-from batches.freshness import list_freshness
 from batches.models import Batch
-from batches.views.common import refreshed_batch, unreachable
+from batches.views.common import refreshed_batch, unreachable, visible_batch_connection
 from batches.views.listing import list_context, list_query_of
 
 MAX_BULK = 100
@@ -29,11 +28,12 @@ AUDIT_OUTCOMES = {"cancelled": events.OK, "already": events.ALREADY, "error": ev
 @require_http_methods(["GET", "HEAD", "POST"])
 def batch_cancel(request, batch_id):
     """GET (and HEAD) shows a confirm page (for browsers without JavaScript); only POST cancels."""
-    _require_cancel_permission(request, batch_id)
+    connection = visible_batch_connection(request, batch_id)  # a batch the user may not see is a 404
+    _require_cancel_permission(request, batch_id, connection)
     next_url = _safe_next(request.POST.get("next") or request.GET.get("next"))
     if request.method != "POST":
         return _confirm_page(request, batch_id, next_url)
-    outcome = actions.cancel_batch(batch_id, user=request.user.get_username())
+    outcome = actions.cancel_batch(batch_id, user=request.user.get_username(), connection=connection)
     events.note_action(request, events.CANCEL, AUDIT_OUTCOMES[outcome.result], batch_id=batch_id, detail=outcome.error)
     if request.htmx:
         return _cancel_fragment(request, batch_id, outcome)
@@ -52,7 +52,7 @@ def batch_bulk_cancel(request):
     batch_ids, problem = _selected_ids(data.getlist("batch_id"))
     if request.method != "POST" or data.get("confirm") != "yes":
         return _bulk_confirm_page(request, batch_ids, problem, next_url)
-    results = [] if problem else actions.cancel_batches(batch_ids, user=request.user.get_username())
+    results = [] if problem else _cancel_selected(request, batch_ids)
     _audit_bulk(request, results, problem)
     context = {"done": True, "results": results, "bulk_error": problem, "tally": _tally(results), "next": next_url}
     if not request.htmx:
@@ -60,17 +60,34 @@ def batch_bulk_cancel(request):
     html = render_to_string("batches/batch_bulk_cancel.html#bulk-result", context, request)
     table = list_context(
         list_query_of(request.htmx.current_url_abs_path),
-        list_freshness(),
+        access.list_freshness_for(request.user),
         can_cancel=True,
+        user=request.user,
     )
     table.update(oob=True, oob_table=True)
     html += render_to_string("batches/batch_list.html#batch-table", table, request)
     return HttpResponse(html)
 
 
-def _require_cancel_permission(request, batch_id: str = "") -> None:
+def _cancellable(request):
+    """The batches the user may cancel: those of the connections that grant them cancel."""
+    return Batch.objects.filter(connection__in=access.connections(request.user, access.CANCEL))
+
+
+def _cancel_selected(request, batch_ids: list[str]) -> list[tuple[str, actions.CancelOutcome]]:
+    """Cancel each selected batch on its own connection; an id the user may not cancel is reported as unknown."""
+    found = {batch.batch_id: batch for batch in _cancellable(request).filter(batch_id__in=batch_ids)}
+    selected = [found[batch_id] for batch_id in batch_ids if batch_id in found]
+    done = dict(actions.cancel_batches(selected, user=request.user.get_username()))
+    unknown = actions.CancelOutcome(None, sent=False, error="There is no batch with this id that you may cancel.")
+    return [(batch_id, done.get(batch_id, unknown)) for batch_id in batch_ids]
+
+
+def _require_cancel_permission(request, batch_id: str = "", connection=None) -> None:
+    """On the batch's connection, or (for the bulk page) on any connection."""
     # Checked here, not only in templates: an htmx or hand-made request never sees the page around the button.
-    if not request.user.has_perm("batches.cancel_batch"):
+    allowed = access.connections(request.user, access.CANCEL)
+    if not (access.may(request.user, access.CANCEL, connection) if connection else allowed):
         if request.method == "POST":
             events.note_action(
                 request, events.CANCEL, events.REFUSED, batch_id=batch_id, detail="no permission to cancel"
@@ -159,7 +176,8 @@ def _selected_ids(values: list[str]) -> tuple[list[str], str]:
 
 
 def _bulk_confirm_page(request, batch_ids: list[str], problem: str, next_url: str):
-    found = {b.batch_id: b for b in Batch.objects.filter(batch_id__in=batch_ids).defer("payload", "search_text")}
+    selected = _cancellable(request).filter(batch_id__in=batch_ids).defer("payload", "search_text")
+    found = {b.batch_id: b for b in selected}
     to_cancel = [found[i] for i in batch_ids if i in found and found[i].can_cancel_now]
     skipped = [(i, found.get(i)) for i in batch_ids if i not in {b.batch_id for b in to_cancel}]
     context = {

@@ -5,7 +5,7 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from batches import actions, events
+from batches import access, actions, events
 from batches.forms import CreateBatchForm, metadata_field_names
 from batches.models import DESCRIPTION_KEY
 
@@ -28,7 +28,9 @@ def _retry_form(form: CreateBatchForm, uploaded_file_id: str) -> CreateBatchForm
     for number, (key, value) in enumerate(others.items(), start=1):
         key_name, value_name = metadata_field_names(number)
         initial[key_name], initial[value_name] = key, value
-    return CreateBatchForm(initial={**initial, "input_file_id": uploaded_file_id})
+    if form.cleaned_data.get("connection") is not None:
+        initial["connection"] = form.cleaned_data["connection"].pk
+    return CreateBatchForm(initial={**initial, "input_file_id": uploaded_file_id}, connections=form.allowed_connections)
 
 
 def _first_problem(form: CreateBatchForm) -> str:
@@ -46,14 +48,15 @@ def _audit_create(request, form: CreateBatchForm, outcome: str, batch_id: str = 
 
 @require_http_methods(["GET", "HEAD", "POST"])
 def batch_create(request):
-    if not request.user.has_perm("batches.create_batch"):
+    creatable = access.connections(request.user, access.CREATE)
+    if not creatable:
         if request.method == "POST":
             events.note_action(request, events.CREATE, events.REFUSED, detail="no permission to create")
         raise PermissionDenied("You may not create batches.")
     if request.method != "POST":
-        return render(request, "batches/batch_create.html", {"form": CreateBatchForm()})
+        return render(request, "batches/batch_create.html", {"form": CreateBatchForm(connections=creatable)})
 
-    form = CreateBatchForm(request.POST, request.FILES)
+    form = CreateBatchForm(request.POST, request.FILES, connections=creatable)
     checking = "check" in request.POST  # "Check file": validate and show what the file holds; nothing to audit
     valid = form.is_valid()
     if not valid and not checking:
@@ -72,6 +75,7 @@ def batch_create(request):
         completion_window=data["completion_window"],
         metadata=data["metadata"],
         output_expires_after=data["output_expires_after"],
+        connection=data.get("connection"),
     )
     if outcome.batch is not None:
         outcome.batch.note_model_from_file(form.report.model if form.report else None)

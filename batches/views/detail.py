@@ -12,7 +12,7 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
-from batches import events, lookups, services
+from batches import access, events, lookups, services
 from batches import sections as batch_sections
 from batches.freshness import failure_message, list_freshness
 from batches.history import batch_history
@@ -38,7 +38,9 @@ def _files(request, batch, *, fetch_sizes: bool) -> list[BatchFile]:
     for kind, label in FILE_KINDS.items():
         file_id = getattr(batch, f"{kind}_file_id")
         if file_id:
-            size = lookups.file_size(file_id, fetch=fetch_sizes, user_key=user_key(request))
+            size = lookups.file_size(
+                file_id, fetch=fetch_sizes, user_key=user_key(request), connection=batch.connection
+            )
             files.append(BatchFile(kind, label, file_id, size))
     return files
 
@@ -61,7 +63,7 @@ def batch_detail(request, batch_id):
         batch.payload_hash,
         batch.cancel_requested_at,
         freshness.display_key() if freshness.may_change else None,
-        request.user.has_perm("batches.cancel_batch"),
+        access.may(request.user, access.CANCEL, batch.connection_id),
         sections.key,
         polling=not final or not sections.settled,
     )
@@ -72,7 +74,7 @@ def batch_detail(request, batch_id):
     # final (when the result files appear), not for every poll of a running batch, and not while the API is failing
     # anyway. A final batch is never refreshed, so its own freshness cannot tell; the list's can.
     wants_sizes = (final or not request.htmx) and freshness.ok
-    list_state = list_freshness() if wants_sizes else None
+    list_state = list_freshness(states=[batch.connection.list_state]) if wants_sizes else None
     fetch_sizes = wants_sizes and list_state.ok
     context = {
         "batch": batch,
@@ -105,7 +107,7 @@ def batch_file(request, batch_id, kind):
     if not file_id:
         raise Http404(f"{batch_id} has no {kind} file.")
     try:
-        chunks = lookups.file_content(file_id, user_key=user_key(request))
+        chunks = lookups.file_content(file_id, user_key=user_key(request), connection=batch.connection)
     except lookups.UserLimited as exc:
         context = {"batch": batch, "kind": kind, "file_id": file_id, "missing": False, "message": str(exc)}
         return render(request, "batches/file_unavailable.html", context, status=429)

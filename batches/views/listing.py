@@ -16,8 +16,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
-from batches import services
-from batches.freshness import Freshness, list_freshness, note_watched
+from batches import access, services
+from batches.freshness import Freshness, note_watched
 from batches.models import (
     ACTIVE_FILTER,
     ATTENTION_FILTER,
@@ -114,17 +114,19 @@ class ListFilters:
 @require_safe
 @vary_on_headers("HX-Request")
 def batch_list(request):
-    freshness = list_freshness()
+    freshness = access.list_freshness_for(request.user)
     note_watched(freshness)  # The sync loop refreshes at the short interval while someone is watching.
-    can_cancel = request.user.has_perm("batches.cancel_batch")
+    can_cancel = bool(access.connections(request.user, access.CANCEL))
     live = live_of(request, freshness)
     version = data_version()  # read after this request's refresh, so a rendering is never older than its key
     rendering = _rendering_key(request, freshness, live, version, can_cancel=can_cancel)
     if is_poll(request):
         return _table_fragment(request, freshness, live, rendering, version, can_cancel=can_cancel)
-    context = list_context(request.GET, freshness, can_cancel=can_cancel, version=version)
+    context = list_context(request.GET, freshness, can_cancel=can_cancel, version=version, user=request.user)
     context.update(live=live, answer_key=answer_key(rendering))
-    menus = _per_data_version("menus", context["data_version"], Batch.objects.endpoints_and_models)
+    scope = access.scope_key(request.user)
+    visible = access.visible_batches(request.user)
+    menus = _per_data_version(f"menus:{scope}", context["data_version"], visible.endpoints_and_models)
     context["endpoints"], context["models"] = menus
     context["api_freshness"] = freshness  # The auth banner's: the list's own, so no second read.
     return render(request, "batches/batch_list.html", context)
@@ -143,7 +145,7 @@ def _table_fragment(
     if seconds > 0 and (cached := cache.get(cache_key)) is not None:
         content, status = cached
         return HttpResponse(content, status=status)
-    context = list_context(request.GET, freshness, can_cancel=can_cancel, version=version)
+    context = list_context(request.GET, freshness, can_cancel=can_cancel, version=version, user=request.user)
     context.update(oob=True, live=live, answer_key=key)
     status = poll_status(context["polling"])
     response = render(request, "batches/batch_list.html#batch-table", context, status=status)
@@ -162,7 +164,9 @@ def _rendering_key(request, freshness: Freshness, live: Live, version: tuple, *,
         request.path,
         sorted(request.GET.lists()),
         can_cancel,
-        request.user.has_perm("batches.create_batch"),
+        access.scope_key(request.user),
+        ",".join(str(connection.pk) for connection in access.connections(request.user, access.CANCEL)),
+        bool(access.connections(request.user, access.CREATE)),
         version,
         freshness.display_key() if freshness.may_change else None,
         live.every,
@@ -170,11 +174,15 @@ def _rendering_key(request, freshness: Freshness, live: Live, version: tuple, *,
     )
 
 
-def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, version: tuple | None = None) -> dict:
-    """Everything the table fragment shows for a list URL's query: used by the list and by the cancel views.
-    `version` is data_version() if the caller has read it already (before any row)."""
+def list_context(
+    query: QueryDict, freshness: Freshness, *, can_cancel: bool, user, version: tuple | None = None
+) -> dict:
+    """Everything the table fragment shows for a list URL's query, of the batches `user` may see: used by the list
+    and by the cancel views. `version` is data_version() if the caller has read it already (before any row)."""
     filters, notices = _parse_filters(query)
-    matching = Batch.objects.matching(
+    visible = access.visible_batches(user)
+    scope = access.scope_key(user)
+    matching = visible.matching(
         endpoint=filters.endpoint,
         model=filters.model,
         q=filters.q,
@@ -183,11 +191,11 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
         job=filters.job,
     )
     version = version or data_version()
-    counts = _counted("status-counts", filters, version, matching.status_counts)
+    counts = _counted(f"status-counts:{scope}", filters, version, matching.status_counts)
     attention = matching.needs_attention_count(counts)  # moves with the clock too (stuck batches): never cached
-    failed_lines = _counted("failed-lines", filters, version, matching.with_failed_lines().count)
-    summary = Batch.objects.summary(since=_start_of_today())
-    spending = Batch.objects.spending(today=timezone.localdate())
+    failed_lines = _counted(f"failed-lines:{scope}", filters, version, matching.with_failed_lines().count)
+    summary = visible.summary(since=_start_of_today())
+    spending = visible.spending(today=timezone.localdate(), connections=access.visible_connection_ids(user))
     batches = matching.with_status(filters.status).sorted_by(filters.sort)
     batches = batches.defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
@@ -200,6 +208,9 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
     page = paginator.page(page_number)
     rows = list(page.object_list)
     Batch.objects.count_retries(rows)
+    cancellable = {connection.pk for connection in access.connections(user, access.CANCEL)}
+    for row in rows:
+        row.viewer_may_cancel = row.connection_id in cancellable
     list_query = filters.query()
     if page_number > 1:
         list_query["page"] = str(page_number)
@@ -222,7 +233,7 @@ def list_context(query: QueryDict, freshness: Freshness, *, can_cancel: bool, ve
         "list_url": reverse("batches:list") + (f"?{list_query.urlencode()}" if list_query else ""),
         "can_cancel": can_cancel,
         "data_version": version,
-        "selectable": can_cancel and any(row.can_cancel_now for row in rows),
+        "selectable": any(row.viewer_may_cancel and row.can_cancel_now for row in rows),
     }
 
 

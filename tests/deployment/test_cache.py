@@ -72,4 +72,4 @@ def test_a_file_size_is_asked_upstream_once_whichever_worker_shows_it(redis_cach
         assert viewer_client.get(f"/batches/{batch['id']}/").status_code == 200
 
     assert len(api.server.requests_to("GET", "/files/file-out")) == 1
-    assert redis.Redis.from_url(redis_cache).keys("*batchboard:file-bytes:file-out")
+    assert redis.Redis.from_url(redis_cache).keys("*batchboard:file-bytes:*file-out")

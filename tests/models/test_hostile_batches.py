@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batches import normalise, services, sync
 from batches.freshness import list_freshness as freshness_of_list
-from batches.models import Batch, BatchSnapshot, DailySpend, SyncState, record_batches
+from batches.models import Batch, BatchSnapshot, Connection, DailySpend, SyncState, record_batches
 from tests.batch_api import payload
 from tests.fake_api import Reply
 from tests.hostile_api import hostile_batch
@@ -242,8 +242,9 @@ def test_finding_1_the_sync_pass_skips_and_counts_a_refused_batch_and_says_so_in
     refused_change = _unnormalised(changed.id, **usage)
     result = sync.SyncResult()
 
-    sync._record_page((normal_new, _unnormalised("batch_refused", **usage), refused_change), result)
-    sync._record_outcome(result, None, 0.1)
+    walk = sync._Walk(Connection.objects.default(), None, result, lambda: True, None, sync.PAGE_SIZE)
+    sync._record_page(walk, (normal_new, _unnormalised("batch_refused", **usage), refused_change))
+    sync._record_outcome(result, None, 0.1, sync.LIST_STATE)
 
     assert result.skipped == 2
     assert Batch.objects.filter(batch_id=normal_new.id).exists()

@@ -43,10 +43,10 @@ def announced():
     sent = []
 
     def changed(sender, **kwargs):
-        sent.append(("changed", {k: v for k, v in kwargs.items() if k != "signal"}))
+        sent.append(("changed", {k: v for k, v in kwargs.items() if k not in ("signal", "connection_id")}))
 
     def final(sender, **kwargs):
-        sent.append(("final", {k: v for k, v in kwargs.items() if k != "signal"}))
+        sent.append(("final", {k: v for k, v in kwargs.items() if k not in ("signal", "connection_id")}))
 
     events.batch_changed.connect(changed)
     events.batch_became_final.connect(final)

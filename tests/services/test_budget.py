@@ -196,12 +196,13 @@ def test_a_minute_opened_by_another_process_meanwhile_is_not_called_spent(settin
     spend = budget._spend
     calls = []
 
-    def spend_while_another_process_opens_the_minute(at_minute, caller):
+    def spend_while_another_process_opens_the_minute(at_minute, caller, connection_id, per_minute):
         calls.append(at_minute)
         if len(calls) == 1:
-            UpstreamMinute.objects.get_or_create(minute=at_minute)  # the other process, between our two queries
+            # the other process, between our two queries
+            UpstreamMinute.objects.get_or_create(connection_id=connection_id, minute=at_minute)
             return False
-        return spend(at_minute, caller)
+        return spend(at_minute, caller, connection_id, per_minute)
 
     monkeypatch.setattr(budget, "_spend", spend_while_another_process_opens_the_minute)
     budget.take(now)

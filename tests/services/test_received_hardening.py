@@ -18,7 +18,7 @@ from django.db import connections
 from django.test import Client
 
 from batches import actions, budget, freshness, services, sync
-from batches.models import Batch
+from batches.models import Batch, Connection
 from tests.fake_api import Reply, example
 
 CHAT = "/v1/chat/completions"
@@ -149,11 +149,12 @@ def test_finding_6_cancels_may_spend_the_common_share_but_not_the_loops(settings
 @pytest.mark.parametrize("caller", list(services.CallFor))
 def test_finding_6_a_call_still_costs_one_read_and_one_conditional_update(settings, django_assert_num_queries, caller):
     now = 8_000_002 * 60.0
-    budget.take(now=now)  # opens the minute
+    connection_id = Connection.objects.default().pk  # as the service client's budget knows it
+    budget.take(now=now, connection_id=connection_id)  # opens the minute
     budget.allow_user("creates:alice", 10, now=now)
 
     with django_assert_num_queries(2):
-        budget.take(now=now, caller=caller)
+        budget.take(now=now, caller=caller, connection_id=connection_id)
     with django_assert_num_queries(1):
         assert budget.allow_user("creates:alice", 10, now=now)
 

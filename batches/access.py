@@ -1,0 +1,64 @@
+"""Who may see and do what, per connection: the one place pages, exports, counts and actions ask.
+
+Teams are Django groups; each connection grants view, cancel or create to teams (batches.models.ConnectionQuerySet).
+What a user may see is read once per request and kept on the user object.
+"""
+
+from __future__ import annotations
+
+from batches.models import Batch, Connection
+
+VIEW, CANCEL, CREATE = "view", "cancel", "create"
+_QUERYSETS = {
+    VIEW: Connection.objects.viewable_by,
+    CANCEL: Connection.objects.cancellable_by,
+    CREATE: Connection.objects.creatable_by,
+}
+
+
+def connections(user, action: str = VIEW) -> list[Connection]:
+    """The connections on which `user` may do `action` (view, cancel, create), read once per request."""
+    cache = user.__dict__.setdefault("_batchboard_connections", {})
+    if not cache:
+        Connection.objects.default()  # the single-key settings' connection exists before anyone is granted it
+    if action not in cache:
+        cache[action] = list(_QUERYSETS[action](user))
+    return cache[action]
+
+
+def may(user, action: str, connection: Connection | int) -> bool:
+    connection_id = connection if isinstance(connection, int) else connection.pk
+    return any(allowed.pk == connection_id for allowed in connections(user, action))
+
+
+def sees_everything(user) -> bool:
+    """The user may view every connection (a superuser, or one in every team): no filter is needed at all."""
+    return user.is_superuser or len(connections(user)) == Connection.objects.count()
+
+
+def visible_batches(user):
+    """Every batch `user` may see. Without a filter when they see every connection, so that the list's indexes
+    serve them as if there were one."""
+    if user.is_authenticated and sees_everything(user):
+        return Batch.objects.all()
+    return Batch.objects.filter(connection__in=[connection.pk for connection in connections(user)])
+
+
+def scope_key(user) -> str:
+    """What `user` may see, as a key for renderings and counts shared between viewers with the same scope."""
+    if sees_everything(user):
+        return "all"
+    return ",".join(str(connection.pk) for connection in connections(user)) or "none"
+
+
+def visible_connection_ids(user) -> list[int] | None:
+    """The ids of the connections `user` may see; None when they see every one (no filter needed)."""
+    return None if sees_everything(user) else [connection.pk for connection in connections(user)]
+
+
+def list_freshness_for(user, now=None):
+    """How current the list is over the connections `user` may see (the loops of the others do not concern them)."""
+    from batches.freshness import list_freshness
+
+    syncing = [connection.list_state for connection in connections(user) if connection.configured]
+    return list_freshness(now, states=syncing or None)
