@@ -49,7 +49,7 @@ def new_file_id(organisation: str) -> str:
     if id_style(organisation) != "gateway":
         return upstream_id
     return _encoded(
-        f"litellm_proxy:application/octet-stream;unified_id,{uuid.uuid4()};target_model_names,sandbox-batch;"
+        f"litellm_proxy:application/octet-stream;unified_id,{uuid.uuid4()};target_model_names,gpt-4o-mini-batch;"
         f"llm_file_id,{upstream_id}"
     )
 

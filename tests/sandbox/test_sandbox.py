@@ -958,7 +958,8 @@ def test_it_refuses_a_cancel_that_arrives_after_another_request_saw_the_batch_fi
     store.observe(batch, _finish_time(batch))
 
     with pytest.raises(store.ApiError) as raised:
-        store.cancel_batch(batch.id, _finish_time(batch) - 5, batch.organisation)  # sent a moment before, while still finalizing
+        # Sent a moment before, while still finalizing.
+        store.cancel_batch(batch.id, _finish_time(batch) - 5, batch.organisation)
     assert (raised.value.status, raised.value.message) == (409, "Cannot cancel a batch with status 'completed'.")
     assert SandboxBatch.objects.get(pk=batch.id).cancel_requested is None
 
