@@ -312,3 +312,18 @@ def test_the_migration_gives_existing_rows_to_the_first_organisation():
 
     assert SandboxFile.objects.get(pk="file-old").organisation == "org-sandbox"
     assert SandboxBatch.objects.get(pk="batch_old").organisation == "org-sandbox"
+
+
+@pytest.mark.once
+def test_the_id_style_setting_takes_openai_or_gateway_and_refuses_anything_else(monkeypatch):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from dashboard.settings import SANDBOX_ID_STYLES, _env_choice
+
+    monkeypatch.setenv("SANDBOX_ID_STYLE", " Gateway ")
+    assert _env_choice("SANDBOX_ID_STYLE", "openai", SANDBOX_ID_STYLES) == "gateway"
+    monkeypatch.setenv("SANDBOX_ID_STYLE", "")
+    assert _env_choice("SANDBOX_ID_STYLE", "openai", SANDBOX_ID_STYLES) == "openai"
+    monkeypatch.setenv("SANDBOX_ID_STYLE", "litellm")
+    with pytest.raises(ImproperlyConfigured, match="SANDBOX_ID_STYLE must be one of openai, gateway; got 'litellm'"):
+        _env_choice("SANDBOX_ID_STYLE", "openai", SANDBOX_ID_STYLES)
