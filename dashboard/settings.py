@@ -53,6 +53,15 @@ def _env_int(name, default, minimum, maximum):
     return int(raw)
 
 
+def _env_choice(name, default, choices):
+    raw = _env(name).lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}; got {raw!r}.")
+    return raw
+
+
 def _env_webhook_secret(name):
     """A Standard Webhooks secret: `whsec_` and base64, or the name of the environment variable that holds one (so
     the secret itself can stay in a secrets manager's variable). Never echoed in an error."""
@@ -138,6 +147,14 @@ if SANDBOX_MODE and _public_hosts and not (SANDBOX_ENABLED and _env("SANDBOX_ENA
         "Set OPENAI_API_KEY, or set SANDBOX_ENABLED=true to serve the sandbox on these hosts on purpose."
     )
 SANDBOX_API_KEY = "sk-sandbox"
+# A second, independent sandbox organisation (org-sandbox-second) under its own public key: its own batches and files,
+# its own smaller demo seed, none of the first's visible to it (for trying several upstream connections offline).
+SANDBOX_SECOND_API_KEY = "sk-sandbox-second"
+# The ids each organisation gives new batches and files: "openai" (batch_..., file-...), or "gateway": long
+# base64url strings like those of LiteLLM's managed files, to try the dashboard against a compatible gateway.
+SANDBOX_ID_STYLES = ("openai", "gateway")
+SANDBOX_ID_STYLE = _env_choice("SANDBOX_ID_STYLE", "openai", SANDBOX_ID_STYLES)
+SANDBOX_SECOND_ID_STYLE = _env_choice("SANDBOX_SECOND_ID_STYLE", "openai", SANDBOX_ID_STYLES)
 SANDBOX_URL = _env_url("SANDBOX_URL", "http://127.0.0.1:8000/sandbox/v1")
 OPENAI_BASE_URL = SANDBOX_URL if SANDBOX_MODE else _env_url("OPENAI_BASE_URL", "https://api.openai.com/v1")
 

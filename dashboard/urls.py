@@ -28,5 +28,6 @@ urlpatterns = [
     path("metrics", health.metrics_view, name="metrics"),
 ]
 if settings.SANDBOX_ENABLED:
-    # Bearer-authenticated with a well-known key, so it is only served where it is the upstream (no real key).
-    urlpatterns.append(path("sandbox/v1/", include("sandbox.urls")))
+    # Authenticated with well-known keys, so it is only served where it is the upstream (no real key): the API at
+    # /sandbox/v1/ as OpenAI serves it, and at /sandbox/openai/v1/ as Azure OpenAI's v1 API does.
+    urlpatterns.append(path("sandbox/", include("sandbox.urls")))

@@ -10,11 +10,15 @@ from django.db import models
 
 from sandbox.simulation import Plan
 
+# Ids are long enough for a gateway's encoded ids (sandbox/organisations.py).
+ID_LENGTH = 512
+
 
 class SandboxFile(models.Model):
     """A file as the Files API knows it; its bytes live in settings.SANDBOX_FILES_DIR under its id."""
 
-    id = models.CharField(primary_key=True, max_length=40)
+    id = models.CharField(primary_key=True, max_length=ID_LENGTH)
+    organisation = models.CharField(max_length=32)  # the one that uploaded it, or whose batch wrote it
     filename = models.CharField(max_length=255)
     purpose = models.CharField(max_length=32)
     bytes = models.BigIntegerField()
@@ -25,6 +29,7 @@ class SandboxFile(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organisation", "created_at", "id"], name="sandbox_file_org_page")]
 
     def __str__(self):
         return self.id
@@ -37,9 +42,10 @@ class SandboxFile(models.Model):
 class SandboxBatch(models.Model):
     """A batch: what was asked, and the plan from which its state at any moment is computed (see simulation.py)."""
 
-    id = models.CharField(primary_key=True, max_length=64)
+    id = models.CharField(primary_key=True, max_length=ID_LENGTH)
+    organisation = models.CharField(max_length=32)
     endpoint = models.CharField(max_length=64)
-    input_file_id = models.CharField(max_length=40)
+    input_file_id = models.CharField(max_length=ID_LENGTH)
     completion_window = models.CharField(max_length=8, default="24h")
     metadata = models.JSONField(null=True, blank=True)
     output_expires_after = models.IntegerField(null=True, blank=True)
@@ -61,14 +67,15 @@ class SandboxBatch(models.Model):
 
     # Result files, written once when the batch is first seen terminal.
     results_ready = models.BooleanField(default=False, db_index=True)
-    output_file_id = models.CharField(max_length=40, blank=True)
-    error_file_id = models.CharField(max_length=40, blank=True)
+    output_file_id = models.CharField(max_length=ID_LENGTH, blank=True)
+    error_file_id = models.CharField(max_length=ID_LENGTH, blank=True)
     # When the batch turns final (by its plan), until the webhook sender has noticed it (sandbox/webhooks.py): the
     # sender looks only at batches due by now. None: nothing left to send.
     webhook_due_at = models.FloatField(null=True, blank=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organisation", "created_at", "id"], name="sandbox_batch_org_page")]
 
     def __str__(self):
         return self.id
@@ -105,7 +112,7 @@ class SandboxWebhook(models.Model):
     an event is created once however many senders notice the batch; `webhook_id` stays the same across retries, as
     Standard Webhooks says."""
 
-    batch_id = models.CharField(max_length=64)
+    batch_id = models.CharField(max_length=ID_LENGTH)
     type = models.CharField(max_length=32)
     webhook_id = models.CharField(max_length=64, unique=True)
     body = models.TextField()  # the event exactly as signed and sent

@@ -1,5 +1,6 @@
-"""The demo organisation: three dozen batches in every status, with real input files, created on first use; and a
-large organisation for benchmarks (seed_scale), bulk-inserted in seconds.
+"""The demo organisation: three dozen batches in every status, with real input files, created on first use; the second
+organisation's smaller demo set (ten batches of another business, so two connections look different), created on
+its own first use; and a large organisation for benchmarks (seed_scale), bulk-inserted in seconds.
 
 Seeded batches run in real time (speed 1), whatever SANDBOX_SPEED is: the history then has realistic durations
 (hours of processing two weeks ago), and the handful of live batches keep moving for 20-60 minutes after start-up,
@@ -15,11 +16,13 @@ from pathlib import Path
 
 from django.db import IntegrityError, connection, transaction
 
-from sandbox import store
+from sandbox import organisations, store
 from sandbox.models import SandboxBatch, SandboxFile, SeedMarker
 from sandbox.validation import scan_input
 
 DEMO = "demo"
+# The seed marker of each organisation's demo set.
+DEMO_MARKERS = {organisations.FIRST: DEMO, organisations.SECOND: "demo-second"}
 HOUR = 3600.0
 DAY = 86_400.0
 MINUTE = 60.0
@@ -76,12 +79,13 @@ def _lines(endpoint: str, model: str, count: int, prefix: str, **extra) -> list[
     return [json.dumps(_request(endpoint, model, f"{prefix}-{i}", i, **extra)) for i in range(1, count + 1)]
 
 
-def _input_file(lines: list[str], filename: str, created: float) -> SandboxFile:
-    file_id = store.new_file_id()
+def _input_file(lines: list[str], filename: str, created: float, organisation: str) -> SandboxFile:
+    file_id = organisations.new_file_id(organisation)
     path = store.files_dir() / file_id
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return SandboxFile.objects.create(
         id=file_id,
+        organisation=organisation,
         filename=filename,
         purpose="batch",
         bytes=path.stat().st_size,
@@ -93,6 +97,7 @@ def _input_file(lines: list[str], filename: str, created: float) -> SandboxFile:
 def _batch(
     now: float,
     *,
+    organisation: str = organisations.FIRST,
     age: float,
     endpoint: str,
     lines: list[str],
@@ -106,7 +111,7 @@ def _batch(
 ) -> SandboxBatch:
     created = now - age
     slug = metadata["description"].lower().replace(" ", "_")[:40]
-    input_file = _input_file(lines, f"{slug}.jsonl", created - 90)
+    input_file = _input_file(lines, f"{slug}.jsonl", created - 90, organisation)
     batch = store.create_batch(
         input_file=input_file,
         endpoint=endpoint,
@@ -169,7 +174,7 @@ CANCELLED = (
 
 
 def seed_demo(now: float) -> list[SandboxBatch]:
-    """Create the demo batches relative to `now` (deterministic apart from ids)."""
+    """Create the first organisation's demo batches relative to `now` (deterministic apart from ids)."""
     rng = random.Random(2026)
     made = []
 
@@ -240,12 +245,80 @@ def seed_demo(now: float) -> list[SandboxBatch]:
     return made
 
 
+# The second organisation: a finance and legal team, ten batches. Live as LIVE, completed as COMPLETED.
+SECOND_LIVE = (
+    ("Contract clause extraction", CHAT, "gpt-4.1-mini", 400, 3, 5, 35),  # still validating
+    ("Invoice line-item embeddings", EMBEDDINGS, "text-embedding-3-small", 900, 12, 4, 12 - 4 + 30),
+    ("Compliance Q&A eval", RESPONSES, "gpt-5-mini", 120, 20, 3, 20 - 3 + 25),
+)
+SECOND_COMPLETED = (
+    ("Quarterly filings summaries", CHAT, "gpt-4.1", 80),
+    ("Vendor name normalisation", CHAT, "gpt-4o-mini", 300),
+    ("Policy document embeddings", EMBEDDINGS, "text-embedding-3-large", 250),
+    ("Audit sampling eval", RESPONSES, "o4-mini", 60),
+    ("Expense category tagging", CHAT, "gpt-4o-mini", 150),
+)
+SECOND_PEOPLE = ("noor", "felix", "ines")
+SECOND_TEAMS = ("legal", "finance", "compliance")
+
+
+def seed_second_demo(now: float) -> list[SandboxBatch]:
+    """Create the second organisation's demo batches relative to `now`: running, completed, failed and cancelled."""
+    rng = random.Random(2027)
+    made = []
+
+    def add(description, endpoint, lines, **plan):
+        metadata = {"description": description, "team": rng.choice(SECOND_TEAMS), "owner": rng.choice(SECOND_PEOPLE)}
+        made.append(
+            _batch(now, organisation=organisations.SECOND, endpoint=endpoint, lines=lines, metadata=metadata, **plan)
+        )
+
+    for index, (description, endpoint, model, count, age, validate, run) in enumerate(SECOND_LIVE):
+        lines = _lines(endpoint, model, count, f"ops{index}")
+        add(description, endpoint, lines, age=age * MINUTE, validate=validate * MINUTE, run=run * MINUTE)
+    for index, (description, endpoint, model, count) in enumerate(SECOND_COMPLETED):
+        add(
+            description,
+            endpoint,
+            _lines(endpoint, model, count, f"fin{index}"),
+            age=(index + 1) * 1.7 * DAY + rng.uniform(0, 4 * HOUR),
+            validate=rng.uniform(1, 8) * MINUTE,
+            run=rng.uniform(0.5, 5) * HOUR,
+            finalize=rng.uniform(3, 15) * MINUTE,
+        )
+    glossary = _lines(CHAT, "gpt-4o-mini", 30, "term")
+    glossary[4] = glossary[4][:-7]  # cut short: the batch fails validation on line 5
+    add("Translated glossary import", CHAT, glossary, age=2.2 * DAY, validate=50, run=HOUR)
+    add(
+        "Duplicate filings run",
+        CHAT,
+        _lines(CHAT, "gpt-4.1", 200, "dup"),
+        age=4.4 * DAY,
+        validate=4 * MINUTE,
+        run=5 * HOUR,
+        drain=5 * MINUTE,
+        cancel_after=90 * MINUTE,
+    )
+    return made
+
+
+DEMOS = {organisations.FIRST: seed_demo, organisations.SECOND: seed_second_demo}
+
+
 # seed_scale: batches per bulk insert, and the lines of the one input file every scaled batch shares.
 SCALE_CHUNK = 5000
 SCALE_LINES = 20
 
 
-def seed_scale(batches: int, running: int, now: float, *, days: float = 30.0, seed: int = 7) -> dict[str, int]:
+def seed_scale(
+    batches: int,
+    running: int,
+    now: float,
+    *,
+    days: float = 30.0,
+    seed: int = 7,
+    organisation: str = organisations.FIRST,
+) -> dict[str, int]:
     """Add `batches` batches created over the last `days` days, the newest `running` of them still running for hours.
 
     For benchmarks at scale (100,000 batches in seconds): rows are bulk-inserted, all batches share one input file
@@ -258,9 +331,11 @@ def seed_scale(batches: int, running: int, now: float, *, days: float = 30.0, se
     rng = random.Random(seed)
     created_first = now - days * DAY
     lines = _lines(CHAT, "gpt-4o-mini", SCALE_LINES, "scale")
-    input_file = _input_file(lines, "scale-input.jsonl", created_first - HOUR)
+    input_file = _input_file(lines, "scale-input.jsonl", created_first - HOUR, organisation)
     scan = scan_input(input_file.path, CHAT)
-    output_file = _input_file(lines, "scale-output.jsonl", created_first)  # any bytes: nobody reads them here
+    output_file = _input_file(
+        lines, "scale-output.jsonl", created_first, organisation
+    )  # any bytes: nobody reads them here
     SandboxFile.objects.filter(pk=output_file.pk).update(purpose="batch_output")
     counts = {"running": 0, "completed": 0, "cancelled": 0, "failed": 0}
     finished = batches - running
@@ -302,7 +377,8 @@ def _scaled_batch(created, kind, input_file, output_file, scan, now, rng) -> San
     # A running batch's run ends 12-20 hours after now; a finished one ran for up to three hours.
     run = (now - created) + rng.uniform(12, 20) * HOUR if running else rng.uniform(0.2, 3) * HOUR
     batch = SandboxBatch(
-        id=store.new_batch_id(created),
+        id=organisations.new_batch_id(input_file.organisation, created),
+        organisation=input_file.organisation,
         endpoint=CHAT,
         input_file_id=input_file.id,
         metadata={"description": f"scaled {kind} batch", "team": rng.choice(TEAMS)},
@@ -328,25 +404,26 @@ def _scaled_batch(created, kind, input_file, output_file, scan, now, rng) -> San
     return batch
 
 
-def ensure_seeded() -> bool:
-    """Seed the demo organisation unless it ever was; safe when several requests race (the marker is unique)."""
-    if SeedMarker.objects.filter(name=DEMO).exists():
+def ensure_seeded(organisation: str = organisations.FIRST) -> bool:
+    """Seed the organisation's demo set unless it ever was; safe when several requests race (the marker is unique)."""
+    marker = DEMO_MARKERS[organisation]
+    if SeedMarker.objects.filter(name=marker).exists():
         return False
     try:
         with transaction.atomic():
-            SeedMarker.objects.create(name=DEMO)
-            seed_demo(time.time())
+            SeedMarker.objects.create(name=marker)
+            DEMOS[organisation](time.time())
     except IntegrityError:
         return False
     return True
 
 
 def reset() -> None:
-    """Forget every sandbox batch and file (and the seed marker); only the sandbox's own files are removed."""
+    """Forget every sandbox batch and file (and the seed markers); only the sandbox's own files are removed."""
     SandboxBatch.objects.all().delete()
     SandboxFile.objects.all().delete()
     SeedMarker.objects.all().delete()
     directory = Path(store.files_dir())
-    for pattern in ("file-*", ".upload-*", ".output-*", ".errors-*"):
+    for pattern in ("file-*", f"{organisations.GATEWAY_FILE_ID_PREFIX}*", ".upload-*", ".output-*", ".errors-*"):
         for path in directory.glob(pattern):
             path.unlink(missing_ok=True)

@@ -11,6 +11,9 @@ SANDBOX_FILE_MAX_AGE (so a file the API would keep until deleted shows that expi
 removed from disk at the next upload, and an upload that would take the files past SANDBOX_STORAGE_QUOTA is refused
 with a 400 (the reference documents a 2.5 TB project limit but not its error; code and wording are the sandbox's).
 Result files are always written, even past the quota: they only make the next upload wait for room.
+
+Every function that finds objects by id or lists them takes the organisation asking (sandbox/organisations.py) and
+sees only its objects; storage (quota, purging) is shared, as the files share one folder.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-import string
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -28,7 +29,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, Sum
 
-from sandbox import results
+from sandbox import organisations, results
 from sandbox.api import ApiError
 from sandbox.models import SandboxBatch, SandboxFile
 from sandbox.rules import FILE_RETENTION_S
@@ -44,7 +45,7 @@ SCENARIO_KEY = "sandbox_scenario"
 SCENARIOS = ("expire", "slow", "all_fail", "token_limit")
 TOKEN_LIMIT_ERROR = {
     "code": "token_limit_exceeded",
-    "message": "Enqueued token limit reached for {model} in organization org-sandbox. Limit: 2,000,000 enqueued "
+    "message": "Enqueued token limit reached for {model} in organization {organisation}. Limit: 2,000,000 enqueued "
     "tokens. Please try again once some in_progress batches have been completed.",
     "param": None,
     "line": None,
@@ -55,16 +56,6 @@ def files_dir() -> Path:
     path = Path(settings.SANDBOX_FILES_DIR)
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def new_file_id() -> str:
-    alphabet = string.ascii_letters + string.digits
-    return "file-" + "".join(secrets.choice(alphabet) for _ in range(22))
-
-
-def new_batch_id(created: float) -> str:
-    # Like OpenAI's ids: a hex timestamp, then random hex.
-    return f"batch_{int(created):08x}{secrets.token_hex(12)}"
 
 
 # --- Files ------------------------------------------------------------------
@@ -102,8 +93,17 @@ def purge_expired(now: float) -> None:
         SandboxFile.objects.filter(pk__in=file_ids).delete()
 
 
-def store_file(temp_path: Path, *, filename: str, purpose: str, now: float, expires_after: int | None) -> SandboxFile:
-    """Adopt an uploaded file already streamed to disk (in the files folder, so the move is a rename).
+def store_file(
+    temp_path: Path,
+    *,
+    filename: str,
+    purpose: str,
+    now: float,
+    expires_after: int | None,
+    organisation: str = organisations.FIRST,
+) -> SandboxFile:
+    """Adopt an uploaded file already streamed to disk (in the files folder, so the move is a rename), for the
+    organisation that uploaded it (benchmarks that store files directly leave it to the first).
 
     The quota was checked while the file streamed in; it is checked again here, since uploads running at the same
     time each saw the room left before the others took it.
@@ -112,7 +112,7 @@ def store_file(temp_path: Path, *, filename: str, purpose: str, now: float, expi
     used = storage_used()
     if used + size > settings.SANDBOX_STORAGE_QUOTA:
         raise over_quota(used)
-    file_id = new_file_id()
+    file_id = organisations.new_file_id(organisation)
     target = files_dir() / file_id
     os.replace(temp_path, target)
     created_at = int(now)
@@ -120,6 +120,7 @@ def store_file(temp_path: Path, *, filename: str, purpose: str, now: float, expi
         expires_after = FILE_RETENTION_S
     return SandboxFile.objects.create(
         id=file_id,
+        organisation=organisation,
         filename=filename,
         purpose=purpose,
         bytes=size,
@@ -128,21 +129,23 @@ def store_file(temp_path: Path, *, filename: str, purpose: str, now: float, expi
     )
 
 
-def _live_files(now: float):
-    return SandboxFile.objects.filter(deleted=False).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+def _live_files(now: float, organisation: str):
+    return SandboxFile.objects.filter(organisation=organisation, deleted=False).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
 
 
-def get_file(file_id: str, now: float) -> SandboxFile:
+def get_file(file_id: str, now: float, organisation: str) -> SandboxFile:
     # A result file gets its id when it is written, so no client can ask for one that is not written yet.
-    file = _live_files(now).filter(pk=file_id).first()
+    file = _live_files(now, organisation).filter(pk=file_id).first()
     if file is None:
         raise ApiError(404, f"No such File object: {file_id}", param="id")
     return file
 
 
-def batch_input_file(file_id: str, now: float) -> SandboxFile:
+def batch_input_file(file_id: str, now: float, organisation: str) -> SandboxFile:
     """The file a new batch reads, or the 400 the API answers for an unknown or unsuitable one."""
-    file = _live_files(now).filter(pk=file_id).first()
+    file = _live_files(now, organisation).filter(pk=file_id).first()
     if file is None or not file.path.exists():
         raise ApiError(400, f"Invalid 'input_file_id': no file with id '{file_id}' exists.", param="input_file_id")
     if file.purpose != "batch":
@@ -155,15 +158,15 @@ def batch_input_file(file_id: str, now: float) -> SandboxFile:
     return file
 
 
-def list_files(*, now: float, purpose: str | None, limit: int, order: str, after: str | None):
-    materialize_due(now)
-    files = _live_files(now)
+def list_files(*, now: float, organisation: str, purpose: str | None, limit: int, order: str, after: str | None):
+    materialize_due(now, organisation)
+    files = _live_files(now, organisation)
     if purpose:
         files = files.filter(purpose=purpose)
     descending = order == "desc"
     files = files.order_by(*(["-created_at", "-id"] if descending else ["created_at", "id"]))
     if after:
-        cursor = SandboxFile.objects.filter(pk=after).first()
+        cursor = SandboxFile.objects.filter(pk=after, organisation=organisation).first()
         if cursor is None:
             return [], False
         if descending:
@@ -178,8 +181,8 @@ def list_files(*, now: float, purpose: str | None, limit: int, order: str, after
     return page[:limit], len(page) > limit
 
 
-def delete_file(file_id: str, now: float) -> None:
-    file = get_file(file_id, now)
+def delete_file(file_id: str, now: float, organisation: str) -> None:
+    file = get_file(file_id, now, organisation)
     SandboxFile.objects.filter(pk=file.pk).update(deleted=True)
     _discard_if_unneeded(file.id)
 
@@ -211,18 +214,22 @@ def create_batch(
 
     `durations` overrides the simulated phase durations (the demo seed uses it); otherwise they come from
     simulation.durations. `scenario` steers demos and tests: "expire", "slow", "all_fail" or "token_limit".
+    The batch belongs to its input file's organisation.
     """
     scenario = scenario if scenario in SCENARIOS else ""
-    batch_id = new_batch_id(now)
+    organisation = input_file.organisation
+    batch_id = organisations.new_batch_id(organisation, now)
     scan = scan_input(
         input_file.path, endpoint, attempt=results.attempt_of(metadata), force_failure=scenario == "all_fail"
     )
     errors = scan.errors
     if scenario == "token_limit" and not errors:
-        errors = [{**TOKEN_LIMIT_ERROR, "message": TOKEN_LIMIT_ERROR["message"].format(model=scan.model)}]
+        message = TOKEN_LIMIT_ERROR["message"].format(model=scan.model, organisation=organisation)
+        errors = [{**TOKEN_LIMIT_ERROR, "message": message}]
     plan_durations = durations or simulated_durations(batch_id, scan.total, scenario)
     batch = SandboxBatch(
         id=batch_id,
+        organisation=organisation,
         endpoint=endpoint,
         input_file_id=input_file.id,
         metadata=metadata,
@@ -242,9 +249,9 @@ def create_batch(
     return batch
 
 
-def get_batch(batch_id: str, *, for_update: bool = False) -> SandboxBatch:
+def get_batch(batch_id: str, organisation: str, *, for_update: bool = False) -> SandboxBatch:
     batches = SandboxBatch.objects.select_for_update() if for_update else SandboxBatch.objects
-    batch = batches.filter(pk=batch_id).first()
+    batch = batches.filter(pk=batch_id, organisation=organisation).first()
     if batch is None:
         raise ApiError(404, f"No batch found with id '{batch_id}'.")
     return batch
@@ -258,11 +265,11 @@ def observe(batch: SandboxBatch, now: float) -> tuple[SandboxBatch, State]:
     return batch, state
 
 
-def list_batches(*, now: float, limit: int, after: str | None):
+def list_batches(*, now: float, organisation: str, limit: int, after: str | None):
     """Newest first by created_at, the id breaking ties; `after` is the id of the last batch of the previous page."""
-    batches = SandboxBatch.objects.order_by("-created_at", "-id")
+    batches = SandboxBatch.objects.filter(organisation=organisation).order_by("-created_at", "-id")
     if after:
-        cursor = SandboxBatch.objects.filter(pk=after).first()
+        cursor = batches.filter(pk=after).first()
         if cursor is None:
             return [], False
         # Not an OR of the two conditions: SQLite then sorts every older batch (1.7 s at 100,000); this form reads the
@@ -274,9 +281,9 @@ def list_batches(*, now: float, limit: int, after: str | None):
     return [observe(batch, now) for batch in page[:limit]], len(page) > limit
 
 
-def cancel_batch(batch_id: str, now: float) -> tuple[SandboxBatch, State]:
+def cancel_batch(batch_id: str, now: float, organisation: str) -> tuple[SandboxBatch, State]:
     with transaction.atomic():
-        batch = get_batch(batch_id, for_update=True)
+        batch = get_batch(batch_id, organisation, for_update=True)
         state = state_at(batch.plan, now)
         if state.is_terminal or batch.results_ready:
             # results_ready while `state` still runs: a request that came in a moment later saw the batch finish.
@@ -292,9 +299,10 @@ def cancel_batch(batch_id: str, now: float) -> tuple[SandboxBatch, State]:
     return observe(batch, now)
 
 
-def materialize_due(now: float) -> None:
-    """Write the result files of every batch that has become terminal unseen, so file listings include them."""
-    for batch in SandboxBatch.objects.filter(results_ready=False):
+def materialize_due(now: float, organisation: str) -> None:
+    """Write the result files of the organisation's batches that have become terminal unseen, so its file listings
+    include them."""
+    for batch in SandboxBatch.objects.filter(organisation=organisation, results_ready=False):
         observe(batch, now)
 
 
@@ -311,7 +319,7 @@ def _materialize(batch: SandboxBatch, state: State, now: float) -> tuple[Sandbox
     written = _write_result_files(batch, state)
     try:
         with transaction.atomic():
-            locked = get_batch(batch.pk, for_update=True)
+            locked = get_batch(batch.pk, batch.organisation, for_update=True)
             if not locked.results_ready and locked.cancel_requested == batch.cancel_requested:
                 file_ids = {
                     kind: _adopt_result(locked, path, kind, state.terminal_at) for kind, path in written.items()
@@ -395,11 +403,12 @@ def _write_result_files(batch: SandboxBatch, state: State) -> dict[str, Path]:
 
 
 def _adopt_result(batch: SandboxBatch, temp_path: Path, kind: str, created_at: int) -> str:
-    file_id = new_file_id()
+    file_id = organisations.new_file_id(batch.organisation)
     target = files_dir() / file_id
     os.replace(temp_path, target)
     SandboxFile.objects.create(
         id=file_id,
+        organisation=batch.organisation,
         filename=f"{batch.id}_{kind}.jsonl",
         purpose="batch_output",
         bytes=target.stat().st_size,

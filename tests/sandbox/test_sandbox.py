@@ -939,7 +939,7 @@ def test_it_starts_again_when_a_cancel_lands_while_results_are_written(sandbox_u
     settings.SANDBOX_SPEED = 1.0
     created = _batch(sandbox_url, [_chat_line(f"r{i}") for i in range(20)])
     stale = SandboxBatch.objects.get(pk=created["id"])  # read before the cancel, so it will look completed
-    store.cancel_batch(stale.id, stale.created + stale.validate_s + stale.run_s / 2)
+    store.cancel_batch(stale.id, stale.created + stale.validate_s + stale.run_s / 2, stale.organisation)
 
     batch, state = store.observe(stale, _finish_time(stale))
 
@@ -958,7 +958,8 @@ def test_it_refuses_a_cancel_that_arrives_after_another_request_saw_the_batch_fi
     store.observe(batch, _finish_time(batch))
 
     with pytest.raises(store.ApiError) as raised:
-        store.cancel_batch(batch.id, _finish_time(batch) - 5)  # sent a moment before, while still finalizing
+        # Sent a moment before, while still finalizing.
+        store.cancel_batch(batch.id, _finish_time(batch) - 5, batch.organisation)
     assert (raised.value.status, raised.value.message) == (409, "Cannot cancel a batch with status 'completed'.")
     assert SandboxBatch.objects.get(pk=batch.id).cancel_requested is None
 
@@ -1270,11 +1271,15 @@ def test_it_keeps_seeded_batches_live_for_a_while(db):
 
 def test_it_seeds_and_reseeds_from_the_command_line(db, capsys, settings):
     call_command("seed_sandbox")
-    assert "Seeded 36 demo batches" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Seeded 36 demo batches for org-sandbox:" in out
+    assert "Seeded 10 demo batches for org-sandbox-second:" in out
     call_command("seed_sandbox")
-    assert "already seeded" in capsys.readouterr().out
+    assert capsys.readouterr().out.count("already seeded") == 2
     first_ids = set(SandboxBatch.objects.values_list("id", flat=True))
     call_command("seed_sandbox", "--reset")
-    assert SandboxBatch.objects.count() == 36 and not first_ids & set(SandboxBatch.objects.values_list("id", flat=True))
+    by_organisation = Counter(SandboxBatch.objects.values_list("organisation", flat=True))
+    assert by_organisation == {"org-sandbox": 36, "org-sandbox-second": 10}
+    assert not first_ids & set(SandboxBatch.objects.values_list("id", flat=True))
     stored = {path.name for path in settings.SANDBOX_FILES_DIR.iterdir()}
     assert stored == set(SandboxFile.objects.values_list("id", flat=True))

@@ -1,20 +1,22 @@
-"""Seed the sandbox's demo organisation now (normally done on first use), optionally starting from scratch."""
+"""Seed the sandbox's two demo organisations now (normally each is seeded on its first use), optionally starting from
+scratch."""
 
 import time
 from collections import Counter
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sandbox import clock, seed
+from sandbox import clock, organisations, seed
 from sandbox.models import SandboxBatch
 from sandbox.simulation import state_at
 
 
 class Command(BaseCommand):
     help = (
-        "Create the sandbox's demo batches if they were never created; --reset deletes every sandbox batch first. "
-        "With --batches N: add N batches created over the last --days days instead (bulk-inserted, seconds for "
-        "100,000), the newest --running of them still running, for trying batchboard at scale."
+        "Create the demo batches of the sandbox's two organisations (keys sk-sandbox and sk-sandbox-second) if they "
+        "were never created; --reset deletes every sandbox batch first. With --batches N: add N batches to the first "
+        "organisation, created over the last --days days, instead (bulk-inserted, seconds for 100,000), the newest "
+        "--running of them still running, for trying batchboard at scale."
     )
 
     def add_arguments(self, parser):
@@ -39,10 +41,15 @@ class Command(BaseCommand):
                 self.style.SUCCESS(f"Added {batches:,} batches ({summary}) in {time.monotonic() - started:.1f} s.")
             )
             return
-        if not seed.ensure_seeded():
-            self.stdout.write("The sandbox was already seeded; use --reset to start again.")
-            return
-        now = clock.now()
-        statuses = Counter(state_at(batch.plan, now).status for batch in SandboxBatch.objects.all())
-        summary = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
-        self.stdout.write(self.style.SUCCESS(f"Seeded {sum(statuses.values())} demo batches: {summary}."))
+        for organisation in (organisations.FIRST, organisations.SECOND):
+            if not seed.ensure_seeded(organisation):
+                self.stdout.write(f"The sandbox's {organisation} was already seeded; use --reset to start again.")
+                continue
+            now = clock.now()
+            statuses = Counter(
+                state_at(batch.plan, now).status for batch in SandboxBatch.objects.filter(organisation=organisation)
+            )
+            summary = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+            self.stdout.write(
+                self.style.SUCCESS(f"Seeded {sum(statuses.values())} demo batches for {organisation}: {summary}.")
+            )
