@@ -466,7 +466,9 @@ BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = _env_int("BATCHBOARD_LOGIN_FAILURES_PER_
 BATCHBOARD_OIDC_CLIENT_ID = _env("BATCHBOARD_OIDC_CLIENT_ID")
 BATCHBOARD_OIDC_ENABLED = bool(BATCHBOARD_OIDC_CLIENT_ID)
 BATCHBOARD_OIDC_CLIENT_SECRET = _env("BATCHBOARD_OIDC_CLIENT_SECRET")
-BATCHBOARD_OIDC_ISSUER = _env_url("BATCHBOARD_OIDC_ISSUER", "https://sso.example.com") if _env("BATCHBOARD_OIDC_ISSUER") else ""
+BATCHBOARD_OIDC_ISSUER = ""
+if _env("BATCHBOARD_OIDC_ISSUER"):
+    BATCHBOARD_OIDC_ISSUER = _env_url("BATCHBOARD_OIDC_ISSUER", "https://sso.example.com")
 BATCHBOARD_OIDC_ENDPOINTS = {
     name: _env_url(f"BATCHBOARD_OIDC_{name.upper()}", f"https://sso.example.com/{name}")
     for name in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri", "end_session_endpoint")
@@ -486,7 +488,9 @@ if BATCHBOARD_OIDC_ENABLED and "openid" not in BATCHBOARD_OIDC_SCOPES.split():
     raise ImproperlyConfigured(f"BATCHBOARD_OIDC_SCOPES must include openid; got {BATCHBOARD_OIDC_SCOPES!r}.")
 BATCHBOARD_OIDC_SIGN_ALGO = _env("BATCHBOARD_OIDC_SIGN_ALGO", "RS256")
 if not re.fullmatch(r"(RS|ES|PS|HS)(256|384|512)", BATCHBOARD_OIDC_SIGN_ALGO):
-    raise ImproperlyConfigured(f"BATCHBOARD_OIDC_SIGN_ALGO must be e.g. RS256 or HS256; got {BATCHBOARD_OIDC_SIGN_ALGO!r}.")
+    raise ImproperlyConfigured(
+        f"BATCHBOARD_OIDC_SIGN_ALGO must be an algorithm such as RS256 or HS256; got {BATCHBOARD_OIDC_SIGN_ALGO!r}."
+    )
 if BATCHBOARD_OIDC_ENABLED and BATCHBOARD_OIDC_SIGN_ALGO.startswith("HS") and not BATCHBOARD_OIDC_CLIENT_SECRET:
     raise ImproperlyConfigured("BATCHBOARD_OIDC_SIGN_ALGO HS* verifies tokens with the client secret: set it.")
 BATCHBOARD_OIDC_TIMEOUT = _env_float("BATCHBOARD_OIDC_TIMEOUT", 10.0, 1.0, 120.0)
