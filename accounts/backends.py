@@ -32,6 +32,14 @@ def password_login_allowed(username: str | None) -> bool:
     return bool(settings.BATCHBOARD_BREAK_GLASS_USER) and username == settings.BATCHBOARD_BREAK_GLASS_USER
 
 
+def is_provider_callback(request, credentials=None) -> bool:
+    """django-axes' AXES_WHITELIST_CALLABLE: the provider's callback (which alone authenticates with a nonce) is not
+    a password guess, and names no user to throttle, so axes would lock every sign-in from the address after a few
+    refusals. The provider throttles its own logins; refusals still count towards BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS
+    (audit.login_limit)."""
+    return bool(credentials) and "nonce" in credentials and not credentials.get("username")
+
+
 class LocalPasswordBackend(ModelBackend):
     """Django's user name and password check, off (but for the break-glass superuser) when BATCHBOARD_LOCAL_LOGIN
     is off: here, so the admin's login and any other form are refused too, not only the login page. A refusal is

@@ -456,6 +456,8 @@ AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "audit.client.client_ip"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_SENSITIVE_PARAMETERS = ["password"]
+# Single sign-on's callback is not a password login (accounts.backends.is_provider_callback says why).
+AXES_WHITELIST_CALLABLE = "accounts.backends.is_provider_callback"
 # Password spraying (one guess at each of many user names): an address is refused like a locked pair once it has
 # failed this many logins in the last hour, whatever the names (audit.login_limit).
 BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = _env_int("BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS", 50, 1, 1_000_000)

@@ -9,6 +9,7 @@ import pytest
 import requests
 from django.contrib.auth.models import Group, User
 
+from accounts import provider
 from accounts.models import ManagedGroup, OidcIdentity
 from audit.models import Action, AuditEvent
 
@@ -204,4 +205,69 @@ def test_the_break_glass_login_is_still_throttled(client, sso_only, settings, dj
     for _ in range(3):
         _post_login(client, "rescue", "wrong")
     assert _post_login(client, "rescue", "pw-rescue-long-1").status_code == 429
+    assert "_auth_user_id" not in client.session
+
+
+def test_logout_ends_the_session_and_with_provider_logout_goes_on_to_the_provider(client, sso, settings):
+    sub = sso.add_user(_subject(), preferred_username="kit")
+    sign_in(client, sso, sub)
+    response = client.post("/accounts/logout/")
+    assert response.status_code == 302 and response["Location"] == "/accounts/login/"
+    assert "_auth_user_id" not in client.session
+
+    settings.BATCHBOARD_OIDC_PROVIDER_LOGOUT = True
+    sign_in(client, sso, sub)
+    response = client.post("/accounts/logout/")
+    assert "_auth_user_id" not in client.session
+    location = urlsplit(response["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == f"{sso.url}/oauth2/end_session"
+    assert "post_logout_redirect_uri=http%3A%2F%2Ftestserver%2Faccounts%2Flogin%2F" in location.query
+
+
+def test_a_password_session_logs_out_here_only_even_with_provider_logout(client, settings, viewer):
+    settings.BATCHBOARD_OIDC_PROVIDER_LOGOUT = True
+    client.post("/accounts/login/", {"username": "viewer", "password": "pw-viewer"})
+    assert client.post("/accounts/logout/")["Location"] == "/accounts/login/"
+
+
+def test_endpoints_given_one_by_one_need_no_discovery(client, sso, settings):
+    document = requests.get(f"{sso.url}/.well-known/openid-configuration", timeout=10).json()
+    settings.BATCHBOARD_OIDC_ISSUER = ""
+    settings.BATCHBOARD_OIDC_ENDPOINTS = {
+        name: document[name] for name in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri")
+    }
+    sub = sso.add_user(_subject(), preferred_username="lou")
+    assert sign_in(client, sso, sub).status_code == 302
+    assert OidcIdentity.objects.get(subject=sub).issuer == sso.url
+
+
+def test_an_id_token_from_another_issuer_is_refused(client, sso, settings):
+    document = requests.get(f"{sso.url}/.well-known/openid-configuration", timeout=10).json()
+    settings.BATCHBOARD_OIDC_ENDPOINTS = {name: document[name] for name in provider.ENDPOINTS}
+    # The endpoints answer, but their tokens are signed as another issuer than the one configured.
+    settings.BATCHBOARD_OIDC_ISSUER = "https://sso.example.com"
+    sub = sso.add_user(_subject(), preferred_username="max")
+    response = sign_in(client, sso, sub)
+    assert response.status_code == 403 and "could not be verified" in response.content.decode()
+    assert "_auth_user_id" not in client.session and not User.objects.filter(username="max").exists()
+
+
+def test_refused_sign_ins_do_not_lock_the_address_out_of_single_sign_on(client, sso, settings):
+    # django-axes locks (user name, address) pairs; a callback names no user, so it must not lock "nobody" there.
+    settings.AXES_FAILURE_LIMIT = 2
+    settings.BATCHBOARD_OIDC_REQUIRED_GROUPS = ["batchboard-users"]
+    refused = sso.add_user(_subject(), preferred_username="nia")
+    for _ in range(3):
+        assert sign_in(client, sso, refused).status_code == 403
+    allowed = sso.add_user(_subject(), preferred_username="oz", groups=["batchboard-users"])
+    assert sign_in(client, sso, allowed).status_code == 302
+    assert AuditEvent.objects.filter(action=Action.LOGIN_FAILED).count() == 3  # still audited, and counted per address
+
+
+def test_an_address_locked_by_password_guessing_is_refused_single_sign_on_too(client, sso, settings):
+    settings.BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = 3
+    for number in range(3):
+        client.post("/accounts/login/", {"username": f"guess-{number}", "password": "x"})
+    sub = sso.add_user(_subject(), preferred_username="pam")
+    assert sign_in(client, sso, sub).status_code == 429
     assert "_auth_user_id" not in client.session
