@@ -503,6 +503,10 @@ BATCHBOARD_OIDC_REQUIRED_GROUPS = [
 ]
 # After a single sign-on session, logging out goes on to the provider's end_session_endpoint (if it has one).
 BATCHBOARD_OIDC_PROVIDER_LOGOUT = _env_bool("BATCHBOARD_OIDC_PROVIDER_LOGOUT", False)
+if BATCHBOARD_OIDC_PROVIDER_LOGOUT and BATCHBOARD_OIDC_ENABLED:
+    # The logout form's redirect goes there, and browsers hold a form's redirects to the CSP's form-action.
+    _end_session = BATCHBOARD_OIDC_ENDPOINTS.get("end_session_endpoint") or BATCHBOARD_OIDC_ISSUER
+    SECURE_CSP["form-action"] = [*SECURE_CSP["form-action"], "/".join(_end_session.split("/")[:3])]
 # Off: the password form is hidden and password logins are refused (here and in the admin), except for the
 # break-glass user's, at /accounts/login/?local=1.
 BATCHBOARD_LOCAL_LOGIN = _env_bool("BATCHBOARD_LOCAL_LOGIN", True)

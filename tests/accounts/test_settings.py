@@ -56,3 +56,23 @@ def test_explicit_endpoints_need_no_issuer():
     }
     result = _check(BATCHBOARD_OIDC_CLIENT_ID="batchboard", BATCHBOARD_LOCAL_LOGIN="false", **endpoints)
     assert result.returncode == 0, result.stderr
+
+
+def _form_action(**env) -> str:
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SANDBOX_", "DJANGO_", "BATCHBOARD_"))
+    }
+    environment.update(env, DJANGO_SETTINGS_MODULE="dashboard.settings")
+    code = "from django.conf import settings; print(settings.SECURE_CSP['form-action'])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_logout_at_the_provider_lets_the_logout_form_redirect_there_and_nowhere_else():
+    sso = {"BATCHBOARD_OIDC_CLIENT_ID": "batchboard", "BATCHBOARD_OIDC_ISSUER": "https://sso.example.com/realms/x"}
+    assert "sso.example.com" not in _form_action(**sso)
+    allowed = _form_action(**sso, BATCHBOARD_OIDC_PROVIDER_LOGOUT="true")
+    assert "'https://sso.example.com'" in allowed and "realms" not in allowed

@@ -95,3 +95,22 @@ def test_a_batch_link_opened_before_signing_in_is_where_the_sign_in_ends(live_se
 
     page.wait_for_url(f"{live_server.url}/batches/{batch.id}/")
     expect(page.get_by_role("heading", level=1)).to_contain_text(batch.id)
+
+
+def test_logging_out_goes_on_to_the_providers_logout_when_asked(live_server, sso_page, sso, settings):
+    settings.BATCHBOARD_OIDC_PROVIDER_LOGOUT = True
+    # As dashboard/settings.py allows it for BATCHBOARD_OIDC_PROVIDER_LOGOUT (tests/accounts/test_settings.py).
+    settings.SECURE_CSP = {**settings.SECURE_CSP, "form-action": [*settings.SECURE_CSP["form-action"], sso.url]}
+    sub = sso.add_user(_subject(), preferred_username="cy")
+    page = sso_page
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.get_by_role("link", name="Sign in with Example SSO").click()
+    _authorize_at_provider(page, sso, sub)
+    page.wait_for_url(f"{live_server.url}/batches/")
+
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(f"{sso.url}/oauth2/end_session?**")
+    page.get_by_role("button", name=re.compile("log ?out|sign ?out|end session|confirm", re.IGNORECASE)).first.click()
+    page.wait_for_url(f"{live_server.url}/accounts/login/**")
+    page.goto(f"{live_server.url}/batches/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/batches/$"))
