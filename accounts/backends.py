@@ -98,6 +98,10 @@ class OidcBackend(OIDCAuthenticationBackend):
             _refuse(request, f"The answer from {settings.BATCHBOARD_OIDC_NAME} could not be verified.")
         return None
 
+    def get_user(self, user_id):
+        # Django's check (the library's skips it): a user switched off in the admin loses their session at once.
+        return ModelBackend.get_user(self, user_id)
+
     def verify_token(self, token, **kwargs):
         payload = super().verify_token(token, **kwargs)
         issuer = settings.BATCHBOARD_OIDC_ISSUER

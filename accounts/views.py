@@ -6,6 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.contrib import auth
 from django.contrib.auth import BACKEND_SESSION_KEY
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
@@ -92,6 +93,9 @@ class OidcCallbackView(OIDCAuthenticationCallbackView):
         return super().get(request)
 
     def login_failure(self):
+        if auth.SESSION_KEY in self.request.session:
+            # Whoever was logged in in this browser is not any more: the sign-in that was asked for failed.
+            auth.logout(self.request)
         reason = getattr(self.request, REFUSAL_ATTRIBUTE, "") or (
             f"The sign-in with {settings.BATCHBOARD_OIDC_NAME} was cancelled or did not complete. Try again."
         )

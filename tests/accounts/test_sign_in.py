@@ -111,11 +111,12 @@ def test_a_user_in_none_of_the_required_groups_is_refused_with_no_session_and_no
     assert "_auth_user_id" in client.session
 
 
-def test_an_inactive_user_is_refused(client, sso):
+def test_an_inactive_user_is_refused_and_loses_the_session_they_had(client, sso):
     sub = sso.add_user(_subject(), preferred_username="gus")
     sign_in(client, sso, sub)
+    assert client.get("/batches/time-zone/").status_code == 200
     User.objects.filter(username="gus").update(is_active=False)
-    client.logout()
+    assert client.get("/batches/time-zone/").status_code == 302  # to the login page
     response = sign_in(client, sso, sub)
     assert response.status_code == 403 and "switched off" in response.content.decode()
     assert "_auth_user_id" not in client.session
