@@ -34,6 +34,9 @@ def _login_failed(sender, credentials, request=None, **kwargs):
         detail = "refused: this IP is locked out (too many failed logins, whatever the username)"
     elif getattr(request, "axes_locked_out", False):
         detail = "refused: this username and IP are locked out"
+    elif getattr(request, "login_refused_because", ""):
+        # A sign-in the OpenID provider vouched for but batchboard refused (accounts.backends).
+        detail = f"refused by single sign-on: {request.login_refused_because}"
     else:
         detail = "wrong username or password"
     record(request, Action.LOGIN_FAILED, Outcome.REFUSED, username=username, target=_login_path(request), detail=detail)

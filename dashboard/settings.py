@@ -290,6 +290,7 @@ INSTALLED_APPS = [
     "retries",
     "sharing",
     "webhooks",
+    "accounts",
     "sandbox",
 ]
 
@@ -392,7 +393,10 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     # Then an address that failed too often, whatever the user names (password spraying).
     "audit.login_limit.AddressLimitBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Passwords, unless BATCHBOARD_LOCAL_LOGIN is off (then only the break-glass user's).
+    "accounts.backends.LocalPasswordBackend",
+    # Single sign-on: answers only the provider's callback, and only when BATCHBOARD_OIDC_CLIENT_ID is set.
+    "accounts.backends.OidcBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "batches:list"
@@ -474,9 +478,71 @@ AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "audit.client.client_ip"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_SENSITIVE_PARAMETERS = ["password"]
+# Single sign-on's callback is not a password login (accounts.backends.is_provider_callback says why).
+AXES_WHITELIST_CALLABLE = "accounts.backends.is_provider_callback"
 # Password spraying (one guess at each of many user names): an address is refused like a locked pair once it has
 # failed this many logins in the last hour, whatever the names (audit.login_limit).
 BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS = _env_int("BATCHBOARD_LOGIN_FAILURES_PER_ADDRESS", 50, 1, 1_000_000)
+
+# Single sign-on through OpenID Connect (the accounts app; docs/configuration.md, "Single sign-on"). Off unless a
+# client id is set. The endpoints come from the issuer's discovery document, fetched on first use and cached, unless
+# they are given one by one.
+BATCHBOARD_OIDC_CLIENT_ID = _env("BATCHBOARD_OIDC_CLIENT_ID")
+BATCHBOARD_OIDC_ENABLED = bool(BATCHBOARD_OIDC_CLIENT_ID)
+BATCHBOARD_OIDC_CLIENT_SECRET = _env("BATCHBOARD_OIDC_CLIENT_SECRET")
+BATCHBOARD_OIDC_ISSUER = ""
+if _env("BATCHBOARD_OIDC_ISSUER"):
+    BATCHBOARD_OIDC_ISSUER = _env_url("BATCHBOARD_OIDC_ISSUER", "https://sso.example.com")
+BATCHBOARD_OIDC_ENDPOINTS = {
+    name: _env_url(f"BATCHBOARD_OIDC_{name.upper()}", f"https://sso.example.com/{name}")
+    for name in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri", "end_session_endpoint")
+    if _env(f"BATCHBOARD_OIDC_{name.upper()}")
+}
+if BATCHBOARD_OIDC_ENABLED and not BATCHBOARD_OIDC_ISSUER:
+    _missing = {"authorization_endpoint", "token_endpoint", "userinfo_endpoint"} - BATCHBOARD_OIDC_ENDPOINTS.keys()
+    if _missing:
+        raise ImproperlyConfigured(
+            "BATCHBOARD_OIDC_CLIENT_ID is set, so single sign-on is on: set BATCHBOARD_OIDC_ISSUER (its discovery "
+            "document names the endpoints), or each of "
+            + ", ".join(f"BATCHBOARD_OIDC_{name.upper()}" for name in sorted(_missing))
+            + "."
+        )
+BATCHBOARD_OIDC_SCOPES = _env("BATCHBOARD_OIDC_SCOPES", "openid email profile")
+if BATCHBOARD_OIDC_ENABLED and "openid" not in BATCHBOARD_OIDC_SCOPES.split():
+    raise ImproperlyConfigured(f"BATCHBOARD_OIDC_SCOPES must include openid; got {BATCHBOARD_OIDC_SCOPES!r}.")
+BATCHBOARD_OIDC_SIGN_ALGO = _env("BATCHBOARD_OIDC_SIGN_ALGO", "RS256")
+if not re.fullmatch(r"(RS|ES|PS|HS)(256|384|512)", BATCHBOARD_OIDC_SIGN_ALGO):
+    raise ImproperlyConfigured(
+        f"BATCHBOARD_OIDC_SIGN_ALGO must be an algorithm such as RS256 or HS256; got {BATCHBOARD_OIDC_SIGN_ALGO!r}."
+    )
+if BATCHBOARD_OIDC_ENABLED and BATCHBOARD_OIDC_SIGN_ALGO.startswith("HS") and not BATCHBOARD_OIDC_CLIENT_SECRET:
+    raise ImproperlyConfigured("BATCHBOARD_OIDC_SIGN_ALGO HS* verifies tokens with the client secret: set it.")
+BATCHBOARD_OIDC_TIMEOUT = _env_float("BATCHBOARD_OIDC_TIMEOUT", 10.0, 1.0, 120.0)
+BATCHBOARD_OIDC_NAME = _env("BATCHBOARD_OIDC_NAME", "single sign-on")[:60]
+BATCHBOARD_OIDC_GROUPS_CLAIM = _env("BATCHBOARD_OIDC_GROUPS_CLAIM", "groups")
+BATCHBOARD_OIDC_REQUIRED_GROUPS = [
+    name.strip() for name in _env("BATCHBOARD_OIDC_REQUIRED_GROUPS").split(",") if name.strip()
+]
+# After a single sign-on session, logging out goes on to the provider's end_session_endpoint (if it has one).
+BATCHBOARD_OIDC_PROVIDER_LOGOUT = _env_bool("BATCHBOARD_OIDC_PROVIDER_LOGOUT", False)
+if BATCHBOARD_OIDC_PROVIDER_LOGOUT and BATCHBOARD_OIDC_ENABLED:
+    # The logout form's redirect goes there, and browsers hold a form's redirects to the CSP's form-action.
+    _end_session = BATCHBOARD_OIDC_ENDPOINTS.get("end_session_endpoint") or BATCHBOARD_OIDC_ISSUER
+    SECURE_CSP["form-action"] = [*SECURE_CSP["form-action"], "/".join(_end_session.split("/")[:3])]
+# Off: the password form is hidden and password logins are refused (here and in the admin), except for the
+# break-glass user's, at /accounts/login/?local=1.
+BATCHBOARD_LOCAL_LOGIN = _env_bool("BATCHBOARD_LOCAL_LOGIN", True)
+BATCHBOARD_BREAK_GLASS_USER = _env("BATCHBOARD_BREAK_GLASS_USER")
+if not BATCHBOARD_LOCAL_LOGIN and not BATCHBOARD_OIDC_ENABLED:
+    raise ImproperlyConfigured(
+        "BATCHBOARD_LOCAL_LOGIN=false turns password logins off, but single sign-on is not configured "
+        "(BATCHBOARD_OIDC_CLIENT_ID): nobody could log in."
+    )
+# mozilla-django-oidc's own settings (it reads its endpoints and client settings through accounts.provider).
+OIDC_USE_PKCE = True
+OIDC_AUTHENTICATION_CALLBACK_URL = "accounts:oidc_callback"
+OIDC_STORE_ID_TOKEN = False
+OIDC_STORE_ACCESS_TOKEN = False
 
 # "plain" for a terminal, "json" for a log platform: one object per line, with the request's or the sync pass's context.
 BATCHBOARD_LOG_FORMAT = _env("BATCHBOARD_LOG_FORMAT", "plain").lower()
@@ -503,6 +569,8 @@ LOGGING = {
         "audit": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # django-axes logs each failed login and lockout (username and IP, never the password).
         "axes": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # Single sign-on: refused sign-ins and an unreachable provider (never a token or the client secret).
+        "accounts": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # A line per task started and finished is for `manage.py db_worker` (its -v sets these); `serve`'s worker
         # thread reports only problems (a failed reaction logs its reason under "batches").
         "django.tasks": {"handlers": ["console"], "level": "WARNING", "propagate": False},

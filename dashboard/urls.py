@@ -1,5 +1,5 @@
-"""Top-level URLs: the dashboard and its results pages, read-only share links, login, logout and password change,
-admin, health probes and metrics, and the built-in sandbox API."""
+"""Top-level URLs: the dashboard and its results pages, read-only share links, login (a password or single sign-on),
+logout and password change, admin, health probes and metrics, and the built-in sandbox API."""
 
 from django.conf import settings
 from django.contrib import admin
@@ -7,6 +7,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from accounts.views import LoginView, LogoutView
 from audit.views import PasswordChangeView
 from batches.views import health
 
@@ -17,8 +18,9 @@ urlpatterns = [
     path("batches/<batch_id:batch_id>/", include("retries.urls")),
     path("", include("sharing.urls")),  # /shared/<token>/..., and making and revoking links under a batch
     # Only these from django.contrib.auth.urls: password reset would send mail from an unthrottled public form.
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/login/", LoginView.as_view(), name="login"),
+    path("accounts/logout/", LogoutView.as_view(), name="logout"),
+    path("accounts/", include("accounts.urls")),  # single sign-on: /accounts/oidc/login/ and its callback
     path("accounts/password_change/", PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password_change/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("admin/", admin.site.urls),

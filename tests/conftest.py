@@ -646,3 +646,43 @@ def task_worker(transactional_db):
     worker.start()
     yield worker
     worker.stop()
+
+
+# --- Single sign-on: a real OpenID provider (oidc-provider-mock) -------------------------
+
+
+class OidcProvider:
+    """oidc-provider-mock served on a free port in a thread: `add_user(sub, **claims)` registers who may sign in
+    (its authorization page then signs them in with one click on their subject)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def add_user(self, sub: str, **claims) -> str:
+        response = requests.put(f"{self.url}/users/{quote(sub, safe='')}", json=claims, timeout=10)
+        response.raise_for_status()
+        return sub
+
+
+@pytest.fixture(scope="session")
+def oidc_provider():
+    """One OpenID provider for the test session (users are added per test, under subjects of their own)."""
+    from oidc_provider_mock import run_server_in_thread
+
+    # The provider refuses plain http unless told it is a test (authlib's switch).
+    os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
+    with run_server_in_thread(port=0, require_nonce=True) as server:
+        yield OidcProvider(f"http://localhost:{server.server_port}")
+
+
+@pytest.fixture
+def sso(settings, oidc_provider):
+    """Single sign-on configured against `oidc_provider`, endpoints from its discovery document."""
+    settings.BATCHBOARD_OIDC_ENABLED = True
+    settings.BATCHBOARD_OIDC_CLIENT_ID = "batchboard"
+    settings.BATCHBOARD_OIDC_CLIENT_SECRET = "client-secret-never-shown"
+    settings.BATCHBOARD_OIDC_ISSUER = oidc_provider.url
+    settings.BATCHBOARD_OIDC_ENDPOINTS = {}
+    settings.BATCHBOARD_OIDC_NAME = "Example SSO"
+    settings.BATCHBOARD_OIDC_REQUIRED_GROUPS = []
+    return oidc_provider

@@ -92,3 +92,13 @@ def test_the_login_page_passes_axe(live_server, page):
         page.emulate_media(color_scheme=scheme)
         page.goto(f"{live_server.url}/accounts/login/?next=/batches/batch_abc/results/r-1/")
         assert _violations(page) == []
+
+
+def test_the_login_page_with_single_sign_on_passes_axe(live_server, page, sso, settings):
+    for local_login, query in ((True, ""), (False, ""), (False, "&local=1")):
+        settings.BATCHBOARD_LOCAL_LOGIN = local_login
+        for scheme in ("light", "dark"):
+            page.emulate_media(color_scheme=scheme)
+            page.goto(f"{live_server.url}/accounts/login/?next=/batches/batch_abc/{query}")
+            expect(page.get_by_role("link", name="Sign in with Example SSO")).to_be_visible()
+            assert _violations(page) == []
