@@ -26,7 +26,7 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_UPLOAD_BODY_BYTES = services.MAX_INPUT_FILE_BYTES + 10 * 1024 * 1024
 # The sandbox API bounds its own bodies, with its own error answers: JSON bodies by DATA_UPLOAD_MAX_MEMORY_SIZE
 # (checked from Content-Length before reading), file uploads while they stream to disk (sandbox/uploads.py).
-SANDBOX_PREFIX = "/sandbox/v1/"
+SANDBOX_PREFIX = "/sandbox/"
 # The session remembers its last request at most this often, so a page's polling does not write on every poll.
 ACTIVITY_WRITE_SECONDS = 60
 SESSION_STARTED_KEY = "batchboard_started_at"
