@@ -7,7 +7,9 @@ from results.models import ResultArchive
 from tests.conftest import completed
 
 
-@pytest.mark.parametrize(("mode", "historical", "kept"), [("off", False, False), ("all", True, True), ("", False, True)])
+@pytest.mark.parametrize(
+    ("mode", "historical", "kept"), [("off", False, False), ("all", True, True), ("", False, True)]
+)
 def test_a_connection_keeps_final_batches_by_its_own_archive_mode(tasks, settings, mode, historical, kept):
     settings.BATCHBOARD_ARCHIVE = "new"
     connection = Connection.objects.create(name="Lab", slug="lab", base_url="http://127.0.0.1:9/v1", archive=mode)
