@@ -340,7 +340,7 @@ def test_a_delivery_whose_task_was_lost_is_processed_with_the_next_one(db, hook_
     assert len(fake_api.requests_to("GET", f"/batches/{first['id']}")) == 1
 
 
-def test_the_list_with_the_receiver_on_costs_one_query_more_whatever_the_deliveries(
+def test_the_list_with_the_receiver_on_costs_no_query_more_whatever_the_deliveries(
     db, fresh_cache, hook_client, operator_client, django_assert_num_queries, settings
 ):
     from django.db import connection
@@ -360,5 +360,5 @@ def test_the_list_with_the_receiver_on_costs_one_query_more_whatever_the_deliver
     for n in range(30):
         body = event(f"batch_w{n:04d}")
         post(hook_client, body, signed_headers(body, webhook_id=f"wh_{n}"))
-    with django_assert_num_queries(queries_off + 1):
+    with django_assert_num_queries(queries_off):  # last_webhook_at is on the connection rows the page reads anyway
         assert "Last webhook received" in operator_client.get("/batches/").text
