@@ -1,5 +1,6 @@
-"""Processing a received delivery: retrieve the batch it names from the connection that received it (one upstream call,
-with that connection's key and budget) and record it in that connection through the one recording function, so that whatever follows a recorded state (keeping results, automatic retries) follows here too.
+"""Processing a received delivery: retrieve the batch it names from the connection that received it (one upstream
+call, with that connection's key and budget) and record it in that connection through the one recording function,
+so that whatever follows a recorded state (keeping results, automatic retries) follows here too.
 
 Exactly once per delivery: a conditional UPDATE on the delivery row claims it, so a duplicate task or a second
 worker returns at once. A failure is retried with backoff up to MAX_TRIES and then recorded with its reason. A lost

@@ -48,10 +48,7 @@ class Received:
 def receiving_connection(slug: str | None) -> Connection | None:
     """The connection whose deliveries a URL receives: the default one at /webhooks/openai/, the one of that slug at
     /webhooks/openai/<slug>/. None for an unknown slug, a paused connection, or one whose definition is gone."""
-    if slug is None:
-        connection = Connection.objects.default()
-    else:
-        connection = Connection.objects.filter(slug=slug).first()
+    connection = Connection.objects.default() if slug is None else Connection.objects.filter(slug=slug).first()
     if connection is None or connection.paused or not connection.configured:
         return None
     return connection
