@@ -334,3 +334,35 @@ def test_the_second_organisations_webhook_updates_its_own_connection_on_the_dash
     assert not Batch.objects.filter(connection=Connection.objects.default()).exists()
     connection.refresh_from_db()
     assert connection.last_webhook_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_existing_webhooks_their_batchs_organisation():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("sandbox", "0004_organisations_long_ids")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old_apps = executor.loader.project_state(before).apps
+    OldBatch, OldWebhook = (
+        old_apps.get_model("sandbox", "SandboxBatch"),
+        old_apps.get_model("sandbox", "SandboxWebhook"),
+    )
+    OldBatch.objects.create(
+        id="batch_second", organisation="org-sandbox-second", endpoint="/v1/chat/completions", input_file_id="file-x",
+        created=1.0, created_at=1, speed=1.0, validate_s=1.0, run_s=1.0, finalize_s=1.0, drain_s=1.0,
+    )  # fmt: skip
+    for batch_id in ("batch_second", "batch_gone"):
+        OldWebhook.objects.create(
+            batch_id=batch_id, type="batch.completed", webhook_id=f"wh_{batch_id}", body="{}", next_attempt_at=1.0
+        )
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    assert dict(SandboxWebhook.objects.values_list("batch_id", "organisation")) == {
+        "batch_second": "org-sandbox-second",
+        "batch_gone": "org-sandbox",
+    }

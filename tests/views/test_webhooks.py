@@ -675,3 +675,34 @@ def test_a_batch_of_the_second_organisation_posted_to_the_default_url_is_not_fou
     assert (delivery.connection.slug, delivery.state) == ("default", "failed")
     assert "does not know" in delivery.error
     assert not Batch.objects.filter(batch_id=batch_id).exists()
+
+
+# --- Existing rows and the admin ---------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_existing_deliveries_to_the_default_connection():
+    from django.db import connection as database
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("webhooks", "0001_webhooks")]
+    executor = MigrationExecutor(database)
+    executor.migrate(before)
+    OldDelivery = executor.loader.project_state(before).apps.get_model("webhooks", "Delivery")
+    OldDelivery.objects.create(webhook_id="wh_old", event_type="batch.completed", batch_id="batch_old1")
+
+    executor = MigrationExecutor(database)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    delivery = Delivery.objects.get(webhook_id="wh_old")
+    assert delivery.connection == Connection.objects.default()
+
+
+def test_the_admin_lists_deliveries_with_their_connection(db, admin_client, hook_client, second):
+    body = event()
+    post_to(hook_client, SECOND_URL, body, signed_headers(body, secret=SECOND_SECRET))
+    page = admin_client.get("/admin/webhooks/delivery/")
+    assert page.status_code == 200
+    assert "Second" in page.text
+    assert admin_client.get(f"/admin/webhooks/delivery/?connection__id__exact={second.pk}").status_code == 200
