@@ -138,7 +138,7 @@ def record(connection: Connection, webhook_id: str, event: dict) -> Received:
 def note_received(connection: Connection, now: datetime | None = None) -> None:
     """Set the connection's last_webhook_at, unless it was set less than NOTE_EVERY ago: no write at all when the row
     just read says so, otherwise one conditional UPDATE (so concurrent receivers write once between them). A failure
-    is logged: the delivery stands, only the "last webhook received" line lags."""
+    is logged and the delivery is recorded all the same: only the "last webhook received" line lags."""
     now = now or timezone.now()
     recent = now - NOTE_EVERY
     if connection.last_webhook_at is not None and connection.last_webhook_at > recent:
