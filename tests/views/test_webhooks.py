@@ -475,6 +475,16 @@ def test_the_default_connections_url_answers_404_when_it_is_paused(db, hook_clie
     assert not Delivery.objects.exists()
 
 
+def test_a_delivery_whose_connection_was_paused_before_its_task_ran_is_not_fetched(db, hook_client, second, tasks):
+    body = event("batch_paused1")
+    post_to(hook_client, SECOND_URL, body, signed_headers(body, secret=SECOND_SECRET))
+    Connection.objects.filter(pk=second.pk).update(paused=True)
+    tasks.drain()
+    delivery = Delivery.objects.get()
+    assert (delivery.state, delivery.error) == ("failed", "Connection Second is paused; not fetched.")
+    assert tasks.waiting() == 0
+
+
 def test_a_webhook_id_is_unique_per_connection_not_across_connections(db, hook_client, second, tasks):
     """A gateway numbers its own deliveries: the same id from two connections is two deliveries; a replay within one
     connection is still recognised."""
