@@ -84,6 +84,13 @@ def _env_webhook_secret(name):
     return value
 
 
+def _env_webhook_url(name, example):
+    url = _env(name)
+    if url and not re.fullmatch(r"https?://[^/\s]+/\S*", url):
+        raise ImproperlyConfigured(f"{name} must be an http(s) URL such as {example}; got {url!r}.")
+    return url
+
+
 def _is_local_host(host):
     """Whether an ALLOWED_HOSTS entry names only this machine (so a public sandbox key exposes nothing)."""
     name = host.lower().strip("[]")
@@ -178,14 +185,15 @@ BATCHBOARD_WEBHOOK_SECRET = _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET")
 BATCHBOARD_ENCRYPTION_KEY = _env("BATCHBOARD_ENCRYPTION_KEY")
 # A TOML file of connections (one [[connection]] table each): batches.connection_file. Unset: the single-key settings.
 BATCHBOARD_CONNECTIONS = _env("BATCHBOARD_CONNECTIONS")
-# The sandbox signs its webhooks with SANDBOX_WEBHOOK_SECRET and POSTs them to SANDBOX_WEBHOOK_URL (unset: none sent).
-SANDBOX_WEBHOOK_URL = _env("SANDBOX_WEBHOOK_URL")
-if SANDBOX_WEBHOOK_URL and not re.fullmatch(r"https?://[^/\s]+/\S*", SANDBOX_WEBHOOK_URL):
-    raise ImproperlyConfigured(
-        f"SANDBOX_WEBHOOK_URL must be an http(s) URL such as http://127.0.0.1:8000/webhooks/openai/; "
-        f"got {SANDBOX_WEBHOOK_URL!r}."
-    )
+# Each organisation of the sandbox signs its webhooks with its own secret and POSTs them to its own URL (unset: none
+# sent): the first organisation's (key SANDBOX_API_KEY) with SANDBOX_WEBHOOK_*, the second's with
+# SANDBOX_SECOND_WEBHOOK_*.
+SANDBOX_WEBHOOK_URL = _env_webhook_url("SANDBOX_WEBHOOK_URL", "http://127.0.0.1:8000/webhooks/openai/")
 SANDBOX_WEBHOOK_SECRET = _env_webhook_secret("SANDBOX_WEBHOOK_SECRET")
+SANDBOX_SECOND_WEBHOOK_URL = _env_webhook_url(
+    "SANDBOX_SECOND_WEBHOOK_URL", "http://127.0.0.1:8000/webhooks/openai/<connection slug>/"
+)
+SANDBOX_SECOND_WEBHOOK_SECRET = _env_webhook_secret("SANDBOX_SECOND_WEBHOOK_SECRET")
 # Fault injection for the sandbox's webhooks: the share of deliveries sent twice, and the longest random delay (s).
 SANDBOX_WEBHOOK_DUPLICATE_RATE = _env_float("SANDBOX_WEBHOOK_DUPLICATE_RATE", 0.0, 0.0, 1.0)
 SANDBOX_WEBHOOK_MAX_DELAY = _env_float("SANDBOX_WEBHOOK_MAX_DELAY", 0.0, 0.0, 3600.0)
