@@ -112,7 +112,11 @@ def parse(text: str, path: str, environ: Mapping[str, str]) -> tuple[ConnectionS
     try:
         data = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
-        raise ConnectionFileError(path, exc.lineno, f"it is not valid TOML: {exc.msg}") from None
+        # Python 3.14 gives the line and the bare message as attributes; before, they are in the message.
+        found = re.search(r" \(at line (\d+), column \d+\)$", str(exc))
+        line = getattr(exc, "lineno", None) or (int(found.group(1)) if found else None)
+        message = getattr(exc, "msg", None) or str(exc).removesuffix(found.group(0) if found else "")
+        raise ConnectionFileError(path, line, f"it is not valid TOML: {message}") from None
     lines = _Lines(text)
     for key in data:
         if key != "connection":
