@@ -148,6 +148,7 @@ def _fields(spec: connection_file.ConnectionSpec) -> dict:
 def _apply_spec(spec: connection_file.ConnectionSpec, applied: Applied) -> None:
     fields = _fields(spec)
     connection = Connection.objects.filter(slug=spec.slug).first()
+    created = False
     if connection is None:
         connection, created = _create(spec.slug, fields)
         applied.created += created
@@ -159,7 +160,7 @@ def _apply_spec(spec: connection_file.ConnectionSpec, applied: Applied) -> None:
             setattr(connection, name, fields[name])
         connection.save(update_fields=stale)
         applied.updated += 1
-    if _grant(connection, spec) and not stale:
+    if _grant(connection, spec) and not stale and not created:
         applied.updated += 1
 
 
@@ -174,10 +175,10 @@ def _create(slug: str, fields: dict) -> tuple[Connection, bool]:
 
 def _grant(connection: Connection, spec: connection_file.ConnectionSpec) -> bool:
     """Each grant set to exactly the file's teams, groups made when missing. True when a grant changed."""
-    groups = {name: _group(name) for name in spec.teams}
+    groups = _groups(spec.teams)
     changed = False
     for grant in _GRANTS:
-        wanted = {groups[name].pk for name in getattr(spec, grant)}
+        wanted = {groups[name] for name in getattr(spec, grant)}
         if set(getattr(connection, grant).values_list("pk", flat=True)) == wanted:
             continue
         changed = True
@@ -189,9 +190,14 @@ def _grant(connection: Connection, spec: connection_file.ConnectionSpec) -> bool
     return changed
 
 
-def _group(name: str) -> Group:
-    try:
-        with transaction.atomic():
-            return Group.objects.get_or_create(name=name)[0]
-    except IntegrityError:
-        return Group.objects.get(name=name)
+def _groups(names: tuple[str, ...]) -> dict[str, int]:
+    """{name: group id}, the missing groups made (one query when they all exist)."""
+    found = dict(Group.objects.filter(name__in=names).values_list("name", "pk"))
+    for name in names:
+        if name not in found:
+            try:
+                with transaction.atomic():
+                    found[name] = Group.objects.create(name=name).pk
+            except IntegrityError:  # made by another process a moment ago
+                found[name] = Group.objects.get(name=name).pk
+    return found

@@ -134,7 +134,6 @@ OPENAI_TIMEOUT = _env_float("OPENAI_TIMEOUT", 30.0, 1.0, 600.0)
 OPENAI_MAX_RETRIES = int(_env_float("OPENAI_MAX_RETRIES", 2, 0, 10))
 
 
-
 def _env_connections_file(name):
     """The connections file (one [[connection]] table per upstream account), checked here so that a mistake in it,
     or a key variable it names that is unset, stops startup with the file and the line. Kept as an absolute path,
