@@ -49,7 +49,9 @@ def default_is_configured() -> bool:
 
 
 def _configuration() -> tuple[str, bool]:
-    return (settings.BATCHBOARD_CONNECTIONS, bool(settings.OPENAI_API_KEY))
+    """What the rows depend on. Without a file the key does not matter: the default connection is configured."""
+    path = settings.BATCHBOARD_CONNECTIONS
+    return (path, bool(path and settings.OPENAI_API_KEY))
 
 
 def ensure_applied() -> bool:
@@ -71,10 +73,17 @@ def ensure_applied() -> bool:
     return True
 
 
-def forget_applied() -> None:
-    """The next ensure_applied() applies again (a test that emptied the database, say)."""
+def forget_applied() -> tuple[str, bool] | None:
+    """The next ensure_applied() applies again (for tests). Returns what was applied, for restore_applied()."""
     global _applied_for
-    _applied_for = None
+    applied, _applied_for = _applied_for, None
+    return applied
+
+
+def restore_applied(applied: tuple[str, bool] | None) -> None:
+    """Mark `applied` (from forget_applied()) as this process's: a test whose database changes were rolled back."""
+    global _applied_for
+    _applied_for = applied
 
 
 def apply_connection_file() -> Applied:

@@ -49,9 +49,9 @@ def connections_file(settings, tmp_path, monkeypatch):
         settings.BATCHBOARD_CONNECTIONS = str(path)
         return path
 
-    configured_connections.forget_applied()
+    applied = configured_connections.forget_applied()
     yield write
-    configured_connections.forget_applied()
+    configured_connections.restore_applied(applied)  # the database is rolled back to what it was
 
 
 def rows():

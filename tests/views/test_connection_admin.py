@@ -129,9 +129,9 @@ def test_it_refuses_a_bad_connection_with_a_clear_error_and_stores_nothing(admin
     assert not Connection.objects.filter(source=ConnectionSource.ADMIN).exists()
 
 
-def test_a_connection_of_the_file_is_read_only_and_says_where_it_is_defined(
-    admin_client, settings, tmp_path, monkeypatch
-):
+@pytest.fixture
+def file_connection(settings, tmp_path, monkeypatch):
+    """A connection of a connections file, its key in the environment."""
     monkeypatch.setenv("TEST_FILE_KEY", "sk-from-the-environment")
     path = tmp_path / "connections.toml"
     path.write_text(
@@ -139,9 +139,15 @@ def test_a_connection_of_the_file_is_read_only_and_says_where_it_is_defined(
         'base_url = "https://api.openai.com/v1"\napi_key_env = "TEST_FILE_KEY"\n'
     )
     settings.BATCHBOARD_CONNECTIONS = str(path)
+    applied = configured_connections.forget_applied()
     configured_connections.apply_connection_file()
-    configured_connections.forget_applied()
-    finance = Connection.objects.get(slug="finance")
+    yield Connection.objects.get(slug="finance")
+    configured_connections.restore_applied(applied)  # the database is rolled back to what it was
+
+
+def test_a_connection_of_the_file_is_read_only_and_says_where_it_is_defined(admin_client, settings, file_connection):
+    finance = file_connection
+    path = settings.BATCHBOARD_CONNECTIONS
 
     page = admin_client.get(change_url(finance)).content.decode()
     response = admin_client.post(change_url(finance), {"name": "Hijacked", "paused": "on"})

@@ -60,9 +60,9 @@ def example(settings, tmp_path, monkeypatch, sandbox_url):
     path = tmp_path / "connections.toml"
     path.write_text(EXAMPLE.read_text().replace("http://127.0.0.1:8000", sandbox_url.removesuffix("/sandbox/v1")))
     settings.BATCHBOARD_CONNECTIONS = str(path)
-    configured_connections.forget_applied()
+    applied = configured_connections.forget_applied()
     yield path
-    configured_connections.forget_applied()
+    configured_connections.restore_applied(applied)  # the database is flushed back to what it was
 
 
 def test_it_makes_a_user_per_team_once_with_a_printed_password(example):
