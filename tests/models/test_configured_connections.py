@@ -2,8 +2,12 @@
 removed from the file kept unconfigured, the default connection's state, idempotence, and the calls going where the
 file says (the sandbox's two organisations, both auth styles, over real HTTP)."""
 
+import threading
+
 import pytest
 from django.contrib.auth.models import Group
+from django.core.management.sql import emit_post_migrate_signal
+from django.db import connection as db_connection
 
 from batches import access, configured_connections, services, sync
 from batches.configured_connections import Applied, apply_connection_file
@@ -205,3 +209,39 @@ def test_the_calls_go_where_the_file_says_with_each_organisations_key_and_auth_s
 
     assert not outcome.error
     assert Batch.objects.filter(connection=research).count() == 2
+
+
+def test_migrate_applies_the_file(connections_file):
+    connections_file(TWO)
+
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+
+    assert set(rows()) == {"default", "research", "finance"}
+
+
+@pytest.mark.postgresql  # two writers at once: SQLite would serialise them on its database lock instead
+@pytest.mark.django_db(transaction=True)
+def test_two_processes_applying_at_once_make_each_row_and_grant_once(connections_file):
+    connections_file(TWO)
+    start = threading.Barrier(2)
+    failures = []
+
+    def apply():
+        try:
+            start.wait()
+            apply_connection_file()
+        except Exception as exc:  # reported below, with its type
+            failures.append(repr(exc))
+        finally:
+            db_connection.close()
+
+    threads = [threading.Thread(target=apply) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    assert sorted(rows()) == ["default", "finance", "research"]
+    assert Group.objects.count() == 3
+    assert teams(rows()["research"], "cancel_teams") == ["research-leads"]
