@@ -140,10 +140,36 @@ OPENAI_PROJECT_ID = _env("OPENAI_PROJECT_ID")
 OPENAI_TIMEOUT = _env_float("OPENAI_TIMEOUT", 30.0, 1.0, 600.0)
 OPENAI_MAX_RETRIES = int(_env_float("OPENAI_MAX_RETRIES", 2, 0, 10))
 
-# With no key the dashboard runs against its own simulated API (the sandbox app).
-SANDBOX_MODE = not OPENAI_API_KEY
-# The sandbox API is served only in sandbox mode unless asked for (e.g. to try a client against it beside a real key).
-SANDBOX_ENABLED = _env_bool("SANDBOX_ENABLED", SANDBOX_MODE)
+
+def _env_connections_file(name):
+    """The connections file (one [[connection]] table per upstream account), checked here so that a mistake in it,
+    or a key variable it names that is unset, stops startup with the file and the line. Kept as an absolute path,
+    so that every process reads the same file whatever its working directory."""
+    from batches.connection_file import ConnectionFileError, load
+
+    path = _env(name)
+    if not path:
+        return ""
+    try:
+        load(path)
+    except ConnectionFileError as exc:
+        raise ImproperlyConfigured(f"{name} names a connections file that cannot be used: {exc}.") from None
+    return str(Path(path).resolve())
+
+
+# A TOML file of connections: batches.connection_file reads it, batches.configured_connections applies it to the
+# database. Unset: the single-key settings' connection alone.
+BATCHBOARD_CONNECTIONS = _env_connections_file("BATCHBOARD_CONNECTIONS")
+
+# With neither a key nor a connections file the dashboard runs against its own simulated API (the sandbox app).
+SANDBOX_MODE = not OPENAI_API_KEY and not BATCHBOARD_CONNECTIONS
+# The sandbox API is served only in sandbox mode unless asked for (e.g. to try a client against it beside a real key),
+# and on an install answering only on this machine whose connections file has no OPENAI_API_KEY beside it, so that
+# the file may point at the sandbox (connections.example.toml does): its keys are public, but nobody else reaches it.
+SANDBOX_ENABLED = _env_bool(
+    "SANDBOX_ENABLED",
+    SANDBOX_MODE or (not OPENAI_API_KEY and all(_is_local_host(host) for host in ALLOWED_HOSTS)),
+)
 # The sandbox's key is public and its views need no login: a deploy whose OPENAI_API_KEY went missing by mistake must
 # not quietly serve it to the world.
 _public_hosts = [host for host in ALLOWED_HOSTS if not _is_local_host(host)]
@@ -183,8 +209,6 @@ SANDBOX_DROP_RATE = _env_float("SANDBOX_DROP_RATE", 0.0, 0.0, 1.0)
 BATCHBOARD_WEBHOOK_SECRET = _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET")
 # Fernet keys (comma-separated, the first encrypts) for the secrets of connections made in the admin: batches.secrets.
 BATCHBOARD_ENCRYPTION_KEY = _env("BATCHBOARD_ENCRYPTION_KEY")
-# A TOML file of connections (one [[connection]] table each): batches.connection_file. Unset: the single-key settings.
-BATCHBOARD_CONNECTIONS = _env("BATCHBOARD_CONNECTIONS")
 # Each organisation of the sandbox signs its webhooks with its own secret and POSTs them to its own URL (unset: none
 # sent): the first organisation's (key SANDBOX_API_KEY) with SANDBOX_WEBHOOK_*, the second's with
 # SANDBOX_SECOND_WEBHOOK_*.
