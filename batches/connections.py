@@ -53,7 +53,7 @@ def upstream_of(connection: Connection) -> services.Upstream:
         organization=connection.organization if connection.kind == ConnectionKind.OPENAI else "",
         project=connection.project if connection.kind == ConnectionKind.OPENAI else "",
         auth=services.API_KEY_HEADER if connection.kind == ConnectionKind.AZURE else services.BEARER,
-        ids=services.ANY_IDS if connection.kind == ConnectionKind.COMPATIBLE else services.OPENAI_IDS,
+        ids=connection.id_shapes,
         per_minute=connection.upstream_budget,
     )
 

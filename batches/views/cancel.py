@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
@@ -14,14 +13,12 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import retarget, trigger_client_event
 
-from batches import access, actions, events
-from batches.converters import BatchIdConverter
+from batches import access, actions, events, services
 from batches.models import Batch
 from batches.views.common import refreshed_batch, unreachable, visible_batch_connection
 from batches.views.listing import list_context, list_query_of
 
 MAX_BULK = 100
-BATCH_ID = re.compile(BatchIdConverter.regex)
 AUDIT_OUTCOMES = {"cancelled": events.OK, "already": events.ALREADY, "error": events.ERROR}
 
 
@@ -164,7 +161,7 @@ def _selected_ids(values: list[str]) -> tuple[list[str], str]:
     batch_ids = list(dict.fromkeys(v.strip() for v in values if v.strip()))
     if not batch_ids:
         return [], "No batches were selected. Tick the boxes of the batches to cancel."
-    invalid = [v for v in batch_ids if not BATCH_ID.fullmatch(v)]
+    invalid = [v for v in batch_ids if not services.ANY_ID_PATTERN.fullmatch(v)]
     if invalid:
         return [], f"“{invalid[0][:40]}” is not a batch id; nothing was cancelled."
     if len(batch_ids) > MAX_BULK:
