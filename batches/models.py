@@ -865,7 +865,7 @@ def record_batches(
         stored.mark_seen(unchanged, observed_at)
     changes: list[_Change] = []
     if len(new) > 1:
-        inserted = _insert_new(new, digests, observed_at, connection.id_shapes)
+        inserted = _insert_new(new, digests, observed_at, connection)
         if inserted is None:
             changed = new + changed  # Another writer recorded one of them meanwhile: one by one, under the lock.
         else:
@@ -873,7 +873,7 @@ def record_batches(
     for batch in changed:
         try:
             with transaction.atomic():  # a savepoint: one batch the database refuses never stops the others
-                change = _record_with_retries(batch, digests[batch.id], observed_at, connection.id_shapes)
+                change = _record_with_retries(batch, digests[batch.id], observed_at, connection)
         except ROW_REFUSED as exc:
             if not _refused(exc):
                 raise
@@ -1012,12 +1012,12 @@ def _record_with_retries(
 ) -> _Change | None:
     for _attempt in range(2):
         try:
-            return _record(batch, digest, observed_at, connection.id_shapes)
+            return _record(batch, digest, observed_at, connection)
         except IntegrityError:
             continue  # Another writer created the same row between our read and write; read it again.
     # Refused a third time, it is this row's values the database refuses (a check constraint): raised for the caller
     # (record_batches skips it).
-    return _record(batch, digest, observed_at, connection.id_shapes)
+    return _record(batch, digest, observed_at, connection)
 
 
 def _record(batch: services.ApiBatch, digest: str, observed_at: datetime, connection: Connection) -> _Change | None:
