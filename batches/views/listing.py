@@ -271,7 +271,8 @@ def _parse_filters(query: QueryDict) -> tuple[ListFilters, list[str]]:
     if values["status"] and values["status"] not in STATUS_FILTERS:
         notices.append(f"There is no status “{values['status']}”; showing every status.")
         values["status"] = ""
-    if values["job"] and not services.ANY_ID_PATTERN.fullmatch(values["job"]):
+    # Checked as sent: an id of any connection's shape, and never one that had a NUL taken out of it.
+    if values["job"] and not services.ANY_ID_PATTERN.fullmatch(query.get("job", "").strip()):
         notices.append(f"“{values['job'][:40]}” is not a batch id; showing every job.")
         values["job"] = ""
     if values["jobs"] and values["jobs"] != ORIGINALS_ONLY:

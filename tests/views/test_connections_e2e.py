@@ -16,7 +16,6 @@ import uuid
 from urllib.parse import quote
 
 import pytest
-import requests
 from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db.models import F, Sum
