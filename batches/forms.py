@@ -382,6 +382,12 @@ class CreateBatchForm(forms.Form):
             return self.allowed_connections[0]
         raise forms.ValidationError("Choose the connection to send the batch to.")
 
+    @staticmethod
+    def _id_shapes(cleaned: dict) -> services.IdShapes:
+        """The ids of the chosen connection; None is the default one, of the OPENAI_* settings: OpenAI's ids."""
+        connection = cleaned.get("connection")
+        return connection.id_shapes if connection is not None else services.OPENAI_IDS
+
     def clean(self):
         cleaned = super().clean()
         upload = cleaned.get("input_file")
@@ -392,8 +398,7 @@ class CreateBatchForm(forms.Form):
             raise forms.ValidationError("Choose either a file to upload or an uploaded file id, not both.")
         if not upload and not file_id:
             raise forms.ValidationError("Choose a JSONL file to upload, or give the id of an uploaded file.")
-        connection = cleaned.get("connection") or Connection.objects.default()
-        if file_id and not connection.id_shapes.file.fullmatch(file_id):
+        if file_id and not self._id_shapes(cleaned).file.fullmatch(file_id):
             self.add_error("input_file_id", "That is not a file id of this connection: they look like file-abc123.")
         if file_id and not cleaned.get("endpoint"):
             self.add_error("endpoint", "Choose the endpoint: it can only be inferred from an uploaded file.")
