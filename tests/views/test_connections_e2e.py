@@ -257,6 +257,8 @@ def test_an_id_in_two_connections_leads_to_a_page_linking_both(three, member):
     for connection in (b, c):
         assert not sync.run_pass(connection=connection, force=True).error
     assert Batch.objects.filter(batch_id=shared).count() == 2
+    listed = member.get(reverse("batches:list"))
+    assert listed.status_code == 200 and listed.content.decode().count(f">{shared}</a>") == 2  # a row in each
 
     detail = reverse("batches:detail", args=[shared])
     page = member.get(detail)
@@ -266,3 +268,21 @@ def test_an_id_in_two_connections_leads_to_a_page_linking_both(three, member):
     picked = member.get(detail + "?connection=c")
     assert picked.status_code == 200 and picked.context["batch"].connection == c
     assert member.get(detail + "?connection=b").context["batch"].connection == b
+
+
+def test_a_running_gateway_batch_is_cancelled_from_the_list_in_bulk(three, member, settings):
+    settings.SANDBOX_SPEED = 1.0  # real time: the batch still runs when the cancel arrives
+    c = three["c"]
+    settings.SANDBOX_SECOND_ID_STYLE = "gateway"
+    batch_id = _made_upstream(c, "k")
+    assert not sync.run_pass(connection=c, force=True).error
+
+    listed = member.get(reverse("batches:list"))
+    assert listed.status_code == 200
+    assert f'href="{reverse("batches:detail", args=[batch_id])}"' in listed.content.decode()
+    confirm = member.get(reverse("batches:bulk_cancel"), {"batch_id": batch_id})
+    assert confirm.status_code == 200 and batch_id in confirm.content.decode()
+    done = member.post(reverse("batches:bulk_cancel"), {"batch_id": batch_id, "confirm": "yes"})
+    assert done.status_code == 200 and "is not a batch id" not in done.content.decode()
+    assert services.get_client(connection=c).retrieve_batch(batch_id).status in ("cancelling", "cancelled")
+    assert Batch.objects.get(connection=c, batch_id=batch_id).status in ("cancelling", "cancelled")
