@@ -286,3 +286,16 @@ def test_a_running_gateway_batch_is_cancelled_from_the_list_in_bulk(three, membe
     assert done.status_code == 200 and "is not a batch id" not in done.content.decode()
     assert services.get_client(connection=c).retrieve_batch(batch_id).status in ("cancelling", "cancelled")
     assert Batch.objects.get(connection=c, batch_id=batch_id).status in ("cancelling", "cancelled")
+
+
+def test_a_bulk_cancel_refuses_an_id_in_two_connections(three, member, settings):
+    settings.SANDBOX_SPEED = 1.0
+    b, c = three["b"], three["c"]
+    shared = _made_upstream(b, "s")
+    for connection in (b, c):
+        assert not sync.run_pass(connection=connection, force=True).error
+    done = member.post(reverse("batches:bulk_cancel"), {"batch_id": shared, "confirm": "yes"})
+    assert done.status_code == 200
+    assert "a batch in more than one connection: cancel it from its page" in done.content.decode()
+    assert services.get_client(connection=b).retrieve_batch(shared).status not in ("cancelling", "cancelled")
+    assert not Batch.objects.filter(batch_id=shared, cancel_requested_at__isnull=False).exists()
