@@ -23,7 +23,7 @@ from django.urls import reverse
 
 from batches import services, sync
 from batches.lineage_keys import LineageState
-from batches.models import Batch, Connection, ConnectionKind, ConnectionSource, UpstreamMinute
+from batches.models import Batch, Connection, ConnectionKind, ConnectionSource, SyncState, UpstreamMinute
 from results.models import ResultArchive
 from sandbox import organisations
 from sandbox.models import SandboxBatch
@@ -299,3 +299,17 @@ def test_a_bulk_cancel_refuses_an_id_in_two_connections(three, member, settings)
     assert "a batch in more than one connection: cancel it from its page" in done.content.decode()
     assert services.get_client(connection=b).retrieve_batch(shared).status not in ("cancelling", "cancelled")
     assert not Batch.objects.filter(batch_id=shared, cancel_requested_at__isnull=False).exists()
+
+
+def test_a_gateway_connections_list_is_paged_by_its_long_ids(three, settings):
+    c = three["c"]
+    settings.SANDBOX_SECOND_ID_STYLE = "gateway"
+    made = {_made_upstream(c, f"p{n}", count=1) for n in range(5)}
+    client = services.get_client(connection=c)
+    first = sync.sync_batches(client, connection=c, page_size=2)  # a fresh install: a page now, the rest imported
+    assert first.seen == 5 and first.import_calls == 2  # pages of 2: the first, then 2 and 1 from its cursor
+    assert _ids(c) == made
+    state = SyncState.objects.named(c.list_state)
+    assert state.import_done_at is not None and state.high_water_id in made
+    again = sync.sync_batches(client, connection=c, page_size=2)  # the walk stops at the high-water mark
+    assert again.pages >= 1 and not again.stopped and _ids(c) == made
