@@ -21,10 +21,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db.models import F, Sum
 from django.urls import reverse
 
+from audit.models import AuditEvent
 from batches import services, sync
 from batches.lineage_keys import LineageState
 from batches.models import Batch, Connection, ConnectionKind, ConnectionSource, SyncState, UpstreamMinute
 from results.models import ResultArchive
+from retries.models import AutoRetry, AutoRetryState
 from sandbox import organisations
 from sandbox.models import SandboxBatch
 from tests.conftest import TaskQueue
@@ -238,6 +240,7 @@ def test_a_gateway_batch_has_its_pages_files_and_a_linked_retry_on_its_connectio
     made = member.post(retry_url, {"token": str(uuid.uuid4()), "select": "failed", "completion_window": "24h"})
     assert made.status_code == 303, made.content.decode()[:2000]
     retry = Batch.objects.exclude(pk=batch.pk).get()
+    assert AuditEvent.objects.filter(action="create", outcome="ok", batch_id=retry.batch_id).exists()
     assert made["Location"] == reverse("batches:detail", args=[retry.batch_id])
     assert retry.connection == c and GATEWAY_ID.fullmatch(retry.batch_id)
     assert SandboxBatch.objects.get(pk=retry.batch_id).organisation == organisations.SECOND
@@ -313,3 +316,24 @@ def test_a_gateway_connections_list_is_paged_by_its_long_ids(three, settings):
     assert state.import_done_at is not None and state.high_water_id in made
     again = sync.sync_batches(client, connection=c, page_size=2)  # the walk stops at the high-water mark
     assert again.pages >= 1 and not again.stopped and _ids(c) == made
+
+
+def test_an_automatic_retry_of_a_gateway_batch_is_made_on_its_connection_and_recorded_in_full(three, settings):
+    c = three["c"]
+    settings.SANDBOX_SECOND_ID_STYLE = "gateway"
+    tasks = TaskQueue()
+    assert not sync.run_pass(connection=c, force=True).error  # the history import of an empty list is done
+    metadata = {"sandbox_scenario": "all_fail", "batchboard_auto_retry": "1"}  # every line fails with a 500
+    parent_id = _made_upstream(c, "auto", count=3, metadata=metadata)
+    _finished(parent_id)
+    assert not sync.run_pass(connection=c, force=True).error  # seen final: its results are kept, then retried
+    tasks.drain()
+
+    parent = Batch.objects.get(connection=c, batch_id=parent_id)
+    noted = AutoRetry.objects.get(parent=parent)
+    assert noted.state == AutoRetryState.SUBMITTED, noted.problem
+    assert len(noted.retry_batch_id) > 128 and GATEWAY_ID.fullmatch(noted.retry_batch_id)
+    child = Batch.objects.get(connection=c, batch_id=noted.retry_batch_id)
+    assert (child.retry_of, child.attempt, child.lineage_state) == (parent_id, 1, LineageState.VERIFIED)
+    assert SandboxBatch.objects.get(pk=child.batch_id).organisation == organisations.SECOND
+    assert AuditEvent.objects.filter(action="create", batch_id=child.batch_id).exists()  # the whole id, not cut
