@@ -249,9 +249,11 @@ def test_a_gateway_batch_has_its_pages_files_and_a_linked_retry_on_its_connectio
     parent_page = member.get(reverse("batches:detail", args=[batch_id])).content.decode()
     assert "Retried by" in parent_page and retry.batch_id in parent_page
 
-    # The list's job filter takes the long id too.
-    listed = member.get(reverse("batches:list") + "?job=" + quote(batch_id)).content.decode()
-    assert "is not a batch id" not in listed and retry.batch_id in listed
+    # The list links the job by its long id, and its job filter takes it.
+    job_url = reverse("batches:list") + "?job=" + quote(batch_id, safe="")
+    assert f'href="{job_url}"' in member.get(reverse("batches:list")).content.decode()
+    listed = member.get(job_url).content.decode()
+    assert 'id="job-notice"' in listed and "is not a batch id" not in listed and retry.batch_id in listed
 
 
 def test_an_id_in_two_connections_leads_to_a_page_linking_both(three, member):
