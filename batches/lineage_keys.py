@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 from django.db import models
 
-from batches.services import ANY_ID_PATTERN
-
 # Metadata keys a retry carries, so the link survives in the API's own console and in any other dashboard.
 RETRY_OF_KEY = "batchboard_retry_of"
 JOB_KEY = "batchboard_job"
@@ -37,7 +35,7 @@ class Claim:
     attempt: int = 0
 
 
-def claim_of(batch_id: str, metadata: dict, id_shape: re.Pattern = ANY_ID_PATTERN) -> Claim:
+def claim_of(batch_id: str, metadata: dict, id_shape: re.Pattern) -> Claim:
     """Metadata written elsewhere may hold anything: only a batch id other than the batch's own links, a job that
     is no batch id falls back to the parent, and an attempt that is no number in 1..MAX_ATTEMPT counts as 1.
 
