@@ -384,12 +384,21 @@ ARCHIVE_CHOICES = [("new", "new"), ("all", "all"), ("on-open", "on open"), ("off
 
 class ConnectionQuerySet(models.QuerySet):
     def default(self) -> Connection:
-        """The connection of the single-key settings, made on first use (a database emptied by a test, say)."""
+        """The connection of the single-key settings, made on first use (a database emptied by a test, say).
+        Reading it first applies the configuration, once per process (batches.configured_connections)."""
+        from batches.configured_connections import default_is_configured, ensure_applied
+
+        ensure_applied()
         connection = self.filter(slug=DEFAULT_CONNECTION).first()
         if connection is None:
             connection, _ = self.get_or_create(
                 slug=DEFAULT_CONNECTION,
-                defaults={"name": DEFAULT_CONNECTION, "source": ConnectionSource.SETTINGS, "open_to_everyone": True},
+                defaults={
+                    "name": DEFAULT_CONNECTION,
+                    "source": ConnectionSource.SETTINGS,
+                    "open_to_everyone": True,
+                    "configured": default_is_configured(),
+                },
             )
         return connection
 
@@ -421,7 +430,10 @@ class ConnectionQuerySet(models.QuerySet):
 
     def syncing(self):
         """The connections the sync loop walks: not paused, and configured (the default one only while the
-        single-key settings or the sandbox define it)."""
+        single-key settings or the sandbox define it). The configuration is applied first, once per process."""
+        from batches.configured_connections import ensure_applied
+
+        ensure_applied()
         return self.filter(paused=False, configured=True).order_by("slug")
 
 
@@ -494,9 +506,14 @@ class Connection(models.Model):
         return services.ANY_IDS if self.kind == ConnectionKind.COMPATIBLE else services.OPENAI_IDS
 
     def upstream(self) -> services.Upstream:
-        """Where its calls go, with its key (batches.connections reads it from where it is kept)."""
+        """Where its calls go, with its key (batches.connections reads it from where it is kept). In a process whose
+        first use of connections this is (a task worker, say), the configuration is applied first and this row read
+        again, so that the call follows the file this process was started with."""
         from batches import connections
+        from batches.configured_connections import ensure_applied
 
+        if ensure_applied() and self.pk is not None:
+            self.refresh_from_db()
         return connections.upstream_of(self)
 
 

@@ -108,13 +108,14 @@ def keeps_by_itself(batch: Batch) -> bool:
     """Whether the background work will keep this final batch's results though it has no archive yet, without anyone
     opening them: a page showing the batch waits for them. With "all", any final batch with files; with "new", the
     archive is asked for when the batch is recorded final, so a batch without one is history, kept only on open."""
-    return settings.BATCHBOARD_ARCHIVE == MODE_ALL and wants_archive(batch)
+    return batch.connection.archive_mode == MODE_ALL and wants_archive(batch)
 
 
-def keeps_when_final(historical: bool) -> bool:
-    """Whether BATCHBOARD_ARCHIVE keeps a batch's files as soon as it is final: "all" does; "new" only for batches
-    that became final after the install (not the history import's)."""
-    mode = settings.BATCHBOARD_ARCHIVE
+def keeps_when_final(historical: bool, mode: str | None = None) -> bool:
+    """Whether the archive mode (the batch's connection's, else BATCHBOARD_ARCHIVE) keeps a batch's files as soon as
+    it is final: "all" does; "new" only for batches that became final after the install (not the history
+    import's)."""
+    mode = mode or settings.BATCHBOARD_ARCHIVE
     return mode == MODE_ALL or (mode == MODE_NEW and not historical)
 
 
@@ -136,7 +137,7 @@ def request_archive(batch: Batch, *, wanted: bool = True) -> ResultArchive | Non
     mode but "off"); `wanted` notes the visit and puts a pending fetch ahead of the queue."""
     archive = ResultArchive.objects.filter(batch=batch).first()
     if archive is None:
-        if not wanted or settings.BATCHBOARD_ARCHIVE == MODE_OFF or not wants_archive(batch):
+        if not wanted or batch.connection.archive_mode == MODE_OFF or not wants_archive(batch):
             return None
         return keep(batch, wanted=True)
     if wanted:
