@@ -339,3 +339,19 @@ def test_an_automatic_retry_of_a_gateway_batch_is_made_on_its_connection_and_rec
     assert (child.retry_of, child.attempt, child.lineage_state) == (parent_id, 1, LineageState.VERIFIED)
     assert SandboxBatch.objects.get(pk=child.batch_id).organisation == organisations.SECOND
     assert AuditEvent.objects.filter(action="create", batch_id=child.batch_id).exists()  # the whole id, not cut
+
+
+def test_an_azure_batchs_files_are_downloaded_through_its_own_path_and_header(three, member):
+    b = three["b"]
+    batch_id = _made_upstream(b, "z", count=2)
+    _finished(batch_id)
+    detail_url = reverse("batches:detail", args=[batch_id])
+    assert member.get(detail_url).status_code == 404  # not synced yet, and A, B and C all take its shape
+    detail = member.get(detail_url + "?connection=b")  # the one to ask is named
+    assert detail.status_code == 200 and detail.context["batch"].connection == b
+    for kind, expected in (("input", b'"custom_id": "z1"'), ("output", b'"custom_id": "z1"')):
+        response = member.get(reverse("batches:file", args=[batch_id, kind]))
+        assert response.status_code == 200, kind
+        assert expected in b"".join(response.streaming_content)
+    spent = UpstreamMinute.objects.filter(connection=b).aggregate(calls=Sum("calls"))["calls"]
+    assert spent >= 3 and not UpstreamMinute.objects.exclude(connection=b).exists()
