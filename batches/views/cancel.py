@@ -188,12 +188,13 @@ def _selected_ids(values: list[str]) -> tuple[list[str], str]:
 
 
 def _bulk_confirm_page(request, batch_ids: list[str], problem: str, next_url: str):
-    found, _ambiguous = _found(request, batch_ids)  # an ambiguous id is skipped, as cancelling it will be
+    found, ambiguous = _found(request, batch_ids)  # an id in two connections is skipped, as cancelling it would be
     to_cancel = [found[i] for i in batch_ids if i in found and found[i].can_cancel_now]
     skipped = [(i, found.get(i)) for i in batch_ids if i not in {b.batch_id for b in to_cancel}]
     context = {
         "to_cancel": to_cancel,
         "skipped": skipped,
+        "ambiguous": ambiguous,
         "bulk_error": problem,
         "next": next_url,
     }

@@ -299,6 +299,8 @@ def test_a_bulk_cancel_refuses_an_id_in_two_connections(three, member, settings)
     shared = _made_upstream(b, "s")
     for connection in (b, c):
         assert not sync.run_pass(connection=connection, force=True).error
+    confirm = member.get(reverse("batches:bulk_cancel"), {"batch_id": shared}).content.decode()
+    assert "a batch in more than one connection: cancel it from its page" in confirm
     done = member.post(reverse("batches:bulk_cancel"), {"batch_id": shared, "confirm": "yes"})
     assert done.status_code == 200
     assert "a batch in more than one connection: cancel it from its page" in done.content.decode()
