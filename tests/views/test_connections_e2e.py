@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import uuid
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -35,7 +37,6 @@ pytestmark = pytest.mark.django_db
 
 CHAT = "/v1/chat/completions"
 DAY = 86_400
-UPLOADS = None  # set per test to its tmp_path
 GATEWAY_ID = re.compile(r"[A-Za-z0-9_-]{150,}={0,2}")
 
 
@@ -93,15 +94,11 @@ def member(client, django_user_model, team):
 def _made_upstream(connection: Connection, prefix: str, count: int = 3, metadata: dict | None = None) -> str:
     """A batch made through the connection's own client (its URL, its key, its auth style): its id."""
     client = services.get_client(connection=connection)
-    path = UPLOADS / f"{prefix}-{uuid.uuid4().hex}.jsonl"
-    path.write_bytes(_content(count, prefix))
-    uploaded = client.upload_file(path)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{prefix}.jsonl"
+        path.write_bytes(_content(count, prefix))
+        uploaded = client.upload_file(path)
     return client.create_batch(input_file_id=uploaded.id, endpoint=CHAT, metadata=metadata).id
-
-
-@pytest.fixture(autouse=True)
-def _uploads_in(tmp_path, monkeypatch):
-    monkeypatch.setattr(__import__(__name__, fromlist=["UPLOADS"]), "UPLOADS", tmp_path)
 
 
 def _finished(batch_id: str) -> None:
