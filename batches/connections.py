@@ -57,14 +57,9 @@ def upstream_of(connection: Connection) -> services.Upstream:
         organization=connection.organization if connection.kind == ConnectionKind.OPENAI else "",
         project=connection.project if connection.kind == ConnectionKind.OPENAI else "",
         auth=services.API_KEY_HEADER if connection.kind == ConnectionKind.AZURE else services.BEARER,
-        ids=id_shapes(connection),
+        ids=connection.id_shapes,
         per_minute=connection.upstream_budget,
     )
-
-
-def id_shapes(connection: Connection) -> services.IdShapes:
-    """The ids its provider answers with: the OpenAI shapes, or for a compatible provider any path-safe id."""
-    return services.ANY_IDS if connection.kind == ConnectionKind.COMPATIBLE else services.OPENAI_IDS
 
 
 def webhook_secret_of(connection: Connection) -> str:

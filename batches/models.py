@@ -500,6 +500,11 @@ class Connection(models.Model):
     def archive_mode(self) -> str:
         return self.archive or settings.BATCHBOARD_ARCHIVE
 
+    @property
+    def id_shapes(self) -> services.IdShapes:
+        """The ids its provider answers with: a compatible provider's have no fixed shape, only a path-safe one."""
+        return services.ANY_IDS if self.kind == ConnectionKind.COMPATIBLE else services.OPENAI_IDS
+
     def upstream(self) -> services.Upstream:
         """Where its calls go, with its key (batches.connections reads it from where it is kept). In a process whose
         first use of connections this is (a task worker, say), the configuration is applied first and this row read
@@ -720,8 +725,11 @@ class Batch(models.Model):
         """Whether a Cancel button makes sense: the batch can still be cancelled and nobody has asked yet."""
         return self.is_cancellable and not self.cancel_pending
 
-    def _apply(self, batch: services.ApiBatch, digest: str, observed_at: datetime) -> None:
-        """Copy an observation into the columns named in APPLIED_FIELDS."""
+    def _apply(
+        self, batch: services.ApiBatch, digest: str, observed_at: datetime, ids: services.IdShapes = services.OPENAI_IDS
+    ) -> None:
+        """Copy an observation into the columns named in APPLIED_FIELDS; `ids` are the shapes of its connection's
+        ids (Connection.id_shapes), which a retry's claim must have."""
         self.status = batch.status
         self.is_terminal = batch.is_terminal
         self.endpoint = batch.endpoint or ""
@@ -746,7 +754,7 @@ class Batch(models.Model):
         self.input_tokens = usage.input_tokens if usage else None
         self.cached_input_tokens = usage.cached_tokens if usage else None
         self.output_tokens = usage.output_tokens if usage else None
-        claim = claim_of(batch.id, batch.metadata)
+        claim = claim_of(batch.id, batch.metadata, ids.batch)
         if self.pk is None or claim.retry_of != self.retry_of:
             # Metadata never changes after create; the verdict is the retries app's, kept across observations.
             self.lineage_state = LineageState.UNVERIFIED if claim.retry_of else LineageState.NONE
@@ -981,7 +989,7 @@ def _insert_new(
     rows = []
     for batch in batches:
         row = Batch(connection=connection, batch_id=batch.id, first_seen_at=observed_at)
-        row._apply(batch, digests[batch.id], observed_at)
+        row._apply(batch, digests[batch.id], observed_at, connection.id_shapes)
         row.last_seen_at = row.last_changed_at = observed_at
         rows.append(row)
     try:
@@ -1036,7 +1044,7 @@ def _record(batch: services.ApiBatch, digest: str, observed_at: datetime, connec
         row = Batch.objects.select_for_update().filter(connection=connection, batch_id=batch.id).first()
         if row is None:
             row = Batch(connection=connection, batch_id=batch.id, first_seen_at=observed_at)
-            row._apply(batch, digest, observed_at)
+            row._apply(batch, digest, observed_at, connection.id_shapes)
             row.last_seen_at = row.last_changed_at = observed_at
             row.save(force_insert=True)
             _add_snapshot(row, batch, digest, observed_at)
@@ -1052,7 +1060,7 @@ def _record(batch: services.ApiBatch, digest: str, observed_at: datetime, connec
         changed_at = max(row.last_seen_at, observed_at)
         was_final = row.is_terminal
         spent_before = DailySpend.contribution(row)
-        row._apply(batch, digest, changed_at)
+        row._apply(batch, digest, changed_at, connection.id_shapes)
         row.last_seen_at = row.last_changed_at = changed_at
         # Only the columns _apply owns: cancel_requested_* are claimed by concurrent UPDATEs (claim_cancel).
         row.save(update_fields=[*APPLIED_FIELDS, "last_seen_at", "last_changed_at"])

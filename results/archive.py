@@ -13,6 +13,7 @@ line (the raw line is streamed).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -215,7 +216,7 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
             return
         for kind, path in local.items():
             with open(path, "rb") as handle:
-                stored[kind] = results_storage().save(f"{batch.batch_id}/{kind}.jsonl", File(handle))
+                stored[kind] = results_storage().save(f"{storage_folder(batch.batch_id)}/{kind}.jsonl", File(handle))
         try:
             summary = _index(archive, local)
             with transaction.atomic():
@@ -287,6 +288,20 @@ def _finish(archive: ResultArchive, state: str, **fields) -> None:
     fields.setdefault("retry_after", None)
     ResultArchive.objects.filter(pk=archive.pk).update(state=state, **fields)
     archive.refresh_from_db()
+
+
+# A file system refuses a name over 255 bytes, and the stored names are columns of 255 characters: a compatible
+# provider's ids run to 500 characters (LiteLLM's managed ids are ~250), so a long id's folder is a bounded prefix of
+# it and a digest of the whole.
+FOLDER_ID_CHARS = 100
+
+
+def storage_folder(batch_id: str) -> str:
+    """The folder of a batch's kept files in the results storage: its id, or a bounded stand-in for a long one."""
+    if len(batch_id) <= FOLDER_ID_CHARS:
+        return batch_id
+    digest = hashlib.sha256(batch_id.encode()).hexdigest()[:24]
+    return f"{batch_id[:64]}-{digest}"
 
 
 def _download(client: services.BatchClient, file_id: str) -> str:

@@ -104,7 +104,7 @@ def record(connection: Connection, webhook_id: str, event: dict) -> Received:
     event_type = _bounded(event.get("type"), 100)
     data = event.get("data")
     raw_batch_id = data.get("id") if isinstance(data, dict) else None
-    shape = connections.id_shapes(connection).batch
+    shape = connection.id_shapes.batch
     valid = isinstance(raw_batch_id, str) and shape.fullmatch(raw_batch_id)
     batch_id = raw_batch_id if valid else ""
     state, error = DeliveryState.RECEIVED, ""
