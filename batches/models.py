@@ -24,6 +24,8 @@ from django.db.models import Case, F, FloatField, Q, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Lower
 from django.db.models.lookups import GreaterThan
+from django.http import QueryDict
+from django.urls import Resolver404, resolve
 from django.utils import timezone
 
 from batches import events, normalise, pricing, services
@@ -1434,3 +1436,13 @@ class SavedView(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def batch_id(self) -> str:
+        """The batch its address names ("" for none): a results page's, or the list's `job` filter's."""
+        path, _, query = self.url.partition("?")
+        try:
+            match = resolve(path)
+        except Resolver404:
+            return ""
+        return match.kwargs.get("batch_id") or QueryDict(query).get("job", "")

@@ -507,3 +507,165 @@ def test_it_answers_each_cell_of_the_access_table(world, route, method, role, si
         # A signed-out poll: a full-page redirect to the login page, never a login form swapped into a region.
         polled = _request(client, world, row, method, role, side, HX_Request="true")
         assert polled.status_code == 200 and polled["HX-Redirect"].startswith(reverse("login"))
+
+
+# --- What the pages, counts, searches, menus and exports show -------------------------------------------------------
+
+
+def _b_ids(world: World) -> list[str]:
+    return [world.batches["B"].batch_id, world.failed_b.batch_id]
+
+
+def _figures(context) -> dict:
+    return {
+        "counts": {entry["value"]: entry["count"] for entry in context["status_counts"]},
+        "total": context["total_matching"],
+        "summary": context["summary"],
+        "spending": context["spending"],
+        "endpoints": context["endpoints"],
+        "models": context["models"],
+    }
+
+
+def _figures_of(connection: Connection) -> dict:
+    """The list's figures computed over one connection's batches alone."""
+    batches = Batch.objects.filter(connection=connection)
+    today = timezone.localdate()
+    since = timezone.make_aware(timezone.datetime.combine(today, timezone.datetime.min.time()))
+    counts = batches.status_counts()
+    endpoints, models = batches.endpoints_and_models()
+    return {
+        "total": sum(counts.values()),
+        "attention": batches.needs_attention_count(counts),
+        "summary": batches.summary(since=since),
+        "spending": batches.spending(today=today, connections=[connection.pk]),
+        "endpoints": endpoints,
+        "models": models,
+    }
+
+
+@pytest.mark.parametrize(("role", "side", "other"), [("viewer_a", "A", "B"), ("viewer_b", "B", "A")])
+def test_it_counts_lists_and_offers_only_the_batches_of_the_viewers_connection(world, role, side, other):
+    response = _client(world, role).get("/batches/")
+
+    html = response.content.decode()
+    figures = _figures(response.context)
+    own = _figures_of(world.connections[side])
+    assert world.batches[side].batch_id in html
+    assert world.batches[other].batch_id not in html
+    assert (figures["total"], figures["counts"]["attention"]) == (own["total"], own["attention"])
+    assert figures["summary"] == own["summary"]
+    assert figures["spending"] == own["spending"]
+    assert (figures["endpoints"], figures["models"]) == (own["endpoints"], own["models"])
+    if role == "viewer_a":
+        # B's failed batch needs attention, its embeddings run on a model only B uses: none of it shows to A.
+        assert figures["counts"]["attention"] == 0 and world.failed_b.batch_id not in html
+        assert B_MODEL not in html and EMBEDDINGS not in html
+    else:
+        assert figures["counts"]["attention"] >= 1 and B_MODEL in figures["models"]
+
+
+def test_it_finds_nothing_of_another_connection_by_search_or_job(world):
+    viewer_a, viewer_b = _client(world, "viewer_a"), _client(world, "viewer_b")
+    b_batch = world.batches["B"]
+    for query in ({"q": b_batch.batch_id}, {"q": b_batch.input_file_id}, {"job": b_batch.batch_id}):
+        found = viewer_a.get("/batches/", query)
+        assert found.context["total_matching"] == 0 and found.context["rows"] == [], query
+        assert viewer_b.get("/batches/", query).context["total_matching"] == 1, query
+
+
+def test_it_never_serves_one_scopes_cached_table_to_another(world, settings):
+    settings.BATCHBOARD_REFRESH_INTERVAL = 5.0  # polls of one URL share a rendering for this long
+    poll = {"HX-Request": "true"}
+
+    seen_by_b = _client(world, "viewer_b").get("/batches/?sort=status", headers=poll)
+    seen_by_a = _client(world, "viewer_a").get("/batches/?sort=status", headers=poll)
+
+    assert world.batches["B"].batch_id in seen_by_b.content.decode()
+    assert world.batches["B"].batch_id not in seen_by_a.content.decode()
+    assert world.batches["A"].batch_id in seen_by_a.content.decode()
+
+
+def test_it_exports_a_batchs_results_without_a_word_of_the_other_connection(world):
+    client = _client(world, "viewer_a")
+    a_id = world.batches["A"].batch_id
+    for url in (
+        f"/batches/{a_id}/results/export.csv",
+        f"/batches/{a_id}/results/export.jsonl",
+        f"/batches/{a_id}/final.csv",
+        f"/batches/{a_id}/final.jsonl",
+    ):
+        response = client.get(url)
+        body = b"".join(response.streaming_content).decode()
+        assert response.status_code == 200 and "req-1" in body, url
+        assert not any(batch_id in body for batch_id in _b_ids(world)), url
+
+
+def test_it_answers_metrics_only_to_the_token(world, settings):
+    settings.BATCHBOARD_METRICS_TOKEN = "matrix-metrics-token"
+    for role in ROLES:
+        response = _client(world, role).get("/metrics")
+        assert response.status_code == 401, role  # a session, even a superuser's, is not the token
+        assert not any(batch_id in response.content.decode() for batch_id in _b_ids(world))
+
+
+def test_it_opens_a_share_link_for_anyone_with_it(world):
+    token = world.share_tokens["B"]
+    for role in ("anonymous", "viewer_a", "viewer_b"):
+        client = _client(world, role)
+        page = client.get(f"/shared/{token}/")
+        assert page.status_code == 200 and world.batches["B"].batch_id in page.content.decode(), role
+        assert client.get(f"/shared/{token}/results/").status_code == 200, role
+        assert client.get(f"/shared/{token}/results/export.csv").status_code == 200, role
+
+
+def test_it_shows_no_saved_view_of_another_connections_batch(world):
+    """A user in both teams shares a results page of B's batch with team A: A's viewers do not see it (its name and
+    address would name B's batch), B's do."""
+    both = world.extra_users["both"]
+    team_a = Group.objects.get(name="team-a-viewers")
+    b_results = f"/batches/{world.batches['B'].batch_id}/results/"
+    a_results = f"/batches/{world.batches['A'].batch_id}/results/"
+    SavedView.objects.create(owner=both, name="B's results for A", url=b_results, team=team_a)
+    SavedView.objects.create(owner=both, name="A's results for A", url=a_results, team=team_a)
+    try:
+        for page in ("/batches/", "/batches/views/"):
+            html = _client(world, "viewer_a").get(page).content.decode()
+            assert a_results in html and "A&#x27;s results for A" in html, page
+            assert b_results not in html and "B&#x27;s results for A" not in html, page
+            assert b_results in _client(world, "both").get(page).content.decode(), page
+    finally:
+        SavedView.objects.filter(owner=both).delete()
+
+
+def test_it_shows_a_user_without_a_team_an_empty_list(world):
+    client = _client(world, "no_team")
+    response = client.get("/batches/")
+    assert response.status_code == 200
+    assert response.context["total_matching"] == 0 and response.context["rows"] == []
+    assert client.get(f"/batches/{world.batches['A'].batch_id}/").status_code == 404
+    assert access.connections(world.extra_users["no_team"]) == []
+
+
+def test_it_shows_the_team_of_a_paused_connection_its_history(world):
+    client = _client(world, "paused_team")
+    batch_id = world.paused_batch.batch_id
+    response = client.get("/batches/")
+    assert [row.batch_id for row in response.context["rows"]] == [batch_id]
+    assert client.get(f"/batches/{batch_id}/").status_code == 200
+    assert client.get(f"/batches/{world.batches['A'].batch_id}/").status_code == 404
+
+
+def test_it_shows_a_superuser_every_connection(world):
+    response = _client(world, "superuser").get("/batches/")
+    shown = {row.batch_id for row in response.context["rows"]}
+    assert {world.batches["A"].batch_id, world.paused_batch.batch_id, *_b_ids(world)} <= shown
+
+
+def test_it_shows_an_inactive_user_nothing(world):
+    inactive = world.extra_users["inactive"]
+    client = _client(world, "inactive")
+    response = client.get("/batches/")
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    assert client.get(f"/batches/{world.batches['A'].batch_id}/").status_code == 302
+    assert access.connections(inactive) == [] and not access.visible_batches(inactive).exists()
