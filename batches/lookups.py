@@ -111,21 +111,26 @@ def _fetch(
         freshness = Freshness(
             ok=False, as_of=row and row.last_seen_at, error_kind=error_kind(exc), error_message=failure_message(exc)
         )
-        cache.set(_failure_key(batch_id), (freshness.error_kind, freshness.error_message), FAILURE_SHOWN_SECONDS)
+        cache.set(
+            _failure_key(connection.pk, batch_id),
+            (freshness.error_kind, freshness.error_message),
+            FAILURE_SHOWN_SECONDS,
+        )
         return row, freshness
-    cache.delete(_failure_key(batch_id))
+    cache.delete(_failure_key(connection.pk, batch_id))
     row = record_batch(batch, connection=connection)
     return row, Freshness(ok=True, as_of=row.last_seen_at)
 
 
-def _failure_key(batch_id: str) -> str:
-    # Two connections sharing an id (rare, compatible providers) share the shown failure for a minute at worst.
-    return f"batchboard:refresh-failed:{batch_id}"
+def _failure_key(connection_id: int, batch_id: str) -> str:
+    # Per connection: two connections may share an id (compatible providers), and one's failure (its upstream's
+    # words) must not show on the other's page, to viewers who may see only that one.
+    return f"batchboard:refresh-failed:{connection_id}:{batch_id}"
 
 
 def _shown_freshness(row: Batch) -> Freshness:
     """What a viewer who did not make the call sees: the last refresh's failure if it failed, else fresh."""
-    failure = cache.get(_failure_key(row.batch_id))
+    failure = cache.get(_failure_key(row.connection_id, row.batch_id))
     if failure is None:
         return Freshness(ok=True, as_of=row.last_seen_at)
     kind, message = failure

@@ -376,16 +376,12 @@ TABLE: dict[str, Row] = {
         "batches:delete_view", kwargs=_saved_view_kwargs, post=_everyone(302), per_batch=False
     ),
     "batches/<batch_id:batch_id>/": Row("batches:detail", kwargs=_batch_kwargs(), get=_read()),
-    "batches/<batch_id:batch_id>/cancel/": Row(
-        "batches:cancel", kwargs=_batch_kwargs(), get=_act(200), post=_act(302)
-    ),
+    "batches/<batch_id:batch_id>/cancel/": Row("batches:cancel", kwargs=_batch_kwargs(), get=_act(200), post=_act(302)),
     "batches/<batch_id:batch_id>/files/<str:kind>/": Row(
         "batches:file", kwargs=_batch_kwargs(kind="input"), get=_read()
     ),
     "batches/<batch_id:batch_id>/results/": Row("results:list", kwargs=_batch_kwargs(), get=_read()),
-    "batches/<batch_id:batch_id>/results/export.csv": Row(
-        "results:export_csv", kwargs=_batch_kwargs(), get=_read()
-    ),
+    "batches/<batch_id:batch_id>/results/export.csv": Row("results:export_csv", kwargs=_batch_kwargs(), get=_read()),
     "batches/<batch_id:batch_id>/results/export.jsonl": Row(
         "results:export_jsonl", kwargs=_batch_kwargs(), get=_read()
     ),
@@ -669,3 +665,35 @@ def test_it_shows_an_inactive_user_nothing(world):
     assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
     assert client.get(f"/batches/{world.batches['A'].batch_id}/").status_code == 302
     assert access.connections(inactive) == [] and not access.visible_batches(inactive).exists()
+
+
+def test_it_keeps_an_id_that_two_connections_share_apart(world):
+    """A compatible provider may hand out an id another connection has: each viewer sees their own batch, its own
+    retries, and the connection parameter opens nothing of the other's."""
+    from batches.lineage_keys import LineageState
+
+    twin_id, retry_id = "batch_twin" + "0" * 24, "batch_twinretry" + "0" * 19
+    twins = [record_batch(completed(twin_id), connection=world.connections[side]) for side in SIDES]
+    retry = record_batch(completed(retry_id), connection=world.connections["B"])
+    Batch.objects.filter(pk=retry.pk).update(job=twin_id, retry_of=twin_id, lineage_state=LineageState.VERIFIED)
+    try:
+        retries = {
+            role: {row.batch_id: row.retry_count for row in _client(world, role).get("/batches/").context["rows"]}
+            for role in ("viewer_a", "viewer_b")
+        }
+        assert retries["viewer_a"][twin_id] == 0 and retry_id not in retries["viewer_a"]
+        assert retries["viewer_b"][twin_id] == 1
+
+        superuser = _client(world, "superuser")
+        assert superuser.get(f"/batches/{twin_id}/").status_code == 300  # the page that links both
+        assert superuser.get(f"/batches/{twin_id}/?connection=team-b").context["batch"].pk == twins[1].pk
+        viewer_a = _client(world, "viewer_a")
+        assert viewer_a.get(f"/batches/{twin_id}/").context["batch"].pk == twins[0].pk
+        refused = viewer_a.get(f"/batches/{twin_id}/?connection=team-b")
+        made_up = viewer_a.get(f"/batches/{MADE_UP_ID}/?connection=team-b")
+        assert refused.status_code == made_up.status_code == 404
+        assert _without_per_response_secrets(refused.content.decode().replace(twin_id, MADE_UP_ID)) == (
+            _without_per_response_secrets(made_up.content.decode())
+        )
+    finally:
+        Batch.objects.filter(batch_id__in=[twin_id, retry_id]).delete()
