@@ -702,3 +702,19 @@ def test_it_keeps_an_id_that_two_connections_share_apart(world):
         )
     finally:
         Batch.objects.filter(batch_id__in=[twin_id, retry_id]).delete()
+
+
+def test_it_offers_and_takes_only_the_connections_the_user_may_create_on(world):
+    client = _client(world, "creator_a")
+    assert "Team B" not in client.get("/batches/new/").content.decode()
+    before = Batch.objects.count()
+
+    response = client.post(
+        "/batches/new/",
+        {"connection": world.connections["B"].pk, "input_file_id": world.batches["B"].input_file_id, "token": "x"},
+    )
+
+    assert response.status_code == 200 and "connection" in response.context["form"].errors
+    assert Batch.objects.count() == before
+    superuser_form = _client(world, "superuser").get("/batches/new/").content.decode()
+    assert "Team A" in superuser_form and "Team B" in superuser_form
