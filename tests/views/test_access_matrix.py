@@ -566,6 +566,19 @@ def test_it_counts_lists_and_offers_only_the_batches_of_the_viewers_connection(w
         assert figures["counts"]["attention"] >= 1 and B_MODEL in figures["models"]
 
 
+def test_it_cancels_in_bulk_only_what_the_user_may_cancel(world):
+    client = _client(world, "creator_a")
+    a_id, b_id = world.batches["A"].batch_id, world.batches["B"].batch_id
+
+    confirm = client.get("/batches/cancel/", {"batch_id": [a_id, b_id]})
+    done = client.post("/batches/cancel/", {"batch_id": [a_id, b_id], "confirm": "yes"})
+
+    assert [batch.batch_id for batch in confirm.context["to_cancel"]] == []  # both are completed already
+    assert [(batch_id, found) for batch_id, found in confirm.context["skipped"]][1] == (b_id, None)
+    outcomes = dict(done.context["results"])
+    assert outcomes[b_id].error == "There is no batch with this id that you may cancel." and not outcomes[b_id].sent
+
+
 def test_it_finds_nothing_of_another_connection_by_search_or_job(world):
     viewer_a, viewer_b = _client(world, "viewer_a"), _client(world, "viewer_b")
     b_batch = world.batches["B"]
@@ -663,9 +676,13 @@ def test_it_shows_a_superuser_every_connection(world):
     assert {world.batches["A"].batch_id, world.paused_batch.batch_id, *_b_ids(world)} <= shown
 
 
-def test_it_shows_an_inactive_user_nothing(world):
+@pytest.mark.parametrize("backend", ["accounts.backends.LocalPasswordBackend", "accounts.backends.OidcBackend"])
+def test_it_shows_an_inactive_user_nothing(world, backend):
+    """A user switched off keeps no session, whether they signed in with a password or single sign-on, and is
+    granted no connection even where a team of theirs is."""
     inactive = world.extra_users["inactive"]
-    client = _client(world, "inactive")
+    client = Client()
+    client.force_login(inactive, backend=backend)
     response = client.get("/batches/")
     assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
     assert client.get(f"/batches/{world.batches['A'].batch_id}/").status_code == 302
@@ -718,3 +735,21 @@ def test_it_offers_and_takes_only_the_connections_the_user_may_create_on(world):
     assert Batch.objects.count() == before
     superuser_form = _client(world, "superuser").get("/batches/new/").content.decode()
     assert "Team A" in superuser_form and "Team B" in superuser_form
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the audit log names batches by id alone until audit events carry their connection (the pages helper)",
+)
+def test_it_shows_on_a_batchs_page_only_the_activity_of_that_connections_batch(world):
+    twin_id = "batch_twinactivity" + "0" * 16
+    for side in SIDES:
+        record_batch(completed(twin_id), connection=world.connections[side])
+    try:
+        made = _client(world, "viewer_b").post(f"/batches/{twin_id}/share-links/?connection=team-b", {"hours": "24"})
+        assert made.status_code == 201
+        page = _client(world, "viewer_a").get(f"/batches/{twin_id}/")
+        assert page.status_code == 200 and "viewer-b" not in page.content.decode()
+    finally:
+        ShareLink.objects.filter(batch__batch_id=twin_id).delete()
+        Batch.objects.filter(batch_id=twin_id).delete()
