@@ -279,6 +279,7 @@ EXEMPT_PREFIXES = {
     "sandbox/": "the simulated upstream API: authenticated by its keys, no session (tests/sandbox/)",
     "shared/": "share-link pages: the token is the permission (test_it_opens_a_share_link_for_anyone_with_it)",
     "static/": "static files",
+    "webhooks/": "signed deliveries, a receiver per connection, no session (tests/views/test_webhooks.py)",
 }
 EXEMPT = {
     "accounts/login/": "the login page: for anyone",
@@ -288,7 +289,6 @@ EXEMPT = {
     "healthz": "a probe, says nothing (tests/views/test_health.py)",
     "readyz": "a probe, says nothing of batches (tests/views/test_health.py)",
     "metrics": "a bearer token, no session (test_it_answers_metrics_only_to_the_token)",
-    "webhooks/openai/": "signed deliveries, no session (tests/views/test_webhooks.py)",
 }
 
 
