@@ -136,6 +136,8 @@ def _fetch(
 
 
 def _failure_key(connection_id: int, batch_id: str) -> str:
+    # Per connection: two connections may share an id (compatible providers), and one's failure (its upstream's
+    # words) must not show on the other's page, to viewers who may see only that one.
     return f"batchboard:refresh-failed:{_key_part(connection_id, batch_id)}"
 
 

@@ -24,6 +24,8 @@ from django.db.models import Case, F, FloatField, Q, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Lower
 from django.db.models.lookups import GreaterThan
+from django.http import QueryDict
+from django.urls import Resolver404, resolve
 from django.utils import timezone
 
 from batches import events, normalise, pricing, services
@@ -262,10 +264,17 @@ class BatchQuerySet(models.QuerySet):
         return dict(rows.annotate(count=models.Count("pk")))
 
     def count_retries(self, batches: list) -> None:
-        """Set `retry_count` on each of a list page's batches: how many verified retries its job has, in one query."""
-        counts = self.retry_counts([batch.batch_id for batch in batches])
+        """Set `retry_count` on each of a list page's batches: how many verified retries its job has, in one query.
+        A job lives in one connection: the retries of a same-named job of another connection are not its own."""
+        rows = (
+            self.filter(job__in=[batch.batch_id for batch in batches], lineage_state=LineageState.VERIFIED)
+            .order_by()
+            .values_list("connection_id", "job")
+            .annotate(count=models.Count("pk"))
+        )
+        counts = {(connection_id, job): count for connection_id, job, count in rows}
         for batch in batches:
-            batch.retry_count = counts.get(batch.batch_id, 0)
+            batch.retry_count = counts.get((batch.connection_id, batch.batch_id), 0)
 
     def status_counts(self) -> dict[str, int]:
         """{status: number of batches}, in one aggregate query."""
@@ -1442,3 +1451,13 @@ class SavedView(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def batch_id(self) -> str:
+        """The batch its address names ("" for none): a results page's, or the list's `job` filter's."""
+        path, _, query = self.url.partition("?")
+        try:
+            match = resolve(path)
+        except Resolver404:
+            return ""
+        return match.kwargs.get("batch_id") or QueryDict(query).get("job", "")

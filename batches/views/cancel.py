@@ -14,7 +14,7 @@ from django_htmx.http import retarget, trigger_client_event
 
 from batches import access, actions, events, services
 from batches.models import Batch
-from batches.views.common import refreshed_batch, unreachable, visible_batch_connection
+from batches.views.common import existing_batch_connection, refreshed_batch, unreachable
 from batches.views.listing import list_context, list_query_of
 
 MAX_BULK = 100
@@ -24,7 +24,7 @@ AUDIT_OUTCOMES = {"cancelled": events.OK, "already": events.ALREADY, "error": ev
 @require_http_methods(["GET", "HEAD", "POST"])
 def batch_cancel(request, batch_id):
     """GET (and HEAD) shows a confirm page (for browsers without JavaScript); only POST cancels."""
-    connection = visible_batch_connection(request, batch_id)  # a batch the user may not see is a 404
+    connection = existing_batch_connection(request, batch_id)  # a batch the user may not see is a 404
     _require_cancel_permission(request, batch_id, connection)
     next_url = _safe_next(request.POST.get("next") or request.GET.get("next"))
     if request.method != "POST":

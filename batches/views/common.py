@@ -47,6 +47,20 @@ def visible_batch_connection(request, batch_id: str) -> Connection:
     raise Http404(f"There is no batch {batch_id}.")
 
 
+def existing_batch_connection(request, batch_id: str) -> Connection:
+    """visible_batch_connection for an action (cancel, retry): also a 404 for an id that neither the cache nor the
+    API knows, before any permission is checked, so that acting on another team's batch answers exactly as acting
+    on no batch at all (a 403 would say there is something there). Costs an upstream call only for an id the cache
+    does not know, once per NOT_FOUND_SECONDS."""
+    connection = visible_batch_connection(request, batch_id)
+    if not Batch.objects.filter(connection=connection, batch_id=batch_id).exists():
+        try:
+            lookups.refresh_batch(batch_id, user_key=user_key(request), connection=connection)
+        except services.NotFound:
+            raise Http404(f"There is no batch {batch_id}.") from None
+    return connection
+
+
 def refreshed_batch(request, batch_id: str) -> tuple[Batch | None, Freshness]:
     """The batch, refreshed when it can still change; a 404 for an id neither the cache nor the API knows, or that
     is not in a connection the viewer may see.
