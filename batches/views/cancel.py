@@ -18,7 +18,7 @@ from batches import access, actions, events
 from batches.converters import BatchIdConverter
 from batches.models import Batch
 from batches.views.common import refreshed_batch, unreachable, visible_batch_connection
-from batches.views.listing import list_context, list_query_of
+from batches.views.listing import list_context, list_query_of, shows_connections
 
 MAX_BULK = 100
 BATCH_ID = re.compile(BatchIdConverter.regex)
@@ -136,6 +136,7 @@ def _cancel_fragment(request, batch_id: str, outcome: actions.CancelOutcome) -> 
             "batch": outcome.batch,
             "cancel_outcome": outcome if outcome.error else None,
             "can_cancel": True,
+            "show_connections": shows_connections(request.user),
             "list_url": f"{list_url}?{query.urlencode()}" if query else list_url,
         }
         return render(request, "batches/batch_list.html#batch-row", context)
