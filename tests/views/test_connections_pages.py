@@ -1,0 +1,214 @@
+"""Pages across connections: the list's connection column, filter and counts per connection; the connection on each
+batch page; the page for an id in two connections; the audit log and /metrics per connection; the create page's
+choice of connection."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.cache import cache
+from django.db import connection as db_connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from batches import services
+from batches.models import Batch, Connection, ConnectionKind, ConnectionSource, SavedView, SyncState, record_batches
+from tests.batch_api import payload
+
+pytestmark = pytest.mark.django_db
+
+
+class Two:
+    """Two connections besides the default one (closed to everyone here): Research (Azure) and Finance (OpenAI),
+    a team for each, and users: a viewer of Research, a viewer of both, a superuser."""
+
+    def __init__(self, django_user_model, base_url: str):
+        default = Connection.objects.default()
+        default.open_to_everyone = False
+        default.save()
+        self.research = Connection.objects.create(
+            name="Research",
+            slug="research",
+            kind=ConnectionKind.AZURE,
+            source=ConnectionSource.ADMIN,
+            base_url=base_url,
+            api_key_env="PAGES_RESEARCH_KEY",
+        )
+        self.finance = Connection.objects.create(
+            name="Finance",
+            slug="finance",
+            kind=ConnectionKind.OPENAI,
+            source=ConnectionSource.ADMIN,
+            base_url=base_url,
+            api_key_env="PAGES_FINANCE_KEY",
+        )
+        self.research_team = Group.objects.create(name="research")
+        self.finance_team = Group.objects.create(name="finance")
+        self.research.view_teams.add(self.research_team)
+        self.finance.view_teams.add(self.finance_team)
+        self.researcher = django_user_model.objects.create_user("researcher", password="pw")
+        self.researcher.groups.add(self.research_team)
+        self.both = django_user_model.objects.create_user("both", password="pw")
+        self.both.groups.add(self.research_team, self.finance_team)
+        self.root = django_user_model.objects.create_superuser("root", password="pw")
+        now = timezone.now()
+        for connection in (self.research, self.finance):  # both loops alive, as fresh_cache makes the default's
+            SyncState.objects.create(
+                name=connection.list_state,
+                claimed_at=now,
+                succeeded_at=now,
+                heartbeat_at=now,
+                watched_at=now + timedelta(hours=1),
+            )
+
+    def add(self, connection: Connection, status: str = "completed", **fields) -> dict:
+        if status == "completed":  # the example has a failed line in five: attention; these are clean
+            fields.setdefault("request_counts", {"total": 5, "completed": 5, "failed": 0})
+        data = payload(status, **fields)
+        record_batches([services.ApiBatch.from_api(data)], connection=connection)
+        return data
+
+    @staticmethod
+    def client(user) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+
+@pytest.fixture
+def two(django_user_model, monkeypatch, fresh_cache):
+    monkeypatch.setenv("PAGES_RESEARCH_KEY", "sk-sandbox")
+    monkeypatch.setenv("PAGES_FINANCE_KEY", "sk-sandbox-second")
+    return Two(django_user_model, "http://127.0.0.1:9/v1")
+
+
+def _row(html: str, batch_id: str) -> str:
+    match = re.search(rf'<tr id="row-{batch_id}".*?</tr>', html, re.S)
+    assert match, f"no row for {batch_id}"
+    return match.group(0)
+
+
+# The list
+
+
+def test_it_shows_a_connection_column_to_a_viewer_of_several(two):
+    research = two.add(two.research, "in_progress")
+    finance = two.add(two.finance, "failed")
+
+    html = two.client(two.both).get("/batches/").text
+
+    assert '<th scope="col" class="col-connection">Connection</th>' in html
+    assert ">Research</td>" in _row(html, research["id"]) and ">Finance</td>" in _row(html, finance["id"])
+    assert f'href="/batches/{research["id"]}/?connection=research"' in _row(html, research["id"])
+    assert 'id="filter-connection"' in html
+
+
+def test_it_keeps_the_list_of_a_viewer_of_one_connection_as_it_was(two):
+    research = two.add(two.research, "in_progress")
+    two.add(two.finance, "in_progress")
+
+    html = two.client(two.researcher).get("/batches/").text
+
+    assert "col-connection" not in html and 'id="filter-connection"' not in html and "connection-counts" not in html
+    assert f'href="/batches/{research["id"]}/"' in _row(html, research["id"])
+    assert html.count('<tr id="row-') == 1
+
+
+def test_it_filters_by_connection_and_counts_within_it(two):
+    research = [two.add(two.research, status) for status in ("in_progress", "failed", "completed")]
+    finance = two.add(two.finance, "in_progress")
+    client = two.client(two.both)
+
+    for headers in ({}, {"HX-Request": "true"}):
+        html = client.get("/batches/?connection=research", headers=headers).text
+        assert all(f'id="row-{batch["id"]}"' in html for batch in research)
+        assert f'id="row-{finance["id"]}"' not in html
+    html = client.get("/batches/?connection=research").text
+    assert re.search(r'id="status-chip-all"[^>]*>all <span class="count">3<', html)
+    assert '<option value="research" selected>' in html
+    assert "Filters (1)" in html
+
+
+@pytest.mark.parametrize("slug", ["nowhere", "finance", "%3Cb%3E"])
+def test_it_ignores_an_unknown_or_hidden_connection_with_a_notice(two, slug):
+    research = two.add(two.research, "in_progress")
+    two.add(two.finance, "in_progress")
+
+    response = two.client(two.researcher).get(f"/batches/?connection={slug}")
+
+    assert response.status_code == 200
+    assert "showing every connection." in response.text
+    assert f'id="row-{research["id"]}"' in response.text and response.text.count('<tr id="row-') == 1
+    assert "<b>" not in response.text.split("showing every connection")[0].rsplit("notice", 1)[-1]
+
+
+def test_it_counts_running_and_attention_per_connection(two):
+    for status in ("in_progress", "in_progress", "failed"):
+        two.add(two.research, status)
+    two.add(two.finance, "expired")
+    two.add(two.finance, "completed")
+
+    html = two.client(two.both).get("/batches/").text
+
+    research = re.search(r'<li id="connection-count-research">(.*?)</li>', html, re.S).group(1)
+    finance = re.search(r'<li id="connection-count-finance">(.*?)</li>', html, re.S).group(1)
+    assert "2 running" in research and "1 needs attention" in research and "3 in all" in research
+    assert "0 running" in finance and "1 needs attention" in finance and "2 in all" in finance
+    assert 'href="?connection=research"' in research
+
+
+def test_it_never_shares_counts_per_connection_between_scopes(two):
+    two.add(two.research, "in_progress")
+    two.add(two.finance, "in_progress")
+    two.root.groups.clear()
+    two.client(two.root).get("/batches/")  # counts every connection, cached for its scope
+
+    html = two.client(two.both).get("/batches/").text
+
+    assert "connection-count-default" not in html  # the superuser's scope has it; this viewer's does not
+    assert 'id="connection-count-research"' in html and 'id="connection-count-finance"' in html
+
+
+def test_it_counts_every_connection_in_one_query(two):
+    for n in range(6):
+        two.add((two.research, two.finance)[n % 2], ("in_progress", "failed", "completed")[n % 3])
+    with CaptureQueriesContext(db_connection) as captured:
+        counts = Batch.objects.counts_per_connection()
+    assert len(captured) == 1
+    assert counts[two.research.pk] == {"running": 1, "attention": 1, "total": 3}
+    assert counts[two.finance.pk] == {"running": 1, "attention": 1, "total": 3}
+
+
+@pytest.mark.parametrize("headers", [{}, {"HX-Request": "true"}], ids=["page", "fragment"])
+def test_the_list_of_several_connections_costs_the_same_queries_for_few_or_many_batches(two, headers):
+    client = two.client(two.both)
+
+    def queries(url):
+        cache.clear()
+        with CaptureQueriesContext(db_connection) as captured:
+            assert client.get(url, headers=headers).status_code in (200, 286)
+        return len(captured)
+
+    two.add(two.research, "in_progress")
+    two.add(two.finance, "failed")
+    few = [queries(url) for url in ("/batches/", "/batches/?connection=finance")]
+    for n in range(60):
+        two.add((two.research, two.finance)[n % 2], ("in_progress", "completed", "failed")[n % 3])
+    many = [queries(url) for url in ("/batches/", "/batches/?connection=finance")]
+
+    assert few == many
+
+
+def test_a_saved_view_keeps_the_connection_filter(two):
+    client = two.client(two.both)
+    client.post("/batches/views/save/", {"url": "/batches/?connection=finance&status=failed", "name": "Finance"})
+    view = SavedView.objects.get()
+    assert "connection=finance" in view.url
+    finance = two.add(two.finance, "failed")
+    two.add(two.research, "failed")
+    html = client.get(view.url).text
+    assert f'id="row-{finance["id"]}"' in html and html.count('<tr id="row-') == 1
