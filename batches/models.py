@@ -650,6 +650,13 @@ class Batch(models.Model):
         """The latest payload, parsed by the service module."""
         return services.ApiBatch.from_api(self.payload, services.ANY_IDS)  # checked for its connection when stored
 
+    def download_stem(self, batch_id: str = "") -> str:
+        """The start of its downloads' file names: its id (or `batch_id`, of its job), after the connection's slug
+        outside the default connection (an id may exist in two connections: a folder of downloads tells them
+        apart)."""
+        batch_id = batch_id or self.batch_id
+        return batch_id if self.connection.is_default else f"{self.connection.slug}-{batch_id}"
+
     @property
     def is_cancellable(self) -> bool:
         return self.status in services.CANCELLABLE_STATUSES

@@ -1,5 +1,7 @@
 """What several views share: a batch refreshed for display, or the page that says why there is none."""
 
+import re
+
 from django.http import Http404
 from django.shortcuts import render
 
@@ -9,6 +11,7 @@ from batches.models import Batch, Connection
 
 # The query parameter that picks one connection's batch when the id exists in several.
 CONNECTION_PARAMETER = "connection"
+SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
 
 
 class AmbiguousBatch(Exception):
@@ -40,6 +43,13 @@ def visible_batch_connection(request, batch_id: str) -> Connection:
     if len(syncing) == 1:
         return syncing[0]
     raise Http404(f"There is no batch {batch_id}.")
+
+
+def picked_connection(request) -> str:
+    """The slug `?connection=` names on this request, if it is shaped like one (else ""): links between a batch's
+    pages carry it on, so that an id in two connections keeps meaning the same batch."""
+    slug = request.GET.get(CONNECTION_PARAMETER, "") if request is not None else ""
+    return slug if SLUG.fullmatch(slug) else ""
 
 
 def refreshed_batch(request, batch_id: str) -> tuple[Batch | None, Freshness]:
