@@ -18,6 +18,7 @@ from django.utils import timezone
 from batches import services
 from batches.models import Batch, Connection, ConnectionKind, ConnectionSource, SavedView, SyncState, record_batches
 from tests.batch_api import payload
+from tests.conftest import kept_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -212,3 +213,88 @@ def test_a_saved_view_keeps_the_connection_filter(two):
     two.add(two.research, "failed")
     html = client.get(view.url).text
     assert f'id="row-{finance["id"]}"' in html and html.count('<tr id="row-') == 1
+
+
+# A batch's pages
+
+
+def test_the_batch_pages_name_the_connection(two):
+    batch = two.add(two.research, "completed")
+    client = two.client(two.both)
+
+    for url in (f"/batches/{batch['id']}/", f"/batches/{batch['id']}/results/"):
+        html = client.get(url).text
+        assert 'id="connection-line"' in html, url
+        line = re.search(r'<p class="connection-line".*?</p>', html, re.S).group(0)
+        assert "Research" in line and "Azure OpenAI" in line
+
+
+def test_the_batch_page_of_a_default_install_says_nothing_of_connections(api, viewer_client, fresh_cache):
+    batch = api.add("completed")
+    assert "connection-line" not in viewer_client.get(f"/batches/{batch['id']}/").text
+
+
+@pytest.fixture
+def twin(two):
+    """One id in both connections (possible with compatible providers)."""
+    research = two.add(two.research, "completed")
+    two.add(two.finance, "completed", id=research["id"])
+    return research["id"]
+
+
+def test_an_id_in_two_connections_leads_to_a_page_linking_both(two, twin):
+    response = two.client(two.both).get(f"/batches/{twin}/")
+
+    assert response.status_code == 300
+    assert f'href="/batches/{twin}/?connection=research"' in response.text
+    assert f'href="/batches/{twin}/?connection=finance"' in response.text
+    assert "Azure OpenAI" in response.text and "OpenAI" in response.text
+
+
+@pytest.mark.parametrize("slug", ["research", "finance"])
+def test_the_connection_in_the_address_picks_one_and_the_links_keep_it(two, twin, slug):
+    client = two.client(two.both)
+
+    detail = client.get(f"/batches/{twin}/?connection={slug}")
+    results = client.get(f"/batches/{twin}/results/?connection={slug}")
+
+    assert detail.status_code == results.status_code == 200
+    name = {"research": "Research", "finance": "Finance"}[slug]
+    assert f"<strong>{name}</strong>" in detail.text and f"<strong>{name}</strong>" in results.text
+    assert f'href="/batches/{twin}/results/?connection={slug}"' in detail.text  # detail → results
+    assert f'href="/batches/{twin}/?connection={slug}"' in results.text  # results → detail
+
+
+def test_a_viewer_of_one_of_the_two_gets_that_one_directly(two, twin):
+    response = two.client(two.researcher).get(f"/batches/{twin}/")
+    assert response.status_code == 200
+    assert 'id="connection-line"' in response.text and "<strong>Research</strong>" in response.text
+
+
+def test_kept_results_keep_the_connection_in_filters_exports_and_file_names(two, tmp_path):
+    kept = kept_batch({"a": 200, "b": 500}, tmp_path)
+    Batch.objects.filter(pk=kept.pk).update(connection=two.research)
+    two.add(two.finance, "completed", id=kept.batch_id)  # the same id elsewhere: the address must pick
+    client = two.client(two.both)
+
+    results = client.get(f"/batches/{kept.batch_id}/results/?connection=research")
+    export = client.get(f"/batches/{kept.batch_id}/results/export.csv?outcome=failed&connection=research")
+
+    assert results.status_code == 200
+    assert '<input type="hidden" name="connection" value="research">' in results.text
+    assert (
+        f"/batches/{kept.batch_id}/results/export.csv?" in results.text and "&amp;connection=research" in results.text
+    )
+    root = two.client(two.root)
+    assert (
+        f'href="/batches/{kept.batch_id}/retry/?connection=research"'
+        in root.get(results.request["PATH_INFO"] + "?connection=research").text
+    )
+    retry = root.get(f"/batches/{kept.batch_id}/retry/?connection=research").text
+    assert (
+        "&amp;connection=research" in retry  # the choices keep it, and so does the form they lead to
+        and "<strong>Research</strong>" in retry
+    )
+    assert export.status_code == 200
+    assert f"research-{kept.batch_id}-results.csv" in export["Content-Disposition"]
+    assert client.get(f"/batches/{kept.batch_id}/results/export.csv").status_code == 300
