@@ -101,7 +101,13 @@ def _audit_bulk(request, results: list[tuple[str, actions.CancelOutcome]], probl
     for batch_id, outcome in results:
         detail = f"bulk cancel of {len(results)}" + (f": {outcome.error}" if outcome.error else "")
         events.note_action(
-            request, events.CANCEL, AUDIT_OUTCOMES[outcome.result], batch_id=batch_id, target="bulk", detail=detail
+            request,
+            events.CANCEL,
+            AUDIT_OUTCOMES[outcome.result],
+            batch_id=batch_id,
+            target="bulk",
+            detail=detail,
+            connection=outcome.batch.connection_id if outcome.batch is not None else None,
         )
 
 

@@ -37,12 +37,12 @@ def visible_batch_connection(request, batch_id: str) -> Connection:
     rows = list(Batch.objects.filter(batch_id=batch_id, connection__in=viewable).select_related("connection"))
     if len(rows) > 1:
         raise AmbiguousBatch(batch_id, rows)
-    if rows:
-        return rows[0].connection
     syncing = [connection for connection in viewable if connection.configured and not connection.paused]
-    if len(syncing) == 1:
-        return syncing[0]
-    raise Http404(f"There is no batch {batch_id}.")
+    if not rows and len(syncing) != 1:
+        raise Http404(f"There is no batch {batch_id}.")
+    connection = rows[0].connection if rows else syncing[0]
+    request.batchboard_connection = connection  # what the audit log records this request's batch events under
+    return connection
 
 
 def picked_connection(request) -> str:

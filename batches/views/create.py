@@ -43,7 +43,10 @@ def _first_problem(form: CreateBatchForm) -> str:
 def _audit_create(request, form: CreateBatchForm, outcome: str, batch_id: str = "", detail: str = "") -> None:
     upload = form.files.get("input_file")
     target = upload.name if upload else form.data.get("input_file_id", "")
-    events.note_action(request, events.CREATE, outcome, batch_id=batch_id, target=target, detail=detail)
+    connection = form.cleaned_data.get("connection") if hasattr(form, "cleaned_data") else None
+    events.note_action(
+        request, events.CREATE, outcome, batch_id=batch_id, target=target, detail=detail, connection=connection
+    )
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
