@@ -15,6 +15,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from audit.models import Action, AuditEvent, Outcome
 from batches import services
 from batches.models import Batch, Connection, ConnectionKind, ConnectionSource, SavedView, SyncState, record_batches
 from tests.batch_api import payload
@@ -298,3 +299,60 @@ def test_kept_results_keep_the_connection_in_filters_exports_and_file_names(two,
     assert export.status_code == 200
     assert f"research-{kept.batch_id}-results.csv" in export["Content-Disposition"]
     assert client.get(f"/batches/{kept.batch_id}/results/export.csv").status_code == 300
+
+
+# The audit log
+
+
+def test_a_download_is_audited_under_the_batch_connection(two, tmp_path):
+    kept = kept_batch({"a": 200}, tmp_path)
+    Batch.objects.filter(pk=kept.pk).update(connection=two.finance)
+    two.add(two.research, "completed", id=kept.batch_id)
+
+    response = two.client(two.both).get(f"/batches/{kept.batch_id}/results/export.jsonl?connection=finance")
+
+    assert response.status_code == 200
+    b"".join(response.streaming_content)
+    event = AuditEvent.objects.get(action=Action.DOWNLOAD)
+    assert event.batch_id == kept.batch_id and event.connection == two.finance
+
+
+def test_the_batch_activity_lists_only_its_own_connection_events(two, twin):
+    AuditEvent.objects.create(
+        username="ann", action=Action.CANCEL, outcome=Outcome.OK, batch_id=twin, connection=two.research
+    )
+    AuditEvent.objects.create(
+        username="bob", action=Action.CANCEL, outcome=Outcome.OK, batch_id=twin, connection=two.finance
+    )
+    client = two.client(two.both)
+
+    research = client.get(f"/batches/{twin}/?connection=research").text
+    finance = client.get(f"/batches/{twin}/?connection=finance").text
+
+    assert "Cancelled by ann" in research and "Cancelled by bob" not in research
+    assert "Cancelled by bob" in finance and "Cancelled by ann" not in finance
+
+
+def test_the_audit_admin_shows_staff_only_their_connections_events(two, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    AuditEvent.objects.create(
+        username="ann", action=Action.CANCEL, outcome=Outcome.OK, batch_id="batch_r1", connection=two.research
+    )
+    AuditEvent.objects.create(
+        username="bob", action=Action.CANCEL, outcome=Outcome.OK, batch_id="batch_f1", connection=two.finance
+    )
+    AuditEvent.objects.create(username="carl", action=Action.LOGIN, outcome=Outcome.OK)
+    staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_auditevent"))
+    staff.groups.add(two.research_team)
+
+    page = two.client(staff).get("/admin/audit/auditevent/")
+    everything = two.client(two.root).get("/admin/audit/auditevent/")
+    filtered = two.client(two.root).get(f"/admin/audit/auditevent/?connection={two.finance.pk}")
+
+    assert page.status_code == 200
+    assert "batch_r1" in page.text and "carl" in page.text and "batch_f1" not in page.text
+    assert "Finance" not in page.text  # not even as a filter choice
+    assert all(name in everything.text for name in ("batch_r1", "batch_f1", "carl", "Research", "Finance"))
+    assert "batch_f1" in filtered.text and "batch_r1" not in filtered.text
