@@ -356,3 +356,68 @@ def test_the_audit_admin_shows_staff_only_their_connections_events(two, django_u
     assert "Finance" not in page.text  # not even as a filter choice
     assert all(name in everything.text for name in ("batch_r1", "batch_f1", "carl", "Research", "Finance"))
     assert "batch_f1" in filtered.text and "batch_r1" not in filtered.text
+
+
+# /metrics
+
+METRICS_TOKEN = "metrics-token-for-connection-tests"
+
+
+def _scrape(settings) -> tuple[dict, int]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    settings.BATCHBOARD_METRICS_TOKEN = METRICS_TOKEN
+    with CaptureQueriesContext(db_connection) as captured:
+        response = Client().get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert response.status_code == 200
+    figures = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    return figures, len(captured)
+
+
+def test_metrics_carry_a_connection_label(two, settings):
+    from batches.models import UpstreamMinute
+
+    two.add(two.research, "in_progress")
+    two.add(two.research, "in_progress")
+    two.add(two.finance, "failed")
+    UpstreamMinute.objects.create(connection=two.research, minute=1, calls=7, errors=2, rate_limited=1)
+    UpstreamMinute.objects.create(connection=two.finance, minute=1, calls=3)
+    SyncState.objects.filter(name=two.finance.list_state).update(consecutive_failures=4)
+
+    figures, _ = _scrape(settings)
+
+    def at(name, slug, **labels):
+        return figures[(name, tuple(sorted({"connection": slug, **labels}.items())))]
+
+    assert at("batchboard_batches", "research", status="in_progress") == 2
+    assert at("batchboard_batches", "finance", status="in_progress") == 0
+    assert at("batchboard_batches", "finance", status="failed") == 1
+    assert at("batchboard_requests_in_flight", "research") == 2 * 3  # the example: 2 of 5 done
+    assert at("batchboard_upstream_calls_total", "research") == 7
+    assert at("batchboard_upstream_errors_total", "research") == 2
+    assert at("batchboard_upstream_rate_limited_total", "research") == 1
+    assert at("batchboard_upstream_calls_total", "finance") == 3
+    assert at("batchboard_sync_consecutive_failures", "finance") == 4
+    assert at("batchboard_sync_alive", "research") == 1
+    assert figures[("batchboard_tasks_waiting", ())] == 0  # the task queue is everyone's: no label
+
+
+def test_metrics_cost_the_same_queries_for_one_or_many_connections(two, settings):
+    _, few = _scrape(settings)
+    for n in range(5):
+        more = Connection.objects.create(name=f"More {n}", slug=f"more-{n}", source=ConnectionSource.ADMIN)
+        two.add(more, "in_progress")
+    figures, many = _scrape(settings)
+    assert few == many
+    assert figures[("batchboard_batches", (("connection", "more-4"), ("status", "in_progress")))] == 1
+
+
+def test_a_paused_connection_has_no_sync_figures_to_alert_on(two, settings):
+    Connection.objects.filter(pk=two.finance.pk).update(paused=True)
+    figures, _ = _scrape(settings)
+    assert ("batchboard_sync_alive", (("connection", "research"),)) in figures
+    assert ("batchboard_sync_alive", (("connection", "finance"),)) not in figures
