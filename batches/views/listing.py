@@ -266,6 +266,7 @@ def list_context(
         "list_query": list_query,
         "list_url": reverse("batches:list") + (f"?{list_query.urlencode()}" if list_query else ""),
         "can_cancel": can_cancel,
+        "can_create": bool(access.connections(user, access.CREATE)),
         "data_version": version,
         "selectable": any(row.viewer_may_cancel and row.can_cancel_now for row in rows),
         "show_connections": show_connections,
