@@ -421,3 +421,91 @@ def test_a_paused_connection_has_no_sync_figures_to_alert_on(two, settings):
     figures, _ = _scrape(settings)
     assert ("batchboard_sync_alive", (("connection", "research"),)) in figures
     assert ("batchboard_sync_alive", (("connection", "finance"),)) not in figures
+
+
+# The create page
+
+
+def _create_fields(connection_pk=None, **fields) -> dict:
+    import json
+    import uuid
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    line = {
+        "custom_id": "request-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say 1."}]},
+    }
+    data = {
+        "token": str(uuid.uuid4()),
+        "endpoint": "",
+        "completion_window": "24h",
+        "output_expiry_unit": "days",
+        "input_file_id": "",
+        "input_file": SimpleUploadedFile("requests.jsonl", json.dumps(line).encode() + b"\n"),
+        **fields,
+    }
+    if connection_pk is not None:
+        data["connection"] = str(connection_pk)
+    return data
+
+
+@pytest.fixture
+def creators(two, fake_api):
+    """Both connections answer at the fake API (which logs anything sent); Research grants create to its team, and
+    `maker` may create on Research and Finance."""
+    Connection.objects.filter(pk__in=[two.research.pk, two.finance.pk]).update(base_url=fake_api.url)
+    two.research.create_teams.add(two.research_team)
+    maker_team = Group.objects.create(name="makers")
+    two.research.create_teams.add(maker_team)
+    two.finance.create_teams.add(maker_team)
+    two.maker = two.both
+    two.maker.groups.add(maker_team)
+    return two
+
+
+def test_the_create_page_offers_only_the_connections_the_user_may_create_on(creators):
+    html = creators.client(creators.researcher).get("/batches/new/").text
+    assert f'<input type="hidden" name="connection" value="{creators.research.pk}"' in html
+    assert "connection-choice" not in html  # one connection: nothing to choose
+
+    html = creators.client(creators.maker).get("/batches/new/").text
+    choice = re.search(r'<fieldset class="card connection-choice.*?</fieldset>', html, re.S).group(0)
+    assert "Research (Azure OpenAI)" in choice and "Finance (OpenAI)" in choice
+    assert 'type="radio"' in choice and "default" not in choice
+    assert html.index("connection-choice") < html.index("<legend>Input</legend>")
+
+
+@pytest.mark.parametrize("hidden_choice", [True, False], ids=["hidden-field", "radio"])
+def test_a_tampered_connection_is_refused_and_nothing_is_sent(creators, fake_api, hidden_choice):
+    # The researcher may create on Research alone (a hidden field), the maker on Research and Finance (a choice):
+    # each names a connection not offered to them.
+    user, tampered = (
+        (creators.researcher, creators.finance) if hidden_choice else (creators.maker, Connection.objects.default())
+    )
+    response = creators.client(user).post("/batches/new/", _create_fields(tampered.pk))
+
+    assert response.status_code == 200
+    assert "You may not create batches on that connection" in response.text
+    assert "Nothing was created" in response.text
+    assert fake_api.received == []
+    assert not Batch.objects.exists()
+    refused = AuditEvent.objects.get(action=Action.CREATE)
+    assert refused.outcome == Outcome.REFUSED
+
+
+def test_it_creates_on_the_chosen_connection_and_says_where(two, sandbox_url, monkeypatch):
+    Connection.objects.filter(pk=two.finance.pk).update(base_url=sandbox_url)
+    two.finance.create_teams.add(two.finance_team)
+    two.research.create_teams.add(two.research_team)
+
+    response = two.client(two.both).post("/batches/new/", _create_fields(two.finance.pk))
+
+    assert response.status_code == 303
+    created = Batch.objects.get()
+    assert created.connection == two.finance
+    assert response["Location"] == f"/batches/{created.batch_id}/?connection=finance"
+    event = AuditEvent.objects.get(action=Action.CREATE)
+    assert event.outcome == Outcome.OK and event.connection == two.finance
