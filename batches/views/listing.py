@@ -285,12 +285,11 @@ def shows_connections(user) -> bool:
 def _connection_counts(visible, viewable: list, scope: str, version: tuple) -> list[dict]:
     """Per connection the viewer sees: how many of its batches run, need attention, and exist, from one grouped
     query shared by the viewers of the same scope per data version (and per minute: see
-    CONNECTION_COUNTS_CACHE_SECONDS). Every viewable connection is listed, with zeros when it has no batch."""
+    CONNECTION_COUNTS_CACHE_SECONDS). A connection without any batch is left out (the filter still offers it)."""
     counts = _per_data_version(
         f"connection-counts:{scope}", version, visible.counts_per_connection, seconds=CONNECTION_COUNTS_CACHE_SECONDS
     )
-    empty = {"running": 0, "attention": 0, "total": 0}
-    return [{"connection": connection, **counts.get(connection.pk, empty)} for connection in viewable]
+    return [{"connection": connection, **counts[connection.pk]} for connection in viewable if connection.pk in counts]
 
 
 def _counted(name: str, filters: ListFilters, version: tuple, compute):

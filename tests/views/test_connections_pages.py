@@ -166,12 +166,13 @@ def test_it_counts_running_and_attention_per_connection(two):
 def test_it_never_shares_counts_per_connection_between_scopes(two):
     two.add(two.research, "in_progress")
     two.add(two.finance, "in_progress")
-    two.root.groups.clear()
-    two.client(two.root).get("/batches/")  # counts every connection, cached for its scope
+    two.add(Connection.objects.default(), "in_progress")
+    assert 'id="connection-count-default"' in two.client(two.root).get("/batches/").text  # cached for its scope
 
     html = two.client(two.both).get("/batches/").text
 
     assert "connection-count-default" not in html  # the superuser's scope has it; this viewer's does not
+    assert html.count('<tr id="row-') == 2
     assert 'id="connection-count-research"' in html and 'id="connection-count-finance"' in html
 
 
