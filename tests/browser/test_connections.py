@@ -2,7 +2,6 @@
 connection filter applied on change."""
 
 import re
-from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
