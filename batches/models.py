@@ -631,6 +631,13 @@ class Batch(models.Model):
                 ],
                 name="batch_connection_counts",
             ),
+            # batch_failed_lines for one connection (a viewer of some connections, or the connection filter):
+            # needs attention's failure share and the failed-lines count read it instead of the rows.
+            models.Index(
+                fields=["connection", "status", "failed_requests", "total_requests"],
+                name="batch_connection_failed",
+                condition=Q(failed_requests__gt=0),
+            ),
         ]
         constraints = [
             # Ids are unique within a connection: two compatible providers may hand out the same one.
