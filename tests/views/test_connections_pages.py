@@ -267,6 +267,17 @@ def test_the_connection_in_the_address_picks_one_and_the_links_keep_it(two, twin
     assert f'href="/batches/{twin}/?connection={slug}"' in results.text  # results → detail
 
 
+def test_a_running_batch_page_polls_its_own_connection(two):
+    running = two.add(two.research, "in_progress")
+    two.add(two.finance, "in_progress", id=running["id"])
+
+    detail = two.client(two.both).get(f"/batches/{running['id']}/?connection=finance")
+
+    assert detail.status_code == 200
+    assert f'hx-get="/batches/{running["id"]}/?connection=finance"' in detail.text
+    assert f'href="/batches/{running["id"]}/?connection=finance"' in detail.text  # Refresh
+
+
 def test_a_viewer_of_one_of_the_two_gets_that_one_directly(two, twin):
     response = two.client(two.researcher).get(f"/batches/{twin}/")
     assert response.status_code == 200
@@ -299,6 +310,11 @@ def test_kept_results_keep_the_connection_in_filters_exports_and_file_names(two,
     )
     assert export.status_code == 200
     assert f"research-{kept.batch_id}-results.csv" in export["Content-Disposition"]
+    request_page = client.get(f"/batches/{kept.batch_id}/results/rows/1/?connection=research")
+    assert request_page.status_code == 200 and "<strong>Research</strong>" in request_page.text
+    assert f'href="/batches/{kept.batch_id}/?connection=research"' in request_page.text
+    final = client.get(f"/batches/{kept.batch_id}/final/?connection=research")
+    assert final.status_code == 200 and "<strong>Research</strong>" in final.text
     assert client.get(f"/batches/{kept.batch_id}/results/export.csv").status_code == 300
 
 
