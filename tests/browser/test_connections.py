@@ -12,6 +12,7 @@ from batches import services
 from batches.freshness import LIST_STATE
 from batches.models import Connection, ConnectionKind, ConnectionSource, SyncState, record_batches
 from tests.batch_api import payload
+from tests.browser.conftest import PHONE
 
 SCREENSHOT = "list-two-connections.png"
 
@@ -87,3 +88,34 @@ def test_a_viewer_of_two_connections_sees_and_filters_them(login, two_connection
     page.wait_for_url(re.compile(rf"/batches/{shown['Finance'][0]}/\?connection=finance"))
     expect(page.locator("#connection-line")).to_have_text(re.compile(r"Connection: Finance\s+\(OpenAI\)"))
     page.screenshot(path=str(tmp_path / "detail-two-connections.png"), full_page=True)
+
+
+AXE_OPTIONS = {"resultTypes": ["violations"], "runOnly": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]}
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1440, "height": 900}, PHONE], ids=["desktop", "phone"])
+def test_the_pages_of_two_connections_pass_axe_and_fit_the_screen(
+    live_server, login, two_connections, viewport, tmp_path
+):
+    from axe_playwright_python.sync_playwright import Axe
+
+    user, shown = two_connections
+    for connection in Connection.objects.exclude(slug="default"):
+        connection.create_teams.add(*user.groups.all())
+    page = login(user)
+    page.set_viewport_size(viewport)
+    problems = {}
+    for path in ("/batches/", "/batches/?connection=research", f"/batches/{shown['Research'][0]}/", "/batches/new/"):
+        page.goto(live_server.url + path)
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        results = Axe().run(page, options=AXE_OPTIONS)
+        found = [
+            f"{v['id']}: {v['help']} at {[n['target'] for n in v['nodes']]}" for v in results.response["violations"]
+        ]
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        if overflow > 0:
+            found.append(f"scrolls sideways by {overflow}px")
+        if found:
+            problems[path] = found
+        page.screenshot(path=str(tmp_path / f"{path.strip('/').replace('/', '_') or 'list'}.png"), full_page=True)
+    assert not problems, "\n".join(f"{path}: {found}" for path, found in problems.items())
