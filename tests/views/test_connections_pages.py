@@ -526,3 +526,20 @@ def test_it_creates_on_the_chosen_connection_and_says_where(two, sandbox_url, mo
     assert response["Location"] == f"/batches/{created.batch_id}/?connection=finance"
     event = AuditEvent.objects.get(action=Action.CREATE)
     assert event.outcome == Outcome.OK and event.connection == two.finance
+
+
+def test_the_audit_log_command_names_the_connection(two):
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    AuditEvent.objects.create(
+        username="ann", action=Action.CANCEL, outcome=Outcome.OK, batch_id="batch_r1", connection=two.research
+    )
+    text, as_json = StringIO(), StringIO()
+    call_command("audit_log", stdout=text)
+    call_command("audit_log", "--json", stdout=as_json)
+
+    assert text.getvalue().splitlines()[-1].split(" ", 1)[1] == "ann - cancel ok batch_r1 in research"
+    assert json.loads(as_json.getvalue().splitlines()[-1])["connection"] == "research"
