@@ -43,8 +43,15 @@ def record(
     target: str = "",
     detail: str = "",
     username: str | None = None,
+    connection=None,
 ) -> AuditEvent:
-    """Store one event, from the request's user (or `username` for logins that name someone else) and IP."""
+    """Store one event, from the request's user (or `username` for logins that name someone else) and IP.
+
+    `connection` (a Connection or its id) is the batch's; when a view does not pass it, it is the connection the
+    request's batch was found in (batches.views.common.visible_batch_connection notes it on the request)."""
+    if connection is None and batch_id:
+        connection = getattr(request, "batchboard_connection", None)
+    connection_id = getattr(connection, "pk", connection)
     user = getattr(request, "user", None)
     if user is not None and not user.is_authenticated:
         user = None
@@ -56,6 +63,7 @@ def record(
         ip=client_ip(request) if request is not None else None,
         action=action,
         batch_id=_cleaned(batch_id, BATCH_ID_MAX_CHARS),
+        connection_id=connection_id,
         target=_cleaned(_without_secrets(target), TARGET_MAX_CHARS),
         outcome=outcome,
         detail=_cleaned(_without_secrets(detail), DETAIL_MAX_CHARS),

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 
 from batches import services
-from batches.models import USERNAME_LENGTH
+from batches.models import USERNAME_LENGTH, Connection
 
 
 class Action(models.TextChoices):
@@ -39,8 +39,17 @@ class Outcome(models.TextChoices):
 
 
 class AuditEventQuerySet(models.QuerySet):
-    def for_batch(self, batch_id: str):
-        return self.filter(batch_id=batch_id).order_by("-at", "-pk")
+    def for_batch(self, batch_id: str, connection_id: int):
+        """The events of one batch: its id in its connection (the same id may name a batch in another)."""
+        return self.filter(batch_id=batch_id, connection_id=connection_id).order_by("-at", "-pk")
+
+    def visible_to(self, user):
+        """The events `user` may read: those of the connections they may view, and those of no connection (logins,
+        account changes); every one for a superuser."""
+        if user.is_superuser:
+            return self
+        viewable = Connection.objects.viewable_by(user).values("pk")
+        return self.filter(models.Q(connection__isnull=True) | models.Q(connection__in=viewable))
 
     def since(self, moment):
         return self.filter(at__gte=moment).order_by("at", "pk")
@@ -56,6 +65,9 @@ class AuditEvent(models.Model):
     ip = models.GenericIPAddressField(null=True, blank=True, verbose_name="IP")
     action = models.CharField(max_length=20, choices=Action.choices)
     batch_id = models.CharField(max_length=services.ID_LENGTH, blank=True, db_index=True)
+    # The batch's connection, for events about a batch; null for logins and account changes. (A connection with
+    # batches cannot be deleted: SET_NULL only ever applies to one that never had any.)
+    connection = models.ForeignKey(Connection, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     target = models.CharField(
         max_length=200, blank=True, help_text="A file, a file kind or a file name; for account changes, the account."
     )
@@ -68,6 +80,7 @@ class AuditEvent(models.Model):
         ordering = ["-at", "-pk"]
         indexes = [
             models.Index(fields=["batch_id", "-at"], name="audit_batch_at"),
+            models.Index(fields=["connection", "-at"], name="audit_connection_at"),
             # The failed logins from one address in the last hour (audit.login_limit).
             models.Index(fields=["ip", "action", "at"], name="audit_ip_action_at"),
         ]

@@ -9,7 +9,7 @@ EVENTS_SHOWN = 20
 
 
 def activity_context(request, batch) -> dict:
-    events = list(AuditEvent.objects.for_batch(batch.batch_id)[: EVENTS_SHOWN + 1])
+    events = list(AuditEvent.objects.for_batch(batch.batch_id, batch.connection_id)[: EVENTS_SHOWN + 1])
     return {"events": events[:EVENTS_SHOWN], "more": len(events) > EVENTS_SHOWN}
 
 

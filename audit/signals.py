@@ -52,5 +52,13 @@ def _locked_out(sender, request, username, ip_address, **kwargs):
 
 
 @receiver(user_acted, dispatch_uid="audit-user-acted")
-def _user_acted(sender, request, action, outcome, batch_id="", target="", detail="", **kwargs):
-    record(request, Action(action), Outcome(outcome), batch_id=batch_id, target=target, detail=detail)
+def _user_acted(sender, request, action, outcome, batch_id="", target="", detail="", connection=None, **kwargs):
+    record(
+        request,
+        Action(action),
+        Outcome(outcome),
+        batch_id=batch_id,
+        target=target,
+        detail=detail,
+        connection=connection,
+    )

@@ -25,8 +25,18 @@ batch_became_final = Signal()
 user_acted = Signal()
 
 
-def note_action(request, action: str, outcome: str, *, batch_id: str = "", target: str = "", detail: str = "") -> None:
-    """Announce a user's action to whoever keeps the record (the audit app)."""
+def note_action(
+    request, action: str, outcome: str, *, batch_id: str = "", target: str = "", detail: str = "", connection=None
+) -> None:
+    """Announce a user's action to whoever keeps the record (the audit app); `connection` is the batch's (a
+    Connection or its id), when the request's own batch is not the one acted on."""
     user_acted.send(
-        sender=None, request=request, action=action, outcome=outcome, batch_id=batch_id, target=target, detail=detail
+        sender=None,
+        request=request,
+        action=action,
+        outcome=outcome,
+        batch_id=batch_id,
+        target=target,
+        detail=detail,
+        connection=connection,
     )

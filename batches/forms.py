@@ -273,6 +273,13 @@ def metadata_field_names(number: int) -> tuple[str, str]:
     return f"metadata_key_{number}", f"metadata_value_{number}"
 
 
+class ConnectionChoiceField(forms.ModelChoiceField):
+    """A connection, offered as "Research (Azure OpenAI)"."""
+
+    def label_from_instance(self, obj: Connection) -> str:
+        return f"{obj.name} ({obj.get_kind_display()})"
+
+
 class CreateBatchForm(forms.Form):
     """Create a batch from an uploaded JSONL file or from a file id already uploaded with purpose batch."""
 
@@ -312,12 +319,16 @@ class CreateBatchForm(forms.Form):
     )
     output_expiry_unit = forms.ChoiceField(choices=[("hours", "hours"), ("days", "days")], initial="days", label="Unit")
     token = forms.UUIDField(widget=forms.HiddenInput, initial=uuid.uuid4)
-    connection = forms.ModelChoiceField(
+    connection = ConnectionChoiceField(
         queryset=Connection.objects.none(),
         required=False,
         empty_label=None,
         label="Connection",
         help_text="Where the batch is sent: only the connections your teams may create on are offered.",
+        widget=forms.RadioSelect,
+        error_messages={
+            "invalid_choice": "You may not create batches on that connection: choose one of those offered.",
+        },
     )
 
     def __init__(self, *args, connections: list[Connection] | None = None, **kwargs):

@@ -217,7 +217,17 @@ def note_watched(freshness: Freshness, now: datetime | None = None) -> None:
 def loop_status(now: datetime | None = None, *, state_name: str = LIST_STATE) -> LoopStatus:
     """One connection's loop (the default one's unless named)."""
     now = now or timezone.now()
-    state = SyncState.objects.filter(name=state_name).first()
+    return _loop_status_of(SyncState.objects.filter(name=state_name).first(), now)
+
+
+def loop_statuses(state_names: list[str], now: datetime | None = None) -> dict[str, LoopStatus]:
+    """loop_status() of each of these loops, in one query (/metrics, one per connection)."""
+    now = now or timezone.now()
+    states = {state.name: state for state in SyncState.objects.filter(name__in=state_names)}
+    return {name: _loop_status_of(states.get(name), now) for name in state_names}
+
+
+def _loop_status_of(state: SyncState | None, now: datetime) -> LoopStatus:
     if state is None:
         return LoopStatus(None, None, None, alive=False, consecutive_failures=0)
     lag = (now - state.succeeded_at).total_seconds() if state.succeeded_at else None

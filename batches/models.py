@@ -232,6 +232,7 @@ class BatchQuerySet(models.QuerySet):
     def matching(
         self,
         *,
+        connection_id: int | None = None,
         endpoint: str = "",
         model: str = "",
         q: str = "",
@@ -240,8 +241,11 @@ class BatchQuerySet(models.QuerySet):
         job: str = "",
     ):
         """The list's filters other than status, which the status counts are computed over. `originals` leaves
-        verified retries out; `job` keeps one job: its original batch and every verified retry of it."""
+        verified retries out; `job` keeps one job: its original batch and every verified retry of it;
+        `connection_id` keeps one connection's batches."""
         queryset = self.search(q).created_between(*created_range)
+        if connection_id is not None:
+            queryset = queryset.filter(connection_id=connection_id)
         if endpoint:
             queryset = queryset.filter(endpoint=endpoint)
         if model:
@@ -249,7 +253,7 @@ class BatchQuerySet(models.QuerySet):
         if originals:
             queryset = queryset.exclude(lineage_state=LineageState.VERIFIED)
         if job:
-            queryset = queryset.in_job(job)
+            queryset = queryset.in_job(job, connection_id)
         return queryset
 
     def in_job(self, job_id: str, connection_id: int | None = None):
@@ -280,6 +284,23 @@ class BatchQuerySet(models.QuerySet):
         """{status: number of batches}, in one aggregate query."""
         rows = self.order_by().values_list("status").annotate(count=models.Count("id"))
         return dict(rows)
+
+    def counts_per_connection(self, now: datetime | None = None) -> dict[int, dict[str, int]]:
+        """{connection id: {"running", "attention", "total"}} in one grouped query over the narrow
+        batch_connection_counts index: how many batches are not final, need attention (as needs_attention()) and
+        exist, per connection."""
+        now = now or timezone.now()
+        attention = Q(status__in=FAILED_STATUSES) | _failure_share_high() | _stuck(now) | _expiring_soon(now)
+        rows = (
+            self.order_by()
+            .values("connection")
+            .annotate(
+                running=models.Count("id", filter=Q(is_terminal=False)),
+                attention=models.Count("id", filter=attention),
+                total=models.Count("id"),
+            )
+        )
+        return {row.pop("connection"): row for row in rows}
 
     def endpoints_and_models(self) -> tuple[list[str], list[str]]:
         """The distinct endpoints and models seen, for the filter menus, in one query."""
@@ -626,6 +647,28 @@ class Batch(models.Model):
             # An id looked up across the viewer's connections (a URL carries the id alone).
             models.Index(fields=["batch_id"], name="batch_id"),
             models.Index(fields=["connection", "-created_at"], name="batch_connection_newest"),
+            # The status counts of one connection (its prefix), and the counts per connection of the list (running,
+            # needs attention, total) without reading the wide rows.
+            models.Index(
+                fields=[
+                    "connection",
+                    "status",
+                    "is_terminal",
+                    "failed_requests",
+                    "total_requests",
+                    "created_at",
+                    "last_changed_at",
+                    "expires_at",
+                ],
+                name="batch_connection_counts",
+            ),
+            # batch_failed_lines for one connection (a viewer of some connections, or the connection filter):
+            # needs attention's failure share and the failed-lines count read it instead of the rows.
+            models.Index(
+                fields=["connection", "status", "failed_requests", "total_requests"],
+                name="batch_connection_failed",
+                condition=Q(failed_requests__gt=0),
+            ),
         ]
         constraints = [
             # Ids are unique within a connection: two compatible providers may hand out the same one.
@@ -644,6 +687,13 @@ class Batch(models.Model):
     def api(self) -> services.ApiBatch:
         """The latest payload, parsed by the service module."""
         return services.ApiBatch.from_api(self.payload, services.ANY_IDS)  # checked for its connection when stored
+
+    def download_stem(self, batch_id: str = "") -> str:
+        """The start of its downloads' file names: its id (or `batch_id`, of its job), after the connection's slug
+        outside the default connection (an id may exist in two connections: a folder of downloads tells them
+        apart)."""
+        batch_id = batch_id or self.batch_id
+        return batch_id if self.connection.is_default else f"{self.connection.slug}-{batch_id}"
 
     @property
     def is_cancellable(self) -> bool:

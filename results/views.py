@@ -265,7 +265,7 @@ def results_export(request, batch_id, fmt):
     target = f"kept results as {fmt}" + (f" ({result_filter.query()})" if result_filter.is_active else "")
     record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=batch.batch_id, target=target)
     rows = exports.csv_lines(CSV_COLUMNS, _csv_rows(archive, lines)) if fmt == "csv" else _jsonl_rows(archive, lines)
-    return exports.download(rows, fmt, f"{batch.batch_id}-results.{fmt}")
+    return exports.download(rows, fmt, f"{batch.download_stem()}-results.{fmt}")
 
 
 EXPORT_FIELDS = (
@@ -328,7 +328,7 @@ def results_file(request, batch_id, kind):
         raise Http404(f"No {kind} file of {batch_id} is kept locally.")
     record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=batch.batch_id, target=f"kept {kind}")
     response = FileResponse(
-        results_storage().open(name, "rb"), as_attachment=True, filename=f"{batch.batch_id}-{kind}.jsonl"
+        results_storage().open(name, "rb"), as_attachment=True, filename=f"{batch.download_stem()}-{kind}.jsonl"
     )
     response["Content-Type"] = "application/jsonl"
     response["Cache-Control"] = "private, no-store"
@@ -360,7 +360,7 @@ def raw_line(request, batch_id, position, side):
             yield b"\n"
 
     response = StreamingHttpResponse(chunks(), content_type="application/jsonl")
-    name = f"{batch.batch_id}-{side}-line-{line.line_number or position}.jsonl"
+    name = f"{batch.download_stem()}-{side}-line-{line.line_number or position}.jsonl"
     response["Content-Disposition"] = content_disposition_header(True, name)
     response["Content-Length"] = str(length + 1)
     response["Cache-Control"] = "private, no-store"

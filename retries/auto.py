@@ -73,17 +73,17 @@ def retry(reaction) -> None:
     if not prepared.form.is_valid():
         problem = "; ".join(f"{name}: {' '.join(errors)}" for name, errors in prepared.form.errors.items())
         _note(parent, AutoRetryState.FAILED, lines=prepared.lines, problem=problem)
-        _audit(parent.batch_id, Outcome.ERROR, detail=problem)
+        _audit(parent, Outcome.ERROR, detail=problem)
         raise reactions.Failed(problem)
     outcome = submit.create(prepared, user=AUTO_USER, by_person=False)
     if outcome.batch is None:
         logger.warning("Automatic retry of %s failed: %s", parent.batch_id, outcome.error)
         _note(parent, AutoRetryState.FAILED, lines=prepared.lines, problem=outcome.error)
-        _audit(parent.batch_id, Outcome.ERROR, detail=outcome.error)
+        _audit(parent, Outcome.ERROR, detail=outcome.error)
         raise RuntimeError(outcome.error)  # tried again with backoff: the form token makes it one batch
     retry_id = outcome.batch.batch_id
     logger.info("Automatic retry of %s lines of %s: %s", prepared.lines, parent.batch_id, retry_id)
-    _audit(parent.batch_id, Outcome.ALREADY if outcome.repeated else Outcome.OK, batch_id=retry_id)
+    _audit(parent, Outcome.ALREADY if outcome.repeated else Outcome.OK, batch_id=retry_id)
     first = _existing_child(parent, attempt, pages=1)
     if first is not None and first.batch_id != retry_id:
         _give_way(parent, outcome.batch, first)
@@ -107,6 +107,7 @@ def _give_way(parent: Batch, ours: Batch, first: Batch) -> None:
         target=f"duplicate automatic retry of {parent.batch_id} ({first.batch_id} was first)",
         detail=cancelled.error,
         username=AUTO_USER,
+        connection=parent.connection_id,
     )
     _note(parent, AutoRetryState.FOUND, retry_batch_id=first.batch_id, problem=problem)
 
@@ -134,7 +135,17 @@ def _note(parent: Batch, state: str, *, lines: int = 0, retry_batch_id: str = ""
     )
 
 
-def _audit(parent_id: str, outcome: str, *, batch_id: str = "", detail: str = "") -> None:
-    """The create goes to the audit log like a person's, by AUTO_USER, from no address."""
-    target = f"retry of {parent_id}: {AUTO_SELECTION.label} (automatic)"
-    audit_record(None, Action.CREATE, outcome, batch_id=batch_id, target=target, detail=detail, username=AUTO_USER)
+def _audit(parent, outcome: str, *, batch_id: str = "", detail: str = "") -> None:
+    """The create goes to the audit log like a person's, by AUTO_USER, from no address, in the parent's connection
+    (where the retry is made)."""
+    target = f"retry of {parent.batch_id}: {AUTO_SELECTION.label} (automatic)"
+    audit_record(
+        None,
+        Action.CREATE,
+        outcome,
+        batch_id=batch_id,
+        target=target,
+        detail=detail,
+        username=AUTO_USER,
+        connection=parent.connection_id,
+    )

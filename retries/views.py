@@ -133,7 +133,7 @@ def final_export(request, batch_id, fmt):
     target = f"final results of {job.job_id} as {fmt}" + (" (still failing)" if show == merged.SHOW_FAILING else "")
     record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=job.job_id, target=target)
     rows = exports.csv_lines(CSV_COLUMNS, _csv_rows(job, show)) if fmt == "csv" else _jsonl_rows(job, show)
-    return exports.download(rows, fmt, f"{job.job_id}-final.{fmt}")
+    return exports.download(rows, fmt, f"{batch.download_stem(job.job_id)}-final.{fmt}")
 
 
 class _Files:

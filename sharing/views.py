@@ -71,7 +71,15 @@ def _open(request, token: str, what: str, needs: str = ""):
     allowed = {"": True, "results": link.allow_results, "exports": link.allow_exports}[needs]
     outcome = AuditOutcome.OK if allowed else AuditOutcome.REFUSED
     batch_id = link.batch.batch_id
-    record(request, Action.SHARE_OPEN, outcome, batch_id=batch_id, target=what, username=link.audit_name)
+    record(
+        request,
+        Action.SHARE_OPEN,
+        outcome,
+        batch_id=batch_id,
+        target=what,
+        username=link.audit_name,
+        connection=link.batch.connection_id,
+    )
     if not allowed:
         return None, _not_found(request)
     return link, None

@@ -210,3 +210,38 @@ def render_sections(context, sections) -> SafeString:
         with context.push(section.context):
             rendered.append(context.template.engine.get_template(section.template).render(context))
     return mark_safe("".join(rendered))  # noqa: S308 - each part is a rendered template, escaped by it
+
+
+@register.inclusion_tag("batches/_connection_line.html", takes_context=True)
+def connection_line(context, batch):
+    """ "Connection: Research (Azure OpenAI)" on a batch's pages, for a viewer of several connections or of a batch
+    outside the default one (an install with one connection looks as before). No query: the viewer's connections
+    are read once per request (batches.access)."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    connection_id = getattr(batch, "connection_id", None)
+    if user is None or not user.is_authenticated or connection_id is None:
+        return {"connection": None}
+    viewable = access.connections(user)
+    connection = next((each for each in viewable if each.pk == connection_id), None)
+    shown = connection is not None and (len(viewable) > 1 or not connection.is_default)
+    return {"connection": connection if shown else None}
+
+
+@register.simple_tag(takes_context=True)
+def connection_query(context, joiner="?"):
+    """`?connection=<slug>` (or `&connection=...` with joiner "&") when this page was asked for one connection's
+    batch, so that links to the batch's other pages keep naming it (an id may exist in two connections)."""
+    from batches.views.common import picked_connection
+
+    slug = picked_connection(context.get("request"))
+    return f"{joiner}connection={slug}" if slug else ""
+
+
+@register.simple_tag(takes_context=True)
+def connection_field(context):
+    """The hidden field that keeps `?connection=` in a form of a batch's page (see connection_query)."""
+    from batches.views.common import picked_connection
+
+    slug = picked_connection(context.get("request"))
+    return format_html('<input type="hidden" name="connection" value="{}">', slug) if slug else ""

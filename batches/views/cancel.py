@@ -15,7 +15,7 @@ from django_htmx.http import retarget, trigger_client_event
 from batches import access, actions, events, services
 from batches.models import Batch
 from batches.views.common import existing_batch_connection, refreshed_batch, unreachable
-from batches.views.listing import list_context, list_query_of
+from batches.views.listing import list_context, list_query_of, shows_connections
 
 MAX_BULK = 100
 AUDIT_OUTCOMES = {"cancelled": events.OK, "already": events.ALREADY, "error": events.ERROR}
@@ -113,7 +113,13 @@ def _audit_bulk(request, results: list[tuple[str, actions.CancelOutcome]], probl
     for batch_id, outcome in results:
         detail = f"bulk cancel of {len(results)}" + (f": {outcome.error}" if outcome.error else "")
         events.note_action(
-            request, events.CANCEL, AUDIT_OUTCOMES[outcome.result], batch_id=batch_id, target="bulk", detail=detail
+            request,
+            events.CANCEL,
+            AUDIT_OUTCOMES[outcome.result],
+            batch_id=batch_id,
+            target="bulk",
+            detail=detail,
+            connection=outcome.batch.connection_id if outcome.batch is not None else None,
         )
 
 
@@ -148,6 +154,7 @@ def _cancel_fragment(request, batch_id: str, outcome: actions.CancelOutcome) -> 
             "batch": outcome.batch,
             "cancel_outcome": outcome if outcome.error else None,
             "can_cancel": True,
+            "show_connections": shows_connections(request.user),
             "list_url": f"{list_url}?{query.urlencode()}" if query else list_url,
         }
         return render(request, "batches/batch_list.html#batch-row", context)

@@ -1,5 +1,7 @@
 """What several views share: a batch refreshed for display, or the page that says why there is none."""
 
+import re
+
 from django.http import Http404
 from django.shortcuts import render
 
@@ -9,6 +11,7 @@ from batches.models import Batch, Connection
 
 # The query parameter that picks one connection's batch when the id exists in several.
 CONNECTION_PARAMETER = "connection"
+SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
 
 
 class AmbiguousBatch(Exception):
@@ -35,16 +38,23 @@ def visible_batch_connection(request, batch_id: str) -> Connection:
     rows = list(Batch.objects.filter(batch_id=batch_id, connection__in=viewable).select_related("connection"))
     if len(rows) > 1:
         raise AmbiguousBatch(batch_id, rows)
-    if rows:
-        return rows[0].connection
     syncing = [
         connection
         for connection in viewable
         if connection.configured and not connection.paused and connection.id_shapes.batch.fullmatch(batch_id)
     ]
-    if len(syncing) == 1:
-        return syncing[0]
-    raise Http404(f"There is no batch {batch_id}.")
+    if not rows and len(syncing) != 1:
+        raise Http404(f"There is no batch {batch_id}.")
+    connection = rows[0].connection if rows else syncing[0]
+    request.batchboard_connection = connection  # what the audit log records this request's batch events under
+    return connection
+
+
+def picked_connection(request) -> str:
+    """The slug `?connection=` names on this request, if it is shaped like one (else ""): links between a batch's
+    pages carry it on, so that an id in two connections keeps meaning the same batch."""
+    slug = request.GET.get(CONNECTION_PARAMETER, "") if request is not None else ""
+    return slug if SLUG.fullmatch(slug) else ""
 
 
 def existing_batch_connection(request, batch_id: str) -> Connection:

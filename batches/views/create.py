@@ -8,10 +8,13 @@ from django.views.decorators.http import require_http_methods
 from batches import access, actions, events
 from batches.forms import CreateBatchForm, metadata_field_names
 from batches.models import DESCRIPTION_KEY
+from batches.views.common import CONNECTION_PARAMETER
 
 
 def _redirect_to_batch(batch):
     response = redirect("batches:detail", batch_id=batch.batch_id)
+    if not batch.connection.is_default:  # the new id may exist in another connection (compatible providers)
+        response["Location"] += f"?{CONNECTION_PARAMETER}={batch.connection.slug}"
     response.status_code = 303  # See Other: the browser GETs the new page, and a reload does not resubmit.
     return response
 
@@ -43,7 +46,10 @@ def _first_problem(form: CreateBatchForm) -> str:
 def _audit_create(request, form: CreateBatchForm, outcome: str, batch_id: str = "", detail: str = "") -> None:
     upload = form.files.get("input_file")
     target = upload.name if upload else form.data.get("input_file_id", "")
-    events.note_action(request, events.CREATE, outcome, batch_id=batch_id, target=target, detail=detail)
+    connection = form.cleaned_data.get("connection") if hasattr(form, "cleaned_data") else None
+    events.note_action(
+        request, events.CREATE, outcome, batch_id=batch_id, target=target, detail=detail, connection=connection
+    )
 
 
 @require_http_methods(["GET", "HEAD", "POST"])

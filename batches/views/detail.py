@@ -16,7 +16,7 @@ from batches import access, events, lookups, services
 from batches import sections as batch_sections
 from batches.freshness import failure_message, list_freshness
 from batches.history import batch_history
-from batches.views.common import refreshed_batch, unreachable, user_key
+from batches.views.common import CONNECTION_PARAMETER, picked_connection, refreshed_batch, unreachable, user_key
 from batches.views.live import live_region, unchanged
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,13 @@ def _files(request, batch, *, fetch_sizes: bool) -> list[BatchFile]:
             )
             files.append(BatchFile(kind, label, file_id, size))
     return files
+
+
+def _detail_path(request, batch_id: str) -> str:
+    """The page's own address, naming the connection when the request did (the id may be in two)."""
+    path = reverse("batches:detail", args=[batch_id])
+    slug = picked_connection(request)
+    return f"{path}?{CONNECTION_PARAMETER}={slug}" if slug else path
 
 
 @require_safe
@@ -84,7 +91,7 @@ def batch_detail(request, batch_id):
         "files": _files(request, batch, fetch_sizes=fetch_sizes),
         "history": batch_history(batch),
         "sections": sections,
-        "share_url": request.build_absolute_uri(reverse("batches:detail", args=[batch.batch_id])),
+        "share_url": request.build_absolute_uri(_detail_path(request, batch.batch_id)),
     }
     if list_state is not None:
         context["api_freshness"] = list_state  # The auth banner's: read already.
@@ -128,6 +135,6 @@ def batch_file(request, batch_id, kind):
     response = StreamingHttpResponse(chunks, content_type="application/jsonl")
     if chunks.content_length is not None:
         response["Content-Length"] = str(chunks.content_length)  # lets the browser show download progress
-    response["Content-Disposition"] = content_disposition_header(True, f"{batch_id}-{kind}.jsonl")
+    response["Content-Disposition"] = content_disposition_header(True, f"{batch.download_stem()}-{kind}.jsonl")
     response["Cache-Control"] = "private, no-store"
     return response

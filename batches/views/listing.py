@@ -46,7 +46,18 @@ SORT_WORDS = {
     "expires": "expiring soonest first",
     "-expires": "expiring last first",
 }
-QUERY_NAMES = ("status", "endpoint", "model", "q", "created_from", "created_to", "jobs", "job", "sort")
+QUERY_NAMES = (
+    "status",
+    "connection",
+    "endpoint",
+    "model",
+    "q",
+    "created_from",
+    "created_to",
+    "jobs",
+    "job",
+    "sort",
+)
 ORIGINALS_ONLY = "originals"
 # Columns the list never shows; the payload can be large.
 UNUSED_COLUMNS = ("payload", "search_text")
@@ -55,11 +66,15 @@ UNUSED_COLUMNS = ("payload", "search_text")
 FRAGMENT_CACHE_MAX_SECONDS = 10
 # Figures computed per data version are kept this long at most (data_version() marks every change they show).
 DATA_VERSION_CACHE_SECONDS = 300
+# The counts per connection include "needs attention", which moves with the clock (stuck, expiring soon) as well as
+# with the data: kept at most this long.
+CONNECTION_COUNTS_CACHE_SECONDS = 60
 
 
 @dataclass(frozen=True)
 class ListFilters:
     status: str = ""
+    connection: str = ""  # a slug of one of the viewer's connections
     endpoint: str = ""
     model: str = ""
     q: str = ""
@@ -78,12 +93,24 @@ class ListFilters:
         """How many filters of the filter form are set (a date range counts once), for its "Filters (n)" label."""
         return sum(
             bool(value)
-            for value in (self.q, self.endpoint, self.model, self.created_from or self.created_to, self.jobs)
+            for value in (
+                self.connection,
+                self.q,
+                self.endpoint,
+                self.model,
+                self.created_from or self.created_to,
+                self.jobs,
+            )
         )
 
     @property
     def narrows_counts(self) -> bool:
         """Whether the status counts are those of fewer than every batch."""
+        return bool(self.connection) or self.narrows_within_connection
+
+    @property
+    def narrows_within_connection(self) -> bool:
+        """Whether a filter other than the connection narrows the counts (then they are this request's own)."""
         return bool(
             self.endpoint or self.model or self.q or self.created_from or self.created_to or self.jobs or self.job
         )
@@ -180,10 +207,13 @@ def list_context(
 ) -> dict:
     """Everything the table fragment shows for a list URL's query, of the batches `user` may see: used by the list
     and by the cancel views. `version` is data_version() if the caller has read it already (before any row)."""
-    filters, notices = _parse_filters(query)
+    viewable = access.connections(user)
+    filters, notices = _parse_filters(query, viewable)
     visible = access.visible_batches(user)
     scope = access.scope_key(user)
+    chosen = next((connection for connection in viewable if connection.slug == filters.connection), None)
     matching = visible.matching(
+        connection_id=chosen.pk if chosen else None,
         endpoint=filters.endpoint,
         model=filters.model,
         q=filters.q,
@@ -210,8 +240,12 @@ def list_context(
     rows = list(page.object_list)
     Batch.objects.count_retries(rows)
     cancellable = {connection.pk for connection in access.connections(user, access.CANCEL)}
+    by_id = {connection.pk: connection for connection in viewable}
     for row in rows:
         row.viewer_may_cancel = row.connection_id in cancellable
+        if row.connection_id in by_id:  # the viewer's connections are read already: no query per row
+            row.connection = by_id[row.connection_id]
+    show_connections = len(viewable) > 1
     list_query = filters.query()
     if page_number > 1:
         list_query["page"] = str(page_number)
@@ -233,25 +267,48 @@ def list_context(
         "list_query": list_query,
         "list_url": reverse("batches:list") + (f"?{list_query.urlencode()}" if list_query else ""),
         "can_cancel": can_cancel,
+        "can_create": bool(access.connections(user, access.CREATE)),
         "data_version": version,
         "selectable": any(row.viewer_may_cancel and row.can_cancel_now for row in rows),
+        "show_connections": show_connections,
+        "connection_choices": viewable if show_connections else [],
+        "connection_counts": _connection_counts(visible, viewable, scope, version) if show_connections else [],
+        "column_count": 7 + 2 * can_cancel + show_connections,
     }
 
 
+def shows_connections(user) -> bool:
+    """Whether the list names each batch's connection: only for a viewer of several (one-connection installs
+    look as they did before connections existed)."""
+    return len(access.connections(user)) > 1
+
+
+def _connection_counts(visible, viewable: list, scope: str, version: tuple) -> list[dict]:
+    """Per connection the viewer sees: how many of its batches run, need attention, and exist, from one grouped
+    query shared by the viewers of the same scope per data version (and per minute: see
+    CONNECTION_COUNTS_CACHE_SECONDS). A connection without any batch is left out (the filter still offers it)."""
+    counts = _per_data_version(
+        f"connection-counts:{scope}", version, visible.counts_per_connection, seconds=CONNECTION_COUNTS_CACHE_SECONDS
+    )
+    return [{"connection": connection, **counts[connection.pk]} for connection in viewable if connection.pk in counts]
+
+
 def _counted(name: str, filters: ListFilters, version: tuple, compute):
-    """A count over the list's filters: shared per data version (_per_data_version) when no filter narrows it, since
-    then every viewer asks the same; computed for this request otherwise."""
-    return compute() if filters.narrows_counts else _per_data_version(name, version, compute)
+    """A count over the list's filters: shared per data version (_per_data_version) when no filter but the connection
+    narrows it, since then every viewer of the scope asks the same; computed for this request otherwise."""
+    if filters.narrows_within_connection:
+        return compute()
+    return _per_data_version(f"{name}:{filters.connection}", version, compute)
 
 
-def _per_data_version(name: str, version: tuple, compute):
+def _per_data_version(name: str, version: tuple, compute, *, seconds: int = DATA_VERSION_CACHE_SECONDS):
     """`compute()`, shared by every request until the data changes: over 100,000 batches the status counts and the
     filter menus are index scans of tens of milliseconds each, and they change only when a batch is recorded."""
     key = f"batchboard:list-{name}:" + hashlib.sha256(repr(version).encode()).hexdigest()
     value = cache.get(key)
     if value is None:
         value = compute()
-        cache.set(key, value, DATA_VERSION_CACHE_SECONDS)
+        cache.set(key, value, seconds)
     return value
 
 
@@ -263,14 +320,18 @@ def list_query_of(url_path: str | None) -> QueryDict:
     return QueryDict(query) if path == reverse("batches:list") else QueryDict()
 
 
-def _parse_filters(query: QueryDict) -> tuple[ListFilters, list[str]]:
-    """The filters in a list URL; unknown values are ignored with a notice rather than failing."""
+def _parse_filters(query: QueryDict, viewable: list) -> tuple[ListFilters, list[str]]:
+    """The filters in a list URL; unknown values are ignored with a notice rather than failing. `viewable` are the
+    viewer's connections: a slug of another one gets the same notice as one that does not exist."""
     notices = []
     # NUL cannot be stored or compared in PostgreSQL text (a query with one fails), and no id or metadata holds one.
     values = {name: query.get(name, "").replace("\x00", "").strip()[:MAX_FILTER_LENGTH] for name in QUERY_NAMES}
     if values["status"] and values["status"] not in STATUS_FILTERS:
         notices.append(f"There is no status “{values['status']}”; showing every status.")
         values["status"] = ""
+    if values["connection"] and values["connection"] not in {connection.slug for connection in viewable}:
+        notices.append(f"There is no connection “{values['connection'][:50]}”; showing every connection.")
+        values["connection"] = ""
     # Checked as sent: an id of any connection's shape, and never one that had a NUL taken out of it.
     if values["job"] and not services.ANY_ID_PATTERN.fullmatch(query.get("job", "").strip()):
         notices.append(f"“{values['job'][:40]}” is not a batch id; showing every job.")

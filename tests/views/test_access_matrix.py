@@ -737,10 +737,6 @@ def test_it_offers_and_takes_only_the_connections_the_user_may_create_on(world):
     assert "Team A" in superuser_form and "Team B" in superuser_form
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the audit log names batches by id alone until audit events carry their connection (the pages helper)",
-)
 def test_it_shows_on_a_batchs_page_only_the_activity_of_that_connections_batch(world):
     twin_id = "batch_twinactivity" + "0" * 16
     for side in SIDES:

@@ -90,6 +90,13 @@ def test_metrics_need_the_token(client, settings, authorization):
     assert response.status_code == 401 and TOKEN not in response.text
 
 
+DEFAULT = (("connection", "default"),)  # the label of the single-key install's figures
+
+
+def _in(status: str) -> tuple:
+    return (*DEFAULT, ("status", status))
+
+
 def _scrape(client) -> dict:
     response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
@@ -115,19 +122,19 @@ def test_metrics_count_batches_requests_stuck_states_and_the_sync(client, settin
 
     figures = _scrape(client)
 
-    assert figures[("batchboard_batches", (("status", "validating"),))] == 2
-    assert figures[("batchboard_batches", (("status", "in_progress"),))] == 1
-    assert figures[("batchboard_batches", (("status", "completed"),))] == 1
-    assert figures[("batchboard_batches", (("status", "failed"),))] == 0
-    assert figures[("batchboard_requests_in_flight", ())] == 10 + 10 + 60 + 5
+    assert figures[("batchboard_batches", _in("validating"))] == 2
+    assert figures[("batchboard_batches", _in("in_progress"))] == 1
+    assert figures[("batchboard_batches", _in("completed"))] == 1
+    assert figures[("batchboard_batches", _in("failed"))] == 0
+    assert figures[("batchboard_requests_in_flight", DEFAULT)] == 10 + 10 + 60 + 5
     # In its status since it was first seen in it, not since its last change of counts.
-    assert 7190 < figures[("batchboard_oldest_batch_in_status_seconds", (("status", "in_progress"),))] < 7300
-    assert 2690 < figures[("batchboard_oldest_batch_in_status_seconds", (("status", "validating"),))] < 2800
-    assert figures[("batchboard_batches_stuck", (("status", "validating"),))] == 1  # 45 min > 30 min; 5 min is not
-    assert figures[("batchboard_batches_stuck", (("status", "cancelling"),))] == 1  # 20 min > 15 min
-    assert figures[("batchboard_batches_stuck", (("status", "finalizing"),))] == 0
-    assert 89 < figures[("batchboard_sync_lag_seconds", ())] < 120
-    assert figures[("batchboard_sync_consecutive_failures", ())] == 2
+    assert 7190 < figures[("batchboard_oldest_batch_in_status_seconds", _in("in_progress"))] < 7300
+    assert 2690 < figures[("batchboard_oldest_batch_in_status_seconds", _in("validating"))] < 2800
+    assert figures[("batchboard_batches_stuck", _in("validating"))] == 1  # 45 min > 30 min; 5 min is not
+    assert figures[("batchboard_batches_stuck", _in("cancelling"))] == 1  # 20 min > 15 min
+    assert figures[("batchboard_batches_stuck", _in("finalizing"))] == 0
+    assert 89 < figures[("batchboard_sync_lag_seconds", DEFAULT)] < 120
+    assert figures[("batchboard_sync_consecutive_failures", DEFAULT)] == 2
 
 
 def _waiting_task(minutes: int):

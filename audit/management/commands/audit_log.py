@@ -8,10 +8,12 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from batches.log_format import json_line, one_line
+from batches.models import DEFAULT_CONNECTION
 
 DURATION = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
 UNITS = {"d": "days", "h": "hours", "m": "minutes"}
-FIELDS = ("at", "username", "ip", "action", "batch_id", "target", "outcome", "detail")
+FIELDS = ("at", "username", "ip", "action", "batch_id", "connection__slug", "target", "outcome", "detail")
+NAMES = tuple(name.removesuffix("__slug") for name in FIELDS)  # "connection": the batch's connection's slug
 
 
 def _since(text: str):
@@ -37,7 +39,7 @@ class Command(BaseCommand):
     def handle(self, *args, since, as_json, **options):
         events = AuditEvent.objects.since(_since(since)).values_list(*FIELDS)
         for row in events.iterator(chunk_size=2000):
-            event = dict(zip(FIELDS, row, strict=True))
+            event = dict(zip(NAMES, row, strict=True))
             event["at"] = event["at"].isoformat()
             self.stdout.write(_json_line(event) if as_json else _text_line(event))
 
@@ -51,5 +53,9 @@ def _text_line(event: dict) -> str:
     event = {name: one_line(value) if isinstance(value, str) else value for name, value in event.items()}
     parts = [event["at"], event["username"] or "-", event["ip"] or "-", event["action"], event["outcome"]]
     parts += [value for value in (event["batch_id"], event["target"]) if value]
+    if event["connection"] and event["connection"] != DEFAULT_CONNECTION:  # a single-key install's lines as before
+        parts.insert(
+            parts.index(event["batch_id"]) + 1 if event["batch_id"] else len(parts), f"in {event['connection']}"
+        )
     line = " ".join(parts)
     return f"{line}: {event['detail']}" if event["detail"] else line
