@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
@@ -308,37 +308,6 @@ class BatchQuerySet(models.QuerySet):
             .annotate(batches=models.Count("id"), **{name: models.Sum(name) for name in TOKEN_FIELDS})
         )
         return pricing.CostTotal.of(rows)
-
-    def spending(self, *, today: date, connections: Iterable[int] | None = None) -> pricing.Spending:
-        """The summary strip's money: batches finished today and this month (every final batch: cancelled and
-        expired ones bill the requests that ran), from the daily totals, and running batches' cost so far.
-
-        Two small queries whatever the number of batches: this month's DailySpend rows (one per day, connection and
-        model) of these `connections` (None: all), added up here, and an aggregate of the running batches through the
-        batch_spending index.
-        """
-        month: dict[str, list[int]] = {}
-        day: dict[str, list[int]] = {}
-        rows = DailySpend.objects.filter(day__gte=today.replace(day=1), day__lte=today)
-        if connections is not None:
-            rows = rows.filter(connection_id__in=list(connections))
-        for row_day, model, *counts in rows.values_list("day", "model", "batches", *TOKEN_FIELDS):
-            for totals in (month, day) if row_day == today else (month,):
-                total = totals.setdefault(model, [0, 0, 0, 0])
-                for index, count in enumerate(counts):
-                    total[index] += count
-        return pricing.Spending(
-            today=_cost_of(day),
-            month=_cost_of(month),
-            running=self.filter(is_terminal=False).cost_total(),
-        )
-
-
-def _cost_of(totals: dict[str, list[int]]) -> pricing.CostTotal:
-    keys = ("batches", *TOKEN_FIELDS)
-    return pricing.CostTotal.of(
-        {"model": model, **dict(zip(keys, total, strict=True))} for model, total in totals.items()
-    )
 
 
 # Raw SQL: the ORM has no query without a FROM row.
