@@ -64,10 +64,10 @@ def spend_amount(total, *id_parts):
     """An amount of the spending page: the dollars and, when some batches have no price known, how many it leaves
     out (so it is a lower bound) with the remedy, linked by an id made of `id_parts`."""
     if not total.unpriced_batches:
-        return format_money(total.amount)
+        return format_html('<span class="spend-value">{}</span>', format_money(total.amount))
     models = ", ".join(total.unpriced_models)
     return format_html(
-        '{} <span class="spend-unpriced">leaves out {} batch{} of {}: {}</span>',
+        '<span class="spend-value">{} <span class="spend-unpriced">leaves out {} batch{} of {}: {}</span></span>',
         format_money(total.amount),
         total.unpriced_batches,
         "" if total.unpriced_batches == 1 else "es",
