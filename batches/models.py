@@ -546,8 +546,11 @@ class Batch(models.Model):
             # data_version() reads the ends of these two instead of scanning every row (3 ms at 10k batches).
             models.Index(fields=["last_changed_at"], name="batch_changed"),
             models.Index(fields=["cancel_requested_at"], name="batch_cancel_claimed"),
-            # The summary strip's cost of running batches (BatchQuerySet.spending) reads this narrow index.
-            models.Index(fields=["is_terminal", "model", *TOKEN_FIELDS], name="batch_spending"),
+            # The cost of running batches per connection (batches.spending, the strip and the spending page) reads
+            # this narrow index: grouped by connection and model in its order, filtered by connection by seeks.
+            models.Index(
+                fields=["is_terminal", "connection", "model", *TOKEN_FIELDS], name="batch_spending_by_connection"
+            ),
             # needs_attention() counts over this narrow index instead of the wide rows; the expiry order seeks it.
             models.Index(fields=["status", "failed_requests", "last_changed_at", "created_at"], name="batch_attention"),
             models.Index(fields=["is_terminal", "expires_at"], name="batch_expiry"),

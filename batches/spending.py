@@ -26,6 +26,8 @@ from batches.models import TOKEN_FIELDS, Batch, Connection, DailySpend, data_ver
 from batches.pricing import CostTotal, format_money
 
 PERIODS = ("today", "month", "last_month")
+# The periods each part of the daily totals (batches.spending._rows) counts in.
+DAILY_PARTS = {"today": ("today", "month"), "earlier": ("month",), "last_month": ("last_month",)}
 # A connection's monthly budget raises a banner on the list at these shares of it.
 WARNING_PERCENT = 80
 EXCEEDED_PERCENT = 100
@@ -209,44 +211,47 @@ def _cached_rows(scope: str, connection_ids: list[int] | None, today: date, vers
 
 
 def _rows(connection_ids: list[int] | None, today: date) -> tuple[list[dict], list[dict]]:
-    """The token totals of each connection and model, per period (DailySpend since the 1st of last month), and of
-    the running batches: two aggregates whose size follows connections times models, not batches."""
+    """The token totals of each connection and model, per part of a period (one aggregate of the DailySpend rows
+    since the 1st of last month, whose size follows connections times models, not batches; "today", "earlier" this
+    month or "last_month"), and of the running batches."""
     month_start = today.replace(day=1)
     last_month_start = (month_start - timedelta(days=1)).replace(day=1)
-    periods = {
-        "today": models.Q(day=today),
-        "month": models.Q(day__gte=month_start),
-        "last_month": models.Q(day__lt=month_start),
-    }
     daily = DailySpend.objects.filter(day__gte=last_month_start, day__lte=today)
-    running = Batch.objects.filter(is_terminal=False, input_tokens__isnull=False)
     if connection_ids is not None:
         daily = daily.filter(connection_id__in=connection_ids)
+    part = models.Case(
+        models.When(day=today, then=models.Value("today")),
+        models.When(day__gte=month_start, then=models.Value("earlier")),
+        default=models.Value("last_month"),
+    )
+    daily_rows = (
+        daily.order_by()
+        .annotate(part=part)
+        .values("connection_id", "model", "part")
+        .annotate(**{name: models.Sum(name) for name in ("batches", *TOKEN_FIELDS)})
+    )
+    return list(daily_rows), _running_rows(connection_ids)
+
+
+def _running_rows(connection_ids: list[int] | None) -> list[dict]:
+    """The running batches' tokens per connection and model: one aggregate over the batch_spending_by_connection
+    index, whose size follows running batches, not batches."""
+    running = Batch.objects.filter(is_terminal=False, input_tokens__isnull=False)
+    if connection_ids is not None:
         running = running.filter(connection_id__in=connection_ids)
-    sums = {
-        f"{period}_{name}": models.Sum(name, filter=condition)
-        for period, condition in periods.items()
-        for name in ("batches", *TOKEN_FIELDS)
-    }
-    daily_rows = daily.order_by().values("connection_id", "model").annotate(**sums)
-    running_rows = (
+    rows = (
         running.order_by()
         .values("connection_id", "model")
         .annotate(batches=models.Count("id"), **{name: models.Sum(name) for name in TOKEN_FIELDS})
     )
-    return list(daily_rows), list(running_rows)
+    return list(rows)
 
 
 def _figures_by_connection(daily_rows: list[dict], running_rows: list[dict]) -> dict[int, Figures]:
     grouped: dict[int, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in daily_rows:
-        for period in PERIODS:
-            grouped[row["connection_id"]][period].append(
-                {
-                    "model": row["model"],
-                    **{name: row[f"{period}_{name}"] or 0 for name in ("batches", *TOKEN_FIELDS)},
-                }
-            )
+        for period in DAILY_PARTS[row["part"]]:
+            grouped[row["connection_id"]][period].append(row)
     for row in running_rows:
         grouped[row["connection_id"]]["running"].append(row)
     return {
