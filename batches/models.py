@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 
 from django.conf import settings
@@ -1059,6 +1059,12 @@ class DailySpend(models.Model):
         return f"{self.day} {self.model}"
 
     @staticmethod
+    def day_of(moment: datetime | None = None) -> date:
+        """The day of `moment` (now by default) in the dashboard's TIME_ZONE, never a viewer's: a batch recorded
+        during a request (a cancel, a refresh) must land on the same day as when the sync loop records it."""
+        return timezone.localdate(moment, timezone.get_default_timezone())
+
+    @staticmethod
     def contribution(row: Batch) -> tuple | None:
         """What a batch adds to the daily totals: (day, connection id, model, tokens...) once it is final with usage,
         else None."""
@@ -1067,7 +1073,7 @@ class DailySpend(models.Model):
         if not (row.input_tokens or row.cached_input_tokens or row.output_tokens):
             return None  # used no token (failed validation): adds nothing, and must not count as an unpriced batch
         tokens = (row.input_tokens, row.cached_input_tokens or 0, row.output_tokens or 0)
-        return (timezone.localdate(row.finished_at), row.connection_id, row.model, *tokens)
+        return (DailySpend.day_of(row.finished_at), row.connection_id, row.model, *tokens)
 
     @classmethod
     def count(cls, before: tuple | None, row: Batch) -> None:
@@ -1092,7 +1098,7 @@ class DailySpend(models.Model):
         finished = Batch.objects.filter(is_terminal=True, finished_at__isnull=False, input_tokens__isnull=False)
         columns = finished.values_list("finished_at", "connection_id", "model", *TOKEN_FIELDS)
         totals = cls._totals(
-            (timezone.localdate(finished_at), connection_id, model, *tokens)
+            (cls.day_of(finished_at), connection_id, model, *tokens)
             for finished_at, connection_id, model, *tokens in columns.iterator()
         )
         cls.objects.all().delete()

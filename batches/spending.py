@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 from django.core.cache import cache
 from django.db import models
-from django.utils import timezone
 
 from batches import access
 from batches.models import TOKEN_FIELDS, Batch, Connection, DailySpend, data_version
@@ -84,7 +83,7 @@ def budget_of(budget: Decimal | None, month: CostTotal) -> BudgetState:
 def budget_state(connection: Connection, today: date | None = None) -> BudgetState:
     """(spent, budget, percent, level) of `connection` this month: one small aggregate of its DailySpend rows (one
     per day and model). For code outside a page, such as a notification of the 80 and 100 % marks."""
-    today = today or timezone.localdate()
+    today = today or DailySpend.day_of()
     rows = (
         DailySpend.objects.filter(connection=connection, day__gte=today.replace(day=1), day__lte=today)
         .order_by()

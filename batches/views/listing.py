@@ -25,6 +25,7 @@ from batches.models import (
     FAILED_LINES_FILTER,
     SORTS,
     Batch,
+    DailySpend,
     data_version,
 )
 from batches.normalise import UNKNOWN_STATUS
@@ -196,7 +197,7 @@ def list_context(
     attention = matching.needs_attention_count(counts)  # moves with the clock too (stuck batches): never cached
     failed_lines = _counted(f"failed-lines:{scope}", filters, version, matching.with_failed_lines().count)
     summary = visible.summary(since=_start_of_today())
-    spending = report_for(user, today=timezone.localdate(), version=version, teams=False)
+    spending = report_for(user, today=DailySpend.day_of(), version=version, teams=False)
     batches = matching.with_status(filters.status).sorted_by(filters.sort)
     batches = batches.defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)

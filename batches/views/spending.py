@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 
+from batches.models import DailySpend
 from batches.pricing import SMALL_AMOUNT_STEP
 from batches.spending import Figures, SpendingReport, report_for
 from batches.spreadsheets import inert_cell
@@ -34,14 +35,19 @@ CSV_COLUMNS = [
 
 @require_safe
 def spending(request):
-    report = report_for(request.user, today=timezone.localdate())
-    return render(request, "batches/spending.html", {"spending": report, "superuser": request.user.is_superuser})
+    report = report_for(request.user, today=DailySpend.day_of())
+    context = {
+        "spending": report,
+        "superuser": request.user.is_superuser,
+        "spending_time_zone": timezone.get_default_timezone_name(),
+    }
+    return render(request, "batches/spending.html", context)
 
 
 @require_safe
 def spending_csv(request):
     """A few rows (one per connection and team the viewer may see, and the total): built whole, not streamed."""
-    report = report_for(request.user, today=timezone.localdate())
+    report = report_for(request.user, today=DailySpend.day_of())
     text = io.StringIO()
     writer = csv.writer(text)
     text.write("\ufeff")  # spreadsheets then read it as UTF-8

@@ -2,7 +2,7 @@
 
 import csv
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from batches import services
-from batches.models import Connection, record_batch
+from batches.models import Connection, DailySpend, record_batch
 from batches.pricing import CostTotal
 from batches.spending import NEAR_BUDGET, NO_BUDGET, OVER_BUDGET, UNDER_BUDGET, budget_of, budget_state, report_for
 
@@ -339,3 +339,18 @@ def test_the_queries_do_not_grow_with_the_batches(client, org, django_assert_num
     with django_assert_num_queries(len(few)):
         response = client.get(url, headers=headers)
     assert response.status_code == 200
+
+
+def test_days_are_the_dashboards_whatever_the_viewers_time_zone(org):
+    # 11:00 UTC on 10 March is already 11 March in Auckland (UTC+13): a batch recorded during the request of a viewer
+    # there (a cancel's answer, a refresh) still counts on the dashboard's day, where the sync loop would count it.
+    with timezone.override("Pacific/Auckland"):
+        record_batch(
+            _batch("batch_r_auckland", finished=datetime(2026, 3, 10, 11, tzinfo=UTC), input_tokens=MILLION),
+            connection=org["research"],
+        )
+        assert DailySpend.day_of() == date(2026, 3, 10)
+        report = report_for(org["root"], today=DailySpend.day_of())
+    assert DailySpend.objects.get(connection=org["research"], day=date(2026, 3, 10)).batches == 2
+    (research,) = [spend for spend in report.connections if spend.connection.slug == "research"]
+    assert research.figures.today.amount == Decimal("0.3") + Decimal("0.075")
