@@ -31,8 +31,16 @@ migrate: install
 	$(BIN)/python manage.py ensure_secret_key
 	$(BIN)/python manage.py migrate --no-input
 
+# `BATCHBOARD_CONNECTIONS=connections.example.toml make run`: the example's two connections, to the sandbox's two
+# organisations under their public keys, and a user per team of the file (on the sandbox only).
+ifneq ($(BATCHBOARD_CONNECTIONS),)
+run: export SANDBOX_RESEARCH_KEY ?= sk-sandbox
+run: export SANDBOX_FINANCE_KEY ?= sk-sandbox-second
+endif
+
 run: migrate
 	$(BIN)/python manage.py ensure_admin --url http://$(HOST):$(PORT)/
+	$(if $(BATCHBOARD_CONNECTIONS),$(BIN)/python manage.py ensure_team_users --url http://$(HOST):$(PORT)/)
 	$(BIN)/python manage.py collectstatic --no-input --verbosity 0
 	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT) -v $(V)
 

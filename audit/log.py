@@ -9,12 +9,13 @@ from django.conf import settings
 from audit.client import client_ip
 from audit.middleware import current_request
 from audit.models import Action, AuditEvent, Outcome
+from batches import services
 from batches.log_format import one_line
 from batches.models import stored_username
 
 logger = logging.getLogger("audit")
 DETAIL_MAX_CHARS = 2000
-BATCH_ID_MAX_CHARS = 128
+BATCH_ID_MAX_CHARS = services.ID_LENGTH
 TARGET_MAX_CHARS = 200
 # Who made a change no request made: a management command (createsuperuser, changepassword), a task, a shell.
 SYSTEM = "system"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from batches import services
 from batches.models import USERNAME_LENGTH
 
 
@@ -54,7 +55,7 @@ class AuditEvent(models.Model):
     )
     ip = models.GenericIPAddressField(null=True, blank=True, verbose_name="IP")
     action = models.CharField(max_length=20, choices=Action.choices)
-    batch_id = models.CharField(max_length=128, blank=True, db_index=True)
+    batch_id = models.CharField(max_length=services.ID_LENGTH, blank=True, db_index=True)
     target = models.CharField(
         max_length=200, blank=True, help_text="A file, a file kind or a file name; for account changes, the account."
     )

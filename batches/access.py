@@ -6,7 +6,7 @@ What a user may see is read once per request and kept on the user object.
 
 from __future__ import annotations
 
-from batches.models import Batch, Connection
+from batches.models import Batch, Connection, SavedView
 
 VIEW, CANCEL, CREATE = "view", "cancel", "create"
 _QUERYSETS = {
@@ -62,3 +62,12 @@ def list_freshness_for(user, now=None):
 
     syncing = [connection.list_state for connection in connections(user) if connection.configured]
     return list_freshness(now, states=syncing or None)
+
+
+def saved_views(user) -> list[SavedView]:
+    """The saved views `user` may open (their own and their teams'), less those naming a batch they may not see: a
+    view shared with a team by a member of several teams would otherwise tell the others of it by its address."""
+    views = list(SavedView.objects.visible_to(user))
+    named = {view.batch_id for view in views} - {""}
+    seen = set(visible_batches(user).filter(batch_id__in=named).values_list("batch_id", flat=True)) if named else set()
+    return [view for view in views if not view.batch_id or view.batch_id in seen]

@@ -35,7 +35,11 @@ def _secret(connection: Connection, env_name: str, encrypted: str, what: str) ->
 
 
 def upstream_of(connection: Connection) -> services.Upstream:
-    """The connection's base URL, key, headers, auth style, id shapes and budget."""
+    """The connection's base URL, key, headers, auth style, id shapes and budget. A connection kept only for its
+    history (no longer in the file; the default one without OPENAI_API_KEY beside a file) calls nowhere."""
+    if not connection.configured:
+        where = "OPENAI_API_KEY is not set" if connection.is_default else "the connections file no longer has it"
+        raise KeyMissing(f"Connection {connection.slug!r} is kept for its history only: {where}.")
     if connection.source == ConnectionSource.SETTINGS:
         return services.Upstream(
             api_key=settings.OPENAI_API_KEY or settings.SANDBOX_API_KEY,
@@ -53,7 +57,7 @@ def upstream_of(connection: Connection) -> services.Upstream:
         organization=connection.organization if connection.kind == ConnectionKind.OPENAI else "",
         project=connection.project if connection.kind == ConnectionKind.OPENAI else "",
         auth=services.API_KEY_HEADER if connection.kind == ConnectionKind.AZURE else services.BEARER,
-        ids=services.ANY_IDS if connection.kind == ConnectionKind.COMPATIBLE else services.OPENAI_IDS,
+        ids=connection.id_shapes,
         per_minute=connection.upstream_budget,
     )
 

@@ -3,8 +3,7 @@
 from django.conf import settings
 from django.utils.functional import SimpleLazyObject
 
-from batches import freshness
-from batches.models import SavedView
+from batches import access, freshness
 from batches.views.live import live_of
 
 
@@ -25,4 +24,4 @@ def _saved_views(request) -> list:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return []
-    return list(SavedView.objects.visible_to(user))
+    return access.saved_views(user)

@@ -285,7 +285,7 @@ class CreateBatchForm(forms.Form):
     )
     input_file_id = forms.CharField(
         required=False,
-        max_length=128,
+        max_length=services.ID_LENGTH,
         label="or an uploaded file id",
         help_text="A file uploaded with purpose “batch”, such as file-abc123.",
         widget=forms.TextInput(attrs={"placeholder": "file-…", "autocomplete": "off", "spellcheck": "false"}),
@@ -382,6 +382,12 @@ class CreateBatchForm(forms.Form):
             return self.allowed_connections[0]
         raise forms.ValidationError("Choose the connection to send the batch to.")
 
+    @staticmethod
+    def _id_shapes(cleaned: dict) -> services.IdShapes:
+        """The ids of the chosen connection; None is the default one, of the OPENAI_* settings: OpenAI's ids."""
+        connection = cleaned.get("connection")
+        return connection.id_shapes if connection is not None else services.OPENAI_IDS
+
     def clean(self):
         cleaned = super().clean()
         upload = cleaned.get("input_file")
@@ -392,6 +398,8 @@ class CreateBatchForm(forms.Form):
             raise forms.ValidationError("Choose either a file to upload or an uploaded file id, not both.")
         if not upload and not file_id:
             raise forms.ValidationError("Choose a JSONL file to upload, or give the id of an uploaded file.")
+        if file_id and not self._id_shapes(cleaned).file.fullmatch(file_id):
+            self.add_error("input_file_id", "That is not a file id of this connection: they look like file-abc123.")
         if file_id and not cleaned.get("endpoint"):
             self.add_error("endpoint", "Choose the endpoint: it can only be inferred from an uploaded file.")
         cleaned["metadata"] = self._clean_metadata()

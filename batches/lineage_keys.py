@@ -6,11 +6,10 @@ writes them when it makes a retry and checks the claim against the kept input fi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from django.db import models
-
-from batches.services import BATCH_ID_PATTERN
 
 # Metadata keys a retry carries, so the link survives in the API's own console and in any other dashboard.
 RETRY_OF_KEY = "batchboard_retry_of"
@@ -36,14 +35,17 @@ class Claim:
     attempt: int = 0
 
 
-def claim_of(batch_id: str, metadata: dict) -> Claim:
+def claim_of(batch_id: str, metadata: dict, id_shape: re.Pattern) -> Claim:
     """Metadata written elsewhere may hold anything: only a batch id other than the batch's own links, a job that
-    is no batch id falls back to the parent, and an attempt that is no number in 1..MAX_ATTEMPT counts as 1."""
+    is no batch id falls back to the parent, and an attempt that is no number in 1..MAX_ATTEMPT counts as 1.
+
+    A batch id is one of the shape of the batch's own connection (`id_shape`, Connection.id_shapes.batch): the
+    claimed parent is looked for in that connection only, and nothing longer or stranger than its ids is kept."""
     parent = str(metadata.get(RETRY_OF_KEY) or "").strip()
-    if not BATCH_ID_PATTERN.fullmatch(parent) or parent == batch_id:
+    if not id_shape.fullmatch(parent) or parent == batch_id:
         return Claim()
     job = str(metadata.get(JOB_KEY) or "").strip()
-    if not BATCH_ID_PATTERN.fullmatch(job) or job == batch_id:
+    if not id_shape.fullmatch(job) or job == batch_id:
         job = parent
     raw = str(metadata.get(ATTEMPT_KEY) or "").strip()
     attempt = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else 0

@@ -9,6 +9,7 @@ through the service client). Views call these, never the client.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import timedelta
 
@@ -44,8 +45,20 @@ class UserLimited(Exception):
     """This user's per-minute limit of requests that reach the API is spent."""
 
 
-def _not_found_key(kind: str, object_id: str) -> str:
-    return f"batchboard:not-found:{kind}:{object_id}"
+# An id longer than this (a compatible provider's, up to 500 characters) is named in a cache key by its digest:
+# memcached refuses keys over 250 characters.
+KEY_ID_CHARS = 100
+
+
+def _key_part(connection_id: int, object_id: str) -> str:
+    """A connection's object as part of a cache key: ids are unique per connection only."""
+    if len(object_id) > KEY_ID_CHARS:
+        object_id = "sha256-" + hashlib.sha256(object_id.encode()).hexdigest()
+    return f"{connection_id}:{object_id}"
+
+
+def _not_found_key(kind: str, connection_id: int, object_id: str) -> str:
+    return f"batchboard:not-found:{kind}:{_key_part(connection_id, object_id)}"
 
 
 def _within_user_limit(user_key: str) -> bool:
@@ -71,7 +84,7 @@ def refresh_batch(
     row = Batch.objects.filter(connection=connection, batch_id=batch_id).first()
     if row is not None and row.is_terminal:
         return row, Freshness(ok=True, as_of=row.last_seen_at)
-    not_found_key = _not_found_key("batch", f"{connection.pk}:{batch_id}")
+    not_found_key = _not_found_key("batch", connection.pk, batch_id)
     if row is None and cache.get(not_found_key):
         raise services.NotFound(f"No batch found with id '{batch_id}'.", status=404)
     now = timezone.now()
@@ -111,21 +124,26 @@ def _fetch(
         freshness = Freshness(
             ok=False, as_of=row and row.last_seen_at, error_kind=error_kind(exc), error_message=failure_message(exc)
         )
-        cache.set(_failure_key(batch_id), (freshness.error_kind, freshness.error_message), FAILURE_SHOWN_SECONDS)
+        cache.set(
+            _failure_key(connection.pk, batch_id),
+            (freshness.error_kind, freshness.error_message),
+            FAILURE_SHOWN_SECONDS,
+        )
         return row, freshness
-    cache.delete(_failure_key(batch_id))
+    cache.delete(_failure_key(connection.pk, batch_id))
     row = record_batch(batch, connection=connection)
     return row, Freshness(ok=True, as_of=row.last_seen_at)
 
 
-def _failure_key(batch_id: str) -> str:
-    # Two connections sharing an id (rare, compatible providers) share the shown failure for a minute at worst.
-    return f"batchboard:refresh-failed:{batch_id}"
+def _failure_key(connection_id: int, batch_id: str) -> str:
+    # Per connection: two connections may share an id (compatible providers), and one's failure (its upstream's
+    # words) must not show on the other's page, to viewers who may see only that one.
+    return f"batchboard:refresh-failed:{_key_part(connection_id, batch_id)}"
 
 
 def _shown_freshness(row: Batch) -> Freshness:
     """What a viewer who did not make the call sees: the last refresh's failure if it failed, else fresh."""
-    failure = cache.get(_failure_key(row.batch_id))
+    failure = cache.get(_failure_key(row.connection_id, row.batch_id))
     if failure is None:
         return Freshness(ok=True, as_of=row.last_seen_at)
     kind, message = failure
@@ -136,9 +154,9 @@ def file_size(file_id: str, *, fetch: bool, user_key: str = "", connection: Conn
     """The file's size (a file of the `connection`, the default one when None) from the cache, or from the API when
     `fetch` allows; None when unknown."""
     connection = connection or Connection.objects.default()
-    key = f"batchboard:file-bytes:{connection.pk}:{file_id}"
+    key = f"batchboard:file-bytes:{_key_part(connection.pk, file_id)}"
     unreachable_key = f"{FILE_SIZE_UNREACHABLE_KEY}:{connection.pk}"
-    not_found_key = _not_found_key("file", f"{connection.pk}:{file_id}")
+    not_found_key = _not_found_key("file", connection.pk, file_id)
     size = cache.get(key)
     if size is not None or not fetch or cache.get(unreachable_key):
         return size
@@ -162,7 +180,7 @@ def file_content(file_id: str, *, user_key: str = "", connection: Connection | N
     services.NotFound (also when remembered), UserLimited, or another services.BatchApiError before any byte is
     sent."""
     connection = connection or Connection.objects.default()
-    not_found_key = _not_found_key("file", f"{connection.pk}:{file_id}")
+    not_found_key = _not_found_key("file", connection.pk, file_id)
     if cache.get(not_found_key):
         raise services.NotFound(f"No such File object: {file_id}", status=404)
     if not _within_user_limit(user_key):

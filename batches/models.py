@@ -24,6 +24,8 @@ from django.db.models import Case, F, FloatField, Q, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Lower
 from django.db.models.lookups import GreaterThan
+from django.http import QueryDict
+from django.urls import Resolver404, resolve
 from django.utils import timezone
 
 from batches import events, normalise, pricing, services
@@ -262,10 +264,17 @@ class BatchQuerySet(models.QuerySet):
         return dict(rows.annotate(count=models.Count("pk")))
 
     def count_retries(self, batches: list) -> None:
-        """Set `retry_count` on each of a list page's batches: how many verified retries its job has, in one query."""
-        counts = self.retry_counts([batch.batch_id for batch in batches])
+        """Set `retry_count` on each of a list page's batches: how many verified retries its job has, in one query.
+        A job lives in one connection: the retries of a same-named job of another connection are not its own."""
+        rows = (
+            self.filter(job__in=[batch.batch_id for batch in batches], lineage_state=LineageState.VERIFIED)
+            .order_by()
+            .values_list("connection_id", "job")
+            .annotate(count=models.Count("pk"))
+        )
+        counts = {(connection_id, job): count for connection_id, job, count in rows}
         for batch in batches:
-            batch.retry_count = counts.get(batch.batch_id, 0)
+            batch.retry_count = counts.get((batch.connection_id, batch.batch_id), 0)
 
     def status_counts(self) -> dict[str, int]:
         """{status: number of batches}, in one aggregate query."""
@@ -353,12 +362,21 @@ ARCHIVE_CHOICES = [("new", "new"), ("all", "all"), ("on-open", "on open"), ("off
 
 class ConnectionQuerySet(models.QuerySet):
     def default(self) -> Connection:
-        """The connection of the single-key settings, made on first use (a database emptied by a test, say)."""
+        """The connection of the single-key settings, made on first use (a database emptied by a test, say).
+        Reading it first applies the configuration, once per process (batches.configured_connections)."""
+        from batches.configured_connections import default_is_configured, ensure_applied
+
+        ensure_applied()
         connection = self.filter(slug=DEFAULT_CONNECTION).first()
         if connection is None:
             connection, _ = self.get_or_create(
                 slug=DEFAULT_CONNECTION,
-                defaults={"name": DEFAULT_CONNECTION, "source": ConnectionSource.SETTINGS, "open_to_everyone": True},
+                defaults={
+                    "name": DEFAULT_CONNECTION,
+                    "source": ConnectionSource.SETTINGS,
+                    "open_to_everyone": True,
+                    "configured": default_is_configured(),
+                },
             )
         return connection
 
@@ -390,7 +408,10 @@ class ConnectionQuerySet(models.QuerySet):
 
     def syncing(self):
         """The connections the sync loop walks: not paused, and configured (the default one only while the
-        single-key settings or the sandbox define it)."""
+        single-key settings or the sandbox define it). The configuration is applied first, once per process."""
+        from batches.configured_connections import ensure_applied
+
+        ensure_applied()
         return self.filter(paused=False, configured=True).order_by("slug")
 
 
@@ -457,10 +478,20 @@ class Connection(models.Model):
     def archive_mode(self) -> str:
         return self.archive or settings.BATCHBOARD_ARCHIVE
 
-    def upstream(self) -> services.Upstream:
-        """Where its calls go, with its key (batches.connections reads it from where it is kept)."""
-        from batches import connections
+    @property
+    def id_shapes(self) -> services.IdShapes:
+        """The ids its provider answers with: a compatible provider's have no fixed shape, only a path-safe one."""
+        return services.ANY_IDS if self.kind == ConnectionKind.COMPATIBLE else services.OPENAI_IDS
 
+    def upstream(self) -> services.Upstream:
+        """Where its calls go, with its key (batches.connections reads it from where it is kept). In a process whose
+        first use of connections this is (a task worker, say), the configuration is applied first and this row read
+        again, so that the call follows the file this process was started with."""
+        from batches import connections
+        from batches.configured_connections import ensure_applied
+
+        if ensure_applied() and self.pk is not None:
+            self.refresh_from_db()
         return connections.upstream_of(self)
 
 
@@ -675,8 +706,11 @@ class Batch(models.Model):
         """Whether a Cancel button makes sense: the batch can still be cancelled and nobody has asked yet."""
         return self.is_cancellable and not self.cancel_pending
 
-    def _apply(self, batch: services.ApiBatch, digest: str, observed_at: datetime) -> None:
-        """Copy an observation into the columns named in APPLIED_FIELDS."""
+    def _apply(
+        self, batch: services.ApiBatch, digest: str, observed_at: datetime, ids: services.IdShapes = services.OPENAI_IDS
+    ) -> None:
+        """Copy an observation into the columns named in APPLIED_FIELDS; `ids` are the shapes of its connection's
+        ids (Connection.id_shapes), which a retry's claim must have."""
         self.status = batch.status
         self.is_terminal = batch.is_terminal
         self.endpoint = batch.endpoint or ""
@@ -701,7 +735,7 @@ class Batch(models.Model):
         self.input_tokens = usage.input_tokens if usage else None
         self.cached_input_tokens = usage.cached_tokens if usage else None
         self.output_tokens = usage.output_tokens if usage else None
-        claim = claim_of(batch.id, batch.metadata)
+        claim = claim_of(batch.id, batch.metadata, ids.batch)
         if self.pk is None or claim.retry_of != self.retry_of:
             # Metadata never changes after create; the verdict is the retries app's, kept across observations.
             self.lineage_state = LineageState.UNVERIFIED if claim.retry_of else LineageState.NONE
@@ -936,7 +970,7 @@ def _insert_new(
     rows = []
     for batch in batches:
         row = Batch(connection=connection, batch_id=batch.id, first_seen_at=observed_at)
-        row._apply(batch, digests[batch.id], observed_at)
+        row._apply(batch, digests[batch.id], observed_at, connection.id_shapes)
         row.last_seen_at = row.last_changed_at = observed_at
         rows.append(row)
     try:
@@ -991,7 +1025,7 @@ def _record(batch: services.ApiBatch, digest: str, observed_at: datetime, connec
         row = Batch.objects.select_for_update().filter(connection=connection, batch_id=batch.id).first()
         if row is None:
             row = Batch(connection=connection, batch_id=batch.id, first_seen_at=observed_at)
-            row._apply(batch, digest, observed_at)
+            row._apply(batch, digest, observed_at, connection.id_shapes)
             row.last_seen_at = row.last_changed_at = observed_at
             row.save(force_insert=True)
             _add_snapshot(row, batch, digest, observed_at)
@@ -1007,7 +1041,7 @@ def _record(batch: services.ApiBatch, digest: str, observed_at: datetime, connec
         changed_at = max(row.last_seen_at, observed_at)
         was_final = row.is_terminal
         spent_before = DailySpend.contribution(row)
-        row._apply(batch, digest, changed_at)
+        row._apply(batch, digest, changed_at, connection.id_shapes)
         row.last_seen_at = row.last_changed_at = changed_at
         # Only the columns _apply owns: cancel_requested_* are claimed by concurrent UPDATEs (claim_cancel).
         row.save(update_fields=[*APPLIED_FIELDS, "last_seen_at", "last_changed_at"])
@@ -1395,3 +1429,13 @@ class SavedView(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def batch_id(self) -> str:
+        """The batch its address names ("" for none): a results page's, or the list's `job` filter's."""
+        path, _, query = self.url.partition("?")
+        try:
+            match = resolve(path)
+        except Resolver404:
+            return ""
+        return match.kwargs.get("batch_id") or QueryDict(query).get("job", "")

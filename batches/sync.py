@@ -254,11 +254,11 @@ def _pass_over(connection: Connection, holder: str, stop: threading.Event, pass_
     else:
         context = {"pass_number": pass_number, "connection": connection.slug, **outcome.log_context()}
         if outcome.error:
-            logger.warning("%s: %s", connection.slug, outcome.describe(), extra=context)
+            logger.warning("%s [%s]", outcome.describe(), connection.slug, extra=context)
         elif outcome.ran:
             changed = outcome.changed or (outcome.result and (outcome.result.imported or outcome.result.stopped))
             level = logging.DEBUG if quiet and not changed else logging.INFO
-            logger.log(level, "%s: %s", connection.slug, outcome.describe(), extra=context)
+            logger.log(level, "%s [%s]", outcome.describe(), connection.slug, extra=context)
 
 
 def sync_batches(

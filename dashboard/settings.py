@@ -84,6 +84,13 @@ def _env_webhook_secret(name):
     return value
 
 
+def _env_webhook_url(name, example):
+    url = _env(name)
+    if url and not re.fullmatch(r"https?://[^/\s]+/\S*", url):
+        raise ImproperlyConfigured(f"{name} must be an http(s) URL such as {example}; got {url!r}.")
+    return url
+
+
 def _is_local_host(host):
     """Whether an ALLOWED_HOSTS entry names only this machine (so a public sandbox key exposes nothing)."""
     name = host.lower().strip("[]")
@@ -133,10 +140,36 @@ OPENAI_PROJECT_ID = _env("OPENAI_PROJECT_ID")
 OPENAI_TIMEOUT = _env_float("OPENAI_TIMEOUT", 30.0, 1.0, 600.0)
 OPENAI_MAX_RETRIES = int(_env_float("OPENAI_MAX_RETRIES", 2, 0, 10))
 
-# With no key the dashboard runs against its own simulated API (the sandbox app).
-SANDBOX_MODE = not OPENAI_API_KEY
-# The sandbox API is served only in sandbox mode unless asked for (e.g. to try a client against it beside a real key).
-SANDBOX_ENABLED = _env_bool("SANDBOX_ENABLED", SANDBOX_MODE)
+
+def _env_connections_file(name):
+    """The connections file (one [[connection]] table per upstream account), checked here so that a mistake in it,
+    or a key variable it names that is unset, stops startup with the file and the line. Kept as an absolute path,
+    so that every process reads the same file whatever its working directory."""
+    from batches.connection_file import ConnectionFileError, load
+
+    path = _env(name)
+    if not path:
+        return ""
+    try:
+        load(path)
+    except ConnectionFileError as exc:
+        raise ImproperlyConfigured(f"{name} names a connections file that cannot be used: {exc}.") from None
+    return str(Path(path).resolve())
+
+
+# A TOML file of connections: batches.connection_file reads it, batches.configured_connections applies it to the
+# database. Unset: the single-key settings' connection alone.
+BATCHBOARD_CONNECTIONS = _env_connections_file("BATCHBOARD_CONNECTIONS")
+
+# With neither a key nor a connections file the dashboard runs against its own simulated API (the sandbox app).
+SANDBOX_MODE = not OPENAI_API_KEY and not BATCHBOARD_CONNECTIONS
+# The sandbox API is served only in sandbox mode unless asked for (e.g. to try a client against it beside a real key),
+# and on an install answering only on this machine whose connections file has no OPENAI_API_KEY beside it, so that
+# the file may point at the sandbox (connections.example.toml does): its keys are public, but nobody else reaches it.
+SANDBOX_ENABLED = _env_bool(
+    "SANDBOX_ENABLED",
+    SANDBOX_MODE or (not OPENAI_API_KEY and all(_is_local_host(host) for host in ALLOWED_HOSTS)),
+)
 # The sandbox's key is public and its views need no login: a deploy whose OPENAI_API_KEY went missing by mistake must
 # not quietly serve it to the world.
 _public_hosts = [host for host in ALLOWED_HOSTS if not _is_local_host(host)]
@@ -176,16 +209,15 @@ SANDBOX_DROP_RATE = _env_float("SANDBOX_DROP_RATE", 0.0, 0.0, 1.0)
 BATCHBOARD_WEBHOOK_SECRET = _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET")
 # Fernet keys (comma-separated, the first encrypts) for the secrets of connections made in the admin: batches.secrets.
 BATCHBOARD_ENCRYPTION_KEY = _env("BATCHBOARD_ENCRYPTION_KEY")
-# A TOML file of connections (one [[connection]] table each): batches.connection_file. Unset: the single-key settings.
-BATCHBOARD_CONNECTIONS = _env("BATCHBOARD_CONNECTIONS")
-# The sandbox signs its webhooks with SANDBOX_WEBHOOK_SECRET and POSTs them to SANDBOX_WEBHOOK_URL (unset: none sent).
-SANDBOX_WEBHOOK_URL = _env("SANDBOX_WEBHOOK_URL")
-if SANDBOX_WEBHOOK_URL and not re.fullmatch(r"https?://[^/\s]+/\S*", SANDBOX_WEBHOOK_URL):
-    raise ImproperlyConfigured(
-        f"SANDBOX_WEBHOOK_URL must be an http(s) URL such as http://127.0.0.1:8000/webhooks/openai/; "
-        f"got {SANDBOX_WEBHOOK_URL!r}."
-    )
+# Each organisation of the sandbox signs its webhooks with its own secret and POSTs them to its own URL (unset: none
+# sent): the first organisation's (key SANDBOX_API_KEY) with SANDBOX_WEBHOOK_*, the second's with
+# SANDBOX_SECOND_WEBHOOK_*.
+SANDBOX_WEBHOOK_URL = _env_webhook_url("SANDBOX_WEBHOOK_URL", "http://127.0.0.1:8000/webhooks/openai/")
 SANDBOX_WEBHOOK_SECRET = _env_webhook_secret("SANDBOX_WEBHOOK_SECRET")
+SANDBOX_SECOND_WEBHOOK_URL = _env_webhook_url(
+    "SANDBOX_SECOND_WEBHOOK_URL", "http://127.0.0.1:8000/webhooks/openai/<connection slug>/"
+)
+SANDBOX_SECOND_WEBHOOK_SECRET = _env_webhook_secret("SANDBOX_SECOND_WEBHOOK_SECRET")
 # Fault injection for the sandbox's webhooks: the share of deliveries sent twice, and the longest random delay (s).
 SANDBOX_WEBHOOK_DUPLICATE_RATE = _env_float("SANDBOX_WEBHOOK_DUPLICATE_RATE", 0.0, 0.0, 1.0)
 SANDBOX_WEBHOOK_MAX_DELAY = _env_float("SANDBOX_WEBHOOK_MAX_DELAY", 0.0, 0.0, 3600.0)

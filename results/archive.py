@@ -13,6 +13,7 @@ line (the raw line is streamed).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -107,13 +108,14 @@ def keeps_by_itself(batch: Batch) -> bool:
     """Whether the background work will keep this final batch's results though it has no archive yet, without anyone
     opening them: a page showing the batch waits for them. With "all", any final batch with files; with "new", the
     archive is asked for when the batch is recorded final, so a batch without one is history, kept only on open."""
-    return settings.BATCHBOARD_ARCHIVE == MODE_ALL and wants_archive(batch)
+    return batch.connection.archive_mode == MODE_ALL and wants_archive(batch)
 
 
-def keeps_when_final(historical: bool) -> bool:
-    """Whether BATCHBOARD_ARCHIVE keeps a batch's files as soon as it is final: "all" does; "new" only for batches
-    that became final after the install (not the history import's)."""
-    mode = settings.BATCHBOARD_ARCHIVE
+def keeps_when_final(historical: bool, mode: str | None = None) -> bool:
+    """Whether the archive mode (the batch's connection's, else BATCHBOARD_ARCHIVE) keeps a batch's files as soon as
+    it is final: "all" does; "new" only for batches that became final after the install (not the history
+    import's)."""
+    mode = mode or settings.BATCHBOARD_ARCHIVE
     return mode == MODE_ALL or (mode == MODE_NEW and not historical)
 
 
@@ -135,7 +137,7 @@ def request_archive(batch: Batch, *, wanted: bool = True) -> ResultArchive | Non
     mode but "off"); `wanted` notes the visit and puts a pending fetch ahead of the queue."""
     archive = ResultArchive.objects.filter(batch=batch).first()
     if archive is None:
-        if not wanted or settings.BATCHBOARD_ARCHIVE == MODE_OFF or not wants_archive(batch):
+        if not wanted or batch.connection.archive_mode == MODE_OFF or not wants_archive(batch):
             return None
         return keep(batch, wanted=True)
     if wanted:
@@ -214,7 +216,7 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
             return
         for kind, path in local.items():
             with open(path, "rb") as handle:
-                stored[kind] = results_storage().save(f"{batch.batch_id}/{kind}.jsonl", File(handle))
+                stored[kind] = results_storage().save(f"{storage_folder(batch.batch_id)}/{kind}.jsonl", File(handle))
         try:
             summary = _index(archive, local)
             with transaction.atomic():
@@ -286,6 +288,20 @@ def _finish(archive: ResultArchive, state: str, **fields) -> None:
     fields.setdefault("retry_after", None)
     ResultArchive.objects.filter(pk=archive.pk).update(state=state, **fields)
     archive.refresh_from_db()
+
+
+# A file system refuses a name over 255 bytes, and the stored names are columns of 255 characters: a compatible
+# provider's ids run to 500 characters (LiteLLM's managed ids are ~250), so a long id's folder is a bounded prefix of
+# it and a digest of the whole.
+FOLDER_ID_CHARS = 100
+
+
+def storage_folder(batch_id: str) -> str:
+    """The folder of a batch's kept files in the results storage: its id, or a bounded stand-in for a long one."""
+    if len(batch_id) <= FOLDER_ID_CHARS:
+        return batch_id
+    digest = hashlib.sha256(batch_id.encode()).hexdigest()[:24]
+    return f"{batch_id[:64]}-{digest}"
 
 
 def _download(client: services.BatchClient, file_id: str) -> str:

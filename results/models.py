@@ -9,6 +9,7 @@ from django.db.models import Q
 from django.http import QueryDict
 from django.utils import timezone
 
+from batches import services
 from batches.models import Batch
 
 ROWS_PER_PAGE = 100
@@ -63,9 +64,9 @@ class ResultArchive(models.Model):
     retry_after = models.DateTimeField(null=True, blank=True)
     problem = models.TextField(blank=True)
 
-    input_file_id = models.CharField(max_length=128, blank=True)
-    output_file_id = models.CharField(max_length=128, blank=True)
-    error_file_id = models.CharField(max_length=128, blank=True)
+    input_file_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
+    output_file_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
+    error_file_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
     input_name = models.CharField(max_length=255, blank=True)
     output_name = models.CharField(max_length=255, blank=True)
     error_name = models.CharField(max_length=255, blank=True)

@@ -5,9 +5,11 @@ from results import archive
 
 
 def keep_when_final(sender, batch_pk: int, historical: bool, **kwargs) -> None:
-    """A batch became final: keep its files when BATCHBOARD_ARCHIVE says so (a reaction, fetched by a task worker)."""
-    if not archive.keeps_when_final(historical):
+    """A batch became final: keep its files when its connection's archive mode (else BATCHBOARD_ARCHIVE) says so (a
+    reaction, fetched by a task worker)."""
+    columns = ("pk", "is_terminal", "output_file_id", "error_file_id", "connection__archive")
+    batch = Batch.objects.filter(pk=batch_pk).select_related("connection").only(*columns).first()
+    if batch is None or not archive.keeps_when_final(historical, batch.connection.archive_mode):
         return
-    batch = Batch.objects.filter(pk=batch_pk).only("pk", "is_terminal", "output_file_id", "error_file_id").first()
-    if batch is not None and archive.wants_archive(batch):
+    if archive.wants_archive(batch):
         archive.keep(batch)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from django.conf import settings
 from django.core.paginator import Paginator
 from django.db.models import Subquery
 from django.http import FileResponse, Http404, StreamingHttpResponse
@@ -129,7 +128,7 @@ def results_page(request, batch_id):
         "outcomes": Outcome,
         "sections": sections,
         "page": _page(archive, result_filter, request.GET.get("page")) if ready else None,
-        "keeping_off": settings.BATCHBOARD_ARCHIVE == MODE_OFF,
+        "keeping_off": batch.connection.archive_mode == MODE_OFF,
     }
     return region.render(request, "results/results.html", "results-panel", context)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import models
 
+from batches import services
 from batches.models import Batch
 
 # "retry lines that fail with 429/5xx or expire, up to N times": the retries still allowed after this batch.
@@ -26,7 +27,7 @@ class AutoRetry(models.Model):
     state = models.CharField(max_length=10, choices=AutoRetryState.choices)
     noted_at = models.DateTimeField(auto_now=True)
     lines = models.PositiveIntegerField(default=0)
-    retry_batch_id = models.CharField(max_length=128, blank=True)
+    retry_batch_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
     problem = models.TextField(blank=True)
 
     def __str__(self):

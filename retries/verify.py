@@ -14,7 +14,6 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.utils import timezone
 
 from batches import reactions
@@ -81,8 +80,8 @@ def _kept_input(batch: Batch) -> str | Verdict:
             return _waiting(f"waiting for {batch.batch_id} to finish and its input to be kept")
         if not wants_archive(batch):
             return Verdict(LineageState.UNVERIFIED, f"{batch.batch_id} has no results, so its input is not kept")
-        if settings.BATCHBOARD_ARCHIVE == MODE_OFF:
-            return Verdict(LineageState.UNVERIFIED, "results are not kept here (BATCHBOARD_ARCHIVE=off)")
+        if batch.connection.archive_mode == MODE_OFF:
+            return Verdict(LineageState.UNVERIFIED, "results are not kept here (archive mode off)")
         keep(batch)
         return _waiting("waiting for both inputs to be kept")
     if archive.is_pending:

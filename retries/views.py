@@ -14,7 +14,7 @@ from audit.log import record
 from audit.models import Action
 from audit.models import Outcome as AuditOutcome
 from batches import access, services
-from batches.views.common import refreshed_batch, unreachable, visible_batch_connection
+from batches.views.common import existing_batch_connection, refreshed_batch, unreachable
 from results import exports
 from results.archive import StoredFiles, request_archive
 from results.models import Outcome, ResultLine
@@ -57,7 +57,7 @@ def _audit(request, outcome, parent_id: str, selection: RetrySelection, batch_id
 
 @require_http_methods(["GET", "HEAD", "POST"])
 def retry_confirm(request, batch_id):
-    connection = visible_batch_connection(request, batch_id)  # a batch the user may not see is a 404
+    connection = existing_batch_connection(request, batch_id)  # a batch the user may not see is a 404
     if not access.may(request.user, access.CREATE, connection):
         if request.method == "POST":
             record(request, Action.CREATE, AuditOutcome.REFUSED, batch_id=batch_id, detail="no permission to retry")

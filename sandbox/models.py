@@ -108,11 +108,12 @@ class SeedMarker(models.Model):
 
 
 class SandboxWebhook(models.Model):
-    """A webhook event for a batch that reached a final status, and its delivery: unique per batch and event type, so
-    an event is created once however many senders notice the batch; `webhook_id` stays the same across retries, as
-    Standard Webhooks says."""
+    """A webhook event for a batch that reached a final status, and its delivery to the batch's organisation's URL:
+    unique per batch and event type, so an event is created once however many senders notice the batch; `webhook_id`
+    stays the same across retries, as Standard Webhooks says."""
 
     batch_id = models.CharField(max_length=ID_LENGTH)
+    organisation = models.CharField(max_length=32)  # the batch's: its URL and secret (sandbox/webhooks.py)
     type = models.CharField(max_length=32)
     webhook_id = models.CharField(max_length=64, unique=True)
     body = models.TextField()  # the event exactly as signed and sent

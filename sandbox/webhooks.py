@@ -1,6 +1,9 @@
 """The sandbox sends webhooks the way the API does (REFERENCE §12): when a batch reaches completed, failed, cancelled
-or expired, it signs a `batch.<status>` event with SANDBOX_WEBHOOK_SECRET (Standard Webhooks, by the
-`standardwebhooks` library) and POSTs it to SANDBOX_WEBHOOK_URL, retrying non-2xx answers with backoff.
+or expired, it signs a `batch.<status>` event with its organisation's secret (Standard Webhooks, by the
+`standardwebhooks` library) and POSTs it to its organisation's URL, retrying non-2xx answers with backoff. As on the
+API, where each project has its own webhook endpoints: the first organisation's events go to SANDBOX_WEBHOOK_URL
+signed with SANDBOX_WEBHOOK_SECRET, the second's to SANDBOX_SECOND_WEBHOOK_URL with SANDBOX_SECOND_WEBHOOK_SECRET. An
+organisation without both sends nothing, and its batches that turn final meanwhile get no event.
 
 A batch's state is computed from the time (simulation.py), so nothing happens at the moment it turns final: a
 sender (`manage.py sandbox_webhooks`, or a thread of `manage.py serve`) calls `dispatch()` every half second. Each
@@ -27,7 +30,7 @@ from django.conf import settings
 from django.db import IntegrityError, connections, transaction
 from standardwebhooks.webhooks import Webhook
 
-from sandbox import clock
+from sandbox import clock, organisations
 from sandbox.models import SandboxBatch, SandboxWebhook
 from sandbox.simulation import state_at
 
@@ -51,8 +54,18 @@ TIMEOUT = (2.0, 5.0)
 fault_draws = random.Random()
 
 
+def destinations() -> dict[str, tuple[str, str]]:
+    """(URL, secret) of each organisation that sends webhooks; read from settings at call time, so tests can change
+    them."""
+    configured = {
+        organisations.FIRST: (settings.SANDBOX_WEBHOOK_URL, settings.SANDBOX_WEBHOOK_SECRET),
+        organisations.SECOND: (settings.SANDBOX_SECOND_WEBHOOK_URL, settings.SANDBOX_SECOND_WEBHOOK_SECRET),
+    }
+    return {organisation: pair for organisation, pair in configured.items() if all(pair)}
+
+
 def enabled() -> bool:
-    return bool(settings.SANDBOX_WEBHOOK_URL and settings.SANDBOX_WEBHOOK_SECRET)
+    return bool(destinations())
 
 
 def dispatch(now: float | None = None) -> int:
@@ -65,32 +78,36 @@ def dispatch(now: float | None = None) -> int:
 
 
 def notice_final(now: float) -> int:
-    """Create the event of each pending batch that is final at `now`, once; how many were created."""
+    """Create the event of each pending batch that is final at `now`, once, if its organisation sends webhooks; how
+    many were created."""
+    sending = destinations()
     created = 0
     due = SandboxBatch.objects.filter(webhook_due_at__lte=now).order_by("webhook_due_at")
     for batch in due[:NOTICE_CHUNK]:
         state = state_at(batch.plan, now)
         if not state.is_terminal:
             continue  # due by a hair's rounding: the next tick sees it final
-        if now - (state.terminal_at or now) <= NOTICE_WINDOW_SECONDS:
-            created += _create_event(batch.id, state.status, state.terminal_at or int(now), now)
+        recent = now - (state.terminal_at or now) <= NOTICE_WINDOW_SECONDS
+        if recent and batch.organisation in sending:
+            created += _create_event(batch, state.status, state.terminal_at or int(now), now)
         SandboxBatch.objects.filter(pk=batch.pk).update(webhook_due_at=None)
     return created
 
 
-def _create_event(batch_id: str, status: str, final_at: int, now: float) -> int:
+def _create_event(batch: SandboxBatch, status: str, final_at: int, now: float) -> int:
     body = {
         "id": "evt_" + secrets.token_hex(16),
         "object": "event",
         "created_at": final_at,
         "type": EVENT_TYPES[status],
-        "data": {"id": batch_id},
+        "data": {"id": batch.id},
     }
     delay = fault_draws.uniform(0.0, settings.SANDBOX_WEBHOOK_MAX_DELAY) if settings.SANDBOX_WEBHOOK_MAX_DELAY else 0
     try:
         with transaction.atomic():
             SandboxWebhook.objects.create(
-                batch_id=batch_id,
+                batch_id=batch.id,
+                organisation=batch.organisation,
                 type=body["type"],
                 webhook_id="wh_" + secrets.token_hex(16),
                 body=json.dumps(body, separators=(",", ":")),
@@ -102,24 +119,28 @@ def _create_event(batch_id: str, status: str, final_at: int, now: float) -> int:
 
 
 def send_due(now: float) -> int:
-    due = SandboxWebhook.objects.filter(delivered_at__isnull=True, gave_up=False, next_attempt_at__lte=now)
+    sending = destinations()
+    due = SandboxWebhook.objects.filter(
+        delivered_at__isnull=True, gave_up=False, next_attempt_at__lte=now, organisation__in=list(sending)
+    )
     sent = 0
     for webhook in due.order_by("next_attempt_at")[:SEND_CHUNK]:
         claimed = SandboxWebhook.objects.filter(pk=webhook.pk, next_attempt_at=webhook.next_attempt_at).update(
             next_attempt_at=now + CLAIM_SECONDS
         )
         if claimed:
-            _attempt(webhook, now)
+            _attempt(webhook, now, *sending[webhook.organisation])
             sent += 1
     return sent
 
 
-def _attempt(webhook: SandboxWebhook, now: float) -> None:
-    status = _post(webhook)
+def _attempt(webhook: SandboxWebhook, now: float, url: str, secret: str) -> None:
+    status = _post(webhook, url, secret)
     posts = 1
     if status is not None and 200 <= status < 300:
         if fault_draws.random() < settings.SANDBOX_WEBHOOK_DUPLICATE_RATE:
-            _post(webhook)  # at least once: the same delivery again, as a sender that missed the answer would
+            # At least once: the same delivery again, as a sender that missed the answer would.
+            _post(webhook, url, secret)
             posts += 1
         SandboxWebhook.objects.filter(pk=webhook.pk).update(
             delivered_at=now, last_status=status, attempts=webhook.attempts + 1, sent=webhook.sent + posts
@@ -137,21 +158,19 @@ def _attempt(webhook: SandboxWebhook, now: float) -> None:
     )
 
 
-def _post(webhook: SandboxWebhook) -> int | None:
+def _post(webhook: SandboxWebhook, url: str, secret: str) -> int | None:
     """Sign the event now (the timestamp is the attempt's) and POST it: the receiver's status, or None."""
     body = webhook.body.encode()
     moment = datetime.fromtimestamp(time.time(), tz=UTC)  # the real time: the receiver checks it against its clock
     headers = {
         "webhook-id": webhook.webhook_id,
         "webhook-timestamp": str(int(moment.timestamp())),
-        "webhook-signature": Webhook(settings.SANDBOX_WEBHOOK_SECRET).sign(webhook.webhook_id, moment, body),
+        "webhook-signature": Webhook(secret).sign(webhook.webhook_id, moment, body),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }
     try:
-        response = requests.post(
-            settings.SANDBOX_WEBHOOK_URL, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False
-        )
+        response = requests.post(url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False)
     except requests.RequestException as exc:
         logger.info("Sandbox webhook %s for %s: no answer (%s).", webhook.type, webhook.batch_id, exc)
         return None

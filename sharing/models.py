@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from batches import access
 from batches.models import USERNAME_LENGTH, Batch, stored_username
 
 NAME_MAX_CHARS = 80
@@ -86,10 +87,10 @@ class ShareLink(models.Model):
         return self.revoked_at is None and self.expires_at > (now or timezone.now())
 
     def may_be_revoked_by(self, user) -> bool:
-        """Its maker, or whoever may cancel batches (a superuser may do anything)."""
-        return (self.created_by_id is not None and self.created_by_id == user.pk) or user.has_perm(
-            "batches.cancel_batch"
-        )
+        """Its maker, or whoever may cancel batches on its batch's connection (a superuser may do anything)."""
+        if self.created_by_id is not None and self.created_by_id == user.pk:
+            return True
+        return access.may(user, access.CANCEL, self.batch.connection_id)
 
     def revoke(self, user) -> bool:
         """End the link now; False when it had ended already (revoked or expired)."""

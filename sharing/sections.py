@@ -15,6 +15,7 @@ def links_context(request, batch) -> dict:
         return {"enabled": False, "links": [], "batch": batch}
     links = list(ShareLink.objects.active().for_batch(batch)[:MAX_ACTIVE_PER_BATCH])
     for link in links:
+        link.batch = batch  # read already: may_be_revoked_by asks its connection
         link.can_revoke = link.may_be_revoked_by(request.user)
     return {
         "enabled": True,

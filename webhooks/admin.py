@@ -5,8 +5,9 @@ from webhooks.models import Delivery, Refusals
 
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
-    list_display = ("received_at", "event_type", "batch_id", "state", "tries", "processed_at")
-    list_filter = ("state", "event_type")
+    list_display = ("received_at", "connection", "event_type", "batch_id", "state", "tries", "processed_at")
+    list_filter = ("connection", "state", "event_type")
+    list_select_related = ("connection",)
     search_fields = ("webhook_id", "batch_id", "event_id")
     ordering = ("-received_at",)
 

@@ -1,9 +1,10 @@
-"""`webhooks` on every page: the receiver's status, read lazily (only a page that shows it runs its one query)."""
+"""`webhooks` on every page: the receivers of the connections the viewer sees, read lazily (only a page that shows
+them reads them, from the connection rows the request has already)."""
 
 from django.utils.functional import SimpleLazyObject
 
-from webhooks.status import receiver_status
+from webhooks.status import visible_receivers
 
 
 def webhooks(request):
-    return {"webhooks": SimpleLazyObject(receiver_status)}
+    return {"webhooks": SimpleLazyObject(lambda: visible_receivers(request.user))}

@@ -1,5 +1,5 @@
-"""Webhooks received from the OpenAI API: one row per delivery (its webhook-id is the replay guard) and a daily
-count of the deliveries refused."""
+"""Webhooks received from the OpenAI API: one row per delivery (its connection and webhook-id are the replay guard)
+and a daily count of the deliveries refused."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from datetime import date, datetime, timedelta
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
+
+from batches import services
+from batches.models import Connection, default_connection_id
 
 # A delivery's webhook-id is remembered this long: a replay is recognised within it (the signature's timestamp
 # tolerance is 5 minutes, so an older replay is refused anyway).
@@ -23,10 +26,6 @@ class DeliveryState(models.TextChoices):
 
 
 class DeliveryQuerySet(models.QuerySet):
-    def last_received_at(self) -> datetime | None:
-        """When the latest delivery arrived: one indexed row."""
-        return self.order_by("-received_at").values_list("received_at", flat=True).first()
-
     def prune(self, now: datetime | None = None) -> int:
         """Forget deliveries older than KEPT_FOR, at most PRUNE_CHUNK per call (a later call takes the rest)."""
         cutoff = (now or timezone.now()) - KEPT_FOR
@@ -36,13 +35,20 @@ class DeliveryQuerySet(models.QuerySet):
 
 
 class Delivery(models.Model):
-    """A signed delivery that passed verification. The unique webhook_id makes a replay (or the sender's retry of a
-    delivery already answered) a no-op; `state` and `tries` are the processing task's own claim and record."""
+    """A signed delivery that passed verification, on the URL of one connection. Unique per (connection, webhook_id):
+    a replay (or the sender's retry of a delivery already answered) is a no-op. Per connection, not globally: the
+    Standard Webhooks id is unique per sender, and each connection is its own sender with its own secret (OpenAI's
+    ids are unique everywhere, a gateway's need not be), while a delivery replayed to another connection's URL fails
+    that connection's signature. `state` and `tries` are the processing task's own claim and record."""
 
-    webhook_id = models.CharField(max_length=200, unique=True)
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="webhook_deliveries", default=default_connection_id
+    )
+    webhook_id = models.CharField(max_length=200)
     event_id = models.CharField(max_length=200, blank=True)
     event_type = models.CharField(max_length=100)
-    batch_id = models.CharField(max_length=130, blank=True)  # services.BATCH_ID_PATTERN, or "" when none was valid
+    # A batch id of the connection's shape (batches.connections.id_shapes), or "" when none was valid.
+    batch_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     state = models.CharField(max_length=16, choices=DeliveryState.choices, default=DeliveryState.RECEIVED)
     tries = models.PositiveIntegerField(default=0)
@@ -55,6 +61,9 @@ class Delivery(models.Model):
 
     class Meta:
         verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "webhook_id"], name="webhooks_delivery_once_per_connection")
+        ]
 
     def __str__(self):
         return f"{self.event_type} {self.batch_id or '-'} ({self.webhook_id})"

@@ -1,5 +1,6 @@
-"""Processing a received delivery: retrieve the batch it names (one upstream call) and record it through the one
-recording function, so that whatever follows a recorded state (keeping results, automatic retries) follows here too.
+"""Processing a received delivery: retrieve the batch it names from the connection that received it (one upstream
+call, with that connection's key and budget) and record it in that connection through the one recording function,
+so that whatever follows a recorded state (keeping results, automatic retries) follows here too.
 
 Exactly once per delivery: a conditional UPDATE on the delivery row claims it, so a duplicate task or a second
 worker returns at once. A failure is retried with backoff up to MAX_TRIES and then recorded with its reason. A lost
@@ -40,15 +41,20 @@ def process(delivery_pk: int) -> timedelta | None:
     claim = {"tries": F("tries") + 1, "busy_until": now + timedelta(seconds=LEASE_SECONDS)}
     if not Delivery.objects.filter(claimable, pk=delivery_pk).update(**claim):
         return None
-    delivery = Delivery.objects.get(pk=delivery_pk)
-    stored = Batch.objects.filter(batch_id=delivery.batch_id, is_terminal=True).values_list("status", flat=True)
-    stored = stored.first()
+    delivery = Delivery.objects.select_related("connection").get(pk=delivery_pk)
+    connection = delivery.connection
+    if connection.paused or not connection.configured:  # paused since it arrived: no call to its API
+        state = "paused" if connection.paused else "no longer configured"
+        _settle(delivery, DeliveryState.FAILED, note=f"Connection {connection.name} is {state}; not fetched.")
+        return None
+    stored = Batch.objects.filter(connection=connection, batch_id=delivery.batch_id, is_terminal=True)
+    stored = stored.values_list("status", flat=True).first()
     if stored is not None:  # the sync loop (or a page) saw it final first: a final batch changes no more
         _settle(delivery, DeliveryState.PROCESSED, note=f"Already recorded as {stored}; nothing to fetch.")
         return None
     try:
-        batch = services.get_client(services.CallFor.LOOP).retrieve_batch(delivery.batch_id)
-        record_batch(batch)
+        batch = services.get_client(services.CallFor.LOOP, connection).retrieve_batch(delivery.batch_id)
+        record_batch(batch, connection=connection)
     except services.BudgetExhausted as exc:
         # batchboard's own budget of API calls is spent this minute: wait for it without counting a try.
         delay = timedelta(seconds=max(exc.retry_after or 60.0, 1.0))

@@ -1,8 +1,10 @@
-"""Receiving the OpenAI API's webhooks: which secret verifies them, the Standard Webhooks verification (REFERENCE
-§12.3, by the `standardwebhooks` library), and the delivery row that hands the work to a task.
+"""Receiving the OpenAI API's webhooks, per connection: which connection a URL receives for and which secret
+verifies it, the Standard Webhooks verification (REFERENCE §12.3, by the `standardwebhooks` library), and the delivery
+row that hands the work to a task.
 
 The receiver only verifies, records and enqueues: it never calls the API, so it answers within milliseconds whatever
-the API's latency. Cost per delivery: one INSERT (two with the task), and a refusal one UPDATE of a daily count.
+the API's latency. Cost per delivery: one SELECT of the connection, one INSERT (two with the task), and at most one
+UPDATE of its last_webhook_at every NOTE_EVERY; a refusal one UPDATE of a daily count.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import partial
 
-from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from batches import normalise, services
+from batches import connections, normalise
+from batches.models import Connection
 from webhooks import tasks
 from webhooks.models import Delivery, DeliveryState, Refusals
 
@@ -26,6 +31,8 @@ MAX_BODY_BYTES = 64 * 1024
 # The events of a batch that reached a final status (REFERENCE §12.1); any other type is acknowledged and ignored.
 BATCH_EVENTS = frozenset({"batch.completed", "batch.failed", "batch.cancelled", "batch.expired"})
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+# A connection's last_webhook_at is written at most this often: a burst of deliveries costs one UPDATE, not one each.
+NOTE_EVERY = timedelta(seconds=5)
 
 
 class Refused(Exception):
@@ -38,32 +45,50 @@ class Received:
     replayed: bool
 
 
-def secret_for(connection: str | None = None) -> str:
-    """The `whsec_…` secret that signs this connection's deliveries; "" when none is configured (the receiver is
-    then off). One setting while there is one connection: a connection's own secret goes here."""
-    return settings.BATCHBOARD_WEBHOOK_SECRET
+def receiving_connection(slug: str | None) -> Connection | None:
+    """The connection whose deliveries a URL receives: the default one at /webhooks/openai/, the one of that slug at
+    /webhooks/openai/<slug>/. None for an unknown slug, a paused connection, or one whose definition is gone."""
+    connection = Connection.objects.default() if slug is None else Connection.objects.filter(slug=slug).first()
+    if connection is None or connection.paused or not connection.configured:
+        return None
+    return connection
 
 
-def verify(secret: str, body: bytes, headers) -> dict:
+def secret_for(connection: Connection, *, log: bool = False) -> str:
+    """The `whsec_…` secret that signs this connection's deliveries (batches.connections.webhook_secret_of: the
+    default connection's is BATCHBOARD_WEBHOOK_SECRET); "" when none is configured or it cannot be read, and then
+    its receiver is off. `log`: say why a secret its definition names cannot be read (never the secret itself)."""
+    try:
+        return connections.webhook_secret_of(connection)
+    except connections.KeyMissing as exc:
+        if log:
+            logger.warning("Webhook deliveries for connection %r are refused: %s", connection.slug, exc)
+        return ""
+
+
+def verify(secret: str, body: bytes, headers, *, connection: str = "default") -> dict:
     """The verified event, or Refused: every check of §12.3 (headers present, timestamp within 300 s, any of the
-    signatures matching under a constant-time comparison), then a JSON object. Refusals are logged and counted."""
+    signatures matching under a constant-time comparison), then a JSON object. Refusals are logged (naming the
+    connection whose URL was posted to) and counted."""
     signed = {name: headers.get(name, "") for name in HEADERS}
     try:
         Webhook(secret).verify(body, signed, json_parse=False)
     except WebhookVerificationError as exc:
-        _refuse(str(exc), signed["webhook-id"])
+        _refuse(str(exc), signed["webhook-id"], connection)
     try:
         event = json.loads(body)
     except (UnicodeDecodeError, ValueError):
         event = None
     if not isinstance(event, dict):
-        _refuse("the body is not a JSON object", signed["webhook-id"])
+        _refuse("the body is not a JSON object", signed["webhook-id"], connection)
     return event
 
 
-def _refuse(reason: str, webhook_id: str) -> None:
+def _refuse(reason: str, webhook_id: str, connection: str) -> None:
     # %r: the id comes from whoever sent the request, so its control characters are escaped, never written raw.
-    logger.warning("Webhook delivery %r refused: %s.", normalise.text(webhook_id, 200), reason)
+    logger.warning(
+        "Webhook delivery %r for connection %r refused: %s.", normalise.text(webhook_id, 200), connection, reason
+    )
     try:
         Refusals.count_one()
     except DatabaseError as exc:  # the refusal stands; only its count is lost
@@ -71,13 +96,16 @@ def _refuse(reason: str, webhook_id: str) -> None:
     raise Refused(reason)
 
 
-def record(webhook_id: str, event: dict) -> Received:
-    """Store the delivery once (a replayed webhook-id changes nothing) and, for a batch event, enqueue the task that
-    fetches the batch, when this transaction commits."""
+def record(connection: Connection, webhook_id: str, event: dict) -> Received:
+    """Store the delivery once per connection (a replayed webhook-id changes nothing) and, for a batch event, enqueue
+    the task that fetches the batch, when this transaction commits. Either way the connection has received a
+    verified delivery just now (note_received)."""
+    note_received(connection)
     event_type = _bounded(event.get("type"), 100)
     data = event.get("data")
     raw_batch_id = data.get("id") if isinstance(data, dict) else None
-    valid = isinstance(raw_batch_id, str) and services.BATCH_ID_PATTERN.fullmatch(raw_batch_id)
+    shape = connection.id_shapes.batch
+    valid = isinstance(raw_batch_id, str) and shape.fullmatch(raw_batch_id)
     batch_id = raw_batch_id if valid else ""
     state, error = DeliveryState.RECEIVED, ""
     if event_type not in BATCH_EVENTS:
@@ -87,6 +115,7 @@ def record(webhook_id: str, event: dict) -> Received:
     try:
         with transaction.atomic():
             delivery = Delivery.objects.create(
+                connection=connection,
                 webhook_id=_bounded(webhook_id, 200),
                 event_id=_bounded(event.get("id"), 200),
                 event_type=event_type,
@@ -95,11 +124,31 @@ def record(webhook_id: str, event: dict) -> Received:
                 error=error,
             )
     except IntegrityError:
-        logger.info("Webhook delivery %s was received before; not processed again.", _bounded(webhook_id, 200))
+        logger.info(
+            "Webhook delivery %s for connection %r was received before; not processed again.",
+            _bounded(webhook_id, 200),
+            connection.slug,
+        )
         return Received(delivery=None, replayed=True)
     if state == DeliveryState.RECEIVED:
         transaction.on_commit(partial(tasks.enqueue_processing, delivery.pk))
     return Received(delivery=delivery, replayed=False)
+
+
+def note_received(connection: Connection, now: datetime | None = None) -> None:
+    """Set the connection's last_webhook_at, unless it was set less than NOTE_EVERY ago: no write at all when the row
+    just read says so, otherwise one conditional UPDATE (so concurrent receivers write once between them). A failure
+    is logged and the delivery is recorded all the same: only the "last webhook received" line lags."""
+    now = now or timezone.now()
+    recent = now - NOTE_EVERY
+    if connection.last_webhook_at is not None and connection.last_webhook_at > recent:
+        return
+    stale = Q(last_webhook_at__isnull=True) | Q(last_webhook_at__lte=recent)
+    try:
+        Connection.objects.filter(stale, pk=connection.pk).update(last_webhook_at=now)
+    except DatabaseError as exc:
+        logger.warning("Could not note the webhook received for connection %r: %s", connection.slug, exc)
+    connection.last_webhook_at = now
 
 
 def _bounded(value, length: int) -> str:

@@ -1,4 +1,5 @@
-"""The webhook receiver on the detail page (batches.sections): when the last webhook arrived, in the side column."""
+"""The webhook receiver on the detail page (batches.sections): when the last webhook of the batch's connection
+arrived, in the side column."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ from webhooks.status import receiver_status
 
 
 def last_received_context(request, batch) -> dict:
-    return {"webhooks": receiver_status()}
+    return {"webhooks": receiver_status([batch.connection], named=False)}
 
 
 def last_received_key(context: dict):
-    status = context["webhooks"]
-    return (status.configured, status.last_received_at)
+    return context["webhooks"].key
 
 
 LAST_RECEIVED = sections.Section(

@@ -1,4 +1,5 @@
-"""URLs under /webhooks/: the OpenAI API's deliveries (one receiver while there is one connection)."""
+"""URLs under /webhooks/: the OpenAI API's deliveries, one receiver per connection (the default one's also at the
+address it had before connections existed)."""
 
 from django.urls import path
 
@@ -7,4 +8,5 @@ from webhooks import views
 app_name = "webhooks"
 urlpatterns = [
     path("openai/", views.openai_webhook, name="openai"),
+    path("openai/<slug:connection>/", views.openai_webhook, name="openai_connection"),
 ]

@@ -1,5 +1,6 @@
-"""The webhook receiver: POST /webhooks/openai/, served without login and CSRF-exempt (the signature is the
-authentication). It verifies, records and enqueues, and never calls the API, so it answers within milliseconds."""
+"""The webhook receiver: POST /webhooks/openai/<connection slug>/ (and /webhooks/openai/ for the default connection),
+served without login and CSRF-exempt (the signature, with that connection's secret, is the authentication). It
+verifies, records and enqueues, and never calls the API, so it answers within milliseconds."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from django.views.decorators.http import require_POST
 from webhooks import receiving
 
 logger = logging.getLogger("batches.webhooks")
+
+BUSY = "The dashboard's database is busy; try again."
 
 
 def _declared_length(request) -> int | None:
@@ -32,9 +35,15 @@ def _answer(status: int, message: str) -> JsonResponse:
 @login_not_required
 @require_POST
 def openai_webhook(request, connection: str | None = None):
-    secret = receiving.secret_for(connection)
+    # One answer for every connection that does not receive: an unknown slug, a paused one, one without a secret.
+    try:
+        receiver = receiving.receiving_connection(connection)
+    except DatabaseError as exc:
+        logger.warning("Webhook delivery not received: %s", exc)
+        return _answer(503, BUSY)
+    secret = receiving.secret_for(receiver, log=True) if receiver is not None else ""
     if not secret:
-        raise Http404("No webhook secret is configured.")
+        raise Http404("No webhook receiver here.")
     length = _declared_length(request)
     if length is None:
         return _answer(400, "The Content-Length header is not a number.")
@@ -45,14 +54,14 @@ def openai_webhook(request, connection: str | None = None):
     if len(body) > receiving.MAX_BODY_BYTES:
         return _answer(413, too_large)
     try:
-        event = receiving.verify(secret, body, request.headers)
+        event = receiving.verify(secret, body, request.headers, connection=receiver.slug)
     except receiving.Refused as exc:
         return _answer(400, f"Refused: {exc}.")
     try:
-        received = receiving.record(request.headers["webhook-id"], event)
+        received = receiving.record(receiver, request.headers["webhook-id"], event)
     except DatabaseError as exc:  # a locked or unreachable database: the sender tries again later
         logger.warning("Webhook delivery %r not recorded: %s", request.headers["webhook-id"][:200], exc)
-        return _answer(503, "The dashboard's database is busy; try again.")
+        return _answer(503, BUSY)
     if received.replayed:
         return _answer(200, "Received before; not processed again.")
     return _answer(200, "Received.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
@@ -14,21 +12,19 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import retarget, trigger_client_event
 
-from batches import access, actions, events
-from batches.converters import BatchIdConverter
+from batches import access, actions, events, services
 from batches.models import Batch
-from batches.views.common import refreshed_batch, unreachable, visible_batch_connection
+from batches.views.common import existing_batch_connection, refreshed_batch, unreachable
 from batches.views.listing import list_context, list_query_of
 
 MAX_BULK = 100
-BATCH_ID = re.compile(BatchIdConverter.regex)
 AUDIT_OUTCOMES = {"cancelled": events.OK, "already": events.ALREADY, "error": events.ERROR}
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
 def batch_cancel(request, batch_id):
     """GET (and HEAD) shows a confirm page (for browsers without JavaScript); only POST cancels."""
-    connection = visible_batch_connection(request, batch_id)  # a batch the user may not see is a 404
+    connection = existing_batch_connection(request, batch_id)  # a batch the user may not see is a 404
     _require_cancel_permission(request, batch_id, connection)
     next_url = _safe_next(request.POST.get("next") or request.GET.get("next"))
     if request.method != "POST":
@@ -74,13 +70,29 @@ def _cancellable(request):
     return Batch.objects.filter(connection__in=access.connections(request.user, access.CANCEL))
 
 
+def _found(request, batch_ids: list[str]) -> tuple[dict[str, Batch], set[str]]:
+    """The selected batches the user may cancel, by id, and the ids that name a batch in more than one of their
+    connections (possible with compatible providers): a bulk cancel cannot tell which one was meant."""
+    found: dict[str, Batch] = {}
+    ambiguous = set()
+    for batch in _cancellable(request).filter(batch_id__in=batch_ids).defer("payload", "search_text"):
+        if batch.batch_id in found:
+            ambiguous.add(batch.batch_id)
+        found[batch.batch_id] = batch
+    return {batch_id: batch for batch_id, batch in found.items() if batch_id not in ambiguous}, ambiguous
+
+
 def _cancel_selected(request, batch_ids: list[str]) -> list[tuple[str, actions.CancelOutcome]]:
-    """Cancel each selected batch on its own connection; an id the user may not cancel is reported as unknown."""
-    found = {batch.batch_id: batch for batch in _cancellable(request).filter(batch_id__in=batch_ids)}
+    """Cancel each selected batch on its own connection; an id the user may not cancel is reported as unknown, one
+    in several of their connections as such (its page asks which one)."""
+    found, ambiguous = _found(request, batch_ids)
     selected = [found[batch_id] for batch_id in batch_ids if batch_id in found]
     done = dict(actions.cancel_batches(selected, user=request.user.get_username()))
     unknown = actions.CancelOutcome(None, sent=False, error="There is no batch with this id that you may cancel.")
-    return [(batch_id, done.get(batch_id, unknown)) for batch_id in batch_ids]
+    twice = actions.CancelOutcome(
+        None, sent=False, error="This id is a batch in more than one connection: cancel it from its page."
+    )
+    return [(batch_id, twice if batch_id in ambiguous else done.get(batch_id, unknown)) for batch_id in batch_ids]
 
 
 def _require_cancel_permission(request, batch_id: str = "", connection=None) -> None:
@@ -164,7 +176,7 @@ def _selected_ids(values: list[str]) -> tuple[list[str], str]:
     batch_ids = list(dict.fromkeys(v.strip() for v in values if v.strip()))
     if not batch_ids:
         return [], "No batches were selected. Tick the boxes of the batches to cancel."
-    invalid = [v for v in batch_ids if not BATCH_ID.fullmatch(v)]
+    invalid = [v for v in batch_ids if not services.ANY_ID_PATTERN.fullmatch(v)]
     if invalid:
         return [], f"“{invalid[0][:40]}” is not a batch id; nothing was cancelled."
     if len(batch_ids) > MAX_BULK:
@@ -176,13 +188,13 @@ def _selected_ids(values: list[str]) -> tuple[list[str], str]:
 
 
 def _bulk_confirm_page(request, batch_ids: list[str], problem: str, next_url: str):
-    selected = _cancellable(request).filter(batch_id__in=batch_ids).defer("payload", "search_text")
-    found = {b.batch_id: b for b in selected}
+    found, ambiguous = _found(request, batch_ids)  # an id in two connections is skipped, as cancelling it would be
     to_cancel = [found[i] for i in batch_ids if i in found and found[i].can_cancel_now]
     skipped = [(i, found.get(i)) for i in batch_ids if i not in {b.batch_id for b in to_cancel}]
     context = {
         "to_cancel": to_cancel,
         "skipped": skipped,
+        "ambiguous": ambiguous,
         "bulk_error": problem,
         "next": next_url,
     }

@@ -24,8 +24,9 @@ def visible_batch_connection(request, batch_id: str) -> Connection:
     """The viewer's connection that has this batch; raises Http404 when none of theirs has it (the same answer as
     for an id that exists nowhere), AmbiguousBatch when several do and `?connection=` does not pick one.
 
-    An id the cache does not know yet is asked of the one connection the viewer sees (or the one named), never of
-    every connection: an unknown id must not cost one upstream call per connection.
+    An id the cache does not know yet is asked of the one connection the viewer sees (or the one named) whose ids
+    may have its shape (a gateway's long id is no OpenAI connection's), never of every connection: an unknown id
+    must not cost one upstream call per connection.
     """
     viewable = access.connections(request.user)
     wanted = request.GET.get(CONNECTION_PARAMETER, "")
@@ -36,10 +37,28 @@ def visible_batch_connection(request, batch_id: str) -> Connection:
         raise AmbiguousBatch(batch_id, rows)
     if rows:
         return rows[0].connection
-    syncing = [connection for connection in viewable if connection.configured and not connection.paused]
+    syncing = [
+        connection
+        for connection in viewable
+        if connection.configured and not connection.paused and connection.id_shapes.batch.fullmatch(batch_id)
+    ]
     if len(syncing) == 1:
         return syncing[0]
     raise Http404(f"There is no batch {batch_id}.")
+
+
+def existing_batch_connection(request, batch_id: str) -> Connection:
+    """visible_batch_connection for an action (cancel, retry): also a 404 for an id that neither the cache nor the
+    API knows, before any permission is checked, so that acting on another team's batch answers exactly as acting
+    on no batch at all (a 403 would say there is something there). Costs an upstream call only for an id the cache
+    does not know, once per NOT_FOUND_SECONDS."""
+    connection = visible_batch_connection(request, batch_id)
+    if not Batch.objects.filter(connection=connection, batch_id=batch_id).exists():
+        try:
+            lookups.refresh_batch(batch_id, user_key=user_key(request), connection=connection)
+        except services.NotFound:
+            raise Http404(f"There is no batch {batch_id}.") from None
+    return connection
 
 
 def refreshed_batch(request, batch_id: str) -> tuple[Batch | None, Freshness]:

@@ -16,6 +16,7 @@ from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from batches import freshness, metrics, reactions
+from batches.models import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def _readiness_problem() -> str:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        loop = freshness.loop_status()
+        Connection.objects.default()
+        loops = [(c.slug, freshness.loop_status(state_name=c.list_state)) for c in Connection.objects.syncing()]
         queue = reactions.queue_status()
     except DatabaseError as exc:
         return f"the database does not answer ({type(exc).__name__})"
@@ -61,11 +63,14 @@ def _readiness_problem() -> str:
         cache.get("batchboard:readyz")
     except Exception as exc:  # Any backend's failure (redis.ConnectionError, a database error) means not ready.
         return f"the cache does not answer ({type(exc).__name__})"
-    if loop.heartbeat_at is None:
-        return "the sync loop has never run (is `manage.py sync_batches --loop` running?)"
-    if not loop.alive:
-        age = int((timezone.now() - loop.heartbeat_at).total_seconds())
-        return f"no sign of the sync loop for {age} s (more than {int(freshness.stale_after().total_seconds())} s)"
+    for slug, loop in loops:
+        named = "" if len(loops) == 1 else f" of connection {slug}"
+        if loop.heartbeat_at is None:
+            return f"the sync loop{named} has never run (is `manage.py sync_batches --loop` running?)"
+        if not loop.alive:
+            age = int((timezone.now() - loop.heartbeat_at).total_seconds())
+            limit = int(freshness.stale_after().total_seconds())
+            return f"no sign of the sync loop{named} for {age} s (more than {limit} s)"
     if queue.stuck:
         return (
             f"{queue.waiting} task(s) have waited {int(queue.oldest_waiting_seconds)} s on the queue "

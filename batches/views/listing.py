@@ -33,7 +33,8 @@ from batches.spending import report_for
 from batches.views.live import Live, answer_key, is_poll, is_shown, live_of, poll_status, rendering_key, unchanged
 
 PAGE_SIZE = 50
-MAX_FILTER_LENGTH = 200
+# Long enough for a compatible provider's ids (a job filter, a search for one), bounded all the same.
+MAX_FILTER_LENGTH = services.ID_LENGTH
 STATUS_FILTERS = (ACTIVE_FILTER, ATTENTION_FILTER, FAILED_LINES_FILTER, *services.RECORDED_STATUSES)
 # The sortable columns, each first sorted in its more useful direction.
 SORT_COLUMNS = {"created": "-created", "status": "status", "progress": "-progress", "expires": "expires"}
@@ -272,7 +273,8 @@ def _parse_filters(query: QueryDict) -> tuple[ListFilters, list[str]]:
     if values["status"] and values["status"] not in STATUS_FILTERS:
         notices.append(f"There is no status “{values['status']}”; showing every status.")
         values["status"] = ""
-    if values["job"] and not services.BATCH_ID_PATTERN.fullmatch(values["job"]):
+    # Checked as sent: an id of any connection's shape, and never one that had a NUL taken out of it.
+    if values["job"] and not services.ANY_ID_PATTERN.fullmatch(query.get("job", "").strip()):
         notices.append(f"“{values['job'][:40]}” is not a batch id; showing every job.")
         values["job"] = ""
     if values["jobs"] and values["jobs"] != ORIGINALS_ONLY:

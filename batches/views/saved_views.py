@@ -15,6 +15,7 @@ from django.shortcuts import redirect, render
 from django.urls import Resolver404, resolve
 from django.views.decorators.http import require_POST, require_safe
 
+from batches import access
 from batches.models import SavedView
 
 SAVEABLE = ("batches:list", "results:list")
@@ -83,7 +84,7 @@ def save_view(request):
 @require_safe
 def saved_views(request):
     """The views the user can open, with Delete on their own."""
-    views = SavedView.objects.visible_to(request.user)
+    views = access.saved_views(request.user)
     return render(request, "batches/saved_views.html", {"views": views})
 
 

@@ -229,3 +229,140 @@ def test_make_run_wires_the_sandbox_webhooks_to_its_own_receiver(database_url, p
     delivery = Delivery.objects.get(batch_id=created["id"])
     assert delivery.event_type == "batch.completed"
     assert delivery.error == ""  # the webhook's task fetched it, not found it recorded already
+
+
+# --- Per organisation ------------------------------------------------------------------
+
+SECOND_SECRET = "whsec_" + base64.b64encode(b"the second organisation's secret").decode()
+
+
+@pytest.fixture
+def second_receiver(receiver, settings):
+    """The second organisation's receiver: another path of the same tiny server, with its own secret."""
+    receiver.script("POST", "/second-hook", Reply(200, {"ok": True}))
+    settings.SANDBOX_SECOND_WEBHOOK_URL = f"http://127.0.0.1:{receiver.port}/second-hook"
+    settings.SANDBOX_SECOND_WEBHOOK_SECRET = SECOND_SECRET
+    return receiver
+
+
+def second_organisation_batch(sandbox_url: str) -> str:
+    """A batch created over HTTP with the second organisation's key."""
+    import requests
+
+    key = {"Authorization": "Bearer sk-sandbox-second"}
+    line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions"}
+    line["body"] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    files = {"file": ("in.jsonl", json.dumps(line).encode() + b"\n")}
+    upload = requests.post(f"{sandbox_url}/files", headers=key, files=files, data={"purpose": "batch"}, timeout=30)
+    created = requests.post(
+        f"{sandbox_url}/batches",
+        headers=key,
+        json={"input_file_id": upload.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    return created.json()["id"]
+
+
+def test_each_organisation_sends_to_its_own_url_signed_with_its_own_secret(sandbox_url, second_receiver):
+    [first] = create_batches(1)
+    second = second_organisation_batch(sandbox_url)
+    finish(first.id)
+    finish(second)
+    assert webhooks.dispatch() == 2
+    [to_first] = posts(second_receiver)
+    [to_second] = second_receiver.requests_to("POST", "/second-hook")
+    assert json.loads(to_first.body)["data"] == {"id": first.id}
+    assert json.loads(to_second.body)["data"] == {"id": second}
+    assert Webhook(SECRET).verify(to_first.body, to_first.headers) is not None
+    assert Webhook(SECOND_SECRET).verify(to_second.body, to_second.headers) is not None
+    with pytest.raises(Exception, match="signature"):
+        Webhook(SECRET).verify(to_second.body, to_second.headers)
+    assert dict(SandboxWebhook.objects.values_list("batch_id", "organisation")) == {
+        first.id: "org-sandbox",
+        second: "org-sandbox-second",
+    }
+
+
+def test_an_organisation_without_a_url_sends_nothing_while_the_other_sends(sandbox_url, second_receiver, settings):
+    settings.SANDBOX_WEBHOOK_URL = ""
+    [first] = create_batches(1)
+    second = second_organisation_batch(sandbox_url)
+    finish(first.id)
+    finish(second)
+    assert webhooks.enabled()
+    assert webhooks.dispatch() == 1
+    assert posts(second_receiver) == []
+    [sent] = second_receiver.requests_to("POST", "/second-hook")
+    assert json.loads(sent.body)["data"] == {"id": second}
+    # The first organisation's batch gets no event later either (as one final before the sender noticed).
+    assert SandboxBatch.objects.get(pk=first.id).webhook_due_at is None
+    assert not SandboxWebhook.objects.filter(batch_id=first.id).exists()
+
+
+def test_the_second_organisations_webhook_updates_its_own_connection_on_the_dashboard(
+    sandbox_url, live_server, settings, tasks, monkeypatch
+):
+    """End to end: the second organisation's webhook reaches its connection's receiver on the dashboard, which
+    fetches the batch with that connection's key (the first organisation's cannot see it) and records it there."""
+    from batches.models import Connection, ConnectionSource
+    from webhooks.models import Delivery
+
+    monkeypatch.setenv("SANDBOX_SECOND_KEY", settings.SANDBOX_SECOND_API_KEY)
+    monkeypatch.setenv("SANDBOX_SECOND_WEBHOOK_SECRET_VALUE", SECOND_SECRET)
+    connection = Connection.objects.create(
+        name="Second organisation",
+        slug="second-org",
+        source=ConnectionSource.FILE,
+        base_url=sandbox_url,
+        api_key_env="SANDBOX_SECOND_KEY",
+        webhook_secret_env="SANDBOX_SECOND_WEBHOOK_SECRET_VALUE",
+    )
+    settings.SANDBOX_WEBHOOK_URL = ""
+    settings.SANDBOX_SECOND_WEBHOOK_URL = f"{live_server.url}/webhooks/openai/second-org/"
+    settings.SANDBOX_SECOND_WEBHOOK_SECRET = SECOND_SECRET
+    batch_id = second_organisation_batch(sandbox_url)
+    finish(batch_id)
+    assert webhooks.dispatch() == 1
+    assert SandboxWebhook.objects.get().last_status == 200
+    delivery = Delivery.objects.get()
+    assert delivery.connection == connection
+    tasks.drain()
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.error, delivery.tries) == ("processed", "", 1)
+    assert Batch.objects.get(connection=connection, batch_id=batch_id).status == "completed"
+    assert not Batch.objects.filter(connection=Connection.objects.default()).exists()
+    connection.refresh_from_db()
+    assert connection.last_webhook_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_existing_webhooks_their_batchs_organisation():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("sandbox", "0004_organisations_long_ids")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old_apps = executor.loader.project_state(before).apps
+    OldBatch, OldWebhook = (
+        old_apps.get_model("sandbox", "SandboxBatch"),
+        old_apps.get_model("sandbox", "SandboxWebhook"),
+    )
+    OldBatch.objects.create(
+        id="batch_second", organisation="org-sandbox-second", endpoint="/v1/chat/completions", input_file_id="file-x",
+        created=1.0, created_at=1, speed=1.0, validate_s=1.0, run_s=1.0, finalize_s=1.0, drain_s=1.0,
+    )  # fmt: skip
+    for batch_id in ("batch_second", "batch_gone"):
+        OldWebhook.objects.create(
+            batch_id=batch_id, type="batch.completed", webhook_id=f"wh_{batch_id}", body="{}", next_attempt_at=1.0
+        )
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    assert dict(SandboxWebhook.objects.values_list("batch_id", "organisation")) == {
+        "batch_second": "org-sandbox-second",
+        "batch_gone": "org-sandbox",
+    }

@@ -36,13 +36,21 @@ def _controls(html: str) -> list[tuple[str, dict]]:
 # --- Error pages and methods ------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["/nope/", "/batches/not-a-batch-id/", "/batches/batch_abc/files/"])
+@pytest.mark.parametrize("url", ["/nope/", "/batches/.not-a-batch-id/", "/batches/batch_abc/files/"])
 def test_it_shows_a_plain_404_for_an_address_that_matches_nothing(viewer_client, url):
     response = viewer_client.get(url)
     assert response.status_code == 404
     html = response.content.decode()
     assert "There is nothing at this address." in html
     assert "Resolver404" not in html
+
+
+def test_an_id_of_no_shape_the_viewers_connections_take_is_a_404_that_never_reaches_the_api(api, viewer_client):
+    """URLs take any path-safe id (a compatible provider's); an OpenAI connection asks the API only for its shape."""
+    response = viewer_client.get("/batches/not-a-batch-id/")
+    assert response.status_code == 404
+    assert "There is no batch not-a-batch-id." in response.content.decode()
+    assert api.server.received == []
 
 
 def test_it_still_says_why_on_a_404_with_a_message(api, viewer_client):

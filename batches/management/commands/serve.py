@@ -94,8 +94,9 @@ class Command(BaseCommand):
 
 
 def _wire_sandbox_webhooks(url: str) -> bool:
-    """In sandbox mode the sandbox sends its webhooks to this server's receiver, both sides sharing a secret made
-    for this run (unless SANDBOX_WEBHOOK_URL says where else to send them): a batch shows final within a second of
+    """In sandbox mode the sandbox sends its (first organisation's) webhooks to this server's receiver of the default
+    connection, both sides sharing a secret made for this run (unless SANDBOX_WEBHOOK_URL says where else to send
+    them): a batch shows final within a second of
     the sandbox finishing it, as it would with the API's webhooks."""
     if not (settings.SANDBOX_MODE and settings.SANDBOX_ENABLED):
         return False
@@ -104,7 +105,9 @@ def _wire_sandbox_webhooks(url: str) -> bool:
         settings.SANDBOX_WEBHOOK_URL = f"{url}webhooks/openai/"
         settings.SANDBOX_WEBHOOK_SECRET = secret
         settings.BATCHBOARD_WEBHOOK_SECRET = settings.BATCHBOARD_WEBHOOK_SECRET or secret
-    return bool(settings.SANDBOX_WEBHOOK_SECRET)
+    # The second organisation's webhooks go where SANDBOX_SECOND_WEBHOOK_URL says (a connection's own URL), if set.
+    second = settings.SANDBOX_SECOND_WEBHOOK_URL and settings.SANDBOX_SECOND_WEBHOOK_SECRET
+    return bool(settings.SANDBOX_WEBHOOK_SECRET or second)
 
 
 def _new_webhook_secret() -> str:

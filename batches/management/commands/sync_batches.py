@@ -8,6 +8,7 @@ import threading
 from django.core.management.base import BaseCommand, CommandError
 
 from batches import sync
+from batches.models import Connection
 
 logger = logging.getLogger("batches.sync")
 
@@ -17,7 +18,8 @@ class Command(BaseCommand):
         "Keep the local cache in step with the Batch API. A pass walks the list newest first until it is below both "
         "the last pass's newest batch and the oldest running one (100 batches per call), continues the background "
         "import of the history from its saved cursor, and retrieves the few running batches too deep to walk to; "
-        "each distinct state is kept as a snapshot. Without --loop: one pass now, exit status 1 if the API failed. "
+        "each distinct state is kept as a snapshot. Each connection has its own pass, lease and budget. Without "
+        "--loop: one pass of each syncing connection now (or of --connection), exit status 1 if the API of any failed. "
         "With --loop: a pass every BATCHBOARD_REFRESH_INTERVAL seconds while someone watches the list, every "
         "BATCHBOARD_HISTORY_INTERVAL seconds otherwise, until Ctrl-C or SIGTERM (exit status 0). Loops sharing the "
         "database hold one lease, so two never walk in the same interval, and a killed loop's lease expires. Logs "
@@ -32,8 +34,9 @@ class Command(BaseCommand):
             default=None,
             help="Seconds between checks whether a pass is due, with --loop (default: BATCHBOARD_REFRESH_INTERVAL).",
         )
+        parser.add_argument("--connection", default="", help="Without --loop: pass over this connection (its slug).")
 
-    def handle(self, *args, loop, interval, **options):
+    def handle(self, *args, loop, interval, connection, **options):
         if interval is not None and not 0 < interval <= 86_400:
             raise CommandError(f"--interval must be between 0 and 86400 seconds; got {interval:g}.")
         stop = threading.Event()
@@ -43,14 +46,30 @@ class Command(BaseCommand):
                     logger.info("Syncing; Ctrl-C or SIGTERM stops.")
                     sync.sync_loop(stop, wake_every=interval)
                 else:
-                    outcome = sync.run_pass(force=True, stop=stop)
-                    logger.info("%s", outcome.describe(), extra={"pass_number": 1, **outcome.log_context()})
-                    if outcome.error:
-                        raise CommandError("The sync pass failed (see above).")
+                    failed = [slug for slug in _connections(connection) if not _one_pass(slug, stop)]
+                    if failed:
+                        raise CommandError(f"The sync pass of {', '.join(failed)} failed (see above).")
         except KeyboardInterrupt:
             pass  # A second Ctrl-C abandons the pass in the middle; what was recorded so far is kept.
         if loop or stop.is_set():
             logger.info("Stopped.")
+
+
+def _connections(slug: str) -> list[str]:
+    Connection.objects.default()
+    syncing = Connection.objects.syncing()
+    slugs = [connection.slug for connection in (syncing.filter(slug=slug) if slug else syncing)]
+    if slug and not slugs:
+        raise CommandError(f"There is no syncing connection {slug!r}.")
+    return slugs
+
+
+def _one_pass(slug: str, stop: threading.Event) -> bool:
+    """One pass over the connection, logged; False if the API failed."""
+    outcome = sync.run_pass(force=True, stop=stop, connection=Connection.objects.get(slug=slug))
+    context = {"pass_number": 1, "connection": slug, **outcome.log_context()}
+    logger.info("%s [%s]", outcome.describe(), slug, extra=context)
+    return not outcome.error
 
 
 @contextlib.contextmanager

@@ -10,8 +10,10 @@ from sandbox import webhooks
 
 class Command(BaseCommand):
     help = (
-        "Send the sandbox's webhooks (batch.completed, .failed, .cancelled, .expired) to SANDBOX_WEBHOOK_URL, signed "
-        "with SANDBOX_WEBHOOK_SECRET, until stopped. `manage.py serve` runs this in a thread by itself."
+        "Send the sandbox's webhooks (batch.completed, .failed, .cancelled, .expired) until stopped: the first "
+        "organisation's to SANDBOX_WEBHOOK_URL, signed with SANDBOX_WEBHOOK_SECRET, the second's to "
+        "SANDBOX_SECOND_WEBHOOK_URL with SANDBOX_SECOND_WEBHOOK_SECRET. `manage.py serve` runs this in a thread by "
+        "itself."
     )
 
     def add_arguments(self, parser):
@@ -19,7 +21,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, once, **options):
         if not webhooks.enabled():
-            raise CommandError("Set SANDBOX_WEBHOOK_URL and SANDBOX_WEBHOOK_SECRET to send the sandbox's webhooks.")
+            raise CommandError(
+                "Set SANDBOX_WEBHOOK_URL and SANDBOX_WEBHOOK_SECRET (the first organisation's), or "
+                "SANDBOX_SECOND_WEBHOOK_URL and SANDBOX_SECOND_WEBHOOK_SECRET (the second's), to send the sandbox's "
+                "webhooks."
+            )
         if once:
             sent = webhooks.dispatch()
             self.stdout.write(f"{sent} webhook deliver{'y' if sent == 1 else 'ies'} sent.")
