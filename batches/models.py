@@ -339,37 +339,6 @@ class BatchQuerySet(models.QuerySet):
         )
         return pricing.CostTotal.of(rows)
 
-    def spending(self, *, today: date, connections: Iterable[int] | None = None) -> pricing.Spending:
-        """The summary strip's money: batches finished today and this month (every final batch: cancelled and
-        expired ones bill the requests that ran), from the daily totals, and running batches' cost so far.
-
-        Two small queries whatever the number of batches: this month's DailySpend rows (one per day, connection and
-        model) of these `connections` (None: all), added up here, and an aggregate of the running batches through the
-        batch_spending index.
-        """
-        month: dict[str, list[int]] = {}
-        day: dict[str, list[int]] = {}
-        rows = DailySpend.objects.filter(day__gte=today.replace(day=1), day__lte=today)
-        if connections is not None:
-            rows = rows.filter(connection_id__in=list(connections))
-        for row_day, model, *counts in rows.values_list("day", "model", "batches", *TOKEN_FIELDS):
-            for totals in (month, day) if row_day == today else (month,):
-                total = totals.setdefault(model, [0, 0, 0, 0])
-                for index, count in enumerate(counts):
-                    total[index] += count
-        return pricing.Spending(
-            today=_cost_of(day),
-            month=_cost_of(month),
-            running=self.filter(is_terminal=False).cost_total(),
-        )
-
-
-def _cost_of(totals: dict[str, list[int]]) -> pricing.CostTotal:
-    keys = ("batches", *TOKEN_FIELDS)
-    return pricing.CostTotal.of(
-        {"model": model, **dict(zip(keys, total, strict=True))} for model, total in totals.items()
-    )
-
 
 # Raw SQL: the ORM has no query without a FROM row.
 DATA_VERSION_SQL = (
@@ -629,8 +598,11 @@ class Batch(models.Model):
             # data_version() reads the ends of these two instead of scanning every row (3 ms at 10k batches).
             models.Index(fields=["last_changed_at"], name="batch_changed"),
             models.Index(fields=["cancel_requested_at"], name="batch_cancel_claimed"),
-            # The summary strip's cost of running batches (BatchQuerySet.spending) reads this narrow index.
-            models.Index(fields=["is_terminal", "model", *TOKEN_FIELDS], name="batch_spending"),
+            # The cost of running batches per connection (batches.spending, the strip and the spending page) reads
+            # this narrow index: grouped by connection and model in its order, filtered by connection by seeks.
+            models.Index(
+                fields=["is_terminal", "connection", "model", *TOKEN_FIELDS], name="batch_spending_by_connection"
+            ),
             # needs_attention() counts over this narrow index instead of the wide rows; the expiry order seeks it.
             models.Index(fields=["status", "failed_requests", "last_changed_at", "created_at"], name="batch_attention"),
             models.Index(fields=["is_terminal", "expires_at"], name="batch_expiry"),
@@ -1171,6 +1143,12 @@ class DailySpend(models.Model):
         return f"{self.day} {self.model}"
 
     @staticmethod
+    def day_of(moment: datetime | None = None) -> date:
+        """The day of `moment` (now by default) in the dashboard's TIME_ZONE, never a viewer's: a batch recorded
+        during a request (a cancel, a refresh) must land on the same day as when the sync loop records it."""
+        return timezone.localdate(moment, timezone.get_default_timezone())
+
+    @staticmethod
     def contribution(row: Batch) -> tuple | None:
         """What a batch adds to the daily totals: (day, connection id, model, tokens...) once it is final with usage,
         else None."""
@@ -1179,7 +1157,7 @@ class DailySpend(models.Model):
         if not (row.input_tokens or row.cached_input_tokens or row.output_tokens):
             return None  # used no token (failed validation): adds nothing, and must not count as an unpriced batch
         tokens = (row.input_tokens, row.cached_input_tokens or 0, row.output_tokens or 0)
-        return (timezone.localdate(row.finished_at), row.connection_id, row.model, *tokens)
+        return (DailySpend.day_of(row.finished_at), row.connection_id, row.model, *tokens)
 
     @classmethod
     def count(cls, before: tuple | None, row: Batch) -> None:
@@ -1204,7 +1182,7 @@ class DailySpend(models.Model):
         finished = Batch.objects.filter(is_terminal=True, finished_at__isnull=False, input_tokens__isnull=False)
         columns = finished.values_list("finished_at", "connection_id", "model", *TOKEN_FIELDS)
         totals = cls._totals(
-            (timezone.localdate(finished_at), connection_id, model, *tokens)
+            (cls.day_of(finished_at), connection_id, model, *tokens)
             for finished_at, connection_id, model, *tokens in columns.iterator()
         )
         cls.objects.all().delete()

@@ -210,23 +210,14 @@ class CostTotal:
     def complete(self) -> bool:
         return not self.unpriced_batches
 
-
-@dataclass(frozen=True)
-class Spending:
-    """The summary strip's money: batches finished today and this month, and running batches' cost so far."""
-
-    today: CostTotal
-    month: CostTotal
-    running: CostTotal
-
-    @property
-    def unpriced_batches(self) -> int:
-        """Batches the amounts leave out (today's are among the month's)."""
-        return self.month.unpriced_batches + self.running.unpriced_batches
-
-    @property
-    def unpriced_models(self) -> str:
-        return ", ".join(sorted({*self.month.unpriced_models, *self.running.unpriced_models}))
+    def __add__(self, other: CostTotal) -> CostTotal:
+        """The cost of two disjoint sets of batches (two connections' spend, say)."""
+        return CostTotal(
+            self.amount + other.amount,
+            self.batches + other.batches,
+            self.unpriced_batches + other.unpriced_batches,
+            tuple(sorted({*self.unpriced_models, *other.unpriced_models})),
+        )
 
 
 def format_money(amount: Decimal) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from django.http import StreamingHttpResponse
 from django.utils.http import content_disposition_header
 
+from batches.spreadsheets import inert_cell
 from results import answers
 
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl"}
@@ -27,18 +28,6 @@ def download(lines: Iterable, fmt: str, filename: str) -> StreamingHttpResponse:
     response["Content-Disposition"] = content_disposition_header(True, filename)
     response["Cache-Control"] = "private, no-store"
     return response
-
-
-# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection"): such a cell gets a leading "'".
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def inert_cell(value):
-    """`value` as a spreadsheet shows it but never evaluates: text starting like a formula gets a leading "'".
-    Numbers stay numbers (the exports' numbers are counts, never negative)."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
 
 
 def csv_lines(columns: list[str], rows: Iterable[list]) -> Iterator[str]:

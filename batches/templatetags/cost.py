@@ -57,3 +57,37 @@ def cost_breakdown(batch):
         "lines": cost_lines(price, batch.input_tokens, batch.cached_input_tokens or 0, batch.output_tokens or 0),
         "total": batch.cost,
     }
+
+
+@register.simple_tag
+def spend_amount(total, *id_parts):
+    """An amount of the spending page: the dollars and, when some batches have no price known, how many it leaves
+    out (so it is a lower bound) with the remedy, linked by an id made of `id_parts`."""
+    if not total.unpriced_batches:
+        return format_html('<span class="spend-value">{}</span>', format_money(total.amount))
+    models = ", ".join(total.unpriced_models)
+    return format_html(
+        '<span class="spend-value">{} <span class="spend-unpriced">leaves out {} batch{} of {}: {}</span></span>',
+        format_money(total.amount),
+        total.unpriced_batches,
+        "" if total.unpriced_batches == 1 else "es",
+        models,
+        no_price_known(models, "-".join(["no-price", *map(str, id_parts)])),
+    )
+
+
+@register.simple_tag
+def budget_bar(state):
+    """How much of a monthly budget is used, as a bar (an SVG: the CSP forbids inline widths) with its text."""
+    label = f"{state.percent} % of the monthly budget of {state.budget_label} used"
+    return format_html(
+        '<svg class="budget-bar budget-{}" viewBox="0 0 100 8" preserveAspectRatio="none" role="img" aria-label="{}">'
+        "<title>{}</title>"
+        '<rect class="budget-track" x="0" y="0" width="100" height="8"></rect>'
+        '<rect class="budget-used" x="0" y="0" width="{}" height="8"></rect>'
+        "</svg>",
+        state.level,
+        label,
+        label,
+        state.bar_width,
+    )

@@ -25,9 +25,11 @@ from batches.models import (
     FAILED_LINES_FILTER,
     SORTS,
     Batch,
+    DailySpend,
     data_version,
 )
 from batches.normalise import UNKNOWN_STATUS
+from batches.spending import report_for
 from batches.views.live import Live, answer_key, is_poll, is_shown, live_of, poll_status, rendering_key, unchanged
 
 PAGE_SIZE = 50
@@ -226,7 +228,7 @@ def list_context(
     attention = matching.needs_attention_count(counts)  # moves with the clock too (stuck batches): never cached
     failed_lines = _counted(f"failed-lines:{scope}", filters, version, matching.with_failed_lines().count)
     summary = visible.summary(since=_start_of_today())
-    spending = visible.spending(today=timezone.localdate(), connections=access.visible_connection_ids(user))
+    spending = report_for(user, today=DailySpend.day_of(), version=version, teams=False)
     batches = matching.with_status(filters.status).sorted_by(filters.sort)
     batches = batches.defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)

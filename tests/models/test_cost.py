@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from batches import services
 from batches.models import TOKEN_FIELDS, Batch, DailySpend, record_batch, record_batches
+from batches.spending import figures
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
 
@@ -135,7 +136,7 @@ def test_the_summary_strip_sums_today_this_month_and_running_batches(viewer_clie
     last_month = int((month_start - timedelta(days=2)).timestamp())
     record_batch(_batch("batch_last_month", completed_at=last_month, usage=(10_000_000, 0, 0)))
 
-    spending = Batch.objects.spending(today=timezone.localdate())
+    spending = figures(today=timezone.localdate())
     assert spending.today.amount == Decimal("0.45")
     assert spending.month.amount == Decimal("0.45") + (Decimal("0.30") if day_start > month_start else 0)
     assert spending.running.amount == Decimal("0.15")

@@ -26,8 +26,8 @@ from django.test.testcases import LiveServerThread, _StaticFilesHandler
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
-from batches import access, sync
-from batches.models import Batch, Connection, ConnectionSource, SavedView, record_batch
+from batches import access, spending, sync
+from batches.models import Batch, Connection, ConnectionSource, DailySpend, SavedView, record_batch
 from results.models import ArchiveState, ResultArchive
 from sandbox import clock
 from sharing.models import ShareLink
@@ -363,6 +363,9 @@ TABLE: dict[str, Row] = {
         data=lambda world, side, role: {"batch_id": world.batches[side].batch_id, "confirm": "yes"},
     ),
     "batches/prices/": Row("batches:prices", get=_everyone(200), per_batch=False),
+    # Every signed-in user has one: of the connections and teams they may see (tests/views/test_spending.py).
+    "batches/spending/": Row("batches:spending", get=_everyone(200), per_batch=False),
+    "batches/spending.csv": Row("batches:spending_csv", get=_everyone(200), per_batch=False),
     "batches/time-zone/": Row(
         "batches:time_zone",
         get=_everyone(200),
@@ -522,7 +525,7 @@ def _figures(context) -> dict:
         "counts": {entry["value"]: entry["count"] for entry in context["status_counts"]},
         "total": context["total_matching"],
         "summary": context["summary"],
-        "spending": context["spending"],
+        "spending": context["spending"].total,
         "endpoints": context["endpoints"],
         "models": context["models"],
     }
@@ -539,7 +542,7 @@ def _figures_of(connection: Connection) -> dict:
         "total": sum(counts.values()),
         "attention": batches.needs_attention_count(counts),
         "summary": batches.summary(since=since),
-        "spending": batches.spending(today=today, connections=[connection.pk]),
+        "spending": spending.figures(today=DailySpend.day_of(), connection_ids=[connection.pk]),
         "endpoints": endpoints,
         "models": models,
     }
