@@ -193,7 +193,7 @@ def test_it_creates_a_batch_on_the_chosen_connection_and_cancels_it_there(three,
     created = Batch.objects.get()
     assert created.connection == b
     assert SandboxBatch.objects.get(pk=created.batch_id).organisation == organisations.SECOND
-    assert response["Location"] == reverse("batches:detail", args=[created.batch_id])
+    assert response["Location"] == reverse("batches:detail", args=[created.batch_id]) + "?connection=b"
 
     cancelled = member.post(reverse("batches:cancel", args=[created.batch_id]))
     assert cancelled.status_code in (302, 303)

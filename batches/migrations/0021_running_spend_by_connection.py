@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0019_connections_required'),
+        ('batches', '0020_connection_counts'),
     ]
 
     operations = [
