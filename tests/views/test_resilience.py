@@ -48,7 +48,7 @@ def test_it_renders_every_page_while_a_third_of_the_requests_fail(settings, view
     sandbox_views.fault_draws.seed(30)  # the same faults, in the same order, on every run
     injected = []
     draw = sandbox_views._injected_fault
-    monkeypatch.setattr(sandbox_views, "_injected_fault", lambda: injected.append(draw()) or injected[-1])
+    monkeypatch.setattr(sandbox_views, "_injected_fault", lambda *args: injected.append(draw(*args)) or injected[-1])
 
     statuses = set()
     for _ in range(8):
