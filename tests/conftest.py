@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -304,6 +305,9 @@ def process_environment(database_url: str, **extra: str) -> dict[str, str]:
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         SANDBOX_SEED="false",
         PYTHONUNBUFFERED="1",
+        # Static files from the finders, as in a fresh clone: never a manifest that a `collectstatic` of the working
+        # tree (a benchmark, a try of the production commands) left in var/ and that newer templates outgrew.
+        DJANGO_STATIC_ROOT=tempfile.mkdtemp(prefix="batchboard-static-"),
     )
     environment.update(extra)
     return environment
