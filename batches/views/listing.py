@@ -247,7 +247,7 @@ def list_context(
         row.viewer_may_cancel = row.connection_id in cancellable
         if row.connection_id in by_id:  # the viewer's connections are read already: no query per row
             row.connection = by_id[row.connection_id]
-    show_connections = len(viewable) > 1
+    show_connections = shows_connections(user)
     list_query = filters.query()
     if page_number > 1:
         list_query["page"] = str(page_number)
@@ -281,8 +281,16 @@ def list_context(
 
 def shows_connections(user) -> bool:
     """Whether the list names each batch's connection: only for a viewer of several (one-connection installs
-    look as they did before connections existed)."""
-    return len(access.connections(user)) > 1
+    look as they did before connections existed). A connection kept only for its history counts only if it has
+    batches: the default connection of an install configured by a connections file is empty on a fresh machine."""
+    viewable = access.connections(user)
+    if len(viewable) < 2:
+        return False
+    configured = [connection for connection in viewable if connection.configured]
+    if len(configured) > 1:
+        return True
+    kept = [connection.pk for connection in viewable if not connection.configured]
+    return Batch.objects.filter(connection__in=kept).exists()
 
 
 def _connection_counts(visible, viewable: list, scope: str, version: tuple) -> list[dict]:

@@ -120,6 +120,19 @@ def test_it_keeps_the_list_of_a_viewer_of_one_connection_as_it_was(two):
     assert html.count('<tr id="row-') == 1
 
 
+def test_an_empty_connection_kept_for_its_history_does_not_make_a_viewer_of_one_a_viewer_of_several(two):
+    """A connections file's install: "default" stays, open to everyone but unconfigured; empty, it is not shown."""
+    Connection.objects.filter(slug="default").update(open_to_everyone=True, configured=False)
+    research = two.add(two.research, "in_progress")
+
+    html = two.client(two.researcher).get("/batches/").text
+    assert "col-connection" not in html and 'id="filter-connection"' not in html
+    assert f'href="/batches/{research["id"]}/"' in _row(html, research["id"])
+
+    two.add(Connection.objects.default(), "completed")  # its history: now there is something to tell apart
+    assert "col-connection" in two.client(two.researcher).get("/batches/").text
+
+
 def test_it_filters_by_connection_and_counts_within_it(two):
     research = [two.add(two.research, status) for status in ("in_progress", "failed", "completed")]
     finance = two.add(two.finance, "in_progress")
@@ -543,3 +556,12 @@ def test_the_audit_log_command_names_the_connection(two):
 
     assert text.getvalue().splitlines()[-1].split(" ", 1)[1] == "ann - cancel ok batch_r1 in research"
     assert json.loads(as_json.getvalue().splitlines()[-1])["connection"] == "research"
+
+
+def test_the_navigation_offers_new_batch_to_whoever_may_create_on_a_connection(two):
+    nav_link = '<a href="/batches/new/"'
+    assert nav_link not in two.client(two.researcher).get("/batches/spending/").text
+
+    two.research.create_teams.add(two.research_team)  # a team grant, no Django permission
+
+    assert nav_link in two.client(two.researcher).get("/batches/spending/").text
