@@ -407,10 +407,13 @@ class ConnectionQuerySet(models.QuerySet):
         return self._granted(user, ("view_teams", "cancel_teams", "create_teams"), open_to_everyone=True)
 
     def cancellable_by(self, user):
-        return self._granted(user, ("cancel_teams",), open_permission="batches.cancel_batch")
+        """Where `user` may cancel: granted, and configured (a connection kept for its history has no key)."""
+        return self._granted(user, ("cancel_teams",), open_permission="batches.cancel_batch").filter(configured=True)
 
     def creatable_by(self, user):
-        return self._granted(user, ("create_teams",), open_permission="batches.create_batch")
+        """Where `user` may create: granted, configured and not paused."""
+        granted = self._granted(user, ("create_teams",), open_permission="batches.create_batch")
+        return granted.filter(configured=True, paused=False)
 
     def _granted(self, user, grants, *, open_to_everyone=False, open_permission=""):
         """A connection open to everyone lets every signed-in user view it, and cancel or create with the Django

@@ -90,3 +90,17 @@ def test_visible_batches_are_those_of_the_viewers_connections_only(django_user_m
 
     assert [batch.status for batch in access.visible_batches(viewer)] == ["failed"]
     assert access.scope_key(viewer) != access.scope_key(_user(django_user_model, "other", teams["research"]))
+
+
+def test_nobody_creates_on_a_paused_connection_or_acts_on_one_kept_only_for_its_history(
+    django_user_model, teams, research
+):
+    lead = _user(django_user_model, "lead", teams["research-leads"])
+    Connection.objects.filter(pk=research.pk).update(paused=True)
+    assert access.connections(lead, access.CREATE) == []
+    assert _slugs(access.connections(lead, access.CANCEL)) == ["research"]
+
+    Connection.objects.filter(pk=research.pk).update(paused=False, configured=False)
+    lead = django_user_model.objects.get(pk=lead.pk)
+    assert access.connections(lead, access.CREATE) == [] and access.connections(lead, access.CANCEL) == []
+    assert _slugs(access.connections(lead)) == ["default", "research"]  # its history is still there to see
