@@ -41,7 +41,7 @@ def visible_batches(user):
     serve them as if there were one."""
     if user.is_authenticated and sees_everything(user):
         return Batch.objects.all()
-    return Batch.objects.filter(connection__in=[connection.pk for connection in connections(user)])
+    return Batch.objects.in_connections(connection.pk for connection in connections(user))
 
 
 def scope_key(user) -> str:
