@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import resource
@@ -45,6 +44,7 @@ from datetime import timedelta
 from benchmarks import common
 
 REFRESH_INTERVAL = 2.0
+VIEWERS_INTERVAL = 60.0
 RUNNING_SHARE = 100  # in the list's fill, one batch in this many is running
 KEY_VARIABLES = ("BENCH_SANDBOX_KEY", "BENCH_SANDBOX_SECOND_KEY")  # where each connection's key is, by organisation
 VIEWER_SCOPES = (1, 3, 10)
@@ -173,27 +173,25 @@ def _passes_and_viewers(args) -> None:
         None,
     )
 
-    # 3. Viewers of one scope, then of different scopes, open the list and a running batch's detail page.
+    # 3. Viewers of one scope, then of different scopes, open the list and a running batch's detail page. One
+    # refresh interval spans each round (a crowd of 50 on one threaded server takes seconds): a retrieve per interval
+    # is the coalescing's promise, so each round may cost one.
+    settings.BATCHBOARD_REFRESH_INTERVAL = VIEWERS_INTERVAL
     _open_running_detail(connections[0])  # as an earlier viewer would have: the input file's size is known
     same = _viewers(base, counter, connections, args.viewers, different_scopes=False)
     different = _viewers(base, counter, connections, args.viewers, different_scopes=True)
     cold = _viewers(base, counter, connections, args.viewers, different_scopes=True, cold=True)
-    allowed = math.ceil(same["seconds"] / REFRESH_INTERVAL)
     table.add(
         f"{args.viewers} viewers of the same scope: the list, then a running batch's detail",
         _describe_viewers(same),
-        f"no list call; ≤ 1 retrieve per {REFRESH_INTERVAL:g} s interval (coalesced) = {allowed}; 0 errors",
-        same["by_kind"]["retrieve"] <= allowed and same["by_kind"]["list"] == 0 and not same["failures"],
+        f"no list call; 1 retrieve (coalesced, interval {VIEWERS_INTERVAL:g} s); 0 errors",
+        same["by_kind"]["retrieve"] == 1 and same["by_kind"]["list"] == 0 and not same["failures"],
     )
     table.add(
         f"{args.viewers} viewers of {different['scopes']} different scopes: the same pages",
         _describe_viewers(different),
-        f"≤ the same scope's {same['calls']} upstream calls (or 1 retrieve per interval if it ran longer); 0 errors",
-        different["by_kind"]["list"] == 0
-        and not different["failures"]
-        and different["by_kind"]["other"] <= same["by_kind"]["other"]
-        and different["by_kind"]["retrieve"]
-        <= max(same["by_kind"]["retrieve"], math.ceil(different["seconds"] / REFRESH_INTERVAL)),
+        f"≤ the same scope's {same['calls']} upstream calls; 0 errors",
+        different["calls"] <= same["calls"] and not different["failures"],
     )
     table.add(
         f"the same {args.viewers} viewers of different scopes, shared cache emptied first",
