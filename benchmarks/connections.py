@@ -2,7 +2,7 @@
 of different team scopes, against the sandbox.
 
 `python -m benchmarks.connections [--connections 10] [--batches 10000] [--running 100] [--latency 0.05]
-[--viewers 50] [--requests 30] [--no-postgresql]`
+[--viewers 50] [--requests 60] [--no-postgresql]`
 
 The sandbox has two organisations (keys sk-sandbox and sk-sandbox-second), so the ten connections are not ten
 independent accounts: each organisation is seeded with --batches batches (the newest --running still running) and
@@ -17,10 +17,12 @@ List: in a child process per database (a scratch SQLite file; a throwaway Postgr
 --connections x --batches batches are bulk-inserted, 1 % running, created over a month and interleaved across the
 connections; the list page is timed for a superuser and for viewers of 1, 3 and all connections (teams). Then the
 very same rows are moved into the one connection of a single-key install (the default, open to everyone) and the
-superuser's and a viewer's list are timed again: that is the one-connection list each is compared with.
+superuser's and a viewer's list are timed again: that is the one-connection list each is compared with. The two
+layouts alternate LIST_ROUNDS times, so that the machine's changing load falls on both alike.
 
 Viewers: --viewers signed-in viewers open the list and a running batch's detail page at once, over HTTP, first all
-in one team (the same scope), then each in a team of their own that grants a different set of connections.
+in one team (the same scope), then each in a team of their own that grants a different set of connections, then
+the latter again with the shared cache emptied first.
 """
 
 from __future__ import annotations
