@@ -8,6 +8,7 @@ new SQLite file in a temporary folder (deleted at exit), sets up Django and migr
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import sqlite3
@@ -17,6 +18,10 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_OPTIONS = ["-o", "fsync=off", "-o", "synchronous_commit=off", "-o", "full_page_writes=off"]
+PG_URL = 'DATABASE_URL="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$PGDATABASE"'
 
 
 def setup(**environment: str) -> Path:
@@ -80,6 +85,45 @@ def rerun_in_scratch(module: str, args: list[str], marker: str, **environment: s
         return subprocess.call([sys.executable, "-m", module, *args], env=env)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def in_postgresql(command: list[str]) -> list[str]:
+    """`command` inside a throwaway PostgreSQL cluster (created and removed by pg_virtualenv), with DATABASE_URL."""
+    quoted = " ".join(f"'{part}'" for part in command)
+    return ["pg_virtualenv", "-t", *PG_OPTIONS, "sh", "-c", f"{PG_URL} exec {quoted}"]
+
+
+def run_child(command: list[str], environment: dict[str, str]) -> dict:
+    """Run a benchmark's child process in a clean environment; returns the JSON object it printed last."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDBOX_", "OPENAI_", "BATCHBOARD_", "REDIS"))}
+    env.update(environment, DJANGO_SETTINGS_MODULE="dashboard.settings", BATCHBOARD_LOG_LEVEL="WARNING")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]  # pg_virtualenv talks too
+    if done.returncode != 0 or not lines:
+        sys.exit(f"{' '.join(command[:4])}... failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def batch_payload(batch_id: str, created: int, running: bool) -> dict:
+    """An API batch object for bulk-filled caches: completed, or in progress when `running`."""
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "model": "gpt-4o-mini",
+        "input_file_id": f"file-in{batch_id[-7:]}",
+        "output_file_id": None if running else f"file-out{batch_id[-7:]}",
+        "error_file_id": None,
+        "completion_window": "24h",
+        "status": "in_progress" if running else "completed",
+        "created_at": created,
+        "in_progress_at": created + 5,
+        "expires_at": created + 86_400,
+        "finalizing_at": None if running else created + 50,
+        "completed_at": None if running else created + 60,
+        "request_counts": {"total": 1000, "completed": 400 if running else 1000, "failed": 0},
+        "metadata": {"description": f"nightly eval {batch_id[-4:]}"},
+    }
 
 
 def machine() -> str:

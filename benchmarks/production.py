@@ -29,12 +29,10 @@ from pathlib import Path
 
 from benchmarks import common
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = common.ROOT
 TARGETS_MS = {"list": 25.0, "fragment (rendered)": 10.0, "fragment (shared)": 10.0, "detail (running)": 25.0}
 INTERVAL = 2.0
 RUNNING_SHARE = 100  # one batch in this many is running
-PG_OPTIONS = ["-o", "fsync=off", "-o", "synchronous_commit=off", "-o", "full_page_writes=off"]
-PG_URL = 'DATABASE_URL="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$PGDATABASE"'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +63,8 @@ def _run(args) -> int:
     pages_args = ["--child", "pages", "--batches", str(args.batches), "--requests", str(args.requests)]
     print(f"Filling a scratch SQLite database and a throwaway PostgreSQL cluster with {args.batches:,} batches each...")
     with tempfile.TemporaryDirectory(prefix="batchboard-bench-") as scratch:
-        sqlite = _child([*own, *pages_args], {"DATABASE_URL": f"sqlite:///{scratch}/bench.sqlite3"})
-    postgresql = _child(_in_postgresql([*own, *pages_args]), {})
+        sqlite = common.run_child([*own, *pages_args], {"DATABASE_URL": f"sqlite:///{scratch}/bench.sqlite3"})
+    postgresql = common.run_child(common.in_postgresql([*own, *pages_args]), {})
     print(f"\nServer time per page over {args.batches:,} batches ({args.requests} requests each, in-process):")
     print(f"  {'page':<22}{'SQLite median':>14}{'p95':>9}{'PostgreSQL median':>19}{'p95':>9}{'queries':>9}  target")
     for page, target in TARGETS_MS.items():
@@ -81,7 +79,7 @@ def _run(args) -> int:
         "(gunicorn with 3 workers, PostgreSQL, Redis, one sync loop):"
     )
     load_args = ["--child", "load", "--viewers", str(args.viewers), "--seconds", str(args.seconds)]
-    load = _child(_in_postgresql([*own, *load_args]), {})
+    load = common.run_child(common.in_postgresql([*own, *load_args]), {})
     print(
         f"  polls: {load['answered']:,} answered, {load['failed']} failed; poll time median {load['median']:.1f} ms, "
         f"p95 {load['p95']:.1f} ms"
@@ -94,22 +92,6 @@ def _run(args) -> int:
         f"interval  ≤ 1 walk per interval: {verdict}"
     )
     return 0
-
-
-def _in_postgresql(command: list[str]) -> list[str]:
-    """`command` inside a throwaway PostgreSQL cluster (created and removed by pg_virtualenv), with DATABASE_URL."""
-    quoted = " ".join(f"'{part}'" for part in command)
-    return ["pg_virtualenv", "-t", *PG_OPTIONS, "sh", "-c", f"{PG_URL} exec {quoted}"]
-
-
-def _child(command: list[str], environment: dict[str, str]) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDBOX_", "OPENAI_", "BATCHBOARD_", "REDIS"))}
-    env.update(environment, DJANGO_SETTINGS_MODULE="dashboard.settings", BATCHBOARD_LOG_LEVEL="WARNING")
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]  # pg_virtualenv talks too
-    if done.returncode != 0 or not lines:
-        sys.exit(f"{' '.join(command[:4])}... failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1])
 
 
 # --- Pages, in a child process with its own database -----------------------------------------------------------
@@ -135,7 +117,7 @@ def _fill(batches: int) -> str:
         rows = []
         for n in range(start, min(start + 2000, batches)):
             running = n % RUNNING_SHARE == 1
-            payload = _payload(f"batch_prod{n:07d}", newest - n * 60, running)
+            payload = common.batch_payload(f"batch_prod{n:07d}", newest - n * 60, running)
             row = Batch(batch_id=payload["id"], first_seen_at=now)
             row._apply(services.ApiBatch.from_api(payload), payload_digest(payload), now)
             row.last_seen_at = row.last_changed_at = now
@@ -181,27 +163,6 @@ def _fill(batches: int) -> str:
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
     return running_id
-
-
-def _payload(batch_id: str, created: int, running: bool) -> dict:
-    return {
-        "id": batch_id,
-        "object": "batch",
-        "endpoint": "/v1/chat/completions",
-        "model": "gpt-4o-mini",
-        "input_file_id": f"file-in{batch_id[-7:]}",
-        "output_file_id": None if running else f"file-out{batch_id[-7:]}",
-        "error_file_id": None,
-        "completion_window": "24h",
-        "status": "in_progress" if running else "completed",
-        "created_at": created,
-        "in_progress_at": created + 5,
-        "expires_at": created + 86_400,
-        "finalizing_at": None if running else created + 50,
-        "completed_at": None if running else created + 60,
-        "request_counts": {"total": 1000, "completed": 400 if running else 1000, "failed": 0},
-        "metadata": {"description": f"nightly eval {batch_id[-4:]}"},
-    }
 
 
 def _measure_pages(batches: int, requests: int) -> dict:
