@@ -20,6 +20,10 @@ batch_changed = Signal()
 # A batch was first stored final, or turned final. kwargs: batch_pk, batch_id, connection_id, historical.
 batch_became_final = Signal()
 
+# The sync loop's process did its housekeeping (about every reactions.SWEEP_EVERY_SECONDS): periodic checks that
+# follow time rather than a recorded change (stuck or expiring batches) hang off it. No kwargs.
+housekeeping = Signal()
+
 # A user acted (or was refused). kwargs: request, action (CANCEL, CREATE, DOWNLOAD), outcome (OK, ALREADY, REFUSED,
 # ERROR), batch_id, target, detail.
 user_acted = Signal()

@@ -194,6 +194,15 @@ class BatchQuerySet(models.QuerySet):
         now = now or timezone.now()
         return self.filter(Q(status__in=FAILED_STATUSES) | _failure_share_high() | _stuck(now) | _expiring_soon(now))
 
+    def stuck(self, now: datetime | None = None):
+        """Batches in validating, finalizing or cancelling for longer than the history's STUCK_AFTER (as
+        needs_attention() measures it)."""
+        return self.filter(_stuck(now or timezone.now()))
+
+    def expiring_soon(self, now: datetime | None = None):
+        """Running batches with less than BATCHBOARD_EXPIRING_SOON_HOURS of their window left."""
+        return self.filter(_expiring_soon(now or timezone.now()))
+
     def needs_attention_count(self, status_counts: dict[str, int], now: datetime | None = None) -> int:
         """needs_attention().count(), given these batches' status_counts(): the failed and expired from the counts,
         then three disjoint counts that each seek an index instead of scanning every batch (tens of milliseconds at

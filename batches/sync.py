@@ -31,7 +31,7 @@ from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import reactions, services
+from batches import events, reactions, services
 
 # LIST_STATE: the default connection's state row, named here for callers of the loop.
 from batches.freshness import LIST_STATE as LIST_STATE
@@ -236,6 +236,7 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
             if time.monotonic() - swept_at >= reactions.SWEEP_EVERY_SECONDS:
                 swept_at = time.monotonic()
                 reactions.sweep()  # housekeeping, not a reaction: see batches.reactions
+                events.housekeeping.send_robust(sender=None)
         except DatabaseError as exc:
             logger.error("sweeping reactions failed: database error: %s", exc)
         finally:

@@ -222,6 +222,29 @@ SANDBOX_SECOND_WEBHOOK_SECRET = _env_webhook_secret("SANDBOX_SECOND_WEBHOOK_SECR
 SANDBOX_WEBHOOK_DUPLICATE_RATE = _env_float("SANDBOX_WEBHOOK_DUPLICATE_RATE", 0.0, 0.0, 1.0)
 SANDBOX_WEBHOOK_MAX_DELAY = _env_float("SANDBOX_WEBHOOK_MAX_DELAY", 0.0, 0.0, 3600.0)
 
+# --- Notifications (the notifications app) ----------------------------------
+# The dashboard's own address as its users reach it: notifications link to batch pages under it.
+BATCHBOARD_BASE_URL = _env_url("BATCHBOARD_BASE_URL", "http://127.0.0.1:8000")
+# A destination that fails this many deliveries in a row is paused (a banner on the Notifications page says so).
+BATCHBOARD_NOTIFY_PAUSE_AFTER = _env_int("BATCHBOARD_NOTIFY_PAUSE_AFTER", 5, 1, 1000)
+# Tries per notification, and the wait after the first failure (doubled after each, at most an hour).
+BATCHBOARD_NOTIFY_MAX_TRIES = _env_int("BATCHBOARD_NOTIFY_MAX_TRIES", 5, 1, 50)
+BATCHBOARD_NOTIFY_RETRY_SECONDS = _env_float("BATCHBOARD_NOTIFY_RETRY_SECONDS", 30.0, 1.0, 3600.0)
+# Delivery attempts the Notifications page's log shows.
+BATCHBOARD_NOTIFY_LOG_LENGTH = _env_int("BATCHBOARD_NOTIFY_LOG_LENGTH", 50, 1, 1000)
+# Plain email destinations go through Django's email backend: an SMTP server (EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER,
+# EMAIL_HOST_PASSWORD, EMAIL_USE_TLS), or the console when EMAIL_HOST is unset.
+EMAIL_HOST = _env("EMAIL_HOST")
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = _env_int("EMAIL_PORT", 25, 1, 65535)
+EMAIL_HOST_USER = _env("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = _env("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = _env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = _env("DEFAULT_FROM_EMAIL", "batchboard@localhost")
+
 # How often the list is refreshed from upstream at most, whatever the number of viewers.
 BATCHBOARD_REFRESH_INTERVAL = _env_float("BATCHBOARD_REFRESH_INTERVAL", 2.0, 0.0, 3600.0)
 # How often the sync loop refreshes the list while nobody is watching it (keeping the history).
@@ -322,6 +345,7 @@ INSTALLED_APPS = [
     "retries",
     "sharing",
     "webhooks",
+    "notifications",
     "accounts",
     "sandbox",
 ]
@@ -588,7 +612,10 @@ LOGGING = {
         "plain": {"()": "batches.log_format.PlainFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "batches.log_format.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": BATCHBOARD_LOG_FORMAT}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": BATCHBOARD_LOG_FORMAT},
+        "null": {"class": "logging.NullHandler"},
+    },
     "loggers": {
         "batches": {"handlers": ["console"], "level": _log_level, "propagate": False},
         # A line per request for a log platform; in a terminal the development server prints its own.
@@ -609,6 +636,9 @@ LOGGING = {
         "django_tasks_db": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         # Unhandled errors (500s) are logged with their traceback; Django only does so by default when DEBUG is on.
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        # apprise logs destination URLs (tokens included) at debug level: kept off the logs; the notifications app
+        # reads its warnings, redacted, into the delivery log.
+        "apprise": {"handlers": ["null"], "level": "WARNING", "propagate": False},
     },
 }
 

@@ -1,0 +1,134 @@
+"""Which destinations hear of an event, and the one Notification row per (event, batch, destination) that makes it
+exactly once: whichever path (the sync loop, a webhook, a page's refresh) records the change first, its reaction
+inserts the row, and only an inserted row enqueues a send. Every later insert hits the unique constraint.
+
+Cost: one query for the subscriptions that may match a batch (by scope, on indexed columns), one for the creators of
+the batch when a "batches I created" subscription exists, one per distinct destination owner for what they may view,
+and one INSERT per notification.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+
+from audit.models import Action, AuditEvent, Outcome
+from batches.lineage_keys import LineageState
+from batches.models import Batch, Connection
+from notifications.models import FINISHED_FIELDS, Destination, Notification, Scope, Subscription
+
+logger = logging.getLogger("batches.notifications")
+
+FAILURES = "failures"
+EXPIRING = "expiring"
+STUCK_PREFIX = "stuck:"
+FINISHED_PREFIX = "finished:"
+BUDGET_PREFIX = "budget"  # budget80:2026-12 / budget100:2026-12
+
+
+def finished_events(batch: Batch) -> list[str]:
+    """The events of a batch that became final: its final status, and "failures" when some requests failed (each
+    subscription compares the share with its own threshold)."""
+    events = []
+    if batch.status in FINISHED_FIELDS:
+        events.append(FINISHED_PREFIX + batch.status)
+    if batch.status == "completed" and batch.failed_requests:
+        events.append(FAILURES)
+    return events
+
+
+def wants(subscription: Subscription, event: str, batch: Batch | None) -> bool:
+    """Whether the subscription asked for this event (and, for failures, whether the share passes its threshold)."""
+    if event.startswith(FINISHED_PREFIX):
+        return getattr(subscription, FINISHED_FIELDS[event.removeprefix(FINISHED_PREFIX)])
+    if event == FAILURES:
+        total = batch.total_requests or 0
+        return (
+            subscription.on_failures
+            and total > 0
+            and batch.failed_requests * 100 > subscription.failure_percent * total
+        )
+    if event.startswith(STUCK_PREFIX):
+        return subscription.on_stuck
+    if event == EXPIRING:
+        return subscription.on_expiring
+    if event.startswith(BUDGET_PREFIX):
+        return subscription.on_budget
+    return False
+
+
+def subscriptions_for_batch(batch: Batch) -> list[Subscription]:
+    """The subscriptions of unpaused destinations whose scope covers `batch`: one query (two with creators)."""
+    jobs = [batch.batch_id]
+    if batch.job and batch.lineage_state == LineageState.VERIFIED:
+        jobs.append(batch.job)
+    covers = (
+        Q(scope=Scope.BATCH, batch=batch.pk)
+        | Q(scope=Scope.JOB, connection=batch.connection_id, job__in=jobs)
+        | Q(scope=Scope.CONNECTION, connection=batch.connection_id)
+        | (
+            Q(scope=Scope.FILTER)
+            & (Q(connection__isnull=True) | Q(connection=batch.connection_id))
+            & Q(endpoint__in=["", batch.endpoint])
+            & Q(model__in=["", batch.model])
+        )
+    )
+    candidates = Subscription.objects.filter(destination__paused_at__isnull=True).select_related("destination")
+    if Subscription.objects.filter(scope=Scope.MINE).exists():
+        creators = AuditEvent.objects.filter(
+            action=Action.CREATE, outcome=Outcome.OK, batch_id=batch.batch_id, connection=batch.connection_id
+        ).values("user")
+        covers |= Q(scope=Scope.MINE, created_by__in=creators)
+    return [subscription for subscription in candidates.filter(covers) if subscription.matches_metadata(batch)]
+
+
+def subscriptions_for_connection(connection: Connection) -> list[Subscription]:
+    """Subscriptions to a connection's own events (its budget): everything of it, or a filter on it."""
+    covers = Q(scope=Scope.CONNECTION, connection=connection.pk) | Q(scope=Scope.FILTER, connection=connection.pk)
+    return list(Subscription.objects.filter(covers, destination__paused_at__isnull=True).select_related("destination"))
+
+
+def notify_batch(batch: Batch, events: list[str]) -> int:
+    """Insert the notifications of these events of `batch` for every destination that asked and whose owner may
+    see the batch; enqueue each send once its row is committed. Returns how many rows this call inserted."""
+    if not events:
+        return 0
+    subscriptions = subscriptions_for_batch(batch)
+    return _insert(subscriptions, events, batch=batch, connection_id=batch.connection_id)
+
+
+def notify_connection(connection: Connection, event: str) -> int:
+    return _insert(subscriptions_for_connection(connection), [event], batch=None, connection_id=connection.pk)
+
+
+def _insert(subscriptions: list[Subscription], events: list[str], *, batch, connection_id: int) -> int:
+    from notifications.tasks import enqueue_delivery
+
+    allowed: dict[int, bool] = {}
+    chosen: dict[tuple[str, int], Destination] = {}
+    for subscription in subscriptions:
+        destination = subscription.destination
+        if destination.pk not in allowed:
+            allowed[destination.pk] = connection_id in destination.viewable_connection_ids()
+        if not allowed[destination.pk]:
+            continue
+        for event in events:
+            if wants(subscription, event, batch):
+                chosen.setdefault((event, destination.pk), destination)
+    inserted = 0
+    for (event, _destination_pk), destination in chosen.items():
+        try:
+            with transaction.atomic():
+                notification = Notification.objects.create(
+                    destination=destination, batch=batch, connection_id=connection_id, event=event
+                )
+        except IntegrityError:
+            continue  # another path saw it first: its row is the one notification
+        inserted += 1
+        transaction.on_commit(partial(enqueue_delivery, notification.pk))
+    if inserted:
+        logger.info("%s notification(s) of %s", inserted, batch.batch_id if batch else f"connection {connection_id}")
+    return inserted

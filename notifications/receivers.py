@@ -1,0 +1,33 @@
+"""The notifications app's reactions to the core's events (connected in NotificationsConfig.ready()): each only
+schedules or enqueues, never sends in the recorder's thread."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.cache import cache
+from django.db import DatabaseError
+
+from batches import reactions
+from notifications import checks, tasks
+
+logger = logging.getLogger("batches.notifications")
+
+CHECK_KEY = "notifications:check"
+
+
+def notify_when_final(sender, batch_pk: int, historical: bool, **kwargs) -> None:
+    """A batch became final: fan it out to its subscribers, as a reaction. Not for an imported old batch: history
+    is not news."""
+    if not historical:
+        reactions.schedule(tasks.FINAL_STEP, batch_pk)
+
+
+def check_on_housekeeping(sender, **kwargs) -> None:
+    """Enqueue the periodic checks, at most once per CHECK_EVERY_SECONDS across every loop process."""
+    if not cache.add(CHECK_KEY, 1, checks.CHECK_EVERY_SECONDS):
+        return
+    try:
+        tasks.check_conditions.enqueue()
+    except DatabaseError as exc:
+        logger.warning("Could not enqueue the notification checks: %s", exc)

@@ -1,0 +1,72 @@
+"""The notifications app's tasks (django.tasks, run by `manage.py db_worker`)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.db import DatabaseError
+from django.tasks import task
+from django.utils import timezone
+
+from batches import reactions
+from notifications import checks, delivery, fanout
+from notifications.models import Notification
+
+logger = logging.getLogger("batches.notifications")
+
+FINAL_STEP = "notify_final"
+
+
+@task()
+def notify_final(reaction_id: int) -> None:
+    """Fan a batch that became final out to the destinations that asked, once: the reaction is the claim, and each
+    Notification row is unique."""
+    reactions.run(reaction_id, _notify_final)
+
+
+def _notify_final(reaction) -> None:
+    batch = reaction.batch
+    fanout.notify_batch(batch, fanout.finished_events(batch))
+
+
+@task()
+def deliver(notification_pk: int) -> None:
+    again = delivery.deliver(notification_pk)
+    if again is not None:
+        enqueue_delivery(notification_pk, again)
+
+
+@task()
+def check_conditions() -> None:
+    """The periodic checks (stuck, expiring soon, monthly budgets), and sends whose task was lost."""
+    checks.check_all()
+    lost_deliveries()
+
+
+def enqueue_delivery(notification_pk: int, after: timedelta | None = None) -> None:
+    run_after = timezone.now() + after if after else None
+    try:
+        deliver.using(run_after=run_after).enqueue(notification_pk)
+    except DatabaseError as exc:
+        logger.warning("Could not enqueue notification %s: %s; the next check will.", notification_pk, exc)
+
+
+def lost_deliveries() -> None:
+    """Enqueue again the notifications whose task never came (lost enqueue, killed worker): the claim makes a
+    duplicate harmless."""
+    stale = timezone.now() - timedelta(minutes=15)
+    waiting = Notification.objects.filter(state="pending", created_at__lte=stale, busy_until__isnull=True)
+    expired = Notification.objects.filter(state="pending", busy_until__lte=stale)
+    for pk in list(waiting.values_list("pk", flat=True)[:100]) + list(expired.values_list("pk", flat=True)[:100]):
+        enqueue_delivery(pk)
+
+
+@task()
+def notify_stuck(reaction_id: int) -> None:
+    reactions.run(reaction_id, checks.fan_out_stuck)
+
+
+@task()
+def notify_expiring(reaction_id: int) -> None:
+    reactions.run(reaction_id, checks.fan_out_expiring)
