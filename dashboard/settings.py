@@ -232,17 +232,22 @@ BATCHBOARD_NOTIFY_MAX_TRIES = _env_int("BATCHBOARD_NOTIFY_MAX_TRIES", 5, 1, 50)
 BATCHBOARD_NOTIFY_RETRY_SECONDS = _env_float("BATCHBOARD_NOTIFY_RETRY_SECONDS", 30.0, 1.0, 3600.0)
 # Delivery attempts the Notifications page's log shows.
 BATCHBOARD_NOTIFY_LOG_LENGTH = _env_int("BATCHBOARD_NOTIFY_LOG_LENGTH", 50, 1, 1000)
-# Plain email destinations go through Django's email backend: an SMTP server (EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER,
-# EMAIL_HOST_PASSWORD, EMAIL_USE_TLS), or the console when EMAIL_HOST is unset.
-EMAIL_HOST = _env("EMAIL_HOST")
-EMAIL_BACKEND = (
-    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.console.EmailBackend"
-)
-EMAIL_PORT = _env_int("EMAIL_PORT", 25, 1, 65535)
-EMAIL_HOST_USER = _env("EMAIL_HOST_USER")
-EMAIL_HOST_PASSWORD = _env("EMAIL_HOST_PASSWORD")
-EMAIL_USE_TLS = _env_bool("EMAIL_USE_TLS", False)
-EMAIL_TIMEOUT = 10
+# Plain email destinations go through Django's email (MAILERS): the SMTP server of EMAIL_HOST (EMAIL_PORT,
+# EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS); unset, Django's default (SMTP on localhost:25).
+if _env("EMAIL_HOST"):
+    MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {
+                "host": _env("EMAIL_HOST"),
+                "port": _env_int("EMAIL_PORT", 25, 1, 65535),
+                "username": _env("EMAIL_HOST_USER"),
+                "password": _env("EMAIL_HOST_PASSWORD"),
+                "use_tls": _env_bool("EMAIL_USE_TLS", False),
+                "timeout": 10,
+            },
+        }
+    }
 DEFAULT_FROM_EMAIL = _env("DEFAULT_FROM_EMAIL", "batchboard@localhost")
 
 # How often the list is refreshed from upstream at most, whatever the number of viewers.
@@ -639,6 +644,8 @@ LOGGING = {
         # apprise logs destination URLs (tokens included) at debug level: kept off the logs; the notifications app
         # reads its warnings, redacted, into the delivery log.
         "apprise": {"handlers": ["null"], "level": "WARNING", "propagate": False},
+        # urllib3 logs each request's path (where webhook URLs keep their tokens) at debug level: never logged.
+        "urllib3": {"level": "WARNING"},
     },
 }
 

@@ -118,6 +118,9 @@ def _insert(subscriptions: list[Subscription], events: list[str], *, batch, conn
         for event in events:
             if wants(subscription, event, batch):
                 chosen.setdefault((event, destination.pk), destination)
+    for event, destination_pk in list(chosen):
+        if event == FAILURES:  # one message per batch: "completed with failures" says "completed" too
+            chosen.pop((FINISHED_PREFIX + "completed", destination_pk), None)
     inserted = 0
     for (event, _destination_pk), destination in chosen.items():
         try:

@@ -1,0 +1,452 @@
+"""Notifications: a final batch reaches a local receiver (json:// through apprise, or a signed webhook) once per
+event however many paths record it; a failing destination is retried, then paused; destination secrets never show in
+pages, logs or the audit log; subscriptions follow what the destination's owner (a user or a team) may see; the
+periodic checks (stuck, expiring soon, budgets) notify once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+from django.db import close_old_connections
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from audit.models import AuditEvent
+from batches.models import Batch, Connection, DailySpend, record_batch, record_batches
+from notifications import checks, fanout
+from notifications.models import Attempt, Destination, Kind, Notification, Scope, State, Subscription
+from tests.conftest import CREATED, completed, observation
+
+pytestmark = pytest.mark.django_db
+
+TOKEN = "team-token-9f8e7d6c"
+
+
+def destination(*, user=None, team=None, kind=Kind.APPRISE, target="", name="on-call") -> Destination:
+    made = Destination(user=user, team=team, kind=kind, name=name)
+    made.set_target(target)
+    made.save()
+    return made
+
+
+def subscribe(to: Destination, scope=Scope.CONNECTION, connection=None, **fields) -> Subscription:
+    if scope == Scope.CONNECTION and connection is None:
+        connection = Connection.objects.default()
+    return Subscription.objects.create(destination=to, scope=scope, connection=connection, **fields)
+
+
+def finish(batch_id="batch_n1", **fields) -> Batch:
+    record_batch(observation(batch_id))
+    return record_batch(completed(batch_id, **fields))
+
+
+def pending_now():
+    """Let a notification waiting for its retry come due, as the queue's advance() does for its task."""
+    Notification.objects.filter(state=State.PENDING).update(busy_until=timezone.now() - timedelta(seconds=1))
+
+
+# --- Once per event ------------------------------------------------------------------
+
+
+def test_it_notifies_a_json_receiver_once_when_the_same_final_state_is_recorded_twice(tasks, viewer, receiver):
+    subscribe(destination(user=viewer, target=receiver.json_url))
+
+    finish()
+    record_batch(completed("batch_n1"))  # the webhook's task records what the loop already did
+    record_batches([completed("batch_n1")])
+    tasks.drain()
+
+    assert len(receiver.received) == 1
+    message = receiver.received[0].json
+    assert message["title"] == "batchboard: batch_n1 completed"
+    assert "Description: nightly eval" in message["message"]
+    assert "Connection: default" in message["message"]
+    assert "Requests: 10 total, 10 completed, 0 failed" in message["message"]
+    assert "https://batchboard.example.com/batches/batch_n1/" in message["message"]
+    assert receiver.received[0].path == "/hooks/team-token-9f8e7d6c"
+    assert Notification.objects.get().state == State.SENT
+    assert Attempt.objects.get().ok
+
+
+def test_a_second_path_fanning_out_the_same_event_sends_nothing_more(tasks, viewer, receiver):
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    batch = finish()
+    tasks.drain()
+
+    assert fanout.notify_batch(batch, fanout.finished_events(batch)) == 0  # a duplicated delivery's fan-out
+    tasks.drain()
+
+    assert len(receiver.received) == 1
+    assert Notification.objects.count() == 1
+
+
+def test_a_duplicated_task_sends_once(tasks, viewer, receiver):
+    from notifications.tasks import enqueue_delivery
+
+    batch = finish()
+    tasks.drain()
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    assert fanout.notify_batch(batch, fanout.finished_events(batch)) == 1
+    for _ in range(3):
+        enqueue_delivery(Notification.objects.get().pk)
+    tasks.drain()
+
+    assert len(receiver.received) == 1
+
+
+def test_an_imported_old_batch_notifies_nobody(tasks, viewer, receiver):
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    record_batches([completed("batch_old")], historical=True)
+    tasks.drain()
+
+    assert receiver.received == [] and not Notification.objects.exists()
+
+
+def test_each_final_status_is_selectable(tasks, viewer, receiver):
+    subscribe(destination(user=viewer, target=receiver.json_url), on_completed=False, on_cancelled=True)
+    finish("batch_done")
+    record_batch(observation("batch_stop", "cancelled", cancelled_at=CREATED + 9))
+    tasks.drain()
+
+    assert [received.json["title"] for received in receiver.received] == ["batchboard: batch_stop cancelled"]
+
+
+def test_a_completed_batch_above_the_failure_threshold_says_so_in_one_message(tasks, viewer, receiver):
+    counts = {"total": 10, "completed": 7, "failed": 3}
+    subscribe(destination(user=viewer, target=receiver.json_url), failure_percent=20)
+    subscribe(destination(user=viewer, target=receiver.json_url, name="lenient"), failure_percent=50)
+    finish(request_counts=counts)
+    tasks.drain()
+
+    titles = sorted(received.json["title"] for received in receiver.received)
+    assert titles == [
+        "batchboard: batch_n1 completed",
+        "batchboard: batch_n1 completed with 3 of 10 requests failed",
+    ]
+
+
+@pytest.mark.postgresql
+def test_the_loop_and_a_webhook_recording_the_same_moment_notify_once(transactional_db, viewer, receiver):
+    """Two threads record the batch's final state at once (as the sync loop and a webhook's task would), on real
+    concurrent transactions; the tasks then run: one notification."""
+    from tests.conftest import TaskQueue
+
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    record_batch(observation("batch_race"))
+    barrier = threading.Barrier(2)
+
+    def record():
+        try:
+            barrier.wait()
+            record_batch(completed("batch_race"))
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=record) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    TaskQueue().drain()
+
+    assert len(receiver.received) == 1
+    assert Notification.objects.count() == 1
+
+
+# --- Failing destinations ---------------------------------------------------------------
+
+
+def test_a_failing_destination_is_retried_then_paused_with_a_banner(tasks, client, viewer, receiver):
+    receiver.status = 500
+    failing = destination(user=viewer, target=receiver.json_url)
+    subscribe(failing)
+    finish()
+    tasks.drain()
+    assert len(receiver.received) == 1 and Notification.objects.get().state == State.PENDING
+
+    for _ in range(3):
+        tasks.advance(7200)
+        pending_now()
+        tasks.drain()
+
+    assert len(receiver.received) == 3  # BATCHBOARD_NOTIFY_PAUSE_AFTER: then paused, no more tries
+    failing.refresh_from_db()
+    assert failing.paused_at is not None and failing.consecutive_failures == 3
+    assert Notification.objects.get().state == State.FAILED
+    assert [attempt.ok for attempt in Attempt.objects.all()] == [False, False, False]
+
+    finish("batch_later")  # a paused destination hears nothing more
+    tasks.drain()
+    assert len(receiver.received) == 3
+
+    client.force_login(viewer)
+    page = client.get("/notifications/").content.decode()
+    assert f'id="paused-{failing.pk}"' in page and "is paused after 3 failed deliveries" in page
+
+    client.post(f"/notifications/destinations/{failing.pk}/resume/")
+    failing.refresh_from_db()
+    assert failing.paused_at is None and failing.consecutive_failures == 0
+
+
+def test_a_destination_that_recovers_is_sent_on_its_next_try(tasks, viewer, receiver):
+    receiver.status = 503
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    finish()
+    tasks.drain()
+    receiver.status = 200
+    tasks.advance(7200)
+    pending_now()
+    tasks.drain()
+
+    assert len(receiver.received) == 2
+    assert Notification.objects.get().state == State.SENT
+    assert Destination.objects.get().consecutive_failures == 0
+
+
+# --- Signed webhooks ------------------------------------------------------------------
+
+
+def test_a_signed_webhook_destination_shows_its_secret_once_and_its_deliveries_verify(tasks, client, viewer, receiver):
+    client.force_login(viewer)
+    response = client.post(
+        "/notifications/destinations/add/",
+        {"name": "ops system", "kind": Kind.SIGNED_WEBHOOK, "target": receiver.http_url, "owner": "me"},
+    )
+    page = response.content.decode()
+    made = Destination.objects.get()
+    secret = made.webhook_secret
+    assert secret.startswith("whsec_") and secret in page
+    assert secret not in client.get("/notifications/").content.decode()  # once
+    assert secret not in made.secret_encrypted
+
+    subscribe(made)
+    finish()
+    tasks.drain()
+
+    (delivery,) = receiver.received
+    verified = Webhook(secret).verify(delivery.body, delivery.headers)
+    assert verified["type"] == "batchboard.finished:completed"
+    assert verified["data"]["id"] == "batch_n1"
+    assert verified["data"]["request_counts"] == {"total": 10, "completed": 10, "failed": 0}
+    with pytest.raises(Exception):  # noqa: B017 (the library's own verification error)
+        Webhook(secret).verify(delivery.body.replace(b"batch_n1", b"batch_n2"), delivery.headers)
+
+
+def test_send_a_test_reaches_the_destination(tasks, client, viewer, receiver):
+    made = destination(user=viewer, target=receiver.json_url)
+    client.force_login(viewer)
+    client.post(f"/notifications/destinations/{made.pk}/test/")
+    tasks.drain()
+
+    assert [received.json["title"] for received in receiver.received] == ["batchboard: test notification"]
+    assert "sent" in client.get("/notifications/").content.decode()
+
+
+# --- Secrets -----------------------------------------------------------------------
+
+
+def test_destination_secrets_never_appear_in_pages_logs_or_the_audit_log(tasks, client, viewer, receiver, caplog):
+    caplog.set_level(logging.DEBUG)
+    receiver.status = 500
+    client.force_login(viewer)
+    client.post(
+        "/notifications/destinations/add/",
+        {"name": "slack-ish", "kind": Kind.APPRISE, "target": receiver.json_url, "owner": "me"},
+    )
+    made = Destination.objects.get()
+    assert TOKEN not in made.target_encrypted and made.shown == "json://127.0.0.1"
+    subscribe(made)
+    finish()
+    tasks.drain()
+    client.post(f"/notifications/destinations/{made.pk}/test/")
+    tasks.drain()
+
+    page = client.get("/notifications/").content.decode()
+    assert "json://127.0.0.1" in page and "failed:" in page
+    assert TOKEN not in page
+    assert TOKEN not in caplog.text
+    assert all(TOKEN not in attempt.error for attempt in Attempt.objects.all())
+    assert all(TOKEN not in f"{event.detail} {event.target}" for event in AuditEvent.objects.all())
+    assert TOKEN not in made.__class__.objects.get().last_error
+
+
+def test_without_an_encryption_key_a_destination_is_refused_with_a_clear_message(client, viewer, settings):
+    settings.BATCHBOARD_ENCRYPTION_KEY = ""
+    client.force_login(viewer)
+    response = client.post(
+        "/notifications/destinations/add/",
+        {"name": "x", "kind": Kind.APPRISE, "target": "json://127.0.0.1:9/x", "owner": "me"},
+    )
+    assert response.status_code == 400
+    assert "BATCHBOARD_ENCRYPTION_KEY" in response.content.decode()
+    assert not Destination.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "target", "says"),
+    [
+        (Kind.EMAIL, "not-an-address", "Enter an email address"),
+        (Kind.SIGNED_WEBHOOK, "ftp://example.com/", "http(s)://"),
+        (Kind.APPRISE, "nosuchscheme://x", "apprise does not recognise"),
+        (Kind.APPRISE, "json://" + "a" * 3000, "at most 2000"),
+    ],
+)
+def test_a_bad_destination_is_refused_and_changes_nothing(client, viewer, kind, target, says):
+    client.force_login(viewer)
+    response = client.post(
+        "/notifications/destinations/add/", {"name": "x", "kind": kind, "target": target, "owner": "me"}
+    )
+    assert response.status_code == 400 and says in response.content.decode()
+    assert not Destination.objects.exists()
+
+
+# --- Teams and access --------------------------------------------------------------
+
+
+@pytest.fixture
+def research(db):
+    team = Group.objects.create(name="research")
+    connection = Connection.objects.create(name="Research", slug="research", base_url="http://127.0.0.1:9/v1")
+    connection.view_teams.add(team)
+    return connection, team
+
+
+def test_subscriptions_fire_only_for_batches_the_owner_may_see(tasks, django_user_model, research, receiver):
+    connection, team = research
+    outsider = django_user_model.objects.create_user("outsider", password="pw-outsider-1")
+    member = django_user_model.objects.create_user("member", password="pw-member-1")
+    member.groups.add(team)
+    finance = Group.objects.create(name="finance")
+    everything = {"scope": Scope.FILTER}  # every batch of every connection
+    subscribe(destination(user=outsider, target=receiver.json_url, name="outsider"), **everything)
+    subscribe(destination(user=member, target=receiver.json_url, name="member"), **everything)
+    subscribe(destination(team=team, target=receiver.json_url, name="research team"), **everything)
+    subscribe(destination(team=finance, target=receiver.json_url, name="finance team"), **everything)
+
+    record_batch(completed("batch_secret"), connection=connection)
+    tasks.drain()
+
+    notified = sorted(Notification.objects.values_list("destination__name", flat=True))
+    assert notified == ["member", "research team"]
+    assert len(receiver.received) == 2
+
+
+def test_a_team_administrator_manages_the_teams_destinations_and_others_do_not(client, django_user_model, research):
+    _connection, team = research
+    admin = django_user_model.objects.create_user("lead", password="pw-lead-1")
+    admin.groups.add(team)
+    admin.user_permissions.add(Permission.objects.get(codename="manage_team"))
+    member = django_user_model.objects.create_user("member", password="pw-member-1")
+    member.groups.add(team)
+    form = {"name": "research alerts", "kind": Kind.APPRISE, "target": "json://127.0.0.1:9/x", "owner": str(team.pk)}
+
+    client.force_login(member)
+    assert client.post("/notifications/destinations/add/", form).status_code == 400  # not a choice for them
+    client.force_login(admin)
+    assert client.post("/notifications/destinations/add/", form).status_code == 302
+    client.get("/notifications/")  # reads the "Added" message
+    made = Destination.objects.get()
+    assert made.team == team and made.user is None
+
+    client.force_login(member)
+    assert "research alerts" not in client.get("/notifications/").content.decode()
+    assert client.post(f"/notifications/destinations/{made.pk}/delete/").status_code == 404
+    assert Destination.objects.filter(pk=made.pk).exists()
+
+
+def test_the_watch_button_subscribes_to_the_batch_or_its_job(client, viewer, research):
+    connection, _team = research
+    mine = destination(user=viewer, target="json://127.0.0.1:9/x")
+    batch = finish()
+    hidden = record_batch(completed("batch_hidden"), connection=connection)
+    client.force_login(viewer)
+
+    page = client.get("/batches/batch_n1/").content.decode()
+    assert f'action="/notifications/watch/{batch.pk}/"' in page
+
+    response = client.post(f"/notifications/watch/{batch.pk}/", {"destination": mine.pk, "what": "batch"})
+    assert response.status_code == 302 and response["Location"] == "/batches/batch_n1/"
+    client.post(f"/notifications/watch/{batch.pk}/", {"destination": mine.pk, "what": "job"})
+    client.post(f"/notifications/watch/{batch.pk}/", {"destination": mine.pk, "what": "batch"})  # already
+    scopes = sorted(Subscription.objects.values_list("scope", "job"))
+    assert scopes == [(Scope.BATCH, ""), (Scope.JOB, "batch_n1")]
+    assert "Watched by on-call" in client.get("/batches/batch_n1/").content.decode()
+
+    assert client.post(f"/notifications/watch/{hidden.pk}/", {"destination": mine.pk}).status_code == 404
+
+
+def test_a_subscription_form_refuses_a_batch_the_user_may_not_see(client, viewer, research):
+    connection, _team = research
+    mine = destination(user=viewer, target="json://127.0.0.1:9/x")
+    record_batch(completed("batch_hidden"), connection=connection)
+    client.force_login(viewer)
+    response = client.post(
+        "/notifications/subscriptions/add/",
+        {"destination": mine.pk, "scope": Scope.BATCH, "batch_id": "batch_hidden", "failure_percent": 5},
+    )
+    assert response.status_code == 400 and "no such batch among those you may see" in response.content.decode()
+    assert not Subscription.objects.exists()
+
+
+def test_a_subscription_form_adds_a_saved_filter(tasks, client, viewer, receiver):
+    mine = destination(user=viewer, target=receiver.json_url)
+    client.force_login(viewer)
+    response = client.post(
+        "/notifications/subscriptions/add/",
+        {
+            "destination": mine.pk,
+            "scope": Scope.FILTER,
+            "metadata": "description:nightly eval",
+            "endpoint": "/v1/chat/completions",
+            "on_completed": "on",
+            "failure_percent": 5,
+        },
+    )
+    assert response.status_code == 302
+    subscription = Subscription.objects.get()
+    assert (subscription.metadata_key, subscription.metadata_value) == ("description", "nightly eval")
+
+    finish("batch_match")
+    finish("batch_other", metadata={"description": "weekly"})
+    tasks.drain()
+    assert [received.json["title"] for received in receiver.received] == ["batchboard: batch_match completed"]
+
+
+# --- Periodic checks -------------------------------------------------------------------
+
+
+def test_a_stuck_batch_and_one_expiring_soon_are_notified_once(tasks, viewer, receiver):
+    subscribe(destination(user=viewer, target=receiver.json_url), on_completed=False)
+    now = int(timezone.now().timestamp())
+    soon, later = now + 3600, now + 20 * 3600
+    record_batch(observation("batch_stuck", "validating", expires_at=later))  # created long ago: past STUCK_AFTER
+    record_batch(observation("batch_soon", created_at=now - 60, in_progress_at=now - 50, expires_at=soon))
+
+    assert checks.check_all() == 2
+    tasks.drain()
+    assert checks.check_all() == 0  # already fanned out: nothing scheduled again
+    tasks.drain()
+
+    titles = sorted(received.json["title"] for received in receiver.received)
+    assert titles == ["batchboard: batch_soon expiring soon", "batchboard: batch_stuck stuck in validating"]
+
+
+def test_a_monthly_budget_past_80_percent_is_notified_once_a_month(tasks, viewer, receiver):
+    connection = Connection.objects.default()
+    Connection.objects.filter(pk=connection.pk).update(monthly_budget=Decimal("1.00"))
+    subscribe(destination(user=viewer, target=receiver.json_url), on_budget=True)
+    DailySpend.objects.create(
+        connection=connection, day=DailySpend.day_of(), model="gpt-4o", batches=1, input_tokens=700_000, output_tokens=0
+    )
+
+    checks.check_all()
+    checks.check_all()
+    tasks.drain()
+
+    assert len(receiver.received) == 1
+    assert "monthly budget at" in receiver.received[0].json["title"]
