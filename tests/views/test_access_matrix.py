@@ -346,6 +346,18 @@ def _saved_view_kwargs(world: World, side: str, role: str) -> dict:
     return {"pk": view.pk}
 
 
+def _destination_kwargs(world: World, side: str, role: str) -> dict:
+    """A notification destination of the user's own (a superuser's for the anonymous cells): each role acts on its
+    own; another's answers 404 (tests/notifications/)."""
+    from notifications.models import Destination, Kind
+
+    owner = world.users[role] or world.users["superuser"]
+    destination, _ = Destination.objects.get_or_create(
+        user=owner, name=f"destination {side}", defaults={"kind": Kind.APPRISE, "shown": "json://127.0.0.1"}
+    )
+    return {"pk": destination.pk}
+
+
 TABLE: dict[str, Row] = {
     "": Row("", get=_everyone(302), per_batch=False),  # the redirect to the list
     "batches/": Row("batches:list", get=_everyone(200), per_batch=False),
@@ -430,6 +442,37 @@ TABLE: dict[str, Row] = {
         "sharing:revoke",
         kwargs=_revoke_kwargs,
         post=_act(302),  # view access, and the link's maker or a user who may cancel on its connection
+    ),
+    "notifications/": Row("notifications:page", get=_everyone(200), per_batch=False),
+    "notifications/destinations/add/": Row(
+        "notifications:add_destination",
+        post=_everyone(400),
+        per_batch=False,  # the form with its problems
+    ),
+    "notifications/destinations/<int:pk>/delete/": Row(
+        "notifications:delete_destination", kwargs=_destination_kwargs, post=_everyone(302), per_batch=False
+    ),
+    "notifications/destinations/<int:pk>/resume/": Row(
+        "notifications:resume_destination", kwargs=_destination_kwargs, post=_everyone(302), per_batch=False
+    ),
+    "notifications/destinations/<int:pk>/test/": Row(
+        "notifications:test_destination", kwargs=_destination_kwargs, post=_everyone(302), per_batch=False
+    ),
+    "notifications/subscriptions/add/": Row(
+        "notifications:add_subscription",
+        post=_everyone(400),
+        per_batch=False,  # the form with its problems
+    ),
+    "notifications/subscriptions/<int:pk>/delete/": Row(
+        "notifications:delete_subscription",
+        kwargs=lambda world, side, role: {"pk": 0},
+        post=_everyone(302),
+        per_batch=False,  # "not yours, or gone": nothing changed
+    ),
+    "notifications/watch/<int:pk>/": Row(
+        "notifications:watch",
+        kwargs=lambda world, side, role: {"pk": world.batches[side].pk},
+        post=_read(302),  # back to the batch's page (with "choose a destination"); 404 for a batch not theirs
     ),
     "accounts/password_change/": Row("password_change", get=_everyone(200), per_batch=False),
     "accounts/password_change/done/": Row("password_change_done", get=_everyone(200), per_batch=False),
