@@ -10,6 +10,7 @@ from django.db import DatabaseError
 
 from batches import reactions
 from notifications import checks, tasks
+from notifications.models import Subscription
 
 logger = logging.getLogger("batches.notifications")
 
@@ -17,9 +18,9 @@ CHECK_KEY = "notifications:check"
 
 
 def notify_when_final(sender, batch_pk: int, historical: bool, **kwargs) -> None:
-    """A batch became final: fan it out to its subscribers, as a reaction. Not for an imported old batch: history
-    is not news."""
-    if not historical:
+    """A batch became final: fan it out to its subscribers, as a reaction. Not for an imported old batch (history
+    is not news), nor while nobody subscribes to anything (one indexed EXISTS, instead of a reaction per batch)."""
+    if not historical and Subscription.objects.exists():
         reactions.schedule(tasks.FINAL_STEP, batch_pk)
 
 
