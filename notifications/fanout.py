@@ -27,6 +27,7 @@ EXPIRING = "expiring"
 STUCK_PREFIX = "stuck:"
 FINISHED_PREFIX = "finished:"
 BUDGET_PREFIX = "budget"  # budget80:2026-12 / budget100:2026-12
+JOB_COMPLETE = "job_complete"  # notifications.jobs: a job's final results, all retries done
 
 
 def finished_events(batch: Batch) -> list[str]:
@@ -57,6 +58,8 @@ def wants(subscription: Subscription, event: str, batch: Batch | None) -> bool:
         return subscription.on_expiring
     if event.startswith(BUDGET_PREFIX):
         return subscription.on_budget
+    if event == JOB_COMPLETE:
+        return subscription.on_job_complete
     return False
 
 

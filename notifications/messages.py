@@ -50,6 +50,8 @@ def what_happened(event: str, batch: Batch | None) -> str:
         return f"stuck in {event.removeprefix(fanout.STUCK_PREFIX)}"
     if event == fanout.EXPIRING:
         return "expiring soon"
+    if event == fanout.JOB_COMPLETE:
+        return "final results complete"
     if event.startswith(fanout.BUDGET_PREFIX):
         percent, _, month = event.removeprefix(fanout.BUDGET_PREFIX).partition(":")
         return f"monthly budget at {percent} % ({month})"
@@ -90,6 +92,8 @@ def build(notification: Notification) -> Message:
             {"connection": connection.slug, "event": notification.event},
         )
     happened = what_happened(notification.event, batch)
+    if notification.event == fanout.JOB_COMPLETE:
+        return _job_message(notification, batch)
     description = batch.description[:DESCRIPTION_LENGTH]
     title = f"batchboard: {batch.batch_id} {happened}"
     lines = [f"Batch {batch.batch_id} {happened}."]
@@ -121,4 +125,27 @@ def build(notification: Notification) -> Message:
         "failure_groups": [{"code": code, "count": count} for code, count in groups],
         "url": url,
     }
+    return Message(notification.event, title, lines, url, data)
+
+
+def _job_message(notification: Notification, original: Batch) -> Message:
+    """A job's final results: how many of its lines succeeded, in how many batches, and what still fails (outcomes
+    and counts only)."""
+    from notifications.jobs import final_counts
+
+    counts = final_counts(original)
+    url = absolute(reverse("retries:final", args=[original.batch_id]))
+    if not original.connection.is_default:
+        url += f"?connection={original.connection.slug}"
+    lines = [f"Job {original.batch_id}: final results complete, all retries done."]
+    if original.description:
+        lines.append(f"Description: {original.description[:DESCRIPTION_LENGTH]}")
+    lines.append(f"Connection: {original.connection.name}")
+    data = {"job": original.batch_id, "connection": original.connection.slug, "url": url}
+    if counts is not None:
+        lines.append(f"Lines: {counts.total:,}, {counts.succeeded:,} succeeded, {counts.failing_total:,} still failing")
+        if counts.failing_pairs:
+            lines.append("Still failing: " + ", ".join(f"{outcome}: {n:,}" for outcome, n in counts.failing_pairs))
+        data["lines"] = {"total": counts.total, "succeeded": counts.succeeded, "failing": counts.failing_total}
+    title = f"batchboard: job {original.batch_id} final results complete"
     return Message(notification.event, title, lines, url, data)

@@ -145,6 +145,7 @@ EVENT_FIELDS = (
     ("on_stuck", "Stuck (validating or finalizing too long)"),
     ("on_expiring", "Expiring soon"),
     ("on_budget", "Connection's monthly budget at 80 % and 100 %"),
+    ("on_job_complete", "A job's final results complete (all retries done)"),
 )
 FINISHED_FIELDS = {
     "completed": "on_completed",
@@ -180,6 +181,7 @@ class Subscription(models.Model):
     on_stuck = models.BooleanField(default=True)
     on_expiring = models.BooleanField(default=True)
     on_budget = models.BooleanField(default=False)
+    on_job_complete = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["pk"]

@@ -9,7 +9,7 @@ from django.core.cache import cache
 from django.db import DatabaseError
 
 from batches import reactions
-from notifications import checks, tasks
+from notifications import checks, jobs, tasks
 from notifications.models import Subscription
 
 logger = logging.getLogger("batches.notifications")
@@ -32,3 +32,9 @@ def check_on_housekeeping(sender, **kwargs) -> None:
         tasks.check_conditions.enqueue()
     except DatabaseError as exc:
         logger.warning("Could not enqueue the notification checks: %s", exc)
+
+
+def notify_when_job_settles(sender, batch_pk: int, **kwargs) -> None:
+    """A batch's results were kept: its job may be complete (notifications.jobs decides, as a reaction)."""
+    if Subscription.objects.filter(on_job_complete=True).exists():
+        reactions.schedule(jobs.JOB_STEP, batch_pk)

@@ -10,12 +10,12 @@ from django.tasks import task
 from django.utils import timezone
 
 from batches import reactions
-from notifications import checks, delivery, fanout
+from notifications import checks, delivery, fanout, jobs
 from notifications.models import Notification
 
 logger = logging.getLogger("batches.notifications")
 
-FINAL_STEP = "notify_final"
+FINAL_STEP = jobs.FINAL_STEP
 
 
 @task()
@@ -70,3 +70,8 @@ def notify_stuck(reaction_id: int) -> None:
 @task()
 def notify_expiring(reaction_id: int) -> None:
     reactions.run(reaction_id, checks.fan_out_expiring)
+
+
+@task()
+def notify_job(reaction_id: int) -> None:
+    reactions.run(reaction_id, jobs.fan_out_job)

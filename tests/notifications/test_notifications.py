@@ -450,3 +450,47 @@ def test_a_monthly_budget_past_80_percent_is_notified_once_a_month(tasks, viewer
 
     assert len(receiver.received) == 1
     assert "monthly budget at" in receiver.received[0].json["title"]
+
+
+# --- A job's final results -----------------------------------------------------------------
+
+
+def test_a_jobs_final_results_are_announced_once_when_no_automatic_retry_follows(tasks, viewer, receiver, tmp_path):
+    from tests.conftest import kept_batch
+
+    subscribe(
+        destination(user=viewer, target=receiver.json_url), on_completed=False, on_failures=False, on_job_complete=True
+    )
+    parent = kept_batch({"req-1": "ok", "req-2": 500}, tmp_path, metadata={"description": "nightly eval"})
+    tasks.drain()
+
+    (message,) = [received.json for received in receiver.received]
+    assert message["title"] == f"batchboard: job {parent.batch_id} final results complete"
+    assert "Lines: 2, 1 succeeded, 1 still failing" in message["message"]
+    assert "answer to req-1" not in message["message"]  # never an answer
+    assert f"https://batchboard.example.com/batches/{parent.batch_id}/final/" in message["message"]
+
+
+def test_a_job_waits_for_its_automatic_retry_and_is_announced_when_the_retry_is_kept(tasks, viewer, receiver, tmp_path):
+    from batches.models import Reaction, ReactionState
+    from retries import auto
+    from retries.models import AutoRetry, AutoRetryState
+    from tests.conftest import kept_batch, kept_retry
+
+    subscribe(
+        destination(user=viewer, target=receiver.json_url), on_completed=False, on_failures=False, on_job_complete=True
+    )
+    parent = kept_batch({"req-1": "ok", "req-2": 500}, tmp_path, metadata={"batchboard_auto_retry": "1"})
+    tasks.commit_callbacks()
+    # The retries app decided, as its worker would, that a retry is on its way (sending it needs the upstream).
+    Reaction.objects.filter(batch=parent, step=auto.STEP).update(state=ReactionState.DONE)
+    AutoRetry.objects.create(parent=parent, state=AutoRetryState.SUBMITTED, retry_batch_id="batch_retry")
+    tasks.drain()
+    assert receiver.received == []  # not complete: a retry follows
+
+    kept_retry(parent, {"req-2": "ok"}, tmp_path, attempt=1)
+    tasks.drain()
+
+    (message,) = [received.json for received in receiver.received]
+    assert message["title"] == f"batchboard: job {parent.batch_id} final results complete"
+    assert "Lines: 2, 2 succeeded, 0 still failing" in message["message"]
