@@ -102,6 +102,8 @@ class SubscriptionForm(forms.ModelForm):
         ]
         labels = dict(EVENT_FIELDS)
 
+    field_order = ["destination", "scope", "batch_id", "job", "connection", "metadata", "endpoint", "model"]
+
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user

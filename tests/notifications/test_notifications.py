@@ -494,3 +494,23 @@ def test_a_job_waits_for_its_automatic_retry_and_is_announced_when_the_retry_is_
     (message,) = [received.json for received in receiver.received]
     assert message["title"] == f"batchboard: job {parent.batch_id} final results complete"
     assert "Lines: 2, 2 succeeded, 0 still failing" in message["message"]
+
+
+def test_the_sync_loops_housekeeping_enqueues_the_checks_at_most_once_a_minute(tasks):
+    from batches import events
+
+    events.housekeeping.send_robust(sender=None)
+    events.housekeeping.send_robust(sender=None)  # a second loop process, the same minute
+
+    assert tasks.waiting() == 1
+    tasks.drain()
+
+
+def test_the_admin_shows_destinations_without_their_url(admin_client, viewer):
+    made = destination(user=viewer, target=f"json://127.0.0.1:9/{TOKEN}")
+    subscribe(made)
+    pages = [
+        admin_client.get("/admin/notifications/destination/").content.decode(),
+        admin_client.get(f"/admin/notifications/destination/{made.pk}/change/").content.decode(),
+    ]
+    assert all("json://127.0.0.1" in page and TOKEN not in page for page in pages)
