@@ -110,13 +110,14 @@ def notify_connection(connection: Connection, event: str) -> int:
 def _insert(subscriptions: list[Subscription], events: list[str], *, batch, connection_id: int) -> int:
     from notifications.tasks import enqueue_delivery
 
-    allowed: dict[int, bool] = {}
+    viewable: dict[tuple, set[int]] = {}  # per owner (a user or a team): one query each, however many destinations
     chosen: dict[tuple[str, int], Destination] = {}
     for subscription in subscriptions:
         destination = subscription.destination
-        if destination.pk not in allowed:
-            allowed[destination.pk] = connection_id in destination.viewable_connection_ids()
-        if not allowed[destination.pk]:
+        owner = (destination.user_id, destination.team_id)
+        if owner not in viewable:
+            viewable[owner] = destination.viewable_connection_ids()
+        if connection_id not in viewable[owner]:
             continue
         for event in events:
             if wants(subscription, event, batch):

@@ -269,6 +269,13 @@ class Notification(models.Model):
     def __str__(self):
         return f"{self.event} of {self.batch or self.connection} → {self.destination}"
 
+    @property
+    def event_label(self) -> str:
+        """What happened, in words ("completed", "stuck in validating"), as the message says it."""
+        from notifications.messages import what_happened
+
+        return "test" if self.is_test else what_happened(self.event, self.batch)
+
 
 class Attempt(models.Model):
     """One try to deliver a notification: the delivery log."""
