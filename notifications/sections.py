@@ -4,12 +4,13 @@ destinations to this batch, or to its job."""
 from __future__ import annotations
 
 from batches import sections
+from notifications.jobs import job_of
 from notifications.models import Destination, Scope, Subscription
 
 
 def watch_context(request, batch) -> dict:
     destinations = list(Destination.objects.filter(user=request.user).only("pk", "name", "paused_at"))
-    job = batch.job or batch.batch_id
+    job = job_of(batch)
     watching = list(
         Subscription.objects.filter(destination__in=destinations)
         .filter(_covers(batch, job))

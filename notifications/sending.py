@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from standardwebhooks.webhooks import Webhook
 
+from batches import secrets
 from notifications.messages import Message
 from notifications.models import Destination, Kind
 
@@ -33,12 +34,16 @@ class SendFailed(Exception):
 
 
 def send(destination: Destination, message: Message) -> None:
-    target = destination.target
+    try:
+        target = destination.target
+        secret = destination.webhook_secret if destination.kind == Kind.SIGNED_WEBHOOK else ""
+    except secrets.Unreadable as exc:
+        raise SendFailed(f"its URL cannot be read: {exc}") from None
     try:
         if destination.kind == Kind.EMAIL:
             _send_email(target, message)
         elif destination.kind == Kind.SIGNED_WEBHOOK:
-            _send_signed(target, destination.webhook_secret, message)
+            _send_signed(target, secret, message)
         else:
             _send_apprise(target, message)
     except SendFailed as exc:

@@ -10,11 +10,13 @@ from django.contrib import messages
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 
 from batches import access
 from batches.models import Batch
 from notifications.forms import DestinationForm, SubscriptionForm
+from notifications.jobs import job_of
 from notifications.models import Attempt, Destination, Notification, Scope, Subscription
 
 
@@ -49,6 +51,7 @@ def notifications_page(request):
 
 
 @require_POST
+@never_cache  # the answer may show a signed webhook's secret: never kept by a cache or the browser's history
 def add_destination(request):
     form = DestinationForm(request.POST, user=request.user)
     if not form.is_valid():
@@ -128,7 +131,7 @@ def watch(request, pk: int):
         messages.error(request, "Choose one of your destinations (add one on the Notifications page); nothing changed.")
         return redirect(back)
     whole_job = request.POST.get("what") == "job"
-    job = (batch.job or batch.batch_id) if whole_job else ""
+    job = job_of(batch) if whole_job else ""
     existing = Subscription.objects.filter(destination=destination)
     existing = (
         existing.filter(scope=Scope.JOB, job=job, connection=batch.connection)

@@ -11,6 +11,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from cryptography.fernet import Fernet
 from django.contrib.auth.models import Group, Permission
 from django.db import close_old_connections
 from django.utils import timezone
@@ -514,3 +515,14 @@ def test_the_admin_shows_destinations_without_their_url(admin_client, viewer):
         admin_client.get(f"/admin/notifications/destination/{made.pk}/change/").content.decode(),
     ]
     assert all("json://127.0.0.1" in page and TOKEN not in page for page in pages)
+
+
+def test_a_destination_whose_url_cannot_be_decrypted_fails_with_its_reason(tasks, viewer, receiver, settings):
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    settings.BATCHBOARD_ENCRYPTION_KEY = Fernet.generate_key().decode()  # the key was changed without rotating
+    finish()
+    tasks.drain()
+
+    (attempt,) = Attempt.objects.all()
+    assert not attempt.ok and "cannot be read" in attempt.error
+    assert receiver.received == []
