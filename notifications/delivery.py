@@ -42,7 +42,9 @@ def deliver(notification_pk: int, now: datetime | None = None) -> timedelta | No
     except sending.SendFailed as exc:
         return _failed(notification, destination, str(exc))
     Attempt.objects.create(notification=notification, ok=True)
-    Destination.objects.filter(pk=destination.pk).update(consecutive_failures=0, last_error="")
+    Destination.objects.filter(pk=destination.pk, consecutive_failures__gt=0).update(
+        consecutive_failures=0, last_error=""
+    )
     _settle(notification, State.SENT, sent_at=timezone.now())
     return None
 

@@ -4,7 +4,8 @@ inserts the row, and only an inserted row enqueues a send. Every later insert hi
 
 Cost: one query for the subscriptions that may match a batch (by scope, on indexed columns), one for the creators of
 the batch when a "batches I created" subscription exists, one per distinct destination owner for what they may view,
-and one INSERT per notification.
+one for the rows that exist already, one INSERT for the new ones (per 500) and one SELECT of their ids; then one
+task each, enqueued in one transaction.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Q
 
 from audit.models import Action, AuditEvent, Outcome
 from batches.lineage_keys import LineageState
 from batches.models import Batch, Connection
-from notifications.models import FINISHED_FIELDS, Destination, Notification, Scope, Subscription
+from notifications.models import FINISHED_FIELDS, Destination, Notification, Scope, State, Subscription
 
 logger = logging.getLogger("batches.notifications")
 
@@ -26,6 +27,7 @@ FAILURES = "failures"
 EXPIRING = "expiring"
 STUCK_PREFIX = "stuck:"
 FINISHED_PREFIX = "finished:"
+INSERT_CHUNK = 500
 BUDGET_PREFIX = "budget"  # budget80:2026-12 / budget100:2026-12
 JOB_COMPLETE = "job_complete"  # notifications.jobs: a job's final results, all retries done
 
@@ -108,7 +110,7 @@ def notify_connection(connection: Connection, event: str) -> int:
 
 
 def _insert(subscriptions: list[Subscription], events: list[str], *, batch, connection_id: int) -> int:
-    from notifications.tasks import enqueue_delivery
+    from notifications.tasks import enqueue_deliveries
 
     viewable: dict[tuple, set[int]] = {}  # per owner (a user or a team): one query each, however many destinations
     chosen: dict[tuple[str, int], Destination] = {}
@@ -125,17 +127,28 @@ def _insert(subscriptions: list[Subscription], events: list[str], *, batch, conn
     for event, destination_pk in list(chosen):
         if event == FAILURES:  # one message per batch: "completed with failures" says "completed" too
             chosen.pop((FINISHED_PREFIX + "completed", destination_pk), None)
-    inserted = 0
-    for (event, _destination_pk), destination in chosen.items():
-        try:
-            with transaction.atomic():
-                notification = Notification.objects.create(
-                    destination=destination, batch=batch, connection_id=connection_id, event=event
-                )
-        except IntegrityError:
-            continue  # another path saw it first: its row is the one notification
-        inserted += 1
-        transaction.on_commit(partial(enqueue_delivery, notification.pk))
-    if inserted:
-        logger.info("%s notification(s) of %s", inserted, batch.batch_id if batch else f"connection {connection_id}")
-    return inserted
+    if not chosen:
+        return 0
+    rows = Notification.objects.filter(
+        event__in={event for event, _pk in chosen}, destination__in={pk for _event, pk in chosen}, is_test=False
+    )
+    rows = rows.filter(batch=batch) if batch is not None else rows.filter(batch=None, connection=connection_id)
+    missing = set(chosen) - set(rows.values_list("event", "destination"))
+    if not missing:
+        return 0
+    # One INSERT for all, skipping a row another path inserted meanwhile (the unique constraint decides); then the
+    # rows of these keys still untouched are enqueued. Should a path racing this one enqueue the same row, its
+    # second task finds nothing to claim.
+    Notification.objects.bulk_create(
+        [
+            Notification(destination_id=pk, batch=batch, connection_id=connection_id, event=event)
+            for event, pk in missing
+        ],
+        ignore_conflicts=True,
+        batch_size=INSERT_CHUNK,
+    )
+    fresh = rows.filter(state=State.PENDING, tries=0).values_list("pk", "event", "destination")
+    ids = [pk for pk, event, destination in fresh if (event, destination) in missing]
+    transaction.on_commit(partial(enqueue_deliveries, ids))
+    logger.info("%s notification(s) of %s", len(ids), batch.batch_id if batch else f"connection {connection_id}")
+    return len(ids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.tasks import task
 from django.utils import timezone
 
@@ -50,6 +50,16 @@ def enqueue_delivery(notification_pk: int, after: timedelta | None = None) -> No
         deliver.using(run_after=run_after).enqueue(notification_pk)
     except DatabaseError as exc:
         logger.warning("Could not enqueue notification %s: %s; the next check will.", notification_pk, exc)
+
+
+def enqueue_deliveries(notification_pks: list[int]) -> None:
+    """Queue these sends in one transaction (one commit, not one each: SQLite has a single writer)."""
+    try:
+        with transaction.atomic():
+            for pk in notification_pks:
+                deliver.enqueue(pk)
+    except DatabaseError as exc:
+        logger.warning("Could not enqueue %s notification(s): %s; the next check will.", len(notification_pks), exc)
 
 
 def lost_deliveries() -> None:
