@@ -18,6 +18,7 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from audit.models import AuditEvent
+from batches import services
 from batches.models import Batch, Connection, DailySpend, record_batch, record_batches
 from notifications import checks, fanout
 from notifications.models import Attempt, Destination, Kind, Notification, Scope, State, Subscription
@@ -526,3 +527,59 @@ def test_a_destination_whose_url_cannot_be_decrypted_fails_with_its_reason(tasks
     (attempt,) = Attempt.objects.all()
     assert not attempt.ok and "cannot be read" in attempt.error
     assert receiver.received == []
+
+
+def _signed_delivery(client, batch_id: str, webhook_id: str, secret: str):
+    import json
+    import time as clock
+    from datetime import UTC, datetime
+
+    body = json.dumps(
+        {
+            "id": f"evt_{webhook_id}",
+            "object": "event",
+            "type": "batch.completed",
+            "created_at": int(clock.time()),
+            "data": {"id": batch_id},
+        }
+    ).encode()
+    moment = datetime.now(tz=UTC)
+    headers = {
+        "HTTP_WEBHOOK_ID": webhook_id,
+        "HTTP_WEBHOOK_TIMESTAMP": str(int(moment.timestamp())),
+        "HTTP_WEBHOOK_SIGNATURE": Webhook(secret).sign(webhook_id, moment, body),
+    }
+    return client.post("/webhooks/openai/", data=body, content_type="application/json", **headers)
+
+
+def test_webhooks_delivered_twice_reordered_and_late_and_the_loop_seeing_it_too_notify_once(
+    tasks, viewer, receiver, api, settings
+):
+    from django.test import Client
+
+    from batches import lookups
+
+    secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    settings.BATCHBOARD_WEBHOOK_SECRET = secret
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    data = api.add("in_progress")
+    data.update(
+        status="completed",
+        completed_at=int(timezone.now().timestamp()),
+        request_counts={"total": 10, "completed": 10, "failed": 0},
+    )
+    hooks = Client(enforce_csrf_checks=True)
+
+    for webhook_id in ("wh_1", "wh_1", "wh_2"):  # a replay, and the same event delivered again under a new id
+        assert _signed_delivery(hooks, data["id"], webhook_id, secret).status_code == 200
+    tasks.drain()  # the first delivery's task retrieves and records it final
+    assert Batch.objects.get(batch_id=data["id"]).status == "completed"
+    record_batches([services.ApiBatch.from_api(data)])  # the loop's pass sees the same change
+    lookups.refresh_batch(data["id"])  # and a page
+    record_batch(observation(data["id"]))  # an older state arriving late changes nothing
+    tasks.drain()
+    assert _signed_delivery(hooks, data["id"], "wh_3", secret).status_code == 200  # a delayed delivery
+    tasks.drain()
+
+    assert [received.json["title"] for received in receiver.received] == [f"batchboard: {data['id']} completed"]
+    assert Notification.objects.count() == 1
