@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from batches import reactions
 from notifications import checks, delivery, fanout, jobs
-from notifications.models import Notification
+from notifications.models import Notification, State
 
 logger = logging.getLogger("batches.notifications")
 
@@ -66,8 +66,8 @@ def lost_deliveries() -> None:
     """Enqueue again the notifications whose task never came (lost enqueue, killed worker): the claim makes a
     duplicate harmless."""
     stale = timezone.now() - timedelta(minutes=15)
-    waiting = Notification.objects.filter(state="pending", created_at__lte=stale, busy_until__isnull=True)
-    expired = Notification.objects.filter(state="pending", busy_until__lte=stale)
+    waiting = Notification.objects.filter(state=State.PENDING, created_at__lte=stale, busy_until__isnull=True)
+    expired = Notification.objects.filter(state=State.PENDING, busy_until__lte=stale)
     for pk in list(waiting.values_list("pk", flat=True)[:100]) + list(expired.values_list("pk", flat=True)[:100]):
         enqueue_delivery(pk)
 

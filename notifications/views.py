@@ -10,6 +10,7 @@ from django.contrib import messages
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 
@@ -17,7 +18,8 @@ from batches import access
 from batches.models import Batch
 from notifications.forms import DestinationForm, SubscriptionForm
 from notifications.jobs import job_of
-from notifications.models import Attempt, Destination, Notification, Scope, Subscription
+from notifications.models import Attempt, Destination, Notification, Scope, State, Subscription
+from notifications.tasks import enqueue_delivery
 
 
 def _page_context(request, **extra) -> dict:
@@ -31,7 +33,7 @@ def _page_context(request, **extra) -> dict:
         .select_related("notification__destination", "notification__batch", "notification__connection")
         .order_by("-at", "-pk")[: settings.BATCHBOARD_NOTIFY_LOG_LENGTH]
     )
-    waiting = Notification.objects.filter(destination__in=ids, state="pending").count()
+    waiting = Notification.objects.filter(destination__in=ids, state=State.PENDING).count()
     context = {
         "destinations": destinations,
         "paused": [destination for destination in destinations if destination.paused_at],
@@ -89,8 +91,6 @@ def resume_destination(request, pk: int):
 
 @require_POST
 def test_destination(request, pk: int):
-    from notifications.tasks import enqueue_delivery
-
     destination = _managed(request, pk)
     notification = Notification.objects.create(destination=destination, event="test", is_test=True)
     transaction.on_commit(partial(enqueue_delivery, notification.pk))
@@ -155,8 +155,6 @@ def watch(request, pk: int):
 
 
 def batch_page(batch: Batch) -> str:
-    from django.urls import reverse
-
     path = reverse("batches:detail", args=[batch.batch_id])
     return path if batch.connection.is_default else f"{path}?connection={batch.connection.slug}"
 

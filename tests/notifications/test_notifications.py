@@ -583,3 +583,26 @@ def test_webhooks_delivered_twice_reordered_and_late_and_the_loop_seeing_it_too_
 
     assert [received.json["title"] for received in receiver.received] == [f"batchboard: {data['id']} completed"]
     assert Notification.objects.count() == 1
+
+
+def test_a_send_whose_task_was_lost_is_enqueued_again_by_the_next_check(tasks, viewer, receiver):
+    from django_tasks_db.models import DBTaskResult
+
+    from notifications.tasks import check_conditions
+
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    finish()
+    tasks.commit_callbacks()
+    tasks.drain()
+    assert len(receiver.received) == 1
+    lost = Notification.objects.create(
+        destination=Destination.objects.get(), batch=Batch.objects.get(), event="stuck:validating"
+    )
+    Notification.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=20))
+    DBTaskResult.objects.all().delete()  # no task waits for it
+
+    check_conditions.enqueue()
+    tasks.drain()
+
+    assert len(receiver.received) == 2
+    assert Notification.objects.get(pk=lost.pk).state == State.SENT
