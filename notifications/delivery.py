@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
-from notifications import messages, sending
+from notifications import digest, messages, sending
 from notifications.models import ERROR_LENGTH, Attempt, Destination, Notification, State
 
 logger = logging.getLogger("batches.notifications")
@@ -36,6 +36,9 @@ def deliver(notification_pk: int, now: datetime | None = None) -> timedelta | No
     destination = notification.destination
     if destination.paused_at and not notification.is_test:
         _settle(notification, State.SKIPPED)
+        return None
+    if destination.digest_minutes and not notification.is_test:
+        digest.hold(notification, destination)
         return None
     try:
         sending.send(destination, messages.build(notification))

@@ -38,6 +38,14 @@ class DestinationForm(forms.Form):
         widget=forms.PasswordInput(render_value=False),
     )
     owner = forms.ChoiceField(label="For")
+    digest_minutes = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=1440,
+        initial=0,
+        label="Digest every (minutes)",
+        help_text="0 sends each event at once; more gathers what happens into one message per that many minutes.",
+    )
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -73,6 +81,7 @@ class DestinationForm(forms.Form):
             kind=self.cleaned_data["kind"],
             user=self.user if owner == MINE else None,
             team=self.teams.get(owner),
+            digest_minutes=self.cleaned_data.get("digest_minutes") or 0,
         )
         destination.set_target(self.cleaned_data["target"])
         secret = ""

@@ -149,3 +149,20 @@ def _job_message(notification: Notification, original: Batch) -> Message:
         data["lines"] = {"total": counts.total, "succeeded": counts.succeeded, "failing": counts.failing_total}
     title = f"batchboard: job {original.batch_id} final results complete"
     return Message(notification.event, title, lines, url, data)
+
+
+def digest(destination, notifications: list[Notification]) -> Message:
+    """One message for several notifications: a line each (what happened, to which batch, its link)."""
+    lines = [f"{len(notifications)} notification{'s' if len(notifications) != 1 else ''} for {destination.name}:"]
+    items = []
+    for notification in notifications:
+        batch = notification.batch
+        happened = what_happened(notification.event, batch)
+        if batch is not None:
+            lines.append(f"- {batch.batch_id} {happened} ({batch.connection.name}): {batch_url(batch)}")
+            items.append({"event": notification.event, "id": batch.batch_id, "url": batch_url(batch)})
+        else:
+            lines.append(f"- {notification.connection.name}: {happened}")
+            items.append({"event": notification.event, "connection": notification.connection.slug})
+    title = f"batchboard: {len(notifications)} notification{'s' if len(notifications) != 1 else ''}"
+    return Message("digest", title, lines, absolute(reverse("notifications:page")), {"notifications": items})

@@ -86,6 +86,9 @@ class Destination(models.Model):
     paused_at = models.DateTimeField(null=True, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
     last_error = models.CharField(max_length=ERROR_LENGTH, blank=True)
+    # One message per this many minutes listing what happened (0: one message per event); when the next is due.
+    digest_minutes = models.PositiveSmallIntegerField(default=0)
+    digest_due_at = models.DateTimeField(null=True, blank=True)
 
     objects = DestinationQuerySet.as_manager()
 
@@ -227,6 +230,7 @@ class State(models.TextChoices):
     SENT = "sent", "sent"
     FAILED = "failed", "failed"
     SKIPPED = "skipped", "not sent (destination paused)"
+    DIGEST = "digest", "waiting for the digest"
 
 
 class Notification(models.Model):

@@ -10,8 +10,8 @@ from django.tasks import task
 from django.utils import timezone
 
 from batches import reactions
-from notifications import checks, delivery, fanout, jobs
-from notifications.models import Notification, State
+from notifications import checks, delivery, digest, fanout, jobs
+from notifications.models import Destination, Notification, State
 
 logger = logging.getLogger("batches.notifications")
 
@@ -52,6 +52,21 @@ def enqueue_delivery(notification_pk: int, after: timedelta | None = None) -> No
         logger.warning("Could not enqueue notification %s: %s; the next check will.", notification_pk, exc)
 
 
+@task()
+def send_digest(destination_pk: int) -> None:
+    """Send a destination's digest, once per window: its digest_due_at is the claim."""
+    due = digest.send_digest(destination_pk)
+    if due is not None:
+        enqueue_digest(destination_pk, due)
+
+
+def enqueue_digest(destination_pk: int, due) -> None:
+    try:
+        send_digest.using(run_after=due).enqueue(destination_pk)
+    except DatabaseError as exc:
+        logger.warning("Could not enqueue the digest of destination %s: %s; the next check will.", destination_pk, exc)
+
+
 def enqueue_deliveries(notification_pks: list[int]) -> None:
     """Queue these sends in one transaction (one commit, not one each: SQLite has a single writer)."""
     try:
@@ -70,6 +85,8 @@ def lost_deliveries() -> None:
     expired = Notification.objects.filter(state=State.PENDING, busy_until__lte=stale)
     for pk in list(waiting.values_list("pk", flat=True)[:100]) + list(expired.values_list("pk", flat=True)[:100]):
         enqueue_delivery(pk)
+    for pk in Destination.objects.filter(digest_due_at__lte=stale).values_list("pk", flat=True)[:100]:
+        enqueue_digest(pk, None)
 
 
 @task()

@@ -606,3 +606,58 @@ def test_a_send_whose_task_was_lost_is_enqueued_again_by_the_next_check(tasks, v
 
     assert len(receiver.received) == 2
     assert Notification.objects.get(pk=lost.pk).state == State.SENT
+
+
+# --- Digests ----------------------------------------------------------------------------
+
+
+def test_a_digest_destination_gets_one_message_per_window_listing_each_event(tasks, viewer, receiver):
+    gathered = destination(user=viewer, target=receiver.json_url)
+    Destination.objects.filter(pk=gathered.pk).update(digest_minutes=10)
+    subscribe(gathered)
+    finish("batch_d1")
+    finish("batch_d2")
+    tasks.drain()
+    assert receiver.received == []
+    assert set(Notification.objects.values_list("state", flat=True)) == {State.DIGEST}
+
+    tasks.advance(600)
+    Destination.objects.update(digest_due_at=timezone.now())  # the window has passed
+    tasks.drain()
+
+    (message,) = [received.json for received in receiver.received]
+    assert message["title"] == "batchboard: 2 notifications"
+    assert "- batch_d1 completed (default): https://batchboard.example.com/batches/batch_d1/" in message["message"]
+    assert "- batch_d2 completed" in message["message"]
+    assert set(Notification.objects.values_list("state", flat=True)) == {State.SENT}
+    assert Attempt.objects.filter(ok=True).count() == 2
+    assert Destination.objects.get().digest_due_at is None
+
+    finish("batch_d3")  # a new window starts with the next event
+    tasks.drain()
+    assert Destination.objects.get().digest_due_at > timezone.now()
+    assert len(receiver.received) == 1
+
+
+def test_a_failing_digest_is_retried_and_counts_once_toward_pausing(tasks, viewer, receiver):
+    receiver.status = 500
+    gathered = destination(user=viewer, target=receiver.json_url)
+    Destination.objects.filter(pk=gathered.pk).update(digest_minutes=1)
+    subscribe(gathered)
+    finish("batch_d1")
+    finish("batch_d2")
+    tasks.drain()
+    Destination.objects.update(digest_due_at=timezone.now())
+    tasks.advance(120)
+    tasks.drain()
+
+    assert len(receiver.received) == 1
+    assert Destination.objects.get().consecutive_failures == 1
+    assert Attempt.objects.filter(ok=False).count() == 2
+    receiver.status = 200
+    Destination.objects.update(digest_due_at=timezone.now())
+    tasks.advance(7200)
+    tasks.drain()
+
+    assert len(receiver.received) == 2
+    assert set(Notification.objects.values_list("state", flat=True)) == {State.SENT}
