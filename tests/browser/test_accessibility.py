@@ -62,7 +62,30 @@ def _urls(live_server, make_batch, tmp_path, maker) -> list[str]:
         f"{base}/batches/prices/",
         f"{base}/batches/time-zone/",
         f"{base}/batches/views/",
+        f"{base}/notifications/",
     ]
+
+
+def _notifications_of(user) -> None:
+    """A paused destination with a subscription and a failed delivery: every part of the Notifications page."""
+    from django.utils import timezone
+
+    from notifications.models import Attempt, Destination, Kind, Notification, Scope, Subscription
+
+    destination = Destination.objects.create(
+        user=user,
+        name="team channel",
+        kind=Kind.APPRISE,
+        target_encrypted="-",
+        shown="slack://hooks.slack.com",
+        paused_at=timezone.now(),
+        consecutive_failures=5,
+        last_error="Failed to send Slack notification: Internal server error., error=500.",
+    )
+    batch = Batch.objects.first()
+    Subscription.objects.create(destination=destination, scope=Scope.BATCH, batch=batch, connection=batch.connection)
+    notification = Notification.objects.create(destination=destination, batch=batch, event="finished:completed")
+    Attempt.objects.create(notification=notification, ok=False, error=destination.last_error)
 
 
 @pytest.mark.parametrize(("scheme", "viewport"), VARIANTS, ids=["light-1440", "dark-1440", "light-390", "dark-390"])
@@ -71,6 +94,7 @@ def test_every_page_passes_axe_and_fits_the_screen(
 ):
     urls = _urls(live_server, make_batch, tmp_path, operator)
     SavedView.objects.create(owner=operator, name="Failed this week", url="/batches/?status=failed")
+    _notifications_of(operator)
     login(operator)
     page.emulate_media(color_scheme=scheme)
     page.set_viewport_size(viewport)
