@@ -53,7 +53,7 @@ def test_a_user_adds_a_destination_watches_a_batch_and_sees_the_delivery(live_se
 
         assert [received.json["title"] for received in receiver.received] == [f"batchboard: {created.id} completed"]
         page.goto(f"{live_server.url}/notifications/")
-        log = page.get_by_role("region", name="Delivery log")
+        log = page.get_by_role("region", name="Delivery log", exact=True)
         expect(log).to_contain_text(f"{created.id}: completed")
         expect(log).to_contain_text("sent")
     finally:
