@@ -156,6 +156,32 @@ def list_batches(request, params: Query[ListParams]):
     }
 
 
+# --- Cancelling several (before the routes of one batch: "cancel" would read as an id) -------------------
+
+
+@api.post(
+    "/batches/cancel", response={200: schemas.BulkCancelOut, **ERRORS}, summary="Cancel several", tags=["batches"]
+)
+def cancel_batches(request, body: schemas.BulkCancelIn):
+    """Cancel up to 100 batches, each on its own connection; one failure does not stop the others. Each id gets its
+    own result; an id you may not cancel is reported as unknown."""
+    require_scope(request, CANCEL)
+    if not access.connections(request.user, access.CANCEL):
+        events.note_action(request, events.CANCEL, events.REFUSED, target="bulk", detail="no permission to cancel")
+        raise ApiError(403, "You may not cancel batches.")
+    batch_ids, problem = selected_ids(body.batch_ids)
+    if problem:
+        audit_bulk(request, [], problem)
+        raise ApiError(400, problem)
+    results = cancel_selected(request, batch_ids)
+    audit_bulk(request, results, "")
+    tally = {"cancelled": 0, "already": 0, "error": 0}
+    for _batch_id, outcome in results:
+        tally[outcome.result] += 1
+    items = [{"id": batch_id, "result": outcome.result, "error": outcome.error} for batch_id, outcome in results]
+    return {"data": items, **tally}
+
+
 # --- One batch --------------------------------------------------------------------------------------------------
 
 
@@ -205,29 +231,6 @@ def cancel_batch(request, batch_id: str):
         details = {"batch": schemas.batch_out(outcome.batch)} if outcome.batch is not None else None
         raise ApiError(409, outcome.error, code="not_cancelled", details=details)
     return {"result": outcome.result, "batch": schemas.batch_out(outcome.batch)}
-
-
-@api.post(
-    "/batches/cancel", response={200: schemas.BulkCancelOut, **ERRORS}, summary="Cancel several", tags=["batches"]
-)
-def cancel_batches(request, body: schemas.BulkCancelIn):
-    """Cancel up to 100 batches, each on its own connection; one failure does not stop the others. Each id gets its
-    own result; an id you may not cancel is reported as unknown."""
-    require_scope(request, CANCEL)
-    if not access.connections(request.user, access.CANCEL):
-        events.note_action(request, events.CANCEL, events.REFUSED, target="bulk", detail="no permission to cancel")
-        raise ApiError(403, "You may not cancel batches.")
-    batch_ids, problem = selected_ids(body.batch_ids)
-    if problem:
-        audit_bulk(request, [], problem)
-        raise ApiError(400, problem)
-    results = cancel_selected(request, batch_ids)
-    audit_bulk(request, results, "")
-    tally = {"cancelled": 0, "already": 0, "error": 0}
-    for _batch_id, outcome in results:
-        tally[outcome.result] += 1
-    items = [{"id": batch_id, "result": outcome.result, "error": outcome.error} for batch_id, outcome in results]
-    return {"data": items, **tally}
 
 
 # --- Creating ---------------------------------------------------------------------------------------------------

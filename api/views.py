@@ -17,9 +17,7 @@ METHODS = ("get", "post", "put", "patch", "delete")
 def _page(request, form, *, secret: str = "", made: ApiToken | None = None, status: int = 200):
     tokens = ApiToken.objects.filter(user=request.user)
     context = {"form": form, "tokens": tokens, "secret": secret, "made": made, "now": timezone.now()}
-    response = render(request, "api/tokens.html", context, status=status)
-    response["Cache-Control"] = "private, no-store"  # the secret is on the page once
-    return response
+    return render(request, "api/tokens.html", context, status=status)  # never cached: NoStoreForUsersMiddleware
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
