@@ -54,7 +54,7 @@ def test_it_refuses_a_token_longer_than_a_year_or_without_scopes(operator_client
 
 
 def test_it_refuses_an_expired_token(operator):
-    token, secret = make_token(operator, days=1)
+    _token, secret = make_token(operator, days=1)
 
     with time_machine.travel(timezone.now() + timedelta(days=1, seconds=1)):
         error = error_of(TokenClient(secret).get("/api/v1/batches"), 401)
