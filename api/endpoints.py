@@ -17,6 +17,7 @@ from django.db.models import Q
 from django.http import QueryDict
 from ninja import NinjaAPI, Query, Schema
 from ninja.renderers import JSONRenderer
+from ninja.responses import Status
 
 from api import errors, schemas
 from api.auth import AUTH, require_scope
@@ -265,11 +266,12 @@ def _form_data(request, idempotency_key: str) -> QueryDict:
         if name in request.POST:
             data[name] = request.POST[name]
     data.setdefault("completion_window", services.COMPLETION_WINDOWS[0])
+    data["output_expiry_unit"] = "hours"
     creatable = access.connections(request.user, access.CREATE)
     if slug := request.POST.get("connection", ""):
         data["connection"] = next((str(c.pk) for c in creatable if c.slug == slug), "0")
     if hours := request.POST.get("output_expires_after_hours", ""):
-        data["output_expiry_amount"], data["output_expiry_unit"] = hours, "hours"
+        data["output_expiry_amount"] = hours
     for number, (key, value) in enumerate(_metadata(request.POST.get("metadata", "")).items(), start=1):
         if number > services.METADATA_MAX_PAIRS:
             raise ApiError(400, f"metadata holds at most {services.METADATA_MAX_PAIRS} pairs.")
@@ -344,10 +346,8 @@ def create_batch(request):
     if outcome.batch is not None:
         outcome.batch.note_model_from_file(form.report.model if form.report else None)
         audit_create(request, form, events.ALREADY if outcome.repeated else events.OK, outcome.batch.batch_id)
-        return 200 if outcome.repeated else 201, {
-            "repeated": outcome.repeated,
-            "batch": schemas.batch_out(outcome.batch),
-        }
+        answer = {"repeated": outcome.repeated, "batch": schemas.batch_out(outcome.batch)}
+        return Status(200 if outcome.repeated else 201, answer)
     audit_create(request, form, events.ERROR, detail=outcome.error)
     details = {"uploaded_file_id": outcome.uploaded_file_id} if outcome.uploaded_file_id else None
     if outcome.error == actions.CREATE_LIMITED.format(limit=settings.BATCHBOARD_USER_CREATE_LIMIT):
