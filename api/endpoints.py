@@ -23,6 +23,7 @@ from api import errors, schemas
 from api.auth import AUTH, require_scope
 from api.errors import ApiError
 from api.models import CANCEL, CREATE, READ
+from api.results import router as results_router
 from batches import access, actions, events, services
 from batches.forms import CreateBatchForm, metadata_field_names
 from batches.models import Batch
@@ -39,7 +40,7 @@ API_SORTS = {"-created": ("-created_at", "-batch_id", "-pk"), "created": ("creat
 CURSOR_SALT = "api.v1.batches.cursor"
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c7c53-5b0e-4c55-9a43-2f5d3c7b9e10")
 MAX_IDEMPOTENCY_KEY = 255
-ERRORS = {code: schemas.ErrorOut for code in (400, 401, 403, 404, 409, 429)}
+ERRORS = schemas.ERRORS
 
 api = NinjaAPI(
     title="batchboard API",
@@ -357,3 +358,7 @@ def create_batch(request):
         raise ApiError(409, message, code="idempotency_conflict")
     status = 400 if outcome.error_field == "input_file_id" else 502
     raise ApiError(status, outcome.error, details=details)
+
+
+# Added last: the results' routes sit under /batches/{batch_id}/, after the batch's own.
+api.add_router("", results_router)

@@ -21,6 +21,9 @@ class ErrorOut(Schema):
     error: ErrorBody
 
 
+ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 429)}
+
+
 class RequestCounts(Schema):
     total: int
     completed: int

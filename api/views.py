@@ -58,4 +58,7 @@ def docs(request):
 
 
 def _texts(operation: dict) -> dict:
-    return {"description": operation.get("description", ""), "responses": sorted(operation.get("responses", {}))}
+    return {
+        "description": operation.get("description", ""),
+        "responses": sorted({str(code) for code in operation.get("responses", {})}),
+    }

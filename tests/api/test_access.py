@@ -43,6 +43,10 @@ TABLE = {
     "detail": ("get", "/api/v1/batches/{id}", _read(200)),
     "timeline": ("get", "/api/v1/batches/{id}/timeline", _read(200)),
     "cancel": ("post", "/api/v1/batches/{id}/cancel", _act(409)),
+    # Past every permission check: the results of these batches are not kept (yet).
+    "results": ("get", "/api/v1/batches/{id}/results", _read(409)),
+    "result": ("get", "/api/v1/batches/{id}/results/1", _read(409)),
+    "export": ("get", "/api/v1/batches/{id}/results/export.jsonl", _read(409)),
 }
 
 
