@@ -100,8 +100,9 @@ def _after_cursor(batches, cursor: str, sort: str):
         raise ApiError(400, "The cursor is not one this API gave out.", code="invalid_cursor") from None
     if cursor_sort != sort:
         raise ApiError(400, "The cursor belongs to another sort order.", code="invalid_cursor")
-    later = "lt" if sort.startswith("-") else "gt"
-    return batches.filter(
+    later, bound = ("lt", "lte") if sort.startswith("-") else ("gt", "gte")
+    # The plain bound lets the (created_at, batch_id) index seek to the position; the OR then settles the ties.
+    return batches.filter(**{f"created_at__{bound}": created}).filter(
         Q(**{f"created_at__{later}": created})
         | Q(created_at=created, **{f"batch_id__{later}": batch_id})
         | Q(created_at=created, batch_id=batch_id, **{f"pk__{later}": pk})
