@@ -5,4 +5,16 @@ Run one with `python -m benchmarks.<name>` (`--help` lists its options), or all 
 write a module runnable as `python -m benchmarks.<name>` and list it in MODULES.
 """
 
-MODULES = ("pages", "scale", "cost", "production", "results", "retry", "hostile", "tasks", "webhooks", "connections")
+MODULES = (
+    "pages",
+    "scale",
+    "cost",
+    "production",
+    "results",
+    "retry",
+    "hostile",
+    "tasks",
+    "webhooks",
+    "connections",
+    "api",
+)
