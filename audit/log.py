@@ -56,7 +56,8 @@ def record(
     if user is not None and not user.is_authenticated:
         user = None
     if username is None:
-        username = user.get_username() if user is not None else ""
+        # A request made with an API token names the token too ("alice (token: ci-deploy)"): the api app says so.
+        username = getattr(request, "audit_username", "") or (user.get_username() if user is not None else "")
     event = AuditEvent.objects.create(
         username=stored_username(one_line(username)),
         user=user,

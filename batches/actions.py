@@ -138,6 +138,7 @@ class CreateOutcome:
     error: str = ""
     error_field: str | None = None  # the form field the error belongs to; None for the whole form
     uploaded_file_id: str = ""  # the upload worked but the create did not: the batch can be created from this id
+    conflict: bool = False  # the token is another's, or its first submission is still being answered
 
 
 def create_batch(
@@ -228,13 +229,16 @@ def _claim_creation(token: uuid.UUID, user: str) -> tuple[BatchCreation | None, 
 
 def _earlier_outcome(claim: BatchCreation, user: str, connection: Connection) -> CreateOutcome:
     if claim.created_by != stored_username(user):
-        return CreateOutcome(error="This form has already been used. Reload the page to start a new batch.")
+        return CreateOutcome(
+            error="This form has already been used. Reload the page to start a new batch.", conflict=True
+        )
     row = Batch.objects.filter(connection=connection, batch_id=claim.batch_id).first() if claim.batch_id else None
     if row is not None:
         return CreateOutcome(batch=row, repeated=True)
     return CreateOutcome(
         error="This form is still being submitted (the first submission is uploading or creating the batch). "
-        "It will appear in the list of batches when it is done; reload this page to start a new batch."
+        "It will appear in the list of batches when it is done; reload this page to start a new batch.",
+        conflict=True,
     )
 
 

@@ -46,6 +46,7 @@ class JsonlReport:
     first_custom_id: str | None = None
     file_errors: list[str] = field(default_factory=list)
     line_errors: list[str] = field(default_factory=list)
+    line_problems: list[tuple[int, str]] = field(default_factory=list)  # the same, as (line, message) for the API
     line_error_count: int = 0
 
     @property
@@ -59,6 +60,7 @@ class JsonlReport:
         self.line_error_count += 1
         if len(self.line_errors) < MAX_REPORTED_ERRORS:
             self.line_errors.append(f"Line {line:,}: {message}")
+            self.line_problems.append((line, message))
 
     @property
     def messages(self) -> list[str]:

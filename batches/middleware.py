@@ -50,6 +50,10 @@ def body_limit(request) -> int | None:
         return None
     if request.path == reverse("batches:create") and access.connections(request.user, access.CREATE):
         return MAX_UPLOAD_BODY_BYTES
+    # An upload through the JSON API: the api app names who sends it (a token's user, or the session's) before this.
+    uploader = getattr(request, "batch_uploader", None)
+    if uploader is not None and access.connections(uploader, access.CREATE):
+        return MAX_UPLOAD_BODY_BYTES
     return MAX_BODY_BYTES
 
 

@@ -17,4 +17,5 @@ MODULES = (
     "webhooks",
     "connections",
     "notifications",
+    "api",
 )

@@ -265,6 +265,8 @@ BATCHBOARD_UPSTREAM_BUDGET = int(_env_float("BATCHBOARD_UPSTREAM_BUDGET", 120, 1
 BATCHBOARD_USER_UPSTREAM_PER_MINUTE = int(_env_float("BATCHBOARD_USER_UPSTREAM_PER_MINUTE", 30, 1, 100_000))
 # Batches one user may create or retry per minute (each costs two or three upstream calls).
 BATCHBOARD_USER_CREATE_LIMIT = _env_int("BATCHBOARD_USER_CREATE_LIMIT", 10, 1, 100_000)
+# Requests one API token may make a minute (each token has its own count); more are answered 429 with Retry-After.
+BATCHBOARD_API_TOKEN_PER_MINUTE = _env_int("BATCHBOARD_API_TOKEN_PER_MINUTE", 120, 1, 100_000)
 # /metrics is served only to a bearer of this token; without one it is off (404).
 BATCHBOARD_METRICS_TOKEN = _env("BATCHBOARD_METRICS_TOKEN")
 
@@ -352,6 +354,7 @@ INSTALLED_APPS = [
     "webhooks",
     "notifications",
     "accounts",
+    "api",
     "sandbox",
 ]
 
@@ -365,6 +368,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Who changes an account, and from where, for the audit log's model signals.
     "audit.middleware.CurrentRequestMiddleware",
+    # Before the body limit: an API create request names who may upload (api.middleware).
+    "api.middleware.ApiMiddleware",
     # Before any view (and CsrfViewMiddleware's process_view) reads the body.
     "batches.middleware.RequestBodyLimitMiddleware",
     "batches.middleware.SessionLifetimeMiddleware",

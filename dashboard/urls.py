@@ -1,5 +1,6 @@
 """Top-level URLs: the dashboard and its results pages, read-only share links, login (a password or single sign-on),
-logout and password change, admin, health probes and metrics, and the built-in sandbox API."""
+logout and password change, the JSON API and its tokens, admin, health probes and metrics, and the built-in sandbox
+API."""
 
 from django.conf import settings
 from django.contrib import admin
@@ -26,6 +27,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("webhooks/", include("webhooks.urls")),
     path("notifications/", include("notifications.urls")),
+    path("api/v1/", include("api.urls")),  # the JSON API: tokens or a session with CSRF
+    path("api-tokens/", include("api.token_urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics_view, name="metrics"),

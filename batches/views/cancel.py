@@ -45,11 +45,11 @@ def batch_bulk_cancel(request):
     _require_cancel_permission(request)
     data = request.POST if request.method == "POST" else request.GET
     next_url = _safe_next(data.get("next")) or reverse("batches:list")
-    batch_ids, problem = _selected_ids(data.getlist("batch_id"))
+    batch_ids, problem = selected_ids(data.getlist("batch_id"))
     if request.method != "POST" or data.get("confirm") != "yes":
         return _bulk_confirm_page(request, batch_ids, problem, next_url)
-    results = [] if problem else _cancel_selected(request, batch_ids)
-    _audit_bulk(request, results, problem)
+    results = [] if problem else cancel_selected(request, batch_ids)
+    audit_bulk(request, results, problem)
     context = {"done": True, "results": results, "bulk_error": problem, "tally": _tally(results), "next": next_url}
     if not request.htmx:
         return render(request, "batches/batch_bulk_cancel.html", context)
@@ -82,7 +82,7 @@ def _found(request, batch_ids: list[str]) -> tuple[dict[str, Batch], set[str]]:
     return {batch_id: batch for batch_id, batch in found.items() if batch_id not in ambiguous}, ambiguous
 
 
-def _cancel_selected(request, batch_ids: list[str]) -> list[tuple[str, actions.CancelOutcome]]:
+def cancel_selected(request, batch_ids: list[str]) -> list[tuple[str, actions.CancelOutcome]]:
     """Cancel each selected batch on its own connection; an id the user may not cancel is reported as unknown, one
     in several of their connections as such (its page asks which one)."""
     found, ambiguous = _found(request, batch_ids)
@@ -107,7 +107,7 @@ def _require_cancel_permission(request, batch_id: str = "", connection=None) -> 
         raise PermissionDenied("You do not have permission to cancel batches.")
 
 
-def _audit_bulk(request, results: list[tuple[str, actions.CancelOutcome]], problem: str) -> None:
+def audit_bulk(request, results: list[tuple[str, actions.CancelOutcome]], problem: str) -> None:
     if problem:
         events.note_action(request, events.CANCEL, events.REFUSED, target="bulk", detail=problem)
     for batch_id, outcome in results:
@@ -178,7 +178,7 @@ def _add_message(request, batch_id: str, outcome: actions.CancelOutcome) -> None
         messages.info(request, f"A cancel was already requested for {batch_id}.")
 
 
-def _selected_ids(values: list[str]) -> tuple[list[str], str]:
+def selected_ids(values: list[str]) -> tuple[list[str], str]:
     """The distinct batch ids selected, in order, and a problem to show instead of cancelling anything."""
     batch_ids = list(dict.fromkeys(v.strip() for v in values if v.strip()))
     if not batch_ids:

@@ -36,14 +36,14 @@ def _retry_form(form: CreateBatchForm, uploaded_file_id: str) -> CreateBatchForm
     return CreateBatchForm(initial={**initial, "input_file_id": uploaded_file_id}, connections=form.allowed_connections)
 
 
-def _first_problem(form: CreateBatchForm) -> str:
+def first_problem(form: CreateBatchForm) -> str:
     for field, errors in form.errors.items():
         label = "form" if field == "__all__" else field
         return f"invalid {label}: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
     return ""
 
 
-def _audit_create(request, form: CreateBatchForm, outcome: str, batch_id: str = "", detail: str = "") -> None:
+def audit_create(request, form: CreateBatchForm, outcome: str, batch_id: str = "", detail: str = "") -> None:
     upload = form.files.get("input_file")
     target = upload.name if upload else form.data.get("input_file_id", "")
     connection = form.cleaned_data.get("connection") if hasattr(form, "cleaned_data") else None
@@ -66,7 +66,7 @@ def batch_create(request):
     checking = "check" in request.POST  # "Check file": validate and show what the file holds; nothing to audit
     valid = form.is_valid()
     if not valid and not checking:
-        _audit_create(request, form, events.REFUSED, detail=_first_problem(form))
+        audit_create(request, form, events.REFUSED, detail=first_problem(form))
     if not valid or checking:
         return _checked(request, form, checking=checking)
     data = form.cleaned_data
@@ -85,13 +85,13 @@ def batch_create(request):
     )
     if outcome.batch is not None:
         outcome.batch.note_model_from_file(form.report.model if form.report else None)
-        _audit_create(request, form, events.ALREADY if outcome.repeated else events.OK, outcome.batch.batch_id)
+        audit_create(request, form, events.ALREADY if outcome.repeated else events.OK, outcome.batch.batch_id)
         if outcome.repeated:
             messages.info(request, f"This form was already submitted: it created {outcome.batch.batch_id}.")
         else:
             messages.success(request, f"Batch {outcome.batch.batch_id} created.")
         return _redirect_to_batch(outcome.batch)
-    _audit_create(request, form, events.ERROR, detail=outcome.error)
+    audit_create(request, form, events.ERROR, detail=outcome.error)
     if outcome.uploaded_file_id:
         form = _retry_form(form, outcome.uploaded_file_id)
         return render(request, "batches/batch_create.html", {"form": form, "create_error": outcome.error})

@@ -210,7 +210,7 @@ def list_context(
     """Everything the table fragment shows for a list URL's query, of the batches `user` may see: used by the list
     and by the cancel views. `version` is data_version() if the caller has read it already (before any row)."""
     viewable = access.connections(user)
-    filters, notices = _parse_filters(query, viewable)
+    filters, notices = parse_filters(query, viewable)
     visible = access.visible_batches(user)
     scope = access.scope_key(user)
     chosen = next((connection for connection in viewable if connection.slug == filters.connection), None)
@@ -330,7 +330,7 @@ def list_query_of(url_path: str | None) -> QueryDict:
     return QueryDict(query) if path == reverse("batches:list") else QueryDict()
 
 
-def _parse_filters(query: QueryDict, viewable: list) -> tuple[ListFilters, list[str]]:
+def parse_filters(query: QueryDict, viewable: list) -> tuple[ListFilters, list[str]]:
     """The filters in a list URL; unknown values are ignored with a notice rather than failing. `viewable` are the
     viewer's connections: a slug of another one gets the same notice as one that does not exist."""
     notices = []

@@ -276,6 +276,9 @@ def _client(world: World, role: str) -> Client:
 # every other pattern of the project is in it).
 EXEMPT_PREFIXES = {
     "admin/": "Django's admin: staff only, by model permissions (tests/views/test_admin.py)",
+    # Tokens or a session, answered 401/403/404 in JSON rather than 302 and HTML: the API's own table of the same
+    # roles and sides is tests/api/test_access.py.
+    "api/v1/": "the JSON API: its own access table (tests/api/test_access.py)",
     "sandbox/": "the simulated upstream API: authenticated by its keys, no session (tests/sandbox/)",
     "shared/": "share-link pages: the token is the permission (test_it_opens_a_share_link_for_anyone_with_it)",
     "static/": "static files",
@@ -338,6 +341,15 @@ def _batch_kwargs(**extra) -> Callable:
 
 def _revoke_kwargs(world: World, side: str, role: str) -> dict:
     return {"batch_id": world.batches[side].batch_id, "pk": world.revocable[side][ROLES.index(role)]}
+
+
+def _api_token_kwargs(world: World, side: str, role: str) -> dict:
+    """A token of the role's own (anonymous: the superuser's), so that revoking it is allowed for its owner."""
+    from api.models import ApiToken
+
+    owner = world.users[role] or world.users["superuser"]
+    token, _secret = ApiToken.make(owner, name=f"{role} {side}", scopes=["read"], expires_at=timezone.now())
+    return {"pk": token.pk}
 
 
 def _saved_view_kwargs(world: World, side: str, role: str) -> dict:
@@ -473,6 +485,17 @@ TABLE: dict[str, Row] = {
         "notifications:watch",
         kwargs=lambda world, side, role: {"pk": world.batches[side].pk},
         post=_read(302),  # back to the batch's page (with "choose a destination"); 404 for a batch not theirs
+    ),
+    # Every signed-in user makes and revokes their own tokens (tests/api/test_tokens.py).
+    "api-tokens/": Row(
+        "api_tokens",
+        get=_everyone(200),
+        post=_everyone(200),
+        data=lambda world, side, role: {"name": f"{role}", "scopes": ["read"], "expires_days": "7"},
+        per_batch=False,
+    ),
+    "api-tokens/<int:pk>/revoke/": Row(
+        "api_token_revoke", kwargs=_api_token_kwargs, post=_everyone(302), per_batch=False
     ),
     "accounts/password_change/": Row("password_change", get=_everyone(200), per_batch=False),
     "accounts/password_change/done/": Row("password_change_done", get=_everyone(200), per_batch=False),

@@ -1,0 +1,185 @@
+"""What the API answers, as schemas (they make the OpenAPI document) and the functions that fill them from rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ninja import Schema
+
+from batches import pricing
+from batches.lineage_keys import LineageState
+from batches.models import Batch, BatchSnapshot
+
+
+class ErrorBody(Schema):
+    code: str
+    message: str
+    details: dict | list | None = None
+
+
+class ErrorOut(Schema):
+    error: ErrorBody
+
+
+ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 429)}
+
+
+class RequestCounts(Schema):
+    total: int
+    completed: int
+    failed: int
+
+
+class Usage(Schema):
+    input_tokens: int | None
+    cached_input_tokens: int | None
+    output_tokens: int | None
+
+
+class Lineage(Schema):
+    retry_of: str = ""
+    job: str = ""
+    attempt: int = 0
+    verified: bool = False
+    state: str = ""
+
+
+class BatchOut(Schema):
+    id: str
+    connection: str
+    status: str
+    endpoint: str
+    model: str
+    description: str
+    input_file_id: str
+    output_file_id: str
+    error_file_id: str
+    created_at: datetime
+    expires_at: datetime | None
+    finished_at: datetime | None
+    request_counts: RequestCounts
+    usage: Usage
+    metadata: dict[str, str]
+    cancel_requested_at: datetime | None
+    lineage: Lineage
+
+
+class FailureGroup(Schema):
+    outcome: str = ""
+    status: int | None = None
+    code: str = ""
+    message: str = ""
+    count: int = 0
+
+
+class BatchDetailOut(BatchOut):
+    cost_usd: str | None
+    results: str  # the state of the results kept locally ("ready", "requested"…), "" when none are kept
+    failure_groups: list[FailureGroup]
+
+
+class BatchPage(Schema):
+    data: list[BatchOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class SnapshotOut(Schema):
+    observed_at: datetime
+    status: str
+    request_counts: RequestCounts
+
+
+class TimelineOut(Schema):
+    id: str
+    data: list[SnapshotOut]
+
+
+class CancelOut(Schema):
+    result: str  # "cancelled" (this request asked the API) or "already" (a cancel was asked before)
+    batch: BatchOut
+
+
+class BulkCancelIn(Schema):
+    batch_ids: list[str]
+
+
+class BulkCancelItem(Schema):
+    id: str
+    result: str  # "cancelled", "already" or "error"
+    error: str
+
+
+class BulkCancelOut(Schema):
+    data: list[BulkCancelItem]
+    cancelled: int
+    already: int
+    error: int
+
+
+class CreateOut(Schema):
+    repeated: bool  # the Idempotency-Key had made this batch already: nothing was sent this time
+    batch: BatchOut
+
+
+def batch_out(batch: Batch) -> dict:
+    return {
+        "id": batch.batch_id,
+        "connection": batch.connection.slug,
+        "status": batch.status,
+        "endpoint": batch.endpoint,
+        "model": batch.model,
+        "description": batch.description,
+        "input_file_id": batch.input_file_id,
+        "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "created_at": batch.created_at,
+        "expires_at": batch.expires_at,
+        "finished_at": batch.finished_at,
+        "request_counts": {
+            "total": batch.total_requests,
+            "completed": batch.completed_requests,
+            "failed": batch.failed_requests,
+        },
+        "usage": {
+            "input_tokens": batch.input_tokens,
+            "cached_input_tokens": batch.cached_input_tokens,
+            "output_tokens": batch.output_tokens,
+        },
+        "metadata": {str(key): str(value) for key, value in (batch.metadata or {}).items()},
+        "cancel_requested_at": batch.cancel_requested_at,
+        "lineage": {
+            "retry_of": batch.retry_of,
+            "job": batch.job,
+            "attempt": batch.attempt,
+            "verified": batch.lineage_state == LineageState.VERIFIED,
+            "state": batch.lineage_state,
+        },
+    }
+
+
+def batch_detail_out(batch: Batch, archive) -> dict:
+    cost = pricing.usage_cost(batch.model, batch.input_tokens, batch.cached_input_tokens, batch.output_tokens)
+    groups = (archive.summary.get("groups") or []) if archive is not None else []
+    return {
+        **batch_out(batch),
+        "cost_usd": str(cost) if cost is not None else None,
+        "results": archive.state if archive is not None else "",
+        "failure_groups": [
+            {key: group.get(key) for key in ("outcome", "status", "code", "message", "count") if key in group}
+            for group in groups
+            if isinstance(group, dict)
+        ],
+    }
+
+
+def snapshot_out(snapshot: BatchSnapshot) -> dict:
+    return {
+        "observed_at": snapshot.observed_at,
+        "status": snapshot.status,
+        "request_counts": {
+            "total": snapshot.total_requests,
+            "completed": snapshot.completed_requests,
+            "failed": snapshot.failed_requests,
+        },
+    }

@@ -1,0 +1,164 @@
+"""The API's access table: {anonymous, viewer of A, creator of A, viewer of B, superuser} x {a batch of A, a batch of
+B}, each with a token holding every scope, so that only the user's teams limit it. Another team's batch answers the
+404 of an id that exists nowhere, word for word. (tests/views/test_access_matrix.py exempts /api/v1/ for this.)"""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+
+from batches.models import Connection, ConnectionSource, record_batch
+from tests.api.conftest import TokenClient, make_token
+from tests.conftest import completed
+
+pytestmark = pytest.mark.django_db
+
+ROLES = ("anonymous", "viewer_a", "creator_a", "viewer_b", "superuser")
+MADE_UP_ID = "batch_" + "0" * 32
+
+
+def _read(ok: int) -> dict:
+    return {
+        "anonymous": {"A": 401, "B": 401},
+        "viewer_a": {"A": ok, "B": 404},
+        "creator_a": {"A": ok, "B": 404},
+        "viewer_b": {"A": 404, "B": ok},
+        "superuser": {"A": ok, "B": ok},
+    }
+
+
+def _act(ok: int) -> dict:
+    return {
+        "anonymous": {"A": 401, "B": 401},
+        "viewer_a": {"A": 403, "B": 404},
+        "creator_a": {"A": ok, "B": 404},
+        "viewer_b": {"A": 404, "B": 403},
+        "superuser": {"A": ok, "B": ok},
+    }
+
+
+# (method, path, expected); a finished batch's cancel is refused with 409, past every permission check.
+TABLE = {
+    "detail": ("get", "/api/v1/batches/{id}", _read(200)),
+    "timeline": ("get", "/api/v1/batches/{id}/timeline", _read(200)),
+    "cancel": ("post", "/api/v1/batches/{id}/cancel", _act(409)),
+    # Past every permission check: the results of these batches are not kept (yet).
+    "results": ("get", "/api/v1/batches/{id}/results", _read(409)),
+    "result": ("get", "/api/v1/batches/{id}/results/1", _read(409)),
+    "export": ("get", "/api/v1/batches/{id}/results/export.jsonl", _read(409)),
+}
+
+
+@pytest.fixture
+def world(fake_api, monkeypatch):
+    """Two connections whose upstream (the fake API) knows no batch: an id the cache lacks is a 404 from upstream."""
+    default = Connection.objects.default()
+    Connection.objects.filter(pk=default.pk).update(open_to_everyone=False)
+    teams = {name: Group.objects.create(name=name) for name in ("a-viewers", "a-creators", "b-viewers")}
+    connections = {}
+    for side in ("A", "B"):
+        monkeypatch.setenv(f"API_ACCESS_KEY_{side}", f"sk-test-{side}")
+        connections[side] = Connection.objects.create(
+            name=f"Team {side}",
+            slug=f"team-{side.lower()}",
+            source=ConnectionSource.ADMIN,
+            base_url=fake_api.url,
+            api_key_env=f"API_ACCESS_KEY_{side}",
+        )
+    connections["A"].view_teams.add(teams["a-viewers"])
+    connections["A"].cancel_teams.add(teams["a-creators"])
+    connections["A"].create_teams.add(teams["a-creators"])
+    connections["B"].view_teams.add(teams["b-viewers"])
+    batches = {
+        side: record_batch(completed(f"batch_side{side.lower()}1"), connection=connections[side]) for side in "AB"
+    }
+    users = {
+        "viewer_a": _user("viewer-a", teams["a-viewers"]),
+        "creator_a": _user("creator-a", teams["a-creators"]),
+        "viewer_b": _user("viewer-b", teams["b-viewers"]),
+        "superuser": User.objects.create_superuser("root", password="pw-root"),
+    }
+    clients = {role: TokenClient(make_token(user)[1]) for role, user in users.items()}
+    clients["anonymous"] = Client()
+    return {"batches": batches, "clients": clients, "connections": connections}
+
+
+def _user(name: str, team: Group) -> User:
+    user = User.objects.create_user(name, password=f"pw-{name}")
+    user.groups.add(team)
+    return user
+
+
+def _cells():
+    for name, (_method, _path, expected) in TABLE.items():
+        for role in ROLES:
+            for side in ("A", "B"):
+                yield pytest.param(name, role, side, expected[role][side], id=f"{name} {role} {side}")
+
+
+@pytest.mark.parametrize(("name", "role", "side", "status"), list(_cells()))
+def test_it_answers_each_cell_of_the_api_access_table(world, name, role, side, status):
+    method, path, _expected = TABLE[name]
+    batch_id = world["batches"][side].batch_id
+    client = world["clients"][role]
+
+    response = getattr(client, method)(path.format(id=batch_id))
+
+    assert response.status_code == status, response.content[:300]
+    assert set(response.json()) == {"error"} or status == 200
+    if status == 404:
+        made_up = getattr(client, method)(path.format(id=MADE_UP_ID))
+        assert made_up.status_code == 404
+        assert response.content.decode().replace(batch_id, MADE_UP_ID) == made_up.content.decode()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_it_lists_only_the_batches_of_the_users_connections(world, role):
+    response = world["clients"][role].get("/api/v1/batches")
+
+    if role == "anonymous":
+        assert response.status_code == 401
+        return
+    seen = {batch["id"] for batch in response.json()["data"]}
+    visible = {"viewer_a": "A", "creator_a": "A", "viewer_b": "B", "superuser": "AB"}[role]
+    assert seen == {world["batches"][side].batch_id for side in visible}
+
+
+@pytest.mark.parametrize(
+    ("role", "side", "status", "field"),
+    [
+        ("anonymous", "A", 401, None),
+        ("viewer_a", "A", 403, None),
+        ("viewer_b", "B", 403, None),
+        ("creator_a", "A", 400, "__all__"),  # allowed on A: only the missing file is wrong
+        ("creator_a", "B", 400, "connection"),  # not a connection the creator may create on
+    ],
+)
+def test_it_creates_only_on_a_connection_the_users_team_may_create_on(world, fake_api, role, side, status, field):
+    slug = world["connections"][side].slug
+
+    response = world["clients"][role].post("/api/v1/batches", {"connection": slug})
+
+    assert response.status_code == status, response.content
+    if field:
+        assert field in response.json()["error"]["details"]["fields"]
+    assert fake_api.received == []
+
+
+def test_it_cancels_in_bulk_only_what_the_user_may_cancel(world, fake_api):
+    ids = [world["batches"]["A"].batch_id, world["batches"]["B"].batch_id]
+
+    response = world["clients"]["creator_a"].post(
+        "/api/v1/batches/cancel", {"batch_ids": ids}, content_type="application/json"
+    )
+
+    results = {item["id"]: item["error"] for item in response.json()["data"]}
+    assert "already finished" in results[ids[0]]
+    assert results[ids[1]] == "There is no batch with this id that you may cancel."
+    assert (
+        world["clients"]["viewer_a"]
+        .post("/api/v1/batches/cancel", {"batch_ids": ids}, content_type="application/json")
+        .status_code
+        == 403
+    )
