@@ -208,7 +208,11 @@ SANDBOX_DROP_RATE = _env_float("SANDBOX_DROP_RATE", 0.0, 0.0, 1.0)
 # The webhook receiver (/webhooks/openai/) verifies deliveries with this secret; unset, it answers 404.
 BATCHBOARD_WEBHOOK_SECRET = _env_webhook_secret("BATCHBOARD_WEBHOOK_SECRET")
 # Fernet keys (comma-separated, the first encrypts) for the secrets of connections made in the admin: batches.secrets.
-BATCHBOARD_ENCRYPTION_KEY = _env("BATCHBOARD_ENCRYPTION_KEY")
+# Unset, `manage.py ensure_secret_key` (run by `make run`) writes one to var/encryption_key, read from then on.
+ENCRYPTION_KEY_FILE = BASE_DIR / "var" / "encryption_key"
+BATCHBOARD_ENCRYPTION_KEY = _env("BATCHBOARD_ENCRYPTION_KEY") or (
+    ENCRYPTION_KEY_FILE.read_text().strip() if ENCRYPTION_KEY_FILE.exists() else ""
+)
 # Each organisation of the sandbox signs its webhooks with its own secret and POSTs them to its own URL (unset: none
 # sent): the first organisation's (key SANDBOX_API_KEY) with SANDBOX_WEBHOOK_*, the second's with
 # SANDBOX_SECOND_WEBHOOK_*.

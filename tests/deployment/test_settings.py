@@ -159,3 +159,9 @@ def test_ensure_secret_key_writes_a_private_key_once_that_the_settings_then_read
     assert len(key) >= 50 and key_file.stat().st_mode & 0o777 == 0o600
     assert "configured already" in second.stdout and key_file.read_text() == key
     assert "batchboard.W001" not in check.stderr + check.stdout
+    # The encryption key for stored connection keys and notification URLs, the same way.
+    encryption_file = tmp_path / "var" / "encryption_key"
+    assert encryption_file.stat().st_mode & 0o777 == 0o600
+    assert "An encryption key is configured already." in second.stdout
+    stored = manage("shell", "-c", "from batches import secrets; print(secrets.decrypt(secrets.encrypt('sk-x')))")
+    assert stored.stdout.strip().splitlines()[-1] == "sk-x", stored.stderr
