@@ -29,7 +29,7 @@ from batches.forms import CreateBatchForm, metadata_field_names
 from batches.models import Batch
 from batches.views.cancel import AUDIT_OUTCOMES, audit_bulk, cancel_selected, selected_ids
 from batches.views.common import existing_batch_connection, refreshed_batch, visible_batch_connection
-from batches.views.create import audit_create, first_problem
+from batches.views.create import audit_create, create_from_form, first_problem
 from batches.views.listing import parse_filters
 from results.models import ResultArchive
 
@@ -331,26 +331,10 @@ def create_batch(request):
     if not form.is_valid():
         audit_create(request, form, events.REFUSED, detail=first_problem(form))
         raise ApiError(400, "The batch was not created: " + first_problem(form), details=_form_errors(form))
-    data = form.cleaned_data
-    upload = data.get("input_file")
-    outcome = actions.create_batch(
-        token=data["token"],
-        user=request.user.get_username(),
-        endpoint=data["endpoint"],
-        upload=upload,
-        filename=upload.name if upload else "",
-        input_file_id=data["input_file_id"],
-        completion_window=data["completion_window"],
-        metadata=data["metadata"],
-        output_expires_after=data["output_expires_after"],
-        connection=data.get("connection"),
-    )
+    outcome = create_from_form(request, form)
     if outcome.batch is not None:
-        outcome.batch.note_model_from_file(form.report.model if form.report else None)
-        audit_create(request, form, events.ALREADY if outcome.repeated else events.OK, outcome.batch.batch_id)
         answer = {"repeated": outcome.repeated, "batch": schemas.batch_out(outcome.batch)}
         return Status(200 if outcome.repeated else 201, answer)
-    audit_create(request, form, events.ERROR, detail=outcome.error)
     details = {"uploaded_file_id": outcome.uploaded_file_id} if outcome.uploaded_file_id else None
     if outcome.error == actions.CREATE_LIMITED.format(limit=settings.BATCHBOARD_USER_CREATE_LIMIT):
         raise errors.rate_limited(outcome.error)

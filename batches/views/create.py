@@ -69,6 +69,23 @@ def batch_create(request):
         audit_create(request, form, events.REFUSED, detail=first_problem(form))
     if not valid or checking:
         return _checked(request, form, checking=checking)
+    outcome = create_from_form(request, form)
+    if outcome.batch is not None:
+        if outcome.repeated:
+            messages.info(request, f"This form was already submitted: it created {outcome.batch.batch_id}.")
+        else:
+            messages.success(request, f"Batch {outcome.batch.batch_id} created.")
+        return _redirect_to_batch(outcome.batch)
+    if outcome.uploaded_file_id:
+        form = _retry_form(form, outcome.uploaded_file_id)
+        return render(request, "batches/batch_create.html", {"form": form, "create_error": outcome.error})
+    form.add_error(outcome.error_field, outcome.error)
+    return render(request, "batches/batch_create.html", {"form": form})
+
+
+def create_from_form(request, form: CreateBatchForm) -> actions.CreateOutcome:
+    """Create the batch a valid create form describes, on its connection, and audit the outcome: the one path of the
+    create page and the JSON API."""
     data = form.cleaned_data
     upload = data.get("input_file")
     outcome = actions.create_batch(
@@ -86,17 +103,9 @@ def batch_create(request):
     if outcome.batch is not None:
         outcome.batch.note_model_from_file(form.report.model if form.report else None)
         audit_create(request, form, events.ALREADY if outcome.repeated else events.OK, outcome.batch.batch_id)
-        if outcome.repeated:
-            messages.info(request, f"This form was already submitted: it created {outcome.batch.batch_id}.")
-        else:
-            messages.success(request, f"Batch {outcome.batch.batch_id} created.")
-        return _redirect_to_batch(outcome.batch)
-    audit_create(request, form, events.ERROR, detail=outcome.error)
-    if outcome.uploaded_file_id:
-        form = _retry_form(form, outcome.uploaded_file_id)
-        return render(request, "batches/batch_create.html", {"form": form, "create_error": outcome.error})
-    form.add_error(outcome.error_field, outcome.error)
-    return render(request, "batches/batch_create.html", {"form": form})
+    else:
+        audit_create(request, form, events.ERROR, detail=outcome.error)
+    return outcome
 
 
 def _checked(request, form: CreateBatchForm, *, checking: bool):
