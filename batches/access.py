@@ -42,6 +42,22 @@ def sees_everything(user) -> bool:
     return cache["everything"]
 
 
+def sees_several(user) -> bool:
+    """Whether pages name each batch's connection: only for a viewer of several (a one-connection install looks as
+    it did before connections existed). A connection kept only for its history counts only if it has batches: the
+    default connection of an install configured by a connections file is empty on a fresh machine. Read once per
+    request, like the grants."""
+    cache = user.__dict__.setdefault("_batchboard_connections", {})
+    if "several" not in cache:
+        viewable = connections(user)
+        configured = [connection for connection in viewable if connection.configured]
+        kept = [connection.pk for connection in viewable if not connection.configured]
+        cache["several"] = len(viewable) > 1 and (
+            len(configured) > 1 or Batch.objects.filter(connection__in=kept).exists()
+        )
+    return cache["several"]
+
+
 def visible_batches(user):
     """Every batch `user` may see. Without a filter when they see every connection, so that the list's indexes
     serve them as if there were one."""

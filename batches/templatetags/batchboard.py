@@ -224,7 +224,7 @@ def connection_line(context, batch):
         return {"connection": None}
     viewable = access.connections(user)
     connection = next((each for each in viewable if each.pk == connection_id), None)
-    shown = connection is not None and (len(viewable) > 1 or not connection.is_default)
+    shown = connection is not None and (access.sees_several(user) or not connection.is_default)
     return {"connection": connection if shown else None}
 
 

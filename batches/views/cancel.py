@@ -15,7 +15,7 @@ from django_htmx.http import retarget, trigger_client_event
 from batches import access, actions, events, services
 from batches.models import Batch
 from batches.views.common import existing_batch_connection, refreshed_batch, unreachable
-from batches.views.listing import list_context, list_query_of, shows_connections
+from batches.views.listing import list_context, list_query_of
 
 MAX_BULK = 100
 AUDIT_OUTCOMES = {"cancelled": events.OK, "already": events.ALREADY, "error": events.ERROR}
@@ -154,7 +154,7 @@ def _cancel_fragment(request, batch_id: str, outcome: actions.CancelOutcome) -> 
             "batch": outcome.batch,
             "cancel_outcome": outcome if outcome.error else None,
             "can_cancel": True,
-            "show_connections": shows_connections(request.user),
+            "show_connections": access.sees_several(request.user),
             "list_url": f"{list_url}?{query.urlencode()}" if query else list_url,
         }
         return render(request, "batches/batch_list.html#batch-row", context)

@@ -247,7 +247,7 @@ def list_context(
         row.viewer_may_cancel = row.connection_id in cancellable
         if row.connection_id in by_id:  # the viewer's connections are read already: no query per row
             row.connection = by_id[row.connection_id]
-    show_connections = shows_connections(user)
+    show_connections = access.sees_several(user)
     list_query = filters.query()
     if page_number > 1:
         list_query["page"] = str(page_number)
@@ -277,20 +277,6 @@ def list_context(
         "connection_counts": _connection_counts(visible, viewable, scope, version) if show_connections else [],
         "column_count": 7 + 2 * can_cancel + show_connections,
     }
-
-
-def shows_connections(user) -> bool:
-    """Whether the list names each batch's connection: only for a viewer of several (one-connection installs
-    look as they did before connections existed). A connection kept only for its history counts only if it has
-    batches: the default connection of an install configured by a connections file is empty on a fresh machine."""
-    viewable = access.connections(user)
-    if len(viewable) < 2:
-        return False
-    configured = [connection for connection in viewable if connection.configured]
-    if len(configured) > 1:
-        return True
-    kept = [connection.pk for connection in viewable if not connection.configured]
-    return Batch.objects.filter(connection__in=kept).exists()
 
 
 def _connection_counts(visible, viewable: list, scope: str, version: tuple) -> list[dict]:
