@@ -314,6 +314,33 @@ def process_environment(database_url: str, **extra: str) -> dict[str, str]:
 
 
 # Builders shared by several test modules (import them from here, never from another test module).
+
+
+def read_cells(ok: int = 200, *, anonymous: int = 302) -> dict:
+    """The access table's row for reading a batch (a page, or the API): its connection's viewers (and superusers)
+    get `ok`; anyone else the 404 of an id that does not exist; the signed-out `anonymous` (the login redirect, or
+    the API's 401)."""
+    return {
+        "anonymous": {"A": anonymous, "B": anonymous},
+        "viewer_a": {"A": ok, "B": 404},
+        "creator_a": {"A": ok, "B": 404},
+        "viewer_b": {"A": 404, "B": ok},
+        "superuser": {"A": ok, "B": ok},
+    }
+
+
+def act_cells(ok: int, *, anonymous: int = 302) -> dict:
+    """The access table's row for an action on a batch (cancel, retry): a viewer is refused (403), a creator of A
+    acts on A only, a batch the user may not see is a 404."""
+    return {
+        "anonymous": {"A": anonymous, "B": anonymous},
+        "viewer_a": {"A": 403, "B": 404},
+        "creator_a": {"A": ok, "B": 404},
+        "viewer_b": {"A": 404, "B": 403},
+        "superuser": {"A": ok, "B": ok},
+    }
+
+
 CREATED = 1_760_000_000
 
 

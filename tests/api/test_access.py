@@ -10,7 +10,7 @@ from django.test import Client
 
 from batches.models import Connection, ConnectionSource, record_batch
 from tests.api.conftest import TokenClient, make_token
-from tests.conftest import completed
+from tests.conftest import act_cells, completed, read_cells
 
 pytestmark = pytest.mark.django_db
 
@@ -19,23 +19,11 @@ MADE_UP_ID = "batch_" + "0" * 32
 
 
 def _read(ok: int) -> dict:
-    return {
-        "anonymous": {"A": 401, "B": 401},
-        "viewer_a": {"A": ok, "B": 404},
-        "creator_a": {"A": ok, "B": 404},
-        "viewer_b": {"A": 404, "B": ok},
-        "superuser": {"A": ok, "B": ok},
-    }
+    return read_cells(ok, anonymous=401)
 
 
 def _act(ok: int) -> dict:
-    return {
-        "anonymous": {"A": 401, "B": 401},
-        "viewer_a": {"A": 403, "B": 404},
-        "creator_a": {"A": ok, "B": 404},
-        "viewer_b": {"A": 404, "B": 403},
-        "superuser": {"A": ok, "B": ok},
-    }
+    return act_cells(ok, anonymous=401)
 
 
 # (method, path, expected); a finished batch's cancel is refused with 409, past every permission check.

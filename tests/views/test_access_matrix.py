@@ -31,7 +31,7 @@ from batches.models import Batch, Connection, ConnectionSource, DailySpend, Save
 from results.models import ArchiveState, ResultArchive
 from sandbox import clock
 from sharing.models import ShareLink
-from tests.conftest import TaskQueue, completed
+from tests.conftest import TaskQueue, act_cells, completed, read_cells
 
 ROLES = ("anonymous", "viewer_a", "creator_a", "viewer_b", "superuser")
 SIDES = ("A", "B")
@@ -295,29 +295,6 @@ EXEMPT = {
 }
 
 
-def _read(ok: int = 200) -> dict:
-    """A page of a batch: its connection's viewers (and superusers) see it; anyone else gets the 404 of an id that
-    does not exist."""
-    return {
-        "anonymous": {"A": 302, "B": 302},
-        "viewer_a": {"A": ok, "B": 404},
-        "creator_a": {"A": ok, "B": 404},
-        "viewer_b": {"A": 404, "B": ok},
-        "superuser": {"A": ok, "B": ok},
-    }
-
-
-def _act(ok: int) -> dict:
-    """An action on a batch (cancel, retry): a viewer is refused (403), a creator of A acts on A only."""
-    return {
-        "anonymous": {"A": 302, "B": 302},
-        "viewer_a": {"A": 403, "B": 404},
-        "creator_a": {"A": ok, "B": 404},
-        "viewer_b": {"A": 404, "B": 403},
-        "superuser": {"A": ok, "B": ok},
-    }
-
-
 def _everyone(ok: int, **refused: int) -> dict:
     """A page of no batch: the same for both columns."""
     statuses = {role: refused.get(role, ok) for role in ROLES}
@@ -407,53 +384,57 @@ TABLE: dict[str, Row] = {
     "batches/views/<int:pk>/delete/": Row(
         "batches:delete_view", kwargs=_saved_view_kwargs, post=_everyone(302), per_batch=False
     ),
-    "batches/<batch_id:batch_id>/": Row("batches:detail", kwargs=_batch_kwargs(), get=_read()),
-    "batches/<batch_id:batch_id>/cancel/": Row("batches:cancel", kwargs=_batch_kwargs(), get=_act(200), post=_act(302)),
-    "batches/<batch_id:batch_id>/files/<str:kind>/": Row(
-        "batches:file", kwargs=_batch_kwargs(kind="input"), get=_read()
+    "batches/<batch_id:batch_id>/": Row("batches:detail", kwargs=_batch_kwargs(), get=read_cells()),
+    "batches/<batch_id:batch_id>/cancel/": Row(
+        "batches:cancel", kwargs=_batch_kwargs(), get=act_cells(200), post=act_cells(302)
     ),
-    "batches/<batch_id:batch_id>/results/": Row("results:list", kwargs=_batch_kwargs(), get=_read()),
-    "batches/<batch_id:batch_id>/results/export.csv": Row("results:export_csv", kwargs=_batch_kwargs(), get=_read()),
+    "batches/<batch_id:batch_id>/files/<str:kind>/": Row(
+        "batches:file", kwargs=_batch_kwargs(kind="input"), get=read_cells()
+    ),
+    "batches/<batch_id:batch_id>/results/": Row("results:list", kwargs=_batch_kwargs(), get=read_cells()),
+    "batches/<batch_id:batch_id>/results/export.csv": Row(
+        "results:export_csv", kwargs=_batch_kwargs(), get=read_cells()
+    ),
     "batches/<batch_id:batch_id>/results/export.jsonl": Row(
-        "results:export_jsonl", kwargs=_batch_kwargs(), get=_read()
+        "results:export_jsonl", kwargs=_batch_kwargs(), get=read_cells()
     ),
     "batches/<batch_id:batch_id>/results/files/<str:kind>.jsonl": Row(
-        "results:file", kwargs=_batch_kwargs(kind="input"), get=_read()
+        "results:file", kwargs=_batch_kwargs(kind="input"), get=read_cells()
     ),
     "batches/<batch_id:batch_id>/results/rows/<int:position>/": Row(
-        "results:request", kwargs=_batch_kwargs(position=1), get=_read()
+        "results:request", kwargs=_batch_kwargs(position=1), get=read_cells()
     ),
     "batches/<batch_id:batch_id>/results/rows/<int:position>/<str:side>.jsonl": Row(
-        "results:raw_line", kwargs=_batch_kwargs(position=1, side="input"), get=_read()
+        "results:raw_line", kwargs=_batch_kwargs(position=1, side="input"), get=read_cells()
     ),
     "batches/<batch_id:batch_id>/results/rows/": Row(
         "results:request_of",
         kwargs=_batch_kwargs(),
-        get=_read(302),  # to the request page of ?custom_id=
+        get=read_cells(302),  # to the request page of ?custom_id=
         data=lambda world, side, role: {"custom_id": "req-1"},
     ),
     "batches/<batch_id:batch_id>/results/<path:custom_id>/": Row(
-        "results:request_of_custom_id", kwargs=_batch_kwargs(custom_id="req-1"), get=_read(302)
+        "results:request_of_custom_id", kwargs=_batch_kwargs(custom_id="req-1"), get=read_cells(302)
     ),
     "batches/<batch_id:batch_id>/retry/": Row(
         "retries:confirm",
         kwargs=_batch_kwargs(),
-        get=_act(200),
-        post=_act(400),  # past the permission check: no lines were chosen
+        get=act_cells(200),
+        post=act_cells(400),  # past the permission check: no lines were chosen
     ),
-    "batches/<batch_id:batch_id>/final/": Row("retries:final", kwargs=_batch_kwargs(), get=_read()),
-    "batches/<batch_id:batch_id>/final.csv": Row("retries:final_csv", kwargs=_batch_kwargs(), get=_read()),
-    "batches/<batch_id:batch_id>/final.jsonl": Row("retries:final_jsonl", kwargs=_batch_kwargs(), get=_read()),
+    "batches/<batch_id:batch_id>/final/": Row("retries:final", kwargs=_batch_kwargs(), get=read_cells()),
+    "batches/<batch_id:batch_id>/final.csv": Row("retries:final_csv", kwargs=_batch_kwargs(), get=read_cells()),
+    "batches/<batch_id:batch_id>/final.jsonl": Row("retries:final_jsonl", kwargs=_batch_kwargs(), get=read_cells()),
     "batches/<batch_id:batch_id>/share-links/": Row(
         "sharing:make",
         kwargs=_batch_kwargs(),
-        post=_read(201),  # making a link needs view access, nothing more
+        post=read_cells(201),  # making a link needs view access, nothing more
         data=lambda world, side, role: {"hours": "24", "name": f"by {role}"},
     ),
     "batches/<batch_id:batch_id>/share-links/<int:pk>/revoke/": Row(
         "sharing:revoke",
         kwargs=_revoke_kwargs,
-        post=_act(302),  # view access, and the link's maker or a user who may cancel on its connection
+        post=act_cells(302),  # view access, and the link's maker or a user who may cancel on its connection
     ),
     "notifications/": Row("notifications:page", get=_everyone(200), per_batch=False),
     "notifications/destinations/add/": Row(
@@ -484,7 +465,7 @@ TABLE: dict[str, Row] = {
     "notifications/watch/<int:pk>/": Row(
         "notifications:watch",
         kwargs=lambda world, side, role: {"pk": world.batches[side].pk},
-        post=_read(302),  # back to the batch's page (with "choose a destination"); 404 for a batch not theirs
+        post=read_cells(302),  # back to the batch's page (with "choose a destination"); 404 for a batch not theirs
     ),
     # Every signed-in user makes and revokes their own tokens (tests/api/test_tokens.py).
     "api-tokens/": Row(
