@@ -167,12 +167,13 @@ def list_batches(request, params: Query[ListParams]):
 )
 def cancel_batches(request, body: schemas.BulkCancelIn):
     """Cancel up to 100 batches, each on its own connection; one failure does not stop the others. Each id gets its
-    own result; an id you may not cancel is reported as unknown."""
+    own result; an id you may not cancel is reported as unknown. An id in two of your connections is given as
+    `connection-slug/batch_id`; a slug of a connection you may not cancel on refuses the whole request (400)."""
     require_scope(request, CANCEL)
     if not access.connections(request.user, access.CANCEL):
         events.note_action(request, events.CANCEL, events.REFUSED, target="bulk", detail="no permission to cancel")
         raise ApiError(403, "You may not cancel batches.")
-    batch_ids, problem = selected_ids(body.batch_ids)
+    batch_ids, problem = selected_ids(body.batch_ids, request.user)
     if problem:
         audit_bulk(request, [], problem)
         raise ApiError(400, problem)

@@ -16,13 +16,14 @@ from batches.views.common import refreshed_batch
 from results import views as results_views
 from results.archive import StoredFiles, loads_record, request_archive
 from results.models import ResultArchive, ResultFilter, ResultLine
+from results.rows import MAX_POSITION, RENDER_BYTES
 
 router = Router(tags=["results"])
 DEFAULT_LIMIT, MAX_LIMIT = 100, 500
 CURSOR_SALT = "api.v1.results.cursor"
 # A request or an answer longer than this is not parsed into the answer (an embedding can be megabytes): the JSONL
 # export has it byte for byte.
-RECORD_BYTES = results_views.RENDER_BYTES
+RECORD_BYTES = RENDER_BYTES
 ROW_FIELDS = (
     "position",
     "line_number",
@@ -144,7 +145,7 @@ def result_row(request, batch_id: str, position: int):
     """One row of the results: its request line and its answer (the output or error line), parsed."""
     require_scope(request, READ)
     archive = _ready_archive(request, batch_id)
-    line = archive.lines.filter(position=position).first() if position <= results_views.MAX_POSITION else None
+    line = archive.lines.filter(position=position).first() if position <= MAX_POSITION else None
     if line is None:
         raise ApiError(404, f"{batch_id} has no row {position} in its results.")
     cut = False
