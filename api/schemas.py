@@ -22,6 +22,8 @@ class ErrorOut(Schema):
 
 
 ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 429)}
+# What an operation that may ask the OpenAI API answers when it fails (502) or cannot be asked (503).
+UPSTREAM_ERRORS = {code: ErrorOut for code in (502, 503)}
 
 
 class RequestCounts(Schema):
