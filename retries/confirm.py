@@ -3,7 +3,7 @@ fields, the retry built and checked, sent only when nothing is wrong, and audite
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from audit.log import record
 from audit.models import Action
@@ -29,7 +29,7 @@ def options_of(data) -> tuple[dict, list[str]]:
     return {"completion_window": window, "auto_retries": auto or None}, problems
 
 
-def audit(request, outcome, parent_id: str, selection: RetrySelection, batch_id: str = "", detail: str = ""):
+def _audit(request, outcome, parent_id: str, selection: RetrySelection, batch_id: str = "", detail: str = ""):
     target = f"retry of {parent_id}: {selection.label}"[:255]
     record(request, Action.CREATE, outcome, batch_id=batch_id, target=target, detail=detail)
 
@@ -43,7 +43,6 @@ class Sent:
     """What sending a prepared retry came to: `refused` (why nothing was sent: a problem with the options, no line,
     an invalid built input), else the create's `outcome` (its batch, or its error)."""
 
-    problems: list[str] = field(default_factory=list)
     refused: str = ""
     outcome: actions.CreateOutcome | None = None
 
@@ -53,12 +52,12 @@ def send(request, prepared: submit.Prepared, selection: RetrySelection, problems
     parent_id = prepared.parent.batch_id
     if problems or not prepared.lines or not prepared.form.is_valid():
         detail = problems[0] if problems else "no lines" if not prepared.lines else "the built input is invalid"
-        audit(request, AuditOutcome.REFUSED, parent_id, selection, detail=detail)
-        return Sent(problems=problems, refused=detail)
+        _audit(request, AuditOutcome.REFUSED, parent_id, selection, detail=detail)
+        return Sent(refused=detail)
     outcome = submit.create(prepared, user=request.user.get_username())
     if outcome.batch is None:
-        audit(request, AuditOutcome.ERROR, parent_id, selection, detail=outcome.error)
+        _audit(request, AuditOutcome.ERROR, parent_id, selection, detail=outcome.error)
     else:
         result = AuditOutcome.ALREADY if outcome.repeated else AuditOutcome.OK
-        audit(request, result, parent_id, selection, outcome.batch.batch_id)
-    return Sent(problems=problems, outcome=outcome)
+        _audit(request, result, parent_id, selection, outcome.batch.batch_id)
+    return Sent(outcome=outcome)
