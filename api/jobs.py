@@ -10,7 +10,7 @@ from typing import Literal
 from django.conf import settings
 from django.core import signing
 from django.http import QueryDict
-from ninja import Query, Router, Schema
+from ninja import Field, Query, Router, Schema
 from ninja.responses import Status
 
 from api import schemas
@@ -18,12 +18,13 @@ from api.auth import require_scope
 from api.common import checked_id, visible_batch
 from api.errors import ApiError, rate_limited
 from api.models import CREATE, READ
-from batches import access, actions
+from batches import access, actions, services
 from batches.views.common import existing_batch_connection
 from batches.views.detail import FileUnavailable, file_download
 from results.archive import request_archive
 from retries import confirm, merged, submit
 from retries import views as retries_views
+from retries.models import MAX_AUTO_RETRIES
 from retries.selection import CHOICES, FILTER, RetrySelection
 
 router = Router()
@@ -33,6 +34,7 @@ MAX_IDEMPOTENCY_KEY = 255
 DEFAULT_LIMIT, MAX_LIMIT = 100, 500
 CURSOR_SALT = "api.v1.final.cursor"
 EXPORT_BODY = {"description": "The export, streamed", "content": {"text/csv": {}, "application/jsonl": {}}}
+SELECTIONS = (*CHOICES, FILTER)  # the retry page's named choices, and its results filter
 FILE_BODY = {"description": "The file, streamed as the API keeps it", "content": {"application/jsonl": {}}}
 
 
@@ -40,15 +42,15 @@ FILE_BODY = {"description": "The file, streamed as the API keeps it", "content":
 
 
 class RetryIn(Schema):
-    select: Literal[tuple([*CHOICES, FILTER])]  # type: ignore[valid-type]
+    select: Literal[SELECTIONS]
     # With select=filter, the results page's filter (at least one of them): the lines it shows are retried.
     outcome: str = ""
     code: str = ""
     status: str = ""
     group: str = ""
     q: str = ""
-    completion_window: str = "24h"
-    auto_retries: int = 0
+    completion_window: Literal[services.COMPLETION_WINDOWS] = services.COMPLETION_WINDOWS[0]
+    auto_retries: int = Field(0, ge=0, le=MAX_AUTO_RETRIES)  # automatic retries of the retry's transient failures
 
 
 class RetryOut(Schema):
