@@ -9,10 +9,9 @@ from ninja import Query, Router, Schema
 
 from api import schemas
 from api.auth import require_scope
+from api.common import visible_batch
 from api.errors import ApiError
 from api.models import READ
-from batches import services
-from batches.views.common import refreshed_batch
 from results import views as results_views
 from results.archive import StoredFiles, loads_record, request_archive
 from results.models import ResultArchive, ResultFilter, ResultLine
@@ -82,11 +81,7 @@ class ResultParams(Schema):
 
 def _ready_archive(request, batch_id: str) -> ResultArchive:
     """The batch's kept results; a 409 saying their state while they are not kept (yet)."""
-    if not services.ANY_ID_PATTERN.fullmatch(batch_id):
-        raise ApiError(404, f"There is no batch {batch_id[:40]}.")
-    batch, freshness = refreshed_batch(request, batch_id)
-    if batch is None:
-        raise ApiError(503, freshness.error_message or "The batch cannot be read now; try again in a moment.")
+    batch = visible_batch(request, batch_id)
     archive = request_archive(batch)  # asked for now when the batch is final and has none, as the page does
     if archive is None or not archive.is_ready:
         state = archive.state if archive is not None else ""

@@ -77,6 +77,11 @@ def load_job(job_id: str, connection_id: int | None = None) -> Job:
     return Job(job_id=job_id, batches=batches, archives=by_batch)
 
 
+def job_of(batch: Batch) -> Job:
+    """The job `batch` belongs to, on its connection."""
+    return load_job(batch.job_id, batch.connection_id)
+
+
 def _rank(job: Job):
     """Later in the chain ranks higher."""
     return Case(
