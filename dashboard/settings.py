@@ -234,6 +234,9 @@ BATCHBOARD_NOTIFY_PAUSE_AFTER = _env_int("BATCHBOARD_NOTIFY_PAUSE_AFTER", 5, 1, 
 # Tries per notification, and the wait after the first failure (doubled after each, at most an hour).
 BATCHBOARD_NOTIFY_MAX_TRIES = _env_int("BATCHBOARD_NOTIFY_MAX_TRIES", 5, 1, 50)
 BATCHBOARD_NOTIFY_RETRY_SECONDS = _env_float("BATCHBOARD_NOTIFY_RETRY_SECONDS", 30.0, 1.0, 3600.0)
+# What a paused destination missed goes out as one summary when it is resumed, if it happened in the last this many
+# hours; older events are marked not sent, with the reason, in the delivery log.
+BATCHBOARD_NOTIFY_HELD_HOURS = _env_int("BATCHBOARD_NOTIFY_HELD_HOURS", 24, 0, 24 * 30)
 # Delivery attempts the Notifications page's log shows.
 BATCHBOARD_NOTIFY_LOG_LENGTH = _env_int("BATCHBOARD_NOTIFY_LOG_LENGTH", 50, 1, 1000)
 # Plain email destinations go through Django's email (MAILERS): the SMTP server of EMAIL_HOST (EMAIL_PORT,

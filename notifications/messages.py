@@ -151,9 +151,12 @@ def _job_message(notification: Notification, original: Batch) -> Message:
     return Message(notification.event, title, lines, url, data)
 
 
-def digest(destination, notifications: list[Notification]) -> Message:
-    """One message for several notifications: a line each (what happened, to which batch, its link)."""
-    lines = [f"{len(notifications)} notification{'s' if len(notifications) != 1 else ''} for {destination.name}:"]
+def digest(destination, notifications: list[Notification], total: int, *, held: bool = False) -> Message:
+    """One message for several notifications: a line each for the first ones listed (what happened, to which batch,
+    its link), then how many more; `held` when they waited for the destination to be resumed."""
+    counted = f"{total} notification{'s' if total != 1 else ''}"
+    heading = f"{counted} held while {destination.name} was paused:" if held else f"{counted} for {destination.name}:"
+    lines = [heading]
     items = []
     for notification in notifications:
         batch = notification.batch
@@ -164,5 +167,8 @@ def digest(destination, notifications: list[Notification]) -> Message:
         else:
             lines.append(f"- {notification.connection.name}: {happened}")
             items.append({"event": notification.event, "connection": notification.connection.slug})
-    title = f"batchboard: {len(notifications)} notification{'s' if len(notifications) != 1 else ''}"
-    return Message("digest", title, lines, absolute(reverse("notifications:page")), {"notifications": items})
+    if total > len(notifications):
+        lines.append(f"… and {total - len(notifications):,} more: see the delivery log.")
+    title = f"batchboard: {counted}" + (" held while paused" if held else "")
+    page = absolute(reverse("notifications:page"))
+    return Message("digest", title, lines, page, {"notifications": items, "total": total, "held": held})

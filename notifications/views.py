@@ -8,6 +8,7 @@ from functools import partial
 from django.conf import settings
 from django.contrib import messages
 from django.db import transaction
+from django.db.models import Count
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -16,10 +17,11 @@ from django.views.decorators.http import require_POST, require_safe
 
 from batches import access
 from batches.models import Batch
+from notifications import delivery
 from notifications.forms import DestinationForm, SubscriptionForm
 from notifications.jobs import job_of
 from notifications.models import Attempt, Destination, Notification, Scope, State, Subscription
-from notifications.tasks import enqueue_delivery
+from notifications.tasks import enqueue_sends
 
 
 def _page_context(request, **extra) -> dict:
@@ -34,9 +36,19 @@ def _page_context(request, **extra) -> dict:
         .order_by("-at", "-pk")[: settings.BATCHBOARD_NOTIFY_LOG_LENGTH]
     )
     waiting = Notification.objects.filter(destination__in=ids, state=State.PENDING).count()
+    paused = [destination for destination in destinations if destination.paused_at]
+    held = dict(
+        Notification.objects.filter(destination__in=[destination.pk for destination in paused], state=State.HELD)
+        .values_list("destination")
+        .annotate(count=Count("pk"))
+        .order_by()
+    )
+    for destination in paused:
+        destination.held = held.get(destination.pk, 0)
     context = {
         "destinations": destinations,
-        "paused": [destination for destination in destinations if destination.paused_at],
+        "paused": paused,
+        "held_hours": settings.BATCHBOARD_NOTIFY_HELD_HOURS,
         "subscriptions": list(subscriptions),
         "log": list(log),
         "waiting": waiting,
@@ -84,16 +96,22 @@ def delete_destination(request, pk: int):
 @require_POST
 def resume_destination(request, pk: int):
     destination = _managed(request, pk)
-    Destination.objects.filter(pk=destination.pk).update(paused_at=None, consecutive_failures=0)
-    messages.success(request, f"Resumed “{destination.name}”: it gets notifications again.")
+    summarised, skipped = delivery.resume(destination)
+    said = f"Resumed “{destination.name}”: it gets notifications again."
+    if summarised:
+        said += f" What it missed while paused ({summarised:,}) goes out as one summary."
+    if skipped:
+        hours = settings.BATCHBOARD_NOTIFY_HELD_HOURS
+        said += f" {skipped:,} held for longer than {hours} h {'were' if skipped != 1 else 'was'} not sent."
+    messages.success(request, said)
     return redirect("notifications:page")
 
 
 @require_POST
 def test_destination(request, pk: int):
     destination = _managed(request, pk)
-    notification = Notification.objects.create(destination=destination, event="test", is_test=True)
-    transaction.on_commit(partial(enqueue_delivery, notification.pk))
+    Notification.objects.create(destination=destination, event="test", is_test=True)
+    transaction.on_commit(partial(enqueue_sends, [destination.pk]))
     messages.success(request, f"A test is on its way to “{destination.name}”: its outcome appears in the log below.")
     return redirect("notifications:page")
 

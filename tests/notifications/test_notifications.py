@@ -88,14 +88,17 @@ def test_a_second_path_fanning_out_the_same_event_sends_nothing_more(tasks, view
 
 
 def test_a_duplicated_task_sends_once(tasks, viewer, receiver):
-    from notifications.tasks import enqueue_delivery
+    from notifications.tasks import enqueue_sends, send_waiting
 
     batch = finish()
     tasks.drain()
-    subscribe(destination(user=viewer, target=receiver.json_url))
+    made = destination(user=viewer, target=receiver.json_url)
+    subscribe(made)
     assert fanout.notify_batch(batch, fanout.finished_events(batch)) == 1
-    for _ in range(3):
-        enqueue_delivery(Notification.objects.get().pk)
+    tasks.commit_callbacks()
+    assert enqueue_sends([made.pk]) == 0  # one send task per destination is queued already
+    for _ in range(3):  # and duplicates of it, as a lost-task check racing a worker would queue
+        send_waiting.enqueue(made.pk)
     tasks.drain()
 
     assert len(receiver.received) == 1
