@@ -24,7 +24,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Min, Q
+from django.db.models import Count, F, Min, Q
 from django.utils import timezone
 
 from notifications import digest, messages, sending
@@ -42,7 +42,7 @@ HOLD_CHUNK = 1000
 
 def send_waiting(destination_pk: int) -> datetime | None:
     """Send the destination's waiting notifications that this call can claim. Returns when the next of them is due
-    (a retry's backoff; the caller queues a task for then), or None when none waits."""
+    after a failure (a retry's backoff; the caller queues a task for then), or None."""
     # Cleared before reading (a later insert queues a new task); a mark some other task set is queued again below.
     Destination.objects.filter(pk=destination_pk).update(send_due_at=None)
     destination = Destination.objects.filter(pk=destination_pk).first()
@@ -50,75 +50,85 @@ def send_waiting(destination_pk: int) -> datetime | None:
         return None
     if destination.paused_at:
         hold_waiting(destination)
+    run = _Run(destination)
     with sending.Sender(destination) as sender:
         while True:
             chunk = _claim(destination, timezone.now())
-            if not chunk:
+            if chunk:
+                run.send(chunk, sender)
+            if run.failed or (len(chunk) < CHUNK and not run.released):
                 break
-            if not _send_chunk(destination, chunk, sender):
-                break
-    return _next_due(destination)
+    # Those inserted meanwhile queued their own task; only a failure leaves notifications waiting for a later try.
+    return _next_due(destination) if run.failed else None
 
 
 def _claim(destination: Destination, now: datetime) -> list[Notification]:
-    """Up to CHUNK of the destination's waiting notifications, oldest first, each claimed by its own conditional
-    UPDATE (the claims commit together); those another task claimed meanwhile are left out."""
+    """Up to CHUNK of the destination's waiting notifications, oldest first, claimed by one conditional UPDATE (each
+    row still waiting and its lease expired): a row another task claimed is not claimed again. The lease's instant,
+    with random microseconds, tells this call's rows from those of any other call."""
     claimable = Q(state=State.PENDING) & (Q(busy_until__isnull=True) | Q(busy_until__lte=now))
     waiting = Notification.objects.filter(claimable, destination=destination)
     if destination.paused_at:
         waiting = waiting.filter(is_test=True)  # "Send a test" still goes: it tells whether the fault is fixed
-    candidates = list(
-        waiting.select_related("batch__connection", "batch__result_archive", "connection").order_by("created_at", "pk")[
-            :CHUNK
-        ]
+    lease = now + timedelta(seconds=LEASE_SECONDS, microseconds=random.randrange(1_000_000))
+    chosen = waiting.order_by("created_at", "pk").values("pk")[:CHUNK]
+    Notification.objects.filter(claimable, pk__in=chosen).update(tries=F("tries") + 1, busy_until=lease)
+    claimed = list(
+        Notification.objects.filter(destination=destination, state=State.PENDING, busy_until=lease)
+        .select_related("batch__connection", "batch__result_archive", "connection")
+        .order_by("created_at", "pk")
     )
-    lease = now + timedelta(seconds=LEASE_SECONDS)
-    claimed = []
-    with transaction.atomic():
-        for notification in candidates:
-            claim = Notification.objects.filter(claimable, pk=notification.pk)
-            if claim.update(tries=F("tries") + 1, busy_until=lease):
-                notification.tries += 1
-                notification.busy_until = lease
-                notification.destination = destination
-                claimed.append(notification)
+    for notification in claimed:
+        notification.destination = destination
     return claimed
 
 
-def _send_chunk(destination: Destination, chunk: list[Notification], sender: sending.Sender) -> bool:
-    """Send a claimed chunk; False when the loop should stop (a failure: the destination backs off, or is paused)."""
-    started = time.monotonic()
-    sent: list[Notification] = []
-    for index, notification in enumerate(chunk):
-        if time.monotonic() - started > LEASE_SECONDS - LEASE_MARGIN_SECONDS:
-            _release(chunk[index:])  # the next chunk claims them again, with a new lease
-            break
-        if destination.digest_minutes and not notification.is_test:
-            digest.hold(notification, destination)
-            continue
-        try:
-            sender.send(messages.build(notification))
-        except sending.SendFailed as exc:
-            _record_sent(destination, sent)
-            _failed(notification, destination, str(exc), rest=chunk[index + 1 :])
-            return False
-        sent.append(notification)
-    _record_sent(destination, sent)
-    return True
+class _Run:
+    """One task's run over a destination's chunks: what it sent, whether a send failed (the loop stops)."""
 
+    def __init__(self, destination: Destination):
+        self.destination = destination
+        self.failed = False
+        self.released = False  # the last chunk ran out of lease: the rest are claimed again
+        self.recovered = False  # the destination's failure count was reset by a first success
 
-def _record_sent(destination: Destination, sent: list[Notification]) -> None:
-    if not sent:
-        return
-    at = timezone.now()
-    with transaction.atomic():
-        Attempt.objects.bulk_create(Attempt(notification=notification, ok=True, at=at) for notification in sent)
-        Notification.objects.filter(
-            pk__in=[notification.pk for notification in sent], state=State.PENDING, busy_until=sent[0].busy_until
-        ).update(state=State.SENT, busy_until=None, sent_at=at)
-        Destination.objects.filter(pk=destination.pk, consecutive_failures__gt=0).update(
-            consecutive_failures=0, last_error=""
-        )
+    def send(self, chunk: list[Notification], sender: sending.Sender) -> None:
+        started = time.monotonic()
+        sent: list[Notification] = []
+        self.released = False
+        for index, notification in enumerate(chunk):
+            if time.monotonic() - started > LEASE_SECONDS - LEASE_MARGIN_SECONDS:
+                _release(chunk[index:])  # the next chunk claims them again, with a new lease
+                self.released = True
+                break
+            if self.destination.digest_minutes and not notification.is_test:
+                digest.hold(notification, self.destination)
+                continue
+            try:
+                sender.send(messages.build(notification))
+            except sending.SendFailed as exc:
+                self._record_sent(sent)
+                _failed(notification, self.destination, str(exc), rest=chunk[index + 1 :])
+                self.failed = True
+                return
+            sent.append(notification)
+        self._record_sent(sent)
+
+    def _record_sent(self, sent: list[Notification]) -> None:
+        """The attempts and the states of a chunk's sent notifications, in one transaction."""
+        if not sent:
+            return
+        at = timezone.now()
+        with transaction.atomic():
+            Attempt.objects.bulk_create(Attempt(notification=notification, ok=True, at=at) for notification in sent)
+            Notification.objects.filter(
+                pk__in=[notification.pk for notification in sent], state=State.PENDING, busy_until=sent[0].busy_until
+            ).update(state=State.SENT, busy_until=None, sent_at=at)
+            if not self.recovered:
+                Destination.objects.filter(pk=self.destination.pk, consecutive_failures__gt=0).update(
+                    consecutive_failures=0, last_error=""
+                )
+                self.recovered = True
 
 
 def _failed(notification: Notification, destination: Destination, reason: str, rest: list[Notification]) -> None:
@@ -168,12 +178,13 @@ def _release(claimed: list[Notification], until: datetime | None = None) -> None
 def _next_due(destination: Destination) -> datetime | None:
     """When the first of the destination's waiting notifications (backing off) may be tried again."""
     waiting = Notification.objects.filter(destination=destination, state=State.PENDING)
-    if Destination.objects.filter(pk=destination.pk, paused_at__isnull=False).exists():
+    if destination.paused_at:
         waiting = waiting.filter(is_test=True)
     now = timezone.now()
-    if waiting.filter(Q(busy_until__isnull=True) | Q(busy_until__lte=now)).exists():
-        return now
-    return waiting.aggregate(due=Min("busy_until"))["due"]
+    due = waiting.aggregate(
+        first=Min("busy_until"), ready=Count("pk", filter=Q(busy_until__isnull=True) | Q(busy_until__lte=now))
+    )
+    return now if due["ready"] else due["first"]
 
 
 def hold_waiting(destination: Destination) -> int:
