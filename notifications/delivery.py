@@ -2,11 +2,12 @@
 in a loop, oldest first, through one sending.Sender (the URL read and parsed once, one kept-alive connection).
 
 Claims, so that a notification is sent once however many tasks and workers run:
-- `Destination.send_due_at` says a send task is queued for the destination: a burst of events (1,000 destinations x
-  10 batches) queues one task per destination, not one per notification. The task clears it before it reads, so a
-  notification inserted later is either read by this loop or queues a new task.
-- Each notification is still claimed by its own conditional UPDATE (waiting, its lease expired) before it is sent; a
-  chunk's claims commit together, as do its results (attempts, states), so a send costs about one query.
+- `Destination.send_due_at` says a send task is queued or running for the destination: a burst of events (1,000
+  destinations x 10 batches) queues one task per destination, not one per notification. The task clears it when it
+  finds nothing more, then looks once more, so a notification inserted meanwhile is either read by this loop or
+  queues a new task.
+- Each notification is still claimed by a conditional UPDATE (waiting, its lease expired) before it is sent, a chunk
+  of them at once; a chunk's results (attempts, states) commit together, so a send costs about one query.
 
 A failed send is recorded, backs off the notification (and the rest of its chunk: the destination is likely down), and
 the task asks to run again when the first of them is due. A destination that fails
@@ -43,23 +44,33 @@ HOLD_CHUNK = 1000
 def send_waiting(destination_pk: int) -> datetime | None:
     """Send the destination's waiting notifications that this call can claim. Returns when the next of them is due
     after a failure (a retry's backoff; the caller queues a task for then), or None."""
-    # Cleared before reading (a later insert queues a new task); a mark some other task set is queued again below.
-    Destination.objects.filter(pk=destination_pk).update(send_due_at=None)
     destination = Destination.objects.filter(pk=destination_pk).first()
     if destination is None:
         return None
     if destination.paused_at:
         hold_waiting(destination)
     run = _Run(destination)
+    unmarked = False
     with sending.Sender(destination) as sender:
-        while True:
+        while not run.failed:
             chunk = _claim(destination, timezone.now())
             if chunk:
                 run.send(chunk, sender)
-            if run.failed or (len(chunk) < CHUNK and not run.released):
+            if run.failed or len(chunk) == CHUNK or run.released:
+                continue
+            if unmarked:
                 break
-    # Those inserted meanwhile queued their own task; only a failure leaves notifications waiting for a later try.
+            # Nothing more waits. While the mark stayed, fan-outs queued no task, counting on this loop: drop it, then
+            # look once more for what they inserted before it was dropped (anything later queues its own task).
+            _unmark(destination)
+            unmarked = True
+    if not unmarked:
+        _unmark(destination)
     return _next_due(destination) if run.failed else None
+
+
+def _unmark(destination: Destination) -> None:
+    Destination.objects.filter(pk=destination.pk).update(send_due_at=None)
 
 
 def _claim(destination: Destination, now: datetime) -> list[Notification]:
