@@ -65,7 +65,13 @@ def enqueue_sends(destination_pks, due: datetime | None = None) -> int:
     free = Q(send_due_at__isnull=True) | Q(send_due_at__lt=now - STALE) | Q(send_due_at__gt=due)
     try:
         with transaction.atomic():
-            pks = list(Destination.objects.filter(free, pk__in=destination_pks).values_list("pk", flat=True))
+            # Rows another transaction holds (a concurrent fan-out queueing the same destination) are skipped: it
+            # queues them, or a send task holding one looks again once it has cleared its mark.
+            pks = list(
+                Destination.objects.select_for_update(skip_locked=True)
+                .filter(free, pk__in=destination_pks)
+                .values_list("pk", flat=True)
+            )
             Destination.objects.filter(pk__in=pks).update(send_due_at=due)
             run_after = due if due > now else None
             for pk in pks:
