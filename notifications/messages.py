@@ -36,9 +36,14 @@ def absolute(path: str) -> str:
     return settings.BATCHBOARD_BASE_URL.rstrip("/") + path
 
 
-def batch_url(batch: Batch) -> str:
+def batch_path(batch: Batch) -> str:
+    """The batch's page, naming its connection unless it is the default one."""
     path = reverse("batches:detail", args=[batch.batch_id])
-    return absolute(path if batch.connection.is_default else f"{path}?connection={batch.connection.slug}")
+    return path if batch.connection.is_default else f"{path}?connection={batch.connection.slug}"
+
+
+def batch_url(batch: Batch) -> str:
+    return absolute(batch_path(batch))
 
 
 def what_happened(event: str, batch: Batch | None) -> str:

@@ -284,6 +284,12 @@ class Notification(models.Model):
 
         return "test" if self.is_test else what_happened(self.event, self.batch)
 
+    @property
+    def batch_path(self) -> str:
+        from notifications.messages import batch_path
+
+        return batch_path(self.batch) if self.batch_id else ""
+
 
 class Step(models.TextChoices):
     SEND = "send", "a message of its own"

@@ -11,15 +11,14 @@ from django.db import transaction
 from django.db.models import Count
 from django.http import Http404
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 
 from batches import access
-from batches.models import Batch
 from notifications import delivery
 from notifications.forms import DestinationForm, SubscriptionForm
 from notifications.jobs import job_of
+from notifications.messages import batch_path
 from notifications.models import Attempt, Destination, Notification, Scope, State, Subscription
 from notifications.tasks import enqueue_sends
 
@@ -32,7 +31,7 @@ def _page_context(request, **extra) -> dict:
     )
     log = (
         Attempt.objects.filter(notification__destination__in=ids)
-        .select_related("notification__destination", "notification__batch", "notification__connection")
+        .select_related("notification__destination", "notification__batch__connection", "notification__connection")
         .order_by("-at", "-pk")[: settings.BATCHBOARD_NOTIFY_LOG_LENGTH]
     )
     waiting = Notification.objects.filter(destination__in=ids, state=State.PENDING).count()
@@ -143,7 +142,7 @@ def watch(request, pk: int):
     batch = access.visible_batches(request.user).filter(pk=pk).select_related("connection").first()
     if batch is None:
         raise Http404("There is no such batch.")
-    back = batch_page(batch)
+    back = batch_path(batch)
     destination = Destination.objects.filter(user=request.user, pk=_number(request.POST.get("destination"))).first()
     if destination is None:
         messages.error(request, "Choose one of your destinations (add one on the Notifications page); nothing changed.")
@@ -170,11 +169,6 @@ def watch(request, pk: int):
     what = f"job {job}" if whole_job else f"batch {batch.batch_id}"
     messages.success(request, f"Watching {what}: “{destination.name}” hears when it finishes, fails or is stuck.")
     return redirect(back)
-
-
-def batch_page(batch: Batch) -> str:
-    path = reverse("batches:detail", args=[batch.batch_id])
-    return path if batch.connection.is_default else f"{path}?connection={batch.connection.slug}"
 
 
 def _number(raw) -> int:

@@ -710,6 +710,7 @@ def test_a_paused_destinations_events_are_held_and_logged_then_resuming_sends_th
     assert states == {"batch_old": State.SKIPPED, "batch_new": State.SENT}
     page = client.get("/notifications/").content.decode()
     assert "sent in a summary" in page
+    assert '<a href="/batches/batch_new/">batch_new</a>: completed' in page  # the log links to the batch's page
     assert "not sent: held while the destination was paused, more than 24 h before it was resumed" in page
     made.refresh_from_db()
     assert made.paused_at is None and made.consecutive_failures == 0
@@ -779,3 +780,32 @@ def test_a_burst_to_one_destination_is_one_send_task_sending_each_once(tasks, vi
     assert len(receiver.received) == 60
     assert len({received.json["title"] for received in receiver.received}) == 60
     assert DBTaskResult.objects.filter(task_path="notifications.tasks.send_waiting").count() == 1
+
+
+def test_under_make_run_a_notification_links_to_the_port_the_dashboard_serves_on(
+    database_url, processes, viewer, receiver, settings
+):
+    """`manage.py serve` (make run) on a port of its own, BATCHBOARD_BASE_URL unset: its task worker sends the
+    message, and the link names that port, not the default 8000."""
+    import sys
+    import time
+
+    from tests.conftest import free_port, process_environment, wait_until_serving
+
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    port = free_port()
+    environment = process_environment(
+        database_url, BATCHBOARD_ENCRYPTION_KEY=settings.BATCHBOARD_ENCRYPTION_KEY, BATCHBOARD_ARCHIVE="off"
+    )
+    environment.pop("BATCHBOARD_BASE_URL", None)
+    serve = processes.start("serve", [sys.executable, "manage.py", "serve", "--port", str(port)], environment)
+    wait_until_serving(f"http://127.0.0.1:{port}/healthz")
+
+    finish()  # committed: the server's task worker fans it out and sends it
+    deadline = time.monotonic() + 60
+    while not receiver.received:
+        assert time.monotonic() < deadline and serve.poll() is None, processes.output(serve)
+        time.sleep(0.1)
+
+    (message,) = [received.json for received in receiver.received]
+    assert f"http://127.0.0.1:{port}/batches/batch_n1/" in message["message"]
