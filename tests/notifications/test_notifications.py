@@ -782,30 +782,38 @@ def test_a_burst_to_one_destination_is_one_send_task_sending_each_once(tasks, vi
     assert DBTaskResult.objects.filter(task_path="notifications.tasks.send_waiting").count() == 1
 
 
-def test_under_make_run_a_notification_links_to_the_port_the_dashboard_serves_on(
+def test_under_make_run_an_email_destination_prints_on_the_terminal_and_links_name_the_port(
     database_url, processes, viewer, receiver, settings
 ):
-    """`manage.py serve` (make run) on a port of its own, BATCHBOARD_BASE_URL unset: its task worker sends the
-    message, and the link names that port, not the default 8000."""
+    """`manage.py serve` (make run) on the sandbox, on a port of its own, with no mail server and no
+    BATCHBOARD_BASE_URL: an email destination (the one a new user can try without any service) is printed on the
+    server's output and logged as sent, and every link names the server's port, not the default 8000."""
     import sys
     import time
 
     from tests.conftest import free_port, process_environment, wait_until_serving
 
     subscribe(destination(user=viewer, target=receiver.json_url))
+    subscribe(destination(user=viewer, kind=Kind.EMAIL, target="me@example.com", name="my inbox"))
     port = free_port()
     environment = process_environment(
         database_url, BATCHBOARD_ENCRYPTION_KEY=settings.BATCHBOARD_ENCRYPTION_KEY, BATCHBOARD_ARCHIVE="off"
     )
-    environment.pop("BATCHBOARD_BASE_URL", None)
+    for name in ("BATCHBOARD_BASE_URL", "EMAIL_HOST"):
+        environment.pop(name, None)
     serve = processes.start("serve", [sys.executable, "manage.py", "serve", "--port", str(port)], environment)
     wait_until_serving(f"http://127.0.0.1:{port}/healthz")
 
     finish()  # committed: the server's task worker fans it out and sends it
     deadline = time.monotonic() + 60
-    while not receiver.received:
+    while Notification.objects.filter(state=State.SENT).count() < 2:
         assert time.monotonic() < deadline and serve.poll() is None, processes.output(serve)
         time.sleep(0.1)
 
     (message,) = [received.json for received in receiver.received]
-    assert f"http://127.0.0.1:{port}/batches/batch_n1/" in message["message"]
+    link = f"http://127.0.0.1:{port}/batches/batch_n1/"
+    assert link in message["message"]
+    printed = processes.output(serve)
+    assert "Subject: batchboard: batch_n1 completed" in printed and "To: me@example.com" in printed
+    assert link in printed
+    assert Attempt.objects.filter(ok=True).count() == 2
