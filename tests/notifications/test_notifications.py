@@ -104,6 +104,24 @@ def test_a_duplicated_task_sends_once(tasks, viewer, receiver):
     assert len(receiver.received) == 1
 
 
+def test_a_send_queued_by_the_previous_version_is_sent_by_its_destinations_loop(tasks, viewer, receiver):
+    from django_tasks_db.models import DBTaskResult
+
+    from notifications.tasks import deliver
+
+    batch = finish()
+    tasks.drain()
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    fanout.notify_batch(batch, fanout.finished_events(batch))
+    tasks.commit_callbacks()
+    DBTaskResult.objects.filter(task_path="notifications.tasks.send_waiting").delete()
+    Destination.objects.update(send_due_at=None)
+    deliver.enqueue(Notification.objects.get().pk)  # one task per notification, as queued before the upgrade
+    tasks.drain()
+
+    assert len(receiver.received) == 1 and Notification.objects.get().state == State.SENT
+
+
 def test_an_imported_old_batch_notifies_nobody(tasks, viewer, receiver):
     subscribe(destination(user=viewer, target=receiver.json_url))
     record_batches([completed("batch_old")], historical=True)
