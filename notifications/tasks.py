@@ -106,7 +106,11 @@ def lost_deliveries() -> None:
     stale = now - STALE
     waiting = Notification.objects.filter(state=State.PENDING, created_at__lte=stale, busy_until__isnull=True)
     expired = Notification.objects.filter(state=State.PENDING, busy_until__lte=stale)
-    destinations = set(waiting.values_list("destination", flat=True).distinct()[:100])
+    # Held by a fan-out that saw the destination paused just before it was resumed: sent as the others were.
+    orphans = Notification.objects.filter(state=State.HELD, destination__paused_at__isnull=True, created_at__lte=stale)
+    orphaned = set(orphans.values_list("destination", flat=True).distinct()[:100])
+    orphans.filter(destination__in=orphaned).update(state=State.PENDING, busy_until=None)
+    destinations = set(waiting.values_list("destination", flat=True).distinct()[:100]) | orphaned
     destinations |= set(expired.values_list("destination", flat=True).distinct()[:100])
     if destinations:
         enqueue_sends(destinations, due=now)

@@ -835,3 +835,21 @@ def test_under_make_run_an_email_destination_prints_on_the_terminal_and_links_na
     assert "Subject: batchboard: batch_n1 completed" in printed and "To: me@example.com" in printed
     assert link in printed
     assert Attempt.objects.filter(ok=True).count() == 2
+
+
+def test_an_event_held_just_as_its_destination_was_resumed_is_sent_by_the_next_check(tasks, viewer, receiver):
+    from notifications.tasks import check_conditions
+
+    made = destination(user=viewer, target=receiver.json_url)
+    subscribe(made)
+    batch = finish()
+    tasks.drain()
+    # A fan-out that read the destination paused, inserting after the resumption had released what was held.
+    late = Notification.objects.create(destination=made, batch=batch, event="stuck:validating", state=State.HELD)
+    Notification.objects.filter(pk=late.pk).update(created_at=timezone.now() - timedelta(minutes=20))
+
+    check_conditions.enqueue()
+    tasks.drain()
+
+    assert Notification.objects.get(pk=late.pk).state == State.SENT
+    assert [received.json["title"] for received in receiver.received][-1] == "batchboard: batch_n1 stuck in validating"
