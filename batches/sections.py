@@ -41,6 +41,8 @@ class Section:
     context: Callable[[HttpRequest, Batch], dict]
     key: Callable[[dict], Hashable]
     settled: Callable[[dict], bool] = _always_settled
+    # Lower comes first in its slot; equal ones keep their registration order (INSTALLED_APPS').
+    order: int = 0
 
     def __post_init__(self):
         if self.slot not in SLOTS:
@@ -57,7 +59,7 @@ class FilledSection:
 
 
 class FilledSections(dict):
-    """The filled sections of a page, by slot (each slot a list, in registration order)."""
+    """The filled sections of a page, by slot (each slot a list, by order, then in registration order)."""
 
     @property
     def key(self) -> tuple:
@@ -80,7 +82,7 @@ def fill(request: HttpRequest, batch: Batch, *slots: str) -> FilledSections:
     """The sections of `slots` for `batch`, each context read once (the key, the settled state and the rendering
     share it)."""
     filled = FilledSections({slot: [] for slot in slots})
-    for section in _sections.values():
+    for section in sorted(_sections.values(), key=lambda section: section.order):
         if section.slot in filled:
             context = section.context(request, batch)
             filled[section.slot].append(

@@ -234,10 +234,14 @@ BATCHBOARD_NOTIFY_PAUSE_AFTER = _env_int("BATCHBOARD_NOTIFY_PAUSE_AFTER", 5, 1, 
 # Tries per notification, and the wait after the first failure (doubled after each, at most an hour).
 BATCHBOARD_NOTIFY_MAX_TRIES = _env_int("BATCHBOARD_NOTIFY_MAX_TRIES", 5, 1, 50)
 BATCHBOARD_NOTIFY_RETRY_SECONDS = _env_float("BATCHBOARD_NOTIFY_RETRY_SECONDS", 30.0, 1.0, 3600.0)
+# What a paused destination missed goes out as one summary when it is resumed, if it happened in the last this many
+# hours; older events are marked not sent, with the reason, in the delivery log.
+BATCHBOARD_NOTIFY_HELD_HOURS = _env_int("BATCHBOARD_NOTIFY_HELD_HOURS", 24, 0, 24 * 30)
 # Delivery attempts the Notifications page's log shows.
 BATCHBOARD_NOTIFY_LOG_LENGTH = _env_int("BATCHBOARD_NOTIFY_LOG_LENGTH", 50, 1, 1000)
 # Plain email destinations go through Django's email (MAILERS): the SMTP server of EMAIL_HOST (EMAIL_PORT,
-# EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS); unset, Django's default (SMTP on localhost:25).
+# EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS); unset, Django's default (SMTP on localhost:25), except on the
+# sandbox (`make run`), where they are printed on the server's terminal: a destination to try without any service.
 if _env("EMAIL_HOST"):
     MAILERS = {
         "default": {
@@ -252,6 +256,8 @@ if _env("EMAIL_HOST"):
             },
         }
     }
+elif SANDBOX_MODE:
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
 DEFAULT_FROM_EMAIL = _env("DEFAULT_FROM_EMAIL", "batchboard@localhost")
 
 # How often the list is refreshed from upstream at most, whatever the number of viewers.

@@ -20,12 +20,23 @@ class DestinationAdmin(ReadOnly):
     list_filter = ("kind", "team")
     list_select_related = ("user", "team")
     search_fields = ("name",)
-    fields = ("name", "kind", "shown", "user", "team", "created_at", "paused_at", "consecutive_failures", "last_error")
+    fields = (
+        "name",
+        "kind",
+        "shown",
+        "user",
+        "team",
+        "created_at",
+        "paused_at",
+        "consecutive_failures",
+        "last_error",
+        "send_due_at",
+    )
 
 
 class AttemptInline(admin.TabularInline):
     model = Attempt
-    fields = ("at", "ok", "error")
+    fields = ("at", "step", "ok", "error")
     readonly_fields = fields
     extra = 0
     can_delete = False

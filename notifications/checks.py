@@ -36,7 +36,7 @@ STUCK_STATUSES = tuple(STUCK_AFTER)
 def check_all(now: datetime | None = None) -> int:
     """Schedule the fan-out of every batch newly stuck or expiring soon, and notify budgets; how many were scheduled."""
     now = now or timezone.now()
-    wanted = Subscription.objects.filter(destination__paused_at__isnull=True)
+    wanted = Subscription.objects.all()  # a paused destination's too: its events are held for its resumption
     scheduled = 0
     if wanted.filter(on_stuck=True).exists():
         scheduled += _schedule(STUCK_STEP, Batch.objects.stuck(now).filter(is_terminal=False))

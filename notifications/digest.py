@@ -3,9 +3,10 @@ instead of one message per event.
 
 A notification for such a destination is held (state DIGEST) by its send task, and the first one held sets the
 destination's `digest_due_at` (a conditional UPDATE: one digest task per window, whichever worker holds first). The
-digest task claims the destination's due digest the same way, sends one message for up to DIGEST_LIMIT held
-notifications, and records an attempt for each. A failure is retried with the same backoff as a single send, and
-counts once toward pausing the destination.
+digest task claims the destination's due digest the same way, sends one message for up to DIGEST_LIMIT gathered
+notifications (listing the first LISTED, counting the rest), and records an attempt for each. Resuming a paused
+destination sends what it missed through the same path (notifications.delivery.resume), as one summary.
+A failure is retried with the same backoff as a single send, and counts once toward pausing the destination.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from django.db.models import F
 from django.utils import timezone
 
 from notifications import messages, sending
-from notifications.models import ERROR_LENGTH, Attempt, Destination, Notification, State
+from notifications.models import ERROR_LENGTH, Attempt, Destination, Notification, State, Step
 
 logger = logging.getLogger("batches.notifications")
 
-DIGEST_LIMIT = 100
+# A digest lists this many notifications, a line each, and counts the rest (up to DIGEST_LIMIT in one message).
+LISTED = 50
+DIGEST_LIMIT = 10_000
 LEASE = timedelta(minutes=2)
 
 
@@ -47,24 +50,25 @@ def send_digest(destination_pk: int, now: datetime | None = None) -> datetime | 
     if not Destination.objects.filter(pk=destination_pk, digest_due_at__lte=now).update(digest_due_at=now + LEASE):
         return None
     destination = Destination.objects.get(pk=destination_pk)
-    held = list(
-        Notification.objects.filter(destination=destination, state=State.DIGEST)
-        .select_related("batch__connection", "connection")
-        .order_by("created_at", "pk")[:DIGEST_LIMIT]
-    )
-    pks = [notification.pk for notification in held]
+    gathered = Notification.objects.filter(destination=destination, state=State.DIGEST).order_by("created_at", "pk")
+    listed = list(gathered.select_related("batch__connection", "connection")[:LISTED])
+    pks = [notification.pk for notification in listed]
+    if len(listed) == LISTED:
+        pks += list(gathered.values_list("pk", flat=True)[LISTED:DIGEST_LIMIT])
     if destination.paused_at:
-        Notification.objects.filter(pk__in=pks).update(state=State.SKIPPED)
+        Notification.objects.filter(pk__in=pks, state=State.DIGEST).update(state=State.HELD)
+        Attempt.objects.bulk_create(Attempt(notification_id=pk, ok=False, step=Step.HELD, at=now) for pk in pks)
         return _next(destination)
-    if not held:
+    if not pks:
         return _next(destination)
     Notification.objects.filter(pk__in=pks).update(tries=F("tries") + 1)
+    was_held = Attempt.objects.filter(notification__in=pks, step=Step.HELD).exists()
     try:
-        sending.send(destination, messages.digest(destination, held))
+        sending.send(destination, messages.digest(destination, listed, len(pks), held=was_held))
     except sending.SendFailed as exc:
         return _failed(destination, pks, str(exc)[:ERROR_LENGTH])
     at = timezone.now()
-    Attempt.objects.bulk_create(Attempt(notification_id=pk, ok=True, at=at) for pk in pks)
+    Attempt.objects.bulk_create(Attempt(notification_id=pk, ok=True, at=at, step=Step.SUMMARY) for pk in pks)
     Notification.objects.filter(pk__in=pks).update(state=State.SENT, sent_at=at)
     Destination.objects.filter(pk=destination.pk, consecutive_failures__gt=0).update(
         consecutive_failures=0, last_error=""
@@ -84,7 +88,7 @@ def _next(destination: Destination) -> datetime | None:
 def _failed(destination: Destination, pks: list[int], reason: str) -> datetime | None:
     from notifications.delivery import backoff
 
-    Attempt.objects.bulk_create(Attempt(notification_id=pk, ok=False, error=reason) for pk in pks)
+    Attempt.objects.bulk_create(Attempt(notification_id=pk, ok=False, error=reason, step=Step.SUMMARY) for pk in pks)
     Destination.objects.filter(pk=destination.pk).update(
         consecutive_failures=F("consecutive_failures") + 1, last_error=reason
     )
@@ -94,7 +98,8 @@ def _failed(destination: Destination, pks: list[int], reason: str) -> datetime |
     worn_out.update(state=State.FAILED)
     if failures is not None and failures >= settings.BATCHBOARD_NOTIFY_PAUSE_AFTER:
         Destination.objects.filter(pk=destination.pk, paused_at__isnull=True).update(paused_at=timezone.now())
-        Notification.objects.filter(pk__in=pks, state=State.DIGEST).update(state=State.FAILED)
+        # Not delivered: held for the summary that resuming the destination sends.
+        Notification.objects.filter(pk__in=pks, state=State.DIGEST).update(state=State.HELD)
         logger.warning(
             "Destination %s (%s) paused after %s failures in a row.", destination.pk, destination.shown, failures
         )

@@ -4,8 +4,9 @@ inserts the row, and only an inserted row enqueues a send. Every later insert hi
 
 Cost: one query for the subscriptions that may match a batch (by scope, on indexed columns), one for the creators of
 the batch when a "batches I created" subscription exists, one per distinct destination owner for what they may view,
-one for the rows that exist already, one INSERT for the new ones (per 500) and one SELECT of their ids; then one
-task each, enqueued in one transaction.
+one for the rows that exist already, one INSERT for the new ones (per 500) and one SELECT of their ids; then one send
+task per destination that has none queued yet (notifications.delivery sends a destination's waiting notifications in
+a loop), queued in one transaction. A paused destination's rows are inserted held, and logged as such.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from django.db.models import Q
 from audit.models import Action, AuditEvent, Outcome
 from batches.lineage_keys import LineageState
 from batches.models import Batch, Connection
-from notifications.models import FINISHED_FIELDS, Destination, Notification, Scope, State, Subscription
+from notifications.models import (
+    FINISHED_FIELDS,
+    Attempt,
+    Destination,
+    Notification,
+    Scope,
+    State,
+    Step,
+    Subscription,
+)
 
 logger = logging.getLogger("batches.notifications")
 
@@ -66,7 +76,8 @@ def wants(subscription: Subscription, event: str, batch: Batch | None) -> bool:
 
 
 def subscriptions_for_batch(batch: Batch) -> list[Subscription]:
-    """The subscriptions of unpaused destinations whose scope covers `batch`: one query (two with creators)."""
+    """The subscriptions whose scope covers `batch` (a paused destination's too: its events are held): one query (two
+    with creators)."""
     jobs = [batch.batch_id]
     if batch.job and batch.lineage_state == LineageState.VERIFIED:
         jobs.append(batch.job)
@@ -81,7 +92,7 @@ def subscriptions_for_batch(batch: Batch) -> list[Subscription]:
             & Q(model__in=["", batch.model])
         )
     )
-    candidates = Subscription.objects.filter(destination__paused_at__isnull=True).select_related("destination")
+    candidates = Subscription.objects.select_related("destination")
     if Subscription.objects.filter(scope=Scope.MINE).exists():
         creators = AuditEvent.objects.filter(
             action=Action.CREATE, outcome=Outcome.OK, batch_id=batch.batch_id, connection=batch.connection_id
@@ -93,7 +104,7 @@ def subscriptions_for_batch(batch: Batch) -> list[Subscription]:
 def subscriptions_for_connection(connection: Connection) -> list[Subscription]:
     """Subscriptions to a connection's own events (its budget): everything of it, or a filter on it."""
     covers = Q(scope=Scope.CONNECTION, connection=connection.pk) | Q(scope=Scope.FILTER, connection=connection.pk)
-    return list(Subscription.objects.filter(covers, destination__paused_at__isnull=True).select_related("destination"))
+    return list(Subscription.objects.filter(covers).select_related("destination"))
 
 
 def notify_batch(batch: Batch, events: list[str]) -> int:
@@ -110,7 +121,7 @@ def notify_connection(connection: Connection, event: str) -> int:
 
 
 def _insert(subscriptions: list[Subscription], events: list[str], *, batch, connection_id: int) -> int:
-    from notifications.tasks import enqueue_deliveries
+    from notifications.tasks import enqueue_sends
 
     viewable: dict[tuple, set[int]] = {}  # per owner (a user or a team): one query each, however many destinations
     chosen: dict[tuple[str, int], Destination] = {}
@@ -137,18 +148,40 @@ def _insert(subscriptions: list[Subscription], events: list[str], *, batch, conn
     if not missing:
         return 0
     # One INSERT for all, skipping a row another path inserted meanwhile (the unique constraint decides); then the
-    # rows of these keys still untouched are enqueued. Should a path racing this one enqueue the same row, its
-    # second task finds nothing to claim.
+    # rows of these keys still untouched are queued, one send task per destination. Should a path racing this one
+    # queue the same destination, the second task finds nothing to claim. A paused destination's rows are held.
+    paused = {key[1] for key in missing if chosen[key].paused_at}
     Notification.objects.bulk_create(
         [
-            Notification(destination_id=pk, batch=batch, connection_id=connection_id, event=event)
+            Notification(
+                destination_id=pk,
+                batch=batch,
+                connection_id=connection_id,
+                event=event,
+                state=State.HELD if pk in paused else State.PENDING,
+            )
             for event, pk in missing
         ],
         ignore_conflicts=True,
         batch_size=INSERT_CHUNK,
     )
-    fresh = rows.filter(state=State.PENDING, tries=0).values_list("pk", "event", "destination")
-    ids = [pk for pk, event, destination in fresh if (event, destination) in missing]
-    transaction.on_commit(partial(enqueue_deliveries, ids))
-    logger.info("%s notification(s) of %s", len(ids), batch.batch_id if batch else f"connection {connection_id}")
-    return len(ids)
+    untouched = rows.filter(state__in=[State.PENDING, State.HELD], tries=0, attempts__isnull=True)
+    fresh = [
+        (pk, destination)
+        for pk, event, destination in untouched.values_list("pk", "event", "destination")
+        if (event, destination) in missing
+    ]
+    held = [pk for pk, destination in fresh if destination in paused]
+    if held:
+        Attempt.objects.bulk_create(
+            (Attempt(notification_id=pk, ok=False, step=Step.HELD) for pk in held), batch_size=INSERT_CHUNK
+        )
+    sending = {destination for _pk, destination in fresh if destination not in paused}
+    transaction.on_commit(partial(enqueue_sends, sending))
+    logger.info(
+        "%s notification(s) of %s, %s held",
+        len(fresh),
+        batch.batch_id if batch else f"connection {connection_id}",
+        len(held),
+    )
+    return len(fresh)

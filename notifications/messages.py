@@ -36,9 +36,14 @@ def absolute(path: str) -> str:
     return settings.BATCHBOARD_BASE_URL.rstrip("/") + path
 
 
-def batch_url(batch: Batch) -> str:
+def batch_path(batch: Batch) -> str:
+    """The batch's page, naming its connection unless it is the default one."""
     path = reverse("batches:detail", args=[batch.batch_id])
-    return absolute(path if batch.connection.is_default else f"{path}?connection={batch.connection.slug}")
+    return path if batch.connection.is_default else f"{path}?connection={batch.connection.slug}"
+
+
+def batch_url(batch: Batch) -> str:
+    return absolute(batch_path(batch))
 
 
 def what_happened(event: str, batch: Batch | None) -> str:
@@ -151,9 +156,12 @@ def _job_message(notification: Notification, original: Batch) -> Message:
     return Message(notification.event, title, lines, url, data)
 
 
-def digest(destination, notifications: list[Notification]) -> Message:
-    """One message for several notifications: a line each (what happened, to which batch, its link)."""
-    lines = [f"{len(notifications)} notification{'s' if len(notifications) != 1 else ''} for {destination.name}:"]
+def digest(destination, notifications: list[Notification], total: int, *, held: bool = False) -> Message:
+    """One message for several notifications: a line each for the first ones listed (what happened, to which batch,
+    its link), then how many more; `held` when they waited for the destination to be resumed."""
+    counted = f"{total} notification{'s' if total != 1 else ''}"
+    heading = f"{counted} held while {destination.name} was paused:" if held else f"{counted} for {destination.name}:"
+    lines = [heading]
     items = []
     for notification in notifications:
         batch = notification.batch
@@ -164,5 +172,8 @@ def digest(destination, notifications: list[Notification]) -> Message:
         else:
             lines.append(f"- {notification.connection.name}: {happened}")
             items.append({"event": notification.event, "connection": notification.connection.slug})
-    title = f"batchboard: {len(notifications)} notification{'s' if len(notifications) != 1 else ''}"
-    return Message("digest", title, lines, absolute(reverse("notifications:page")), {"notifications": items})
+    if total > len(notifications):
+        lines.append(f"… and {total - len(notifications):,} more: see the delivery log.")
+    title = f"batchboard: {counted}" + (" held while paused" if held else "")
+    page = absolute(reverse("notifications:page"))
+    return Message("digest", title, lines, page, {"notifications": items, "total": total, "held": held})

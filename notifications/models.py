@@ -84,6 +84,9 @@ class Destination(models.Model):
     secret_encrypted = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     paused_at = models.DateTimeField(null=True, blank=True)
+    # When the send task queued for this destination's waiting notifications runs; None while none is queued
+    # (notifications.delivery): a burst of events queues one task per destination, not one per notification.
+    send_due_at = models.DateTimeField(null=True, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
     last_error = models.CharField(max_length=ERROR_LENGTH, blank=True)
     # One message per this many minutes listing what happened (0: one message per event); when the next is due.
@@ -229,8 +232,9 @@ class State(models.TextChoices):
     PENDING = "pending", "waiting"
     SENT = "sent", "sent"
     FAILED = "failed", "failed"
-    SKIPPED = "skipped", "not sent (destination paused)"
+    SKIPPED = "skipped", "not sent"
     DIGEST = "digest", "waiting for the digest"
+    HELD = "held", "held (destination paused)"
 
 
 class Notification(models.Model):
@@ -280,17 +284,43 @@ class Notification(models.Model):
 
         return "test" if self.is_test else what_happened(self.event, self.batch)
 
+    @property
+    def batch_path(self) -> str:
+        from notifications.messages import batch_path
+
+        return batch_path(self.batch) if self.batch_id else ""
+
+
+class Step(models.TextChoices):
+    SEND = "send", "a message of its own"
+    SUMMARY = "summary", "in a summary"  # a digest, or the summary sent when a paused destination is resumed
+    HELD = "held", "held: the destination is paused"
+    SKIPPED = "skipped", "not sent"
+
 
 class Attempt(models.Model):
-    """One try to deliver a notification: the delivery log."""
+    """What happened to a notification, when: the delivery log. A try to send it alone or in a summary (`ok`, and
+    the error), or, without a try, held while its destination was paused, or skipped (the reason in `error`)."""
 
     notification = models.ForeignKey(Notification, on_delete=models.CASCADE, related_name="attempts")
     at = models.DateTimeField(default=timezone.now)
     ok = models.BooleanField()
     error = models.CharField(max_length=ERROR_LENGTH, blank=True)
+    step = models.CharField(max_length=8, choices=Step.choices, default=Step.SEND)
 
     class Meta:
         ordering = ["-at", "-pk"]
 
     def __str__(self):
-        return f"{'ok' if self.ok else 'failed'} at {self.at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.outcome} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def outcome(self) -> str:
+        """The log's words for it: "sent", "sent in a summary", "failed: …", "held: …", "not sent: …"."""
+        if self.step == Step.HELD:
+            return Step.HELD.label
+        if self.step == Step.SKIPPED:
+            return f"not sent: {self.error}"
+        if not self.ok:
+            return f"failed: {self.error}"
+        return "sent in a summary" if self.step == Step.SUMMARY else "sent"

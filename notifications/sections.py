@@ -36,4 +36,5 @@ WATCH = sections.Section(
     template="notifications/_watch.html",
     context=watch_context,
     key=watch_key,
+    order=-1,  # first in the side column, under the batch's own cards: the on-call engineer's button
 )

@@ -34,34 +34,72 @@ class SendFailed(Exception):
 
 
 def send(destination: Destination, message: Message) -> None:
-    try:
-        target = destination.target
-        secret = destination.webhook_secret if destination.kind == Kind.SIGNED_WEBHOOK else ""
-    except secrets.Unreadable as exc:
-        raise SendFailed(f"its URL cannot be read: {exc}") from None
-    try:
-        if destination.kind == Kind.EMAIL:
-            _send_email(target, message)
-        elif destination.kind == Kind.SIGNED_WEBHOOK:
-            _send_signed(target, secret, message)
-        else:
-            _send_apprise(target, message)
-    except SendFailed as exc:
-        raise SendFailed(redact(str(exc), target)) from None
-    except Exception as exc:  # a library's surprise: named, redacted, never the URL
-        raise SendFailed(redact(f"{type(exc).__name__}: {exc}", target)) from None
+    """Send one message (a test, a digest): a Sender for one."""
+    with Sender(destination) as sender:
+        sender.send(message)
 
 
-def _send_apprise(target: str, message: Message) -> None:
-    notifier = apprise.Apprise()
-    if not notifier.add(target):
-        raise SendFailed(f"apprise does not understand this URL ({destination_scheme(target)}://…).")
-    with apprise.LogCapture(level=logging.WARNING) as captured:
-        ok = notifier.notify(title=message.title, body=message.body)
-    if not ok:
-        said = captured.getvalue().strip().splitlines()
-        reason = said[-1].split(" - ", 2)[-1] if said else "the service refused the notification"
-        raise SendFailed(reason)
+class Sender:
+    """Sends messages to one destination, one after another, as its send task's loop does: the URL is decrypted and,
+    for apprise, parsed once (not once a message), and a signed webhook's POSTs share one kept-alive connection."""
+
+    def __init__(self, destination: Destination):
+        self.destination = destination
+        self._target: str | None = None
+        self._secret = ""
+        self._notifier: apprise.Apprise | None = None
+        self._session: requests.Session | None = None
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def send(self, message: Message) -> None:
+        target = self._read_target()
+        try:
+            if self.destination.kind == Kind.EMAIL:
+                _send_email(target, message)
+            elif self.destination.kind == Kind.SIGNED_WEBHOOK:
+                if self._session is None:
+                    self._session = requests.Session()
+                _send_signed(self._session, target, self._secret, message)
+            else:
+                self._send_apprise(target, message)
+        except SendFailed as exc:
+            raise SendFailed(redact(str(exc), target)) from None
+        except Exception as exc:  # a library's surprise: named, redacted, never the URL
+            raise SendFailed(redact(f"{type(exc).__name__}: {exc}", target)) from None
+
+    def _read_target(self) -> str:
+        if self._target is None:
+            try:
+                self._target = self.destination.target
+                if self.destination.kind == Kind.SIGNED_WEBHOOK:
+                    self._secret = self.destination.webhook_secret
+            except secrets.Unreadable as exc:
+                raise SendFailed(f"its URL cannot be read: {exc}") from None
+        return self._target
+
+    def _send_apprise(self, target: str, message: Message) -> None:
+        if self._notifier is None:
+            # One URL, sent in this thread: apprise's thread pool is for fanning one message to many URLs.
+            notifier = apprise.Apprise(asset=apprise.AppriseAsset(async_mode=False))
+            if not notifier.add(target):
+                raise SendFailed(f"apprise does not understand this URL ({destination_scheme(target)}://…).")
+            self._notifier = notifier
+        with apprise.LogCapture(level=logging.WARNING) as captured:
+            ok = self._notifier.notify(title=message.title, body=message.body)
+        if not ok:
+            said = captured.getvalue().strip().splitlines()
+            reason = said[-1].split(" - ", 2)[-1] if said else "the service refused the notification"
+            raise SendFailed(reason)
 
 
 def _send_email(address: str, message: Message) -> None:
@@ -71,7 +109,7 @@ def _send_email(address: str, message: Message) -> None:
         raise SendFailed(f"the mail server refused or could not be reached: {exc}") from None
 
 
-def _send_signed(url: str, secret: str, message: Message) -> None:
+def _send_signed(session: requests.Session, url: str, secret: str, message: Message) -> None:
     """POST {"type", "timestamp", "data"} signed as Standard Webhooks (webhook-id, -timestamp, -signature)."""
     webhook_id = f"msg_{uuid.uuid4().hex}"
     moment = datetime.now(tz=UTC)
@@ -87,7 +125,7 @@ def _send_signed(url: str, secret: str, message: Message) -> None:
         "webhook-signature": Webhook(secret).sign(webhook_id, moment, body),
     }
     try:
-        response = requests.post(url, data=body.encode(), headers=headers, timeout=TIMEOUT, allow_redirects=False)
+        response = session.post(url, data=body.encode(), headers=headers, timeout=TIMEOUT, allow_redirects=False)
     except requests.RequestException as exc:
         raise SendFailed(f"could not reach it: {type(exc).__name__}") from None
     if not 200 <= response.status_code < 300:

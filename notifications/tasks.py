@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import DatabaseError, transaction
+from django.db.models import Q
 from django.tasks import task
 from django.utils import timezone
 
@@ -16,6 +17,7 @@ from notifications.models import Destination, Notification, State
 logger = logging.getLogger("batches.notifications")
 
 FINAL_STEP = jobs.FINAL_STEP
+STALE = timedelta(minutes=15)
 
 
 @task()
@@ -31,10 +33,19 @@ def _notify_final(reaction) -> None:
 
 
 @task()
+def send_waiting(destination_pk: int) -> None:
+    """Send a destination's waiting notifications, in a loop; queue the next run when a retry is due."""
+    due = delivery.send_waiting(destination_pk)
+    if due is not None:
+        enqueue_sends([destination_pk], due=due)
+
+
+@task()
 def deliver(notification_pk: int) -> None:
-    again = delivery.deliver(notification_pk)
-    if again is not None:
-        enqueue_delivery(notification_pk, again)
+    """A send queued by an earlier version (one task per notification): its destination's loop sends it."""
+    destination_pk = Notification.objects.filter(pk=notification_pk).values_list("destination", flat=True).first()
+    if destination_pk is not None:
+        enqueue_sends([destination_pk])
 
 
 @task()
@@ -44,12 +55,33 @@ def check_conditions() -> None:
     lost_deliveries()
 
 
-def enqueue_delivery(notification_pk: int, after: timedelta | None = None) -> None:
-    run_after = timezone.now() + after if after else None
+def enqueue_sends(destination_pks, due: datetime | None = None) -> int:
+    """Queue a send task for each of these destinations that has none queued by `due` (at once without), in one
+    transaction (one commit, not one each: SQLite has a single writer). A mark older than STALE is a lost task's
+    (enqueue failed, worker killed) and queues again. Returns how many were queued."""
+    now = timezone.now()
+    due = due or now
+    destination_pks = list(destination_pks)
+    free = Q(send_due_at__isnull=True) | Q(send_due_at__lt=now - STALE) | Q(send_due_at__gt=due)
     try:
-        deliver.using(run_after=run_after).enqueue(notification_pk)
+        with transaction.atomic():
+            # Rows another transaction holds (a concurrent fan-out queueing the same destination) are skipped: it
+            # queues them, or a send task holding one looks again once it has cleared its mark.
+            pks = list(
+                Destination.objects.select_for_update(skip_locked=True)
+                .filter(free, pk__in=destination_pks)
+                .values_list("pk", flat=True)
+            )
+            Destination.objects.filter(pk__in=pks).update(send_due_at=due)
+            run_after = due if due > now else None
+            for pk in pks:
+                send_waiting.using(run_after=run_after).enqueue(pk)
     except DatabaseError as exc:
-        logger.warning("Could not enqueue notification %s: %s; the next check will.", notification_pk, exc)
+        logger.warning(
+            "Could not queue the sends of %s destination(s): %s; the next check will.", len(destination_pks), exc
+        )
+        return 0
+    return len(pks)
 
 
 @task()
@@ -67,24 +99,21 @@ def enqueue_digest(destination_pk: int, due) -> None:
         logger.warning("Could not enqueue the digest of destination %s: %s; the next check will.", destination_pk, exc)
 
 
-def enqueue_deliveries(notification_pks: list[int]) -> None:
-    """Queue these sends in one transaction (one commit, not one each: SQLite has a single writer)."""
-    try:
-        with transaction.atomic():
-            for pk in notification_pks:
-                deliver.enqueue(pk)
-    except DatabaseError as exc:
-        logger.warning("Could not enqueue %s notification(s): %s; the next check will.", len(notification_pks), exc)
-
-
 def lost_deliveries() -> None:
-    """Enqueue again the notifications whose task never came (lost enqueue, killed worker): the claim makes a
-    duplicate harmless."""
-    stale = timezone.now() - timedelta(minutes=15)
+    """Queue again the sends whose task never came (lost enqueue, killed worker): the claims make a duplicate
+    harmless."""
+    now = timezone.now()
+    stale = now - STALE
     waiting = Notification.objects.filter(state=State.PENDING, created_at__lte=stale, busy_until__isnull=True)
     expired = Notification.objects.filter(state=State.PENDING, busy_until__lte=stale)
-    for pk in list(waiting.values_list("pk", flat=True)[:100]) + list(expired.values_list("pk", flat=True)[:100]):
-        enqueue_delivery(pk)
+    # Held by a fan-out that saw the destination paused just before it was resumed: sent as the others were.
+    orphans = Notification.objects.filter(state=State.HELD, destination__paused_at__isnull=True, created_at__lte=stale)
+    orphaned = set(orphans.values_list("destination", flat=True).distinct()[:100])
+    orphans.filter(destination__in=orphaned).update(state=State.PENDING, busy_until=None)
+    destinations = set(waiting.values_list("destination", flat=True).distinct()[:100]) | orphaned
+    destinations |= set(expired.values_list("destination", flat=True).distinct()[:100])
+    if destinations:
+        enqueue_sends(destinations, due=now)
     for pk in Destination.objects.filter(digest_due_at__lte=stale).values_list("pk", flat=True)[:100]:
         enqueue_digest(pk, None)
 

@@ -8,18 +8,19 @@ from functools import partial
 from django.conf import settings
 from django.contrib import messages
 from django.db import transaction
+from django.db.models import Count
 from django.http import Http404
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 
 from batches import access
-from batches.models import Batch
+from notifications import delivery
 from notifications.forms import DestinationForm, SubscriptionForm
 from notifications.jobs import job_of
+from notifications.messages import batch_path
 from notifications.models import Attempt, Destination, Notification, Scope, State, Subscription
-from notifications.tasks import enqueue_delivery
+from notifications.tasks import enqueue_sends
 
 
 def _page_context(request, **extra) -> dict:
@@ -30,13 +31,23 @@ def _page_context(request, **extra) -> dict:
     )
     log = (
         Attempt.objects.filter(notification__destination__in=ids)
-        .select_related("notification__destination", "notification__batch", "notification__connection")
+        .select_related("notification__destination", "notification__batch__connection", "notification__connection")
         .order_by("-at", "-pk")[: settings.BATCHBOARD_NOTIFY_LOG_LENGTH]
     )
     waiting = Notification.objects.filter(destination__in=ids, state=State.PENDING).count()
+    paused = [destination for destination in destinations if destination.paused_at]
+    held = dict(
+        Notification.objects.filter(destination__in=[destination.pk for destination in paused], state=State.HELD)
+        .values_list("destination")
+        .annotate(count=Count("pk"))
+        .order_by()
+    )
+    for destination in paused:
+        destination.held = held.get(destination.pk, 0)
     context = {
         "destinations": destinations,
-        "paused": [destination for destination in destinations if destination.paused_at],
+        "paused": paused,
+        "held_hours": settings.BATCHBOARD_NOTIFY_HELD_HOURS,
         "subscriptions": list(subscriptions),
         "log": list(log),
         "waiting": waiting,
@@ -84,16 +95,22 @@ def delete_destination(request, pk: int):
 @require_POST
 def resume_destination(request, pk: int):
     destination = _managed(request, pk)
-    Destination.objects.filter(pk=destination.pk).update(paused_at=None, consecutive_failures=0)
-    messages.success(request, f"Resumed “{destination.name}”: it gets notifications again.")
+    summarised, skipped = delivery.resume(destination)
+    said = f"Resumed “{destination.name}”: it gets notifications again."
+    if summarised:
+        said += f" What it missed while paused ({summarised:,}) goes out as one summary."
+    if skipped:
+        hours = settings.BATCHBOARD_NOTIFY_HELD_HOURS
+        said += f" {skipped:,} held for longer than {hours} h {'were' if skipped != 1 else 'was'} not sent."
+    messages.success(request, said)
     return redirect("notifications:page")
 
 
 @require_POST
 def test_destination(request, pk: int):
     destination = _managed(request, pk)
-    notification = Notification.objects.create(destination=destination, event="test", is_test=True)
-    transaction.on_commit(partial(enqueue_delivery, notification.pk))
+    Notification.objects.create(destination=destination, event="test", is_test=True)
+    transaction.on_commit(partial(enqueue_sends, [destination.pk]))
     messages.success(request, f"A test is on its way to “{destination.name}”: its outcome appears in the log below.")
     return redirect("notifications:page")
 
@@ -125,7 +142,7 @@ def watch(request, pk: int):
     batch = access.visible_batches(request.user).filter(pk=pk).select_related("connection").first()
     if batch is None:
         raise Http404("There is no such batch.")
-    back = batch_page(batch)
+    back = batch_path(batch)
     destination = Destination.objects.filter(user=request.user, pk=_number(request.POST.get("destination"))).first()
     if destination is None:
         messages.error(request, "Choose one of your destinations (add one on the Notifications page); nothing changed.")
@@ -152,11 +169,6 @@ def watch(request, pk: int):
     what = f"job {job}" if whole_job else f"batch {batch.batch_id}"
     messages.success(request, f"Watching {what}: “{destination.name}” hears when it finishes, fails or is stuck.")
     return redirect(back)
-
-
-def batch_page(batch: Batch) -> str:
-    path = reverse("batches:detail", args=[batch.batch_id])
-    return path if batch.connection.is_default else f"{path}?connection={batch.connection.slug}"
 
 
 def _number(raw) -> int:

@@ -70,7 +70,8 @@ def _urls(live_server, make_batch, tmp_path, maker) -> list[str]:
 
 
 def _notifications_of(user) -> None:
-    """A paused destination with a subscription and a failed delivery: every part of the Notifications page."""
+    """A paused destination with a subscription, a failed delivery and an event held: every part of the Notifications
+    page."""
     from django.utils import timezone
 
     from notifications.models import Attempt, Destination, Kind, Notification, Scope, Subscription
@@ -89,6 +90,8 @@ def _notifications_of(user) -> None:
     Subscription.objects.create(destination=destination, scope=Scope.BATCH, batch=batch, connection=batch.connection)
     notification = Notification.objects.create(destination=destination, batch=batch, event="finished:completed")
     Attempt.objects.create(notification=notification, ok=False, error=destination.last_error)
+    held = Notification.objects.create(destination=destination, batch=batch, event="finished:failed", state="held")
+    Attempt.objects.create(notification=held, ok=False, step="held")
 
 
 @pytest.mark.parametrize(("scheme", "viewport"), VARIANTS, ids=["light-1440", "dark-1440", "light-390", "dark-390"])

@@ -88,17 +88,38 @@ def test_a_second_path_fanning_out_the_same_event_sends_nothing_more(tasks, view
 
 
 def test_a_duplicated_task_sends_once(tasks, viewer, receiver):
-    from notifications.tasks import enqueue_delivery
+    from notifications.tasks import enqueue_sends, send_waiting
+
+    batch = finish()
+    tasks.drain()
+    made = destination(user=viewer, target=receiver.json_url)
+    subscribe(made)
+    assert fanout.notify_batch(batch, fanout.finished_events(batch)) == 1
+    tasks.commit_callbacks()
+    assert enqueue_sends([made.pk]) == 0  # one send task per destination is queued already
+    for _ in range(3):  # and duplicates of it, as a lost-task check racing a worker would queue
+        send_waiting.enqueue(made.pk)
+    tasks.drain()
+
+    assert len(receiver.received) == 1
+
+
+def test_a_send_queued_by_the_previous_version_is_sent_by_its_destinations_loop(tasks, viewer, receiver):
+    from django_tasks_db.models import DBTaskResult
+
+    from notifications.tasks import deliver
 
     batch = finish()
     tasks.drain()
     subscribe(destination(user=viewer, target=receiver.json_url))
-    assert fanout.notify_batch(batch, fanout.finished_events(batch)) == 1
-    for _ in range(3):
-        enqueue_delivery(Notification.objects.get().pk)
+    fanout.notify_batch(batch, fanout.finished_events(batch))
+    tasks.commit_callbacks()
+    DBTaskResult.objects.filter(task_path="notifications.tasks.send_waiting").delete()
+    Destination.objects.update(send_due_at=None)
+    deliver.enqueue(Notification.objects.get().pk)  # one task per notification, as queued before the upgrade
     tasks.drain()
 
-    assert len(receiver.received) == 1
+    assert len(receiver.received) == 1 and Notification.objects.get().state == State.SENT
 
 
 def test_an_imported_old_batch_notifies_nobody(tasks, viewer, receiver):
@@ -182,9 +203,10 @@ def test_a_failing_destination_is_retried_then_paused_with_a_banner(tasks, clien
     assert Notification.objects.get().state == State.FAILED
     assert [attempt.ok for attempt in Attempt.objects.all()] == [False, False, False]
 
-    finish("batch_later")  # a paused destination hears nothing more
+    finish("batch_later")  # a paused destination hears nothing more: the event is held for its resumption
     tasks.drain()
     assert len(receiver.received) == 3
+    assert Notification.objects.get(batch__batch_id="batch_later").state == State.HELD
 
     client.force_login(viewer)
     page = client.get("/notifications/").content.decode()
@@ -661,3 +683,173 @@ def test_a_failing_digest_is_retried_and_counts_once_toward_pausing(tasks, viewe
 
     assert len(receiver.received) == 2
     assert set(Notification.objects.values_list("state", flat=True)) == {State.SENT}
+
+
+# --- Paused destinations: events held, one summary on resuming -------------------------------------------------------
+
+
+def paused(target: str, user) -> Destination:
+    made = destination(user=user, target=target)
+    Destination.objects.filter(pk=made.pk).update(paused_at=timezone.now(), consecutive_failures=3)
+    subscribe(made)
+    return made
+
+
+def test_a_paused_destinations_events_are_held_and_logged_then_resuming_sends_the_recent_ones_as_one_summary(
+    tasks, client, viewer, receiver, settings, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    settings.BATCHBOARD_NOTIFY_HELD_HOURS = 24
+    made = paused(receiver.json_url, viewer)
+    finish("batch_old")
+    finish("batch_new")
+    tasks.drain()
+
+    assert receiver.received == []
+    assert set(Notification.objects.values_list("state", flat=True)) == {State.HELD}
+    assert [attempt.outcome for attempt in Attempt.objects.all()] == ["held: the destination is paused"] * 2
+    client.force_login(viewer)
+    page = client.get("/notifications/").content.decode()
+    assert "2 notifications held meanwhile" in page and "held: the destination is paused" in page
+    Notification.objects.filter(batch__batch_id="batch_old").update(created_at=timezone.now() - timedelta(hours=30))
+
+    response = client.post(f"/notifications/destinations/{made.pk}/resume/", follow=True)
+    said = response.content.decode()
+    assert "What it missed while paused (1) goes out as one summary" in said
+    assert "1 held for longer than 24 h was not sent" in said
+    client.post(f"/notifications/destinations/{made.pk}/resume/")  # pressed twice: resumed once
+    tasks.drain()
+
+    (summary,) = [received.json for received in receiver.received]
+    assert summary["title"] == "batchboard: 1 notification held while paused"
+    assert "- batch_new completed (default): https://batchboard.example.com/batches/batch_new/" in summary["message"]
+    assert "batch_old" not in summary["message"]
+    states = dict(Notification.objects.values_list("batch__batch_id", "state"))
+    assert states == {"batch_old": State.SKIPPED, "batch_new": State.SENT}
+    page = client.get("/notifications/").content.decode()
+    assert "sent in a summary" in page
+    assert '<a href="/batches/batch_new/">batch_new</a>: completed' in page  # the log links to the batch's page
+    assert "not sent: held while the destination was paused, more than 24 h before it was resumed" in page
+    made.refresh_from_db()
+    assert made.paused_at is None and made.consecutive_failures == 0
+
+    finish("batch_after")  # resumed: one message per event again
+    tasks.drain()
+    assert receiver.received[-1].json["title"] == "batchboard: batch_after completed"
+    assert TOKEN not in page and TOKEN not in caplog.text
+    assert all(TOKEN not in f"{event.detail} {event.target}" for event in AuditEvent.objects.all())
+
+
+def test_a_failing_summary_is_retried_without_the_url_in_the_log(tasks, client, viewer, receiver, caplog):
+    caplog.set_level(logging.DEBUG)
+    made = paused(receiver.json_url, viewer)
+    finish("batch_h1")
+    tasks.drain()
+    receiver.status = 500
+    client.force_login(viewer)
+    client.post(f"/notifications/destinations/{made.pk}/resume/")
+    tasks.drain()
+
+    assert len(receiver.received) == 1 and Notification.objects.get().state == State.DIGEST
+    failed = Attempt.objects.get(ok=False, step="summary")
+    assert "500" in failed.error and TOKEN not in failed.error
+    receiver.status = 200
+    Destination.objects.update(digest_due_at=timezone.now())
+    tasks.advance(7200)
+    tasks.drain()
+
+    assert len(receiver.received) == 2 and Notification.objects.get().state == State.SENT
+    page = client.get("/notifications/").content.decode()
+    assert "sent in a summary" in page and TOKEN not in page and TOKEN not in caplog.text
+
+
+def test_send_a_test_still_goes_to_a_paused_destination(tasks, client, viewer, receiver):
+    made = paused(receiver.json_url, viewer)
+    client.force_login(viewer)
+    client.post(f"/notifications/destinations/{made.pk}/test/")
+    tasks.drain()
+
+    assert [received.json["title"] for received in receiver.received] == ["batchboard: test notification"]
+    assert Destination.objects.get().paused_at is not None  # a test does not resume it
+
+
+def test_held_hours_zero_sends_nothing_of_what_was_held(tasks, client, viewer, receiver, settings):
+    settings.BATCHBOARD_NOTIFY_HELD_HOURS = 0
+    made = paused(receiver.json_url, viewer)
+    finish()
+    tasks.drain()
+    client.force_login(viewer)
+    client.post(f"/notifications/destinations/{made.pk}/resume/")
+    tasks.drain()
+
+    assert receiver.received == []
+    assert Notification.objects.get().state == State.SKIPPED
+
+
+def test_a_burst_to_one_destination_is_one_send_task_sending_each_once(tasks, viewer, receiver):
+    from django_tasks_db.models import DBTaskResult
+
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    record_batches([observation(f"batch_b{number}") for number in range(60)])
+    record_batches([completed(f"batch_b{number}") for number in range(60)])
+    record_batches([completed(f"batch_b{number}") for number in range(60)])  # seen twice
+    tasks.drain()
+
+    assert len(receiver.received) == 60
+    assert len({received.json["title"] for received in receiver.received}) == 60
+    assert DBTaskResult.objects.filter(task_path="notifications.tasks.send_waiting").count() == 1
+
+
+def test_under_make_run_an_email_destination_prints_on_the_terminal_and_links_name_the_port(
+    database_url, processes, viewer, receiver, settings
+):
+    """`manage.py serve` (make run) on the sandbox, on a port of its own, with no mail server and no
+    BATCHBOARD_BASE_URL: an email destination (the one a new user can try without any service) is printed on the
+    server's output and logged as sent, and every link names the server's port, not the default 8000."""
+    import sys
+    import time
+
+    from tests.conftest import free_port, process_environment, wait_until_serving
+
+    subscribe(destination(user=viewer, target=receiver.json_url))
+    subscribe(destination(user=viewer, kind=Kind.EMAIL, target="me@example.com", name="my inbox"))
+    port = free_port()
+    environment = process_environment(
+        database_url, BATCHBOARD_ENCRYPTION_KEY=settings.BATCHBOARD_ENCRYPTION_KEY, BATCHBOARD_ARCHIVE="off"
+    )
+    for name in ("BATCHBOARD_BASE_URL", "EMAIL_HOST"):
+        environment.pop(name, None)
+    serve = processes.start("serve", [sys.executable, "manage.py", "serve", "--port", str(port)], environment)
+    wait_until_serving(f"http://127.0.0.1:{port}/healthz")
+
+    finish()  # committed: the server's task worker fans it out and sends it
+    deadline = time.monotonic() + 60
+    while Notification.objects.filter(state=State.SENT).count() < 2:
+        assert time.monotonic() < deadline and serve.poll() is None, processes.output(serve)
+        time.sleep(0.1)
+
+    (message,) = [received.json for received in receiver.received]
+    link = f"http://127.0.0.1:{port}/batches/batch_n1/"
+    assert link in message["message"]
+    printed = processes.output(serve)
+    assert "Subject: batchboard: batch_n1 completed" in printed and "To: me@example.com" in printed
+    assert link in printed
+    assert Attempt.objects.filter(ok=True).count() == 2
+
+
+def test_an_event_held_just_as_its_destination_was_resumed_is_sent_by_the_next_check(tasks, viewer, receiver):
+    from notifications.tasks import check_conditions
+
+    made = destination(user=viewer, target=receiver.json_url)
+    subscribe(made)
+    batch = finish()
+    tasks.drain()
+    # A fan-out that read the destination paused, inserting after the resumption had released what was held.
+    late = Notification.objects.create(destination=made, batch=batch, event="stuck:validating", state=State.HELD)
+    Notification.objects.filter(pk=late.pk).update(created_at=timezone.now() - timedelta(minutes=20))
+
+    check_conditions.enqueue()
+    tasks.drain()
+
+    assert Notification.objects.get(pk=late.pk).state == State.SENT
+    assert [received.json["title"] for received in receiver.received][-1] == "batchboard: batch_n1 stuck in validating"

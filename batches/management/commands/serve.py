@@ -58,6 +58,9 @@ class Command(BaseCommand):
         if settings.SANDBOX_MODE and "SANDBOX_URL" not in os.environ:
             # The sandbox is served by this server, so it lives on whatever port the server was given.
             settings.SANDBOX_URL = settings.OPENAI_BASE_URL = f"{url}sandbox/v1"
+        if "BATCHBOARD_BASE_URL" not in os.environ:
+            # Notifications link to batch pages under the dashboard's own address: this server's, on whatever port.
+            settings.BATCHBOARD_BASE_URL = url.rstrip("/")
         webhooks_wired = _wire_sandbox_webhooks(url)
         detailed = verbosity >= 2
         if detailed:
