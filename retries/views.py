@@ -7,13 +7,15 @@ import uuid
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
+from django.http import Http404
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods, require_safe
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from audit.log import record
 from audit.models import Action
 from audit.models import Outcome as AuditOutcome
-from batches import access, services
+from batches import access, actions, services
+from batches.models import Batch
 from batches.views.common import existing_batch_connection, refreshed_batch, unreachable
 from results import exports
 from results.archive import StoredFiles, request_archive
@@ -115,11 +117,66 @@ def final_results(request, batch_id):
         return unreachable(request, batch_id, freshness)
     show = merged.show_of(request.GET)
     context = {"batch": batch, "job": job, "show": show}
+    if job.is_split:
+        context["split"] = _split_summary(request, job)
     if job.root_archive is not None:
         counts = merged.counts(job)
         total = counts.total if show == merged.SHOW_ALL else counts.failing_total
         context.update(counts=counts, page=merged.page(job, show, request.GET.get("page"), total=total))
     return render(request, "retries/final.html", context)
+
+
+def _split_summary(request, job) -> dict:
+    """The job page's parts card: each part with its progress, the whole file's progress, the job's cost (every
+    part and every retry of one) and whether the viewer may cancel its running batches."""
+    parts = job.parts
+    total = sum(part.total_requests for part in parts)
+    done = sum(part.completed_requests + part.failed_requests for part in parts)
+    running = [batch for batch in job.batches if not batch.is_terminal]
+    return {
+        "parts": parts,
+        "count": parts[0].parts,
+        "missing": parts[0].parts - len(parts),
+        "requests": total,
+        "processed": done,
+        "percent": round(100 * done / total) if total else 0,
+        "cost": Batch.objects.filter(pk__in=[batch.pk for batch in job.batches]).cost_total(),
+        "running": running,
+        "can_cancel": bool(running) and access.may(request.user, access.CANCEL, job.parts[0].connection_id),
+    }
+
+
+@require_POST
+def cancel_job(request, batch_id):
+    """Cancel every running batch of a split job (its parts and their retries): one POST, each cancel audited,
+    the outcome of each reported. A job on a connection the viewer cannot see is a 404, as any batch."""
+    connection = existing_batch_connection(request, batch_id)
+    if not access.may(request.user, access.CANCEL, connection):
+        record(request, Action.CANCEL, AuditOutcome.REFUSED, batch_id=batch_id, detail="no permission to cancel job")
+        raise PermissionDenied("You may not cancel batches of this connection.")
+    job = merged.load_job(batch_id, connection.pk)
+    if not job.is_split:
+        raise Http404(f"{batch_id} is no part of a split file.")
+    user = request.user.get_username()
+    running = [batch for batch in job.batches if not batch.is_terminal]
+    problems = []
+    for batch in running:
+        outcome = actions.cancel_batch(batch.batch_id, user=user, connection=connection)
+        result = AuditOutcome.ERROR if outcome.error else AuditOutcome.OK
+        record(
+            request, Action.CANCEL, result, batch_id=batch.batch_id, target=f"job {job.job_id}", detail=outcome.error
+        )
+        if outcome.error:
+            problems.append(f"{batch.batch_id}: {outcome.error}")
+    if problems:
+        messages.error(request, f"Cancelled {len(running) - len(problems)} of {len(running)}. " + " ".join(problems))
+    elif running:
+        messages.success(request, f"Cancel asked for {len(running)} running batch{'es' if len(running) > 1 else ''}.")
+    else:
+        messages.info(request, "Nothing of this job is running: nothing was cancelled.")
+    response = redirect("retries:final", batch_id=job.job_id)
+    response.status_code = 303
+    return response
 
 
 @require_safe
@@ -168,7 +225,7 @@ def _csv_rows(job, show):
             tokens = line.total_tokens if line.total_tokens is not None else ""
             batch_id = row.batch.batch_id if row.batch else ""
             yield [
-                row.original.line_number,
+                row.line_number,
                 line.custom_id,
                 line.outcome,
                 line.status_code or "",
@@ -187,7 +244,7 @@ def _jsonl_rows(job, show):
         for row in merged.iter_rows(job, show):
             line = row.best or row.original
             head = {
-                "line": row.original.line_number,
+                "line": row.line_number,
                 "custom_id": row.original.custom_id,
                 "outcome": line.outcome,
                 "batch": row.batch.batch_id if row.batch else None,
