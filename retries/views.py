@@ -7,7 +7,6 @@ import uuid
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
@@ -148,15 +147,15 @@ def _split_summary(request, job) -> dict:
 
 @require_POST
 def cancel_job(request, batch_id):
-    """Cancel every running batch of a split job (its parts and their retries): one POST, each cancel audited,
-    the outcome of each reported. A job on a connection the viewer cannot see is a 404, as any batch."""
+    """Cancel every running batch of the batch's job (a split file's parts and their retries, or a batch and its
+    retries): one POST, each cancel audited, the outcome of each reported. A batch on a connection the viewer cannot
+    see is a 404, as any batch; one they may not cancel on a 403."""
     connection = existing_batch_connection(request, batch_id)
     if not access.may(request.user, access.CANCEL, connection):
         record(request, Action.CANCEL, AuditOutcome.REFUSED, batch_id=batch_id, detail="no permission to cancel job")
         raise PermissionDenied("You may not cancel batches of this connection.")
-    job = merged.load_job(batch_id, connection.pk)
-    if not job.is_split:
-        raise Http404(f"{batch_id} is no part of a split file.")
+    batch = Batch.objects.get(connection=connection, batch_id=batch_id)
+    job = merged.load_job(batch.job_id, connection.pk)
     user = request.user.get_username()
     running = [batch for batch in job.batches if not batch.is_terminal]
     problems = []
