@@ -32,6 +32,7 @@ from batches.views.common import existing_batch_connection, refreshed_batch, vis
 from batches.views.create import audit_create, create_from_form, first_problem
 from batches.views.listing import parse_filters
 from results.models import ResultArchive
+from retries import cancel, merged
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 100
 # The list is paged by keyset on (created_at, batch_id, pk), so it sorts by creation only: the other sorts of the
@@ -318,7 +319,12 @@ def _form_errors(form: CreateBatchForm) -> dict:
 def create_batch(request):
     """Create a batch from a JSONL upload (`input_file`) or an uploaded file id, validated as the create page does:
     nothing is sent when anything is wrong, and the problems come back by line. Send an `Idempotency-Key` header to
-    make retrying safe: the same key gives the same batch (200, `repeated`) instead of a second one."""
+    make retrying safe: the same key gives the same batch (200, `repeated`) instead of a second one.
+
+    An upload over the Batch API's limits (50,000 requests or 200 MB; up to BATCHBOARD_MAX_UPLOAD_BYTES) is split on
+    line boundaries and sent as the parts of one job (`job`: its id and parts; `batch` is the first part). When a
+    part fails to send, the answer (502) names the parts sent in `details`; the same request with the same
+    Idempotency-Key sends the rest, never a part twice."""
     require_scope(request, CREATE)
     creatable = access.connections(request.user, access.CREATE)
     if not creatable:
@@ -327,15 +333,21 @@ def create_batch(request):
     key = request.headers.get("Idempotency-Key", "").strip()
     if len(key) > MAX_IDEMPOTENCY_KEY:
         raise ApiError(400, f"The Idempotency-Key is at most {MAX_IDEMPOTENCY_KEY} characters.")
-    form = CreateBatchForm(_form_data(request, key), request.FILES, connections=creatable)
+    form = CreateBatchForm(_form_data(request, key), request.FILES, connections=creatable, split=True)
     if not form.is_valid():
         audit_create(request, form, events.REFUSED, detail=first_problem(form))
         raise ApiError(400, "The batch was not created: " + first_problem(form), details=_form_errors(form))
     outcome = create_from_form(request, form)
     if outcome.batch is not None:
-        answer = {"repeated": outcome.repeated, "batch": schemas.batch_out(outcome.batch)}
+        answer = {
+            "repeated": outcome.repeated,
+            "batch": schemas.batch_out(outcome.batch),
+            "job": schemas.job_ref(outcome),
+        }
         return Status(200 if outcome.repeated else 201, answer)
     details = {"uploaded_file_id": outcome.uploaded_file_id} if outcome.uploaded_file_id else None
+    if outcome.is_job:
+        details = {"part_count": outcome.part_count, "sent_parts": [part.batch_id for part in outcome.parts]}
     if outcome.error == actions.CREATE_LIMITED.format(limit=settings.BATCHBOARD_USER_CREATE_LIMIT):
         raise errors.rate_limited(outcome.error)
     if outcome.conflict:
@@ -343,6 +355,47 @@ def create_batch(request):
         raise ApiError(409, message, code="idempotency_conflict")
     status = 400 if outcome.error_field == "input_file_id" else 502
     raise ApiError(status, outcome.error, details=details)
+
+
+# --- Jobs -------------------------------------------------------------------------------------------------------
+
+
+def _job_of(request, batch_id: str):
+    connection = visible_batch_connection(request, _batch_id(batch_id))
+    batch = Batch.objects.filter(connection=connection, batch_id=batch_id).first()
+    if batch is None:
+        raise ApiError(404, f"There is no batch {batch_id}.")
+    return merged.load_job(batch.job_id, connection.pk), connection
+
+
+@api.get("/jobs/{batch_id}", response={200: schemas.JobOut, **ERRORS}, summary="A job", tags=["jobs"])
+def job_detail(request, batch_id: str):
+    """The job of a batch (any of its batches' ids): the parts a file was sent as (one for a file within the Batch
+    API's limits), the retries of each, the whole file's progress and cost."""
+    require_scope(request, READ)
+    job, _connection = _job_of(request, batch_id)
+    return schemas.job_out(job)
+
+
+@api.post(
+    "/jobs/{batch_id}/cancel", response={200: schemas.JobCancelOut, **ERRORS}, summary="Cancel a job", tags=["jobs"]
+)
+def job_cancel(request, batch_id: str):
+    """Cancel every running batch of the job (its parts and their retries): needs the `cancel` scope and your team's
+    cancel grant on its connection. Each batch's outcome is listed; nothing running is no error."""
+    require_scope(request, CANCEL)
+    connection = existing_batch_connection(request, _batch_id(batch_id))
+    if not access.may(request.user, access.CANCEL, connection):
+        events.note_action(request, events.CANCEL, events.REFUSED, batch_id=batch_id, detail="no permission to cancel")
+        raise ApiError(403, "You may not cancel batches of this connection.")
+    job, _connection = _job_of(request, batch_id)
+    outcomes = cancel.cancel_running(request, job, connection)
+    return {
+        "job": job.job_id,
+        "results": [
+            {"id": batch_id, "result": outcome.result, "error": outcome.error} for batch_id, outcome in outcomes
+        ],
+    }
 
 
 # Added last: the results' routes sit under /batches/{batch_id}/, after the batch's own.

@@ -117,9 +117,85 @@ class BulkCancelOut(Schema):
     error: int
 
 
+class JobRef(Schema):
+    """A file over the API's limits, sent as the parts of one job: the job's id (its first part's) and every part."""
+
+    id: str
+    parts: list[str]
+    part_count: int
+
+
 class CreateOut(Schema):
-    repeated: bool  # the Idempotency-Key had made this batch already: nothing was sent this time
+    repeated: bool  # the Idempotency-Key had made this batch (every part) already: nothing was sent this time
+    batch: BatchOut  # the batch, or a split file's first part
+    job: JobRef | None = None  # a split file's job; null for a file sent as one batch
+
+
+class JobPartOut(Schema):
+    part: int
     batch: BatchOut
+
+
+class JobOut(Schema):
+    """A job: the batches a file was sent as (its parts: one for a file within the API's limits) and the retries of
+    each, with the whole file's progress and cost."""
+
+    id: str
+    connection: str
+    part_count: int
+    parts: list[JobPartOut]
+    missing_parts: list[int]  # part numbers not known to this dashboard (not sent, or not seen yet)
+    retries: list[str]
+    request_counts: RequestCounts  # over the parts
+    finished: bool  # every part and retry is final
+    cost: float | None  # dollars over every part and retry priced; null when no usage is reported yet
+    cost_complete: bool  # every batch with usage has a known price
+
+
+class JobCancelItem(Schema):
+    id: str
+    result: str
+    error: str
+
+
+class JobCancelOut(Schema):
+    job: str
+    results: list[JobCancelItem]  # one per batch that was running
+
+
+def job_ref(outcome) -> dict | None:
+    if not outcome.is_job:
+        return None
+    return {
+        "id": outcome.parts[0].batch_id,
+        "parts": [p.batch_id for p in outcome.parts],
+        "part_count": outcome.part_count,
+    }
+
+
+def job_out(job) -> dict:
+    """JobOut of a retries.merged.Job: one query for its cost."""
+    roots = job.roots
+    part_count = roots[0].parts if job.is_split else 1
+    numbered = [(root.part or 1, root) for root in roots]
+    known = {number for number, _root in numbered}
+    cost = Batch.objects.filter(pk__in=[batch.pk for batch in job.batches]).cost_total()
+    return {
+        "id": job.job_id,
+        "connection": roots[0].connection.slug,
+        "part_count": part_count,
+        "parts": [{"part": number, "batch": batch_out(root)} for number, root in numbered],
+        "missing_parts": [number for number in range(1, part_count + 1) if number not in known],
+        "retries": [batch.batch_id for batch in job.retries],
+        "request_counts": {
+            "total": sum(root.total_requests for root in roots),
+            "completed": sum(root.completed_requests for root in roots),
+            "failed": sum(root.failed_requests for root in roots),
+        },
+        "finished": all(batch.is_terminal for batch in job.batches),
+        "cost": float(cost.amount) if cost.batches else None,
+        "cost_complete": cost.complete,
+    }
 
 
 def batch_out(batch: Batch) -> dict:

@@ -13,13 +13,13 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 from audit.log import record
 from audit.models import Action
 from audit.models import Outcome as AuditOutcome
-from batches import access, actions, services
+from batches import access, services
 from batches.models import Batch
 from batches.views.common import existing_batch_connection, refreshed_batch, unreachable
 from results import exports
 from results.archive import StoredFiles, request_archive
 from results.models import Outcome, ResultLine
-from retries import merged, submit
+from retries import cancel, merged, submit
 from retries.models import MAX_AUTO_RETRIES
 from retries.selection import CHOICES, RetrySelection
 
@@ -156,21 +156,12 @@ def cancel_job(request, batch_id):
         raise PermissionDenied("You may not cancel batches of this connection.")
     batch = Batch.objects.get(connection=connection, batch_id=batch_id)
     job = merged.load_job(batch.job_id, connection.pk)
-    user = request.user.get_username()
-    running = [batch for batch in job.batches if not batch.is_terminal]
-    problems = []
-    for batch in running:
-        outcome = actions.cancel_batch(batch.batch_id, user=user, connection=connection)
-        result = AuditOutcome.ERROR if outcome.error else AuditOutcome.OK
-        record(
-            request, Action.CANCEL, result, batch_id=batch.batch_id, target=f"job {job.job_id}", detail=outcome.error
-        )
-        if outcome.error:
-            problems.append(f"{batch.batch_id}: {outcome.error}")
+    outcomes = cancel.cancel_running(request, job, connection)
+    problems = [f"{batch_id}: {outcome.error}" for batch_id, outcome in outcomes if outcome.error]
     if problems:
-        messages.error(request, f"Cancelled {len(running) - len(problems)} of {len(running)}. " + " ".join(problems))
-    elif running:
-        messages.success(request, f"Cancel asked for {len(running)} running batch{'es' if len(running) > 1 else ''}.")
+        messages.error(request, f"Cancelled {len(outcomes) - len(problems)} of {len(outcomes)}. " + " ".join(problems))
+    elif outcomes:
+        messages.success(request, f"Cancel asked for {len(outcomes)} running batch{'es' if len(outcomes) > 1 else ''}.")
     else:
         messages.info(request, "Nothing of this job is running: nothing was cancelled.")
     response = redirect("retries:final", batch_id=job.job_id)

@@ -35,6 +35,8 @@ TABLE = {
     "results": ("get", "/api/v1/batches/{id}/results", _read(409)),
     "result": ("get", "/api/v1/batches/{id}/results/1", _read(409)),
     "export": ("get", "/api/v1/batches/{id}/results/export.jsonl", _read(409)),
+    "job": ("get", "/api/v1/jobs/{id}", _read(200)),
+    "job cancel": ("post", "/api/v1/jobs/{id}/cancel", _act(200)),  # nothing of the job is running
 }
 
 

@@ -64,8 +64,13 @@ def _sandbox(sandbox_url: str, path: str):
     return requests.get(f"{sandbox_url}{path}", headers=headers, timeout=30)
 
 
+def _part_number(batch: dict) -> int:
+    """In part order (parts made in the same second have no other order)."""
+    return int(batch["metadata"].get("batchboard_part", 0))
+
+
 def _sandbox_batches(sandbox_url):
-    return sorted(_sandbox(sandbox_url, "/batches?limit=100").json()["data"], key=lambda b: (b["created_at"], b["id"]))
+    return sorted(_sandbox(sandbox_url, "/batches?limit=100").json()["data"], key=_part_number)
 
 
 @pytest.fixture
