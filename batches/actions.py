@@ -236,9 +236,12 @@ def create_job(*, token: uuid.UUID, upload, filename: str, plan: list, metadata:
     blocks (services.FileRange), never read whole.
 
     Stops at the first part that fails: the outcome names the parts sent; the same submission again (the same token)
-    finds those and sends the rest, never a part twice. Cost: two upstream calls a part (upload, create)."""
+    finds those and sends the rest, never a part twice. Cost: two upstream calls a part (upload, create), over one
+    client; the job counts as one create against the user's per-minute limit."""
     count = len(plan)
     stem = filename.removesuffix(".jsonl") or "batch-input"
+    connection = options.pop("connection", None) or Connection.objects.default()
+    client = services.get_client(services.CallFor.CREATE, connection)
     sent: list[Batch] = []
     sent_now: set[str] = set()
     for number, part in enumerate(plan, start=1):
@@ -248,6 +251,9 @@ def create_job(*, token: uuid.UUID, upload, filename: str, plan: list, metadata:
             upload=services.FileRange(upload, part.start, part.length),
             filename=f"{stem}.part{number}of{count}.jsonl",
             metadata=part_metadata(metadata, part=number, parts=count, first=first),
+            client=client,
+            connection=connection,
+            by_person=number == 1,  # one file, one create against the user's per-minute limit
             **options,
         )
         if outcome.batch is None:
