@@ -133,19 +133,16 @@ def test_it_splits_a_120000_line_file_into_three_batches_of_one_job_merged_in_in
     job = merged.load_job(first, parts[0].connection_id)
     assert retry in job.batches
     assert merged.counts(job).failing_total < failing_before
-    rows = list(merged.iter_rows(job))
-    assert [row.original.custom_id for row in rows] == [f"r{n:06d}" for n in range(1, LINES + 1)]
-    assert [row.line_number for row in rows[49_999:50_002]] == [50_000, 50_001, 50_002]
-    assert any(row.batch == retry for row in rows[50_000:100_000])
 
     page = operator_client.get(reverse("retries:final", args=[first]))
     assert page.status_code == 200
     assert "Job of 3 parts" in page.content.decode()
     export = operator_client.get(reverse("retries:final_csv", args=[first]))
-    table = list(csv.reader(io.StringIO(b"".join(export.streaming_content).decode())))
-    assert [row[1] for row in table[1:4]] == ["r000001", "r000002", "r000003"]
-    assert len(table) == LINES + 1 and table[-1][0] == str(LINES)
-
+    table = list(csv.reader(io.StringIO(b"".join(export.streaming_content).decode())))[1:]
+    assert [row[1] for row in table] == [f"r{n:06d}" for n in range(1, LINES + 1)]  # the file's order, part after part
+    assert [row[0] for row in table] == [str(n) for n in range(1, LINES + 1)]  # line numbers in the whole file
+    answered_by = {row[8] for row in table[50_000:100_000]}
+    assert retry.batch_id in answered_by and answered_by <= {parts[1].batch_id, retry.batch_id}
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("small_parts")
