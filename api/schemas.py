@@ -42,6 +42,9 @@ class Lineage(Schema):
     attempt: int = 0
     verified: bool = False
     state: str = ""
+    part_of: str = ""  # a split file's job (its first part's id; /api/v1/jobs/{id}); "" for a batch sent whole
+    part: int = 0
+    parts: int = 0
 
 
 class BatchOut(Schema):
@@ -230,6 +233,9 @@ def batch_out(batch: Batch) -> dict:
             "attempt": batch.attempt,
             "verified": batch.lineage_state == LineageState.VERIFIED,
             "state": batch.lineage_state,
+            "part_of": batch.part_of,
+            "part": batch.part,
+            "parts": batch.parts,
         },
     }
 

@@ -68,6 +68,8 @@ def test_it_splits_an_upload_into_a_job_once_per_idempotency_key(token_client, o
     job = first.json()["job"]
     assert job == {"id": created[0]["id"], "parts": [batch["id"] for batch in created], "part_count": 3}
     assert again.json()["job"] == job and first.json()["batch"]["id"] == job["id"]
+    lineage = first.json()["batch"]["lineage"]
+    assert (lineage["part_of"], lineage["part"], lineage["parts"]) == (job["id"], 1, 3)
     _validate(document, "/api/v1/batches", "post", first)
     assert AuditEvent.objects.filter(action="create", username="operator (token: ci-deploy)").count() == 6
 
