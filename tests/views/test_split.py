@@ -144,6 +144,7 @@ def test_it_splits_a_120000_line_file_into_three_batches_of_one_job_merged_in_in
     answered_by = {row[8] for row in table[50_000:100_000]}
     assert retry.batch_id in answered_by and answered_by <= {parts[1].batch_id, retry.batch_id}
 
+
 @pytest.mark.django_db
 @pytest.mark.usefixtures("small_parts")
 def test_the_check_shows_how_the_file_will_be_split_before_anything_is_sent(operator_client, fake_api):
