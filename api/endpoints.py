@@ -348,7 +348,7 @@ def create_batch(request):
     details = {"uploaded_file_id": outcome.uploaded_file_id} if outcome.uploaded_file_id else None
     if outcome.is_job:
         details = {"part_count": outcome.part_count, "sent_parts": [part.batch_id for part in outcome.parts]}
-    if outcome.error == actions.CREATE_LIMITED.format(limit=settings.BATCHBOARD_USER_CREATE_LIMIT):
+    if actions.CREATE_LIMITED.format(limit=settings.BATCHBOARD_USER_CREATE_LIMIT) in outcome.error:  # a part's too
         raise errors.rate_limited(outcome.error)
     if outcome.conflict:
         message = "This Idempotency-Key is in use by a request still being answered; try again in a moment."
