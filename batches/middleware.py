@@ -84,7 +84,8 @@ class RequestBodyLimitMiddleware:
         if length > MAX_BODY_BYTES:
             limit = body_limit(request)
             if limit is not None and length > limit:
-                return render(request, "413.html", {"limit": limit, "length": length}, status=413)
+                context = {"limit": limit, "length": length, "upload_limit": limit == upload_body_limit()}
+                return render(request, "413.html", context, status=413)
         return self.get_response(request)
 
 
