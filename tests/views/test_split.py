@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from audit.models import AuditEvent
 from batches import lookups, services
-from batches.models import Batch, Connection, record_batch
+from batches.models import Batch, Connection, record_batch, record_batches
 from retries import merged
 from sandbox.models import SandboxBatch
 from tests.batch_api import payload
@@ -190,6 +190,25 @@ def test_the_same_form_submitted_twice_sends_one_job(operator_client, sandbox_ur
     assert len(_sandbox(sandbox_url, "/files").json()["data"]) == 3
     outcomes = sorted(AuditEvent.objects.filter(action="create").values_list("outcome", flat=True))
     assert outcomes == ["already"] * 3 + ["ok"] * 3
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("small_parts")
+def test_an_install_that_imports_the_batches_from_the_api_sees_the_same_job(operator_client, sandbox_url):
+    assert _post(operator_client, _content(5)).status_code == 303
+    connection = Connection.objects.default()
+    made_here = [
+        (b.batch_id, b.part, b.parts)
+        for b in Batch.objects.parts_of(_sandbox_batches(sandbox_url)[0]["id"], connection.pk)
+    ]
+    Batch.objects.all().delete()  # another install: it knows only what the API lists
+
+    page = services.get_client(connection=connection).list_batches(limit=100)
+    record_batches(page.data, connection=connection)  # the bulk insert of the sync loop's walk
+
+    first = _sandbox_batches(sandbox_url)[0]["id"]
+    assert [(b.batch_id, b.part, b.parts) for b in Batch.objects.parts_of(first, connection.pk)] == made_here
+    assert len(made_here) == 3
 
 
 def _reply(batch_id, metadata, file_id="file-up1"):
