@@ -67,6 +67,11 @@ class Job:
         return archives if archives and all(archives) else []
 
     @property
+    def roots_not_kept(self) -> list[Batch]:
+        """The roots whose results are not kept (yet): the merged results wait for them."""
+        return [root for root in self.roots if root.pk not in self.archives]
+
+    @property
     def root_archive(self) -> ResultArchive | None:
         """The first root's archive once every root's results are kept: the merged results can be read."""
         archives = self.root_archives
