@@ -19,20 +19,20 @@ from ninja import NinjaAPI, Query, Schema
 from ninja.renderers import JSONRenderer
 from ninja.responses import Status
 
-from api import errors, schemas
+from api import common, errors, schemas
 from api.auth import AUTH, require_scope
 from api.errors import ApiError
+from api.jobs import router as jobs_router
 from api.models import CANCEL, CREATE, READ
 from api.results import router as results_router
 from batches import access, actions, events, services
 from batches.forms import CreateBatchForm, metadata_field_names
 from batches.models import Batch
 from batches.views.cancel import AUDIT_OUTCOMES, audit_bulk, cancel_selected, selected_ids
-from batches.views.common import existing_batch_connection, refreshed_batch, visible_batch_connection
+from batches.views.common import existing_batch_connection, visible_batch_connection
 from batches.views.create import audit_create, create_from_form, first_problem
 from batches.views.listing import parse_filters
 from results.models import ResultArchive
-from retries import cancel, merged
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 100
 # The list is paged by keyset on (created_at, batch_id, pk), so it sorts by creation only: the other sorts of the
@@ -55,20 +55,6 @@ api = NinjaAPI(
     renderer=JSONRenderer(),
 )
 errors.install(api)
-
-
-def _batch_id(batch_id: str) -> str:
-    """An id as the pages' URL converter takes it; anything else is the 404 of an address that does not exist."""
-    if not services.ANY_ID_PATTERN.fullmatch(batch_id):
-        raise ApiError(404, f"There is no batch {batch_id[:40]}.")
-    return batch_id
-
-
-def _batch(request, batch_id: str) -> Batch:
-    batch, freshness = refreshed_batch(request, _batch_id(batch_id))
-    if batch is None:
-        raise ApiError(503, freshness.error_message or "The batch cannot be read now; try again in a moment.")
-    return batch
 
 
 # --- Listing ----------------------------------------------------------------------------------------------------
@@ -168,12 +154,13 @@ def list_batches(request, params: Query[ListParams]):
 )
 def cancel_batches(request, body: schemas.BulkCancelIn):
     """Cancel up to 100 batches, each on its own connection; one failure does not stop the others. Each id gets its
-    own result; an id you may not cancel is reported as unknown."""
+    own result; an id you may not cancel is reported as unknown. An id in two of your connections is given as
+    `connection-slug/batch_id`; a slug of a connection you may not cancel on refuses the whole request (400)."""
     require_scope(request, CANCEL)
     if not access.connections(request.user, access.CANCEL):
         events.note_action(request, events.CANCEL, events.REFUSED, target="bulk", detail="no permission to cancel")
         raise ApiError(403, "You may not cancel batches.")
-    batch_ids, problem = selected_ids(body.batch_ids)
+    batch_ids, problem = selected_ids(body.batch_ids, request.user)
     if problem:
         audit_bulk(request, [], problem)
         raise ApiError(400, problem)
@@ -195,7 +182,7 @@ def batch_detail(request, batch_id: str):
     prices, and the failure groups of its results when they are kept. `?connection=slug` picks one batch when the id
     is in two of your connections."""
     require_scope(request, READ)
-    batch = _batch(request, batch_id)
+    batch = common.visible_batch(request, batch_id)
     archive = ResultArchive.objects.filter(batch=batch).first()
     return schemas.batch_detail_out(batch, archive)
 
@@ -209,7 +196,7 @@ def batch_detail(request, batch_id: str):
 def batch_timeline(request, batch_id: str):
     """Each distinct state the batch was seen in, oldest first."""
     require_scope(request, READ)
-    connection = visible_batch_connection(request, _batch_id(batch_id))
+    connection = visible_batch_connection(request, common.checked_id(batch_id))
     batch = Batch.objects.filter(connection=connection, batch_id=batch_id).only("pk", "batch_id").first()
     if batch is None:
         raise ApiError(404, f"There is no batch {batch_id}.")
@@ -225,7 +212,7 @@ def cancel_batch(request, batch_id: str):
     """Cancel the batch (once, however often asked): needs the `cancel` scope and your team's cancel grant on its
     connection. 409 when it has finished already or the API refused."""
     require_scope(request, CANCEL)
-    connection = existing_batch_connection(request, _batch_id(batch_id))  # another team's batch is a 404
+    connection = existing_batch_connection(request, common.checked_id(batch_id))  # another team's batch is a 404
     if not access.may(request.user, access.CANCEL, connection):
         events.note_action(request, events.CANCEL, events.REFUSED, batch_id=batch_id, detail="no permission to cancel")
         raise ApiError(403, "You may not cancel batches of this connection.")
@@ -357,46 +344,6 @@ def create_batch(request):
     raise ApiError(status, outcome.error, details=details)
 
 
-# --- Jobs -------------------------------------------------------------------------------------------------------
-
-
-def _job_of(request, batch_id: str):
-    connection = visible_batch_connection(request, _batch_id(batch_id))
-    batch = Batch.objects.filter(connection=connection, batch_id=batch_id).first()
-    if batch is None:
-        raise ApiError(404, f"There is no batch {batch_id}.")
-    return merged.load_job(batch.job_id, connection.pk), connection
-
-
-@api.get("/jobs/{batch_id}", response={200: schemas.JobOut, **ERRORS}, summary="A job", tags=["jobs"])
-def job_detail(request, batch_id: str):
-    """The job of a batch (any of its batches' ids): the parts a file was sent as (one for a file within the Batch
-    API's limits), the retries of each, the whole file's progress and cost."""
-    require_scope(request, READ)
-    job, _connection = _job_of(request, batch_id)
-    return schemas.job_out(job)
-
-
-@api.post(
-    "/jobs/{batch_id}/cancel", response={200: schemas.JobCancelOut, **ERRORS}, summary="Cancel a job", tags=["jobs"]
-)
-def job_cancel(request, batch_id: str):
-    """Cancel every running batch of the job (its parts and their retries): needs the `cancel` scope and your team's
-    cancel grant on its connection. Each batch's outcome is listed; nothing running is no error."""
-    require_scope(request, CANCEL)
-    connection = existing_batch_connection(request, _batch_id(batch_id))
-    if not access.may(request.user, access.CANCEL, connection):
-        events.note_action(request, events.CANCEL, events.REFUSED, batch_id=batch_id, detail="no permission to cancel")
-        raise ApiError(403, "You may not cancel batches of this connection.")
-    job, _connection = _job_of(request, batch_id)
-    outcomes = cancel.cancel_running(request, job, connection)
-    return {
-        "job": job.job_id,
-        "results": [
-            {"id": batch_id, "result": outcome.result, "error": outcome.error} for batch_id, outcome in outcomes
-        ],
-    }
-
-
-# Added last: the results' routes sit under /batches/{batch_id}/, after the batch's own.
+# Added last: the results', the job's and the files' routes sit under /batches/{batch_id}/, after the batch's own.
 api.add_router("", results_router)
+api.add_router("", jobs_router)

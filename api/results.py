@@ -9,20 +9,20 @@ from ninja import Query, Router, Schema
 
 from api import schemas
 from api.auth import require_scope
+from api.common import visible_batch
 from api.errors import ApiError
 from api.models import READ
-from batches import services
-from batches.views.common import refreshed_batch
 from results import views as results_views
 from results.archive import StoredFiles, loads_record, request_archive
 from results.models import ResultArchive, ResultFilter, ResultLine
+from results.rows import MAX_POSITION, RENDER_BYTES
 
 router = Router(tags=["results"])
 DEFAULT_LIMIT, MAX_LIMIT = 100, 500
 CURSOR_SALT = "api.v1.results.cursor"
 # A request or an answer longer than this is not parsed into the answer (an embedding can be megabytes): the JSONL
 # export has it byte for byte.
-RECORD_BYTES = results_views.RENDER_BYTES
+RECORD_BYTES = RENDER_BYTES
 ROW_FIELDS = (
     "position",
     "line_number",
@@ -81,11 +81,7 @@ class ResultParams(Schema):
 
 def _ready_archive(request, batch_id: str) -> ResultArchive:
     """The batch's kept results; a 409 saying their state while they are not kept (yet)."""
-    if not services.ANY_ID_PATTERN.fullmatch(batch_id):
-        raise ApiError(404, f"There is no batch {batch_id[:40]}.")
-    batch, freshness = refreshed_batch(request, batch_id)
-    if batch is None:
-        raise ApiError(503, freshness.error_message or "The batch cannot be read now; try again in a moment.")
+    batch = visible_batch(request, batch_id)
     archive = request_archive(batch)  # asked for now when the batch is final and has none, as the page does
     if archive is None or not archive.is_ready:
         state = archive.state if archive is not None else ""
@@ -144,7 +140,7 @@ def result_row(request, batch_id: str, position: int):
     """One row of the results: its request line and its answer (the output or error line), parsed."""
     require_scope(request, READ)
     archive = _ready_archive(request, batch_id)
-    line = archive.lines.filter(position=position).first() if position <= results_views.MAX_POSITION else None
+    line = archive.lines.filter(position=position).first() if position <= MAX_POSITION else None
     if line is None:
         raise ApiError(404, f"{batch_id} has no row {position} in its results.")
     cut = False

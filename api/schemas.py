@@ -21,7 +21,10 @@ class ErrorOut(Schema):
     error: ErrorBody
 
 
-ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 429)}
+# Every operation may answer these; 413 is any body over the limit (batches.middleware), whatever the address.
+ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 413, 429)}
+# What an operation that may ask the OpenAI API answers when it fails (502) or cannot be asked (503).
+UPSTREAM_ERRORS = {code: ErrorOut for code in (502, 503)}
 
 
 class RequestCounts(Schema):

@@ -29,6 +29,9 @@ class Action(models.TextChoices):
     SHARE_CREATE = "share_create", "Share link made"
     SHARE_REVOKE = "share_revoke", "Share link revoked"
     SHARE_OPEN = "share_open", "Opened"
+    CONNECTION_ADD = "connection_add", "Added a connection"
+    CONNECTION_CHANGE = "connection_change", "Changed a connection"
+    CONNECTION_DELETE = "connection_delete", "Deleted a connection"
 
 
 class Outcome(models.TextChoices):

@@ -10,7 +10,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
-from batches import connection_file, secrets
+from batches import connection_file, events, secrets
 from batches.converters import detail_url
 from batches.models import (
     DEFAULT_CONNECTION,
@@ -306,6 +306,35 @@ class ConnectionAdmin(admin.ModelAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
+    # Made, changed and deleted connections go to the audit log (the audit app receives batches.events.user_acted)
+    # with the fields that changed: the admin's change message holds the fields' labels, never a value, so a key or
+    # webhook secret is named as set, never shown.
+    def log_addition(self, request, obj, message):
+        keys = ["API key" if obj.api_key_encrypted else "", "webhook secret" if obj.webhook_secret_encrypted else ""]
+        detail = f"{obj.kind} at {obj.base_url}" + "".join(f"; {name} set" for name in keys if name)
+        events.note_action(
+            request, events.CONNECTION_ADD, events.OK, target=_audit_target(obj), detail=detail, connection=obj
+        )
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request, obj, message):
+        changed = [
+            label for part in message if isinstance(part, dict) for label in part.get("changed", {}).get("fields", [])
+        ]
+        if changed:
+            detail = "changed " + ", ".join(changed)
+            events.note_action(
+                request, events.CONNECTION_CHANGE, events.OK, target=_audit_target(obj), detail=detail, connection=obj
+            )
+        return super().log_change(request, obj, message)
+
+    def log_deletions(self, request, queryset):
+        for connection in queryset:
+            events.note_action(
+                request, events.CONNECTION_DELETE, events.OK, target=_audit_target(connection), connection=connection
+            )
+        return super().log_deletions(request, queryset)
+
     @admin.display(description="Defined by", ordering="source")
     def defined_by(self, obj):
         return _definition(obj, short=True)
@@ -325,6 +354,10 @@ class ConnectionAdmin(admin.ModelAdmin):
         key = "Stored encrypted." if obj.api_key_encrypted else "None stored."
         secret = " A webhook secret is stored encrypted." if obj.webhook_secret_encrypted else ""
         return key + secret
+
+
+def _audit_target(connection: Connection) -> str:
+    return f"connection {connection.slug}"
 
 
 def _env_is_set(name: str) -> bool:

@@ -12,6 +12,8 @@ from django.dispatch import Signal
 
 # What users do that the audit log keeps (the audit app records it, in the request's transaction).
 CANCEL, CREATE, DOWNLOAD = "cancel", "create", "download"
+# What administrators do to connections in the admin (batches.admin.ConnectionAdmin).
+CONNECTION_ADD, CONNECTION_CHANGE, CONNECTION_DELETE = "connection_add", "connection_change", "connection_delete"
 OK, ALREADY, REFUSED, ERROR = "ok", "already", "refused", "error"
 
 # A new or changed stored state. kwargs: batch_pk, batch_id, connection_id, created (first time stored), historical.
@@ -24,8 +26,8 @@ batch_became_final = Signal()
 # follow time rather than a recorded change (stuck or expiring batches) hang off it. No kwargs.
 housekeeping = Signal()
 
-# A user acted (or was refused). kwargs: request, action (CANCEL, CREATE, DOWNLOAD), outcome (OK, ALREADY, REFUSED,
-# ERROR), batch_id, target, detail.
+# A user acted (or was refused). kwargs: request, action (CANCEL, CREATE, DOWNLOAD, CONNECTION_*), outcome (OK,
+# ALREADY, REFUSED, ERROR), batch_id, target, detail, connection.
 user_acted = Signal()
 
 

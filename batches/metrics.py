@@ -6,6 +6,7 @@ Prometheus reaches, and a restarted worker loses nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from django.db.models import Count, F, OuterRef, Subquery, Sum
@@ -16,6 +17,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from batches import budget, freshness, reactions, services
 from batches.history import STUCK_AFTER
 from batches.models import Batch, BatchSnapshot, Connection
+
+# Figures of the apps built on this one (which it may not import): each a function of {connection id: slug}, in slug
+# order, yielding metric families labelled by connection, registered from its app's ready().
+_REGISTERED: list[Callable[[dict[int, str]], Iterable]] = []
+
+
+def register(figures: Callable[[dict[int, str]], Iterable]) -> None:
+    if figures not in _REGISTERED:
+        _REGISTERED.append(figures)
 
 
 def entered_current_status() -> list[tuple[int, str, datetime]]:
@@ -101,6 +111,8 @@ class DashboardCollector:
         yield from _sync_figures([(connection.slug, loops[connection.list_state]) for connection in syncing])
         yield from _queue_figures(reactions.queue_status(now))
         yield from _upstream_figures([connection.slug for connection in connections], budget.totals_by_connection())
+        for figures in _REGISTERED:
+            yield from figures(slugs)
 
 
 def _sync_figures(loops: list[tuple[str, freshness.LoopStatus]]):

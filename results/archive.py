@@ -185,7 +185,7 @@ def fetch_archive(archive: ResultArchive, client: services.BatchClient, *, last_
     and raises reactions.Failed, since fetching it again would not help.
     """
     batch = archive.batch
-    _finish(archive, ArchiveState.ARCHIVING, claimed_at=timezone.now(), problem=archive.problem)
+    _finish(archive, ArchiveState.ARCHIVING, problem=archive.problem)
     file_ids = {kind: getattr(batch, f"{kind}_file_id") for kind in FILE_KINDS}
     local: dict[str, str] = {}
     stored: dict[str, str] = {}
@@ -285,7 +285,6 @@ def _announce_kept(batch: Batch) -> None:
 
 
 def _finish(archive: ResultArchive, state: str, **fields) -> None:
-    fields.setdefault("retry_after", None)
     ResultArchive.objects.filter(pk=archive.pk).update(state=state, **fields)
     archive.refresh_from_db()
 
@@ -759,11 +758,7 @@ class StoredFiles:
 
     def head(self, kind: str, offset: int | None, length: int | None, size: int) -> bytes | None:
         """The first `size` bytes of one line (all of it when shorter); None when it is not kept."""
-        if offset is None or length is None or kind not in self.names:
-            return None
-        handle = self._handle(kind)
-        handle.seek(offset)
-        return handle.read(min(length, size))
+        return self.read(kind, offset, None if length is None else min(length, size), limit=size)
 
     def stream(self, kind: str, offset: int | None, length: int | None) -> Iterator[bytes]:
         """One line's bytes in chunks of STREAM_CHUNK, whatever its length (the raw line download)."""

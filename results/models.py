@@ -59,9 +59,7 @@ class ResultArchive(models.Model):
     last_opened_at = models.DateTimeField(null=True, blank=True)
     # The files were deleted to stay within BATCHBOARD_ARCHIVE_MAX_GB; the summary and the per-line index stay.
     evicted_at = models.DateTimeField(null=True, blank=True)
-    claimed_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
-    retry_after = models.DateTimeField(null=True, blank=True)
     problem = models.TextField(blank=True)
 
     input_file_id = models.CharField(max_length=services.ID_LENGTH, blank=True)
@@ -82,7 +80,6 @@ class ResultArchive(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["state", "requested_at"], name="archive_state_requested"),
             models.Index(fields=["archived_at"], name="archive_archived"),
             models.Index(fields=["state", "last_opened_at", "archived_at"], name="archive_eviction_order"),
         ]

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
-from django.core.paginator import Paginator
-from django.db.models import Subquery
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -20,19 +16,13 @@ from batches import access
 from batches import sections as batch_sections
 from batches.views.common import refreshed_batch, unreachable
 from batches.views.live import live_region, unchanged
-from results import answers, exports
-from results.archive import MODE_OFF, StoredFiles, loads_record, request_archive, results_storage, storable_id
+from results import exports
+from results.archive import MODE_OFF, StoredFiles, request_archive, results_storage, storable_id
 from results.links import request_links
-from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
+from results.models import Outcome, ResultArchive, ResultFilter
+from results.rows import export_rows, request_row, table_page
 from results.sections import archive_key
 
-EXPORT_CHUNK = 1000
-# The largest position a row can have (a PositiveIntegerField): a larger one in an address is no row, not an error.
-MAX_POSITION = 2_147_483_647
-CSV_COLUMNS = ["line", "custom_id", "request", "outcome", "status", "error_code", "error_message", "tokens", "answer"]
-# A request page shows at most this much of each side (the input line, each answer): a 100 MB answer would otherwise
-# be 200 MB of HTML. The rest is one click away as the raw line, streamed.
-RENDER_BYTES = 256 * 1024
 RAW_SIDES = ("input", "result")
 
 
@@ -52,30 +42,6 @@ def _ready_archive(request, batch_id: str) -> tuple:
     if batch is not None and (archive is None or not archive.is_ready):
         raise Http404(f"The results of {batch_id} are not kept locally (yet).")
     return batch, archive, freshness
-
-
-def _page(archive: ResultArchive, result_filter: ResultFilter, number, link=None):
-    """The page of rows to show, each with the link to its request page (built here: reverse() per row is slow):
-    `link` maps a row's position to that page's path (default: the dashboard's own request pages).
-
-    A search scans every row (LIKE '%text%'), so it is done once: the matching positions give the count and the
-    page's slice, instead of one scan to count and another to fetch the page.
-    """
-    lines = archive.lines.matching(result_filter).in_order()
-    if result_filter.q:
-        positions = list(lines.values_list("position", flat=True))
-        page = Paginator(positions, ROWS_PER_PAGE).get_page(number)
-        page.object_list = list(archive.lines.filter(position__in=page.object_list).in_order())
-    else:
-        paginator = Paginator(lines, ROWS_PER_PAGE)
-        if not result_filter.is_active:
-            paginator.count = archive.summary.get("rows", 0)  # known from indexing: saves counting every row
-        page = paginator.get_page(number)
-    link = link or request_links(archive.batch.batch_id)
-    query = f"?{result_filter.query()}" if result_filter.is_active else ""
-    for line in page:
-        line.url = link(line.position) + query
-    return page
 
 
 def _archive_key(archive: ResultArchive | None):
@@ -127,7 +93,7 @@ def results_page(request, batch_id):
         "toggle_request_query": shown_query.urlencode(),
         "outcomes": Outcome,
         "sections": sections,
-        "page": _page(archive, result_filter, request.GET.get("page")) if ready else None,
+        "page": table_page(archive, result_filter, request.GET.get("page")) if ready else None,
         "keeping_off": batch.connection.archive_mode == MODE_OFF,
     }
     return region.render(request, "results/results.html", "results-panel", context)
@@ -141,69 +107,18 @@ def request_page(request, batch_id, position):
         return unreachable(request, batch_id, freshness)
     if archive is None or not archive.is_ready:
         return redirect(reverse("results:list", args=[batch.batch_id]))
-    lines = _rows_sharing_custom_id(archive, position)
-    line = next((entry for entry in lines if entry.position == position), None)
-    if line is None:
-        raise Http404(f"{batch_id} has no row {position} in its results.")
     result_filter = ResultFilter.from_query(request.GET)
-    matching = archive.lines.matching(result_filter).exclude(custom_id=line.custom_id).only("position", "custom_id")
-    previous = matching.filter(position__lt=line.position).order_by("-position")
-    following = matching.filter(position__gt=line.position).order_by("position")
-    with StoredFiles(archive) as files:
-        request_side = _side(files, batch.batch_id, line, "input", line.input_offset, line.input_length)
-        answers_shown = [
-            _answer_view(entry, _side(files, batch.batch_id, entry, entry.result_kind, *_result_place(entry)))
-            for entry in lines
-            if entry.result_file
-        ]
-    request_record = request_side["record"]
+    shown = request_row(archive, position, result_filter, request_links(batch.batch_id), raw_links=True)
+    if shown is None:
+        raise Http404(f"{batch_id} has no row {position} in its results.")
     context = {
+        **shown,
         "batch": batch,
         "archive": archive,
-        "line": line,
         "filter": result_filter,
-        "request_json": request_side["json"],
-        "request_side": request_side,
-        "prompt": answers.prompt_messages(batch.endpoint, request_record.get("body")) if request_record else [],
-        "answers": answers_shown,
-        "previous": previous.first(),
-        "next": following.first(),
         "share_url": request.build_absolute_uri(reverse("results:request", args=[batch.batch_id, position])),
     }
     return render(request, "results/request.html", context)
-
-
-def _result_place(line) -> tuple:
-    return line.result_offset, line.result_length
-
-
-def _side(files: StoredFiles, batch_id: str, line, kind: str, offset, length) -> dict:
-    """One side of a request page (the input line, or one answer) within RENDER_BYTES: the parsed record and its
-    pretty JSON, or, for a longer line, its start as text, `cut`, with the link to the whole raw line."""
-    side = {"record": None, "json": "", "cut": False, "size": length or 0, "raw_url": ""}
-    if offset is None or length is None:
-        return side
-    raw_side = "input" if kind == "input" else "result"
-    side["raw_url"] = reverse("results:raw_line", args=[batch_id, line.position, raw_side])
-    if length > RENDER_BYTES:
-        head = files.head(kind, offset, length, RENDER_BYTES) or b""
-        side.update(json=head.decode("utf-8", errors="replace") + "…", cut=True)
-        return side
-    side["record"] = loads_record(files.read(kind, offset, length))
-    pretty = _pretty(side["record"])
-    if len(pretty) > RENDER_BYTES:  # indentation can make a short line long (an embedding, one number a line)
-        side.update(json=pretty[:RENDER_BYTES] + "…", cut=True)
-    else:
-        side["json"] = pretty
-    return side
-
-
-def _rows_sharing_custom_id(archive: ResultArchive, position: int) -> list[ResultLine]:
-    """The row at `position` and every other row of its custom_id (further answers), in order: one query."""
-    if position > MAX_POSITION:
-        return []
-    custom_id = archive.lines.filter(position=position).values("custom_id")[:1]
-    return list(archive.lines.filter(custom_id=Subquery(custom_id)).in_order())
 
 
 @require_safe
@@ -230,31 +145,6 @@ def request_of(request, batch_id, custom_id=None):
     return redirect(f"{url}?{query.urlencode()}" if query else url)
 
 
-def _answer_view(line, side: dict) -> dict:
-    record = side["record"]
-    response = record.get("response") if record else None
-    body = response.get("body") if isinstance(response, dict) else None
-    return {
-        "line": line,
-        "side": side,
-        "json": side["json"],
-        "request_id": response.get("request_id", "") if isinstance(response, dict) else "",
-        "text": answers.answer_text(body) if answers.is_text_answer(body) else "",
-        "usage": _usage_figures(body),
-    }
-
-
-def _usage_figures(body) -> list[tuple[str, int]]:
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return []
-    return [(name.replace("_", " "), value) for name, value in usage.items() if isinstance(value, int)]
-
-
-def _pretty(record) -> str:
-    return json.dumps(record, indent=2, ensure_ascii=False) if record is not None else ""
-
-
 @require_safe
 def results_export(request, batch_id, fmt):
     batch, archive, freshness = _ready_archive(request, batch_id)
@@ -264,57 +154,8 @@ def results_export(request, batch_id, fmt):
     lines = archive.lines.matching(result_filter).in_order()
     target = f"kept results as {fmt}" + (f" ({result_filter.query()})" if result_filter.is_active else "")
     record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=batch.batch_id, target=target)
-    rows = exports.csv_lines(CSV_COLUMNS, _csv_rows(archive, lines)) if fmt == "csv" else _jsonl_rows(archive, lines)
+    rows = export_rows(archive, lines, fmt)
     return exports.download(rows, fmt, f"{batch.download_stem()}-results.{fmt}")
-
-
-EXPORT_FIELDS = (
-    "line_number",
-    "custom_id",
-    "outcome",
-    "status_code",
-    "error_code",
-    "error_message",
-    "input_tokens",
-    "output_tokens",
-    "input_offset",
-    "input_length",
-    "result_file",
-    "result_offset",
-    "result_length",
-    "prompt",
-)
-
-
-def _export_rows(lines):
-    """The rows of `lines` as plain tuples (EXPORT_FIELDS), streamed: no model instance per row."""
-    return lines.values_list(*EXPORT_FIELDS).iterator(chunk_size=EXPORT_CHUNK)
-
-
-def _csv_rows(archive: ResultArchive, lines):
-    """The CSV_COLUMNS of each line; the answer's text read from the stored result file."""
-    kinds = dict(ResultLine.RESULT_FILES)
-    with StoredFiles(archive) as files:
-        for row in _export_rows(lines):
-            number, custom_id, outcome, status, code, message, tokens_in, tokens_out = row[:8]
-            text = ""
-            if outcome == Outcome.SUCCEEDED:
-                text = exports.answer_of(loads_record(files.read(kinds.get(row[10], ""), row[11], row[12])))
-            tokens = "" if tokens_in is None and tokens_out is None else (tokens_in or 0) + (tokens_out or 0)
-            yield [number or "", custom_id, row[13], outcome, status or "", code, message, tokens, text]
-
-
-def _jsonl_rows(archive: ResultArchive, lines):
-    """Each line: the row's place and outcome, then the input and result lines exactly as stored (null if none)."""
-    kinds = dict(ResultLine.RESULT_FILES)
-    with StoredFiles(archive) as files:
-        for row in _export_rows(lines):
-            number, custom_id, outcome = row[:3]
-            yield exports.jsonl_line(
-                {"line": number, "custom_id": custom_id, "outcome": outcome},
-                files.read("input", row[8], row[9]),
-                files.read(kinds.get(row[10], ""), row[11], row[12]),
-            )
 
 
 @require_safe

@@ -138,6 +138,11 @@ def _with_archives(job: Job) -> Job:
     return job
 
 
+def job_of(batch: Batch) -> Job:
+    """The job `batch` belongs to, on its connection."""
+    return load_job(batch.job_id, batch.connection_id)
+
+
 def _rank(job: Job):
     """Later in the chain ranks higher."""
     return Case(

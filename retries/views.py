@@ -19,8 +19,7 @@ from batches.views.common import existing_batch_connection, refreshed_batch, unr
 from results import exports
 from results.archive import StoredFiles, request_archive
 from results.models import Outcome, ResultLine
-from retries import cancel, merged, submit
-from retries.models import MAX_AUTO_RETRIES
+from retries import cancel, confirm, merged, submit
 from retries.selection import CHOICES, RetrySelection
 
 CSV_COLUMNS = ["line", "custom_id", "outcome", "status", "error_code", "error_message", "tokens", "answer", "batch"]
@@ -36,32 +35,12 @@ def _choices(archive) -> list[tuple[str, str, int]]:
     return [(choice, label, aggregate[choice]) for choice, (label, _condition) in CHOICES.items()]
 
 
-def _options(data) -> tuple[dict, list[str]]:
-    """The confirmation's options (completion window, automatic retries) and the problems with them."""
-    problems = []
-    window = data.get("completion_window", services.COMPLETION_WINDOWS[0])
-    if window not in services.COMPLETION_WINDOWS:
-        problems.append("Choose a completion window the API offers.")
-        window = services.COMPLETION_WINDOWS[0]
-    raw = (data.get("auto_retries") or "0").strip()
-    auto = int(raw) if raw.isdigit() else -1
-    if not 0 <= auto <= MAX_AUTO_RETRIES:
-        problems.append(f"Automatic retries are between 0 and {MAX_AUTO_RETRIES}.")
-        auto = 0
-    return {"completion_window": window, "auto_retries": auto or None}, problems
-
-
-def _audit(request, outcome, parent_id: str, selection: RetrySelection, batch_id: str = "", detail: str = ""):
-    target = f"retry of {parent_id}: {selection.label}"[:255]
-    record(request, Action.CREATE, outcome, batch_id=batch_id, target=target, detail=detail)
-
-
 @require_http_methods(["GET", "HEAD", "POST"])
 def retry_confirm(request, batch_id):
     connection = existing_batch_connection(request, batch_id)  # a batch the user may not see is a 404
     if not access.may(request.user, access.CREATE, connection):
         if request.method == "POST":
-            record(request, Action.CREATE, AuditOutcome.REFUSED, batch_id=batch_id, detail="no permission to retry")
+            confirm.audit_refused(request, batch_id)
         raise PermissionDenied("You may not create batches on this connection, so you may not retry lines either.")
     parent, freshness = refreshed_batch(request, batch_id)
     if parent is None:
@@ -76,23 +55,20 @@ def retry_confirm(request, batch_id):
         context["choices"] = _choices(archive)
         context["invalid_selection"] = "select" in data
         return render(request, "retries/confirm.html", context, status=400 if request.method == "POST" else 200)
-    options, problems = _options(data)
+    options, problems = confirm.options_of(data)
     token = data.get("token") if request.method == "POST" else str(uuid.uuid4())
     prepared = submit.prepare(parent, archive, selection, token=token, **options)
     context.update(selection=selection, prepared=prepared, options=options, problems=problems)
     if request.method != "POST":
         return render(request, "retries/confirm.html", context)
-    if problems or not prepared.lines or not prepared.form.is_valid():
-        detail = problems[0] if problems else "no lines" if not prepared.lines else "the built input is invalid"
-        _audit(request, AuditOutcome.REFUSED, parent.batch_id, selection, detail=detail)
+    sent = confirm.send(request, prepared, selection, problems)
+    if sent.refused:
         return render(request, "retries/confirm.html", context, status=400)
-    outcome = submit.create(prepared, user=request.user.get_username())
+    outcome = sent.outcome
     if outcome.batch is None:
-        _audit(request, AuditOutcome.ERROR, parent.batch_id, selection, detail=outcome.error)
         context["create_error"] = outcome.error
         return render(request, "retries/confirm.html", context, status=502)
     new_id = outcome.batch.batch_id
-    _audit(request, AuditOutcome.ALREADY if outcome.repeated else AuditOutcome.OK, parent.batch_id, selection, new_id)
     if outcome.repeated:
         messages.info(request, f"This retry was already submitted: it created {new_id}.")
     else:
@@ -106,7 +82,7 @@ def _job(request, batch_id):
     batch, freshness = refreshed_batch(request, batch_id)
     if batch is None:
         return None, None, freshness
-    return batch, merged.load_job(batch.job_id, batch.connection_id), freshness
+    return batch, merged.job_of(batch), freshness
 
 
 @require_safe
@@ -176,6 +152,12 @@ def final_export(request, batch_id, fmt):
         return unreachable(request, batch_id, freshness)
     if job.root_archive is None:
         return redirect("retries:final", batch_id=batch.batch_id)
+    return export_download(request, batch, job, fmt)
+
+
+def export_download(request, batch, job, fmt: str):
+    """The job's final results as CSV or JSONL (`show` from the query), streamed and audited: the one path of the
+    page's exports and the JSON API's."""
     show = merged.show_of(request.GET)
     target = f"final results of {job.job_id} as {fmt}" + (" (still failing)" if show == merged.SHOW_FAILING else "")
     record(request, Action.DOWNLOAD, AuditOutcome.OK, batch_id=job.job_id, target=target)

@@ -20,9 +20,9 @@ from batches import access
 from batches.history import batch_history
 from batches.models import Batch
 from batches.views.common import visible_batch_connection
-from results import answers, exports
-from results import views as results_views
+from results import exports
 from results.models import Outcome, ResultArchive, ResultFilter
+from results.rows import export_rows, request_row, table_page
 from sharing.forms import ShareLinkForm
 from sharing.models import ShareLink, TooManyLinks
 
@@ -103,6 +103,12 @@ def _ready_archive(batch: Batch) -> ResultArchive | None:
     return archive
 
 
+def _row_links(token: str):
+    """A row's position -> its page under the link: the reader's own addresses, never the dashboard's."""
+    row_url = reverse("sharing:results", args=[token]) + "rows/"
+    return lambda position: f"{row_url}{position}/"
+
+
 @_read_only
 def shared_batch(request, token):
     link, refused = _open(request, token, "batch page")
@@ -131,10 +137,7 @@ def shared_results(request, token):
     result_filter = ResultFilter.from_query(request.GET)
     page = None
     if archive is not None:
-        row_url = reverse("sharing:results", args=[token]) + "rows/"  # the reader's own addresses
-        page = results_views._page(
-            archive, result_filter, request.GET.get("page"), link=lambda position: f"{row_url}{position}/"
-        )
+        page = table_page(archive, result_filter, request.GET.get("page"), link=_row_links(token))
     context = {
         "link": link,
         "token": token,
@@ -147,11 +150,6 @@ def shared_results(request, token):
     return render(request, "sharing/results.html", context)
 
 
-def _answer(files, batch: Batch, line) -> dict:
-    place = results_views._result_place(line)
-    return results_views._answer_view(line, results_views._side(files, batch.batch_id, line, line.result_kind, *place))
-
-
 @_read_only
 def shared_row(request, token, position):
     link, refused = _open(request, token, f"results row {position}", needs="results")
@@ -160,29 +158,11 @@ def shared_row(request, token, position):
     archive = _ready_archive(link.batch)
     if archive is None:
         return _not_found(request)
-    batch = link.batch
-    lines = results_views._rows_sharing_custom_id(archive, position)
-    line = next((entry for entry in lines if entry.position == position), None)
-    if line is None:
-        return _not_found(request)
     result_filter = ResultFilter.from_query(request.GET)
-    matching = archive.lines.matching(result_filter).exclude(custom_id=line.custom_id).only("position", "custom_id")
-    with results_views.StoredFiles(archive) as files:
-        request_side = results_views._side(files, batch.batch_id, line, "input", line.input_offset, line.input_length)
-        answers_shown = [_answer(files, batch, entry) for entry in lines if entry.result_file]
-    request_record = request_side["record"]
-    context = {
-        "link": link,
-        "token": token,
-        "batch": batch,
-        "line": line,
-        "filter": result_filter,
-        "request_side": request_side,
-        "prompt": answers.prompt_messages(batch.endpoint, request_record.get("body")) if request_record else [],
-        "answers": answers_shown,
-        "previous": matching.filter(position__lt=line.position).order_by("-position").first(),
-        "next": matching.filter(position__gt=line.position).order_by("position").first(),
-    }
+    shown = request_row(archive, position, result_filter, _row_links(token), raw_links=False)
+    if shown is None:
+        return _not_found(request)
+    context = {**shown, "link": link, "token": token, "batch": link.batch, "filter": result_filter}
     return render(request, "sharing/row.html", context)
 
 
@@ -196,11 +176,7 @@ def shared_export(request, token, fmt):
         return _not_found(request)
     result_filter = ResultFilter.from_query(request.GET)
     lines = archive.lines.matching(result_filter).in_order()
-    if fmt == "csv":
-        rows = exports.csv_lines(results_views.CSV_COLUMNS, results_views._csv_rows(archive, lines))
-    else:
-        rows = results_views._jsonl_rows(archive, lines)
-    return exports.download(rows, fmt, f"{link.batch.batch_id}-results.{fmt}")
+    return exports.download(export_rows(archive, lines, fmt), fmt, f"{link.batch.batch_id}-results.{fmt}")
 
 
 @_read_only

@@ -20,7 +20,9 @@ class DeliveryAdmin(admin.ModelAdmin):
 
 @admin.register(Refusals)
 class RefusalsAdmin(admin.ModelAdmin):
-    list_display = ("day", "count")
+    list_display = ("day", "connection", "count")
+    list_filter = ("connection",)
+    list_select_related = ("connection",)
     ordering = ("-day",)
 
     def has_add_permission(self, request):

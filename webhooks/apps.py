@@ -6,7 +6,9 @@ class WebhooksConfig(AppConfig):
     verbose_name = "webhooks"
 
     def ready(self):
-        from batches import sections
+        from batches import metrics, sections
+        from webhooks.metrics import refusal_figures
         from webhooks.sections import LAST_RECEIVED
 
         sections.register(LAST_RECEIVED)
+        metrics.register(refusal_figures)

@@ -70,25 +70,37 @@ class Delivery(models.Model):
 
 
 class Refusals(models.Model):
-    """How many deliveries were refused each day (a bad or missing signature, an old timestamp): a count, never the
-    bodies, so a flood of forged requests cannot fill the database."""
+    """How many deliveries were refused each day on each connection's URL (a bad or missing signature, an old
+    timestamp): a count, never the bodies, so a flood of forged requests cannot fill the database. Rows from before
+    refusals were counted per connection have none."""
 
-    day = models.DateField(unique=True)
+    connection = models.ForeignKey(Connection, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
     count = models.PositiveIntegerField(default=0)
 
     class Meta:
         verbose_name_plural = "refusals"
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "day"], name="webhooks_refusals_once_per_connection_day")
+        ]
 
     def __str__(self):
         return f"{self.day}: {self.count}"
 
     @classmethod
-    def count_one(cls, day: date | None = None) -> None:
+    def count_one(cls, connection_id: int | None, day: date | None = None) -> None:
         day = day or timezone.now().date()
-        if cls.objects.filter(day=day).update(count=F("count") + 1):
+        today = cls.objects.filter(connection_id=connection_id, day=day)
+        if today.update(count=F("count") + 1):
             return
         try:
             with transaction.atomic():
-                cls.objects.create(day=day, count=1)
+                cls.objects.create(connection_id=connection_id, day=day, count=1)
         except IntegrityError:  # another request created today's row meanwhile
-            cls.objects.filter(day=day).update(count=F("count") + 1)
+            today.update(count=F("count") + 1)
+
+    @classmethod
+    def totals_by_connection(cls) -> dict[int, int]:
+        """{connection id: deliveries refused on its URL, ever}, in one grouped query (a row a connection a day)."""
+        rows = cls.objects.filter(connection__isnull=False).order_by().values_list("connection_id")
+        return dict(rows.annotate(total=models.Sum("count")))

@@ -66,10 +66,10 @@ def secret_for(connection: Connection, *, log: bool = False) -> str:
         return ""
 
 
-def verify(secret: str, body: bytes, headers, *, connection: str = "default") -> dict:
+def verify(secret: str, body: bytes, headers, *, connection: Connection | None = None) -> dict:
     """The verified event, or Refused: every check of §12.3 (headers present, timestamp within 300 s, any of the
-    signatures matching under a constant-time comparison), then a JSON object. Refusals are logged (naming the
-    connection whose URL was posted to) and counted."""
+    signatures matching under a constant-time comparison), then a JSON object. Refusals are logged and counted for
+    the `connection` whose URL was posted to."""
     signed = {name: headers.get(name, "") for name in HEADERS}
     try:
         Webhook(secret).verify(body, signed, json_parse=False)
@@ -84,13 +84,12 @@ def verify(secret: str, body: bytes, headers, *, connection: str = "default") ->
     return event
 
 
-def _refuse(reason: str, webhook_id: str, connection: str) -> None:
+def _refuse(reason: str, webhook_id: str, connection: Connection | None) -> None:
     # %r: the id comes from whoever sent the request, so its control characters are escaped, never written raw.
-    logger.warning(
-        "Webhook delivery %r for connection %r refused: %s.", normalise.text(webhook_id, 200), connection, reason
-    )
+    slug = connection.slug if connection is not None else None
+    logger.warning("Webhook delivery %r for connection %r refused: %s.", normalise.text(webhook_id, 200), slug, reason)
     try:
-        Refusals.count_one()
+        Refusals.count_one(connection.pk if connection is not None else None)
     except DatabaseError as exc:  # the refusal stands; only its count is lost
         logger.warning("Could not count a refused webhook delivery: %s", exc)
     raise Refused(reason)

@@ -54,7 +54,7 @@ def openai_webhook(request, connection: str | None = None):
     if len(body) > receiving.MAX_BODY_BYTES:
         return _answer(413, too_large)
     try:
-        event = receiving.verify(secret, body, request.headers, connection=receiver.slug)
+        event = receiving.verify(secret, body, request.headers, connection=receiver)
     except receiving.Refused as exc:
         return _answer(400, f"Refused: {exc}.")
     try:

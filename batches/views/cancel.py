@@ -45,10 +45,10 @@ def batch_bulk_cancel(request):
     _require_cancel_permission(request)
     data = request.POST if request.method == "POST" else request.GET
     next_url = _safe_next(data.get("next")) or reverse("batches:list")
-    batch_ids, problem = selected_ids(data.getlist("batch_id"))
+    selections, problem = selected_ids(data.getlist("batch_id"), request.user)
     if request.method != "POST" or data.get("confirm") != "yes":
-        return _bulk_confirm_page(request, batch_ids, problem, next_url)
-    results = [] if problem else cancel_selected(request, batch_ids)
+        return _bulk_confirm_page(request, selections, problem, next_url)
+    results = [] if problem else cancel_selected(request, selections)
     audit_bulk(request, results, problem)
     context = {"done": True, "results": results, "bulk_error": problem, "tally": _tally(results), "next": next_url}
     if not request.htmx:
@@ -70,29 +70,52 @@ def _cancellable(request):
     return Batch.objects.filter(connection__in=access.connections(request.user, access.CANCEL))
 
 
-def _found(request, batch_ids: list[str]) -> tuple[dict[str, Batch], set[str]]:
-    """The selected batches the user may cancel, by id, and the ids that name a batch in more than one of their
-    connections (possible with compatible providers): a bulk cancel cannot tell which one was meant."""
+def _parts(selection: str) -> tuple[str, str]:
+    """(connection slug or "", batch id) of a selection: "batch_id", or "slug/batch_id" (neither may hold a "/")."""
+    slug, _, batch_id = selection.rpartition("/")
+    return slug, batch_id
+
+
+def _found(request, selections: list[str]) -> tuple[dict[str, Batch], set[str]]:
+    """The selected batches the user may cancel, by selection, and the selections that are a bare id naming a batch in
+    more than one of their connections (possible with compatible providers): which one was meant is unknown. A
+    selection that names its connection ("slug/batch_id", as the list's boxes do) is never ambiguous."""
+    batch_ids = {_parts(selection)[1] for selection in selections}
+    in_connections: dict[str, list[Batch]] = {}
+    rows = _cancellable(request).filter(batch_id__in=batch_ids).select_related("connection")
+    for batch in rows.defer("payload", "search_text"):
+        in_connections.setdefault(batch.batch_id, []).append(batch)
     found: dict[str, Batch] = {}
     ambiguous = set()
-    for batch in _cancellable(request).filter(batch_id__in=batch_ids).defer("payload", "search_text"):
-        if batch.batch_id in found:
-            ambiguous.add(batch.batch_id)
-        found[batch.batch_id] = batch
-    return {batch_id: batch for batch_id, batch in found.items() if batch_id not in ambiguous}, ambiguous
+    for selection in selections:
+        slug, batch_id = _parts(selection)
+        candidates = [batch for batch in in_connections.get(batch_id, []) if not slug or batch.connection.slug == slug]
+        if len(candidates) > 1:
+            ambiguous.add(selection)
+        elif candidates:
+            found[selection] = candidates[0]
+    return found, ambiguous
 
 
-def cancel_selected(request, batch_ids: list[str]) -> list[tuple[str, actions.CancelOutcome]]:
-    """Cancel each selected batch on its own connection; an id the user may not cancel is reported as unknown, one
-    in several of their connections as such (its page asks which one)."""
-    found, ambiguous = _found(request, batch_ids)
-    selected = [found[batch_id] for batch_id in batch_ids if batch_id in found]
-    done = dict(actions.cancel_batches(selected, user=request.user.get_username()))
+def cancel_selected(request, selections: list[str]) -> list[tuple[str, actions.CancelOutcome]]:
+    """Cancel each selected batch on its own connection: (its id, what happened), in order. An id the user may not
+    cancel is reported as unknown, a bare id in several of their connections as such (its page asks which one)."""
+    found, ambiguous = _found(request, selections)
+    selected = list({(batch.connection_id, batch.batch_id): batch for batch in found.values()}.values())
+    outcomes = actions.cancel_batches(selected, user=request.user.get_username())
+    done = {
+        (batch.connection_id, batch.batch_id): outcome for batch, (_id, outcome) in zip(selected, outcomes, strict=True)
+    }
     unknown = actions.CancelOutcome(None, sent=False, error="There is no batch with this id that you may cancel.")
     twice = actions.CancelOutcome(
         None, sent=False, error="This id is a batch in more than one connection: cancel it from its page."
     )
-    return [(batch_id, twice if batch_id in ambiguous else done.get(batch_id, unknown)) for batch_id in batch_ids]
+    results = []
+    for selection in selections:
+        batch = found.get(selection)
+        outcome = done[(batch.connection_id, batch.batch_id)] if batch else twice if selection in ambiguous else unknown
+        results.append((_parts(selection)[1], outcome))
+    return results
 
 
 def _require_cancel_permission(request, batch_id: str = "", connection=None) -> None:
@@ -178,33 +201,39 @@ def _add_message(request, batch_id: str, outcome: actions.CancelOutcome) -> None
         messages.info(request, f"A cancel was already requested for {batch_id}.")
 
 
-def selected_ids(values: list[str]) -> tuple[list[str], str]:
-    """The distinct batch ids selected, in order, and a problem to show instead of cancelling anything."""
-    batch_ids = list(dict.fromkeys(v.strip() for v in values if v.strip()))
-    if not batch_ids:
+def selected_ids(values: list[str], user) -> tuple[list[str], str]:
+    """The distinct selections, in order, each a batch id or "connection slug/batch id", and a problem to show
+    instead of cancelling anything: a value that is no id, too many, or a connection `user` may not cancel on (a
+    tampered box)."""
+    selections = list(dict.fromkeys(v.strip() for v in values if v.strip()))
+    if not selections:
         return [], "No batches were selected. Tick the boxes of the batches to cancel."
-    invalid = [v for v in batch_ids if not services.ANY_ID_PATTERN.fullmatch(v)]
+    invalid = [v for v in selections if not services.ANY_ID_PATTERN.fullmatch(_parts(v)[1])]
     if invalid:
         return [], f"“{invalid[0][:40]}” is not a batch id; nothing was cancelled."
-    if len(batch_ids) > MAX_BULK:
+    if len(selections) > MAX_BULK:
         return (
             [],
-            f"{len(batch_ids)} batches were selected; cancel at most {MAX_BULK} at a time. Nothing was cancelled.",
+            f"{len(selections)} batches were selected; cancel at most {MAX_BULK} at a time. Nothing was cancelled.",
         )
-    return batch_ids, ""
+    allowed = {connection.slug for connection in access.connections(user, access.CANCEL)}
+    refused = [slug for slug, _id in map(_parts, selections) if slug and slug not in allowed]
+    if refused:
+        return [], f"“{refused[0][:50]}” is not a connection you may cancel batches on; nothing was cancelled."
+    return selections, ""
 
 
-def _bulk_confirm_page(request, batch_ids: list[str], problem: str, next_url: str):
-    found, ambiguous = _found(request, batch_ids)  # an id in two connections is skipped, as cancelling it would be
-    to_cancel = [found[i] for i in batch_ids if i in found and found[i].can_cancel_now]
-    skipped = [(i, found.get(i)) for i in batch_ids if i not in {b.batch_id for b in to_cancel}]
-    context = {
-        "to_cancel": to_cancel,
-        "skipped": skipped,
-        "ambiguous": ambiguous,
-        "bulk_error": problem,
-        "next": next_url,
-    }
+def _bulk_confirm_page(request, selections: list[str], problem: str, next_url: str):
+    found, ambiguous = _found(request, selections)  # a bare id in two connections is skipped, as cancelling it would be
+    to_cancel: dict[int, Batch] = {}
+    skipped = []  # (batch id, its batch or None, whether it is in two connections)
+    for selection in selections:
+        batch = found.get(selection)
+        if batch is not None and batch.can_cancel_now:
+            to_cancel.setdefault(batch.pk, batch)
+        else:
+            skipped.append((_parts(selection)[1], batch, selection in ambiguous))
+    context = {"to_cancel": list(to_cancel.values()), "skipped": skipped, "bulk_error": problem, "next": next_url}
     return render(request, "batches/batch_bulk_cancel.html", context)
 
 

@@ -102,6 +102,48 @@ def batch_detail(request, batch_id):
     return region.render(request, "batches/batch_detail.html", "batch-panel", context)
 
 
+class FileUnavailable(Exception):
+    """A batch file that cannot be streamed now: `status` 404 (no such file, `missing` when the API no longer has
+    it), 429 (the viewer's limit of downloads) or 502 (the API failed), with the reason to show."""
+
+    def __init__(self, status: int, message: str, *, file_id: str = "", missing: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.file_id = file_id
+        self.missing = missing
+
+
+def file_download(request, batch, kind: str) -> StreamingHttpResponse:
+    """One of the batch's files streamed through the dashboard (so the client never needs the API key), audited;
+    the one path of the page's download and the JSON API's. Raises FileUnavailable before any byte is sent."""
+    if kind not in FILE_KINDS:
+        raise FileUnavailable(404, "Batch files are input, output or error.")
+    file_id = getattr(batch, f"{kind}_file_id")
+    if not file_id:
+        raise FileUnavailable(404, f"{batch.batch_id} has no {kind} file.")
+    try:
+        chunks = lookups.file_content(file_id, user_key=user_key(request), connection=batch.connection)
+    except lookups.UserLimited as exc:
+        raise FileUnavailable(429, str(exc), file_id=file_id) from None
+    except services.BatchApiError as exc:
+        logger.warning("Download of %s (%s of %s) failed: %s", file_id, kind, batch.batch_id, exc)
+        missing = isinstance(exc, services.NotFound)
+        detail = f"{file_id}: " + ("not found" if missing else failure_message(exc))
+        events.note_action(request, events.DOWNLOAD, events.ERROR, batch_id=batch.batch_id, target=kind, detail=detail)
+        if missing:
+            message = f"The API no longer has {file_id}, the {kind} file of {batch.batch_id}."
+            raise FileUnavailable(404, message, file_id=file_id, missing=True) from None
+        raise FileUnavailable(502, failure_message(exc), file_id=file_id) from None
+    events.note_action(request, events.DOWNLOAD, events.OK, batch_id=batch.batch_id, target=kind, detail=file_id)
+    response = StreamingHttpResponse(chunks, content_type="application/jsonl")
+    if chunks.content_length is not None:
+        response["Content-Length"] = str(chunks.content_length)  # lets the browser show download progress
+    response["Content-Disposition"] = content_disposition_header(True, f"{batch.download_stem()}-{kind}.jsonl")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
 @require_safe
 def batch_file(request, batch_id, kind):
     """Stream one of the batch's files through the dashboard, so the browser never needs the API key."""
@@ -110,31 +152,16 @@ def batch_file(request, batch_id, kind):
     batch, freshness = refreshed_batch(request, batch_id)
     if batch is None:
         return unreachable(request, batch_id, freshness)
-    file_id = getattr(batch, f"{kind}_file_id")
-    if not file_id:
-        raise Http404(f"{batch_id} has no {kind} file.")
     try:
-        chunks = lookups.file_content(file_id, user_key=user_key(request), connection=batch.connection)
-    except lookups.UserLimited as exc:
-        context = {"batch": batch, "kind": kind, "file_id": file_id, "missing": False, "message": str(exc)}
-        return render(request, "batches/file_unavailable.html", context, status=429)
-    except services.BatchApiError as exc:
-        logger.warning("Download of %s (%s of %s) failed: %s", file_id, kind, batch_id, exc)
-        missing = isinstance(exc, services.NotFound)
-        detail = f"{file_id}: " + ("not found" if missing else failure_message(exc))
-        events.note_action(request, events.DOWNLOAD, events.ERROR, batch_id=batch_id, target=kind, detail=detail)
+        return file_download(request, batch, kind)
+    except FileUnavailable as exc:
+        if not exc.file_id:
+            raise Http404(exc.message) from None
         context = {
             "batch": batch,
             "kind": kind,
-            "file_id": file_id,
-            "missing": missing,
-            "message": "" if missing else failure_message(exc),
+            "file_id": exc.file_id,
+            "missing": exc.missing,
+            "message": "" if exc.missing else exc.message,
         }
-        return render(request, "batches/file_unavailable.html", context, status=404 if missing else 502)
-    events.note_action(request, events.DOWNLOAD, events.OK, batch_id=batch_id, target=kind, detail=file_id)
-    response = StreamingHttpResponse(chunks, content_type="application/jsonl")
-    if chunks.content_length is not None:
-        response["Content-Length"] = str(chunks.content_length)  # lets the browser show download progress
-    response["Content-Disposition"] = content_disposition_header(True, f"{batch.download_stem()}-{kind}.jsonl")
-    response["Cache-Control"] = "private, no-store"
-    return response
+        return render(request, "batches/file_unavailable.html", context, status=exc.status)

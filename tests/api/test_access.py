@@ -8,9 +8,11 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
+from api.models import SCOPES
 from batches.models import Connection, ConnectionSource, record_batch
 from tests.api.conftest import TokenClient, make_token
 from tests.conftest import act_cells, completed, read_cells
+from tests.fake_api import Reply
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +39,17 @@ TABLE = {
     "export": ("get", "/api/v1/batches/{id}/results/export.jsonl", _read(409)),
     "job": ("get", "/api/v1/jobs/{id}", _read(200)),
     "job cancel": ("post", "/api/v1/jobs/{id}/cancel", _act(200)),  # nothing of the job is running
+    # Past every permission check: a retry needs kept results, and so does a job's final result.
+    "retry": ("post", "/api/v1/batches/{id}/retry", _act(409)),
+    "final": ("get", "/api/v1/batches/{id}/final", _read(409)),
+    "final csv": ("get", "/api/v1/batches/{id}/final/export.csv", _read(409)),
+    "final jsonl": ("get", "/api/v1/batches/{id}/final/export.jsonl", _read(409)),
+    "file": ("get", "/api/v1/batches/{id}/files/output", _read(200)),
 }
+# The scope each operation needs: a superuser's token without it is refused before anything else.
+SCOPE_OF = {"cancel": "cancel", "retry": "create", "job cancel": "cancel"}
+# The body of each POST: what a client that may act would send (so that only permissions and state decide).
+BODIES = {"retry": {"select": "failed"}}
 
 
 @pytest.fixture
@@ -60,6 +72,8 @@ def world(fake_api, monkeypatch):
     connections["A"].cancel_teams.add(teams["a-creators"])
     connections["A"].create_teams.add(teams["a-creators"])
     connections["B"].view_teams.add(teams["b-viewers"])
+    # Both batches' output file (file-out), as the API streams it.
+    fake_api.script("GET", "/files/file-out/content", Reply(200, b'{"custom_id": "a"}\n'))
     batches = {
         side: record_batch(completed(f"batch_side{side.lower()}1"), connection=connections[side]) for side in "AB"
     }
@@ -87,20 +101,43 @@ def _cells():
                 yield pytest.param(name, role, side, expected[role][side], id=f"{name} {role} {side}")
 
 
+def _send(client, method: str, path: str, body: dict | None):
+    if body is None:
+        return getattr(client, method)(path)
+    return getattr(client, method)(path, body, content_type="application/json")
+
+
 @pytest.mark.parametrize(("name", "role", "side", "status"), list(_cells()))
 def test_it_answers_each_cell_of_the_api_access_table(world, name, role, side, status):
     method, path, _expected = TABLE[name]
     batch_id = world["batches"][side].batch_id
     client = world["clients"][role]
 
-    response = getattr(client, method)(path.format(id=batch_id))
+    response = _send(client, method, path.format(id=batch_id), BODIES.get(name))
 
-    assert response.status_code == status, response.content[:300]
-    assert set(response.json()) == {"error"} or status == 200
+    assert response.status_code == status, getattr(response, "content", b"")[:300]
+    assert status == 200 or set(response.json()) == {"error"}
     if status == 404:
-        made_up = getattr(client, method)(path.format(id=MADE_UP_ID))
+        made_up = _send(client, method, path.format(id=MADE_UP_ID), BODIES.get(name))
         assert made_up.status_code == 404
         assert response.content.decode().replace(batch_id, MADE_UP_ID) == made_up.content.decode()
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_it_holds_each_operation_to_its_tokens_scopes(world, name):
+    """The table's other half: whatever the user's teams allow, a token lacking the operation's scope gets 403."""
+    method, path, _expected = TABLE[name]
+    needed = SCOPE_OF.get(name, "read")
+    superuser = User.objects.get(username="root")
+    batch_id = world["batches"]["A"].batch_id
+    lacking = TokenClient(make_token(superuser, *(s for s in SCOPES if s != needed), name="narrow")[1])
+    holding = TokenClient(make_token(superuser, needed, name="exact")[1])
+
+    refused = _send(lacking, method, path.format(id=batch_id), BODIES.get(name))
+    allowed = _send(holding, method, path.format(id=batch_id), BODIES.get(name))
+
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "insufficient_scope"
+    assert allowed.status_code == TABLE[name][2]["superuser"]["A"]
 
 
 @pytest.mark.parametrize("role", ROLES)

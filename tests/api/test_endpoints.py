@@ -187,7 +187,7 @@ def test_it_answers_409_for_a_batch_that_has_finished(token_client):
 def test_it_cancels_several_and_reports_each(token_client, sandbox_url):
     running = create_batches(2, speed=1.0)
     record_batch(completed("batch_done1"))
-    ids = [running[0].id, running[1].id, "batch_done1", "batch_unknown1"]
+    ids = [running[0].id, f"default/{running[1].id}", "batch_done1", "batch_unknown1"]  # an id may name its connection
     for batch in running:
         token_client.get(f"/api/v1/batches/{batch.id}")  # recorded, as the list would have them
 
@@ -206,7 +206,13 @@ def test_it_cancels_several_and_reports_each(token_client, sandbox_url):
 
 @pytest.mark.parametrize(
     ("body", "status"),
-    [({"batch_ids": []}, 400), ({"batch_ids": ["not an id"]}, 400), ({"batch_ids": "batch_1"}, 400), ({}, 400)],
+    [
+        ({"batch_ids": []}, 400),
+        ({"batch_ids": ["not an id"]}, 400),
+        ({"batch_ids": "batch_1"}, 400),
+        ({}, 400),
+        ({"batch_ids": ["batch_1", "no-such-connection/batch_2"]}, 400),  # a connection you may not cancel on
+    ],
 )
 def test_it_refuses_a_bad_bulk_cancel_and_cancels_nothing(token_client, fake_api, body, status):
     response = token_client.post("/api/v1/batches/cancel", body, content_type="application/json")

@@ -629,9 +629,23 @@ def test_it_cancels_in_bulk_only_what_the_user_may_cancel(world):
     done = client.post("/batches/cancel/", {"batch_id": [a_id, b_id], "confirm": "yes"})
 
     assert [batch.batch_id for batch in confirm.context["to_cancel"]] == []  # both are completed already
-    assert [(batch_id, found) for batch_id, found in confirm.context["skipped"]][1] == (b_id, None)
+    assert confirm.context["skipped"][1] == (b_id, None, False)
     outcomes = dict(done.context["results"])
     assert outcomes[b_id].error == "There is no batch with this id that you may cancel." and not outcomes[b_id].sent
+
+
+def test_a_bulk_cancel_naming_a_connection_the_user_may_not_cancel_on_changes_nothing(world):
+    client = _client(world, "creator_a")
+    a, b = world.batches["A"], world.batches["B"]
+    tampered = [f"{world.connections['A'].slug}/{a.batch_id}", f"{world.connections['B'].slug}/{b.batch_id}"]
+
+    confirm = client.get("/batches/cancel/", {"batch_id": tampered})
+    done = client.post("/batches/cancel/", {"batch_id": tampered, "confirm": "yes"})
+
+    says = f"“{world.connections['B'].slug}” is not a connection you may cancel batches on; nothing was cancelled."
+    assert confirm.context["bulk_error"] == done.context["bulk_error"] == says
+    assert done.context["results"] == []
+    assert Batch.objects.filter(cancel_requested_at__isnull=False).count() == 0
 
 
 def test_it_finds_nothing_of_another_connection_by_search_or_job(world):

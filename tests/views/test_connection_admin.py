@@ -9,6 +9,7 @@ from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
+from audit.models import Action, AuditEvent
 from batches import configured_connections, secrets, services
 from batches.models import Connection, ConnectionSource
 
@@ -233,3 +234,36 @@ def test_rotation_without_an_encryption_key_says_so(settings):
 
     with pytest.raises(CommandError, match="BATCHBOARD_ENCRYPTION_KEY is not set"):
         call_command("rotate_encryption_key")
+
+
+def test_making_changing_and_deleting_a_connection_is_audited_with_field_names_never_secrets(admin_client, admin_user):
+    connection = made(admin_client, webhook_secret=HOOK)
+    admin_client.post(change_url(connection), form(name="Research lab", api_key="sk-replaced-key-0123456789-Zq7x"))
+    admin_client.post(change_url(connection), form(name="Research lab", api_key=""))  # nothing changed: no event
+    delete = reverse("admin:batches_connection_delete", args=[connection.pk])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 302
+
+    events = list(AuditEvent.objects.filter(target="connection research").order_by("pk"))
+    assert [event.action for event in events] == [
+        Action.CONNECTION_ADD,
+        Action.CONNECTION_CHANGE,
+        Action.CONNECTION_DELETE,
+    ]
+    assert {event.user_id for event in events} == {admin_user.pk}
+    assert {event.username for event in events} == {admin_user.username}
+    assert events[0].detail == "openai at https://api.openai.com/v1; API key set; webhook secret set"
+    assert events[1].detail == "changed Name, API key"
+    for event in events:
+        assert KEY not in str(vars(event)) and HOOK not in str(vars(event)) and "sk-replaced" not in str(vars(event))
+
+
+def test_a_connection_change_names_its_connection_and_a_refused_form_is_not_audited(admin_client):
+    connection = made(admin_client)
+    admin_client.post(change_url(connection), form(budget_per_minute="30", api_key=""))
+    refused = admin_client.post(change_url(connection), form(slug="default"))
+
+    assert refused.status_code == 200  # the form again, with its error
+    change = AuditEvent.objects.get(action=Action.CONNECTION_CHANGE)
+    assert change.connection_id == connection.pk
+    assert change.detail == "changed Budget per minute"
+    assert AuditEvent.objects.filter(action=Action.CONNECTION_CHANGE).count() == 1

@@ -305,6 +305,26 @@ def test_a_bulk_cancel_refuses_an_id_in_two_connections(three, member, settings)
     assert not Batch.objects.filter(batch_id=shared, cancel_requested_at__isnull=False).exists()
 
 
+def test_a_bulk_cancel_of_the_lists_box_cancels_the_id_on_that_rows_connection(three, member, settings):
+    settings.SANDBOX_SPEED = 1.0  # real time: the batch still runs when the cancel arrives
+    b, c = three["b"], three["c"]
+    shared = _made_upstream(b, "s")
+    for connection in (b, c):
+        assert not sync.run_pass(connection=connection, force=True).error
+    listed = member.get(reverse("batches:list")).content.decode()
+    assert f'value="b/{shared}"' in listed and f'value="c/{shared}"' in listed  # each row's box names its connection
+
+    confirm = member.get(reverse("batches:bulk_cancel"), {"batch_id": f"c/{shared}"})
+    assert [batch.connection for batch in confirm.context["to_cancel"]] == [c]
+    assert f'value="c/{shared}"' in confirm.content.decode()
+    done = member.post(reverse("batches:bulk_cancel"), {"batch_id": f"c/{shared}", "confirm": "yes"})
+
+    assert done.status_code == 200 and done.context["tally"]["cancelled"] == 1
+    assert Batch.objects.get(connection=c, batch_id=shared).cancel_requested_at is not None
+    assert Batch.objects.get(connection=b, batch_id=shared).cancel_requested_at is None
+    assert services.get_client(connection=c).retrieve_batch(shared).status in ("cancelling", "cancelled")
+
+
 def test_a_gateway_connections_list_is_paged_by_its_long_ids(three, settings):
     c = three["c"]
     settings.SANDBOX_SECOND_ID_STYLE = "gateway"

@@ -18,7 +18,7 @@ from batches.forms import MAX_LINE_BYTES
 from batches.models import Batch, record_batch
 from results import archive
 from results.models import ArchiveState, Outcome, ResultArchive, ResultLine
-from results.views import RENDER_BYTES
+from results.rows import RENDER_BYTES
 from tests.batch_api import payload
 from tests.conftest import process_environment
 from tests.hostile_api import (

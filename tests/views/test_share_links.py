@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from audit.models import Action, AuditEvent
 from batches.models import record_batch
+from results.rows import RENDER_BYTES
 from sharing.models import MAX_ACTIVE_PER_BATCH, ShareLink, token_hash
 from tests.conftest import completed, kept_batch, observation
 
@@ -377,3 +378,17 @@ def test_an_administrator_revokes_links_in_the_admin_audited(admin_client, viewe
     assert Client().get(f"/shared/{token}/").status_code == 410
     assert AuditEvent.objects.filter(action=Action.SHARE_REVOKE, outcome="ok", username="admin").count() == 1
     assert admin_client.get(f"/admin/sharing/sharelink/{link.pk}/change/").status_code == 200
+
+
+def test_a_row_too_long_to_show_is_cut_without_a_link_to_the_dashboards_raw_line(viewer_client, anonymous, tmp_path):
+    batch = kept_batch({"long": ("ok", "z" * (RENDER_BYTES + 1000))}, tmp_path)
+    token = make_link(viewer_client, batch.batch_id, results=True)
+
+    shared = anonymous.get(f"/shared/{token}/results/rows/1/")
+    own = viewer_client.get(f"/batches/{batch.batch_id}/results/rows/1/")
+
+    assert shared.status_code == own.status_code == 200
+    assert "only its start is shown" in shared.text and "only its start is shown" in own.text
+    raw_url = f"/batches/{batch.batch_id}/results/rows/1/result.jsonl"
+    assert raw_url in own.text
+    assert "Download the whole line" not in shared.text and "/batches/" not in shared.text

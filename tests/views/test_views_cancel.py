@@ -282,7 +282,8 @@ def test_it_shows_the_bulk_confirm_page_with_the_exact_number(api, operator_clie
     html = response.content.decode()
     assert "Cancel 2 batches?" in html and "Yes, cancel 2 batches" in html
     form = re.search(r'<form method="post" action="/batches/cancel/">.*?</form>', html, re.S).group(0)
-    assert re.findall(r'name="batch_id" value="([^"]+)"', form) == [first["id"], second["id"]]
+    # Each named with its connection, so that the confirmation cancels the very batches shown.
+    assert re.findall(r'name="batch_id" value="([^"]+)"', form) == [f"default/{first['id']}", f"default/{second['id']}"]
     assert 'name="confirm" value="yes"' in form and 'name="next" value="/batches/?page=2"' in form
     assert f"<code>{finished['id']}</code>: already finished (completed · 1 failed)" in html
     assert api.cancels == []

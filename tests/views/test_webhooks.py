@@ -418,7 +418,8 @@ def test_a_delivery_signed_with_one_connections_secret_is_refused_on_anothers_ur
     assert post(hook_client, body, signed_for_second).status_code == 400
     assert not Delivery.objects.exists()
     assert tasks.waiting() == 0
-    assert Refusals.objects.get().count == 2
+    counts = dict(Refusals.objects.values_list("connection__slug", "count"))
+    assert counts == {"second": 1, Connection.objects.default().slug: 1}
     assert "for connection 'second' refused" in caplog.text
     assert SECOND_SECRET not in caplog.text and SECRET not in caplog.text
 
@@ -716,3 +717,24 @@ def test_the_admin_lists_deliveries_with_their_connection(db, admin_client, hook
     assert page.status_code == 200
     assert "Second" in page.text
     assert admin_client.get(f"/admin/webhooks/delivery/?connection__id__exact={second.pk}").status_code == 200
+
+
+def test_refusals_are_in_metrics_per_connection_whose_url_was_posted_to(db, hook_client, second, settings):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = event("batch_metric1")
+    unsigned = {"webhook-id": "wh_forged", "webhook-timestamp": str(int(time.time()))}
+    for _ in range(3):
+        assert post_to(hook_client, SECOND_URL, body, unsigned).status_code == 400
+    assert post(hook_client, body, unsigned).status_code == 400
+    assert post_to(hook_client, SECOND_URL, body, signed_headers(body, secret=SECOND_SECRET)).status_code == 200
+
+    settings.BATCHBOARD_METRICS_TOKEN = "metrics-token-for-webhook-tests"
+    scraped = Client().get("/metrics", headers={"Authorization": "Bearer metrics-token-for-webhook-tests"})
+    refusals = {
+        sample.labels["connection"]: sample.value
+        for family in text_string_to_metric_families(scraped.text)
+        for sample in family.samples
+        if sample.name == "batchboard_webhook_refusals_total"
+    }
+    assert refusals == {"second": 3, Connection.objects.default().slug: 1}
