@@ -177,7 +177,7 @@ def _kept_job(request, batch_id: str):
 def _final_row(row: merged.MergedRow) -> dict:
     line = row.line
     return {
-        "line_number": row.original.line_number,
+        "line_number": row.line_number,  # in the whole input file, across a split file's parts
         "custom_id": row.original.custom_id,
         "outcome": line.outcome,
         "status_code": line.status_code,
@@ -202,10 +202,10 @@ def final_rows(request, batch_id: str, params: Query[FinalParams]):
     lines = merged.merged_lines(job, params.show)
     if params.cursor:
         try:
-            after = int(signing.loads(params.cursor, salt=CURSOR_SALT))
+            archive_id, after = (int(value) for value in signing.loads(params.cursor, salt=CURSOR_SALT))
+            lines = merged.lines_after(job, lines, archive_id, after)  # a split file's parts, in order
         except (signing.BadSignature, ValueError, TypeError):
             raise ApiError(400, "The cursor is not one this API gave out.", code="invalid_cursor") from None
-        lines = lines.filter(position__gt=after)
     chunk = list(lines[: params.limit + 1])
     has_more = len(chunk) > params.limit
     chunk = chunk[: params.limit]
@@ -219,7 +219,9 @@ def final_rows(request, batch_id: str, params: Query[FinalParams]):
         "failing": counts.failing,
         "data": [_final_row(row) for row in merged.rows_for(job, chunk)],
         "has_more": has_more,
-        "next_cursor": signing.dumps(chunk[-1].position, salt=CURSOR_SALT) if has_more else None,
+        "next_cursor": signing.dumps([chunk[-1].archive_id, chunk[-1].position], salt=CURSOR_SALT)
+        if has_more
+        else None,
     }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, Value, When
+from django.db.models import Case, Count, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.urls import reverse
 
 from batches.lineage_keys import LineageState
@@ -185,6 +185,15 @@ def still_failing(job: Job):
 
 def _selected(job: Job, show: str):
     return still_failing(job) if show == SHOW_FAILING else original_lines(job)
+
+
+def lines_after(job: Job, lines, archive_id: int, position: int):
+    """`lines` (of the job's originals) after the line at `position` of the root archive `archive_id`, in file order:
+    a cursor that stays right across a split file's parts (positions restart in each part). ValueError for an
+    archive that is no root of the job."""
+    roots = [archive.pk for archive in job.root_archives]
+    later = roots[roots.index(archive_id) + 1 :]
+    return lines.filter(Q(archive_id__in=later) | Q(archive_id=archive_id, position__gt=position))
 
 
 def merged_lines(job: Job, show: str = SHOW_ALL):

@@ -13,6 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from audit.models import AuditEvent
 from batches import services
 from batches.models import Batch
+from tests.conftest import kept_batch
 from tests.fake_api import Reply, example
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -119,3 +120,39 @@ def test_it_names_the_parts_sent_when_one_fails_and_the_same_key_sends_the_rest(
     ]
     assert sent == ["1", "2", "2", "3"]
     assert Batch.objects.filter(part_of="batch_p1").count() == 3
+
+
+@pytest.fixture
+def kept_split_job(tmp_path):
+    """A job of two parts whose results are kept: part 1 answers a1..a4, part 2 answers b1..b3 (b2 failed)."""
+    first = kept_batch(
+        dict.fromkeys(["a1", "a2", "a3", "a4"], "ok"),
+        tmp_path,
+        metadata={"batchboard_part": "1", "batchboard_parts": "2"},
+    )
+    later = {"batchboard_part": "2", "batchboard_parts": "2", "batchboard_job": first.batch_id}
+    second = kept_batch({"b1": "ok", "b2": 500, "b3": "ok"}, tmp_path, metadata=later)
+    return first, second
+
+
+def test_the_final_results_page_through_a_split_job_in_file_order(token_client, kept_split_job):
+    first, second = kept_split_job
+    seen, cursor = [], ""
+    for _page in range(5):
+        response = token_client.get(f"/api/v1/batches/{second.batch_id}/final", {"limit": 3, "cursor": cursor})
+        assert response.status_code == 200, response.content
+        page = response.json()
+        seen += [(row["line_number"], row["custom_id"], row["outcome"]) for row in page["data"]]
+        if not page["has_more"]:
+            break
+        cursor = page["next_cursor"]
+    assert seen == [
+        (1, "a1", "succeeded"),
+        (2, "a2", "succeeded"),
+        (3, "a3", "succeeded"),
+        (4, "a4", "succeeded"),
+        (5, "b1", "succeeded"),
+        (6, "b2", "failed"),
+        (7, "b3", "succeeded"),
+    ]
+    assert page["job"] == first.batch_id and page["total"] == 7 and page["succeeded"] == 6
