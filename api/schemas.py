@@ -181,24 +181,19 @@ def job_ref(outcome) -> dict | None:
 
 def job_out(job) -> dict:
     """JobOut of a retries.merged.Job: one query for its cost."""
-    roots = job.roots
-    part_count = roots[0].parts if job.is_split else 1
-    numbered = [(root.part or 1, root) for root in roots]
+    numbered = [(root.part or 1, root) for root in job.roots]
     known = {number for number, _root in numbered}
-    cost = Batch.objects.filter(pk__in=[batch.pk for batch in job.batches]).cost_total()
+    total, completed, failed = job.request_counts
+    cost = job.cost_total()
     return {
         "id": job.job_id,
-        "connection": roots[0].connection.slug,
-        "part_count": part_count,
+        "connection": job.batches[0].connection.slug,
+        "part_count": job.part_count,
         "parts": [{"part": number, "batch": batch_out(root)} for number, root in numbered],
-        "missing_parts": [number for number in range(1, part_count + 1) if number not in known],
+        "missing_parts": [number for number in range(1, job.part_count + 1) if number not in known],
         "retries": [batch.batch_id for batch in job.retries],
-        "request_counts": {
-            "total": sum(root.total_requests for root in roots),
-            "completed": sum(root.completed_requests for root in roots),
-            "failed": sum(root.failed_requests for root in roots),
-        },
-        "finished": all(batch.is_terminal for batch in job.batches),
+        "request_counts": {"total": total, "completed": completed, "failed": failed},
+        "finished": not job.running,
         "cost": float(cost.amount) if cost.batches else None,
         "cost_complete": cost.complete,
     }

@@ -16,9 +16,7 @@ def cancel_running(request, job: Job, connection: Connection) -> list[tuple[str,
     running batch."""
     user = request.user.get_username()
     outcomes = []
-    for batch in job.batches:
-        if batch.is_terminal:
-            continue
+    for batch in job.running:
         outcome = actions.cancel_batch(batch.batch_id, user=user, connection=connection)
         record(
             request,

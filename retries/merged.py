@@ -67,6 +67,31 @@ class Job:
         return archives if archives and all(archives) else []
 
     @property
+    def part_count(self) -> int:
+        """The parts the file was sent as (what its first part's metadata says), 1 for a file sent whole."""
+        return self.parts[0].parts if self.parts else 1
+
+    @property
+    def request_counts(self) -> tuple[int, int, int]:
+        """(total, completed, failed) requests over the roots: the whole file's progress (a retry resends lines
+        already counted)."""
+        roots = self.roots
+        return (
+            sum(root.total_requests for root in roots),
+            sum(root.completed_requests for root in roots),
+            sum(root.failed_requests for root in roots),
+        )
+
+    @property
+    def running(self) -> list[Batch]:
+        """The batches of the job that are not final: what Cancel job cancels."""
+        return [batch for batch in self.batches if not batch.is_terminal]
+
+    def cost_total(self):
+        """What every batch of the job cost (parts and retries): one aggregate."""
+        return Batch.objects.filter(pk__in=[batch.pk for batch in self.batches]).cost_total()
+
+    @property
     def roots_not_kept(self) -> list[Batch]:
         """The roots whose results are not kept (yet): the merged results wait for them."""
         return [root for root in self.roots if root.pk not in self.archives]

@@ -104,18 +104,16 @@ def final_results(request, batch_id):
 def _split_summary(request, job) -> dict:
     """The job page's parts card: each part with its progress, the whole file's progress, the job's cost (every
     part and every retry of one) and whether the viewer may cancel its running batches."""
-    parts = job.parts
-    total = sum(part.total_requests for part in parts)
-    done = sum(part.completed_requests + part.failed_requests for part in parts)
-    running = [batch for batch in job.batches if not batch.is_terminal]
+    total, completed, failed = job.request_counts
+    running = job.running
     return {
-        "parts": parts,
-        "count": parts[0].parts,
-        "missing": parts[0].parts - len(parts),
+        "parts": job.parts,
+        "count": job.part_count,
+        "missing": job.part_count - len(job.parts),
         "requests": total,
-        "processed": done,
-        "percent": round(100 * done / total) if total else 0,
-        "cost": Batch.objects.filter(pk__in=[batch.pk for batch in job.batches]).cost_total(),
+        "processed": completed + failed,
+        "percent": round(100 * (completed + failed) / total) if total else 0,
+        "cost": job.cost_total(),
         "running": running,
         "can_cancel": bool(running) and access.may(request.user, access.CANCEL, job.parts[0].connection_id),
     }
@@ -130,10 +128,9 @@ def cancel_job(request, batch_id):
     if not access.may(request.user, access.CANCEL, connection):
         record(request, Action.CANCEL, AuditOutcome.REFUSED, batch_id=batch_id, detail="no permission to cancel job")
         raise PermissionDenied("You may not cancel batches of this connection.")
-    batch = Batch.objects.get(connection=connection, batch_id=batch_id)
-    job = merged.load_job(batch.job_id, connection.pk)
+    job = merged.job_of(Batch.objects.get(connection=connection, batch_id=batch_id))
     outcomes = cancel.cancel_running(request, job, connection)
-    problems = [f"{batch_id}: {outcome.error}" for batch_id, outcome in outcomes if outcome.error]
+    problems = [f"{member}: {outcome.error}" for member, outcome in outcomes if outcome.error]
     if problems:
         messages.error(request, f"Cancelled {len(outcomes) - len(problems)} of {len(outcomes)}. " + " ".join(problems))
     elif outcomes:
