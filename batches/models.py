@@ -291,7 +291,8 @@ class BatchQuerySet(models.QuerySet):
         first part. Metadata is anyone's to write, so the job is the first part and, for each later number up to its
         count, the first batch made (by created_at, then id) that claims that number of that count: a second or
         stray claim never joins it. The same rule on any install that imports the same batches gives the same job."""
-        candidates = self.filter(connection_id=connection_id, part_of=first_id).order_by("created_at", "batch_id")
+        candidates = self.filter(connection_id=connection_id, part_of=first_id).select_related("connection")
+        candidates = candidates.order_by("created_at", "batch_id")
         by_number: dict[int, Batch] = {}
         for batch in candidates:
             by_number.setdefault(batch.part, batch)
