@@ -317,3 +317,21 @@ def test_a_viewer_may_see_the_job_but_not_cancel_it(viewer_client, fake_api):
     assert viewer_client.post(reverse("retries:cancel_job", args=[first.batch_id])).status_code == 403
     assert AuditEvent.objects.filter(action="cancel", outcome="refused").exists()
     assert fake_api.requests_to("POST", f"/batches/{first.batch_id}/cancel") == []
+
+
+@pytest.mark.django_db
+def test_cancel_job_reports_each_part_that_could_not_be_cancelled(api, fake_api, operator_client):
+    first = api.add("in_progress", metadata={"batchboard_part": "1", "batchboard_parts": "3"})
+    later = {"batchboard_parts": "3", "batchboard_job": first["id"]}
+    second = api.add("in_progress", metadata={**later, "batchboard_part": "2"})
+    third = api.add("in_progress", metadata={**later, "batchboard_part": "3"})
+    overloaded = Reply(503, {"error": {"message": "The server is overloaded.", "type": "server_error"}})
+    fake_api.route("POST", f"/batches/{second['id']}/cancel", lambda received: overloaded)
+
+    response = operator_client.post(reverse("retries:cancel_job", args=[third["id"]]), follow=True)
+
+    page = response.content.decode()
+    assert "Cancelled 2 of 3." in page and second["id"] in page and "not have gone through" in page
+    outcomes = dict(AuditEvent.objects.filter(action="cancel").values_list("batch_id", "outcome"))
+    assert outcomes == {first["id"]: "ok", second["id"]: "error", third["id"]: "ok"}
+    assert sorted(api.cancels) == sorted([first["id"], third["id"]])
