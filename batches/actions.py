@@ -265,6 +265,16 @@ def create_job(*, token: uuid.UUID, upload, filename: str, plan: list, metadata:
                 part_count=count,
                 sent_now=frozenset(sent_now),
             )
+        if outcome.repeated and (outcome.batch.part, outcome.batch.parts) != (number, count):
+            # The token sent another file before (a form reused with a different file): send nothing more.
+            return CreateOutcome(
+                error=f"This form was already used to send a file as {outcome.batch.parts or 1} batch(es), starting "
+                f"with {outcome.batch.batch_id}; this file would be {count}. Reload the page to send it as a new job.",
+                conflict=True,
+                parts=tuple(sent),
+                part_count=count,
+                sent_now=frozenset(sent_now),
+            )
         if not outcome.repeated:
             sent_now.add(outcome.batch.batch_id)
         sent.append(outcome.batch)

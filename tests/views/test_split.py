@@ -335,3 +335,14 @@ def test_cancel_job_reports_each_part_that_could_not_be_cancelled(api, fake_api,
     outcomes = dict(AuditEvent.objects.filter(action="cancel").values_list("batch_id", "outcome"))
     assert outcomes == {first["id"]: "ok", second["id"]: "error", third["id"]: "ok"}
     assert sorted(api.cancels) == sorted([first["id"], third["id"]])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("small_parts")
+def test_a_form_reused_with_a_file_of_another_shape_sends_nothing_more(operator_client, sandbox_url):
+    token = uuid.uuid4()
+    assert _post(operator_client, _content(5), token=token).status_code == 303
+    again = _post(operator_client, _content(7), token=token)
+    assert again.status_code == 409
+    assert "Reload the page to send it as a new job" in again.content.decode()
+    assert len(_sandbox_batches(sandbox_url)) == 3
