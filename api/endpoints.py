@@ -306,7 +306,12 @@ def _form_errors(form: CreateBatchForm) -> dict:
 def create_batch(request):
     """Create a batch from a JSONL upload (`input_file`) or an uploaded file id, validated as the create page does:
     nothing is sent when anything is wrong, and the problems come back by line. Send an `Idempotency-Key` header to
-    make retrying safe: the same key gives the same batch (200, `repeated`) instead of a second one."""
+    make retrying safe: the same key gives the same batch (200, `repeated`) instead of a second one.
+
+    An upload over the Batch API's limits (50,000 requests or 200 MB; up to BATCHBOARD_MAX_UPLOAD_BYTES) is split on
+    line boundaries and sent as the parts of one job (`job`: its id and parts; `batch` is the first part). When a
+    part fails to send, the answer (502) names the parts sent in `details`; the same request with the same
+    Idempotency-Key sends the rest, never a part twice."""
     require_scope(request, CREATE)
     creatable = access.connections(request.user, access.CREATE)
     if not creatable:
@@ -315,16 +320,22 @@ def create_batch(request):
     key = request.headers.get("Idempotency-Key", "").strip()
     if len(key) > MAX_IDEMPOTENCY_KEY:
         raise ApiError(400, f"The Idempotency-Key is at most {MAX_IDEMPOTENCY_KEY} characters.")
-    form = CreateBatchForm(_form_data(request, key), request.FILES, connections=creatable)
+    form = CreateBatchForm(_form_data(request, key), request.FILES, connections=creatable, split=True)
     if not form.is_valid():
         audit_create(request, form, events.REFUSED, detail=first_problem(form))
         raise ApiError(400, "The batch was not created: " + first_problem(form), details=_form_errors(form))
     outcome = create_from_form(request, form)
     if outcome.batch is not None:
-        answer = {"repeated": outcome.repeated, "batch": schemas.batch_out(outcome.batch)}
+        answer = {
+            "repeated": outcome.repeated,
+            "batch": schemas.batch_out(outcome.batch),
+            "job": schemas.job_ref(outcome),
+        }
         return Status(200 if outcome.repeated else 201, answer)
     details = {"uploaded_file_id": outcome.uploaded_file_id} if outcome.uploaded_file_id else None
-    if outcome.error == actions.CREATE_LIMITED.format(limit=settings.BATCHBOARD_USER_CREATE_LIMIT):
+    if outcome.is_job:
+        details = {"part_count": outcome.part_count, "sent_parts": [part.batch_id for part in outcome.parts]}
+    if actions.CREATE_LIMITED.format(limit=settings.BATCHBOARD_USER_CREATE_LIMIT) in outcome.error:  # a part's too
         raise errors.rate_limited(outcome.error)
     if outcome.conflict:
         message = "This Idempotency-Key is in use by a request still being answered; try again in a moment."

@@ -17,12 +17,12 @@ from api import schemas
 from api.auth import require_scope
 from api.common import checked_id, visible_batch
 from api.errors import ApiError, rate_limited
-from api.models import CREATE, READ
-from batches import access, actions, services
+from api.models import CANCEL, CREATE, READ
+from batches import access, actions, events, services
 from batches.views.common import existing_batch_connection
 from batches.views.detail import FileUnavailable, file_download
 from results.archive import request_archive
-from retries import confirm, merged, submit
+from retries import cancel, confirm, merged, submit
 from retries import views as retries_views
 from retries.models import MAX_AUTO_RETRIES
 from retries.selection import CHOICES, FILTER, RetrySelection
@@ -177,7 +177,7 @@ def _kept_job(request, batch_id: str):
 def _final_row(row: merged.MergedRow) -> dict:
     line = row.line
     return {
-        "line_number": row.original.line_number,
+        "line_number": row.line_number,  # in the whole input file, across a split file's parts
         "custom_id": row.original.custom_id,
         "outcome": line.outcome,
         "status_code": line.status_code,
@@ -202,10 +202,10 @@ def final_rows(request, batch_id: str, params: Query[FinalParams]):
     lines = merged.merged_lines(job, params.show)
     if params.cursor:
         try:
-            after = int(signing.loads(params.cursor, salt=CURSOR_SALT))
+            archive_id, after = (int(value) for value in signing.loads(params.cursor, salt=CURSOR_SALT))
+            lines = merged.lines_after(job, lines, archive_id, after)  # a split file's parts, in order
         except (signing.BadSignature, ValueError, TypeError):
             raise ApiError(400, "The cursor is not one this API gave out.", code="invalid_cursor") from None
-        lines = lines.filter(position__gt=after)
     chunk = list(lines[: params.limit + 1])
     has_more = len(chunk) > params.limit
     chunk = chunk[: params.limit]
@@ -219,7 +219,9 @@ def final_rows(request, batch_id: str, params: Query[FinalParams]):
         "failing": counts.failing,
         "data": [_final_row(row) for row in merged.rows_for(job, chunk)],
         "has_more": has_more,
-        "next_cursor": signing.dumps(chunk[-1].position, salt=CURSOR_SALT) if has_more else None,
+        "next_cursor": signing.dumps([chunk[-1].archive_id, chunk[-1].position], salt=CURSOR_SALT)
+        if has_more
+        else None,
     }
 
 
@@ -274,3 +276,33 @@ def batch_file(request, batch_id: str, kind: Literal["input", "output", "error"]
     except FileUnavailable as exc:
         details = {"file_id": exc.file_id} if exc.file_id else None
         raise ApiError(exc.status, exc.message, details=details) from None
+
+
+# --- A job: the batches a file was sent as, with their retries ------------------------------------------------
+
+
+@router.get("/jobs/{batch_id}", response={200: schemas.JobOut, **ERRORS}, summary="A job", tags=["jobs"])
+def job_detail(request, batch_id: str):
+    """The job of a batch (any of its batches' ids): the parts a file was sent as (one for a file within the Batch
+    API's limits; a split file's parts carry `batchboard_job`, `batchboard_part`, `batchboard_parts`), the retries of
+    each, the whole file's progress and cost."""
+    require_scope(request, READ)
+    return schemas.job_out(merged.job_of(visible_batch(request, batch_id)))
+
+
+@router.post(
+    "/jobs/{batch_id}/cancel", response={200: schemas.JobCancelOut, **ERRORS}, summary="Cancel a job", tags=["jobs"]
+)
+def job_cancel(request, batch_id: str):
+    """Cancel every running batch of the job (its parts and their retries): needs the `cancel` scope and your team's
+    cancel grant on its connection. Each batch's outcome is listed, one audited cancel each; nothing running is no
+    error."""
+    require_scope(request, CANCEL)
+    connection = existing_batch_connection(request, checked_id(batch_id))
+    if not access.may(request.user, access.CANCEL, connection):
+        events.note_action(request, events.CANCEL, events.REFUSED, batch_id=batch_id, detail="no permission to cancel")
+        raise ApiError(403, "You may not cancel batches of this connection.")
+    job = merged.job_of(visible_batch(request, batch_id))
+    outcomes = cancel.cancel_running(request, job, connection)
+    results = [{"id": batch_id, "result": outcome.result, "error": outcome.error} for batch_id, outcome in outcomes]
+    return {"job": job.job_id, "results": results}

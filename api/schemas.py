@@ -45,6 +45,9 @@ class Lineage(Schema):
     attempt: int = 0
     verified: bool = False
     state: str = ""
+    part_of: str = ""  # a split file's job (its first part's id; /api/v1/jobs/{id}); "" for a batch sent whole
+    part: int = 0
+    parts: int = 0
 
 
 class BatchOut(Schema):
@@ -120,9 +123,80 @@ class BulkCancelOut(Schema):
     error: int
 
 
+class JobRef(Schema):
+    """A file over the API's limits, sent as the parts of one job: the job's id (its first part's) and every part."""
+
+    id: str
+    parts: list[str]
+    part_count: int
+
+
 class CreateOut(Schema):
-    repeated: bool  # the Idempotency-Key had made this batch already: nothing was sent this time
+    repeated: bool  # the Idempotency-Key had made this batch (every part) already: nothing was sent this time
+    batch: BatchOut  # the batch, or a split file's first part
+    job: JobRef | None = None  # a split file's job; null for a file sent as one batch
+
+
+class JobPartOut(Schema):
+    part: int
     batch: BatchOut
+
+
+class JobOut(Schema):
+    """A job: the batches a file was sent as (its parts: one for a file within the API's limits) and the retries of
+    each, with the whole file's progress and cost."""
+
+    id: str
+    connection: str
+    part_count: int
+    parts: list[JobPartOut]
+    missing_parts: list[int]  # part numbers not known to this dashboard (not sent, or not seen yet)
+    retries: list[str]
+    request_counts: RequestCounts  # over the parts
+    finished: bool  # every part and retry is final
+    cost: float | None  # dollars over every part and retry priced; null when no usage is reported yet
+    cost_complete: bool  # every batch with usage has a known price
+
+
+class JobCancelItem(Schema):
+    id: str
+    result: str
+    error: str
+
+
+class JobCancelOut(Schema):
+    job: str
+    results: list[JobCancelItem]  # one per batch that was running
+
+
+def job_ref(outcome) -> dict | None:
+    if not outcome.is_job:
+        return None
+    return {
+        "id": outcome.parts[0].batch_id,
+        "parts": [p.batch_id for p in outcome.parts],
+        "part_count": outcome.part_count,
+    }
+
+
+def job_out(job) -> dict:
+    """JobOut of a retries.merged.Job: one query for its cost."""
+    numbered = [(root.part or 1, root) for root in job.roots]
+    known = {number for number, _root in numbered}
+    total, completed, failed = job.request_counts
+    cost = job.cost_total()
+    return {
+        "id": job.job_id,
+        "connection": job.batches[0].connection.slug,
+        "part_count": job.part_count,
+        "parts": [{"part": number, "batch": batch_out(root)} for number, root in numbered],
+        "missing_parts": [number for number in range(1, job.part_count + 1) if number not in known],
+        "retries": [batch.batch_id for batch in job.retries],
+        "request_counts": {"total": total, "completed": completed, "failed": failed},
+        "finished": not job.running,
+        "cost": float(cost.amount) if cost.batches else None,
+        "cost_complete": cost.complete,
+    }
 
 
 def batch_out(batch: Batch) -> dict:
@@ -157,6 +231,9 @@ def batch_out(batch: Batch) -> dict:
             "attempt": batch.attempt,
             "verified": batch.lineage_state == LineageState.VERIFIED,
             "state": batch.lineage_state,
+            "part_of": batch.part_of,
+            "part": batch.part,
+            "parts": batch.parts,
         },
     }
 

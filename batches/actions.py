@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from batches import budget, services
 from batches.freshness import failure_message
+from batches.lineage_keys import part_metadata
 from batches.lookups import refresh_batch
 from batches.models import Batch, BatchCreation, Connection, record_batch, stored_username
 
@@ -139,6 +140,15 @@ class CreateOutcome:
     error_field: str | None = None  # the form field the error belongs to; None for the whole form
     uploaded_file_id: str = ""  # the upload worked but the create did not: the batch can be created from this id
     conflict: bool = False  # the token is another's, or its first submission is still being answered
+    # A split file (create_job): every part sent (or found sent earlier), in order, and how many there are. On a
+    # failure part-way, `batch` is None and `parts` names those sent, so the answer can say exactly which.
+    parts: tuple[Batch, ...] = ()
+    part_count: int = 0
+    sent_now: frozenset[str] = frozenset()  # the parts this submission sent (the others were sent before)
+
+    @property
+    def is_job(self) -> bool:
+        return self.part_count > 1
 
 
 def create_batch(
@@ -211,6 +221,66 @@ def create_batch(
     BatchCreation.objects.filter(pk=claim.pk).update(batch_id=batch.id)
     logger.info("Batch %s created from %s by %s", batch.id, input_file_id, user or "unknown user")
     return CreateOutcome(batch=row)
+
+
+def part_token(token: uuid.UUID, number: int) -> uuid.UUID:
+    """The form token of part `number` of a split file: the form's own for the first part (its batch is the job),
+    one derived from it for the others, so a repeated submission finds every part sent before and sends the rest."""
+    return token if number == 1 else uuid.uuid5(token, f"batchboard part {number}")
+
+
+def create_job(*, token: uuid.UUID, upload, filename: str, plan: list, metadata: dict[str, str], **options):
+    """Send a file as its parts (`plan`: batches.forms.FilePart, byte ranges of whole lines), one batch each, in
+    order and once per form token (part_token): the first part's batch id is the job's, which the others carry in
+    their metadata (batches.lineage_keys). Each part is uploaded from its byte range of the open `upload`, in
+    blocks (services.FileRange), never read whole.
+
+    Stops at the first part that fails: the outcome names the parts sent; the same submission again (the same token)
+    finds those and sends the rest, never a part twice. Cost: two upstream calls a part (upload, create), over one
+    client; the job counts as one create against the user's per-minute limit."""
+    count = len(plan)
+    stem = filename.removesuffix(".jsonl") or "batch-input"
+    connection = options.pop("connection", None) or Connection.objects.default()
+    client = services.get_client(services.CallFor.CREATE, connection)
+    sent: list[Batch] = []
+    sent_now: set[str] = set()
+    for number, part in enumerate(plan, start=1):
+        first = sent[0].batch_id if sent else ""
+        outcome = create_batch(
+            token=part_token(token, number),
+            upload=services.FileRange(upload, part.start, part.length),
+            filename=f"{stem}.part{number}of{count}.jsonl",
+            metadata=part_metadata(metadata, part=number, parts=count, first=first),
+            client=client,
+            connection=connection,
+            by_person=number == 1,  # one file, one create against the user's per-minute limit
+            **options,
+        )
+        if outcome.batch is None:
+            return CreateOutcome(
+                error=f"Part {number} of {count} was not sent. {outcome.error}",
+                error_field=outcome.error_field if number == 1 else None,
+                conflict=outcome.conflict,
+                parts=tuple(sent),
+                part_count=count,
+                sent_now=frozenset(sent_now),
+            )
+        if outcome.repeated and (outcome.batch.part, outcome.batch.parts) != (number, count):
+            # The token sent another file before (a form reused with a different file): send nothing more.
+            return CreateOutcome(
+                error=f"This form was already used to send a file as {outcome.batch.parts or 1} batch(es), starting "
+                f"with {outcome.batch.batch_id}; this file would be {count}. Reload the page to send it as a new job.",
+                conflict=True,
+                parts=tuple(sent),
+                part_count=count,
+                sent_now=frozenset(sent_now),
+            )
+        if not outcome.repeated:
+            sent_now.add(outcome.batch.batch_id)
+        sent.append(outcome.batch)
+    return CreateOutcome(
+        batch=sent[0], repeated=not sent_now, parts=tuple(sent), part_count=count, sent_now=frozenset(sent_now)
+    )
 
 
 def _claim_creation(token: uuid.UUID, user: str) -> tuple[BatchCreation | None, bool]:

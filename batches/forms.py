@@ -6,15 +6,18 @@ import hashlib
 import json
 import math
 import uuid
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from django import forms
+from django.conf import settings
 
 from batches import services
 from batches.estimate import Estimate, InputCounter
 from batches.formatting import format_size
+from batches.lineage_keys import MAX_PARTS, PART_KEYS
 from batches.models import DEFAULT_CONNECTION, DESCRIPTION_KEY, Connection
 
 MAX_REPORTED_ERRORS = 20
@@ -48,6 +51,18 @@ class JsonlReport:
     line_errors: list[str] = field(default_factory=list)
     line_problems: list[tuple[int, str]] = field(default_factory=list)  # the same, as (line, message) for the API
     line_error_count: int = 0
+    parts: list[FilePart] = field(default_factory=list)  # how the file is sent: one part per batch
+
+    @property
+    def is_split(self) -> bool:
+        return len(self.parts) > 1
+
+    @property
+    def split_summary(self) -> str:
+        """ "3 batches of 50,000, 50,000 and 20,000 requests" """
+        counts = [f"{part.requests:,}" for part in self.parts]
+        listed = ", ".join(counts[:-1]) + f" and {counts[-1]}" if len(counts) > 1 else counts[0]
+        return f"{len(self.parts)} batches of {listed} requests"
 
     @property
     def is_valid(self) -> bool:
@@ -70,13 +85,58 @@ class JsonlReport:
         return [*self.file_errors, *self.line_errors, *more]
 
 
+@dataclass(frozen=True)
+class FilePart:
+    """A run of whole lines of the input file that fits one batch: `length` bytes from byte `start`, `requests`
+    requests, the first of them on line `first_line` of the file."""
+
+    start: int
+    length: int
+    requests: int
+    first_line: int
+
+
+class _IdTable:
+    """custom_ids seen so far, as 64-bit digests with the line of each, in an open-addressing table of two flat arrays
+    (12 bytes a slot, at most half full): about 24 bytes an id, a tenth of a dict of digests, so a file of millions
+    of lines is checked for duplicates in bounded memory. Two different ids share a 64-bit digest with a chance of
+    about n²/2⁶⁵ (one in 300,000 for 10 million ids); that would be reported as a duplicate."""
+
+    def __init__(self, capacity: int = 1 << 12):
+        self._keys = array("Q", bytes(8 * capacity))
+        self._lines = array("I", bytes(4 * capacity))
+        self._used = 0
+
+    def first_line(self, digest: int, line_number: int) -> int:
+        """The line the id was first seen on; records it on `line_number` when new."""
+        digest = digest or 1  # 0 marks an empty slot
+        keys, mask = self._keys, len(self._keys) - 1
+        slot = digest & mask
+        while keys[slot]:
+            if keys[slot] == digest:
+                return self._lines[slot]
+            slot = (slot + 1) & mask
+        keys[slot], self._lines[slot] = digest, min(line_number, 0xFFFFFFFF)
+        self._used += 1
+        if self._used * 2 > len(keys):
+            self._grow()
+        return line_number
+
+    def _grow(self) -> None:
+        keys, lines = self._keys, self._lines
+        self.__init__(len(keys) * 2)
+        for key, line in zip(keys, lines, strict=True):
+            if key:
+                self.first_line(key, line)
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _id_digest(custom_id: str) -> bytes:
-    # 16-byte digests keep the duplicate check's memory small whatever the length of the ids.
-    return hashlib.blake2b(custom_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def _id_digest(custom_id: str) -> int:
+    # 8-byte digests keep the duplicate check's memory small whatever the length of the ids (see _IdTable).
+    return int.from_bytes(hashlib.blake2b(custom_id.encode("utf-8", "surrogatepass"), digest_size=8).digest())
 
 
 def validate_jsonl(
@@ -85,6 +145,7 @@ def validate_jsonl(
     endpoint: str | None = None,
     size: int | None = None,
     observe: Callable[[dict], None] | None = None,
+    split: bool = False,
 ) -> JsonlReport:
     """Check a Batch API input file line by line, reading it as a stream (memory stays bounded by MAX_LINE_BYTES).
 
@@ -92,18 +153,25 @@ def validate_jsonl(
     endpoint (taken from the first line when not given) and an object `body`; one `body.model` for the whole
     file; at most MAX_REQUESTS_PER_BATCH lines and MAX_INPUT_FILE_BYTES bytes; UTF-8 without a byte order mark.
     Blank lines at the end are tolerated. `observe` is given each request parsed, in the same pass (the estimate).
+
+    With `split`, a file over the per-batch limits is not refused (up to BATCHBOARD_MAX_UPLOAD_BYTES): it is planned
+    as parts on line boundaries, each within both limits (report.parts), checked as a whole all the same (custom_id
+    unique across the file, one endpoint and model). A file within the limits is one part either way.
     """
     report = JsonlReport(endpoint=endpoint or None)
-    if size is not None and size > services.MAX_INPUT_FILE_BYTES:
+    limit = settings.BATCHBOARD_MAX_UPLOAD_BYTES if split else services.MAX_INPUT_FILE_BYTES
+    if size is not None and size > limit:
         report.size = size
-        report.add(_too_large(size))
+        report.add(_too_large(size, split=split))
         return report
 
     scan = _Scan()
+    planner = _PartPlanner()
     blank_run_start, blank_run_length = 0, 0
     line_number = 0
     for raw, length in _lines(handle):
         line_number += 1
+        offset = report.size
         report.size += length
         if raw is None:
             raw = _TOO_LONG
@@ -118,7 +186,8 @@ def validate_jsonl(
             report.add("blank line; only the end of the file may have blank lines.", blank)
         blank_run_length = 0
         report.requests += 1
-        if report.requests > services.MAX_REQUESTS_PER_BATCH:
+        planner.add(offset, length, line_number)
+        if report.requests > services.MAX_REQUESTS_PER_BATCH and not split:
             continue  # Only counted: the file is invalid whatever these lines hold, and the id set stops growing.
         if raw is _TOO_LONG:
             report.add(
@@ -133,16 +202,41 @@ def validate_jsonl(
             if observe is not None:
                 observe(request)
 
-    if report.size > services.MAX_INPUT_FILE_BYTES:
-        report.add(_too_large(report.size))
-    if report.requests > services.MAX_REQUESTS_PER_BATCH:
+    if report.size > limit:
+        report.add(_too_large(report.size, split=split))
+    if report.requests > services.MAX_REQUESTS_PER_BATCH and not split:
         report.add(
             f"The file has {report.requests:,} requests; a batch holds at most "
             f"{services.MAX_REQUESTS_PER_BATCH:,}. Split it into several files."
         )
     if report.requests == 0:
         report.add("The file is empty: it has no requests.")
+    report.parts = planner.finish(report.size)
+    if len(report.parts) > MAX_PARTS:
+        report.add(f"The file would be sent as {len(report.parts):,} batches; a job holds at most {MAX_PARTS:,}.")
     return report
+
+
+class _PartPlanner:
+    """Cuts the file into parts as its lines go by: a new part starts at the request that would take the current one
+    past MAX_REQUESTS_PER_BATCH requests or MAX_INPUT_FILE_BYTES bytes. Blank lines at the end stay with the last
+    part, so every byte of the file is in exactly one part."""
+
+    def __init__(self):
+        self.parts: list[FilePart] = []
+        self.start, self.requests, self.first_line = 0, 0, 1
+
+    def add(self, offset: int, length: int, line_number: int) -> None:
+        full = self.requests >= services.MAX_REQUESTS_PER_BATCH
+        if self.requests and (full or offset + length - self.start > services.MAX_INPUT_FILE_BYTES):
+            self.parts.append(FilePart(self.start, offset - self.start, self.requests, self.first_line))
+            self.start, self.requests, self.first_line = offset, 0, line_number
+        self.requests += 1
+
+    def finish(self, size: int) -> list[FilePart]:
+        if self.requests:
+            self.parts.append(FilePart(self.start, size - self.start, self.requests, self.first_line))
+        return self.parts
 
 
 def _lines(handle: BinaryIO):
@@ -163,7 +257,13 @@ def _lines(handle: BinaryIO):
         yield None, length
 
 
-def _too_large(size: int) -> str:
+def _too_large(size: int, *, split: bool = False) -> str:
+    if split:
+        limit = settings.BATCHBOARD_MAX_UPLOAD_BYTES
+        return (
+            f"The file is {format_size(size)} ({size:,} bytes); this dashboard takes files of at most "
+            f"{format_size(limit)} ({limit:,} bytes) (BATCHBOARD_MAX_UPLOAD_BYTES)."
+        )
     limit = services.MAX_INPUT_FILE_BYTES
     return (
         f"The file is {format_size(size)} ({size:,} bytes); the Batch API accepts at most "
@@ -194,7 +294,7 @@ def _parse_line(raw: bytes, line_number: int, report: JsonlReport) -> dict | Non
 class _Scan:
     """What a validation pass remembers between lines."""
 
-    seen_ids: dict[bytes, int] = field(default_factory=dict)
+    seen_ids: _IdTable = field(default_factory=_IdTable)
     model_line: int | None = None
     first_line_without_model: int | None = None
 
@@ -207,7 +307,7 @@ def _check_request(request: dict, line_number: int, report: JsonlReport, scan: _
         if report.first_custom_id is None:
             report.first_custom_id = custom_id
         digest = _id_digest(custom_id)
-        first = scan.seen_ids.setdefault(digest, line_number)
+        first = scan.seen_ids.first_line(digest, line_number)
         if first != line_number:
             shown = custom_id if len(custom_id) <= 80 else custom_id[:77] + "…"
             report.add(f"custom_id {shown!r} is already used on line {first:,}.", line_number)
@@ -289,7 +389,8 @@ class CreateBatchForm(forms.Form):
         required=False,
         allow_empty_file=True,  # the validator says so, in its own words, instead of "choose a file"
         label="JSONL file",
-        help_text="One request per line; at most 50,000 requests and 200 MB.",
+        help_text="One request per line. A file over the API's limits (50,000 requests or 200 MB) is sent as several "
+        "batches of one job.",
         widget=forms.FileInput(attrs={"accept": ".jsonl,application/jsonl,application/x-ndjson"}),
     )
     input_file_id = forms.CharField(
@@ -333,9 +434,12 @@ class CreateBatchForm(forms.Form):
         },
     )
 
-    def __init__(self, *args, connections: list[Connection] | None = None, **kwargs):
-        """`connections`: those the user may create on; None for the default connection alone (no choice shown)."""
+    def __init__(self, *args, connections: list[Connection] | None = None, split: bool = False, **kwargs):
+        """`connections`: those the user may create on; None for the default connection alone (no choice shown).
+        `split`: a file over the API's limits is planned as several parts (the create page and the API) instead of
+        refused (a retry's input, built from one batch's lines, never needs it)."""
         super().__init__(*args, **kwargs)
+        self.split = split
         self.allowed_connections = connections
         if connections is None:
             self.fields["connection"].queryset = Connection.objects.filter(slug=DEFAULT_CONNECTION)
@@ -425,14 +529,31 @@ class CreateBatchForm(forms.Form):
         upload.seek(0)
         counter = InputCounter(endpoint=cleaned.get("endpoint") or None)
         self.report = validate_jsonl(
-            upload, endpoint=cleaned.get("endpoint") or None, size=upload.size, observe=counter.add
+            upload, endpoint=cleaned.get("endpoint") or None, size=upload.size, observe=counter.add, split=self.split
         )
         upload.seek(0)
         self.estimate = counter.result() if self.report.is_valid else None
         if not self.report.is_valid:
             self.add_error("input_file", self.report.messages)
-        elif not cleaned.get("endpoint"):
+            return
+        if not cleaned.get("endpoint"):
             cleaned["endpoint"] = self.report.endpoint
+        if self.report.is_split:
+            self._check_room_for_part_keys(cleaned.get("metadata") or {})
+
+    def _check_room_for_part_keys(self, metadata: dict[str, str]) -> None:
+        """Each part carries the job's keys besides the user's pairs: they must fit the API's pairs together."""
+        taken = [key for key in PART_KEYS if key in metadata]
+        if taken:
+            self.add_error("description", f"The key {taken[0]!r} names the parts of a split file: choose another key.")
+        room = services.METADATA_MAX_PAIRS - len(PART_KEYS)
+        if len(metadata) > room:
+            self.add_error(
+                "description",
+                f"This file is sent as {self.report.split_summary}, and each carries {len(PART_KEYS)} metadata pairs "
+                f"of its own ({', '.join(PART_KEYS)}): at most {room} of yours fit, description included; "
+                f"you gave {len(metadata)}.",
+            )
 
     def _clean_metadata(self) -> dict[str, str]:
         description = self.cleaned_data.get("description", "").strip()

@@ -50,3 +50,58 @@ def claim_of(batch_id: str, metadata: dict, id_shape: re.Pattern) -> Claim:
     raw = str(metadata.get(ATTEMPT_KEY) or "").strip()
     attempt = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else 0
     return Claim(retry_of=parent, job=job, attempt=attempt if 1 <= attempt <= MAX_ATTEMPT else 1)
+
+
+# --- Parts of a split file ----------------------------------------------------------------------------------------
+# A file over the API's limits is sent as several batches, the parts of one job. The first part is created first and
+# its batch id is the job's id; it carries its number and the count (it cannot name itself: its id is not known before
+# it is made). Every other part names the first in JOB_KEY. A retry of a part carries none of these keys: it names
+# its part in RETRY_OF_KEY/JOB_KEY, and so stays in that part's lineage (the part's retries).
+PART_KEY = "batchboard_part"
+PARTS_KEY = "batchboard_parts"
+# More parts than a 10 GB upload of 200 MB parts could need; a count past it is no claim.
+MAX_PARTS = 1000
+# The metadata pairs a part of a split job spends on these keys (part 1 spends two, the others three).
+PART_KEYS = (JOB_KEY, PART_KEY, PARTS_KEY)
+
+
+@dataclass(frozen=True)
+class PartClaim:
+    """The job a batch's metadata says it is a part of (the first part's id, its own for part 1), its number and
+    the count; an empty `first` means it claims to be no part."""
+
+    first: str = ""
+    part: int = 0
+    parts: int = 0
+
+
+def _small_number(raw) -> int:
+    text = str(raw or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 4 else 0
+
+
+def part_claim_of(batch_id: str, metadata: dict, id_shape: re.Pattern) -> PartClaim:
+    """Metadata written elsewhere may hold anything: a retry (RETRY_OF_KEY) is no part; a number or a count that is
+    no small number, a count under 2 or over MAX_PARTS, a number past the count, a part 1 that names another job, or
+    a later part that names no batch id of its own connection's shape (or itself) claims nothing. Whether the named
+    first part exists, and in the same connection, is the reader's question (BatchQuerySet.parts_of)."""
+    if str(metadata.get(RETRY_OF_KEY) or "").strip():
+        return PartClaim()
+    part, parts = _small_number(metadata.get(PART_KEY)), _small_number(metadata.get(PARTS_KEY))
+    if not (2 <= parts <= MAX_PARTS and 1 <= part <= parts):
+        return PartClaim()
+    first = str(metadata.get(JOB_KEY) or "").strip()
+    if part == 1:
+        return PartClaim(first=batch_id, part=1, parts=parts) if first in ("", batch_id) else PartClaim()
+    if not id_shape.fullmatch(first) or first == batch_id:
+        return PartClaim()
+    return PartClaim(first=first, part=part, parts=parts)
+
+
+def part_metadata(metadata: dict[str, str], *, part: int, parts: int, first: str = "") -> dict[str, str]:
+    """The metadata a part is sent with: the user's pairs, then the job's keys (`first` is the first part's id, for
+    every part but the first)."""
+    own = {PART_KEY: str(part), PARTS_KEY: str(parts)}
+    if part > 1:
+        own[JOB_KEY] = first
+    return {**{k: v for k, v in metadata.items() if k not in PART_KEYS}, **own}

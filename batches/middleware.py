@@ -16,14 +16,22 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django_htmx.http import HttpResponseClientRedirect
 
-from batches import access, services
+from batches import access
 from batches.views.common import AmbiguousBatch, ambiguous
 from batches.views.time_zone import SESSION_KEY as TIME_ZONE_KEY
 
 # A body above this is refused before anything reads it: login forms, cancels, the admin's forms all fit easily.
 MAX_BODY_BYTES = 1024 * 1024
-# The create page's upload: the largest input file the API takes, plus room for the multipart framing and fields.
-MAX_UPLOAD_BODY_BYTES = services.MAX_INPUT_FILE_BYTES + 10 * 1024 * 1024
+# Room for the multipart framing and the form's other fields around an upload.
+UPLOAD_FRAMING_BYTES = 10 * 1024 * 1024
+
+
+def upload_body_limit() -> int:
+    """The create page's (and the API's create) largest body: the largest file it takes (BATCHBOARD_MAX_UPLOAD_BYTES;
+    a file over the API's limits is split into several batches) and the framing."""
+    return settings.BATCHBOARD_MAX_UPLOAD_BYTES + UPLOAD_FRAMING_BYTES
+
+
 # The sandbox API bounds its own bodies, with its own error answers: JSON bodies by DATA_UPLOAD_MAX_MEMORY_SIZE
 # (checked from Content-Length before reading), file uploads while they stream to disk (sandbox/uploads.py).
 SANDBOX_PREFIX = "/sandbox/"
@@ -49,11 +57,11 @@ def body_limit(request) -> int | None:
     if request.path.startswith(SANDBOX_PREFIX) and settings.SANDBOX_ENABLED:
         return None
     if request.path == reverse("batches:create") and access.connections(request.user, access.CREATE):
-        return MAX_UPLOAD_BODY_BYTES
+        return upload_body_limit()
     # An upload through the JSON API: the api app names who sends it (a token's user, or the session's) before this.
     uploader = getattr(request, "batch_uploader", None)
     if uploader is not None and access.connections(uploader, access.CREATE):
-        return MAX_UPLOAD_BODY_BYTES
+        return upload_body_limit()
     return MAX_BODY_BYTES
 
 
@@ -76,7 +84,8 @@ class RequestBodyLimitMiddleware:
         if length > MAX_BODY_BYTES:
             limit = body_limit(request)
             if limit is not None and length > limit:
-                return render(request, "413.html", {"limit": limit, "length": length}, status=413)
+                context = {"limit": limit, "length": length, "upload_limit": limit == upload_body_limit()}
+                return render(request, "413.html", context, status=413)
         return self.get_response(request)
 
 

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from batches import events, normalise, pricing, services
 from batches.history import STUCK_AFTER
-from batches.lineage_keys import LineageState, claim_of
+from batches.lineage_keys import LineageState, claim_of, part_claim_of
 
 logger = logging.getLogger("batches.recording")
 
@@ -285,6 +285,25 @@ class BatchQuerySet(models.QuerySet):
         enough: any creator can write the metadata). A job lives in one connection: `connection_id` names it."""
         queryset = self.filter(connection_id=connection_id) if connection_id is not None else self
         return queryset.filter(models.Q(batch_id=job_id) | models.Q(job=job_id, lineage_state=LineageState.VERIFIED))
+
+    def parts_of(self, first_id: str, connection_id: int) -> list:
+        """The parts of the split job whose first part is `first_id`, in order (one query); [] when that batch is no
+        first part. Metadata is anyone's to write, so the job is the first part and, for each later number up to its
+        count, the first batch made (by created_at, then id) that claims that number of that count: a second or
+        stray claim never joins it. The same rule on any install that imports the same batches gives the same job."""
+        candidates = self.filter(connection_id=connection_id, part_of=first_id).select_related("connection")
+        candidates = candidates.order_by("created_at", "batch_id")
+        by_number: dict[int, Batch] = {}
+        for batch in candidates:
+            by_number.setdefault(batch.part, batch)
+        first = by_number.get(1)
+        if first is None or first.batch_id != first_id:
+            return []
+        return [first] + [
+            batch
+            for number in range(2, first.parts + 1)
+            if (batch := by_number.get(number)) is not None and batch.parts == first.parts
+        ]
 
     def retry_counts(self, job_ids: list[str]) -> dict[str, int]:
         """{job id: its verified retries} for these jobs, in one query (the list's "↻ 3 retries")."""
@@ -601,6 +620,11 @@ class Batch(models.Model):
     attempt = models.PositiveSmallIntegerField(default=0)
     lineage_state = models.CharField(max_length=12, choices=LineageState.choices, blank=True)
     lineage_note = models.CharField(max_length=300, blank=True)
+    # What the metadata claims about a split file (batches.lineage_keys.part_claim_of): the first part's id (its own
+    # for the first part), this part's number and the count. Empty for a batch that is no part.
+    part_of = models.CharField(max_length=services.ID_LENGTH, blank=True)
+    part = models.PositiveSmallIntegerField(default=0)
+    parts = models.PositiveSmallIntegerField(default=0)
 
     objects = BatchQuerySet.as_manager()
 
@@ -645,6 +669,8 @@ class Batch(models.Model):
             # A job's batches, a batch's retries, and the automatic retry's look for an existing child.
             models.Index(fields=["job", "lineage_state"], name="batch_job"),
             models.Index(fields=["retry_of", "attempt"], name="batch_retry_of"),
+            # A split job's parts (BatchQuerySet.parts_of).
+            models.Index(fields=["connection", "part_of"], name="batch_part_of", condition=~Q(part_of="")),
             # An id looked up across the viewer's connections (a URL carries the id alone).
             models.Index(fields=["batch_id"], name="batch_id"),
             models.Index(fields=["connection", "-created_at"], name="batch_connection_newest"),
@@ -820,6 +846,8 @@ class Batch(models.Model):
             self.lineage_state = LineageState.UNVERIFIED if claim.retry_of else LineageState.NONE
             self.lineage_note = ""
         self.retry_of, self.job, self.attempt = claim.retry_of, claim.job, claim.attempt
+        part = part_claim_of(batch.id, batch.metadata, ids.batch)
+        self.part_of, self.part, self.parts = part.first, part.part, part.parts
 
     @property
     def is_verified_retry(self) -> bool:
@@ -855,6 +883,9 @@ APPLIED_FIELDS = (
     "attempt",
     "lineage_state",
     "lineage_note",
+    "part_of",
+    "part",
+    "parts",
 )
 
 

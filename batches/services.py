@@ -614,6 +614,45 @@ class _MultipartUpload:
         yield self._tail
 
 
+class FileRange(io.RawIOBase):
+    """A read-only view of `length` bytes of an open binary file from `start`: a part of a split input file, uploaded
+    by upload_fileobj as a file of its own without copying it (the multipart body reads it in blocks). Positions are
+    relative to `start`; the underlying file is shared, so ranges of one file are read one at a time."""
+
+    def __init__(self, handle: BinaryIO, start: int, length: int):
+        super().__init__()
+        self._handle, self._start, self._length, self._position = handle, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        self._position = min(max(base + offset, 0), self._length)
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._length - self._position
+        size = left if size is None or size < 0 else min(size, left)
+        if size <= 0:
+            return b""
+        self._handle.seek(self._start + self._position)
+        block = self._handle.read(size)
+        self._position += len(block)
+        return block
+
+    def readinto(self, buffer) -> int:
+        block = self.read(len(buffer))
+        buffer[: len(block)] = block
+        return len(block)
+
+
 class FileContent:
     """A file's bytes as an iterator of chunks, read from the network as they are consumed.
 

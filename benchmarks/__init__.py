@@ -18,4 +18,5 @@ MODULES = (
     "connections",
     "notifications",
     "api",
+    "split",
 )

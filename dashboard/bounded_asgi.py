@@ -17,7 +17,7 @@ from batches.middleware import MAX_BODY_BYTES, SANDBOX_PREFIX, body_limit
 from sandbox.rules import MAX_FILE_BYTES
 
 # The sandbox API bounds its own bodies while reading them (sandbox/uploads.py); here only its largest file counts,
-# with room for the multipart framing, like batches.middleware.MAX_UPLOAD_BODY_BYTES.
+# with room for the multipart framing, like batches.middleware.upload_body_limit().
 SANDBOX_FRAMING_BYTES = 10 * 1024 * 1024
 
 

@@ -275,6 +275,10 @@ BATCHBOARD_UPSTREAM_BUDGET = int(_env_float("BATCHBOARD_UPSTREAM_BUDGET", 120, 1
 BATCHBOARD_USER_UPSTREAM_PER_MINUTE = int(_env_float("BATCHBOARD_USER_UPSTREAM_PER_MINUTE", 30, 1, 100_000))
 # Batches one user may create or retry per minute (each costs two or three upstream calls).
 BATCHBOARD_USER_CREATE_LIMIT = _env_int("BATCHBOARD_USER_CREATE_LIMIT", 10, 1, 100_000)
+# The largest JSONL file the create page and the API's create take (bytes; default 1 GiB). A file over the Batch API's
+# limits (50,000 requests, 200 MB) is split on line boundaries into several batches of one job; past this it is
+# refused with 413 before it is read.
+BATCHBOARD_MAX_UPLOAD_BYTES = _env_int("BATCHBOARD_MAX_UPLOAD_BYTES", 1024**3, 1024 * 1024, 100 * 1024**3)
 # Requests one API token may make a minute (each token has its own count); more are answered 429 with Retry-After.
 BATCHBOARD_API_TOKEN_PER_MINUTE = _env_int("BATCHBOARD_API_TOKEN_PER_MINUTE", 120, 1, 100_000)
 # /metrics is served only to a bearer of this token; without one it is off (404).

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, Value, When
+from django.db.models import Case, Count, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.urls import reverse
 
+from batches.lineage_keys import LineageState
 from batches.models import Batch
 from results.links import request_links
 from results.models import ArchiveState, Outcome, ResultArchive, ResultLine
@@ -35,20 +36,80 @@ def show_of(query) -> str:
 
 @dataclass
 class Job:
-    """A job's batches in order (original first) and the archives kept of them."""
+    """A job's batches in order (original first) and the archives kept of them.
+
+    A split file's job (`parts`: the batches its parts were sent as, in order, batches.lineage_keys) merges every
+    part with its own retries: the original lines are the parts' lines in part order, and a custom_id (unique across
+    the whole file) finds its best answer among every kept batch of the job."""
 
     job_id: str
     batches: list[Batch]
     archives: dict[int, ResultArchive] = field(default_factory=dict)  # batch pk -> ready archive
+    parts: list[Batch] = field(default_factory=list)
 
     @property
     def original(self) -> Batch | None:
         return next((batch for batch in self.batches if batch.batch_id == self.job_id), None)
 
     @property
+    def is_split(self) -> bool:
+        return bool(self.parts)
+
+    @property
+    def roots(self) -> list[Batch]:
+        """The batches whose input lines are the job's lines: the parts, or the original alone."""
+        return self.parts or [batch for batch in [self.original] if batch is not None]
+
+    @property
+    def root_archives(self) -> list[ResultArchive]:
+        """The roots' kept archives in order, once every root's is kept ([] until then)."""
+        archives = [self.archives.get(root.pk) for root in self.roots]
+        return archives if archives and all(archives) else []
+
+    @property
+    def part_count(self) -> int:
+        """The parts the file was sent as (what its first part's metadata says), 1 for a file sent whole."""
+        return self.parts[0].parts if self.parts else 1
+
+    @property
+    def request_counts(self) -> tuple[int, int, int]:
+        """(total, completed, failed) requests over the roots: the whole file's progress (a retry resends lines
+        already counted)."""
+        roots = self.roots
+        return (
+            sum(root.total_requests for root in roots),
+            sum(root.completed_requests for root in roots),
+            sum(root.failed_requests for root in roots),
+        )
+
+    @property
+    def running(self) -> list[Batch]:
+        """The batches of the job that are not final: what Cancel job cancels."""
+        return [batch for batch in self.batches if not batch.is_terminal]
+
+    def cost_total(self):
+        """What every batch of the job cost (parts and retries): one aggregate."""
+        return Batch.objects.filter(pk__in=[batch.pk for batch in self.batches]).cost_total()
+
+    @property
+    def roots_not_kept(self) -> list[Batch]:
+        """The roots whose results are not kept (yet): the merged results wait for them."""
+        return [root for root in self.roots if root.pk not in self.archives]
+
+    @property
     def root_archive(self) -> ResultArchive | None:
-        original = self.original
-        return self.archives.get(original.pk) if original else None
+        """The first root's archive once every root's results are kept: the merged results can be read."""
+        archives = self.root_archives
+        return archives[0] if archives else None
+
+    @property
+    def line_offsets(self) -> dict[int, int]:
+        """archive id -> the lines of the file before its root's first line (0 but for the later parts)."""
+        offsets, before = {}, 0
+        for archive in self.root_archives:
+            offsets[archive.pk] = before
+            before += archive.summary.get("input_lines", 0)
+        return offsets
 
     @property
     def archive_ids(self) -> list[int]:
@@ -57,7 +118,8 @@ class Job:
 
     @property
     def retries(self) -> list[Batch]:
-        return [batch for batch in self.batches if batch.batch_id != self.job_id]
+        roots = {root.pk for root in self.roots}
+        return [batch for batch in self.batches if batch.pk not in roots]
 
     @property
     def pending(self) -> list[Batch]:
@@ -66,15 +128,39 @@ class Job:
 
 
 def load_job(job_id: str, connection_id: int | None = None) -> Job:
+    """The job of `job_id`, or the split job it is a part of (its first part's)."""
+    root = Batch.objects.filter(connection_id=connection_id, batch_id=job_id).only("part_of").first()
+    if connection_id is not None and root is not None and root.part_of:
+        parts = Batch.objects.parts_of(root.part_of, connection_id)
+        if parts:
+            return _load_split_job(parts)
     batches = list(chain(job_id, connection_id).order_by("created_at", "batch_id"))
     # The original first even if its clock says otherwise.
     batches.sort(key=lambda batch: batch.batch_id != job_id)
+    return _with_archives(Job(job_id=job_id, batches=batches))
+
+
+def _load_split_job(parts: list[Batch]) -> Job:
+    """Each part, then its verified retries (by created_at), part after part: one query for the retries."""
+    ids = [part.batch_id for part in parts]
+    retries = Batch.objects.filter(connection_id=parts[0].connection_id, job__in=ids).exclude(batch_id__in=ids)
+    retries = retries.filter(lineage_state=LineageState.VERIFIED).order_by("created_at", "batch_id")
+    by_part: dict[str, list[Batch]] = {}
+    for retry in retries:
+        by_part.setdefault(retry.job, []).append(retry)
+    batches = [batch for part in parts for batch in [part, *by_part.get(part.batch_id, [])]]
+    return _with_archives(Job(job_id=parts[0].batch_id, batches=batches, parts=parts))
+
+
+def _with_archives(job: Job) -> Job:
+    batches = job.batches
     archives = ResultArchive.objects.filter(batch__in=batches, state=ArchiveState.READY)
     by_batch = {archive.batch_id: archive for archive in archives}
     for batch in batches:
         if batch.pk in by_batch:
             by_batch[batch.pk].batch = batch
-    return Job(job_id=job_id, batches=batches, archives=by_batch)
+    job.archives = by_batch
+    return job
 
 
 def job_of(batch: Batch) -> Job:
@@ -103,7 +189,16 @@ def _best(job: Job, column: str = "pk"):
 
 
 def original_lines(job: Job):
-    return ResultLine.objects.filter(archive=job.root_archive).input_lines()
+    return ResultLine.objects.filter(archive_id__in=[archive.pk for archive in job.root_archives]).input_lines()
+
+
+def _in_file_order(lines, job: Job):
+    """Part after part, each in its own order."""
+    roots = [archive.pk for archive in job.root_archives]
+    if len(roots) == 1:
+        return lines.order_by("position")
+    part = Case(*[When(archive_id=pk, then=Value(n)) for n, pk in enumerate(roots)], output_field=IntegerField())
+    return lines.order_by(part, "position")
 
 
 def still_failing(job: Job):
@@ -117,8 +212,17 @@ def _selected(job: Job, show: str):
     return still_failing(job) if show == SHOW_FAILING else original_lines(job)
 
 
+def lines_after(job: Job, lines, archive_id: int, position: int):
+    """`lines` (of the job's originals) after the line at `position` of the root archive `archive_id`, in file order:
+    a cursor that stays right across a split file's parts (positions restart in each part). ValueError for an
+    archive that is no root of the job."""
+    roots = [archive.pk for archive in job.root_archives]
+    later = roots[roots.index(archive_id) + 1 :]
+    return lines.filter(Q(archive_id__in=later) | Q(archive_id=archive_id, position__gt=position))
+
+
 def merged_lines(job: Job, show: str = SHOW_ALL):
-    return _selected(job, show).annotate(best_id=_best(job)).order_by("position")
+    return _in_file_order(_selected(job, show).annotate(best_id=_best(job)), job)
 
 
 @dataclass(frozen=True)
@@ -149,7 +253,7 @@ def counts(job: Job) -> Counts:
         rows = still_failing(job).order_by().values("final").annotate(lines=Count("pk"))
         failing = {row["final"]: row["lines"] for row in rows}
         cache.set(key, failing, COUNTS_CACHE_SECONDS)
-    return Counts(total=job.root_archive.summary.get("input_lines", 0), failing=failing)
+    return Counts(total=sum(archive.summary.get("input_lines", 0) for archive in job.root_archives), failing=failing)
 
 
 @dataclass
@@ -159,6 +263,7 @@ class MergedRow:
     batch: Batch | None  # the batch whose answer is shown
     url: str = ""  # the request page of the line shown
     batch_url: str = ""
+    line_number: int | None = None  # in the whole input file (a later part's lines follow the earlier parts')
 
     @property
     def line(self) -> ResultLine:
@@ -175,10 +280,13 @@ def rows_for(job: Job, originals: list[ResultLine]) -> list[MergedRow]:
     batches = {archive.pk: batch for batch in job.batches if (archive := job.archives.get(batch.pk))}
     links = {pk: request_links(batch.batch_id) for pk, batch in batches.items()}
     detail_urls = {pk: reverse("batches:detail", args=[batch.batch_id]) for pk, batch in batches.items()}
+    offsets = job.line_offsets
     rows = []
     for line in originals:
         chosen = best.get(line.best_id)
         row = MergedRow(line, chosen, batches.get(chosen.archive_id) if chosen else None)
+        if line.line_number is not None:
+            row.line_number = line.line_number + offsets.get(line.archive_id, 0)
         if chosen is not None:
             row.url = links[chosen.archive_id](chosen.position)
             row.batch_url = detail_urls[chosen.archive_id]
@@ -188,23 +296,25 @@ def rows_for(job: Job, originals: list[ResultLine]) -> list[MergedRow]:
 
 def page(job: Job, show: str, number, total: int | None = None):
     """One page: its positions first (an index scan, no subquery for the rows skipped), then those rows."""
-    paginator = Paginator(_selected(job, show).order_by("position").values_list("position", flat=True), ROWS_PER_PAGE)
+    paginator = Paginator(_in_file_order(_selected(job, show), job).values_list("pk", flat=True), ROWS_PER_PAGE)
     if total is not None:
         paginator.count = total  # known already: saves counting again
     result = paginator.get_page(number)
-    positions = list(result.object_list)
-    lines = original_lines(job).filter(position__in=positions).annotate(best_id=_best(job)).order_by("position")
+    lines = _in_file_order(
+        original_lines(job).filter(pk__in=list(result.object_list)).annotate(best_id=_best(job)), job
+    )
     result.object_list = rows_for(job, list(lines))
     return result
 
 
 def iter_rows(job: Job, show: str = SHOW_ALL):
-    """Every merged row in input order, streamed in chunks of EXPORT_CHUNK."""
-    lines = merged_lines(job, show)
-    last = -1
-    while True:
-        chunk = list(lines.filter(position__gt=last)[:EXPORT_CHUNK])
-        if not chunk:
-            return
-        yield from rows_for(job, chunk)
-        last = chunk[-1].position
+    """Every merged row in input order (part after part), streamed in chunks of EXPORT_CHUNK."""
+    for root in job.root_archives:
+        lines = _selected(job, show).filter(archive_id=root.pk).annotate(best_id=_best(job)).order_by("position")
+        last = -1
+        while True:
+            chunk = list(lines.filter(position__gt=last)[:EXPORT_CHUNK])
+            if not chunk:
+                break
+            yield from rows_for(job, chunk)
+            last = chunk[-1].position

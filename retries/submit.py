@@ -15,7 +15,7 @@ from django.core.files import File
 
 from batches import actions
 from batches.forms import CreateBatchForm, metadata_field_names
-from batches.lineage_keys import ATTEMPT_KEY, JOB_KEY, RETRY_OF_KEY
+from batches.lineage_keys import ATTEMPT_KEY, JOB_KEY, PART_KEY, PARTS_KEY, RETRY_OF_KEY
 from batches.models import Batch
 from batches.services import METADATA_MAX_PAIRS
 from results.archive import iter_input_bytes
@@ -24,7 +24,8 @@ from retries import verify
 from retries.models import AUTO_RETRY_KEY
 from retries.selection import RetrySelection
 
-OWN_KEYS = (RETRY_OF_KEY, JOB_KEY, ATTEMPT_KEY, AUTO_RETRY_KEY)
+# A retry of a part of a split file is no part itself: it stays in its part's lineage (batches.lineage_keys).
+OWN_KEYS = (RETRY_OF_KEY, JOB_KEY, ATTEMPT_KEY, AUTO_RETRY_KEY, PART_KEY, PARTS_KEY)
 # Spooled to disk past this size: a retry of 50,000 lines never sits in memory.
 SPOOL_BYTES = 1024 * 1024
 

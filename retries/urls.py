@@ -10,4 +10,5 @@ urlpatterns = [
     path("final/", views.final_results, name="final"),
     path("final.csv", views.final_export, {"fmt": "csv"}, name="final_csv"),
     path("final.jsonl", views.final_export, {"fmt": "jsonl"}, name="final_jsonl"),
+    path("job/cancel/", views.cancel_job, name="cancel_job"),
 ]

@@ -8,17 +8,18 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods, require_safe
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from audit.log import record
 from audit.models import Action
 from audit.models import Outcome as AuditOutcome
 from batches import access, services
+from batches.models import Batch
 from batches.views.common import existing_batch_connection, refreshed_batch, unreachable
 from results import exports
 from results.archive import StoredFiles, request_archive
 from results.models import Outcome, ResultLine
-from retries import confirm, merged, submit
+from retries import cancel, confirm, merged, submit
 from retries.selection import CHOICES, RetrySelection
 
 CSV_COLUMNS = ["line", "custom_id", "outcome", "status", "error_code", "error_message", "tokens", "answer", "batch"]
@@ -91,11 +92,54 @@ def final_results(request, batch_id):
         return unreachable(request, batch_id, freshness)
     show = merged.show_of(request.GET)
     context = {"batch": batch, "job": job, "show": show}
+    if job.is_split:
+        context["split"] = _split_summary(request, job)
     if job.root_archive is not None:
         counts = merged.counts(job)
         total = counts.total if show == merged.SHOW_ALL else counts.failing_total
         context.update(counts=counts, page=merged.page(job, show, request.GET.get("page"), total=total))
     return render(request, "retries/final.html", context)
+
+
+def _split_summary(request, job) -> dict:
+    """The job page's parts card: each part with its progress, the whole file's progress, the job's cost (every
+    part and every retry of one) and whether the viewer may cancel its running batches."""
+    total, completed, failed = job.request_counts
+    running = job.running
+    return {
+        "parts": job.parts,
+        "count": job.part_count,
+        "missing": job.part_count - len(job.parts),
+        "requests": total,
+        "processed": completed + failed,
+        "percent": round(100 * (completed + failed) / total) if total else 0,
+        "cost": job.cost_total(),
+        "running": running,
+        "can_cancel": bool(running) and access.may(request.user, access.CANCEL, job.parts[0].connection_id),
+    }
+
+
+@require_POST
+def cancel_job(request, batch_id):
+    """Cancel every running batch of the batch's job (a split file's parts and their retries, or a batch and its
+    retries): one POST, each cancel audited, the outcome of each reported. A batch on a connection the viewer cannot
+    see is a 404, as any batch; one they may not cancel on a 403."""
+    connection = existing_batch_connection(request, batch_id)
+    if not access.may(request.user, access.CANCEL, connection):
+        record(request, Action.CANCEL, AuditOutcome.REFUSED, batch_id=batch_id, detail="no permission to cancel job")
+        raise PermissionDenied("You may not cancel batches of this connection.")
+    job = merged.job_of(Batch.objects.get(connection=connection, batch_id=batch_id))
+    outcomes = cancel.cancel_running(request, job, connection)
+    problems = [f"{member}: {outcome.error}" for member, outcome in outcomes if outcome.error]
+    if problems:
+        messages.error(request, f"Cancelled {len(outcomes) - len(problems)} of {len(outcomes)}. " + " ".join(problems))
+    elif outcomes:
+        messages.success(request, f"Cancel asked for {len(outcomes)} running batch{'es' if len(outcomes) > 1 else ''}.")
+    else:
+        messages.info(request, "Nothing of this job is running: nothing was cancelled.")
+    response = redirect("retries:final", batch_id=job.job_id)
+    response.status_code = 303
+    return response
 
 
 @require_safe
@@ -150,7 +194,7 @@ def _csv_rows(job, show):
             tokens = line.total_tokens if line.total_tokens is not None else ""
             batch_id = row.batch.batch_id if row.batch else ""
             yield [
-                row.original.line_number,
+                row.line_number,
                 line.custom_id,
                 line.outcome,
                 line.status_code or "",
@@ -169,7 +213,7 @@ def _jsonl_rows(job, show):
         for row in merged.iter_rows(job, show):
             line = row.best or row.original
             head = {
-                "line": row.original.line_number,
+                "line": row.line_number,
                 "custom_id": row.original.custom_id,
                 "outcome": line.outcome,
                 "batch": row.batch.batch_id if row.batch else None,

@@ -62,7 +62,7 @@ def batch_create(request):
     if request.method != "POST":
         return render(request, "batches/batch_create.html", {"form": CreateBatchForm(connections=creatable)})
 
-    form = CreateBatchForm(request.POST, request.FILES, connections=creatable)
+    form = CreateBatchForm(request.POST, request.FILES, connections=creatable, split=True)
     checking = "check" in request.POST  # "Check file": validate and show what the file holds; nothing to audit
     valid = form.is_valid()
     if not valid and not checking:
@@ -70,6 +70,8 @@ def batch_create(request):
     if not valid or checking:
         return _checked(request, form, checking=checking)
     outcome = create_from_form(request, form)
+    if outcome.is_job:
+        return _job_answer(request, form, outcome)
     if outcome.batch is not None:
         if outcome.repeated:
             messages.info(request, f"This form was already submitted: it created {outcome.batch.batch_id}.")
@@ -83,22 +85,62 @@ def batch_create(request):
     return render(request, "batches/batch_create.html", {"form": form})
 
 
+def _job_answer(request, form: CreateBatchForm, outcome: actions.CreateOutcome):
+    """A split file: to its first part (the job's page links from there), or the form again with exactly which parts
+    were sent when one failed (the same form sent again sends the rest)."""
+    if outcome.batch is not None:
+        ids = ", ".join(part.batch_id for part in outcome.parts)
+        if outcome.repeated:
+            messages.info(request, f"This form was already submitted: it sent the file as {ids}.")
+        else:
+            messages.success(request, f"The file was sent as {len(outcome.parts)} batches of one job: {ids}.")
+        return _redirect_to_batch(outcome.batch)
+    context = {
+        "form": form,
+        "create_error": outcome.error,
+        "sent_parts": outcome.parts,
+        "part_count": outcome.part_count,
+    }
+    return render(request, "batches/batch_create.html", context, status=409 if outcome.conflict else 502)
+
+
 def create_from_form(request, form: CreateBatchForm) -> actions.CreateOutcome:
     """Create the batch a valid create form describes, on its connection, and audit the outcome: the one path of the
-    create page and the JSON API."""
+    create page and the JSON API. A file over the API's limits (form.report.parts) is sent as the parts of one job,
+    each part audited."""
     data = form.cleaned_data
     upload = data.get("input_file")
+    options = {
+        "user": request.user.get_username(),
+        "endpoint": data["endpoint"],
+        "completion_window": data["completion_window"],
+        "output_expires_after": data["output_expires_after"],
+        "connection": data.get("connection"),
+    }
+    if upload and form.report is not None and form.report.is_split:
+        outcome = actions.create_job(
+            token=data["token"],
+            upload=upload,
+            filename=upload.name,
+            plan=form.report.parts,
+            metadata=data["metadata"],
+            **options,
+        )
+        for part in outcome.parts:
+            part.note_model_from_file(form.report.model)
+            audit_create(
+                request, form, events.OK if part.batch_id in outcome.sent_now else events.ALREADY, part.batch_id
+            )
+        if outcome.batch is None:
+            audit_create(request, form, events.ERROR, detail=outcome.error)
+        return outcome
     outcome = actions.create_batch(
         token=data["token"],
-        user=request.user.get_username(),
-        endpoint=data["endpoint"],
         upload=upload,
         filename=upload.name if upload else "",
         input_file_id=data["input_file_id"],
-        completion_window=data["completion_window"],
         metadata=data["metadata"],
-        output_expires_after=data["output_expires_after"],
-        connection=data.get("connection"),
+        **options,
     )
     if outcome.batch is not None:
         outcome.batch.note_model_from_file(form.report.model if form.report else None)

@@ -37,6 +37,8 @@ TABLE = {
     "results": ("get", "/api/v1/batches/{id}/results", _read(409)),
     "result": ("get", "/api/v1/batches/{id}/results/1", _read(409)),
     "export": ("get", "/api/v1/batches/{id}/results/export.jsonl", _read(409)),
+    "job": ("get", "/api/v1/jobs/{id}", _read(200)),
+    "job cancel": ("post", "/api/v1/jobs/{id}/cancel", _act(200)),  # nothing of the job is running
     # Past every permission check: a retry needs kept results, and so does a job's final result.
     "retry": ("post", "/api/v1/batches/{id}/retry", _act(409)),
     "final": ("get", "/api/v1/batches/{id}/final", _read(409)),
@@ -45,7 +47,7 @@ TABLE = {
     "file": ("get", "/api/v1/batches/{id}/files/output", _read(200)),
 }
 # The scope each operation needs: a superuser's token without it is refused before anything else.
-SCOPE_OF = {"cancel": "cancel", "retry": "create"}
+SCOPE_OF = {"cancel": "cancel", "retry": "create", "job cancel": "cancel"}
 # The body of each POST: what a client that may act would send (so that only permissions and state decide).
 BODIES = {"retry": {"select": "failed"}}
 

@@ -59,6 +59,9 @@ def test_it_retries_the_selected_lines_byte_for_byte_once_per_idempotency_key(to
         "attempt": 1,
         "verified": True,
         "state": "verified",
+        "part_of": "",  # a retry is no part of a split file: it stays in its parent's lineage
+        "part": 0,
+        "parts": 0,
     }
     events = AuditEvent.objects.filter(action="create", batch_id=body["batch"]["id"]).order_by("pk")
     assert list(events.values_list("outcome", "username")) == [

@@ -109,8 +109,11 @@ def test_finding_11_a_body_longer_than_its_content_length_is_counted_as_it_arriv
     assert server.read == 2
 
 
-def test_finding_11_the_create_page_takes_an_upload_only_from_a_user_who_may_create(operator, viewer, monkeypatch):
-    monkeypatch.setattr(middleware, "MAX_UPLOAD_BODY_BYTES", 5 * MB)
+def test_finding_11_the_create_page_takes_an_upload_only_from_a_user_who_may_create(
+    operator, viewer, monkeypatch, settings
+):
+    settings.BATCHBOARD_MAX_UPLOAD_BYTES = 5 * MB
+    monkeypatch.setattr(middleware, "UPLOAD_FRAMING_BYTES", 0)
 
     anonymous = _request("/batches/new/", FakeServer(chunks=200))
     looker = _request("/batches/new/", FakeServer(chunks=200), headers=[_session_cookie(viewer)])

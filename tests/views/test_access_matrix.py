@@ -425,6 +425,11 @@ TABLE: dict[str, Row] = {
     "batches/<batch_id:batch_id>/final/": Row("retries:final", kwargs=_batch_kwargs(), get=read_cells()),
     "batches/<batch_id:batch_id>/final.csv": Row("retries:final_csv", kwargs=_batch_kwargs(), get=read_cells()),
     "batches/<batch_id:batch_id>/final.jsonl": Row("retries:final_jsonl", kwargs=_batch_kwargs(), get=read_cells()),
+    "batches/<batch_id:batch_id>/job/cancel/": Row(
+        "retries:cancel_job",
+        kwargs=_batch_kwargs(),
+        post=act_cells(303),  # the batch's job has nothing running: nothing is sent
+    ),
     "batches/<batch_id:batch_id>/share-links/": Row(
         "sharing:make",
         kwargs=_batch_kwargs(),

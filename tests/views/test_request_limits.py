@@ -9,7 +9,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 
-from batches.middleware import MAX_BODY_BYTES, MAX_UPLOAD_BODY_BYTES
+from batches.middleware import MAX_BODY_BYTES, UPLOAD_FRAMING_BYTES, upload_body_limit
 
 pytestmark = pytest.mark.django_db
 
@@ -33,8 +33,10 @@ def test_it_refuses_a_body_over_one_megabyte_anywhere_but_the_create_page(operat
 
 
 def test_it_allows_the_upload_limit_on_the_create_page_only_to_users_who_may_create(operator_client, viewer, client):
-    assert MAX_UPLOAD_BODY_BYTES == 210 * 1024 * 1024
-    assert _declared(operator_client, "/batches/new/", MAX_UPLOAD_BODY_BYTES + 1).status_code == 413
+    assert upload_body_limit() == 1024**3 + UPLOAD_FRAMING_BYTES  # BATCHBOARD_MAX_UPLOAD_BYTES's default, and framing
+    refused = _declared(operator_client, "/batches/new/", upload_body_limit() + 1)
+    assert refused.status_code == 413
+    assert "Request too large" in refused.content.decode() and "BATCHBOARD_MAX_UPLOAD_BYTES" in refused.content.decode()
     client.force_login(viewer)
     assert _declared(client, "/batches/new/", 5 * 1024 * 1024).status_code == 413
     client.logout()
