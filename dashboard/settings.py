@@ -240,8 +240,9 @@ BATCHBOARD_NOTIFY_HELD_HOURS = _env_int("BATCHBOARD_NOTIFY_HELD_HOURS", 24, 0, 2
 # Delivery attempts the Notifications page's log shows.
 BATCHBOARD_NOTIFY_LOG_LENGTH = _env_int("BATCHBOARD_NOTIFY_LOG_LENGTH", 50, 1, 1000)
 # Plain email destinations go through Django's email (MAILERS): the SMTP server of EMAIL_HOST (EMAIL_PORT,
-# EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS); unset, Django's default (SMTP on localhost:25), except on the
-# sandbox (`make run`), where they are printed on the server's terminal: a destination to try without any service.
+# EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS); unset, Django's default (SMTP on localhost:25), except under
+# `manage.py serve` (`make run`) on the sandbox, which prints them on its terminal (a destination to try without any
+# service; production's `check --deploy` refuses that backend).
 if _env("EMAIL_HOST"):
     MAILERS = {
         "default": {
@@ -256,8 +257,6 @@ if _env("EMAIL_HOST"):
             },
         }
     }
-elif SANDBOX_MODE:
-    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
 DEFAULT_FROM_EMAIL = _env("DEFAULT_FROM_EMAIL", "batchboard@localhost")
 
 # How often the list is refreshed from upstream at most, whatever the number of viewers.

@@ -61,6 +61,9 @@ class Command(BaseCommand):
         if "BATCHBOARD_BASE_URL" not in os.environ:
             # Notifications link to batch pages under the dashboard's own address: this server's, on whatever port.
             settings.BATCHBOARD_BASE_URL = url.rstrip("/")
+        if settings.SANDBOX_MODE and "EMAIL_HOST" not in os.environ:
+            # Email destinations a new user tries on the sandbox are printed here, with no mail server to set up.
+            settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
         webhooks_wired = _wire_sandbox_webhooks(url)
         detailed = verbosity >= 2
         if detailed:
