@@ -387,6 +387,22 @@ def data_version() -> tuple:
         return tuple(cursor.fetchone())
 
 
+# `WHERE is_terminal`, not `= true`: SQLite then walks batch_changed from its newest end and stops at the first final
+# batch (a few rows), where `is_terminal = 1` seeks batch_expiry and sorts every final batch (60 ms at 100,000).
+NEWEST_SETTLED_CHANGE_SQL = (
+    "SELECT last_changed_at FROM batches_batch WHERE is_terminal ORDER BY last_changed_at DESC LIMIT 1"
+)
+
+
+def newest_settled_change():
+    """When a final batch last changed (became final, or was recorded again once final): with the newest id and the
+    number of batches still running, what the list's counts of final batches are kept by (views.listing)."""
+    with connection.cursor() as cursor:
+        cursor.execute(NEWEST_SETTLED_CHANGE_SQL)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
 class ConnectionKind(models.TextChoices):
     OPENAI = "openai", "OpenAI"
     AZURE = "azure", "Azure OpenAI"
