@@ -162,8 +162,9 @@ def _row_key(context, batch, now: datetime) -> str | None:
     may_cancel = can_cancel and user is not None and access.may(user, access.CANCEL, batch.connection_id)
     show_connections = bool(context.get("show_connections"))
     filters = context.get("filters")
-    deferred = batch.get_deferred_fields()
-    stored = tuple(getattr(batch, f.attname) for f in batch._meta.concrete_fields if f.attname not in deferred)
+    # Read from the instance's __dict__: a deferred column is absent (None here) and never loaded by the key.
+    values = batch.__dict__
+    stored = tuple([values.get(field.attname) for field in batch._meta.concrete_fields])
     connection = batch.connection if show_connections else None
     parts = (
         ROW_MARKUP_VERSION,
