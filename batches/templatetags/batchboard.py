@@ -121,7 +121,7 @@ def list_row(batch, now: datetime | None = None) -> ListRow:
 # The list's rows as rendered, by everything a row's markup depends on (see _row_key), in this process's memory: a
 # function's memo rather than shared state, since a key never names two different renderings. Each poll after a
 # change re-renders only the rows that changed (a row costs about as much to render as 50 cache lookups), with no
-# query or round trip for the others. Bounded: about 2 KB a row, so at most ~10 MB per process.
+# query or round trip for the others. Bounded: 2-3 KB a row, so at most about 15 MB per process.
 ROW_CACHE = LocMemCache("batchboard-list-rows", {"TIMEOUT": 600, "OPTIONS": {"MAX_ENTRIES": 5000, "CULL_FREQUENCY": 4}})
 # Change when the row's markup changes, so that no process serves a rendering of the old template after a deploy
 # of a new one (a process's memory does not outlive it, but keep the key honest).
