@@ -2,7 +2,7 @@
 of different team scopes, against the sandbox.
 
 `python -m benchmarks.connections [--connections 10] [--batches 10000] [--running 100] [--latency 0.05]
-[--viewers 50] [--requests 60] [--no-postgresql]`
+[--viewers 50] [--requests 60] [--no-postgresql] [--list-only]`
 
 The sandbox has two organisations (keys sk-sandbox and sk-sandbox-second), so the ten connections are not ten
 independent accounts: each organisation is seeded with --batches batches (the newest --running still running) and
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewers", type=int, default=50, help="Viewers opening pages at once (default: 50).")
     parser.add_argument("--requests", type=int, default=60, help="Timed list renders per case (default: 60).")
     parser.add_argument("--no-postgresql", action="store_true", help="Time the list on SQLite only.")
+    parser.add_argument("--list-only", action="store_true", help="Time the list only, without passes and viewers.")
     parser.add_argument("--child", choices=["list"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.connections < 3:
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         SANDBOX_LATENCY=str(args.latency),
     )
     print(common.machine())
-    _passes_and_viewers(args)
+    if not args.list_only:
+        _passes_and_viewers(args)
     _lists(args)
     return 0
 

@@ -34,12 +34,26 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=50_000, help="Lines in the batch (default: 50000).")
     parser.add_argument("--phase", choices=["all", "fetch"], default="all", help=argparse.SUPPRESS)
     parser.add_argument("--archive", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="Use a throwaway PostgreSQL cluster (pg_virtualenv) instead of a scratch SQLite file.",
+    )
     options = parser.parse_args()
     if not 100 <= options.lines <= 50_000:
         parser.error("--lines must be between 100 and 50000")
+    if options.postgresql and "DATABASE_URL" not in os.environ:
+        command = [sys.executable, "-m", "benchmarks.results", "--lines", str(options.lines), "--postgresql"]
+        return subprocess.call(common.in_postgresql(command), cwd=common.ROOT)
     if not os.environ.get(SCRATCH_ENV):
+        # Inside pg_virtualenv (--postgresql) the cluster's database is kept; otherwise a scratch SQLite file.
+        database = {"DATABASE_URL": os.environ["DATABASE_URL"]} if options.postgresql else {}
         return rerun_in_scratch(
-            "benchmarks.results", ["--lines", str(options.lines)], SCRATCH_ENV, SANDBOX_DROP_RATE="0.01"
+            "benchmarks.results",
+            ["--lines", str(options.lines), *(["--postgresql"] if options.postgresql else [])],
+            SCRATCH_ENV,
+            SANDBOX_DROP_RATE="0.01",
+            **database,
         )
     if options.phase == "fetch":
         # Set up only: migrations already ran in the parent, and loading them would add to this process's peak.

@@ -55,7 +55,9 @@ class Lineage:
 def lineage(batch: Batch) -> Lineage:
     """At most four small queries: the parent's existence, the direct retries, the job's size and its cost."""
     job_id = batch.job_id
-    same_connection = Batch.objects.filter(connection_id=batch.connection_id)
+    # in_connections, not filter(connection_id=...): SQLite, without statistics, would seek the connection's index
+    # and read every batch of it (200 ms at 100,000) instead of the retry_of and job indexes.
+    same_connection = Batch.objects.in_connections([batch.connection_id])
     retried_by = list(
         same_connection.filter(retry_of=batch.batch_id, lineage_state=LineageState.VERIFIED)
         .order_by("created_at", "batch_id")

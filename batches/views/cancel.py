@@ -179,6 +179,7 @@ def _cancel_fragment(request, batch_id: str, outcome: actions.CancelOutcome) -> 
             "can_cancel": True,
             "show_connections": access.sees_several(request.user),
             "list_url": f"{list_url}?{query.urlencode()}" if query else list_url,
+            "list_now": None,  # the row's relative times as of now (the list passes the moment of its cache keys)
         }
         return render(request, "batches/batch_list.html#batch-row", context)
     batch = outcome.batch or Batch(batch_id=batch_id, status="")

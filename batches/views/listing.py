@@ -27,6 +27,7 @@ from batches.models import (
     Batch,
     DailySpend,
     data_version,
+    newest_settled_change,
 )
 from batches.normalise import UNKNOWN_STATUS
 from batches.spending import report_for
@@ -71,6 +72,8 @@ DATA_VERSION_CACHE_SECONDS = 300
 # The counts per connection include "needs attention", which moves with the clock (stuck, expiring soon) as well as
 # with the data: kept at most this long.
 CONNECTION_COUNTS_CACHE_SECONDS = 60
+# The counts of final batches are kept while nothing that changes them happens (see _status_counts_of).
+FINAL_COUNTS_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,9 @@ def list_context(
         job=filters.job,
     )
     version = version or data_version()
-    counts = _counted(f"status-counts:{scope}", filters, version, matching.status_counts)
+    counts = _counted(
+        f"status-counts:{scope}", filters, version, lambda: _status_counts_of(matching, scope, filters, version)
+    )
     attention = matching.needs_attention_count(counts)  # moves with the clock too (stuck batches): never cached
     failed_lines = _counted(f"failed-lines:{scope}", filters, version, matching.with_failed_lines().count)
     summary = visible.summary(since=_start_of_today())
@@ -289,6 +294,32 @@ def _connection_counts(visible, viewable: list, scope: str, version: tuple) -> l
     return [{"connection": connection, **counts[connection.pk]} for connection in viewable if connection.pk in counts]
 
 
+def _status_counts_of(matching, scope: str, filters: ListFilters, version: tuple) -> dict[str, int]:
+    """matching.status_counts(), without counting every final batch again after each change of a running one.
+
+    The running batches are counted each time (an index seek over the few not final); the final ones are kept per
+    scope and filter, by what changes them: a new batch (the newest id), a final batch recorded (the newest change
+    of a final batch), a batch leaving or entering the running ones (their number). A running batch's progress, the
+    usual change, moves none of these. The final counts are the total less the running ones, read before and after
+    the total: if a batch changed status in between, this request's total is right but nothing is kept.
+    """
+    if filters.narrows_within_connection:
+        return matching.status_counts()
+    running = matching.filter(is_terminal=False).status_counts()
+    key = (version[1], newest_settled_change(), sum(running.values()))
+    name = f"final-counts:{scope}:{filters.connection}"
+    final = cache.get(_version_key(name, key))
+    if final is not None:
+        return {status: final.get(status, 0) + running.get(status, 0) for status in final.keys() | running.keys()}
+    total = matching.status_counts()
+    if matching.filter(is_terminal=False).status_counts() == running:
+        final = {status: count - running.get(status, 0) for status, count in total.items()}
+        cache.set(
+            _version_key(name, key), {status: count for status, count in final.items() if count}, FINAL_COUNTS_SECONDS
+        )
+    return total
+
+
 def _counted(name: str, filters: ListFilters, version: tuple, compute):
     """A count over the list's filters: shared per data version (_per_data_version) when no filter but the connection
     narrows it, since then every viewer of the scope asks the same; computed for this request otherwise."""
@@ -300,12 +331,16 @@ def _counted(name: str, filters: ListFilters, version: tuple, compute):
 def _per_data_version(name: str, version: tuple, compute, *, seconds: int = DATA_VERSION_CACHE_SECONDS):
     """`compute()`, shared by every request until the data changes: over 100,000 batches the status counts and the
     filter menus are index scans of tens of milliseconds each, and they change only when a batch is recorded."""
-    key = f"batchboard:list-{name}:" + hashlib.sha256(repr(version).encode()).hexdigest()
+    key = _version_key(name, version)
     value = cache.get(key)
     if value is None:
         value = compute()
         cache.set(key, value, seconds)
     return value
+
+
+def _version_key(name: str, version: tuple) -> str:
+    return f"batchboard:list-{name}:" + hashlib.sha256(repr(version).encode()).hexdigest()
 
 
 def list_query_of(url_path: str | None) -> QueryDict:

@@ -104,3 +104,49 @@ def test_nobody_creates_on_a_paused_connection_or_acts_on_one_kept_only_for_its_
     lead = django_user_model.objects.get(pk=lead.pk)
     assert access.connections(lead, access.CREATE) == [] and access.connections(lead, access.CANCEL) == []
     assert _slugs(access.connections(lead)) == ["default", "research"]  # its history is still there to see
+
+
+def test_the_grants_read_at_once_are_those_of_the_three_rules(django_user_model, teams, research, finance):
+    """ConnectionQuerySet.grants_of (one query, what pages use) against viewable_by, cancellable_by, creatable_by."""
+    finance.cancel_teams.add(teams["finance"])
+    Connection.objects.create(name="Paused", slug="paused", paused=True, open_to_everyone=True).create_teams.add(
+        teams["research-leads"]
+    )
+    Connection.objects.create(name="Kept", slug="kept", configured=False).cancel_teams.add(teams["finance"])
+    operator = _user(django_user_model, "operator", teams["finance"])
+    operator.user_permissions.add(*Permission.objects.filter(codename__in=("cancel_batch", "create_batch")))
+    users = [
+        _user(django_user_model, "nobody"),
+        _user(django_user_model, "viewer", teams["research"]),
+        _user(django_user_model, "lead", teams["research-leads"], teams["finance"]),
+        django_user_model.objects.get(pk=operator.pk),
+        _user(django_user_model, "inactive", teams["research"], is_active=False),
+        _user(django_user_model, "root", is_superuser=True),
+        AnonymousUser(),
+    ]
+    for user in users:
+        viewable, cancellable, creatable, every = Connection.objects.grants_of(user)
+        assert _slugs(viewable) == _slugs(Connection.objects.viewable_by(user)), user
+        assert _slugs(cancellable) == _slugs(Connection.objects.cancellable_by(user)), user
+        assert _slugs(creatable) == _slugs(Connection.objects.creatable_by(user)), user
+        assert every == Connection.objects.count()
+
+
+def test_a_page_reads_every_grant_of_a_viewer_in_a_fixed_number_of_queries(django_user_model, teams, research):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for n in range(8):
+        Connection.objects.create(name=f"More {n}", slug=f"more-{n}").view_teams.add(teams["research"])
+    viewer = _user(django_user_model, "viewer", teams["research"], teams["research-leads"])
+    Connection.objects.default()
+
+    with CaptureQueriesContext(connection) as queries:
+        for action in (access.VIEW, access.CANCEL, access.CREATE):
+            access.connections(viewer, action)
+        access.sees_everything(viewer)
+        access.scope_key(viewer)
+
+    # The default connection, the user's teams, every connection with the teams' grants, and the user's Django
+    # permissions (two queries, read once), which the default connection, open to everyone, asks for.
+    assert len(queries) == 5
