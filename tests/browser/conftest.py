@@ -91,9 +91,19 @@ def new_page(browser, sandbox_url):
     yield _new_page
     for context, _errors in opened:
         context.close()
+    _wait_for_requests_in_flight()
     # A CSP violation or a JavaScript exception is a bug even when the test's own assertions passed.
     errors = [error for _context, errors in opened for error in errors]
     assert not errors, f"browser errors: {errors}"
+
+
+def _wait_for_requests_in_flight(timeout: float = 15.0) -> None:
+    """Let the live server finish the requests a closed page left behind (a poll in flight): one still reading the
+    database while the test's teardown empties it deadlocks on PostgreSQL (TRUNCATE against a reader's locks)."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if "process_request_thread" in thread.name:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 @pytest.fixture
