@@ -11,8 +11,8 @@ from batches.models import DESCRIPTION_KEY
 from batches.views.common import CONNECTION_PARAMETER
 
 
-def _redirect_to_batch(batch):
-    response = redirect("batches:detail", batch_id=batch.batch_id)
+def _redirect_to_batch(batch, page: str = "batches:detail"):
+    response = redirect(page, batch_id=batch.batch_id)
     if not batch.connection.is_default:  # the new id may exist in another connection (compatible providers)
         response["Location"] += f"?{CONNECTION_PARAMETER}={batch.connection.slug}"
     response.status_code = 303  # See Other: the browser GETs the new page, and a reload does not resubmit.
@@ -86,15 +86,15 @@ def batch_create(request):
 
 
 def _job_answer(request, form: CreateBatchForm, outcome: actions.CreateOutcome):
-    """A split file: to its first part (the job's page links from there), or the form again with exactly which parts
-    were sent when one failed (the same form sent again sends the rest)."""
+    """A split file: to the job's page (its parts, progress and merged results), or the form again with exactly which
+    parts were sent when one failed (the same form sent again sends the rest)."""
     if outcome.batch is not None:
         ids = ", ".join(part.batch_id for part in outcome.parts)
         if outcome.repeated:
             messages.info(request, f"This form was already submitted: it sent the file as {ids}.")
         else:
             messages.success(request, f"The file was sent as {len(outcome.parts)} batches of one job: {ids}.")
-        return _redirect_to_batch(outcome.batch)
+        return _redirect_to_batch(outcome.batch, "retries:final")
     context = {
         "form": form,
         "create_error": outcome.error,

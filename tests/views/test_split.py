@@ -109,7 +109,7 @@ def test_it_splits_a_120000_line_file_into_three_batches_of_one_job_merged_in_in
     stored = [_sandbox(sandbox_url, f"/files/{b['input_file_id']}/content").content for b in created]
     assert b"".join(stored) == content  # every byte, in order, the last line's missing newline kept
     assert [part.count(b"\n") for part in stored] == [50_000, 50_000, 19_999]
-    assert response["Location"].startswith(reverse("batches:detail", args=[first]))
+    assert response["Location"].startswith(reverse("retries:final", args=[first]))  # the job's page
 
     parts = Batch.objects.parts_of(first, Connection.objects.default().pk)
     assert [(p.part, p.parts, p.part_of) for p in parts] == [(1, 3, first), (2, 3, first), (3, 3, first)]
