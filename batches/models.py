@@ -361,6 +361,7 @@ class BatchQuerySet(models.QuerySet):
         """Per status of these batches that are not final: {"count", "failed_lines" (batches with a failed request),
         "attention" (as needs_attention(), clock included), "in_flight" (requests not yet processed)}, in one grouped
         query over the running batches only (about 1 % of them): what moves between two polls."""
+        now = now or timezone.now()
         unfinished = models.F("total_requests") - models.F("completed_requests") - models.F("failed_requests")
         rows = (
             self.active()
@@ -369,7 +370,8 @@ class BatchQuerySet(models.QuerySet):
             .annotate(
                 count=models.Count("id"),
                 failed_lines=models.Count("id", filter=Q(failed_requests__gt=0)),
-                attention=models.Count("id", filter=_needs_attention(now or timezone.now())),
+                # needs_attention() without its failed and expired statuses, which are final.
+                attention=models.Count("id", filter=_failure_share_high() | _stuck(now) | _expiring_soon(now)),
                 in_flight=Coalesce(models.Sum(unfinished), 0),
             )
         )
