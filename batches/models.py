@@ -114,6 +114,11 @@ def _failure_share_high() -> Q:
     return Q(failed_requests__gt=0) & Q(GreaterThan(F("failed_requests") * 1000, F("total_requests") * per_mille))
 
 
+def _needs_attention(now: datetime) -> Q:
+    """See BatchQuerySet.needs_attention."""
+    return Q(status__in=FAILED_STATUSES) | _failure_share_high() | _stuck(now) | _expiring_soon(now)
+
+
 def _expiring_soon(now: datetime) -> Q:
     """Still running with less than BATCHBOARD_EXPIRING_SOON_HOURS of its completion window left."""
     soon = now + timedelta(hours=settings.BATCHBOARD_EXPIRING_SOON_HOURS)
@@ -191,8 +196,7 @@ class BatchQuerySet(models.QuerySet):
         measured from creation for validating and from the last observed change for the others: the list has no
         per-status entry time); or running with less than BATCHBOARD_EXPIRING_SOON_HOURS of their window left.
         One failed line among thousands is not news: the "failed-lines" filter lists those."""
-        now = now or timezone.now()
-        return self.filter(Q(status__in=FAILED_STATUSES) | _failure_share_high() | _stuck(now) | _expiring_soon(now))
+        return self.filter(_needs_attention(now or timezone.now()))
 
     def stuck(self, now: datetime | None = None):
         """Batches in validating, finalizing or cancelling for longer than the history's STUCK_AFTER (as
@@ -332,8 +336,7 @@ class BatchQuerySet(models.QuerySet):
         """{connection id: {"running", "attention", "total"}} in one grouped query over the narrow
         batch_connection_counts index: how many batches are not final, need attention (as needs_attention()) and
         exist, per connection."""
-        now = now or timezone.now()
-        attention = Q(status__in=FAILED_STATUSES) | _failure_share_high() | _stuck(now) | _expiring_soon(now)
+        attention = _needs_attention(now or timezone.now())
         rows = (
             self.order_by()
             .values("connection")
@@ -354,23 +357,61 @@ class BatchQuerySet(models.QuerySet):
             model_names.add(model)
         return sorted(e for e in endpoints if e), sorted(m for m in model_names if m)
 
-    def summary(self, since: datetime) -> dict[str, int]:
-        """The list page's summary figures in one aggregate query (see the template for their definitions)."""
-        active = models.Q(is_terminal=False)
-        finished = models.Q(is_terminal=True, finished_at__gte=since)
-        unfinished_requests = models.F("total_requests") - models.F("completed_requests") - models.F("failed_requests")
-        # Only running batches and those finished since `since` count: seek both in the batch_summary index rather
-        # than scan every batch (0.1 ms instead of 1.3 ms at 10k batches, in `manage.py bench`).
-        relevant = self.order_by().filter(active | finished)
-        figures = relevant.aggregate(
-            running=models.Count("id", filter=active),
-            requests_in_flight=Coalesce(models.Sum(unfinished_requests, filter=active), 0),
-            finished_today=models.Count("id", filter=finished),
-            failed_today=models.Count("id", filter=finished & models.Q(status__in=("failed", "expired"))),
-            failed_requests_today=Coalesce(models.Sum("failed_requests", filter=finished), 0),
+    def running_figures(self, now: datetime | None = None) -> dict[str, dict[str, int]]:
+        """Per status of these batches that are not final: {"count", "failed_lines" (batches with a failed request),
+        "attention" (as needs_attention(), clock included), "in_flight" (requests not yet processed)}, in one grouped
+        query over the running batches only (about 1 % of them): what moves between two polls."""
+        now = now or timezone.now()
+        unfinished = models.F("total_requests") - models.F("completed_requests") - models.F("failed_requests")
+        rows = (
+            self.active()
+            .order_by()
+            .values("status")
+            .annotate(
+                count=models.Count("id"),
+                failed_lines=models.Count("id", filter=Q(failed_requests__gt=0)),
+                # needs_attention() without its failed and expired statuses, which are final.
+                attention=models.Count("id", filter=_failure_share_high() | _stuck(now) | _expiring_soon(now)),
+                in_flight=Coalesce(models.Sum(unfinished), 0),
+            )
         )
-        figures["requests_in_flight"] = max(figures["requests_in_flight"], 0)
+        return {row.pop("status"): row for row in rows}
+
+    def settled_figures(self) -> dict[str, dict[str, int]]:
+        """Per final status of these batches: {"count", "failed_lines", "attention"}, as running_figures() counts
+        them (a final batch needs attention when it failed or expired, or when its failure share is high; it is never
+        stuck or expiring, so the clock does not move these). Two grouped queries over narrow indexes: the status
+        counts, and batch_failed_lines for the batches with a failed request."""
+        final = self.filter(status__in=services.TERMINAL_STATUSES)
+        figures = {
+            status: {"count": count, "failed_lines": 0, "attention": count if status in FAILED_STATUSES else 0}
+            for status, count in final.status_counts().items()
+        }
+        rows = (
+            final.with_failed_lines()
+            .order_by()
+            .values_list("status")
+            .annotate(lines=models.Count("id"), share_high=models.Count("id", filter=_failure_share_high()))
+        )
+        for status, lines, share_high in rows:
+            figures[status]["failed_lines"] = lines
+            if status not in FAILED_STATUSES:
+                figures[status]["attention"] = share_high
         return figures
+
+    def finished_since(self, since: datetime) -> dict[str, int]:
+        """The summary's figures of the batches finished since `since`, in one aggregate over the batch_summary
+        index: how many, how many failed or expired, and their failed requests."""
+        finished = self.order_by().filter(is_terminal=True, finished_at__gte=since)
+        return finished.aggregate(
+            finished_today=models.Count("id"),
+            failed_today=models.Count("id", filter=models.Q(status__in=FAILED_STATUSES)),
+            failed_requests_today=Coalesce(models.Sum("failed_requests"), 0),
+        )
+
+    def summary(self, since: datetime) -> dict[str, int]:
+        """The list page's summary figures (see the template for their definitions)."""
+        return summary_of(self.running_figures(), self.finished_since(since))
 
     def cost_total(self) -> pricing.CostTotal:
         """What these batches cost: one aggregate grouped by model, priced in Python (a handful of rows)."""
@@ -383,11 +424,23 @@ class BatchQuerySet(models.QuerySet):
         return pricing.CostTotal.of(rows)
 
 
-# Raw SQL: the ORM has no query without a FROM row.
+def summary_of(running: dict[str, dict[str, int]], finished: dict[str, int]) -> dict[str, int]:
+    """The list page's summary figures from running_figures() and finished_since() of the same batches."""
+    figures = {
+        "running": sum(status["count"] for status in running.values()),
+        "requests_in_flight": max(sum(status["in_flight"] for status in running.values()), 0),
+    }
+    return {**figures, **finished}
+
+
+# Raw SQL: the ORM has no query without a FROM row. The last part is `WHERE is_terminal`, not `= true`: SQLite then
+# walks batch_changed from its newest end and stops at the first final batch (a few rows), where `is_terminal = 1`
+# seeks batch_expiry and sorts every final batch (60 ms at 100,000).
 DATA_VERSION_SQL = (
     "SELECT (SELECT MAX(last_changed_at) FROM batches_batch), (SELECT MAX(id) FROM batches_batch), "
     "(SELECT MAX(cancel_requested_at) FROM batches_batch), "
-    "(SELECT COUNT(*) FROM batches_batch WHERE cancel_requested_at IS NOT NULL)"
+    "(SELECT COUNT(*) FROM batches_batch WHERE cancel_requested_at IS NOT NULL), "
+    "(SELECT last_changed_at FROM batches_batch WHERE is_terminal ORDER BY last_changed_at DESC LIMIT 1)"
 )
 
 
@@ -396,9 +449,10 @@ def data_version() -> tuple:
     (record_batch moves last_changed_at), a batch added (a new id, even when a racing writer's older observation
     does not move last_changed_at), a cancel claimed or released. Batches are never deleted (the admin is read-only).
 
-    One query of four scalar subqueries, three of them index ends and one a count of the few claimed cancels, so that
+    One query of five scalar subqueries, four of them index ends and one a count of the few claimed cancels, so that
     a poll can check it before deciding to render anything: a COUNT(*) of every batch instead of MAX(id) cost 14 ms
-    at 100,000 batches on PostgreSQL. Its parts are whatever the database returns; compare them, do not interpret
+    at 100,000 batches on PostgreSQL. The fifth part, when a final batch last changed, moves only with the first:
+    it is there for settled_version(). Its parts are whatever the database returns; compare them, do not interpret
     them.
     """
     with connection.cursor() as cursor:
@@ -406,20 +460,11 @@ def data_version() -> tuple:
         return tuple(cursor.fetchone())
 
 
-# `WHERE is_terminal`, not `= true`: SQLite then walks batch_changed from its newest end and stops at the first final
-# batch (a few rows), where `is_terminal = 1` seeks batch_expiry and sorts every final batch (60 ms at 100,000).
-NEWEST_SETTLED_CHANGE_SQL = (
-    "SELECT last_changed_at FROM batches_batch WHERE is_terminal ORDER BY last_changed_at DESC LIMIT 1"
-)
-
-
-def newest_settled_change():
-    """When a final batch last changed (became final, or was recorded again once final): with the newest id and the
-    number of batches still running, what the list's counts of final batches are kept by (views.listing)."""
-    with connection.cursor() as cursor:
-        cursor.execute(NEWEST_SETTLED_CHANGE_SQL)
-        row = cursor.fetchone()
-    return row[0] if row else None
+def settled_version(version: tuple) -> tuple:
+    """The parts of a data_version() that move whenever a final batch may have changed: the newest id (a batch added,
+    final or not) and when a final batch last changed (became final, or was recorded again once final). With the
+    number of batches still running, what the list's figures of final batches are kept by (views.listing)."""
+    return version[1], version[4]
 
 
 class ConnectionKind(models.TextChoices):
@@ -749,6 +794,22 @@ class Batch(models.Model):
                     "expires_at",
                 ],
                 name="batch_connection_counts",
+            ),
+            # What each poll reads of the running batches (BatchQuerySet.running_figures), from a seek of this narrow
+            # index instead of their wide rows. Not a partial index of the running ones: SQLite, without statistics,
+            # prefers batch_expiry's equality on is_terminal to it.
+            models.Index(
+                fields=[
+                    "is_terminal",
+                    "status",
+                    "failed_requests",
+                    "total_requests",
+                    "completed_requests",
+                    "created_at",
+                    "last_changed_at",
+                    "expires_at",
+                ],
+                name="batch_running_figures",
             ),
             # batch_failed_lines for one connection (a viewer of some connections, or the connection filter):
             # needs attention's failure share and the failed-lines count read it instead of the rows.

@@ -25,7 +25,7 @@ from batches.models import TOKEN_FIELDS, Batch, Connection, DailySpend, data_ver
 from batches.pricing import CostTotal, format_money
 
 PERIODS = ("today", "month", "last_month")
-# The periods each part of the daily totals (batches.spending._rows) counts in.
+# The periods each part of the daily totals (daily_rows) counts in.
 DAILY_PARTS = {"today": ("today", "month"), "earlier": ("month",), "last_month": ("last_month",)}
 # A connection's monthly budget raises a banner on the list at these shares of it.
 WARNING_PERCENT = 80
@@ -33,8 +33,8 @@ EXCEEDED_PERCENT = 100
 NO_BUDGET, UNDER_BUDGET, NEAR_BUDGET, OVER_BUDGET = "", "ok", "warning", "exceeded"
 STRIP_BUDGETS = 3
 TEAM_GRANTS = ("view_teams", "cancel_teams", "create_teams")
-# The rows behind the figures are kept per data version, which every recorded batch moves (and with it the daily
-# totals): at most this long, like the list's other per-version figures.
+# The daily totals are kept per data version, which every recorded batch moves (and with it the daily totals): at most
+# this long, like the list's other per-version figures.
 CACHE_SECONDS = 300
 
 
@@ -173,23 +173,25 @@ class SpendingReport:
 
 def figures(*, today: date, connection_ids: list[int] | None = None) -> Figures:
     """The spend of these connections (None: every one) added up, without a viewer or a cache (benchmarks, tools)."""
-    by_connection = _figures_by_connection(*_rows(connection_ids, today))
+    by_connection = _figures_by_connection(daily_rows(connection_ids, today), _running_rows(connection_ids))
     return sum(by_connection.values(), Figures())
 
 
-def report_for(user, *, today: date, version: tuple | None = None, teams: bool = True) -> SpendingReport:
+def report_for(user, *, today: date, daily: list[dict] | None = None, teams: bool = True) -> SpendingReport:
     """The spend `user` may see: per connection they may view, overall (each connection once) and, with `teams`, per
     team they belong to (every team for a superuser).
 
-    The figures' rows (two aggregates: a few DailySpend rows per connection and day, and the running batches per
-    connection and model) are shared by every viewer with the same scope until the data changes (`version`, from
-    data_version()); prices apply per request, so a changed price file shows at once. Teams and budgets are read
-    per request: an admin's change to either moves no data version.
+    Two aggregates: the daily totals (a few DailySpend rows per connection and day), shared by every viewer with the
+    same scope until the data changes (data_version()), or `daily` if the caller keeps them itself (daily_rows(): the
+    list keeps them until a batch becomes final); and the running batches per connection and model, read per request
+    (an index seek over the running ones). Prices apply per request, so a changed price file shows at once. Teams and
+    budgets are read per request: an admin's change to either moves no data version.
     """
     visible = access.connections(user)
-    scope = access.scope_key(user)
-    rows = _cached_rows(scope, access.visible_connection_ids(user), today, version or data_version())
-    by_connection = _figures_by_connection(*rows)
+    connection_ids = access.visible_connection_ids(user)
+    if daily is None:
+        daily = _cached_daily_rows(access.scope_key(user), connection_ids, today, data_version())
+    by_connection = _figures_by_connection(daily, _running_rows(connection_ids))
     spends = [
         ConnectionSpend(connection, by_connection.get(connection.pk, Figures()))
         for connection in sorted(visible, key=lambda connection: (connection.name.casefold(), connection.slug))
@@ -200,19 +202,24 @@ def report_for(user, *, today: date, version: tuple | None = None, teams: bool =
     )
 
 
-def _cached_rows(scope: str, connection_ids: list[int] | None, today: date, version: tuple):
+def daily_rows_for(user, today: date) -> list[dict]:
+    """The daily totals report_for() reads for `user`, for a caller that keeps them (see report_for)."""
+    return daily_rows(access.visible_connection_ids(user), today)
+
+
+def _cached_daily_rows(scope: str, connection_ids: list[int] | None, today: date, version: tuple) -> list[dict]:
     key = "batchboard:spending:" + hashlib.sha256(repr((scope, today.isoformat(), version)).encode()).hexdigest()
     rows = cache.get(key)
     if rows is None:
-        rows = _rows(connection_ids, today)
+        rows = daily_rows(connection_ids, today)
         cache.set(key, rows, CACHE_SECONDS)
     return rows
 
 
-def _rows(connection_ids: list[int] | None, today: date) -> tuple[list[dict], list[dict]]:
+def daily_rows(connection_ids: list[int] | None, today: date) -> list[dict]:
     """The token totals of each connection and model, per part of a period (one aggregate of the DailySpend rows
     since the 1st of last month, whose size follows connections times models, not batches; "today", "earlier" this
-    month or "last_month"), and of the running batches."""
+    month or "last_month"). They change only when a batch becomes final, or a final one is recorded again."""
     month_start = today.replace(day=1)
     last_month_start = (month_start - timedelta(days=1)).replace(day=1)
     daily = DailySpend.objects.filter(day__gte=last_month_start, day__lte=today)
@@ -223,13 +230,13 @@ def _rows(connection_ids: list[int] | None, today: date) -> tuple[list[dict], li
         models.When(day__gte=month_start, then=models.Value("earlier")),
         default=models.Value("last_month"),
     )
-    daily_rows = (
+    rows = (
         daily.order_by()
         .annotate(part=part)
         .values("connection_id", "model", "part")
         .annotate(**{name: models.Sum(name) for name in ("batches", *TOKEN_FIELDS)})
     )
-    return list(daily_rows), _running_rows(connection_ids)
+    return list(rows)
 
 
 def _running_rows(connection_ids: list[int] | None) -> list[dict]:
@@ -246,12 +253,12 @@ def _running_rows(connection_ids: list[int] | None) -> list[dict]:
     return list(rows)
 
 
-def _figures_by_connection(daily_rows: list[dict], running_rows: list[dict]) -> dict[int, Figures]:
+def _figures_by_connection(daily: list[dict], running: list[dict]) -> dict[int, Figures]:
     grouped: dict[int, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for row in daily_rows:
+    for row in daily:
         for period in DAILY_PARTS[row["part"]]:
             grouped[row["connection_id"]][period].append(row)
-    for row in running_rows:
+    for row in running:
         grouped[row["connection_id"]]["running"].append(row)
     return {
         connection_id: Figures(**{name: CostTotal.of(rows) for name, rows in periods.items()})

@@ -7,7 +7,8 @@ Pages: for each database a child process fills a scratch database (a SQLite file
 PostgreSQL cluster from pg_virtualenv) with --batches batches (1 % of them running) and one snapshot each, then times
 the list, its polled fragment (after one running batch moved on, as between two polls; with the cache emptied; and
 served from the shared rendering) and a running batch's detail in-process with Django's test client, the cache fresh
-so no request calls upstream; `--pages-only` stops there. Load: in a throwaway PostgreSQL
+so no request calls upstream: once with the default cache (the database table, as without REDIS_URL), once with a
+redis-server of the parent's, as in production. `--pages-only` stops there. Load: in a throwaway PostgreSQL
 cluster beside a redis-server of its own, gunicorn serves the dashboard with 3 workers, another gunicorn serves the
 sandbox (its access log counts upstream calls), one sync loop runs as in production, and --viewers viewers poll the
 table fragment every interval for --seconds seconds.
@@ -50,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="How long they poll (default: 30).")
     parser.add_argument("--pages-only", action="store_true", help="Time the pages only, without the load test.")
     parser.add_argument("--child", choices=["pages", "load"], help=argparse.SUPPRESS)
+    parser.add_argument("--redis", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child == "pages":
-        print(json.dumps(_measure_pages(args.batches, args.requests)))
+        print(json.dumps(_measure_pages(args.batches, args.requests, args.redis)))
         return 0
     if args.child == "load":
         print(json.dumps(_measure_load(args.viewers, args.seconds)))
@@ -68,25 +70,26 @@ def _run(args) -> int:
         print("This benchmark needs postgresql and redis-server: run `make bench`, which installs them.")
         return 1
     own = [sys.executable, "-m", "benchmarks.production"]
-    pages_args = ["--child", "pages", "--batches", str(args.batches), "--requests", str(args.requests)]
+    redis_port = _free_port()
+    # Each child times the pages twice: with the default cache (the database table, as without REDIS_URL), then
+    # with Redis, as in production.
+    pages_args = [
+        *("--child", "pages", "--batches", str(args.batches), "--requests", str(args.requests)),
+        *("--redis", f"redis://127.0.0.1:{redis_port}/0"),
+    ]
     print(f"Filling a scratch SQLite database and a throwaway PostgreSQL cluster with {args.batches:,} batches each...")
-    with tempfile.TemporaryDirectory(prefix="batchboard-bench-") as scratch:
-        sqlite = common.run_child([*own, *pages_args], {"DATABASE_URL": f"sqlite:///{scratch}/bench.sqlite3"})
-    postgresql = common.run_child(common.in_postgresql([*own, *pages_args]), {})
-    print(f"\nServer time per page over {args.batches:,} batches ({args.requests} requests each, in-process):")
-    print(
-        f"  {'page':<27}{'SQLite median':>14}{'cpu':>8}{'load':>6}{'PostgreSQL median':>19}{'cpu':>8}{'load':>6}"
-        f"{'queries':>9}  target"
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
     )
-    for page, target in TARGETS_MS.items():
-        lite, pg = sqlite[page], postgresql[page]
-        verdict = "ok" if max(lite["median"], pg["median"]) <= target else "MISSED"
-        print(
-            f"  {page:<27}{lite['median']:>12.1f}ms{lite['cpu']:>6.1f}ms{lite['load']:>6.1f}"
-            f"{pg['median']:>17.1f}ms{pg['cpu']:>6.1f}ms{pg['load']:>6.1f}{pg['queries']:>9}  ≤ {target:g} ms median: "
-            f"{verdict}"
-        )
-    print("  (cpu: this process's CPU time, the median; load: the 1-minute load average while it was measured)")
+    try:
+        with tempfile.TemporaryDirectory(prefix="batchboard-bench-") as scratch:
+            sqlite = common.run_child([*own, *pages_args], {"DATABASE_URL": f"sqlite:///{scratch}/bench.sqlite3"})
+        postgresql = common.run_child(common.in_postgresql([*own, *pages_args]), {})
+    finally:
+        redis.terminate()
+        redis.wait(timeout=30)
+    for cache_name in ("database", "redis"):
+        _print_pages(args, cache_name, sqlite[cache_name], postgresql[cache_name])
     if args.pages_only:
         return 0
     print(
@@ -107,6 +110,27 @@ def _run(args) -> int:
         f"interval  ≤ 1 walk per interval: {verdict}"
     )
     return 0
+
+
+def _print_pages(args, cache_name: str, sqlite: dict, postgresql: dict) -> None:
+    where = "the database cache table (no REDIS_URL)" if cache_name == "database" else "Redis (REDIS_URL)"
+    print(
+        f"\nServer time per page over {args.batches:,} batches ({args.requests} requests each, in-process), "
+        f"cache: {where}:"
+    )
+    print(
+        f"  {'page':<27}{'SQLite median':>14}{'cpu':>8}{'load':>6}{'PostgreSQL median':>19}{'cpu':>8}{'load':>6}"
+        f"{'queries':>9}  target"
+    )
+    for page, target in TARGETS_MS.items():
+        lite, pg = sqlite[page], postgresql[page]
+        verdict = "ok" if max(lite["median"], pg["median"]) <= target else "MISSED"
+        print(
+            f"  {page:<27}{lite['median']:>12.1f}ms{lite['cpu']:>6.1f}ms{lite['load']:>6.1f}"
+            f"{pg['median']:>17.1f}ms{pg['cpu']:>6.1f}ms{pg['load']:>6.1f}{pg['queries']:>9}  ≤ {target:g} ms median: "
+            f"{verdict}"
+        )
+    print("  (cpu: this process's CPU time, the median; load: the 1-minute load average while it was measured)")
 
 
 # --- Pages, in a child process with its own database -----------------------------------------------------------
@@ -180,13 +204,14 @@ def _fill(batches: int) -> str:
     return running_id
 
 
-def _measure_pages(batches: int, requests: int) -> dict:
+def _measure_pages(batches: int, requests: int, redis_url: str) -> dict:
+    """{"database": figures, "redis": figures}: the pages timed with each cache (Redis only with `redis_url`)."""
     settings = _setup_django()
     from django.contrib.auth import get_user_model
     from django.core.cache import cache
     from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext
+    from django.test.utils import CaptureQueriesContext, override_settings
     from django.utils import timezone
 
     from batches import services
@@ -199,7 +224,6 @@ def _measure_pages(batches: int, requests: int) -> dict:
     now = timezone.now()
     SyncState.objects.update_or_create(name=LIST_STATE, defaults={"claimed_at": now, "succeeded_at": now})
     row = Batch.objects.get(batch_id=running_id)
-    cache.set(f"batchboard:file-bytes:{row.input_file_id}", 123_456, None)
     user = get_user_model().objects.create_superuser("bench", password=None)
     client = Client()
     client.force_login(user)
@@ -216,12 +240,16 @@ def _measure_pages(batches: int, requests: int) -> dict:
     pages = {
         "list": ("/batches/", {}, None),
         "fragment (after a change)": ("/batches/", fragment, change),
-        "fragment (cold cache)": ("/batches/", fragment, cache.clear),
+        "fragment (cold cache)": ("/batches/", fragment, lambda: cache.clear()),  # the cache of the moment
         "fragment (shared)": ("/batches/", fragment, None),
         "detail (running)": (f"/batches/{running_id}/", {}, None),
     }
-    figures = {}
-    for name, (url, headers, before) in pages.items():
+
+    def time_pages() -> dict:
+        cache.set(f"batchboard:file-bytes:{row.input_file_id}", 123_456, None)
+        return {name: time_page(*page) for name, page in pages.items()}
+
+    def time_page(url, headers, before) -> dict:
         times, cpu = [], []
         for attempt in range(requests + 3):
             if before:
@@ -230,17 +258,23 @@ def _measure_pages(batches: int, requests: int) -> dict:
             with CaptureQueriesContext(connection) as queries:
                 response = client.get(url, **headers)
             elapsed = (time.perf_counter() - started) * 1000
-            assert response.status_code in (200, 286), (name, response.status_code)
+            assert response.status_code in (200, 286), (url, headers, response.status_code)
             if attempt >= 3:  # the first ones warm up connections and caches
                 times.append(elapsed)
                 cpu.append((time.process_time() - started_cpu) * 1000)
-        figures[name] = {
+        return {
             "median": statistics.median(times),
             "p95": _p95(times),
             "cpu": statistics.median(cpu),
             "queries": len(queries),
             "load": os.getloadavg()[0],
         }
+
+    figures = {"database": time_pages()}
+    if redis_url:
+        redis = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}
+        with override_settings(CACHES={"default": {**settings.CACHES["default"], **redis, "KEY_PREFIX": "batchboard"}}):
+            figures["redis"] = time_pages()
     return figures
 
 

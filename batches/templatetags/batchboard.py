@@ -159,7 +159,10 @@ def _row_key(context, batch, now: datetime) -> str | None:
     request = context.get("request")
     user = getattr(request, "user", None)
     can_cancel = bool(context.get("can_cancel"))
-    may_cancel = can_cancel and user is not None and access.may(user, access.CANCEL, batch.connection_id)
+    may_cancel = getattr(batch, "viewer_may_cancel", None)  # the list sets it for its rows
+    if may_cancel is None:
+        may_cancel = user is not None and access.may(user, access.CANCEL, batch.connection_id)
+    may_cancel = can_cancel and may_cancel
     show_connections = bool(context.get("show_connections"))
     filters = context.get("filters")
     # Read from the instance's __dict__: a deferred column is absent (None here) and never loaded by the key.

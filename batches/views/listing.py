@@ -27,10 +27,11 @@ from batches.models import (
     Batch,
     DailySpend,
     data_version,
-    newest_settled_change,
+    settled_version,
+    summary_of,
 )
 from batches.normalise import UNKNOWN_STATUS
-from batches.spending import report_for
+from batches.spending import daily_rows_for, report_for
 from batches.views.live import Live, answer_key, is_poll, is_shown, live_of, poll_status, rendering_key, unchanged
 
 PAGE_SIZE = 50
@@ -72,8 +73,9 @@ DATA_VERSION_CACHE_SECONDS = 300
 # The counts per connection include "needs attention", which moves with the clock (stuck, expiring soon) as well as
 # with the data: kept at most this long.
 CONNECTION_COUNTS_CACHE_SECONDS = 60
-# The counts of final batches are kept while nothing that changes them happens (see _status_counts_of).
-FINAL_COUNTS_SECONDS = 600
+# The figures of final batches are kept while nothing that changes them happens (see _settled), at most this long
+# (an admin's DailySpend.rebuild moves no version).
+SETTLED_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -227,13 +229,18 @@ def list_context(
         job=filters.job,
     )
     version = version or data_version()
-    counts = _counted(
-        f"status-counts:{scope}", filters, version, lambda: _status_counts_of(matching, scope, filters, version)
-    )
-    attention = matching.needs_attention_count(counts)  # moves with the clock too (stuck batches): never cached
-    failed_lines = _counted(f"failed-lines:{scope}", filters, version, matching.with_failed_lines().count)
-    summary = visible.summary(since=_start_of_today())
-    spending = report_for(user, today=DailySpend.day_of(), version=version, teams=False)
+    today = DailySpend.day_of()
+    # What running batches show is read per request (they are few, and their progress is the usual change); what
+    # final ones show is kept until one may have changed (_settled).
+    visible_running = visible.running_figures()
+    running = matching.running_figures() if filters.narrows_counts else visible_running
+    settled = _settled(matching, visible, user, scope, filters, version, today, visible_running)
+    figures = {**settled.statuses, **running}  # final and running statuses are disjoint
+    counts = {status: status_figures["count"] for status, status_figures in figures.items()}
+    attention = sum(status_figures["attention"] for status_figures in figures.values())
+    failed_lines = sum(status_figures["failed_lines"] for status_figures in figures.values())
+    summary = summary_of(visible_running, settled.finished_today)
+    spending = report_for(user, today=today, daily=settled.daily_spend, teams=False)
     batches = matching.with_status(filters.status).sorted_by(filters.sort)
     batches = batches.defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)
@@ -294,38 +301,53 @@ def _connection_counts(visible, viewable: list, scope: str, version: tuple) -> l
     return [{"connection": connection, **counts[connection.pk]} for connection in viewable if connection.pk in counts]
 
 
-def _status_counts_of(matching, scope: str, filters: ListFilters, version: tuple) -> dict[str, int]:
-    """matching.status_counts(), without counting every final batch again after each change of a running one.
+@dataclass(frozen=True)
+class _Settled:
+    """What the list shows of final batches: their figures per status (of the list's filters), the summary's
+    figures of those finished today, and the daily spend (both of every batch the viewer sees)."""
 
-    The running batches are counted each time (an index seek over the few not final); the final ones are kept per
-    scope and filter, by what changes them: a new batch (the newest id), a final batch recorded (the newest change
-    of a final batch), a batch leaving or entering the running ones (their number). A running batch's progress, the
-    usual change, moves none of these. The final counts are the total less the running ones, read before and after
-    the total: if a batch changed status in between, this request's total is right but nothing is kept.
+    statuses: dict[str, dict[str, int]]
+    finished_today: dict[str, int]
+    daily_spend: list[dict]
+
+
+def _settled(
+    matching, visible, user, scope: str, filters: ListFilters, version: tuple, today: date, visible_running: dict
+) -> _Settled:
+    """The figures of final batches, without reading every final batch again after each change of a running one.
+
+    Kept per scope, connection filter, day and failure-share setting, by what changes them: a new batch (the newest
+    id), a final batch recorded (settled_version()), a batch leaving or entering the running ones (their number, read
+    by this request before). A running batch's progress, the usual change, moves none of these. The figures are read
+    after that key: if a batch became final in between, this request may count it twice, once, and nothing is kept
+    (the next poll has a new data version). Under a filter other than the connection the status figures are this
+    request's own, read each time.
     """
-    if filters.narrows_within_connection:
-        return matching.status_counts()
-    running = matching.filter(is_terminal=False).status_counts()
-    key = (version[1], newest_settled_change(), sum(running.values()))
-    name = f"final-counts:{scope}:{filters.connection}"
-    final = cache.get(_version_key(name, key))
-    if final is not None:
-        return {status: final.get(status, 0) + running.get(status, 0) for status in final.keys() | running.keys()}
-    total = matching.status_counts()
-    if matching.filter(is_terminal=False).status_counts() == running:
-        final = {status: count - running.get(status, 0) for status, count in total.items()}
-        cache.set(
-            _version_key(name, key), {status: count for status, count in final.items() if count}, FINAL_COUNTS_SECONDS
+    since = _start_of_today()
+    running_count = sum(status["count"] for status in visible_running.values())
+    key = _version_key(
+        f"settled:{scope}:{filters.connection}:{'own' if filters.narrows_within_connection else 'shared'}",
+        (
+            settled_version(version),
+            running_count,
+            since.isoformat(),
+            today.isoformat(),
+            settings.BATCHBOARD_ATTENTION_FAILURE_PERCENT,  # which final batches need attention
+        ),
+    )
+    kept = cache.get(key)
+    if kept is None:
+        kept = _Settled(
+            statuses=matching.settled_figures() if not filters.narrows_within_connection else {},
+            finished_today=visible.finished_since(since),
+            daily_spend=daily_rows_for(user, today),
         )
-    return total
-
-
-def _counted(name: str, filters: ListFilters, version: tuple, compute):
-    """A count over the list's filters: shared per data version (_per_data_version) when no filter but the connection
-    narrows it, since then every viewer of the scope asks the same; computed for this request otherwise."""
+        unchanged = settled_version(data_version()) == settled_version(version)
+        if unchanged and sum(visible.active().status_counts().values()) == running_count:
+            cache.set(key, kept, SETTLED_SECONDS)
     if filters.narrows_within_connection:
-        return compute()
-    return _per_data_version(f"{name}:{filters.connection}", version, compute)
+        return _Settled(matching.settled_figures(), kept.finished_today, kept.daily_spend)
+    return kept
 
 
 def _per_data_version(name: str, version: tuple, compute, *, seconds: int = DATA_VERSION_CACHE_SECONDS):

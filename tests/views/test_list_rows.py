@@ -1,17 +1,20 @@
-"""The list's rows are rendered once per change of what they show (batchboard.list_rows) and the counts of final
-batches are kept until one changes (listing._status_counts_of): a poll after a change shows it, and no viewer ever
-gets a row or a count rendered for another."""
+"""The list's rows are rendered once per change of what they show (batchboard.list_rows) and the figures of final
+batches (status counts, needs attention, failed lines, today's summary and spend) are kept until one changes
+(listing._settled): a poll after a change shows it, and no viewer ever gets a row or a figure kept for another."""
 
 import re
+import time
 
 import pytest
+from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from batches import services
-from batches.models import Batch, record_batch
+from batches.models import Batch, Connection, record_batch
+from tests.batch_api import payload
 
 pytestmark = pytest.mark.django_db
 
@@ -36,6 +39,13 @@ def _count(html: str, status: str) -> int:
     match = re.search(rf'id="status-chip-{status}"[^>]*>[^<]*<span class="count">([\d,]+)</span>', html)
     assert match, f"no chip for {status}"
     return int(match.group(1).replace(",", ""))
+
+
+def _figure(html: str, element_id: str) -> str:
+    """The value of one figure of the summary strip."""
+    match = re.search(rf'id="{element_id}".*?<dd class="figure-value">([^<]*)</dd>', html, re.S)
+    assert match, f"no figure {element_id}"
+    return match.group(1).strip()
 
 
 def _client(user) -> Client:
@@ -155,3 +165,65 @@ def test_it_runs_as_many_queries_for_a_poll_after_a_change_over_sixty_batches_as
     many = queries_after_a_change(changing)
 
     assert few == many
+
+
+def test_it_shows_a_batch_that_failed_in_the_next_poll_in_attention_failed_lines_and_the_summary(api, viewer_client):
+    running = api.add("in_progress", request_counts={"total": 100, "completed": 10, "failed": 0})
+    api.add("completed", request_counts={"total": 100, "completed": 100, "failed": 0})
+    html = viewer_client.get("/batches/", headers=POLL).text  # keeps the figures of the final batches
+    assert (_count(html, "attention"), _count(html, "failed-lines")) == (0, 0)
+    assert (_figure(html, "summary-failed"), _figure(html, "summary-running")) == ("0", "1")
+
+    now = int(time.time())
+    _record(running, status="failed", failed_at=now, request_counts={"total": 100, "completed": 10, "failed": 90})
+
+    html = viewer_client.get("/batches/", headers=POLL).text
+    assert (_count(html, "attention"), _count(html, "failed-lines"), _count(html, "failed")) == (1, 1, 1)
+    assert (_figure(html, "summary-failed"), _figure(html, "summary-running")) == ("1", "0")
+    assert "90 failed requests in batches finished today" in html
+
+
+def test_it_counts_a_new_final_batch_that_needs_attention_at_the_next_poll(api, viewer_client, settings):
+    api.add("in_progress")
+    api.add("completed", request_counts={"total": 100, "completed": 100, "failed": 0})
+    assert _count(viewer_client.get("/batches/", headers=POLL).text, "attention") == 0
+
+    api.add("completed", request_counts={"total": 100, "completed": 80, "failed": 20})  # above the 5 % share
+
+    html = viewer_client.get("/batches/", headers=POLL).text
+    assert (_count(html, "attention"), _count(html, "failed-lines"), _count(html, "completed")) == (1, 1, 2)
+    # No data changes: the setting alone moves the count (another URL, since the table's rendering is shared).
+    settings.BATCHBOARD_ATTENTION_FAILURE_PERCENT = 50
+    assert _count(viewer_client.get("/batches/?sort=status", headers=POLL).text, "attention") == 0
+
+
+def test_it_shows_the_spend_of_a_batch_that_finished_at_the_next_poll(api, viewer_client):
+    tokens = {"input_tokens": 10**8, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 10**7}
+    running = api.add("in_progress", model="gpt-4o-mini", usage={**tokens, "output_tokens_details": {}})
+    api.add("completed", model="gpt-4o-mini", completed_at=int(time.time()))
+    before = _figure(viewer_client.get("/batches/", headers=POLL).text, "summary-spent")
+
+    _finish(running)
+
+    after = _figure(viewer_client.get("/batches/", headers=POLL).text, "summary-spent")
+    assert after != before and after.startswith("$")
+
+
+def test_it_never_shows_a_viewer_the_figures_kept_for_a_wider_scope(api, viewer_client, django_user_model):
+    private = Connection.objects.create(name="Private", slug="private")
+    private.view_teams.add(Group.objects.create(name="Private team"))
+    api.add("in_progress")
+    api.add("completed", request_counts={"total": 10, "completed": 10, "failed": 0})
+    for _ in range(3):
+        hidden = services.ApiBatch.from_api(
+            payload("failed", failed_at=int(time.time()), request_counts={"total": 10, "completed": 0, "failed": 10})
+        )
+        record_batch(hidden, connection=private)
+    everyone = _client(django_user_model.objects.create_superuser("root", password=None))
+
+    wide = everyone.get("/batches/", headers=POLL).text
+    narrow = viewer_client.get("/batches/", headers=POLL).text
+
+    assert (_count(wide, "failed"), _count(wide, "attention"), _figure(wide, "summary-failed")) == (3, 3, "3")
+    assert (_count(narrow, "failed"), _count(narrow, "attention"), _figure(narrow, "summary-failed")) == (0, 0, "0")
+    assert _count(narrow, "completed") == 1
