@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings as django_settings
-from django.core.signals import request_started
+from django.core.signals import request_finished, request_started
 
 from batches import services
 from batches.models import Batch
@@ -91,19 +91,38 @@ def new_page(browser, sandbox_url):
     yield _new_page
     for context, _errors in opened:
         context.close()
-    _wait_for_requests_in_flight()
+    _in_flight.wait_for_none()
     # A CSP violation or a JavaScript exception is a bug even when the test's own assertions passed.
     errors = [error for _context, errors in opened for error in errors]
     assert not errors, f"browser errors: {errors}"
 
 
-def _wait_for_requests_in_flight(timeout: float = 15.0) -> None:
-    """Let the live server finish the requests a closed page left behind (a poll in flight): one still reading the
-    database while the test's teardown empties it deadlocks on PostgreSQL (TRUNCATE against a reader's locks)."""
-    deadline = time.monotonic() + timeout
-    for thread in threading.enumerate():
-        if "process_request_thread" in thread.name:
-            thread.join(max(0.0, deadline - time.monotonic()))
+class _RequestsInFlight:
+    """Requests the live server (in this process) has started and not finished, counted by Django's signals."""
+
+    def __init__(self):
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def started(self, **kwargs):
+        with self.changed:
+            self.count += 1
+
+    def finished(self, **kwargs):
+        with self.changed:
+            self.count -= 1
+            self.changed.notify_all()
+
+    def wait_for_none(self, timeout: float = 15.0) -> None:
+        """Let the live server finish the requests a closed page left behind (a poll in flight): one still reading
+        the database while the test's teardown empties it deadlocks on PostgreSQL (TRUNCATE against its locks)."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.count <= 0, timeout)
+
+
+_in_flight = _RequestsInFlight()
+request_started.connect(_in_flight.started, weak=False, dispatch_uid="browser-tests-requests-started")
+request_finished.connect(_in_flight.finished, weak=False, dispatch_uid="browser-tests-requests-finished")
 
 
 @pytest.fixture
