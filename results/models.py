@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.db import models
-from django.db.models import F
 from django.http import QueryDict
 from django.utils import timezone
 
@@ -149,6 +148,10 @@ class ResultFilter:
         return cls(outcome=outcome, code=code, status=status, group=group, q=q, ignored=tuple(ignored))
 
     @property
+    def search_help(self) -> str:
+        return search.search_help()
+
+    @property
     def is_active(self) -> bool:
         return bool(self.outcome or self.code or self.status or self.group or self.q)
 
@@ -173,11 +176,8 @@ def _small_int(raw: str, low: int, high: int) -> int | None:
 
 class ResultLineQuerySet(models.QuerySet):
     def in_order(self, *, descending: bool = False):
-        """Lines by position. After a search, by `position + 0`, which no index gives: asked for the first match in
-        position order, PostgreSQL would otherwise walk the position index testing each line's words until one
-        matches (0.3-1 s for a rare word in 50,000 lines); this way it reads the matches off the search's indexes and
-        sorts them (migration 0006)."""
-        key = "searched_position" if "searched_position" in self.query.annotations else "position"
+        """Lines by position; after a search on PostgreSQL, by a position no index gives (search.searched)."""
+        key = search.SEARCHED_POSITION if search.SEARCHED_POSITION in self.query.annotations else "position"
         return self.order_by(f"-{key}" if descending else key)
 
     def matching(self, result_filter: ResultFilter):
@@ -192,9 +192,7 @@ class ResultLineQuerySet(models.QuerySet):
         if result_filter.group:
             queryset = queryset.filter(error_group=result_filter.group)
         if result_filter.q:
-            queryset = queryset.filter(search.search_condition(result_filter.q)).alias(
-                searched_position=F("position") + 0
-            )
+            queryset = search.searched(queryset, result_filter.q)
         return queryset
 
     def input_lines(self):

@@ -96,3 +96,13 @@ def test_on_postgresql_the_search_reads_its_indexes(kept):
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "result_line_answer_words" in plan and "result_line_custom_id_trigrams" in plan
     assert "Filter" not in plan  # nothing is computed line by line
+
+
+@pytest.mark.django_db
+def test_the_search_field_says_what_a_search_matches(kept, viewer_client):
+    html = viewer_client.get(reverse("results:list", args=[kept.batch_id])).content.decode()
+    assert 'aria-describedby="filter-q-help"' in html
+    if connection.vendor == "postgresql":
+        assert "Answer and request: whole words, every one, in any order." in html
+    else:
+        assert "custom_id, answer or request: any part of them." in html
