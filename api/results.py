@@ -105,7 +105,8 @@ def _row(line: ResultLine) -> dict:
 def result_rows(request, batch_id: str, params: Query[ResultParams]):
     """The rows of the batch's kept results in input order, with the results page's filters: `outcome`
     (succeeded, failed, expired, cancelled, missing), `code` (an error code), `status` (an HTTP status), `group`
-    (a failure group's number), `q` (text in the custom_id, request or answer). 409 while the results are not kept."""
+    (a failure group's number), `q` (any part of the custom_id; the request's and answer's text by any part on
+    SQLite, by whole words, every one in any order, on PostgreSQL). 409 while the results are not kept."""
     require_scope(request, READ)
     if not 1 <= params.limit <= MAX_LIMIT:
         raise ApiError(400, f"limit is between 1 and {MAX_LIMIT}.", details={"limit": params.limit})

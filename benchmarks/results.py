@@ -246,6 +246,16 @@ def _run(lines: int) -> int:
     verdict = _verdict(median, TARGETS["request"], "ms")
     name = f"request page ({REPEATS} random lines)"
     print(f"  {name:<40} {median:6.1f}ms {max(request_times):6.1f}ms {cpu:6.1f}ms {queries:>7}  {verdict}")
+    # Within a search, a request page steps to the previous and next match: from the middle of the batch, for a
+    # custom_id that matches 10 lines far away, and for answer text that matches a third of them.
+    middle = kept.summary["rows"] // 2
+    for name, query in (("custom_id", "?q=ticket-4999"), ("answer text", "?q=quarterly+plan")):
+        url = reverse("results:request", args=[batch.batch_id, middle]) + query
+        median, p95, cpu, queries = _time(client, url, {}, repeats=10)
+        verdict = _verdict(median, TARGETS["request"], "ms")
+        name = f"request page in a search, {name}"
+        print(f"  {name:<40} {median:6.1f}ms {p95:6.1f}ms {cpu:6.1f}ms {queries:>7}  {verdict}")
+    print(f"  {'the lines on disk (table and indexes)':<40} {_lines_size():>6.1f} MB")
 
     print("")
     exports = [
@@ -269,6 +279,20 @@ def _run(lines: int) -> int:
         tracemalloc.stop()
         print(f"  peak Python memory while exporting CSV, {name:<16} {peak / 1e6:>5.1f} MB  flat: independent of rows")
     return 0
+
+
+def _lines_size() -> float:
+    """Megabytes taken by the results' lines: PostgreSQL's table with its indexes, or the whole SQLite file."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_total_relation_size('results_resultline')")
+            return int(cursor.fetchone()[0]) / 1e6
+        cursor.execute("PRAGMA page_count")
+        pages = cursor.fetchone()[0]
+        cursor.execute("PRAGMA page_size")
+        return pages * cursor.fetchone()[0] / 1e6
 
 
 def _time(client, url, headers, repeats=REPEATS) -> tuple[float, float, float, int]:

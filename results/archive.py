@@ -721,6 +721,11 @@ def _index(archive: ResultArchive, local: dict[str, str]) -> dict:
         while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
             with transaction.atomic():
                 cursor.executemany(sql, chunk)
+        if connection.vendor == "postgresql":
+            # Statistics now rather than when autovacuum comes by: until then the planner takes the batch's lines for
+            # a handful and walks them, computing each line's words for a search (0.4 s for 50,000) instead of
+            # reading its indexes (2 ms). It reads a sample of at most 30,000 lines, however big the table.
+            cursor.execute(f"ANALYZE {quote(ResultLine._meta.db_table)}")
     return summary
 
 

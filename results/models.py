@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.db import models
-from django.db.models import Q
 from django.http import QueryDict
 from django.utils import timezone
 
 from batches import services
 from batches.models import Batch
+from results import search
 
 ROWS_PER_PAGE = 100
 # Longest text kept in the index: one line of preview, and error messages (the stored file has them in full).
@@ -148,6 +148,10 @@ class ResultFilter:
         return cls(outcome=outcome, code=code, status=status, group=group, q=q, ignored=tuple(ignored))
 
     @property
+    def search_help(self) -> str:
+        return search.search_help()
+
+    @property
     def is_active(self) -> bool:
         return bool(self.outcome or self.code or self.status or self.group or self.q)
 
@@ -171,8 +175,10 @@ def _small_int(raw: str, low: int, high: int) -> int | None:
 
 
 class ResultLineQuerySet(models.QuerySet):
-    def in_order(self):
-        return self.order_by("position")
+    def in_order(self, *, descending: bool = False):
+        """Lines by position; after a search on PostgreSQL, by a position no index gives (search.searched)."""
+        key = search.SEARCHED_POSITION if search.SEARCHED_POSITION in self.query.annotations else "position"
+        return self.order_by(f"-{key}" if descending else key)
 
     def matching(self, result_filter: ResultFilter):
         """The lines a filter selects: the results page, its exports, prev/next, and retrying lines all use this."""
@@ -186,8 +192,7 @@ class ResultLineQuerySet(models.QuerySet):
         if result_filter.group:
             queryset = queryset.filter(error_group=result_filter.group)
         if result_filter.q:
-            q = result_filter.q
-            queryset = queryset.filter(Q(custom_id__icontains=q) | Q(preview__icontains=q) | Q(prompt__icontains=q))
+            queryset = search.searched(queryset, result_filter.q)
         return queryset
 
     def input_lines(self):

@@ -31,8 +31,9 @@ def table_page(archive: ResultArchive, result_filter: ResultFilter, number, link
     """The page of rows to show, each with the link to its request page (built here: reverse() per row is slow):
     `link` maps a row's position to that page's path (default: the dashboard's own request pages).
 
-    A search scans every row (LIKE '%text%'), so it is done once: the matching positions give the count and the
-    page's slice, instead of one scan to count and another to fetch the page.
+    A search reads every match (a scan on SQLite, its indexes on PostgreSQL: results/search.py), so it is done once:
+    the matching positions give the count and the page's slice, instead of one read to count and another to fetch
+    the page.
     """
     lines = archive.lines.matching(result_filter).in_order()
     if result_filter.q:
@@ -75,8 +76,8 @@ def request_row(
         answers_shown = [_answer(files, raw_link, entry) for entry in lines if entry.result_file]
     request_record = request_side["record"]
     steps = {
-        "previous": matching.filter(position__lt=line.position).order_by("-position").first(),
-        "next": matching.filter(position__gt=line.position).order_by("position").first(),
+        "previous": matching.filter(position__lt=line.position).in_order(descending=True).first(),
+        "next": matching.filter(position__gt=line.position).in_order().first(),
     }
     _link_rows(steps.values(), result_filter, link)
     return {
