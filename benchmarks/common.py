@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,3 +222,17 @@ def serve(counter: UpstreamCounter):
     base = f"http://127.0.0.1:{server.server_port}"
     settings.SANDBOX_URL = settings.OPENAI_BASE_URL = f"{base}/sandbox/v1"
     return server, base
+
+
+def wait_until_answering(url: str, what: str, timeout: float = 30.0) -> None:
+    """Wait for a server this benchmark started to answer `url`; RuntimeError naming `what` if it never does."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=5)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer at {url}")

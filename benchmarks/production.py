@@ -324,7 +324,7 @@ def _measure_load(viewers: int, seconds: float) -> dict:
             )
             start([*gunicorn, "--bind", f"127.0.0.1:{web_port}", "--workers", "3", "--threads", "4"], log)
             for port in (sandbox_port, web_port):
-                _wait_for(f"http://127.0.0.1:{port}/healthz")
+                common.wait_until_answering(f"http://127.0.0.1:{port}/healthz", "gunicorn", timeout=60.0)
             _create_running_batches(sandbox_url, 20)
             start([sys.executable, "manage.py", "sync_batches", "--loop", "--interval", str(INTERVAL)], log)
             cookie = _session_cookie(settings)
@@ -351,19 +351,6 @@ def _measure_load(viewers: int, seconds: float) -> dict:
         "calls": len(calls),
         "seconds": elapsed,
     }
-
-
-def _wait_for(url: str, timeout: float = 60.0) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url, timeout=5)
-            return
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise SystemExit(f"nothing answered at {url}")
 
 
 def _create_running_batches(sandbox_url: str, count: int) -> None:

@@ -94,7 +94,6 @@ def _free_port() -> int:
 
 
 def _start(scratch: Path, name: str, environment: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    import requests
 
     port = _free_port()
     log = open(scratch / f"{name}.log", "wb")  # noqa: SIM115 (the process's whole life)
@@ -103,13 +102,8 @@ def _start(scratch: Path, name: str, environment: dict[str, str]) -> tuple[subpr
         command, cwd=common.ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **environment}
     )
     base = f"http://127.0.0.1:{port}"
-    for _attempt in range(300):
-        try:
-            requests.get(f"{base}/healthz", timeout=2)
-            return server, base
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the {name} server did not start (see {scratch / name}.log)")
+    common.wait_until_answering(f"{base}/healthz", f"the {name} server (see {scratch / name}.log)")
+    return server, base
 
 
 def _peak_mb(pid: int) -> tuple[float, float]:

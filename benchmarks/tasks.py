@@ -88,7 +88,6 @@ class PassClock:
 def _serve_sandbox(scratch: Path) -> tuple[subprocess.Popen, str]:
     """The sandbox (the upstream API here) served by gunicorn with 3 worker processes, as an API serves many clients
     at once: a 100 MB download never slows the list calls of the loop down (in one process it shares the GIL)."""
-    import requests
 
     port = _free_port()
     log = open(scratch / "sandbox-server.log", "wb")  # noqa: SIM115 (the process's whole life)
@@ -98,14 +97,8 @@ def _serve_sandbox(scratch: Path) -> tuple[subprocess.Popen, str]:
         stderr=subprocess.STDOUT,
         env={**os.environ, "SANDBOX_URL": f"http://127.0.0.1:{port}/sandbox/v1"},
     )
-    url = f"http://127.0.0.1:{port}/sandbox/v1"
-    for _attempt in range(300):
-        try:
-            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            return server, url
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise RuntimeError("the sandbox server did not start")
+    common.wait_until_answering(f"http://127.0.0.1:{port}/healthz", "the sandbox server")
+    return server, f"http://127.0.0.1:{port}/sandbox/v1"
 
 
 def _free_port() -> int:
