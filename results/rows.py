@@ -13,7 +13,7 @@ from django.core.paginator import Paginator
 from django.db.models import Max, Min, Q, Subquery
 from django.urls import reverse
 
-from results import answers, exports
+from results import answers, exports, search
 from results.archive import StoredFiles, loads_record
 from results.links import request_links
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
@@ -86,10 +86,19 @@ def request_row(
 
 
 def _steps(archive: ResultArchive, result_filter: ResultFilter, line: ResultLine) -> dict:
-    """The previous and next rows in the filter (other custom_ids), or None: both positions come from one read of the
-    matches (a search scans them: two walks from `line` would scan up to twice), then the rows by their positions."""
-    matching = archive.lines.matching(result_filter).exclude(custom_id=line.custom_id).order_by()
-    positions = matching.aggregate(
+    """The previous and next rows in the filter (other custom_ids), or None.
+
+    Walking from `line` by position stops at the nearest match: an index walk, or SQLite's scan of a search. A search
+    on PostgreSQL reads every match off its indexes and sorts them (search.searched), so there both positions come
+    from one such read (two walks would read every match twice), then both rows by position."""
+    matching = archive.lines.matching(result_filter).exclude(custom_id=line.custom_id)
+    if search.SEARCHED_POSITION not in matching.query.annotations:
+        matching = matching.only("position", "custom_id")
+        return {
+            "previous": matching.filter(position__lt=line.position).in_order(descending=True).first(),
+            "next": matching.filter(position__gt=line.position).in_order().first(),
+        }
+    positions = matching.order_by().aggregate(
         previous=Max("position", filter=Q(position__lt=line.position)),
         next=Min("position", filter=Q(position__gt=line.position)),
     )
