@@ -10,10 +10,10 @@ import json
 from collections.abc import Callable, Iterator
 
 from django.core.paginator import Paginator
-from django.db.models import Subquery
+from django.db.models import Max, Min, Q, Subquery
 from django.urls import reverse
 
-from results import answers, exports
+from results import answers, exports, search
 from results.archive import StoredFiles, loads_record
 from results.links import request_links
 from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
@@ -69,16 +69,12 @@ def request_row(
     line = next((entry for entry in lines if entry.position == position), None)
     if line is None:
         return None
-    matching = archive.lines.matching(result_filter).exclude(custom_id=line.custom_id).only("position", "custom_id")
     raw_link = _raw_links(batch.batch_id) if raw_links else None
     with StoredFiles(archive) as files:
         request_side = _side(files, raw_link, line, "input", line.input_offset, line.input_length)
         answers_shown = [_answer(files, raw_link, entry) for entry in lines if entry.result_file]
     request_record = request_side["record"]
-    steps = {
-        "previous": matching.filter(position__lt=line.position).in_order(descending=True).first(),
-        "next": matching.filter(position__gt=line.position).in_order().first(),
-    }
+    steps = _steps(archive, result_filter, line)
     _link_rows(steps.values(), result_filter, link)
     return {
         "line": line,
@@ -87,6 +83,28 @@ def request_row(
         "answers": answers_shown,
         **steps,
     }
+
+
+def _steps(archive: ResultArchive, result_filter: ResultFilter, line: ResultLine) -> dict:
+    """The previous and next rows in the filter (other custom_ids), or None.
+
+    Walking from `line` by position stops at the nearest match: an index walk, or SQLite's scan of a search. A search
+    on PostgreSQL reads every match off its indexes and sorts them (search.searched), so there both positions come
+    from one such read (two walks would read every match twice), then both rows by position."""
+    matching = archive.lines.matching(result_filter).exclude(custom_id=line.custom_id)
+    if search.SEARCHED_POSITION not in matching.query.annotations:
+        matching = matching.only("position", "custom_id")
+        return {
+            "previous": matching.filter(position__lt=line.position).in_order(descending=True).first(),
+            "next": matching.filter(position__gt=line.position).in_order().first(),
+        }
+    positions = matching.order_by().aggregate(
+        previous=Max("position", filter=Q(position__lt=line.position)),
+        next=Min("position", filter=Q(position__gt=line.position)),
+    )
+    wanted = [position for position in positions.values() if position is not None]
+    found = {row.position: row for row in archive.lines.filter(position__in=wanted).only("position", "custom_id")}
+    return {name: found.get(position) for name, position in positions.items()}
 
 
 def _raw_links(batch_id: str) -> Callable[[int, str], str]:
