@@ -227,3 +227,21 @@ def test_it_never_shows_a_viewer_the_figures_kept_for_a_wider_scope(api, viewer_
     assert (_count(wide, "failed"), _count(wide, "attention"), _figure(wide, "summary-failed")) == (3, 3, "3")
     assert (_count(narrow, "failed"), _count(narrow, "attention"), _figure(narrow, "summary-failed")) == (0, 0, "0")
     assert _count(narrow, "completed") == 1
+
+
+def test_it_renders_again_only_the_row_that_changed_when_the_others_were_only_seen_again(api, viewer_client):
+    from batches.templatetags.batchboard import ROW_CACHE
+
+    seen, changed = api.add("in_progress"), api.add("in_progress")
+    viewer_client.get("/batches/", headers=POLL)
+    before = set(ROW_CACHE._cache)
+
+    record_batch(services.ApiBatch.from_api(seen))  # the sync saw it unchanged: only its last_seen_at moves
+    Batch.objects.filter(batch_id=seen["id"]).update(
+        refresh_claimed_at=Batch.objects.get(batch_id=seen["id"]).last_seen_at
+    )
+    _record(changed, request_counts={"total": 10, "completed": 7, "failed": 0})
+    html = viewer_client.get("/batches/", headers=POLL).text
+
+    assert "7" in _row(html, changed["id"])
+    assert len(set(ROW_CACHE._cache) - before) == 1
