@@ -128,12 +128,19 @@ ROW_CACHE = LocMemCache("batchboard-list-rows", {"TIMEOUT": 600, "OPTIONS": {"MA
 ROW_MARKUP_VERSION = 1
 
 
+# Stored columns no row shows that move without a change the row shows (every sync's observation, a page's refresh
+# claim): keyed on, they would re-render every running row on the page at each change of any batch.
+ROW_UNSHOWN_COLUMNS = frozenset({"last_seen_at", "refresh_claimed_at"})
+
+
 @register.simple_tag(takes_context=True)
 def list_rows(context, rows) -> list[SafeString]:
     """`{% list_rows rows as rendered %}`: the list's rows (the `batch-row` partial), each rendered once for all
     viewers and polls that would see the same markup, and again only when something it shows changes."""
     now = timezone.now()
-    keys = [_row_key(context, batch, now) for batch in rows]
+    viewer = _viewer_key(context)
+    prices = {}  # a model's price, as keyed, once per page rather than once per row
+    keys = [_row_key(context, viewer, prices, batch, now) for batch in rows]
     found = ROW_CACHE.get_many([key for key in keys if key is not None])
     partial = context.template.engine.get_template("batches/batch_list.html#batch-row")
     rendered, fresh = [], {}
@@ -150,41 +157,57 @@ def list_rows(context, rows) -> list[SafeString]:
     return rendered
 
 
-def _row_key(context, batch, now: datetime) -> str | None:
-    """The key of one row's markup: every stored value of the batch (whatever path changed it), what the row shows
-    from elsewhere (its retries, its connection, its price), what the viewer may do with it and sees of it, and the
-    clock as the row shows it (its relative times, a cancel claim's expiry). None: not cached (a cancel's answer)."""
+def _viewer_key(context) -> tuple | None:
+    """What every row of one page's rendering shares: what the viewer may do and sees, their zone and language.
+    None: not cached (a cancel's answer)."""
     if context.get("cancel_outcome"):
         return None
+    filters = context.get("filters")
+    return (
+        ROW_MARKUP_VERSION,
+        bool(context.get("can_cancel")),
+        bool(context.get("show_connections")),
+        context.get("list_url"),  # the cancel control's way back
+        bool(filters and filters.q),
+        timezone.get_current_timezone_name(),
+        translation.get_language(),
+    )
+
+
+def _row_key(context, viewer: tuple | None, prices: dict, batch, now: datetime) -> str | None:
+    """The key of one row's markup: every stored value of the batch the row may show (whatever path changed it),
+    what the row shows from elsewhere (its retries, its connection, its price), what the viewer may do with it and
+    sees of it (`viewer`, from _viewer_key), and the clock as the row shows it (its relative times, a cancel claim's
+    expiry). None: not cached (a cancel's answer)."""
+    if viewer is None:
+        return None
+    _version, can_cancel, show_connections, list_url, searching, *_ = viewer
     request = context.get("request")
     user = getattr(request, "user", None)
-    can_cancel = bool(context.get("can_cancel"))
     may_cancel = getattr(batch, "viewer_may_cancel", None)  # the list sets it for its rows
     if may_cancel is None:
         may_cancel = user is not None and access.may(user, access.CANCEL, batch.connection_id)
     may_cancel = can_cancel and may_cancel
-    show_connections = bool(context.get("show_connections"))
-    filters = context.get("filters")
     # Read from the instance's __dict__: a deferred column is absent (None here) and never loaded by the key.
     values = batch.__dict__
-    stored = tuple([values.get(field.attname) for field in batch._meta.concrete_fields])
+    stored = tuple(
+        [values.get(field.attname) for field in batch._meta.concrete_fields if field.attname not in ROW_UNSHOWN_COLUMNS]
+    )
     connection = batch.connection if show_connections else None
+    if batch.model not in prices:
+        prices[batch.model] = repr(batch.price)
     parts = (
-        ROW_MARKUP_VERSION,
+        viewer,
         stored,
         getattr(batch, "retry_count", 0),
         (connection.pk, connection.slug, connection.name, connection.kind) if connection is not None else None,
-        repr(batch.price),
-        can_cancel,
+        prices[batch.model],
         may_cancel,
-        context.get("list_url") if may_cancel else None,  # the cancel control's way back
-        show_connections,
-        tuple(metadata_matches(batch, filters)) if filters and filters.q else (),
+        list_url if may_cancel else None,
+        tuple(metadata_matches(batch, context.get("filters"))) if searching else (),
         formatting.relative(batch.created_at, now),
         formatting.relative(batch.expires_at, now) if not batch.is_terminal and batch.expires_at else "",
         batch.cancel_pending,
-        timezone.get_current_timezone_name(),
-        translation.get_language(),
     )
     return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 

@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 
 from batches import services
 from batches.models import Batch, Connection, record_batch
+from batches.templatetags.batchboard import ROW_CACHE
 from tests.batch_api import payload
 
 pytestmark = pytest.mark.django_db
@@ -227,3 +228,21 @@ def test_it_never_shows_a_viewer_the_figures_kept_for_a_wider_scope(api, viewer_
     assert (_count(wide, "failed"), _count(wide, "attention"), _figure(wide, "summary-failed")) == (3, 3, "3")
     assert (_count(narrow, "failed"), _count(narrow, "attention"), _figure(narrow, "summary-failed")) == (0, 0, "0")
     assert _count(narrow, "completed") == 1
+
+
+def test_it_renders_again_only_the_row_that_changed_when_the_others_were_only_seen_again(api, viewer_client):
+    seen, changed = api.add("in_progress"), api.add("in_progress")
+    viewer_client.get("/batches/", headers=POLL)
+    rendered = set(ROW_CACHE._cache)
+    seen_at = Batch.objects.get(batch_id=seen["id"]).last_seen_at
+
+    record_batch(services.ApiBatch.from_api(seen))  # the sync saw it unchanged: only its last_seen_at moves
+    row = Batch.objects.get(batch_id=seen["id"])
+    Batch.objects.filter(pk=row.pk).update(refresh_claimed_at=row.last_seen_at)  # and a page claimed its refresh
+    _record(changed, status="finalizing", finalizing_at=changed["created_at"] + 40)
+    html = viewer_client.get("/batches/", headers=POLL).text
+
+    assert row.last_seen_at > seen_at
+    assert 'data-live-state="finalizing"' in _row(html, changed["id"])
+    assert 'data-live-state="in_progress"' in _row(html, seen["id"])
+    assert len(set(ROW_CACHE._cache) - rendered) == 1  # the changed row's new rendering only
