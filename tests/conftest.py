@@ -215,6 +215,18 @@ def synced(db):
 
 
 @pytest.fixture
+def shared_renderings(settings, synced):
+    """Polls of the list may share renderings for up to a minute (it refreshes at most once a minute), from an empty
+    cache."""
+    from django.core.cache import cache
+
+    settings.BATCHBOARD_REFRESH_INTERVAL = 60.0
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
 def fake_api(settings):
     """A local API server that answers only what a test scripts (404 otherwise) and logs every request; the
     dashboard's client talks to it, without retries."""

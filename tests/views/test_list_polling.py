@@ -5,7 +5,6 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -16,18 +15,9 @@ from batches.models import Batch, data_version, record_batch
 from tests.conftest import observation
 from tests.fake_api import Reply
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("shared_renderings")]
 
 POLL = {"HX-Request": "true"}
-
-
-@pytest.fixture(autouse=True)
-def _shared_renderings(settings, synced):
-    """Polls may share renderings for up to a minute (the list refreshes at most once a minute)."""
-    settings.BATCHBOARD_REFRESH_INTERVAL = 60.0
-    cache.clear()
-    yield
-    cache.clear()
 
 
 def _poll(client, url="/batches/"):

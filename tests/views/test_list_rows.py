@@ -7,7 +7,6 @@ import time
 
 import pytest
 from django.contrib.auth.models import Group
-from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -17,17 +16,9 @@ from batches.models import Batch, Connection, record_batch
 from batches.templatetags.batchboard import ROW_CACHE
 from tests.batch_api import payload
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("shared_renderings")]
 
 POLL = {"HX-Request": "true"}
-
-
-@pytest.fixture(autouse=True)
-def _shared_renderings(settings, synced):
-    settings.BATCHBOARD_REFRESH_INTERVAL = 60.0
-    cache.clear()
-    yield
-    cache.clear()
 
 
 def _row(html: str, batch_id: str) -> str:
