@@ -485,6 +485,10 @@ DEFAULT_CONNECTION = "default"
 ARCHIVE_CHOICES = [("new", "new"), ("all", "all"), ("on-open", "on open"), ("off", "off")]
 
 
+# The grants of a team that let its members see a connection's batches (cancel and create imply view).
+VIEW_GRANTS = ("view_teams", "cancel_teams", "create_teams")
+
+
 class ConnectionQuerySet(models.QuerySet):
     def default(self) -> Connection:
         """The connection of the single-key settings, made on first use (a database emptied by a test, say).
@@ -508,7 +512,15 @@ class ConnectionQuerySet(models.QuerySet):
     def viewable_by(self, user):
         """The connections whose batches `user` may see: granted to one of their teams for view, cancel or create
         (either implies view), open to every signed-in user, or every one for a superuser."""
-        return self._granted(user, ("view_teams", "cancel_teams", "create_teams"), open_to_everyone=True)
+        return self._granted(user, VIEW_GRANTS, open_to_everyone=True)
+
+    def viewable_by_team(self, team_id: int):
+        """The connections whose batches every member of the team may see, as viewable_by: granted to the team for
+        view, cancel or create, or open to everyone."""
+        allowed = Q(open_to_everyone=True)
+        for grant in VIEW_GRANTS:
+            allowed |= Q(**{grant: team_id})
+        return self.filter(pk__in=self.filter(allowed).values("pk"))
 
     def cancellable_by(self, user):
         """Where `user` may cancel: granted, and configured (a connection kept for its history has no key)."""

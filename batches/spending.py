@@ -21,7 +21,7 @@ from django.core.cache import cache
 from django.db import models
 
 from batches import access
-from batches.models import TOKEN_FIELDS, Batch, Connection, DailySpend, data_version
+from batches.models import TOKEN_FIELDS, VIEW_GRANTS, Batch, Connection, DailySpend, data_version
 from batches.pricing import CostTotal, format_money
 
 PERIODS = ("today", "month", "last_month")
@@ -32,7 +32,6 @@ WARNING_PERCENT = 80
 EXCEEDED_PERCENT = 100
 NO_BUDGET, UNDER_BUDGET, NEAR_BUDGET, OVER_BUDGET = "", "ok", "warning", "exceeded"
 STRIP_BUDGETS = 3
-TEAM_GRANTS = ("view_teams", "cancel_teams", "create_teams")
 # The daily totals are kept per data version, which every recorded batch moves (and with it the daily totals): at most
 # this long, like the list's other per-version figures.
 CACHE_SECONDS = 300
@@ -273,7 +272,7 @@ def _teams_of(user, spends: list[ConnectionSpend]) -> list[TeamSpend]:
     if not by_id:
         return []
     grants = []
-    for name in TEAM_GRANTS:
+    for name in VIEW_GRANTS:
         rows = getattr(Connection, name).through.objects.filter(connection_id__in=list(by_id))
         if not user.is_superuser:
             rows = rows.filter(group__user=user)

@@ -129,8 +129,7 @@ class Destination(models.Model):
         """The connections whose batches this destination's owner may see: what a subscription may tell them of."""
         if self.user_id:
             return set(Connection.objects.viewable_by(self.user).values_list("pk", flat=True))
-        granted = Q(view_teams=self.team_id) | Q(cancel_teams=self.team_id) | Q(create_teams=self.team_id)
-        return set(Connection.objects.filter(granted | Q(open_to_everyone=True)).values_list("pk", flat=True))
+        return set(Connection.objects.viewable_by_team(self.team_id).values_list("pk", flat=True))
 
 
 class Scope(models.TextChoices):
