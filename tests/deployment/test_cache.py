@@ -1,5 +1,5 @@
 """The shared cache: what one process stores another reads, on the database cache (the default) and on a real Redis
-(REDIS_URL), so several gunicorn workers agree on rendered fragments and file sizes."""
+(REDIS_URL), so several gunicorn workers agree on the list's figures and file sizes."""
 
 import subprocess
 import sys
@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from batches.freshness import LIST_STATE
 from batches.models import SyncState
+from batches.views.listing import TABLE_RENDERINGS
 from tests.conftest import process_environment
 from tests.fake_api import Reply
 
@@ -50,16 +51,18 @@ def fresh_list(settings):
 
 
 @pytest.mark.django_db
-def test_the_polled_table_is_rendered_once_into_redis_for_every_viewer(redis_cache, fresh_list, viewer_client):
+def test_the_lists_figures_are_computed_once_into_redis_for_every_worker(redis_cache, fresh_list, viewer_client):
     headers = {"HX-Request": "true"}
     with CaptureQueriesContext(connection) as first:
         rendered = viewer_client.get("/batches/", headers=headers)
+    TABLE_RENDERINGS.clear()  # another worker: renderings of its own, the same shared cache
     with CaptureQueriesContext(connection) as second:
         again = viewer_client.get("/batches/", headers=headers)
 
     assert again.content == rendered.content
-    assert len(second) < len(first)  # served from the shared rendering, not computed again
-    assert redis.Redis.from_url(redis_cache).keys("*batchboard:list-table:*")
+    assert len(second) < len(first)  # the final batches' figures read from Redis, not computed again
+    assert redis.Redis.from_url(redis_cache).keys("*batchboard:list-settled:*")
+    assert not redis.Redis.from_url(redis_cache).keys("*batchboard:list-table:*")  # renderings stay in each process
 
 
 @pytest.mark.django_db
