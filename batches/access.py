@@ -16,7 +16,6 @@ def _grants(user) -> dict:
     """What `user` may do where, read once per request in one query (ConnectionQuerySet.grants_of)."""
     cache = user.__dict__.setdefault("_batchboard_connections", {})
     if VIEW not in cache:
-        Connection.objects.default()  # the single-key settings' connection exists before anyone is granted it
         cache[VIEW], cache[CANCEL], cache[CREATE], cache[EVERY] = Connection.objects.grants_of(user)
     return cache
 

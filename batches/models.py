@@ -534,11 +534,15 @@ class ConnectionQuerySet(models.QuerySet):
     def grants_of(self, user) -> tuple[list[Connection], list[Connection], list[Connection], int]:
         """viewable_by(user), cancellable_by(user) and creatable_by(user) as lists, and how many connections exist,
         from one query of every connection with the user's teams' grants (plus the user's teams, and their
-        permissions only when a connection open to everyone needs them): a page asks all of them."""
+        permissions only when a connection open to everyone needs them): a page asks all of them. The single-key
+        settings' connection exists before anyone is granted it: made here if it is missing (see _every)."""
+        from batches.configured_connections import ensure_applied
+
+        ensure_applied()
         if user is None or not user.is_authenticated or not user.is_active:
             return [], [], [], self.count()
         if user.is_superuser:
-            every = list(self.all())
+            every = self._every()
             cancellable = [connection for connection in every if connection.configured]
             creatable = [connection for connection in cancellable if not connection.paused]
             return every, cancellable, creatable, len(every)
@@ -548,7 +552,7 @@ class ConnectionQuerySet(models.QuerySet):
             for action in ("view", "cancel", "create"):
                 through = getattr(Connection, f"{action}_teams").through.objects
                 grants[f"granted_{action}"] = Exists(through.filter(connection_id=OuterRef("pk"), group_id__in=teams))
-        every = list(self.annotate(**grants)) if grants else list(self.all())
+        every = self._every(**grants)
 
         def granted(connection, grant: str) -> bool:
             return bool(getattr(connection, grant, False))
@@ -575,6 +579,15 @@ class ConnectionQuerySet(models.QuerySet):
             and (granted(connection, "granted_create") or open_with(connection, "batches.create_batch"))
         ]
         return viewable, cancellable, creatable, len(every)
+
+    def _every(self, **annotations) -> list[Connection]:
+        """Every connection, annotated: the default connection made first if it is missing (a database just
+        emptied), so that reading the grants stays one query once it exists, where default() first would be two."""
+        every = list(self.annotate(**annotations))
+        if not any(connection.slug == DEFAULT_CONNECTION for connection in every):
+            self.default()
+            every = list(self.annotate(**annotations))
+        return every
 
     def _granted(self, user, grants, *, open_to_everyone=False, open_permission=""):
         """A connection open to everyone lets every signed-in user view it, and cancel or create with the Django

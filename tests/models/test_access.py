@@ -147,6 +147,15 @@ def test_a_page_reads_every_grant_of_a_viewer_in_a_fixed_number_of_queries(djang
         access.sees_everything(viewer)
         access.scope_key(viewer)
 
-    # The default connection, the user's teams, every connection with the teams' grants, and the user's Django
-    # permissions (two queries, read once), which the default connection, open to everyone, asks for.
-    assert len(queries) == 5
+    # The user's teams, every connection with the teams' grants (the default one among them: not read apart), and
+    # the user's Django permissions (two queries, read once), which the default connection, open to everyone, asks for.
+    assert len(queries) == 4
+
+
+@pytest.mark.parametrize("superuser", [False, True])
+def test_the_default_connection_is_made_for_a_viewer_of_a_database_without_it(django_user_model, research, superuser):
+    Connection.objects.filter(slug="default").delete()
+    viewer = _user(django_user_model, "viewer", is_superuser=superuser)
+
+    assert "default" in _slugs(access.connections(viewer))  # open to everyone, made by the first read of grants
+    assert Connection.objects.filter(slug="default").count() == 1
