@@ -5,8 +5,10 @@ from datetime import timedelta
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
+from django.utils import timezone
 from playwright.sync_api import expect
 
+from api.models import ApiToken
 from audit.models import Action, AuditEvent, Outcome
 from batches.models import Batch, SavedView
 from sharing.models import ShareLink
@@ -65,7 +67,11 @@ def _urls(live_server, make_batch, tmp_path, maker) -> list[str]:
         f"{base}/batches/prices/",
         f"{base}/batches/time-zone/",
         f"{base}/batches/views/",
+        f"{base}/batches/spending/",
+        f"{base}/batches/{running}/cancel/",  # the confirm pages a browser without JavaScript gets
+        f"{base}/batches/cancel/?batch_id=default/{running}",
         f"{base}/notifications/",
+        f"{base}/api-tokens/",
     ]
 
 
@@ -101,6 +107,7 @@ def test_every_page_passes_axe_and_fits_the_screen(
     urls = _urls(live_server, make_batch, tmp_path, operator)
     SavedView.objects.create(owner=operator, name="Failed this week", url="/batches/?status=failed")
     _notifications_of(operator)
+    ApiToken.make(operator, name="nightly export", scopes=["read"], expires_at=timezone.now() + timedelta(days=30))
     login(operator)
     page.emulate_media(color_scheme=scheme)
     page.set_viewport_size(viewport)
