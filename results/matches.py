@@ -3,10 +3,11 @@ read outward from a request page's row, and kept in the cache between requests w
 
 A request page within a search shows the nearest match before and after its row. Without an index, a walk to the
 nearest match reads every line on the way: for a rare text (a custom_id matching ten lines at the end), the whole
-batch on every page (24 ms of SQLite's LIKE over 50,000 lines' previews). Here the lines are read in ranges of
-positions widening outward from the row (the position index bounds each read), which stop at the nearest matches;
-when they are far, the rest of the batch is read too, and every match of the filter, when few, is kept in the cache,
-as the results table keeps them when it reads every match. Each next page within that search reads them from there.
+batch on every page (about 25 ms of SQLite's LIKE over 50,000 lines' custom_ids, requests and answers). Here the
+lines are read in ranges of positions widening outward from the row (the position index bounds each read), which stop
+at the nearest matches; when those are far, the rest of the batch is read too, and every match of the filter, when
+few, is kept in the cache, as the results table keeps them when its search reads every match. The next pages within
+that search (and the first one opened from the results table) read them from there.
 
 The key names the archive, its indexing (archived_at: a batch's lines never change until it is indexed again) and
 the filter. Who may read an archive is decided before any of its lines are read; its matches are the same for them
@@ -26,8 +27,8 @@ from django.db.models import Q
 from results import search
 from results.models import MAX_POSITION, ResultArchive, ResultFilter
 
-# At most this many positions are kept for one filter (4 bytes each). A filter selecting more lines has matches
-# close to most rows, so that its ranges around a row stop soon.
+# At most this many positions are kept for one filter (4 bytes each: 40 KB). A filter selecting more lines has
+# matches close to most rows, so that the ranges read around a row stop soon.
 KEPT_POSITIONS = 10_000
 KEPT_SECONDS = 30 * 60
 # The first range read on each side of a row, and how much each next one is wider; past the last, the rest of the
