@@ -13,6 +13,8 @@ from batches.models import Batch
 from results import search
 
 ROWS_PER_PAGE = 100
+# The largest position a row can have (a PositiveIntegerField): a larger one in an address is no row, not an error.
+MAX_POSITION = 2_147_483_647
 # Longest text kept in the index: one line of preview, and error messages (the stored file has them in full).
 PREVIEW_LENGTH = 200
 MESSAGE_LENGTH = 1000

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 
 from django.core.paginator import Paginator
 from django.db.models import Max, Min, Q, Subquery
 from django.urls import reverse
 
-from results import answers, exports, search
+from results import answers, exports, matches, search
 from results.archive import StoredFiles, loads_record
 from results.links import request_links
-from results.models import ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
+from results.models import MAX_POSITION, ROWS_PER_PAGE, Outcome, ResultArchive, ResultFilter, ResultLine
 
 EXPORT_CHUNK = 1000
-# The largest position a row can have (a PositiveIntegerField): a larger one in an address is no row, not an error.
-MAX_POSITION = 2_147_483_647
 CSV_COLUMNS = ["line", "custom_id", "request", "outcome", "status", "error_code", "error_message", "tokens", "answer"]
 # A request page shows at most this much of each side (the input line, each answer): a 100 MB answer would otherwise
 # be 200 MB of HTML. The rest is one click away as the raw line, streamed.
@@ -33,15 +32,13 @@ def table_page(archive: ResultArchive, result_filter: ResultFilter, number, link
 
     A search reads every match (a scan on SQLite, its indexes on PostgreSQL: results/search.py), so it is done once:
     the matching positions give the count and the page's slice, instead of one read to count and another to fetch
-    the page.
+    the page. On SQLite they are kept between requests (results/matches.py).
     """
-    lines = archive.lines.matching(result_filter).in_order()
     if result_filter.q:
-        positions = list(lines.values_list("position", flat=True))
-        page = Paginator(positions, ROWS_PER_PAGE).get_page(number)
-        page.object_list = list(archive.lines.filter(position__in=page.object_list).in_order())
+        page = Paginator(matches.every_match(archive, result_filter), ROWS_PER_PAGE).get_page(number)
+        page.object_list = list(archive.lines.filter(position__in=list(page.object_list)).in_order())
     else:
-        paginator = Paginator(lines, ROWS_PER_PAGE)
+        paginator = Paginator(archive.lines.matching(result_filter).in_order(), ROWS_PER_PAGE)
         if not result_filter.is_active:
             paginator.count = archive.summary.get("rows", 0)  # known from indexing: saves counting every row
         page = paginator.get_page(number)
@@ -74,7 +71,7 @@ def request_row(
         request_side = _side(files, raw_link, line, "input", line.input_offset, line.input_length)
         answers_shown = [_answer(files, raw_link, entry) for entry in lines if entry.result_file]
     request_record = request_side["record"]
-    steps = _steps(archive, result_filter, line)
+    steps = _steps(archive, result_filter, line, {entry.position for entry in lines})
     _link_rows(steps.values(), result_filter, link)
     return {
         "line": line,
@@ -85,23 +82,30 @@ def request_row(
     }
 
 
-def _steps(archive: ResultArchive, result_filter: ResultFilter, line: ResultLine) -> dict:
-    """The previous and next rows in the filter (other custom_ids), or None.
+def _steps(archive: ResultArchive, result_filter: ResultFilter, line: ResultLine, skipped: set[int]) -> dict:
+    """The previous and next rows in the filter, other than `skipped` (the positions of the rows of the line's
+    custom_id), or None.
 
-    Walking from `line` by position stops at the nearest match: an index walk, or SQLite's scan of a search. A search
-    on PostgreSQL reads every match off its indexes and sorts them (search.searched), so there both positions come
-    from one such read (two walks would read every match twice), then both rows by position."""
+    Without a search, a walk from `line` by position on the filter's index stops at the nearest match. A search on
+    PostgreSQL reads every match off its indexes and sorts them (search.searched), so there both positions come from
+    one such read (two walks would read every match twice). A search on SQLite reads every line it passes (no index
+    holds parts of a text): its positions come from results/matches.py (ranges read outward from the row, or the
+    matches kept from an earlier read). With a search, both rows are then read by position."""
     matching = archive.lines.matching(result_filter).exclude(custom_id=line.custom_id)
-    if search.SEARCHED_POSITION not in matching.query.annotations:
+    if not result_filter.q:
         matching = matching.only("position", "custom_id")
         return {
             "previous": matching.filter(position__lt=line.position).in_order(descending=True).first(),
             "next": matching.filter(position__gt=line.position).in_order().first(),
         }
-    positions = matching.order_by().aggregate(
-        previous=Max("position", filter=Q(position__lt=line.position)),
-        next=Min("position", filter=Q(position__gt=line.position)),
-    )
+    if search.reads_every_line():
+        previous, following = matches.nearest(archive, result_filter, line.position, skipped)
+        positions = {"previous": previous, "next": following}
+    else:
+        positions = matching.order_by().aggregate(
+            previous=Max("position", filter=Q(position__lt=line.position)),
+            next=Min("position", filter=Q(position__gt=line.position)),
+        )
     wanted = [position for position in positions.values() if position is not None]
     found = {row.position: row for row in archive.lines.filter(position__in=wanted).only("position", "custom_id")}
     return {name: found.get(position) for name, position in positions.items()}
@@ -134,11 +138,14 @@ def _side(files: StoredFiles, raw_link, line, kind: str, offset, length) -> dict
 
 
 def _rows_sharing_custom_id(archive: ResultArchive, position: int) -> list[ResultLine]:
-    """The row at `position` and every other row of its custom_id (further answers), in order: one query."""
+    """The row at `position` and every other row of its custom_id (further answers), in order: one query.
+
+    Sorted here: asked to sort by position, SQLite walks the batch's lines on the position index until it has seen
+    every row of the custom_id (3-9 ms for 50,000 lines) instead of reading them off the custom_id index."""
     if position > MAX_POSITION:
         return []
     custom_id = archive.lines.filter(position=position).values("custom_id")[:1]
-    return list(archive.lines.filter(custom_id=Subquery(custom_id)).in_order())
+    return sorted(archive.lines.filter(custom_id=Subquery(custom_id)).order_by(), key=attrgetter("position"))
 
 
 def _answer(files: StoredFiles, raw_link, line) -> dict:

@@ -48,6 +48,11 @@ def search_help() -> str:
 SEARCHED_POSITION = "searched_position"
 
 
+def reads_every_line() -> bool:
+    """Whether a search reads every line of a batch (SQLite: no index holds any part of a text)."""
+    return connection.vendor != "postgresql"
+
+
 def searched(lines, text: str):
     """The lines a search for `text` finds. On PostgreSQL they are then put in order (ResultLineQuerySet.in_order) by
     `position + 0`, which no index gives: asked for the first match by position (a request page's previous and next,
