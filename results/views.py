@@ -137,8 +137,10 @@ def request_of(request, batch_id, custom_id=None):
         custom_id = query.pop("custom_id")[-1]  # "" is a custom_id too
     # Looked up as archive.storable_id stored it: NUL (which PostgreSQL refuses in a query) made U+FFFD, cut to the
     # column.
-    found = archive.lines.filter(custom_id=storable_id(custom_id))
-    position = found.order_by("position").values_list("position", flat=True).first()
+    found = archive.lines.filter(custom_id=storable_id(custom_id)).order_by()
+    # The smallest in Python: asked for the first by position, SQLite walks the batch's lines on the position index
+    # (as results.rows._rows_sharing_custom_id says) instead of reading the custom_id's few rows off its index.
+    position = min(found.values_list("position", flat=True), default=None)
     if position is None:
         raise Http404(f"{batch_id} has no request with the custom_id {custom_id[:200]!r}.")
     url = request_links(batch.batch_id)(position)

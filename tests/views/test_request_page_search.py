@@ -247,3 +247,13 @@ def test_a_viewer_of_other_connections_never_sees_the_steps(kept, viewer_client)
     assert response.status_code in (404, 503)
     html = response.content.decode()
     assert "previous-request" not in html and "hit-c" not in html and "hit-d" not in html
+
+
+@pytest.mark.django_db
+def test_a_custom_id_answered_twice_is_looked_up_as_its_first_row(kept, viewer_client):
+    table = _table(viewer_client, kept)
+    first = min(at for at, row_id in table if row_id == "hit-c")
+
+    found = viewer_client.get(reverse("results:request_of_custom_id", args=[kept.batch_id, "hit-c"]))
+
+    assert found["Location"] == reverse("results:request", args=[kept.batch_id, first])
