@@ -361,12 +361,23 @@ class BatchQuerySet(models.QuerySet):
         """Per status of these batches that are not final: {"count", "failed_lines" (batches with a failed request),
         "attention" (as needs_attention(), clock included), "in_flight" (requests not yet processed)}, in one grouped
         query over the running batches only (about 1 % of them): what moves between two polls."""
+        return {row.pop("status"): row for row in self._running_aggregates(now, "status")}
+
+    def running_figures_per_connection(self, now: datetime | None = None) -> dict[int, dict[str, dict[str, int]]]:
+        """running_figures() per connection: {connection id: {status: figures}}, in one grouped query (over the same
+        index: it ends with the connection). What batches.running_figures keeps for every viewer's scope."""
+        per_connection: dict[int, dict[str, dict[str, int]]] = {}
+        for row in self._running_aggregates(now, "connection", "status"):
+            per_connection.setdefault(row.pop("connection"), {})[row.pop("status")] = row
+        return per_connection
+
+    def _running_aggregates(self, now: datetime | None, *grouped_by: str):
         now = now or timezone.now()
         unfinished = models.F("total_requests") - models.F("completed_requests") - models.F("failed_requests")
-        rows = (
+        return (
             self.active()
             .order_by()
-            .values("status")
+            .values(*grouped_by)
             .annotate(
                 count=models.Count("id"),
                 failed_lines=models.Count("id", filter=Q(failed_requests__gt=0)),
@@ -375,7 +386,6 @@ class BatchQuerySet(models.QuerySet):
                 in_flight=Coalesce(models.Sum(unfinished), 0),
             )
         )
-        return {row.pop("status"): row for row in rows}
 
     def settled_figures(self) -> dict[str, dict[str, int]]:
         """Per final status of these batches: {"count", "failed_lines", "attention"}, as running_figures() counts
@@ -820,9 +830,10 @@ class Batch(models.Model):
                 ],
                 name="batch_connection_counts",
             ),
-            # What each poll reads of the running batches (BatchQuerySet.running_figures), from a seek of this narrow
-            # index instead of their wide rows. Not a partial index of the running ones: SQLite, without statistics,
-            # prefers batch_expiry's equality on is_terminal to it.
+            # What is read of the running batches after each change (BatchQuerySet.running_figures and
+            # running_figures_per_connection), from a seek of this narrow index instead of their wide rows. Not a
+            # partial index of the running ones: SQLite, without statistics, prefers batch_expiry's equality on
+            # is_terminal to it.
             models.Index(
                 fields=[
                     "is_terminal",
@@ -833,6 +844,7 @@ class Batch(models.Model):
                     "created_at",
                     "last_changed_at",
                     "expires_at",
+                    "connection",
                 ],
                 name="batch_running_figures",
             ),

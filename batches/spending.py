@@ -172,25 +172,30 @@ class SpendingReport:
 
 def figures(*, today: date, connection_ids: list[int] | None = None) -> Figures:
     """The spend of these connections (None: every one) added up, without a viewer or a cache (benchmarks, tools)."""
-    by_connection = _figures_by_connection(daily_rows(connection_ids, today), _running_rows(connection_ids))
+    by_connection = _figures_by_connection(daily_rows(connection_ids, today), running_rows(connection_ids))
     return sum(by_connection.values(), Figures())
 
 
-def report_for(user, *, today: date, daily: list[dict] | None = None, teams: bool = True) -> SpendingReport:
+def report_for(
+    user, *, today: date, daily: list[dict] | None = None, running: list[dict] | None = None, teams: bool = True
+) -> SpendingReport:
     """The spend `user` may see: per connection they may view, overall (each connection once) and, with `teams`, per
     team they belong to (every team for a superuser).
 
     Two aggregates: the daily totals (a few DailySpend rows per connection and day), shared by every viewer with the
     same scope until the data changes (data_version()), or `daily` if the caller keeps them itself (daily_rows(): the
     list keeps them until a batch becomes final); and the running batches per connection and model, read per request
-    (an index seek over the running ones). Prices apply per request, so a changed price file shows at once. Teams and
-    budgets are read per request: an admin's change to either moves no data version.
+    (an index seek over the running ones), or `running` if the caller has them (running_rows(): the list shares them
+    per data version, batches.running_figures). Prices apply per request, so a changed price file shows at once.
+    Teams and budgets are read per request: an admin's change to either moves no data version.
     """
     visible = access.connections(user)
     connection_ids = access.visible_connection_ids(user)
     if daily is None:
         daily = _cached_daily_rows(access.scope_key(user), connection_ids, today, data_version())
-    by_connection = _figures_by_connection(daily, _running_rows(connection_ids))
+    if running is None:
+        running = running_rows(connection_ids)
+    by_connection = _figures_by_connection(daily, running)
     spends = [
         ConnectionSpend(connection, by_connection.get(connection.pk, Figures()))
         for connection in sorted(visible, key=lambda connection: (connection.name.casefold(), connection.slug))
@@ -238,7 +243,7 @@ def daily_rows(connection_ids: list[int] | None, today: date) -> list[dict]:
     return list(rows)
 
 
-def _running_rows(connection_ids: list[int] | None) -> list[dict]:
+def running_rows(connection_ids: list[int] | None) -> list[dict]:
     """The running batches' tokens per connection and model: one aggregate over the batch_spending_by_connection
     index, whose size follows running batches, not batches."""
     running = Batch.objects.filter(is_terminal=False, input_tokens__isnull=False)

@@ -31,7 +31,7 @@ from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import events, reactions, services
+from batches import events, reactions, running_figures, services
 
 # LIST_STATE: the default connection's state row, named here for callers of the loop.
 from batches.freshness import LIST_STATE as LIST_STATE
@@ -228,10 +228,13 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
         except DatabaseError as exc:
             logger.error("sync pass failed: database error: %s", exc)
             connections = []
+        changed = False
         for connection in connections:
             if stop.is_set():
                 break
-            _pass_over(connection, holder, stop, pass_number, quiet)
+            changed = _pass_over(connection, holder, stop, pass_number, quiet) or changed
+        if changed:
+            _warm_running_figures()
         try:
             if time.monotonic() - swept_at >= reactions.SWEEP_EVERY_SECONDS:
                 swept_at = time.monotonic()
@@ -244,8 +247,18 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
         stop.wait(wake_every)
 
 
-def _pass_over(connection: Connection, holder: str, stop: threading.Event, pass_number: int, quiet: bool) -> None:
-    """One connection's turn in the loop: a pass if due, logged; one connection's failure never stops the others."""
+def _warm_running_figures() -> None:
+    """The running batches' figures for the polls that follow a pass that changed them (batches.running_figures):
+    they read them instead of the running batches. A failure only leaves that to the first poll."""
+    try:
+        running_figures.warm()
+    except Exception:
+        logger.exception("keeping the running batches' figures failed; the next poll computes them")
+
+
+def _pass_over(connection: Connection, holder: str, stop: threading.Event, pass_number: int, quiet: bool) -> bool:
+    """One connection's turn in the loop: a pass if due, logged; one connection's failure never stops the others.
+    True when the pass recorded a change."""
     try:
         outcome = run_pass(holder=holder, stop=stop, connection=connection)
     except DatabaseError as exc:
@@ -260,6 +273,8 @@ def _pass_over(connection: Connection, holder: str, stop: threading.Event, pass_
             changed = outcome.changed or (outcome.result and (outcome.result.imported or outcome.result.stopped))
             level = logging.DEBUG if quiet and not changed else logging.INFO
             logger.log(level, "%s [%s]", outcome.describe(), connection.slug, extra=context)
+        return bool(outcome.ran and (outcome.changed or (outcome.result and outcome.result.imported)))
+    return False
 
 
 def sync_batches(

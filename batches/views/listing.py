@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
-from batches import access, services
+from batches import access, running_figures, services
 from batches.freshness import Freshness, note_watched
 from batches.models import (
     ACTIVE_FILTER,
@@ -238,17 +238,26 @@ def list_context(
     )
     version = version or data_version()
     today = DailySpend.day_of()
-    # What running batches show is read per request (they are few, and their progress is the usual change); what
-    # final ones show is kept until one may have changed (_settled).
-    visible_running = visible.running_figures()
-    running = matching.running_figures() if filters.narrows_counts else visible_running
+    # What running batches show is read once per change of the data (their progress is the usual change) for every
+    # viewer (batches.running_figures); what final ones show is kept until one may have changed (_settled).
+    shared_running = running_figures.running(version)
+    visible_ids = access.visible_connection_ids(user)
+    visible_running = shared_running.figures(visible_ids)
+    if filters.narrows_within_connection:
+        running = matching.running_figures()
+    elif chosen is not None:
+        running = shared_running.figures([chosen.pk])
+    else:
+        running = visible_running
     settled = _settled(matching, visible, user, scope, filters, version, today, visible_running)
     figures = {**settled.statuses, **running}  # final and running statuses are disjoint
     counts = {status: status_figures["count"] for status, status_figures in figures.items()}
     attention = sum(status_figures["attention"] for status_figures in figures.values())
     failed_lines = sum(status_figures["failed_lines"] for status_figures in figures.values())
     summary = summary_of(visible_running, settled.finished_today)
-    spending = report_for(user, today=today, daily=settled.daily_spend, teams=False)
+    spending = report_for(
+        user, today=today, daily=settled.daily_spend, running=shared_running.spend(visible_ids), teams=False
+    )
     batches = matching.with_status(filters.status).sorted_by(filters.sort)
     batches = batches.defer(*UNUSED_COLUMNS)
     paginator = Paginator(batches, PAGE_SIZE)

@@ -237,3 +237,22 @@ def test_it_renders_again_only_the_row_that_changed_when_the_others_were_only_se
     assert 'data-live-state="finalizing"' in _row(html, changed["id"])
     assert 'data-live-state="in_progress"' in _row(html, seen["id"])
     assert len(set(ROW_CACHE._cache) - rendered) == 1  # the changed row's new rendering only
+
+
+def test_it_counts_for_each_viewer_only_the_running_batches_of_their_connections(api, viewer_client, django_user_model):
+    private = Connection.objects.create(name="Private", slug="private")
+    private.view_teams.add(Group.objects.create(name="Private team"))
+    api.add("in_progress")
+    for _ in range(2):
+        hidden = services.ApiBatch.from_api(payload("in_progress", created_at=int(time.time()) - 60))
+        record_batch(hidden, connection=private)
+    everyone = _client(django_user_model.objects.create_superuser("root", password=None))
+
+    # The figures of the running batches are computed once for this data version, by the first poll, for every scope.
+    wide = everyone.get("/batches/", headers=POLL).text
+    narrow = viewer_client.get("/batches/", headers=POLL).text
+    private_only = everyone.get("/batches/?connection=private", headers=POLL).text
+
+    assert (_count(wide, "in_progress"), _figure(wide, "summary-running")) == (3, "3")
+    assert (_count(narrow, "in_progress"), _figure(narrow, "summary-running")) == (1, "1")
+    assert _count(private_only, "in_progress") == 2
