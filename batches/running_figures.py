@@ -2,10 +2,12 @@
 their figures per connection and status (BatchQuerySet.running_figures_per_connection) and their spend per
 connection and model (spending.running_rows), kept in the shared cache under the data's version.
 
-The first poll after a change computes them, unless the sync pass that made the change did: a pass that recorded
-something calls warm(), so that the polls that follow it read the figures instead of the running batches. A viewer's
-figures are the sum over the connections they may see. Those that move with the clock (stuck, expiring soon) are as
-of when they were computed, at most MAX_AGE_SECONDS before: older ones are computed again.
+A sync pass that recorded something computes them (warm()) into the shared cache, so that the polls that follow
+it, in every process, read them instead of the running batches. After a change no pass made (a webhook's, a user's
+action), the first poll in each process computes them and keeps them in that process's memory: writing them to the
+database cache would cost that poll more than computing them. A viewer's figures are the sum over the connections
+they may see. Those that move with the clock (stuck, expiring soon) are as of when they were computed, at most
+MAX_AGE_SECONDS before: older ones are computed again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.cache.backends.locmem import LocMemCache
 from django.utils import timezone
 
 from batches.models import Batch, data_version
@@ -23,6 +26,8 @@ from batches.spending import running_rows
 
 MAX_AGE_SECONDS = 60
 KEEP_SECONDS = 300
+# The figures this process read or computed, by key (a key never names two values): a few versions at a time.
+KEPT_HERE = LocMemCache("batchboard-running-figures", {"TIMEOUT": KEEP_SECONDS, "OPTIONS": {"MAX_ENTRIES": 20}})
 
 
 @dataclass(frozen=True)
@@ -56,23 +61,25 @@ def running(version: tuple) -> Running:
     """The running batches' figures as of `version`, a data_version() the caller read before: kept, or computed now
     and kept (read after the version, so they are never older than their key)."""
     key = _key(version)
-    kept = cache.get(key)
-    if kept is not None and (timezone.now() - kept.computed_at).total_seconds() <= MAX_AGE_SECONDS:
-        return kept
-    return _compute(key)
+    figures = KEPT_HERE.get(key)
+    if figures is None:
+        figures = cache.get(key)
+    if figures is None or (timezone.now() - figures.computed_at).total_seconds() > MAX_AGE_SECONDS:
+        figures = _compute()
+    KEPT_HERE.set(key, figures)
+    return figures
 
 
 def warm() -> None:
-    """Compute the figures of the data as it is now, for the polls that follow (the sync loop, after a pass that
-    recorded something)."""
-    _compute(_key(data_version()))
+    """Compute the figures of the data as it is now into the shared cache, for the polls that follow in every
+    process (the sync loop, after a pass that recorded something)."""
+    key = _key(data_version())
+    cache.set(key, _compute(), KEEP_SECONDS)
 
 
-def _compute(key: str) -> Running:
+def _compute() -> Running:
     now = timezone.now()
-    figures = Running(now, Batch.objects.running_figures_per_connection(now), running_rows(None))
-    cache.set(key, figures, KEEP_SECONDS)
-    return figures
+    return Running(now, Batch.objects.running_figures_per_connection(now), running_rows(None))
 
 
 def _key(version: tuple) -> str:
