@@ -114,6 +114,15 @@ def _failure_share_high() -> Q:
     return Q(failed_requests__gt=0) & Q(GreaterThan(F("failed_requests") * 1000, F("total_requests") * per_mille))
 
 
+def _finished_figures() -> dict:
+    """The summary's aggregates of batches finished since a moment (BatchQuerySet.finished_since)."""
+    return {
+        "finished_today": models.Count("id"),
+        "failed_today": models.Count("id", filter=Q(status__in=FAILED_STATUSES)),
+        "failed_requests_today": Coalesce(models.Sum("failed_requests"), 0),
+    }
+
+
 def _needs_attention(now: datetime) -> Q:
     """See BatchQuerySet.needs_attention."""
     return Q(status__in=FAILED_STATUSES) | _failure_share_high() | _stuck(now) | _expiring_soon(now)
@@ -332,22 +341,6 @@ class BatchQuerySet(models.QuerySet):
         rows = self.order_by().values_list("status").annotate(count=models.Count("id"))
         return dict(rows)
 
-    def counts_per_connection(self, now: datetime | None = None) -> dict[int, dict[str, int]]:
-        """{connection id: {"running", "attention", "total"}} in one grouped query over the narrow
-        batch_connection_counts index: how many batches are not final, need attention (as needs_attention()) and
-        exist, per connection."""
-        attention = _needs_attention(now or timezone.now())
-        rows = (
-            self.order_by()
-            .values("connection")
-            .annotate(
-                running=models.Count("id", filter=Q(is_terminal=False)),
-                attention=models.Count("id", filter=attention),
-                total=models.Count("id"),
-            )
-        )
-        return {row.pop("connection"): row for row in rows}
-
     def endpoints_and_models(self) -> tuple[list[str], list[str]]:
         """The distinct endpoints and models seen, for the filter menus, in one query."""
         pairs = self.order_by().values_list("endpoint", "model").distinct()
@@ -365,7 +358,7 @@ class BatchQuerySet(models.QuerySet):
 
     def running_figures_per_connection(self, now: datetime | None = None) -> dict[int, dict[str, dict[str, int]]]:
         """running_figures() per connection: {connection id: {status: figures}}, in one grouped query (over the same
-        index: it ends with the connection). What batches.running_figures keeps for every viewer's scope."""
+        index: it ends with the connection). What batches.list_figures keeps for every viewer's scope."""
         per_connection: dict[int, dict[str, dict[str, int]]] = {}
         for row in self._running_aggregates(now, "connection", "status"):
             per_connection.setdefault(row.pop("connection"), {})[row.pop("status")] = row
@@ -392,32 +385,50 @@ class BatchQuerySet(models.QuerySet):
         them (a final batch needs attention when it failed or expired, or when its failure share is high; it is never
         stuck or expiring, so the clock does not move these). Two grouped queries over narrow indexes: the status
         counts, and batch_failed_lines for the batches with a failed request."""
-        final = self.filter(status__in=services.TERMINAL_STATUSES)
-        figures = {
-            status: {"count": count, "failed_lines": 0, "attention": count if status in FAILED_STATUSES else 0}
-            for status, count in final.status_counts().items()
-        }
+        return {status: figures for (status,), figures in self._settled_groups("status").items()}
+
+    def settled_figures_per_connection(self) -> dict[int, dict[str, dict[str, int]]]:
+        """settled_figures() per connection: {connection id: {status: figures}}, over batch_connection_counts and
+        batch_connection_failed. What batches.list_figures keeps for every viewer's scope."""
+        per_connection: dict[int, dict[str, dict[str, int]]] = {}
+        for (connection_id, status), figures in self._settled_groups("connection", "status").items():
+            per_connection.setdefault(connection_id, {})[status] = figures
+        return per_connection
+
+    def _settled_groups(self, *grouped_by: str) -> dict[tuple, dict[str, int]]:
+        final = self.filter(status__in=services.TERMINAL_STATUSES).order_by()
+        figures = {}
+        for *group, count in final.values_list(*grouped_by).annotate(count=models.Count("id")):
+            status = group[-1]
+            figures[tuple(group)] = {
+                "count": count,
+                "failed_lines": 0,
+                "attention": count if status in FAILED_STATUSES else 0,
+            }
         rows = (
             final.with_failed_lines()
-            .order_by()
-            .values_list("status")
+            .values_list(*grouped_by)
             .annotate(lines=models.Count("id"), share_high=models.Count("id", filter=_failure_share_high()))
         )
-        for status, lines, share_high in rows:
-            figures[status]["failed_lines"] = lines
-            if status not in FAILED_STATUSES:
-                figures[status]["attention"] = share_high
+        for *group, lines, share_high in rows:
+            entry = figures[tuple(group)]
+            entry["failed_lines"] = lines
+            if group[-1] not in FAILED_STATUSES:
+                entry["attention"] = share_high
         return figures
 
     def finished_since(self, since: datetime) -> dict[str, int]:
         """The summary's figures of the batches finished since `since`, in one aggregate over the batch_summary
         index: how many, how many failed or expired, and their failed requests."""
-        finished = self.order_by().filter(is_terminal=True, finished_at__gte=since)
-        return finished.aggregate(
-            finished_today=models.Count("id"),
-            failed_today=models.Count("id", filter=models.Q(status__in=FAILED_STATUSES)),
-            failed_requests_today=Coalesce(models.Sum("failed_requests"), 0),
-        )
+        return self._finished(since).aggregate(**_finished_figures())
+
+    def finished_since_per_connection(self, since: datetime) -> dict[int, dict[str, int]]:
+        """finished_since() per connection: {connection id: figures}, for the connections with such a batch."""
+        rows = self._finished(since).values("connection").annotate(**_finished_figures())
+        return {row.pop("connection"): row for row in rows}
+
+    def _finished(self, since: datetime):
+        return self.order_by().filter(is_terminal=True, finished_at__gte=since)
 
     def summary(self, since: datetime) -> dict[str, int]:
         """The list page's summary figures (see the template for their definitions)."""
@@ -815,8 +826,8 @@ class Batch(models.Model):
             # An id looked up across the viewer's connections (a URL carries the id alone).
             models.Index(fields=["batch_id"], name="batch_id"),
             models.Index(fields=["connection", "-created_at"], name="batch_connection_newest"),
-            # The status counts of one connection (its prefix), and the counts per connection of the list (running,
-            # needs attention, total) without reading the wide rows.
+            # The status counts of one connection (its prefix), and the final batches' figures per connection
+            # (BatchQuerySet.settled_figures_per_connection) without reading the wide rows.
             models.Index(
                 fields=[
                     "connection",

@@ -186,7 +186,7 @@ def report_for(
     same scope until the data changes (data_version()), or `daily` if the caller keeps them itself (daily_rows(): the
     list keeps them until a batch becomes final); and the running batches per connection and model, read per request
     (an index seek over the running ones), or `running` if the caller has them (running_rows(): the list shares them
-    per data version, batches.running_figures). Prices apply per request, so a changed price file shows at once.
+    per data version, batches.list_figures). Prices apply per request, so a changed price file shows at once.
     Teams and budgets are read per request: an admin's change to either moves no data version.
     """
     visible = access.connections(user)

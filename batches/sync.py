@@ -31,7 +31,7 @@ from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import events, reactions, running_figures, services
+from batches import events, list_figures, reactions, services
 
 # LIST_STATE: the default connection's state row, named here for callers of the loop.
 from batches.freshness import LIST_STATE as LIST_STATE
@@ -234,7 +234,7 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
                 break
             changed = _pass_over(connection, holder, stop, pass_number, quiet) or changed
         if changed:
-            _warm_running_figures()
+            _warm_list_figures()
         try:
             if time.monotonic() - swept_at >= reactions.SWEEP_EVERY_SECONDS:
                 swept_at = time.monotonic()
@@ -247,13 +247,13 @@ def sync_loop(stop: threading.Event, *, wake_every: float | None = None, quiet: 
         stop.wait(wake_every)
 
 
-def _warm_running_figures() -> None:
-    """The running batches' figures for the polls that follow a pass that changed them (batches.running_figures):
-    they read them instead of the running batches. A failure only leaves that to the first poll."""
+def _warm_list_figures() -> None:
+    """The list's figures for the polls that follow a pass that changed them (batches.list_figures): they read them
+    instead of the batches. A failure only leaves that to the first poll."""
     try:
-        running_figures.warm()
+        list_figures.warm()
     except Exception:
-        logger.exception("keeping the running batches' figures failed; the next poll computes them")
+        logger.exception("keeping the list's figures failed; the next poll computes them")
 
 
 def _pass_over(connection: Connection, holder: str, stop: threading.Event, pass_number: int, quiet: bool) -> bool:

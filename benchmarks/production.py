@@ -244,7 +244,7 @@ def _measure_pages(batches: int, requests: int, redis_url: str) -> dict:
     from django.test.utils import CaptureQueriesContext, override_settings
     from django.utils import timezone
 
-    from batches import running_figures, services
+    from batches import list_figures, services
     from batches.freshness import LIST_STATE
     from batches.models import Batch, SyncState, record_batch
     from batches.views.listing import TABLE_RENDERINGS
@@ -261,7 +261,7 @@ def _measure_pages(batches: int, requests: int, redis_url: str) -> dict:
     fragment = {"HTTP_HX_REQUEST": "true"}
     # The newest running batch, on the list's first page, moves on by a request before each timed poll: what the
     # sync loop records between two polls (the data's version changes; nothing else does), and then what its pass
-    # does after recording a change (batches.running_figures.warm). Without the pass: a change that a webhook or a
+    # does after recording a change (batches.list_figures.warm). Without the pass: a change that a webhook or a
     # user's action recorded, whose first poll computes the running batches' figures itself.
     changing = Batch.objects.filter(is_terminal=False).order_by("-created_at").first()
     progress = iter(range(1_000, 10**9))  # above the filled 400: an older count would be ignored
@@ -272,7 +272,7 @@ def _measure_pages(batches: int, requests: int, redis_url: str) -> dict:
 
     def change():
         record_a_change()
-        running_figures.warm()
+        list_figures.warm()
 
     def forget():
         """Nothing kept: the shared cache and this process's renderings of the table (its rows' stay)."""

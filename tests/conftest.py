@@ -72,7 +72,7 @@ def _cache_of_its_own(settings):
     """The shared cache (a database table or Redis) outlives a test's transaction: each test gets its own keys, and
     an empty memory of the list's renderings and running figures (kept per process, by keys that another test's data
     could repeat)."""
-    from batches.running_figures import KEPT_HERE
+    from batches.list_figures import KEPT_HERE
     from batches.views.listing import TABLE_RENDERINGS
 
     settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}

@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
-from batches import access, running_figures, services
+from batches import access, list_figures, services
 from batches.freshness import Freshness, note_watched
 from batches.models import (
     ACTIVE_FILTER,
@@ -28,11 +28,10 @@ from batches.models import (
     Batch,
     DailySpend,
     data_version,
-    settled_version,
     summary_of,
 )
 from batches.normalise import UNKNOWN_STATUS
-from batches.spending import daily_rows_for, report_for
+from batches.spending import report_for
 from batches.views.live import Live, answer_key, is_poll, is_shown, live_of, poll_status, rendering_key, unchanged
 
 PAGE_SIZE = 50
@@ -79,12 +78,6 @@ TABLE_RENDERINGS = LocMemCache(
 )
 # Figures computed per data version are kept this long at most (data_version() marks every change they show).
 DATA_VERSION_CACHE_SECONDS = 300
-# The counts per connection include "needs attention", which moves with the clock (stuck, expiring soon) as well as
-# with the data: kept at most this long.
-CONNECTION_COUNTS_CACHE_SECONDS = 60
-# The figures of final batches are kept while nothing that changes them happens (see _settled), at most this long
-# (an admin's DailySpend.rebuild moves no version).
-SETTLED_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -225,7 +218,6 @@ def list_context(
     viewable = access.connections(user)
     filters, notices = parse_filters(query, viewable)
     visible = access.visible_batches(user)
-    scope = access.scope_key(user)
     chosen = next((connection for connection in viewable if connection.slug == filters.connection), None)
     matching = visible.matching(
         connection_id=chosen.pk if chosen else None,
@@ -238,25 +230,25 @@ def list_context(
     )
     version = version or data_version()
     today = DailySpend.day_of()
-    # What running batches show is read once per change of the data (their progress is the usual change) for every
-    # viewer (batches.running_figures); what final ones show is kept until one may have changed (_settled).
-    shared_running = running_figures.running(version)
+    # What the list shows of running batches (their progress is the usual change) and of final ones is computed once
+    # per change for every viewer, per connection: a viewer's figures are those of their connections
+    # (batches.list_figures). Under a filter other than the connection, the status figures are this request's own.
+    shared_running = list_figures.running(version)
     visible_ids = access.visible_connection_ids(user)
+    counted_ids = [chosen.pk] if chosen is not None else visible_ids
     visible_running = shared_running.figures(visible_ids)
+    running_total = sum(status_figures["count"] for status_figures in shared_running.figures(None).values())
+    settled = list_figures.settled(version, running_total, list_figures.start_of_today(), today)
     if filters.narrows_within_connection:
-        running = matching.running_figures()
-    elif chosen is not None:
-        running = shared_running.figures([chosen.pk])
-    else:
-        running = visible_running
-    settled = _settled(matching, visible, user, scope, filters, version, today, visible_running)
-    figures = {**settled.statuses, **running}  # final and running statuses are disjoint
+        figures = {**matching.settled_figures(), **matching.running_figures()}
+    else:  # final and running statuses are disjoint
+        figures = {**settled.figures(counted_ids), **shared_running.figures(counted_ids)}
     counts = {status: status_figures["count"] for status, status_figures in figures.items()}
     attention = sum(status_figures["attention"] for status_figures in figures.values())
     failed_lines = sum(status_figures["failed_lines"] for status_figures in figures.values())
-    summary = summary_of(visible_running, settled.finished_today)
+    summary = summary_of(visible_running, settled.finished(visible_ids))
     spending = report_for(
-        user, today=today, daily=settled.daily_spend, running=shared_running.spend(visible_ids), teams=False
+        user, today=today, daily=settled.spend(visible_ids), running=shared_running.spend(visible_ids), teams=False
     )
     batches = matching.with_status(filters.status).sorted_by(filters.sort)
     batches = batches.defer(*UNUSED_COLUMNS)
@@ -303,68 +295,29 @@ def list_context(
         "selectable": any(row.viewer_may_cancel and row.can_cancel_now for row in rows),
         "show_connections": show_connections,
         "connection_choices": viewable if show_connections else [],
-        "connection_counts": _connection_counts(visible, viewable, scope, version) if show_connections else [],
+        "connection_counts": _connection_counts(viewable, shared_running, settled) if show_connections else [],
         "column_count": 7 + 2 * can_cancel + show_connections,
     }
 
 
-def _connection_counts(visible, viewable: list, scope: str, version: tuple) -> list[dict]:
-    """Per connection the viewer sees: how many of its batches run, need attention, and exist, from one grouped
-    query shared by the viewers of the same scope per data version (and per minute: see
-    CONNECTION_COUNTS_CACHE_SECONDS). A connection without any batch is left out (the filter still offers it)."""
-    counts = _per_data_version(
-        f"connection-counts:{scope}", version, visible.counts_per_connection, seconds=CONNECTION_COUNTS_CACHE_SECONDS
-    )
-    return [{"connection": connection, **counts[connection.pk]} for connection in viewable if connection.pk in counts]
-
-
-@dataclass(frozen=True)
-class _Settled:
-    """What the list shows of final batches: their figures per status (of the list's filters), the summary's
-    figures of those finished today, and the daily spend (both of every batch the viewer sees)."""
-
-    statuses: dict[str, dict[str, int]]
-    finished_today: dict[str, int]
-    daily_spend: list[dict]
-
-
-def _settled(
-    matching, visible, user, scope: str, filters: ListFilters, version: tuple, today: date, visible_running: dict
-) -> _Settled:
-    """The figures of final batches, without reading every final batch again after each change of a running one.
-
-    Kept per scope, connection filter, day and failure-share setting, by what changes them: a new batch (the newest
-    id), a final batch recorded (settled_version()), a batch leaving or entering the running ones (their number, read
-    by this request before). A running batch's progress, the usual change, moves none of these. The figures are read
-    after that key: if a batch became final in between, this request may count it twice, once, and nothing is kept
-    (the next poll has a new data version). Under a filter other than the connection the status figures are this
-    request's own, read each time.
-    """
-    since = _start_of_today()
-    running_count = sum(status["count"] for status in visible_running.values())
-    key = _version_key(
-        f"settled:{scope}:{filters.connection}:{'own' if filters.narrows_within_connection else 'shared'}",
-        (
-            settled_version(version),
-            running_count,
-            since.isoformat(),
-            today.isoformat(),
-            settings.BATCHBOARD_ATTENTION_FAILURE_PERCENT,  # which final batches need attention
-        ),
-    )
-    kept = cache.get(key)
-    if kept is None:
-        kept = _Settled(
-            statuses=matching.settled_figures() if not filters.narrows_within_connection else {},
-            finished_today=visible.finished_since(since),
-            daily_spend=daily_rows_for(user, today),
-        )
-        unchanged = settled_version(data_version()) == settled_version(version)
-        if unchanged and sum(visible.active().status_counts().values()) == running_count:
-            cache.set(key, kept, SETTLED_SECONDS)
-    if filters.narrows_within_connection:
-        return _Settled(matching.settled_figures(), kept.finished_today, kept.daily_spend)
-    return kept
+def _connection_counts(viewable: list, running: list_figures.Running, settled: list_figures.Settled) -> list[dict]:
+    """Per connection the viewer sees: how many of its batches run, need attention, and exist, from the figures kept
+    for every viewer (batches.list_figures). A connection without any batch is left out (the filter still offers
+    it)."""
+    counts = []
+    for connection in viewable:
+        running_figures = running.figures([connection.pk]).values()
+        every_figure = [*running_figures, *settled.figures([connection.pk]).values()]
+        if every_figure:
+            counts.append(
+                {
+                    "connection": connection,
+                    "running": sum(figures["count"] for figures in running_figures),
+                    "attention": sum(figures["attention"] for figures in every_figure),
+                    "total": sum(figures["count"] for figures in every_figure),
+                }
+            )
+    return counts
 
 
 def _per_data_version(name: str, version: tuple, compute, *, seconds: int = DATA_VERSION_CACHE_SECONDS):

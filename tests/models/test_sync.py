@@ -17,8 +17,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from batches import budget, freshness, running_figures, services, sync
-from batches.models import Batch, BatchSnapshot, SyncState, data_version
+from batches import budget, freshness, list_figures, services, sync
+from batches.models import Batch, BatchSnapshot, DailySpend, SyncState, data_version
 from tests.conftest import create_batches
 from tests.fake_api import Reply
 
@@ -303,28 +303,28 @@ def test_the_loop_passes_until_stopped(api, sync_log, transactional_db):
     assert any("sync pass: 1 page, 2 seen, 2 changed" in message for message in sync_log.messages)
 
 
-def test_after_a_pass_that_recorded_a_change_the_loop_keeps_the_running_figures_for_the_polls(
+def test_after_a_pass_that_recorded_a_change_the_loop_keeps_the_lists_figures_for_the_polls(
     api, sync_log, transactional_db
 ):
     api.add("in_progress", record=False)
     api.add("validating", record=False)
+    api.add("failed", record=False)
     stop = threading.Event()
     loop = threading.Thread(target=sync.sync_loop, args=(stop,), kwargs={"wake_every": 0.05})
     loop.start()
     deadline = time.monotonic() + 10
-    while Batch.objects.count() < 2 and time.monotonic() < deadline:
+    while Batch.objects.count() < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     stop.set()
     loop.join(timeout=10)
 
     version = data_version()
     with CaptureQueriesContext(connection) as queries:
-        figures = running_figures.running(version).figures(None)
+        running = list_figures.running(version).figures(None)
+        settled = list_figures.settled(version, 2, list_figures.start_of_today(), DailySpend.day_of()).figures(None)
 
-    assert {status: status_figures["count"] for status, status_figures in figures.items()} == {
-        "in_progress": 1,
-        "validating": 1,
-    }
+    assert {status: figures["count"] for status, figures in running.items()} == {"in_progress": 1, "validating": 1}
+    assert {status: figures["count"] for status, figures in settled.items()} == {"failed": 1}
     assert not [query for query in queries.captured_queries if "batches_batch" in query["sql"]]  # kept by the loop
 
 

@@ -189,16 +189,6 @@ def test_it_never_shares_counts_per_connection_between_scopes(two):
     assert 'id="connection-count-research"' in html and 'id="connection-count-finance"' in html
 
 
-def test_it_counts_every_connection_in_one_query(two):
-    for n in range(6):
-        two.add((two.research, two.finance)[n % 2], ("in_progress", "failed", "completed")[n % 3])
-    with CaptureQueriesContext(db_connection) as captured:
-        counts = Batch.objects.counts_per_connection()
-    assert len(captured) == 1
-    assert counts[two.research.pk] == {"running": 1, "attention": 1, "total": 3}
-    assert counts[two.finance.pk] == {"running": 1, "attention": 1, "total": 3}
-
-
 @pytest.mark.parametrize("headers", [{}, {"HX-Request": "true"}], ids=["page", "fragment"])
 def test_the_list_of_several_connections_costs_the_same_queries_for_few_or_many_batches(two, headers):
     client = two.client(two.both)
