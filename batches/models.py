@@ -812,9 +812,10 @@ class Batch(models.Model):
             models.Index(fields=["status", "failed_requests", "last_changed_at", "created_at"], name="batch_attention"),
             models.Index(fields=["is_terminal", "expires_at"], name="batch_expiry"),
             # The "failed-lines" filter and its count, and needs attention's failure share (per status, failed against
-            # total requests), read only this narrow index of the batches with a failed request.
+            # total requests, per connection for batches.list_figures), read only this narrow index of the batches
+            # with a failed request.
             models.Index(
-                fields=["status", "failed_requests", "total_requests"],
+                fields=["status", "failed_requests", "total_requests", "connection"],
                 name="batch_failed_lines",
                 condition=Q(failed_requests__gt=0),
             ),
