@@ -46,8 +46,8 @@ WHAT_IT_RECOMPUTES = {
     "rendering",
     "  the same, no sync pass": "a batch moved on: the running batches' figures and spend, the page's 50 rows and "
     "their retries, and the changed row's rendering",
-    "fragment (cold cache)": "as after a change, and the figures of every final batch, the day's summary and spend: "
-    "what happens once each time a batch becomes final",
+    "fragment (cold cache)": "as after a change, and the figures of every final batch, the day's finished ones and "
+    "spend: once each time a batch becomes final, for every viewer, unless the sync pass that made it final did",
 }
 INTERVAL = 2.0
 RUNNING_SHARE = 100  # one batch in this many is running
