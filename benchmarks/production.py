@@ -275,9 +275,10 @@ def _measure_pages(batches: int, requests: int, redis_url: str) -> dict:
         list_figures.warm()
 
     def forget():
-        """Nothing kept: the shared cache and this process's renderings of the table (its rows' stay)."""
+        """Nothing kept: the shared cache, and this process's renderings of the table and figures (its rows' stay)."""
         cache.clear()
         TABLE_RENDERINGS.clear()
+        list_figures.KEPT_HERE.clear()
 
     pages = {
         "list": ("/batches/", {}, None),
