@@ -286,19 +286,24 @@ def test_a_pass_cut_short_by_the_budget_says_so_on_the_list(api, settings, viewe
     assert freshness.list_freshness().budget_limited
 
 
-def test_the_loop_passes_until_stopped(api, sync_log, transactional_db):
-    api.add("in_progress", record=False)
-    api.add("in_progress", record=False)
+def _loop_until_recorded(count: int) -> None:
+    """Run the sync loop in a thread until `count` batches are recorded (10 s at most), then stop it."""
     stop = threading.Event()
     loop = threading.Thread(target=sync.sync_loop, args=(stop,), kwargs={"wake_every": 0.05})
     loop.start()
     deadline = time.monotonic() + 10
-    while Batch.objects.count() < 2 and time.monotonic() < deadline:
+    while Batch.objects.count() < count and time.monotonic() < deadline:
         time.sleep(0.05)
     stop.set()
     loop.join(timeout=10)
-
     assert not loop.is_alive()
+
+
+def test_the_loop_passes_until_stopped(api, sync_log, transactional_db):
+    api.add("in_progress", record=False)
+    api.add("in_progress", record=False)
+    _loop_until_recorded(2)
+
     assert Batch.objects.count() == 2
     assert any("sync pass: 1 page, 2 seen, 2 changed" in message for message in sync_log.messages)
 
@@ -309,14 +314,7 @@ def test_after_a_pass_that_recorded_a_change_the_loop_keeps_the_lists_figures_fo
     api.add("in_progress", record=False)
     api.add("validating", record=False)
     api.add("failed", record=False)
-    stop = threading.Event()
-    loop = threading.Thread(target=sync.sync_loop, args=(stop,), kwargs={"wake_every": 0.05})
-    loop.start()
-    deadline = time.monotonic() + 10
-    while Batch.objects.count() < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    loop.join(timeout=10)
+    _loop_until_recorded(3)
 
     version = data_version()
     with CaptureQueriesContext(connection) as queries:
