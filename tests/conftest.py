@@ -128,8 +128,9 @@ def _cache_of_its_own(settings):
 def pytest_collection_modifyitems(config, items):
     """`make test` runs the suite on SQLite, then on PostgreSQL. `postgresql` tests run only on PostgreSQL, `sqlite`
     tests (SQLite's locking, WAL) only on SQLite. `once` tests are those no database can change (pure functions of
-    their input, the API client and the sandbox's rules, settings read by a new process, how a page renders in a
-    browser): they run in the SQLite half only, and are left out of any other run instead of repeated."""
+    their input, the API client and the sandbox's rules, settings read by a new process, every browser test, see
+    tests/browser/conftest.py): they run in the SQLite half only, and are left out of any other run instead of
+    repeated."""
     vendor = connection.vendor
     for item in items:
         for marker in ("postgresql", "sqlite"):
