@@ -202,9 +202,12 @@ def redis_cache(settings, redis_url):
     return redis_url
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing():
+    """For the whole session, so that the users of a module's fixtures (the access tables' worlds) are made in
+    microseconds too, not with a second of PBKDF2 each."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(autouse=True)
