@@ -27,6 +27,7 @@ from django.utils import timezone
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from batches import services
+from tests import template_db  # noqa: F401 (each xdist worker copies one migrated test database)
 
 # The test server writes headers and body as separate small packets; with Nagle's algorithm on, every request on a
 # kept-alive connection then waits ~40 ms for the client's delayed ACK.
