@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.db import transaction
 from django.test import Client
 
 from api.models import SCOPES
 from batches.models import Connection, ConnectionSource, record_batch
 from tests.api.conftest import TokenClient, make_token
 from tests.conftest import act_cells, completed, read_cells
-from tests.fake_api import Reply
+from tests.fake_api import FakeApi, Reply
 
 pytestmark = pytest.mark.django_db
 
@@ -52,15 +53,50 @@ SCOPE_OF = {"cancel": "cancel", "retry": "create", "job cancel": "cancel"}
 BODIES = {"retry": {"select": "failed"}}
 
 
+@pytest.fixture(scope="module")
+def _module_world(django_db_setup, django_db_blocker):
+    """Built once for the module, in a transaction that each test's own nests in (as a savepoint, rolled back after
+    the test) and that is rolled back after the module, as Django's TestCase.setUpTestData does: the same rows for
+    each of the table's 150 tests, not made 150 times."""
+    with django_db_blocker.unblock(), pytest.MonkeyPatch.context() as environment, FakeApi() as server:
+        outer = transaction.atomic()
+        outer._from_testcase = True  # what Django's TestCase marks its own transactions with
+        outer.__enter__()
+        try:
+            yield _build_world(server, environment)
+        finally:
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+
+
 @pytest.fixture
-def world(fake_api, monkeypatch):
+def fake_api(_module_world, settings):
+    """The module's fake API (the connections' upstream), its log of requests this test's own; the dashboard's client
+    talks to it without retries (as tests/conftest.py's fake_api)."""
+    server = _module_world["fake_api"]
+    settings.OPENAI_BASE_URL = server.url
+    settings.OPENAI_MAX_RETRIES = 0
+    with server._lock:
+        server.received.clear()
+    return server
+
+
+@pytest.fixture
+def world(_module_world, fake_api):
+    """The module's world, with clients of this test's own (a client keeps the cookies of its answers)."""
+    clients = {role: TokenClient(secret) for role, secret in _module_world["secrets"].items()}
+    clients["anonymous"] = Client()
+    return {**_module_world, "clients": clients}
+
+
+def _build_world(fake_api: FakeApi, environment: pytest.MonkeyPatch) -> dict:
     """Two connections whose upstream (the fake API) knows no batch: an id the cache lacks is a 404 from upstream."""
     default = Connection.objects.default()
     Connection.objects.filter(pk=default.pk).update(open_to_everyone=False)
     teams = {name: Group.objects.create(name=name) for name in ("a-viewers", "a-creators", "b-viewers")}
     connections = {}
     for side in ("A", "B"):
-        monkeypatch.setenv(f"API_ACCESS_KEY_{side}", f"sk-test-{side}")
+        environment.setenv(f"API_ACCESS_KEY_{side}", f"sk-test-{side}")
         connections[side] = Connection.objects.create(
             name=f"Team {side}",
             slug=f"team-{side.lower()}",
@@ -83,9 +119,8 @@ def world(fake_api, monkeypatch):
         "viewer_b": _user("viewer-b", teams["b-viewers"]),
         "superuser": User.objects.create_superuser("root", password="pw-root"),
     }
-    clients = {role: TokenClient(make_token(user)[1]) for role, user in users.items()}
-    clients["anonymous"] = Client()
-    return {"batches": batches, "clients": clients, "connections": connections}
+    secrets = {role: make_token(user)[1] for role, user in users.items()}
+    return {"batches": batches, "secrets": secrets, "connections": connections, "fake_api": fake_api}
 
 
 def _user(name: str, team: Group) -> User:

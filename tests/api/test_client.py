@@ -18,6 +18,10 @@ from django.conf import settings as django_settings
 
 from tests.api.conftest import make_token
 
+# The client is a program that talks HTTP: the API answering it is tested on both databases by the other tests of
+# tests/api/, so its own tests run once (see tests/conftest.py).
+pytestmark = pytest.mark.once
+
 CHAT = "/v1/chat/completions"
 
 
@@ -136,7 +140,6 @@ def test_it_says_what_the_api_refused_without_a_traceback(cli, tmp_path, sandbox
     assert listed.json()["data"] == []  # nothing was sent
 
 
-@pytest.mark.once
 def test_it_asks_for_its_configuration_when_it_is_not_set():
     environment = {k: v for k, v in os.environ.items() if not k.startswith("BATCHBOARD_")}
     environment["BATCHBOARD_URL"] = "http://127.0.0.1:9"

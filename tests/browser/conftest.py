@@ -34,10 +34,16 @@ CHAT_ENDPOINT = "/v1/chat/completions"
 SIMULATED_LIFETIME = 3600.0
 
 
+# Run before tests/conftest.py's hook, which leaves `once` tests out of the PostgreSQL half.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
+    """Every browser test is `once`: what a browser adds to the view tests (the page's scripts, polling, swaps, dialogs,
+    layout and what axe finds) no database can change, and the server's answers it relies on are tested on both
+    databases by the view tests (tests/views/). Chromium is the heaviest part of the suite."""
     for item in items:
         if "tests/browser/" in str(item.fspath):
             item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.once)
 
 
 def chat_request(custom_id: str, model: str = "gpt-4o-mini") -> dict:

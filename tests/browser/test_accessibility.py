@@ -15,9 +15,6 @@ from sharing.models import ShareLink
 from tests.browser.conftest import PHONE, speed_for
 from tests.conftest import kept_batch
 
-# How pages render and what axe finds in a browser: no database can change it (see tests/conftest.py).
-pytestmark = pytest.mark.once
-
 WIDE = {"width": 1440, "height": 900}
 VARIANTS = [("light", WIDE), ("dark", WIDE), ("light", PHONE), ("dark", PHONE)]
 # The rules of WCAG 2.0 and 2.1, levels A and AA, and axe's best practices, as the axe extensions run them by default.

@@ -14,9 +14,6 @@ from batches.models import Connection, ConnectionKind, ConnectionSource, SyncSta
 from tests.batch_api import payload
 from tests.browser.conftest import PHONE
 
-# How pages render and what axe finds in a browser: no database can change it (see tests/conftest.py).
-pytestmark = pytest.mark.once
-
 SCREENSHOT = "list-two-connections.png"
 
 

@@ -2,7 +2,6 @@
 
 import re
 
-import pytest
 from playwright.sync_api import expect
 
 from batches import services
@@ -19,7 +18,6 @@ def _choose_file(page, content: bytes, name: str = "requests.jsonl"):
     )
 
 
-@pytest.mark.once  # the form's errors as the browser shows them; nothing is stored, whatever the database
 def test_it_shows_the_lines_of_a_bad_upload_and_sends_nothing(live_server, login, operator, sandbox_requests):
     content = jsonl(
         [

@@ -27,7 +27,6 @@ def _detail_path(batch_id):
     return f"/batches/{batch_id}/"
 
 
-@pytest.mark.once  # how the page renders, with and without JavaScript: a second database changes nothing
 @pytest.mark.parametrize("javascript", [True, False], ids=["javascript", "no-javascript"])
 def test_it_takes_a_shared_link_through_login_to_the_full_page(live_server, new_page, viewer, make_batch, javascript):
     batch = make_batch(speed_for(0.05))  # finished by the time the link is opened

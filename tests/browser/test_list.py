@@ -4,7 +4,6 @@ import re
 import time
 from urllib.parse import urlsplit
 
-import pytest
 from playwright.sync_api import expect
 
 from batches import services
@@ -75,7 +74,6 @@ def test_it_cancels_a_running_batch_from_its_row_after_confirming(
     assert services.get_client().retrieve_batch(batch.id).cancelling_at is not None
 
 
-@pytest.mark.once  # the dialog in the browser; nothing is sent, whatever the database
 def test_it_cancels_nothing_when_the_confirm_is_dismissed(
     live_server, page, login, operator, make_batch, sandbox_requests
 ):
@@ -123,7 +121,6 @@ def test_it_cancels_the_selected_batches_after_one_confirm(live_server, login, o
     assert cancels == sorted(f"/sandbox/v1/batches/{batch.id}/cancel" for batch in (first, second))
 
 
-@pytest.mark.once  # the Live toggle is the browser's: a second database changes nothing
 def test_it_stops_polling_while_live_is_off_and_resumes_when_it_is_on(live_server, page, login, viewer, make_batch):
     long_running(make_batch)  # keeps the list polling
     page.clock.install()  # the page's timers run in real time, and fast_forward skips ahead

@@ -2,13 +2,9 @@
 
 import re
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import is_live_response, speed_for
-
-# What the browser does with each answer (focus, open details, an empty 204): a second database changes nothing.
-pytestmark = pytest.mark.once
 
 # Set on a live region's element; a swap replaces the element, and the mark goes with it.
 MARK = "el => { el.dataset.testMark = '1'; }"

@@ -2,13 +2,9 @@
 
 import re
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import log_in
-
-# The login form in a browser (throttling and sessions are tested on both databases in tests/views/).
-pytestmark = pytest.mark.once
 
 
 def test_it_logs_in_and_shows_the_sandbox_banner(live_server, login, viewer):

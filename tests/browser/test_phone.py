@@ -1,14 +1,10 @@
 """A phone (390 by 844) in Chromium: the list as cards with no sideways scroll, Cancel on screen, the name in the
 header, and a detail page whose timeline fits."""
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import log_in, long_running
 from tests.conftest import kept_batch
-
-# How pages lay out on a phone: a second database changes nothing.
-pytestmark = pytest.mark.once
 
 PHONE = {"width": 390, "height": 844}
 NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"

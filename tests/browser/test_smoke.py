@@ -6,9 +6,6 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import DESKTOP, PHONE, speed_for
 
-# How pages render (colour schemes, widths, CSP): a second database changes nothing.
-pytestmark = pytest.mark.once
-
 VARIANTS = [("light", DESKTOP), ("dark", DESKTOP), ("light", PHONE), ("dark", PHONE)]
 
 

@@ -13,9 +13,6 @@ from batches import services
 from batches.models import Connection, record_batch
 from tests.browser.conftest import PHONE, log_in
 
-# How a page lays out in a browser: a second database changes nothing.
-pytestmark = pytest.mark.once
-
 NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"
 AXE_OPTIONS = {"resultTypes": ["violations"], "runOnly": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]}
 

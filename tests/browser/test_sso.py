@@ -14,8 +14,6 @@ from tests.browser.conftest import DESKTOP
 from tests.conftest import create_batches
 
 # How the sign-in renders and round-trips in a browser; the rules (matching, groups, refusals) are tested on both
-# databases in tests/accounts/.
-pytestmark = pytest.mark.once
 
 
 @pytest.fixture

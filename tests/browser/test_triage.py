@@ -20,9 +20,6 @@ from tests.batch_api import payload
 from tests.browser.conftest import CHAT_ENDPOINT, chat_request, jsonl
 from tests.conftest import TaskQueue, kept_batch
 
-# How pages behave in a browser, over rows any database stores alike: the SQLite half of `make test` runs them.
-pytestmark = pytest.mark.once
-
 DAYS_10 = 10 * 86_400
 
 

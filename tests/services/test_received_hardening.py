@@ -70,6 +70,9 @@ def _serve_creates(api) -> None:
 # --- Finding 6: the budget's shares against one user's creates ----------------
 
 
+# A hundred create pages one after another, once: what the database does for each (one read and one conditional
+# UPDATE of the minute's count, a per-user count) is tested on both databases below, under sixteen parallel creates.
+@pytest.mark.once
 @pytest.mark.django_db
 @pytest.mark.parametrize("create_limit", [10, 100_000], ids=["per-user-limit", "shares-alone"])
 def test_finding_6_one_users_100_creates_in_a_minute_leave_a_cancel_working_and_the_loop_making_passes(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from batches import access, spending, sync
+from batches.middleware import SESSION_SEEN_KEY, SESSION_STARTED_KEY
 from batches.models import Batch, Connection, ConnectionSource, DailySpend, SavedView, record_batch
 from results.models import ArchiveState, ResultArchive
 from sandbox import clock
@@ -57,6 +59,7 @@ class World:
     share_tokens: dict[str, str]  # per side: a link nobody revokes
     revocable: dict[str, list[int]] = field(default_factory=dict)  # per side: links for the revoke cells
     extra_users: dict[str, User] = field(default_factory=dict)
+    sessions: dict[str, dict] = field(default_factory=dict)  # per signed-in role: what logging in put in its session
 
 
 def _sandbox_line(custom_id: str, endpoint: str, model: str) -> dict:
@@ -235,6 +238,7 @@ def _build_world(url: str) -> World:
         "both": _user("both-teams", teams["team-a-viewers"], teams["team-b-viewers"]),
     }
     share_tokens = {side: _link(batches[side], users["superuser"])[1] for side in SIDES}
+    sessions = {role: _logged_in_session(user) for role, user in {**users, **extra}.items() if user is not None}
     revocable = {side: [_link(batches[side], users["superuser"])[0].pk for _ in ROLES] for side in SIDES}
     return World(
         sandbox_url=url,
@@ -247,7 +251,14 @@ def _build_world(url: str) -> World:
         share_tokens=share_tokens,
         revocable=revocable,
         extra_users=extra,
+        sessions=sessions,
     )
+
+
+def _logged_in_session(user: User) -> dict:
+    client = Client()
+    client.force_login(user)
+    return dict(client.session.items())
 
 
 # The world is committed (the server's thread reads it) and kept for the module: these tests run without the
@@ -263,10 +274,15 @@ def _django_db_helper(django_db_setup, django_db_blocker):
 
 
 def _client(world: World, role: str) -> Client:
+    """A client signed in as the role's user: a session of its own holding what logging in put in the role's first
+    session, its lifetimes starting now as at a login (logging in again for each of the hundreds of cells, with the
+    login's signals and writes, was a fifth of the table's time)."""
     client = Client()
-    user = world.users.get(role) or world.extra_users.get(role)
-    if user is not None:
-        client.force_login(user)
+    if role in world.sessions:
+        session = client.session
+        session.update(world.sessions[role])
+        session[SESSION_STARTED_KEY] = session[SESSION_SEEN_KEY] = int(time.time())
+        session.save()
     return client
 
 
