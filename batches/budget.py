@@ -247,8 +247,9 @@ def allow_user(key: str, limit: int, now: float | None = None) -> bool:
             pass  # Another request of this user opened the minute at the same moment.
         else:
             UserMinute.objects.filter(minute__lt=minute - 1).delete()
-        return _count_user(key, minute, limit)
-    return False
+    # Counted again whether this request opened the minute or found it open: another request may have opened it
+    # between the first count (no row yet) and the check, and this one must still count, up to the limit.
+    return _count_user(key, minute, limit)
 
 
 def _count_user(key: str, minute: int, limit: int) -> bool:
