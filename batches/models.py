@@ -388,8 +388,8 @@ class BatchQuerySet(models.QuerySet):
         return {status: figures for (status,), figures in self._settled_groups("status").items()}
 
     def settled_figures_per_connection(self) -> dict[int, dict[str, dict[str, int]]]:
-        """settled_figures() per connection: {connection id: {status: figures}}, over batch_connection_counts and
-        batch_connection_failed. What batches.list_figures keeps for every viewer's scope."""
+        """settled_figures() per connection: {connection id: {status: figures}}, over the narrow indexes
+        batch_status_connection and batch_failed_lines. What batches.list_figures keeps for every viewer's scope."""
         per_connection: dict[int, dict[str, dict[str, int]]] = {}
         for (connection_id, status), figures in self._settled_groups("connection", "status").items():
             per_connection.setdefault(connection_id, {})[status] = figures
@@ -827,8 +827,8 @@ class Batch(models.Model):
             # An id looked up across the viewer's connections (a URL carries the id alone).
             models.Index(fields=["batch_id"], name="batch_id"),
             models.Index(fields=["connection", "-created_at"], name="batch_connection_newest"),
-            # The status counts of one connection (its prefix), and the final batches' figures per connection
-            # (BatchQuerySet.settled_figures_per_connection) without reading the wide rows.
+            # The figures of one connection's batches (its prefix: the list's connection filter with other filters)
+            # without reading the wide rows.
             models.Index(
                 fields=[
                     "connection",

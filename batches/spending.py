@@ -206,11 +206,6 @@ def report_for(
     )
 
 
-def daily_rows_for(user, today: date) -> list[dict]:
-    """The daily totals report_for() reads for `user`, for a caller that keeps them (see report_for)."""
-    return daily_rows(access.visible_connection_ids(user), today)
-
-
 def _cached_daily_rows(scope: str, connection_ids: list[int] | None, today: date, version: tuple) -> list[dict]:
     key = "batchboard:spending:" + hashlib.sha256(repr((scope, today.isoformat(), version)).encode()).hexdigest()
     rows = cache.get(key)

@@ -435,7 +435,3 @@ def _sort_columns(filters: ListFilters) -> dict[str, dict]:
 
 def _start_of(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
-
-
-def _start_of_today() -> datetime:
-    return _start_of(timezone.localdate())
