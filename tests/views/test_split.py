@@ -54,8 +54,8 @@ def _fields(token=None, **overrides) -> dict:
     return {**fields, **overrides}
 
 
-def _post(client, content: bytes, **fields):
-    upload = SimpleUploadedFile("requests.jsonl", content, content_type="application/jsonl")
+def _post(client, content: bytes, name: str = "requests.jsonl", **fields):
+    upload = SimpleUploadedFile(name, content, content_type="application/jsonl")
     return client.post(URL, {**_fields(**fields), "input_file": upload})
 
 
@@ -185,12 +185,17 @@ def test_it_refuses_a_file_over_the_upload_setting_with_a_clear_message(operator
 @pytest.mark.usefixtures("small_parts")
 def test_the_same_form_submitted_twice_sends_one_job(operator_client, sandbox_url):
     token = uuid.uuid4()
-    first = _post(operator_client, _content(5), token=token)
-    second = _post(operator_client, _content(5), token=token)
+    first = _post(operator_client, _content(5), name="twice.jsonl", token=token)
+    second = _post(operator_client, _content(5), name="twice.jsonl", token=token)
     assert first.status_code == second.status_code == 303
     assert first["Location"] == second["Location"]
     assert len(_sandbox_batches(sandbox_url)) == 3
-    assert len(_sandbox(sandbox_url, "/files").json()["data"]) == 3
+    # This form's files by their names: the live server is the whole session's, and another test's thread may still
+    # be uploading to it.
+    uploaded = [file["filename"] for file in _sandbox(sandbox_url, "/files").json()["data"]]
+    assert sorted(name for name in uploaded if name.startswith("twice.")) == [
+        f"twice.part{number}of3.jsonl" for number in (1, 2, 3)
+    ]
     outcomes = sorted(AuditEvent.objects.filter(action="create").values_list("outcome", flat=True))
     assert outcomes == ["already"] * 3 + ["ok"] * 3
 
