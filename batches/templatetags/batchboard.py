@@ -76,6 +76,23 @@ def size(value) -> str:
     return formatting.format_size(value)
 
 
+@register.simple_tag
+def history_data_rows(points) -> SafeString:
+    """The rows of the history's data table (chart.Point, at most MAX_CHART_POINTS), built here: through the
+    template's tags and filters 200 rows cost about 10 ms a page. Times in the current zone, as the date filter's "c"
+    and "Y-m-d H:i:s" write them; counts grouped as the list's."""
+    rows = []
+    for point in points:
+        local = timezone.localtime(point.at)
+        source = "API timestamp" if point.source == "api" else "observed"
+        rows.append(
+            f'<tr><td class="nowrap"><time datetime="{local.isoformat()}">{local:%Y-%m-%d %H:%M:%S}</time></td>'
+            f'<td>{escape(point.label)}</td><td class="num">{point.completed:,}</td>'
+            f'<td class="num">{point.failed:,}</td><td class="num">{point.total:,}</td><td>{source}</td></tr>'
+        )
+    return mark_safe("".join(rows))  # noqa: S308 - the label is escaped, the rest are numbers and times
+
+
 @dataclass(frozen=True, slots=True)
 class ListRow:
     """What one row of the batch list shows besides the batch's own fields, computed once per row in Python.

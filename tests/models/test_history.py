@@ -3,11 +3,12 @@
 import itertools
 import json
 import re
+import zoneinfo
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.template.loader import render_to_string
-from django.utils import translation
+from django.utils import timezone, translation
 
 from batches import chart as progress_chart
 from batches import history, services
@@ -293,6 +294,18 @@ def test_it_counts_the_data_points_it_shows_without_calling_them_observations():
     assert not result.chart.is_downsampled
     html = render(batch, now=at(700))
     assert f"Data points ({len(result.chart.points)})" in html and "observations" not in html
+
+
+def test_the_data_table_shows_each_point_in_the_viewers_zone_with_grouped_counts():
+    running(10, 1200, 34, total=5000)
+    batch = running(20, 2500, 40, total=5000)
+
+    with timezone.override(zoneinfo.ZoneInfo("Europe/Paris")):  # UTC+1 in March 2024
+        html = render(batch, now=at(30))
+
+    row = re.search(r'<tr><td class="nowrap"><time datetime="2024-03-26T18:05:33\+01:00">.*?</tr>', html).group(0)
+    assert text_of(row) == "2024-03-26 18:05:33 in progress 2,500 40 5,000 observed"
+    assert "API timestamp" in text_of(html.split('id="history-data"')[1])  # in_progress_at, from the API
 
 
 # --- ETA --------------------------------------------------------------------
