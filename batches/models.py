@@ -125,7 +125,12 @@ def _finished_figures() -> dict:
 
 def _needs_attention(now: datetime) -> Q:
     """See BatchQuerySet.needs_attention."""
-    return Q(status__in=FAILED_STATUSES) | _failure_share_high() | _stuck(now) | _expiring_soon(now)
+    return Q(status__in=FAILED_STATUSES) | _needs_attention_while_running(now)
+
+
+def _needs_attention_while_running(now: datetime) -> Q:
+    """needs_attention() without its failed and expired statuses, which are final: what a running batch can meet."""
+    return _failure_share_high() | _stuck(now) | _expiring_soon(now)
 
 
 def _expiring_soon(now: datetime) -> Q:
@@ -374,8 +379,7 @@ class BatchQuerySet(models.QuerySet):
             .annotate(
                 count=models.Count("id"),
                 failed_lines=models.Count("id", filter=Q(failed_requests__gt=0)),
-                # needs_attention() without its failed and expired statuses, which are final.
-                attention=models.Count("id", filter=_failure_share_high() | _stuck(now) | _expiring_soon(now)),
+                attention=models.Count("id", filter=_needs_attention_while_running(now)),
                 in_flight=Coalesce(models.Sum(unfinished), 0),
             )
         )
