@@ -145,11 +145,6 @@ ROW_CACHE = LocMemCache("batchboard-list-rows", {"TIMEOUT": 600, "OPTIONS": {"MA
 ROW_MARKUP_VERSION = 1
 
 
-# Stored columns no row shows that move without a change the row shows (every sync's observation, a page's refresh
-# claim): keyed on, they would re-render every running row on the page at each change of any batch.
-ROW_UNSHOWN_COLUMNS = frozenset({"last_seen_at", "refresh_claimed_at"})
-
-
 @register.simple_tag(takes_context=True)
 def list_rows(context, rows) -> list[SafeString]:
     """`{% list_rows rows as rendered %}`: the list's rows (the `batch-row` partial), each rendered once for all
@@ -205,11 +200,11 @@ def _row_key(context, viewer: tuple | None, prices: dict, batch, now: datetime) 
     if may_cancel is None:
         may_cancel = user is not None and access.may(user, access.CANCEL, batch.connection_id)
     may_cancel = can_cancel and may_cancel
-    # Read from the instance's __dict__: a deferred column is absent (None here) and never loaded by the key.
+    # Read from the instance's __dict__: a deferred column is absent (None here) and never loaded by the key. The
+    # list reads none of the columns no row shows (listing.UNUSED_COLUMNS), among them those that move without a
+    # change a row shows (every sync's observation, a page's refresh claim), which would re-render every running row.
     values = batch.__dict__
-    stored = tuple(
-        [values.get(field.attname) for field in batch._meta.concrete_fields if field.attname not in ROW_UNSHOWN_COLUMNS]
-    )
+    stored = tuple([values.get(field.attname) for field in batch._meta.concrete_fields])
     connection = batch.connection if show_connections else None
     if batch.model not in prices:
         prices[batch.model] = repr(batch.price)

@@ -63,7 +63,8 @@ QUERY_NAMES = (
     "sort",
 )
 ORIGINALS_ONLY = "originals"
-# Columns the list never shows: the payload can be large, and each column read is a value converted per row.
+# Columns the list never shows: the payload can be large, each column read is a value converted per row, and a row's
+# rendering is kept by every column read (batchboard.list_rows), so one no row shows would only re-render it.
 UNUSED_COLUMNS = ("payload", "search_text", "payload_hash", "first_seen_at", "last_seen_at", "refresh_claimed_at")
 # Polls of one list URL share a rendering for the refresh interval, and at most this long, so that "3 minutes ago"
 # and an expired cancel claim (the only changes that no data_version() marks) are never older than this on screen.
