@@ -80,6 +80,11 @@ class PassOutcome:
     def changed(self) -> int:
         return self.result.changed if self.result else 0
 
+    @property
+    def recorded(self) -> bool:
+        """Whether the pass recorded something: a change, or batches imported."""
+        return self.ran and bool(self.changed or (self.result and self.result.imported))
+
     def describe(self) -> str:
         """The sync loop's log line, in plain words; never contains the key (the service module redacts it)."""
         if not self.ran:
@@ -270,10 +275,10 @@ def _pass_over(connection: Connection, holder: str, stop: threading.Event, pass_
         if outcome.error:
             logger.warning("%s [%s]", outcome.describe(), connection.slug, extra=context)
         elif outcome.ran:
-            changed = outcome.changed or (outcome.result and (outcome.result.imported or outcome.result.stopped))
-            level = logging.DEBUG if quiet and not changed else logging.INFO
+            worth_telling = outcome.recorded or (outcome.result and outcome.result.stopped)
+            level = logging.DEBUG if quiet and not worth_telling else logging.INFO
             logger.log(level, "%s [%s]", outcome.describe(), connection.slug, extra=context)
-        return bool(outcome.ran and (outcome.changed or (outcome.result and outcome.result.imported)))
+        return outcome.recorded
     return False
 
 
