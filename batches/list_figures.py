@@ -56,6 +56,11 @@ class Running:
         """spending.running_rows() of these connections (None: every one)."""
         return _of_connections(self.spend_rows, connection_ids)
 
+    @property
+    def total(self) -> int:
+        """How many batches run, of every connection."""
+        return sum(figures["count"] for figures in self.figures(None).values())
+
 
 @dataclass(frozen=True)
 class Settled:
@@ -85,9 +90,7 @@ class Settled:
 def running(version: tuple) -> Running:
     """The running batches' figures as of `version`: kept, or computed now and kept in this process."""
     key = _running_key(version)
-    figures = KEPT_HERE.get(key)
-    if figures is None:
-        figures = cache.get(key)
+    figures = _kept(key)
     if figures is None or (timezone.now() - figures.computed_at).total_seconds() > MAX_AGE_SECONDS:
         figures = _running_now()
     KEPT_HERE.set(key, figures)
@@ -99,9 +102,7 @@ def settled(version: tuple, running_total: int, since: datetime, today: date) ->
     those finished since `since` (the start of the viewer's day) and the spend of `today`: kept, or computed now and
     kept for every process if nothing changed them meanwhile."""
     key = _settled_key(version, running_total, since, today)
-    figures = KEPT_HERE.get(key)
-    if figures is None:
-        figures = cache.get(key)
+    figures = _kept(key)
     if figures is None:
         figures = _settled_now(since, today)
         if _moved_since(version, running_total):
@@ -116,20 +117,20 @@ def warm() -> None:
     process (the sync loop, after a pass that recorded something): the running ones always, the final ones when
     the pass changed them (for viewers in the default time zone)."""
     version = data_version()
-    now = _running_now()
-    cache.set(_running_key(version), now, RUNNING_SECONDS)
-    running_total = sum(figures["count"] for figures in now.figures(None).values())
-    since, today = start_of_today(), DailySpend.day_of()
-    key = _settled_key(version, running_total, since, today)
-    if cache.get(key) is None:
-        figures = _settled_now(since, today)
-        if not _moved_since(version, running_total):
-            cache.set(key, figures, SETTLED_SECONDS)
+    figures = _running_now()
+    cache.set(_running_key(version), figures, RUNNING_SECONDS)
+    settled(version, figures.total, start_of_today(), DailySpend.day_of())
 
 
 def start_of_today() -> datetime:
     """Midnight of today in the current time zone (the viewer's): where "finished today" starts."""
     return timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
+
+
+def _kept(key: str):
+    """The value this process keeps under `key`, else the shared cache's (None: neither)."""
+    figures = KEPT_HERE.get(key)
+    return figures if figures is not None else cache.get(key)
 
 
 def _running_now() -> Running:

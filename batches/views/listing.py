@@ -238,8 +238,7 @@ def list_context(
     visible_ids = access.visible_connection_ids(user)
     counted_ids = [chosen.pk] if chosen is not None else visible_ids
     visible_running = shared_running.figures(visible_ids)
-    running_total = sum(status_figures["count"] for status_figures in shared_running.figures(None).values())
-    settled = list_figures.settled(version, running_total, list_figures.start_of_today(), today)
+    settled = list_figures.settled(version, shared_running.total, list_figures.start_of_today(), today)
     if filters.narrows_within_connection:
         figures = {**matching.settled_figures(), **matching.running_figures()}
     else:  # final and running statuses are disjoint
