@@ -85,7 +85,7 @@ def _read_outward(
     low, high = position + 1, position  # read: the positions from low to high, none yet (the row's own comes first)
     width = FIRST_RANGE
     for _range in range(RANGES):
-        before, after = _nearest_of(found, position, skipped)
+        before, after = _around(sorted(found), position, skipped)
         sides = Q()
         if before is None and low > 0:
             sides |= Q(position__lt=low, position__gte=max(low - width, 0))
@@ -97,7 +97,7 @@ def _read_outward(
             return before, after
         found.update(matching.filter(sides).values_list("position", flat=True))
         width *= GROWTH
-    before, after = _nearest_of(found, position, skipped)
+    before, after = _around(sorted(found), position, skipped)
     if (before is not None or low == 0) and after is not None:
         return before, after
     # Both sides bounded, so that SQLite reads each off the position index instead of reading the whole batch.
@@ -106,13 +106,6 @@ def _read_outward(
     positions = sorted(found)
     _keep(archive, result_filter, positions)
     return _around(positions, position, skipped)
-
-
-def _nearest_of(found: set[int], position: int, skipped: set[int]) -> tuple[int | None, int | None]:
-    return (
-        max((found_at for found_at in found if found_at < position and found_at not in skipped), default=None),
-        min((found_at for found_at in found if found_at > position and found_at not in skipped), default=None),
-    )
 
 
 def _key(archive: ResultArchive, result_filter: ResultFilter) -> str:
