@@ -20,6 +20,7 @@ from batches import services
 from batches.models import Batch, Connection, ConnectionKind, ConnectionSource, SavedView, SyncState, record_batches
 from tests.batch_api import payload
 from tests.conftest import kept_batch
+from tests.views.list_page import row_of
 
 pytestmark = pytest.mark.django_db
 
@@ -88,12 +89,6 @@ def two(django_user_model, monkeypatch, fresh_cache):
     return Two(django_user_model, "http://127.0.0.1:9/v1")
 
 
-def _row(html: str, batch_id: str) -> str:
-    match = re.search(rf'<tr id="row-{batch_id}".*?</tr>', html, re.S)
-    assert match, f"no row for {batch_id}"
-    return match.group(0)
-
-
 # The list
 
 
@@ -104,8 +99,8 @@ def test_it_shows_a_connection_column_to_a_viewer_of_several(two):
     html = two.client(two.both).get("/batches/").text
 
     assert '<th scope="col" class="col-connection">Connection</th>' in html
-    assert ">Research</td>" in _row(html, research["id"]) and ">Finance</td>" in _row(html, finance["id"])
-    assert f'href="/batches/{research["id"]}/?connection=research"' in _row(html, research["id"])
+    assert ">Research</td>" in row_of(html, research["id"]) and ">Finance</td>" in row_of(html, finance["id"])
+    assert f'href="/batches/{research["id"]}/?connection=research"' in row_of(html, research["id"])
     assert 'id="filter-connection"' in html
 
 
@@ -116,7 +111,7 @@ def test_it_keeps_the_list_of_a_viewer_of_one_connection_as_it_was(two):
     html = two.client(two.researcher).get("/batches/").text
 
     assert "col-connection" not in html and 'id="filter-connection"' not in html and "connection-counts" not in html
-    assert f'href="/batches/{research["id"]}/"' in _row(html, research["id"])
+    assert f'href="/batches/{research["id"]}/"' in row_of(html, research["id"])
     assert html.count('<tr id="row-') == 1
 
 
@@ -127,7 +122,7 @@ def test_an_empty_connection_kept_for_its_history_does_not_make_a_viewer_of_one_
 
     html = two.client(two.researcher).get("/batches/").text
     assert "col-connection" not in html and 'id="filter-connection"' not in html
-    assert f'href="/batches/{research["id"]}/"' in _row(html, research["id"])
+    assert f'href="/batches/{research["id"]}/"' in row_of(html, research["id"])
 
     two.add(Connection.objects.default(), "completed")  # its history: now there is something to tell apart
     assert "col-connection" in two.client(two.researcher).get("/batches/").text

@@ -8,17 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from batches.models import Batch
+from tests.views.list_page import chip_count
 
 pytestmark = pytest.mark.django_db
 
 
 def _ids(html: str) -> list[str]:
     return re.findall(r'<tr id="row-([^"]+)"', html)
-
-
-def _chip_count(html: str, value: str) -> int:
-    match = re.search(rf'id="status-chip-{value}"[^>]*>[^<]*<span class="count">([\d,]+)</span>', html)
-    return int(match.group(1).replace(",", ""))
 
 
 def _failed_figure(html: str) -> str:
@@ -63,7 +59,7 @@ def test_it_lists_what_needs_attention_with_its_count(api, viewer_client):
     wanted.append(stuck_finalizing)
 
     html = viewer_client.get("/batches/").content.decode()
-    assert _chip_count(html, "attention") == len(wanted)
+    assert chip_count(html, "attention") == len(wanted)
     assert "needs attention" in html
 
     shown = _ids(viewer_client.get("/batches/?status=attention").content.decode())
@@ -88,13 +84,11 @@ def test_it_lists_every_batch_with_failed_lines_separately(api, viewer_client):
     api.add("failed")  # failed validation: no request ran, so no failed line
 
     html = viewer_client.get("/batches/").content.decode()
-    assert _chip_count(html, "failed-lines") == len(with_failures)
+    assert chip_count(html, "failed-lines") == len(with_failures)
     assert "has failed lines" in html
     shown = _ids(viewer_client.get("/batches/?status=failed-lines").content.decode())
     assert sorted(shown) == sorted(b["id"] for b in with_failures)
-    assert (
-        _chip_count(viewer_client.get("/batches/?status=failed-lines&q=nothing-matches").content.decode(), "all") == 0
-    )
+    assert chip_count(viewer_client.get("/batches/?status=failed-lines&q=nothing-matches").content.decode(), "all") == 0
 
 
 def test_the_summary_strip_says_that_filters_do_not_apply_to_it(api, viewer_client):

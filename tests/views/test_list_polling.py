@@ -6,14 +6,14 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import Permission
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from batches import services, sync
+from batches import sync
 from batches.models import Batch, data_version, record_batch
 from tests.conftest import observation
 from tests.fake_api import Reply
+from tests.views.list_page import logged_in, recorded, row_of
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("shared_renderings")]
 
@@ -27,47 +27,29 @@ def _poll(client, url="/batches/"):
     return response, len(queries)
 
 
-def _row(html: str, batch_id: str) -> str:
-    match = re.search(rf'<tr id="row-{batch_id}".*?</tr>', html, re.S)
-    assert match, f"no row for {batch_id}"
-    return match.group(0)
-
-
-def _client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def _update(data: dict, **fields) -> None:
-    """The API moved the batch on, and a refresh (another viewer's, the detail page's, the sync loop's) recorded it."""
-    data.update(fields)
-    record_batch(services.ApiBatch.from_api(data))
-
-
 def test_it_renders_the_table_once_for_every_viewer_polling_the_same_url(api, viewer, django_user_model):
     batch = api.add("in_progress")
     other = django_user_model.objects.create_user(username="other-viewer", password="pw")
 
-    first, rendering = _poll(_client(viewer))
-    second, shared = _poll(_client(other))
+    first, rendering = _poll(logged_in(viewer))
+    second, shared = _poll(logged_in(other))
 
     assert second.content == first.content and batch["id"] in second.text
     assert shared < rendering  # the second poll read the data's version, not the data
     # Nothing secret is shared: the fragment carries no CSRF token (htmx sends the one on <body>).
     assert "csrf" not in first.text.lower()
-    assert _poll(_client(other), "/batches/?status=completed")[0].text != first.text  # another URL, another table
+    assert _poll(logged_in(other), "/batches/?status=completed")[0].text != first.text  # another URL, another table
 
 
 def test_it_shows_a_change_at_the_next_poll(api, viewer_client):
     batch = api.add("in_progress", request_counts={"total": 5, "completed": 2, "failed": 0})
-    assert "2 / 5" in _row(_poll(viewer_client)[0].text, batch["id"])
+    assert "2 / 5" in row_of(_poll(viewer_client)[0].text, batch["id"])
 
-    _update(batch, request_counts={"total": 5, "completed": 4, "failed": 0})
+    recorded(batch, request_counts={"total": 5, "completed": 4, "failed": 0})
     newer = api.add("validating")
 
     html = _poll(viewer_client)[0].text
-    assert "4 / 5" in _row(html, batch["id"])
+    assert "4 / 5" in row_of(html, batch["id"])
     assert f'id="row-{newer["id"]}"' in html
 
 
@@ -78,14 +60,14 @@ def test_it_shows_a_cancel_claimed_or_released_at_the_next_poll(api, operator_cl
     Batch.objects.filter(batch_id=first["id"]).update(cancel_requested_at=now - timedelta(seconds=5))
     Batch.objects.filter(batch_id=second["id"]).update(cancel_requested_at=now)
     html = _poll(operator_client)[0].text
-    assert "cancel requested" in _row(html, first["id"]) and "cancel requested" in _row(html, second["id"])
+    assert "cancel requested" in row_of(html, first["id"]) and "cancel requested" in row_of(html, second["id"])
 
     Batch.objects.filter(batch_id=first["id"]).update(cancel_requested_at=None)  # not the newest claim
 
     html = _poll(operator_client)[0].text
-    assert "cancel requested" not in _row(html, first["id"])
-    assert f'hx-post="/batches/{first["id"]}/cancel/"' in _row(html, first["id"])
-    assert "cancel requested" in _row(html, second["id"])
+    assert "cancel requested" not in row_of(html, first["id"])
+    assert f'hx-post="/batches/{first["id"]}/cancel/"' in row_of(html, first["id"])
+    assert "cancel requested" in row_of(html, second["id"])
 
 
 def _user_who_may(django_user_model, codename: str):
@@ -98,20 +80,20 @@ def test_it_does_not_share_a_table_between_users_who_may_do_different_things(api
     canceller = _user_who_may(django_user_model, "cancel_batch")
     batch = api.add("in_progress")
 
-    as_canceller = _poll(_client(canceller))[0].text
-    as_viewer = _poll(_client(viewer))[0].text
-    again_as_canceller = _poll(_client(canceller))[0].text
+    as_canceller = _poll(logged_in(canceller))[0].text
+    as_viewer = _poll(logged_in(viewer))[0].text
+    again_as_canceller = _poll(logged_in(canceller))[0].text
 
-    assert f'hx-post="/batches/{batch["id"]}/cancel/"' in _row(as_canceller, batch["id"])
-    assert "/cancel/" not in _row(as_viewer, batch["id"]) and "data-select" not in as_viewer
+    assert f'hx-post="/batches/{batch["id"]}/cancel/"' in row_of(as_canceller, batch["id"])
+    assert "/cancel/" not in row_of(as_viewer, batch["id"]) and "data-select" not in as_viewer
     assert again_as_canceller == as_canceller
 
 
 def test_it_does_not_share_an_empty_table_between_users_who_may_create_or_not(api, viewer, django_user_model):
     creator = _user_who_may(django_user_model, "create_batch")
 
-    as_creator = _poll(_client(creator))[0].text
-    as_viewer = _poll(_client(viewer))[0].text
+    as_creator = _poll(logged_in(creator))[0].text
+    as_viewer = _poll(logged_in(viewer))[0].text
 
     assert "Create the first one" in as_creator and "Create the first one" not in as_viewer
 

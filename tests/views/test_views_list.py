@@ -11,22 +11,11 @@ from django.utils import timezone
 from batches import sync
 from batches.models import SyncState
 from tests.fake_api import Reply
+from tests.views.list_page import chip_count, row_of
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
-
-
-def _row(html: str, batch_id: str) -> str:
-    match = re.search(rf'<tr id="row-{batch_id}".*?</tr>', html, re.S)
-    assert match, f"no row for {batch_id}"
-    return match.group(0)
-
-
-def _chip_count(html: str, status: str) -> int:
-    match = re.search(rf'status-chip-{status}(?![\w-])[^>]*>[^<]*<span class="count">([\d,]+)</span>', html)
-    assert match, f"no status chip for {status}"
-    return int(match.group(1).replace(",", ""))
 
 
 def _today() -> int:
@@ -67,7 +56,7 @@ def test_it_lists_batches_newest_first_with_their_details(api, viewer_client):
     html = viewer_client.get("/batches/").content.decode()
 
     assert html.index(newer["id"]) < html.index(older["id"])
-    row = _row(html, newer["id"])
+    row = row_of(html, newer["id"])
     assert f'href="/batches/{newer["id"]}/"' in row
     assert 'data-status="in_progress"' in row and "in progress" in row
     assert "/v1/chat/completions" in row and "gpt-4o-mini-2024-07-18" in row
@@ -75,12 +64,12 @@ def test_it_lists_batches_newest_first_with_their_details(api, viewer_client):
     assert "1 min ago" in row and '<time datetime="' in row and 'title="' in row
     assert "in 23 h " in row  # a running batch shows when it expires
     assert "Nightly eval" in row
-    assert "hours from now" not in _row(html, older["id"])
+    assert "hours from now" not in row_of(html, older["id"])
 
 
 def test_it_does_not_show_a_completed_batch_whose_requests_all_failed_as_a_success(api, viewer_client):
     batch = api.add("completed", request_counts={"total": 5, "completed": 0, "failed": 5})
-    row = _row(viewer_client.get("/batches/").content.decode(), batch["id"])
+    row = row_of(viewer_client.get("/batches/").content.decode(), batch["id"])
     assert "badge-completed-all-failed" in row and "all failed" in row
     assert "5 failed" in row
 
@@ -135,10 +124,10 @@ def test_it_counts_batches_per_status_over_the_other_filters(api, viewer_client)
 
     html = viewer_client.get("/batches/?endpoint=/v1/embeddings&status=completed").content.decode()
 
-    assert _chip_count(html, "in_progress") == 2
-    assert _chip_count(html, "completed") == 1
-    assert _chip_count(html, "active") == 2
-    assert _chip_count(html, "failed") == 0
+    assert chip_count(html, "in_progress") == 2
+    assert chip_count(html, "completed") == 1
+    assert chip_count(html, "active") == 2
+    assert chip_count(html, "failed") == 0
     # The chips keep the other filters and drop the page.
     assert 'href="?status=failed&amp;endpoint=%2Fv1%2Fembeddings"' in html
 
@@ -298,7 +287,7 @@ def test_it_shows_hostile_metadata_as_text(api, viewer_client):
         metadata={"description": "<script>alert('x')</script>", "note": '"><img src=x onerror=alert(1)>'},
     )
     html = viewer_client.get("/batches/").content.decode()
-    row = _row(html, batch["id"])
+    row = row_of(html, batch["id"])
     assert "<script>alert" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in row
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in row  # in the title attribute
@@ -310,15 +299,15 @@ def test_it_shows_cancel_controls_only_to_users_who_may_cancel(api, client, view
 
     client.force_login(viewer)
     html = client.get("/batches/").content.decode()
-    assert "data-select" not in html and "/cancel/" not in _row(html, running["id"])
+    assert "data-select" not in html and "/cancel/" not in row_of(html, running["id"])
     assert "Cancel selected" not in html
 
     client.force_login(operator)
     html = client.get("/batches/").content.decode()
-    row = _row(html, running["id"])
+    row = row_of(html, running["id"])
     assert f'hx-post="/batches/{running["id"]}/cancel/"' in row and 'name="batch_id"' in row
     assert f'href="/batches/{running["id"]}/cancel/?next=%2Fbatches%2F"' in row
-    assert "/cancel/" not in _row(html, finished["id"]) and "data-select" not in _row(html, finished["id"])
+    assert "/cancel/" not in row_of(html, finished["id"]) and "data-select" not in row_of(html, finished["id"])
     assert "Cancel selected" in html
 
 
