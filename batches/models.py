@@ -488,7 +488,7 @@ def data_version() -> tuple:
 def settled_version(version: tuple) -> tuple:
     """The parts of a data_version() that move whenever a final batch may have changed: the newest id (a batch added,
     final or not) and when a final batch last changed (became final, or was recorded again once final). With the
-    number of batches still running, what the list's figures of final batches are kept by (views.listing)."""
+    number of batches still running, what the list's figures of final batches are kept by (batches.list_figures)."""
     return version[1], version[4]
 
 
