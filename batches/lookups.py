@@ -150,11 +150,16 @@ def _shown_freshness(row: Batch) -> Freshness:
     return Freshness(ok=False, as_of=row.last_seen_at, error_kind=kind, error_message=message)
 
 
+def file_size_key(connection_id: int, file_id: str) -> str:
+    """Where file_size() keeps a file's size in the shared cache."""
+    return f"batchboard:file-bytes:{_key_part(connection_id, file_id)}"
+
+
 def file_size(file_id: str, *, fetch: bool, user_key: str = "", connection: Connection | None = None) -> int | None:
     """The file's size (a file of the `connection`, the default one when None) from the cache, or from the API when
     `fetch` allows; None when unknown."""
     connection = connection or Connection.objects.default()
-    key = f"batchboard:file-bytes:{_key_part(connection.pk, file_id)}"
+    key = file_size_key(connection.pk, file_id)
     unreachable_key = f"{FILE_SIZE_UNREACHABLE_KEY}:{connection.pk}"
     not_found_key = _not_found_key("file", connection.pk, file_id)
     size = cache.get(key)

@@ -77,6 +77,7 @@ class Pages:
         from django.urls import reverse
         from django.utils import timezone
 
+        from batches import lookups
         from batches.freshness import LIST_STATE
         from batches.models import Batch, SyncState
 
@@ -90,7 +91,7 @@ class Pages:
         # The detail page shows file sizes, fetched once per file and then cached; here they are known already.
         for row in Batch.objects.filter(batch_id__in=detail_ids):
             for file_id in (row.input_file_id, row.output_file_id, row.error_file_id):
-                cache.set(f"batchboard:file-bytes:{file_id}", 123_456, None)
+                cache.set(lookups.file_size_key(row.connection_id, file_id), 123_456, None)
         list_url = reverse("batches:list")
         newest = Batch.objects.newest_first().filter(is_terminal=True).values_list("pk", flat=True).first()
 

@@ -244,7 +244,7 @@ def _measure_pages(batches: int, requests: int, redis_url: str) -> dict:
     from django.test.utils import CaptureQueriesContext, override_settings
     from django.utils import timezone
 
-    from batches import list_figures, services
+    from batches import list_figures, lookups, services
     from batches.freshness import LIST_STATE
     from batches.models import Batch, SyncState, record_batch
     from batches.views.listing import TABLE_RENDERINGS
@@ -292,7 +292,7 @@ def _measure_pages(batches: int, requests: int, redis_url: str) -> dict:
     }
 
     def time_pages() -> dict:
-        cache.set(f"batchboard:file-bytes:{row.input_file_id}", 123_456, None)
+        cache.set(lookups.file_size_key(row.connection_id, row.input_file_id), 123_456, None)
         return {name: time_page(*page) for name, page in pages.items()}
 
     def time_page(url, headers, before) -> dict:
